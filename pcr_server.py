@@ -1,0 +1,1145 @@
+#!/usr/bin/env python3
+"""PrivateChatRoom-Server: a private chat room in one file.
+
+Run it, give your address to family or friends, and they join with the
+PrivateChatRoom-App desktop client or any terminal client (`nc HOST 5050`).
+Standard library only.  The wire contract is PROTOCOL.md; usage: README.md.
+
+    python3 pcr_server.py            # headless
+    python3 pcr_server.py --gui      # with a window
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import dataclasses
+import errno
+import heapq
+import ipaddress
+import logging
+import logging.handlers
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import unicodedata
+import urllib.request
+import uuid
+from typing import Callable
+
+try:
+    import resource
+except ImportError:  # not on Windows: the open-files limit stays as it is
+    resource = None
+
+VERSION = "2.0.0"
+
+# ---------------------------------------------------------------------------
+# 1. Constants and settings
+# ---------------------------------------------------------------------------
+
+DEFAULT_PORT = 5050
+PORT_FILE = ".pcr_port"
+LOG_FILE = ".privateChat_server.log"
+LOG_FORMAT = "%(asctime)s:%(levelname)s:%(name)s:%(message)s"
+DEFAULT_PUBLIC_IP_URL = "https://api.ipify.org"
+RECV_SIZE = 65536
+
+log = logging.getLogger("pcr_server")
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything the server can be told; the command line maps onto it."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    log_file: str = LOG_FILE
+    public_ip_url: str = DEFAULT_PUBLIC_IP_URL
+    handshake_timeout: float = 10.0   # seconds to give an alias
+    max_line: int = 4096              # bytes in one chat line
+    line_rate: float = 10.0           # lines per second per member; 0: off
+    max_backlog: int = 1 << 20        # bytes waiting for one member
+    max_clients: int = 10000
+    max_per_ip: int = 16
+    allow: tuple = ()                 # ip networks; empty: everyone
+    welcome_delay: float = 0.6        # the App drops what comes before its window
+    notice_gap: float = 0.2           # quiet time around a count line
+    count_interval: float = 0.25      # at most one count line this often
+    fold_joins: int = 3               # more joins at once: one folded notice
+    stop_flush: float = 2.0           # seconds to deliver the stop lines
+    accept_pause: float = 0.5         # after EMFILE/ENFILE on accept
+
+
+def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
+    """The port saved in `path`, or the default and a warning saying why not.
+
+    A missing file is created holding the default; a bad one is left alone.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        try:
+            save_port_file(DEFAULT_PORT, path)
+        except OSError as e:
+            return DEFAULT_PORT, f"could not create {path} ({e.strerror}); using port {DEFAULT_PORT}"
+        return DEFAULT_PORT, None
+    except (OSError, UnicodeDecodeError) as e:
+        return DEFAULT_PORT, f"could not read {path} ({e}); using port {DEFAULT_PORT}"
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return DEFAULT_PORT, (f"{path} holds {text[:20]!r}, which is not a port number "
+                              f"from 1 to 65535; using port {DEFAULT_PORT}")
+    return int(text), None
+
+
+def save_port_file(port: int, path: str = PORT_FILE) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{port}\n")
+
+
+# ---------------------------------------------------------------------------
+# 2. The protocol: pure functions on bytes and strings
+# ---------------------------------------------------------------------------
+
+ALIAS_PROMPT = b"ALIAS"
+STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
+               "\t\tplease close the app and relaunch once the server is online..\n")
+MAX_NAME = 32
+
+# Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
+# forms, 8-bit CSI) and every C0/C1 control but tab.
+_UNSAFE = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|[PX^_][^\x1b]*(?:\x1b\\)?|[ -/]*[0-~]?)"
+    r"|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_SPACES = re.compile(r"\s+")
+
+
+def joined_notice(name: str) -> str:
+    return f"{name} joined the chat...\n"
+
+
+def folded_join_notice(names: list[str]) -> str:
+    """One line for many joins at once (a join storm), never digit-first."""
+    shown = ", ".join(names[:3])
+    return f"{shown} and {len(names) - 3} others joined the chat...\n"
+
+
+def left_notice(name: str) -> str:
+    return f"{name} has left the chat...\n"
+
+
+def count_notice(n: int) -> str:
+    return "1 person is online...\n" if n == 1 else f"{n} people are online...\n"
+
+
+def clean_text(text: str) -> str:
+    """Text with escape sequences and control characters (but tab) removed."""
+    return _UNSAFE.sub("", text)
+
+
+def clean_name(text: str) -> str:
+    """A name as the room shows it: printable, one line, trimmed, short.
+
+    Colons go too, so that no name can pose as another's line prefix.
+    """
+    text = clean_text(text.replace("\t", " "))
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
+    return _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
+
+
+def numbered_name(name: str, n: int) -> str:
+    """`name (n)`, still within MAX_NAME characters."""
+    suffix = f" ({n})"
+    return name[:MAX_NAME - len(suffix)].rstrip() + suffix
+
+
+def split_alias(data: bytes) -> tuple[bytes, bytes]:
+    """The alias (up to the first line end, else the whole read) and the rest."""
+    end = data.find(b"\n")
+    if end < 0:
+        return data.rstrip(b"\r"), b""
+    return data[:end].rstrip(b"\r"), data[end + 1:]
+
+
+def split_key(alias: str) -> tuple[str, str]:
+    """`name#KEY` -> (name, KEY); without a `#` the key is empty."""
+    name, _, key = alias.partition("#")
+    return name, key
+
+
+def decode_line(raw: bytes) -> str:
+    """A received line (without its newline) as text; bad UTF-8 replaced."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw.decode("utf-8", "replace")
+
+
+def is_leave_line(text: str, claimed: str, name: str) -> bool:
+    """True for the App's own goodbye, `\\t{alias} has left the chat...`."""
+    return text in (f"\t{claimed} has left the chat...", f"\t{name} has left the chat...")
+
+
+def relay_line(text: str, claimed: str, name: str) -> str | None:
+    """The line the room hears: always `{name}: ...`; None if nothing is said.
+
+    A line starting with the sender's claimed alias (the App's own prefix)
+    has it replaced; any other line gets the name put in front.
+    """
+    prefix = claimed + ": "
+    if claimed and text.startswith(prefix):
+        text = text[len(prefix):]
+    text = clean_text(text)
+    if not text.strip():
+        return None
+    return f"{name}: {text}\n"
+
+
+# ---------------------------------------------------------------------------
+# 3. The event loop and the room
+# ---------------------------------------------------------------------------
+
+EVENT_READ = 1   # selectors.EVENT_READ
+EVENT_WRITE = 2  # selectors.EVENT_WRITE
+WOULD_BLOCK = (BlockingIOError, InterruptedError)
+
+
+class Timer:
+    """A call due at a time on the loop's clock; cancel() makes it a no-op."""
+
+    __slots__ = ("when", "fn", "args", "cancelled")
+
+    def __init__(self, when: float, fn: Callable, args: tuple):
+        self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    """File events, timers and calls handed over from other threads.
+
+    Handlers are registered as (function, object) and called as
+    function(object, mask), so nothing per connection is allocated here.
+    """
+
+    def __init__(self):
+        import selectors
+        self.selector = selectors.DefaultSelector()
+        self.timers: list[Timer] = []
+        self.soon: collections.deque = collections.deque()
+        self.now = time.monotonic()
+        self.running = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, EVENT_READ, (self._drain_wake, None))
+
+    def watch(self, sock, events: int, handler: Callable, obj) -> None:
+        self.selector.register(sock, events, (handler, obj))
+
+    def rewatch(self, sock, events: int, handler: Callable, obj) -> None:
+        self.selector.modify(sock, events, (handler, obj))
+
+    def unwatch(self, sock) -> None:
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def call_later(self, delay: float, fn: Callable, *args) -> Timer:
+        timer = Timer(time.monotonic() + delay, fn, args)
+        heapq.heappush(self.timers, timer)
+        return timer
+
+    def call_soon(self, fn: Callable, *args) -> None:
+        """Run fn(*args) at the end of this turn (loop thread only)."""
+        self.soon.append((fn, args))
+
+    def call_soon_threadsafe(self, fn: Callable, *args) -> None:
+        """The one way for other threads (GUI, signals) to reach the loop."""
+        self.soon.append((fn, args))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: the loop is awake anyway, or closed
+            pass
+
+    def _drain_wake(self, _obj, _mask) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        self.running = True
+        select, timers, soon = self.selector.select, self.timers, self.soon
+        while self.running:
+            if soon:
+                timeout = 0
+            elif timers:
+                timeout = max(0.0, timers[0].when - time.monotonic())
+            else:
+                timeout = None
+            events = select(timeout)
+            self.now = time.monotonic()
+            for key, mask in events:
+                handler, obj = key.data
+                handler(obj, mask)
+            while timers and timers[0].when <= self.now:
+                timer = heapq.heappop(timers)
+                if not timer.cancelled:
+                    timer.fn(*timer.args)
+            for _ in range(len(soon)):
+                fn, args = soon.popleft()
+                fn(*args)
+
+    def close(self) -> None:
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+# Where a connection is in its life.
+NAMING, WELCOMING, IN_ROOM, GONE = "naming", "welcoming", "in room", "gone"
+
+
+class Member:
+    """One connection: its socket, its name, and where it is in the room stream."""
+
+    __slots__ = ("sock", "ip", "port", "state", "claimed", "name", "since",
+                 "ready_at", "pos", "notes", "sent_at", "blocked", "held",
+                 "reading", "events", "inbuf", "skipping", "tokens", "stamp",
+                 "resume")
+
+    def __init__(self, sock: socket.socket, ip: str, port: int, now: float):
+        self.sock = sock
+        self.ip, self.port = ip, port
+        self.state = NAMING
+        self.claimed = ""        # the alias as the client sent it
+        self.name = ""           # the name the room knows
+        self.since = now
+        self.ready_at = 0.0
+        self.pos = 0             # next byte of the room stream to send
+        self.notes = None        # deque of (stream position, bytes) for this member only
+        self.sent_at = 0.0       # when it was last sent anything
+        self.blocked = False     # kernel buffer full: waiting for writable
+        self.held = False        # waiting out the quiet time around a count line
+        self.reading = True
+        self.events = EVENT_READ
+        self.inbuf = b""
+        self.skipping = False    # dropping the rest of an over-long line
+        self.tokens = 0.0        # line-rate bucket
+        self.stamp = now
+        self.resume = None       # timer that lets a rate-limited member speak again
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name or '?'} {self.ip}:{self.port} {self.state}>"
+
+
+def plain_ip(address: str) -> str:
+    """An IPv4-mapped IPv6 address as plain IPv4; others as they are."""
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address.split("%", 1)[0]
+
+
+class Room:
+    """The members, their names, and the stream of everything broadcast.
+
+    Broadcast appends a line once to `stream`, an append-only buffer shared
+    by all members; each member keeps only its position in it and gets
+    `stream[pos:]` in one send per loop turn.  What every member has had is
+    trimmed off the front.  Count lines must reach the App as reads of their
+    own, so each is fenced by `pauses`: positions a member passes only after
+    `notice_gap` seconds with nothing sent.
+    """
+
+    def __init__(self, loop: Loop, settings: Settings, server: Server):
+        self.loop = loop
+        self.settings = settings
+        self.server = server                     # closes members, sets interest
+        self.members: dict[Member, None] = {}   # in the room, in join order
+        self.names: dict[str, Member] = {}      # casefolded name -> member (welcoming too)
+        self.arrivals: list[Member] = []        # named, waiting for their welcome
+        self.stream = bytearray()
+        self.base = 0                            # stream position of stream[0]
+        self.pauses: list[int] = []
+        self.gap = settings.notice_gap
+        self.held: list[Member] = []
+        self.hold_timer: Timer | None = None
+        self.flush_due = False
+        self.presence_timer: Timer | None = None
+        self.counted = 0                         # the count last announced
+        self.count_at = -1e9
+        self.guests = 0
+        self.on_change: Callable[[], None] | None = None   # the GUI's hook
+
+    # -- names ----------------------------------------------------------
+    def reserve_name(self, wanted: str) -> str:
+        """A free name close to `wanted` (empty -> guest-N, taken -> `x (2)`)."""
+        if not wanted:
+            self.guests += 1
+            wanted = f"guest-{self.guests}"
+        name, n = wanted, 1
+        while name.casefold() in self.names:
+            n += 1
+            name = numbered_name(wanted, n)
+        return name
+
+    # -- broadcast ------------------------------------------------------
+    @property
+    def end(self) -> int:
+        return self.base + len(self.stream)
+
+    def broadcast(self, text: str) -> None:
+        self.stream += text.encode()
+        self._flush_soon()
+
+    def tell(self, member: Member, text: str) -> None:
+        """A line for one member only, after what the room has sent so far."""
+        if member.notes is None:
+            member.notes = collections.deque()
+        member.notes.append((self.end, text.encode()))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send every member what it has not had yet: one send per member."""
+        self.flush_due = False
+        end, base, now = self.end, self.base, self.loop.now
+        last_pause = self.pauses[-1] if self.pauses else -1
+        limit = self.settings.max_backlog
+        low, slow, failed = end, [], []
+        with memoryview(self.stream) as view:
+            for m in self.members:
+                pos = m.pos
+                if pos < end and not (m.blocked or m.held):
+                    if m.notes or pos <= last_pause:
+                        if not self._send_member(m, view):
+                            failed.append(m)
+                            continue
+                    else:
+                        try:
+                            n = m.sock.send(view[pos - base:])
+                        except WOULD_BLOCK:
+                            n = 0
+                        except OSError:
+                            failed.append(m)
+                            continue
+                        m.sent_at = now
+                        m.pos = pos = pos + n
+                        if pos < end:
+                            self._block(m)
+                    pos = m.pos
+                if end - pos > limit:
+                    slow.append(m)
+                elif pos < low:
+                    low = pos
+        for m in failed:
+            self.server.drop(m, "connection lost while sending")
+        for m in slow:
+            self.server.drop(m, f"not reading: over {limit} bytes waiting")
+        self._trim(low)
+
+    def flush_member(self, m: Member) -> None:
+        """Send one member what it can take now (it became writable)."""
+        with memoryview(self.stream) as view:
+            ok = self._send_member(m, view)
+        if not ok:
+            self.server.drop(m, "connection lost while sending")
+
+    def _send_member(self, m: Member, view: memoryview) -> bool:
+        """The careful path: private notes and count-line pauses. False: dead."""
+        end, base, now = self.end, self.base, self.loop.now
+        try:
+            while True:
+                notes = m.notes
+                if notes and notes[0][0] <= m.pos:
+                    data = notes[0][1]
+                    n = m.sock.send(data)
+                    m.sent_at = now
+                    if n < len(data):
+                        notes[0] = (notes[0][0], data[n:])
+                        break
+                    notes.popleft()
+                    if not notes:
+                        m.notes = None
+                    continue
+                if m.pos >= end:
+                    break
+                stop = end if not notes else min(end, notes[0][0])
+                i = bisect.bisect_left(self.pauses, m.pos)
+                if i < len(self.pauses) and self.pauses[i] == m.pos:
+                    if now < m.sent_at + self.gap:
+                        self._hold(m, m.sent_at + self.gap)
+                        break
+                    i += 1
+                if i < len(self.pauses):
+                    stop = min(stop, self.pauses[i])
+                n = m.sock.send(view[m.pos - base:stop - base])
+                m.sent_at = now
+                m.pos += n
+                if m.pos < stop:
+                    break
+        except WOULD_BLOCK:
+            pass
+        except OSError:
+            return False
+        blocked = not m.held and (m.pos < end or bool(m.notes))
+        if blocked != m.blocked:
+            m.blocked = blocked
+            self.server.set_interest(m)
+        return True
+
+    def _block(self, m: Member) -> None:
+        if not m.blocked:
+            m.blocked = True
+            self.server.set_interest(m)
+
+    def _hold(self, m: Member, until: float) -> None:
+        m.held = True
+        self.held.append(m)
+        if self.hold_timer is None or self.hold_timer.when > until:
+            if self.hold_timer:
+                self.hold_timer.cancel()
+            self.hold_timer = self.loop.call_later(until - time.monotonic(), self._release_held)
+
+    def _release_held(self) -> None:
+        self.hold_timer = None
+        held, self.held = self.held, []
+        for m in held:
+            m.held = False
+        self.loop.now = time.monotonic()
+        with memoryview(self.stream) as view:
+            failed = [m for m in held if m.state is IN_ROOM and not self._send_member(m, view)]
+        for m in failed:
+            self.server.drop(m, "connection lost while sending")
+
+    def _trim(self, low: int) -> None:
+        cut = low - self.base
+        if cut > 0:
+            del self.stream[:cut]
+            self.base = low
+            if self.pauses and self.pauses[0] < low:
+                del self.pauses[:bisect.bisect_left(self.pauses, low)]
+
+    # -- presence: joins, leaves and the count --------------------------
+    def arrive(self, m: Member) -> None:
+        """A named member enters once its welcome delay has passed."""
+        m.state = WELCOMING
+        m.ready_at = max(self.loop.now, m.since + self.settings.welcome_delay)
+        self.names[m.name.casefold()] = m
+        self.arrivals.append(m)
+        self._presence_at(m.ready_at)
+
+    def leave(self, m: Member) -> None:
+        """Forget a member; the room hears it left if it was in."""
+        if self.names.get(m.name.casefold()) is m:
+            del self.names[m.name.casefold()]
+        if m.state is WELCOMING:
+            self.arrivals.remove(m)
+        elif m.state is IN_ROOM:
+            del self.members[m]
+            if m.held:
+                self.held.remove(m)
+            self.broadcast(left_notice(m.name))
+            self._presence_at(self.loop.now)
+            self._changed()
+
+    def _presence_at(self, when: float) -> None:
+        when = max(when, self.count_at + self.settings.count_interval)
+        timer = self.presence_timer
+        if timer is not None and timer.when <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self.presence_timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._presence)
+
+    def _presence(self) -> None:
+        """Welcome whoever is due, then announce the count if it changed."""
+        self.presence_timer = None
+        now = self.loop.now = time.monotonic()
+        due = [m for m in self.arrivals if m.ready_at <= now]
+        if due:
+            self.arrivals = [m for m in self.arrivals if m.ready_at > now]
+            self._welcome(due)
+        if len(self.members) != self.counted:
+            self.counted = len(self.members)
+            self.count_at = now
+            self.pauses.append(self.end)
+            self.broadcast(count_notice(self.counted))
+            self.pauses.append(self.end)
+            log.info("%d online", self.counted)
+        if self.arrivals:
+            self._presence_at(min(m.ready_at for m in self.arrivals))
+
+    def _welcome(self, newcomers: list[Member]) -> None:
+        folded = len(newcomers) > self.settings.fold_joins
+        if folded:
+            self.broadcast(folded_join_notice([m.name for m in newcomers]))
+        for m in newcomers:
+            m.state = IN_ROOM
+            m.pos = self.end
+            self.members[m] = None
+            if folded:
+                self.tell(m, joined_notice(m.name))
+            log.info("%s joined from %s", m.name, m.ip)
+        if not folded:
+            for m in newcomers:
+                self.broadcast(joined_notice(m.name))
+        for m in newcomers:
+            if m.name != split_key(m.claimed)[0].strip():
+                self.tell(m, f"the room knows you as {m.name}\n")
+            self.server.welcomed(m)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change:
+            self.on_change()
+
+    def snapshot(self) -> list[tuple[str, str, float]]:
+        """(name, ip, wall-clock join time) of everyone in, in join order."""
+        offset = time.time() - time.monotonic()
+        return [(m.name, m.ip, m.ready_at + offset) for m in self.members]
+
+
+class StartError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def bind_error_text(e: OSError, host: str, port: int) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return (f"Port {port} is already in use (is another server running?). "
+                f"Stop that program or choose another port with --port.")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (f"The address {host} is not on this machine. Use --host 0.0.0.0 "
+                f"to listen on all interfaces, or one of this machine's addresses.")
+    if e.errno == errno.EACCES:
+        return (f"Not allowed to listen on port {port} (ports below 1024 need "
+                f"administrator rights). Choose a port above 1023 with --port.")
+    if isinstance(e, socket.gaierror):
+        return f"The address {host!r} is not a valid host name or IP address."
+    return f"Cannot listen on {host} port {port}: {e.strerror or e}."
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft open-files limit toward the hard one; return the soft limit."""
+    if resource is None:
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else wanted
+
+
+class Server:
+    """Listens, accepts, reads members' lines and enforces the limits."""
+
+    SPARE_FILES = 32   # descriptors kept for the log, the GUI and look-ups
+
+    def __init__(self, settings: Settings, loop: Loop | None = None):
+        self.settings = settings
+        self.loop = loop or Loop()
+        self.room = Room(self.loop, settings, self)
+        self.connections: set[Member] = set()
+        self.per_ip: collections.Counter = collections.Counter()
+        self.handshakes: collections.deque = collections.deque()   # (deadline, member)
+        self.listener: socket.socket | None = None
+        self.address: tuple[str, int] = ("", 0)
+        self.capacity = settings.max_clients
+        self.accept_error_logged = False
+        self.stopping = False
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
+
+    # -- start and stop -------------------------------------------------
+    def listen(self) -> tuple[str, int]:
+        """Bind and listen; raises StartError with a sentence for the person."""
+        s = self.settings
+        try:
+            family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+            dual = family == socket.AF_INET6 and s.host == "::" and socket.has_dualstack_ipv6()
+            sock = socket.create_server((s.host, s.port), family=family, backlog=4096,
+                                        dualstack_ipv6=dual)
+        except OSError as e:
+            raise StartError(bind_error_text(e, s.host, s.port)) from None
+        sock.setblocking(False)
+        self.listener = sock
+        self.address = sock.getsockname()[:2]
+        self.capacity = min(s.max_clients,
+                            raise_open_files_limit(s.max_clients + self.SPARE_FILES) - self.SPARE_FILES)
+        self.loop.watch(sock, EVENT_READ, self._on_accept, sock)
+        self.loop.call_later(1.0, self._sweep_handshakes)
+        log.info("listening on %s port %d (up to %d members)", self.address[0],
+                 self.address[1], self.capacity)
+        return self.address
+
+    def serve(self) -> None:
+        """Run the loop until stop() has finished."""
+        self.loop.run()
+
+    def stop(self) -> None:
+        """Tell members the server stops, flush (bounded), close, end the loop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping")
+        if self.listener:
+            self.loop.unwatch(self.listener)
+            self.listener.close()
+        room = self.room
+        room.gap = 0.0
+        for m in list(self.connections):
+            if m.state is not IN_ROOM:
+                self.drop(m, "server stopping")
+            elif m.reading:
+                m.reading = False
+                self.set_interest(m)
+        room.broadcast(STOP_NOTICE)
+        self._finish_stop(time.monotonic() + self.settings.stop_flush)
+
+    def _finish_stop(self, deadline: float) -> None:
+        room = self.room
+        waiting = [m for m in room.members if m.pos < room.end or m.notes]
+        if waiting and time.monotonic() < deadline:
+            self.loop.call_later(0.02, self._finish_stop, deadline)
+            return
+        for m in list(self.connections):
+            self._close(m)
+        log.info("stopped")
+        self.loop.running = False
+
+    # -- accepting ------------------------------------------------------
+    def _on_accept(self, listener: socket.socket, _mask: int) -> None:
+        for _ in range(512):
+            try:
+                sock, addr = listener.accept()
+            except WOULD_BLOCK:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(e)
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            self.accept_error_logged = False
+            self._admit(sock, plain_ip(addr[0]), addr[1])
+
+    def _pause_accepting(self, e: OSError) -> None:
+        if not self.accept_error_logged:
+            log.error("cannot accept more connections (%s); pausing %.1f s",
+                      e.strerror, self.settings.accept_pause)
+            self.accept_error_logged = True
+        self.loop.unwatch(self.listener)
+        self.loop.call_later(self.settings.accept_pause, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self.stopping:
+            self.loop.watch(self.listener, EVENT_READ, self._on_accept, self.listener)
+
+    def _refusal(self, ip: str) -> str | None:
+        """Why a new connection from `ip` is turned away, or None."""
+        s = self.settings
+        if self.allow:
+            addr = ipaddress.ip_address(ip)
+            if not any(addr.version == n.version and addr in n for n in self.allow):
+                return ""
+        if len(self.connections) >= self.capacity:
+            return f"the room is full ({self.capacity} connections); please try again later\n"
+        if self.per_ip[ip] >= s.max_per_ip:
+            return (f"too many connections from your address (at most {s.max_per_ip}); "
+                    f"close one and try again\n")
+        return None
+
+    def _admit(self, sock: socket.socket, ip: str, port: int) -> None:
+        refusal = self._refusal(ip)
+        if refusal is not None:
+            log.warning("refused %s: %s", ip, refusal.strip() or "not in --allow")
+            self._send_and_close(sock, refusal)
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.send(ALIAS_PROMPT)
+        except OSError:
+            sock.close()
+            return
+        m = Member(sock, ip, port, self.loop.now)
+        self.connections.add(m)
+        self.per_ip[ip] += 1
+        self.handshakes.append((self.loop.now + self.settings.handshake_timeout, m))
+        self.loop.watch(sock, EVENT_READ, self._on_member, m)
+        log.debug("connection from %s port %d", ip, port)
+
+    @staticmethod
+    def _send_and_close(sock: socket.socket, text: str) -> None:
+        try:
+            sock.setblocking(False)
+            if text:
+                sock.send(text.encode())
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _sweep_handshakes(self) -> None:
+        """Close connections that gave no alias in time (checked every second)."""
+        now = self.loop.now
+        while self.handshakes and self.handshakes[0][0] <= now:
+            _, m = self.handshakes.popleft()
+            if m.state is NAMING:
+                log.info("closed %s: no alias within %g s", m.ip, self.settings.handshake_timeout)
+                self._close(m)
+        if not self.stopping:
+            self.loop.call_later(1.0, self._sweep_handshakes)
+
+    # -- reading --------------------------------------------------------
+    def _on_member(self, m: Member, mask: int) -> None:
+        if m.state is GONE:   # closed earlier in this same turn
+            return
+        if mask & EVENT_WRITE:
+            self.room.flush_member(m)
+        if mask & EVENT_READ and m.state is not GONE and m.reading:
+            self._read(m)
+
+    def _read(self, m: Member) -> None:
+        try:
+            data = m.sock.recv(RECV_SIZE)
+        except WOULD_BLOCK:
+            return
+        except OSError:
+            self.drop(m, "connection reset")
+            return
+        if not data:
+            if m.inbuf and m.state is IN_ROOM and not m.skipping:
+                self._say(m, m.inbuf)
+            self.drop(m, "disconnected")
+        elif m.state is NAMING:
+            self._name(m, data)
+        else:
+            self._take_lines(m, m.inbuf + data if m.inbuf else data)
+
+    def _name(self, m: Member, data: bytes) -> None:
+        raw, rest = split_alias(data[:RECV_SIZE])
+        m.claimed = decode_line(raw)
+        m.name = self.room.reserve_name(clean_name(m.claimed))
+        m.inbuf = rest[:self.settings.max_line + 1]
+        m.tokens = self._burst()
+        m.reading = False   # until welcomed: what it types waits in the kernel
+        self.set_interest(m)
+        self.room.arrive(m)
+
+    def welcomed(self, m: Member) -> None:
+        """Called once m is in the room: it may speak."""
+        m.reading = True
+        self.set_interest(m)
+        if m.inbuf:
+            data, m.inbuf = m.inbuf, b""
+            self._take_lines(m, data)
+
+    def _burst(self) -> float:
+        return 2.0 * self.settings.line_rate
+
+    def _take_lines(self, m: Member, buf: bytes) -> None:
+        """Relay each whole line in buf; keep the rest; honour the limits."""
+        s = self.settings
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            if s.line_rate and not self._spend_token(m):
+                m.inbuf = buf[start:]
+                return
+            line = buf[start:nl]
+            start = nl + 1
+            if m.skipping:
+                m.skipping = False
+            elif len(line) - line.endswith(b"\r") > s.max_line:
+                self._too_long(m)
+            elif not self._say(m, line):
+                return
+        rest = buf[start:]
+        if len(rest) > s.max_line + 1:
+            if not m.skipping:
+                m.skipping = True
+                self._too_long(m)
+            rest = b""
+        m.inbuf = rest
+
+    def _too_long(self, m: Member) -> None:
+        log.info("%s sent a line over %d bytes; not relayed", m.name, self.settings.max_line)
+        self.room.tell(m, f"your line was longer than {self.settings.max_line} bytes "
+                          f"and was not sent\n")
+
+    def _spend_token(self, m: Member) -> bool:
+        """Take one line from m's rate bucket; if empty, pause reading m."""
+        rate = self.settings.line_rate
+        now = self.loop.now
+        m.tokens = min(2.0 * rate, m.tokens + (now - m.stamp) * rate)
+        m.stamp = now
+        if m.tokens >= 1.0:
+            m.tokens -= 1.0
+            return True
+        if m.resume is None:
+            m.reading = False
+            self.set_interest(m)
+            m.resume = self.loop.call_later((1.0 - m.tokens) / rate, self._resume_reading, m)
+        return False
+
+    def _resume_reading(self, m: Member) -> None:
+        m.resume = None
+        if m.state is not IN_ROOM or self.stopping:
+            return
+        m.reading = True
+        self.set_interest(m)
+        if m.inbuf:
+            data, m.inbuf = m.inbuf, b""
+            self._take_lines(m, data)
+
+    def _say(self, m: Member, raw: bytes) -> bool:
+        """Relay one line from m; False if the line was m's goodbye."""
+        text = decode_line(raw)
+        if is_leave_line(text, m.claimed, m.name):
+            self.drop(m, "left")
+            return False
+        line = relay_line(text, m.claimed, m.name)
+        if line is not None:
+            self.room.broadcast(line)
+        return True
+
+    # -- interest and closing -------------------------------------------
+    def set_interest(self, m: Member) -> None:
+        """Make the selector's interest match what m is waiting for."""
+        if m.state is GONE:
+            return
+        events = (EVENT_READ if m.reading else 0) | (EVENT_WRITE if m.blocked else 0)
+        if events == m.events:
+            return
+        if not events:
+            self.loop.unwatch(m.sock)
+        elif not m.events:
+            self.loop.watch(m.sock, events, self._on_member, m)
+        else:
+            self.loop.rewatch(m.sock, events, self._on_member, m)
+        m.events = events
+
+    def drop(self, m: Member, reason: str) -> None:
+        """Close m for good; the room hears it left if it was in."""
+        if m.state is GONE:
+            return
+        was_in = m.state is IN_ROOM
+        self.room.leave(m)
+        self._close(m)
+        if was_in:
+            log.info("%s (%s) left: %s", m.name, m.ip, reason)
+        else:
+            log.debug("connection from %s closed: %s", m.ip, reason)
+
+    def _close(self, m: Member) -> None:
+        """Release m's socket and counts (the room is told by drop())."""
+        if m.state is GONE:
+            return
+        m.state = GONE
+        if m.resume:
+            m.resume.cancel()
+        if m.events:
+            self.loop.unwatch(m.sock)
+        m.sock.close()
+        self.connections.discard(m)
+        self.per_ip[m.ip] -= 1
+        if not self.per_ip[m.ip]:
+            del self.per_ip[m.ip]
+
+
+# ---------------------------------------------------------------------------
+# 4. Host addresses
+# ---------------------------------------------------------------------------
+
+def private_ipv4() -> str:
+    """The address of the interface that routes outward, or 'unknown'."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))   # UDP connect picks a route, sends nothing
+            return s.getsockname()[0]
+    except OSError:
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "unknown"
+
+
+def mac_address() -> str:
+    """This machine's MAC as aa:bb:cc:dd:ee:ff, or 'unknown' if Python made one up."""
+    node = uuid.getnode()
+    if node >> 40 & 1:   # the multicast bit: a random stand-in, not a real MAC
+        return "unknown"
+    return ":".join(f"{node >> shift & 0xff:02x}" for shift in range(40, -8, -8))
+
+
+def fetch_public_ip(url: str, timeout: float = 4.0) -> str:
+    """One GET to a what-is-my-IP service; raises OSError or ValueError."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read(100).decode("ascii", "replace").strip()
+    return str(ipaddress.ip_address(text))
+
+
+def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
+    """Fetch the public IP in a background thread; call done(ip or None) there."""
+    def work():
+        try:
+            ip = fetch_public_ip(url)
+        except (OSError, ValueError) as e:
+            log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+            done(None)
+            return
+        log.info("public IPv4: %s", ip)
+        done(ip)
+    threading.Thread(target=work, name="public-ip", daemon=True).start()
+
+
+# ---------------------------------------------------------------------------
+# 5. Logging
+# ---------------------------------------------------------------------------
+
+def setup_logging(log_file: str, console: bool = True) -> None:
+    """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
+    log.setLevel(logging.INFO)
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    log.propagate = False
+    if console:
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(stream)
+    if log_file:
+        try:
+            handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
+        except OSError as e:
+            log.warning("cannot write the log file %s (%s); logging to the screen only",
+                        log_file, e.strerror)
+        else:
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            log.addHandler(handler)
+
+
+# ---------------------------------------------------------------------------
+# 7. Command line
+# ---------------------------------------------------------------------------
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return int(text)
+
+
+def networks(text: str) -> tuple:
+    try:
+        return tuple(str(ipaddress.ip_network(part.strip(), strict=False))
+                     for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="pcr_server.py",
+        description="A private chat room server for PrivateChatRoom-App and terminal clients.")
+    p.add_argument("--version", action="version", version=f"PrivateChatRoom-Server {VERSION}")
+    p.add_argument("--gui", action="store_true", help="open a window to run the server")
+    p.add_argument("--host", default=d.host,
+                   help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
+    p.add_argument("--port", type=port_number,
+                   help=f"port to listen on (default: the number in {PORT_FILE}, else {DEFAULT_PORT})")
+    p.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
+    p.add_argument("--public-ip-url", default=d.public_ip_url,
+                   help="service that answers with your public IP ('' turns the look-up off)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout,
+                        metavar="SECONDS", help="time to give an alias (default: %(default)s)")
+    limits.add_argument("--max-line", type=int, default=d.max_line, metavar="BYTES",
+                        help="longest chat line (default: %(default)s)")
+    limits.add_argument("--line-rate", type=float, default=d.line_rate, metavar="N",
+                        help="lines per second per member, bursts of 2N; 0: no limit "
+                             "(default: %(default)s)")
+    limits.add_argument("--max-backlog", type=int, default=d.max_backlog, metavar="BYTES",
+                        help="output waiting for one member before it is disconnected "
+                             "(default: %(default)s)")
+    limits.add_argument("--max-clients", type=int, default=d.max_clients, metavar="N",
+                        help="connections at once (default: %(default)s)")
+    limits.add_argument("--max-per-ip", type=int, default=d.max_per_ip, metavar="N",
+                        help="connections from one address (default: %(default)s)")
+    limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
+                        help="only these networks may connect (default: everyone)")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """Settings from the command line, .pcr_port and defaults; plus warnings."""
+    warnings = []
+    port = args.port
+    if port is None:
+        port, warning = read_port_file()
+        if warning:
+            warnings.append(warning)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    given["port"] = port
+    return Settings(**given), warnings
+
+
+def announce_addresses(settings: Settings) -> None:
+    log.info("private IPv4: %s, MAC: %s", private_ipv4(), mac_address())
+    if settings.public_ip_url:
+        look_up_public_ip(settings.public_ip_url, lambda ip: None)
+
+
+def run_headless(settings: Settings) -> int:
+    server = Server(settings)
+    try:
+        server.listen()
+    except StartError as e:
+        log.error("%s", e)
+        return 1
+    announce_addresses(settings)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
+    server.serve()
+    server.loop.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings, warnings = settings_from(args)
+    setup_logging(settings.log_file)
+    for warning in warnings:
+        log.warning("%s", warning)
+    log.info("PrivateChatRoom-Server %s starting", VERSION)
+    return run_headless(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
