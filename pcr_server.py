@@ -927,6 +927,16 @@ class Server:
             self.room.broadcast(line)
         return True
 
+    def disconnect(self, name: str) -> bool:
+        """The host removes a member by name; False if nobody has that name."""
+        m = self.room.names.get(name.casefold())
+        if m is None or m.state is not IN_ROOM:
+            return False
+        self.room.tell(m, "you have been disconnected by the host\n")
+        self.room.flush_member(m)
+        self.drop(m, "disconnected by the host")
+        return True
+
     # -- interest and closing -------------------------------------------
     def set_interest(self, m: Member) -> None:
         """Make the selector's interest match what m is waiting for."""
