@@ -317,7 +317,7 @@ class Member:
     """One connection: its socket, its name, and where it is in the room stream."""
 
     __slots__ = ("sock", "ip", "port", "state", "claimed", "name", "since",
-                 "ready_at", "pos", "notes", "sent_at", "blocked", "held",
+                 "ready_at", "pos", "notes", "sent_at", "quiet_until", "blocked", "held",
                  "reading", "events", "inbuf", "skipping", "tokens", "stamp",
                  "resume")
 
@@ -332,6 +332,7 @@ class Member:
         self.pos = 0             # next byte of the room stream to send
         self.notes = None        # deque of (stream position, bytes) for this member only
         self.sent_at = 0.0       # when it was last sent anything
+        self.quiet_until = 0.0   # nothing may follow a count line before this
         self.blocked = False     # kernel buffer full: waiting for writable
         self.held = False        # waiting out the quiet time around a count line
         self.reading = True
@@ -360,8 +361,9 @@ class Room:
     by all members; each member keeps only its position in it and gets
     `stream[pos:]` in one send per loop turn.  What every member has had is
     trimmed off the front.  Count lines must reach the App as reads of their
-    own, so each is fenced by `pauses`: positions a member passes only after
-    `notice_gap` seconds with nothing sent.
+    own: `counts` holds where each starts and ends, a member gets the latest
+    one alone, `notice_gap` seconds after and before anything else, and a
+    member that is behind skips the ones a newer count has made stale.
     """
 
     def __init__(self, loop: Loop, settings: Settings, server: Server):
@@ -373,7 +375,7 @@ class Room:
         self.arrivals: list[Member] = []        # named, waiting for their welcome
         self.stream = bytearray()
         self.base = 0                            # stream position of stream[0]
-        self.pauses: list[int] = []
+        self.counts: list[tuple[int, int]] = []  # (start, end) of count lines
         self.gap = settings.notice_gap
         self.held: list[Member] = []
         self.hold_timer: Timer | None = None
@@ -421,14 +423,14 @@ class Room:
         """Send every member what it has not had yet: one send per member."""
         self.flush_due = False
         end, base, now = self.end, self.base, self.loop.now
-        last_pause = self.pauses[-1] if self.pauses else -1
+        last_count = self.counts[-1][1] if self.counts else -1
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
         with memoryview(self.stream) as view:
             for m in self.members:
                 pos = m.pos
-                if pos < end and not (m.blocked or m.held):
-                    if m.notes or pos <= last_pause:
+                if (pos < end or m.notes) and not (m.blocked or m.held):
+                    if m.notes or pos <= last_count:
                         if not self._send_member(m, view):
                             failed.append(m)
                             continue
@@ -445,7 +447,7 @@ class Room:
                         if pos < end:
                             self._block(m)
                     pos = m.pos
-                if end - pos > limit:
+                if m.blocked and end - pos > limit:   # the kernel refuses more, too
                     slow.append(m)
                 elif pos < low:
                     low = pos
@@ -463,8 +465,9 @@ class Room:
             self.server.drop(m, "connection lost while sending")
 
     def _send_member(self, m: Member, view: memoryview) -> bool:
-        """The careful path: private notes and count-line pauses. False: dead."""
+        """The careful path: private notes and count lines. False: dead."""
         end, base, now = self.end, self.base, self.loop.now
+        counts = self.counts
         try:
             while True:
                 notes = m.notes
@@ -481,20 +484,33 @@ class Room:
                     continue
                 if m.pos >= end:
                     break
+                if now < m.quiet_until:
+                    self._hold(m, m.quiet_until)
+                    break
                 stop = end if not notes else min(end, notes[0][0])
-                i = bisect.bisect_left(self.pauses, m.pos)
-                if i < len(self.pauses) and self.pauses[i] == m.pos:
+                i = bisect.bisect_left(counts, (m.pos,))   # first count at or after pos
+                count_end = 0
+                if i and m.pos < counts[i - 1][1]:          # inside one: finish it
+                    count_end = counts[i - 1][1]
+                elif i < len(counts) and counts[i][0] == m.pos:
+                    if i + 1 < len(counts):                 # stale: skip it
+                        m.pos = counts[i][1]
+                        continue
                     if now < m.sent_at + self.gap:
                         self._hold(m, m.sent_at + self.gap)
                         break
-                    i += 1
-                if i < len(self.pauses):
-                    stop = min(stop, self.pauses[i])
+                    count_end = counts[i][1]
+                elif i < len(counts):
+                    stop = min(stop, counts[i][0])
+                if count_end:
+                    stop = count_end
                 n = m.sock.send(view[m.pos - base:stop - base])
                 m.sent_at = now
                 m.pos += n
                 if m.pos < stop:
                     break
+                if count_end:
+                    m.quiet_until = now + self.gap
         except WOULD_BLOCK:
             pass
         except OSError:
@@ -534,8 +550,11 @@ class Room:
         if cut > 0:
             del self.stream[:cut]
             self.base = low
-            if self.pauses and self.pauses[0] < low:
-                del self.pauses[:bisect.bisect_left(self.pauses, low)]
+            counts = self.counts
+            passed = 0
+            while passed < len(counts) and counts[passed][1] < low:
+                passed += 1
+            del counts[:passed]
 
     # -- presence: joins, leaves and the count --------------------------
     def arrive(self, m: Member) -> None:
@@ -580,9 +599,9 @@ class Room:
         if len(self.members) != self.counted:
             self.counted = len(self.members)
             self.count_at = now
-            self.pauses.append(self.end)
+            start = self.end
             self.broadcast(count_notice(self.counted))
-            self.pauses.append(self.end)
+            self.counts.append((start, self.end))
             log.info("%d online", self.counted)
         if self.arrivals:
             self._presence_at(min(m.ready_at for m in self.arrivals))
@@ -733,6 +752,7 @@ class Server:
             try:
                 sock, addr = listener.accept()
             except WOULD_BLOCK:
+                self.accept_error_logged = False   # backlog drained: the crunch is over
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -741,7 +761,6 @@ class Server:
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
                 raise
-            self.accept_error_logged = False
             self._admit(sock, plain_ip(addr[0]), addr[1])
 
     def _pause_accepting(self, e: OSError) -> None:

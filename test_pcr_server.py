@@ -36,8 +36,11 @@ def free_port() -> int:
 class Client:
     """A test member: a real socket with bounded reads."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", family=socket.AF_INET):
+    def __init__(self, port: int, host: str = "127.0.0.1", family=socket.AF_INET,
+                 rcvbuf: int = 0):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
+        if rcvbuf:   # before connect, or the window is already large
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(WAIT)
         self.sock.connect((host, port))
         self.buf = b""
@@ -53,7 +56,9 @@ class Client:
     def read_until(self, needle: bytes, timeout: float = WAIT) -> bytes:
         """Everything up to and including `needle`; fails after `timeout`."""
         deadline = time.monotonic() + timeout
-        while needle not in self.buf:
+        searched = 0
+        while self.buf.find(needle, searched) < 0:
+            searched = max(0, len(self.buf) - len(needle) + 1)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"timed out waiting for {needle!r}; got {self.buf[-300:]!r}")
@@ -382,3 +387,434 @@ class StopTest(ServerCase):
         server.loop.call_soon_threadsafe(server.stop)
         got = ann.read_to_close()
         self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
+
+
+class NamesTest(ServerCase):
+    """The server is the authority on names."""
+
+    def test_duplicate_name_is_numbered_and_told(self):
+        self.start()
+        self.member("ann")
+        ann2 = self.connect()
+        ann2.read_until(b"ALIAS")
+        ann2.send(b"ANN")
+        ann2.read_until(b"ANN (2) joined the chat...\n")
+        ann2.read_until(b"the room knows you as ANN (2)\n")
+        ann2.send(b"ANN: hi\n")
+        ann2.read_until(b"ANN (2): hi\n")
+
+    def test_empty_alias_becomes_guest(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"  \n")
+        c.read_until(b"guest-1 joined the chat...\n")
+
+    def test_name_is_cleaned_but_the_claimed_alias_is_still_its_prefix(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        raw = "  \x1b[31mzoe\u202e:\x07 " + "z" * 40
+        c.send(raw.encode())
+        name = "zoe " + "z" * 28
+        c.read_until(f"{name} joined the chat...\n".encode())
+        c.send(f"{raw}: hello\n".encode())
+        c.read_until(f"{name}: hello\n".encode())
+
+
+class TextSafetyTest(ServerCase):
+    """Everything sent is valid UTF-8, without controls or escapes."""
+
+    def test_invalid_utf8_is_replaced(self):
+        self.start()
+        ann = self.member("ann")
+        ann.send(b"ann: bad \xff\xfe\xc3 end\n")
+        got = ann.read_until(b"end\n")
+        self.assertEqual(got.decode("utf-8"), "ann: bad \ufffd\ufffd\ufffd end\n")
+
+    def test_controls_and_escapes_are_removed_tabs_kept(self):
+        self.start()
+        ann = self.member("ann")
+        ann.send(b"ann: a\x00b\x1b[2Jc\td\x7f\r\n")
+        ann.read_until(b"ann: abc\td\n")
+
+    def test_invalid_utf8_alias_is_safe(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"\xffbo\xc3b\n")
+        got = c.read_until(b"joined the chat...\n")
+        self.assertEqual(got.decode("utf-8"), "\ufffdbo\ufffdb joined the chat...\n")
+
+
+class LimitsTest(ServerCase):
+    """Each limit: enforced in the loop, logged, told to the person."""
+
+    def test_too_long_line_is_refused_and_the_member_stays(self):
+        self.start(max_line=100)
+        ann, bob = self.member("ann"), self.member("bob")
+        ann.send(b"ann: " + b"x" * 200 + b"\n")
+        ann.read_until(b"your line was longer than 100 bytes and was not sent\n")
+        ann.send(b"ann: short\n")
+        got = bob.read_until(b"ann: short\n")
+        self.assertNotIn(b"xxxx", got)
+        self.assertIn("over 100 bytes", self.log_text())
+
+    def test_endless_bytes_without_newline_do_not_grow_a_buffer(self):
+        server = self.start(max_line=1000)
+        ann, bob = self.member("ann"), self.member("bob")
+        for _ in range(200):
+            ann.send(b"y" * 1000)
+        ann.read_until(b"longer than 1000 bytes")
+        inbuf = self.on_loop(lambda: max(len(m.inbuf) for m in server.connections))
+        self.assertLessEqual(inbuf, 1001)
+        ann.send(b"\nann: after\n")
+        got = bob.read_until(b"ann: after\n")
+        self.assertNotIn(b"yyy", got)
+
+    def test_flooding_member_is_slowed_not_cut(self):
+        self.start(line_rate=50)
+        ann, bob = self.member("ann"), self.member("bob")
+        t0 = time.monotonic()
+        ann.send(b"".join(b"ann: %d\n" % i for i in range(200)))
+        bob.send(b"bob: still heard\n")
+        got = ann.read_until(b"bob: still heard\n", timeout=1.0)
+        got += ann.read_until(b"ann: 199\n")
+        elapsed = time.monotonic() - t0
+        numbers = [int(l.split(b": ")[1]) for l in got.split(b"\n") if l.startswith(b"ann: ")]
+        self.assertEqual(numbers, list(range(200)))
+        self.assertGreater(elapsed, 1.5)   # 100 over the burst at 50 a second
+
+    def test_member_that_does_not_read_is_cut_and_others_get_everything(self):
+        server = self.start(max_backlog=64 * 1024, line_rate=0)
+        stalled = self.connect(rcvbuf=4096)
+        stalled.join("stall")
+        ann, bob = self.member("ann"), self.member("bob")
+        line = b"ann: " + b"z" * 1000 + b" %d\n"
+        total = 3000
+        reader_done = threading.Event()
+        got = []
+
+        def read_all():
+            got.append(bob.read_until(b" %d\n" % (total - 1), timeout=30))
+            reader_done.set()
+        threading.Thread(target=read_all, daemon=True).start()
+        threading.Thread(target=ann.read_until, args=(b" %d\n" % (total - 1), 30), daemon=True).start()
+        for i in range(total):
+            ann.send(line % i)
+        self.assertTrue(reader_done.wait(30))
+        numbers = [int(l.rsplit(b" ", 1)[1]) for l in got[0].split(b"\n") if l.startswith(b"ann: ")]
+        self.assertEqual(numbers, list(range(total)))
+        self.assertEqual((got[0] + bob.read_for(0.3)).count(b"stall has left the chat...\n"), 1)
+        self.assertIn("not reading", self.log_text())
+        stream = self.on_loop(lambda: len(server.room.stream))
+        self.assertLess(stream, 64 * 1024 + 8192)
+
+    def test_room_full_is_told_then_closed(self):
+        self.start(max_clients=2)
+        self.member("a"), self.member("b")
+        c = self.connect()
+        got = c.read_to_close()
+        self.assertEqual(got, b"the room is full (2 connections); please try again later\n")
+        self.assertIn("room is full", self.log_text())
+
+    def test_too_many_from_one_address_is_told_then_closed(self):
+        self.start(max_per_ip=2)
+        self.member("a"), self.member("b")
+        got = self.connect().read_to_close()
+        self.assertIn(b"too many connections from your address (at most 2)", got)
+
+    def test_address_outside_allow_is_closed_at_once(self):
+        self.start(allow=("10.0.0.0/8", "fd00::/8"))
+        self.assertEqual(self.connect().read_to_close(), b"")
+        self.assertIn("not in --allow", self.log_text())
+
+    def test_address_inside_allow_joins(self):
+        self.start(allow=("10.0.0.0/8", "127.0.0.0/8"))
+        self.member("ann")
+
+    def test_ipv6_listener_and_allow(self):
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6")
+        try:
+            self.start(host="::1", allow=("::1/128",))
+        except pcr.StartError as e:
+            self.skipTest(f"no IPv6 loopback: {e}")
+        c = Client(self.port, host="::1", family=socket.AF_INET6)
+        self.addCleanup(c.close)
+        c.join("six")
+
+
+class ChaosTest(ServerCase):
+    """Random abuse while well-behaved members check every line."""
+
+    def test_random_abuse_loses_nothing_for_good_members(self):
+        rng = random.Random(1234)
+        server = self.start(max_line=2000, max_backlog=256 * 1024, line_rate=200,
+                            max_per_ip=1000, handshake_timeout=1.0)
+        good = [self.member(f"good{i}") for i in range(3)]
+        good[0].read_until(b"3 people are online...\n")
+        per = 150
+        want = {f"good{i}": per - 1 for i in range(3)}
+        results, errors = {}, []
+
+        def check(i, g):   # every good line once, in order, whatever else arrives
+            seen = {name: -1 for name in want}
+            deadline = time.monotonic() + 30
+            try:
+                while seen != want and time.monotonic() < deadline:
+                    line = g.read_until(b"\n", timeout=30).decode("utf-8")
+                    name, _, rest = line.partition(": ")
+                    if name in seen:
+                        if int(rest) != seen[name] + 1:
+                            errors.append(f"good{i} got {line!r} after {seen[name]}")
+                        seen[name] = int(rest)
+            except Exception as e:
+                errors.append(f"good{i}: {e}")
+            results[i] = seen
+
+        def chaos(seed):
+            r = random.Random(seed)
+            while not stop.is_set():
+                try:
+                    c = Client(self.port)
+                    c.recv_some(0.5)
+                    if r.random() < 0.8:     # else: never names itself
+                        c.send(bytes(r.randrange(256) for _ in range(r.randrange(1, 40))))
+                    for _ in range(r.randrange(0, 20)):
+                        choice = r.random()
+                        if choice < 0.3:
+                            c.send(bytes(r.randrange(256) for _ in range(r.randrange(1, 300))))
+                        elif choice < 0.5:
+                            c.send(b"x" * r.randrange(1000, 5000))
+                        elif choice < 0.7:
+                            c.send(b"burst\n" * r.randrange(1, 100))
+                        else:
+                            c.send(b"\n")
+                    c.reset() if r.random() < 0.5 else c.close()
+                except OSError:
+                    pass
+
+        stop = threading.Event()
+        checkers = [threading.Thread(target=check, args=(i, g), daemon=True) for i, g in enumerate(good)]
+        vandals = [threading.Thread(target=chaos, args=(rng.random(),), daemon=True) for _ in range(4)]
+        for t in checkers + vandals:
+            t.start()
+        for k in range(per):
+            for i, g in enumerate(good):
+                g.send(f"good{i}: {k}\n".encode())
+            time.sleep(0.01)
+        for t in checkers:
+            t.join(40)
+        stop.set()
+        for t in vandals:
+            t.join(WAIT)
+        self.assertEqual(errors, [])
+        self.assertEqual(results, {i: want for i in range(3)})
+        sizes = self.on_loop(lambda: (len(server.room.stream),
+                                      max((len(m.inbuf) for m in server.connections), default=0)))
+        self.assertLess(sizes[0], 256 * 1024 + 65536)
+        self.assertLessEqual(sizes[1], 2001)
+
+
+def run_server(*args, cwd=None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, SERVER, *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_listening(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not listen")
+
+
+class CommandLineTest(unittest.TestCase):
+    """The program as a person runs it."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+
+    def server(self, *args) -> subprocess.Popen:
+        proc = run_server("--host", "127.0.0.1", "--public-ip-url", "", *args, cwd=self.dir)
+
+        def end():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=WAIT)
+        self.addCleanup(end)
+        return proc
+
+    def test_sigterm_sends_stop_lines_and_exits_zero(self):
+        port = free_port()
+        proc = self.server("--port", str(port))
+        wait_listening(port, proc)
+        c = Client(port)
+        self.addCleanup(c.close)
+        c.join("ann")
+        proc.send_signal(signal.SIGTERM)
+        got = c.read_to_close()
+        self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
+        self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_restart_right_after_stop_reuses_the_port(self):
+        port = free_port()
+        first = self.server("--port", str(port))
+        wait_listening(port, first)
+        c = Client(port)
+        c.join("ann")
+        first.send_signal(signal.SIGINT)
+        self.assertEqual(first.wait(WAIT), 0)
+        second = self.server("--port", str(port))
+        wait_listening(port, second)
+        c.close()
+
+    def test_port_in_use_is_one_clear_sentence(self):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            proc = self.server("--port", str(port))
+            _, err = proc.communicate(timeout=WAIT)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f"Port {port} is already in use", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_address_not_on_this_machine_is_one_clear_sentence(self):
+        proc = run_server("--host", "192.0.2.77", "--port", str(free_port()),
+                          "--public-ip-url", "", cwd=self.dir)
+        _, err = proc.communicate(timeout=WAIT)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("is not on this machine", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_missing_port_file_is_created_with_5050(self):
+        port_file = os.path.join(self.dir, ".pcr_port")
+        self.assertEqual(pcr.read_port_file(port_file), (5050, None))
+        with open(port_file) as f:
+            self.assertEqual(f.read().strip(), "5050")
+
+    def test_port_file_is_used_when_no_port_is_given(self):
+        port = free_port()
+        with open(os.path.join(self.dir, ".pcr_port"), "w") as f:
+            f.write(f"{port}\n")
+        proc = self.server()
+        wait_listening(port, proc)
+
+    def test_bad_port_file_is_left_alone_with_a_warning(self):
+        port_file = os.path.join(self.dir, ".pcr_port")
+        for text in ("http", "0", "70000", ""):
+            with open(port_file, "w") as f:
+                f.write(text)
+            port, warning = pcr.read_port_file(port_file)
+            self.assertEqual(port, 5050)
+            self.assertIn(port_file, warning)
+            self.assertIn("not a port number", warning)
+            with open(port_file) as f:
+                self.assertEqual(f.read(), text)
+
+    def test_bad_port_argument_is_refused(self):
+        proc = run_server("--port", "99999", cwd=self.dir)
+        _, err = proc.communicate(timeout=WAIT)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("not a port number", err)
+
+    def test_log_has_joins_and_leaves_but_never_chat_text(self):
+        port = free_port()
+        log_file = os.path.join(self.dir, "room.log")
+        proc = self.server("--port", str(port), "--log-file", log_file)
+        wait_listening(port, proc)
+        ann = Client(port).join("ann")
+        ann.send(b"ann: the secret is pumpkin-42\n")
+        ann.read_until(b"pumpkin-42\n")
+        ann.close()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT)
+        with open(log_file) as f:
+            text = f.read()
+        self.assertIn("ann joined from 127.0.0.1", text)
+        self.assertIn("ann (127.0.0.1) left", text)
+        self.assertRegex(text, r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+:INFO:pcr_server:")
+        self.assertNotIn("pumpkin", text)
+        self.assertNotIn("pumpkin", err)
+
+    def test_log_file_rotates_at_60000_bytes_with_3_backups(self):
+        log_file = os.path.join(self.dir, "rot.log")
+        pcr.setup_logging(log_file, console=False)
+        self.addCleanup(pcr.setup_logging, "", False)
+        for i in range(3000):
+            pcr.log.info("line %d %s", i, "x" * 80)
+        names = sorted(n for n in os.listdir(self.dir) if n.startswith("rot.log"))
+        self.assertEqual(names, ["rot.log", "rot.log.1", "rot.log.2", "rot.log.3"])
+        self.assertTrue(all(os.path.getsize(os.path.join(self.dir, n)) <= 60000 for n in names))
+
+    def test_public_ip_is_looked_up_from_the_given_url(self):
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"203.0.113.9\n")
+
+            def log_message(self, *args):
+                pass
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.addCleanup(httpd.shutdown)
+        got = []
+        done = threading.Event()
+        pcr.look_up_public_ip(f"http://127.0.0.1:{httpd.server_port}/",
+                              lambda ip: (got.append(ip), done.set()))
+        self.assertTrue(done.wait(WAIT))
+        self.assertEqual(got, ["203.0.113.9"])
+
+    def test_public_ip_unavailable_is_none_not_a_crash(self):
+        got = []
+        done = threading.Event()
+        pcr.look_up_public_ip(f"http://127.0.0.1:{free_port()}/", lambda ip: (got.append(ip), done.set()))
+        self.assertTrue(done.wait(WAIT))
+        self.assertEqual(got, [None])
+
+    def test_mac_address_format(self):
+        mac = pcr.mac_address()
+        self.assertRegex(mac, r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$|^unknown$")
+
+    def test_out_of_files_on_accept_pauses_without_spinning(self):
+        port = free_port()
+        code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48));"
+                "import pcr_server; pcr_server.Server.SPARE_FILES = -1000;"
+                f"sys.exit(pcr_server.main(['--host', '127.0.0.1', '--port', '{port}',"
+                "'--public-ip-url', '', '--max-per-ip', '1000', '--log-file', 'f.log']))")
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=self.dir,
+                                env={**os.environ, "PYTHONPATH": HERE},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        wait_listening(port, proc)
+        clients = []
+        for _ in range(80):
+            clients.append(socket.create_connection(("127.0.0.1", port), WAIT))
+        time.sleep(0.5)
+        cpu0 = os.times()
+        with open(f"/proc/{proc.pid}/stat") as f:
+            before = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+        time.sleep(1.0)
+        with open(f"/proc/{proc.pid}/stat") as f:
+            after = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+        self.assertLess(after - before, 0.5 * os.sysconf("SC_CLK_TCK"))   # not spinning
+        for c in clients:
+            c.close()
+        late = Client(port)
+        self.addCleanup(late.close)
+        late.join("late")   # accepting again once files are free
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT)
+        self.assertEqual(err.count("cannot accept more connections"), 1, err)
+        del cpu0
