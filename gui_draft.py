@@ -164,6 +164,7 @@ class ServerWindow:
         self._build()
         log.addHandler(self.log_feed)
         self._look_up_addresses()
+        self._show_members([])
         self._show_state()
         root.update_idletasks()
         root.minsize(root.winfo_reqwidth(), root.winfo_reqheight())
@@ -246,6 +247,8 @@ class ServerWindow:
         self.badge.grid(row=0, column=6, sticky="e")
         self.status_line = ttk.Label(frame, style="Note.TLabel", wraplength=720)
         self.status_line.grid(row=1, column=0, columnspan=2, sticky="ew", pady=(10, 8))
+        self.status_line.bind("<Configure>",   # wrap at the window's width, whatever it is
+                              lambda event: self.status_line.configure(wraplength=event.width))
 
     def _build_info(self, frame) -> None:
         from tkinter import ttk
@@ -263,7 +266,7 @@ class ServerWindow:
 
     def _build_members(self, frame) -> None:
         from tkinter import ttk
-        self.members_box = box = ttk.Labelframe(frame, text="Online", padding=(10, 8))
+        self.members_box = box = ttk.Labelframe(frame, text="Online (0)", padding=(10, 8))
         box.grid(row=2, column=1, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
@@ -571,8 +574,6 @@ class ServerWindow:
         self.info["mac"].configure(text=self.mac)
         self.info["listen"].configure(
             text=host_port(*self.listening) if self.listening else f"off (next: {next_address})")
-        if self.server is None:
-            self.info["online"].configure(text="0")
         self._show_disconnect()
 
     def _status_sentence(self) -> str:

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import errno
 import heapq
+import hmac
 import ipaddress
 import logging
 import logging.handlers
@@ -36,6 +37,10 @@ try:
     import resource
 except ImportError:  # not on Windows: the open-files limit stays as it is
     resource = None
+try:
+    import ssl
+except ImportError:  # Python built without OpenSSL: no --tls-cert
+    ssl = None
 
 VERSION = "2.0.0"
 
@@ -74,6 +79,9 @@ class Settings:
     fold_joins: int = 3               # more joins at once: one folded notice
     stop_flush: float = 2.0           # seconds to deliver the stop lines
     accept_pause: float = 0.5         # after EMFILE/ENFILE on accept
+    room_key: str = ""                # members join as name#KEY; empty: no key
+    tls_cert: str = ""                # PEM files; empty: plain text
+    tls_key: str = ""
 
 
 def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
@@ -207,7 +215,8 @@ def relay_line(text: str, claimed: str, name: str) -> str | None:
 
 EVENT_READ = 1   # selectors.EVENT_READ
 EVENT_WRITE = 2  # selectors.EVENT_WRITE
-WOULD_BLOCK = (BlockingIOError, InterruptedError)
+WOULD_BLOCK = (BlockingIOError, InterruptedError) + (
+    (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
 
 class Timer:
@@ -310,7 +319,7 @@ class Loop:
 
 
 # Where a connection is in its life.
-NAMING, WELCOMING, IN_ROOM, GONE = "naming", "welcoming", "in room", "gone"
+SECURING, NAMING, WELCOMING, IN_ROOM, GONE = "securing", "naming", "welcoming", "in room", "gone"
 
 
 class Member:
@@ -655,6 +664,21 @@ def bind_error_text(e: OSError, host: str, port: int) -> str:
     return f"Cannot listen on {host} port {port}: {e.strerror or e}."
 
 
+def tls_context(cert: str, key: str):
+    """A server-side TLS 1.2+ context; raises StartError with a sentence."""
+    if ssl is None:
+        raise StartError("This Python has no ssl module, so it cannot encrypt; "
+                         "run without --tls-cert.")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as e:
+        raise StartError(f"Cannot use the certificate {cert} with the key {key or cert} "
+                         f"({getattr(e, 'strerror', None) or e.reason or e}).") from None
+    return context
+
+
 def raise_open_files_limit(wanted: int) -> int:
     """Raise the soft open-files limit toward the hard one; return the soft limit."""
     if resource is None:
@@ -674,6 +698,7 @@ class Server:
     """Listens, accepts, reads members' lines and enforces the limits."""
 
     SPARE_FILES = 32   # descriptors kept for the log, the GUI and look-ups
+    KEY_FAILURE_MEMORY = 60.0   # seconds after which wrong keys from an IP are forgotten
 
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
@@ -688,11 +713,15 @@ class Server:
         self.accept_error_logged = False
         self.stopping = False
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
+        self.tls = None                                  # ssl.SSLContext when encrypting
+        self.key_failures: dict[str, tuple[int, float]] = {}   # ip -> (count, last time)
 
     # -- start and stop -------------------------------------------------
     def listen(self) -> tuple[str, int]:
         """Bind and listen; raises StartError with a sentence for the person."""
         s = self.settings
+        if s.tls_cert:
+            self.tls = tls_context(s.tls_cert, s.tls_key)
         try:
             family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
             dual = family == socket.AF_INET6 and s.host == "::" and socket.has_dualstack_ipv6()
@@ -709,6 +738,11 @@ class Server:
         self.loop.call_later(1.0, self._sweep_handshakes)
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.capacity)
+        if self.tls:
+            log.info("encrypted with TLS: PrivateChatRoom-App cannot join (it speaks no TLS); "
+                     "members join with: python3 pcr_server.py --connect HOST:PORT --tls")
+        if s.room_key:
+            log.info("this room needs a key: members join as name#KEY")
         return self.address
 
     def serve(self) -> None:
@@ -793,12 +827,16 @@ class Server:
         refusal = self._refusal(ip)
         if refusal is not None:
             log.warning("refused %s: %s", ip, refusal.strip() or "not in --allow")
-            self._send_and_close(sock, refusal)
+            # a TLS client could not read a plain line: it only sees the close
+            self._send_and_close(sock, "" if self.tls else refusal)
             return
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.send(ALIAS_PROMPT)
+            if self.tls:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            else:
+                sock.send(ALIAS_PROMPT)
         except OSError:
             sock.close()
             return
@@ -808,9 +846,32 @@ class Server:
         self.handshakes.append((self.loop.now + self.settings.handshake_timeout, m))
         self.loop.watch(sock, EVENT_READ, self._on_member, m)
         log.debug("connection from %s port %d", ip, port)
+        if self.tls:
+            m.state = SECURING
+            self._secure(m)
+
+    def _secure(self, m: Member) -> None:
+        """One step of the TLS handshake; then the ALIAS prompt."""
+        try:
+            m.sock.do_handshake()
+            m.sock.send(ALIAS_PROMPT)
+        except ssl.SSLWantReadError:
+            m.reading, m.blocked = True, False
+        except ssl.SSLWantWriteError:
+            m.reading, m.blocked = False, True
+        except (ssl.SSLError, OSError) as e:
+            log.info("closed %s: TLS handshake failed (%s)", m.ip,
+                     getattr(e, "reason", None) or e.__class__.__name__)
+            self._close(m)
+            return
+        else:
+            m.state = NAMING
+            m.reading, m.blocked = True, False
+        self.set_interest(m)
 
     @staticmethod
     def _send_and_close(sock: socket.socket, text: str) -> None:
+        """Best effort: one line for the person, then a clean close."""
         try:
             sock.setblocking(False)
             if text:
@@ -825,9 +886,12 @@ class Server:
         now = self.loop.now
         while self.handshakes and self.handshakes[0][0] <= now:
             _, m = self.handshakes.popleft()
-            if m.state is NAMING:
+            if m.state is SECURING or m.state is NAMING:
                 log.info("closed %s: no alias within %g s", m.ip, self.settings.handshake_timeout)
                 self._close(m)
+        for ip, (_, last) in list(self.key_failures.items()):
+            if now - last > self.KEY_FAILURE_MEMORY:
+                del self.key_failures[ip]
         if not self.stopping:
             self.loop.call_later(1.0, self._sweep_handshakes)
 
@@ -835,37 +899,63 @@ class Server:
     def _on_member(self, m: Member, mask: int) -> None:
         if m.state is GONE:   # closed earlier in this same turn
             return
+        if m.state is SECURING:
+            self._secure(m)
+            return
         if mask & EVENT_WRITE:
             self.room.flush_member(m)
         if mask & EVENT_READ and m.state is not GONE and m.reading:
             self._read(m)
 
     def _read(self, m: Member) -> None:
-        try:
-            data = m.sock.recv(RECV_SIZE)
-        except WOULD_BLOCK:
-            return
-        except OSError:
-            self.drop(m, "connection reset")
-            return
-        if not data:
-            if m.inbuf and m.state is IN_ROOM and not m.skipping:
-                self._say(m, m.inbuf)
-            self.drop(m, "disconnected")
-        elif m.state is NAMING:
-            self._name(m, data)
-        else:
-            self._take_lines(m, m.inbuf + data if m.inbuf else data)
+        while True:
+            try:
+                data = m.sock.recv(RECV_SIZE)
+            except WOULD_BLOCK:
+                return
+            except OSError:
+                self.drop(m, "connection reset")
+                return
+            if not data:
+                if m.inbuf and m.state is IN_ROOM and not m.skipping:
+                    self._say(m, m.inbuf)
+                self.drop(m, "disconnected")
+            elif m.state is NAMING:
+                self._name(m, data)
+            else:
+                self._take_lines(m, m.inbuf + data if m.inbuf else data)
+            # TLS may hold decrypted bytes that the selector cannot see
+            if not (self.tls and m.reading and m.state is not GONE and m.sock.pending()):
+                return
 
     def _name(self, m: Member, data: bytes) -> None:
         raw, rest = split_alias(data[:RECV_SIZE])
-        m.claimed = decode_line(raw)
-        m.name = self.room.reserve_name(clean_name(m.claimed))
+        m.claimed = wanted = decode_line(raw)
+        key = self.settings.room_key
+        if key:
+            wanted, given = split_key(m.claimed)
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                self._wrong_key(m)
+                return
+        m.name = self.room.reserve_name(clean_name(wanted))
         m.inbuf = rest[:self.settings.max_line + 1]
         m.tokens = self._burst()
         m.reading = False   # until welcomed: what it types waits in the kernel
         self.set_interest(m)
         self.room.arrive(m)
+
+    def _wrong_key(self, m: Member) -> None:
+        """Answer a wrong or missing key after a delay that grows per IP."""
+        count, last = self.key_failures.get(m.ip, (0, 0.0))
+        count += 1
+        self.key_failures[m.ip] = (count, self.loop.now)
+        log.warning("wrong or missing room key from %s (attempt %d)", m.ip, count)
+        m.reading = False
+        self.set_interest(m)
+        delay = min(0.25 * 2 ** (count - 1), 8.0)
+        self.loop.call_later(delay, self._close, m,
+                             "this room needs a key: join with your name followed by #KEY "
+                             "(ask the host for the key)\n")
 
     def welcomed(self, m: Member) -> None:
         """Called once m is in the room: it may speak."""
@@ -984,7 +1074,7 @@ class Server:
         else:
             log.debug("connection from %s closed: %s", m.ip, reason)
 
-    def _close(self, m: Member) -> None:
+    def _close(self, m: Member, farewell: str = "") -> None:
         """Release m's socket and counts (the room is told by drop())."""
         if m.state is GONE:
             return
@@ -993,7 +1083,7 @@ class Server:
             m.resume.cancel()
         if m.events:
             self.loop.unwatch(m.sock)
-        m.sock.close()
+        self._send_and_close(m.sock, farewell)
         self.connections.discard(m)
         self.per_ip[m.ip] -= 1
         if not self.per_ip[m.ip]:
@@ -1122,7 +1212,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="connections from one address (default: %(default)s)")
     limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
                         help="only these networks may connect (default: everyone)")
-    return p.parse_args(argv)
+    privacy = p.add_argument_group("privacy")
+    key = privacy.add_mutually_exclusive_group()
+    key.add_argument("--room-key", default="", metavar="KEY",
+                     help="members must join as name#KEY")
+    key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
+    privacy.add_argument("--tls-cert", default="", metavar="FILE",
+                         help="encrypt with TLS using this certificate (PEM); the App cannot join then")
+    privacy.add_argument("--tls-key", default="", metavar="FILE",
+                         help="the certificate's private key (PEM), if not in --tls-cert")
+    args = p.parse_args(argv)
+    if args.tls_key and not args.tls_cert:
+        p.error("--tls-key needs --tls-cert")
+    if args.room_key_file:
+        try:
+            with open(args.room_key_file, encoding="utf-8") as f:
+                args.room_key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            p.error(f"cannot read the room key from {args.room_key_file}: {e}")
+        if not args.room_key:
+            p.error(f"{args.room_key_file} holds no room key on its first line")
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:

@@ -243,6 +243,32 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(clipped, [])
         self.assertGreaterEqual(self.root.winfo_width(), self.root.minsize()[0])
 
+    def test_run_gui_opens_the_window_and_a_terminate_signal_closes_it(self):
+        if shutil.which("xdotool") is None:
+            self.skipTest("xdotool is not installed")
+        code = (f"import sys, {pcr.__name__} as pcr; "
+                f"sys.exit(pcr.run_gui(pcr.Settings(host='127.0.0.1', port={free_port()}, "
+                f"public_ip_url='', log_file='')))")
+        gui = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def reap():
+            if gui.poll() is None:
+                gui.kill()
+                gui.communicate()
+        self.addCleanup(reap)
+        title = f"^PrivateChatRoom-Server v{pcr.VERSION}$"
+        deadline = time.monotonic() + WAIT
+        while subprocess.run(["xdotool", "search", "--name", title],
+                             capture_output=True, timeout=WAIT).returncode != 0:
+            self.assertIsNone(gui.poll(), "run_gui ended before its window showed")
+            self.assertLess(time.monotonic(), deadline, "no window showed")
+            time.sleep(0.05)
+        gui.terminate()
+        out, err = gui.communicate(timeout=WAIT)
+        self.assertEqual(gui.returncode, 0, err)
+        self.assertNotIn("Traceback", err)
+
     # -- starting and stopping ----------------------------------------------
     def test_start_button_runs_the_server_and_the_list_follows_the_room(self):
         w = self.open_window()
@@ -336,6 +362,8 @@ class GuiTest(unittest.TestCase):
         w = self.open_window()
         for i in range(pcr.LOG_LINES + 250):
             pcr.log.info("line %d", i)
+            if i in (100, pcr.LOG_LINES - 1):   # in three batches: old lines must go
+                self.pump_for(0.15)
         self.pump_for(0.3)
         lines = self.log_panel().rstrip("\n").split("\n")
         self.assertEqual(len(lines), pcr.LOG_LINES)

@@ -508,7 +508,7 @@ class LimitsTest(ServerCase):
         self.assertEqual((got[0] + bob.read_for(0.3)).count(b"stall has left the chat...\n"), 1)
         self.assertIn("not reading", self.log_text())
         stream = self.on_loop(lambda: len(server.room.stream))
-        self.assertLess(stream, 64 * 1024 + 8192)
+        self.assertLess(stream, 64 * 1024 + pcr.RECV_SIZE)   # the cap plus one read
 
     def test_room_full_is_told_then_closed(self):
         self.start(max_clients=2)
@@ -818,3 +818,149 @@ class CommandLineTest(unittest.TestCase):
         _, err = proc.communicate(timeout=WAIT)
         self.assertEqual(err.count("cannot accept more connections"), 1, err)
         del cpu0
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1/localhost, made with openssl."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise unittest.SkipTest(f"cannot make a test certificate with openssl: {e}")
+    return cert, key
+
+
+class RoomKeyTest(ServerCase):
+    """--room-key: name#KEY, never echoed, never logged."""
+
+    settings = {"room_key": "s3cret-K"}
+
+    def test_right_key_joins_under_the_name_alone(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"ann#s3cret-K")
+        got = c.read_until(b" online...\n")
+        self.assertIn(b"ann joined the chat...\n", got)
+        c.send(b"ann#s3cret-K: hello\n")
+        got += c.read_until(b"ann: hello\n")
+        self.assertNotIn(b"s3cret", got)
+        self.assertNotIn("s3cret", self.log_text())
+
+    def test_app_leave_line_with_key_is_one_leave_without_the_key(self):
+        self.start()
+        bob = self.connect()
+        bob.read_until(b"ALIAS")
+        bob.send(b"bob#s3cret-K")
+        bob.read_until(b" online...\n")
+        ann = self.connect()
+        ann.read_until(b"ALIAS")
+        ann.send(b"ann#s3cret-K")
+        ann.read_until(b"2 people are online...\n")
+        ann.send(b"\tann#s3cret-K has left the chat...\n")
+        ann.close()
+        got = bob.read_until(b"1 person is online...\n") + bob.read_for(0.2)
+        self.assertEqual(got.count(b"ann has left the chat...\n"), 1, got)
+        self.assertNotIn(b"s3cret", got)
+
+    def test_wrong_key_is_told_and_closed_and_logged(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"ann#guess")
+        got = c.read_to_close()
+        self.assertEqual(got, b"this room needs a key: join with your name followed by #KEY "
+                              b"(ask the host for the key)\n")
+        self.assertIn("wrong or missing room key from 127.0.0.1", self.log_text())
+        self.assertNotIn("guess", self.log_text())
+
+    def test_missing_key_is_refused(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"ann\n")
+        self.assertIn(b"this room needs a key", c.read_to_close())
+
+    def test_repeated_wrong_keys_are_answered_ever_slower(self):
+        self.start()
+        times = []
+        for _ in range(4):
+            c = self.connect()
+            c.read_until(b"ALIAS")
+            t0 = time.monotonic()
+            c.send(b"x#nope")
+            c.read_to_close(timeout=10)
+            times.append(time.monotonic() - t0)
+        self.assertGreater(times[3], times[0] + 1.0, times)   # 0.25 s, then 2 s
+        self.assertLess(times[0], 1.0)
+
+
+class TlsTest(ServerCase):
+    """--tls-cert/--tls-key: TLS 1.2+, handshake inside the loop."""
+
+    @classmethod
+    def setUpClass(cls):
+        if pcr.ssl is None:
+            raise unittest.SkipTest("no ssl module")
+        cls.dir = tempfile.mkdtemp()
+        cls.cert, cls.key = make_certificate(cls.dir)
+
+    def start(self, **overrides):
+        return super().start(tls_cert=self.cert, tls_key=self.key, **overrides)
+
+    def tls_member(self, alias: str) -> Client:
+        import ssl
+        context = ssl.create_default_context(cafile=self.cert)
+        c = Client.__new__(Client)
+        raw = socket.create_connection(("127.0.0.1", self.port), WAIT)
+        c.sock = context.wrap_socket(raw, server_hostname="localhost")
+        c.buf, c.reads = b"", []
+        self.addCleanup(c.close)
+        return c.join(alias)
+
+    def test_round_trip_over_tls(self):
+        self.start()
+        ann, bob = self.tls_member("ann"), self.tls_member("bob")
+        ann.read_until(b"2 people are online...\n")
+        bob.send(b"bob: over TLS\n")
+        ann.read_until(b"bob: over TLS\n")
+        self.assertEqual(ann.sock.version() in ("TLSv1.2", "TLSv1.3"), True)
+
+    def test_plain_client_on_a_tls_port_is_closed_and_logged(self):
+        self.start()
+        c = self.connect()
+        c.send(b"ann\nann: hello\n")
+        c.read_to_close()
+        self.tls_member("ok")   # the server is still fine
+        self.assertIn("TLS handshake failed", self.log_text())
+
+    def test_stalled_tls_handshake_does_not_block_others(self):
+        self.start(handshake_timeout=1.0)
+        stuck = self.connect()
+        stuck.send(b"\x16\x03\x01")   # the start of a ClientHello, then nothing
+        t0 = time.monotonic()
+        self.tls_member("ann")
+        self.assertLess(time.monotonic() - t0, 1.0)
+        stuck.read_to_close(timeout=3)
+
+    def test_tls_1_1_is_refused(self):
+        import ssl
+        self.start()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        except (ValueError, ssl.SSLError):
+            self.skipTest("this OpenSSL cannot even offer TLS 1.1")
+        raw = socket.create_connection(("127.0.0.1", self.port), WAIT)
+        with self.assertRaises((ssl.SSLError, OSError)):
+            context.wrap_socket(raw).recv(5)
+        raw.close()
+
+    def test_bad_certificate_is_one_clear_sentence(self):
+        with self.assertRaises(pcr.StartError) as e:
+            super().start(tls_cert=os.path.join(self.dir, "missing.pem"))
+        self.assertIn("Cannot use the certificate", str(e.exception))
