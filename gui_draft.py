@@ -61,6 +61,13 @@ def since_text(when: float) -> str:
     return time.strftime("%d %b %H:%M", t)
 
 
+def log_tag(levelno: int) -> str:
+    """The log panel's colour tag for a record's level."""
+    if levelno >= logging.ERROR:
+        return "ERROR"
+    return "WARNING" if levelno >= logging.WARNING else ""
+
+
 class LogFeed(logging.Handler):
     """Hands formatted log records to the window through a queue (any thread)."""
 
@@ -233,12 +240,15 @@ class ServerWindow:
         bar = ttk.Frame(frame)
         bar.grid(row=0, column=0, columnspan=2, sticky="ew")
         bar.columnconfigure(5, weight=1)
-        self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton", command=self.start)
-        self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton", command=self.stop)
+        self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton",
+                                       command=self.start)
+        self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton",
+                                      command=self.stop)
         self.port_button = ttk.Button(bar, text="Change port…", command=self.change_port)
         self.address_button = ttk.Button(bar, text="Set listen address…",
                                          command=self.set_listen_address)
-        self.copy_button = ttk.Button(bar, text="Copy address", width=14, command=self.copy_address)
+        self.copy_button = ttk.Button(bar, text="Copy address", width=14,
+                                      command=self.copy_address)
         for column, button in enumerate((self.start_button, self.stop_button, self.port_button,
                                          self.address_button, self.copy_button)):
             button.grid(row=0, column=column, padx=(0, 16 if column == 1 else 6))
@@ -442,8 +452,7 @@ class ServerWindow:
         following = text.yview()[1] >= 0.999   # keep the end in view only if it was
         text.configure(state="normal")
         for levelno, line in lines[-LOG_LINES:]:
-            tag = "ERROR" if levelno >= logging.ERROR else "WARNING" if levelno >= logging.WARNING else ""
-            text.insert("end", line + "\n", tag)
+            text.insert("end", line + "\n", log_tag(levelno))
         excess = int(text.index("end-1c").split(".")[0]) - 1 - LOG_LINES
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")

@@ -135,8 +135,8 @@ def joined_notice(name: str) -> str:
 
 def folded_join_notice(names: list[str]) -> str:
     """One line for many joins at once (a join storm), never digit-first."""
-    shown = ", ".join(names[:3])
-    return f"{shown} and {len(names) - 3} others joined the chat...\n"
+    shown, more = ", ".join(names[:3]), len(names) - 3
+    return f"{shown} and {more} {'other' if more == 1 else 'others'} joined the chat...\n"
 
 
 def left_notice(name: str) -> str:

@@ -342,9 +342,9 @@ class GuiTest(unittest.TestCase):
         ann.read_until(b"bob has left the chat...\n")
         self.pump_until(lambda: self.listed() == [("ann", "127.0.0.1")], "bob gone from the list")
         self.assertEqual(self.info("online"), "1")
-        self.pump_until(lambda: "bob (127.0.0.1) left: disconnected by the host" in self.log_panel(),
-                        "the log panel line")
-        self.assertIn("bob (127.0.0.1) left: disconnected by the host", self.log_file())
+        logged = "bob (127.0.0.1) left: disconnected by the host"
+        self.pump_until(lambda: logged in self.log_panel(), "the log panel line")
+        self.assertIn(logged, self.log_file())
 
     def test_chat_text_never_shows_in_the_window(self):
         w = self.open_window()

@@ -178,6 +178,8 @@ class ProtocolTextTest(unittest.TestCase):
     def test_folded_join_line_never_starts_with_a_digit(self):
         line = pcr.folded_join_notice(["a", "b", "c", "d", "e"])
         self.assertEqual(line, "a, b, c and 2 others joined the chat...\n")
+        line = pcr.folded_join_notice(["a", "b", "c", "d"])
+        self.assertEqual(line, "a, b, c and 1 other joined the chat...\n")
 
     def test_alias_is_up_to_the_first_line_end_or_the_whole_read(self):
         self.assertEqual(pcr.split_alias(b"bob"), (b"bob", b""))
@@ -270,6 +272,55 @@ class HandshakeTest(ServerCase):
         idle = [self.connect() for _ in range(300)]
         self.member("ann")
         self.assertEqual(len(idle), 300)
+
+
+class PresenceTest(ServerCase):
+    """Count lines arrive as reads of their own; join storms are folded."""
+
+    def test_count_line_is_its_own_read_while_the_room_chats(self):
+        self.start(notice_gap=0.1, count_interval=0.1, line_rate=0)
+        watcher, chatter = self.member("watch"), self.member("chat")
+        watcher.read_until(b"2 people are online...\n")
+        watcher.reads.clear()
+        stop = threading.Event()
+
+        def chat():
+            k = 0
+            while not stop.is_set():
+                chatter.send(b"chat: %d\n" % k)
+                k += 1
+                time.sleep(0.01)
+            chatter.send(b"chat: END\n")
+        reader = threading.Thread(target=watcher.read_until, args=(b"chat: END\n", 10), daemon=True)
+        reader.start()
+        threading.Thread(target=chat, daemon=True).start()
+        for i in range(3):
+            guest = self.member(f"guest{i}")
+            time.sleep(0.3)
+            guest.close()
+            time.sleep(0.3)
+        stop.set()
+        reader.join(10)
+        with_count = [r for r in watcher.reads if b"online..." in r]
+        self.assertGreaterEqual(len(with_count), 3)
+        for read in with_count:
+            self.assertRegex(read, rb"^\d+ (person is|people are) online...\n$")
+
+    def test_join_storm_is_folded_and_each_newcomer_sees_its_own_line(self):
+        self.start(welcome_delay=0.3, fold_joins=3, count_interval=0.3)
+        host = self.member("host")
+        crowd = []
+        for i in range(6):
+            c = self.connect()
+            c.read_until(b"ALIAS")
+            c.send(f"p{i}".encode())
+            crowd.append(c)
+        got = host.read_until(b"7 people are online...\n")
+        self.assertRegex(got, rb"p\d, p\d, p\d and \d others? joined the chat...\n")
+        self.assertLess(got.count(b"joined the chat"), 6)
+        for i, c in enumerate(crowd):
+            mine = c.read_until(b"7 people are online...\n")
+            self.assertTrue(mine.startswith(f"p{i} joined the chat...\n".encode()), mine)
 
 
 class ChatTest(ServerCase):
