@@ -27,7 +27,7 @@ STATE_LOOK = {        # badge colour and word
     ERROR: ("#e03131", "Error"),
 }
 WINDOW_BG = "#f3f4f6"
-HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 
 
 def port_from_text(text: str) -> int | None:
@@ -255,10 +255,10 @@ class ServerWindow:
         self.badge = tk.Label(bar, width=10, foreground="white", padx=10, pady=3,
                               font="TkHeadingFont")
         self.badge.grid(row=0, column=6, sticky="e")
-        self.status_line = ttk.Label(frame, style="Note.TLabel", wraplength=720)
+        self.status_line = ttk.Label(frame, style="Note.TLabel")
         self.status_line.grid(row=1, column=0, columnspan=2, sticky="ew", pady=(10, 8))
-        self.status_line.bind("<Configure>",   # wrap at the window's width, whatever it is
-                              lambda event: self.status_line.configure(wraplength=event.width))
+        bar.update_idletasks()   # the bar is the narrowest the window gets: wrap there
+        self.status_line.configure(wraplength=bar.winfo_reqwidth())
 
     def _build_info(self, frame) -> None:
         from tkinter import ttk
@@ -598,8 +598,12 @@ class ServerWindow:
         }[self.state]
 
 
-def run_gui(settings: Settings) -> int:
-    """Run the server from a window until it is closed; 1 if no window can open."""
+def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
+    """Run the server from a window until it is closed; 1 if no window can open.
+
+    `warnings` (from reading the settings) are logged once the window's log
+    panel can show them.
+    """
     try:
         import tkinter
     except ImportError:
@@ -612,11 +616,15 @@ def run_gui(settings: Settings) -> int:
         print("No display is available for the --gui window; run without --gui to serve "
               "from the terminal.", file=sys.stderr)
         return 1
+    root.withdraw()   # shown once a signal can close it the clean way
     window = ServerWindow(root, settings)
+    for warning in warnings:
+        log.warning("%s", warning)
 
     def request_close(*_):
         window.close_requested = True   # _tick acts on it within TICK_MS
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, request_close)
+    root.deiconify()
     root.mainloop()
     return 0

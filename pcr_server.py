@@ -19,6 +19,7 @@ import errno
 import heapq
 import hmac
 import ipaddress
+import itertools
 import logging
 import logging.handlers
 import os
@@ -76,6 +77,7 @@ class Settings:
     welcome_delay: float = 0.6        # the App drops what comes before its window
     notice_gap: float = 0.2           # quiet time around a count line
     count_interval: float = 0.25      # at most one count line this often
+    join_window: float = 0.05         # welcomes due this close together go as one
     fold_joins: int = 3               # more joins at once: one folded notice
     stop_flush: float = 2.0           # seconds to deliver the stop lines
     accept_pause: float = 0.5         # after EMFILE/ENFILE on accept
@@ -227,9 +229,6 @@ class Timer:
     def __init__(self, when: float, fn: Callable, args: tuple):
         self.when, self.fn, self.args, self.cancelled = when, fn, args, False
 
-    def __lt__(self, other: Timer) -> bool:
-        return self.when < other.when
-
     def cancel(self) -> None:
         self.cancelled = True
 
@@ -244,7 +243,8 @@ class Loop:
     def __init__(self):
         import selectors
         self.selector = selectors.DefaultSelector()
-        self.timers: list[Timer] = []
+        self.timers: list[tuple[float, int, Timer]] = []   # a heap
+        self._seq = itertools.count()
         self.soon: collections.deque = collections.deque()
         self.now = time.monotonic()
         self.running = False
@@ -265,10 +265,14 @@ class Loop:
         except (KeyError, ValueError):
             pass
 
-    def call_later(self, delay: float, fn: Callable, *args) -> Timer:
-        timer = Timer(time.monotonic() + delay, fn, args)
-        heapq.heappush(self.timers, timer)
+    def call_at(self, when: float, fn: Callable, *args) -> Timer:
+        """Run fn(*args) at `when` on the time.monotonic() clock."""
+        timer = Timer(when, fn, args)
+        heapq.heappush(self.timers, (when, next(self._seq), timer))
         return timer
+
+    def call_later(self, delay: float, fn: Callable, *args) -> Timer:
+        return self.call_at(time.monotonic() + delay, fn, *args)
 
     def call_soon(self, fn: Callable, *args) -> None:
         """Run fn(*args) at the end of this turn (loop thread only)."""
@@ -296,7 +300,7 @@ class Loop:
             if soon:
                 timeout = 0
             elif timers:
-                timeout = max(0.0, timers[0].when - time.monotonic())
+                timeout = max(0.0, timers[0][0] - time.monotonic())
             else:
                 timeout = None
             events = select(timeout)
@@ -304,8 +308,8 @@ class Loop:
             for key, mask in events:
                 handler, obj = key.data
                 handler(obj, mask)
-            while timers and timers[0].when <= self.now:
-                timer = heapq.heappop(timers)
+            while timers and timers[0][0] <= self.now:
+                timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
                     timer.fn(*timer.args)
             for _ in range(len(soon)):
@@ -326,7 +330,8 @@ class Member:
     """One connection: its socket, its name, and where it is in the room stream."""
 
     __slots__ = ("sock", "ip", "port", "state", "claimed", "name", "since",
-                 "ready_at", "pos", "notes", "sent_at", "quiet_until", "blocked", "held",
+                 "ready_at", "pos", "notes", "sent_at", "quiet_until", "counted",
+                 "blocked", "held",
                  "reading", "events", "inbuf", "skipping", "tokens", "stamp",
                  "resume")
 
@@ -342,6 +347,7 @@ class Member:
         self.notes = None        # deque of (stream position, bytes) for this member only
         self.sent_at = 0.0       # when it was last sent anything
         self.quiet_until = 0.0   # nothing may follow a count line before this
+        self.counted = 0         # the room's count serial this member has had
         self.blocked = False     # kernel buffer full: waiting for writable
         self.held = False        # waiting out the quiet time around a count line
         self.reading = True
@@ -369,10 +375,12 @@ class Room:
     Broadcast appends a line once to `stream`, an append-only buffer shared
     by all members; each member keeps only its position in it and gets
     `stream[pos:]` in one send per loop turn.  What every member has had is
-    trimmed off the front.  Count lines must reach the App as reads of their
-    own: `counts` holds where each starts and ends, a member gets the latest
-    one alone, `notice_gap` seconds after and before anything else, and a
-    member that is behind skips the ones a newer count has made stale.
+    trimmed off the front.
+
+    Count lines are not in the stream: the App must read each alone, so a
+    member is owed the latest count and gets it once it has everything else
+    and `notice_gap` seconds have passed quietly; the next bytes wait as long
+    again.  A busy member is never slowed by counts, and never gets a stale one.
     """
 
     def __init__(self, loop: Loop, settings: Settings, server: Server):
@@ -384,14 +392,17 @@ class Room:
         self.arrivals: list[Member] = []        # named, waiting for their welcome
         self.stream = bytearray()
         self.base = 0                            # stream position of stream[0]
-        self.counts: list[tuple[int, int]] = []  # (start, end) of count lines
         self.gap = settings.notice_gap
-        self.held: list[Member] = []
+        self.count_text = b""                    # the latest count line
+        self.count_serial = 0                    # bumped with each new count line
+        self.counted = 0                         # the number it announced
+        self.count_at = -1e9
+        self.held: list[tuple[float, int, Member]] = []   # a heap: members to come back to
+        self.hold_seq = itertools.count()
         self.hold_timer: Timer | None = None
+        self.closing = False
         self.flush_due = False
         self.presence_timer: Timer | None = None
-        self.counted = 0                         # the count last announced
-        self.count_at = -1e9
         self.guests = 0
         self.on_change: Callable[[], None] | None = None   # the GUI's hook
 
@@ -432,14 +443,14 @@ class Room:
         """Send every member what it has not had yet: one send per member."""
         self.flush_due = False
         end, base, now = self.end, self.base, self.loop.now
-        last_count = self.counts[-1][1] if self.counts else -1
+        serial, gap = self.count_serial, self.gap
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
         with memoryview(self.stream) as view:
             for m in self.members:
                 pos = m.pos
-                if (pos < end or m.notes) and not (m.blocked or m.held):
-                    if m.notes or pos <= last_count:
+                if (pos < end or m.notes) and not m.blocked:
+                    if m.notes or now < m.quiet_until:
                         if not self._send_member(m, view):
                             failed.append(m)
                             continue
@@ -455,6 +466,8 @@ class Room:
                         m.pos = pos = pos + n
                         if pos < end:
                             self._block(m)
+                        elif m.counted != serial:
+                            self._hold(m, now + gap)
                     pos = m.pos
                 if m.blocked and end - pos > limit:   # the kernel refuses more, too
                     slow.append(m)
@@ -464,7 +477,9 @@ class Room:
             self.server.drop(m, "connection lost while sending")
         for m in slow:
             self.server.drop(m, f"not reading: over {limit} bytes waiting")
-        self._trim(low)
+        if low > self.base:
+            del self.stream[:low - self.base]
+            self.base = low
 
     def flush_member(self, m: Member) -> None:
         """Send one member what it can take now (it became writable)."""
@@ -474,9 +489,8 @@ class Room:
             self.server.drop(m, "connection lost while sending")
 
     def _send_member(self, m: Member, view: memoryview) -> bool:
-        """The careful path: private notes and count lines. False: dead."""
+        """The careful path: notes, the quiet gaps, the count. False: dead."""
         end, base, now = self.end, self.base, self.loop.now
-        counts = self.counts
         try:
             while True:
                 notes = m.notes
@@ -490,41 +504,33 @@ class Room:
                     notes.popleft()
                     if not notes:
                         m.notes = None
-                    continue
-                if m.pos >= end:
-                    break
-                if now < m.quiet_until:
-                    self._hold(m, m.quiet_until)
-                    break
-                stop = end if not notes else min(end, notes[0][0])
-                i = bisect.bisect_left(counts, (m.pos,))   # first count at or after pos
-                count_end = 0
-                if i and m.pos < counts[i - 1][1]:          # inside one: finish it
-                    count_end = counts[i - 1][1]
-                elif i < len(counts) and counts[i][0] == m.pos:
-                    if i + 1 < len(counts):                 # stale: skip it
-                        m.pos = counts[i][1]
-                        continue
+                elif m.pos < end:
+                    if now < m.quiet_until:
+                        self._hold(m, m.quiet_until)
+                        break
+                    stop = min(end, notes[0][0]) if notes else end
+                    n = m.sock.send(view[m.pos - base:stop - base])
+                    m.sent_at = now
+                    m.pos += n
+                    if m.pos < stop:
+                        break
+                elif m.counted != self.count_serial:
                     if now < m.sent_at + self.gap:
                         self._hold(m, m.sent_at + self.gap)
                         break
-                    count_end = counts[i][1]
-                elif i < len(counts):
-                    stop = min(stop, counts[i][0])
-                if count_end:
-                    stop = count_end
-                n = m.sock.send(view[m.pos - base:stop - base])
-                m.sent_at = now
-                m.pos += n
-                if m.pos < stop:
-                    break
-                if count_end:
+                    m.counted = self.count_serial
+                    m.sock.send(self.count_text)   # short: a fresh gap means room for it
+                    m.sent_at = now
                     m.quiet_until = now + self.gap
+                    break
+                else:
+                    break
         except WOULD_BLOCK:
             pass
         except OSError:
             return False
-        blocked = not m.held and (m.pos < end or bool(m.notes))
+        # waiting for the kernel, not for a quiet gap to end
+        blocked = (m.pos < end or bool(m.notes)) and now >= m.quiet_until
         if blocked != m.blocked:
             m.blocked = blocked
             self.server.set_interest(m)
@@ -536,34 +542,31 @@ class Room:
             self.server.set_interest(m)
 
     def _hold(self, m: Member, until: float) -> None:
+        """Come back to m at `until`: its gap is over (one timer for all)."""
+        if m.held:
+            return
         m.held = True
-        self.held.append(m)
+        heapq.heappush(self.held, (until, next(self.hold_seq), m))
         if self.hold_timer is None or self.hold_timer.when > until:
             if self.hold_timer:
                 self.hold_timer.cancel()
-            self.hold_timer = self.loop.call_later(until - time.monotonic(), self._release_held)
+            self.hold_timer = self.loop.call_at(until, self._release_held)
 
     def _release_held(self) -> None:
+        """Send to the held members whose gap is over (give or take 10 ms)."""
         self.hold_timer = None
-        held, self.held = self.held, []
-        for m in held:
+        now = self.loop.now = time.monotonic()
+        held, due = self.held, []
+        while held and held[0][0] <= now + 0.01:
+            m = heapq.heappop(held)[2]
             m.held = False
-        self.loop.now = time.monotonic()
+            due.append(m)
         with memoryview(self.stream) as view:
-            failed = [m for m in held if m.state is IN_ROOM and not self._send_member(m, view)]
+            failed = [m for m in due if m.state is IN_ROOM and not self._send_member(m, view)]
         for m in failed:
             self.server.drop(m, "connection lost while sending")
-
-    def _trim(self, low: int) -> None:
-        cut = low - self.base
-        if cut > 0:
-            del self.stream[:cut]
-            self.base = low
-            counts = self.counts
-            passed = 0
-            while passed < len(counts) and counts[passed][1] < low:
-                passed += 1
-            del counts[:passed]
+        if held and self.hold_timer is None:
+            self.hold_timer = self.loop.call_at(held[0][0], self._release_held)
 
     # -- presence: joins, leaves and the count --------------------------
     def arrive(self, m: Member) -> None:
@@ -581,39 +584,47 @@ class Room:
         if m.state is WELCOMING:
             self.arrivals.remove(m)
         elif m.state is IN_ROOM:
-            del self.members[m]
-            if m.held:
-                self.held.remove(m)
-            self.broadcast(left_notice(m.name))
-            self._presence_at(self.loop.now)
+            del self.members[m]   # a held entry is skipped once m is gone
+            if not self.closing:
+                self.broadcast(left_notice(m.name))
+                self._presence_at(self.loop.now)
             self._changed()
 
     def _presence_at(self, when: float) -> None:
-        when = max(when, self.count_at + self.settings.count_interval)
         timer = self.presence_timer
         if timer is not None and timer.when <= when:
             return
         if timer is not None:
             timer.cancel()
-        self.presence_timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._presence)
+        self.presence_timer = self.loop.call_at(when, self._presence)
 
     def _presence(self) -> None:
-        """Welcome whoever is due, then announce the count if it changed."""
+        """Welcome whoever is due (or nearly), then the count, at most so often."""
         self.presence_timer = None
         now = self.loop.now = time.monotonic()
-        due = [m for m in self.arrivals if m.ready_at <= now]
+        soon = now + self.settings.join_window
+        due = [m for m in self.arrivals if m.ready_at <= soon]
         if due:
-            self.arrivals = [m for m in self.arrivals if m.ready_at > now]
+            self.arrivals = [m for m in self.arrivals if m.ready_at > soon]
             self._welcome(due)
-        if len(self.members) != self.counted:
-            self.counted = len(self.members)
-            self.count_at = now
-            start = self.end
-            self.broadcast(count_notice(self.counted))
-            self.counts.append((start, self.end))
-            log.info("%d online", self.counted)
+        if len(self.members) != self.counted and not self.closing:
+            next_count = self.count_at + self.settings.count_interval
+            if now >= next_count:
+                self._announce_count(now)
+            else:
+                self._presence_at(next_count)
         if self.arrivals:
             self._presence_at(min(m.ready_at for m in self.arrivals))
+
+    def _announce_count(self, now: float) -> None:
+        self.counted = len(self.members)
+        self.count_at = now
+        self.count_text = count_notice(self.counted).encode()
+        self.count_serial += 1
+        log.info("%d online", self.counted)
+        for m in self.members:
+            if not (m.blocked or m.held):
+                self._hold(m, max(now, m.sent_at + self.gap))
 
     def _welcome(self, newcomers: list[Member]) -> None:
         folded = len(newcomers) > self.settings.fold_joins
@@ -622,10 +633,10 @@ class Room:
         for m in newcomers:
             m.state = IN_ROOM
             m.pos = self.end
+            m.counted = self.count_serial   # owed only the count that includes it
             self.members[m] = None
             if folded:
                 self.tell(m, joined_notice(m.name))
-            log.info("%s joined from %s", m.name, m.ip)
         if not folded:
             for m in newcomers:
                 self.broadcast(joined_notice(m.name))
@@ -633,7 +644,17 @@ class Room:
             if m.name != split_key(m.claimed)[0].strip():
                 self.tell(m, f"the room knows you as {m.name}\n")
             self.server.welcomed(m)
+        log.info("joined: %s", ", ".join(f"{m.name} from {m.ip}" for m in newcomers))
         self._changed()
+
+    def stop_notice(self) -> None:
+        """The last broadcast: the stop lines, with no gaps and no more counts."""
+        self.closing = True
+        self.gap = 0.0
+        for m in self.members:
+            m.counted = self.count_serial
+            m.quiet_until = 0.0
+        self.broadcast(STOP_NOTICE)
 
     def _changed(self) -> None:
         if self.on_change:
@@ -758,15 +779,13 @@ class Server:
         if self.listener:
             self.loop.unwatch(self.listener)
             self.listener.close()
-        room = self.room
-        room.gap = 0.0
         for m in list(self.connections):
             if m.state is not IN_ROOM:
                 self.drop(m, "server stopping")
             elif m.reading:
                 m.reading = False
                 self.set_interest(m)
-        room.broadcast(STOP_NOTICE)
+        self.room.stop_notice()
         self._finish_stop(time.monotonic() + self.settings.stop_flush)
 
     def _finish_stop(self, deadline: float) -> None:

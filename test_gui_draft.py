@@ -243,12 +243,13 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(clipped, [])
         self.assertGreaterEqual(self.root.winfo_width(), self.root.minsize()[0])
 
-    def test_run_gui_opens_the_window_and_a_terminate_signal_closes_it(self):
+    def test_run_gui_opens_the_window_logs_warnings_and_a_terminate_signal_closes_it(self):
         if shutil.which("xdotool") is None:
             self.skipTest("xdotool is not installed")
         code = (f"import sys, {pcr.__name__} as pcr; "
+                f"pcr.setup_logging({self.log_path!r}, console=False); "
                 f"sys.exit(pcr.run_gui(pcr.Settings(host='127.0.0.1', port={free_port()}, "
-                f"public_ip_url='', log_file='')))")
+                f"public_ip_url='', log_file=''), ['.pcr_port holds nonsense']))")
         gui = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -268,6 +269,7 @@ class GuiTest(unittest.TestCase):
         out, err = gui.communicate(timeout=WAIT)
         self.assertEqual(gui.returncode, 0, err)
         self.assertNotIn("Traceback", err)
+        self.assertIn("WARNING:pcr_server:.pcr_port holds nonsense", self.log_file())
 
     # -- starting and stopping ----------------------------------------------
     def test_start_button_runs_the_server_and_the_list_follows_the_room(self):

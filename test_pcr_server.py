@@ -277,6 +277,22 @@ class HandshakeTest(ServerCase):
 class PresenceTest(ServerCase):
     """Count lines arrive as reads of their own; join storms are folded."""
 
+    def test_count_waits_for_a_quiet_moment_in_a_busy_room(self):
+        self.start(notice_gap=0.3, count_interval=0.05, line_rate=0)
+        watcher, chatter = self.member("watch"), self.member("chat")
+        watcher.read_until(b"2 people are online...\n")
+        newcomer = self.connect()
+        for k in range(60):   # a line every 10 ms: never 0.3 s of quiet
+            chatter.send(b"chat: %d\n" % k)
+            if k == 5:
+                newcomer.read_until(b"ALIAS")
+                newcomer.send(b"new")
+            time.sleep(0.01)
+        got = watcher.read_until(b"3 people are online...\n")
+        self.assertIn(b"new joined the chat...\n", got)
+        self.assertEqual(got.count(b"chat: "), 60)   # no chat line waited for the count
+        self.assertTrue(got.endswith(b"chat: 59\n3 people are online...\n"), got[-80:])
+
     def test_count_line_is_its_own_read_while_the_room_chats(self):
         self.start(notice_gap=0.1, count_interval=0.1, line_rate=0)
         watcher, chatter = self.member("watch"), self.member("chat")
@@ -284,12 +300,14 @@ class PresenceTest(ServerCase):
         watcher.reads.clear()
         stop = threading.Event()
 
-        def chat():
+        def chat():   # bursts of lines with short pauses, as people chat
             k = 0
             while not stop.is_set():
-                chatter.send(b"chat: %d\n" % k)
-                k += 1
-                time.sleep(0.01)
+                for _ in range(10):
+                    chatter.send(b"chat: %d\n" % k)
+                    k += 1
+                    time.sleep(0.01)
+                time.sleep(0.25)
             chatter.send(b"chat: END\n")
         reader = threading.Thread(target=watcher.read_until, args=(b"chat: END\n", 10), daemon=True)
         reader.start()
@@ -790,7 +808,7 @@ class CommandLineTest(unittest.TestCase):
         _, err = proc.communicate(timeout=WAIT)
         with open(log_file) as f:
             text = f.read()
-        self.assertIn("ann joined from 127.0.0.1", text)
+        self.assertIn("joined: ann from 127.0.0.1", text)
         self.assertIn("ann (127.0.0.1) left", text)
         self.assertRegex(text, r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+:INFO:pcr_server:")
         self.assertNotIn("pumpkin", text)
