@@ -136,6 +136,27 @@ class FormDialog:
         self.top.destroy()
 
 
+def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
+    """The GUI's server thread: listen, serve until stopped, close the loop.
+
+    Tells the window through `inbox`: ("listening", server, address) or
+    ("failed", server, sentence).
+    """
+    try:
+        try:
+            address = server.listen()
+        except StartError as e:
+            log.error("%s", e)
+            inbox.put(("failed", server, str(e)))
+            return
+        inbox.put(("listening", server, address))
+        server.serve()
+    except Exception:
+        log.exception("the server stopped on an unexpected error")
+    finally:
+        server.loop.close()
+
+
 class ServerWindow:
     """The server's window: start and stop, addresses, who is in, the log.
 
@@ -320,26 +341,10 @@ class ServerWindow:
         if self.state not in (STOPPED, ERROR) or self.thread is not None or self.quitting:
             return
         self.server = Server(dataclasses.replace(self.settings))
-        self.thread = threading.Thread(target=self._run_server, args=(self.server,),
+        self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
                                        name="server", daemon=True)
         self._set_state(STARTING)
         self.thread.start()
-
-    def _run_server(self, server: Server) -> None:
-        """The server thread: listen, serve until stopped, close the loop."""
-        try:
-            try:
-                address = server.listen()
-            except StartError as e:
-                log.error("%s", e)
-                self.inbox.put(("failed", server, str(e)))
-                return
-            self.inbox.put(("listening", server, address))
-            server.serve()
-        except Exception:
-            log.exception("the server stopped on an unexpected error")
-        finally:
-            server.loop.close()
 
     def stop(self) -> None:
         """Ask the server to stop; _tick notices when its thread has ended."""
@@ -381,6 +386,7 @@ class ServerWindow:
         if self.thread is not None:
             log.warning("the server did not stop in time; closing anyway")
         self.closed = True
+        self.dialog = None
         log.removeHandler(self.log_feed)
         for after_id in (self.tick_id, self.flash_id):
             if after_id:
@@ -404,9 +410,9 @@ class ServerWindow:
             return
         self.ticks += 1
         if self.state == RUNNING and self.ticks % MEMBER_TICKS == 0:
-            server = self.server
+            server, inbox = self.server, self.inbox
             server.loop.call_soon_threadsafe(
-                lambda: self.inbox.put(("members", server, server.room.snapshot())))
+                lambda: inbox.put(("members", server, server.room.snapshot())))
         self.tick_id = self.root.after(TICK_MS, self._tick)
 
     def _read_inbox(self) -> None:
@@ -433,11 +439,11 @@ class ServerWindow:
 
     def _look_up_addresses(self) -> None:
         """Private IP and MAC on one thread, the public IP on another."""
-        threading.Thread(target=lambda: self.inbox.put(("host", private_ipv4(), mac_address())),
+        inbox = self.inbox   # threads hold the queue, never the window (Tk dies on its own thread)
+        threading.Thread(target=lambda: inbox.put(("host", private_ipv4(), mac_address())),
                          name="host-addresses", daemon=True).start()
         if self.settings.public_ip_url:
-            look_up_public_ip(self.settings.public_ip_url,
-                              lambda ip: self.inbox.put(("public-ip", ip)))
+            look_up_public_ip(self.settings.public_ip_url, lambda ip: inbox.put(("public-ip", ip)))
 
     def _show_log_lines(self) -> None:
         lines = []
