@@ -25,6 +25,7 @@ import logging
 import logging.handlers
 import os
 import re
+import selectors
 import signal
 import socket
 import sys
@@ -216,8 +217,7 @@ def relay_line(text: str, claimed: str, name: str) -> str | None:
 # 3. The event loop and the room
 # ---------------------------------------------------------------------------
 
-EVENT_READ = 1   # selectors.EVENT_READ
-EVENT_WRITE = 2  # selectors.EVENT_WRITE
+EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 WOULD_BLOCK = (BlockingIOError, InterruptedError) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
@@ -242,7 +242,6 @@ class Loop:
     """
 
     def __init__(self):
-        import selectors
         self.selector = selectors.DefaultSelector()
         self.timers: list[tuple[float, int, Timer]] = []   # a heap
         self._seq = itertools.count()
