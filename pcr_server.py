@@ -957,7 +957,7 @@ class Server:
                 self._wrong_key(m)
                 return
         m.name = self.room.reserve_name(clean_name(wanted))
-        m.inbuf = rest[:self.settings.max_line + 1]
+        m.inbuf = rest   # typed ahead; bounded by one read, relayed once welcomed
         m.tokens = self._burst()
         m.reading = False   # until welcomed: what it types waits in the kernel
         self.set_interest(m)

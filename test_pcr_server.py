@@ -259,6 +259,23 @@ class HandshakeTest(ServerCase):
         c.read_until(b"tom joined the chat...\n")
         c.read_until(b"tom: hello\n")
 
+    def test_lines_typed_right_after_the_name_are_all_relayed(self):
+        self.start(line_rate=0)
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"tom\n" + b"".join(b"line %d %s\n" % (i, b"p" * 90) for i in range(100)))
+        got = c.read_until(b"tom: line 99 ")
+        self.assertEqual(got.count(b"tom: line "), 100)
+
+    def test_dual_stack_listener_takes_ipv4_and_ipv6(self):
+        if not socket.has_dualstack_ipv6():
+            self.skipTest("no dual-stack IPv6 here")
+        self.start(host="::")
+        self.member("four")
+        six = Client(self.port, host="::1", family=socket.AF_INET6)
+        self.addCleanup(six.close)
+        six.join("six")
+
     def test_silent_connection_is_closed_after_the_handshake_timeout(self):
         self.start(handshake_timeout=0.5)
         c = self.connect()
