@@ -1654,6 +1654,14 @@ class GuiTest(unittest.TestCase):
         self.assertFalse(self.usable(self.window.stop_button))
 
     # -- the window ---------------------------------------------------------
+    def test_privacy_row_says_when_the_room_is_open(self):
+        self.open_window()
+        self.assertEqual(self.info("privacy"), "not encrypted, no room key")
+
+    def test_privacy_row_says_when_the_room_is_encrypted_and_keyed(self):
+        self.open_window(room_key="k", tls_cert="cert.pem")
+        self.assertEqual(self.info("privacy"), "encrypted (TLS), room key")
+
     def test_title_names_the_version(self):
         self.open_window()
         self.assertEqual(self.root.title(), f"PrivateChatRoom-Server v{pcr.VERSION}")
