@@ -2189,6 +2189,19 @@ def port_number(text: str) -> int:
     return port
 
 
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a number of `kind`, no smaller than `minimum`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is below {minimum}")
+        return value
+    return parse
+
+
 def networks(text: str) -> tuple:
     try:
         return tuple(str(ipaddress.ip_network(part.strip(), strict=False))
@@ -2212,19 +2225,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--public-ip-url", default=d.public_ip_url,
                    help="service that answers with your public IP ('' turns the look-up off)")
     limits = p.add_argument_group("limits")
-    limits.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout,
+    limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
+                        default=d.handshake_timeout,
                         metavar="SECONDS", help="time to give an alias (default: %(default)s)")
-    limits.add_argument("--max-line", type=int, default=d.max_line, metavar="BYTES",
+    limits.add_argument("--max-line", type=at_least(1),
+                        default=d.max_line, metavar="BYTES",
                         help="longest chat line (default: %(default)s)")
-    limits.add_argument("--line-rate", type=float, default=d.line_rate, metavar="N",
+    limits.add_argument("--line-rate", type=at_least(0, float),
+                        default=d.line_rate, metavar="N",
                         help="lines per second per member, bursts of 2N; 0: no limit "
                              "(default: %(default)s)")
-    limits.add_argument("--max-backlog", type=int, default=d.max_backlog, metavar="BYTES",
+    limits.add_argument("--max-backlog", type=at_least(1024),
+                        default=d.max_backlog, metavar="BYTES",
                         help="output waiting for one member before it is disconnected "
                              "(default: %(default)s)")
-    limits.add_argument("--max-clients", type=int, default=d.max_clients, metavar="N",
+    limits.add_argument("--max-clients", type=at_least(1),
+                        default=d.max_clients, metavar="N",
                         help="connections at once (default: %(default)s)")
-    limits.add_argument("--max-per-ip", type=int, default=d.max_per_ip, metavar="N",
+    limits.add_argument("--max-per-ip", type=at_least(1),
+                        default=d.max_per_ip, metavar="N",
                         help="connections from one address (default: %(default)s)")
     limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
                         help="only these networks may connect (default: everyone)")

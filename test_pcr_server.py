@@ -824,6 +824,15 @@ class CommandLineTest(unittest.TestCase):
             with open(port_file) as f:
                 self.assertEqual(f.read(), text)
 
+    def test_nonsense_limits_are_refused(self):
+        for args in (["--max-line", "-5"], ["--line-rate", "x"], ["--max-clients", "0"],
+                     ["--handshake-timeout", "nan"]):
+            proc = run_server(*args, cwd=self.dir)
+            _, err = proc.communicate(timeout=WAIT)
+            self.assertEqual(proc.returncode, 2, args)
+            self.assertIn(args[0], err)
+            self.assertNotIn("Traceback", err)
+
     def test_bad_port_argument_is_refused(self):
         proc = run_server("--port", "99999", cwd=self.dir)
         _, err = proc.communicate(timeout=WAIT)
