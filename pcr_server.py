@@ -82,6 +82,7 @@ class Settings:
     fold_joins: int = 3               # more joins at once: one folded notice
     stop_flush: float = 2.0           # seconds to deliver the stop lines
     accept_pause: float = 0.5         # after EMFILE/ENFILE on accept
+    churn_period: float = 60.0        # an address gets 4 x max_per_ip welcomes per this
     room_key: str = ""                # members join as name#KEY; empty: no key
     tls_cert: str = ""                # PEM files; empty: plain text
     tls_key: str = ""
@@ -146,7 +147,7 @@ def joined_notice(name: str) -> str:
 
 
 def folded_join_notice(names: list[str]) -> str:
-    """One line for many joins at once (a join storm), never digit-first."""
+    """One line for many joins at once (a join storm)."""
     shown, more = ", ".join(names[:3]), len(names) - 3
     return f"{shown} and {more} {'other' if more == 1 else 'others'} joined the chat...\n"
 
@@ -167,11 +168,16 @@ def clean_text(text: str) -> str:
 def clean_name(text: str) -> str:
     """A name as the room shows it: printable, one line, trimmed, short.
 
-    Colons go too, so that no name can pose as another's line prefix.
+    Colons go too, so that no name can pose as another's line prefix, and a
+    leading digit gets a `_` before it: the App takes any read that starts
+    with a digit for the count.
     """
     text = clean_text(text.replace("\t", " "))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
-    return _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
+    text = _SPACES.sub(" ", text).strip()
+    if text[:1].isdigit():
+        text = "_" + text
+    return text[:MAX_NAME].strip()
 
 
 def numbered_name(name: str, n: int) -> str:
@@ -226,7 +232,9 @@ def relay_line(text: str, claimed: str, name: str) -> str | None:
 # ---------------------------------------------------------------------------
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-WOULD_BLOCK = (BlockingIOError, InterruptedError) + (
+MAX_NOTES = 16      # private lines waiting for one member
+HOLD_SLACK = 0.01   # quiet gaps ending this close together are served in one go
+WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
 
@@ -338,7 +346,7 @@ class Member:
     """One connection: its socket, its name, and where it is in the room stream."""
 
     __slots__ = ("sock", "ip", "port", "state", "claimed", "name", "since",
-                 "ready_at", "pos", "notes", "sent_at", "quiet_until", "counted",
+                 "ready_at", "pos", "notes", "sent_at", "quiet_until", "counted", "count_out",
                  "blocked", "held",
                  "reading", "events", "inbuf", "skipping", "tokens", "stamp",
                  "resume")
@@ -356,6 +364,7 @@ class Member:
         self.sent_at = 0.0       # when it was last sent anything
         self.quiet_until = 0.0   # nothing may follow a count line before this
         self.counted = 0         # the room's count serial this member has had
+        self.count_out = b""     # what is left to send of its count line
         self.blocked = False     # kernel buffer full: waiting for writable
         self.held = False        # waiting out the quiet time around a count line
         self.reading = True
@@ -375,6 +384,14 @@ def plain_ip(address: str) -> str:
     if address.startswith("::ffff:") and "." in address:
         return address[7:]
     return address.split("%", 1)[0]
+
+
+def address_group(ip: str) -> str:
+    """What the per-address limits count: an IPv4 address, or an IPv6 /64
+    (one home or phone gets a whole /64 to pick addresses from)."""
+    if ":" not in ip:
+        return ip
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 class Room:
@@ -403,7 +420,7 @@ class Room:
         self.gap = settings.notice_gap
         self.count_text = b""                    # the latest count line
         self.count_serial = 0                    # bumped with each new count line
-        self.counted = 0                         # the number it announced
+        self.count_due = False                   # membership changed since the last count
         self.count_at = -1e9
         self.held: list[tuple[float, int, Member]] = []   # a heap: members to come back to
         self.hold_seq = itertools.count()
@@ -412,6 +429,7 @@ class Room:
         self.flush_due = False
         self.presence_timer: Timer | None = None
         self.guests = 0
+        self.numbered: dict[str, int] = {}       # casefolded name -> last number given
 
     # -- names ----------------------------------------------------------
     def reserve_name(self, wanted: str) -> str:
@@ -419,10 +437,12 @@ class Room:
         if not wanted:
             self.guests += 1
             wanted = f"guest-{self.guests}"
-        name, n = wanted, 1
+        name, n = wanted, self.numbered.get(wanted.casefold(), 1)
         while name.casefold() in self.names:
             n += 1
             name = numbered_name(wanted, n)
+        if n > 1:
+            self.numbered[wanted.casefold()] = n
         return name
 
     # -- broadcast ------------------------------------------------------
@@ -438,6 +458,8 @@ class Room:
         """A line for one member only, after what the room has sent so far."""
         if member.notes is None:
             member.notes = collections.deque()
+        elif len(member.notes) >= MAX_NOTES:   # it is not reading them
+            return
         member.notes.append((self.end, text.encode()))
         self._flush_soon()
 
@@ -447,7 +469,11 @@ class Room:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Send every member what it has not had yet: one send per member."""
+        """Send every member what it has not had yet: usually one send each.
+
+        The plain case (stream bytes only) is inlined here for speed;
+        anything else goes through _send_member.
+        """
         self.flush_due = False
         end, base, now = self.end, self.base, self.loop.now
         serial, gap = self.count_serial, self.gap
@@ -457,7 +483,7 @@ class Room:
             for m in self.members:
                 pos = m.pos
                 if (pos < end or m.notes) and not m.blocked:
-                    if m.notes or now < m.quiet_until:
+                    if m.notes or m.count_out or now < m.quiet_until:
                         if not self._send_member(m, view):
                             failed.append(m)
                             continue
@@ -496,10 +522,24 @@ class Room:
             self.server.drop(m, "connection lost while sending")
 
     def _send_member(self, m: Member, view: memoryview) -> bool:
-        """The careful path: notes, the quiet gaps, the count. False: dead."""
+        """The careful path: notes, the count, the quiet gaps. False: dead."""
         end, base, now = self.end, self.base, self.loop.now
         try:
             while True:
+                if m.count_out:   # a count line, once begun, goes out whole and alone
+                    n = m.sock.send(m.count_out)
+                    m.count_out = m.count_out[n:]
+                    m.sent_at = now
+                    if m.count_out:
+                        break
+                    m.quiet_until = now + self.gap
+                    continue
+                owed = m.counted != self.count_serial
+                if not (m.notes or m.pos < end or owed):
+                    break
+                if now + HOLD_SLACK < m.quiet_until:
+                    self._hold(m, m.quiet_until)
+                    break
                 notes = m.notes
                 if notes and notes[0][0] <= m.pos:
                     data = notes[0][1]
@@ -512,32 +552,25 @@ class Room:
                     if not notes:
                         m.notes = None
                 elif m.pos < end:
-                    if now < m.quiet_until:
-                        self._hold(m, m.quiet_until)
-                        break
                     stop = min(end, notes[0][0]) if notes else end
                     n = m.sock.send(view[m.pos - base:stop - base])
                     m.sent_at = now
                     m.pos += n
                     if m.pos < stop:
                         break
-                elif m.counted != self.count_serial:
-                    if now < m.sent_at + self.gap:
-                        self._hold(m, m.sent_at + self.gap)
-                        break
-                    m.counted = self.count_serial
-                    m.sock.send(self.count_text)   # short: a fresh gap means room for it
-                    m.sent_at = now
-                    m.quiet_until = now + self.gap
+                elif now + HOLD_SLACK < m.sent_at + self.gap:   # owed: wait for quiet
+                    self._hold(m, m.sent_at + self.gap)
                     break
                 else:
-                    break
+                    m.counted = self.count_serial
+                    m.count_out = self.count_text
         except WOULD_BLOCK:
             pass
         except OSError:
             return False
         # waiting for the kernel, not for a quiet gap to end
-        blocked = (m.pos < end or bool(m.notes)) and now >= m.quiet_until
+        pending = m.pos < end or bool(m.notes) or bool(m.count_out)
+        blocked = pending and now + HOLD_SLACK >= m.quiet_until
         if blocked != m.blocked:
             m.blocked = blocked
             self.server.set_interest(m)
@@ -564,7 +597,7 @@ class Room:
         self.hold_timer = None
         now = self.loop.now = time.monotonic()
         held, due = self.held, []
-        while held and held[0][0] <= now + 0.01:
+        while held and held[0][0] <= now + HOLD_SLACK:
             m = heapq.heappop(held)[2]
             m.held = False
             due.append(m)
@@ -579,7 +612,7 @@ class Room:
     def arrive(self, m: Member) -> None:
         """A named member enters once its welcome delay has passed."""
         m.state = WELCOMING
-        m.ready_at = max(self.loop.now, m.since + self.settings.welcome_delay)
+        m.ready_at = max(m.since + self.settings.welcome_delay, self.server.join_slot(m.ip))
         self.names[m.name.casefold()] = m
         self.arrivals.append(m)
         self._presence_at(m.ready_at)
@@ -594,6 +627,7 @@ class Room:
             del self.members[m]   # a held entry is skipped once m is gone
             if not self.closing:
                 self.broadcast(left_notice(m.name))
+                self.count_due = True
                 self._presence_at(self.loop.now)
 
     def _presence_at(self, when: float) -> None:
@@ -613,7 +647,7 @@ class Room:
         if due:
             self.arrivals = [m for m in self.arrivals if m.ready_at > soon]
             self._welcome(due)
-        if len(self.members) != self.counted and not self.closing:
+        if self.count_due and not self.closing:
             next_count = self.count_at + self.settings.count_interval
             if now >= next_count:
                 self._announce_count(now)
@@ -623,11 +657,11 @@ class Room:
             self._presence_at(min(m.ready_at for m in self.arrivals))
 
     def _announce_count(self, now: float) -> None:
-        self.counted = len(self.members)
+        self.count_due = False
         self.count_at = now
-        self.count_text = count_notice(self.counted).encode()
+        self.count_text = count_notice(len(self.members)).encode()
         self.count_serial += 1
-        log.info("%d online", self.counted)
+        log.info("%d online", len(self.members))
         for m in self.members:
             if not (m.blocked or m.held):
                 self._hold(m, max(now, m.sent_at + self.gap))
@@ -643,6 +677,7 @@ class Room:
             self.members[m] = None
             if folded:
                 self.tell(m, joined_notice(m.name))
+        self.count_due = True
         if not folded:
             for m in newcomers:
                 self.broadcast(joined_notice(m.name))
@@ -653,12 +688,10 @@ class Room:
         log.info("joined: %s", ", ".join(f"{m.name} from {m.ip}" for m in newcomers))
 
     def stop_notice(self) -> None:
-        """The last broadcast: the stop lines, with no gaps and no more counts."""
+        """The last broadcast: the stop lines, and no more counts."""
         self.closing = True
-        self.gap = 0.0
         for m in self.members:
             m.counted = self.count_serial
-            m.quiet_until = 0.0
         self.broadcast(STOP_NOTICE)
 
     def snapshot(self) -> list[tuple[str, str, float]]:
@@ -727,7 +760,8 @@ class Server:
         self.loop = loop or Loop()
         self.room = Room(self.loop, settings, self)
         self.connections: set[Member] = set()
-        self.per_ip: collections.Counter = collections.Counter()
+        self.per_ip: collections.Counter = collections.Counter()   # address_group -> connections
+        self.recent: dict[str, tuple[float, float]] = {}   # address_group -> welcome tokens, time
         self.handshakes: collections.deque = collections.deque()   # (deadline, member)
         self.listener: socket.socket | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -812,9 +846,9 @@ class Server:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._pause_accepting(e)
                     return
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue
-                raise
+                # a connection that failed before it was accepted; the next may not
+                log.debug("accept failed: %s", e)
+                continue
             self._admit(sock, plain_ip(addr[0]), addr[1])
 
     def _pause_accepting(self, e: OSError) -> None:
@@ -829,7 +863,7 @@ class Server:
         if not self.stopping:
             self.loop.watch(self.listener, EVENT_READ, self._on_accept, self.listener)
 
-    def _refusal(self, ip: str) -> str | None:
+    def _refusal(self, ip: str, group: str) -> str | None:
         """Why a new connection from `ip` is turned away, or None."""
         s = self.settings
         if self.allow:
@@ -838,13 +872,29 @@ class Server:
                 return ""
         if len(self.connections) >= self.capacity:
             return f"the room is full ({self.capacity} connections); please try again later\n"
-        if self.per_ip[ip] >= s.max_per_ip:
+        if self.per_ip[group] >= s.max_per_ip:
             return (f"too many connections from your address (at most {s.max_per_ip}); "
                     f"close one and try again\n")
         return None
 
+    def join_slot(self, ip: str) -> float:
+        """When a newcomer from `ip` may be welcomed, as far as its address goes.
+
+        An address gets 4 x max_per_ip welcomes at once, then that many a
+        minute; later ones wait their turn.  Reconnecting in a loop thus
+        cannot flood the room with join and leave lines, and nobody is refused.
+        """
+        group, now = address_group(ip), self.loop.now
+        burst = 4.0 * self.settings.max_per_ip
+        rate = burst / self.settings.churn_period
+        tokens, stamp = self.recent.get(group, (burst, now))
+        tokens = min(burst, tokens + (now - stamp) * rate) - 1.0
+        self.recent[group] = (tokens, now)
+        return now if tokens >= 0 else now - tokens / rate
+
     def _admit(self, sock: socket.socket, ip: str, port: int) -> None:
-        refusal = self._refusal(ip)
+        group = address_group(ip)
+        refusal = self._refusal(ip, group)
         if refusal is not None:
             log.warning("refused %s: %s", ip, refusal.strip() or "not in --allow")
             # a TLS client could not read a plain line: it only sees the close
@@ -862,7 +912,7 @@ class Server:
             return
         m = Member(sock, ip, port, self.loop.now)
         self.connections.add(m)
-        self.per_ip[ip] += 1
+        self.per_ip[group] += 1
         self.handshakes.append((self.loop.now + self.settings.handshake_timeout, m))
         self.loop.watch(sock, EVENT_READ, self._on_member, m)
         log.debug("connection from %s port %d", ip, port)
@@ -909,9 +959,12 @@ class Server:
             if m.state is SECURING or m.state is NAMING:
                 log.info("closed %s: no alias within %g s", m.ip, self.settings.handshake_timeout)
                 self._close(m)
-        for ip, (_, last) in list(self.key_failures.items()):
+        for group, (_, last) in list(self.key_failures.items()):
             if now - last > self.KEY_FAILURE_MEMORY:
-                del self.key_failures[ip]
+                del self.key_failures[group]
+        for group, (_, last) in list(self.recent.items()):
+            if now - last > self.settings.churn_period:   # its bucket is full again
+                del self.recent[group]
         if not self.stopping:
             self.loop.call_later(1.0, self._sweep_handshakes)
 
@@ -949,7 +1002,7 @@ class Server:
                 return
 
     def _name(self, m: Member, data: bytes) -> None:
-        raw, rest = split_alias(data[:RECV_SIZE])
+        raw, rest = split_alias(data)
         m.claimed = wanted = decode_line(raw)
         key = self.settings.room_key
         if key:
@@ -968,9 +1021,10 @@ class Server:
 
     def _wrong_key(self, m: Member) -> None:
         """Answer a wrong or missing key after a delay that grows per IP."""
-        count, last = self.key_failures.get(m.ip, (0, 0.0))
+        group = address_group(m.ip)
+        count, last = self.key_failures.get(group, (0, 0.0))
         count += 1
-        self.key_failures[m.ip] = (count, self.loop.now)
+        self.key_failures[group] = (count, self.loop.now)
         log.warning("wrong or missing room key from %s (attempt %d)", m.ip, count)
         m.reading = False
         self.set_interest(m)
@@ -981,6 +1035,10 @@ class Server:
 
     def welcomed(self, m: Member) -> None:
         """Called once m is in the room: it may speak."""
+        self._listen_again(m)
+
+    def _listen_again(self, m: Member) -> None:
+        """Read m again, starting with what it sent while it had to wait."""
         m.reading = True
         self.set_interest(m)
         if m.inbuf:
@@ -988,6 +1046,7 @@ class Server:
             self._take_lines(m, data)
 
     def _burst(self) -> float:
+        """Lines a member may send at once before the rate applies."""
         return 2.0 * self.settings.line_rate
 
     def _take_lines(self, m: Member, buf: bytes) -> None:
@@ -1026,7 +1085,7 @@ class Server:
         """Take one line from m's rate bucket; if empty, pause reading m."""
         rate = self.settings.line_rate
         now = self.loop.now
-        m.tokens = min(2.0 * rate, m.tokens + (now - m.stamp) * rate)
+        m.tokens = min(self._burst(), m.tokens + (now - m.stamp) * rate)
         m.stamp = now
         if m.tokens >= 1.0:
             m.tokens -= 1.0
@@ -1039,13 +1098,8 @@ class Server:
 
     def _resume_reading(self, m: Member) -> None:
         m.resume = None
-        if m.state is not IN_ROOM or self.stopping:
-            return
-        m.reading = True
-        self.set_interest(m)
-        if m.inbuf:
-            data, m.inbuf = m.inbuf, b""
-            self._take_lines(m, data)
+        if m.state is IN_ROOM and not self.stopping:
+            self._listen_again(m)
 
     def _say(self, m: Member, raw: bytes) -> bool:
         """Relay one line from m; False if the line was m's goodbye."""
@@ -1063,9 +1117,7 @@ class Server:
         m = self.room.names.get(name.casefold())
         if m is None or m.state is not IN_ROOM:
             return False
-        self.room.tell(m, "you have been disconnected by the host\n")
-        self.room.flush_member(m)
-        self.drop(m, "disconnected by the host")
+        self.drop(m, "disconnected by the host", "you have been disconnected by the host\n")
         return True
 
     # -- interest and closing -------------------------------------------
@@ -1084,13 +1136,13 @@ class Server:
             self.loop.rewatch(m.sock, events, self._on_member, m)
         m.events = events
 
-    def drop(self, m: Member, reason: str) -> None:
-        """Close m for good; the room hears it left if it was in."""
+    def drop(self, m: Member, reason: str, farewell: str = "") -> None:
+        """Close m for good (after `farewell`); the room hears it left if it was in."""
         if m.state is GONE:
             return
         was_in = m.state is IN_ROOM
         self.room.leave(m)
-        self._close(m)
+        self._close(m, farewell)
         if was_in:
             log.info("%s (%s) left: %s", m.name, m.ip, reason)
         else:
@@ -1107,9 +1159,10 @@ class Server:
             self.loop.unwatch(m.sock)
         self._send_and_close(m.sock, farewell)
         self.connections.discard(m)
-        self.per_ip[m.ip] -= 1
-        if not self.per_ip[m.ip]:
-            del self.per_ip[m.ip]
+        group = address_group(m.ip)
+        self.per_ip[group] -= 1
+        if not self.per_ip[group]:
+            del self.per_ip[group]
 
 
 # ---------------------------------------------------------------------------

@@ -326,6 +326,33 @@ class PresenceTest(ServerCase):
         self.assertEqual(got.count(b"chat: "), 60)   # no chat line waited for the count
         self.assertTrue(got.endswith(b"chat: 59\n3 people are online...\n"), got[-80:])
 
+    def test_newcomer_gets_a_count_even_when_the_number_is_unchanged(self):
+        self.start(count_interval=0.5)
+        self.member("ann")
+        bob = self.member("bob")
+        bob.close()   # one leaves and one comes within one count interval
+        carl = self.connect()
+        carl.read_until(b"ALIAS")
+        carl.send(b"carl")
+        carl.read_until(b"carl joined the chat...\n")
+        carl.read_until(b"2 people are online...\n")
+
+    def test_nothing_follows_a_count_line_within_the_quiet_gap(self):
+        self.start(notice_gap=0.3, max_line=10)
+        ann = self.member("ann")          # has just read its count line
+        t0 = time.monotonic()
+        ann.send(b"ann: far too long\n")  # answered by a note for ann alone
+        ann.read_until(b"longer than 10 bytes")
+        self.assertGreater(time.monotonic() - t0, 0.15)
+
+    def test_stop_lines_do_not_follow_a_count_line_at_once(self):
+        server = self.start(notice_gap=0.3)
+        ann = self.member("ann")
+        t0 = time.monotonic()
+        server.loop.call_soon_threadsafe(server.stop)
+        ann.read_until(b"the server has been stopped...")
+        self.assertGreater(time.monotonic() - t0, 0.15)
+
     def test_count_line_is_its_own_read_while_the_room_chats(self):
         self.start(notice_gap=0.1, count_interval=0.1, line_rate=0)
         watcher, chatter = self.member("watch"), self.member("chat")
@@ -505,6 +532,16 @@ class NamesTest(ServerCase):
         ann2.send(b"ANN: hi\n")
         ann2.read_until(b"ANN (2): hi\n")
 
+    def test_a_name_never_starts_with_a_digit(self):
+        self.start()
+        watcher = self.member("watch")
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"5 people are online...")
+        got = watcher.read_until(b"joined the chat...\n")
+        self.assertFalse(got.split(b"\n")[-2][:1].isdigit(), got)
+        c.read_until(b"the room knows you as _5 people are online...\n")
+
     def test_empty_alias_becomes_guest(self):
         self.start()
         c = self.connect()
@@ -611,6 +648,20 @@ class LimitsTest(ServerCase):
         self.assertIn("not reading", self.log_text())
         stream = self.on_loop(lambda: len(server.room.stream))
         self.assertLess(stream, 64 * 1024 + pcr.RECV_SIZE)   # the cap plus one read
+
+    def test_reconnecting_in_a_loop_is_welcomed_ever_later_not_refused(self):
+        self.start(max_per_ip=2, churn_period=4.0)   # 8 welcomes at once, then 2 a second
+        watcher = self.member("watch")
+        t0 = time.monotonic()
+        for i in range(7):
+            self.member(f"churn{i}").close()
+        quick = time.monotonic() - t0
+        for i in range(7, 10):
+            self.member(f"churn{i}").close()
+        slowed = time.monotonic() - t0 - quick
+        self.assertGreater(slowed, 0.8)    # 3 more at 2 a second, after the burst
+        got = watcher.read_until(b"churn9 has left the chat...\n")
+        self.assertEqual(got.count(b"has left the chat..."), 10)
 
     def test_room_full_is_told_then_closed(self):
         self.start(max_clients=2)
