@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import unicodedata
 import urllib.request
 import uuid
@@ -238,6 +239,13 @@ WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
 
+def log_fault(doing: str, error: Exception) -> None:
+    """Log an unexpected error for the operator: its type and where it
+    happened, not its message, which could quote what a member wrote."""
+    where = "".join(traceback.format_tb(error.__traceback__))
+    log.error("internal error while %s: %s\n%s", doing, type(error).__name__, where.rstrip())
+
+
 class Timer:
     """A call due at a time on the loop's clock; cancel() makes it a no-op."""
 
@@ -255,6 +263,7 @@ class Loop:
 
     Handlers are registered as (function, object) and called as
     function(object, mask), so nothing per connection is allocated here.
+    An error escaping a handler, timer or call is logged and the loop goes on.
     """
 
     def __init__(self):
@@ -323,14 +332,23 @@ class Loop:
             self.now = time.monotonic()
             for key, mask in events:
                 handler, obj = key.data
-                handler(obj, mask)
+                try:
+                    handler(obj, mask)
+                except Exception as e:
+                    log_fault(f"handling {handler.__name__}", e)
             while timers and timers[0][0] <= self.now:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
-                    timer.fn(*timer.args)
+                    self._call(timer.fn, timer.args)
             for _ in range(len(soon)):
-                fn, args = soon.popleft()
-                fn(*args)
+                self._call(*soon.popleft())
+
+    @staticmethod
+    def _call(fn: Callable, args: tuple) -> None:
+        try:
+            fn(*args)
+        except Exception as e:
+            log_fault(f"running {getattr(fn, '__name__', fn)}", e)
 
     def close(self) -> None:
         self.selector.close()
@@ -972,13 +990,17 @@ class Server:
     def _on_member(self, m: Member, mask: int) -> None:
         if m.state is GONE:   # closed earlier in this same turn
             return
-        if m.state is SECURING:
-            self._secure(m)
-            return
-        if mask & EVENT_WRITE:
-            self.room.flush_member(m)
-        if mask & EVENT_READ and m.state is not GONE and m.reading:
-            self._read(m)
+        try:
+            if m.state is SECURING:
+                self._secure(m)
+                return
+            if mask & EVENT_WRITE:
+                self.room.flush_member(m)
+            if mask & EVENT_READ and m.state is not GONE and m.reading:
+                self._read(m)
+        except Exception as e:   # a bug met by one member costs that member only
+            log_fault(f"serving {m.name or m.ip}", e)
+            self.drop(m, "internal error")
 
     def _read(self, m: Member) -> None:
         while True:

@@ -773,6 +773,35 @@ class ChaosTest(ServerCase):
         self.assertLessEqual(sizes[2], 2002)                    # bytes without a newline
 
 
+class FaultTest(ServerCase):
+    """A bug met by one member costs that member, not the room."""
+
+    def test_an_unexpected_error_drops_that_member_and_the_room_goes_on(self):
+        server = self.start()
+        ann, bob = self.member("ann"), self.member("bob")
+        ann.read_until(b"2 people are online...\n")
+        say = server._say
+
+        def broken(m, raw):
+            if m.name == "bob":   # a bug whose message quotes the line
+                raise RuntimeError(raw.decode())
+            return say(m, raw)
+        server._say = broken
+        bob.send(b"bob: this meets the bug\n")
+        got = ann.read_until(b"1 person is online...\n")
+        self.assertEqual(got.count(b"bob has left the chat...\n"), 1)
+        ann.send(b"ann: still here\n")
+        ann.read_until(b"ann: still here\n")
+        self.assertIn("internal error while serving bob: RuntimeError", self.log_text())
+        self.assertNotIn("this meets the bug", self.log_text())
+
+    def test_an_unexpected_error_in_a_timer_is_logged_and_the_loop_goes_on(self):
+        server = self.start()
+        server.loop.call_soon_threadsafe(lambda: 1 / 0)
+        self.member("ann")
+        self.assertIn("ZeroDivisionError", self.log_text())
+
+
 def run_server(*args, cwd=None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, SERVER, *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
