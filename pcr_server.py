@@ -439,6 +439,8 @@ class Room:
         self.count_text = b""                    # the latest count line
         self.count_serial = 0                    # bumped with each new count line
         self.count_due = False                   # membership changed since the last count
+        self.count_timer: Timer | None = None    # waits for the room to be quiet
+        self.last_said = 0.0                     # when the stream or a note last grew
         self.count_at = -1e9
         self.held: list[tuple[float, int, Member]] = []   # a heap: members to come back to
         self.hold_seq = itertools.count()
@@ -470,6 +472,7 @@ class Room:
 
     def broadcast(self, text: str) -> None:
         self.stream += text.encode()
+        self.last_said = self.loop.now
         self._flush_soon()
 
     def tell(self, member: Member, text: str) -> None:
@@ -479,6 +482,7 @@ class Room:
         elif len(member.notes) >= MAX_NOTES:   # it is not reading them
             return
         member.notes.append((self.end, text.encode()))
+        self.last_said = self.loop.now
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -494,7 +498,6 @@ class Room:
         """
         self.flush_due = False
         end, base, now = self.end, self.base, self.loop.now
-        serial, gap = self.count_serial, self.gap
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
         with memoryview(self.stream) as view:
@@ -517,8 +520,6 @@ class Room:
                         m.pos = pos = pos + n
                         if pos < end:
                             self._block(m)
-                        elif m.counted != serial:
-                            self._hold(m, now + gap)
                     pos = m.pos
                 if m.blocked and end - pos > limit:   # the kernel refuses more, too
                     slow.append(m)
@@ -680,9 +681,23 @@ class Room:
         self.count_text = count_notice(len(self.members)).encode()
         self.count_serial += 1
         log.info("%d online", len(self.members))
-        for m in self.members:
-            if not (m.blocked or m.held):
-                self._hold(m, max(now, m.sent_at + self.gap))
+        if self.count_timer is None:
+            self.count_timer = self.loop.call_at(self.last_said + self.gap, self._deliver_count)
+
+    def _deliver_count(self) -> None:
+        """Once the room has been quiet for the gap, give the count to whoever
+        is owed it; while it chats, this costs one timer per gap, not one per member."""
+        self.count_timer = None
+        now = self.loop.now = time.monotonic()
+        if now + HOLD_SLACK < self.last_said + self.gap:
+            self.count_timer = self.loop.call_at(self.last_said + self.gap, self._deliver_count)
+            return
+        serial = self.count_serial
+        with memoryview(self.stream) as view:
+            failed = [m for m in self.members if m.counted != serial and not (m.blocked or m.held)
+                      and not self._send_member(m, view)]
+        for m in failed:
+            self.server.drop(m, "connection lost while sending")
 
     def _welcome(self, newcomers: list[Member]) -> None:
         folded = len(newcomers) > self.settings.fold_joins
