@@ -2300,6 +2300,55 @@ def networks(text: str) -> tuple:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
+                        default=d.handshake_timeout, metavar="SECONDS",
+                        help="time to give an alias (default: %(default)s)")
+    limits.add_argument("--max-line", type=at_least(1), default=d.max_line, metavar="BYTES",
+                        help="longest chat line (default: %(default)s)")
+    limits.add_argument("--line-rate", type=at_least(0, float), default=d.line_rate, metavar="N",
+                        help="lines per second per member, bursts of 2N; 0: no limit "
+                             "(default: %(default)s)")
+    limits.add_argument("--max-backlog", type=at_least(1024), default=d.max_backlog,
+                        metavar="BYTES", help="output waiting for one member before it is "
+                                              "disconnected (default: %(default)s)")
+    limits.add_argument("--max-clients", type=at_least(1), default=d.max_clients, metavar="N",
+                        help="connections at once (default: %(default)s)")
+    limits.add_argument("--max-per-ip", type=at_least(1), default=d.max_per_ip, metavar="N",
+                        help="connections from one address (default: %(default)s)")
+    limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
+                        help="only these networks may connect (default: everyone)")
+
+
+def add_privacy_options(p: argparse.ArgumentParser) -> None:
+    privacy = p.add_argument_group("privacy")
+    key = privacy.add_mutually_exclusive_group()
+    key.add_argument("--room-key", default="", metavar="KEY",
+                     help="members must join as name#KEY")
+    key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
+    privacy.add_argument("--tls-cert", default="", metavar="FILE",
+                         help="encrypt with TLS using this certificate (PEM); the App cannot join then")
+    privacy.add_argument("--tls-key", default="", metavar="FILE",
+                         help="the certificate's private key (PEM), if not in --tls-cert")
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    client = p.add_argument_group("joining a room from a terminal")
+    client.add_argument("--connect", metavar="HOST[:PORT]",
+                        help=f"join the room at HOST instead of running one (port {DEFAULT_PORT} "
+                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT})")
+    client.add_argument("--name", help="your name in the room, NAME#KEY if it needs a key "
+                                       "(asked for if not given)")
+    client.add_argument("--tls", action="store_true",
+                        help="encrypt, checking the server's certificate and name")
+    trust = client.add_mutually_exclusive_group()
+    trust.add_argument("--ca", metavar="FILE",
+                       help="CA certificate(s) to trust for the server (default: the system's)")
+    trust.add_argument("--insecure", action="store_true",
+                       help="encrypt without checking the server's certificate (prints a warning)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Settings()
     p = argparse.ArgumentParser(
@@ -2314,51 +2363,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
     p.add_argument("--public-ip-url", default=d.public_ip_url,
                    help="service that answers with your public IP ('' turns the look-up off)")
-    limits = p.add_argument_group("limits")
-    limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
-                        default=d.handshake_timeout,
-                        metavar="SECONDS", help="time to give an alias (default: %(default)s)")
-    limits.add_argument("--max-line", type=at_least(1),
-                        default=d.max_line, metavar="BYTES",
-                        help="longest chat line (default: %(default)s)")
-    limits.add_argument("--line-rate", type=at_least(0, float),
-                        default=d.line_rate, metavar="N",
-                        help="lines per second per member, bursts of 2N; 0: no limit "
-                             "(default: %(default)s)")
-    limits.add_argument("--max-backlog", type=at_least(1024),
-                        default=d.max_backlog, metavar="BYTES",
-                        help="output waiting for one member before it is disconnected "
-                             "(default: %(default)s)")
-    limits.add_argument("--max-clients", type=at_least(1),
-                        default=d.max_clients, metavar="N",
-                        help="connections at once (default: %(default)s)")
-    limits.add_argument("--max-per-ip", type=at_least(1),
-                        default=d.max_per_ip, metavar="N",
-                        help="connections from one address (default: %(default)s)")
-    limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
-                        help="only these networks may connect (default: everyone)")
-    privacy = p.add_argument_group("privacy")
-    key = privacy.add_mutually_exclusive_group()
-    key.add_argument("--room-key", default="", metavar="KEY",
-                     help="members must join as name#KEY")
-    key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
-    privacy.add_argument("--tls-cert", default="", metavar="FILE",
-                         help="encrypt with TLS using this certificate (PEM); the App cannot join then")
-    privacy.add_argument("--tls-key", default="", metavar="FILE",
-                         help="the certificate's private key (PEM), if not in --tls-cert")
-    client = p.add_argument_group("joining a room from a terminal")
-    client.add_argument("--connect", metavar="HOST[:PORT]",
-                        help=f"join the room at HOST instead of running one (port {DEFAULT_PORT} "
-                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT})")
-    client.add_argument("--name", help="your name in the room, NAME#KEY if it needs a key "
-                                       "(asked for if not given)")
-    client.add_argument("--tls", action="store_true",
-                        help="encrypt, checking the server's certificate and name")
-    trust = client.add_mutually_exclusive_group()
-    trust.add_argument("--ca", metavar="FILE",
-                       help="CA certificate(s) to trust for the server (default: the system's)")
-    trust.add_argument("--insecure", action="store_true",
-                       help="encrypt without checking the server's certificate (prints a warning)")
+    add_limit_options(p, d)
+    add_privacy_options(p)
+    add_client_options(p)
     args = p.parse_args(argv)
     if args.connect is None and (args.name is not None or args.tls or args.ca or args.insecure):
         p.error("--name, --tls, --ca and --insecure go with --connect")
@@ -2367,14 +2374,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tls_key and not args.tls_cert:
         p.error("--tls-key needs --tls-cert")
     if args.room_key_file:
-        try:
-            with open(args.room_key_file, encoding="utf-8") as f:
-                args.room_key = f.readline().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            p.error(f"cannot read the room key from {args.room_key_file}: {e}")
-        if not args.room_key:
-            p.error(f"{args.room_key_file} holds no room key on its first line")
+        args.room_key = read_room_key(p, args.room_key_file)
     return args
+
+
+def read_room_key(p: argparse.ArgumentParser, path: str) -> str:
+    """The first line of `path`; a usage error if there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"cannot read the room key from {path}: {e}")
+    if not key:
+        p.error(f"{path} holds no room key on its first line")
+    return key
 
 
 def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:

@@ -906,6 +906,18 @@ class CommandLineTest(unittest.TestCase):
             with open(port_file) as f:
                 self.assertEqual(f.read(), text)
 
+    def test_room_key_file_gives_its_first_line(self):
+        path = os.path.join(self.dir, "key.txt")
+        with open(path, "w") as f:
+            f.write("  s3cret \nsecond line\n")
+        self.assertEqual(pcr.parse_args(["--room-key-file", path]).room_key, "s3cret")
+        with open(path, "w") as f:
+            f.write("\n")
+        with contextlib.redirect_stderr(io.StringIO()) as err, self.assertRaises(SystemExit) as exit:
+            pcr.parse_args(["--room-key-file", path])
+        self.assertEqual(exit.exception.code, 2)
+        self.assertIn("holds no room key", err.getvalue())
+
     def test_nonsense_limits_are_refused(self):
         for args in (["--max-line", "-5"], ["--line-rate", "x"], ["--max-clients", "0"],
                      ["--handshake-timeout", "nan"]):
