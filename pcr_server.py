@@ -858,7 +858,7 @@ class Server:
 
     def _finish_stop(self, deadline: float) -> None:
         room = self.room
-        waiting = [m for m in room.members if m.pos < room.end or m.notes]
+        waiting = [m for m in room.members if m.pos < room.end or m.notes or m.count_out]
         if waiting and time.monotonic() < deadline:
             self.loop.call_later(0.02, self._finish_stop, deadline)
             return
