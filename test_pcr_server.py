@@ -157,6 +157,13 @@ class ServerCase(unittest.TestCase):
     def member(self, alias: str) -> Client:
         return self.connect().join(alias)
 
+    def ann_and_bob(self) -> tuple[Client, Client]:
+        """A room with two members, ann having seen them both counted."""
+        self.start()
+        ann, bob = self.member("ann"), self.member("bob")
+        ann.read_until(b"2 people are online...\n")
+        return ann, bob
+
     def on_loop(self, fn, *args):
         """Run fn on the server's loop thread and return its result."""
         done, box = threading.Event(), []
@@ -424,9 +431,7 @@ class ChatTest(ServerCase):
         ann.read_until(b"bob: ann: I am ann\n")
 
     def test_a_line_split_across_many_writes_is_relayed_once_whole(self):
-        self.start()
-        ann, bob = self.member("ann"), self.member("bob")
-        ann.read_until(b"2 people are online...\n")
+        ann, bob = self.ann_and_bob()
         for ch in b"ann: one whole line\n":
             ann.send(bytes([ch]))
             time.sleep(0.002)
@@ -478,31 +483,23 @@ class LeavingTest(ServerCase):
         self.assertEqual(got.count(b"online..."), 1, got)
 
     def test_app_leave_line_then_close(self):
-        self.start()
-        ann, bob = self.member("ann"), self.member("bob")
-        ann.read_until(b"2 people are online...\n")
+        ann, bob = self.ann_and_bob()
         bob.send(b"\tbob has left the chat...\n")
         bob.close()
         self.expect_one_leave(ann, "bob", b"1 person is online...\n")
 
     def test_abrupt_close_sends_one_leave_line(self):
-        self.start()
-        ann, bob = self.member("ann"), self.member("bob")
-        ann.read_until(b"2 people are online...\n")
+        ann, bob = self.ann_and_bob()
         bob.reset()
         self.expect_one_leave(ann, "bob", b"1 person is online...\n")
 
     def test_plain_close_sends_one_leave_line(self):
-        self.start()
-        ann, bob = self.member("ann"), self.member("bob")
-        ann.read_until(b"2 people are online...\n")
+        ann, bob = self.ann_and_bob()
         bob.close()
         self.expect_one_leave(ann, "bob", b"1 person is online...\n")
 
     def test_half_closed_member_still_gets_its_last_line_relayed(self):
-        self.start()
-        ann, bob = self.member("ann"), self.member("bob")
-        ann.read_until(b"2 people are online...\n")
+        ann, bob = self.ann_and_bob()
         bob.send(b"bob: bye now")
         bob.sock.shutdown(socket.SHUT_WR)
         ann.read_until(b"bob: bye now\n")
