@@ -535,9 +535,13 @@ class Room:
 
     def flush_member(self, m: Member) -> None:
         """Send one member what it can take now (it became writable)."""
+        self._send_each((m,))
+
+    def _send_each(self, members) -> None:
+        """The careful path for each of `members`; drop those whose connection failed."""
         with memoryview(self.stream) as view:
-            ok = self._send_member(m, view)
-        if not ok:
+            failed = [m for m in members if not self._send_member(m, view)]
+        for m in failed:
             self.server.drop(m, "connection lost while sending")
 
     def _send_member(self, m: Member, view: memoryview) -> bool:
@@ -620,10 +624,7 @@ class Room:
             m = heapq.heappop(held)[2]
             m.held = False
             due.append(m)
-        with memoryview(self.stream) as view:
-            failed = [m for m in due if m.state is IN_ROOM and not self._send_member(m, view)]
-        for m in failed:
-            self.server.drop(m, "connection lost while sending")
+        self._send_each([m for m in due if m.state is IN_ROOM])
         if held and self.hold_timer is None:
             self.hold_timer = self.loop.call_at(held[0][0], self._release_held)
 
@@ -693,11 +694,8 @@ class Room:
             self.count_timer = self.loop.call_at(self.last_said + self.gap, self._deliver_count)
             return
         serial = self.count_serial
-        with memoryview(self.stream) as view:
-            failed = [m for m in self.members if m.counted != serial and not (m.blocked or m.held)
-                      and not self._send_member(m, view)]
-        for m in failed:
-            self.server.drop(m, "connection lost while sending")
+        self._send_each([m for m in self.members
+                         if m.counted != serial and not (m.blocked or m.held)])
 
     def _welcome(self, newcomers: list[Member]) -> None:
         folded = len(newcomers) > self.settings.fold_joins

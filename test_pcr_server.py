@@ -108,10 +108,13 @@ class Client:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def answer(self, alias: bytes) -> None:
+        """Wait for the ALIAS prompt and answer it."""
+        self.answer(alias)
+
     def join(self, alias: str, raw: bytes | None = None) -> "Client":
         """Answer the prompt and wait for the room's count line."""
-        self.read_until(b"ALIAS")
-        self.send(raw if raw is not None else alias.encode())
+        self.answer(raw if raw is not None else alias.encode())
         self.read_until(b" online...\n")
         return self
 
@@ -241,8 +244,7 @@ class HandshakeTest(ServerCase):
     def test_join_line_then_count_line_as_separate_reads(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"ann")
+        c.answer(b"ann")
         c.read_until(b"1 person is online...\n")
         join_reads = [r for r in c.reads if b"joined" in r]
         count_reads = [r for r in c.reads if b"online" in r]
@@ -253,8 +255,7 @@ class HandshakeTest(ServerCase):
         self.start(welcome_delay=0.5)
         c = self.connect()
         t0 = time.monotonic()
-        c.read_until(b"ALIAS")
-        c.send(b"ann")
+        c.answer(b"ann")
         c.read_until(b"ann joined the chat...\n")
         self.assertGreaterEqual(time.monotonic() - t0, 0.45)
 
@@ -268,16 +269,14 @@ class HandshakeTest(ServerCase):
     def test_terminal_client_alias_with_crlf(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"tom\r\nhello\r\n")
+        c.answer(b"tom\r\nhello\r\n")
         c.read_until(b"tom joined the chat...\n")
         c.read_until(b"tom: hello\n")
 
     def test_endless_bytes_right_after_the_name_are_cut_and_told(self):
         self.start(max_line=100)
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"tom\n" + b"q" * 5000)
+        c.answer(b"tom\n" + b"q" * 5000)
         c.read_until(b"your line was longer than 100 bytes and was not sent\n")
         c.send(b"\ntom: fine\n")
         got = c.read_until(b"tom: fine\n")
@@ -286,8 +285,7 @@ class HandshakeTest(ServerCase):
     def test_lines_typed_right_after_the_name_are_all_relayed(self):
         self.start(line_rate=0)
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"tom\n" + b"".join(b"line %d %s\n" % (i, b"p" * 90) for i in range(100)))
+        c.answer(b"tom\n" + b"".join(b"line %d %s\n" % (i, b"p" * 90) for i in range(100)))
         got = c.read_until(b"tom: line 99 ")
         self.assertEqual(got.count(b"tom: line "), 100)
 
@@ -326,8 +324,7 @@ class PresenceTest(ServerCase):
         for k in range(60):   # a line every 10 ms: never 0.3 s of quiet
             chatter.send(b"chat: %d\n" % k)
             if k == 5:
-                newcomer.read_until(b"ALIAS")
-                newcomer.send(b"new")
+                newcomer.answer(b"new")
             time.sleep(0.01)
         got = watcher.read_until(b"3 people are online...\n")
         self.assertIn(b"new joined the chat...\n", got)
@@ -340,8 +337,7 @@ class PresenceTest(ServerCase):
         bob = self.member("bob")
         bob.close()   # one leaves and one comes within one count interval
         carl = self.connect()
-        carl.read_until(b"ALIAS")
-        carl.send(b"carl")
+        carl.answer(b"carl")
         carl.read_until(b"carl joined the chat...\n")
         carl.read_until(b"2 people are online...\n")
 
@@ -398,8 +394,7 @@ class PresenceTest(ServerCase):
         crowd = []
         for i in range(6):
             c = self.connect()
-            c.read_until(b"ALIAS")
-            c.send(f"p{i}".encode())
+            c.answer(f"p{i}".encode())
             crowd.append(c)
         got = host.read_until(b"7 people are online...\n")
         self.assertRegex(got, rb"p\d, p\d, p\d and \d others? joined the chat...\n")
@@ -523,8 +518,7 @@ class NamesTest(ServerCase):
         self.start()
         self.member("ann")
         ann2 = self.connect()
-        ann2.read_until(b"ALIAS")
-        ann2.send(b"ANN")
+        ann2.answer(b"ANN")
         ann2.read_until(b"ANN (2) joined the chat...\n")
         ann2.read_until(b"the room knows you as ANN (2)\n")
         ann2.send(b"ANN: hi\n")
@@ -534,8 +528,7 @@ class NamesTest(ServerCase):
         self.start()
         watcher = self.member("watch")
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"5 people are online...")
+        c.answer(b"5 people are online...")
         got = watcher.read_until(b"joined the chat...\n")
         self.assertFalse(got.split(b"\n")[-2][:1].isdigit(), got)
         c.read_until(b"the room knows you as _5 people are online...\n")
@@ -543,8 +536,7 @@ class NamesTest(ServerCase):
     def test_empty_alias_becomes_guest(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"  \n")
+        c.answer(b"  \n")
         c.read_until(b"guest-1 joined the chat...\n")
 
     def test_name_is_cleaned_but_the_claimed_alias_is_still_its_prefix(self):
@@ -578,8 +570,7 @@ class TextSafetyTest(ServerCase):
     def test_invalid_utf8_alias_is_safe(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"\xffbo\xc3b\n")
+        c.answer(b"\xffbo\xc3b\n")
         got = c.read_until(b"joined the chat...\n")
         self.assertEqual(got.decode("utf-8"), "\ufffdbo\ufffdb joined the chat...\n")
 
@@ -1046,8 +1037,7 @@ class RoomKeyTest(ServerCase):
     def test_right_key_joins_under_the_name_alone(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"ann#s3cret-K")
+        c.answer(b"ann#s3cret-K")
         got = c.read_until(b" online...\n")
         self.assertIn(b"ann joined the chat...\n", got)
         c.send(b"ann#s3cret-K: hello\n")
@@ -1058,12 +1048,10 @@ class RoomKeyTest(ServerCase):
     def test_app_leave_line_with_key_is_one_leave_without_the_key(self):
         self.start()
         bob = self.connect()
-        bob.read_until(b"ALIAS")
-        bob.send(b"bob#s3cret-K")
+        bob.answer(b"bob#s3cret-K")
         bob.read_until(b" online...\n")
         ann = self.connect()
-        ann.read_until(b"ALIAS")
-        ann.send(b"ann#s3cret-K")
+        ann.answer(b"ann#s3cret-K")
         ann.read_until(b"2 people are online...\n")
         ann.send(b"\tann#s3cret-K has left the chat...\n")
         ann.close()
@@ -1074,8 +1062,7 @@ class RoomKeyTest(ServerCase):
     def test_wrong_key_is_told_and_closed_and_logged(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"ann#guess")
+        c.answer(b"ann#guess")
         got = c.read_to_close()
         self.assertEqual(got, b"this room needs a key: join with your name followed by #KEY "
                               b"(ask the host for the key)\n")
@@ -1085,8 +1072,7 @@ class RoomKeyTest(ServerCase):
     def test_missing_key_is_refused(self):
         self.start()
         c = self.connect()
-        c.read_until(b"ALIAS")
-        c.send(b"ann\n")
+        c.answer(b"ann\n")
         self.assertIn(b"this room needs a key", c.read_to_close())
 
     def test_repeated_wrong_keys_are_answered_ever_slower(self):
