@@ -110,7 +110,8 @@ class Client:
 
     def answer(self, alias: bytes) -> None:
         """Wait for the ALIAS prompt and answer it."""
-        self.answer(alias)
+        self.read_until(b"ALIAS")
+        self.send(alias)
 
     def join(self, alias: str, raw: bytes | None = None) -> "Client":
         """Answer the prompt and wait for the room's count line."""
