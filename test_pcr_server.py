@@ -1562,10 +1562,6 @@ class ClientModeTest(ServerCase):
         self.assertIn("Cannot use the --ca file", c.errors())
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 def unused_display() -> int:
     """An X display number nobody is serving."""
     for n in range(99, 400):
@@ -2048,3 +2044,7 @@ class GuiLaunchTest(unittest.TestCase):
         out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
                              text=True, timeout=WAIT * 2)
         self.assertEqual(out.stdout.strip(), "False", out.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
