@@ -13,20 +13,27 @@ Standard library only.  The wire contract is PROTOCOL.md; usage: README.md.
 from __future__ import annotations
 
 import argparse
+import base64
+import bisect
 import collections
 import dataclasses
+import enum
 import errno
+import hashlib
 import heapq
 import hmac
 import ipaddress
 import itertools
+import json
 import logging
 import logging.handlers
+import math
 import queue
 import re
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -56,7 +63,7 @@ PORT_FILE = ".pcr_port"
 LOG_FILE = ".privateChat_server.log"
 LOG_FORMAT = "%(asctime)s:%(levelname)s:%(name)s:%(message)s"
 DEFAULT_PUBLIC_IP_URL = "https://api.ipify.org"
-RECV_SIZE = 65536
+RECV_SIZE = 65536   # the terminal client's reads
 
 log = logging.getLogger("pcr_server")
 
@@ -67,19 +74,22 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
+    web_port: int | None = None       # the chat page and its WebSocket; None: no page
     log_file: str = LOG_FILE
     public_ip_url: str = DEFAULT_PUBLIC_IP_URL
-    handshake_timeout: float = 10.0   # seconds to give an alias
+    handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
+    max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
-    line_rate: float = 10.0           # lines per second per member; 0: off
+    line_rate: float = 10.0           # lines per second per member (4x per address); 0: off
     max_backlog: int = 1 << 20        # bytes waiting for one member
     max_clients: int = 10000
     max_per_ip: int = 16
     allow: tuple = ()                 # ip networks; empty: everyone
-    welcome_delay: float = 0.6        # the App drops what comes before its window
-    notice_gap: float = 0.2           # quiet time around a count line
-    count_interval: float = 0.25      # at most one count line this often
-    join_window: float = 0.05         # welcomes due this close together go as one
+    app_char_time: float = 0.07       # the App types each character this long
+    app_margin: float = 0.5           # and needs this much more per read (network, a slow desktop)
+    welcome_delay: float = 1.0        # from an App's alias to its welcome: its window is being built
+    count_interval: float = 0.25      # joins and leaves this close together share one count line
+    join_window: float = 0.05         # Apps named within one such window are welcomed together
     fold_joins: int = 3               # more joins at once: one folded notice
     stop_flush: float = 2.0           # seconds to deliver the stop lines
     accept_pause: float = 0.5         # after EMFILE/ENFILE on accept
@@ -133,14 +143,29 @@ ALIAS_PROMPT = b"ALIAS"
 STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
                "\t\tplease close the app and relaunch once the server is online..\n")
 MAX_NAME = 32
+APP_READ = 1024      # the App's recv size: no piece sent to an App is longer
+APP_SLACK = 0.2      # an App types up to this much slower than --app-char-time (a busy desktop)
+WHO_SHOWN = 50       # names listed in an answer to /who
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
-# forms, 8-bit CSI) and every C0/C1 control but tab.
+# forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
+# isolates (they reorder the text around them), and line/paragraph separators.
 _UNSAFE = re.compile(
     r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?"
     r"|[PX^_][^\x1b]*(?:\x1b\\)?|[ -/]*[0-~]?)"
-    r"|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+    r"|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
+# Code points that show nothing, or a blank: Unicode's default-ignorables and the fillers.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+# Cyrillic and Greek letters that look like Latin ones (from Unicode TR39's confusables).
+_LOOKALIKES = str.maketrans(
+    "аеіјорсухѕԁԛԝһӏαιορυϲϳνıɑɡ"
+    "АВЕІЈКМНОРСТУХЅҮԚԜҺΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "aeijopcyxsdqwhlaiopucjviag"
+    "ABEIJKMHOPCTYXSYQWHABEZHIKMNOPTYX")
 
 
 def joined_notice(name: str) -> str:
@@ -161,24 +186,41 @@ def count_notice(n: int) -> str:
     return "1 person is online...\n" if n == 1 else f"{n} people are online...\n"
 
 
+def who_notice(names: list[str]) -> str:
+    """The answer to /who: who is in the room, the first WHO_SHOWN by name."""
+    shown = ", ".join(names[:WHO_SHOWN])
+    more = len(names) - WHO_SHOWN
+    if more > 0:
+        shown += f" and {more} {'other' if more == 1 else 'others'}"
+    return f"in the room now ({len(names)}): {shown}\n"
+
+
 def clean_text(text: str) -> str:
-    """Text with escape sequences and control characters (but tab) removed."""
+    """Text with escape sequences, control characters (but tab), bidi
+    overrides and line separators removed."""
     return _UNSAFE.sub("", text)
 
 
 def clean_name(text: str) -> str:
-    """A name as the room shows it: printable, one line, trimmed, short.
+    """A name as the room shows it: visible, one line, trimmed, short.
 
     Colons go too, so that no name can pose as another's line prefix, and a
     leading digit gets a `_` before it: the App takes any read that starts
     with a digit for the count.
     """
-    text = clean_text(text.replace("\t", " "))
+    text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
     text = _SPACES.sub(" ", text).strip()
     if text[:1].isdigit():
         text = "_" + text
     return text[:MAX_NAME].strip()
+
+
+def name_look(name: str) -> str:
+    """What a name looks like, to tell names apart: `ＡＬＩＣＥ`, `𝖺𝗅𝗂𝖼𝖾` and
+    `аlice` (Cyrillic а) all look like `alice`."""
+    text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", name))
+    return text.translate(_LOOKALIKES).casefold().translate(_LOOKALIKES)
 
 
 def numbered_name(name: str, n: int) -> str:
@@ -187,18 +229,33 @@ def numbered_name(name: str, n: int) -> str:
     return name[:MAX_NAME - len(suffix)].rstrip() + suffix
 
 
-def split_alias(data: bytes) -> tuple[bytes, bytes]:
-    """The alias (up to the first line end, else the whole read) and the rest."""
+def quoted(name: str) -> str:
+    """A name as the log writes it: in quotes, so that no name can read as
+    log text (`"x from 10.9.8.7"`)."""
+    return json.dumps(name, ensure_ascii=False)
+
+
+def split_alias(data: bytes) -> tuple[bytes, bytes, bool]:
+    """The alias (up to the first line end, else the whole read), the rest,
+    and whether a line end came: a bare alias is how the App answers."""
     end = data.find(b"\n")
     if end < 0:
-        return data.rstrip(b"\r"), b""
-    return data[:end].rstrip(b"\r"), data[end + 1:]
+        return data.rstrip(b"\r"), b"", False
+    return data[:end].rstrip(b"\r"), data[end + 1:], True
 
 
 def split_key(alias: str) -> tuple[str, str]:
     """`name#KEY` -> (name, KEY); without a `#` the key is empty."""
     name, _, key = alias.partition("#")
     return name, key
+
+
+def alias_forms(claimed: str, name: str) -> tuple[str, ...]:
+    """How a member's own lines may begin: the alias exactly as its client
+    sent it (the App writes `{alias}: `), trimmed, cleaned, or the room's
+    name for it; the longest first."""
+    forms = {claimed, claimed.strip(), clean_name(split_key(claimed)[0]), name} - {""}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def decode_line(raw: bytes) -> str:
@@ -208,24 +265,248 @@ def decode_line(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def is_leave_line(text: str, claimed: str, name: str) -> bool:
+def is_leave_line(text: str, forms: tuple[str, ...]) -> bool:
     """True for the App's own goodbye, `\\t{alias} has left the chat...`."""
-    return text in (f"\t{claimed} has left the chat...", f"\t{name} has left the chat...")
+    return text.startswith("\t") and text.endswith(" has left the chat...") \
+        and text[1:-len(" has left the chat...")] in forms
 
 
-def relay_line(text: str, claimed: str, name: str) -> str | None:
-    """The line the room hears: always `{name}: ...`; None if nothing is said.
-
-    A line starting with the sender's claimed alias (the App's own prefix)
-    has it replaced; any other line gets the name put in front.
-    """
-    prefix = claimed + ": "
-    if claimed and text.startswith(prefix):
-        text = text[len(prefix):]
+def said_text(text: str, forms: tuple[str, ...]) -> str | None:
+    """What a member's line says, without its own prefix and made safe;
+    None if it says nothing."""
+    for form in forms:
+        if text.startswith(form) and text[len(form):len(form) + 2] == ": ":
+            text = text[len(form) + 2:]
+            break
     text = clean_text(text)
-    if not text.strip():
-        return None
-    return f"{name}: {text}\n"
+    return text if text.strip() else None
+
+
+def app_cut(data: bytes, limit: int = APP_READ) -> int:
+    """How many bytes of `data` (whole UTF-8 lines) go to the App as one read.
+
+    Up to `limit` bytes ending at a line end; a longer line is cut at a
+    character boundary, moved back (a little) so that the rest does not
+    begin with a digit and the piece does not end with " online..." (the
+    App would show either in its count box).  Only a long run of digits
+    leaves no such cut: then it is cut at the limit.
+    """
+    if len(data) <= limit:
+        return len(data)
+    line_end = data.rfind(b"\n", 0, limit)
+    if line_end >= 0:
+        return line_end + 1
+    cut = limit
+    while 0x80 <= data[cut] < 0xC0:   # not inside a character
+        cut -= 1
+    last = cut
+    for _ in range(64):
+        rest = data[cut:cut + 4].decode("utf-8", "ignore")[:1]
+        if not rest.isdigit() and not data[:cut].endswith(b" online..."):
+            return cut
+        cut -= 1
+        while 0x80 <= data[cut] < 0xC0:
+            cut -= 1
+    return last
+
+
+# -- the web page's WebSocket (RFC 6455) ----------------------------------
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+# close codes
+WS_NORMAL, WS_GOING_AWAY, WS_PROTOCOL_ERROR, WS_UNSUPPORTED = 1000, 1001, 1002, 1003
+WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_TRY_LATER = 1007, 1008, 1009, 1011, 1013
+
+
+class WsError(Exception):
+    """A client broke RFC 6455: close the connection with `code`."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+def ws_accept(key: str) -> str:
+    """The Sec-WebSocket-Accept answer to a Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def ws_frame(payload: bytes, opcode: int = WS_TEXT) -> bytes:
+    """One whole, unmasked frame, as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+def ws_close(code: int, reason: str = "") -> bytes:
+    return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
+
+
+def ws_event(kind: str, **fields) -> bytes:
+    """A message for the page: one text frame holding {"type": kind, ...}."""
+    return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
+
+
+def ws_unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+class FrameReader:
+    """A client's bytes in, its messages and control frames out (RFC 6455 §5).
+
+    Holds at most one frame and one message of `max_message` bytes; anything
+    bigger, unmasked, reserved or out of order raises WsError with the RFC's code.
+    """
+
+    __slots__ = ("max_message", "buf", "parts", "size", "opcode")
+
+    def __init__(self, max_message: int):
+        self.max_message = max_message
+        self.buf = b""
+        self.parts: list[bytes] = []   # the fragments of a message so far
+        self.size = 0
+        self.opcode = 0                # of the message being fragmented; 0: none
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """(opcode, payload) of each whole message or control frame in `data`."""
+        self.buf += data
+        out = []
+        while (frame := self._frame()) is not None:
+            out.extend(frame)
+        return out
+
+    def _frame(self) -> list[tuple[int, bytes]] | None:
+        buf = self.buf
+        if len(buf) < 2:
+            return None
+        first, second = buf[0], buf[1]
+        fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
+        if first & 0x70:
+            raise WsError(WS_PROTOCOL_ERROR, "reserved bits set")
+        if not second & 0x80:
+            raise WsError(WS_PROTOCOL_ERROR, "client frames must be masked")
+        at = 2
+        if length == 126:
+            if len(buf) < 4:
+                return None
+            length, at = struct.unpack_from("!H", buf, 2)[0], 4
+        elif length == 127:
+            if len(buf) < 10:
+                return None
+            length, at = struct.unpack_from("!Q", buf, 2)[0], 10
+        if opcode >= 0x8:
+            if not fin or length > 125:
+                raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
+        elif opcode not in (0x0, WS_TEXT, WS_BINARY):
+            raise WsError(WS_PROTOCOL_ERROR, "unknown opcode")
+        elif self.size + length > self.max_message:
+            raise WsError(WS_TOO_BIG, "message too big")
+        if len(buf) < at + 4 + length:
+            return None
+        payload = ws_unmask(buf[at + 4:at + 4 + length], buf[at:at + 4])
+        self.buf = buf[at + 4 + length:]
+        if opcode >= 0x8:
+            return [(opcode, payload)]
+        return self._fragment(fin, opcode, payload)
+
+    def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
+        if (opcode == 0) != bool(self.opcode):
+            raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
+        if opcode:
+            self.opcode = opcode
+        self.parts.append(payload)
+        self.size += len(payload)
+        if not fin:
+            return []
+        message, opcode = b"".join(self.parts), self.opcode
+        self.parts, self.size, self.opcode = [], 0, 0
+        return [(opcode, message)]
+
+
+def ws_close_code(payload: bytes) -> int:
+    """The code to answer a client's close frame with (RFC 6455 §5.5.1, §7.4)."""
+    if not payload:
+        return WS_NORMAL
+    if len(payload) == 1:
+        raise WsError(WS_PROTOCOL_ERROR, "a close payload has a 2-byte code")
+    code = struct.unpack_from("!H", payload)[0]
+    if not (code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011)
+            or 3000 <= code <= 4999):
+        raise WsError(WS_PROTOCOL_ERROR, "invalid close code")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WsError(WS_BAD_DATA, "close reason is not UTF-8") from None
+    return code
+
+
+# -- the web page's HTTP ------------------------------------------------------
+
+MAX_REQUEST = 8192   # request line and headers
+HTTP_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+def parse_request(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, path and headers (lower-case names) of an HTTP/1.1 request
+    head; ValueError if it is not one."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ValueError("not an HTTP/1.x request line")
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise ValueError("malformed header")
+        headers[name.lower()] = value.strip()
+    return parts[0], parts[1], headers
+
+
+def http_response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                  headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    lines = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}",
+             f"Content-Length: {len(body)}", "Connection: close", "Cache-Control: no-store",
+             "X-Content-Type-Options: nosniff", "Referrer-Policy: no-referrer",
+             *(f"{name}: {value}" for name, value in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+# -- the chat page (served on --web-port) ----------------------------------
+
+PAGE_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>PrivateChatRoom</title>
+<style>body{font-family:system-ui,sans-serif}</style>
+</head><body><main id="app">Loading…</main>
+<script>document.getElementById("app").textContent = "PrivateChatRoom";</script>
+</body></html>
+"""
+PAGE = PAGE_HTML.encode()
+
+
+def _inline_hash(tag: str) -> str:
+    """The CSP source for the page's one inline <script> or <style>."""
+    body = re.search(rf"<{tag}>(.*?)</{tag}>", PAGE_HTML, re.S).group(1)
+    return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+
+
+PAGE_CSP = (f"default-src 'none'; script-src {_inline_hash('script')}; "
+            f"style-src {_inline_hash('style')}; img-src 'self' data:; base-uri 'none'; "
+            f"form-action 'none'; frame-ancestors 'none'; connect-src 'self' ")
+
+
+def page_headers(host: str) -> tuple[tuple[str, str], ...]:
+    """The page's security headers: its own inline code only, its own socket only."""
+    return (("Content-Security-Policy", PAGE_CSP + f"ws://{host} wss://{host}"),)
 
 
 # ---------------------------------------------------------------------------
@@ -233,8 +514,9 @@ def relay_line(text: str, claimed: str, name: str) -> str | None:
 # ---------------------------------------------------------------------------
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
 MAX_NOTES = 16      # private lines waiting for one member
-HOLD_SLACK = 0.01   # quiet gaps ending this close together are served in one go
+TIMER_SLACK = 0.01  # a member's turn this close is taken now
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
@@ -263,7 +545,9 @@ class Loop:
 
     Handlers are registered as (function, object) and called as
     function(object, mask), so nothing per connection is allocated here.
-    An error escaping a handler, timer or call is logged and the loop goes on.
+    `now` is the time of this turn, read once before its events and again
+    before its timers.  An error escaping a handler, timer or call is
+    logged and the loop goes on.
     """
 
     def __init__(self):
@@ -319,6 +603,7 @@ class Loop:
             pass
 
     def run(self) -> None:
+        """Turn until stop(): events, then due timers, then calls for the end of the turn."""
         self.running = True
         select, timers, soon = self.selector.select, self.timers, self.soon
         while self.running:
@@ -336,12 +621,18 @@ class Loop:
                     handler(obj, mask)
                 except Exception as e:
                     log_fault(f"handling {handler.__name__}", e)
+            if timers:
+                self.now = time.monotonic()
             while timers and timers[0][0] <= self.now:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
                     self._call(timer.fn, timer.args)
             for _ in range(len(soon)):
                 self._call(*soon.popleft())
+
+    def stop(self) -> None:
+        """End run() after this turn."""
+        self.running = False
 
     @staticmethod
     def _call(fn: Callable, args: tuple) -> None:
@@ -356,45 +647,120 @@ class Loop:
         self._wake_w.close()
 
 
-# Where a connection is in its life.
-SECURING, NAMING, WELCOMING, IN_ROOM, GONE = "securing", "naming", "welcoming", "in room", "gone"
+class Bucket:
+    """A token bucket: `rate` tokens a second, at most `burst` saved up.
+    Line rates, join slots and connection rates are all one of these."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0.0: now)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
+    def take(self) -> None:
+        self.tokens -= 1.0
+
+    def book(self, now: float) -> float:
+        """Take a token now or in advance: seconds until it is there (later
+        bookings queue behind it)."""
+        self.wait(now)
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+class Tally:
+    """Warnings that repeat, summed up so that a flood cannot rotate the log
+    away: the first of a kind is logged at once, the rest as one line with
+    a count per `interval`."""
+
+    def __init__(self, interval: float = 60.0):
+        self.interval = interval
+        self.seen: dict[str, list] = {}   # warning -> [times since logged, since]
+
+    def add(self, now: float, warning: str) -> None:
+        entry = self.seen.get(warning)
+        if entry is None:
+            self.seen[warning] = [0, now]
+            log.warning("%s", warning)
+        else:
+            entry[0] += 1
+
+    def flush(self, now: float) -> None:
+        """Log the sums whose interval is over (called every second)."""
+        for warning, (count, since) in list(self.seen.items()):
+            if now - since < self.interval:
+                continue
+            if count:
+                log.warning("%s (%d more times in %d s)", warning, count, round(now - since))
+                self.seen[warning] = [0, now]
+            else:
+                del self.seen[warning]
+
+
+class Stage(enum.Enum):
+    """Where a connection is in its life."""
+    SECURING = "securing"       # TLS handshake
+    REQUESTING = "requesting"   # web port: reading the HTTP request
+    NAMING = "naming"           # asked for its alias
+    CHECKING = "checking"       # its room key waits its turn to be checked
+    WELCOMING = "welcoming"     # named, waiting for its welcome
+    IN_ROOM = "in room"
+    GONE = "gone"
+
+
+class Kind(enum.Enum):
+    """How a member reads: its answer to ALIAS tells (PROTOCOL.md)."""
+    LINE = "terminal"   # `alias\n`: reads whole lines, gets everything at once
+    APP = "App"         # a bare alias: PrivateChatRoom-App, paced to what it can show
+    WEB = "web"         # the chat page, over a WebSocket
 
 
 class Member:
-    """One connection: its socket, its name, and where it is in the room stream."""
+    """One connection: its socket, its name, and where it is in its stream."""
 
-    __slots__ = ("sock", "ip", "port", "state", "claimed", "name", "since",
-                 "ready_at", "pos", "notes", "sent_at", "quiet_until", "counted", "count_out",
-                 "blocked", "held",
-                 "reading", "events", "inbuf", "skipping", "tokens", "stamp",
-                 "resume")
+    __slots__ = ("sock", "ip", "port", "group", "stage", "kind", "claimed", "name", "look",
+                 "forms", "since", "named_at", "ready_at", "pos", "notes", "out", "closing",
+                 "blocked", "reading", "events", "inbuf", "skipping", "bucket", "resume",
+                 "app", "frames", "refusal")
 
-    def __init__(self, sock: socket.socket, ip: str, port: int, now: float):
+    def __init__(self, sock: socket.socket, ip: str, port: int, group: str, now: float,
+                 kind: Kind = Kind.LINE):
         self.sock = sock
-        self.ip, self.port = ip, port
-        self.state = NAMING
+        self.ip, self.port, self.group = ip, port, group   # group: what per-address limits count
+        self.stage = Stage.NAMING
+        self.kind = kind
         self.claimed = ""        # the alias as the client sent it
         self.name = ""           # the name the room knows
+        self.look = ""           # what the name it asked for looks like (name_look)
+        self.forms: tuple[str, ...] = ()   # how its own lines may begin (alias_forms)
         self.since = now
-        self.ready_at = 0.0
-        self.pos = 0             # next byte of the room stream to send
+        self.named_at = 0.0      # when its alias came
+        self.ready_at = 0.0      # when it is welcomed
+        self.pos = 0             # next byte of its stream to send
         self.notes = None        # deque of (stream position, bytes) for this member only
-        self.sent_at = 0.0       # when it was last sent anything
-        self.quiet_until = 0.0   # nothing may follow a count line before this
-        self.counted = 0         # the room's count serial this member has had
-        self.count_out = b""     # what is left to send of its count line
+        self.out = b""           # bytes outside the streams still to send (a response, an App's piece)
+        self.closing = False     # close once `out` is sent
         self.blocked = False     # kernel buffer full: waiting for writable
-        self.held = False        # waiting out the quiet time around a count line
         self.reading = True
         self.events = EVENT_READ
         self.inbuf = b""
         self.skipping = False    # dropping the rest of an over-long line
-        self.tokens = 0.0        # line-rate bucket
-        self.stamp = now
+        self.bucket = None       # its line-rate Bucket, once in
         self.resume = None       # timer that lets a rate-limited member speak again
+        self.app = None          # AppReader, for an App member
+        self.frames = None       # FrameReader, for a web member once upgraded
+        self.refusal = ""        # a web connection let in only to be told why not
 
     def __repr__(self) -> str:
-        return f"<Member {self.name or '?'} {self.ip}:{self.port} {self.state}>"
+        return f"<Member {self.name or '?'} {self.ip}:{self.port} {self.stage.value}>"
 
 
 def plain_ip(address: str) -> str:
@@ -412,100 +778,235 @@ def address_group(ip: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
-class Room:
-    """The members, their names, and the stream of everything broadcast.
+class Stream:
+    """What the room says, appended once, read by many members each at its
+    own position; trimmed once everyone has had it."""
 
-    Broadcast appends a line once to `stream`, an append-only buffer shared
-    by all members; each member keeps only its position in it and gets
-    `stream[pos:]` in one send per loop turn.  What every member has had is
-    trimmed off the front.
+    __slots__ = ("buf", "base")
 
-    Count lines are not in the stream: the App must read each alone, so a
-    member is owed the latest count and gets it once it has everything else
-    and `notice_gap` seconds have passed quietly; the next bytes wait as long
-    again.  A busy member is never slowed by counts, and never gets a stale one.
+    def __init__(self):
+        self.buf = bytearray()
+        self.base = 0    # stream position of buf[0]
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.buf)
+
+    def between(self, start: int, stop: int) -> bytes:
+        return bytes(self.buf[start - self.base:stop - self.base])
+
+    def trim(self, low: int) -> None:
+        if low > self.base:
+            del self.buf[:low - self.base]
+            self.base = low
+
+
+class AppReader:
+    """The pace of one PrivateChatRoom-App, and what it may be sent next.
+
+    The App reads 1024 bytes, decodes them strictly, puts a read that begins
+    with a digit or ends with " online..." into its count box and types any
+    other read at `app_char_time` a character before it reads again
+    (PROTOCOL.md, "The App's reader, exactly").  So it gets one piece at a
+    time, when it is predicted free, and each piece is its own read:
+    - the count, alone, made when it is sent (never stale), before the next
+      lines unless the lines it counts fit in one piece;
+    - else up to 1024 bytes of lines that no read can split in a character
+      or mistake for a count (app_cut).
     """
 
-    def __init__(self, loop: Loop, settings: Settings, server: Server):
-        self.loop = loop
-        self.settings = settings
-        self.server = server                     # closes members, sets interest
+    __slots__ = ("free_at", "quiet_until", "counted", "timer", "new_line")
+
+    def __init__(self, counted: int):
+        self.free_at = 0.0        # when the App will have shown all it was sent
+        self.quiet_until = 0.0    # the last count must be read alone: nothing else before this
+        self.counted = counted    # the room's count serial this App has been shown
+        self.timer: Timer | None = None   # the room's call back at free_at
+        self.new_line = False     # the next piece goes on with a run of digits: break the line
+
+    def next_piece(self, m: Member, room: Room, now: float) -> bytes:
+        """The next read for m's App (b"" if nothing waits); moves m past it
+        and says when the App will be free again."""
+        settings = room.settings
+        m.pos = pos = room.past_counts(m.pos)
+        notes = m.notes
+        note_due = bool(notes) and notes[0][0] <= pos
+        if self.counted != room.count_serial and not (
+                note_due and notes[0][0] <= room.count_pos or 0 < room.count_pos - pos <= APP_READ):
+            self.counted = room.count_serial
+            self.free_at = self.quiet_until = now + settings.app_margin
+            return count_notice(len(room.members)).encode()
+        if note_due:
+            at, data = notes[0]
+            piece = data[:app_cut(data)]
+            if len(piece) < len(data):
+                notes[0] = (at, data[len(piece):])
+            else:
+                notes.popleft()
+                m.notes = notes or None
+        else:
+            stop = min(room.next_count(pos), notes[0][0]) if notes else room.next_count(pos)
+            if pos >= stop:
+                return b""
+            data = room.text.between(pos, min(stop, pos + APP_READ + 4))
+            n = app_cut(data, APP_READ - self.new_line)
+            m.pos += n
+            piece = b"\n" * self.new_line + data[:n]
+            self.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
+        typing = len(piece.decode("utf-8", "replace")) * settings.app_char_time * (1 + APP_SLACK)
+        self.free_at = now + typing + settings.app_margin
+        return piece
+
+
+@dataclasses.dataclass(frozen=True)
+class RoomHooks:
+    """The only calls the room makes up into the server."""
+    set_interest: Callable[[Member], None]        # m.blocked changed
+    drop: Callable[..., None]                     # drop(m, reason, farewell="", code=WS_NORMAL)
+    welcomed: Callable[[Member], None]            # m is in: read it again
+
+
+class Room:
+    """The members, their names, and who is sent what, when.
+
+    Everything said is appended once to a stream: `text` (lines) for
+    terminals and Apps, `frames` (WebSocket messages) for web members.
+    - Terminal and web members are only a position in their stream and get
+      the rest in one send per loop turn (flush: the hot path).  Count lines
+      go into both streams right after the joins and leaves they count
+      (changes within count_interval share one).
+    - App members are paced (AppReader): one piece when their App is
+      predicted free.  They skip the count lines in the text stream and
+      get a count of their own, made when it is sent, alone.
+    """
+
+    def __init__(self, loop: Loop, settings: Settings, hooks: RoomHooks):
+        self.loop, self.settings, self.hooks = loop, settings, hooks
         self.members: dict[Member, None] = {}   # in the room, in join order
-        self.names: dict[str, Member] = {}      # casefolded name -> member (welcoming too)
+        self.lines: dict[Member, None] = {}     # ... that read the text stream at once
+        self.webs: dict[Member, None] = {}      # ... that read the frames stream
+        self.apps: dict[Member, None] = {}      # ... that are paced
+        self.idle_apps: set[Member] = set()     # Apps free and sent everything: serve on news
+        self.names: dict[str, Member] = {}      # name_look(name) -> member (welcoming too)
+        self.bases: dict[str, list[int]] = {}   # look asked for -> [members holding it, last number]
         self.arrivals: list[Member] = []        # named, waiting for their welcome
-        self.stream = bytearray()
-        self.base = 0                            # stream position of stream[0]
-        self.gap = settings.notice_gap
-        self.count_text = b""                    # the latest count line
-        self.count_serial = 0                    # bumped with each new count line
-        self.count_due = False                   # membership changed since the last count
-        self.count_timer: Timer | None = None    # waits for the room to be quiet
-        self.last_said = 0.0                     # when the stream or a note last grew
+        self.text, self.frames = Stream(), Stream()
+        self.count_starts: list[int] = []       # where count lines sit in the text stream
+        self.count_ends: list[int] = []
+        self.count_pos = -1                     # where the latest count line starts
+        self.count_serial = 0                   # bumped with each count line
+        self.count_due = False                  # membership changed since the last count
         self.count_at = -1e9
-        self.held: list[tuple[float, int, Member]] = []   # a heap: members to come back to
-        self.hold_seq = itertools.count()
-        self.hold_timer: Timer | None = None
+        self.presence_timer: Timer | None = None
         self.closing = False
         self.flush_due = False
-        self.presence_timer: Timer | None = None
         self.guests = 0
-        self.numbered: dict[str, int] = {}       # casefolded name -> last number given
 
     # -- names ----------------------------------------------------------
-    def reserve_name(self, wanted: str) -> str:
-        """A free name close to `wanted` (empty -> guest-N, taken -> `x (2)`)."""
+    def reserve_name(self, m: Member, wanted: str) -> None:
+        """Give m a name like `wanted` that looks like nobody else's
+        (empty -> guest-N; a look that is taken -> `x (2)`, `x (3)`...)."""
         if not wanted:
             self.guests += 1
             wanted = f"guest-{self.guests}"
-        name, n = wanted, self.numbered.get(wanted.casefold(), 1)
-        while name.casefold() in self.names:
+        m.look = name_look(wanted)
+        held = self.bases.setdefault(m.look, [0, 1])
+        name, look, n = wanted, m.look, held[1]
+        while look in self.names:
             n += 1
             name = numbered_name(wanted, n)
-        if n > 1:
-            self.numbered[wanted.casefold()] = n
-        return name
+            look = name_look(name)
+        held[0] += 1
+        held[1] = max(held[1], n)
+        m.name = name
+        self.names[look] = m
 
-    # -- broadcast ------------------------------------------------------
-    @property
-    def end(self) -> int:
-        return self.base + len(self.stream)
+    def _release_name(self, m: Member) -> None:
+        look = name_look(m.name)
+        if self.names.get(look) is m:
+            del self.names[look]
+        held = self.bases.get(m.look)
+        if held:
+            held[0] -= 1
+            if held[0] <= 0:   # nobody holds it: its numbering starts afresh
+                del self.bases[m.look]
 
-    def broadcast(self, text: str) -> None:
-        self.stream += text.encode()
-        self.last_said = self.loop.now
+    def find(self, name: str) -> Member | None:
+        return self.names.get(name_look(name))
+
+    # -- saying ---------------------------------------------------------
+    def say(self, line: str, kind: str, **fields) -> None:
+        """`line` for everyone: into the text stream, and as a `kind`
+        message into the frames stream while anyone reads it."""
+        self.text.buf += line.encode()
+        if self.webs:
+            fields.setdefault("text", line.rstrip("\n"))
+            self.frames.buf += ws_event(kind, **fields)
         self._flush_soon()
 
-    def tell(self, member: Member, text: str) -> None:
-        """A line for one member only, after what the room has sent so far."""
-        if member.notes is None:
-            member.notes = collections.deque()
-        elif len(member.notes) >= MAX_NOTES:   # it is not reading them
+    def chat(self, m: Member, said: str) -> None:
+        self.say(f"{m.name}: {said}\n", "chat", name=m.name, text=said)
+
+    def tell(self, m: Member, line: str, kind: str = "note", **fields) -> None:
+        """A line for m alone, after what it has been sent so far."""
+        if m.kind is Kind.WEB:
+            fields.setdefault("text", line.rstrip("\n"))
+            self._note(m, self.frames.end, ws_event(kind, **fields))
+        else:
+            self._note(m, self.text.end, line.encode())
+
+    def tell_frame(self, m: Member, frame: bytes) -> None:
+        """A WebSocket control frame for web member m (a pong)."""
+        self._note(m, self.frames.end, frame)
+
+    def _note(self, m: Member, at: int, data: bytes) -> None:
+        if m.notes is None:
+            m.notes = collections.deque()
+        elif len(m.notes) >= MAX_NOTES:   # it is not reading them
             return
-        member.notes.append((self.end, text.encode()))
-        self.last_said = self.loop.now
+        m.notes.append((at, data))
         self._flush_soon()
+
+    def who(self, m: Member) -> None:
+        """Answer /who to m alone: who is in the room."""
+        names = [x.name for x in self.members]
+        if m.kind is Kind.WEB:
+            self.tell(m, "", "who", names=names[:1000], others=max(0, len(names) - 1000))
+        else:
+            self.tell(m, who_notice(names))
 
     def _flush_soon(self) -> None:
         if not self.flush_due:
             self.flush_due = True
             self.loop.call_soon(self.flush)
 
+    # -- sending ----------------------------------------------------------
     def flush(self) -> None:
-        """Send every member what it has not had yet: usually one send each.
-
-        The plain case (stream bytes only) is inlined here for speed;
-        anything else goes through _send_member.
-        """
+        """Send every member what it may have now: Apps that are free their
+        next piece, everyone else the rest of their stream (one send each)."""
         self.flush_due = False
-        end, base, now = self.end, self.base, self.loop.now
+        if self.idle_apps:
+            idle, self.idle_apps = self.idle_apps, set()
+            for m in idle:
+                self._serve_app(m)
+        self.text.trim(self._apps_low(self._flush_stream(self.text, self.lines)))
+        self.frames.trim(self._flush_stream(self.frames, self.webs))
+        cut = bisect.bisect_right(self.count_ends, self.text.base)
+        if cut:
+            del self.count_starts[:cut], self.count_ends[:cut]
+
+    def _flush_stream(self, stream: Stream, readers: dict) -> int:
+        """The hot path: one send of the rest of `stream` to each reader;
+        returns the lowest position anyone still needs."""
+        end, base = stream.end, stream.base
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
-        with memoryview(self.stream) as view:
-            for m in self.members:
+        with memoryview(stream.buf) as view:
+            for m in readers:
                 pos = m.pos
                 if (pos < end or m.notes) and not m.blocked:
-                    if m.notes or m.count_out or now < m.quiet_until:
-                        if not self._send_member(m, view):
+                    if m.notes:
+                        if not self._send_noted(m, stream, view):
                             failed.append(m)
                             continue
                     else:
@@ -516,139 +1017,156 @@ class Room:
                         except OSError:
                             failed.append(m)
                             continue
-                        m.sent_at = now
                         m.pos = pos = pos + n
                         if pos < end:
-                            self._block(m)
+                            self._set_blocked(m, True)
                     pos = m.pos
                 if m.blocked and end - pos > limit:   # the kernel refuses more, too
                     slow.append(m)
                 elif pos < low:
                     low = pos
         for m in failed:
-            self.server.drop(m, "connection lost while sending")
+            self.hooks.drop(m, "connection lost while sending")
         for m in slow:
-            self.server.drop(m, f"not reading: over {limit} bytes waiting")
-        if low > self.base:
-            del self.stream[:low - self.base]
-            self.base = low
+            self.hooks.drop(m, f"not reading: over {limit} bytes waiting")
+        return low
 
-    def flush_member(self, m: Member) -> None:
-        """Send one member what it can take now (it became writable)."""
-        self._send_each((m,))
-
-    def _send_each(self, members) -> None:
-        """The careful path for each of `members`; drop those whose connection failed."""
-        with memoryview(self.stream) as view:
-            failed = [m for m in members if not self._send_member(m, view)]
-        for m in failed:
-            self.server.drop(m, "connection lost while sending")
-
-    def _send_member(self, m: Member, view: memoryview) -> bool:
-        """The careful path: notes, the count, the quiet gaps. False: dead."""
-        end, base, now = self.end, self.base, self.loop.now
+    def _send_noted(self, m: Member, stream: Stream, view: memoryview) -> bool:
+        """The careful path: m's own notes at their places in its stream. False: dead."""
+        end, base = stream.end, stream.base
         try:
             while True:
-                if m.count_out:   # a count line, once begun, goes out whole and alone
-                    n = m.sock.send(m.count_out)
-                    m.count_out = m.count_out[n:]
-                    m.sent_at = now
-                    if m.count_out:
-                        break
-                    m.quiet_until = now + self.gap
-                    continue
-                owed = m.counted != self.count_serial
-                if not (m.notes or m.pos < end or owed):
-                    break
-                if now + HOLD_SLACK < m.quiet_until:
-                    self._hold(m, m.quiet_until)
-                    break
                 notes = m.notes
                 if notes and notes[0][0] <= m.pos:
-                    data = notes[0][1]
+                    at, data = notes[0]
                     n = m.sock.send(data)
-                    m.sent_at = now
                     if n < len(data):
-                        notes[0] = (notes[0][0], data[n:])
+                        notes[0] = (at, data[n:])
                         break
                     notes.popleft()
-                    if not notes:
-                        m.notes = None
+                    m.notes = notes or None
                 elif m.pos < end:
                     stop = min(end, notes[0][0]) if notes else end
-                    n = m.sock.send(view[m.pos - base:stop - base])
-                    m.sent_at = now
-                    m.pos += n
+                    m.pos += m.sock.send(view[m.pos - base:stop - base])
                     if m.pos < stop:
                         break
-                elif now + HOLD_SLACK < m.sent_at + self.gap:   # owed: wait for quiet
-                    self._hold(m, m.sent_at + self.gap)
-                    break
                 else:
-                    m.counted = self.count_serial
-                    m.count_out = self.count_text
+                    break
         except WOULD_BLOCK:
             pass
         except OSError:
             return False
-        # waiting for the kernel, not for a quiet gap to end
-        pending = m.pos < end or bool(m.notes) or bool(m.count_out)
-        blocked = pending and now + HOLD_SLACK >= m.quiet_until
-        if blocked != m.blocked:
-            m.blocked = blocked
-            self.server.set_interest(m)
+        self._set_blocked(m, m.pos < end or bool(m.notes))
         return True
 
-    def _block(self, m: Member) -> None:
-        if not m.blocked:
-            m.blocked = True
-            self.server.set_interest(m)
+    def flush_member(self, m: Member) -> None:
+        """m's socket takes more again."""
+        if m.app is not None:
+            self._send_piece(m, m.out)
+        else:
+            stream = self.frames if m.kind is Kind.WEB else self.text
+            with memoryview(stream.buf) as view:
+                alive = self._send_noted(m, stream, view)
+            if not alive:
+                self.hooks.drop(m, "connection lost while sending")
 
-    def _hold(self, m: Member, until: float) -> None:
-        """Come back to m at `until`: its gap is over (one timer for all)."""
-        if m.held:
+    def _set_blocked(self, m: Member, blocked: bool) -> None:
+        if blocked != m.blocked:
+            m.blocked = blocked
+            self.hooks.set_interest(m)
+
+    # -- Apps ---------------------------------------------------------------
+    def _serve_app(self, m: Member) -> None:
+        """Send m's App its next piece if it is free; else come back when it will be."""
+        app = m.app
+        app.timer = None
+        if m.stage is not Stage.IN_ROOM or m.blocked:
             return
-        m.held = True
-        heapq.heappush(self.held, (until, next(self.hold_seq), m))
-        if self.hold_timer is None or self.hold_timer.when > until:
-            if self.hold_timer:
-                self.hold_timer.cancel()
-            self.hold_timer = self.loop.call_at(until, self._release_held)
+        now = self.loop.now
+        if now + TIMER_SLACK < app.free_at:
+            app.timer = self.loop.call_at(app.free_at, self._serve_app, m)
+            return
+        piece = app.next_piece(m, self, now)
+        if piece:
+            self._send_piece(m, piece)
+        else:
+            self.idle_apps.add(m)
 
-    def _release_held(self) -> None:
-        """Send to the held members whose gap is over (give or take 10 ms)."""
-        self.hold_timer = None
-        now = self.loop.now = time.monotonic()
-        held, due = self.held, []
-        while held and held[0][0] <= now + HOLD_SLACK:
-            m = heapq.heappop(held)[2]
-            m.held = False
-            due.append(m)
-        self._send_each([m for m in due if m.state is IN_ROOM])
-        if held and self.hold_timer is None:
-            self.hold_timer = self.loop.call_at(held[0][0], self._release_held)
+    def _send_piece(self, m: Member, piece: bytes) -> None:
+        """Send (the rest of) a piece; then wait for the App to have shown it."""
+        try:
+            n = m.sock.send(piece)
+        except WOULD_BLOCK:
+            n = 0
+        except OSError:
+            self.hooks.drop(m, "connection lost while sending")
+            return
+        m.out = piece[n:]
+        self._set_blocked(m, bool(m.out))   # the App is not reading: wait for its kernel
+        if not m.out:
+            m.app.timer = self.loop.call_at(m.app.free_at, self._serve_app, m)
+
+    def _apps_low(self, low: int) -> int:
+        """The lowest text position an App still needs; Apps too far behind are dropped."""
+        end, limit, behind = self.text.end, self.settings.max_backlog, []
+        for m in self.apps:
+            if end - m.pos > limit:
+                behind.append(m)
+            elif m.pos < low:
+                low = m.pos
+        for m in behind:
+            self.hooks.drop(m, f"App not keeping up: over {limit} bytes waiting",
+                            "you were disconnected: the room says more than your App can show "
+                            "in time; please close the app and relaunch to catch up\n")
+        return low
+
+    def past_counts(self, pos: int) -> int:
+        """`pos` moved past a count line that starts there (Apps get their own)."""
+        starts, i = self.count_starts, bisect.bisect_left(self.count_starts, pos)
+        while i < len(starts) and starts[i] == pos:
+            pos = self.count_ends[i]
+            i += 1
+        return pos
+
+    def next_count(self, pos: int) -> int:
+        """Where the next count line at or after `pos` starts (else the end)."""
+        i = bisect.bisect_left(self.count_starts, pos)
+        return self.count_starts[i] if i < len(self.count_starts) else self.text.end
 
     # -- presence: joins, leaves and the count --------------------------
-    def arrive(self, m: Member) -> None:
-        """A named member enters once its welcome delay has passed."""
-        m.state = WELCOMING
-        m.ready_at = max(m.since + self.settings.welcome_delay, self.server.join_slot(m.ip))
-        self.names[m.name.casefold()] = m
+    def arrive(self, m: Member, not_before: float) -> None:
+        """A named member enters: a terminal or web member now, an App once
+        its window is up (welcome_delay after its alias; Apps named within
+        one join_window are welcomed together)."""
+        m.stage = Stage.WELCOMING
+        ready = m.named_at
+        if m.kind is Kind.APP:
+            window = self.settings.join_window
+            ready += self.settings.welcome_delay
+            ready = math.ceil(ready / window) * window if window else ready
+        m.ready_at = max(ready, not_before)
         self.arrivals.append(m)
         self._presence_at(m.ready_at)
 
     def leave(self, m: Member) -> None:
         """Forget a member; the room hears it left if it was in."""
-        if self.names.get(m.name.casefold()) is m:
-            del self.names[m.name.casefold()]
-        if m.state is WELCOMING:
+        if m.name:
+            self._release_name(m)
+        if m.stage is Stage.WELCOMING:
             self.arrivals.remove(m)
-        elif m.state is IN_ROOM:
-            del self.members[m]   # a held entry is skipped once m is gone
+        elif m.stage is Stage.IN_ROOM:
+            del self.members[m]   # a timer or idle entry is skipped once m is gone
+            del self._readers(m)[m]
+            self.idle_apps.discard(m)
+            if m.app is not None and m.app.timer is not None:
+                m.app.timer.cancel()
             if not self.closing:
-                self.broadcast(left_notice(m.name))
+                self.say(left_notice(m.name), "leave", name=m.name)
                 self.count_due = True
                 self._presence_at(self.loop.now)
+
+    def _readers(self, m: Member) -> dict:
+        return self.apps if m.kind is Kind.APP else self.webs if m.kind is Kind.WEB else self.lines
 
     def _presence_at(self, when: float) -> None:
         timer = self.presence_timer
@@ -659,17 +1177,17 @@ class Room:
         self.presence_timer = self.loop.call_at(when, self._presence)
 
     def _presence(self) -> None:
-        """Welcome whoever is due (or nearly), then the count, at most so often."""
+        """Welcome whoever is due, then the count, at most so often."""
         self.presence_timer = None
-        now = self.loop.now = time.monotonic()
-        soon = now + self.settings.join_window
+        now = self.loop.now
+        soon = now + TIMER_SLACK
         due = [m for m in self.arrivals if m.ready_at <= soon]
         if due:
             self.arrivals = [m for m in self.arrivals if m.ready_at > soon]
             self._welcome(due)
         if self.count_due and not self.closing:
             next_count = self.count_at + self.settings.count_interval
-            if now >= next_count:
+            if now + TIMER_SLACK >= next_count:
                 self._announce_count(now)
             else:
                 self._presence_at(next_count)
@@ -679,56 +1197,70 @@ class Room:
     def _announce_count(self, now: float) -> None:
         self.count_due = False
         self.count_at = now
-        self.count_text = count_notice(len(self.members)).encode()
+        n = len(self.members)
+        line = count_notice(n)
+        self.count_pos = self.text.end
+        self.count_starts.append(self.count_pos)
+        self.count_ends.append(self.count_pos + len(line))
         self.count_serial += 1
-        log.info("%d online", len(self.members))
-        if self.count_timer is None:
-            self.count_timer = self.loop.call_at(self.last_said + self.gap, self._deliver_count)
-
-    def _deliver_count(self) -> None:
-        """Once the room has been quiet for the gap, give the count to whoever
-        is owed it; while it chats, this costs one timer per gap, not one per member."""
-        self.count_timer = None
-        now = self.loop.now = time.monotonic()
-        if now + HOLD_SLACK < self.last_said + self.gap:
-            self.count_timer = self.loop.call_at(self.last_said + self.gap, self._deliver_count)
-            return
-        serial = self.count_serial
-        self._send_each([m for m in self.members
-                         if m.counted != serial and not (m.blocked or m.held)])
+        self.say(line, "count", n=n)
+        log.info("%d online", n)
 
     def _welcome(self, newcomers: list[Member]) -> None:
         folded = len(newcomers) > self.settings.fold_joins
         if folded:
-            self.broadcast(folded_join_notice([m.name for m in newcomers]))
+            names = [m.name for m in newcomers]
+            self.say(folded_join_notice(names), "join", names=names[:3], others=len(names) - 3)
         for m in newcomers:
-            m.state = IN_ROOM
-            m.pos = self.end
-            m.counted = self.count_serial   # owed only the count that includes it
+            m.stage = Stage.IN_ROOM
             self.members[m] = None
+            self._readers(m)[m] = None
+            m.pos = (self.frames if m.kind is Kind.WEB else self.text).end
+            if m.kind is Kind.WEB:
+                self.tell(m, "", "welcome", name=m.name)
+            elif m.kind is Kind.APP:
+                m.app = AppReader(self.count_serial)   # owed only the count that includes it
+                self.idle_apps.add(m)
             if folded:
-                self.tell(m, joined_notice(m.name))
-        self.count_due = True
+                self.tell(m, joined_notice(m.name), "join", names=[m.name], others=0)
         if not folded:
             for m in newcomers:
-                self.broadcast(joined_notice(m.name))
+                self.say(joined_notice(m.name), "join", names=[m.name], others=0)
+        self.count_due = True
         for m in newcomers:
             if m.name != split_key(m.claimed)[0].strip():
                 self.tell(m, f"the room knows you as {m.name}\n")
-            self.server.welcomed(m)
-        log.info("joined: %s", ", ".join(f"{m.name} from {m.ip}" for m in newcomers))
+            self.hooks.welcomed(m)
+        log.info("joined: %s", ", ".join(f"{quoted(m.name)} ({m.kind.value}) from {m.ip}"
+                                         for m in newcomers))
 
+    # -- stopping -------------------------------------------------------
     def stop_notice(self) -> None:
-        """The last broadcast: the stop lines, and no more counts."""
+        """The last words: the stop lines (and no more counts).  Apps get
+        them as soon as their last count has been read alone; what else was
+        waiting for them is dropped."""
         self.closing = True
-        for m in self.members:
-            m.counted = self.count_serial
-        self.broadcast(STOP_NOTICE)
+        start = self.text.end
+        self.say(STOP_NOTICE, "stop", text="the server has been stopped")
+        if self.webs:
+            self.frames.buf += ws_close(WS_GOING_AWAY, "the server has been stopped")
+        for m in self.apps:
+            app = m.app
+            if app.timer is not None:
+                app.timer.cancel()
+            m.pos, m.notes, app.counted = start, None, self.count_serial
+            app.free_at = app.quiet_until
+            self.idle_apps.add(m)
 
-    def snapshot(self) -> list[tuple[str, str, float]]:
-        """(name, ip, wall-clock join time) of everyone in, in join order."""
+    def pending(self, m: Member) -> bool:
+        """Something is still to be sent to m."""
+        end = (self.frames if m.kind is Kind.WEB else self.text).end
+        return m.pos < end or bool(m.notes) or bool(m.out)
+
+    def snapshot(self) -> list[tuple[str, str, float, str]]:
+        """(name, ip, wall-clock join time, kind) of everyone in, in join order."""
         offset = time.time() - time.monotonic()
-        return [(m.name, m.ip, m.ready_at + offset) for m in self.members]
+        return [(m.name, m.ip, m.ready_at + offset, m.kind.value) for m in self.members]
 
 
 class StartError(Exception):
@@ -780,28 +1312,47 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft if soft != resource.RLIM_INFINITY else wanted
 
 
-class Server:
-    """Listens, accepts, reads members' lines and enforces the limits."""
+def key_wait(failures: int) -> float:
+    """How long an address waits between room-key checks after this many wrong keys."""
+    return 0.0 if failures <= 0 else min(0.25 * 2 ** (failures - 1), 30.0)
 
-    SPARE_FILES = 32   # descriptors kept for the log, the GUI and look-ups
-    KEY_FAILURE_MEMORY = 60.0   # seconds after which wrong keys from an IP are forgotten
+
+class Server:
+    """Listens, accepts, reads members and enforces the limits; the room
+    decides who is sent what.
+
+    A connection is silent until it gives its alias (on the web port: until
+    its WebSocket gives one).  Silent connections count against the
+    per-address cap and `max_unnamed`; when a cap is reached the oldest
+    silent one makes room.
+    """
+
+    SPARE_FILES = 32            # descriptors kept for the log, the GUI and look-ups
+    KEY_MEMORY = 600.0          # seconds after which an address's wrong keys are forgotten
+    LINES_PER_ADDRESS = 4.0     # an address may say this many times --line-rate
+    REFUSING = 32               # web connections let in at once only to be told why not
 
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
         self.loop = loop or Loop()
-        self.room = Room(self.loop, settings, self)
+        self.room = Room(self.loop, settings, RoomHooks(self.set_interest, self.drop,
+                                                        self._listen_again))
         self.connections: set[Member] = set()
-        self.per_ip: collections.Counter = collections.Counter()   # address_group -> connections
-        self.recent: dict[str, tuple[float, float]] = {}   # address_group -> welcome tokens, time
-        self.handshakes: collections.deque = collections.deque()   # (deadline, member)
-        self.listener: socket.socket | None = None
+        self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
+        self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
+        self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
+        self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
+        self.key_gates: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
+        self.tally = Tally()
+        self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
+        self.web_address: tuple[str, int] | None = None
         self.capacity = settings.max_clients
         self.accept_error_logged = False
         self.stopping = False
+        self.refusing = 0
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
         self.tls = None                                  # ssl.SSLContext when encrypting
-        self.key_failures: dict[str, tuple[int, float]] = {}   # ip -> (count, last time)
 
     # -- start and stop -------------------------------------------------
     def listen(self) -> tuple[str, int]:
@@ -809,28 +1360,38 @@ class Server:
         s = self.settings
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
-        try:
-            family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-            dual = family == socket.AF_INET6 and s.host == "::" and socket.has_dualstack_ipv6()
-            sock = socket.create_server((s.host, s.port), family=family, backlog=4096,
-                                        dualstack_ipv6=dual)
-        except OSError as e:
-            raise StartError(bind_error_text(e, s.host, s.port)) from None
-        sock.setblocking(False)
-        self.listener = sock
-        self.address = sock.getsockname()[:2]
+        self.address = self._listen_on(s.port, web=False)
+        if s.web_port is not None:
+            self.web_address = self._listen_on(s.web_port, web=True)
         self.capacity = min(s.max_clients,
                             raise_open_files_limit(s.max_clients + self.SPARE_FILES) - self.SPARE_FILES)
-        self.loop.watch(sock, EVENT_READ, self._on_accept, sock)
-        self.loop.call_later(1.0, self._sweep_handshakes)
+        self.loop.call_later(1.0, self._sweep)
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.capacity)
+        if self.web_address:
+            log.info("the chat page is on port %d", self.web_address[1])
         if self.tls:
             log.info("encrypted with TLS: PrivateChatRoom-App cannot join (it speaks no TLS); "
                      "members join with: python3 pcr_server.py --connect HOST:PORT --tls")
         if s.room_key:
             log.info("this room needs a key: members join as name#KEY")
         return self.address
+
+    def _listen_on(self, port: int, web: bool) -> tuple[str, int]:
+        host = self.settings.host
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            dual = family == socket.AF_INET6 and host == "::" and socket.has_dualstack_ipv6()
+            sock = socket.create_server((host, port), family=family, backlog=4096,
+                                        dualstack_ipv6=dual)
+        except OSError as e:
+            for listener, _ in self.listeners:
+                listener.close()
+            raise StartError(bind_error_text(e, host, port)) from None
+        sock.setblocking(False)
+        self.listeners.append((sock, web))
+        self.loop.watch(sock, EVENT_READ, self._on_accept, (sock, web))
+        return sock.getsockname()[:2]
 
     def serve(self) -> None:
         """Run the loop until stop() has finished."""
@@ -842,12 +1403,12 @@ class Server:
             return
         self.stopping = True
         log.info("stopping")
-        if self.listener:
-            self.loop.unwatch(self.listener)
-            self.listener.close()
+        for sock, _ in self.listeners:
+            self.loop.unwatch(sock)
+            sock.close()
         for m in list(self.connections):
-            if m.state is not IN_ROOM:
-                self.drop(m, "server stopping")
+            if m.stage is not Stage.IN_ROOM:
+                self._close(m)
             elif m.reading:
                 m.reading = False
                 self.set_interest(m)
@@ -855,18 +1416,17 @@ class Server:
         self._finish_stop(time.monotonic() + self.settings.stop_flush)
 
     def _finish_stop(self, deadline: float) -> None:
-        room = self.room
-        waiting = [m for m in room.members if m.pos < room.end or m.notes or m.count_out]
-        if waiting and time.monotonic() < deadline:
+        if any(self.room.pending(m) for m in self.room.members) and time.monotonic() < deadline:
             self.loop.call_later(0.02, self._finish_stop, deadline)
             return
         for m in list(self.connections):
             self._close(m)
         log.info("stopped")
-        self.loop.running = False
+        self.loop.stop()
 
     # -- accepting ------------------------------------------------------
-    def _on_accept(self, listener: socket.socket, _mask: int) -> None:
+    def _on_accept(self, listening: tuple[socket.socket, bool], _mask: int) -> None:
+        listener, web = listening
         for _ in range(512):
             try:
                 sock, addr = listener.accept()
@@ -880,209 +1440,276 @@ class Server:
                 # a connection that failed before it was accepted; the next may not
                 log.debug("accept failed: %s", e)
                 continue
-            self._admit(sock, plain_ip(addr[0]), addr[1])
+            self._admit(sock, plain_ip(addr[0]), addr[1], web)
 
     def _pause_accepting(self, e: OSError) -> None:
         if not self.accept_error_logged:
             log.error("cannot accept more connections (%s); pausing %.1f s",
                       e.strerror, self.settings.accept_pause)
             self.accept_error_logged = True
-        self.loop.unwatch(self.listener)
+        for sock, _ in self.listeners:
+            self.loop.unwatch(sock)
         self.loop.call_later(self.settings.accept_pause, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         if not self.stopping:
-            self.loop.watch(self.listener, EVENT_READ, self._on_accept, self.listener)
+            for sock, web in self.listeners:
+                self.loop.watch(sock, EVENT_READ, self._on_accept, (sock, web))
+
+    def _bucket(self, what: str, group: str, rate: float, burst: float) -> Bucket:
+        bucket = self.buckets.get((what, group))
+        if bucket is None:
+            bucket = self.buckets[(what, group)] = Bucket(rate, burst, self.loop.now)
+        return bucket
 
     def _refusal(self, ip: str, group: str) -> str | None:
-        """Why a new connection from `ip` is turned away, or None."""
+        """Why a new connection from `ip` is turned away, or None; makes room
+        by closing a silent connection where a cap allows that."""
         s = self.settings
         if self.allow:
             addr = ipaddress.ip_address(ip)
             if not any(addr.version == n.version and addr in n for n in self.allow):
                 return ""
-        if len(self.connections) >= self.capacity:
-            return f"the room is full ({self.capacity} connections); please try again later\n"
-        if self.per_ip[group] >= s.max_per_ip:
+        # before anything costly (a TLS handshake): an address connects at most
+        # 4 x max_per_ip times a second, after 8 x max_per_ip at once
+        connects = self._bucket("connect", group, 4.0 * s.max_per_ip, 8.0 * s.max_per_ip)
+        if connects.wait(self.loop.now):
+            return "you are connecting too often; wait a few seconds and try again\n"
+        connects.take()
+        if self.per_ip[group] >= s.max_per_ip and not self._make_room(group):
             return (f"too many connections from your address (at most {s.max_per_ip}); "
                     f"close one and try again\n")
+        if len(self.connections) - self.refusing >= self.capacity and not self._make_room(None):
+            return f"the room is full ({self.capacity} connections); please try again later\n"
+        if len(self.silent) >= s.max_unnamed:
+            self._make_room(None)
         return None
 
-    def join_slot(self, ip: str) -> float:
-        """When a newcomer from `ip` may be welcomed, as far as its address goes.
+    def _make_room(self, group: str | None) -> bool:
+        """Close the oldest silent connection of `group` (None: of the address
+        holding the most); False if there is none."""
+        if group is None and self.silent_by:
+            group = max(self.silent_by, key=lambda g: len(self.silent_by[g]))
+        waiting = self.silent_by.get(group)
+        if not waiting:
+            return False
+        oldest = next(iter(waiting))
+        self.tally.add(self.loop.now, f"closed a silent connection from {oldest.ip} to make room")
+        self._close(oldest)
+        return True
 
-        An address gets 4 x max_per_ip welcomes at once, then that many a
-        minute; later ones wait their turn.  Reconnecting in a loop thus
-        cannot flood the room with join and leave lines, and nobody is refused.
-        """
-        group, now = address_group(ip), self.loop.now
-        burst = 4.0 * self.settings.max_per_ip
-        rate = burst / self.settings.churn_period
-        tokens, stamp = self.recent.get(group, (burst, now))
-        tokens = min(burst, tokens + (now - stamp) * rate) - 1.0
-        self.recent[group] = (tokens, now)
-        return now if tokens >= 0 else now - tokens / rate
-
-    def _admit(self, sock: socket.socket, ip: str, port: int) -> None:
+    def _admit(self, sock: socket.socket, ip: str, port: int, web: bool) -> None:
         group = address_group(ip)
         refusal = self._refusal(ip, group)
         if refusal is not None:
-            log.warning("refused %s: %s", ip, refusal.strip() or "not in --allow")
-            # a TLS client could not read a plain line: it only sees the close
-            self._send_and_close(sock, "" if self.tls else refusal)
+            self.tally.add(self.loop.now, f"refused {ip}: {refusal.strip() or 'not in --allow'}")
+            if web and refusal and not self.tls and self.refusing < self.REFUSING:
+                self._start(sock, ip, port, group, web, refusal)   # its page can show why
+            else:   # a TLS client could not read a plain line: it only sees the close
+                self._send_and_close(sock, b"" if self.tls or web else refusal.encode())
             return
+        self._start(sock, ip, port, group, web)
+
+    def _start(self, sock: socket.socket, ip: str, port: int, group: str, web: bool,
+               refusal: str = "") -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls:
                 sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            else:
+            elif not web:
                 sock.send(ALIAS_PROMPT)
         except OSError:
             sock.close()
             return
-        m = Member(sock, ip, port, self.loop.now)
+        m = Member(sock, ip, port, group, self.loop.now, Kind.WEB if web else Kind.LINE)
+        m.stage = Stage.SECURING if self.tls else Stage.REQUESTING if web else Stage.NAMING
+        m.refusal = refusal
         self.connections.add(m)
-        self.per_ip[group] += 1
-        self.handshakes.append((self.loop.now + self.settings.handshake_timeout, m))
+        if refusal:
+            self.refusing += 1
+        else:
+            self.per_ip[group] += 1
+        self.silent[m] = None
+        self.silent_by.setdefault(group, {})[m] = None
         self.loop.watch(sock, EVENT_READ, self._on_member, m)
         log.debug("connection from %s port %d", ip, port)
         if self.tls:
-            m.state = SECURING
             self._secure(m)
 
     def _secure(self, m: Member) -> None:
-        """One step of the TLS handshake; then the ALIAS prompt."""
+        """One step of the TLS handshake; then the ALIAS prompt (or the HTTP request)."""
         try:
             m.sock.do_handshake()
-            m.sock.send(ALIAS_PROMPT)
+            if m.kind is not Kind.WEB:
+                m.sock.send(ALIAS_PROMPT)
         except ssl.SSLWantReadError:
             m.reading, m.blocked = True, False
         except ssl.SSLWantWriteError:
             m.reading, m.blocked = False, True
         except (ssl.SSLError, OSError) as e:
-            log.info("closed %s: TLS handshake failed (%s)", m.ip,
-                     getattr(e, "reason", None) or e.__class__.__name__)
+            why = getattr(e, "reason", None) or e.__class__.__name__
+            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({why})")
             self._close(m)
             return
         else:
-            m.state = NAMING
+            m.stage = Stage.REQUESTING if m.kind is Kind.WEB else Stage.NAMING
             m.reading, m.blocked = True, False
         self.set_interest(m)
 
     @staticmethod
-    def _send_and_close(sock: socket.socket, text: str) -> None:
-        """Best effort: one line for the person, then a clean close."""
+    def _send_and_close(sock: socket.socket, data: bytes) -> None:
+        """Best effort: last words for the person, then a clean close.  What
+        it sent and was not read is read first: closing on unread bytes
+        resets the connection, and a reset kills the App's reader."""
         try:
             sock.setblocking(False)
-            if text:
-                sock.send(text.encode())
+            if data:
+                sock.send(data)
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
+            for _ in range(16):
+                if not sock.recv(READ_SIZE):
+                    break
+        except (OSError, ValueError):
             pass
         sock.close()
 
-    def _sweep_handshakes(self) -> None:
-        """Close connections that gave no alias in time (checked every second)."""
-        now = self.loop.now
-        while self.handshakes and self.handshakes[0][0] <= now:
-            _, m = self.handshakes.popleft()
-            if m.state is SECURING or m.state is NAMING:
-                log.info("closed %s: no alias within %g s", m.ip, self.settings.handshake_timeout)
-                self._close(m)
-        for group, (_, last) in list(self.key_failures.items()):
-            if now - last > self.KEY_FAILURE_MEMORY:
-                del self.key_failures[group]
-        for group, (_, last) in list(self.recent.items()):
-            if now - last > self.settings.churn_period:   # its bucket is full again
-                del self.recent[group]
+    def _sweep(self) -> None:
+        """Every second: close silent connections past the handshake time-out,
+        sum up repeated warnings, forget what is no longer needed."""
+        now, timeout = self.loop.now, self.settings.handshake_timeout
+        while self.silent:
+            m = next(iter(self.silent))
+            if m.since + timeout > now:
+                break
+            self.tally.add(now, f"closed {m.ip}: no alias within {timeout:g} s")
+            self._close(m)
+        self.tally.flush(now)
+        for key in [k for k, b in self.buckets.items() if b.full(now)]:
+            del self.buckets[key]
+        for group in [g for g, (_, at, last) in self.key_gates.items()
+                      if now - last > self.KEY_MEMORY and at < now]:
+            del self.key_gates[group]
         if not self.stopping:
-            self.loop.call_later(1.0, self._sweep_handshakes)
+            self.loop.call_later(1.0, self._sweep)
 
     # -- reading --------------------------------------------------------
     def _on_member(self, m: Member, mask: int) -> None:
-        if m.state is GONE:   # closed earlier in this same turn
+        if m.stage is Stage.GONE:   # closed earlier in this same turn
             return
         try:
-            if m.state is SECURING:
+            if m.stage is Stage.SECURING:
                 self._secure(m)
                 return
             if mask & EVENT_WRITE:
-                self.room.flush_member(m)
-            if mask & EVENT_READ and m.state is not GONE and m.reading:
+                if m.stage is Stage.IN_ROOM:
+                    self.room.flush_member(m)
+                else:
+                    self._send_out(m)
+            if mask & EVENT_READ and m.stage is not Stage.GONE and m.reading:
                 self._read(m)
         except Exception as e:   # a bug met by one member costs that member only
-            log_fault(f"serving {m.name or m.ip}", e)
-            self.drop(m, "internal error")
+            log_fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
+            self.drop(m, "internal error", code=WS_INTERNAL)
 
     def _read(self, m: Member) -> None:
         while True:
             try:
-                data = m.sock.recv(RECV_SIZE)
+                data = m.sock.recv(READ_SIZE)
             except WOULD_BLOCK:
                 return
             except OSError:
                 self.drop(m, "connection reset")
                 return
             if not data:
-                if m.inbuf and m.state is IN_ROOM and not m.skipping:
-                    self._say(m, m.inbuf)
+                if m.inbuf and m.stage is Stage.IN_ROOM and m.frames is None and not m.skipping:
+                    self._say(m, m.inbuf)   # a last line without its line end
                 self.drop(m, "disconnected")
-            elif m.state is NAMING:
+            elif m.stage is Stage.REQUESTING:
+                self._request(m, data)
+            elif m.frames is not None:
+                self._frames_in(m, data)
+            elif m.stage is Stage.NAMING:
                 self._name(m, data)
             else:
                 self._take_lines(m, m.inbuf + data if m.inbuf else data)
             # TLS may hold decrypted bytes that the selector cannot see
-            if not (self.tls and m.reading and m.state is not GONE and m.sock.pending()):
+            if not (self.tls and m.reading and m.stage is not Stage.GONE and m.sock.pending()):
                 return
 
     def _name(self, m: Member, data: bytes) -> None:
-        raw, rest = split_alias(data)
-        m.claimed = wanted = decode_line(raw)
-        key = self.settings.room_key
-        if key:
-            wanted, given = split_key(m.claimed)
-            if not hmac.compare_digest(given.encode(), key.encode()):
-                self._wrong_key(m)
-                return
-        m.name = self.room.reserve_name(clean_name(wanted))
+        """The alias came: it says the kind of reader; then the key, the name, the welcome."""
+        raw, rest, line_end = split_alias(data)
+        if m.kind is not Kind.WEB:
+            m.kind = Kind.LINE if line_end else Kind.APP
+        m.claimed = decode_line(raw)
+        m.named_at = self.loop.now
+        self._no_longer_silent(m)
         # typed ahead: whole lines wait for the welcome; an endless tail is cut
         whole = rest.rfind(b"\n") + 1
         m.inbuf = rest[:whole] + rest[whole:whole + self.settings.max_line + 2]
-        m.tokens = self._burst()
         m.reading = False   # until welcomed: what it types waits in the kernel
         self.set_interest(m)
-        self.room.arrive(m)
+        if self.settings.room_key:
+            self._check_key(m)
+        else:
+            self._enter(m)
 
-    def _wrong_key(self, m: Member) -> None:
-        """Answer a wrong or missing key after a delay that grows per IP."""
-        group = address_group(m.ip)
-        count, last = self.key_failures.get(group, (0, 0.0))
-        count += 1
-        self.key_failures[group] = (count, self.loop.now)
-        log.warning("wrong or missing room key from %s (attempt %d)", m.ip, count)
-        m.reading = False
-        self.set_interest(m)
-        delay = min(0.25 * 2 ** (count - 1), 8.0)
-        self.loop.call_later(delay, self._close, m,
-                             "this room needs a key: join with your name followed by #KEY "
-                             "(ask the host for the key)\n")
+    def _check_key(self, m: Member) -> None:
+        """Check m's room key in its address's turn: each try counts as wrong
+        until it proves right, and an address's tries are checked ever
+        further apart, so guessing in parallel gains nothing."""
+        m.stage = Stage.CHECKING
+        now = self.loop.now
+        gate = self.key_gates.setdefault(m.group, [0, now, now])
+        gate[0] += 1
+        at = max(now, gate[1])
+        gate[1], gate[2] = at + key_wait(gate[0]), now
+        if at <= now:
+            self._key_turn(m)
+        else:
+            self.loop.call_at(at, self._key_turn, m)
 
-    def welcomed(self, m: Member) -> None:
-        """Called once m is in the room: it may speak."""
-        self._listen_again(m)
+    def _key_turn(self, m: Member) -> None:
+        if m.stage is not Stage.CHECKING:
+            return
+        if hmac.compare_digest(split_key(m.claimed)[1].encode(), self.settings.room_key.encode()):
+            gate = self.key_gates.get(m.group)
+            if gate:
+                gate[0] -= 1
+                if gate[0] <= 0:
+                    del self.key_gates[m.group]
+            self._enter(m)
+            return
+        self.tally.add(self.loop.now, f"wrong or missing room key from {m.ip}")
+        sentence = ("this room needs a key: join with your name followed by #KEY "
+                    "(ask the host for the key)\n")
+        window = m.named_at + self.settings.welcome_delay - self.loop.now
+        if m.kind is Kind.APP and window > 0:   # the App shows nothing before its window is up
+            self.loop.call_later(window, self._close, m, sentence)
+        else:
+            self._close(m, sentence, WS_POLICY)
+
+    def _enter(self, m: Member) -> None:
+        """Name m and put it in line for its welcome."""
+        s, now = self.settings, self.loop.now
+        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
+        m.forms = alias_forms(m.claimed, m.name)
+        if s.line_rate:
+            m.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
+        # an address gets 4 x max_per_ip welcomes at once, then that many per
+        # churn_period: reconnecting in a loop cannot flood the room, nobody is refused
+        burst = 4.0 * s.max_per_ip
+        slot = self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
+        self.room.arrive(m, now + slot)
 
     def _listen_again(self, m: Member) -> None:
-        """Read m again, starting with what it sent while it had to wait."""
+        """Read m again (it is in, or may speak again), starting with what it sent meanwhile."""
         m.reading = True
         self.set_interest(m)
         if m.inbuf:
             data, m.inbuf = m.inbuf, b""
             self._take_lines(m, data)
-
-    def _burst(self) -> float:
-        """Lines a member may send at once before the rate applies."""
-        return 2.0 * self.settings.line_rate
 
     def _take_lines(self, m: Member, buf: bytes) -> None:
         """Relay each whole line in buf; keep the rest; honour the limits."""
@@ -1092,7 +1719,7 @@ class Server:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if s.line_rate and not self._spend_token(m):
+            if m.bucket is not None and not self._may_say(m):
                 m.inbuf = buf[start:]
                 return
             line = buf[start:nl]
@@ -1112,53 +1739,180 @@ class Server:
         m.inbuf = rest
 
     def _too_long(self, m: Member) -> None:
-        log.info("%s sent a line over %d bytes; not relayed", m.name, self.settings.max_line)
+        log.info("%s sent a line over %d bytes; not relayed", quoted(m.name), self.settings.max_line)
         self.room.tell(m, f"your line was longer than {self.settings.max_line} bytes "
                           f"and was not sent\n")
 
-    def _spend_token(self, m: Member) -> bool:
-        """Take one line from m's rate bucket; if empty, pause reading m."""
-        rate = self.settings.line_rate
-        now = self.loop.now
-        m.tokens = min(self._burst(), m.tokens + (now - m.stamp) * rate)
-        m.stamp = now
-        if m.tokens >= 1.0:
-            m.tokens -= 1.0
+    def _may_say(self, m: Member) -> bool:
+        """Take a line from m's rate and its address's; if either has none
+        left, stop reading m until it may speak again."""
+        now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
+        address = self._bucket("lines", m.group, rate, 2.0 * rate)
+        wait = max(m.bucket.wait(now), address.wait(now))
+        if not wait:
+            m.bucket.take()
+            address.take()
             return True
         if m.resume is None:
             m.reading = False
             self.set_interest(m)
-            m.resume = self.loop.call_later((1.0 - m.tokens) / rate, self._resume_reading, m)
+            m.resume = self.loop.call_later(wait, self._resume_reading, m)
         return False
 
     def _resume_reading(self, m: Member) -> None:
         m.resume = None
-        if m.state is IN_ROOM and not self.stopping:
+        if m.stage is Stage.IN_ROOM and not self.stopping:
             self._listen_again(m)
 
     def _say(self, m: Member, raw: bytes) -> bool:
         """Relay one line from m; False if the line was m's goodbye."""
         text = decode_line(raw)
-        if is_leave_line(text, m.claimed, m.name):
+        if is_leave_line(text, m.forms):
             self.drop(m, "left")
             return False
-        line = relay_line(text, m.claimed, m.name)
-        if line is not None:
-            self.room.broadcast(line)
+        said = said_text(text, m.forms)
+        if said is None:
+            pass
+        elif said.strip() == "/who":
+            self.room.who(m)
+        else:
+            self.room.chat(m, said)
         return True
 
     def disconnect(self, name: str) -> bool:
         """The host removes a member by name; False if nobody has that name."""
-        m = self.room.names.get(name.casefold())
-        if m is None or m.state is not IN_ROOM:
+        m = self.room.find(name)
+        if m is None or m.name != name or m.stage is not Stage.IN_ROOM:
             return False
-        self.drop(m, "disconnected by the host", "you have been disconnected by the host\n")
+        self.drop(m, "disconnected by the host", "you have been disconnected by the host\n",
+                  WS_POLICY)
         return True
+
+    # -- the web page ---------------------------------------------------
+    def _request(self, m: Member, data: bytes) -> None:
+        """Read an HTTP request head; answer with the page, a WebSocket or an error."""
+        m.inbuf += data
+        end = m.inbuf.find(b"\r\n\r\n")
+        if end < 0 and len(m.inbuf) <= MAX_REQUEST:
+            return
+        if end < 0 or end + 4 > MAX_REQUEST:
+            self._respond(m, "431 Request Header Fields Too Large", b"request too large\n")
+            return
+        head, m.inbuf = m.inbuf[:end], m.inbuf[end + 4:]
+        try:
+            method, target, headers = parse_request(head)
+        except ValueError:
+            self._respond(m, "400 Bad Request", b"not an HTTP request\n")
+            return
+        host, path = headers.get("host", ""), target.split("?", 1)[0]
+        if not HTTP_HOST.fullmatch(host):
+            self._respond(m, "400 Bad Request", b"no valid Host header\n")
+        elif method != "GET":
+            self._respond(m, "405 Method Not Allowed", b"only GET\n", headers=(("Allow", "GET"),))
+        elif path == "/":
+            self._respond(m, "200 OK", PAGE, "text/html; charset=utf-8", page_headers(host))
+        elif path == "/ws":
+            self._upgrade(m, headers, host)
+        else:
+            self._respond(m, "404 Not Found", b"not found\n")
+
+    def _respond(self, m: Member, status: str, body: bytes, content_type: str = "text/plain; "
+                 "charset=utf-8", headers: tuple[tuple[str, str], ...] = ()) -> None:
+        m.reading, m.closing = False, True
+        self.set_interest(m)
+        self._send_out(m, http_response(status, body, content_type, headers))
+
+    def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
+        """Turn the request into a WebSocket (RFC 6455 §4.2) and say hello."""
+        key = headers.get("sec-websocket-key", "")
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid_key = False
+        origin = headers.get("origin")
+        scheme = "https" if self.tls else "http"
+        if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in tokens \
+                or not valid_key:
+            self._respond(m, "400 Bad Request", b"not a WebSocket request\n")
+        elif headers.get("sec-websocket-version") != "13":
+            self._respond(m, "426 Upgrade Required", b"WebSocket version 13 only\n",
+                          headers=(("Sec-WebSocket-Version", "13"),))
+        elif origin is not None and origin.lower() != f"{scheme}://{host.lower()}":
+            self.tally.add(self.loop.now, f"refused a WebSocket from {m.ip}: "
+                                          f"it came from another site's page")
+            self._respond(m, "403 Forbidden", b"this socket is for this server's own page\n")
+        else:
+            m.frames = FrameReader(self.settings.max_line)
+            m.stage = Stage.NAMING
+            self._send_out(m, (f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
+                               f"\r\n\r\n").encode()
+                           + ws_event("hello", key=bool(self.settings.room_key),
+                                      max_line=self.settings.max_line))
+            if m.refusal:
+                self._close(m, m.refusal, WS_TRY_LATER)
+            elif m.inbuf:
+                data, m.inbuf = m.inbuf, b""
+                self._frames_in(m, data)
+
+    def _frames_in(self, m: Member, data: bytes) -> None:
+        """What a web member sent: its alias, its lines, pings, its goodbye."""
+        try:
+            for opcode, payload in m.frames.feed(data):
+                if m.stage is Stage.GONE:
+                    return
+                if opcode == WS_TEXT:
+                    self._web_text(m, payload)
+                elif opcode == WS_PING:
+                    pong = ws_frame(payload, WS_PONG)
+                    if m.stage is Stage.IN_ROOM:
+                        self.room.tell_frame(m, pong)
+                    else:
+                        self._send_out(m, pong)
+                elif opcode == WS_CLOSE:
+                    self.drop(m, "left", code=ws_close_code(payload))
+                elif opcode == WS_BINARY:
+                    raise WsError(WS_UNSUPPORTED, "binary messages are not taken")
+        except WsError as e:
+            log.info("closed the web member from %s: %s", m.ip, e)
+            self.drop(m, f"broke the WebSocket protocol ({e})", code=e.code)
+
+    def _web_text(self, m: Member, payload: bytes) -> None:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+        if m.stage is Stage.NAMING:
+            self._name(m, payload)
+            return
+        lines = payload if payload.endswith(b"\n") else payload + b"\n"
+        if m.stage is Stage.IN_ROOM and m.reading:
+            self._take_lines(m, m.inbuf + lines if m.inbuf else lines)
+        else:   # waiting for its welcome or its rate: no more reads come until then
+            m.inbuf += lines
+
+    def _send_out(self, m: Member, data: bytes = b"") -> None:
+        """Send bytes outside the streams (a response, a hello); close after if asked."""
+        m.out += data
+        try:
+            while m.out:
+                m.out = m.out[m.sock.send(m.out):]
+        except WOULD_BLOCK:
+            pass
+        except OSError:
+            self._close(m)
+            return
+        if bool(m.out) != m.blocked:
+            m.blocked = bool(m.out)
+            self.set_interest(m)
+        if m.closing and not m.out:
+            self._close(m)
 
     # -- interest and closing -------------------------------------------
     def set_interest(self, m: Member) -> None:
         """Make the selector's interest match what m is waiting for."""
-        if m.state is GONE:
+        if m.stage is Stage.GONE:
             return
         events = (EVENT_READ if m.reading else 0) | (EVENT_WRITE if m.blocked else 0)
         if events == m.events:
@@ -1171,33 +1925,59 @@ class Server:
             self.loop.rewatch(m.sock, events, self._on_member, m)
         m.events = events
 
-    def drop(self, m: Member, reason: str, farewell: str = "") -> None:
-        """Close m for good (after `farewell`); the room hears it left if it was in."""
-        if m.state is GONE:
+    def drop(self, m: Member, reason: str, farewell: str = "", code: int | None = None) -> None:
+        """Close m for good (after `farewell`, and for a web member a close
+        frame with `code`); the room hears it left if it was in."""
+        if m.stage is Stage.GONE:
             return
-        was_in = m.state is IN_ROOM
+        was_in = m.stage is Stage.IN_ROOM
         self.room.leave(m)
-        self._close(m, farewell)
+        self._close(m, farewell, code)
         if was_in:
-            log.info("%s (%s) left: %s", m.name, m.ip, reason)
+            log.info("%s (%s) left: %s", quoted(m.name), m.ip, reason)
         else:
             log.debug("connection from %s closed: %s", m.ip, reason)
 
-    def _close(self, m: Member, farewell: str = "") -> None:
+    def _close(self, m: Member, farewell: str = "", code: int | None = None) -> None:
         """Release m's socket and counts (the room is told by drop())."""
-        if m.state is GONE:
+        if m.stage is Stage.GONE:
             return
-        m.state = GONE
+        was_in = m.stage is Stage.IN_ROOM
+        m.stage = Stage.GONE
         if m.resume:
             m.resume.cancel()
         if m.events:
             self.loop.unwatch(m.sock)
-        self._send_and_close(m.sock, farewell)
+        self._no_longer_silent(m)
+        last = self._last_words(m, farewell, code, was_in)
+        if m.app is not None and self.loop.now < m.app.quiet_until:   # its count is read alone
+            self.loop.call_at(m.app.quiet_until, self._send_and_close, m.sock, last)
+        else:
+            self._send_and_close(m.sock, last)
         self.connections.discard(m)
-        group = address_group(m.ip)
-        self.per_ip[group] -= 1
-        if not self.per_ip[group]:
-            del self.per_ip[group]
+        if m.refusal:
+            self.refusing -= 1
+            return
+        self.per_ip[m.group] -= 1
+        if not self.per_ip[m.group]:
+            del self.per_ip[m.group]
+
+    def _last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
+        """What m is sent before the close: the rest of a piece or response, the farewell."""
+        if m.kind is not Kind.WEB:
+            return m.out + farewell.encode()
+        if m.frames is None or m.blocked or code is None:
+            return m.out   # a frame may be half sent: only a clean close is left
+        said = ws_event("note" if was_in else "refused", text=farewell.strip()) if farewell else b""
+        return m.out + said + ws_close(code)
+
+    def _no_longer_silent(self, m: Member) -> None:
+        if m in self.silent:
+            del self.silent[m]
+            waiting = self.silent_by[m.group]
+            del waiting[m]
+            if not waiting:
+                del self.silent_by[m.group]
 
 
 # ---------------------------------------------------------------------------
@@ -1734,7 +2514,7 @@ class ServerWindow:
     def _show_members(self, snapshot: list[tuple[str, str, float]]) -> None:
         """Make the list match the room: drop who left, add who came."""
         tree, rows = self.tree, self.rows
-        now_in = {name: (name, ip, since) for name, ip, since in snapshot}
+        now_in = {name: (name, ip, since) for name, ip, since, _kind in snapshot}
         for item, (name, ip, since) in list(rows.items()):
             new = now_in.pop(name, None)
             if new is None:
@@ -2277,6 +3057,11 @@ def port_number(text: str) -> int:
     return port
 
 
+def web_port(text: str) -> int:
+    """--web-port: a port, or 0 for any free one."""
+    return 0 if text.strip() == "0" else port_number(text)
+
+
 def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
     """An argparse type: a number of `kind`, no smaller than `minimum`."""
     def parse(text: str):
@@ -2302,12 +3087,16 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
     limits = p.add_argument_group("limits")
     limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
                         default=d.handshake_timeout, metavar="SECONDS",
-                        help="time to give an alias (default: %(default)s)")
+                        help="time to give an alias: the App asks its user for a name only "
+                             "after connecting (default: %(default)s)")
+    limits.add_argument("--max-unnamed", type=at_least(1), default=d.max_unnamed, metavar="N",
+                        help="connections at once that have not given a name; when full, the "
+                             "oldest makes room (default: %(default)s)")
     limits.add_argument("--max-line", type=at_least(1), default=d.max_line, metavar="BYTES",
                         help="longest chat line (default: %(default)s)")
     limits.add_argument("--line-rate", type=at_least(0, float), default=d.line_rate, metavar="N",
-                        help="lines per second per member, bursts of 2N; 0: no limit "
-                             "(default: %(default)s)")
+                        help="lines per second per member, bursts of 2N, and 4N per address; "
+                             "0: no limit (default: %(default)s)")
     limits.add_argument("--max-backlog", type=at_least(1024), default=d.max_backlog,
                         metavar="BYTES", help="output waiting for one member before it is "
                                               "disconnected (default: %(default)s)")
@@ -2317,6 +3106,23 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
                         help="connections from one address (default: %(default)s)")
     limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
                         help="only these networks may connect (default: everyone)")
+
+
+def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
+    readers = p.add_argument_group("PrivateChatRoom-App readers (the server paces what it sends them)")
+    readers.add_argument("--app-char-time", type=at_least(0, float), default=d.app_char_time,
+                         metavar="S", help="seconds the App takes to show one character "
+                                           "(default: %(default)s)")
+    readers.add_argument("--app-margin", type=at_least(0, float), default=d.app_margin,
+                         metavar="S", help="seconds added for each read: the network, a slow "
+                                           "desktop (default: %(default)s)")
+
+
+def add_page_options(p: argparse.ArgumentParser) -> None:
+    page = p.add_argument_group("the chat page, for members with only a browser")
+    page.add_argument("--web-port", type=web_port, metavar="N",
+                      help="serve the page and its WebSocket on this port (0: any free one); "
+                           "off unless given")
 
 
 def add_privacy_options(p: argparse.ArgumentParser) -> None:
@@ -2362,6 +3168,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--public-ip-url", default=d.public_ip_url,
                    help="service that answers with your public IP ('' turns the look-up off)")
     add_limit_options(p, d)
+    add_reader_options(p, d)
+    add_page_options(p)
     add_privacy_options(p)
     add_client_options(p)
     args = p.parse_args(argv)
