@@ -481,14 +481,747 @@ def http_response(status: str, body: bytes, content_type: str = "text/plain; cha
 
 # -- the chat page (served on --web-port) ----------------------------------
 
-PAGE_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+PAGE_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name=viewport content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
 <title>PrivateChatRoom</title>
-<style>body{font-family:system-ui,sans-serif}</style>
-</head><body><main id="app">Loading…</main>
-<script>document.getElementById("app").textContent = "PrivateChatRoom";</script>
-</body></html>
+<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Cpath fill='%232f6f68' d='M6 4h20a4 4 0 0 1 4 4v12a4 4 0 0 1-4 4H14l-7 6v-6H6a4 4 0 0 1-4-4V8a4 4 0 0 1 4-4z'/%3E%3C/svg%3E">
+<style>
+:root {
+  color-scheme: light dark;
+  --bg: #f3f5f7; --panel: #ffffff; --text: #1f2933; --quiet: #5f6b77; --line: #d9e0e6;
+  --accent: #2f6f68; --accent-text: #ffffff; --own: #e1f0ec; --own-line: #bfdcd5;
+  --warn-bg: #fff3dc; --warn-text: #6b4400; --ok-bg: #e3f3e8; --ok-text: #1d5530;
+  --error: #a12a2a; --shadow: rgba(15, 30, 45, 0.16);
+  --n0: #2e6aa0; --n1: #8447a8; --n2: #a4501c; --n3: #2d7a4c;
+  --n4: #a2305f; --n5: #1d7585; --n6: #756512; --n7: #5357b8;
+}
+@media (prefers-color-scheme: dark) {
+  :root {
+    --bg: #14181c; --panel: #1d2227; --text: #e3e7eb; --quiet: #9ba6b2; --line: #2f363e;
+    --accent: #5fb3a8; --accent-text: #0e1a18; --own: #1e3935; --own-line: #2b514b;
+    --warn-bg: #3a2f18; --warn-text: #f0d08e; --ok-bg: #1b3224; --ok-text: #a8dfb8;
+    --error: #ff9d9d; --shadow: rgba(0, 0, 0, 0.5);
+    --n0: #8cb9e6; --n1: #caa2e6; --n2: #eea476; --n3: #8bd0a2;
+    --n4: #ee93bd; --n5: #80cfdc; --n6: #d8c66e; --n7: #abaff2;
+  }
+}
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+html, body { height: 100%; margin: 0; }
+body {
+  font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+        "Noto Sans", sans-serif;
+  background: var(--bg); color: var(--text);
+  -webkit-text-size-adjust: 100%; text-size-adjust: 100%;
+}
+button, input, textarea { font: inherit; color: inherit; }
+button { cursor: pointer; }
+button:disabled { cursor: default; opacity: 0.55; }
+:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+.visually-hidden {
+  position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
+  overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
+}
+.primary {
+  min-height: 48px; padding: 0 20px; border: 0; border-radius: 12px;
+  background: var(--accent); color: var(--accent-text); font-weight: 600;
+}
+.secondary {
+  min-height: 40px; padding: 0 14px; border: 1px solid currentColor; border-radius: 20px;
+  background: transparent; font-weight: 600; white-space: nowrap;
+}
+
+/* The join card */
+.join { min-height: 100%; display: flex; align-items: center; justify-content: center; padding: 16px; }
+.card {
+  width: 100%; max-width: 380px; padding: 26px 22px 22px; background: var(--panel);
+  border: 1px solid var(--line); border-radius: 16px; box-shadow: 0 6px 24px var(--shadow);
+}
+.card h1 { font-size: 1.45rem; margin: 0 0 4px; }
+.lead { color: var(--quiet); margin: 0 0 8px; }
+.card label { display: block; font-weight: 600; margin: 16px 0 6px; }
+.card input {
+  width: 100%; min-height: 48px; padding: 10px 12px; border: 1px solid var(--line);
+  border-radius: 12px; background: var(--bg);
+}
+.card .primary { width: 100%; margin-top: 22px; }
+.status { min-height: 1.45em; margin: 14px 0 0; color: var(--quiet); }
+.status.error { color: var(--error); font-weight: 600; }
+
+/* The chat */
+.chat { height: 100%; height: 100dvh; display: flex; flex-direction: column; }
+.topbar {
+  display: flex; align-items: center; gap: 12px; padding: 8px 12px 8px 16px;
+  background: var(--panel); border-bottom: 1px solid var(--line);
+}
+.titles { flex: 1; min-width: 0; }
+.titles h1 { font-size: 1.05rem; margin: 0; }
+.me { margin: 0; color: var(--quiet); font-size: 0.875rem; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.people-toggle {
+  min-height: 44px; padding: 0 16px; border: 1px solid var(--line); border-radius: 22px;
+  background: var(--bg); font-weight: 600; white-space: nowrap;
+}
+.offline .dot { background: var(--quiet); }
+.people-toggle[aria-expanded="true"] { background: var(--own); border-color: var(--own-line); }
+.dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; background: #3a9d5d; margin-right: 8px; vertical-align: 1px; }
+.banner {
+  display: flex; align-items: center; gap: 12px; padding: 8px 16px;
+  background: var(--warn-bg); color: var(--warn-text); font-weight: 600;
+}
+.banner.ok { background: var(--ok-bg); color: var(--ok-text); }
+.banner span { flex: 1; }
+.middle { flex: 1; min-height: 0; display: flex; position: relative; }
+.log {
+  flex: 1; min-width: 0; overflow-y: auto; margin: 0; padding: 12px 12px 16px;
+  list-style: none; overscroll-behavior: contain;
+}
+.log li { display: flex; flex-direction: column; align-items: flex-start; margin: 8px 0; }
+.bubble {
+  max-width: min(86%, 680px); padding: 6px 12px 8px; background: var(--panel);
+  border: 1px solid var(--line); border-radius: 16px 16px 16px 4px;
+}
+.log li.own { align-items: flex-end; }
+.own .bubble { background: var(--own); border-color: var(--own-line); border-radius: 16px 16px 4px 16px; }
+.head { display: flex; gap: 8px; align-items: baseline; font-size: 0.8125rem; font-weight: 700; }
+.time { color: var(--quiet); font-weight: 400; font-size: 0.75rem; }
+.text { white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-word; }
+.log li.event, .log li.note {
+  align-items: center; text-align: center; color: var(--quiet); font-size: 0.875rem;
+  margin: 6px 24px; overflow-wrap: anywhere;
+}
+.log li.note { font-style: italic; }
+.log li.mark { color: var(--warn-text); font-weight: 600; font-style: normal; }
+.n0 { color: var(--n0); } .n1 { color: var(--n1); } .n2 { color: var(--n2); } .n3 { color: var(--n3); }
+.n4 { color: var(--n4); } .n5 { color: var(--n5); } .n6 { color: var(--n6); } .n7 { color: var(--n7); }
+.own .head { color: var(--quiet); }
+.newest {
+  position: absolute; left: 50%; bottom: 12px; transform: translateX(-50%);
+  min-height: 40px; padding: 0 16px; border: 0; border-radius: 20px;
+  background: var(--accent); color: var(--accent-text); font-weight: 600;
+  box-shadow: 0 4px 14px var(--shadow);
+}
+.people {
+  width: 250px; flex: none; overflow-y: auto; padding: 14px 16px;
+  background: var(--panel); border-left: 1px solid var(--line);
+}
+.people h2 { font-size: 0.9375rem; margin: 0 0 8px; }
+.people ul { list-style: none; margin: 0; padding: 0; }
+.people li { padding: 7px 0; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
+.people li:last-child { border-bottom: 0; }
+.people li.more { color: var(--quiet); font-style: italic; }
+.you { color: var(--quiet); font-size: 0.875rem; }
+.composer {
+  display: flex; align-items: flex-end; gap: 8px; padding: 8px;
+  padding-bottom: max(8px, env(safe-area-inset-bottom));
+  background: var(--panel); border-top: 1px solid var(--line);
+}
+.composer textarea {
+  flex: 1; min-width: 0; min-height: 48px; max-height: 9.5em; resize: none;
+  padding: 11px 14px; border: 1px solid var(--line); border-radius: 14px;
+  background: var(--bg); line-height: 1.4; field-sizing: content;
+}
+.composer .primary { min-width: 80px; }
+@media (max-width: 699px) {
+  .people {
+    position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
+    border: 1px solid var(--line); border-top: 0; border-radius: 0 0 0 14px;
+    box-shadow: 0 10px 28px var(--shadow);
+  }
+  .people:not(.open) { display: none; }
+}
+@media (min-width: 700px) {
+  .people-toggle { display: none; }
+  .log { padding: 16px 24px 20px; }
+  .composer { padding: 12px 16px; }
+}
+</style>
+</head>
+<body>
+<main id="join" class="join">
+  <form id="join-form" class="card" novalidate>
+    <h1>PrivateChatRoom</h1>
+    <p class="lead">Type your name to join the chat.</p>
+    <label for="name">Your name</label>
+    <input id="name" name="name" type="text" maxlength="32" autocomplete="nickname"
+           autocapitalize="words" spellcheck="false" enterkeyhint="go" required>
+    <div id="key-row" hidden>
+      <label for="key">Room key</label>
+      <input id="key" name="key" type="password" autocomplete="off" autocapitalize="none"
+             spellcheck="false" enterkeyhint="go">
+    </div>
+    <button id="join-button" class="primary" type="submit">Join</button>
+    <p id="join-status" class="status" role="status" aria-live="polite">Connecting…</p>
+  </form>
+</main>
+
+<div id="chat" class="chat" hidden>
+  <header class="topbar">
+    <div class="titles">
+      <h1>PrivateChatRoom</h1>
+      <p id="me" class="me"></p>
+    </div>
+    <button id="people-toggle" class="people-toggle" type="button"
+            aria-expanded="false" aria-controls="people"><span class="dot" aria-hidden="true"></span><span id="people-count">1 online</span></button>
+  </header>
+  <div id="banner" class="banner" role="status" aria-live="polite" hidden>
+    <span id="banner-text"></span>
+    <button id="banner-button" class="secondary" type="button" hidden></button>
+  </div>
+  <div class="middle">
+    <ol id="log" class="log" role="log" aria-live="polite" aria-relevant="additions" aria-label="Chat messages" tabindex="0"></ol>
+    <button id="newest" class="newest" type="button" hidden>New messages ↓</button>
+    <aside id="people" class="people" aria-labelledby="people-title">
+      <h2 id="people-title">1 person is online</h2>
+      <ul id="people-list"></ul>
+    </aside>
+  </div>
+  <form id="composer" class="composer" novalidate>
+    <label for="message" class="visually-hidden">Message</label>
+    <textarea id="message" rows="1" placeholder="Message" enterkeyhint="send" autocomplete="off"></textarea>
+    <button id="send" class="primary" type="submit">Send</button>
+  </form>
+</div>
+<script>
+"use strict";
+(function () {
+  const MAX_LINES = 2000;       // lines kept on the page; older ones go
+  const MAX_DELAY = 30;         // seconds: the longest wait between reconnects
+  const WHO_PATIENCE = 5000;    // ms to wait for a "who" answer before asking again
+  const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
+  const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
+
+  const $ = function (id) { return document.getElementById(id); };
+  const ui = {
+    join: $("join"), joinForm: $("join-form"), name: $("name"), keyRow: $("key-row"),
+    key: $("key"), joinButton: $("join-button"), joinStatus: $("join-status"),
+    chat: $("chat"), me: $("me"), peopleToggle: $("people-toggle"),
+    peopleCount: $("people-count"), people: $("people"), peopleTitle: $("people-title"),
+    peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
+    bannerButton: $("banner-button"), log: $("log"), newest: $("newest"),
+    composer: $("composer"), message: $("message"), send: $("send")
+  };
+
+  const room = {
+    ws: null,            // the current socket, or null
+    helloSeen: false,    // the current socket said hello
+    keyNeeded: false,
+    aliasSent: false,
+    refusal: "",         // the server's sentence on the current socket
+    stopped: false,      // the server said it is stopping
+    inRoom: false,       // welcomed on the current socket
+    everIn: false,       // welcomed once: after a drop, re-join by itself
+    wantJoin: false,     // send the alias as soon as hello comes
+    name: "", key: "",   // what the member typed
+    me: "",              // the name the room gave
+    attempt: 0, retryTimer: 0, tickTimer: 0, retryAt: 0, retryText: "",
+    everOpen: false,     // a socket was open once (the room was reachable)
+    names: [], others: 0, count: 0,
+    whoPending: false, whoTimer: 0, whoShown: false,
+    lastHeard: 0, hiddenAt: 0, probeTimer: 0,
+    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0
+  };
+
+  /* ---------- small helpers ---------- */
+
+  function plain(text) {
+    // The server's notices end in "..." and a newline; the page shows a sentence.
+    let t = String(text == null ? "" : text).trim();
+    while (t.endsWith(".")) { t = t.slice(0, -1); }
+    return t;
+  }
+
+  function sentence(text) {
+    // "the room is full" -> "The room is full."
+    const t = String(text == null ? "" : text).trim();
+    if (!t) { return ""; }
+    const end = t.charAt(t.length - 1);
+    return t.charAt(0).toUpperCase() + t.slice(1) + (end === "." || end === "!" || end === "?" ? "" : ".");
+  }
+
+  function colourOf(name) {
+    let h = 0;
+    for (let i = 0; i < name.length; i++) { h = (h * 31 + name.charCodeAt(i)) % 9973; }
+    return "n" + (h % 8);
+  }
+
+  function clock() {
+    return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function make(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (text != null) { node.textContent = text; }
+    return node;
+  }
+
+  function remember(name) {
+    try { localStorage.setItem(NAME_KEY, name); } catch (e) { /* private mode: fine */ }
+  }
+
+  function remembered() {
+    try { return localStorage.getItem(NAME_KEY) || ""; } catch (e) { return ""; }
+  }
+
+  /* ---------- the message list ---------- */
+
+  function nearBottom() {
+    const log = ui.log;
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+  }
+
+  function toBottom() {
+    ui.log.scrollTop = ui.log.scrollHeight;
+    room.lastTop = ui.log.scrollTop;
+    room.stuck = true;
+    room.unseen = 0;
+    ui.newest.hidden = true;
+  }
+
+  function append(item, counts) {
+    const stick = room.stuck;
+    ui.log.appendChild(item);
+    let extra = ui.log.childElementCount - MAX_LINES;
+    if (extra > 0) {
+      const before = ui.log.scrollHeight;
+      while (extra-- > 0) { ui.log.removeChild(ui.log.firstElementChild); }
+      if (!stick) { ui.log.scrollTop -= before - ui.log.scrollHeight; }
+    }
+    if (stick) {
+      toBottom();
+    } else if (counts) {
+      room.unseen += 1;
+      ui.newest.textContent = room.unseen === 1 ? "1 new message ↓" : room.unseen + " new messages ↓";
+      ui.newest.hidden = false;
+    }
+    if (counts && document.hidden) {
+      room.unread += 1;
+      document.title = "(" + room.unread + ") PrivateChatRoom";
+    }
+  }
+
+  function addChat(name, text) {
+    const own = name === room.me;
+    const item = make("li", own ? "own" : "");
+    const bubble = make("div", "bubble");
+    const head = make("div", "head " + (own ? "" : colourOf(name)));
+    head.appendChild(make("span", "", own ? "You" : name));
+    head.appendChild(make("span", "time", clock()));
+    bubble.appendChild(head);
+    bubble.appendChild(make("div", "text", String(text)));
+    item.appendChild(bubble);
+    append(item, !own);
+  }
+
+  function addLine(text, kind) {
+    const t = plain(text);
+    if (t) { append(make("li", kind, t), false); }
+  }
+
+  /* ---------- who is online ---------- */
+
+  function renderPeople() {
+    const n = room.count || room.names.length + room.others;
+    ui.peopleToggle.classList.toggle("offline", !room.inRoom);
+    ui.peopleCount.textContent = room.inRoom ? n + " online" : "Offline";
+    ui.peopleTitle.textContent = !room.inRoom ? "Not connected: the list may be out of date"
+      : n === 1 ? "1 person is online" : n + " people are online";
+    const list = ui.peopleList;
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    room.names.forEach(function (name) {
+      const li = make("li", "", name);
+      if (name === room.me) { li.appendChild(make("span", "you", " (you)")); }
+      list.appendChild(li);
+    });
+    if (room.others > 0) {
+      list.appendChild(make("li", "more", "and " + room.others + (room.others === 1 ? " other" : " others")));
+    }
+  }
+
+  function askWho() {
+    if (!room.inRoom || room.whoPending) { return; }
+    room.whoPending = true;
+    clearTimeout(room.whoTimer);
+    room.whoTimer = setTimeout(function () { room.whoPending = false; }, WHO_PATIENCE);
+    room.ws.send("/who");
+  }
+
+  function setPeopleOpen(open) {
+    ui.people.classList.toggle("open", open);
+    ui.peopleToggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  /* ---------- what the member sees about the connection ---------- */
+
+  function showJoin(text, isError, focusKey) {
+    ui.chat.hidden = true;
+    ui.join.hidden = false;
+    ui.keyRow.hidden = !room.keyNeeded;
+    ui.joinButton.disabled = false;
+    ui.joinStatus.textContent = text || "";
+    ui.joinStatus.classList.toggle("error", !!isError);
+    (focusKey && room.keyNeeded ? ui.key : ui.name).focus();
+  }
+
+  function showChat() {
+    const first = !ui.join.hidden;
+    ui.join.hidden = true;
+    ui.chat.hidden = false;
+    if (first) { toBottom(); ui.message.focus(); }
+  }
+
+  function banner(text, kind, button) {
+    clearTimeout(room.okTimer);
+    ui.banner.hidden = !text;
+    ui.banner.classList.toggle("ok", kind === "ok");
+    ui.bannerText.textContent = text || "";
+    ui.bannerButton.hidden = !button;
+    ui.bannerButton.textContent = button || "";
+    if (kind === "ok") { room.okTimer = setTimeout(function () { banner(""); }, 3000); }
+  }
+
+  function say(text, isError, button) {
+    // Connection news goes where the member is looking: the chat or the join card.
+    if (ui.chat.hidden) {
+      ui.joinStatus.textContent = text;
+      ui.joinStatus.classList.toggle("error", !!isError);
+    } else {
+      banner(text, "warn", button);
+    }
+  }
+
+  function setCanSend(can) {
+    ui.send.disabled = !can;
+  }
+
+  /* ---------- the socket ---------- */
+
+  function connect() {
+    clearRetry();
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      scheduleRetry();
+      return;
+    }
+    room.ws = ws;
+    room.helloSeen = room.aliasSent = room.inRoom = room.stopped = false;
+    room.refusal = "";
+    let opened = false;
+    ws.addEventListener("open", function () { opened = room.everOpen = true; });
+    ws.addEventListener("message", function (ev) { if (room.ws === ws) { receive(ev.data); } });
+    ws.addEventListener("close", function (ev) { if (room.ws === ws) { closed(ev.code, ev.reason, opened); } });
+    if (room.everIn) { say("Reconnecting…", false, ""); }
+  }
+
+  function sendAlias() {
+    if (room.keyNeeded && !room.key) {
+      room.wantJoin = false;
+      showJoin("This room needs a key. Ask the host for it.", true, true);
+      return;
+    }
+    room.ws.send(room.keyNeeded ? room.name + "#" + room.key : room.name);
+    room.aliasSent = true;
+    if (ui.chat.hidden) {
+      ui.joinButton.disabled = true;
+      ui.joinStatus.textContent = "Joining…";
+      ui.joinStatus.classList.remove("error");
+    }
+  }
+
+  const handlers = {
+    hello: function (msg) {
+      room.helloSeen = true;
+      room.retryText = "";
+      room.keyNeeded = !!msg.key;
+      ui.keyRow.hidden = !room.keyNeeded;
+      if (room.wantJoin || room.everIn) {
+        sendAlias();
+      } else if (ui.chat.hidden) {
+        ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
+        ui.joinStatus.classList.remove("error");
+      }
+    },
+    welcome: function (msg) {
+      const back = room.everIn;
+      room.me = String(msg.name || room.name);
+      room.inRoom = room.everIn = true;
+      room.wantJoin = false;
+      room.attempt = 0;
+      room.names = [room.me];
+      room.others = 0;
+      room.count = 0;
+      room.whoPending = false;
+      ui.me.textContent = "You are " + room.me;
+      showChat();
+      setCanSend(true);
+      if (back) {
+        addLine("Reconnected", "note mark");
+        banner("Reconnected", "ok");
+      } else {
+        banner("");
+      }
+      renderPeople();
+      askWho();
+    },
+    join: function (msg) {
+      addLine(msg.text, "event");
+      (Array.isArray(msg.names) ? msg.names : []).forEach(function (name) {
+        name = String(name);
+        if (room.names.indexOf(name) < 0) { room.names.push(name); }
+      });
+      renderPeople();
+      if ((msg.others | 0) > 0) { askWho(); }
+    },
+    leave: function (msg) {
+      addLine(msg.text, "event");
+      const at = room.names.indexOf(String(msg.name));
+      if (at >= 0) { room.names.splice(at, 1); }
+      renderPeople();
+    },
+    count: function (msg) {
+      room.count = msg.n | 0;
+      renderPeople();
+      if (room.count !== room.names.length + room.others) { askWho(); }
+    },
+    chat: function (msg) { addChat(String(msg.name), msg.text); },
+    note: function (msg) { addLine(msg.text, "note"); },
+    who: function (msg) {
+      room.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
+      room.others = msg.others | 0;
+      room.whoPending = false;
+      clearTimeout(room.whoTimer);
+      renderPeople();
+      if (room.whoShown) {
+        room.whoShown = false;
+        let text = "Online: " + room.names.join(", ");
+        if (room.others > 0) { text += " and " + room.others + " more"; }
+        addLine(text, "note");
+      }
+    },
+    stop: function () { room.stopped = true; },
+    refused: function (msg) { room.refusal = sentence(plain(msg.text)); }
+  };
+
+  function receive(data) {
+    room.lastHeard = Date.now();
+    clearTimeout(room.probeTimer);
+    let msg;
+    try { msg = JSON.parse(data); } catch (e) { return; }
+    if (msg && typeof msg === "object" && Object.prototype.hasOwnProperty.call(handlers, msg.type)) {
+      handlers[msg.type](msg);
+    }
+  }
+
+  function closed(code, reason, opened) {
+    const wasIn = room.inRoom;
+    room.ws = null;
+    room.inRoom = false;
+    clearTimeout(room.probeTimer);
+    setCanSend(false);
+    renderPeople();
+    if (code === 1008) {
+      // Refused (wrong key, bad name) or put out by the host: no retry by itself.
+      const text = room.refusal || sentence(reason) || "The host closed your connection.";
+      room.wantJoin = false;
+      if (wasIn) {
+        addLine(text, "note mark");
+        banner(text, "warn", "Join again");
+      } else {
+        room.everIn = false;
+        if (/key/i.test(text) && room.keyNeeded) { ui.key.value = ""; room.key = ""; }
+        showJoin(text, true, /key/i.test(text));
+      }
+      return;
+    }
+    if (wasIn) { addLine(room.stopped ? "The server stopped" : "Connection lost", "note mark"); }
+    if (!opened && room.retryText) {
+      // still away: keep saying why we first lost it
+    } else if (room.refusal) {
+      room.retryText = room.refusal + " Trying again in ";
+    } else if (room.stopped) {
+      room.retryText = "The server stopped, reconnecting in ";
+    } else if (room.everOpen) {
+      room.retryText = "Connection lost, reconnecting in ";
+    } else {
+      room.retryText = "Cannot reach the room, trying again in ";
+    }
+    ui.joinButton.disabled = false;
+    scheduleRetry();
+  }
+
+  function clearRetry() {
+    clearTimeout(room.retryTimer);
+    clearInterval(room.tickTimer);
+    room.retryTimer = room.tickTimer = 0;
+  }
+
+  function scheduleRetry() {
+    clearRetry();
+    const base = Math.min(MAX_DELAY, Math.pow(2, room.attempt));
+    const delay = Math.min(MAX_DELAY, base * (0.8 + 0.4 * Math.random()));
+    room.attempt = Math.min(room.attempt + 1, 10);
+    room.retryAt = Date.now() + delay * 1000;
+    room.retryTimer = setTimeout(connect, delay * 1000);
+    room.tickTimer = setInterval(tell, 1000);
+    tell();
+  }
+
+  function tell() {
+    const left = Math.max(1, Math.ceil((room.retryAt - Date.now()) / 1000));
+    say(room.retryText + left + " s…", !!room.refusal, "Try now");
+  }
+
+  function waiting() { return room.retryTimer !== 0; }
+
+  function dropDead() {
+    // No answer after the phone woke up: treat the socket as lost.
+    const ws = room.ws;
+    if (!ws) { return; }
+    room.ws = null;
+    try { ws.close(); } catch (e) { /* already closing */ }
+    closed(1006, "", true);
+  }
+
+  /* ---------- what the member does ---------- */
+
+  ui.joinForm.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    const name = ui.name.value.trim();
+    if (!name) {
+      showJoin("Please type your name.", true, false);
+      return;
+    }
+    if (room.keyNeeded && name.indexOf("#") >= 0) {
+      showJoin("A name cannot contain # in this room.", true, false);
+      return;
+    }
+    if (room.keyNeeded && !ui.key.value) {
+      showJoin("Please type the room key.", true, true);
+      return;
+    }
+    room.name = name;
+    room.key = room.keyNeeded ? ui.key.value : "";
+    room.wantJoin = true;
+    remember(name);
+    ui.joinButton.disabled = true;
+    ui.joinStatus.classList.remove("error");
+    const ws = room.ws;
+    if (ws && room.helloSeen && !room.aliasSent && ws.readyState === WebSocket.OPEN) {
+      sendAlias();
+    } else if (!ws) {
+      room.attempt = 0;
+      ui.joinStatus.textContent = "Connecting…";
+      connect();
+    } else {
+      ui.joinStatus.textContent = "Connecting…";
+    }
+  });
+
+  function sendMessage() {
+    const text = ui.message.value;
+    if (!text.trim() || !room.inRoom || !room.ws) { return; }
+    if (text.trim() === "/who") { room.whoShown = true; }
+    room.ws.send(text);
+    ui.message.value = "";
+    fitMessage();
+    toBottom();
+  }
+
+  function fitMessage() {
+    // Grow with the text up to five lines where CSS field-sizing is missing.
+    const lines = ui.message.value.split(String.fromCharCode(10)).length;
+    ui.message.rows = Math.min(5, Math.max(1, lines));
+  }
+
+  ui.composer.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    sendMessage();
+    ui.message.focus();
+  });
+
+  ui.message.addEventListener("keydown", function (ev) {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+      ev.preventDefault();
+      sendMessage();
+    }
+  });
+  ui.message.addEventListener("input", fitMessage);
+
+  ui.peopleToggle.addEventListener("click", function () {
+    setPeopleOpen(!ui.people.classList.contains("open"));
+  });
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key === "Escape" && ui.people.classList.contains("open")) {
+      setPeopleOpen(false);
+      ui.peopleToggle.focus();
+    }
+  });
+
+  ui.bannerButton.addEventListener("click", function () {
+    if (room.ws) { return; }
+    if (!waiting()) { room.wantJoin = true; room.everIn = true; room.attempt = 0; }
+    connect();
+  });
+
+  ui.newest.addEventListener("click", toBottom);
+  ui.log.addEventListener("click", function () { setPeopleOpen(false); });
+  ui.log.addEventListener("scroll", function () {
+    // Only the member scrolling up unsticks the view; the list shrinking under a
+    // banner or the keyboard fires scroll events too.
+    const top = ui.log.scrollTop;
+    if (!(room.stuck && top >= room.lastTop - 1)) { room.stuck = nearBottom(); }
+    room.lastTop = top;
+    if (room.stuck) { room.unseen = 0; ui.newest.hidden = true; }
+  });
+  if (window.ResizeObserver) {
+    // The phone keyboard shrinks the list: keep the newest line in view.
+    new ResizeObserver(function () { if (room.stuck) { toBottom(); } }).observe(ui.log);
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      room.hiddenAt = Date.now();
+      return;
+    }
+    room.unread = 0;
+    document.title = "PrivateChatRoom";
+    if (waiting()) {
+      connect();   // timers sleep in the background: try at once
+    } else if (room.inRoom && Date.now() - room.hiddenAt > PROBE_AFTER && room.hiddenAt) {
+      const asked = Date.now();
+      room.whoPending = false;
+      askWho();
+      room.probeTimer = setTimeout(function () {
+        if (room.lastHeard < asked) { dropDead(); }
+      }, 8000);
+    }
+  });
+  window.addEventListener("online", function () { if (waiting()) { connect(); } });
+  window.addEventListener("pagehide", function () {
+    const ws = room.ws;
+    clearRetry();
+    if (ws) { room.ws = null; ws.close(1000); }
+  });
+  window.addEventListener("pageshow", function (ev) {
+    if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
+  });
+
+  ui.name.value = remembered();
+  setCanSend(false);
+  renderPeople();
+  ui.name.focus();
+  connect();
+})();
+</script>
+</body>
+</html>
 """
 PAGE = PAGE_HTML.encode()
 
@@ -950,7 +1683,8 @@ class Room:
     def tell(self, m: Member, line: str, kind: str = "note", **fields) -> None:
         """A line for m alone, after what it has been sent so far."""
         if m.kind is Kind.WEB:
-            fields.setdefault("text", line.rstrip("\n"))
+            if line:
+                fields.setdefault("text", line.rstrip("\n"))
             self._note(m, self.frames.end, ws_event(kind, **fields))
         else:
             self._note(m, self.text.end, line.encode())
@@ -1969,7 +2703,7 @@ class Server:
         if m.frames is None or m.blocked or code is None:
             return m.out   # a frame may be half sent: only a clean close is left
         said = ws_event("note" if was_in else "refused", text=farewell.strip()) if farewell else b""
-        return m.out + said + ws_close(code)
+        return m.out + said + ws_close(code, farewell.strip())
 
     def _no_longer_silent(self, m: Member) -> None:
         if m in self.silent:

@@ -4,10 +4,13 @@ Real sockets on 127.0.0.1, port 0, short settable time-outs; every wait is
 bounded.  Run: python3 -m unittest -v test_pcr_server
 """
 
+import base64
 import contextlib
 import gc
+import hashlib
 import http.server
 import io
+import json
 import os
 import random
 import re
@@ -1963,6 +1966,387 @@ class ClientModeTest(ServerCase):
         self.assertEqual(c.wait(), 2)
         self.assert_one_sentence(c.errors())
         self.assertIn("Cannot use the --ca file", c.errors())
+
+
+try:
+    from websockets.sync.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+except ImportError:   # a test tool only: the server never imports it
+    ws_connect = None
+NO_WEBSOCKETS = "the websockets package is not installed (pip install websockets)"
+
+
+class WebMember:
+    """A web member speaking the page's protocol through an independent
+    RFC 6455 client (the websockets package)."""
+
+    def __init__(self, port: int, alias: str | None = None, origin: str | None = None,
+                 scheme: str = "ws", ssl_context=None):
+        self.ws = ws_connect(f"{scheme}://127.0.0.1:{port}/ws", origin=origin, open_timeout=WAIT,
+                             ssl=ssl_context, server_hostname="localhost" if ssl_context else None)
+        self.hello = self.next()
+        if alias is not None:
+            self.ws.send(alias)
+
+    def next(self, timeout: float = WAIT) -> dict:
+        return json.loads(self.ws.recv(timeout))
+
+    def until(self, kind: str, timeout: float = WAIT, **match) -> dict:
+        """The next message of this kind (and these fields); fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.next(max(0.01, deadline - time.monotonic()))
+            if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+                return message
+
+    def close_code(self) -> int:
+        """The server's close code, once it closes."""
+        try:
+            while True:
+                self.ws.recv(WAIT)
+        except ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd else None
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def raw_upgrade(port: int, extra: str = "") -> tuple[socket.socket, bytes]:
+    """A WebSocket opened by hand, to send what no library would; (socket, response)."""
+    sock = socket.create_connection(("127.0.0.1", port), WAIT)
+    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n{extra}\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += sock.recv(4096)
+    return sock, got
+
+
+def http_get(port: int, request: bytes) -> bytes:
+    """Send a raw request; everything the server answers before it closes."""
+    with socket.create_connection(("127.0.0.1", port), WAIT) as sock:
+        sock.sendall(request)
+        got = b""
+        while data := sock.recv(65536):
+            got += data
+    return got
+
+
+class WebPageTest(ServerCase):
+    """--web-port: the page, its WebSocket, and web members like any other (issue 12)."""
+
+    settings = {"web_port": 0}
+
+    def setUp(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+
+    @property
+    def web(self) -> int:
+        return self.server.web_address[1]
+
+    def web_member(self, alias: str | None, **kw) -> WebMember:
+        w = WebMember(self.web, alias, **kw)
+        self.addCleanup(w.close)
+        return w
+
+    # -- HTTP -------------------------------------------------------------------
+    def test_the_page_comes_with_its_security_headers(self):
+        self.start()
+        got = http_get(self.web, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\n\r\n".encode())
+        head, _, body = got.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"), head)
+        self.assertEqual(body, pcr.PAGE)
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+        self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
+        self.assertEqual(headers["Referrer-Policy"], "no-referrer")
+        csp = headers["Content-Security-Policy"]
+        self.assertIn("default-src 'none'", csp)
+        self.assertIn(f"ws://127.0.0.1:{self.web}", csp)
+        for tag in ("script", "style"):
+            code = re.search(rf"<{tag}>(.*?)</{tag}>", pcr.PAGE_HTML, re.S).group(1)
+            digest = base64.b64encode(hashlib.sha256(code.encode()).digest()).decode()
+            self.assertIn(f"{tag}-src 'sha256-{digest}'", csp)
+        self.assertNotIn("unsafe-inline", csp)
+        self.assertNotRegex(pcr.PAGE_HTML, r"(?i)\b(src|href)\s*=\s*[\"']?(https?:|//)|\son[a-z]+=")
+
+    def test_anything_else_is_refused_with_the_right_status(self):
+        self.start()
+        for request, status in ((b"GET /secret HTTP/1.1\r\nHost: a\r\n\r\n", b"404"),
+                                (b"POST / HTTP/1.1\r\nHost: a\r\n\r\n", b"405"),
+                                (b"GET / HTTP/1.1\r\n\r\n", b"400"),
+                                (b"hello\r\n\r\n", b"400"),
+                                (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 9000 + b"\r\n\r\n", b"431"),
+                                (b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n", b"400")):
+            with self.subTest(request=request[:30]):
+                self.assertTrue(http_get(self.web, request).startswith(b"HTTP/1.1 " + status))
+        self.member("ann")   # none of it cost the room anything
+
+    def test_a_socket_opened_by_another_sites_page_is_refused(self):
+        self.start()
+        sock, got = raw_upgrade(self.web, "Origin: http://evil.example\r\n")
+        sock.close()
+        self.assertTrue(got.startswith(b"HTTP/1.1 403"), got)
+        ok = self.web_member("ann", origin=f"http://127.0.0.1:{self.web}")
+        ok.until("welcome", name="ann")
+
+    # -- members ------------------------------------------------------------------
+    def test_a_web_member_chats_with_a_terminal_member(self):
+        self.start()
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096})
+        self.assertEqual(wendy.until("welcome")["name"], "wendy")
+        wendy.until("join", names=["wendy"])
+        self.assertEqual(wendy.until("count")["n"], 2)
+        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
+        tom.send(b"tom: hi <b>wendy</b>\n")
+        self.assertEqual(wendy.until("chat")["text"], "hi <b>wendy</b>")
+        wendy.ws.send("hello tom\nand again")
+        tom.read_until(b"wendy: hello tom\nwendy: and again\n")
+        wendy.ws.send("/who")
+        self.assertEqual(wendy.until("who")["names"], ["tom", "wendy"])
+        wendy.close()
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n")
+        log = self.log_text()
+        self.assertIn('joined: "wendy" (web) from 127.0.0.1', log)
+        self.assertNotIn("hello tom", log)
+
+    def test_names_are_the_rooms_for_web_members_too(self):
+        self.start()
+        self.member("ann")
+        twin = self.web_member("\u0430nn")   # a Cyrillic а
+        self.assertEqual(twin.until("welcome")["name"], "\u0430nn (2)")
+        self.assertIn("the room knows you as", twin.until("note")["text"])
+
+    def test_a_wrong_key_is_refused_with_its_sentence(self):
+        self.start(room_key="s3cret-K")
+        guess = self.web_member("wendy#nope")
+        self.assertTrue(guess.hello["key"])
+        self.assertIn("this room needs a key", guess.until("refused")["text"])
+        self.assertEqual(guess.close_code(), pcr.WS_POLICY)
+        right = self.web_member("wendy#s3cret-K")
+        self.assertEqual(right.until("welcome")["name"], "wendy")
+
+    def test_a_full_room_tells_the_page_why(self):
+        self.start(max_clients=1)
+        self.member("ann")
+        late = self.web_member(None)
+        self.assertIn("the room is full", late.until("refused")["text"])
+        self.assertEqual(late.close_code(), pcr.WS_TRY_LATER)
+
+    def test_the_host_can_disconnect_a_web_member(self):
+        server = self.start()
+        wendy = self.web_member("wendy")
+        wendy.until("count")
+        self.assertEqual(self.on_loop(server.room.snapshot)[0][3], "web")
+        self.assertTrue(self.on_loop(server.disconnect, "wendy"))
+        self.assertIn("disconnected by the host", wendy.until("note")["text"])
+        self.assertEqual(wendy.close_code(), pcr.WS_POLICY)
+
+    def test_a_server_stop_says_so_and_closes_going_away(self):
+        server = self.start()
+        wendy = self.web_member("wendy")
+        wendy.until("count")
+        server.loop.call_soon_threadsafe(server.stop)
+        wendy.until("stop")
+        self.assertEqual(wendy.close_code(), pcr.WS_GOING_AWAY)
+
+    def test_pings_are_answered(self):
+        self.start()
+        wendy = self.web_member("wendy")
+        wendy.until("count")
+        self.assertTrue(wendy.ws.ping(b"are you there").wait(WAIT))
+
+    def test_bad_frames_close_with_the_rfcs_codes_and_cost_the_room_nothing(self):
+        self.start(max_line=100)
+        ann = self.member("ann")
+        mask = b"\x01\x02\x03\x04"
+
+        def masked(opcode: int, payload: bytes) -> bytes:
+            return (bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
+                    + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        for frames, code in ((b"\x81\x02hi", pcr.WS_PROTOCOL_ERROR),          # not masked
+                             (masked(0x2, b"\x00\x01"), pcr.WS_UNSUPPORTED),  # binary
+                             (masked(0x1, b"caf\xc3"), pcr.WS_BAD_DATA),      # not UTF-8
+                             (masked(0x1, b"x" * 101), pcr.WS_TOO_BIG),
+                             (masked(0x1, b"bob") + masked(0x1, b"x" * 101), pcr.WS_TOO_BIG)):
+            with self.subTest(code=code):
+                sock, got = raw_upgrade(self.web)
+                self.assertTrue(got.startswith(b"HTTP/1.1 101"), got)
+                sock.sendall(frames)
+                closing = b""
+                while data := sock.recv(4096):
+                    closing += data
+                sock.close()
+                at = closing.rindex(b"\x88")
+                self.assertEqual(int.from_bytes(closing[at + 2:at + 4], "big"), code, closing)
+        ann.send(b"ann: still here\n")
+        ann.read_until(b"ann: still here\n")
+
+    def test_a_web_member_is_rate_limited_like_any_member(self):
+        self.start(line_rate=5)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("count")
+        t0 = time.monotonic()
+        for k in range(30):
+            wendy.ws.send(f"line {k}")
+        tom.read_until(b"wendy: line 29\n", timeout=10)
+        self.assertGreater(time.monotonic() - t0, (30 - 10) / 5 - 0.5)   # 10 at once, then 5 a second
+
+    def test_the_page_and_its_socket_over_tls(self):
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        import ssl
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = make_certificate(directory)
+        self.start(tls_cert=cert, tls_key=key)
+        context = ssl.create_default_context(cafile=cert)
+        with socket.create_connection(("127.0.0.1", self.web), WAIT) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            self.assertTrue(tls.recv(100).startswith(b"HTTP/1.1 200 OK"))
+        wendy = self.web_member("wendy", scheme="wss", ssl_context=context,
+                                origin=f"https://127.0.0.1:{self.web}")
+        self.assertEqual(wendy.until("welcome")["name"], "wendy")
+
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:   # a test tool only: the server never imports it
+    webdriver = None
+NO_BROWSER = ("the browser tests need Chromium, its driver and selenium "
+              "(apt install chromium chromium-driver; pip install selenium)")
+SCREENSHOTS = os.environ.get("PCR_SCREENSHOTS")   # a folder: keep the page's screenshots there
+
+
+class BrowserTest(ServerCase):
+    """The page in a real browser: headless Chromium, driven by selenium."""
+
+    settings = {"web_port": 0}
+
+    @classmethod
+    def setUpClass(cls):
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        driver = shutil.which("chromedriver")
+        if webdriver is None or not chromium or not driver:
+            raise unittest.SkipTest(NO_BROWSER)
+        profile = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, profile, True)
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
+            options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        try:
+            cls.driver = webdriver.Chrome(options=options, service=Service(driver))
+        except WebDriverException as e:
+            raise unittest.SkipTest(f"Chromium did not start ({e.msg}); {NO_BROWSER}")
+        cls.addClassCleanup(cls.driver.quit)
+        cls.driver.set_page_load_timeout(WAIT * 2)
+        cls.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",   # a phone
+                                   {"width": 360, "height": 740, "deviceScaleFactor": 1,
+                                    "mobile": True})
+
+    def setUp(self):
+        self.driver.get("about:blank")
+        self.driver.get_log("browser")   # start each test with an empty console
+
+    def open_page(self) -> None:
+        self.driver.get(f"http://127.0.0.1:{self.server.web_address[1]}/")
+
+    def find(self, css: str):
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def text(self, css: str) -> str:
+        return self.find(css).get_attribute("textContent")
+
+    def wait_for(self, done: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        WebDriverWait(self.driver, timeout).until(lambda _: done(), message=f"no {what}")
+
+    def join_as(self, name: str, key: str = "") -> None:
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        self.find("#name").send_keys(name)
+        if key:
+            self.wait_for(lambda: self.find("#key").is_displayed(), "key field")
+            self.find("#key").send_keys(key)
+        self.find("#join-button").click()
+
+    def say(self, text: str) -> None:
+        self.find("#message").send_keys(text + Keys.ENTER)
+
+    def listed(self) -> list[str]:
+        """The names in the page's list of who is online (without its "(you)")."""
+        items = self.driver.find_elements(By.CSS_SELECTOR, "#people-list li")
+        return [item.get_attribute("textContent").replace("(you)", "").strip() for item in items]
+
+    def assert_no_policy_violations(self) -> None:
+        console = [e["message"] for e in self.driver.get_log("browser")]
+        self.assertEqual([m for m in console if "Content Security Policy" in m], [])
+
+    def test_a_phone_joins_chats_with_a_terminal_and_sees_who_is_here(self):
+        self.start()
+        tom = self.member("tom")
+        self.open_page()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        tom.send(b"tom: hello from the terminal\n")
+        self.wait_for(lambda: "hello from the terminal" in self.text("#log"), "tom's line")
+        self.say("hi tom")
+        tom.read_until(b"Wendy: hi tom\n")
+        self.wait_for(lambda: self.listed()[:2] == ["tom", "Wendy"], "tom and Wendy listed")
+        self.member("zoe")
+        self.wait_for(lambda: self.listed() == ["tom", "Wendy", "zoe"], "zoe listed")
+        folder = SCREENSHOTS or tempfile.mkdtemp()
+        shot = os.path.join(folder, "web-phone.png")
+        self.driver.save_screenshot(shot)
+        with open(shot, "rb") as f:
+            self.assertEqual(int.from_bytes(f.read(24)[16:20], "big"), 360)   # PNG width
+        if not SCREENSHOTS:
+            shutil.rmtree(folder, True)
+        attack = "<img src=x onerror=alert(1)>"
+        tom.send(f"tom: {attack}\n".encode())
+        self.wait_for(lambda: attack in self.text("#log"), "the attack shown as text")
+        self.assertEqual(self.driver.find_elements(By.CSS_SELECTOR, "#log img"), [])
+        with self.assertRaises(NoAlertPresentException):
+            self.driver.switch_to.alert.text
+        self.assert_no_policy_violations()
+
+    def test_a_wrong_key_is_shown_and_the_right_one_lets_in(self):
+        self.start(room_key="s3cret-K")
+        self.open_page()
+        self.join_as("Wendy", "guess")
+        self.wait_for(lambda: "needs a key" in self.text("#join-status"), "the refusal")
+        self.find("#key").send_keys("s3cret-K")
+        self.find("#join-button").click()
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        self.assertIn('joined: "Wendy" (web)', self.log_text())
+        self.assertNotIn("s3cret", self.log_text())
+
+    def test_the_page_comes_back_by_itself_after_a_restart(self):
+        port, web = free_port(), free_port()
+        first = self.start(port=port, web_port=web)
+        self.open_page()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        first.loop.call_soon_threadsafe(first.stop)
+        self.wait_for(lambda: "stopped" in self.text("#banner-text"), "the page saying so")
+        self.start(port=port, web_port=web)
+        tom = self.member("tom")
+        tom.read_until(b"Wendy joined the chat...\n", timeout=15)
+        self.say("back again")
+        tom.read_until(b"Wendy: back again\n")
 
 
 def unused_display() -> int:
