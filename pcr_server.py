@@ -94,6 +94,7 @@ class Settings:
     stop_flush: float = 2.0           # seconds to deliver the stop lines
     accept_pause: float = 0.5         # after EMFILE/ENFILE on accept
     churn_period: float = 60.0        # an address gets 4 x max_per_ip welcomes per this
+    log_summary: float = 60.0         # a repeated warning is logged once, then summed up this often
     room_key: str = ""                # members join as name#KEY; empty: no key
     tls_cert: str = ""                # PEM files; empty: plain text
     tls_key: str = ""
@@ -2077,7 +2078,7 @@ class Server:
         self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
         self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
         self.key_gates: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
-        self.tally = Tally()
+        self.tally = Tally(settings.log_summary)
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
         self.web_address: tuple[str, int] | None = None

@@ -48,10 +48,12 @@ class Client:
     """A test member: a real socket with bounded reads."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", family=socket.AF_INET,
-                 rcvbuf: int = 0):
+                 rcvbuf: int = 0, source: str = ""):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         if rcvbuf:   # before connect, or the window is already large
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:   # another address of this machine (all of 127/8 is loopback)
+            self.sock.bind((source, 0))
         self.sock.settimeout(WAIT)
         self.sock.connect((host, port))
         self.buf = b""
@@ -1088,6 +1090,154 @@ class LimitsTest(ServerCase):
         c = Client(self.port, host="::1", family=socket.AF_INET6)
         self.addCleanup(c.close)
         c.join("six")
+
+
+class HardeningTest(ServerCase):
+    """The second security review's findings, each shown and closed (issue 10)."""
+
+    def test_look_alike_names_get_a_number_like_any_taken_name(self):
+        self.start()
+        self.member("alice")
+        for n, twin in enumerate(("ali\u034fce", "ALICE\ufe0f", "\uff41\uff4c\uff49\uff43\uff45",
+                                  "\U0001d5ba\U0001d5c5\U0001d5c2\U0001d5bc\U0001d5be",
+                                  "\u0430lice", "alice\u200b"), start=2):
+            c = self.connect()
+            c.answer(twin.encode() + b"\n")
+            got = c.read_until(b" online...\n")
+            self.assertIn(f" ({n}) joined the chat...".encode(), got, twin)
+
+    def test_bidi_overrides_never_reach_the_room(self):
+        self.start()
+        ann = self.member("ann")
+        ann.send("ann: abc\u202edef\u2066x\u2028y\n".encode())
+        ann.read_until("ann: abcdefxy\n".encode())
+
+    def test_a_reconnect_loop_over_the_cap_is_summed_up_in_the_log(self):
+        self.start(max_per_ip=2, log_summary=0.5)
+        self.member("a"), self.member("b")
+        for _ in range(200):   # the third connection, again and again
+            self.connect().read_to_close()
+        time.sleep(1.2)   # the summary comes once per interval
+        refusals = [line for line in self.log_text().splitlines() if "refused 127.0.0.1" in line]
+        self.assertLessEqual(len(refusals), 6, refusals)
+        self.assertRegex(refusals[-1], r"\(\d+ more times in \d+ s\)$")
+        told = [re.search(r"\((\d+) more times", line) for line in refusals]
+        self.assertEqual(sum(int(n.group(1)) if n else 1 for n in told), 200)   # every refusal
+
+    def test_names_in_the_log_are_quoted(self):
+        self.start()
+        self.member("x from 10.9.8.7")
+        self.assertIn('joined: "x from 10.9.8.7" (terminal) from 127.0.0.1', self.log_text())
+
+    def test_what_a_connection_can_make_the_server_hold_is_about_one_line_and_one_read(self):
+        server = self.start(max_line=1000)
+        addresses = [f"127.0.0.{n}" for n in range(2, 10)]
+        members, arriving = [], []
+        for address in addresses:
+            for k in range(14):   # with the two below: the per-address cap, and no more
+                c = Client(self.port, source=address)
+                self.addCleanup(c.close)
+                members.append(c.join(f"f{address[-1]}x{k}"))
+            for k in range(2):   # Apps waiting for their welcome, typing ahead
+                c = Client(self.port, source=address)
+                self.addCleanup(c.close)
+                arriving.append(c)
+        line = b"flood: " + b"w" * 90 + b"\n"
+        for c in members:
+            c.send(line * 600)   # 58 KiB each, rate limited
+        for c in arriving:
+            c.answer(b"late" + line * 600)
+        time.sleep(0.5)
+        held = self.on_loop(lambda: sorted(len(m.inbuf) for m in server.connections))
+        self.assertLessEqual(held[-1], pcr.READ_SIZE + 1000 + 1, held[-5:])
+        self.assertLessEqual(sum(held), len(held) * (pcr.READ_SIZE + 1001))
+
+    def test_the_line_rate_holds_per_address_too(self):
+        self.start(line_rate=5)   # 5 a second per member, 20 per address
+        watcher = self.member("watch")
+        talkers = [Client(self.port, source="127.0.0.7").join(f"t{k}") for k in range(8)]
+        for c in talkers:
+            self.addCleanup(c.close)
+        t0 = time.monotonic()
+        for c in talkers:   # each within its own burst of 10 twice over: 160 lines at once
+            c.send(b"".join(b"%d\n" % i for i in range(20)))
+        got = b""
+        while got.count(b": ") < 160:
+            got += watcher.read_until(b"\n", timeout=20)
+        elapsed = time.monotonic() - t0
+        self.assertGreater(elapsed, (160 - 40) / 20 - 1.0)   # 40 at once, then 20 a second
+
+    def test_connecting_too_often_is_refused_before_any_tls_handshake(self):
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = make_certificate(directory)
+        self.start(tls_cert=cert, tls_key=key, max_per_ip=2)   # 16 at once, then 8 a second
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        done = refused = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:   # a handshake flood from one address
+            raw = socket.create_connection(("127.0.0.1", self.port), WAIT, source_address=("127.0.0.8", 0))
+            try:
+                with context.wrap_socket(raw) as tls:
+                    tls.recv(5)
+                    done += 1
+            except (ssl.SSLError, OSError):
+                refused += 1
+            raw.close()
+        self.assertLessEqual(done, 16 + 8 * 1.5, (done, refused))
+        self.assertGreater(refused, done)
+        ok = self.connect()   # another address is not slowed
+        self.assertIn("connecting too often", self.log_text())
+
+    def test_the_record_of_numbered_names_does_not_grow(self):
+        server = self.start(max_per_ip=1000)
+        for _ in range(3):
+            crowd = [self.member("x") for _ in range(5)]
+            for c in crowd:
+                c.close()
+        self.member("y").close()
+        self.member("z")
+        time.sleep(0.2)
+        self.assertEqual(self.on_loop(lambda: sorted(server.room.bases)), ["z"])
+
+
+class PatienceTest(ServerCase):
+    """Silent connections may be Apps whose users are typing a name (issue 9)."""
+
+    def test_the_default_handshake_time_out_is_minutes(self):
+        self.assertGreaterEqual(pcr.Settings().handshake_timeout, 300)
+
+    def test_at_the_per_address_cap_the_oldest_silent_connection_makes_room(self):
+        self.start(max_per_ip=3)
+        named = self.member("ann")
+        silent = [self.connect() for _ in range(2)]
+        for c in silent:
+            c.read_until(b"ALIAS")
+        late = self.connect()
+        late.join("bob")   # let in: the oldest silent one was closed
+        silent[0].read_to_close()
+        silent[1].send(b"cy\n")   # the other is still there
+        silent[1].read_until(b"cy joined the chat...\n")
+        self.assertIn("closed a silent connection from 127.0.0.1 to make room", self.log_text())
+        named.send(b"ann: fine\n")
+        named.read_until(b"ann: fine\n")
+
+    def test_at_the_total_cap_the_address_with_most_silent_connections_makes_room(self):
+        self.start(max_unnamed=4)
+        crowd = [Client(self.port, source="127.0.0.3") for _ in range(3)]
+        lone = Client(self.port, source="127.0.0.4")
+        for c in crowd + [lone]:
+            self.addCleanup(c.close)
+            c.read_until(b"ALIAS")
+        newcomer = self.connect()
+        newcomer.read_until(b"ALIAS")
+        crowd[0].read_to_close()   # the oldest of the address holding the most
+        lone.send(b"lone\n")
+        lone.read_until(b"lone joined the chat...\n")
 
 
 class ChaosTest(ServerCase):

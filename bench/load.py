@@ -1,0 +1,1557 @@
+#!/usr/bin/env python3
+"""bench/load.py: the load tool of PrivateChatRoom-Server (standard library only).
+
+It starts a chat room server (or attaches to a running one), fills the room
+with members of three kinds, has some of them talk, checks that everybody
+heard every line once and in order, and prints what that cost the server.
+`python3 bench/load.py --help` lists every option and the usual workloads.
+
+Map, top to bottom (one thread, one selector; each part uses only those above):
+  1. settings    Workload: the parameters of one run; member kinds and roles
+  2. the wire    pure functions: the benchmark's lines, the App's read rules
+                 (the count box, strict UTF-8), WebSocket frames, the upgrade
+  3. members     Member and its kinds: LineMember (answers `alias\\n` like nc),
+                 AppMember (bare alias, recv(1024), strict UTF-8, optional
+                 typing pace), WebMember (WebSocket on the web port).  Each
+                 owns its socket, its way through the door and its tally
+  4. the crowd   Crowd: opens the members and runs the phases on the
+                 selector: join -> talk -> drain; sweeps lazy readers
+  5. the server  ServerProcess starts a --server-cmd on free ports; Gauge
+                 reads a server's CPU and memory from /proc
+  6. figures     percentiles, medians over rounds, the table and its ratios
+  7. main        the command line and the plan: rounds x servers x kinds
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import enum
+import errno
+import functools
+import hashlib
+import heapq
+import itertools
+import json
+import operator
+import os
+import random
+import re
+import resource
+import selectors
+import shlex
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+# ---------------------------------------------------------------------------
+# 1. Settings
+# ---------------------------------------------------------------------------
+
+KINDS = ("line", "app", "web")
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+NEVER = 1 << 62   # a member's expected line count before the talk begins
+
+
+@dataclasses.dataclass
+class Workload:
+    """What one run does; the same for every server and round of a comparison."""
+
+    host: str = "127.0.0.1"
+    clients: int = 100
+    senders: int = 5
+    messages: int = 100          # per sender
+    rate: float = 0.0            # lines/s over all senders; 0: as the window allows
+    window: int = 64             # a sender's lines not yet heard by the monitor
+    lockstep: bool = False       # with a rate: all senders speak at the same moments
+    line_bytes: int = 0          # length of `alias: text`; 0: no padding
+    text: str = "ascii"          # padding: ascii, or utf8 (é日👋)
+    probes: int = 20             # members that parse every line for latency
+    lazy_ms: float = 100.0       # other members are read in one sweep this often
+    verify: str = "order"        # order: every member checks order; count: counts only
+    stalled: int = 0             # members that join and never read again
+    tls: bool = False
+    batch: int = 100             # members opened at once
+    in_flight: int = 0           # members at the door (not yet prompted) at most; 0: no cap
+    app_type_ms: float = 0.0     # the App types each character this long (v1.1.2: 70)
+    app_window_ms: float = 40.0  # the App drops reads until its window is built
+    timeout: float = 60.0        # per phase
+
+
+def spread_kinds(mix: dict[str, int], n: int) -> list[str]:
+    """n member kinds in the proportions of `mix`, evenly interleaved."""
+    total = sum(mix.values())
+    given = dict.fromkeys(mix, 0)
+    kinds = []
+    for i in range(n):
+        kind = max(mix, key=lambda k: (i + 1) * mix[k] / total - given[k])
+        given[kind] += 1
+        kinds.append(kind)
+    return kinds
+
+
+@dataclasses.dataclass
+class Roles:
+    """Who does what: the first members stall, the last ones talk, probes
+    (at least one of each kind) parse every line, the monitor paces senders."""
+
+    stalled: set
+    senders: set
+    probes: set
+    monitor: int
+
+
+def plan_roles(kinds: list[str], w: Workload) -> Roles:
+    n = len(kinds)
+    stalled = set(range(w.stalled))
+    senders = set(range(n - w.senders, n))
+    listeners = [i for i in range(n) if i not in stalled and i not in senders]
+    probes: list[int] = []
+    for kind in KINDS:   # one of each kind first, then in order
+        first = next((i for i in listeners if kinds[i] == kind), None)
+        if first is not None and len(probes) < max(1, w.probes):
+            probes.append(first)
+    probes += [i for i in listeners if i not in probes][:max(0, w.probes - len(probes))]
+    # the monitor must read as soon as lines arrive: not a typing App
+    eager = [i for i in probes if kinds[i] != "app" or not w.app_type_ms]
+    return Roles(stalled, senders, set(probes), (eager or probes)[0])
+
+
+# ---------------------------------------------------------------------------
+# 2. The wire: pure functions
+# ---------------------------------------------------------------------------
+
+ALIAS_PROMPT = b"ALIAS"
+SAYING = re.compile(rb"#(c\d+) (\d+) (\d+)")      # marker, sequence, time sent
+SAYING_SEQ = re.compile(rb"#(c\d+) (\d+) ")
+MARKER = b"#c"
+UTF8_FILLER = "é日👋"
+COUNT_LINE = re.compile(r"(?:1 person is|\d+ people are) online\.\.\.\n")
+COUNT_TEXT = re.compile(r"(?:person is|people are) online\.\.\.")
+JOIN_ENDS = (b" online...", b" others joined the chat...", b" other joined the chat...")
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+BY_SENDER, SEQ_OF = operator.itemgetter(0), operator.itemgetter(1)
+
+
+@functools.lru_cache(maxsize=64)
+def filler(size: int, text: str) -> str:
+    """`size` bytes of padding: x's, or é日👋 repeated (x's to finish)."""
+    if text == "ascii":
+        return "x" * size
+    chars, used = [], 0
+    for ch in itertools.cycle(UTF8_FILLER):
+        width = len(ch.encode())
+        if used + width > size:
+            break
+        chars.append(ch)
+        used += width
+    return "".join(chars) + "x" * (size - used)
+
+
+def saying(alias: str, seq: int, stamp: int, line_bytes: int, text: str) -> str:
+    """What `alias` says: `#alias SEQ STAMP`, padded so that the relayed
+    line `alias: ...` is `line_bytes` bytes long (without its newline)."""
+    core = f"#{alias} {seq} {stamp}"
+    room = line_bytes - len(alias) - 2 - len(core) - 1
+    return core if room <= 0 else f"{core} {filler(room, text)}"
+
+
+def is_welcome_line(line: bytes, alias: bytes) -> bool:
+    """A line telling a newcomer it is in: its own join, a count, a folded join."""
+    return line == alias + b" joined the chat..." or line.endswith(JOIN_ENDS)
+
+
+def is_box_read(text: str) -> bool:
+    """The App's own test: this read replaces the online box, whole."""
+    return text[:1].isdigit() or text.endswith(" online...")
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """RFC 6455 masking (XOR with the 4-byte key, repeated)."""
+    n = len(payload)
+    keys = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, masked frame as a browser sends it."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    key = random.randbytes(4)
+    return head + key + mask(payload, key)
+
+
+def server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole frames at the start of buf as (first byte, payload), and
+    how many bytes they took."""
+    frames, pos, n = [], 0, len(buf)
+    while n - pos >= 2:
+        b0, b1 = buf[pos], buf[pos + 1]
+        size, head = b1 & 0x7F, 2
+        if size == 126:
+            size, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+        key_at = pos + head
+        if b1 & 0x80:   # servers must not mask; read it anyway
+            head += 4
+        if n - pos < head + size or n - pos < head:
+            break
+        payload = buf[pos + head:pos + head + size]
+        if b1 & 0x80:
+            payload = mask(payload, buf[key_at:key_at + 4])
+        frames.append((b0, payload))
+        pos += head + size
+    return frames, pos
+
+
+def ws_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+def upgrade_request(host: str, port: int, key: str, tls: bool) -> bytes:
+    """The browser's GET /ws, with an Origin matching its Host."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    origin = f"{'https' if tls else 'http'}://{where}"
+    return (f"GET /ws HTTP/1.1\r\nHost: {where}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n").encode()
+
+
+def upgrade_problem(head: bytes, key: str) -> str | None:
+    """What is wrong with the server's answer to the upgrade, or None."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ")
+    if len(status) < 2 or status[1] != "101":
+        return f"upgrade answered {lines[0][:40]!r}"
+    fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if fields.get("sec-websocket-accept") != ws_accept(key):
+        return "wrong Sec-WebSocket-Accept"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 3. Members
+# ---------------------------------------------------------------------------
+
+class Stage(enum.Enum):
+    CONNECTING = "connecting"    # TCP handshake under way
+    SECURING = "securing"        # TLS handshake under way
+    AT_DOOR = "at the door"      # waiting for the prompt (ALIAS, or upgrade + hello)
+    NAMED = "named"              # alias given, waiting to be let in
+    IN = "in the room"
+    GONE = "gone"
+
+
+DOOR = (Stage.CONNECTING, Stage.SECURING, Stage.AT_DOOR)
+
+
+class Member:
+    """One connection of the crowd and its tally of what it heard.
+
+    The tally: `last` maps each sender to the last sequence number heard;
+    numbers skipped are kept in `holes` until they come (late: an order
+    error) or the run ends (lost).  A number heard twice is a duplicate.
+    """
+
+    kind = "line"
+    recv_size = 262144
+    __slots__ = ("crowd", "index", "alias", "alias_b", "sock", "stage", "events",
+                 "reading", "tls_wants", "out", "inbuf", "probe", "stalled", "lazy",
+                 "expected", "got", "last", "holes", "finished", "talks", "next_seq", "due")
+
+    def __init__(self, crowd: Crowd, index: int, probe: bool, stalled: bool):
+        self.crowd = crowd
+        self.index = index
+        self.alias = f"c{index}"
+        self.alias_b = self.alias.encode()
+        self.sock = None
+        self.stage = Stage.CONNECTING
+        self.events = 0              # what the selector watches now
+        self.reading = True          # wants to read (not lazy, stalled or typing)
+        self.tls_wants = WRITE
+        self.out = bytearray()
+        self.inbuf = b""
+        self.probe, self.stalled, self.lazy = probe, stalled, False
+        self.expected, self.got = NEVER, 0
+        self.last: dict[bytes, int] = {}
+        self.holes: dict[bytes, set] = {}
+        self.finished = False
+        self.talks, self.next_seq, self.due = False, 0, 0.0   # as a sender
+
+    # -- the connection -------------------------------------------------
+    def open(self, address: tuple[str, int]) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.stalled:   # a small buffer: the server meets back-pressure soon
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        err = self.sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS):
+            self.crowd.counts["connect_failed"] += 1
+            self.leave(by_server=False)
+            return
+        self.crowd.watch(self)
+
+    def on_event(self, mask_: int) -> None:
+        if self.stage is Stage.CONNECTING:
+            self._connected()
+        elif self.stage is Stage.SECURING:
+            self._secure()
+        else:
+            if mask_ & WRITE:
+                self.flush()
+            if mask_ & READ and self.stage is not Stage.GONE:
+                self.read()
+
+    def _connected(self) -> None:
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.crowd.counts["connect_failed"] += 1
+            self.leave(by_server=False)
+        elif self.crowd.tls:
+            self.crowd.unwatch(self)   # the TLS socket replaces this one
+            self.sock = self.crowd.tls.wrap_socket(self.sock, do_handshake_on_connect=False)
+            self.stage = Stage.SECURING
+            self._secure()
+        else:
+            self.at_door()
+
+    def _secure(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.tls_wants = READ
+        except ssl.SSLWantWriteError:
+            self.tls_wants = WRITE
+        except OSError:
+            self.crowd.counts["connect_failed"] += 1
+            self.leave(by_server=False)
+            return
+        else:
+            self.at_door()
+            return
+        self.crowd.watch(self)
+
+    def at_door(self) -> None:
+        """Connected (and secured): wait for the prompt."""
+        self.stage = Stage.AT_DOOR
+        self.crowd.watch(self)
+
+    def named(self) -> None:
+        self.stage = Stage.NAMED
+        self.crowd.left_door()
+
+    def let_in(self) -> None:
+        self.stage = Stage.IN
+        self.crowd.came_in(self)
+        if self.stalled:   # from now on it never reads
+            self.reading = False
+            self.crowd.watch(self)
+
+    def leave(self, by_server: bool = True) -> None:
+        """The connection ended (the server closed it, or it never opened)."""
+        if self.stage is Stage.GONE:
+            return
+        if self.stage in DOOR:
+            self.crowd.left_door()
+        if self.stage is not Stage.IN:
+            self.crowd.never_in += 1
+        self.stage = Stage.GONE
+        self.crowd.unwatch(self)
+        if self.sock is not None:
+            self.sock.close()
+        if by_server:
+            self.crowd.counts["stalled_closed" if self.stalled else "closed_by_server"] += 1
+        self.finish()
+
+    # -- reading and writing --------------------------------------------
+    def read(self) -> None:
+        """Read what is waiting; each recv is handed to take()."""
+        size = self.recv_size
+        while True:
+            try:
+                data = self.sock.recv(size)
+            except WOULD_BLOCK:
+                return
+            except OSError:
+                self.leave()
+                return
+            if not data:
+                self.leave()
+                return
+            self.take(data)
+            if self.stage is Stage.GONE or not (self.reading or self.lazy):
+                return   # gone, or an App typing what it read
+            if len(data) < size and not (self.crowd.tls and self.sock.pending()):
+                return
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+        self.flush()
+
+    def flush(self) -> None:
+        if self.out:
+            try:
+                del self.out[:self.sock.send(self.out)]
+            except WOULD_BLOCK:
+                pass
+            except OSError:
+                self.leave()
+                return
+        self.crowd.watch(self)
+
+    def take(self, data: bytes) -> None:
+        """What one recv brought (overridden per kind)."""
+        raise NotImplementedError
+
+    # -- the tally ------------------------------------------------------
+    def hear(self, chunk: bytes) -> None:
+        """Tally the sayings in `chunk` (whole lines or whole frames only).
+
+        Sorted by sender (a stable sort keeps each sender's arrival order),
+        each sender's numbers are compared at once with the run expected
+        next; only a run that differs is walked number by number.
+        """
+        crowd = self.crowd
+        if self.probe:
+            found = SAYING.findall(chunk)
+            now = time.monotonic_ns() - crowd.epoch
+            crowd.latencies += [now - int(stamp) for _, _, stamp in found]
+        elif crowd.verify_order:
+            found = SAYING_SEQ.findall(chunk)
+        else:
+            self.got += chunk.count(MARKER)
+            self._check_finished()
+            return
+        found.sort(key=BY_SENDER)
+        last, tokens = self.last, crowd.seq_tokens
+        for sender, run in itertools.groupby(found, BY_SENDER):
+            seqs = list(map(SEQ_OF, run))
+            first = last.get(sender, -1) + 1
+            if seqs == tokens[first:first + len(seqs)]:
+                last[sender] = first + len(seqs) - 1
+                self.got += len(seqs)
+            else:
+                self._walk(sender, seqs)
+        self._check_finished()
+
+    def _walk(self, sender: bytes, seqs: list[bytes]) -> None:
+        """The slow path: one sender's numbers that are not simply the next ones."""
+        last = self.last
+        for seq in map(int, seqs):
+            prev = last.get(sender, -1)
+            if seq == prev + 1:
+                last[sender] = seq
+                self.got += 1
+            else:
+                self.got += self._out_of_line(sender, seq, prev)
+
+    def _out_of_line(self, sender: bytes, seq: int, prev: int) -> int:
+        """A number that is not the next one: 1 if it is new, 0 if heard before."""
+        if seq > prev:
+            self.holes.setdefault(sender, set()).update(range(prev + 1, seq))
+            self.last[sender] = seq
+            return 1
+        hole = self.holes.get(sender)
+        if hole and seq in hole:
+            hole.discard(seq)
+            self.crowd.counts["order_errors"] += 1
+            return 1
+        self.crowd.counts["duplicates"] += 1
+        return 0
+
+    def _check_finished(self) -> None:
+        if self.got >= self.expected:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.finished and self.expected != NEVER:
+            self.finished = True
+            self.crowd.finished += 1
+
+    # -- speaking -------------------------------------------------------
+    def say(self, count: int) -> None:
+        """Send the next `count` numbered lines, stamped now."""
+        w = self.crowd.work
+        stamp = time.monotonic_ns() - self.crowd.epoch
+        first = self.next_seq
+        self.next_seq += count
+        self.send(self.lines([saying(self.alias, seq, stamp, w.line_bytes, w.text)
+                              for seq in range(first, first + count)]))
+
+    def lines(self, texts: list[str]) -> bytes:
+        """The bytes that say `texts`, as this kind of client sends them."""
+        return "".join(f"{self.alias}: {t}\n" for t in texts).encode()
+
+
+class LineMember(Member):
+    """A terminal client (nc): answers ALIAS with `alias\\n`, reads whole lines."""
+
+    kind = "line"
+    __slots__ = ()
+    alias_end = b"\n"
+
+    def take(self, data: bytes) -> None:
+        if self.stage is Stage.IN:
+            buf = self.inbuf + data if self.inbuf else data
+            cut = buf.rfind(b"\n") + 1
+            self.inbuf = buf[cut:]
+            if cut and self.expected != NEVER:   # before the talk there is nothing to hear
+                self.hear(buf[:cut])
+            return
+        self.inbuf += data
+        if self.stage is Stage.AT_DOOR:
+            self._answer_prompt()
+        if self.stage is Stage.NAMED:
+            self._look_for_welcome()
+
+    def _answer_prompt(self) -> None:
+        if len(self.inbuf) < len(ALIAS_PROMPT):
+            if not ALIAS_PROMPT.startswith(self.inbuf):
+                self._bad_prompt()
+            return
+        if not self.inbuf.startswith(ALIAS_PROMPT):
+            self._bad_prompt()
+            return
+        self.inbuf = self.inbuf[len(ALIAS_PROMPT):]
+        self.send(self.alias_b + self.alias_end)
+        self.named()
+
+    def _bad_prompt(self) -> None:
+        self.crowd.counts["bad_prompts"] += 1
+        self.leave(by_server=False)
+
+    def _look_for_welcome(self) -> None:
+        start = 0
+        while (end := self.inbuf.find(b"\n", start)) >= 0:
+            line = self.inbuf[start:end].rstrip(b"\r")
+            start = end + 1
+            if is_welcome_line(line, self.alias_b):
+                rest, self.inbuf = self.inbuf[start:], b""
+                self.let_in()
+                if rest:
+                    self.take(rest)
+                return
+        self.inbuf = self.inbuf[start:]
+
+
+class AppMember(LineMember):
+    """PrivateChatRoom-App v1.1.2: the bare alias, recv(1024), each read
+    decoded strictly; a read starting with a digit or ending with
+    " online..." goes to the online box whole.  With --app-type-ms it stops
+    reading while it types what it read, as the App does."""
+
+    kind = "app"
+    recv_size = 1024
+    alias_end = b""
+    __slots__ = ("window_at", "prompted", "deaf")
+
+    def __init__(self, crowd: Crowd, index: int, probe: bool, stalled: bool):
+        super().__init__(crowd, index, probe, stalled)
+        self.window_at = float("inf")   # its window is built (reads before are dropped)
+        self.prompted = False
+        self.deaf = False   # a read did not decode: the real App would hear no more
+
+    def named(self) -> None:
+        super().named()
+        self.window_at = time.monotonic() + self.crowd.work.app_window_ms / 1000
+
+    def take(self, data: bytes) -> None:
+        self._judge_read(data)
+        super().take(data)
+
+    def _judge_read(self, data: bytes) -> None:
+        """Count what would go wrong in the App for this one read."""
+        counts = self.crowd.counts
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:   # the App's reader thread would die here
+            self.crowd.fault("decode_errors", data.decode("utf-8", "backslashreplace"))
+            if not self.deaf:
+                self.deaf = True
+                counts["deaf_apps"] += 1
+            text = data.decode("utf-8", "replace")
+        if not self.prompted:
+            self.prompted = True
+            if text != "ALIAS":
+                counts["prompt_not_alone"] += 1
+            return
+        if time.monotonic() < self.window_at:
+            counts["app_early_reads"] += 1
+            return
+        if is_box_read(text):
+            if COUNT_LINE.fullmatch(text):
+                counts["count_reads"] += 1
+            else:
+                self.crowd.fault("box_reads_not_count", text)
+            return
+        if COUNT_TEXT.search(text):
+            self.crowd.fault("count_in_chat", text)
+        if self.crowd.work.app_type_ms:
+            self._type(len(text))
+
+    def _type(self, characters: int) -> None:
+        """Stop reading while the App types `characters` into its chat area."""
+        self.reading = False
+        self.crowd.watch(self)
+        self.crowd.call_at(time.monotonic() + characters * self.crowd.work.app_type_ms / 1000,
+                           self._typed)
+
+    def _typed(self) -> None:
+        if self.stage is not Stage.GONE:
+            self.reading = True
+            self.crowd.watch(self)
+
+
+class WebMember(Member):
+    """A browser on the web port: HTTP upgrade, masked frames, JSON messages;
+    answers "hello" with its alias and is in at "welcome"."""
+
+    kind = "web"
+    __slots__ = ("key", "upgraded", "partial", "name")
+
+    def __init__(self, crowd: Crowd, index: int, probe: bool, stalled: bool):
+        super().__init__(crowd, index, probe, stalled)
+        self.key = base64.b64encode(random.randbytes(16)).decode()
+        self.upgraded = False
+        self.partial: tuple[int, list] | None = None   # a fragmented message so far
+        self.name = ""
+
+    def at_door(self) -> None:
+        super().at_door()
+        host, port = self.crowd.web_address
+        self.send(upgrade_request(host, port, self.key, bool(self.crowd.tls)))
+
+    def take(self, data: bytes) -> None:
+        buf = self.inbuf + data if self.inbuf else data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.inbuf = buf
+                return
+            problem = upgrade_problem(buf[:end], self.key)
+            if problem:
+                self.crowd.note_web_problem(problem)
+                self.leave(by_server=False)
+                return
+            self.upgraded, buf = True, buf[end + 4:]
+        frames, used = server_frames(buf)
+        self.inbuf = buf[used:]
+        texts = self._messages(frames)
+        if self.stage is Stage.GONE:
+            return
+        if self.stage is not Stage.IN:
+            texts = self._at_door(texts)
+        if texts:
+            if self.probe:
+                self._check_json(texts)
+            if self.expected != NEVER:   # before the talk there is nothing to hear
+                self.hear(b"\n".join(texts))
+
+    def _messages(self, frames: list[tuple[int, bytes]]) -> list[bytes]:
+        """The text messages among `frames`; control frames answered here."""
+        texts = []
+        for b0, payload in frames:
+            opcode, fin = b0 & 0x0F, b0 & 0x80
+            if opcode == PING:
+                self.send(client_frame(PONG, payload))
+            elif opcode == CLOSE:
+                self.crowd.counts["web_close_codes"].append(int.from_bytes(payload[:2], "big"))
+                self.send(client_frame(CLOSE, payload[:2]))
+                self.leave()
+                return []
+            elif opcode == PONG:
+                continue
+            elif opcode == 0 and self.partial:   # a continuation
+                self.partial[1].append(payload)
+                if fin:
+                    first, parts = self.partial
+                    self.partial = None
+                    if first == TEXT:
+                        texts.append(b"".join(parts))
+            elif not fin:
+                self.partial = (opcode, [payload])
+            elif opcode == TEXT:
+                texts.append(payload)
+            else:
+                self.crowd.counts["web_bad_frames"] += 1
+        return texts
+
+    def _at_door(self, texts: list[bytes]) -> list[bytes]:
+        """Handle hello / welcome / refused; return the messages after "welcome"."""
+        for i, raw in enumerate(texts):
+            try:
+                message = json.loads(raw)
+                kind = message["type"]
+            except (ValueError, KeyError, TypeError):
+                self.crowd.counts["web_bad_frames"] += 1
+                continue
+            if kind == "hello" and self.stage is Stage.AT_DOOR:
+                self.send(client_frame(TEXT, self.alias_b))
+                self.named()
+            elif kind == "welcome":
+                self.name = str(message.get("name", ""))
+                self.let_in()
+                return texts[i + 1:]
+            elif kind == "refused":
+                self.crowd.counts["web_refused"] += 1
+                self.leave(by_server=False)
+                return []
+        return []
+
+    def _check_json(self, texts: list[bytes]) -> None:
+        for raw in texts:
+            try:
+                if not isinstance(json.loads(raw).get("type"), str):
+                    raise ValueError
+            except (ValueError, AttributeError):
+                self.crowd.counts["web_bad_frames"] += 1
+
+    def lines(self, texts: list[str]) -> bytes:
+        return b"".join(client_frame(TEXT, t.encode()) for t in texts)
+
+
+MEMBER_KINDS = {"line": LineMember, "app": AppMember, "web": WebMember}
+
+# ---------------------------------------------------------------------------
+# 4. The crowd
+# ---------------------------------------------------------------------------
+
+
+def tool_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Crowd:
+    """All members of one run, the selector they share, and the counts.
+
+    Phases: join() opens everyone in batches and waits until each is in;
+    talk() has the senders speak and waits until everyone heard everything.
+    """
+
+    def __init__(self, work: Workload, kinds: list[str], address: tuple[str, int],
+                 web_address: tuple[str, int] | None, gauge: Gauge):
+        self.work = work
+        self.address, self.web_address = address, web_address
+        self.gauge = gauge
+        self.sel = selectors.DefaultSelector()
+        self.tls = None
+        if work.tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            self.tls.check_hostname = False
+            self.tls.verify_mode = ssl.CERT_NONE
+        self.verify_order = work.verify == "order"
+        self.seq_tokens = [str(i).encode() for i in range(work.messages)]   # what in order looks like
+        self.epoch = time.monotonic_ns()
+        self.timers: list = []
+        self.timer_seq = itertools.count()
+        self.latencies: list[int] = []
+        self.counts = {k: 0 for k in (
+            "connect_failed", "bad_prompts", "closed_by_server", "stalled_closed",
+            "duplicates", "order_errors", "decode_errors", "deaf_apps", "prompt_not_alone",
+            "app_early_reads", "count_reads", "box_reads_not_count", "count_in_chat",
+            "web_refused", "web_bad_frames")}
+        self.counts["web_close_codes"] = []
+        self.web_problems: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}   # App fault -> the first reads showing it
+        self.at_the_door = 0     # opened, not yet prompted
+        self.inside = 0
+        self.never_in = 0        # gone before they were in
+        self.last_in = 0.0
+        self.finished = 0        # members that heard everything or left, in talk()
+        roles = plan_roles(kinds, work)
+        self.members = [MEMBER_KINDS[k](self, i, i in roles.probes, i in roles.stalled)
+                        for i, k in enumerate(kinds)]
+        self.senders = [self.members[i] for i in sorted(roles.senders)]
+        for m in self.senders:
+            m.talks = True
+        self.monitor = self.members[roles.monitor]
+        self.lazy: list[Member] = []   # read by sweeps, not on every event
+        self.sweep_at = 0.0
+
+    # -- the loop ---------------------------------------------------------
+    def watch(self, m: Member) -> None:
+        """Make the selector watch what m waits for now."""
+        if m.stage is Stage.GONE:
+            return
+        if m.stage is Stage.CONNECTING:
+            want = WRITE
+        elif m.stage is Stage.SECURING:
+            want = m.tls_wants
+        else:
+            want = (READ if m.reading else 0) | (WRITE if m.out else 0)
+        if want == m.events:
+            return
+        if not m.events:
+            self.sel.register(m.sock, want, m)
+        elif not want:
+            self.sel.unregister(m.sock)
+        else:
+            self.sel.modify(m.sock, want, m)
+        m.events = want
+
+    def unwatch(self, m: Member) -> None:
+        if m.events:
+            self.sel.unregister(m.sock)
+            m.events = 0
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (when, next(self.timer_seq), fn))
+
+    def turn(self, timeout: float) -> None:
+        """One select (at most `timeout` seconds), the timers due, and the
+        sweep of the lazy readers when it is due."""
+        now = time.monotonic()
+        if self.timers:
+            timeout = min(timeout, self.timers[0][0] - now)
+        if self.lazy:
+            timeout = min(timeout, self.sweep_at - now)
+        for key, events in self.sel.select(max(0.0, timeout)):
+            key.data.on_event(events)
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            heapq.heappop(self.timers)[2]()
+        if self.lazy and now >= self.sweep_at:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Read every lazy member once; forget those that need no more reading."""
+        for m in self.lazy:
+            if m.stage is Stage.IN and not m.finished:
+                m.read()
+        self.lazy = [m for m in self.lazy if m.stage is Stage.IN and not m.finished]
+        period = self.work.lazy_ms / 1000
+        if self.monitor.finished:   # the end is near: see it soon
+            period = min(period, 0.01)
+        self.sweep_at = time.monotonic() + period
+
+    def left_door(self) -> None:
+        self.at_the_door -= 1
+
+    def came_in(self, m: Member) -> None:
+        """m is in: from now on a plain listener is read by the sweep only."""
+        self.inside += 1
+        self.last_in = time.monotonic()
+        if self.work.lazy_ms > 0 and m.kind != "app" and not (m.probe or m.stalled or m.talks):
+            m.lazy, m.reading = True, False
+            self.watch(m)
+            if not self.lazy:
+                self.sweep_at = self.last_in + self.work.lazy_ms / 1000
+            self.lazy.append(m)
+
+    def fault(self, name: str, read: str) -> None:
+        """Count an App fault; keep the first few reads that showed it."""
+        self.counts[name] += 1
+        examples = self.examples.setdefault(name, [])
+        if len(examples) < 3:
+            examples.append(read if len(read) <= 160 else read[:70] + " ... " + read[-70:])
+
+    def note_web_problem(self, problem: str) -> None:
+        self.web_problems[problem] = self.web_problems.get(problem, 0) + 1
+
+    # -- phase 1: join ----------------------------------------------------
+    def join(self) -> dict:
+        """Open every member (a batch at a time, never waiting while the
+        door has room) and wait until each is in, or the timeout."""
+        w = self.work
+        start = time.monotonic()
+        deadline = start + w.timeout
+        opened = 0
+        while time.monotonic() < deadline:
+            if opened < len(self.members) and (not w.in_flight or self.at_the_door < w.in_flight):
+                for m in self.members[opened:opened + w.batch]:
+                    self._open(m)
+                opened += w.batch
+                self.turn(0)
+            elif self.inside + self.never_in >= len(self.members):
+                break
+            else:
+                self.turn(deadline - time.monotonic())
+        ok = self.inside == len(self.members)
+        figures = {"connect_ok": ok, "joined": self.inside,
+                   "connect_s": round((self.last_in if ok else time.monotonic()) - start, 3)}
+        self._wait_for_app_windows(deadline)
+        return figures
+
+    def _wait_for_app_windows(self, deadline: float) -> None:
+        """The talk starts once every App has built its window (its person
+        could not see a line before)."""
+        built = min(deadline, max((m.window_at for m in self.members if m.kind == "app"
+                                   and m.stage is Stage.IN), default=0.0))
+        while (now := time.monotonic()) < built:
+            self.turn(built - now)
+
+    def _open(self, m: Member) -> None:
+        self.at_the_door += 1
+        m.open(self.web_address if m.kind == "web" else self.address)
+
+    # -- phase 2 and 3: talk, then drain ------------------------------------
+    def talk(self) -> dict:
+        """The senders say their lines; wait until every member heard them all."""
+        w = self.work
+        listeners = [m for m in self.members if not m.stalled and m.stage is Stage.IN]
+        for m in listeners:
+            m.expected = w.senders * w.messages
+        interval = len(self.senders) / w.rate if w.rate else 0.0
+        t0, cpu0, mine0 = time.monotonic(), self.gauge.cpu_s(), tool_cpu()
+        for k, m in enumerate(self.senders):   # spread evenly over the interval
+            m.due = t0 if w.lockstep else t0 + interval * k / len(self.senders)
+        deadline = t0 + w.messages * interval + w.timeout
+        said_at = None
+        while self.finished < len(listeners) or said_at is None:
+            now = time.monotonic()
+            if said_at is None and self._prompt_senders(now, interval):
+                said_at = now
+                deadline = now + w.timeout
+            if now >= deadline:
+                break
+            wake = deadline
+            if interval and said_at is None:
+                wake = min(wake, min(m.due for m in self.senders if m.stage is Stage.IN))
+            self.turn(wake - now)
+        elapsed = time.monotonic() - t0
+        cpu1, mine1 = self.gauge.cpu_s(), tool_cpu()
+        return self._talk_figures(listeners, elapsed, cpu0, cpu1, mine1 - mine0,
+                                  self.finished >= len(listeners))
+
+    def _prompt_senders(self, now: float, interval: float) -> bool:
+        """Let each sender say what is due; True once all have said everything."""
+        w, monitor = self.work, self.monitor
+        for m in self.senders:
+            left = w.messages - m.next_seq
+            if left <= 0 or m.stage is not Stage.IN:
+                continue
+            if interval:
+                count = 0
+                while m.due <= now and count < left:
+                    count += 1
+                    m.due += interval
+            elif monitor.stage is Stage.IN:
+                heard = monitor.last.get(m.alias_b, -1) + 1
+                count = min(left, w.window - (m.next_seq - heard))
+            else:   # nobody to pace by
+                count = left
+            if count > 0:
+                m.say(count)
+        return all(m.next_seq >= w.messages or m.stage is not Stage.IN for m in self.senders)
+
+    def _talk_figures(self, listeners: list[Member], elapsed: float, cpu0, cpu1,
+                      tool_s: float, complete: bool) -> dict:
+        delivered = sum(min(m.got, m.expected) for m in listeners)
+        wanted = sum(m.expected for m in listeners)
+        lost_by_kind: dict[str, int] = {}
+        for m in listeners:
+            lost_by_kind[m.kind] = lost_by_kind.get(m.kind, 0) + m.expected - min(m.got, m.expected)
+        cpu = None if cpu0 is None else cpu1 - cpu0
+        figures = {
+            "complete": complete,
+            "deliveries": delivered,
+            "deliveries_expected": wanted,
+            "lost": wanted - delivered,
+            "lost_by_kind": lost_by_kind,
+            "talk_s": round(elapsed, 3),
+            "deliveries_per_s": round(delivered / elapsed, 1) if elapsed else None,
+            "server_cpu_s": None if cpu is None else round(cpu, 3),
+            "server_cpu_s_per_1M_deliveries":
+                None if cpu is None or not delivered else round(cpu / delivered * 1e6, 3),
+            "server_cpu_pct": None if cpu is None else round(100 * cpu / elapsed, 2),
+            "tool_cpu_s": round(tool_s, 3),
+        }
+        figures.update(latency_figures(self.latencies))
+        return figures
+
+    # -- the end ----------------------------------------------------------
+    def drain_stalled(self, timeout: float = 5.0) -> None:
+        """Read the stalled members dry to learn whether the server closed them."""
+        deadline = time.monotonic() + timeout
+        for m in self.members:
+            while m.stalled and m.stage is not Stage.GONE and time.monotonic() < deadline:
+                try:
+                    data = m.sock.recv(1 << 20)
+                except WOULD_BLOCK:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    m.leave()
+
+    def close(self) -> None:
+        for m in self.members:
+            if m.sock is not None and m.stage is not Stage.GONE:
+                self.unwatch(m)
+                m.sock.close()
+                m.stage = Stage.GONE
+        self.sel.close()
+
+    def counted(self) -> dict:
+        figures = dict(self.counts)
+        figures["web_close_codes"] = sorted(set(figures["web_close_codes"]))
+        if self.web_problems:
+            figures["web_problems"] = self.web_problems
+        if self.examples:
+            figures["app_fault_examples"] = self.examples
+        return figures
+
+
+# ---------------------------------------------------------------------------
+# 5. The server
+# ---------------------------------------------------------------------------
+
+class Gauge:
+    """CPU seconds and resident memory of a server process (None without one)."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, pid: int | None):
+        self.pid = pid
+
+    def cpu_s(self) -> float | None:
+        """User + system CPU seconds, all threads, from /proc/PID/stat."""
+        if not self.pid:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self.TICK
+
+    def rss_kib(self) -> int | None:
+        if not self.pid:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+
+class StartFailed(Exception):
+    """The server did not start listening; the message says what it printed."""
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started from a --server-cmd template on free ports:
+    `{port}` is the line port, `{web_port}` the web port."""
+
+    def __init__(self, label: str, template: str, host: str):
+        self.label, self.template, self.host = label, template, host
+        self.has_web = "{web_port}" in template
+        self.proc: subprocess.Popen | None = None
+        self.port = self.web_port = 0
+        self.output = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.port = free_port(self.host)
+        self.web_port = free_port(self.host) if self.has_web else 0
+        command = self.template.replace("{port}", str(self.port)).replace(
+            "{web_port}", str(self.web_port))
+        self.output = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(shlex.split(command), stdin=subprocess.DEVNULL,
+                                     stdout=self.output, stderr=subprocess.STDOUT)
+        for port in (self.port, self.web_port):
+            if port and not self._wait_listening(port, time.monotonic() + timeout):
+                text = self._printed()
+                self.stop()
+                raise StartFailed(f"{self.label}: not listening on port {port}: {text}")
+        time.sleep(0.3)   # let start-up allocations settle before measuring memory
+
+    def _wait_listening(self, port: int, deadline: float) -> bool:
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection((self.host, port), timeout=0.5).close()
+                return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def _printed(self) -> str:
+        self.output.seek(0)
+        return self.output.read()[-400:].decode("utf-8", "replace").strip() or "(nothing printed)"
+
+    def stop(self) -> None:
+        """SIGTERM, a few seconds' grace, then SIGKILL."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.output:
+            self.output.close()
+            self.output = None
+
+
+@dataclasses.dataclass
+class Target:
+    """A server to measure: one we start (process) or one we attach to."""
+
+    label: str
+    process: ServerProcess | None = None
+    port: int = 0
+    web_port: int = 0
+    pid: int | None = None
+
+
+# ---------------------------------------------------------------------------
+# 6. Figures
+# ---------------------------------------------------------------------------
+
+def percentile(values: list[int], p: float) -> int | None:
+    """Nearest-rank percentile of sorted `values`."""
+    if not values:
+        return None
+    k = min(len(values) - 1, max(0, int(round(p / 100.0 * (len(values) - 1)))))
+    return values[k]
+
+
+def latency_figures(latencies_ns: list[int]) -> dict:
+    ordered = sorted(latencies_ns)
+    figures = {}
+    for p in (50, 99, 99.9):
+        v = percentile(ordered, p)
+        figures[f"latency_p{p}_ms"] = None if v is None else round(v / 1e6, 3)
+    figures["latency_max_ms"] = round(ordered[-1] / 1e6, 3) if ordered else None
+    figures["latency_samples"] = len(ordered)
+    return figures
+
+
+# (name in the JSON, label in the table, ratio shown)
+TABLE = (
+    ("joined", "members in", False),
+    ("connect_s", "connect s (all in)", True),
+    ("server_kib_per_member", "server KiB per member", True),
+    ("deliveries_per_s", "deliveries/s", True),
+    ("server_cpu_s_per_1M_deliveries", "server CPU s per 1M deliveries", True),
+    ("server_cpu_pct", "server CPU % (talk)", True),
+    ("server_cpu_pct_run", "server CPU % (whole run)", True),
+    ("latency_p50_ms", "latency p50 ms", True),
+    ("latency_p99_ms", "latency p99 ms", True),
+    ("latency_p99.9_ms", "latency p99.9 ms", True),
+    ("latency_max_ms", "latency max ms", True),
+    ("lost", "lost", False),
+    ("duplicates", "duplicates", False),
+    ("order_errors", "order errors", False),
+    ("closed_by_server", "closed by server", False),
+    ("stalled_closed", "stalled members closed", False),
+    ("decode_errors", "App: decode errors", False),
+    ("deaf_apps", "App: members deaf (reader died)", False),
+    ("box_reads_not_count", "App: box reads not a count", False),
+    ("count_in_chat", "App: count text in chat", False),
+    ("prompt_not_alone", "App: prompt not alone", False),
+    ("app_early_reads", "App: reads before its window", False),
+    ("web_refused", "web: refused", False),
+    ("web_bad_frames", "web: bad frames", False),
+    ("tool_cpu_s", "load tool CPU s (talk)", False),
+)
+APP_ONLY = {"decode_errors", "deaf_apps", "box_reads_not_count", "count_in_chat", "prompt_not_alone",
+            "app_early_reads"}
+WEB_ONLY = {"web_refused", "web_bad_frames"}
+
+
+SUMMARY_EXTRA = ("deliveries", "deliveries_expected", "talk_s", "server_cpu_s", "server_rss_kib",
+                 "count_reads", "latency_samples")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median, min and max of each figure of the table over rounds."""
+    summary = {}
+    for key in [k for k, _, _ in TABLE] + list(SUMMARY_EXTRA):
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))
+                  and not isinstance(r.get(key), bool)]
+        if values:
+            summary[key] = {"median": round(statistics.median(values), 3),
+                            "min": min(values), "max": max(values)}
+    return summary
+
+
+def number(value: float) -> str:
+    """A figure as people read it: 1405789, 43.9, 0.043."""
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}".removesuffix(".0")
+    return f"{value:.3g}"
+
+
+def cell(stat: dict | None, rounds: int) -> str:
+    if stat is None:
+        return "-"
+    text = number(stat["median"])
+    if rounds > 1 and stat["min"] != stat["max"]:
+        text += f" [{number(stat['min'])}-{number(stat['max'])}]"
+    return text
+
+
+def ratio(stat: dict | None, base: dict | None) -> str:
+    if not stat or not base or not base["median"]:
+        return ""
+    return f" x{stat['median'] / base['median']:.2f}"
+
+
+def print_table(columns: list[tuple[str, str]], summaries: dict, kinds_present: set,
+                rounds: int) -> None:
+    """Figures down, (server, kind) across; ratios against the first server
+    with the same kind, and against the first kind of the same server."""
+    first_label = columns[0][0]
+    first_kind = columns[0][1]
+    heads = [f"{label}/{kind}" if len({k for _, k in columns}) > 1 else label
+             for label, kind in columns]
+    rows = []
+    for key, title, show_ratio in TABLE:
+        if key in APP_ONLY and "app" not in kinds_present or key in WEB_ONLY and "web" not in kinds_present:
+            continue
+        row = [title]
+        for label, kind in columns:
+            stat = summaries[(label, kind)].get(key)
+            text = cell(stat, rounds)
+            same_kind = summaries.get((first_label, kind), {}).get(key)
+            if show_ratio and label != first_label and same_kind:
+                text += ratio(stat, same_kind)
+            elif show_ratio and kind != first_kind:
+                text += ratio(stat, summaries.get((label, first_kind), {}).get(key))
+            row.append(text)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows + [["figure"] + heads]) for i in range(len(heads) + 1)]
+    print("  ".join(h.ljust(w) for h, w in zip(["figure"] + heads, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    several_kinds = len({k for _, k in columns}) > 1
+    print(f"(median of {rounds} round(s), [min-max]; xN: ratio to {first_label}"
+          + (f" with the same kind, else to {first_kind} on the same server)" if several_kinds else ")"))
+
+
+# ---------------------------------------------------------------------------
+# 7. Main
+# ---------------------------------------------------------------------------
+
+EXAMPLES = """\
+workloads (SERVER is e.g. "python3 pcr_server.py --host 127.0.0.1 --port {port}
+  --public-ip-url '' --log-file /tmp/lt.log --max-per-ip 100000 --line-rate 0";
+  add --web-port {web_port} once the server has it):
+  burst      --clients 1000 --senders 10 --messages 300 --server-cmd "SERVER"
+  steady     --clients 1000 --senders 10 --messages 50 --rate 100 --server-cmd "SERVER"
+             (lines spread evenly in time; --lockstep: all senders at once, as pcr_load.py)
+  join       --clients 1000 --senders 1 --messages 1 --server-cmd "SERVER"
+             (10000: --clients 10000 --batch 500; the tool raises its open-files limit
+             to the hard limit, `ulimit -Hn`, and needs --clients + 64)
+  stalled    --clients 100 --stalled 5 --senders 5 --messages 3000 --line-bytes 1000 --server-cmd "SERVER"
+             (15 MB for each stalled member: more than the kernel buffers, 4 MiB + a bit,
+             and the server's --max-backlog; stalled_closed says whether it cut them)
+  quiet room --quiet-room --server-cmd "SERVER"   (= --kind app --clients 100 --senders 1
+             --messages 12 --rate 0.2 --line-bytes 40 --app-type-ms 70; see server CPU %)
+  App split  --kind app --text utf8 --line-bytes 300 --clients 20 --senders 2 --messages 20
+             (add --app-type-ms 70 to read at the App's typing pace: slow by design)
+  web cost   --compare-kinds line,web --clients 1000 --senders 10 --messages 100 --server-cmd "SERVER"
+  mixed      --mix line=900,app=100 --clients 1000 ...
+  TLS        --tls --server-cmd "SERVER --tls-cert /tmp/c.pem --tls-key /tmp/k.pem"
+  side by side, 3 rounds:  --rounds 3 --server-cmd "this=SERVER"
+             --server-cmd "c_ref=/tmp/c_ref {port}"
+             --server-cmd "asyncio=python3 ../shared/bench/peers/asyncio_ref.py {port}"
+  (build c_ref: gcc -O2 -D_GNU_SOURCE -o /tmp/c_ref ../shared/bench/peers/c_ref.c)
+
+member kinds:
+  line  answers ALIAS with `alias\\n` like nc; reads whole lines
+  app   answers with the bare alias like PrivateChatRoom-App v1.1.2; reads with
+        recv(1024), decodes each read strictly (decode_errors); a read that starts
+        with a digit or ends with " online..." is a box read and must be exactly one
+        count line (box_reads_not_count); count text inside other reads is
+        count_in_chat; reads before its window is built are app_early_reads
+  web   WebSocket client on the web port: GET /ws upgrade, masked frames, answers
+        pings, sends its alias after "hello", is in at "welcome"
+
+phases (each bounded by --timeout; the talk by its planned length + --timeout):
+  join   open members --batch at a time with no wait in between (unless --in-flight
+         are at the door, not yet prompted); a member is in at its own join line, a
+         count line or a folded join line (web: "welcome").  connect_s: until the last
+         one is in.  The talk then waits until every App's window is built
+  talk   the last --senders members say --messages lines each: `cN: #cN SEQ TIME`
+         padded to --line-bytes, at --rate lines/s in all, or as fast as --window
+         lines in flight per sender allow (in flight: not yet heard by the monitor)
+  drain  until every member heard every line (its own too) or the timeout
+
+checks: every member tallies each sender's numbers (lost, duplicates, order_errors;
+  --verify count: non-probes only count); probes and senders read on every event,
+  other line and web members in one sweep every --lazy-ms; App members always read
+  on events, one recv(1024) per App read.  closed_by_server: non-stalled members the
+  server closed; stalled_closed: stalled ones (read dry at the end to find out).
+
+figures: connect_s, server_kib_per_member (RSS growth over the join / members),
+  server CPU s per 1M deliveries and CPU % over the talk (from /proc/PID/stat,
+  all threads), server_cpu_pct_run (join + talk), deliveries/s, latency
+  p50/p99/p99.9/max (probes; with --app-type-ms an App probe's includes its typing),
+  tool_cpu_s (this tool's CPU in the talk: if it nears talk_s the tool is the
+  bottleneck), App and web counts, app_fault_examples (the first reads showing each
+  App fault).  Earlier lines: a table, medians over --rounds with [min-max] and
+  ratios.  The last line printed is one JSON object with everything: the workload,
+  every run (server, kind, round), and with --rounds > 1 the medians.
+"""
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is negative")
+        return value
+    return parse
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """`line=900,app=100` -> {"line": 900, "app": 100}."""
+    mix = {}
+    for part in text.split(","):
+        kind, _, count = part.partition("=")
+        kind, count = kind.strip(), count.strip()
+        if kind not in KINDS or not count.isdigit() or int(count) == 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: want KIND=COUNT, KIND one of {KINDS}")
+        mix[kind] = int(count)
+    return mix
+
+
+def parse_kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",")]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise argparse.ArgumentTypeError(f"want kinds from {KINDS}, comma-separated")
+    return kinds
+
+
+def parse_server_cmd(text: str, n: int) -> tuple[str, str]:
+    """`LABEL=CMD` or just `CMD` (labelled s1, s2, ...)."""
+    match = re.match(r"([A-Za-z0-9_.+-]+)=(.*)", text)
+    if match and " " not in match.group(1):
+        return match.group(1), match.group(2)
+    return f"s{n}", text
+
+
+QUIET_ROOM = {"kind": "app", "clients": 100, "senders": 1, "messages": 12, "rate": 0.2,
+              "line_bytes": 40, "app_type_ms": 70.0}
+DEFAULTS = {"kind": "line", "clients": 100, "senders": 5, "messages": 100, "rate": 0.0,
+            "line_bytes": 0, "app_type_ms": 0.0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="load.py", description="Load tool for PrivateChatRoom-Server: line, App and "
+        "web members; cost, latency and correctness; several servers side by side.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = p.add_argument_group("servers")
+    s.add_argument("--server-cmd", action="append", default=[], metavar="[LABEL=]CMD",
+                   help="start this server for each run ({port}, {web_port}: free ports); "
+                        "give several to compare them, fresh server each run")
+    s.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    s.add_argument("--port", type=int, default=0, help="attach to a running server's line port")
+    s.add_argument("--web-port", type=int, default=0, help="... and its web port")
+    s.add_argument("--pid", type=int, help="the attached server's process id (CPU, memory)")
+    s.add_argument("--rounds", type=int, default=1, help="repeat the whole comparison R times")
+    m = p.add_argument_group("members")
+    m.add_argument("--clients", type=int, help="members (default: 100)")
+    m.add_argument("--kind", choices=KINDS, help="kind of every member (default: line)")
+    m.add_argument("--mix", type=parse_mix, metavar="KIND=N,...",
+                   help="members of several kinds, e.g. line=900,app=100 (shares of --clients)")
+    m.add_argument("--compare-kinds", type=parse_kinds, metavar="KIND,KIND",
+                   help="run the workload once per kind (all members of that kind), e.g. line,web")
+    m.add_argument("--stalled", type=int, default=0, help="members that join and never read")
+    m.add_argument("--tls", action="store_true", help="speak TLS on both ports (no certificate check)")
+    m.add_argument("--batch", type=int, default=100, help="members opened at once (default: 100)")
+    m.add_argument("--in-flight", type=int, default=0,
+                   help="open no more while this many are not yet prompted (default: 0, no cap; "
+                        "a server with a short listen backlog may need one)")
+    m.add_argument("--app-type-ms", type=positive(float),
+                   help="App members stop reading this long per character of chat they read, "
+                        "as the App types it (App v1.1.2: 70; default: 0)")
+    m.add_argument("--app-window-ms", type=positive(float), default=40.0,
+                   help="App reads sooner than this after the alias are counted as dropped "
+                        "(app_early_reads; default: 40)")
+    t = p.add_argument_group("talk")
+    t.add_argument("--senders", type=int, help="members that speak (default: 5)")
+    t.add_argument("--messages", type=int, help="lines per sender (default: 100)")
+    t.add_argument("--rate", type=positive(float),
+                   help="lines per second over all senders; 0: as fast as --window allows")
+    t.add_argument("--lockstep", action="store_true",
+                   help="with --rate: all senders speak at the same moments (the server gets "
+                        "--senders lines per turn, as with pcr_load.py), not spread evenly")
+    t.add_argument("--window", type=int, default=64,
+                   help="a sender's lines in flight without --rate (default: 64)")
+    t.add_argument("--line-bytes", type=int, help="pad each relayed line to this many bytes")
+    t.add_argument("--text", choices=("ascii", "utf8"), default="ascii",
+                   help="padding: x's, or é日👋 (2-, 3- and 4-byte characters)")
+    t.add_argument("--quiet-room", action="store_true",
+                   help="App readers in a quiet room: " + " ".join(
+                       f"--{k.replace('_', '-')} {v}" for k, v in QUIET_ROOM.items())
+                   + " unless given")
+    c = p.add_argument_group("checks and output")
+    c.add_argument("--probes", type=int, default=20,
+                   help="members that read on every event and time every line (default: 20)")
+    c.add_argument("--lazy-ms", type=positive(float), default=100.0,
+                   help="other line and web members are read in one sweep this often during "
+                        "the talk, so the tool costs less than the server; 0: on every event")
+    c.add_argument("--verify", choices=("order", "count"), default="order",
+                   help="order: every member checks every sender's order (default); "
+                        "count: non-probes only count lines (cheaper)")
+    c.add_argument("--timeout", type=positive(float), default=60.0, help="seconds per phase")
+    c.add_argument("--json", action="store_true", help="print only the JSON line")
+    return p
+
+
+def workload_from(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[Workload, list[dict]]:
+    """The workload and the member plans (one per compared kind)."""
+    preset = QUIET_ROOM if a.quiet_room else DEFAULTS
+    if a.mix and a.clients is None:
+        a.clients = sum(a.mix.values())
+    for key, value in preset.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if a.mix and a.compare_kinds:
+        p.error("give --mix or --compare-kinds, not both")
+    w = Workload(host=a.host, clients=a.clients, senders=a.senders, messages=a.messages,
+                 rate=a.rate, window=a.window, lockstep=a.lockstep, line_bytes=a.line_bytes, text=a.text,
+                 probes=a.probes, lazy_ms=a.lazy_ms, verify=a.verify, stalled=a.stalled,
+                 tls=a.tls, batch=max(1, a.batch), in_flight=max(0, a.in_flight),
+                 app_type_ms=a.app_type_ms, app_window_ms=a.app_window_ms, timeout=a.timeout)
+    if w.senders < 1 or w.clients < w.senders + w.stalled + 1:
+        p.error("need --senders >= 1 and --clients >= --senders + --stalled + 1")
+    if a.compare_kinds:
+        mixes = [{k: 1} for k in a.compare_kinds]
+    else:
+        mixes = [a.mix or {a.kind: 1}]
+    return w, mixes
+
+
+def targets_from(a: argparse.Namespace, p: argparse.ArgumentParser) -> list[Target]:
+    if a.server_cmd and a.port:
+        p.error("give --server-cmd or --port, not both")
+    if a.server_cmd:
+        named = [parse_server_cmd(text, n + 1) for n, text in enumerate(a.server_cmd)]
+        if len({label for label, _ in named}) < len(named):
+            p.error("two --server-cmd have the same label")
+        return [Target(label, ServerProcess(label, cmd, a.host)) for label, cmd in named]
+    if not a.port and not a.web_port:
+        p.error("give --server-cmd, or --port/--web-port of a running server")
+    return [Target("server", None, a.port, a.web_port, a.pid)]
+
+
+def raise_open_files_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return wanted
+    except (ValueError, OSError):
+        return soft
+
+
+def run_once(w: Workload, target: Target, mix: dict[str, int]) -> dict:
+    """One fresh server (if we start it), one crowd, all phases: the figures."""
+    kinds = spread_kinds(mix, w.clients)
+    result: dict = {"server": target.label, "kinds": {k: kinds.count(k) for k in mix}}
+    process = target.process
+    if process and "web" in mix and not process.has_web:
+        return {**result, "skipped": "the command has no {web_port}"}
+    if not process and "web" in mix and not target.web_port:
+        return {**result, "skipped": "no --web-port"}
+    if process:
+        process.start()
+        port, web_port, gauge = process.port, process.web_port, Gauge(process.proc.pid)
+    else:
+        port, web_port, gauge = target.port, target.web_port, Gauge(target.pid)
+    crowd = Crowd(w, kinds, (w.host, port), (w.host, web_port) if web_port else None, gauge)
+    try:
+        rss0, cpu0, t0 = gauge.rss_kib(), gauge.cpu_s(), time.monotonic()
+        result.update(crowd.join())
+        rss1 = gauge.rss_kib()
+        if rss0 is not None and rss1 is not None:
+            result["server_rss_kib"] = rss1
+            result["server_kib_per_member"] = round((rss1 - rss0) / w.clients, 2)
+        if result["connect_ok"]:
+            result.update(crowd.talk())
+            result["server_rss_kib_end"] = gauge.rss_kib()
+            cpu1 = gauge.cpu_s()
+            if cpu0 is not None and cpu1 is not None:
+                result["server_cpu_pct_run"] = round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 2)
+        crowd.drain_stalled()
+        result.update(crowd.counted())
+    finally:
+        if process:
+            process.proc.terminate()   # before our sockets close: no leave storm
+        crowd.close()
+        if process:
+            process.stop()
+    return result
+
+
+def good(result: dict) -> bool:
+    return bool(result.get("connect_ok") and result.get("complete") and not result.get("lost")
+                and not result.get("duplicates") and not result.get("order_errors")
+                and not result.get("closed_by_server"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    w, mixes = workload_from(a, p)
+    targets = targets_from(a, p)
+    files = raise_open_files_limit()
+    if w.clients + 64 > files:
+        p.error(f"{w.clients} members need more open files than {files} (raise ulimit -n -H)")
+    runs: list[dict] = []
+    total = a.rounds * len(targets) * len(mixes)
+    for rnd, target, mix in itertools.product(range(1, a.rounds + 1), targets, mixes):
+        kind = "+".join(mix) if len(mix) == 1 or not a.mix else "mix"
+        print(f"run {len(runs) + 1}/{total}: {target.label}, {kind}, round {rnd} ...",
+              file=sys.stderr, flush=True)
+        try:
+            result = run_once(w, target, mix)
+        except StartFailed as e:
+            result = {"server": target.label, "error": str(e)}
+        result.update(kind=kind, round=rnd)
+        runs.append(result)
+    report(a, w, runs)
+    return 0 if all(good(r) or r.get("skipped") for r in runs) else 1
+
+
+def report(a: argparse.Namespace, w: Workload, runs: list[dict]) -> None:
+    columns = list(dict.fromkeys((r["server"], r["kind"]) for r in runs))
+    summaries = {col: summarize([r for r in runs if (r["server"], r["kind"]) == col
+                                 and "connect_ok" in r] or [{}]) for col in columns}
+    kinds_present = {k for r in runs for k in r.get("kinds", {})}
+    if not a.json:
+        print_table(columns, summaries, kinds_present, a.rounds)
+        for r in runs:
+            if "error" in r or "skipped" in r:
+                print(f"{r['server']}/{r['kind']} round {r['round']}: "
+                      f"{r.get('error') or r.get('skipped')}")
+    everything = {"workload": dataclasses.asdict(w), "runs": runs}
+    if a.rounds > 1:
+        everything["summary"] = {f"{label}/{kind}": s for (label, kind), s in summaries.items()}
+    print(json.dumps(everything, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
