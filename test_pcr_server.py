@@ -274,6 +274,14 @@ class ServerCase(unittest.TestCase):
         self.assertTrue(done.wait(WAIT), "loop did not answer")
         return box[0]
 
+    def wait_on_loop(self, fn, what: str, timeout: float = WAIT):
+        """Ask the loop fn() until it is true; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not (got := self.on_loop(fn)):
+            self.assertLess(time.monotonic(), deadline, f"no {what}")
+            time.sleep(0.02)
+        return got
+
     def log_text(self) -> str:
         for h in pcr.log.handlers:
             h.flush()
@@ -547,8 +555,8 @@ class HandshakeTest(ServerCase):
         c = self.connect()
         t0 = time.monotonic()
         c.read_until(b"ALIAS")
-        c.read_to_close(timeout=3)
-        self.assertLess(time.monotonic() - t0, 2.5)
+        c.read_to_close(timeout=5)
+        self.assertLess(time.monotonic() - t0, 4.0)
 
     def test_many_half_open_connections_do_not_stop_a_join(self):
         self.start(max_per_ip=1000)
@@ -1011,9 +1019,9 @@ class LimitsTest(ServerCase):
         t0 = time.monotonic()
         ann.send(b"".join(b"ann: %d\n" % i for i in range(200)))
         bob.send(b"bob: still heard\n")
-        got = ann.read_until(b"bob: still heard\n", timeout=1.0)
-        got += ann.read_until(b"ann: 199\n")
+        got = ann.read_until(b"ann: 199\n")
         elapsed = time.monotonic() - t0
+        self.assertLess(got.index(b"bob: still heard\n"), got.index(b"ann: 150\n"))   # not behind the flood
         numbers = [int(l.split(b": ")[1]) for l in got.split(b"\n") if l.startswith(b"ann: ")]
         self.assertEqual(numbers, list(range(200)))
         self.assertGreater(elapsed, 1.5)   # 100 over the burst at 50 a second
@@ -1147,7 +1155,8 @@ class HardeningTest(ServerCase):
             c.send(line * 600)   # 58 KiB each, rate limited
         for c in arriving:
             c.answer(b"late" + line * 600)
-        time.sleep(0.5)
+        self.wait_on_loop(lambda: sum(not m.reading for m in server.connections)
+                          >= len(members) + len(arriving), "every flooder held back")
         held = self.on_loop(lambda: sorted(len(m.inbuf) for m in server.connections))
         self.assertLessEqual(held[-1], pcr.READ_SIZE + 1000 + 1, held[-5:])
         self.assertLessEqual(sum(held), len(held) * (pcr.READ_SIZE + 1001))
@@ -1201,8 +1210,7 @@ class HardeningTest(ServerCase):
                 c.close()
         self.member("y").close()
         self.member("z")
-        time.sleep(0.2)
-        self.assertEqual(self.on_loop(lambda: sorted(server.room.bases)), ["z"])
+        self.wait_on_loop(lambda: sorted(server.room.bases) == ["z"], "only z on record")
 
 
 class PatienceTest(ServerCase):
@@ -1483,7 +1491,10 @@ class CommandLineTest(unittest.TestCase):
         ann.send(b"ann: the secret is pumpkin-42\n")
         ann.read_until(b"pumpkin-42\n")
         ann.close()
-        time.sleep(0.3)
+        deadline = time.monotonic() + WAIT
+        while '"ann" (127.0.0.1) left' not in open(log_file).read():
+            self.assertLess(time.monotonic(), deadline, "no leave in the log")
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=WAIT)
         with open(log_file) as f:
@@ -1687,13 +1698,13 @@ class TlsTest(ServerCase):
         self.assertIn("TLS handshake failed", self.log_text())
 
     def test_stalled_tls_handshake_does_not_block_others(self):
-        self.start(handshake_timeout=1.0)
+        self.start(handshake_timeout=3.0)
         stuck = self.connect()
         stuck.send(b"\x16\x03\x01")   # the start of a ClientHello, then nothing
         t0 = time.monotonic()
         self.tls_member("ann")
-        self.assertLess(time.monotonic() - t0, 1.0)
-        stuck.read_to_close(timeout=3)
+        self.assertLess(time.monotonic() - t0, 2.0)   # not after the stuck one's time-out
+        stuck.read_to_close(timeout=6)
 
     def test_tls_1_1_is_refused(self):
         import ssl
