@@ -22,11 +22,13 @@ import ipaddress
 import itertools
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import selectors
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -57,6 +59,11 @@ LOG_FILE = ".privateChat_server.log"
 LOG_FORMAT = "%(asctime)s:%(levelname)s:%(name)s:%(message)s"
 DEFAULT_PUBLIC_IP_URL = "https://api.ipify.org"
 RECV_SIZE = 65536
+# Ctrl+C, a terminate, and the terminal going away (SSH dropped) all stop the room cleanly.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+PORT_FILE_BYTES = 64      # a port number, spaces and a line end fit with room to spare
+MIN_KEY = 8               # a shorter room key is warned about: it can be guessed
 
 log = logging.getLogger("pcr_server")
 
@@ -100,28 +107,48 @@ def parse_port(text: str) -> int | None:
 def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
     """The port saved in `path`, or the default and a warning saying why not.
 
-    A missing file is created holding the default; a bad one is left alone.
+    A missing file is created holding the default; anything else that is
+    not a regular file holding a port (a device, a pipe, a dangling link, a
+    long file) is left alone.  At most PORT_FILE_BYTES are read.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read().strip()
+        text = read_small_file(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            return DEFAULT_PORT, (f"{path} is a link to a file that does not exist; "
+                                  f"left alone, using port {DEFAULT_PORT}")
         try:
             save_port_file(DEFAULT_PORT, path)
         except OSError as e:
             return DEFAULT_PORT, f"could not create {path} ({e.strerror}); using port {DEFAULT_PORT}"
         return DEFAULT_PORT, None
     except (OSError, UnicodeDecodeError) as e:
-        return DEFAULT_PORT, f"could not read {path} ({e}); using port {DEFAULT_PORT}"
+        return DEFAULT_PORT, f"could not read {path} ({getattr(e, 'strerror', None) or e}); using port {DEFAULT_PORT}"
+    if len(text) > PORT_FILE_BYTES:
+        return DEFAULT_PORT, (f"{path} is longer than a port number can be; "
+                              f"left alone, using port {DEFAULT_PORT}")
     port = parse_port(text)
     if port is None:
-        return DEFAULT_PORT, (f"{path} holds {text[:20]!r}, which is not a port number "
+        return DEFAULT_PORT, (f"{path} holds {text.strip()[:20]!r}, which is not a port number "
                               f"from 1 to 65535; using port {DEFAULT_PORT}")
     return port, None
 
 
+def read_small_file(path: str, size: int = PORT_FILE_BYTES + 1) -> str:
+    """At most `size` bytes of a regular file, as text; OSError for anything else."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a pipe must not hold us
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file")
+        return os.read(fd, size).decode("utf-8")
+    finally:
+        os.close(fd)
+
+
 def save_port_file(port: int, path: str = PORT_FILE) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write the port to `path`, never through a link (OSError if it is one)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with open(os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o644), "w", encoding="utf-8") as f:
         f.write(f"{port}\n")
 
 
@@ -735,19 +762,29 @@ class StartError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def bind_error_text(e: OSError, host: str, port: int) -> str:
+# What to change when the address cannot be used, in the words of where it is said.
+FLAG_ADVICE = {"host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
+               "port": "choose a port above 1023 with --port"}
+# getaddrinfo's "no such name" errors (create_server hides the gaierror class)
+NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EAI_FAIL",
+                                                  "EAI_NODATA", "EAI_ADDRFAMILY")
+               if hasattr(socket, name)}
+
+
+def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE) -> str:
+    """One sentence: why `host` port `port` cannot be listened on, and what to do."""
     if e.errno == errno.EADDRINUSE:
-        return (f"Port {port} is already in use (is another server running?). "
-                f"Stop that program or choose another port.")
+        return (f"Port {port} is already in use (is another server running?): "
+                f"stop that program or choose another port.")
     if e.errno == errno.EADDRNOTAVAIL:
-        return (f"The address {host} is not on this machine. Use --host 0.0.0.0 "
-                f"to listen on all interfaces, or one of this machine's addresses.")
+        return f"The address {host} is not on this machine: {advice['host']}."
     if e.errno == errno.EACCES:
         return (f"Not allowed to listen on port {port} (ports below 1024 need "
-                f"administrator rights). Choose a port above 1023 with --port.")
-    if isinstance(e, socket.gaierror):
-        return f"The address {host!r} is not a valid host name or IP address."
-    return f"Cannot listen on {host} port {port}: {e.strerror or e}."
+                f"administrator rights): {advice['port']}.")
+    if isinstance(e, socket.gaierror) or e.errno in NAME_ERRORS:
+        return f"Cannot find the address of {host!r}: {advice['host']}."
+    reason = (e.strerror or str(e)).split(" (while attempting")[0]
+    return f"Cannot listen on {host} port {port}: {reason}."
 
 
 def tls_context(cert: str, key: str):
@@ -755,14 +792,40 @@ def tls_context(cert: str, key: str):
     if ssl is None:
         raise StartError("This Python has no ssl module, so it cannot encrypt; "
                          "run without --tls-cert.")
+    problem = tls_files_problem(cert, key)
+    if problem:
+        raise StartError(problem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key or None)
+    try:   # an empty passphrase: a key that has one fails here rather than prompting
+        context.load_cert_chain(cert, key or None, password=lambda: b"")
     except (OSError, ssl.SSLError) as e:
-        raise StartError(f"Cannot use the certificate {cert} with the key {key or cert} "
-                         f"({getattr(e, 'strerror', None) or e.reason or e}).") from None
+        if getattr(e, "reason", None) == "KEY_VALUES_MISMATCH":
+            raise StartError(f"The key {key or cert} does not belong to the certificate {cert}: "
+                             f"give the matching key with --tls-key FILE.") from None
+        raise StartError(f"Cannot use the certificate {cert} with the key {key or cert}: one of "
+                         f"them is damaged or locked with a passphrase; make a new pair "
+                         f"(README, Privacy).") from None
     return context
+
+
+def tls_files_problem(cert: str, key: str) -> str | None:
+    """What reading the certificate and key files shows is wrong, in a sentence."""
+    texts = {}
+    for path in dict.fromkeys(p for p in (cert, key) if p):
+        try:
+            with open(path, "rb") as f:
+                texts[path] = f.read(1 << 20)
+        except OSError as e:
+            return f"Cannot read {path} ({e.strerror}): check the file's name and permissions."
+    if b"-----BEGIN CERTIFICATE-----" not in texts[cert]:
+        return (f"{cert} holds no certificate (PEM text starting -----BEGIN CERTIFICATE-----): "
+                f"give the certificate file with --tls-cert FILE.")
+    if b"PRIVATE KEY-----" not in texts[key or cert]:
+        if key:
+            return f"{key} holds no private key: give the certificate's key with --tls-key FILE."
+        return f"{cert} holds no private key; give it with --tls-key FILE."
+    return None
 
 
 def raise_open_files_limit(wanted: int) -> int:
@@ -1204,6 +1267,26 @@ class Server:
 # 4. Host addresses
 # ---------------------------------------------------------------------------
 
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+
+
+def host_from_text(text: str) -> str | None:
+    """The listen address typed by a person (an IP or a host name), or None.
+
+    Digits and dots alone are an IP address or nothing: no host name is all
+    digits (`999.1.1.1` is a typo, not a name to look up).
+    """
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        if not HOST_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+            return None
+        return host
+
+
 def host_port(host: str, port: int) -> str:
     """host:port as people write it ([v6]:port for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -1255,6 +1338,14 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
 # 5. Logging
 # ---------------------------------------------------------------------------
 
+class PrivateLogFile(logging.handlers.RotatingFileHandler):
+    """The rotating log, each file created readable by its owner only: it holds addresses."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(log_file: str, console: bool = True) -> None:
     """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
     log.setLevel(logging.INFO)
@@ -1268,8 +1359,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
         log.addHandler(stream)
     if log_file:
         try:
-            handler = logging.handlers.RotatingFileHandler(
-                log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
+            handler = PrivateLogFile(log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
         except OSError as e:
             log.warning("cannot write the log file %s (%s); logging to the screen only",
                         log_file, e.strerror)
@@ -1296,18 +1386,6 @@ STATE_LOOK = {        # badge colour and word
     ERROR: ("#e03131", "Error"),
 }
 WINDOW_BG = "#f3f4f6"
-HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
-
-
-def host_from_text(text: str) -> str | None:
-    """The listen address typed in a box (an IP or a host name), or None."""
-    host = text.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host if HOST_NAME.fullmatch(host) else None
 
 
 def since_text(when: float) -> str:
@@ -1894,7 +1972,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
     def request_close(*_):
         window.close_requested = True   # _tick acts on it within TICK_MS
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, request_close)
     root.deiconify()
     root.mainloop()
@@ -2290,6 +2368,21 @@ def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
     return parse
 
 
+def listen_host(text: str) -> str:
+    host = host_from_text(text)
+    if host is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host name "
+                                         f"(0.0.0.0 listens on every network)")
+    return host
+
+
+def room_key(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the room key is empty: give one of at least "
+                                         f"{MIN_KEY} characters, or leave --room-key out")
+    return text
+
+
 def networks(text: str) -> tuple:
     try:
         return tuple(str(ipaddress.ip_network(part.strip(), strict=False))
@@ -2322,7 +2415,7 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
 def add_privacy_options(p: argparse.ArgumentParser) -> None:
     privacy = p.add_argument_group("privacy")
     key = privacy.add_mutually_exclusive_group()
-    key.add_argument("--room-key", default="", metavar="KEY",
+    key.add_argument("--room-key", type=room_key, metavar="KEY",
                      help="members must join as name#KEY")
     key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
     privacy.add_argument("--tls-cert", default="", metavar="FILE",
@@ -2354,7 +2447,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A private chat room server for PrivateChatRoom-App and terminal clients.")
     p.add_argument("--version", action="version", version=f"PrivateChatRoom-Server {VERSION}")
     p.add_argument("--gui", action="store_true", help="open a window to run the server")
-    p.add_argument("--host", default=d.host,
+    p.add_argument("--host", type=listen_host, default=d.host,
                    help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
     p.add_argument("--port", type=port_number,
                    help=f"port to listen on (default: the number in {PORT_FILE}, else {DEFAULT_PORT})")
@@ -2373,6 +2466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--tls-key needs --tls-cert")
     if args.room_key_file:
         args.room_key = read_room_key(p, args.room_key_file)
+    args.room_key = args.room_key or ""
     return args
 
 
@@ -2416,7 +2510,7 @@ def run_headless(settings: Settings) -> int:
         log.error("%s", e)
         return 1
     announce_addresses(settings)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
     server.loop.close()
@@ -2430,6 +2524,12 @@ def main(argv: list[str] | None = None) -> int:
     settings, warnings = settings_from(args)
     setup_logging(settings.log_file)
     log.info("PrivateChatRoom-Server %s starting", VERSION)
+    if settings.tls_cert:
+        try:   # said here, on the console, before any window opens
+            tls_context(settings.tls_cert, settings.tls_key)
+        except StartError as e:
+            log.error("%s", e)
+            return 1
     if args.gui:
         return run_gui(settings, warnings)
     for warning in warnings:

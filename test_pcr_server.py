@@ -870,6 +870,87 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn("is not on this machine", err)
         self.assertNotIn("Traceback", err)
 
+    def start_error(self, *args) -> tuple[int, str]:
+        """Run the server with args until it gives up; its exit code and stderr."""
+        proc = run_server("--public-ip-url", "", "--port", str(free_port()), *args, cwd=self.dir)
+        _, err = proc.communicate(timeout=WAIT)
+        return proc.returncode, err
+
+    def assert_one_plain_sentence(self, err: str, *words: str) -> None:
+        """The last line says it all, in words, with no Python internals."""
+        last = err.strip().splitlines()[-1]
+        for word in words:
+            self.assertIn(word, last)
+        for internal in ("Traceback", "_ssl.c", "('", "while attempting"):
+            self.assertNotIn(internal, err)
+
+    def test_sighup_sends_stop_lines_and_exits_zero(self):
+        port = free_port()
+        proc = self.server("--port", str(port))
+        wait_listening(port, proc)
+        c = Client(port)
+        self.addCleanup(c.close)
+        c.join("ann")
+        proc.send_signal(signal.SIGHUP)
+        got = c.read_to_close()
+        self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
+        self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_invalid_host_is_a_usage_error(self):
+        code, err = self.start_error("--host", "999.1.1.1")
+        self.assertEqual(code, 2)
+        self.assert_one_plain_sentence(err, "--host", "'999.1.1.1' is not an IP address or host name")
+
+    def test_unknown_host_name_is_one_sentence(self):
+        code, err = self.start_error("--host", "no-such-host.invalid")
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, "Cannot find the address of", "--host 0.0.0.0")
+
+    def test_empty_room_key_is_a_usage_error(self):
+        for key in ("", "   "):
+            code, err = self.start_error("--room-key", key)
+            self.assertEqual(code, 2, key)
+            self.assert_one_plain_sentence(err, "--room-key", "the room key is empty")
+
+    def pem(self, name: str, text: bytes) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(text)
+        return path
+
+    def test_certificate_without_its_key_says_to_give_the_key(self):
+        cert, key = make_certificate(self.dir)
+        code, err = self.start_error("--tls-cert", cert)
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, f"{cert} holds no private key; give it with --tls-key FILE")
+        code, err = self.start_error("--tls-cert", cert, "--tls-key", cert)
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, f"{cert} holds no private key", "--tls-key")
+
+    def test_unreadable_or_garbled_tls_files_are_one_sentence(self):
+        cert, key = make_certificate(self.dir)
+        with open(cert, "rb") as f:
+            garbled = f.read().replace(b"M", b"#", 40)
+        cases = [
+            ((os.path.join(self.dir, "missing.pem"),), "Cannot read"),
+            ((self.pem("text.pem", b"hello\n"),), "holds no certificate"),
+            ((self.pem("garbled.pem", garbled), key), "damaged"),
+            ((cert, self.pem("nokey.pem", b"nothing here\n")), "holds no private key"),
+        ]
+        other_cert, other_key = make_certificate(tempfile.mkdtemp(dir=self.dir))
+        cases.append(((cert, other_key), "does not belong to the certificate"))
+        for files, words in cases:
+            args = ["--tls-cert", files[0]] + (["--tls-key", files[1]] if len(files) > 1 else [])
+            with self.subTest(files=files):
+                code, err = self.start_error(*args)
+                self.assertEqual(code, 1)
+                self.assert_one_plain_sentence(err, words)
+
+    def test_tls_errors_are_said_before_the_window_opens(self):
+        code, err = self.start_error("--gui", "--tls-cert", self.pem("text.pem", b"hello\n"))
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, "holds no certificate")
+
     def test_missing_port_file_is_created_with_5050(self):
         port_file = os.path.join(self.dir, ".pcr_port")
         self.assertEqual(pcr.read_port_file(port_file), (5050, None))
@@ -894,6 +975,49 @@ class CommandLineTest(unittest.TestCase):
             self.assertIn("not a port number", warning)
             with open(port_file) as f:
                 self.assertEqual(f.read(), text)
+
+    def read_port_file_apart(self) -> str:
+        """read_port_file() in a process of its own with 300 MB of memory at most."""
+        code = ("import resource, pcr_server; "
+                "resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20)); "
+                "print(pcr_server.read_port_file())")
+        out = subprocess.run([sys.executable, "-c", code], cwd=self.dir, capture_output=True,
+                             text=True, timeout=WAIT, env={**os.environ, "PYTHONPATH": HERE})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout
+
+    def test_port_file_that_is_not_a_regular_file_is_refused(self):
+        port_file = os.path.join(self.dir, ".pcr_port")
+        os.symlink("/dev/zero", port_file)
+        self.assertIn("is not a regular file", self.read_port_file_apart())
+        os.remove(port_file)
+        os.mkfifo(port_file)   # opening one to read would wait for a writer
+        self.assertIn("is not a regular file", self.read_port_file_apart())
+
+    def test_port_file_read_is_bounded(self):
+        with open(os.path.join(self.dir, ".pcr_port"), "w") as f:
+            f.write("5051" + " " * 10_000_000)
+        got = self.read_port_file_apart()
+        self.assertIn("5050", got)
+        self.assertIn("longer than a port number can be", got)
+
+    def test_port_file_that_links_to_a_regular_file_is_read(self):
+        with open(os.path.join(self.dir, "saved"), "w") as f:
+            f.write("6001\n")
+        os.symlink("saved", os.path.join(self.dir, ".pcr_port"))
+        self.assertEqual(pcr.read_port_file(os.path.join(self.dir, ".pcr_port")), (6001, None))
+
+    def test_dangling_port_file_link_is_not_followed(self):
+        port_file, target = os.path.join(self.dir, ".pcr_port"), os.path.join(self.dir, "elsewhere")
+        os.symlink(target, port_file)
+        port, warning = pcr.read_port_file(port_file)
+        self.assertEqual(port, 5050)
+        self.assertIn("link to a file that does not exist", warning)
+        self.assertFalse(os.path.exists(target))
+        self.assertTrue(os.path.islink(port_file))
+        with self.assertRaises(OSError):
+            pcr.save_port_file(6000, port_file)
+        self.assertFalse(os.path.exists(target))
 
     def test_room_key_file_gives_its_first_line(self):
         path = os.path.join(self.dir, "key.txt")
@@ -951,6 +1075,21 @@ class CommandLineTest(unittest.TestCase):
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("rot.log"))
         self.assertEqual(names, ["rot.log", "rot.log.1", "rot.log.2", "rot.log.3"])
         self.assertTrue(all(os.path.getsize(os.path.join(self.dir, n)) <= 60000 for n in names))
+
+    def test_log_file_and_its_rotations_are_readable_by_the_owner_only(self):
+        log_file = os.path.join(self.dir, "rot.log")
+        old = os.umask(0o022)
+        try:
+            pcr.setup_logging(log_file, console=False)
+        finally:
+            os.umask(old)
+        self.addCleanup(pcr.setup_logging, "", False)
+        for i in range(1500):
+            pcr.log.info("line %d %s", i, "x" * 80)
+        names = sorted(n for n in os.listdir(self.dir) if n.startswith("rot.log"))
+        self.assertGreaterEqual(len(names), 3, names)
+        for name in names:
+            self.assertEqual(os.stat(os.path.join(self.dir, name)).st_mode & 0o777, 0o600, name)
 
     def test_public_ip_is_looked_up_from_the_given_url(self):
         import http.server
@@ -1156,7 +1295,8 @@ class TlsTest(ServerCase):
     def test_bad_certificate_is_one_clear_sentence(self):
         with self.assertRaises(pcr.StartError) as e:
             super().start(tls_cert=os.path.join(self.dir, "missing.pem"))
-        self.assertIn("Cannot use the certificate", str(e.exception))
+        self.assertIn("Cannot read", str(e.exception))
+        self.assertIn("missing.pem (No such file or directory)", str(e.exception))
 
 
 class ClientProcess:
