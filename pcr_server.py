@@ -1986,7 +1986,13 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
+TLS_GUESS = 1.5          # seconds of silence after which a plain client asks if the room speaks TLS
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
+STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
+STOP_SAID = "the server has been stopped; join again once it is back online"
+KNOWN_AS = "the room knows you as "
+# OpenSSL's verify codes for a certificate that does not list the name or address used
+NAME_MISMATCH = {62, 64}
 
 
 class ClientError(Exception):
@@ -2068,25 +2074,80 @@ def open_connection(host: str, port: int, context: ssl.SSLContext | None) -> soc
     try:
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as e:
-        raise ClientError(f"The server at {where} could not prove who it is "
-                          f"({(e.verify_message or e.reason or '').rstrip('.')}); give its "
-                          f"certificate with --ca FILE, or skip the check with --insecure.") from None
+        raise ClientError(unproven_text(e, host, port, context)) from None
     except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away
         raise ClientError(f"{where} closed the connection during the TLS handshake "
                           f"(the room may be full, or not open to your address).") from None
     except ssl.SSLError as e:
+        if e.reason == "WRONG_VERSION_NUMBER":   # it answered in plain text
+            raise ClientError(f"{where} is not an encrypted room: connect without --tls "
+                              f"(and without --ca or --insecure).") from None
         raise ClientError(f"No encrypted connection with {where} ({e.reason or e}); "
                           f"is the server using TLS?") from None
     except OSError as e:
         raise ClientError(f"The encrypted connection with {where} failed: {e.strerror or e}.") from None
 
 
-def answer_prompt(sock: socket.socket, alias: str, where: str, tls: bool) -> bytes:
+def unproven_text(e: ssl.SSLCertVerificationError, host: str, port: int,
+                  context: ssl.SSLContext) -> str:
+    """The sentence for a certificate that failed the check: what to do about it."""
+    where = host_port(host, port)
+    names = certificate_names(host, port, context) if e.verify_code in NAME_MISMATCH else []
+    if names:
+        return (f"The certificate of {where} lists {', '.join(names)}, not {host}: connect with "
+                f"one of those, or ask the host for a certificate that lists the address you use.")
+    return (f"The server at {where} could not prove who it is "
+            f"({(e.verify_message or e.reason or '').rstrip('.')}); give its "
+            f"certificate with --ca FILE, or skip the check with --insecure.")
+
+
+def certificate_names(host: str, port: int, context: ssl.SSLContext) -> list[str]:
+    """The names and addresses the server's certificate lists, from a second
+    handshake that checks the certificate but not the name; [] if it fails.
+    (It turns off the name check in `context`, which is not used again.)"""
+    context.check_hostname = False
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as raw, \
+                context.wrap_socket(raw) as tls:
+            listed = tls.getpeercert().get("subjectAltName", ())
+    except (OSError, ValueError):
+        return []
+    return [str(ipaddress.ip_address(value)) if kind == "IP Address" else value
+            for kind, value in listed if kind in ("DNS", "IP Address")]
+
+
+def speaks_tls(host: str, port: int) -> bool:
+    """True if host:port completes a TLS handshake (nothing is checked: this only asks)."""
+    if ssl is None:
+        return False
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=TLS_GUESS) as raw, \
+                context.wrap_socket(raw):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def quiet_for(sock: socket.socket, seconds: float) -> bool:
+    """True if nothing arrives on `sock` (plain) within `seconds`."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, EVENT_READ)
+        return not selector.select(seconds)
+
+
+def answer_prompt(sock: socket.socket, alias: str, host: str, port: int, tls: bool) -> bytes:
     """Wait for ALIAS and answer with the alias; returns what came after ALIAS.
 
     ClientError if the server said something else instead (a refusal, shown
-    as it is), nothing in time, or closed.
+    as it is), nothing in time, or closed; or, for a plain connection that
+    hears nothing at first, if the room turns out to speak TLS.
     """
+    where = host_port(host, port)
+    if not tls and quiet_for(sock, TLS_GUESS) and speaks_tls(host, port):
+        raise ClientError(f"{where} is an encrypted room: add --tls "
+                          f"(and --ca FILE with the host's certificate).")
     got = b""
     try:
         while len(got) < len(ALIAS_PROMPT) and ALIAS_PROMPT.startswith(got):
@@ -2125,15 +2186,22 @@ class ClientSession:
     waits, so Ctrl+C reaches it on every platform.
     """
 
-    def __init__(self, sock: socket.socket, alias: str, out, early: bytes):
+    def __init__(self, sock: socket.socket, alias: str, where: str, out, early: bytes,
+                 typed_shows: bool = False):
         self.loop = Loop()
         self.sock = sock
         self.alias = alias
+        self.name = split_key(alias)[0].strip()   # as the room knows us, unless it says otherwise
+        self.where = where
         self.out = out
         self.early = early         # what came after ALIAS in the same read
+        self.typed_shows = typed_shows   # a terminal shows typed lines: do not print their echo
         self.inbuf = b""
         self.outbuf = bytearray()
         self.events = EVENT_READ
+        self.held: list[str] | None = []   # lines before the welcome: a refusal if it closes
+        self.inside = False        # the room has sent us its count: we are in
+        self.leave_asked = False   # input ended before we were in
         self.leaving = False
         self.stopped = False       # the server said it is stopping
         self.code = 1
@@ -2165,7 +2233,7 @@ class ClientSession:
                     self.loop.call_soon_threadsafe(self.say, text)
         except (OSError, ValueError):   # unreadable input ends the stay like Ctrl+D
             pass
-        self.loop.call_soon_threadsafe(self.leave)
+        self.loop.call_soon_threadsafe(self.end_of_input)
 
     # -- the loop's thread ----------------------------------------------
     def _run(self) -> None:
@@ -2210,11 +2278,44 @@ class ClientSession:
             self._show(decode_line(raw))
 
     def _show(self, text: str) -> None:
+        """One line from the room, as this person should see it (or not at all)."""
         if self.leaving:   # said goodbye: the rest is not for this person any more
             return
-        self.stopped = self.stopped or text == STOP_LINE
+        if self.held is not None and not self._welcomed(text):
+            if len(self.held) < MAX_NOTES:
+                self.held.append(text)
+            return
+        if text == STOP_LINE:
+            self.stopped, text = True, STOP_SAID
+        elif text in STOP_LINES or (self.typed_shows and text.startswith(f"{self.name}: ")):
+            return   # the App's stop text, or the echo of a line the terminal shows already
+        self._print(shown_line(text))
+        if not self.inside and text.startswith(KNOWN_AS):
+            self.name = text[len(KNOWN_AS):]
+        elif not self.inside and online_count(text) is not None:
+            self._in()
+
+    def _welcomed(self, text: str) -> bool:
+        """Whether `text` shows the room let us in (a join line or the count); the
+        lines held back until then are shown first."""
+        if not text.endswith(" joined the chat...") and online_count(text) is None:
+            return False
+        held, self.held = self.held, None
+        for line in held:
+            self._print(shown_line(line))
+        return True
+
+    def _in(self) -> None:
+        """The count has come: we are in the room, under the name it told us."""
+        self.inside = True
+        print(f"in the room as {self.name} at {self.where}; type a line and press Enter to "
+              f"send it, Ctrl+D or Ctrl+C to leave", file=sys.stderr, flush=True)
+        if self.leave_asked:
+            self.leave()
+
+    def _print(self, line: str) -> None:
         try:
-            self.out.write(shown_line(text) + "\n")
+            self.out.write(line + "\n")
             self.out.flush()
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)
@@ -2223,13 +2324,25 @@ class ClientSession:
         if self.inbuf:
             self._show(decode_line(self.inbuf))
             self.inbuf = b""
-        if not self.leaving:
+        if self.leaving:
+            pass
+        elif self.held is not None:   # closed before letting us in: what it said is why
+            refusal = " ".join(clean_text(line).strip() for line in self.held).strip()
+            self.code, self.problem = 1, refusal or "the server closed the connection before letting you in"
+        else:
             self.code = 0 if self.stopped else 1
             self.problem = "" if self.stopped else "the server closed the connection"
         self._end()
 
     def _end(self) -> None:
         self.loop.running = False
+
+    def end_of_input(self) -> None:
+        """Ctrl+D: leave, once in the room (a refusal on the way must still be heard)."""
+        if self.inside:
+            self.leave()
+        else:
+            self.leave_asked = True
 
     def say(self, text: str) -> None:
         """Send a typed line as the App does, `{alias}: {text}` (the echo shows it)."""
@@ -2265,19 +2378,16 @@ class ClientSession:
 
 
 def join_room(host: str, port: int, context: ssl.SSLContext | None, alias: str,
-              out) -> ClientSession:
+              out, typed_shows: bool = False) -> ClientSession:
     """Connect, answer the prompt, and hand back the stay; ClientError if not let in."""
-    where = host_port(host, port)
     sock = open_connection(host, port, context)
     try:
-        early = answer_prompt(sock, alias, where, tls=context is not None)
+        early = answer_prompt(sock, alias, host, port, tls=context is not None)
     except BaseException:   # Ctrl+C too
         sock.close()
         raise
     secure = " over TLS" if context is not None else ""
-    print(f"connected to {where}{secure}; type a line and press Enter to send it, "
-          f"Ctrl+D or Ctrl+C to leave", file=sys.stderr, flush=True)
-    return ClientSession(sock, alias, out, early)
+    return ClientSession(sock, alias, host_port(host, port) + secure, out, early, typed_shows)
 
 
 def ask_name(stdin, out) -> str | None:
@@ -2335,7 +2445,8 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
             name = ask_name(stdin, stdout)
             if name is None:
                 return 0
-        session = join_room(host, port, context, alias_text(name), stdout)
+        typed_shows = stdin.isatty() and stdout.isatty()   # one terminal shows both
+        session = join_room(host, port, context, alias_text(name), stdout, typed_shows)
         return session.stay(stdin)
     except ClientError as e:
         print(e, file=sys.stderr, flush=True)

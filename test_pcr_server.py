@@ -10,6 +10,7 @@ import http.server
 import io
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -1156,13 +1157,13 @@ class CommandLineTest(unittest.TestCase):
         del cpu0
 
 
-def make_certificate(directory: str) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1/localhost, made with openssl."""
+def make_certificate(directory: str, names: str = "DNS:localhost,IP:127.0.0.1") -> tuple[str, str]:
+    """A self-signed certificate (for localhost and 127.0.0.1 unless told), made with openssl."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     try:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
                         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                        "-addext", f"subjectAltName={names}"],
                        check=True, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
         raise unittest.SkipTest(f"cannot make a test certificate with openssl: {e}")
@@ -1337,6 +1338,15 @@ class ClientProcess:
             got, self.seen = bytes(self.out[self.seen:cut]), cut
         return got.decode()
 
+    def said(self, needle: str, timeout: float = WAIT) -> str:
+        """Its stderr, once it holds `needle`; fails after `timeout`."""
+        want = needle.encode()
+        with self.changed:
+            if not self.changed.wait_for(lambda: want in self.err, timeout):
+                raise AssertionError(f"timed out waiting for {needle!r} on stderr; got "
+                                     f"{bytes(self.err)!r}, stdout {bytes(self.out[-300:])!r}")
+            return self.err.decode()
+
     def type(self, text: str) -> None:
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
@@ -1369,7 +1379,7 @@ class ClientProcess:
 
 
 class FakeRoom:
-    """A one-connection stand-in server: ALIAS, then `{alias} joined the chat...`.
+    """A one-connection stand-in server: ALIAS, then `{alias} joined the chat...` and the count.
 
     Keeps what the client sends until its leave line (or sends `reply` and
     closes instead); speaks TLS if given a context.
@@ -1398,7 +1408,7 @@ class FakeRoom:
             if reply is not None:
                 conn.sendall(reply)
                 return
-            conn.sendall(self.received.split(b"\n")[0] + b" joined the chat...\n")
+            conn.sendall(self.received.split(b"\n")[0] + b" joined the chat...\n1 person is online...\n")
             self._receive_until(conn, b" has left the chat...\n")
         except OSError:   # the client refused the handshake, or went
             pass
@@ -1487,10 +1497,10 @@ class ClientModeTest(ServerCase):
         self.assertEqual(pcr.shown_line("a\x1b[2Jb\x07\tc"), "ab\tc")
 
     def test_odd_bytes_are_replaced_not_a_crash(self):
-        room = FakeRoom(self, reply=b"caf\xc3 \xff\x1b[2Jok \x07bell\n")
+        room = FakeRoom(self, reply=b"ann joined the chat...\ncaf\xc3 \xff\x1b[2Jok \x07bell\n")
         c = self.client(f"127.0.0.1:{room.port}", name="ann", env={"PYTHONIOENCODING": "ascii"})
         self.assertEqual(c.wait(), 1)
-        self.assertEqual(c.output(), "caf? ?ok bell\n")
+        self.assertEqual(c.output(), "ann joined the chat...\ncaf? ?ok bell\n")
         self.assertIn("the server closed the connection", c.errors())
         self.assertNotIn("Traceback", c.errors())
 
@@ -1501,6 +1511,23 @@ class ClientModeTest(ServerCase):
         c.read_until("ann joined the chat...\n")
         c.read_until("[1 person is online]\n")
         self.assertNotIn("1 person is online...", c.output())
+
+    def test_in_the_room_is_said_only_once_the_room_has_let_you_in(self):
+        self.start(welcome_delay=1.0)
+        c = self.client(name="ann")
+        time.sleep(0.6)
+        self.assertNotIn("in the room", c.errors())
+        c.read_until("[1 person is online]\n")
+        err = c.said("in the room as ann")
+        self.assertIn(f"in the room as ann at 127.0.0.1:{self.port}; type a line", err)
+        self.assertNotIn("connected to", err)
+
+    def test_in_the_room_under_the_name_the_room_gave(self):
+        self.start()
+        self.member("bob")
+        c = self.client(name="Bob")
+        c.read_until("the room knows you as Bob (2)\n")
+        c.said("in the room as Bob (2) at")
 
     def test_asks_for_a_name_when_none_is_given(self):
         self.start()
@@ -1518,6 +1545,33 @@ class ClientModeTest(ServerCase):
         bob.send(b"bob: marker\n")
         ann.read_until("bob: marker\n")   # after the echo of ann's line
         self.assertEqual(ann.output().count("ann: hello there\n"), 1, ann.output())
+
+    def test_a_typed_line_shows_once_in_a_real_terminal(self):
+        import pty
+        self.start()
+        bob = self.member("bob")
+        controller, terminal = pty.openpty()
+        self.addCleanup(os.close, controller)
+        proc = subprocess.Popen([sys.executable, SERVER, "--connect", f"127.0.0.1:{self.port}",
+                                 "--name", "ann"], stdin=terminal, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill() or proc.wait(WAIT))
+        screen = bytearray()
+
+        def read_screen_until(needle: bytes) -> None:
+            deadline = time.monotonic() + WAIT
+            while needle not in screen:
+                self.assertLess(time.monotonic(), deadline, f"no {needle!r} on {bytes(screen)!r}")
+                if select.select([controller], [], [], 0.1)[0]:
+                    screen.extend(os.read(controller, 4096))
+        read_screen_until(b"in the room as ann")
+        os.write(controller, b"hello there\n")
+        bob.read_until(b"ann: hello there\n")
+        bob.send(b"bob: marker\n")   # the room sends it after ann's own line
+        read_screen_until(b"bob: marker")
+        self.assertEqual(screen.count(b"hello there"), 1, bytes(screen))
+        os.write(controller, b"\x04")   # Ctrl+D
+        self.assertEqual(proc.wait(WAIT), 0)
 
     def test_typed_lines_and_the_goodbye_go_out_as_the_app_sends_them(self):
         room = FakeRoom(self)
@@ -1601,12 +1655,32 @@ class ClientModeTest(ServerCase):
         self.assertEqual(got.count(b"ann has left the chat...\n"), 1, got)
         self.assertNotIn("s3cret", ann.output())
 
-    def test_wrong_room_key_is_shown_and_exit_one(self):
+    def test_wrong_room_key_is_said_on_stderr_and_exit_one(self):
         self.start(room_key="s3cret-K")
         c = self.client(name="ann#guess")
         self.assertEqual(c.wait(), 1)
-        self.assertIn("this room needs a key", c.output())
-        self.assertEqual(c.errors().splitlines()[-1], "the server closed the connection")
+        self.assertEqual(c.errors().splitlines()[-1], "this room needs a key: join with your name "
+                         "followed by #KEY (ask the host for the key)")
+        self.assertEqual(c.output(), "")
+        self.assertNotIn("in the room", c.errors())
+
+    def test_refusal_with_input_closed_early_is_still_said_and_exit_one(self):
+        self.start(room_key="s3cret-K")
+        c = self.client(name="ann#guess")
+        c.end_input()
+        self.assertEqual(c.wait(), 1)
+        self.assertIn("this room needs a key", c.errors().splitlines()[-1])
+
+    def test_input_closed_early_still_joins_says_its_lines_and_leaves(self):
+        self.start()
+        bob = self.member("bob")
+        c = self.client(name="ann")
+        c.type("hi bob\n")
+        c.end_input()
+        self.assertEqual(c.wait(), 0)
+        got = bob.read_until(b"ann has left the chat...\n")
+        self.assertIn(b"ann joined the chat...\n", got)
+        self.assertIn(b"ann: hi bob\n", got)
 
     def test_server_going_away_is_said_and_exit_one(self):
         server = self.start()
@@ -1616,12 +1690,16 @@ class ClientModeTest(ServerCase):
         self.assertIn("you have been disconnected by the host\n", c.output())
         self.assertEqual(c.errors().splitlines()[-1], "the server closed the connection")
 
-    def test_server_stop_lines_are_shown_then_exit_zero(self):
+    def test_server_stop_is_said_plainly_then_exit_zero(self):
         server = self.start()
         c = self.joined("ann", "1 person is online")
         server.loop.call_soon_threadsafe(server.stop)
         self.assertEqual(c.wait(), 0)
-        self.assertTrue(c.output().endswith(pcr.STOP_NOTICE), c.output())
+        self.assertTrue(c.output().endswith(
+            "[1 person is online]\nthe server has been stopped; join again once it is back online\n"),
+            c.output())
+        self.assertNotIn("\t", c.output())
+        self.assertNotIn("please close the app", c.output())
         self.assertNotIn("closed the connection", c.errors())
 
     # -- TLS --------------------------------------------------------------------
@@ -1650,7 +1728,20 @@ class ClientModeTest(ServerCase):
         c = self.client(f"[::1]:{self.port}", name="ann", tls=True, ca=cert)
         self.assertEqual(c.wait(), 1)
         self.assert_one_sentence(c.errors())
-        self.assertIn("mismatch", c.errors())
+        self.assertIn("lists localhost, 127.0.0.1, not ::1", c.errors())
+
+    def test_certificate_that_does_not_list_the_address_says_what_it_lists(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = make_certificate(directory, "DNS:myroom.example,IP:203.0.113.7")
+        self.start(tls_cert=cert, tls_key=key)
+        c = self.client(name="ann", tls=True, ca=cert)
+        self.assertEqual(c.wait(), 1)
+        self.assert_one_sentence(c.errors())
+        self.assertIn(f"The certificate of 127.0.0.1:{self.port} lists myroom.example, "
+                      f"203.0.113.7, not 127.0.0.1: connect with one of those, or ask the host "
+                      f"for a certificate that lists the address you use.", c.errors())
+        self.assertNotIn("--ca", c.errors())
 
     def test_tls_room_of_this_server(self):
         cert = self.certificate()
@@ -1672,28 +1763,31 @@ class ClientModeTest(ServerCase):
         self.assert_one_sentence(c.errors())
         self.assertIn("closed the connection during the TLS handshake", c.errors())
 
-    def test_plain_client_on_a_tls_room_is_told_about_tls(self):
+    def test_plain_client_on_a_tls_room_is_told_to_add_tls_at_once(self):
         cert = self.certificate()
-        self.start(tls_cert=cert, tls_key=self.key, handshake_timeout=1.0)
+        self.start(tls_cert=cert, tls_key=self.key, handshake_timeout=10.0)
+        t0 = time.monotonic()
         c = self.client(name="ann")
         self.assertEqual(c.wait(), 1)
+        self.assertLess(time.monotonic() - t0, 4.0)
         self.assert_one_sentence(c.errors())
-        self.assertIn("does the room need --tls?", c.errors())
+        self.assertIn(f"127.0.0.1:{self.port} is an encrypted room: add --tls", c.errors())
 
     def test_insecure_joins_with_a_warning(self):
         room = self.tls_room(self.certificate())
         c = self.client(f"127.0.0.1:{room.port}", name="ann", tls=True, insecure=True)
         c.read_until("ann joined the chat...\n")
-        self.assertIn("warning: --insecure: the server's certificate is not verified", c.errors())
+        c.said("warning: --insecure: the server's certificate is not verified")
         c.end_input()
         self.assertEqual(c.wait(), 0)
 
-    def test_tls_to_a_plain_server_is_one_sentence(self):
+    def test_tls_to_a_plain_server_is_told_to_leave_tls_out(self):
         self.start()
         c = self.client(name="ann", tls=True)
         self.assertEqual(c.wait(), 1)
         self.assert_one_sentence(c.errors())
-        self.assertIn("is the server using TLS?", c.errors())
+        self.assertIn(f"127.0.0.1:{self.port} is not an encrypted room: connect without --tls",
+                      c.errors())
 
     def test_unusable_ca_file_is_one_sentence(self):
         c = self.client("127.0.0.1:5050", name="ann", tls=True, ca=os.path.join(HERE, "no such.pem"))
