@@ -145,6 +145,14 @@ def read_small_file(path: str, size: int = PORT_FILE_BYTES + 1) -> str:
         os.close(fd)
 
 
+def short_key_warning(key: str) -> str:
+    """A sentence when the room key is short enough to guess, else ""."""
+    if not key or len(key) >= MIN_KEY:
+        return ""
+    return (f"the room key has only {len(key)} characters, which can be guessed; "
+            f"a key of {MIN_KEY} or more is much safer")
+
+
 def save_port_file(port: int, path: str = PORT_FILE) -> None:
     """Write the port to `path`, never through a link (OSError if it is one)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
@@ -752,10 +760,11 @@ class Room:
             m.counted = self.count_serial
         self.broadcast(STOP_NOTICE)
 
-    def snapshot(self) -> list[tuple[str, str, float]]:
-        """(name, ip, wall-clock join time) of everyone in, in join order."""
+    def snapshot(self) -> list[tuple[str, str, float, str]]:
+        """(name, ip, wall-clock join time, kind) of everyone in, in join order;
+        kind is "App", "terminal" or "web" (for now always "terminal")."""
         offset = time.time() - time.monotonic()
-        return [(m.name, m.ip, m.ready_at + offset) for m in self.members]
+        return [(m.name, m.ip, m.ready_at + offset, "terminal") for m in self.members]
 
 
 class StartError(Exception):
@@ -1292,6 +1301,41 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def is_loopback(host: str) -> bool:
+    """True if only this machine can reach `host` (127.x.x.x, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def same_network_host(host: str, private_ip: str) -> str:
+    """What people on the same network connect to: the listen address when it
+    is one address (or a name), else this machine's private IPv4."""
+    try:
+        return private_ip if ipaddress.ip_address(host).is_unspecified else host
+    except ValueError:
+        return host
+
+
+def forward_advice(port: int) -> str:
+    return f"forward TCP port {port} on your router to this machine first"
+
+
+def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE, held_port: int = 0) -> str | None:
+    """Why this machine cannot listen on host:port, found by binding it for a
+    moment; None if it can.  `held_port` is in use by this program: a restart frees it."""
+    try:
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE and port == held_port:
+            return None
+        return bind_error_text(e, host, port, advice)
+    return None
+
+
 def private_ipv4() -> str:
     """The address of the interface that routes outward, or 'unknown'."""
     try:
@@ -1386,6 +1430,20 @@ STATE_LOOK = {        # badge colour and word
     ERROR: ("#e03131", "Error"),
 }
 WINDOW_BG = "#f3f4f6"
+NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
+COPIED_MS = 4000      # how long the window says what was copied
+WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
+    "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
+    "port": "choose a port above 1023"}
+ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
+    "private": ("Same network", "on the same network", "this computer's address on the network"),
+    "public": ("Over the internet", "over the internet", "this computer's public address")}
+UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
+    "looking": ("looking up…", "{whose} is still being looked up"),
+    "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
+    "failed": ("unknown (look-up failed)", "{whose} could not be found; your router's status page "
+                                           "shows the public one"),
+}
 
 
 def since_text(when: float) -> str:
@@ -1400,6 +1458,20 @@ def privacy_text(settings: Settings) -> str:
     """Whether the room is encrypted and needs a key, in a few words."""
     encrypted = "encrypted (TLS)" if settings.tls_cert else "not encrypted"
     return f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
+
+
+def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
+    """A member as the list shows it: alias, kind, IP address, online since."""
+    return name, kind, ip, since_text(since)
+
+
+def show_line(label, text: str) -> None:
+    """Show a label with `text`, or take it off the window while there is none."""
+    label.configure(text=text)
+    if text:
+        label.grid()
+    else:
+        label.grid_remove()
 
 
 def log_tag(levelno: int) -> str:
@@ -1425,14 +1497,15 @@ class LogFeed(logging.Handler):
 
 
 class FormDialog:
-    """A small form: labelled boxes, OK and Cancel, a line for what is wrong.
+    """A small form: a message, labelled boxes (none for a question), OK and
+    Cancel, a line for what is wrong.
 
     OK calls accept(*texts); a sentence back is shown and keeps the form
     open, None closes it.
     """
 
     def __init__(self, parent, title: str, fields: list[tuple[str, str]],
-                 accept: Callable[..., str | None]):
+                 accept: Callable[..., str | None], message: str = "", ok_text: str = "OK"):
         import tkinter as tk
         from tkinter import ttk
         self.accept = accept
@@ -1442,26 +1515,32 @@ class FormDialog:
         top.resizable(False, False)
         form = ttk.Frame(top, padding=16)
         form.grid(sticky="nsew")
+        self.message = ttk.Label(form, text=message, wraplength=340)
+        if message:
+            self.message.grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, 8))
         self.entries = []
-        for row, (label, value) in enumerate(fields):
+        for row, (label, value) in enumerate(fields, start=1):
             ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", padx=(0, 12), pady=4)
             entry = ttk.Entry(form, width=22)
             entry.insert(0, value)
             entry.grid(row=row, column=1, sticky="ew", pady=4)
             self.entries.append(entry)
         self.problem = ttk.Label(form, text="", style="Problem.TLabel", wraplength=340)
-        self.problem.grid(row=len(fields), column=0, columnspan=2, sticky="w", pady=(6, 0))
+        self.problem.grid(row=len(fields) + 1, column=0, columnspan=2, sticky="w", pady=(6, 0))
         buttons = ttk.Frame(form)
-        buttons.grid(row=len(fields) + 1, column=0, columnspan=2, sticky="e", pady=(10, 0))
+        buttons.grid(row=len(fields) + 2, column=0, columnspan=2, sticky="e", pady=(10, 0))
         self.cancel_button = ttk.Button(buttons, text="Cancel", command=self.close)
-        self.ok_button = ttk.Button(buttons, text="OK", style="Go.TButton", command=self.ok)
+        self.ok_button = ttk.Button(buttons, text=ok_text, style="Go.TButton", command=self.ok)
         self.cancel_button.grid(row=0, column=0, padx=(0, 8))
         self.ok_button.grid(row=0, column=1)
         top.bind("<Return>", lambda _event: self.ok())
         top.bind("<Escape>", lambda _event: self.close())
         top.protocol("WM_DELETE_WINDOW", self.close)
-        self.entries[0].focus_set()
-        self.entries[0].select_range(0, "end")
+        if self.entries:
+            self.entries[0].focus_set()
+            self.entries[0].select_range(0, "end")
+        else:
+            self.ok_button.focus_set()
 
     def is_open(self) -> bool:
         return bool(self.top.winfo_exists())
@@ -1522,10 +1601,10 @@ class ServerWindow:
         self.closed = False
         self.inbox: queue.Queue = queue.Queue()   # (kind, ...) from other threads
         self.log_feed = LogFeed()
-        self.public_ip = "looking up…" if settings.public_ip_url else "off"
-        self.private_ip = "looking up…"
+        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP once known
+        self.unknown = {"private": "looking", "public": "looking" if settings.public_ip_url else "off"}
         self.mac = "looking up…"
-        self.rows: dict[str, tuple[str, str, float]] = {}   # tree item -> (name, ip, since)
+        self.rows: dict[str, tuple] = {}   # tree item -> (name, ip, since, kind)
         self.dialog: FormDialog | None = None
         self.ticks = 0
         self.flash_id = None
@@ -1592,7 +1671,10 @@ class ServerWindow:
         frame.rowconfigure(2, weight=1)
         frame.rowconfigure(3, weight=2)
         self._build_bar(frame)
-        self._build_info(frame)
+        side = ttk.Frame(frame)
+        side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
+        self._build_join(side)
+        self._build_info(side)
         self._build_members(frame)
         self._build_log(frame)
 
@@ -1601,7 +1683,7 @@ class ServerWindow:
         from tkinter import ttk
         bar = ttk.Frame(frame)
         bar.grid(row=0, column=0, columnspan=2, sticky="ew")
-        bar.columnconfigure(5, weight=1)
+        bar.columnconfigure(4, weight=1)
         self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton",
                                        command=self.start)
         self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton",
@@ -1609,26 +1691,50 @@ class ServerWindow:
         self.port_button = ttk.Button(bar, text="Change port…", command=self.change_port)
         self.address_button = ttk.Button(bar, text="Set listen address…",
                                          command=self.set_listen_address)
-        self.copy_button = ttk.Button(bar, text="Copy address", width=14,
-                                      command=self.copy_address)
         for column, button in enumerate((self.start_button, self.stop_button, self.port_button,
-                                         self.address_button, self.copy_button)):
+                                         self.address_button)):
             button.grid(row=0, column=column, padx=(0, 16 if column == 1 else 6))
         self.badge = tk.Label(bar, width=10, foreground="white", padx=10, pady=3,
                               font="TkHeadingFont")
-        self.badge.grid(row=0, column=6, sticky="e")
+        self.badge.grid(row=0, column=5, sticky="e")
         self.status_line = ttk.Label(frame, style="Note.TLabel")
         self.status_line.grid(row=1, column=0, columnspan=2, sticky="ew", pady=(10, 8))
         bar.update_idletasks()   # the bar is the narrowest the window gets: wrap there
         self.status_line.configure(wraplength=bar.winfo_reqwidth())
 
-    def _build_info(self, frame) -> None:
+    def _build_join(self, side) -> None:
+        """The two addresses, each with its Copy button, and what else friends need."""
         from tkinter import ttk
-        box = ttk.Labelframe(frame, text="This server", padding=(12, 8))
-        box.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
+        box = ttk.Labelframe(side, text="How friends join", padding=(12, 8))
+        box.grid(row=0, column=0, sticky="nsew")
+        self.address_rows = rows = ttk.Frame(box)
+        rows.grid(row=0, column=0, sticky="ew")
+        rows.columnconfigure(1, weight=1)
+        self.addresses: dict[str, ttk.Label] = {}
+        self.copy_buttons: dict[str, ttk.Button] = {}
+        for row, (kind, (title, _, _)) in enumerate(ADDRESS_KINDS.items()):
+            ttk.Label(rows, text=title, style="Key.TLabel").grid(row=row, column=0, sticky="w",
+                                                                 pady=3, padx=(0, 14))
+            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
+            self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
+            self.copy_buttons[kind] = ttk.Button(rows, text="Copy", width=9,
+                                                 command=lambda kind=kind: self.copy_address(kind))
+            self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
+        self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
+        self.forward_note.grid(row=2, column=0, columnspan=3, sticky="w", pady=(0, 3))
+        notes = []
+        for row, style in enumerate(("Problem", "Note", "Problem", "Note"), start=1):
+            notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
+            notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
+        self.loopback_warning, self.key_note, self.key_warning, self.copied_note = notes
+        self.copied_note.grid_remove()
+
+    def _build_info(self, side) -> None:
+        from tkinter import ttk
+        box = ttk.Labelframe(side, text="This server", padding=(12, 8))
+        box.grid(row=1, column=0, sticky="nsew", pady=(10, 0))
         self.info: dict[str, ttk.Label] = {}
-        for row, (key, title) in enumerate((("public", "Public IPv4"), ("private", "Private IPv4"),
-                                            ("mac", "MAC address"), ("listen", "Listening on"),
+        for row, (key, title) in enumerate((("mac", "MAC address"), ("listen", "Listening on"),
                                             ("privacy", "Privacy"),
                                             ("online", "Members online"))):
             ttk.Label(box, text=title, style="Key.TLabel").grid(row=row, column=0, sticky="w",
@@ -1643,13 +1749,14 @@ class ServerWindow:
         box.grid(row=2, column=1, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.tree = ttk.Treeview(box, columns=("alias", "ip", "since"), show="headings",
+        self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
                                  height=5, selectmode="extended")
-        for column, title, width, stretch in (("alias", "Alias", 160, True),
-                                              ("ip", "IP address", 130, False),
-                                              ("since", "Online since", 120, False)):
+        for column, title, width, stretch in (("alias", "Alias", 150, True),
+                                              ("kind", "Kind", 80, False),
+                                              ("ip", "IP address", 120, False),
+                                              ("since", "Online since", 125, False)):
             self.tree.heading(column, text=title, anchor="w")
-            self.tree.column(column, width=width, minwidth=80, stretch=stretch, anchor="w")
+            self.tree.column(column, width=width, minwidth=70, stretch=stretch, anchor="w")
         scroll = ttk.Scrollbar(box, orient="vertical", command=self.tree.yview)
         self.tree.configure(yscrollcommand=scroll.set)
         self.tree.grid(row=0, column=0, sticky="nsew")
@@ -1666,7 +1773,7 @@ class ServerWindow:
         box.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(box, height=12, width=90, wrap="word", font="TkFixedFont",
+        self.log_text = tk.Text(box, height=8, width=90, wrap="word", font="TkFixedFont",
                                 background="white", foreground="#212529", relief="flat",
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
@@ -1681,6 +1788,11 @@ class ServerWindow:
     def start(self) -> None:
         """Open the room with the current settings, on a thread of its own."""
         if self.state not in (STOPPED, ERROR) or self.thread is not None or self.quitting:
+            return
+        problem = bind_problem(self.settings.host, self.settings.port, WINDOW_ADVICE)
+        if problem:   # said here in the window's words; the server would name a flag
+            log.error("%s", problem)
+            self._set_state(ERROR, problem)
             return
         self.server = Server(dataclasses.replace(self.settings))
         self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
@@ -1764,9 +1876,10 @@ class ServerWindow:
             except queue.Empty:
                 return
             if kind == "public-ip":
-                self.public_ip = news[0] or "unavailable"
+                self._learn_ip("public", news[0])
             elif kind == "host":
-                self.private_ip, self.mac = news
+                self._learn_ip("private", news[0])
+                self.mac = news[1]
             elif news[0] is not self.server:
                 continue   # from a server that has been replaced
             elif kind == "listening":
@@ -1786,6 +1899,12 @@ class ServerWindow:
                          name="host-addresses", daemon=True).start()
         if self.settings.public_ip_url:
             look_up_public_ip(self.settings.public_ip_url, lambda ip: inbox.put(("public-ip", ip)))
+
+    def _learn_ip(self, kind: str, ip: str | None) -> None:
+        try:
+            self.ips[kind] = str(ipaddress.ip_address(ip or ""))
+        except ValueError:
+            self.unknown[kind] = "failed"
 
     def _show_log_lines(self) -> None:
         lines = []
@@ -1809,20 +1928,23 @@ class ServerWindow:
             text.see("end")
 
     # -- who is online ----------------------------------------------------
-    def _show_members(self, snapshot: list[tuple[str, str, float]]) -> None:
-        """Make the list match the room: drop who left, add who came."""
+    def _show_members(self, snapshot: list[tuple[str, str, float, str]]) -> None:
+        """Make the list match the room: drop who left, add who came.
+
+        `snapshot` holds (name, ip, wall-clock join time, kind) per member.
+        """
         tree, rows = self.tree, self.rows
-        now_in = {name: (name, ip, since) for name, ip, since in snapshot}
-        for item, (name, ip, since) in list(rows.items()):
+        now_in = {member[0]: tuple(member) for member in snapshot}
+        for item, (name, ip, since, kind) in list(rows.items()):
             new = now_in.pop(name, None)
             if new is None:
                 tree.delete(item)
                 del rows[item]
-            elif new[1] != ip or abs(new[2] - since) > 1.0:   # left and came back
-                tree.item(item, values=(name, new[1], since_text(new[2])))
+            elif new[1] != ip or abs(new[2] - since) > 1.0 or new[3] != kind:   # left and came back
+                tree.item(item, values=member_row(*new))
                 rows[item] = new
-        for name, ip, since in now_in.values():
-            rows[tree.insert("", "end", values=(name, ip, since_text(since)))] = (name, ip, since)
+        for member in now_in.values():
+            rows[tree.insert("", "end", values=member_row(*member))] = member
         self.info["online"].configure(text=str(len(rows)))
         self.members_box.configure(text=f"Online ({len(rows)})")
         self._show_disconnect()
@@ -1840,11 +1962,12 @@ class ServerWindow:
                 self.server.loop.call_soon_threadsafe(self.server.disconnect, self.rows[item][0])
 
     # -- address ----------------------------------------------------------
-    def _ask(self, title: str, fields: list[tuple[str, str]], accept: Callable[..., str | None]):
+    def _ask(self, title: str, fields: list[tuple[str, str]], accept: Callable[..., str | None],
+             **options) -> None:
         if self.dialog is not None and self.dialog.is_open():
             self.dialog.top.lift()
             return
-        self.dialog = FormDialog(self.root, title, fields, accept)
+        self.dialog = FormDialog(self.root, title, fields, accept, **options)
 
     def change_port(self) -> None:
         """Ask for a port, save it to .pcr_port; a running server restarts on it."""
@@ -1860,8 +1983,7 @@ class ServerWindow:
         port = parse_port(port_text)
         if port is None:
             return f"{port_text.strip()[:20]!r} is not a port number from 1 to 65535."
-        self._use_address(self.settings.host, port)
-        return None
+        return self._use_address(self.settings.host, port)
 
     def _take_address(self, host_text: str, port_text: str) -> str | None:
         host, port = host_from_text(host_text), parse_port(port_text)
@@ -1869,10 +1991,35 @@ class ServerWindow:
             return f"{host_text.strip()[:40]!r} is not an IP address or host name."
         if port is None:
             return f"{port_text.strip()[:20]!r} is not a port number from 1 to 65535."
-        self._use_address(host, port)
+        return self._use_address(host, port)
+
+    def _use_address(self, host: str, port: int) -> str | None:
+        """Listen at host:port from now on; a sentence if this machine cannot.
+
+        Checked before a running room is stopped; a restart that would
+        disconnect members is asked about first.
+        """
+        running = self.state in (STARTING, RUNNING)
+        if (host, port) != (self.settings.host, self.settings.port):
+            problem = bind_problem(host, port, WINDOW_ADVICE,
+                                   held_port=self.settings.port if running else 0)
+            if problem:
+                return problem
+            if running and self.rows:
+                self.root.after_idle(self._confirm_restart, host, port)   # once this form is closed
+                return None
+        self._apply_address(host, port)
         return None
 
-    def _use_address(self, host: str, port: int) -> None:
+    def _confirm_restart(self, host: str, port: int) -> None:
+        names = [member[0] for member in self.rows.values()]
+        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        self._ask("Restart the room?", [], lambda: self._apply_address(host, port),
+                  message=f"The room will restart on {host_port(host, port)}. Everyone in it "
+                          f"({who}) will be disconnected and must join again at the new address.",
+                  ok_text="Restart")
+
+    def _apply_address(self, host: str, port: int) -> None:
         """Listen there from the next start (now, if running); keep the port in .pcr_port."""
         try:
             save_port_file(port)
@@ -1886,28 +2033,59 @@ class ServerWindow:
                 self.stop()
         self._show_state()
 
-    def friend_address(self) -> str:
-        """ip:port for friends: the public IP if known, else the private one."""
-        port = self.listening[1] if self.listening else self.settings.port
-        for ip in (self.public_ip, self.private_ip):
-            try:
-                return host_port(str(ipaddress.ip_address(ip)), port)
-            except ValueError:
-                continue
-        return host_port(self.settings.host, port)
+    # -- how friends join -------------------------------------------------
+    def _listen_address(self) -> tuple[str, int]:
+        return self.listening or (self.settings.host, self.settings.port)
 
-    def copy_address(self) -> None:
-        """Put the friends' address on the clipboard."""
-        self.root.clipboard_clear()
-        self.root.clipboard_append(self.friend_address())
-        self.copy_button.configure(text="Copied ✓")
+    def _address(self, kind: str) -> str | None:
+        """The address friends join at, for `kind` ("private" or "public"); None if not known."""
+        host, port = self._listen_address()
+        ip = self.ips[kind] if kind == "public" else same_network_host(host, self.ips[kind] or "")
+        return host_port(ip, port) if ip else None
+
+    def copy_address(self, kind: str) -> None:
+        """Put one of the friends' addresses on the clipboard and say which; nothing while closed."""
+        address, (_, whom, whose) = self._address(kind), ADDRESS_KINDS[kind]
+        if self.state != RUNNING:
+            said = "Nothing copied: the room is closed. Press Start server first."
+        elif address is None:
+            said = "Nothing copied: " + UNKNOWN[self.unknown[kind]][1].format(whose=whose) + "."
+        else:
+            self.root.clipboard_clear()
+            self.root.clipboard_append(address)
+            self.copy_buttons[kind].configure(text="Copied ✓")
+            said = f"Copied {address}: give it to friends who join {whom}."
+        show_line(self.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
-        self.flash_id = self.root.after(1500, self._copied_shown)
+        self.flash_id = self.root.after(COPIED_MS, self._copied_shown)
 
     def _copied_shown(self) -> None:
         self.flash_id = None
-        self.copy_button.configure(text="Copy address")
+        for button in self.copy_buttons.values():
+            button.configure(text="Copy")
+        show_line(self.copied_note, "")
+
+    def _show_join(self) -> None:
+        """The addresses and the router advice, or the warning that nobody else can
+        join; the key form and a short-key warning."""
+        host, port = self._listen_address()
+        for kind, label in self.addresses.items():
+            label.configure(text=self._address(kind) or UNKNOWN[self.unknown[kind]][0])
+        self.forward_note.configure(text=f"Over the internet: {forward_advice(port)}.")
+        local = is_loopback(host)
+        if local:
+            self.address_rows.grid_remove()
+        else:
+            self.address_rows.grid()
+        show_line(self.loopback_warning,
+                  f"Only this computer can join: the listen address is {host}. To let friends "
+                  f"in, use Set listen address… and choose 0.0.0.0 (every network)." if local else "")
+        key = self.settings.room_key
+        show_line(self.key_note, "Friends join as name#KEY: their name, then # and the room key."
+                  if key else "")
+        warning = short_key_warning(key)
+        show_line(self.key_warning, warning[:1].upper() + warning[1:] + "." if warning else "")
 
     # -- showing the state --------------------------------------------------
     def _set_state(self, state: str, problem: str = "") -> None:
@@ -1926,8 +2104,7 @@ class ServerWindow:
         self.status_line.configure(text=self._status_sentence(),
                                    style="Problem.TLabel" if state == ERROR else "Note.TLabel")
         next_address = host_port(self.settings.host, self.settings.port)
-        self.info["public"].configure(text=self.public_ip)
-        self.info["private"].configure(text=self.private_ip)
+        self._show_join()
         self.info["mac"].configure(text=self.mac)
         self.info["listen"].configure(
             text=host_port(*self.listening) if self.listening else f"off (next: {next_address})")
@@ -1935,13 +2112,16 @@ class ServerWindow:
         self._show_disconnect()
 
     def _status_sentence(self) -> str:
-        listen = host_port(self.settings.host, self.settings.port)
+        host, port = self._listen_address()
+        listen = host_port(host, port)
         if self.quitting:
             return "Stopping the server before closing…"
+        if self.state == RUNNING and is_loopback(host):
+            return f"The room is open, but only this computer can join it ({listen})."
         return {
             STOPPED: f"The room is closed. Start server opens it on {listen}.",
             STARTING: f"Starting on {listen}…",
-            RUNNING: f"The room is open. Friends join at {self.friend_address()}.",
+            RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
             STOPPING: "Stopping: members are being told the server stops…",
             ERROR: self.problem,
         }[self.state]

@@ -1944,6 +1944,45 @@ class GuiTest(unittest.TestCase):
     def info(self, key: str) -> str:
         return str(self.window.info[key].cget("text"))
 
+    def address(self, kind: str) -> str:
+        """The address shown for `kind`: "private" (same network) or "public"."""
+        return str(self.window.addresses[kind].cget("text"))
+
+    def shown(self, label) -> str:
+        """A label's text if it is on screen, else ""."""
+        self.root.update()
+        return str(label.cget("text")) if label.winfo_ismapped() else ""
+
+    def window_texts(self) -> str:
+        """Every label's text in the window and its dialogs."""
+        widgets, texts = [self.root], []
+        while widgets:
+            widget = widgets.pop()
+            widgets.extend(widget.winfo_children())
+            if widget.winfo_class() in ("TLabel", "Label", "TButton"):
+                texts.append(str(widget.cget("text")))
+        return "\n".join(texts)
+
+    def room_with_public_address(self, **overrides) -> int:
+        """A running window on every network, its public address from a stub service; the port."""
+        service = PublicIpService("203.0.113.7")
+        self.addCleanup(service.close)
+        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
+            self.open_window(host="0.0.0.0", public_ip_url=service.url, **overrides)
+            port = self.start_server()
+            self.pump_until(lambda: self.address("public").startswith("203.0.113.7"),
+                            "the public address")
+        self.pump_until(lambda: "looking up" not in self.address("private"), "the private address")
+        return port
+
+    def copy(self, kind: str) -> str:
+        """Press the Copy button for `kind`; what the clipboard then holds."""
+        self.root.clipboard_clear()
+        self.root.clipboard_append("untouched")
+        self.window.copy_buttons[kind].invoke()
+        self.root.update()
+        return self.root.clipboard_get()
+
     def status(self) -> str:
         return str(self.window.status_line.cget("text"))
 
@@ -1994,29 +2033,114 @@ class GuiTest(unittest.TestCase):
         self.assertIn("off", self.info("listen"))
         self.assertEqual(self.info("online"), "0")
 
-    def test_info_panel_shows_private_ip_and_mac(self):
-        self.open_window()
-        self.pump_until(lambda: "looking up" not in self.info("private"), "the private IP")
-        self.assertEqual(self.info("private"), pcr.private_ipv4())
+    def test_addresses_show_the_private_ip_and_the_panel_the_mac(self):
+        w = self.open_window(host="0.0.0.0")
+        self.pump_until(lambda: "looking up" not in self.address("private"), "the private IP")
+        self.assertEqual(self.address("private"), f"{pcr.private_ipv4()}:{w.settings.port}")
         self.assertEqual(self.info("mac"), pcr.mac_address())
 
-    def test_public_ip_is_off_without_a_look_up_url(self):
-        self.open_window(public_ip_url="")
+    def test_public_address_not_looked_up_without_a_look_up_url(self):
+        self.open_window(host="0.0.0.0", public_ip_url="")
         self.pump_for(0.3)
-        self.assertEqual(self.info("public"), "off")
+        self.assertEqual(self.address("public"), "not looked up")
 
-    def test_public_ip_shows_looking_up_then_the_answer(self):
+    def test_public_address_shows_looking_up_then_the_answer(self):
         service = PublicIpService("203.0.113.7")
         self.addCleanup(service.close)
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            self.open_window(public_ip_url=service.url)
-            self.assertEqual(self.info("public"), "looking up…")
-            self.pump_until(lambda: self.info("public") == "203.0.113.7", "the public IP")
+            w = self.open_window(host="0.0.0.0", public_ip_url=service.url)
+            self.assertEqual(self.address("public"), "looking up…")
+            self.pump_until(lambda: self.address("public") == f"203.0.113.7:{w.settings.port}",
+                            "the public IP")
 
-    def test_public_ip_unavailable_when_the_look_up_fails(self):
+    def test_public_address_unknown_when_the_look_up_fails(self):
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            self.open_window(public_ip_url=f"http://127.0.0.1:{free_port()}/")
-            self.pump_until(lambda: self.info("public") == "unavailable", "'unavailable'")
+            self.open_window(host="0.0.0.0", public_ip_url=f"http://127.0.0.1:{free_port()}/")
+            self.pump_until(lambda: "look-up failed" in self.address("public"), "'look-up failed'")
+
+    # -- how friends join ---------------------------------------------------
+    def test_two_addresses_same_network_and_over_the_internet_after_forwarding(self):
+        port = self.room_with_public_address()
+        w = self.window
+        self.assertEqual(self.address("private"), f"{pcr.private_ipv4()}:{port}")
+        self.assertEqual(self.address("public"), f"203.0.113.7:{port}")
+        texts = self.window_texts()
+        self.assertIn("Same network", texts)
+        self.assertIn("Over the internet", texts)
+        self.assertIn(f"forward TCP port {port} on your router", self.shown(w.forward_note))
+        self.assertEqual(self.shown(w.loopback_warning), "")
+        self.assertIn("Give friends one of the addresses below", self.status())
+
+    def test_each_copy_button_copies_its_address_and_says_which(self):
+        port = self.room_with_public_address()
+        w = self.window
+        private = f"{pcr.private_ipv4()}:{port}"
+        self.assertEqual(self.copy("private"), private)
+        self.assertIn(f"Copied {private}", self.shown(w.copied_note))
+        self.assertIn("same network", self.shown(w.copied_note))
+        self.assertEqual(str(w.copy_buttons["private"].cget("text")), "Copied ✓")
+        self.assertEqual(self.copy("public"), f"203.0.113.7:{port}")
+        self.assertIn(f"Copied 203.0.113.7:{port}", self.shown(w.copied_note))
+        self.assertIn("over the internet", self.shown(w.copied_note))
+
+    def test_copy_while_stopped_copies_nothing_and_says_why(self):
+        w = self.open_window(host="0.0.0.0")
+        self.pump_until(lambda: "looking up" not in self.address("private"), "the private IP")
+        self.assertEqual(self.copy("private"), "untouched")
+        self.assertIn("Nothing copied: the room is closed", self.shown(w.copied_note))
+        self.assertIn("Start server", self.shown(w.copied_note))
+
+    def test_copy_of_an_unknown_public_address_copies_nothing_and_says_why(self):
+        w = self.open_window(host="0.0.0.0", public_ip_url="")
+        self.start_server()
+        self.assertEqual(self.copy("public"), "untouched")
+        self.assertIn("Nothing copied: this computer's public address was not looked up",
+                      self.shown(w.copied_note))
+
+    def test_loopback_shows_a_warning_instead_of_addresses(self):
+        w = self.open_window(host="127.0.0.1")
+        port = self.start_server()
+        warning = self.shown(w.loopback_warning)
+        self.assertIn("Only this computer can join", warning)
+        self.assertIn("Set listen address", warning)
+        self.assertIn("0.0.0.0", warning)
+        for kind in ("private", "public"):
+            self.assertEqual(self.shown(w.addresses[kind]), "")
+            self.assertEqual(self.shown(w.copy_buttons[kind]), "")
+        self.assertEqual(self.shown(w.forward_note), "")
+        self.assertIn(f"only this computer can join it (127.0.0.1:{port})", self.status())
+
+    def test_keyed_room_says_friends_join_as_name_key_and_never_shows_the_key(self):
+        w = self.open_window(host="0.0.0.0", room_key="long-enough-key")
+        self.assertIn("Friends join as name#KEY", self.shown(w.key_note))
+        self.assertEqual(self.shown(w.key_warning), "")
+        self.start_server()
+        self.assertNotIn("long-enough-key", self.window_texts())
+
+    def test_short_room_key_is_warned_about(self):
+        w = self.open_window(host="0.0.0.0", room_key="abc")
+        warning = self.shown(w.key_warning)
+        self.assertIn("only 3 characters", warning)
+        self.assertIn("8 or more", warning)
+
+    def test_room_without_a_key_says_nothing_about_keys(self):
+        w = self.open_window(host="0.0.0.0")
+        self.assertEqual(self.shown(w.key_note), "")
+        self.assertEqual(self.shown(w.key_warning), "")
+
+    def test_advice_never_names_a_command_line_flag(self):
+        w = self.open_window(host="192.0.2.77")
+        w.start_button.invoke()
+        self.pump_until(lambda: w.state == pcr.ERROR, "the error state")
+        self.assertIn("192.0.2.77 is not on this machine", self.status())
+        self.assertIn("set the listen address to 0.0.0.0", self.status())
+        w.address_button.invoke()
+        self.fill(w.dialog, "192.0.2.78", str(free_port()))
+        self.assertIn("is not on this machine", w.dialog.problem.cget("text"))
+        w.dialog.close()
+        w.port_button.invoke()
+        self.fill(w.dialog, "70000")
+        self.assertNotRegex(self.window_texts(), r"(^|\s)--[a-z]")
 
     def test_nothing_is_clipped_at_the_default_size(self):
         self.open_window()
@@ -2028,7 +2152,8 @@ class GuiTest(unittest.TestCase):
         while widgets:
             widget = widgets.pop()
             widgets.extend(widget.winfo_children())
-            if widget.winfo_class() in ("TLabel", "TButton", "Label", "TLabelframe"):
+            if (widget.winfo_class() in ("TLabel", "TButton", "Label", "TLabelframe")
+                    and widget.winfo_ismapped()):   # a hidden note is not clipped
                 if (widget.winfo_width() < widget.winfo_reqwidth()
                         or widget.winfo_height() < widget.winfo_reqheight()):
                     clipped.append((str(widget), widget.cget("text")))
@@ -2036,6 +2161,12 @@ class GuiTest(unittest.TestCase):
         self.assertGreaterEqual(self.root.winfo_width(), self.root.minsize()[0])
 
     def test_run_gui_opens_the_window_logs_warnings_and_a_terminate_signal_closes_it(self):
+        self.run_gui_until_signalled(signal.SIGTERM)
+
+    def test_a_hang_up_closes_the_window_cleanly(self):
+        self.run_gui_until_signalled(signal.SIGHUP)
+
+    def run_gui_until_signalled(self, sig: int) -> None:
         if shutil.which("xdotool") is None:
             self.skipTest("xdotool is not installed")
         code = (f"import sys, {pcr.__name__} as pcr; "
@@ -2057,7 +2188,7 @@ class GuiTest(unittest.TestCase):
             self.assertIsNone(gui.poll(), "run_gui ended before its window showed")
             self.assertLess(time.monotonic(), deadline, "no window showed")
             time.sleep(0.05)
-        gui.terminate()
+        gui.send_signal(sig)
         out, err = gui.communicate(timeout=WAIT)
         self.assertEqual(gui.returncode, 0, err)
         self.assertNotIn("Traceback", err)
@@ -2152,6 +2283,13 @@ class GuiTest(unittest.TestCase):
         self.pump_until(lambda: self.logged_line(self.log_panel(), *said), "the log panel line")
         self.assertTrue(self.logged_line(self.log_file(), *said))
 
+    def test_member_list_says_what_kind_of_client_each_member_uses(self):
+        w = self.open_window()
+        self.member(self.start_server(), "ann")
+        self.pump_until(lambda: len(self.listed()) == 1, "ann listed")
+        self.assertEqual(w.tree.heading("kind", "text"), "Kind")
+        self.assertEqual(w.tree.set(w.tree.get_children()[0], "kind"), "terminal")
+
     def test_chat_text_never_shows_in_the_window(self):
         w = self.open_window()
         port = self.start_server()
@@ -2198,13 +2336,68 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(self.start_server(), port)
         self.member(port, "ann")
 
-    def test_change_port_while_running_restarts_on_the_new_port(self):
+    def members_in_a_running_window(self) -> tuple[int, Client]:
+        """A running window with ann listed; the port and ann."""
+        self.open_window()
+        port = self.start_server()
+        ann = self.member(port, "ann")
+        self.pump_until(lambda: self.listed() == [("ann", "127.0.0.1")], "ann in the list")
+        return port, ann
+
+    def assert_still_in(self, ann: Client, port: int) -> None:
+        self.assertEqual(ann.read_for(0.3), b"")   # no stop lines, no close
+        self.assertEqual((self.window.state, self.window.listening[1]), (pcr.RUNNING, port))
+
+    def test_change_port_with_members_asks_first_and_cancel_keeps_them(self):
+        old, ann = self.members_in_a_running_window()
+        w = self.window
+        w.port_button.invoke()
+        self.fill(w.dialog, str(free_port()))
+        confirm = w.dialog
+        self.assertTrue(confirm.is_open())
+        self.assertIn("ann", confirm.message.cget("text"))
+        self.assertIn("disconnected", confirm.message.cget("text"))
+        self.assertEqual(str(confirm.ok_button.cget("text")), "Restart")
+        confirm.cancel_button.invoke()
+        self.assert_still_in(ann, old)
+        self.assertEqual(w.settings.port, old)
+
+    def test_address_not_on_this_machine_is_refused_before_the_room_stops(self):
+        port, ann = self.members_in_a_running_window()
+        w = self.window
+        w.address_button.invoke()
+        self.fill(w.dialog, "192.0.2.77", str(port))
+        self.assertTrue(w.dialog.is_open())
+        self.assertIn("192.0.2.77 is not on this machine", w.dialog.problem.cget("text"))
+        self.assert_still_in(ann, port)
+
+    def test_port_in_use_is_refused_before_the_room_stops(self):
+        port, ann = self.members_in_a_running_window()
+        blocker = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(blocker.close)
+        w = self.window
+        w.port_button.invoke()
+        self.fill(w.dialog, str(blocker.getsockname()[1]))
+        self.assertTrue(w.dialog.is_open())
+        self.assertIn("already in use", w.dialog.problem.cget("text"))
+        self.assert_still_in(ann, port)
+
+    def test_listen_address_on_the_same_port_restarts_there(self):
         w = self.open_window()
-        old = self.start_server()
-        ann = self.member(old, "ann")
+        port = self.start_server()
+        w.address_button.invoke()
+        self.fill(w.dialog, "0.0.0.0", str(port))   # its own port is in use: by this room
+        self.assertFalse(w.dialog.is_open())        # nobody in: no need to ask
+        self.pump_until(lambda: w.state == pcr.RUNNING and w.listening == ("0.0.0.0", port),
+                        "the restart on every network")
+
+    def test_change_port_while_running_restarts_on_the_new_port(self):
+        old, ann = self.members_in_a_running_window()
+        w = self.window
         w.port_button.invoke()
         new = free_port()
         self.fill(w.dialog, str(new))
+        w.dialog.ok_button.invoke()   # Restart: ann will be disconnected
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
         self.pump_until(lambda: w.state == pcr.RUNNING and w.listening[1] == new,
                         "the restart on the new port")
@@ -2226,22 +2419,6 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(self.start_server(), port)
         self.assertEqual(self.info("listen"), f"127.0.0.1:{port}")
 
-    def test_copy_address_puts_public_ip_and_port_on_the_clipboard(self):
-        service = PublicIpService("203.0.113.7")
-        self.addCleanup(service.close)
-        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            w = self.open_window(public_ip_url=service.url)
-            port = self.start_server()
-            self.pump_until(lambda: self.info("public") == "203.0.113.7", "the public IP")
-        w.copy_button.invoke()
-        self.assertEqual(self.root.clipboard_get(), f"203.0.113.7:{port}")
-        self.assertIn(f"203.0.113.7:{port}", self.status())
-
-    def test_copy_address_uses_the_private_ip_without_a_public_one(self):
-        w = self.open_window(public_ip_url="")
-        self.pump_until(lambda: "looking up" not in self.info("private"), "the private IP")
-        w.copy_button.invoke()
-        self.assertEqual(self.root.clipboard_get(), f"{pcr.private_ipv4()}:{w.settings.port}")
 
 
 class GuiLaunchTest(unittest.TestCase):
