@@ -2787,20 +2787,67 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def announce_addresses(settings: Settings) -> None:
-    log.info("private IPv4: %s, MAC: %s", private_ipv4(), mac_address())
+def join_banner(settings: Settings, address: tuple[str, int], private_ip: str) -> str:
+    """What the host needs once the room is open: how friends join, the log, how to stop."""
+    host, port = address
+    if is_loopback(host):
+        lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
+                 f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
+    else:
+        same = same_network_host(host, private_ip)
+        lines = [f"The room is open on port {port}. How friends join:",
+                 f"  same network:       {host_port(same, port) if same != 'unknown' else same}",
+                 internet_line("looking up this machine's public address…" if settings.public_ip_url
+                               else "this machine's public address (not looked up)", port)]
+    if settings.room_key:
+        lines.append("  with the room key:  friends join as name#KEY")
+        if warning := short_key_warning(settings.room_key):
+            lines.append(f"  warning: {warning}")
     if settings.public_ip_url:
-        look_up_public_ip(settings.public_ip_url, lambda ip: None)
+        lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
+                     f"public address; --public-ip-url '' turns that off.")
+    lines.append(f"Log file: {os.path.abspath(settings.log_file)}" if settings.log_file
+                 else "Log file: none (--log-file '')")
+    lines.append("Ctrl+C stops the server.")
+    return "\n".join(lines)
+
+
+def internet_line(where: str, port: int) -> str:
+    return f"  over the internet:  {where} ({forward_advice(port)})"
+
+
+def tell(text: str) -> None:
+    """Print for the host; a terminal that has gone away (hang-up) is no error."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def announce(settings: Settings, address: tuple[str, int]) -> None:
+    """Log this machine's addresses and print the banner; the internet address
+    follows once the look-up answers."""
+    private_ip = private_ipv4()
+    log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
+    tell(join_banner(settings, address, private_ip))
+    port, local = address[1], is_loopback(address[0])
+
+    def public_ip_known(ip: str | None) -> None:
+        if not local:
+            tell(internet_line(host_port(ip, port) if ip else "this machine's public address "
+                               "could not be found; your router's status page shows it", port))
+    if settings.public_ip_url:
+        look_up_public_ip(settings.public_ip_url, public_ip_known)
 
 
 def run_headless(settings: Settings) -> int:
     server = Server(settings)
     try:
-        server.listen()
+        address = server.listen()
     except StartError as e:
         log.error("%s", e)
         return 1
-    announce_addresses(settings)
+    announce(settings, address)
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
     server.serve()

@@ -811,6 +811,21 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
     raise AssertionError("server did not listen")
 
 
+def printed_until(proc: subprocess.Popen, needle: str, timeout: float = WAIT) -> str:
+    """What proc has printed on stdout, once `needle` is in it (read raw, bounded)."""
+    got, fd, deadline = b"", proc.stdout.fileno(), time.monotonic() + timeout
+    while needle.encode() not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {needle!r}; printed {got!r}")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stdout closed before {needle!r}; printed {got!r}")
+            got += chunk
+    return got.decode()
+
+
 class CommandLineTest(unittest.TestCase):
     """The program as a person runs it."""
 
@@ -896,6 +911,51 @@ class CommandLineTest(unittest.TestCase):
         got = c.read_to_close()
         self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
         self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_banner_says_how_friends_join_where_the_log_is_and_how_to_stop(self):
+        service = PublicIpService("203.0.113.9")
+        self.addCleanup(service.close)
+        port = free_port()
+        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
+            proc = self.server("--host", "0.0.0.0", "--port", str(port),
+                               "--public-ip-url", service.url, "--log-file", "room.log")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn(f"The room is open on port {port}. How friends join:", banner)
+        self.assertIn(f"  same network:       {pcr.private_ipv4()}:{port}\n", banner)
+        forward = f"(forward TCP port {port} on your router to this machine first)"
+        self.assertIn(f"  over the internet:  looking up this machine's public address… {forward}",
+                      banner)
+        self.assertIn(f"At start the server asks {service.url} for this machine's public address; "
+                      f"--public-ip-url '' turns that off.", banner)
+        self.assertIn(f"Log file: {os.path.join(os.path.realpath(self.dir), 'room.log')}\n", banner)
+        self.assertNotIn("room key", banner)
+        later = printed_until(proc, "203.0.113.9")
+        self.assertIn(f"  over the internet:  203.0.113.9:{port} {forward}", later)
+        self.assertEqual(banner.count("How friends join"), 1)
+
+    def test_banner_without_the_public_address_look_up_says_it_is_off(self):
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()))
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("over the internet:  this machine's public address (not looked up)", banner)
+        self.assertNotIn("asks", banner)
+
+    def test_banner_on_loopback_says_nobody_else_can_join(self):
+        port = free_port()
+        proc = self.server("--port", str(port))
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn(f"The room is open on 127.0.0.1:{port}, but nobody else can join", banner)
+        self.assertIn("--host 0.0.0.0", banner)
+        self.assertNotIn("same network", banner)
+
+    def test_banner_of_a_keyed_room_gives_the_name_key_form_and_warns_when_short(self):
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()), "--room-key", "zq7")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("  with the room key:  friends join as name#KEY\n", banner)
+        self.assertIn("  warning: the room key has only 3 characters, which can be guessed; "
+                      "a key of 8 or more is much safer\n", banner)
+        self.assertNotIn("zq7", banner)
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()), "--room-key", "long-key-9")
+        self.assertNotIn("warning", printed_until(proc, "Ctrl+C stops the server."))
 
     def test_invalid_host_is_a_usage_error(self):
         code, err = self.start_error("--host", "999.1.1.1")
