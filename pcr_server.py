@@ -123,7 +123,8 @@ def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
             return DEFAULT_PORT, f"could not create {path} ({e.strerror}); using port {DEFAULT_PORT}"
         return DEFAULT_PORT, None
     except (OSError, UnicodeDecodeError) as e:
-        return DEFAULT_PORT, f"could not read {path} ({getattr(e, 'strerror', None) or e}); using port {DEFAULT_PORT}"
+        why = getattr(e, "strerror", None) or e
+        return DEFAULT_PORT, f"could not read {path} ({why}); using port {DEFAULT_PORT}"
     if len(text) > PORT_FILE_BYTES:
         return DEFAULT_PORT, (f"{path} is longer than a port number can be; "
                               f"left alone, using port {DEFAULT_PORT}")
@@ -156,7 +157,8 @@ def short_key_warning(key: str) -> str:
 def save_port_file(port: int, path: str = PORT_FILE) -> None:
     """Write the port to `path`, never through a link (OSError if it is one)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    with open(os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o644), "w", encoding="utf-8") as f:
+    flags |= getattr(os, "O_NONBLOCK", 0)   # a pipe with no reader must not hold us either
+    with open(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
         f.write(f"{port}\n")
 
 
@@ -772,8 +774,9 @@ class StartError(Exception):
 
 
 # What to change when the address cannot be used, in the words of where it is said.
-FLAG_ADVICE = {"host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
-               "port": "choose a port above 1023 with --port"}
+FLAG_ADVICE = {
+    "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
+    "port": "choose a port above 1023 with --port"}
 # getaddrinfo's "no such name" errors (create_server hides the gaierror class)
 NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EAI_FAIL",
                                                   "EAI_NODATA", "EAI_ADDRFAMILY")
@@ -1324,11 +1327,13 @@ def forward_advice(port: int) -> str:
     return f"forward TCP port {port} on your router to this machine first"
 
 
-def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE, held_port: int = 0) -> str | None:
+def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
+                 held_port: int = 0) -> str | None:
     """Why this machine cannot listen on host:port, found by binding it for a
     moment; None if it can.  `held_port` is in use by this program: a restart frees it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+        socket.create_server((host, port), family=family).close()
     except OSError as e:
         if e.errno == errno.EADDRINUSE and port == held_port:
             return None
@@ -1441,8 +1446,7 @@ ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
 UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
     "looking": ("looking up…", "{whose} is still being looked up"),
     "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
-    "failed": ("unknown (look-up failed)", "{whose} could not be found; your router's status page "
-                                           "shows the public one"),
+    "failed": ("unknown (look-up failed)", "{whose} could not be found"),
 }
 
 
@@ -1601,8 +1605,9 @@ class ServerWindow:
         self.closed = False
         self.inbox: queue.Queue = queue.Queue()   # (kind, ...) from other threads
         self.log_feed = LogFeed()
-        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP once known
-        self.unknown = {"private": "looking", "public": "looking" if settings.public_ip_url else "off"}
+        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP, once known
+        self.unknown = {"private": "looking",                                 # kind -> why not yet
+                        "public": "looking" if settings.public_ip_url else "off"}
         self.mac = "looking up…"
         self.rows: dict[str, tuple] = {}   # tree item -> (name, ip, since, kind)
         self.dialog: FormDialog | None = None
@@ -1940,7 +1945,7 @@ class ServerWindow:
             if new is None:
                 tree.delete(item)
                 del rows[item]
-            elif new[1] != ip or abs(new[2] - since) > 1.0 or new[3] != kind:   # left and came back
+            elif new[1] != ip or abs(new[2] - since) > 1.0 or new[3] != kind:   # left, came back
                 tree.item(item, values=member_row(*new))
                 rows[item] = new
         for member in now_in.values():
@@ -2006,7 +2011,7 @@ class ServerWindow:
             if problem:
                 return problem
             if running and self.rows:
-                self.root.after_idle(self._confirm_restart, host, port)   # once this form is closed
+                self.root.after_idle(self._confirm_restart, host, port)   # once this form closes
                 return None
         self._apply_address(host, port)
         return None
@@ -2166,7 +2171,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
-TLS_GUESS = 1.5          # seconds of silence after which a plain client asks if the room speaks TLS
+TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
 STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
 STOP_SAID = "the server has been stopped; join again once it is back online"
@@ -2508,7 +2513,8 @@ class ClientSession:
             pass
         elif self.held is not None:   # closed before letting us in: what it said is why
             refusal = " ".join(clean_text(line).strip() for line in self.held).strip()
-            self.code, self.problem = 1, refusal or "the server closed the connection before letting you in"
+            self.code = 1
+            self.problem = refusal or "the server closed the connection before letting you in"
         else:
             self.code = 0 if self.stopped else 1
             self.problem = "" if self.stopped else "the server closed the connection"
