@@ -1728,10 +1728,11 @@ class ServerWindow:
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
         self.forward_note.grid(row=2, column=0, columnspan=3, sticky="w", pady=(0, 3))
         notes = []
-        for row, style in enumerate(("Problem", "Note", "Problem", "Note"), start=1):
+        for row, style in enumerate(("Problem", "Note", "Note", "Problem", "Note"), start=1):
             notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
             notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
-        self.loopback_warning, self.key_note, self.key_warning, self.copied_note = notes
+        (self.loopback_warning, self.tls_note, self.key_note, self.key_warning,
+         self.copied_note) = notes
         self.copied_note.grid_remove()
 
     def _build_info(self, side) -> None:
@@ -2086,6 +2087,9 @@ class ServerWindow:
         show_line(self.loopback_warning,
                   f"Only this computer can join: the listen address is {host}. To let friends "
                   f"in, use Set listen address… and choose 0.0.0.0 (every network)." if local else "")
+        show_line(self.tls_note, "The room is encrypted: the App cannot join; friends use the "
+                  "terminal client in pcr_server.py, with encryption on (see its README)."
+                  if self.settings.tls_cert else "")
         key = self.settings.room_key
         show_line(self.key_note, "Friends join as name#KEY: their name, then # and the room key."
                   if key else "")
@@ -2804,7 +2808,11 @@ def join_banner(settings: Settings, address: tuple[str, int], private_ip: str) -
         lines = [f"The room is open on port {port}. How friends join:",
                  f"  same network:       {host_port(same, port) if same != 'unknown' else same}",
                  internet_line("looking up this machine's public address…" if settings.public_ip_url
-                               else "this machine's public address (not looked up)", port)]
+                               else "not looked up: your router's status page shows this "
+                                    "machine's public address", port)]
+    if settings.tls_cert:
+        lines.append("  encrypted:          the App cannot join; friends use "
+                     "python3 pcr_server.py --connect ADDRESS --tls")
     if settings.room_key:
         lines.append("  with the room key:  friends join as name#KEY")
         if warning := short_key_warning(settings.room_key):

@@ -936,8 +936,18 @@ class CommandLineTest(unittest.TestCase):
     def test_banner_without_the_public_address_look_up_says_it_is_off(self):
         proc = self.server("--host", "0.0.0.0", "--port", str(free_port()))
         banner = printed_until(proc, "Ctrl+C stops the server.")
-        self.assertIn("over the internet:  this machine's public address (not looked up)", banner)
+        self.assertIn("over the internet:  not looked up: your router's status page shows "
+                      "this machine's public address (forward TCP port", banner)
         self.assertNotIn("asks", banner)
+        self.assertNotIn("encrypted", banner)
+
+    def test_banner_of_an_encrypted_room_says_how_friends_join_it(self):
+        cert, key = make_certificate(self.dir)
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()),
+                           "--tls-cert", cert, "--tls-key", key)
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("  encrypted:          the App cannot join; friends use "
+                      "python3 pcr_server.py --connect ADDRESS --tls\n", banner)
 
     def test_banner_on_loopback_says_nobody_else_can_join(self):
         port = free_port()
@@ -2183,10 +2193,17 @@ class GuiTest(unittest.TestCase):
         self.assertIn("only 3 characters", warning)
         self.assertIn("8 or more", warning)
 
-    def test_room_without_a_key_says_nothing_about_keys(self):
+    def test_encrypted_room_says_the_app_cannot_join(self):
+        w = self.open_window(host="0.0.0.0", tls_cert="cert.pem")
+        note = self.shown(w.tls_note)
+        self.assertIn("The room is encrypted: the App cannot join", note)
+        self.assertNotIn("--", note)
+
+    def test_room_without_a_key_or_tls_says_nothing_about_them(self):
         w = self.open_window(host="0.0.0.0")
         self.assertEqual(self.shown(w.key_note), "")
         self.assertEqual(self.shown(w.key_warning), "")
+        self.assertEqual(self.shown(w.tls_note), "")
 
     def test_advice_never_names_a_command_line_flag(self):
         w = self.open_window(host="192.0.2.77")
