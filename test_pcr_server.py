@@ -889,7 +889,12 @@ class CommandLineTest(unittest.TestCase):
     def start_error(self, *args) -> tuple[int, str]:
         """Run the server with args until it gives up; its exit code and stderr."""
         proc = run_server("--public-ip-url", "", "--port", str(free_port()), *args, cwd=self.dir)
-        _, err = proc.communicate(timeout=WAIT)
+        try:
+            _, err = proc.communicate(timeout=WAIT)
+        except subprocess.TimeoutExpired:   # it started after all: end it, and say so
+            proc.kill()
+            proc.communicate()
+            self.fail(f"the server started with {args}")
         return proc.returncode, err
 
     def assert_one_plain_sentence(self, err: str, *words: str) -> None:
