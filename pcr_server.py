@@ -28,11 +28,13 @@ import json
 import logging
 import logging.handlers
 import math
+import os
 import queue
 import re
 import selectors
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -64,6 +66,11 @@ LOG_FILE = ".privateChat_server.log"
 LOG_FORMAT = "%(asctime)s:%(levelname)s:%(name)s:%(message)s"
 DEFAULT_PUBLIC_IP_URL = "https://api.ipify.org"
 RECV_SIZE = 65536   # the terminal client's reads
+# Ctrl+C, a terminate, and the terminal going away (SSH dropped) all stop the room cleanly.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+PORT_FILE_BYTES = 64      # a port number, spaces and a line end fit with room to spare
+MIN_KEY = 8               # a shorter room key is warned about: it can be guessed
 
 log = logging.getLogger("pcr_server")
 
@@ -111,28 +118,58 @@ def parse_port(text: str) -> int | None:
 def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
     """The port saved in `path`, or the default and a warning saying why not.
 
-    A missing file is created holding the default; a bad one is left alone.
+    A missing file is created holding the default; anything else that is
+    not a regular file holding a port (a device, a pipe, a dangling link, a
+    long file) is left alone.  At most PORT_FILE_BYTES are read.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read().strip()
+        text = read_small_file(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            return DEFAULT_PORT, (f"{path} is a link to a file that does not exist; "
+                                  f"left alone, using port {DEFAULT_PORT}")
         try:
             save_port_file(DEFAULT_PORT, path)
         except OSError as e:
             return DEFAULT_PORT, f"could not create {path} ({e.strerror}); using port {DEFAULT_PORT}"
         return DEFAULT_PORT, None
     except (OSError, UnicodeDecodeError) as e:
-        return DEFAULT_PORT, f"could not read {path} ({e}); using port {DEFAULT_PORT}"
+        why = getattr(e, "strerror", None) or e
+        return DEFAULT_PORT, f"could not read {path} ({why}); using port {DEFAULT_PORT}"
+    if len(text) > PORT_FILE_BYTES:
+        return DEFAULT_PORT, (f"{path} is longer than a port number can be; "
+                              f"left alone, using port {DEFAULT_PORT}")
     port = parse_port(text)
     if port is None:
-        return DEFAULT_PORT, (f"{path} holds {text[:20]!r}, which is not a port number "
+        return DEFAULT_PORT, (f"{path} holds {text.strip()[:20]!r}, which is not a port number "
                               f"from 1 to 65535; using port {DEFAULT_PORT}")
     return port, None
 
 
+def read_small_file(path: str, size: int = PORT_FILE_BYTES + 1) -> str:
+    """At most `size` bytes of a regular file, as text; OSError for anything else."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a pipe must not hold us
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file")
+        return os.read(fd, size).decode("utf-8")
+    finally:
+        os.close(fd)
+
+
+def short_key_warning(key: str) -> str:
+    """A sentence when the room key is short enough to guess, else ""."""
+    if not key or len(key) >= MIN_KEY:
+        return ""
+    return (f"the room key has only {len(key)} characters, which can be guessed; "
+            f"a key of {MIN_KEY} or more is much safer")
+
+
 def save_port_file(port: int, path: str = PORT_FILE) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write the port to `path`, never through a link (OSError if it is one)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)   # a pipe with no reader must not hold us either
+    with open(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
         f.write(f"{port}\n")
 
 
@@ -147,6 +184,7 @@ MAX_NAME = 32
 APP_READ = 1024      # the App's recv size: no piece sent to an App is longer
 APP_SLACK = 0.2      # an App types up to this much slower than --app-char-time (a busy desktop)
 WHO_SHOWN = 50       # names listed in an answer to /who
+KNOWN_AS = "the room knows you as "   # told to a member whose name is not the one it gave
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -1249,6 +1287,7 @@ def page_headers(host: str) -> tuple[tuple[str, str], ...]:
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
 MAX_NOTES = 16      # private lines waiting for one member
 TIMER_SLACK = 0.01  # a member's turn this close is taken now
 WOULD_BLOCK = (BlockingIOError,) + (
@@ -1964,7 +2003,7 @@ class Room:
         self.count_due = True
         for m in newcomers:
             if m.name != split_key(m.claimed)[0].strip():
-                self.tell(m, f"the room knows you as {m.name}\n")
+                self.tell(m, f"{KNOWN_AS}{m.name}\n")
             self.hooks.welcomed(m)
         log.info("joined: %s", ", ".join(f"{quoted(m.name)} ({m.kind.value}) from {m.ip}"
                                          for m in newcomers))
@@ -2002,19 +2041,30 @@ class StartError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def bind_error_text(e: OSError, host: str, port: int) -> str:
+# What to change when the address cannot be used, in the words of where it is said.
+FLAG_ADVICE = {
+    "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
+    "port": "choose a port above 1023 with --port"}
+# getaddrinfo's "no such name" errors (create_server hides the gaierror class)
+NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EAI_FAIL",
+                                                  "EAI_NODATA", "EAI_ADDRFAMILY")
+               if hasattr(socket, name)}
+
+
+def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE) -> str:
+    """One sentence: why `host` port `port` cannot be listened on, and what to do."""
     if e.errno == errno.EADDRINUSE:
-        return (f"Port {port} is already in use (is another server running?). "
-                f"Stop that program or choose another port.")
+        return (f"Port {port} is already in use (is another server running?): "
+                f"stop that program or choose another port.")
     if e.errno == errno.EADDRNOTAVAIL:
-        return (f"The address {host} is not on this machine. Use --host 0.0.0.0 "
-                f"to listen on all interfaces, or one of this machine's addresses.")
+        return f"The address {host} is not on this machine: {advice['host']}."
     if e.errno == errno.EACCES:
         return (f"Not allowed to listen on port {port} (ports below 1024 need "
-                f"administrator rights). Choose a port above 1023 with --port.")
-    if isinstance(e, socket.gaierror):
-        return f"The address {host!r} is not a valid host name or IP address."
-    return f"Cannot listen on {host} port {port}: {e.strerror or e}."
+                f"administrator rights): {advice['port']}.")
+    if isinstance(e, socket.gaierror) or e.errno in NAME_ERRORS:
+        return f"Cannot find the address of {host!r}: {advice['host']}."
+    reason = (e.strerror or str(e)).split(" (while attempting")[0]
+    return f"Cannot listen on {host} port {port}: {reason}."
 
 
 def tls_context(cert: str, key: str):
@@ -2022,14 +2072,40 @@ def tls_context(cert: str, key: str):
     if ssl is None:
         raise StartError("This Python has no ssl module, so it cannot encrypt; "
                          "run without --tls-cert.")
+    problem = tls_files_problem(cert, key)
+    if problem:
+        raise StartError(problem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key or None)
+    try:   # an empty passphrase: a key that has one fails here rather than prompting
+        context.load_cert_chain(cert, key or None, password=lambda: b"")
     except (OSError, ssl.SSLError) as e:
-        raise StartError(f"Cannot use the certificate {cert} with the key {key or cert} "
-                         f"({getattr(e, 'strerror', None) or e.reason or e}).") from None
+        if getattr(e, "reason", None) == "KEY_VALUES_MISMATCH":
+            raise StartError(f"The key {key or cert} does not belong to the certificate {cert}: "
+                             f"give the matching key with --tls-key FILE.") from None
+        raise StartError(f"Cannot use the certificate {cert} with the key {key or cert}: one of "
+                         f"them is damaged or locked with a passphrase; make a new pair "
+                         f"(README, Privacy).") from None
     return context
+
+
+def tls_files_problem(cert: str, key: str) -> str | None:
+    """What reading the certificate and key files shows is wrong, in a sentence."""
+    texts = {}
+    for path in dict.fromkeys(p for p in (cert, key) if p):
+        try:
+            with open(path, "rb") as f:
+                texts[path] = f.read(1 << 20)
+        except OSError as e:
+            return f"Cannot read {path} ({e.strerror}): check the file's name and permissions."
+    if b"-----BEGIN CERTIFICATE-----" not in texts[cert]:
+        return (f"{cert} holds no certificate (PEM text starting -----BEGIN CERTIFICATE-----): "
+                f"give the certificate file with --tls-cert FILE.")
+    if b"PRIVATE KEY-----" not in texts[key or cert]:
+        if key:
+            return f"{key} holds no private key: give the certificate's key with --tls-key FILE."
+        return f"{cert} holds no private key; give it with --tls-key FILE."
+    return None
 
 
 def raise_open_files_limit(wanted: int) -> int:
@@ -2374,6 +2450,10 @@ class Server:
 
     def _name(self, m: Member, data: bytes) -> None:
         """The alias came: it says the kind of reader; then the key, the name, the welcome."""
+        if data.startswith(TLS_HELLO) and m.kind is not Kind.WEB:
+            self.tally.add(self.loop.now, f"closed {m.ip}: it speaks TLS to a room that is not encrypted")
+            self._close(m)
+            return
         raw, rest, line_end = split_alias(data)
         if m.kind is not Kind.WEB:
             m.kind = Kind.LINE if line_end else Kind.APP
@@ -2719,9 +2799,66 @@ class Server:
 # 4. Host addresses
 # ---------------------------------------------------------------------------
 
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+
+
+def host_from_text(text: str) -> str | None:
+    """The listen address typed by a person (an IP or a host name), or None.
+
+    Digits and dots alone are an IP address or nothing: no host name is all
+    digits (`999.1.1.1` is a typo, not a name to look up).
+    """
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        if not HOST_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+            return None
+        return host
+
+
 def host_port(host: str, port: int) -> str:
     """host:port as people write it ([v6]:port for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """True if only this machine can reach `host` (127.x.x.x, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def same_network_host(host: str, private_ip: str) -> str:
+    """What people on the same network connect to: the listen address when it
+    is one address (or a name), else this machine's private IPv4."""
+    try:
+        return private_ip if ipaddress.ip_address(host).is_unspecified else host
+    except ValueError:
+        return host
+
+
+def forward_advice(port: int) -> str:
+    return f"forward TCP port {port} on your router to this machine first"
+
+
+def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
+                 held_port: int = 0) -> str | None:
+    """Why this machine cannot listen on host:port, found by binding it for a
+    moment; None if it can.  `held_port` is in use by this program: a restart frees it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE and port == held_port:
+            return None
+        return bind_error_text(e, host, port, advice)
+    return None
 
 
 def private_ipv4() -> str:
@@ -2770,6 +2907,14 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
 # 5. Logging
 # ---------------------------------------------------------------------------
 
+class PrivateLogFile(logging.handlers.RotatingFileHandler):
+    """The rotating log, each file created readable by its owner only: it holds addresses."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(log_file: str, console: bool = True) -> None:
     """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
     log.setLevel(logging.INFO)
@@ -2783,8 +2928,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
         log.addHandler(stream)
     if log_file:
         try:
-            handler = logging.handlers.RotatingFileHandler(
-                log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
+            handler = PrivateLogFile(log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
         except OSError as e:
             log.warning("cannot write the log file %s (%s); logging to the screen only",
                         log_file, e.strerror)
@@ -2811,18 +2955,19 @@ STATE_LOOK = {        # badge colour and word
     ERROR: ("#e03131", "Error"),
 }
 WINDOW_BG = "#f3f4f6"
-HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
-
-
-def host_from_text(text: str) -> str | None:
-    """The listen address typed in a box (an IP or a host name), or None."""
-    host = text.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host if HOST_NAME.fullmatch(host) else None
+NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
+COPIED_MS = 4000      # how long the window says what was copied
+WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
+    "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
+    "port": "choose a port above 1023"}
+ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
+    "private": ("Same network", "on the same network", "this computer's address on the network"),
+    "public": ("Over the internet", "over the internet", "this computer's public address")}
+UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
+    "looking": ("looking up…", "{whose} is still being looked up"),
+    "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
+    "failed": ("unknown (look-up failed)", "{whose} could not be found"),
+}
 
 
 def since_text(when: float) -> str:
@@ -2837,6 +2982,20 @@ def privacy_text(settings: Settings) -> str:
     """Whether the room is encrypted and needs a key, in a few words."""
     encrypted = "encrypted (TLS)" if settings.tls_cert else "not encrypted"
     return f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
+
+
+def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
+    """A member as the list shows it: alias, kind, IP address, online since."""
+    return name, kind, ip, since_text(since)
+
+
+def show_line(label, text: str) -> None:
+    """Show a label with `text`, or take it off the window while there is none."""
+    label.configure(text=text)
+    if text:
+        label.grid()
+    else:
+        label.grid_remove()
 
 
 def log_tag(levelno: int) -> str:
@@ -2862,14 +3021,15 @@ class LogFeed(logging.Handler):
 
 
 class FormDialog:
-    """A small form: labelled boxes, OK and Cancel, a line for what is wrong.
+    """A small form: a message, labelled boxes (none for a question), OK and
+    Cancel, a line for what is wrong.
 
     OK calls accept(*texts); a sentence back is shown and keeps the form
     open, None closes it.
     """
 
     def __init__(self, parent, title: str, fields: list[tuple[str, str]],
-                 accept: Callable[..., str | None]):
+                 accept: Callable[..., str | None], message: str = "", ok_text: str = "OK"):
         import tkinter as tk
         from tkinter import ttk
         self.accept = accept
@@ -2879,26 +3039,32 @@ class FormDialog:
         top.resizable(False, False)
         form = ttk.Frame(top, padding=16)
         form.grid(sticky="nsew")
+        self.message = ttk.Label(form, text=message, wraplength=340)
+        if message:
+            self.message.grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, 8))
         self.entries = []
-        for row, (label, value) in enumerate(fields):
+        for row, (label, value) in enumerate(fields, start=1):
             ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", padx=(0, 12), pady=4)
             entry = ttk.Entry(form, width=22)
             entry.insert(0, value)
             entry.grid(row=row, column=1, sticky="ew", pady=4)
             self.entries.append(entry)
         self.problem = ttk.Label(form, text="", style="Problem.TLabel", wraplength=340)
-        self.problem.grid(row=len(fields), column=0, columnspan=2, sticky="w", pady=(6, 0))
+        self.problem.grid(row=len(fields) + 1, column=0, columnspan=2, sticky="w", pady=(6, 0))
         buttons = ttk.Frame(form)
-        buttons.grid(row=len(fields) + 1, column=0, columnspan=2, sticky="e", pady=(10, 0))
+        buttons.grid(row=len(fields) + 2, column=0, columnspan=2, sticky="e", pady=(10, 0))
         self.cancel_button = ttk.Button(buttons, text="Cancel", command=self.close)
-        self.ok_button = ttk.Button(buttons, text="OK", style="Go.TButton", command=self.ok)
+        self.ok_button = ttk.Button(buttons, text=ok_text, style="Go.TButton", command=self.ok)
         self.cancel_button.grid(row=0, column=0, padx=(0, 8))
         self.ok_button.grid(row=0, column=1)
         top.bind("<Return>", lambda _event: self.ok())
         top.bind("<Escape>", lambda _event: self.close())
         top.protocol("WM_DELETE_WINDOW", self.close)
-        self.entries[0].focus_set()
-        self.entries[0].select_range(0, "end")
+        if self.entries:
+            self.entries[0].focus_set()
+            self.entries[0].select_range(0, "end")
+        else:
+            self.ok_button.focus_set()
 
     def is_open(self) -> bool:
         return bool(self.top.winfo_exists())
@@ -2959,10 +3125,11 @@ class ServerWindow:
         self.closed = False
         self.inbox: queue.Queue = queue.Queue()   # (kind, ...) from other threads
         self.log_feed = LogFeed()
-        self.public_ip = "looking up…" if settings.public_ip_url else "off"
-        self.private_ip = "looking up…"
+        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP, once known
+        self.unknown = {"private": "looking",                                 # kind -> why not yet
+                        "public": "looking" if settings.public_ip_url else "off"}
         self.mac = "looking up…"
-        self.rows: dict[str, tuple[str, str, float]] = {}   # tree item -> (name, ip, since)
+        self.rows: dict[str, tuple] = {}   # tree item -> (name, ip, since, kind)
         self.dialog: FormDialog | None = None
         self.ticks = 0
         self.flash_id = None
@@ -3029,7 +3196,10 @@ class ServerWindow:
         frame.rowconfigure(2, weight=1)
         frame.rowconfigure(3, weight=2)
         self._build_bar(frame)
-        self._build_info(frame)
+        side = ttk.Frame(frame)
+        side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
+        self._build_join(side)
+        self._build_info(side)
         self._build_members(frame)
         self._build_log(frame)
 
@@ -3038,7 +3208,7 @@ class ServerWindow:
         from tkinter import ttk
         bar = ttk.Frame(frame)
         bar.grid(row=0, column=0, columnspan=2, sticky="ew")
-        bar.columnconfigure(5, weight=1)
+        bar.columnconfigure(4, weight=1)
         self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton",
                                        command=self.start)
         self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton",
@@ -3046,26 +3216,51 @@ class ServerWindow:
         self.port_button = ttk.Button(bar, text="Change port…", command=self.change_port)
         self.address_button = ttk.Button(bar, text="Set listen address…",
                                          command=self.set_listen_address)
-        self.copy_button = ttk.Button(bar, text="Copy address", width=14,
-                                      command=self.copy_address)
         for column, button in enumerate((self.start_button, self.stop_button, self.port_button,
-                                         self.address_button, self.copy_button)):
+                                         self.address_button)):
             button.grid(row=0, column=column, padx=(0, 16 if column == 1 else 6))
         self.badge = tk.Label(bar, width=10, foreground="white", padx=10, pady=3,
                               font="TkHeadingFont")
-        self.badge.grid(row=0, column=6, sticky="e")
+        self.badge.grid(row=0, column=5, sticky="e")
         self.status_line = ttk.Label(frame, style="Note.TLabel")
         self.status_line.grid(row=1, column=0, columnspan=2, sticky="ew", pady=(10, 8))
         bar.update_idletasks()   # the bar is the narrowest the window gets: wrap there
         self.status_line.configure(wraplength=bar.winfo_reqwidth())
 
-    def _build_info(self, frame) -> None:
+    def _build_join(self, side) -> None:
+        """The two addresses, each with its Copy button, and what else friends need."""
         from tkinter import ttk
-        box = ttk.Labelframe(frame, text="This server", padding=(12, 8))
-        box.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
+        box = ttk.Labelframe(side, text="How friends join", padding=(12, 8))
+        box.grid(row=0, column=0, sticky="nsew")
+        self.address_rows = rows = ttk.Frame(box)
+        rows.grid(row=0, column=0, sticky="ew")
+        rows.columnconfigure(1, weight=1)
+        self.addresses: dict[str, ttk.Label] = {}
+        self.copy_buttons: dict[str, ttk.Button] = {}
+        for row, (kind, (title, _, _)) in enumerate(ADDRESS_KINDS.items()):
+            ttk.Label(rows, text=title, style="Key.TLabel").grid(row=row, column=0, sticky="w",
+                                                                 pady=3, padx=(0, 14))
+            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
+            self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
+            self.copy_buttons[kind] = ttk.Button(rows, text="Copy", width=9,
+                                                 command=lambda kind=kind: self.copy_address(kind))
+            self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
+        self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
+        self.forward_note.grid(row=2, column=0, columnspan=3, sticky="w", pady=(0, 3))
+        notes = []
+        for row, style in enumerate(("Problem", "Note", "Note", "Problem", "Note"), start=1):
+            notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
+            notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
+        (self.loopback_warning, self.tls_note, self.key_note, self.key_warning,
+         self.copied_note) = notes
+        self.copied_note.grid_remove()
+
+    def _build_info(self, side) -> None:
+        from tkinter import ttk
+        box = ttk.Labelframe(side, text="This server", padding=(12, 8))
+        box.grid(row=1, column=0, sticky="nsew", pady=(10, 0))
         self.info: dict[str, ttk.Label] = {}
-        for row, (key, title) in enumerate((("public", "Public IPv4"), ("private", "Private IPv4"),
-                                            ("mac", "MAC address"), ("listen", "Listening on"),
+        for row, (key, title) in enumerate((("mac", "MAC address"), ("listen", "Listening on"),
                                             ("privacy", "Privacy"),
                                             ("online", "Members online"))):
             ttk.Label(box, text=title, style="Key.TLabel").grid(row=row, column=0, sticky="w",
@@ -3080,13 +3275,14 @@ class ServerWindow:
         box.grid(row=2, column=1, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.tree = ttk.Treeview(box, columns=("alias", "ip", "since"), show="headings",
+        self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
                                  height=5, selectmode="extended")
-        for column, title, width, stretch in (("alias", "Alias", 160, True),
-                                              ("ip", "IP address", 130, False),
-                                              ("since", "Online since", 120, False)):
+        for column, title, width, stretch in (("alias", "Alias", 150, True),
+                                              ("kind", "Kind", 80, False),
+                                              ("ip", "IP address", 120, False),
+                                              ("since", "Online since", 125, False)):
             self.tree.heading(column, text=title, anchor="w")
-            self.tree.column(column, width=width, minwidth=80, stretch=stretch, anchor="w")
+            self.tree.column(column, width=width, minwidth=70, stretch=stretch, anchor="w")
         scroll = ttk.Scrollbar(box, orient="vertical", command=self.tree.yview)
         self.tree.configure(yscrollcommand=scroll.set)
         self.tree.grid(row=0, column=0, sticky="nsew")
@@ -3103,7 +3299,7 @@ class ServerWindow:
         box.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(box, height=12, width=90, wrap="word", font="TkFixedFont",
+        self.log_text = tk.Text(box, height=8, width=90, wrap="word", font="TkFixedFont",
                                 background="white", foreground="#212529", relief="flat",
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
@@ -3118,6 +3314,11 @@ class ServerWindow:
     def start(self) -> None:
         """Open the room with the current settings, on a thread of its own."""
         if self.state not in (STOPPED, ERROR) or self.thread is not None or self.quitting:
+            return
+        problem = bind_problem(self.settings.host, self.settings.port, WINDOW_ADVICE)
+        if problem:   # said here in the window's words; the server would name a flag
+            log.error("%s", problem)
+            self._set_state(ERROR, problem)
             return
         self.server = Server(dataclasses.replace(self.settings))
         self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
@@ -3201,9 +3402,10 @@ class ServerWindow:
             except queue.Empty:
                 return
             if kind == "public-ip":
-                self.public_ip = news[0] or "unavailable"
+                self._learn_ip("public", news[0])
             elif kind == "host":
-                self.private_ip, self.mac = news
+                self._learn_ip("private", news[0])
+                self.mac = news[1]
             elif news[0] is not self.server:
                 continue   # from a server that has been replaced
             elif kind == "listening":
@@ -3223,6 +3425,12 @@ class ServerWindow:
                          name="host-addresses", daemon=True).start()
         if self.settings.public_ip_url:
             look_up_public_ip(self.settings.public_ip_url, lambda ip: inbox.put(("public-ip", ip)))
+
+    def _learn_ip(self, kind: str, ip: str | None) -> None:
+        try:
+            self.ips[kind] = str(ipaddress.ip_address(ip or ""))
+        except ValueError:
+            self.unknown[kind] = "failed"
 
     def _show_log_lines(self) -> None:
         lines = []
@@ -3246,20 +3454,23 @@ class ServerWindow:
             text.see("end")
 
     # -- who is online ----------------------------------------------------
-    def _show_members(self, snapshot: list[tuple[str, str, float]]) -> None:
-        """Make the list match the room: drop who left, add who came."""
+    def _show_members(self, snapshot: list[tuple[str, str, float, str]]) -> None:
+        """Make the list match the room: drop who left, add who came.
+
+        `snapshot` holds (name, ip, wall-clock join time, kind) per member.
+        """
         tree, rows = self.tree, self.rows
-        now_in = {name: (name, ip, since) for name, ip, since, _kind in snapshot}
-        for item, (name, ip, since) in list(rows.items()):
+        now_in = {member[0]: tuple(member) for member in snapshot}
+        for item, (name, ip, since, kind) in list(rows.items()):
             new = now_in.pop(name, None)
             if new is None:
                 tree.delete(item)
                 del rows[item]
-            elif new[1] != ip or abs(new[2] - since) > 1.0:   # left and came back
-                tree.item(item, values=(name, new[1], since_text(new[2])))
+            elif new[1] != ip or abs(new[2] - since) > 1.0 or new[3] != kind:   # left, came back
+                tree.item(item, values=member_row(*new))
                 rows[item] = new
-        for name, ip, since in now_in.values():
-            rows[tree.insert("", "end", values=(name, ip, since_text(since)))] = (name, ip, since)
+        for member in now_in.values():
+            rows[tree.insert("", "end", values=member_row(*member))] = member
         self.info["online"].configure(text=str(len(rows)))
         self.members_box.configure(text=f"Online ({len(rows)})")
         self._show_disconnect()
@@ -3277,11 +3488,12 @@ class ServerWindow:
                 self.server.loop.call_soon_threadsafe(self.server.disconnect, self.rows[item][0])
 
     # -- address ----------------------------------------------------------
-    def _ask(self, title: str, fields: list[tuple[str, str]], accept: Callable[..., str | None]):
+    def _ask(self, title: str, fields: list[tuple[str, str]], accept: Callable[..., str | None],
+             **options) -> None:
         if self.dialog is not None and self.dialog.is_open():
             self.dialog.top.lift()
             return
-        self.dialog = FormDialog(self.root, title, fields, accept)
+        self.dialog = FormDialog(self.root, title, fields, accept, **options)
 
     def change_port(self) -> None:
         """Ask for a port, save it to .pcr_port; a running server restarts on it."""
@@ -3297,8 +3509,7 @@ class ServerWindow:
         port = parse_port(port_text)
         if port is None:
             return f"{port_text.strip()[:20]!r} is not a port number from 1 to 65535."
-        self._use_address(self.settings.host, port)
-        return None
+        return self._use_address(self.settings.host, port)
 
     def _take_address(self, host_text: str, port_text: str) -> str | None:
         host, port = host_from_text(host_text), parse_port(port_text)
@@ -3306,10 +3517,35 @@ class ServerWindow:
             return f"{host_text.strip()[:40]!r} is not an IP address or host name."
         if port is None:
             return f"{port_text.strip()[:20]!r} is not a port number from 1 to 65535."
-        self._use_address(host, port)
+        return self._use_address(host, port)
+
+    def _use_address(self, host: str, port: int) -> str | None:
+        """Listen at host:port from now on; a sentence if this machine cannot.
+
+        Checked before a running room is stopped; a restart that would
+        disconnect members is asked about first.
+        """
+        running = self.state in (STARTING, RUNNING)
+        if (host, port) != (self.settings.host, self.settings.port):
+            problem = bind_problem(host, port, WINDOW_ADVICE,
+                                   held_port=self.settings.port if running else 0)
+            if problem:
+                return problem
+            if running and self.rows:
+                self.root.after_idle(self._confirm_restart, host, port)   # once this form closes
+                return None
+        self._apply_address(host, port)
         return None
 
-    def _use_address(self, host: str, port: int) -> None:
+    def _confirm_restart(self, host: str, port: int) -> None:
+        names = [member[0] for member in self.rows.values()]
+        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        self._ask("Restart the room?", [], lambda: self._apply_address(host, port),
+                  message=f"The room will restart on {host_port(host, port)}. Everyone in it "
+                          f"({who}) will be disconnected and must join again at the new address.",
+                  ok_text="Restart")
+
+    def _apply_address(self, host: str, port: int) -> None:
         """Listen there from the next start (now, if running); keep the port in .pcr_port."""
         try:
             save_port_file(port)
@@ -3323,28 +3559,62 @@ class ServerWindow:
                 self.stop()
         self._show_state()
 
-    def friend_address(self) -> str:
-        """ip:port for friends: the public IP if known, else the private one."""
-        port = self.listening[1] if self.listening else self.settings.port
-        for ip in (self.public_ip, self.private_ip):
-            try:
-                return host_port(str(ipaddress.ip_address(ip)), port)
-            except ValueError:
-                continue
-        return host_port(self.settings.host, port)
+    # -- how friends join -------------------------------------------------
+    def _listen_address(self) -> tuple[str, int]:
+        return self.listening or (self.settings.host, self.settings.port)
 
-    def copy_address(self) -> None:
-        """Put the friends' address on the clipboard."""
-        self.root.clipboard_clear()
-        self.root.clipboard_append(self.friend_address())
-        self.copy_button.configure(text="Copied ✓")
+    def _address(self, kind: str) -> str | None:
+        """The address friends join at, for `kind` ("private" or "public"); None if not known."""
+        host, port = self._listen_address()
+        ip = self.ips[kind] if kind == "public" else same_network_host(host, self.ips[kind] or "")
+        return host_port(ip, port) if ip else None
+
+    def copy_address(self, kind: str) -> None:
+        """Put one of the friends' addresses on the clipboard and say which; nothing while closed."""
+        address, (_, whom, whose) = self._address(kind), ADDRESS_KINDS[kind]
+        if self.state != RUNNING:
+            said = "Nothing copied: the room is closed. Press Start server first."
+        elif address is None:
+            said = "Nothing copied: " + UNKNOWN[self.unknown[kind]][1].format(whose=whose) + "."
+        else:
+            self.root.clipboard_clear()
+            self.root.clipboard_append(address)
+            self.copy_buttons[kind].configure(text="Copied ✓")
+            said = f"Copied {address}: give it to friends who join {whom}."
+        show_line(self.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
-        self.flash_id = self.root.after(1500, self._copied_shown)
+        self.flash_id = self.root.after(COPIED_MS, self._copied_shown)
 
     def _copied_shown(self) -> None:
         self.flash_id = None
-        self.copy_button.configure(text="Copy address")
+        for button in self.copy_buttons.values():
+            button.configure(text="Copy")
+        show_line(self.copied_note, "")
+
+    def _show_join(self) -> None:
+        """The addresses and the router advice, or the warning that nobody else can
+        join; the key form and a short-key warning."""
+        host, port = self._listen_address()
+        for kind, label in self.addresses.items():
+            label.configure(text=self._address(kind) or UNKNOWN[self.unknown[kind]][0])
+        self.forward_note.configure(text=f"Over the internet: {forward_advice(port)}.")
+        local = is_loopback(host)
+        if local:
+            self.address_rows.grid_remove()
+        else:
+            self.address_rows.grid()
+        show_line(self.loopback_warning,
+                  f"Only this computer can join: the listen address is {host}. To let friends "
+                  f"in, use Set listen address… and choose 0.0.0.0 (every network)." if local else "")
+        show_line(self.tls_note, "The room is encrypted: the App cannot join; friends use the "
+                  "terminal client in pcr_server.py, with encryption on (see its README)."
+                  if self.settings.tls_cert else "")
+        key = self.settings.room_key
+        show_line(self.key_note, "Friends join as name#KEY: their name, then # and the room key."
+                  if key else "")
+        warning = short_key_warning(key)
+        show_line(self.key_warning, warning[:1].upper() + warning[1:] + "." if warning else "")
 
     # -- showing the state --------------------------------------------------
     def _set_state(self, state: str, problem: str = "") -> None:
@@ -3363,8 +3633,7 @@ class ServerWindow:
         self.status_line.configure(text=self._status_sentence(),
                                    style="Problem.TLabel" if state == ERROR else "Note.TLabel")
         next_address = host_port(self.settings.host, self.settings.port)
-        self.info["public"].configure(text=self.public_ip)
-        self.info["private"].configure(text=self.private_ip)
+        self._show_join()
         self.info["mac"].configure(text=self.mac)
         self.info["listen"].configure(
             text=host_port(*self.listening) if self.listening else f"off (next: {next_address})")
@@ -3372,13 +3641,16 @@ class ServerWindow:
         self._show_disconnect()
 
     def _status_sentence(self) -> str:
-        listen = host_port(self.settings.host, self.settings.port)
+        host, port = self._listen_address()
+        listen = host_port(host, port)
         if self.quitting:
             return "Stopping the server before closing…"
+        if self.state == RUNNING and is_loopback(host):
+            return f"The room is open, but only this computer can join it ({listen})."
         return {
             STOPPED: f"The room is closed. Start server opens it on {listen}.",
             STARTING: f"Starting on {listen}…",
-            RUNNING: f"The room is open. Friends join at {self.friend_address()}.",
+            RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
             STOPPING: "Stopping: members are being told the server stops…",
             ERROR: self.problem,
         }[self.state]
@@ -3409,7 +3681,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
     def request_close(*_):
         window.close_requested = True   # _tick acts on it within TICK_MS
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, request_close)
     root.deiconify()
     root.mainloop()
@@ -3423,7 +3695,12 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
+TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
+STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
+STOP_SAID = "the server has been stopped; join again once it is back online"
+# OpenSSL's verify codes for a certificate that does not list the name or address used
+NAME_MISMATCH = {62, 64}
 
 
 class ClientError(Exception):
@@ -3505,25 +3782,80 @@ def open_connection(host: str, port: int, context: ssl.SSLContext | None) -> soc
     try:
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as e:
-        raise ClientError(f"The server at {where} could not prove who it is "
-                          f"({(e.verify_message or e.reason or '').rstrip('.')}); give its "
-                          f"certificate with --ca FILE, or skip the check with --insecure.") from None
+        raise ClientError(unproven_text(e, host, port, context)) from None
     except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away
         raise ClientError(f"{where} closed the connection during the TLS handshake "
                           f"(the room may be full, or not open to your address).") from None
     except ssl.SSLError as e:
+        if e.reason == "WRONG_VERSION_NUMBER":   # it answered in plain text
+            raise ClientError(f"{where} is not an encrypted room: connect without --tls "
+                              f"(and without --ca or --insecure).") from None
         raise ClientError(f"No encrypted connection with {where} ({e.reason or e}); "
                           f"is the server using TLS?") from None
     except OSError as e:
         raise ClientError(f"The encrypted connection with {where} failed: {e.strerror or e}.") from None
 
 
-def answer_prompt(sock: socket.socket, alias: str, where: str, tls: bool) -> bytes:
+def unproven_text(e: ssl.SSLCertVerificationError, host: str, port: int,
+                  context: ssl.SSLContext) -> str:
+    """The sentence for a certificate that failed the check: what to do about it."""
+    where = host_port(host, port)
+    names = certificate_names(host, port, context) if e.verify_code in NAME_MISMATCH else []
+    if names:
+        return (f"The certificate of {where} lists {', '.join(names)}, not {host}: connect with "
+                f"one of those, or ask the host for a certificate that lists the address you use.")
+    return (f"The server at {where} could not prove who it is "
+            f"({(e.verify_message or e.reason or '').rstrip('.')}); give its "
+            f"certificate with --ca FILE, or skip the check with --insecure.")
+
+
+def certificate_names(host: str, port: int, context: ssl.SSLContext) -> list[str]:
+    """The names and addresses the server's certificate lists, from a second
+    handshake that checks the certificate but not the name; [] if it fails.
+    (It turns off the name check in `context`, which is not used again.)"""
+    context.check_hostname = False
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as raw, \
+                context.wrap_socket(raw) as tls:
+            listed = tls.getpeercert().get("subjectAltName", ())
+    except (OSError, ValueError):
+        return []
+    return [str(ipaddress.ip_address(value)) if kind == "IP Address" else value
+            for kind, value in listed if kind in ("DNS", "IP Address")]
+
+
+def speaks_tls(host: str, port: int) -> bool:
+    """True if host:port completes a TLS handshake (nothing is checked: this only asks)."""
+    if ssl is None:
+        return False
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=TLS_GUESS) as raw, \
+                context.wrap_socket(raw):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def quiet_for(sock: socket.socket, seconds: float) -> bool:
+    """True if nothing arrives on `sock` (plain) within `seconds`."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, EVENT_READ)
+        return not selector.select(seconds)
+
+
+def answer_prompt(sock: socket.socket, alias: str, host: str, port: int, tls: bool) -> bytes:
     """Wait for ALIAS and answer with the alias; returns what came after ALIAS.
 
     ClientError if the server said something else instead (a refusal, shown
-    as it is), nothing in time, or closed.
+    as it is), nothing in time, or closed; or, for a plain connection that
+    hears nothing at first, if the room turns out to speak TLS.
     """
+    where = host_port(host, port)
+    if not tls and quiet_for(sock, TLS_GUESS) and speaks_tls(host, port):
+        raise ClientError(f"{where} is an encrypted room: add --tls "
+                          f"(and --ca FILE with the host's certificate).")
     got = b""
     try:
         while len(got) < len(ALIAS_PROMPT) and ALIAS_PROMPT.startswith(got):
@@ -3562,15 +3894,22 @@ class ClientSession:
     waits, so Ctrl+C reaches it on every platform.
     """
 
-    def __init__(self, sock: socket.socket, alias: str, out, early: bytes):
+    def __init__(self, sock: socket.socket, alias: str, where: str, out, early: bytes,
+                 typed_shows: bool = False):
         self.loop = Loop()
         self.sock = sock
         self.alias = alias
+        self.name = split_key(alias)[0].strip()   # as the room knows us, unless it says otherwise
+        self.where = where
         self.out = out
         self.early = early         # what came after ALIAS in the same read
+        self.typed_shows = typed_shows   # a terminal shows typed lines: do not print their echo
         self.inbuf = b""
         self.outbuf = bytearray()
         self.events = EVENT_READ
+        self.held: list[str] | None = []   # lines before the welcome: a refusal if it closes
+        self.inside = False        # the room has sent us its count: we are in
+        self.leave_asked = False   # input ended before we were in
         self.leaving = False
         self.stopped = False       # the server said it is stopping
         self.code = 1
@@ -3579,10 +3918,10 @@ class ClientSession:
 
     def stay(self, stdin) -> int:
         """Run until the person leaves or the server goes; the exit code."""
-        threading.Thread(target=self._run, name="pcr-client", daemon=True).start()
-        threading.Thread(target=self._read_typed, args=(stdin,), name="pcr-client-stdin",
-                         daemon=True).start()
-        try:
+        try:   # Ctrl+C may come as soon as the room's first lines are shown
+            threading.Thread(target=self._run, name="pcr-client", daemon=True).start()
+            threading.Thread(target=self._read_typed, args=(stdin,), name="pcr-client-stdin",
+                             daemon=True).start()
             while not self.over.wait(0.5):   # timed, so Ctrl+C gets through on Windows too
                 pass
         except KeyboardInterrupt:
@@ -3602,7 +3941,7 @@ class ClientSession:
                     self.loop.call_soon_threadsafe(self.say, text)
         except (OSError, ValueError):   # unreadable input ends the stay like Ctrl+D
             pass
-        self.loop.call_soon_threadsafe(self.leave)
+        self.loop.call_soon_threadsafe(self.end_of_input)
 
     # -- the loop's thread ----------------------------------------------
     def _run(self) -> None:
@@ -3647,11 +3986,44 @@ class ClientSession:
             self._show(decode_line(raw))
 
     def _show(self, text: str) -> None:
+        """One line from the room, as this person should see it (or not at all)."""
         if self.leaving:   # said goodbye: the rest is not for this person any more
             return
-        self.stopped = self.stopped or text == STOP_LINE
+        if self.held is not None and not self._welcomed(text):
+            if len(self.held) < MAX_NOTES:
+                self.held.append(text)
+            return
+        if text == STOP_LINE:
+            self.stopped, text = True, STOP_SAID
+        elif text in STOP_LINES or (self.typed_shows and text.startswith(f"{self.name}: ")):
+            return   # the App's stop text, or the echo of a line the terminal shows already
+        self._print(shown_line(text))
+        if not self.inside and text.startswith(KNOWN_AS):
+            self.name = text[len(KNOWN_AS):]
+        elif not self.inside and online_count(text) is not None:
+            self._in()
+
+    def _welcomed(self, text: str) -> bool:
+        """Whether `text` shows the room let us in (a join line or the count); the
+        lines held back until then are shown first."""
+        if not text.endswith(" joined the chat...") and online_count(text) is None:
+            return False
+        held, self.held = self.held, None
+        for line in held:
+            self._print(shown_line(line))
+        return True
+
+    def _in(self) -> None:
+        """The count has come: we are in the room, under the name it told us."""
+        self.inside = True
+        print(f"in the room as {self.name} at {self.where}; type a line and press Enter to "
+              f"send it, Ctrl+D or Ctrl+C to leave", file=sys.stderr, flush=True)
+        if self.leave_asked:
+            self.leave()
+
+    def _print(self, line: str) -> None:
         try:
-            self.out.write(shown_line(text) + "\n")
+            self.out.write(line + "\n")
             self.out.flush()
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)
@@ -3660,13 +4032,26 @@ class ClientSession:
         if self.inbuf:
             self._show(decode_line(self.inbuf))
             self.inbuf = b""
-        if not self.leaving:
+        if self.leaving:
+            pass
+        elif self.held is not None:   # closed before letting us in: what it said is why
+            refusal = " ".join(clean_text(line).strip() for line in self.held).strip()
+            self.code = 1
+            self.problem = refusal or "the server closed the connection before letting you in"
+        else:
             self.code = 0 if self.stopped else 1
             self.problem = "" if self.stopped else "the server closed the connection"
         self._end()
 
     def _end(self) -> None:
         self.loop.running = False
+
+    def end_of_input(self) -> None:
+        """Ctrl+D: leave, once in the room (a refusal on the way must still be heard)."""
+        if self.inside:
+            self.leave()
+        else:
+            self.leave_asked = True
 
     def say(self, text: str) -> None:
         """Send a typed line as the App does, `{alias}: {text}` (the echo shows it)."""
@@ -3702,19 +4087,16 @@ class ClientSession:
 
 
 def join_room(host: str, port: int, context: ssl.SSLContext | None, alias: str,
-              out) -> ClientSession:
+              out, typed_shows: bool = False) -> ClientSession:
     """Connect, answer the prompt, and hand back the stay; ClientError if not let in."""
-    where = host_port(host, port)
     sock = open_connection(host, port, context)
     try:
-        early = answer_prompt(sock, alias, where, tls=context is not None)
+        early = answer_prompt(sock, alias, host, port, tls=context is not None)
     except BaseException:   # Ctrl+C too
         sock.close()
         raise
     secure = " over TLS" if context is not None else ""
-    print(f"connected to {where}{secure}; type a line and press Enter to send it, "
-          f"Ctrl+D or Ctrl+C to leave", file=sys.stderr, flush=True)
-    return ClientSession(sock, alias, out, early)
+    return ClientSession(sock, alias, host_port(host, port) + secure, out, early, typed_shows)
 
 
 def ask_name(stdin, out) -> str | None:
@@ -3772,7 +4154,8 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
             name = ask_name(stdin, stdout)
             if name is None:
                 return 0
-        session = join_room(host, port, context, alias_text(name), stdout)
+        typed_shows = stdin.isatty() and stdout.isatty()   # one terminal shows both
+        session = join_room(host, port, context, alias_text(name), stdout, typed_shows)
         return session.stay(stdin)
     except ClientError as e:
         print(e, file=sys.stderr, flush=True)
@@ -3808,6 +4191,21 @@ def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text!r} is below {minimum}")
         return value
     return parse
+
+
+def listen_host(text: str) -> str:
+    host = host_from_text(text)
+    if host is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host name "
+                                         f"(0.0.0.0 listens on every network)")
+    return host
+
+
+def room_key(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the room key is empty: give one of at least "
+                                         f"{MIN_KEY} characters, or leave --room-key out")
+    return text
 
 
 def networks(text: str) -> tuple:
@@ -3863,7 +4261,7 @@ def add_page_options(p: argparse.ArgumentParser) -> None:
 def add_privacy_options(p: argparse.ArgumentParser) -> None:
     privacy = p.add_argument_group("privacy")
     key = privacy.add_mutually_exclusive_group()
-    key.add_argument("--room-key", default="", metavar="KEY",
+    key.add_argument("--room-key", type=room_key, metavar="KEY",
                      help="members must join as name#KEY")
     key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
     privacy.add_argument("--tls-cert", default="", metavar="FILE",
@@ -3895,7 +4293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A private chat room server for PrivateChatRoom-App and terminal clients.")
     p.add_argument("--version", action="version", version=f"PrivateChatRoom-Server {VERSION}")
     p.add_argument("--gui", action="store_true", help="open a window to run the server")
-    p.add_argument("--host", default=d.host,
+    p.add_argument("--host", type=listen_host, default=d.host,
                    help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
     p.add_argument("--port", type=port_number,
                    help=f"port to listen on (default: the number in {PORT_FILE}, else {DEFAULT_PORT})")
@@ -3916,6 +4314,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--tls-key needs --tls-cert")
     if args.room_key_file:
         args.room_key = read_room_key(p, args.room_key_file)
+    args.room_key = args.room_key or ""
     return args
 
 
@@ -3945,21 +4344,72 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def announce_addresses(settings: Settings) -> None:
-    log.info("private IPv4: %s, MAC: %s", private_ipv4(), mac_address())
+def join_banner(settings: Settings, address: tuple[str, int], private_ip: str) -> str:
+    """What the host needs once the room is open: how friends join, the log, how to stop."""
+    host, port = address
+    if is_loopback(host):
+        lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
+                 f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
+    else:
+        same = same_network_host(host, private_ip)
+        lines = [f"The room is open on port {port}. How friends join:",
+                 f"  same network:       {host_port(same, port) if same != 'unknown' else same}",
+                 internet_line("looking up this machine's public address…" if settings.public_ip_url
+                               else "not looked up: your router's status page shows this "
+                                    "machine's public address", port)]
+    if settings.tls_cert:
+        lines.append("  encrypted:          the App cannot join; friends use "
+                     "python3 pcr_server.py --connect ADDRESS --tls")
+    if settings.room_key:
+        lines.append("  with the room key:  friends join as name#KEY")
+        if warning := short_key_warning(settings.room_key):
+            lines.append(f"  warning: {warning}")
     if settings.public_ip_url:
-        look_up_public_ip(settings.public_ip_url, lambda ip: None)
+        lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
+                     f"public address; --public-ip-url '' turns that off.")
+    lines.append(f"Log file: {os.path.abspath(settings.log_file)}" if settings.log_file
+                 else "Log file: none (--log-file '')")
+    lines.append("Ctrl+C stops the server.")
+    return "\n".join(lines)
+
+
+def internet_line(where: str, port: int) -> str:
+    return f"  over the internet:  {where} ({forward_advice(port)})"
+
+
+def tell(text: str) -> None:
+    """Print for the host; a terminal that has gone away (hang-up) is no error."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def announce(settings: Settings, address: tuple[str, int]) -> None:
+    """Log this machine's addresses and print the banner; the internet address
+    follows once the look-up answers."""
+    private_ip = private_ipv4()
+    log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
+    tell(join_banner(settings, address, private_ip))
+    port, local = address[1], is_loopback(address[0])
+
+    def public_ip_known(ip: str | None) -> None:
+        if not local:
+            tell(internet_line(host_port(ip, port) if ip else "this machine's public address "
+                               "could not be found; your router's status page shows it", port))
+    if settings.public_ip_url:
+        look_up_public_ip(settings.public_ip_url, public_ip_known)
 
 
 def run_headless(settings: Settings) -> int:
     server = Server(settings)
     try:
-        server.listen()
+        address = server.listen()
     except StartError as e:
         log.error("%s", e)
         return 1
-    announce_addresses(settings)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    announce(settings, address)
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
     server.loop.close()
@@ -3973,6 +4423,12 @@ def main(argv: list[str] | None = None) -> int:
     settings, warnings = settings_from(args)
     setup_logging(settings.log_file)
     log.info("PrivateChatRoom-Server %s starting", VERSION)
+    if settings.tls_cert:
+        try:   # said here, on the console, before any window opens
+            tls_context(settings.tls_cert, settings.tls_key)
+        except StartError as e:
+            log.error("%s", e)
+            return 1
     if args.gui:
         return run_gui(settings, warnings)
     for warning in warnings:

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -1370,6 +1371,21 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
     raise AssertionError("server did not listen")
 
 
+def printed_until(proc: subprocess.Popen, needle: str, timeout: float = WAIT) -> str:
+    """What proc has printed on stdout, once `needle` is in it (read raw, bounded)."""
+    got, fd, deadline = b"", proc.stdout.fileno(), time.monotonic() + timeout
+    while needle.encode() not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {needle!r}; printed {got!r}")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stdout closed before {needle!r}; printed {got!r}")
+            got += chunk
+    return got.decode()
+
+
 class CommandLineTest(unittest.TestCase):
     """The program as a person runs it."""
 
@@ -1430,6 +1446,147 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn("is not on this machine", err)
         self.assertNotIn("Traceback", err)
 
+    def start_error(self, *args) -> tuple[int, str]:
+        """Run the server with args until it gives up; its exit code and stderr."""
+        proc = run_server("--public-ip-url", "", "--port", str(free_port()), *args, cwd=self.dir)
+        try:
+            _, err = proc.communicate(timeout=WAIT)
+        except subprocess.TimeoutExpired:   # it started after all: end it, and say so
+            proc.kill()
+            proc.communicate()
+            self.fail(f"the server started with {args}")
+        return proc.returncode, err
+
+    def assert_one_plain_sentence(self, err: str, *words: str) -> None:
+        """The last line says it all, in words, with no Python internals."""
+        last = err.strip().splitlines()[-1]
+        for word in words:
+            self.assertIn(word, last)
+        for internal in ("Traceback", "_ssl.c", "('", "while attempting"):
+            self.assertNotIn(internal, err)
+
+    def test_sighup_sends_stop_lines_and_exits_zero(self):
+        port = free_port()
+        proc = self.server("--port", str(port))
+        wait_listening(port, proc)
+        c = Client(port)
+        self.addCleanup(c.close)
+        c.join("ann")
+        proc.send_signal(signal.SIGHUP)
+        got = c.read_to_close()
+        self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
+        self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_banner_says_how_friends_join_where_the_log_is_and_how_to_stop(self):
+        service = PublicIpService("203.0.113.9")
+        self.addCleanup(service.close)
+        port = free_port()
+        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
+            proc = self.server("--host", "0.0.0.0", "--port", str(port),
+                               "--public-ip-url", service.url, "--log-file", "room.log")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn(f"The room is open on port {port}. How friends join:", banner)
+        self.assertIn(f"  same network:       {pcr.private_ipv4()}:{port}\n", banner)
+        forward = f"(forward TCP port {port} on your router to this machine first)"
+        self.assertIn(f"  over the internet:  looking up this machine's public address… {forward}",
+                      banner)
+        self.assertIn(f"At start the server asks {service.url} for this machine's public address; "
+                      f"--public-ip-url '' turns that off.", banner)
+        self.assertIn(f"Log file: {os.path.join(os.path.realpath(self.dir), 'room.log')}\n", banner)
+        self.assertNotIn("room key", banner)
+        later = printed_until(proc, "203.0.113.9")
+        self.assertIn(f"  over the internet:  203.0.113.9:{port} {forward}", later)
+        self.assertEqual(banner.count("How friends join"), 1)
+
+    def test_banner_without_the_public_address_look_up_says_it_is_off(self):
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()))
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("over the internet:  not looked up: your router's status page shows "
+                      "this machine's public address (forward TCP port", banner)
+        self.assertNotIn("asks", banner)
+        self.assertNotIn("encrypted", banner)
+
+    def test_banner_of_an_encrypted_room_says_how_friends_join_it(self):
+        cert, key = make_certificate(self.dir)
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()),
+                           "--tls-cert", cert, "--tls-key", key)
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("  encrypted:          the App cannot join; friends use "
+                      "python3 pcr_server.py --connect ADDRESS --tls\n", banner)
+
+    def test_banner_on_loopback_says_nobody_else_can_join(self):
+        port = free_port()
+        proc = self.server("--port", str(port))
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn(f"The room is open on 127.0.0.1:{port}, but nobody else can join", banner)
+        self.assertIn("--host 0.0.0.0", banner)
+        self.assertNotIn("same network", banner)
+
+    def test_banner_of_a_keyed_room_gives_the_name_key_form_and_warns_when_short(self):
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()), "--room-key", "zq7")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("  with the room key:  friends join as name#KEY\n", banner)
+        self.assertIn("  warning: the room key has only 3 characters, which can be guessed; "
+                      "a key of 8 or more is much safer\n", banner)
+        self.assertNotIn("zq7", banner)
+        proc = self.server("--host", "0.0.0.0", "--port", str(free_port()), "--room-key", "long-key-9")
+        self.assertNotIn("warning", printed_until(proc, "Ctrl+C stops the server."))
+
+    def test_invalid_host_is_a_usage_error(self):
+        code, err = self.start_error("--host", "999.1.1.1")
+        self.assertEqual(code, 2)
+        self.assert_one_plain_sentence(err, "--host", "'999.1.1.1' is not an IP address or host name")
+
+    def test_unknown_host_name_is_one_sentence(self):
+        code, err = self.start_error("--host", "no-such-host.invalid")
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, "Cannot find the address of", "--host 0.0.0.0")
+
+    def test_empty_room_key_is_a_usage_error(self):
+        for key in ("", "   "):
+            code, err = self.start_error("--room-key", key)
+            self.assertEqual(code, 2, key)
+            self.assert_one_plain_sentence(err, "--room-key", "the room key is empty")
+
+    def pem(self, name: str, text: bytes) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(text)
+        return path
+
+    def test_certificate_without_its_key_says_to_give_the_key(self):
+        cert, key = make_certificate(self.dir)
+        code, err = self.start_error("--tls-cert", cert)
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, f"{cert} holds no private key; give it with --tls-key FILE")
+        code, err = self.start_error("--tls-cert", cert, "--tls-key", cert)
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, f"{cert} holds no private key", "--tls-key")
+
+    def test_unreadable_or_garbled_tls_files_are_one_sentence(self):
+        cert, key = make_certificate(self.dir)
+        with open(cert, "rb") as f:
+            garbled = f.read().replace(b"M", b"#", 40)
+        cases = [
+            ((os.path.join(self.dir, "missing.pem"),), "Cannot read"),
+            ((self.pem("text.pem", b"hello\n"),), "holds no certificate"),
+            ((self.pem("garbled.pem", garbled), key), "damaged"),
+            ((cert, self.pem("nokey.pem", b"nothing here\n")), "holds no private key"),
+        ]
+        other_cert, other_key = make_certificate(tempfile.mkdtemp(dir=self.dir))
+        cases.append(((cert, other_key), "does not belong to the certificate"))
+        for files, words in cases:
+            args = ["--tls-cert", files[0]] + (["--tls-key", files[1]] if len(files) > 1 else [])
+            with self.subTest(files=files):
+                code, err = self.start_error(*args)
+                self.assertEqual(code, 1)
+                self.assert_one_plain_sentence(err, words)
+
+    def test_tls_errors_are_said_before_the_window_opens(self):
+        code, err = self.start_error("--gui", "--tls-cert", self.pem("text.pem", b"hello\n"))
+        self.assertEqual(code, 1)
+        self.assert_one_plain_sentence(err, "holds no certificate")
+
     def test_missing_port_file_is_created_with_5050(self):
         port_file = os.path.join(self.dir, ".pcr_port")
         self.assertEqual(pcr.read_port_file(port_file), (5050, None))
@@ -1454,6 +1611,49 @@ class CommandLineTest(unittest.TestCase):
             self.assertIn("not a port number", warning)
             with open(port_file) as f:
                 self.assertEqual(f.read(), text)
+
+    def read_port_file_apart(self) -> str:
+        """read_port_file() in a process of its own with 300 MB of memory at most."""
+        code = ("import resource, pcr_server; "
+                "resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20)); "
+                "print(pcr_server.read_port_file())")
+        out = subprocess.run([sys.executable, "-c", code], cwd=self.dir, capture_output=True,
+                             text=True, timeout=WAIT, env={**os.environ, "PYTHONPATH": HERE})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout
+
+    def test_port_file_that_is_not_a_regular_file_is_refused(self):
+        port_file = os.path.join(self.dir, ".pcr_port")
+        os.symlink("/dev/zero", port_file)
+        self.assertIn("is not a regular file", self.read_port_file_apart())
+        os.remove(port_file)
+        os.mkfifo(port_file)   # opening one to read would wait for a writer
+        self.assertIn("is not a regular file", self.read_port_file_apart())
+
+    def test_port_file_read_is_bounded(self):
+        with open(os.path.join(self.dir, ".pcr_port"), "w") as f:
+            f.write("5051" + " " * 10_000_000)
+        got = self.read_port_file_apart()
+        self.assertIn("5050", got)
+        self.assertIn("longer than a port number can be", got)
+
+    def test_port_file_that_links_to_a_regular_file_is_read(self):
+        with open(os.path.join(self.dir, "saved"), "w") as f:
+            f.write("6001\n")
+        os.symlink("saved", os.path.join(self.dir, ".pcr_port"))
+        self.assertEqual(pcr.read_port_file(os.path.join(self.dir, ".pcr_port")), (6001, None))
+
+    def test_dangling_port_file_link_is_not_followed(self):
+        port_file, target = os.path.join(self.dir, ".pcr_port"), os.path.join(self.dir, "elsewhere")
+        os.symlink(target, port_file)
+        port, warning = pcr.read_port_file(port_file)
+        self.assertEqual(port, 5050)
+        self.assertIn("link to a file that does not exist", warning)
+        self.assertFalse(os.path.exists(target))
+        self.assertTrue(os.path.islink(port_file))
+        with self.assertRaises(OSError):
+            pcr.save_port_file(6000, port_file)
+        self.assertFalse(os.path.exists(target))
 
     def test_room_key_file_gives_its_first_line(self):
         path = os.path.join(self.dir, "key.txt")
@@ -1514,6 +1714,21 @@ class CommandLineTest(unittest.TestCase):
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("rot.log"))
         self.assertEqual(names, ["rot.log", "rot.log.1", "rot.log.2", "rot.log.3"])
         self.assertTrue(all(os.path.getsize(os.path.join(self.dir, n)) <= 60000 for n in names))
+
+    def test_log_file_and_its_rotations_are_readable_by_the_owner_only(self):
+        log_file = os.path.join(self.dir, "rot.log")
+        old = os.umask(0o022)
+        try:
+            pcr.setup_logging(log_file, console=False)
+        finally:
+            os.umask(old)
+        self.addCleanup(pcr.setup_logging, "", False)
+        for i in range(1500):
+            pcr.log.info("line %d %s", i, "x" * 80)
+        names = sorted(n for n in os.listdir(self.dir) if n.startswith("rot.log"))
+        self.assertGreaterEqual(len(names), 3, names)
+        for name in names:
+            self.assertEqual(os.stat(os.path.join(self.dir, name)).st_mode & 0o777, 0o600, name)
 
     def test_public_ip_is_looked_up_from_the_given_url(self):
         import http.server
@@ -1580,13 +1795,13 @@ class CommandLineTest(unittest.TestCase):
         del cpu0
 
 
-def make_certificate(directory: str) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1/localhost, made with openssl."""
+def make_certificate(directory: str, names: str = "DNS:localhost,IP:127.0.0.1") -> tuple[str, str]:
+    """A self-signed certificate (for localhost and 127.0.0.1 unless told), made with openssl."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     try:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
                         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                        "-addext", f"subjectAltName={names}"],
                        check=True, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
         raise unittest.SkipTest(f"cannot make a test certificate with openssl: {e}")
@@ -1723,7 +1938,8 @@ class TlsTest(ServerCase):
     def test_bad_certificate_is_one_clear_sentence(self):
         with self.assertRaises(pcr.StartError) as e:
             super().start(tls_cert=os.path.join(self.dir, "missing.pem"))
-        self.assertIn("Cannot use the certificate", str(e.exception))
+        self.assertIn("Cannot read", str(e.exception))
+        self.assertIn("missing.pem (No such file or directory)", str(e.exception))
 
 
 class ClientProcess:
@@ -1764,6 +1980,15 @@ class ClientProcess:
             got, self.seen = bytes(self.out[self.seen:cut]), cut
         return got.decode()
 
+    def said(self, needle: str, timeout: float = WAIT) -> str:
+        """Its stderr, once it holds `needle`; fails after `timeout`."""
+        want = needle.encode()
+        with self.changed:
+            if not self.changed.wait_for(lambda: want in self.err, timeout):
+                raise AssertionError(f"timed out waiting for {needle!r} on stderr; got "
+                                     f"{bytes(self.err)!r}, stdout {bytes(self.out[-300:])!r}")
+            return self.err.decode()
+
     def type(self, text: str) -> None:
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
@@ -1796,7 +2021,7 @@ class ClientProcess:
 
 
 class FakeRoom:
-    """A one-connection stand-in server: ALIAS, then `{alias} joined the chat...`.
+    """A one-connection stand-in server: ALIAS, then `{alias} joined the chat...` and the count.
 
     Keeps what the client sends until its leave line (or sends `reply` and
     closes instead); speaks TLS if given a context.
@@ -1825,7 +2050,7 @@ class FakeRoom:
             if reply is not None:
                 conn.sendall(reply)
                 return
-            conn.sendall(self.received.split(b"\n")[0] + b" joined the chat...\n")
+            conn.sendall(self.received.split(b"\n")[0] + b" joined the chat...\n1 person is online...\n")
             self._receive_until(conn, b" has left the chat...\n")
         except OSError:   # the client refused the handshake, or went
             pass
@@ -1914,10 +2139,10 @@ class ClientModeTest(ServerCase):
         self.assertEqual(pcr.shown_line("a\x1b[2Jb\x07\tc"), "ab\tc")
 
     def test_odd_bytes_are_replaced_not_a_crash(self):
-        room = FakeRoom(self, reply=b"caf\xc3 \xff\x1b[2Jok \x07bell\n")
+        room = FakeRoom(self, reply=b"ann joined the chat...\ncaf\xc3 \xff\x1b[2Jok \x07bell\n")
         c = self.client(f"127.0.0.1:{room.port}", name="ann", env={"PYTHONIOENCODING": "ascii"})
         self.assertEqual(c.wait(), 1)
-        self.assertEqual(c.output(), "caf? ?ok bell\n")
+        self.assertEqual(c.output(), "ann joined the chat...\ncaf? ?ok bell\n")
         self.assertIn("the server closed the connection", c.errors())
         self.assertNotIn("Traceback", c.errors())
 
@@ -1928,6 +2153,26 @@ class ClientModeTest(ServerCase):
         c.read_until("ann joined the chat...\n")
         c.read_until("[1 person is online]\n")
         self.assertNotIn("1 person is online...", c.output())
+
+    def test_in_the_room_is_said_only_once_the_room_has_let_you_in(self):
+        room = FakeRoom(self, reply=b"ann joined the chat...\n")   # then it closes, count unsaid
+        c = self.client(f"127.0.0.1:{room.port}", name="ann")
+        c.read_until("ann joined the chat...\n")
+        self.assertEqual(c.wait(), 1)
+        self.assertNotIn("in the room", c.errors())
+        self.start()
+        c = self.client(name="ann")
+        c.read_until("[1 person is online]\n")
+        err = c.said("in the room as ann")
+        self.assertIn(f"in the room as ann at 127.0.0.1:{self.port}; type a line", err)
+        self.assertNotIn("connected to", err)
+
+    def test_in_the_room_under_the_name_the_room_gave(self):
+        self.start()
+        self.member("bob")
+        c = self.client(name="Bob")
+        c.read_until("the room knows you as Bob (2)\n")
+        c.said("in the room as Bob (2) at")
 
     def test_asks_for_a_name_when_none_is_given(self):
         self.start()
@@ -1945,6 +2190,33 @@ class ClientModeTest(ServerCase):
         bob.send(b"bob: marker\n")
         ann.read_until("bob: marker\n")   # after the echo of ann's line
         self.assertEqual(ann.output().count("ann: hello there\n"), 1, ann.output())
+
+    def test_a_typed_line_shows_once_in_a_real_terminal(self):
+        import pty
+        self.start()
+        bob = self.member("bob")
+        controller, terminal = pty.openpty()
+        self.addCleanup(os.close, controller)
+        proc = subprocess.Popen([sys.executable, SERVER, "--connect", f"127.0.0.1:{self.port}",
+                                 "--name", "ann"], stdin=terminal, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill() or proc.wait(WAIT))
+        screen = bytearray()
+
+        def read_screen_until(needle: bytes) -> None:
+            deadline = time.monotonic() + WAIT
+            while needle not in screen:
+                self.assertLess(time.monotonic(), deadline, f"no {needle!r} on {bytes(screen)!r}")
+                if select.select([controller], [], [], 0.1)[0]:
+                    screen.extend(os.read(controller, 4096))
+        read_screen_until(b"in the room as ann")
+        os.write(controller, b"hello there\n")
+        bob.read_until(b"ann: hello there\n")
+        bob.send(b"bob: marker\n")   # the room sends it after ann's own line
+        read_screen_until(b"bob: marker")
+        self.assertEqual(screen.count(b"hello there"), 1, bytes(screen))
+        os.write(controller, b"\x04")   # Ctrl+D
+        self.assertEqual(proc.wait(WAIT), 0)
 
     def test_typed_lines_and_the_goodbye_go_out_as_the_app_sends_them(self):
         room = FakeRoom(self)
@@ -2028,12 +2300,32 @@ class ClientModeTest(ServerCase):
         self.assertEqual(got.count(b"ann has left the chat...\n"), 1, got)
         self.assertNotIn("s3cret", ann.output())
 
-    def test_wrong_room_key_is_shown_and_exit_one(self):
+    def test_wrong_room_key_is_said_on_stderr_and_exit_one(self):
         self.start(room_key="s3cret-K")
         c = self.client(name="ann#guess")
         self.assertEqual(c.wait(), 1)
-        self.assertIn("this room needs a key", c.output())
-        self.assertEqual(c.errors().splitlines()[-1], "the server closed the connection")
+        self.assertEqual(c.errors().splitlines()[-1], "this room needs a key: join with your name "
+                         "followed by #KEY (ask the host for the key)")
+        self.assertEqual(c.output(), "")
+        self.assertNotIn("in the room", c.errors())
+
+    def test_refusal_with_input_closed_early_is_still_said_and_exit_one(self):
+        self.start(room_key="s3cret-K")
+        c = self.client(name="ann#guess")
+        c.end_input()
+        self.assertEqual(c.wait(), 1)
+        self.assertIn("this room needs a key", c.errors().splitlines()[-1])
+
+    def test_input_closed_early_still_joins_says_its_lines_and_leaves(self):
+        self.start()
+        bob = self.member("bob")
+        c = self.client(name="ann")
+        c.type("hi bob\n")
+        c.end_input()
+        self.assertEqual(c.wait(), 0)
+        got = bob.read_until(b"ann has left the chat...\n")
+        self.assertIn(b"ann joined the chat...\n", got)
+        self.assertIn(b"ann: hi bob\n", got)
 
     def test_server_going_away_is_said_and_exit_one(self):
         server = self.start()
@@ -2043,12 +2335,16 @@ class ClientModeTest(ServerCase):
         self.assertIn("you have been disconnected by the host\n", c.output())
         self.assertEqual(c.errors().splitlines()[-1], "the server closed the connection")
 
-    def test_server_stop_lines_are_shown_then_exit_zero(self):
+    def test_server_stop_is_said_plainly_then_exit_zero(self):
         server = self.start()
         c = self.joined("ann", "1 person is online")
         server.loop.call_soon_threadsafe(server.stop)
         self.assertEqual(c.wait(), 0)
-        self.assertTrue(c.output().endswith(pcr.STOP_NOTICE), c.output())
+        self.assertTrue(c.output().endswith(
+            "[1 person is online]\nthe server has been stopped; join again once it is back online\n"),
+            c.output())
+        self.assertNotIn("\t", c.output())
+        self.assertNotIn("please close the app", c.output())
         self.assertNotIn("closed the connection", c.errors())
 
     # -- TLS --------------------------------------------------------------------
@@ -2077,7 +2373,20 @@ class ClientModeTest(ServerCase):
         c = self.client(f"[::1]:{self.port}", name="ann", tls=True, ca=cert)
         self.assertEqual(c.wait(), 1)
         self.assert_one_sentence(c.errors())
-        self.assertIn("mismatch", c.errors())
+        self.assertIn("lists localhost, 127.0.0.1, not ::1", c.errors())
+
+    def test_certificate_that_does_not_list_the_address_says_what_it_lists(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = make_certificate(directory, "DNS:myroom.example,IP:203.0.113.7")
+        self.start(tls_cert=cert, tls_key=key)
+        c = self.client(name="ann", tls=True, ca=cert)
+        self.assertEqual(c.wait(), 1)
+        self.assert_one_sentence(c.errors())
+        self.assertIn(f"The certificate of 127.0.0.1:{self.port} lists myroom.example, "
+                      f"203.0.113.7, not 127.0.0.1: connect with one of those, or ask the host "
+                      f"for a certificate that lists the address you use.", c.errors())
+        self.assertNotIn("--ca", c.errors())
 
     def test_tls_room_of_this_server(self):
         cert = self.certificate()
@@ -2099,28 +2408,31 @@ class ClientModeTest(ServerCase):
         self.assert_one_sentence(c.errors())
         self.assertIn("closed the connection during the TLS handshake", c.errors())
 
-    def test_plain_client_on_a_tls_room_is_told_about_tls(self):
+    def test_plain_client_on_a_tls_room_is_told_to_add_tls_at_once(self):
         cert = self.certificate()
-        self.start(tls_cert=cert, tls_key=self.key, handshake_timeout=1.0)
+        self.start(tls_cert=cert, tls_key=self.key, handshake_timeout=10.0)
+        t0 = time.monotonic()
         c = self.client(name="ann")
         self.assertEqual(c.wait(), 1)
+        self.assertLess(time.monotonic() - t0, 4.0)
         self.assert_one_sentence(c.errors())
-        self.assertIn("does the room need --tls?", c.errors())
+        self.assertIn(f"127.0.0.1:{self.port} is an encrypted room: add --tls", c.errors())
 
     def test_insecure_joins_with_a_warning(self):
         room = self.tls_room(self.certificate())
         c = self.client(f"127.0.0.1:{room.port}", name="ann", tls=True, insecure=True)
         c.read_until("ann joined the chat...\n")
-        self.assertIn("warning: --insecure: the server's certificate is not verified", c.errors())
+        c.said("warning: --insecure: the server's certificate is not verified")
         c.end_input()
         self.assertEqual(c.wait(), 0)
 
-    def test_tls_to_a_plain_server_is_one_sentence(self):
+    def test_tls_to_a_plain_server_is_told_to_leave_tls_out(self):
         self.start()
         c = self.client(name="ann", tls=True)
         self.assertEqual(c.wait(), 1)
         self.assert_one_sentence(c.errors())
-        self.assertIn("is the server using TLS?", c.errors())
+        self.assertIn(f"127.0.0.1:{self.port} is not an encrypted room: connect without --tls",
+                      c.errors())
 
     def test_unusable_ca_file_is_one_sentence(self):
         c = self.client("127.0.0.1:5050", name="ann", tls=True, ca=os.path.join(HERE, "no such.pem"))
@@ -2658,6 +2970,45 @@ class GuiTest(unittest.TestCase):
     def info(self, key: str) -> str:
         return str(self.window.info[key].cget("text"))
 
+    def address(self, kind: str) -> str:
+        """The address shown for `kind`: "private" (same network) or "public"."""
+        return str(self.window.addresses[kind].cget("text"))
+
+    def shown(self, label) -> str:
+        """A label's text if it is on screen, else ""."""
+        self.root.update()
+        return str(label.cget("text")) if label.winfo_ismapped() else ""
+
+    def window_texts(self) -> str:
+        """Every label's text in the window and its dialogs."""
+        widgets, texts = [self.root], []
+        while widgets:
+            widget = widgets.pop()
+            widgets.extend(widget.winfo_children())
+            if widget.winfo_class() in ("TLabel", "Label", "TButton"):
+                texts.append(str(widget.cget("text")))
+        return "\n".join(texts)
+
+    def room_with_public_address(self, **overrides) -> int:
+        """A running window on every network, its public address from a stub service; the port."""
+        service = PublicIpService("203.0.113.7")
+        self.addCleanup(service.close)
+        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
+            self.open_window(host="0.0.0.0", public_ip_url=service.url, **overrides)
+            port = self.start_server()
+            self.pump_until(lambda: self.address("public").startswith("203.0.113.7"),
+                            "the public address")
+        self.pump_until(lambda: "looking up" not in self.address("private"), "the private address")
+        return port
+
+    def copy(self, kind: str) -> str:
+        """Press the Copy button for `kind`; what the clipboard then holds."""
+        self.root.clipboard_clear()
+        self.root.clipboard_append("untouched")
+        self.window.copy_buttons[kind].invoke()
+        self.root.update()
+        return self.root.clipboard_get()
+
     def status(self) -> str:
         return str(self.window.status_line.cget("text"))
 
@@ -2708,29 +3059,121 @@ class GuiTest(unittest.TestCase):
         self.assertIn("off", self.info("listen"))
         self.assertEqual(self.info("online"), "0")
 
-    def test_info_panel_shows_private_ip_and_mac(self):
-        self.open_window()
-        self.pump_until(lambda: "looking up" not in self.info("private"), "the private IP")
-        self.assertEqual(self.info("private"), pcr.private_ipv4())
+    def test_addresses_show_the_private_ip_and_the_panel_the_mac(self):
+        w = self.open_window(host="0.0.0.0")
+        self.pump_until(lambda: "looking up" not in self.address("private"), "the private IP")
+        self.assertEqual(self.address("private"), f"{pcr.private_ipv4()}:{w.settings.port}")
         self.assertEqual(self.info("mac"), pcr.mac_address())
 
-    def test_public_ip_is_off_without_a_look_up_url(self):
-        self.open_window(public_ip_url="")
+    def test_public_address_not_looked_up_without_a_look_up_url(self):
+        self.open_window(host="0.0.0.0", public_ip_url="")
         self.pump_for(0.3)
-        self.assertEqual(self.info("public"), "off")
+        self.assertEqual(self.address("public"), "not looked up")
 
-    def test_public_ip_shows_looking_up_then_the_answer(self):
+    def test_public_address_shows_looking_up_then_the_answer(self):
         service = PublicIpService("203.0.113.7")
         self.addCleanup(service.close)
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            self.open_window(public_ip_url=service.url)
-            self.assertEqual(self.info("public"), "looking up…")
-            self.pump_until(lambda: self.info("public") == "203.0.113.7", "the public IP")
+            w = self.open_window(host="0.0.0.0", public_ip_url=service.url)
+            self.assertEqual(self.address("public"), "looking up…")
+            self.pump_until(lambda: self.address("public") == f"203.0.113.7:{w.settings.port}",
+                            "the public IP")
 
-    def test_public_ip_unavailable_when_the_look_up_fails(self):
+    def test_public_address_unknown_when_the_look_up_fails(self):
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            self.open_window(public_ip_url=f"http://127.0.0.1:{free_port()}/")
-            self.pump_until(lambda: self.info("public") == "unavailable", "'unavailable'")
+            self.open_window(host="0.0.0.0", public_ip_url=f"http://127.0.0.1:{free_port()}/")
+            self.pump_until(lambda: "look-up failed" in self.address("public"), "'look-up failed'")
+
+    # -- how friends join ---------------------------------------------------
+    def test_two_addresses_same_network_and_over_the_internet_after_forwarding(self):
+        port = self.room_with_public_address()
+        w = self.window
+        self.assertEqual(self.address("private"), f"{pcr.private_ipv4()}:{port}")
+        self.assertEqual(self.address("public"), f"203.0.113.7:{port}")
+        texts = self.window_texts()
+        self.assertIn("Same network", texts)
+        self.assertIn("Over the internet", texts)
+        self.assertIn(f"forward TCP port {port} on your router", self.shown(w.forward_note))
+        self.assertEqual(self.shown(w.loopback_warning), "")
+        self.assertIn("Give friends one of the addresses below", self.status())
+
+    def test_each_copy_button_copies_its_address_and_says_which(self):
+        port = self.room_with_public_address()
+        w = self.window
+        private = f"{pcr.private_ipv4()}:{port}"
+        self.assertEqual(self.copy("private"), private)
+        self.assertIn(f"Copied {private}", self.shown(w.copied_note))
+        self.assertIn("same network", self.shown(w.copied_note))
+        self.assertEqual(str(w.copy_buttons["private"].cget("text")), "Copied ✓")
+        self.assertEqual(self.copy("public"), f"203.0.113.7:{port}")
+        self.assertIn(f"Copied 203.0.113.7:{port}", self.shown(w.copied_note))
+        self.assertIn("over the internet", self.shown(w.copied_note))
+
+    def test_copy_while_stopped_copies_nothing_and_says_why(self):
+        w = self.open_window(host="0.0.0.0")
+        self.pump_until(lambda: "looking up" not in self.address("private"), "the private IP")
+        self.assertEqual(self.copy("private"), "untouched")
+        self.assertIn("Nothing copied: the room is closed", self.shown(w.copied_note))
+        self.assertIn("Start server", self.shown(w.copied_note))
+
+    def test_copy_of_an_unknown_public_address_copies_nothing_and_says_why(self):
+        w = self.open_window(host="0.0.0.0", public_ip_url="")
+        self.start_server()
+        self.assertEqual(self.copy("public"), "untouched")
+        self.assertIn("Nothing copied: this computer's public address was not looked up",
+                      self.shown(w.copied_note))
+
+    def test_loopback_shows_a_warning_instead_of_addresses(self):
+        w = self.open_window(host="127.0.0.1")
+        port = self.start_server()
+        warning = self.shown(w.loopback_warning)
+        self.assertIn("Only this computer can join", warning)
+        self.assertIn("Set listen address", warning)
+        self.assertIn("0.0.0.0", warning)
+        for kind in ("private", "public"):
+            self.assertEqual(self.shown(w.addresses[kind]), "")
+            self.assertEqual(self.shown(w.copy_buttons[kind]), "")
+        self.assertEqual(self.shown(w.forward_note), "")
+        self.assertIn(f"only this computer can join it (127.0.0.1:{port})", self.status())
+
+    def test_keyed_room_says_friends_join_as_name_key_and_never_shows_the_key(self):
+        w = self.open_window(host="0.0.0.0", room_key="long-enough-key")
+        self.assertIn("Friends join as name#KEY", self.shown(w.key_note))
+        self.assertEqual(self.shown(w.key_warning), "")
+        self.start_server()
+        self.assertNotIn("long-enough-key", self.window_texts())
+
+    def test_short_room_key_is_warned_about(self):
+        w = self.open_window(host="0.0.0.0", room_key="abc")
+        warning = self.shown(w.key_warning)
+        self.assertIn("only 3 characters", warning)
+        self.assertIn("8 or more", warning)
+
+    def test_encrypted_room_says_the_app_cannot_join(self):
+        w = self.open_window(host="0.0.0.0", tls_cert="cert.pem")
+        note = self.shown(w.tls_note)
+        self.assertIn("The room is encrypted: the App cannot join", note)
+        self.assertNotIn("--", note)
+
+    def test_room_without_a_key_or_tls_says_nothing_about_them(self):
+        w = self.open_window(host="0.0.0.0")
+        self.assertEqual(self.shown(w.key_note), "")
+        self.assertEqual(self.shown(w.key_warning), "")
+        self.assertEqual(self.shown(w.tls_note), "")
+
+    def test_advice_never_names_a_command_line_flag(self):
+        w = self.open_window(host="192.0.2.77")
+        w.start_button.invoke()
+        self.pump_until(lambda: w.state == pcr.ERROR, "the error state")
+        self.assertIn("192.0.2.77 is not on this machine", self.status())
+        self.assertIn("set the listen address to 0.0.0.0", self.status())
+        w.address_button.invoke()
+        self.fill(w.dialog, "192.0.2.78", str(free_port()))
+        self.assertIn("is not on this machine", w.dialog.problem.cget("text"))
+        w.dialog.close()
+        w.port_button.invoke()
+        self.fill(w.dialog, "70000")
+        self.assertNotRegex(self.window_texts(), r"(^|\s)--[a-z]")
 
     def test_nothing_is_clipped_at_the_default_size(self):
         self.open_window()
@@ -2742,7 +3185,8 @@ class GuiTest(unittest.TestCase):
         while widgets:
             widget = widgets.pop()
             widgets.extend(widget.winfo_children())
-            if widget.winfo_class() in ("TLabel", "TButton", "Label", "TLabelframe"):
+            if (widget.winfo_class() in ("TLabel", "TButton", "Label", "TLabelframe")
+                    and widget.winfo_ismapped()):   # a hidden note is not clipped
                 if (widget.winfo_width() < widget.winfo_reqwidth()
                         or widget.winfo_height() < widget.winfo_reqheight()):
                     clipped.append((str(widget), widget.cget("text")))
@@ -2750,6 +3194,12 @@ class GuiTest(unittest.TestCase):
         self.assertGreaterEqual(self.root.winfo_width(), self.root.minsize()[0])
 
     def test_run_gui_opens_the_window_logs_warnings_and_a_terminate_signal_closes_it(self):
+        self.run_gui_until_signalled(signal.SIGTERM)
+
+    def test_a_hang_up_closes_the_window_cleanly(self):
+        self.run_gui_until_signalled(signal.SIGHUP)
+
+    def run_gui_until_signalled(self, sig: int) -> None:
         if shutil.which("xdotool") is None:
             self.skipTest("xdotool is not installed")
         code = (f"import sys, {pcr.__name__} as pcr; "
@@ -2771,7 +3221,7 @@ class GuiTest(unittest.TestCase):
             self.assertIsNone(gui.poll(), "run_gui ended before its window showed")
             self.assertLess(time.monotonic(), deadline, "no window showed")
             time.sleep(0.05)
-        gui.terminate()
+        gui.send_signal(sig)
         out, err = gui.communicate(timeout=WAIT)
         self.assertEqual(gui.returncode, 0, err)
         self.assertNotIn("Traceback", err)
@@ -2867,6 +3317,13 @@ class GuiTest(unittest.TestCase):
         self.pump_until(lambda: self.logged_line(self.log_panel(), *said), "the log panel line")
         self.assertTrue(self.logged_line(self.log_file(), *said))
 
+    def test_member_list_says_what_kind_of_client_each_member_uses(self):
+        w = self.open_window()
+        self.member(self.start_server(), "ann")
+        self.pump_until(lambda: len(self.listed()) == 1, "ann listed")
+        self.assertEqual(w.tree.heading("kind", "text"), "Kind")
+        self.assertEqual(w.tree.set(w.tree.get_children()[0], "kind"), "terminal")
+
     def test_chat_text_never_shows_in_the_window(self):
         w = self.open_window()
         port = self.start_server()
@@ -2913,13 +3370,68 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(self.start_server(), port)
         self.member(port, "ann")
 
-    def test_change_port_while_running_restarts_on_the_new_port(self):
+    def members_in_a_running_window(self) -> tuple[int, Client]:
+        """A running window with ann listed; the port and ann."""
+        self.open_window()
+        port = self.start_server()
+        ann = self.member(port, "ann")
+        self.pump_until(lambda: self.listed() == [("ann", "127.0.0.1")], "ann in the list")
+        return port, ann
+
+    def assert_still_in(self, ann: Client, port: int) -> None:
+        self.assertEqual(ann.read_for(0.3), b"")   # no stop lines, no close
+        self.assertEqual((self.window.state, self.window.listening[1]), (pcr.RUNNING, port))
+
+    def test_change_port_with_members_asks_first_and_cancel_keeps_them(self):
+        old, ann = self.members_in_a_running_window()
+        w = self.window
+        w.port_button.invoke()
+        self.fill(w.dialog, str(free_port()))
+        confirm = w.dialog
+        self.assertTrue(confirm.is_open())
+        self.assertIn("ann", confirm.message.cget("text"))
+        self.assertIn("disconnected", confirm.message.cget("text"))
+        self.assertEqual(str(confirm.ok_button.cget("text")), "Restart")
+        confirm.cancel_button.invoke()
+        self.assert_still_in(ann, old)
+        self.assertEqual(w.settings.port, old)
+
+    def test_address_not_on_this_machine_is_refused_before_the_room_stops(self):
+        port, ann = self.members_in_a_running_window()
+        w = self.window
+        w.address_button.invoke()
+        self.fill(w.dialog, "192.0.2.77", str(port))
+        self.assertTrue(w.dialog.is_open())
+        self.assertIn("192.0.2.77 is not on this machine", w.dialog.problem.cget("text"))
+        self.assert_still_in(ann, port)
+
+    def test_port_in_use_is_refused_before_the_room_stops(self):
+        port, ann = self.members_in_a_running_window()
+        blocker = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(blocker.close)
+        w = self.window
+        w.port_button.invoke()
+        self.fill(w.dialog, str(blocker.getsockname()[1]))
+        self.assertTrue(w.dialog.is_open())
+        self.assertIn("already in use", w.dialog.problem.cget("text"))
+        self.assert_still_in(ann, port)
+
+    def test_listen_address_on_the_same_port_restarts_there(self):
         w = self.open_window()
-        old = self.start_server()
-        ann = self.member(old, "ann")
+        port = self.start_server()
+        w.address_button.invoke()
+        self.fill(w.dialog, "0.0.0.0", str(port))   # its own port is in use: by this room
+        self.assertFalse(w.dialog.is_open())        # nobody in: no need to ask
+        self.pump_until(lambda: w.state == pcr.RUNNING and w.listening == ("0.0.0.0", port),
+                        "the restart on every network")
+
+    def test_change_port_while_running_restarts_on_the_new_port(self):
+        old, ann = self.members_in_a_running_window()
+        w = self.window
         w.port_button.invoke()
         new = free_port()
         self.fill(w.dialog, str(new))
+        w.dialog.ok_button.invoke()   # Restart: ann will be disconnected
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
         self.pump_until(lambda: w.state == pcr.RUNNING and w.listening[1] == new,
                         "the restart on the new port")
@@ -2941,22 +3453,6 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(self.start_server(), port)
         self.assertEqual(self.info("listen"), f"127.0.0.1:{port}")
 
-    def test_copy_address_puts_public_ip_and_port_on_the_clipboard(self):
-        service = PublicIpService("203.0.113.7")
-        self.addCleanup(service.close)
-        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            w = self.open_window(public_ip_url=service.url)
-            port = self.start_server()
-            self.pump_until(lambda: self.info("public") == "203.0.113.7", "the public IP")
-        w.copy_button.invoke()
-        self.assertEqual(self.root.clipboard_get(), f"203.0.113.7:{port}")
-        self.assertIn(f"203.0.113.7:{port}", self.status())
-
-    def test_copy_address_uses_the_private_ip_without_a_public_one(self):
-        w = self.open_window(public_ip_url="")
-        self.pump_until(lambda: "looking up" not in self.info("private"), "the private IP")
-        w.copy_button.invoke()
-        self.assertEqual(self.root.clipboard_get(), f"{pcr.private_ipv4()}:{w.settings.port}")
 
 
 class GuiLaunchTest(unittest.TestCase):

@@ -32,8 +32,10 @@ import errno
 import functools
 import hashlib
 import heapq
+import ipaddress
 import itertools
 import json
+import multiprocessing
 import operator
 import os
 import random
@@ -83,7 +85,36 @@ class Workload:
     app_type_ms: float = 0.0     # the App types each character this long (v1.1.2: 70)
     app_window_ms: float = 40.0  # the App drops reads until its window is built
     timeout: float = 60.0        # per phase
+    rcvbuf: int = 0              # members' receive buffer in bytes; 0: the kernel's
 
+
+@dataclasses.dataclass
+class Flood:
+    """The two floods of issue 10: many addresses sending lines at once
+    (--flood-lines), and ClientHellos replayed from one address while probes
+    time their lines (--tls-flood)."""
+
+    addresses: int = 63          # --flood-lines: from 127.0.0.2, 127.0.0.3, ...
+    per_address: int = 16        # connections from each address
+    size: int = 65536            # bytes of chat lines each sends at once
+    settle: float = 2.0          # seconds from "sent" to "settled"
+    probes: int = 5              # --tls-flood: members timing their own lines
+    probe_ms: float = 100.0      # each probe says a line this often
+    quiet_s: float = 5.0         # seconds timed without the flood
+    flood_s: float = 10.0        # seconds timed during the flood
+    flooder: str = "127.0.0.9"   # the flood's source address
+    parallel: int = 4            # ClientHellos in flight at once
+    probe_from: str = ""         # all probes from this address; "": one address each
+    answer_wait: float = 0.2     # seconds a replayed hello waits for an answer
+
+
+def source_address(n: int, skip: str = "") -> str:
+    """The n-th loopback source address: 127.0.0.2, 127.0.0.3, ... (Linux
+    routes all of 127/8 to lo), passing over `skip`."""
+    address = ipaddress.IPv4Address("127.0.0.2") + n
+    if skip and address >= ipaddress.IPv4Address(skip):
+        address += 1
+    return str(address)
 
 def spread_kinds(mix: dict[str, int], n: int) -> list[str]:
     """n member kinds in the proportions of `mix`, evenly interleaved."""
@@ -113,6 +144,7 @@ def plan_roles(kinds: list[str], w: Workload) -> Roles:
     stalled = set(range(w.stalled))
     senders = set(range(n - w.senders, n))
     listeners = [i for i in range(n) if i not in stalled and i not in senders]
+    listeners = listeners or sorted(senders)   # all talk (--tls-flood): senders are probes
     probes: list[int] = []
     for kind in KINDS:   # one of each kind first, then in order
         first = next((i for i in listeners if kinds[i] == kind), None)
@@ -300,6 +332,10 @@ class Member:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.stalled:   # a small buffer: the server meets back-pressure soon
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        elif self.crowd.work.rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.crowd.work.rcvbuf)
+        if self.crowd.sources:   # bound before connect: the server sees this address
+            self.sock.bind((self.crowd.sources[self.index], 0))
         err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             self.crowd.counts["connect_failed"] += 1
@@ -745,8 +781,10 @@ class Crowd:
     """
 
     def __init__(self, work: Workload, kinds: list[str], address: tuple[str, int],
-                 web_address: tuple[str, int] | None, gauge: Gauge):
+                 web_address: tuple[str, int] | None, gauge: Gauge,
+                 sources: list[str] | None = None):
         self.work = work
+        self.sources = sources   # each member's source address, or None: the kernel's
         self.address, self.web_address = address, web_address
         self.gauge = gauge
         self.sel = selectors.DefaultSelector()
@@ -975,6 +1013,45 @@ class Crowd:
         figures.update(latency_figures(self.latencies))
         return figures
 
+    # -- the floods (issue 10) ----------------------------------------------
+    def pour(self, data_of: Callable[[Member], bytes], seconds: float) -> int:
+        """Every member in the room sends data_of(itself) at once; turn until
+        the kernel took it all or `seconds` passed.  Bytes left unsent."""
+        inside = [m for m in self.members if m.stage is Stage.IN]
+        for m in inside:
+            m.send(data_of(m))
+        deadline = time.monotonic() + seconds
+        while (now := time.monotonic()) < deadline and any(m.out for m in inside):
+            self.turn(min(0.05, deadline - now))
+        return sum(len(m.out) for m in inside if m.stage is Stage.IN)
+
+    def idle(self, seconds: float) -> None:
+        """Keep reading (and sweeping) for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while (now := time.monotonic()) < deadline:
+            self.turn(deadline - now)
+
+    def pace(self, seconds: float, interval: float) -> dict:
+        """Each sender says one line every `interval` s (slots missed are
+        skipped, never made up) for `seconds`: the latencies heard meanwhile
+        and the server's CPU % over that time."""
+        first, t0, cpu0 = len(self.latencies), time.monotonic(), self.gauge.cpu_s()
+        for m in self.members:
+            m.expected = NEVER - 1   # tally every line from now on
+        for k, m in enumerate(self.senders):   # spread evenly over the interval
+            m.due = max(m.due, t0 + interval * k / len(self.senders))
+        end = t0 + seconds
+        while (now := time.monotonic()) < end:
+            for m in self.senders:
+                if m.stage is Stage.IN and m.due <= now:
+                    m.say(1)
+                    m.due += interval * (1 + (now - m.due) // interval)
+            self.turn(min([end] + [m.due for m in self.senders]) - now)
+        cpu1 = self.gauge.cpu_s()
+        return {"latencies": self.latencies[first:],
+                "cpu_pct": None if cpu0 is None or cpu1 is None
+                else round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 1)}
+
     # -- the end ----------------------------------------------------------
     def drain_stalled(self, timeout: float = 5.0) -> None:
         """Read the stalled members dry to learn whether the server closed them."""
@@ -1178,10 +1255,10 @@ SUMMARY_EXTRA = ("deliveries", "deliveries_expected", "talk_s", "server_cpu_s", 
                  "count_reads", "latency_samples")
 
 
-def summarize(runs: list[dict]) -> dict:
+def summarize(runs: list[dict], table: tuple = TABLE, extra: tuple = SUMMARY_EXTRA) -> dict:
     """Median, min and max of each figure of the table over rounds."""
     summary = {}
-    for key in [k for k, _, _ in TABLE] + list(SUMMARY_EXTRA):
+    for key in [k for k, _, _ in table] + list(extra):
         values = [r[key] for r in runs if isinstance(r.get(key), (int, float))
                   and not isinstance(r.get(key), bool)]
         if values:
@@ -1215,7 +1292,7 @@ def ratio(stat: dict | None, base: dict | None) -> str:
 
 
 def print_table(columns: list[tuple[str, str]], summaries: dict, kinds_present: set,
-                rounds: int) -> None:
+                rounds: int, table: tuple = TABLE) -> None:
     """Figures down, (server, kind) across; ratios against the first server
     with the same kind, and against the first kind of the same server."""
     first_label = columns[0][0]
@@ -1223,7 +1300,7 @@ def print_table(columns: list[tuple[str, str]], summaries: dict, kinds_present: 
     heads = [f"{label}/{kind}" if len({k for _, k in columns}) > 1 else label
              for label, kind in columns]
     rows = []
-    for key, title, show_ratio in TABLE:
+    for key, title, show_ratio in table:
         if key in APP_ONLY and "app" not in kinds_present or key in WEB_ONLY and "web" not in kinds_present:
             continue
         row = [title]
@@ -1247,7 +1324,378 @@ def print_table(columns: list[tuple[str, str]], summaries: dict, kinds_present: 
 
 
 # ---------------------------------------------------------------------------
-# 7. Main
+# 7. Floods (issue 10)
+# ---------------------------------------------------------------------------
+
+CHAT_LINE_BYTES = 100
+BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)   # Linux: pick the port at connect
+RESET_ON_CLOSE = (1 << 32).to_bytes(8, "little")   # struct linger {1, 0}: close sends RST
+
+
+def chat_lines(alias: str, size: int) -> bytes:
+    """`size` bytes of ordinary chat lines `alias: text`, about 100 bytes each."""
+    head = f"{alias}: ".encode()
+    body = max(1, CHAT_LINE_BYTES - len(head) - 1)
+    data = (head + b"x" * body + b"\n") * (size // (len(head) + body + 1) + 1)
+    return data[:size - 1] + b"\n" if size else b""
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed certificate for localhost (openssl): its and its key's paths."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def client_hello(server_name: str = "localhost") -> bytes:
+    """A real ClientHello, made once in memory, to replay as it is."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+class Replayer:
+    """The TLS flood, in a process of its own: `parallel` connections from
+    `source`, each sends the same ClientHello and waits for the server's
+    first bytes (answered: it did the handshake's costly part), its close
+    (refused) or `wait` seconds (no answer), then resets; again, as fast as
+    it can, until `stop` is set."""
+
+    def __init__(self, address: tuple[str, int], source: str, hello: bytes, parallel: int,
+                 wait: float):
+        self.address, self.source, self.hello = address, source, hello
+        self.parallel, self.wait = parallel, wait
+        self.sel = selectors.DefaultSelector()
+        self.started: dict[socket.socket, float] = {}
+        self.counts = dict.fromkeys(("attempts", "answered", "refused", "no_answer",
+                                     "connect_failed"), 0)
+
+    def run(self, stop, results) -> None:
+        t0 = time.monotonic()
+        while not stop.is_set():
+            for _ in range(self.parallel - len(self.started)):
+                self._open()
+            for key, _ in self.sel.select(0.02):
+                self._on_event(key.fileobj, key.data)
+            self._expire(time.monotonic())
+        self.counts["seconds"] = round(time.monotonic() - t0, 3)
+        results.send(self.counts)
+
+    def _open(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)   # no TIME_WAIT
+        sock.setsockopt(socket.IPPROTO_IP, BIND_NO_PORT, 1)
+        self.counts["attempts"] += 1
+        try:
+            sock.bind((self.source, 0))
+            err = sock.connect_ex(self.address)
+        except OSError as e:
+            err = e.errno
+        if err not in (0, errno.EINPROGRESS):
+            self.counts["connect_failed"] += 1
+            sock.close()
+            return
+        self.started[sock] = time.monotonic()
+        self.sel.register(sock, WRITE, "connecting")
+
+    def _on_event(self, sock: socket.socket, stage: str) -> None:
+        if stage == "connecting":
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._end(sock, "connect_failed")
+                return
+            try:
+                sock.send(self.hello)
+            except OSError:
+                self._end(sock, "refused")
+                return
+            self.started[sock] = time.monotonic()
+            self.sel.modify(sock, READ, "hello sent")
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._end(sock, "answered" if data else "refused")
+
+    def _expire(self, now: float) -> None:
+        for sock in [s for s, at in self.started.items() if now - at > self.wait]:
+            self._end(sock, "no_answer")
+
+    def _end(self, sock: socket.socket, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.sel.unregister(sock)
+        del self.started[sock]
+        sock.close()
+
+
+def replay_hellos(address: tuple[str, int], source: str, hello: bytes, parallel: int,
+                  wait: float, stop, results) -> None:
+    """The flooder process's body."""
+    Replayer(address, source, hello, parallel, wait).run(stop, results)
+
+
+class Flooder:
+    """Starts and stops the Replayer's process (fork); keeps its counts."""
+
+    def __init__(self, address: tuple[str, int], flood: Flood):
+        context = multiprocessing.get_context("fork")
+        self.stop_event = context.Event()
+        self.results, sender = context.Pipe(duplex=False)
+        self.proc = context.Process(target=replay_hellos, daemon=True, args=(
+            address, flood.flooder, client_hello(), flood.parallel, flood.answer_wait,
+            self.stop_event, sender))
+
+    def start(self) -> None:
+        self.proc.start()
+
+    def stop(self) -> dict:
+        self.stop_event.set()
+        counts = self.results.recv() if self.results.poll(5.0) else {}
+        self.proc.join(5.0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        return counts
+
+
+def phase_latency(latencies_ns: list[int], phase: str) -> dict:
+    """p50, p90, p99 and max of one phase's latencies, in ms."""
+    ordered = sorted(latencies_ns)
+    figures = {}
+    for p in (50, 90, 99, 100):
+        v = percentile(ordered, p)
+        figures[f"latency_{phase}_{'max' if p == 100 else f'p{p}'}_ms"] = \
+            None if v is None else round(v / 1e6, 3)
+    figures[f"latency_{phase}_samples"] = len(ordered)
+    return figures
+
+
+def log_of(template: str) -> str | None:
+    """The --log-file a server command names, if any."""
+    words = shlex.split(template)
+    for i, word in enumerate(words):
+        if word == "--log-file" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--log-file="):
+            return word.partition("=")[2]
+    return None
+
+
+def log_mark(path: str | None) -> tuple[int, int, float]:
+    """Where the log ends now: its inode and size (0, 0 if there is none), and the time."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return 0, 0, time.time()
+    return st.st_ino, st.st_size, time.time()
+
+
+def log_figures(path: str | None, mark: tuple[int, int, float]) -> dict:
+    """Bytes and lines written since `mark`, following rotations (path.1,
+    path.2, ...) back to the file that was the log then; log_complete is
+    false if that file has been rotated away (the figures are then a floor)."""
+    if path is None:
+        return {}
+    inode, offset, since = mark
+    written, lines, rotations, found = 0, 0, 0, not inode
+    for name in [path] + [f"{path}.{i}" for i in range(1, 10)]:
+        try:
+            with open(name, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != inode and st.st_mtime < since:
+                    break   # older than the mark: not written by this run
+                f.seek(offset if st.st_ino == inode else 0)
+                data = f.read()
+        except OSError:
+            break
+        written, lines = written + len(data), lines + data.count(b"\n")
+        if st.st_ino == inode:
+            found = True
+            break
+        rotations += 1
+    return {"log_bytes": written, "log_lines": lines, "log_rotations": max(0, rotations - (not inode)),
+            "log_complete": found}
+
+
+def flood_counts(crowd: Crowd) -> dict:
+    """The crowd's counts that a flood can show (no App or web members)."""
+    counts = crowd.counted()
+    return {k: counts[k] for k in ("connect_failed", "bad_prompts", "closed_by_server",
+                                   "duplicates", "order_errors")}
+
+
+def started(target: Target) -> tuple[int, Gauge]:
+    """Start the target's server (if we run it): its line port and gauge."""
+    if target.process:
+        target.process.start()
+        return target.process.port, Gauge(target.process.proc.pid)
+    return target.port, Gauge(target.pid)
+
+
+def stopped(target: Target, crowd: Crowd | None) -> None:
+    if target.process:
+        target.process.proc.terminate()   # before our sockets close: no leave storm
+    if crowd:
+        crowd.close()
+    if target.process:
+        target.process.stop()
+
+
+def flood_lines(flood: Flood, target: Target, host: str, timeout: float) -> dict:
+    """Many addresses, each with many members, each sending flood.size
+    bytes of lines at once: the server's memory per flood connection."""
+    n = flood.addresses * flood.per_address
+    work = Workload(host=host, clients=n, senders=0, messages=1, probes=0, lazy_ms=20.0,
+                    batch=64, in_flight=256, timeout=timeout, rcvbuf=65536)
+    sources = [source_address(i // flood.per_address) for i in range(n)]
+    path = log_of(target.process.template) if target.process else None
+    log0 = log_mark(path)
+    port, gauge = started(target)
+    crowd = Crowd(work, ["line"] * n, (host, port), None, gauge, sources)
+    result: dict = {"server": target.label, "flood_connections": n}
+    try:
+        rss = {"before": gauge.rss_kib()}
+        result.update(crowd.join())
+        rss["joined"] = gauge.rss_kib()
+        cpu0, t0 = gauge.cpu_s(), time.monotonic()
+        result["unsent_kib"] = round(crowd.pour(lambda m: chat_lines(m.alias, flood.size),
+                                                min(timeout, 10.0)) / 1024, 1)
+        result["send_s"] = round(time.monotonic() - t0, 3)
+        rss["sent"] = gauge.rss_kib()
+        crowd.idle(flood.settle)
+        rss["settled"] = gauge.rss_kib()
+        cpu1 = gauge.cpu_s()
+        result.update(memory_figures(rss, n))
+        if cpu0 is not None and cpu1 is not None:
+            result["server_cpu_pct"] = round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 1)
+        result.update(flood_counts(crowd))
+        result.update(log_figures(path, log0))   # before the stop lines
+    finally:
+        stopped(target, crowd)
+    return result
+
+
+def memory_figures(rss: dict, n: int) -> dict:
+    """RSS at each moment, and growth per flood connection since "joined"."""
+    figures = {f"server_rss_kib_{when}": kib for when, kib in rss.items()}
+    for when in ("sent", "settled"):
+        if rss["joined"] is not None and rss[when] is not None:
+            figures[f"kib_per_conn_{when}"] = round((rss[when] - rss["joined"]) / n, 2)
+    if rss["before"] is not None and rss["joined"] is not None:
+        figures["kib_per_conn_joined"] = round((rss["joined"] - rss["before"]) / n, 2)
+    return figures
+
+
+def tls_flood(flood: Flood, target: Target, host: str, timeout: float) -> dict:
+    """Probes time their lines, first in a quiet room, then while ClientHellos
+    are replayed at the server from one address."""
+    lines = int((flood.quiet_s + flood.flood_s) * 1000 / flood.probe_ms) + 16
+    work = Workload(host=host, clients=flood.probes, senders=flood.probes, messages=lines,
+                    probes=flood.probes, lazy_ms=0.0, tls=True, timeout=timeout)
+    sources = [flood.probe_from or source_address(i, skip=flood.flooder)
+               for i in range(flood.probes)]
+    path = log_of(target.process.template) if target.process else None
+    log0 = log_mark(path)
+    port, gauge = started(target)
+    crowd = Crowd(work, ["line"] * flood.probes, (host, port), None, gauge, sources)
+    result: dict = {"server": target.label, "probes": flood.probes}
+    try:
+        result.update(crowd.join())
+        if result["connect_ok"]:
+            result.update(timed_phases(crowd, flood, (host, port)))
+        result.update(flood_counts(crowd))
+        result.update(log_figures(path, log0))   # before the stop lines
+    finally:
+        stopped(target, crowd)
+    return result
+
+
+def timed_phases(crowd: Crowd, flood: Flood, address: tuple[str, int]) -> dict:
+    """Quiet, then flooded: latencies, server CPU %, what the flood got."""
+    interval = flood.probe_ms / 1000
+    quiet = crowd.pace(flood.quiet_s, interval)
+    flooder = Flooder(address, flood)
+    first = len(crowd.latencies)
+    flooder.start()
+    try:
+        during = crowd.pace(flood.flood_s, interval)
+    finally:
+        counts = flooder.stop()
+    crowd.idle(1.0)   # the last lines come in: they count as flooded
+    said = sum(m.next_seq for m in crowd.senders)
+    heard = sum(m.got for m in crowd.members)
+    figures = {"server_cpu_pct_quiet": quiet["cpu_pct"], "server_cpu_pct_flood": during["cpu_pct"],
+               "lines_said": said, "lines_missing": said * len(crowd.members) - heard}
+    figures.update(phase_latency(quiet["latencies"], "quiet"))
+    figures.update(phase_latency(crowd.latencies[first:], "flood"))
+    seconds = counts.get("seconds") or 0
+    figures.update({f"flood_{k}": v for k, v in counts.items()})
+    if seconds:
+        for k in ("attempts", "answered", "refused"):
+            figures[f"flood_{k}_per_s"] = round(counts[k] / seconds, 1)
+    return figures
+
+
+FLOOD_LINES_TABLE = (
+    ("joined", "flood connections in", False),
+    ("connect_s", "connect s (all in)", True),
+    ("server_rss_kib_before", "server RSS KiB before", True),
+    ("server_rss_kib_joined", "server RSS KiB joined", True),
+    ("server_rss_kib_sent", "server RSS KiB sent", True),
+    ("server_rss_kib_settled", "server RSS KiB settled", True),
+    ("kib_per_conn_joined", "KiB per conn (join)", True),
+    ("kib_per_conn_sent", "KiB per conn joined->sent", True),
+    ("kib_per_conn_settled", "KiB per conn joined->settled", True),
+    ("unsent_kib", "KiB the kernel did not take", False),
+    ("send_s", "s to send", True),
+    ("server_cpu_pct", "server CPU % (send+settle)", True),
+    ("closed_by_server", "flood connections closed", False),
+    ("log_lines", "log lines written (to the stop)", False),
+    ("log_bytes", "log bytes written (to the stop)", False),
+    ("log_rotations", "log rotations", False),
+)
+TLS_FLOOD_TABLE = (
+    ("joined", "probes in", False),
+    ("latency_quiet_p50_ms", "latency quiet p50 ms", True),
+    ("latency_quiet_p90_ms", "latency quiet p90 ms", True),
+    ("latency_quiet_p99_ms", "latency quiet p99 ms", True),
+    ("latency_quiet_max_ms", "latency quiet max ms", True),
+    ("latency_flood_p50_ms", "latency flood p50 ms", True),
+    ("latency_flood_p90_ms", "latency flood p90 ms", True),
+    ("latency_flood_p99_ms", "latency flood p99 ms", True),
+    ("latency_flood_max_ms", "latency flood max ms", True),
+    ("server_cpu_pct_quiet", "server CPU % quiet", True),
+    ("server_cpu_pct_flood", "server CPU % flood", True),
+    ("flood_attempts_per_s", "flood connections/s", True),
+    ("flood_answered_per_s", "handshakes done/s", True),
+    ("flood_answered", "handshakes done", True),
+    ("flood_refused", "refused (closed, no bytes)", True),
+    ("flood_no_answer", "no answer in time", False),
+    ("flood_connect_failed", "connect failed", False),
+    ("lines_missing", "probe lines missing (1 s after)", False),
+    ("closed_by_server", "probes closed by server", False),
+    ("log_lines", "log lines written (to the stop)", False),
+    ("log_bytes", "log bytes written (to the stop)", False),
+    ("log_rotations", "log rotations", False),
+)
+FLOODS = {"flood-lines": (flood_lines, FLOOD_LINES_TABLE),
+          "tls-flood": (tls_flood, TLS_FLOOD_TABLE)}
+
+
+# ---------------------------------------------------------------------------
+# 8. Main
 # ---------------------------------------------------------------------------
 
 EXAMPLES = """\
@@ -1416,7 +1864,47 @@ def build_parser() -> argparse.ArgumentParser:
                         "count: non-probes only count lines (cheaper)")
     c.add_argument("--timeout", type=positive(float), default=60.0, help="seconds per phase")
     c.add_argument("--json", action="store_true", help="print only the JSON line")
+    add_flood_options(p)
     return p
+
+
+def add_flood_options(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("floods (issue 10; run the server with its default limits)")
+    which = f.add_mutually_exclusive_group()
+    which.add_argument("--flood-lines", action="store_true",
+                       help="members from many addresses each send --flood-bytes of chat "
+                            "lines at once: the server's memory per connection")
+    which.add_argument("--tls-flood", action="store_true",
+                       help="TLS probes time their lines, quiet and then while one address "
+                            "replays ClientHellos; {cert} and {key} in --server-cmd")
+    d = Flood()
+    f.add_argument("--flood-addresses", type=int, default=d.addresses,
+                   help="source addresses 127.0.0.2, 127.0.0.3, ... (default: %(default)s)")
+    f.add_argument("--flood-per-address", type=int, default=d.per_address,
+                   help="members from each (default: %(default)s)")
+    f.add_argument("--flood-bytes", type=int, default=d.size,
+                   help="bytes of lines each sends at once (default: %(default)s)")
+    f.add_argument("--flood-settle", type=positive(float), default=d.settle,
+                   help="seconds from sent to settled (default: %(default)s)")
+    f.add_argument("--tls-cert", help="the certificate for {cert} (default: a self-signed one, "
+                                      "made with openssl in a temporary directory)")
+    f.add_argument("--tls-key", help="its key, for {key} (default: --tls-cert)")
+    f.add_argument("--flood-probes", type=int, default=d.probes,
+                   help="probes, one source address each from 127.0.0.2 (passing over "
+                        "--flooder), each within the per-address line rate (default: %(default)s)")
+    f.add_argument("--probe-from", metavar="ADDRESS",
+                   help="all probes from this one address instead (5 x 10 lines/s is over "
+                        "the server's default 40 lines/s per address)")
+    f.add_argument("--probe-ms", type=positive(float), default=d.probe_ms,
+                   help="each probe says a line this often (default: %(default)s)")
+    f.add_argument("--quiet-s", type=positive(float), default=d.quiet_s,
+                   help="seconds timed without the flood (default: %(default)s)")
+    f.add_argument("--flood-s", type=positive(float), default=d.flood_s,
+                   help="seconds timed during the flood (default: %(default)s)")
+    f.add_argument("--flooder", default=d.flooder,
+                   help="the flood's source address (default: %(default)s)")
+    f.add_argument("--flood-parallel", type=int, default=d.parallel,
+                   help="ClientHellos in flight at once (default: %(default)s)")
 
 
 def workload_from(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[Workload, list[dict]]:
@@ -1515,6 +2003,8 @@ def good(result: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    if a.flood_lines or a.tls_flood:
+        return flood_main(a, p)
     w, mixes = workload_from(a, p)
     targets = targets_from(a, p)
     files = raise_open_files_limit()
@@ -1550,6 +2040,53 @@ def report(a: argparse.Namespace, w: Workload, runs: list[dict]) -> None:
     everything = {"workload": dataclasses.asdict(w), "runs": runs}
     if a.rounds > 1:
         everything["summary"] = {f"{label}/{kind}": s for (label, kind), s in summaries.items()}
+    print(json.dumps(everything, ensure_ascii=False))
+
+
+def flood_from(a: argparse.Namespace) -> Flood:
+    return Flood(addresses=a.flood_addresses, per_address=a.flood_per_address, size=a.flood_bytes,
+                 settle=a.flood_settle, probes=a.flood_probes, probe_from=a.probe_from or "",
+                 probe_ms=a.probe_ms, quiet_s=a.quiet_s, flood_s=a.flood_s, flooder=a.flooder,
+                 parallel=max(1, a.flood_parallel))
+
+
+def flood_main(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """--flood-lines or --tls-flood: rounds x servers, a table, the JSON line."""
+    flood, name = flood_from(a), "flood-lines" if a.flood_lines else "tls-flood"
+    with tempfile.TemporaryDirectory(prefix="pcr-flood-") as tmp:
+        if a.tls_flood and any("{cert}" in c or "{key}" in c for c in a.server_cmd):
+            cert, key = (a.tls_cert, a.tls_key or a.tls_cert) if a.tls_cert else make_certificate(tmp)
+            a.server_cmd = [c.replace("{cert}", cert).replace("{key}", key) for c in a.server_cmd]
+        targets = targets_from(a, p)
+        needed = flood.addresses * flood.per_address if a.flood_lines else flood.probes
+        if needed + 64 > raise_open_files_limit():
+            p.error(f"{needed} connections need more open files (raise ulimit -n -H)")
+        runs = []
+        run, table = FLOODS[name]
+        for rnd, target in itertools.product(range(1, a.rounds + 1), targets):
+            print(f"{name}: {target.label}, round {rnd} ...", file=sys.stderr, flush=True)
+            try:
+                result = run(flood, target, a.host, a.timeout)
+            except StartFailed as e:
+                result = {"server": target.label, "error": str(e)}
+            runs.append({**result, "kind": name, "round": rnd})
+    flood_report(a, flood, name, table, runs)
+    return 0 if all(r.get("connect_ok") for r in runs) else 1
+
+
+def flood_report(a: argparse.Namespace, flood: Flood, name: str, table: tuple,
+                 runs: list[dict]) -> None:
+    columns = list(dict.fromkeys((r["server"], name) for r in runs))
+    summaries = {col: summarize([r for r in runs if r["server"] == col[0] and "joined" in r]
+                                or [{}], table, ()) for col in columns}
+    if not a.json:
+        print_table(columns, summaries, set(), a.rounds, table)
+        for r in runs:
+            if "error" in r:
+                print(f"{r['server']} round {r['round']}: {r['error']}")
+    everything = {"workload": name, "flood": dataclasses.asdict(flood), "runs": runs}
+    if a.rounds > 1:
+        everything["summary"] = {label: s for (label, _), s in summaries.items()}
     print(json.dumps(everything, ensure_ascii=False))
 
 
