@@ -2167,20 +2167,23 @@ class Server:
 
     # -- start and stop -------------------------------------------------
     def listen(self) -> tuple[str, int]:
-        """Bind and listen; raises StartError with a sentence for the person."""
+        """Bind and listen (and serve the page if asked); raises StartError
+        with a sentence for the person."""
         s = self.settings
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
         self.address = self._listen_on(s.port, web=False)
-        if s.web_port is not None:
-            self.web_address = self._listen_on(s.web_port, web=True)
         self.capacity = min(s.max_clients,
                             raise_open_files_limit(s.max_clients + self.SPARE_FILES) - self.SPARE_FILES)
-        self.loop.call_later(1.0, self._sweep)
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.capacity)
-        if self.web_address:
-            log.info("the chat page is on port %d", self.web_address[1])
+        if s.web_port is not None:
+            try:
+                self.open_page(s.web_port)
+            except StartError:
+                self._close_listeners(lambda web: True)
+                raise
+        self.loop.call_later(1.0, self._sweep)
         if self.tls:
             log.info("encrypted with TLS: PrivateChatRoom-App cannot join (it speaks no TLS); "
                      "members join with: python3 pcr_server.py --connect HOST:PORT --tls")
@@ -2196,13 +2199,34 @@ class Server:
             sock = socket.create_server((host, port), family=family, backlog=4096,
                                         dualstack_ipv6=dual)
         except OSError as e:
-            for listener, _ in self.listeners:
-                listener.close()
             raise StartError(bind_error_text(e, host, port)) from None
         sock.setblocking(False)
         self.listeners.append((sock, web))
         self.loop.watch(sock, EVENT_READ, self._on_accept, (sock, web))
         return sock.getsockname()[:2]
+
+    def _close_listeners(self, which: Callable[[bool], bool]) -> None:
+        """Stop listening where which(serves the web page) is true."""
+        for sock, web in [(sock, web) for sock, web in self.listeners if which(web)]:
+            self.loop.unwatch(sock)
+            sock.close()
+            self.listeners.remove((sock, web))
+
+    def open_page(self, port: int) -> tuple[str, int]:
+        """Serve the chat page on `port` too (0: any free one); StartError if it cannot."""
+        if self.web_address is None:
+            self.web_address = self._listen_on(port, web=True)
+            log.info("the chat page is on port %d", self.web_address[1])
+        return self.web_address
+
+    def close_page(self) -> None:
+        """Stop serving the page; web members are told and leave the room."""
+        self._close_listeners(lambda web: web)
+        self.web_address = None
+        for m in [m for m in self.connections if m.kind is Kind.WEB]:
+            self.drop(m, "the host turned the web page off",
+                      "the host turned the web page off", WS_GOING_AWAY)
+        log.info("the chat page is off")
 
     def serve(self) -> None:
         """Run the loop until stop() has finished."""
@@ -2214,9 +2238,7 @@ class Server:
             return
         self.stopping = True
         log.info("stopping")
-        for sock, _ in self.listeners:
-            self.loop.unwatch(sock)
-            sock.close()
+        self._close_listeners(lambda web: True)
         for m in list(self.connections):
             if m.stage is not Stage.IN_ROOM:
                 self._close(m)
@@ -2843,8 +2865,21 @@ def same_network_host(host: str, private_ip: str) -> str:
         return host
 
 
-def forward_advice(port: int) -> str:
-    return f"forward TCP port {port} on your router to this machine first"
+def forward_advice(port: int, web_port: int | None = None) -> str:
+    ports = f"ports {port} and {web_port}" if web_port else f"port {port}"
+    return f"forward TCP {ports} on your router to this machine first"
+
+
+def page_link(host: str, port: int, tls: bool) -> str:
+    """The chat page's address, as a friend types or taps it."""
+    return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
+
+
+def next_page_port(settings: Settings) -> int:
+    """The port the page gets when it is turned on: --web-port, else the room's port + 1."""
+    if settings.web_port is not None:
+        return settings.web_port
+    return settings.port + 1 if settings.port < 65535 else settings.port - 1
 
 
 def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
@@ -2962,7 +2997,9 @@ WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "port": "choose a port above 1023"}
 ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
     "private": ("Same network", "on the same network", "this computer's address on the network"),
-    "public": ("Over the internet", "over the internet", "this computer's public address")}
+    "public": ("Over the internet", "over the internet", "this computer's public address"),
+    "page": ("Web page", "from a browser (a phone is enough)", "this computer's address")}
+COPY_TEXT = {"private": "Copy", "public": "Copy", "page": "Copy link"}
 UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
     "looking": ("looking up…", "{whose} is still being looked up"),
     "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
@@ -3083,8 +3120,8 @@ class FormDialog:
 def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
     """The GUI's server thread: listen, serve until stopped, close the loop.
 
-    Tells the window through `inbox`: ("listening", server, address) or
-    ("failed", server, sentence).
+    Tells the window through `inbox`: ("listening", server, address, page
+    address or None) or ("failed", server, sentence).
     """
     try:
         try:
@@ -3093,12 +3130,21 @@ def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
             log.error("%s", e)
             inbox.put(("failed", server, str(e)))
             return
-        inbox.put(("listening", server, address))
+        inbox.put(("listening", server, address, server.web_address))
         server.serve()
     except Exception:
         log.exception("the server stopped on an unexpected error")
     finally:
         server.loop.close()
+
+
+def open_page_in(server: Server, port: int, inbox: queue.Queue) -> None:
+    """On the loop's thread: serve the page on `port` too; tell the window
+    ("page", server, address) or ("page-failed", server, sentence)."""
+    try:
+        inbox.put(("page", server, server.open_page(port)))
+    except StartError as e:
+        inbox.put(("page-failed", server, str(e)))
 
 
 class ServerWindow:
@@ -3117,6 +3163,7 @@ class ServerWindow:
         self.server: Server | None = None
         self.thread: threading.Thread | None = None
         self.listening: tuple[str, int] | None = None
+        self.page_listening: tuple[str, int] | None = None   # where the page is served
         self.start_error: str | None = None
         self.restart_pending = False
         self.quitting = False
@@ -3238,22 +3285,32 @@ class ServerWindow:
         self.addresses: dict[str, ttk.Label] = {}
         self.copy_buttons: dict[str, ttk.Button] = {}
         for row, (kind, (title, _, _)) in enumerate(ADDRESS_KINDS.items()):
-            ttk.Label(rows, text=title, style="Key.TLabel").grid(row=row, column=0, sticky="w",
-                                                                 pady=3, padx=(0, 14))
+            title_label = ttk.Label(rows, text=title, style="Key.TLabel")
+            title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(0, 14))
             self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
-            self.copy_buttons[kind] = ttk.Button(rows, text="Copy", width=9,
+            self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: self.copy_address(kind))
             self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
+        self.page_row = (title_label, self.addresses["page"], self.copy_buttons["page"])
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
-        self.forward_note.grid(row=2, column=0, columnspan=3, sticky="w", pady=(0, 3))
+        self.forward_note.grid(row=len(ADDRESS_KINDS), column=0, columnspan=3, sticky="w",
+                               pady=(0, 3))
+        self._build_page_switch(box)
         notes = []
-        for row, style in enumerate(("Problem", "Note", "Note", "Problem", "Note"), start=1):
+        for row, style in enumerate(("Problem", "Note", "Note", "Problem", "Note"), start=2):
             notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
             notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
         (self.loopback_warning, self.tls_note, self.key_note, self.key_warning,
          self.copied_note) = notes
         self.copied_note.grid_remove()
+
+    def _build_page_switch(self, box) -> None:
+        import tkinter as tk
+        from tkinter import ttk
+        self.page_on = tk.BooleanVar(value=self.settings.web_port is not None)
+        self.page_switch = ttk.Checkbutton(box, variable=self.page_on, command=self.switch_page)
+        self.page_switch.grid(row=1, column=0, sticky="w", pady=(4, 0))
 
     def _build_info(self, side) -> None:
         from tkinter import ttk
@@ -3335,7 +3392,7 @@ class ServerWindow:
 
     def _server_ended(self) -> None:
         """The server thread is gone: show why, then restart or close if asked."""
-        self.server = self.thread = self.listening = None
+        self.server = self.thread = self.listening = self.page_listening = None
         self._show_members([])
         problem, self.start_error = self.start_error, None
         restart, self.restart_pending = self.restart_pending, False
@@ -3409,9 +3466,13 @@ class ServerWindow:
             elif news[0] is not self.server:
                 continue   # from a server that has been replaced
             elif kind == "listening":
-                self.listening = news[1]
+                self.listening, self.page_listening = news[1], news[2]
                 if self.state == STARTING:
                     self.state = RUNNING
+            elif kind == "page":
+                self.page_listening = news[1]
+            elif kind == "page-failed":
+                self._page_refused(news[1])
             elif kind == "failed":
                 self.start_error = news[1]
             elif kind == "members" and self.state == RUNNING:
@@ -3564,10 +3625,40 @@ class ServerWindow:
         return self.listening or (self.settings.host, self.settings.port)
 
     def _address(self, kind: str) -> str | None:
-        """The address friends join at, for `kind` ("private" or "public"); None if not known."""
+        """The address friends join at, for `kind` ("private", "public", or "page": the
+        page's link, public when known); None if not known."""
         host, port = self._listen_address()
+        if kind == "page":
+            port = self.page_listening[1] if self.page_listening else next_page_port(self.settings)
+            ip = self.ips["public"] or same_network_host(host, self.ips["private"] or "")
+            return page_link(ip, port, bool(self.settings.tls_cert)) if ip else None
         ip = self.ips[kind] if kind == "public" else same_network_host(host, self.ips[kind] or "")
         return host_port(ip, port) if ip else None
+
+    def switch_page(self) -> None:
+        """The page switch: serve the chat page from the next start, and now if running."""
+        on, running = self.page_on.get(), self.state == RUNNING
+        port = next_page_port(self.settings)
+        if on and running:
+            problem = bind_problem(self.settings.host, port, WINDOW_ADVICE)
+            if problem:
+                self._page_refused(problem)
+                return
+        self.settings = dataclasses.replace(self.settings, web_port=port if on else None)
+        if running:
+            server, inbox = self.server, self.inbox
+            if on:
+                server.loop.call_soon_threadsafe(open_page_in, server, port, inbox)
+            else:
+                self.page_listening = None
+                server.loop.call_soon_threadsafe(server.close_page)
+        self._show_state()
+
+    def _page_refused(self, problem: str) -> None:
+        self.page_on.set(False)
+        self.settings = dataclasses.replace(self.settings, web_port=None)
+        show_line(self.copied_note, f"The web page cannot be served: {problem}")
+        self._show_state()
 
     def copy_address(self, kind: str) -> None:
         """Put one of the friends' addresses on the clipboard and say which; nothing while closed."""
@@ -3575,7 +3666,8 @@ class ServerWindow:
         if self.state != RUNNING:
             said = "Nothing copied: the room is closed. Press Start server first."
         elif address is None:
-            said = "Nothing copied: " + UNKNOWN[self.unknown[kind]][1].format(whose=whose) + "."
+            why = self.unknown["private" if kind == "page" else kind]
+            said = "Nothing copied: " + UNKNOWN[why][1].format(whose=whose) + "."
         else:
             self.root.clipboard_clear()
             self.root.clipboard_append(address)
@@ -3588,8 +3680,8 @@ class ServerWindow:
 
     def _copied_shown(self) -> None:
         self.flash_id = None
-        for button in self.copy_buttons.values():
-            button.configure(text="Copy")
+        for kind, button in self.copy_buttons.items():
+            button.configure(text=COPY_TEXT[kind])
         show_line(self.copied_note, "")
 
     def _show_join(self) -> None:
@@ -3597,8 +3689,17 @@ class ServerWindow:
         join; the key form and a short-key warning."""
         host, port = self._listen_address()
         for kind, label in self.addresses.items():
-            label.configure(text=self._address(kind) or UNKNOWN[self.unknown[kind]][0])
-        self.forward_note.configure(text=f"Over the internet: {forward_advice(port)}.")
+            why = self.unknown["private" if kind == "page" else kind]
+            label.configure(text=self._address(kind) or UNKNOWN[why][0])
+        page = self.page_on.get()
+        web_port = (self.page_listening[1] if self.page_listening else next_page_port(self.settings))
+        for widget in self.page_row:
+            widget.grid() if page else widget.grid_remove()
+        self.page_switch.configure(text=f"Web page for phones and browsers (port {web_port})")
+        self.page_switch.state(["!disabled"] if self.state in (STOPPED, ERROR, RUNNING)
+                               else ["disabled"])
+        self.forward_note.configure(
+            text=f"Over the internet: {forward_advice(port, web_port if page else None)}.")
         local = is_loopback(host)
         if local:
             self.address_rows.grid_remove()
@@ -4344,7 +4445,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def join_banner(settings: Settings, address: tuple[str, int], private_ip: str) -> str:
+def join_banner(settings: Settings, address: tuple[str, int], private_ip: str,
+                web_port: int | None = None) -> str:
     """What the host needs once the room is open: how friends join, the log, how to stop."""
     host, port = address
     if is_loopback(host):
@@ -4352,11 +4454,15 @@ def join_banner(settings: Settings, address: tuple[str, int], private_ip: str) -
                  f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
     else:
         same = same_network_host(host, private_ip)
+        known = same != "unknown"
         lines = [f"The room is open on port {port}. How friends join:",
-                 f"  same network:       {host_port(same, port) if same != 'unknown' else same}",
+                 f"  same network:       {host_port(same, port) if known else same}",
                  internet_line("looking up this machine's public address…" if settings.public_ip_url
                                else "not looked up: your router's status page shows this "
-                                    "machine's public address", port)]
+                                    "machine's public address", port, web_port)]
+        if web_port:
+            lines.append(page_line(page_link(same, web_port, bool(settings.tls_cert)) if known
+                                   else same, "on the same network"))
     if settings.tls_cert:
         lines.append("  encrypted:          the App cannot join; friends use "
                      "python3 pcr_server.py --connect ADDRESS --tls")
@@ -4373,8 +4479,12 @@ def join_banner(settings: Settings, address: tuple[str, int], private_ip: str) -
     return "\n".join(lines)
 
 
-def internet_line(where: str, port: int) -> str:
-    return f"  over the internet:  {where} ({forward_advice(port)})"
+def internet_line(where: str, port: int, web_port: int | None = None) -> str:
+    return f"  over the internet:  {where} ({forward_advice(port, web_port)})"
+
+
+def page_line(link: str, where: str) -> str:
+    return f"  from a browser:     {link} ({where}; a phone is enough)"
 
 
 def tell(text: str) -> None:
@@ -4385,18 +4495,23 @@ def tell(text: str) -> None:
         pass
 
 
-def announce(settings: Settings, address: tuple[str, int]) -> None:
+def announce(settings: Settings, address: tuple[str, int],
+             page_address: tuple[str, int] | None = None) -> None:
     """Log this machine's addresses and print the banner; the internet address
-    follows once the look-up answers."""
+    (and the page's link over the internet) follow once the look-up answers."""
     private_ip = private_ipv4()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
-    tell(join_banner(settings, address, private_ip))
+    web_port = page_address[1] if page_address else None
+    tell(join_banner(settings, address, private_ip, web_port))
     port, local = address[1], is_loopback(address[0])
 
     def public_ip_known(ip: str | None) -> None:
-        if not local:
-            tell(internet_line(host_port(ip, port) if ip else "this machine's public address "
-                               "could not be found; your router's status page shows it", port))
+        if local:
+            return
+        tell(internet_line(host_port(ip, port) if ip else "this machine's public address "
+                           "could not be found; your router's status page shows it", port, web_port))
+        if ip and web_port:
+            tell(page_line(page_link(ip, web_port, bool(settings.tls_cert)), "over the internet"))
     if settings.public_ip_url:
         look_up_public_ip(settings.public_ip_url, public_ip_known)
 
@@ -4408,7 +4523,7 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
-    announce(settings, address)
+    announce(settings, address, server.web_address)
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
     server.serve()

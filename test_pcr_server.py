@@ -1498,6 +1498,20 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn(f"  over the internet:  203.0.113.9:{port} {forward}", later)
         self.assertEqual(banner.count("How friends join"), 1)
 
+    def test_banner_gives_the_pages_link_for_the_same_network_and_over_the_internet(self):
+        service = PublicIpService("203.0.113.9")
+        self.addCleanup(service.close)
+        port, web = free_port(), free_port()
+        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
+            proc = self.server("--host", "0.0.0.0", "--port", str(port), "--web-port", str(web),
+                               "--public-ip-url", service.url, "--log-file", "room.log")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn(f"forward TCP ports {port} and {web} on your router", banner)
+        self.assertIn(f"  from a browser:     http://{pcr.private_ipv4()}:{web}/ (on the same network",
+                      banner)
+        later = printed_until(proc, f"http://203.0.113.9:{web}/")
+        self.assertIn(f"  from a browser:     http://203.0.113.9:{web}/ (over the internet", later)
+
     def test_banner_without_the_public_address_look_up_says_it_is_off(self):
         proc = self.server("--host", "0.0.0.0", "--port", str(free_port()))
         banner = printed_until(proc, "Ctrl+C stops the server.")
@@ -3319,10 +3333,63 @@ class GuiTest(unittest.TestCase):
 
     def test_member_list_says_what_kind_of_client_each_member_uses(self):
         w = self.open_window()
-        self.member(self.start_server(), "ann")
-        self.pump_until(lambda: len(self.listed()) == 1, "ann listed")
+        port = self.start_server()
+        self.member(port, "ann")
+        app = Client(port)
+        self.addCleanup(app.close)
+        app.answer(b"bob")   # a bare alias: PrivateChatRoom-App
+        self.pump_until(lambda: len(self.listed()) == 2, "ann and bob listed")
         self.assertEqual(w.tree.heading("kind", "text"), "Kind")
-        self.assertEqual(w.tree.set(w.tree.get_children()[0], "kind"), "terminal")
+        kinds = [w.tree.set(item, "kind") for item in w.tree.get_children()]
+        self.assertEqual(kinds, ["terminal", "App"])
+
+    # -- the web page -----------------------------------------------------------
+    def test_the_page_switch_serves_the_page_and_copy_link_gives_its_link(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        service = PublicIpService("203.0.113.7")
+        self.addCleanup(service.close)
+        with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
+            w = self.open_window(public_ip_url=service.url)
+            port = self.start_server()
+            self.pump_until(lambda: w.ips["public"] == "203.0.113.7", "the public address")
+        self.assertEqual(w.copy_buttons["page"].winfo_manager(), "")   # off unless asked for
+        w.page_switch.invoke()
+        self.pump_until(lambda: w.page_listening is not None, "the page to be served")
+        web = w.page_listening[1]
+        self.assertEqual(web, port + 1)
+        self.assertEqual(w.copy_buttons["page"].winfo_manager(), "grid")
+        self.assertIn(f"forward TCP ports {port} and {web}", w.forward_note.cget("text"))
+        w.copy_buttons["page"].invoke()
+        self.assertEqual(self.root.clipboard_get(), f"http://203.0.113.7:{web}/")
+        self.assertIn("from a browser", w.copied_note.cget("text"))
+        wendy = WebMember(web, "wendy")
+        self.addCleanup(wendy.close)
+        wendy.until("welcome")
+        self.pump_until(lambda: self.listed() == [("wendy", "127.0.0.1")], "wendy listed")
+        self.assertEqual(w.tree.set(w.tree.get_children()[0], "kind"), "web")
+        w.tree.selection_set(w.tree.get_children()[0])
+        self.pump_until(lambda: self.usable(w.disconnect_button), "Disconnect to be usable")
+        w.disconnect_button.invoke()
+        self.assertIn("disconnected by the host", wendy.until("note")["text"])
+        self.pump_until(lambda: self.listed() == [], "wendy gone from the list")
+
+    def test_switching_the_page_off_tells_its_members_and_keeps_the_room(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        w = self.open_window(web_port=free_port())
+        port = self.start_server()
+        self.assertTrue(w.page_on.get())
+        ann = self.member(port, "ann")
+        wendy = WebMember(w.page_listening[1], "wendy")
+        self.addCleanup(wendy.close)
+        wendy.until("welcome")
+        w.page_switch.invoke()
+        self.assertIn("turned the web page off", wendy.until("note")["text"])
+        ann.read_until(b"wendy has left the chat...\n")
+        self.pump_until(lambda: w.page_listening is None, "the page off")
+        ann.send(b"ann: still here\n")
+        ann.read_until(b"ann: still here\n")
 
     def test_chat_text_never_shows_in_the_window(self):
         w = self.open_window()

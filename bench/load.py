@@ -7,7 +7,8 @@ heard every line once and in order, and prints what that cost the server.
 `python3 bench/load.py --help` lists every option and the usual workloads.
 
 Map, top to bottom (one thread, one selector; each part uses only those above):
-  1. settings    Workload: the parameters of one run; member kinds and roles
+  1. settings    Workload: the parameters of one run; member kinds and roles;
+                 Flood: the parameters of the two floods; loopback source addresses
   2. the wire    pure functions: the benchmark's lines, the App's read rules
                  (the count box, strict UTF-8), WebSocket frames, the upgrade
   3. members     Member and its kinds: LineMember (answers `alias\\n` like nc),
@@ -19,7 +20,12 @@ Map, top to bottom (one thread, one selector; each part uses only those above):
   5. the server  ServerProcess starts a --server-cmd on free ports; Gauge
                  reads a server's CPU and memory from /proc
   6. figures     percentiles, medians over rounds, the table and its ratios
-  7. main        the command line and the plan: rounds x servers x kinds
+  7. floods      issue 10's two measures, each a run of its own:
+                 --flood-lines (members from many addresses send lines at once;
+                 the server's RSS per connection) and --tls-flood (probes time
+                 their lines while a Replayer process replays ClientHellos)
+  8. main        the command line and the plan: rounds x servers x kinds
+                 (or x one flood)
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import shlex
 import socket
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1329,7 +1336,7 @@ def print_table(columns: list[tuple[str, str]], summaries: dict, kinds_present: 
 
 CHAT_LINE_BYTES = 100
 BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)   # Linux: pick the port at connect
-RESET_ON_CLOSE = (1 << 32).to_bytes(8, "little")   # struct linger {1, 0}: close sends RST
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)   # struct linger, on with no wait: close sends RST
 
 
 def chat_lines(alias: str, size: int) -> bytes:
@@ -1722,6 +1729,24 @@ workloads (SERVER is e.g. "python3 pcr_server.py --host 127.0.0.1 --port {port}
              --server-cmd "c_ref=/tmp/c_ref {port}"
              --server-cmd "asyncio=python3 ../shared/bench/peers/asyncio_ref.py {port}"
   (build c_ref: gcc -O2 -D_GNU_SOURCE -o /tmp/c_ref ../shared/bench/peers/c_ref.c)
+
+floods (issue 10; DEFAULT is the server with its default limits: "python3 pcr_server.py
+  --host 127.0.0.1 --port {port} --public-ip-url '' --log-file /tmp/flood.log"):
+  lines      --flood-lines --server-cmd "now=DEFAULT" --server-cmd "before=python3 /tmp/old.py ..."
+             63 addresses (127.0.0.2 ...) x 16 members join as terminals, then each sends
+             64 KiB of ~100-byte chat lines at once and reads what comes (in sweeps, a
+             64 KiB receive buffer).  Server RSS before, joined, sent (the kernel took
+             every byte), settled (--flood-settle later); KiB per connection from joined
+  TLS        --tls-flood --server-cmd "DEFAULT --tls-cert {cert} --tls-key {key}"
+             (no --tls-cert/--tls-key: a self-signed pair is made with openssl.)  5 TLS
+             probes, one address each from 127.0.0.2 (5 x 10 lines/s from one address is
+             over the 40 lines/s per address: --probe-from shows that), each say a stamped
+             line every 100 ms: 5 s quiet, then 10 s while a process from 127.0.0.9 replays
+             one real ClientHello 4 connections at a time: connect, hello, wait for bytes
+             (answered: the server did the handshake), a close (refused) or 0.2 s, reset.
+             Latency p50/p90/p99/max (lines heard in the 1 s after the flood count as
+             flooded), server CPU % per phase, answered and refused per second
+  Both report the lines and bytes the log gained up to the stop (following rotations).
 
 member kinds:
   line  answers ALIAS with `alias\\n` like nc; reads whole lines
