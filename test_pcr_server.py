@@ -2795,7 +2795,7 @@ class BrowserTest(ServerCase):
         self.wait_for(lambda: self.listed()[:2] == ["tom", "Wendy"], "tom and Wendy listed")
         self.member("zoe")
         self.wait_for(lambda: self.listed() == ["tom", "Wendy", "zoe"], "zoe listed")
-        folder = SCREENSHOTS or tempfile.mkdtemp()
+        folder = os.path.abspath(SCREENSHOTS) if SCREENSHOTS else tempfile.mkdtemp()
         shot = os.path.join(folder, "web-phone.png")
         self.driver.save_screenshot(shot)
         with open(shot, "rb") as f:
