@@ -2142,6 +2142,7 @@ class Server:
     KEY_MEMORY = 600.0          # seconds after which an address's wrong keys are forgotten
     LINES_PER_ADDRESS = 4.0     # an address may say this many times --line-rate
     REFUSING = 32               # web connections let in at once only to be told why not
+    HANDSHAKES_PER_TURN = 2     # TLS handshake steps a loop turn: members never wait for a burst
 
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
@@ -2162,6 +2163,7 @@ class Server:
         self.accept_error_logged = False
         self.stopping = False
         self.refusing = 0
+        self.handshaking: collections.deque = collections.deque()   # TLS members waiting for a step
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
         self.tls = None                                  # ssl.SSLContext when encrypting
 
@@ -2339,7 +2341,7 @@ class Server:
             if web and refusal and not self.tls and self.refusing < self.REFUSING:
                 self._start(sock, ip, port, group, web, refusal)   # its page can show why
             else:   # a TLS client could not read a plain line: it only sees the close
-                self._send_and_close(sock, b"" if self.tls or web else refusal.encode())
+                self._send_and_close(sock, b"" if self.tls or web else refusal.encode(), drain=False)
             return
         self._start(sock, ip, port, group, web)
 
@@ -2368,7 +2370,24 @@ class Server:
         self.loop.watch(sock, EVENT_READ, self._on_member, m)
         log.debug("connection from %s port %d", ip, port)
         if self.tls:
-            self._secure(m)
+            self._secure_soon(m)
+
+    def _secure_soon(self, m: Member) -> None:
+        """Queue m's next TLS handshake step: a few a turn, so that a burst of
+        handshakes (each a millisecond or more) never holds members' lines up."""
+        m.reading = m.blocked = False
+        self.set_interest(m)
+        self.handshaking.append(m)
+        if len(self.handshaking) == 1:
+            self.loop.call_soon(self._secure_some)
+
+    def _secure_some(self) -> None:
+        for _ in range(min(self.HANDSHAKES_PER_TURN, len(self.handshaking))):
+            m = self.handshaking.popleft()
+            if m.stage is Stage.SECURING:
+                self._secure(m)
+        if self.handshaking:   # the rest after the next turn's events
+            self.loop.call_soon(self._secure_some)
 
     def _secure(self, m: Member) -> None:
         """One step of the TLS handshake; then the ALIAS prompt (or the HTTP request)."""
@@ -2391,16 +2410,16 @@ class Server:
         self.set_interest(m)
 
     @staticmethod
-    def _send_and_close(sock: socket.socket, data: bytes) -> None:
+    def _send_and_close(sock: socket.socket, data: bytes, drain: bool = True) -> None:
         """Best effort: last words for the person, then a clean close.  What
-        it sent and was not read is read first: closing on unread bytes
-        resets the connection, and a reset kills the App's reader."""
+        a member sent and was not read is read first: closing on unread
+        bytes resets the connection, and a reset kills the App's reader."""
         try:
             sock.setblocking(False)
             if data:
                 sock.send(data)
             sock.shutdown(socket.SHUT_WR)
-            for _ in range(16):
+            for _ in range(16 if drain else 0):
                 if not sock.recv(READ_SIZE):
                     break
         except (OSError, ValueError):
@@ -2432,7 +2451,7 @@ class Server:
             return
         try:
             if m.stage is Stage.SECURING:
-                self._secure(m)
+                self._secure_soon(m)
                 return
             if mask & EVENT_WRITE:
                 if m.stage is Stage.IN_ROOM:
