@@ -2,12 +2,32 @@
 """PrivateChatRoom-Server: a private chat room in one file.
 
 Run it, give your address to family or friends, and they join with the
-PrivateChatRoom-App desktop client or any terminal client (`nc HOST 5050`).
-Standard library only.  The wire contract is PROTOCOL.md; usage: README.md.
+PrivateChatRoom-App desktop client, any terminal client (`nc HOST 5050`) or,
+with --web-port, a browser.  Standard library only.  The wire protocol is
+docs/PROTOCOL.md; usage: README.md.
 
     python3 pcr_server.py                 # headless
     python3 pcr_server.py --gui           # with a window
+    python3 pcr_server.py --web-port 5051 # and a chat page for browsers
     python3 pcr_server.py --connect HOST  # join a room from a terminal
+
+The file, top to bottom (each part uses only those above it):
+  1. Settings                 one dataclass; command line > .pcr_port > defaults
+  2. The protocol             pure functions: names, lines, App pieces (app_cut),
+                              WebSocket frames (FrameReader), HTTP, the page
+  3. The loop and the room    Loop (file events, timers, calls from other threads),
+                              Room (who is sent what, when: streams, AppReader,
+                              counts), Server (accepting, reading, limits)
+  4. Host addresses           private, public and MAC
+  5. Logging                  a rotating file, created readable by its owner only
+  6. The GUI                  ServerWindow (tkinter, imported only here)
+  7. The terminal client      --connect
+  8. The command line         main()
+
+Threads: the loop's thread owns every socket and all room and server state.
+The GUI runs on the main thread and reaches the room only through
+Loop.call_soon_threadsafe; look-ups of addresses run on threads of their own
+and hand their answers back through queues.
 """
 
 from __future__ import annotations
@@ -1990,6 +2010,9 @@ class Room:
             self.members[m] = None
             self._readers(m)[m] = None
             m.pos = (self.frames if m.kind is Kind.WEB else self.text).end
+            if m.out:   # a web member's pong not yet sent: it goes first
+                self._note(m, m.pos, m.out)
+                m.out = b""
             if m.kind is Kind.WEB:
                 self.tell(m, "", "welcome", name=m.name)
             elif m.kind is Kind.APP:
