@@ -947,6 +947,18 @@ class NamesTest(ServerCase):
         self.assertFalse(got.split(b"\n")[-2][:1].isdigit(), got)
         c.read_until(b"the room knows you as _5 people are online...\n")
 
+    def test_in_a_room_without_a_key_a_key_in_the_name_is_dropped_unseen(self):
+        self.start()
+        watcher = self.member("watch")
+        bob = self.connect()
+        bob.answer(b"bob#famkey\n")
+        bob.send(b"bob#famkey: hi\n")
+        got = watcher.read_until(b"bob: hi\n")
+        got += bob.read_until(b"bob: hi\n")
+        self.assertIn(b"bob joined the chat...\n", got)
+        self.assertNotIn(b"famkey", got)
+        self.assertNotIn("famkey", self.log_text())
+
     def test_empty_alias_becomes_guest(self):
         self.start()
         c = self.connect()
