@@ -1486,10 +1486,11 @@ class Tally:
         else:
             entry[0] += 1
 
-    def flush(self, now: float) -> None:
-        """Log the sums whose interval is over (called every second)."""
+    def flush(self, now: float, everything: bool = False) -> None:
+        """Log the sums whose interval is over (called every second), or all
+        of them (at the end)."""
         for warning, (count, since) in list(self.seen.items()):
-            if now - since < self.interval:
+            if now - since < self.interval and not everything:
                 continue
             if count:
                 log.warning("%s (%d more times in %d s)", warning, count, round(now - since))
@@ -2279,6 +2280,7 @@ class Server:
             return
         for m in list(self.connections):
             self._close(m)
+        self.tally.flush(time.monotonic(), everything=True)
         log.info("stopped")
         self.loop.stop()
 

@@ -1145,6 +1145,19 @@ class HardeningTest(ServerCase):
         told = [re.search(r"\((\d+) more times", line) for line in refusals]
         self.assertEqual(sum(int(n.group(1)) if n else 1 for n in told), 200)   # every refusal
 
+    def test_what_is_summed_up_is_logged_when_the_server_stops(self):
+        server = self.start(max_per_ip=1)
+        self.member("a")
+        for _ in range(3):
+            self.connect().read_to_close()
+        server.loop.call_soon_threadsafe(server.stop)
+        deadline = time.monotonic() + WAIT
+        while "INFO:pcr_server:stopped" not in self.log_text():
+            self.assertLess(time.monotonic(), deadline, "no stop")
+            time.sleep(0.02)
+        self.assertRegex(self.log_text(), r"refused 127\.0\.0\.1: too many connections .*"
+                                          r"\(2 more times in \d+ s\)")
+
     def test_names_in_the_log_are_quoted(self):
         self.start()
         self.member("x from 10.9.8.7")
