@@ -1428,17 +1428,20 @@ class CommandLineTest(unittest.TestCase):
         self.addCleanup(end)
         return proc
 
-    def test_sigterm_sends_stop_lines_and_exits_zero(self):
+    def assert_signal_stops_the_room_cleanly(self, sig: int) -> None:
         port = free_port()
         proc = self.server("--port", str(port))
         wait_listening(port, proc)
         c = Client(port)
         self.addCleanup(c.close)
         c.join("ann")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         got = c.read_to_close()
         self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
         self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_sigterm_sends_stop_lines_and_exits_zero(self):
+        self.assert_signal_stops_the_room_cleanly(signal.SIGTERM)
 
     def test_restart_right_after_stop_reuses_the_port(self):
         port = free_port()
@@ -1490,17 +1493,8 @@ class CommandLineTest(unittest.TestCase):
         for internal in ("Traceback", "_ssl.c", "('", "while attempting"):
             self.assertNotIn(internal, err)
 
-    def test_sighup_sends_stop_lines_and_exits_zero(self):
-        port = free_port()
-        proc = self.server("--port", str(port))
-        wait_listening(port, proc)
-        c = Client(port)
-        self.addCleanup(c.close)
-        c.join("ann")
-        proc.send_signal(signal.SIGHUP)
-        got = c.read_to_close()
-        self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
-        self.assertEqual(proc.wait(WAIT), 0)
+    def test_sighup_sends_stop_lines_and_exits_zero(self):   # a closed terminal, a dropped SSH
+        self.assert_signal_stops_the_room_cleanly(signal.SIGHUP)
 
     def test_banner_says_how_friends_join_where_the_log_is_and_how_to_stop(self):
         service = PublicIpService("203.0.113.9")
