@@ -4189,7 +4189,7 @@ class ClientSession:
         self._end()
 
     def _end(self) -> None:
-        self.loop.running = False
+        self.loop.stop()
 
     def end_of_input(self) -> None:
         """Ctrl+D: leave, once in the room (a refusal on the way must still be heard)."""
