@@ -135,6 +135,14 @@ def parse_port(text: str) -> int | None:
     return int(text)
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a port number from 1 to 65535."""
+    port = parse_port(text)
+    if port is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return port
+
+
 def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
     """The port saved in `path`, or the default and a warning saying why not.
 
@@ -205,6 +213,12 @@ APP_READ = 1024      # the App's recv size: no piece sent to an App is longer
 APP_SLACK = 0.2      # an App types up to this much slower than --app-char-time (a busy desktop)
 WHO_SHOWN = 50       # names listed in an answer to /who
 KNOWN_AS = "the room knows you as "   # told to a member whose name is not the one it gave
+STOPPED_TEXT = "the server has been stopped"   # the stop, where one line says it (the page)
+NEEDS_KEY = ("this room needs a key: join with your name followed by #KEY "
+             "(ask the host for the key)\n")
+FELL_BEHIND = ("you were disconnected: the room says more than your App can show in time; "
+               "please close the app and relaunch to catch up\n")
+TLS_JOINING = "the App cannot join; friends use python3 pcr_server.py --connect ADDRESS --tls"
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -227,18 +241,20 @@ _LOOKALIKES = str.maketrans(
     "ABEIJKMHOPCTYXSYQWHABEZHIKMNOPTYX")
 
 
-def joined_notice(name: str) -> str:
-    return f"{name} joined the chat...\n"
-
-
-def folded_join_notice(names: list[str]) -> str:
-    """One line for many joins at once (a join storm)."""
+def joined_notice(names: list[str]) -> str:
+    """One member's join, or one line for many at once (a join storm)."""
+    if len(names) == 1:
+        return f"{names[0]} joined the chat...\n"
     shown, more = ", ".join(names[:3]), len(names) - 3
     return f"{shown} and {more} {'other' if more == 1 else 'others'} joined the chat...\n"
 
 
 def left_notice(name: str) -> str:
     return f"{name} has left the chat...\n"
+
+
+def chat_notice(name: str, text: str) -> str:
+    return f"{name}: {text}\n"
 
 
 def count_notice(n: int) -> str:
@@ -538,778 +554,33 @@ def http_response(status: str, body: bytes, content_type: str = "text/plain; cha
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-# -- the chat page (served on --web-port) ----------------------------------
+class ChatPage:
+    """The chat page as it is served: its bytes, and headers that allow only
+    its own inline code (by hash) and its own socket."""
 
-PAGE_HTML = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name=viewport content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>PrivateChatRoom</title>
-<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Cpath fill='%232f6f68' d='M6 4h20a4 4 0 0 1 4 4v12a4 4 0 0 1-4 4H14l-7 6v-6H6a4 4 0 0 1-4-4V8a4 4 0 0 1 4-4z'/%3E%3C/svg%3E">
-<style>
-:root {
-  color-scheme: light dark;
-  --bg: #f3f5f7; --panel: #ffffff; --text: #1f2933; --quiet: #5f6b77; --line: #d9e0e6;
-  --accent: #2f6f68; --accent-text: #ffffff; --own: #e1f0ec; --own-line: #bfdcd5;
-  --warn-bg: #fff3dc; --warn-text: #6b4400; --ok-bg: #e3f3e8; --ok-text: #1d5530;
-  --error: #a12a2a; --shadow: rgba(15, 30, 45, 0.16);
-  --n0: #2e6aa0; --n1: #8447a8; --n2: #a4501c; --n3: #2d7a4c;
-  --n4: #a2305f; --n5: #1d7585; --n6: #756512; --n7: #5357b8;
-}
-@media (prefers-color-scheme: dark) {
-  :root {
-    --bg: #14181c; --panel: #1d2227; --text: #e3e7eb; --quiet: #9ba6b2; --line: #2f363e;
-    --accent: #5fb3a8; --accent-text: #0e1a18; --own: #1e3935; --own-line: #2b514b;
-    --warn-bg: #3a2f18; --warn-text: #f0d08e; --ok-bg: #1b3224; --ok-text: #a8dfb8;
-    --error: #ff9d9d; --shadow: rgba(0, 0, 0, 0.5);
-    --n0: #8cb9e6; --n1: #caa2e6; --n2: #eea476; --n3: #8bd0a2;
-    --n4: #ee93bd; --n5: #80cfdc; --n6: #d8c66e; --n7: #abaff2;
-  }
-}
-* { box-sizing: border-box; }
-[hidden] { display: none !important; }
-html, body { height: 100%; margin: 0; }
-body {
-  font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-        "Noto Sans", sans-serif;
-  background: var(--bg); color: var(--text);
-  -webkit-text-size-adjust: 100%; text-size-adjust: 100%;
-}
-button, input, textarea { font: inherit; color: inherit; }
-button { cursor: pointer; }
-button:disabled { cursor: default; opacity: 0.55; }
-:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
-.visually-hidden {
-  position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
-  overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
-}
-.primary {
-  min-height: 48px; padding: 0 20px; border: 0; border-radius: 12px;
-  background: var(--accent); color: var(--accent-text); font-weight: 600;
-}
-.secondary {
-  min-height: 40px; padding: 0 14px; border: 1px solid currentColor; border-radius: 20px;
-  background: transparent; font-weight: 600; white-space: nowrap;
-}
+    def __init__(self, html: str):
+        self.body = html.encode()
+        self.csp = (f"default-src 'none'; script-src {self._inline_hash(html, 'script')}; "
+                    f"style-src {self._inline_hash(html, 'style')}; img-src 'self' data:; "
+                    f"base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+                    f"connect-src 'self' ")
 
-/* The join card */
-.join { min-height: 100%; display: flex; align-items: center; justify-content: center; padding: 16px; }
-.card {
-  width: 100%; max-width: 380px; padding: 26px 22px 22px; background: var(--panel);
-  border: 1px solid var(--line); border-radius: 16px; box-shadow: 0 6px 24px var(--shadow);
-}
-.card h1 { font-size: 1.45rem; margin: 0 0 4px; }
-.lead { color: var(--quiet); margin: 0 0 8px; }
-.card label { display: block; font-weight: 600; margin: 16px 0 6px; }
-.card input {
-  width: 100%; min-height: 48px; padding: 10px 12px; border: 1px solid var(--line);
-  border-radius: 12px; background: var(--bg);
-}
-.card .primary { width: 100%; margin-top: 22px; }
-.status { min-height: 1.45em; margin: 14px 0 0; color: var(--quiet); }
-.status.error { color: var(--error); font-weight: 600; }
+    @staticmethod
+    def _inline_hash(html: str, tag: str) -> str:
+        """The CSP source for the page's one inline <script> or <style>."""
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S).group(1)
+        return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
 
-/* The chat */
-.chat { height: 100%; height: 100dvh; display: flex; flex-direction: column; }
-.topbar {
-  display: flex; align-items: center; gap: 12px; padding: 8px 12px 8px 16px;
-  background: var(--panel); border-bottom: 1px solid var(--line);
-}
-.titles { flex: 1; min-width: 0; }
-.titles h1 { font-size: 1.05rem; margin: 0; }
-.me { margin: 0; color: var(--quiet); font-size: 0.875rem; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.people-toggle {
-  min-height: 44px; padding: 0 16px; border: 1px solid var(--line); border-radius: 22px;
-  background: var(--bg); font-weight: 600; white-space: nowrap;
-}
-.offline .dot { background: var(--quiet); }
-.people-toggle[aria-expanded="true"] { background: var(--own); border-color: var(--own-line); }
-.dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; background: #3a9d5d; margin-right: 8px; vertical-align: 1px; }
-.banner {
-  display: flex; align-items: center; gap: 12px; padding: 8px 16px;
-  background: var(--warn-bg); color: var(--warn-text); font-weight: 600;
-}
-.banner.ok { background: var(--ok-bg); color: var(--ok-text); }
-.banner span { flex: 1; }
-.middle { flex: 1; min-height: 0; display: flex; position: relative; }
-.log {
-  flex: 1; min-width: 0; overflow-y: auto; margin: 0; padding: 12px 12px 16px;
-  list-style: none; overscroll-behavior: contain;
-}
-.log li { display: flex; flex-direction: column; align-items: flex-start; margin: 8px 0; }
-.bubble {
-  max-width: min(86%, 680px); padding: 6px 12px 8px; background: var(--panel);
-  border: 1px solid var(--line); border-radius: 16px 16px 16px 4px;
-}
-.log li.own { align-items: flex-end; }
-.own .bubble { background: var(--own); border-color: var(--own-line); border-radius: 16px 16px 4px 16px; }
-.head { display: flex; gap: 8px; align-items: baseline; font-size: 0.8125rem; font-weight: 700; }
-.time { color: var(--quiet); font-weight: 400; font-size: 0.75rem; }
-.text { white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-word; }
-.log li.event, .log li.note {
-  align-items: center; text-align: center; color: var(--quiet); font-size: 0.875rem;
-  margin: 6px 24px; overflow-wrap: anywhere;
-}
-.log li.note { font-style: italic; }
-.log li.mark { color: var(--warn-text); font-weight: 600; font-style: normal; }
-.n0 { color: var(--n0); } .n1 { color: var(--n1); } .n2 { color: var(--n2); } .n3 { color: var(--n3); }
-.n4 { color: var(--n4); } .n5 { color: var(--n5); } .n6 { color: var(--n6); } .n7 { color: var(--n7); }
-.own .head { color: var(--quiet); }
-.newest {
-  position: absolute; left: 50%; bottom: 12px; transform: translateX(-50%);
-  min-height: 40px; padding: 0 16px; border: 0; border-radius: 20px;
-  background: var(--accent); color: var(--accent-text); font-weight: 600;
-  box-shadow: 0 4px 14px var(--shadow);
-}
-.people {
-  width: 250px; flex: none; overflow-y: auto; padding: 14px 16px;
-  background: var(--panel); border-left: 1px solid var(--line);
-}
-.people h2 { font-size: 0.9375rem; margin: 0 0 8px; }
-.people ul { list-style: none; margin: 0; padding: 0; }
-.people li { padding: 7px 0; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
-.people li:last-child { border-bottom: 0; }
-.people li.more { color: var(--quiet); font-style: italic; }
-.you { color: var(--quiet); font-size: 0.875rem; }
-.composer {
-  display: flex; align-items: flex-end; gap: 8px; padding: 8px;
-  padding-bottom: max(8px, env(safe-area-inset-bottom));
-  background: var(--panel); border-top: 1px solid var(--line);
-}
-.composer textarea {
-  flex: 1; min-width: 0; min-height: 48px; max-height: 9.5em; resize: none;
-  padding: 11px 14px; border: 1px solid var(--line); border-radius: 14px;
-  background: var(--bg); line-height: 1.4; field-sizing: content;
-}
-.composer .primary { min-width: 80px; }
-@media (max-width: 699px) {
-  .people {
-    position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
-    border: 1px solid var(--line); border-top: 0; border-radius: 0 0 0 14px;
-    box-shadow: 0 10px 28px var(--shadow);
-  }
-  .people:not(.open) { display: none; }
-}
-@media (min-width: 700px) {
-  .people-toggle { display: none; }
-  .log { padding: 16px 24px 20px; }
-  .composer { padding: 12px 16px; }
-}
-</style>
-</head>
-<body>
-<main id="join" class="join">
-  <form id="join-form" class="card" novalidate>
-    <h1>PrivateChatRoom</h1>
-    <p class="lead">Type your name to join the chat.</p>
-    <label for="name">Your name</label>
-    <input id="name" name="name" type="text" maxlength="32" autocomplete="nickname"
-           autocapitalize="words" spellcheck="false" enterkeyhint="go" required>
-    <div id="key-row" hidden>
-      <label for="key">Room key</label>
-      <input id="key" name="key" type="password" autocomplete="off" autocapitalize="none"
-             spellcheck="false" enterkeyhint="go">
-    </div>
-    <button id="join-button" class="primary" type="submit">Join</button>
-    <p id="join-status" class="status" role="status" aria-live="polite">Connecting…</p>
-  </form>
-</main>
-
-<div id="chat" class="chat" hidden>
-  <header class="topbar">
-    <div class="titles">
-      <h1>PrivateChatRoom</h1>
-      <p id="me" class="me"></p>
-    </div>
-    <button id="people-toggle" class="people-toggle" type="button"
-            aria-expanded="false" aria-controls="people"><span class="dot" aria-hidden="true"></span><span id="people-count">1 online</span></button>
-  </header>
-  <div id="banner" class="banner" role="status" aria-live="polite" hidden>
-    <span id="banner-text"></span>
-    <button id="banner-button" class="secondary" type="button" hidden></button>
-  </div>
-  <div class="middle">
-    <ol id="log" class="log" role="log" aria-live="polite" aria-relevant="additions" aria-label="Chat messages" tabindex="0"></ol>
-    <button id="newest" class="newest" type="button" hidden>New messages ↓</button>
-    <aside id="people" class="people" aria-labelledby="people-title">
-      <h2 id="people-title">1 person is online</h2>
-      <ul id="people-list"></ul>
-    </aside>
-  </div>
-  <form id="composer" class="composer" novalidate>
-    <label for="message" class="visually-hidden">Message</label>
-    <textarea id="message" rows="1" placeholder="Message" enterkeyhint="send" autocomplete="off"></textarea>
-    <button id="send" class="primary" type="submit">Send</button>
-  </form>
-</div>
-<script>
-"use strict";
-(function () {
-  const MAX_LINES = 2000;       // lines kept on the page; older ones go
-  const MAX_DELAY = 30;         // seconds: the longest wait between reconnects
-  const WHO_PATIENCE = 5000;    // ms to wait for a "who" answer before asking again
-  const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
-  const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
-
-  const $ = function (id) { return document.getElementById(id); };
-  const ui = {
-    join: $("join"), joinForm: $("join-form"), name: $("name"), keyRow: $("key-row"),
-    key: $("key"), joinButton: $("join-button"), joinStatus: $("join-status"),
-    chat: $("chat"), me: $("me"), peopleToggle: $("people-toggle"),
-    peopleCount: $("people-count"), people: $("people"), peopleTitle: $("people-title"),
-    peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
-    bannerButton: $("banner-button"), log: $("log"), newest: $("newest"),
-    composer: $("composer"), message: $("message"), send: $("send")
-  };
-
-  const room = {
-    ws: null,            // the current socket, or null
-    helloSeen: false,    // the current socket said hello
-    keyNeeded: false,
-    aliasSent: false,
-    refusal: "",         // the server's sentence on the current socket
-    stopped: false,      // the server said it is stopping
-    inRoom: false,       // welcomed on the current socket
-    everIn: false,       // welcomed once: after a drop, re-join by itself
-    wantJoin: false,     // send the alias as soon as hello comes
-    name: "", key: "",   // what the member typed
-    me: "",              // the name the room gave
-    attempt: 0, retryTimer: 0, tickTimer: 0, retryAt: 0, retryText: "",
-    everOpen: false,     // a socket was open once (the room was reachable)
-    names: [], others: 0, count: 0,
-    whoPending: false, whoTimer: 0, whoShown: false,
-    lastHeard: 0, hiddenAt: 0, probeTimer: 0,
-    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0
-  };
-
-  /* ---------- small helpers ---------- */
-
-  function plain(text) {
-    // The server's notices end in "..." and a newline; the page shows a sentence.
-    let t = String(text == null ? "" : text).trim();
-    while (t.endsWith(".")) { t = t.slice(0, -1); }
-    return t;
-  }
-
-  function sentence(text) {
-    // "the room is full" -> "The room is full."
-    const t = String(text == null ? "" : text).trim();
-    if (!t) { return ""; }
-    const end = t.charAt(t.length - 1);
-    return t.charAt(0).toUpperCase() + t.slice(1) + (end === "." || end === "!" || end === "?" ? "" : ".");
-  }
-
-  function colourOf(name) {
-    let h = 0;
-    for (let i = 0; i < name.length; i++) { h = (h * 31 + name.charCodeAt(i)) % 9973; }
-    return "n" + (h % 8);
-  }
-
-  function clock() {
-    return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  }
-
-  function make(tag, cls, text) {
-    const node = document.createElement(tag);
-    if (cls) { node.className = cls; }
-    if (text != null) { node.textContent = text; }
-    return node;
-  }
-
-  function remember(name) {
-    try { localStorage.setItem(NAME_KEY, name); } catch (e) { /* private mode: fine */ }
-  }
-
-  function remembered() {
-    try { return localStorage.getItem(NAME_KEY) || ""; } catch (e) { return ""; }
-  }
-
-  /* ---------- the message list ---------- */
-
-  function nearBottom() {
-    const log = ui.log;
-    return log.scrollHeight - log.scrollTop - log.clientHeight < 48;
-  }
-
-  function toBottom() {
-    ui.log.scrollTop = ui.log.scrollHeight;
-    room.lastTop = ui.log.scrollTop;
-    room.stuck = true;
-    room.unseen = 0;
-    ui.newest.hidden = true;
-  }
-
-  function append(item, counts) {
-    const stick = room.stuck;
-    ui.log.appendChild(item);
-    let extra = ui.log.childElementCount - MAX_LINES;
-    if (extra > 0) {
-      const before = ui.log.scrollHeight;
-      while (extra-- > 0) { ui.log.removeChild(ui.log.firstElementChild); }
-      if (!stick) { ui.log.scrollTop -= before - ui.log.scrollHeight; }
-    }
-    if (stick) {
-      toBottom();
-    } else if (counts) {
-      room.unseen += 1;
-      ui.newest.textContent = room.unseen === 1 ? "1 new message ↓" : room.unseen + " new messages ↓";
-      ui.newest.hidden = false;
-    }
-    if (counts && document.hidden) {
-      room.unread += 1;
-      document.title = "(" + room.unread + ") PrivateChatRoom";
-    }
-  }
-
-  function addChat(name, text) {
-    const own = name === room.me;
-    const item = make("li", own ? "own" : "");
-    const bubble = make("div", "bubble");
-    const head = make("div", "head " + (own ? "" : colourOf(name)));
-    head.appendChild(make("span", "", own ? "You" : name));
-    head.appendChild(make("span", "time", clock()));
-    bubble.appendChild(head);
-    bubble.appendChild(make("div", "text", String(text)));
-    item.appendChild(bubble);
-    append(item, !own);
-  }
-
-  function addLine(text, kind) {
-    const t = plain(text);
-    if (t) { append(make("li", kind, t), false); }
-  }
-
-  /* ---------- who is online ---------- */
-
-  function renderPeople() {
-    const n = room.count || room.names.length + room.others;
-    ui.peopleToggle.classList.toggle("offline", !room.inRoom);
-    ui.peopleCount.textContent = room.inRoom ? n + " online" : "Offline";
-    ui.peopleTitle.textContent = !room.inRoom ? "Not connected: the list may be out of date"
-      : n === 1 ? "1 person is online" : n + " people are online";
-    const list = ui.peopleList;
-    while (list.firstChild) { list.removeChild(list.firstChild); }
-    room.names.forEach(function (name) {
-      const li = make("li", "", name);
-      if (name === room.me) { li.appendChild(make("span", "you", " (you)")); }
-      list.appendChild(li);
-    });
-    if (room.others > 0) {
-      list.appendChild(make("li", "more", "and " + room.others + (room.others === 1 ? " other" : " others")));
-    }
-  }
-
-  function askWho() {
-    if (!room.inRoom || room.whoPending) { return; }
-    room.whoPending = true;
-    clearTimeout(room.whoTimer);
-    room.whoTimer = setTimeout(function () { room.whoPending = false; }, WHO_PATIENCE);
-    room.ws.send("/who");
-  }
-
-  function setPeopleOpen(open) {
-    ui.people.classList.toggle("open", open);
-    ui.peopleToggle.setAttribute("aria-expanded", open ? "true" : "false");
-  }
-
-  /* ---------- what the member sees about the connection ---------- */
-
-  function showJoin(text, isError, focusKey) {
-    ui.chat.hidden = true;
-    ui.join.hidden = false;
-    ui.keyRow.hidden = !room.keyNeeded;
-    ui.joinButton.disabled = false;
-    ui.joinStatus.textContent = text || "";
-    ui.joinStatus.classList.toggle("error", !!isError);
-    (focusKey && room.keyNeeded ? ui.key : ui.name).focus();
-  }
-
-  function showChat() {
-    const first = !ui.join.hidden;
-    ui.join.hidden = true;
-    ui.chat.hidden = false;
-    if (first) { toBottom(); ui.message.focus(); }
-  }
-
-  function banner(text, kind, button) {
-    clearTimeout(room.okTimer);
-    ui.banner.hidden = !text;
-    ui.banner.classList.toggle("ok", kind === "ok");
-    ui.bannerText.textContent = text || "";
-    ui.bannerButton.hidden = !button;
-    ui.bannerButton.textContent = button || "";
-    if (kind === "ok") { room.okTimer = setTimeout(function () { banner(""); }, 3000); }
-  }
-
-  function say(text, isError, button) {
-    // Connection news goes where the member is looking: the chat or the join card.
-    if (ui.chat.hidden) {
-      ui.joinStatus.textContent = text;
-      ui.joinStatus.classList.toggle("error", !!isError);
-    } else {
-      banner(text, "warn", button);
-    }
-  }
-
-  function setCanSend(can) {
-    ui.send.disabled = !can;
-  }
-
-  /* ---------- the socket ---------- */
-
-  function connect() {
-    clearRetry();
-    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
-    let ws;
-    try {
-      ws = new WebSocket(url);
-    } catch (e) {
-      scheduleRetry();
-      return;
-    }
-    room.ws = ws;
-    room.helloSeen = room.aliasSent = room.inRoom = room.stopped = false;
-    room.refusal = "";
-    let opened = false;
-    ws.addEventListener("open", function () { opened = room.everOpen = true; });
-    ws.addEventListener("message", function (ev) { if (room.ws === ws) { receive(ev.data); } });
-    ws.addEventListener("close", function (ev) { if (room.ws === ws) { closed(ev.code, ev.reason, opened); } });
-    if (room.everIn) { say("Reconnecting…", false, ""); }
-  }
-
-  function sendAlias() {
-    if (room.keyNeeded && !room.key) {
-      room.wantJoin = false;
-      showJoin("This room needs a key. Ask the host for it.", true, true);
-      return;
-    }
-    room.ws.send(room.keyNeeded ? room.name + "#" + room.key : room.name);
-    room.aliasSent = true;
-    if (ui.chat.hidden) {
-      ui.joinButton.disabled = true;
-      ui.joinStatus.textContent = "Joining…";
-      ui.joinStatus.classList.remove("error");
-    }
-  }
-
-  const handlers = {
-    hello: function (msg) {
-      room.helloSeen = true;
-      room.retryText = "";
-      room.keyNeeded = !!msg.key;
-      ui.keyRow.hidden = !room.keyNeeded;
-      if (room.wantJoin || room.everIn) {
-        sendAlias();
-      } else if (ui.chat.hidden) {
-        ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
-        ui.joinStatus.classList.remove("error");
-      }
-    },
-    welcome: function (msg) {
-      const back = room.everIn;
-      room.me = String(msg.name || room.name);
-      room.inRoom = room.everIn = true;
-      room.wantJoin = false;
-      room.attempt = 0;
-      room.names = [room.me];
-      room.others = 0;
-      room.count = 0;
-      room.whoPending = false;
-      ui.me.textContent = "You are " + room.me;
-      showChat();
-      setCanSend(true);
-      if (back) {
-        addLine("Reconnected", "note mark");
-        banner("Reconnected", "ok");
-      } else {
-        banner("");
-      }
-      renderPeople();
-      askWho();
-    },
-    join: function (msg) {
-      addLine(msg.text, "event");
-      (Array.isArray(msg.names) ? msg.names : []).forEach(function (name) {
-        name = String(name);
-        if (room.names.indexOf(name) < 0) { room.names.push(name); }
-      });
-      renderPeople();
-      if ((msg.others | 0) > 0) { askWho(); }
-    },
-    leave: function (msg) {
-      addLine(msg.text, "event");
-      const at = room.names.indexOf(String(msg.name));
-      if (at >= 0) { room.names.splice(at, 1); }
-      renderPeople();
-    },
-    count: function (msg) {
-      room.count = msg.n | 0;
-      renderPeople();
-      if (room.count !== room.names.length + room.others) { askWho(); }
-    },
-    chat: function (msg) { addChat(String(msg.name), msg.text); },
-    note: function (msg) { addLine(msg.text, "note"); },
-    who: function (msg) {
-      room.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
-      room.others = msg.others | 0;
-      room.whoPending = false;
-      clearTimeout(room.whoTimer);
-      renderPeople();
-      if (room.whoShown) {
-        room.whoShown = false;
-        let text = "Online: " + room.names.join(", ");
-        if (room.others > 0) { text += " and " + room.others + " more"; }
-        addLine(text, "note");
-      }
-    },
-    stop: function () { room.stopped = true; },
-    refused: function (msg) { room.refusal = sentence(plain(msg.text)); }
-  };
-
-  function receive(data) {
-    room.lastHeard = Date.now();
-    clearTimeout(room.probeTimer);
-    let msg;
-    try { msg = JSON.parse(data); } catch (e) { return; }
-    if (msg && typeof msg === "object" && Object.prototype.hasOwnProperty.call(handlers, msg.type)) {
-      handlers[msg.type](msg);
-    }
-  }
-
-  function closed(code, reason, opened) {
-    const wasIn = room.inRoom;
-    room.ws = null;
-    room.inRoom = false;
-    clearTimeout(room.probeTimer);
-    setCanSend(false);
-    renderPeople();
-    if (code === 1008) {
-      // Refused (wrong key, bad name) or put out by the host: no retry by itself.
-      const text = room.refusal || sentence(reason) || "The host closed your connection.";
-      room.wantJoin = false;
-      if (wasIn) {
-        addLine(text, "note mark");
-        banner(text, "warn", "Join again");
-      } else {
-        room.everIn = false;
-        if (/key/i.test(text) && room.keyNeeded) { ui.key.value = ""; room.key = ""; }
-        showJoin(text, true, /key/i.test(text));
-      }
-      return;
-    }
-    if (wasIn) { addLine(room.stopped ? "The server stopped" : "Connection lost", "note mark"); }
-    if (!opened && room.retryText) {
-      // still away: keep saying why we first lost it
-    } else if (room.refusal) {
-      room.retryText = room.refusal + " Trying again in ";
-    } else if (room.stopped) {
-      room.retryText = "The server stopped, reconnecting in ";
-    } else if (room.everOpen) {
-      room.retryText = "Connection lost, reconnecting in ";
-    } else {
-      room.retryText = "Cannot reach the room, trying again in ";
-    }
-    ui.joinButton.disabled = false;
-    scheduleRetry();
-  }
-
-  function clearRetry() {
-    clearTimeout(room.retryTimer);
-    clearInterval(room.tickTimer);
-    room.retryTimer = room.tickTimer = 0;
-  }
-
-  function scheduleRetry() {
-    clearRetry();
-    const base = Math.min(MAX_DELAY, Math.pow(2, room.attempt));
-    const delay = Math.min(MAX_DELAY, base * (0.8 + 0.4 * Math.random()));
-    room.attempt = Math.min(room.attempt + 1, 10);
-    room.retryAt = Date.now() + delay * 1000;
-    room.retryTimer = setTimeout(connect, delay * 1000);
-    room.tickTimer = setInterval(tell, 1000);
-    tell();
-  }
-
-  function tell() {
-    const left = Math.max(1, Math.ceil((room.retryAt - Date.now()) / 1000));
-    say(room.retryText + left + " s…", !!room.refusal, "Try now");
-  }
-
-  function waiting() { return room.retryTimer !== 0; }
-
-  function dropDead() {
-    // No answer after the phone woke up: treat the socket as lost.
-    const ws = room.ws;
-    if (!ws) { return; }
-    room.ws = null;
-    try { ws.close(); } catch (e) { /* already closing */ }
-    closed(1006, "", true);
-  }
-
-  /* ---------- what the member does ---------- */
-
-  ui.joinForm.addEventListener("submit", function (ev) {
-    ev.preventDefault();
-    const name = ui.name.value.trim();
-    if (!name) {
-      showJoin("Please type your name.", true, false);
-      return;
-    }
-    if (room.keyNeeded && name.indexOf("#") >= 0) {
-      showJoin("A name cannot contain # in this room.", true, false);
-      return;
-    }
-    if (room.keyNeeded && !ui.key.value) {
-      showJoin("Please type the room key.", true, true);
-      return;
-    }
-    room.name = name;
-    room.key = room.keyNeeded ? ui.key.value : "";
-    room.wantJoin = true;
-    remember(name);
-    ui.joinButton.disabled = true;
-    ui.joinStatus.classList.remove("error");
-    const ws = room.ws;
-    if (ws && room.helloSeen && !room.aliasSent && ws.readyState === WebSocket.OPEN) {
-      sendAlias();
-    } else if (!ws) {
-      room.attempt = 0;
-      ui.joinStatus.textContent = "Connecting…";
-      connect();
-    } else {
-      ui.joinStatus.textContent = "Connecting…";
-    }
-  });
-
-  function sendMessage() {
-    const text = ui.message.value;
-    if (!text.trim() || !room.inRoom || !room.ws) { return; }
-    if (text.trim() === "/who") { room.whoShown = true; }
-    room.ws.send(text);
-    ui.message.value = "";
-    fitMessage();
-    toBottom();
-  }
-
-  function fitMessage() {
-    // Grow with the text up to five lines where CSS field-sizing is missing.
-    const lines = ui.message.value.split(String.fromCharCode(10)).length;
-    ui.message.rows = Math.min(5, Math.max(1, lines));
-  }
-
-  ui.composer.addEventListener("submit", function (ev) {
-    ev.preventDefault();
-    sendMessage();
-    ui.message.focus();
-  });
-
-  ui.message.addEventListener("keydown", function (ev) {
-    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
-      ev.preventDefault();
-      sendMessage();
-    }
-  });
-  ui.message.addEventListener("input", fitMessage);
-
-  ui.peopleToggle.addEventListener("click", function () {
-    setPeopleOpen(!ui.people.classList.contains("open"));
-  });
-  document.addEventListener("keydown", function (ev) {
-    if (ev.key === "Escape" && ui.people.classList.contains("open")) {
-      setPeopleOpen(false);
-      ui.peopleToggle.focus();
-    }
-  });
-
-  ui.bannerButton.addEventListener("click", function () {
-    if (room.ws) { return; }
-    if (!waiting()) { room.wantJoin = true; room.everIn = true; room.attempt = 0; }
-    connect();
-  });
-
-  ui.newest.addEventListener("click", toBottom);
-  ui.log.addEventListener("click", function () { setPeopleOpen(false); });
-  ui.log.addEventListener("scroll", function () {
-    // Only the member scrolling up unsticks the view; the list shrinking under a
-    // banner or the keyboard fires scroll events too.
-    const top = ui.log.scrollTop;
-    if (!(room.stuck && top >= room.lastTop - 1)) { room.stuck = nearBottom(); }
-    room.lastTop = top;
-    if (room.stuck) { room.unseen = 0; ui.newest.hidden = true; }
-  });
-  if (window.ResizeObserver) {
-    // The phone keyboard shrinks the list: keep the newest line in view.
-    new ResizeObserver(function () { if (room.stuck) { toBottom(); } }).observe(ui.log);
-  }
-
-  document.addEventListener("visibilitychange", function () {
-    if (document.hidden) {
-      room.hiddenAt = Date.now();
-      return;
-    }
-    room.unread = 0;
-    document.title = "PrivateChatRoom";
-    if (waiting()) {
-      connect();   // timers sleep in the background: try at once
-    } else if (room.inRoom && Date.now() - room.hiddenAt > PROBE_AFTER && room.hiddenAt) {
-      const asked = Date.now();
-      room.whoPending = false;
-      askWho();
-      room.probeTimer = setTimeout(function () {
-        if (room.lastHeard < asked) { dropDead(); }
-      }, 8000);
-    }
-  });
-  window.addEventListener("online", function () { if (waiting()) { connect(); } });
-  window.addEventListener("pagehide", function () {
-    const ws = room.ws;
-    clearRetry();
-    if (ws) { room.ws = null; ws.close(1000); }
-  });
-  window.addEventListener("pageshow", function (ev) {
-    if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
-  });
-
-  ui.name.value = remembered();
-  setCanSend(false);
-  renderPeople();
-  ui.name.focus();
-  connect();
-})();
-</script>
-</body>
-</html>
-"""
-PAGE = PAGE_HTML.encode()
-
-
-def _inline_hash(tag: str) -> str:
-    """The CSP source for the page's one inline <script> or <style>."""
-    body = re.search(rf"<{tag}>(.*?)</{tag}>", PAGE_HTML, re.S).group(1)
-    return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
-
-
-PAGE_CSP = (f"default-src 'none'; script-src {_inline_hash('script')}; "
-            f"style-src {_inline_hash('style')}; img-src 'self' data:; base-uri 'none'; "
-            f"form-action 'none'; frame-ancestors 'none'; connect-src 'self' ")
-
-
-def page_headers(host: str) -> tuple[tuple[str, str], ...]:
-    """The page's security headers: its own inline code only, its own socket only."""
-    return (("Content-Security-Policy", PAGE_CSP + f"ws://{host} wss://{host}"),)
+    def headers(self, host: str) -> tuple[tuple[str, str], ...]:
+        return (("Content-Security-Policy", self.csp + f"ws://{host} wss://{host}"),)
 
 
 # ---------------------------------------------------------------------------
-# 3. The event loop and the room
+# 3. The event loop and the transport
 # ---------------------------------------------------------------------------
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
-TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
-MAX_NOTES = 16      # private lines waiting for one member
-TIMER_SLACK = 0.01  # a member's turn this close is taken now
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
@@ -1499,10 +770,185 @@ class Tally:
                 del self.seen[warning]
 
 
+class Transport:
+    """One connection's socket and everything that touches it (asyncio's
+    selector transport is the model): reading on or off, what came in and
+    is not taken yet, what was written and the kernel has not taken yet,
+    interest in write readiness, the TLS handshake, and the close with its
+    last words.  Nothing else calls send() or changes the interest.
+
+    Two ways out: write() keeps what the kernel does not take (a response,
+    an App's piece); send() keeps nothing, for a stream that is its own
+    buffer.  While anything waits, `blocked` is true; the loop then calls
+    `handler(owner, EVENT_WRITE)` when the socket takes more, and flush()
+    sends what was kept.
+    """
+
+    __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "out", "reading", "blocked",
+                 "events", "closed")
+
+    def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
+        self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
+        self.inbuf = b""        # received and not taken yet (typed ahead, half a line)
+        self.out = b""          # written and not taken by the kernel yet
+        self.reading = handler is not None
+        self.blocked = False    # something waits for the kernel to take more
+        self.events = 0
+        self.closed = False
+        self._interest()
+
+    def _interest(self) -> None:
+        """Make the selector watch for what this transport waits for."""
+        if self.closed:
+            return
+        events = (EVENT_READ if self.reading else 0) | (EVENT_WRITE if self.blocked else 0)
+        if events == self.events:
+            return
+        if not events:
+            self.loop.unwatch(self.sock)
+        elif not self.events:
+            self.loop.watch(self.sock, events, self.handler, self.owner)
+        else:
+            self.loop.rewatch(self.sock, events, self.handler, self.owner)
+        self.events = events
+
+    def pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self._interest()
+
+    def resume_reading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            self._interest()
+
+    # -- out --------------------------------------------------------------
+    def _send(self, data) -> int:
+        """The one non-blocking send: bytes the kernel took, -1 if the connection is lost."""
+        try:
+            return self.sock.send(data)
+        except WOULD_BLOCK:
+            return 0
+        except OSError:
+            return -1
+
+    def send(self, data) -> int:
+        """Send what the kernel takes of `data` now and keep nothing: the
+        bytes taken, or -1 if the connection is lost.  Falling short is
+        being blocked until the socket takes more."""
+        n = self._send(data)
+        if 0 <= n < len(data) and not self.blocked:
+            self.blocked = True
+            self._interest()
+        return n
+
+    def write(self, data: bytes) -> bool:
+        """Send `data` after what waits, keeping what the kernel does not
+        take; False if the connection is lost."""
+        if self.blocked:
+            self.out += data
+            return True
+        n = self.send(data)
+        if n < len(data) and n >= 0:
+            self.out = data[n:]
+        return n >= 0
+
+    def flush(self) -> bool:
+        """The socket takes more: send what was kept.  Still `blocked` if the
+        kernel took only part; False if the connection is lost."""
+        self.blocked = False
+        if self.out:
+            n = self._send(self.out)
+            if n < 0:
+                return False
+            self.out = self.out[n:]
+            self.blocked = bool(self.out)
+        self._interest()
+        return True
+
+    # -- in ---------------------------------------------------------------
+    def receive(self) -> bytes | None:
+        """One read: b"" if nothing is there now, None if the peer closed or
+        reset the connection.  TLS may hold decrypted bytes the selector
+        cannot see: more_held() says so."""
+        try:
+            return self.sock.recv(READ_SIZE) or None
+        except WOULD_BLOCK:
+            return b""
+        except OSError:
+            return None
+
+    def more_held(self) -> bool:
+        return self.reading and not self.closed and ssl is not None \
+            and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
+    def handshake(self) -> str | None:
+        """One step of the TLS handshake: None when done, "" while under way
+        (waiting to read or to write), or why it failed."""
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.reading, self.blocked = True, False
+        except ssl.SSLWantWriteError:
+            self.reading, self.blocked = False, True
+        except (ssl.SSLError, OSError) as e:
+            return getattr(e, "reason", None) or e.__class__.__name__
+        else:
+            self.reading, self.blocked = True, False
+            self._interest()
+            return None
+        self._interest()
+        return ""
+
+    def hold(self) -> None:
+        """Watch nothing for now (a TLS handshake waits its turn)."""
+        self.reading = self.blocked = False
+        self._interest()
+
+    # -- closing ----------------------------------------------------------
+    def close(self, last_words: bytes = b"", at: float = 0.0, drain: bool = True) -> None:
+        """Stop watching; then (at `at`, if later) what was kept and the last
+        words, best effort, and a clean close.  What the peer sent and was
+        not read is read first: closing on unread bytes resets the
+        connection, and a reset kills the App's reader."""
+        if self.closed:
+            return
+        if self.events:
+            self.loop.unwatch(self.sock)
+        self.closed, self.events = True, 0
+        data, self.out = self.out + last_words, b""
+        if at > self.loop.now:
+            self.loop.call_at(at, self._close_now, data, drain)
+        else:
+            self._close_now(data, drain)
+
+    def _close_now(self, data: bytes, drain: bool) -> None:
+        try:
+            self.sock.setblocking(False)
+            if data:
+                self._send(data)
+            self.sock.shutdown(socket.SHUT_WR)
+            for _ in range(16 if drain else 0):
+                if not self.sock.recv(READ_SIZE):
+                    break
+        except (OSError, ValueError):
+            pass
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------
+# 4. The room and its outlets
+# ---------------------------------------------------------------------------
+
+MAX_NOTES = 16      # lines for one member alone waiting to be sent
+TIMER_SLACK = 0.01  # a member's turn this close is taken now
+
+
 class Stage(enum.Enum):
     """Where a connection is in its life."""
     SECURING = "securing"       # TLS handshake
     REQUESTING = "requesting"   # web port: reading the HTTP request
+    ANSWERED = "answered"       # web port: an HTTP answer goes out, then the close
     NAMING = "naming"           # asked for its alias
     CHECKING = "checking"       # its room key waits its turn to be checked
     WELCOMING = "welcoming"     # named, waiting for its welcome
@@ -1517,18 +963,30 @@ class Kind(enum.Enum):
     WEB = "web"         # the chat page, over a WebSocket
 
 
+class Voice:
+    """How a member's input is taken: its WebSocket frames (web members),
+    an over-long line being skipped, its line rate and the timer that lets
+    it speak again."""
+
+    __slots__ = ("frames", "skipping", "bucket", "resume")
+
+    def __init__(self):
+        self.frames: FrameReader | None = None
+        self.skipping = False
+        self.bucket: Bucket | None = None
+        self.resume: Timer | None = None
+
+
 class Member:
-    """One connection: its socket, its name, and where it is in its stream."""
+    """One connection: who it is and where it is in its life.  What it is
+    sent, and when, is its outlet's business; its socket is its transport's."""
 
-    __slots__ = ("sock", "ip", "port", "group", "stage", "kind", "claimed", "name", "look",
-                 "forms", "since", "named_at", "ready_at", "pos", "notes", "out", "closing",
-                 "blocked", "reading", "events", "inbuf", "skipping", "bucket", "resume",
-                 "app", "frames", "refusal")
+    __slots__ = ("transport", "ip", "group", "stage", "kind", "claimed", "name", "look", "forms",
+                 "since", "named_at", "ready_at", "voice")
 
-    def __init__(self, sock: socket.socket, ip: str, port: int, group: str, now: float,
-                 kind: Kind = Kind.LINE):
-        self.sock = sock
-        self.ip, self.port, self.group = ip, port, group   # group: what per-address limits count
+    def __init__(self, ip: str, group: str, now: float, kind: Kind = Kind.LINE):
+        self.transport: Transport | None = None
+        self.ip, self.group = ip, group   # group: what per-address limits count
         self.stage = Stage.NAMING
         self.kind = kind
         self.claimed = ""        # the alias as the client sent it
@@ -1537,24 +995,11 @@ class Member:
         self.forms: tuple[str, ...] = ()   # how its own lines may begin (alias_forms)
         self.since = now
         self.named_at = 0.0      # when its alias came
-        self.ready_at = 0.0      # when it is welcomed
-        self.pos = 0             # next byte of its stream to send
-        self.notes = None        # deque of (stream position, bytes) for this member only
-        self.out = b""           # bytes outside the streams still to send (a response, an App's piece)
-        self.closing = False     # close once `out` is sent
-        self.blocked = False     # kernel buffer full: waiting for writable
-        self.reading = True
-        self.events = EVENT_READ
-        self.inbuf = b""
-        self.skipping = False    # dropping the rest of an over-long line
-        self.bucket = None       # its line-rate Bucket, once in
-        self.resume = None       # timer that lets a rate-limited member speak again
-        self.app = None          # AppReader, for an App member
-        self.frames = None       # FrameReader, for a web member once upgraded
-        self.refusal = ""        # a web connection let in only to be told why not
+        self.ready_at = 0.0      # when it is (to be) welcomed
+        self.voice = Voice()
 
     def __repr__(self) -> str:
-        return f"<Member {self.name or '?'} {self.ip}:{self.port} {self.stage.value}>"
+        return f"<Member {self.name or '?'} {self.ip} {self.stage.value}>"
 
 
 def plain_ip(address: str) -> str:
@@ -1573,7 +1018,7 @@ def address_group(ip: str) -> str:
 
 
 class Stream:
-    """What the room says, appended once, read by many members each at its
+    """What an outlet says, appended once, read by many members each at its
     own position; trimmed once everyone has had it."""
 
     __slots__ = ("buf", "base")
@@ -1595,41 +1040,405 @@ class Stream:
             self.base = low
 
 
-class AppReader:
-    """The pace of one PrivateChatRoom-App, and what it may be sent next.
+class Outlet:
+    """The room's events, encoded and delivered for one kind of reader.
+
+    The room calls the event methods (chat, joined, left, count, stop, and
+    note and who for one member); an outlet appends what its readers
+    should get to its own stream, once, and flush() sends it at the end of
+    the loop turn.  This base class is the shared stream that terminals
+    and web members read: each member is only a position in it, and gets
+    the rest in one send per turn (the hot path).  Lines for one member
+    alone wait at their place in the stream (`notes`).
+
+    `drop(m, reason, farewell="")` is the one call back up: m cannot be
+    sent to any more.
+    """
+
+    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None]):
+        self.loop, self.settings, self.drop = loop, settings, drop
+        self.readers: dict[Member, int] = {}   # member -> its position in the stream
+        self.notes: dict[Member, collections.deque] = {}   # member -> (position, bytes) for it alone
+        self.stream = Stream()
+        self.flush_due = False
+
+    # -- members ----------------------------------------------------------
+    def ready_at(self, named_at: float) -> float:
+        """When a member named at `named_at` can be welcomed: at once."""
+        return named_at
+
+    def add(self, m: Member) -> None:
+        self.readers[m] = self.stream.end
+
+    def remove(self, m: Member) -> None:
+        self.readers.pop(m, None)
+        self.notes.pop(m, None)
+
+    def pending(self, m: Member) -> bool:
+        """Something is still to be sent to m."""
+        pos = self.readers.get(m)
+        return pos is not None and pos < self.stream.end or m in self.notes \
+            or bool(m.transport.out)
+
+    def welcome(self, m: Member) -> None:
+        """What m is told first, once in (web members: their name)."""
+
+    def farewell_at(self, m: Member) -> float:
+        """When m may be sent its last words: now."""
+        return 0.0
+
+    def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
+        return farewell.encode()
+
+    # -- saying -----------------------------------------------------------
+    def _say(self, data: bytes) -> None:
+        if self.readers:
+            self.stream.buf += data
+            self._flush_soon()
+
+    def _note(self, m: Member, data: bytes) -> None:
+        """`data` for m alone, after what it has been sent so far."""
+        notes = self.notes.get(m)
+        if notes is None:
+            notes = self.notes[m] = collections.deque()
+        elif len(notes) >= MAX_NOTES:   # it is not reading them
+            return
+        notes.append((self.stream.end, data))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self.flush)
+
+    # -- sending ----------------------------------------------------------
+    def flush(self) -> None:
+        """The hot path: one send of the rest of the stream to each reader."""
+        self.flush_due = False
+        stream, readers, notes = self.stream, self.readers, self.notes
+        end, base = stream.end, stream.base
+        limit = self.settings.max_backlog
+        low, slow, failed = end, [], []
+        with memoryview(stream.buf) as view:
+            for m, pos in readers.items():
+                t = m.transport
+                if not t.blocked and (pos < end or notes and m in notes):
+                    if notes and m in notes:
+                        pos = self._send_noted(m, pos, view)
+                    else:
+                        n = t.send(view[pos - base:])
+                        pos = pos + n if n >= 0 else -1
+                    if pos < 0:
+                        failed.append(m)
+                        continue
+                    readers[m] = pos
+                if t.blocked and end - pos > limit:   # the kernel refuses more, too
+                    slow.append(m)
+                elif pos < low:
+                    low = pos
+        for m in failed:
+            self.drop(m, "connection lost while sending")
+        for m in slow:
+            self.drop(m, f"not reading: over {limit} bytes waiting")
+        stream.trim(low)
+
+    def _send_noted(self, m: Member, pos: int, view: memoryview) -> int:
+        """The careful path: m's notes at their places in the stream; its new
+        position, or -1 if the connection is lost."""
+        t, notes, end, base = m.transport, self.notes[m], self.stream.end, self.stream.base
+        while not t.blocked:
+            if notes and notes[0][0] <= pos:
+                at, data = notes[0]
+                n = t.send(data)
+                if n < 0:
+                    return -1
+                if n < len(data):
+                    notes[0] = (at, data[n:])
+                else:
+                    notes.popleft()
+            elif pos < end:
+                stop = min(end, notes[0][0]) if notes else end
+                n = t.send(view[pos - base:stop - base])
+                if n < 0:
+                    return -1
+                pos += n
+            else:
+                break
+        if not notes:
+            del self.notes[m]
+        return pos
+
+    def writable(self, m: Member) -> None:
+        """m's socket takes more again: go on where it stopped."""
+        pos = self.readers.get(m)
+        if pos is None or m.transport.blocked:
+            return
+        with memoryview(self.stream.buf) as view:
+            pos = self._send_noted(m, pos, view) if m in self.notes else self._send_rest(m, pos, view)
+        if pos < 0:
+            self.drop(m, "connection lost while sending")
+        else:
+            self.readers[m] = pos
+
+    def _send_rest(self, m: Member, pos: int, view: memoryview) -> int:
+        if pos >= self.stream.end:
+            return pos
+        n = m.transport.send(view[pos - self.stream.base:])
+        return pos + n if n >= 0 else -1
+
+
+class LineOutlet(Outlet):
+    """Terminals: the room's lines, as they are said."""
+
+    kind = Kind.LINE
+
+    def chat(self, name: str, text: str) -> None:
+        self._say(chat_notice(name, text).encode())
+
+    def joined(self, names: list[str], present: int) -> None:
+        self._say(joined_notice(names).encode())
+
+    def left(self, name: str, present: int) -> None:
+        self._say(left_notice(name).encode())
+
+    def count(self, n: int) -> None:
+        self._say(count_notice(n).encode())
+
+    def stop(self) -> None:
+        self._say(STOP_NOTICE.encode())
+
+    def note(self, m: Member, text: str) -> None:
+        self._note(m, text.encode())
+
+    def joined_note(self, m: Member) -> None:
+        """m's own join line, when the room saw its join folded with others."""
+        self._note(m, joined_notice([m.name]).encode())
+
+    def who(self, m: Member, names: list[str]) -> None:
+        self._note(m, who_notice(names).encode())
+
+
+class WebOutlet(Outlet):
+    """The chat page's members: each event is a JSON message in a
+    WebSocket frame (docs/PROTOCOL.md, "The web page")."""
+
+    kind = Kind.WEB
+    WHO_LISTED = 1000   # names in an answer to /who; the rest are counted
+
+    def chat(self, name: str, text: str) -> None:
+        self._say(ws_event("chat", name=name, text=text))
+
+    def joined(self, names: list[str], present: int) -> None:
+        self._say(ws_event("join", names=names[:3], others=max(0, len(names) - 3),
+                           text=joined_notice(names).rstrip("\n")))
+
+    def left(self, name: str, present: int) -> None:
+        self._say(ws_event("leave", name=name, text=left_notice(name).rstrip("\n")))
+
+    def count(self, n: int) -> None:
+        self._say(ws_event("count", n=n, text=count_notice(n).rstrip("\n")))
+
+    def stop(self) -> None:
+        self._say(ws_event("stop", text=STOPPED_TEXT) + ws_close(WS_GOING_AWAY, STOPPED_TEXT))
+
+    def note(self, m: Member, text: str) -> None:
+        self._note(m, ws_event("note", text=text.rstrip("\n")))
+
+    def joined_note(self, m: Member) -> None:
+        self._note(m, ws_event("join", names=[m.name], others=0,
+                               text=joined_notice([m.name]).rstrip("\n")))
+
+    def who(self, m: Member, names: list[str]) -> None:
+        self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
+                               others=max(0, len(names) - self.WHO_LISTED)))
+
+    def welcome(self, m: Member) -> None:
+        """The page learns its name in the room."""
+        self._note(m, ws_event("welcome", name=m.name))
+
+    def pong(self, m: Member, payload: bytes) -> None:
+        self._note(m, ws_frame(payload, WS_PONG))
+
+    def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
+        """A note (or why it was refused) and the close frame; nothing once a
+        frame may be half sent."""
+        if m.transport.blocked or code is None or m.stage in (Stage.REQUESTING, Stage.SECURING):
+            return b""
+        said = ws_event("note" if was_in else "refused", text=farewell.strip()) if farewell else b""
+        return said + ws_close(code, farewell.strip())
+
+
+class AppSeat:
+    """Where one PrivateChatRoom-App is in the App stream, and its pace."""
+
+    __slots__ = ("pos", "free_at", "quiet_until", "counted", "timer", "new_line", "idle")
+
+    def __init__(self, pos: int, counted: int):
+        self.pos = pos
+        self.free_at = 0.0        # when the App will have shown all it was sent
+        self.quiet_until = 0.0    # the last count must be read alone: nothing else before this
+        self.counted = counted    # the count serial this App has been shown
+        self.timer: Timer | None = None   # the call back at free_at
+        self.new_line = False     # the next piece goes on with a run of digits: break the line
+        self.idle = True          # it had nothing to show: news may come before its count
+
+
+class AppOutlet(LineOutlet):
+    """PrivateChatRoom-App members, each paced to what its App can show.
 
     The App reads 1024 bytes, decodes them strictly, puts a read that begins
     with a digit or ends with " online..." into its count box and types any
     other read at `app_char_time` a character before it reads again
-    (PROTOCOL.md, "The App's reader, exactly").  So it gets one piece at a
-    time, when it is predicted free, and each piece is its own read:
-    - the count, alone, made when it is sent (never stale), before the next
-      lines unless the lines it counts fit in one piece;
+    (PROTOCOL.md, "The App's reader, exactly").  So each App gets one piece
+    at a time, when it is predicted free, and each piece is its own read:
+    - the count, alone, made when it is sent (never stale): right after the
+      piece it was typing, or, for an App that was waiting for news, after
+      the lines it counts if they fit in one piece;
     - else up to 1024 bytes of lines that no read can split in a character
       or mistake for a count (app_cut).
+    Its first lines come once its window is up (welcome_delay after its
+    alias); after a count it is sent nothing, its last words included,
+    until it has read the count alone; when the server stops it gets the
+    stop lines as soon as that allows, and nothing else that waited.
     """
 
-    __slots__ = ("free_at", "quiet_until", "counted", "timer", "new_line")
+    kind = Kind.APP
 
-    def __init__(self, counted: int):
-        self.free_at = 0.0        # when the App will have shown all it was sent
-        self.quiet_until = 0.0    # the last count must be read alone: nothing else before this
-        self.counted = counted    # the room's count serial this App has been shown
-        self.timer: Timer | None = None   # the room's call back at free_at
-        self.new_line = False     # the next piece goes on with a run of digits: break the line
+    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None]):
+        super().__init__(loop, settings, drop)
+        self.readers: dict[Member, AppSeat] = {}   # member -> its seat
+        self.idle: set[Member] = set()    # free and sent everything: served on news
+        self.marks: list[int] = []        # stream positions where a count was announced
+        self.serial = 0                   # bumped with each count
+        self.present = 0                  # members in the room, for the count made at send time
+        self.stopping = False
 
-    def next_piece(self, m: Member, room: Room, now: float) -> bytes:
-        """The next read for m's App (b"" if nothing waits); moves m past it
-        and says when the App will be free again."""
-        settings = room.settings
-        m.pos = pos = room.past_counts(m.pos)
-        notes = m.notes
+    # -- members ----------------------------------------------------------
+    def ready_at(self, named_at: float) -> float:
+        """Its window is up welcome_delay after its alias (Apps named within
+        one join_window are welcomed together)."""
+        window = self.settings.join_window
+        ready = named_at + self.settings.welcome_delay
+        return math.ceil(ready / window) * window if window else ready
+
+    def add(self, m: Member) -> None:
+        self.readers[m] = AppSeat(self.stream.end, self.serial)   # owed the count that includes it
+        self.idle.add(m)
+        self._flush_soon()
+
+    def remove(self, m: Member) -> None:
+        seat = self.readers.get(m)
+        super().remove(m)
+        self.idle.discard(m)
+        if seat is not None and seat.timer is not None:
+            seat.timer.cancel()
+
+    def pending(self, m: Member) -> bool:
+        seat = self.readers.get(m)
+        return seat is not None and seat.pos < self.stream.end or m in self.notes \
+            or bool(m.transport.out)
+
+    def farewell_at(self, m: Member) -> float:
+        """Not before its window is up, nor while its last count is read alone."""
+        seat = self.readers.get(m)
+        return seat.quiet_until if seat is not None else self.ready_at(m.named_at)
+
+    def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
+        return farewell.encode()
+
+    # -- events -----------------------------------------------------------
+    def joined(self, names: list[str], present: int) -> None:
+        self.present = present
+        super().joined(names, present)
+
+    def left(self, name: str, present: int) -> None:
+        self.present = present
+        super().left(name, present)
+
+    def count(self, n: int) -> None:
+        """No count line: each App is owed one, made when it is sent."""
+        if self.readers:
+            self.present = n
+            self.serial += 1
+            self.marks.append(self.stream.end)
+            self._flush_soon()
+
+    def stop(self) -> None:
+        """The stop lines, as soon as each App's last count has been read alone."""
+        self.stopping = True
+        start = self.stream.end
+        super().stop()
+        self.notes.clear()
+        for m, seat in self.readers.items():
+            if seat.timer is not None:
+                seat.timer.cancel()
+            seat.pos, seat.counted, seat.free_at = start, self.serial, seat.quiet_until
+            self.idle.add(m)
+
+    # -- sending ----------------------------------------------------------
+    def flush(self) -> None:
+        """Serve the Apps that were waiting for news; drop those too far behind."""
+        self.flush_due = False
+        if self.idle:
+            idle, self.idle = self.idle, set()
+            for m in idle:
+                self._serve(m)
+        end, limit = self.stream.end, self.settings.max_backlog
+        low, behind = end, []
+        for m, seat in self.readers.items():
+            if end - seat.pos > limit:
+                behind.append(m)
+            elif seat.pos < low:
+                low = seat.pos
+        for m in behind:
+            self.drop(m, f"App not keeping up: over {limit} bytes waiting", FELL_BEHIND)
+        self.stream.trim(low)
+        cut = bisect.bisect_right(self.marks, self.stream.base) - 1
+        if cut > 0:
+            del self.marks[:cut]
+
+    def writable(self, m: Member) -> None:
+        """Its kernel took the rest of the piece: the App types it now."""
+        seat = self.readers.get(m)
+        if seat is not None and not m.transport.blocked:
+            seat.timer = self.loop.call_at(seat.free_at, self._serve, m)
+
+    def _serve(self, m: Member) -> None:
+        """Send m's App its next piece if it is free; else come back when it will be."""
+        seat = self.readers.get(m)
+        if seat is None:
+            return
+        seat.timer = None
+        t = m.transport
+        if t.blocked:
+            return
+        now = self.loop.now
+        if now + TIMER_SLACK < seat.free_at:
+            seat.timer = self.loop.call_at(seat.free_at, self._serve, m)
+            return
+        piece = self._next_piece(m, seat, now)
+        if not piece:
+            seat.idle = True
+            self.idle.add(m)
+        elif not t.write(piece):
+            self.drop(m, "connection lost while sending")
+        else:
+            seat.idle = False
+            self.writable(m)
+
+    def _next_piece(self, m: Member, seat: AppSeat, now: float) -> bytes:
+        """The next read for m's App (b"" if nothing waits); moves it past
+        that and says when the App will be free again."""
+        settings, pos = self.settings, seat.pos
+        notes = self.notes.get(m)
         note_due = bool(notes) and notes[0][0] <= pos
-        if self.counted != room.count_serial and not (
-                note_due and notes[0][0] <= room.count_pos or 0 < room.count_pos - pos <= APP_READ):
-            self.counted = room.count_serial
-            self.free_at = self.quiet_until = now + settings.app_margin
-            return count_notice(len(room.members)).encode()
+        counted_at = self.marks[-1] if self.marks else -1   # the lines it counts end there
+        lines_first = seat.idle and (note_due and notes[0][0] <= counted_at
+                                     or 0 < counted_at - pos <= APP_READ)
+        if seat.counted != self.serial and not lines_first:
+            seat.counted = self.serial
+            seat.free_at = seat.quiet_until = now + settings.app_margin
+            return count_notice(self.present).encode()
         if note_due:
             at, data = notes[0]
             piece = data[:app_cut(data)]
@@ -1637,64 +1446,50 @@ class AppReader:
                 notes[0] = (at, data[len(piece):])
             else:
                 notes.popleft()
-                m.notes = notes or None
-        else:
-            stop = min(room.next_count(pos), notes[0][0]) if notes else room.next_count(pos)
+                if not notes:
+                    del self.notes[m]
+        else:   # up to the next count's place (the last one's, when the lines it counts go first)
+            i = len(self.marks) - 1 if lines_first else bisect.bisect_right(self.marks, pos)
+            stop = self.marks[i] if i < len(self.marks) else self.stream.end
+            if notes:
+                stop = min(stop, notes[0][0])
             if pos >= stop:
                 return b""
-            data = room.text.between(pos, min(stop, pos + APP_READ + 4))
-            n = app_cut(data, APP_READ - self.new_line)
-            m.pos += n
-            piece = b"\n" * self.new_line + data[:n]
-            self.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
+            data = self.stream.between(pos, min(stop, pos + APP_READ + 4))
+            n = app_cut(data, APP_READ - seat.new_line)
+            seat.pos += n
+            piece = b"\n" * seat.new_line + data[:n]
+            seat.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
         typing = len(piece.decode("utf-8", "replace")) * settings.app_char_time * (1 + APP_SLACK)
-        self.free_at = now + typing + settings.app_margin
+        seat.free_at = now + typing + settings.app_margin
         return piece
 
 
-@dataclasses.dataclass(frozen=True)
-class RoomHooks:
-    """The only calls the room makes up into the server."""
-    set_interest: Callable[[Member], None]        # m.blocked changed
-    drop: Callable[..., None]                     # drop(m, reason, farewell="", code=WS_NORMAL)
-    welcomed: Callable[[Member], None]            # m is in: read it again
-
-
 class Room:
-    """The members, their names, and who is sent what, when.
+    """The members and their names; what happens in the room, published
+    once to each outlet: chat, joins (folded or not), leaves, the count,
+    the stop, and notes and answers for one member.  It knows no wire
+    format and no socket.
 
-    Everything said is appended once to a stream: `text` (lines) for
-    terminals and Apps, `frames` (WebSocket messages) for web members.
-    - Terminal and web members are only a position in their stream and get
-      the rest in one send per loop turn (flush: the hot path).  Count lines
-      go into both streams right after the joins and leaves they count
-      (changes within count_interval share one).
-    - App members are paced (AppReader): one piece when their App is
-      predicted free.  They skip the count lines in the text stream and
-      get a count of their own, made when it is sent, alone.
+    A named member waits for its welcome until its outlet can take it
+    (ready_at); joins and leaves within count_interval share one count.
     """
 
-    def __init__(self, loop: Loop, settings: Settings, hooks: RoomHooks):
-        self.loop, self.settings, self.hooks = loop, settings, hooks
+    def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet]):
+        self.loop, self.settings = loop, settings
+        self.outlets = {outlet.kind: outlet for outlet in outlets}
         self.members: dict[Member, None] = {}   # in the room, in join order
-        self.lines: dict[Member, None] = {}     # ... that read the text stream at once
-        self.webs: dict[Member, None] = {}      # ... that read the frames stream
-        self.apps: dict[Member, None] = {}      # ... that are paced
-        self.idle_apps: set[Member] = set()     # Apps free and sent everything: serve on news
         self.names: dict[str, Member] = {}      # name_look(name) -> member (welcoming too)
         self.bases: dict[str, list[int]] = {}   # look asked for -> [members holding it, last number]
         self.arrivals: list[Member] = []        # named, waiting for their welcome
-        self.text, self.frames = Stream(), Stream()
-        self.count_starts: list[int] = []       # where count lines sit in the text stream
-        self.count_ends: list[int] = []
-        self.count_pos = -1                     # where the latest count line starts
-        self.count_serial = 0                   # bumped with each count line
         self.count_due = False                  # membership changed since the last count
         self.count_at = -1e9
         self.presence_timer: Timer | None = None
         self.closing = False
-        self.flush_due = False
         self.guests = 0
+
+    def outlet(self, m: Member) -> Outlet:
+        return self.outlets[m.kind]
 
     # -- names ----------------------------------------------------------
     def reserve_name(self, m: Member, wanted: str) -> None:
@@ -1728,241 +1523,59 @@ class Room:
     def find(self, name: str) -> Member | None:
         return self.names.get(name_look(name))
 
-    # -- saying ---------------------------------------------------------
-    def say(self, line: str, kind: str, **fields) -> None:
-        """`line` for everyone: into the text stream, and as a `kind`
-        message into the frames stream while anyone reads it."""
-        self.text.buf += line.encode()
-        if self.webs:
-            fields.setdefault("text", line.rstrip("\n"))
-            self.frames.buf += ws_event(kind, **fields)
-        self._flush_soon()
-
+    # -- what happens ---------------------------------------------------
     def chat(self, m: Member, said: str) -> None:
-        self.say(f"{m.name}: {said}\n", "chat", name=m.name, text=said)
+        for outlet in self.outlets.values():
+            outlet.chat(m.name, said)
 
-    def tell(self, m: Member, line: str, kind: str = "note", **fields) -> None:
+    def tell(self, m: Member, text: str) -> None:
         """A line for m alone, after what it has been sent so far."""
-        if m.kind is Kind.WEB:
-            if line:
-                fields.setdefault("text", line.rstrip("\n"))
-            self._note(m, self.frames.end, ws_event(kind, **fields))
-        else:
-            self._note(m, self.text.end, line.encode())
-
-    def tell_frame(self, m: Member, frame: bytes) -> None:
-        """A WebSocket control frame for web member m (a pong)."""
-        self._note(m, self.frames.end, frame)
-
-    def _note(self, m: Member, at: int, data: bytes) -> None:
-        if m.notes is None:
-            m.notes = collections.deque()
-        elif len(m.notes) >= MAX_NOTES:   # it is not reading them
-            return
-        m.notes.append((at, data))
-        self._flush_soon()
+        self.outlet(m).note(m, text)
 
     def who(self, m: Member) -> None:
         """Answer /who to m alone: who is in the room."""
-        names = [x.name for x in self.members]
-        if m.kind is Kind.WEB:
-            self.tell(m, "", "who", names=names[:1000], others=max(0, len(names) - 1000))
-        else:
-            self.tell(m, who_notice(names))
+        self.outlet(m).who(m, [x.name for x in self.members])
 
-    def _flush_soon(self) -> None:
-        if not self.flush_due:
-            self.flush_due = True
-            self.loop.call_soon(self.flush)
-
-    # -- sending ----------------------------------------------------------
-    def flush(self) -> None:
-        """Send every member what it may have now: Apps that are free their
-        next piece, everyone else the rest of their stream (one send each)."""
-        self.flush_due = False
-        if self.idle_apps:
-            idle, self.idle_apps = self.idle_apps, set()
-            for m in idle:
-                self._serve_app(m)
-        self.text.trim(self._apps_low(self._flush_stream(self.text, self.lines)))
-        self.frames.trim(self._flush_stream(self.frames, self.webs))
-        cut = bisect.bisect_right(self.count_ends, self.text.base)
-        if cut:
-            del self.count_starts[:cut], self.count_ends[:cut]
-
-    def _flush_stream(self, stream: Stream, readers: dict) -> int:
-        """The hot path: one send of the rest of `stream` to each reader;
-        returns the lowest position anyone still needs."""
-        end, base = stream.end, stream.base
-        limit = self.settings.max_backlog
-        low, slow, failed = end, [], []
-        with memoryview(stream.buf) as view:
-            for m in readers:
-                pos = m.pos
-                if (pos < end or m.notes) and not m.blocked:
-                    if m.notes:
-                        if not self._send_noted(m, stream, view):
-                            failed.append(m)
-                            continue
-                    else:
-                        try:
-                            n = m.sock.send(view[pos - base:])
-                        except WOULD_BLOCK:
-                            n = 0
-                        except OSError:
-                            failed.append(m)
-                            continue
-                        m.pos = pos = pos + n
-                        if pos < end:
-                            self._set_blocked(m, True)
-                    pos = m.pos
-                if m.blocked and end - pos > limit:   # the kernel refuses more, too
-                    slow.append(m)
-                elif pos < low:
-                    low = pos
-        for m in failed:
-            self.hooks.drop(m, "connection lost while sending")
-        for m in slow:
-            self.hooks.drop(m, f"not reading: over {limit} bytes waiting")
-        return low
-
-    def _send_noted(self, m: Member, stream: Stream, view: memoryview) -> bool:
-        """The careful path: m's own notes at their places in its stream. False: dead."""
-        end, base = stream.end, stream.base
-        try:
-            while True:
-                notes = m.notes
-                if notes and notes[0][0] <= m.pos:
-                    at, data = notes[0]
-                    n = m.sock.send(data)
-                    if n < len(data):
-                        notes[0] = (at, data[n:])
-                        break
-                    notes.popleft()
-                    m.notes = notes or None
-                elif m.pos < end:
-                    stop = min(end, notes[0][0]) if notes else end
-                    m.pos += m.sock.send(view[m.pos - base:stop - base])
-                    if m.pos < stop:
-                        break
-                else:
-                    break
-        except WOULD_BLOCK:
-            pass
-        except OSError:
-            return False
-        self._set_blocked(m, m.pos < end or bool(m.notes))
-        return True
-
-    def flush_member(self, m: Member) -> None:
-        """m's socket takes more again."""
-        if m.app is not None:
-            self._send_piece(m, m.out)
-        else:
-            stream = self.frames if m.kind is Kind.WEB else self.text
-            with memoryview(stream.buf) as view:
-                alive = self._send_noted(m, stream, view)
-            if not alive:
-                self.hooks.drop(m, "connection lost while sending")
-
-    def _set_blocked(self, m: Member, blocked: bool) -> None:
-        if blocked != m.blocked:
-            m.blocked = blocked
-            self.hooks.set_interest(m)
-
-    # -- Apps ---------------------------------------------------------------
-    def _serve_app(self, m: Member) -> None:
-        """Send m's App its next piece if it is free; else come back when it will be."""
-        app = m.app
-        app.timer = None
-        if m.stage is not Stage.IN_ROOM or m.blocked:
-            return
-        now = self.loop.now
-        if now + TIMER_SLACK < app.free_at:
-            app.timer = self.loop.call_at(app.free_at, self._serve_app, m)
-            return
-        piece = app.next_piece(m, self, now)
-        if piece:
-            self._send_piece(m, piece)
-        else:
-            self.idle_apps.add(m)
-
-    def _send_piece(self, m: Member, piece: bytes) -> None:
-        """Send (the rest of) a piece; then wait for the App to have shown it."""
-        try:
-            n = m.sock.send(piece)
-        except WOULD_BLOCK:
-            n = 0
-        except OSError:
-            self.hooks.drop(m, "connection lost while sending")
-            return
-        m.out = piece[n:]
-        self._set_blocked(m, bool(m.out))   # the App is not reading: wait for its kernel
-        if not m.out:
-            m.app.timer = self.loop.call_at(m.app.free_at, self._serve_app, m)
-
-    def _apps_low(self, low: int) -> int:
-        """The lowest text position an App still needs; Apps too far behind are dropped."""
-        end, limit, behind = self.text.end, self.settings.max_backlog, []
-        for m in self.apps:
-            if end - m.pos > limit:
-                behind.append(m)
-            elif m.pos < low:
-                low = m.pos
-        for m in behind:
-            self.hooks.drop(m, f"App not keeping up: over {limit} bytes waiting",
-                            "you were disconnected: the room says more than your App can show "
-                            "in time; please close the app and relaunch to catch up\n")
-        return low
-
-    def past_counts(self, pos: int) -> int:
-        """`pos` moved past a count line that starts there (Apps get their own)."""
-        starts, i = self.count_starts, bisect.bisect_left(self.count_starts, pos)
-        while i < len(starts) and starts[i] == pos:
-            pos = self.count_ends[i]
-            i += 1
-        return pos
-
-    def next_count(self, pos: int) -> int:
-        """Where the next count line at or after `pos` starts (else the end)."""
-        i = bisect.bisect_left(self.count_starts, pos)
-        return self.count_starts[i] if i < len(self.count_starts) else self.text.end
-
-    # -- presence: joins, leaves and the count --------------------------
     def arrive(self, m: Member, not_before: float) -> None:
-        """A named member enters: a terminal or web member now, an App once
-        its window is up (welcome_delay after its alias; Apps named within
-        one join_window are welcomed together)."""
+        """A named member enters once its outlet can take it, not before `not_before`."""
         m.stage = Stage.WELCOMING
-        ready = m.named_at
-        if m.kind is Kind.APP:
-            window = self.settings.join_window
-            ready += self.settings.welcome_delay
-            ready = math.ceil(ready / window) * window if window else ready
-        m.ready_at = max(ready, not_before)
+        m.ready_at = max(self.outlet(m).ready_at(m.named_at), not_before)
         self.arrivals.append(m)
         self._presence_at(m.ready_at)
 
-    def leave(self, m: Member) -> None:
-        """Forget a member; the room hears it left if it was in."""
+    def leave(self, m: Member) -> bool:
+        """Forget a member; the room hears it left if it was in (True)."""
         if m.name:
             self._release_name(m)
         if m.stage is Stage.WELCOMING:
             self.arrivals.remove(m)
-        elif m.stage is Stage.IN_ROOM:
-            del self.members[m]   # a timer or idle entry is skipped once m is gone
-            del self._readers(m)[m]
-            self.idle_apps.discard(m)
-            if m.app is not None and m.app.timer is not None:
-                m.app.timer.cancel()
-            if not self.closing:
-                self.say(left_notice(m.name), "leave", name=m.name)
-                self.count_due = True
-                self._presence_at(self.loop.now)
+        if m.stage is not Stage.IN_ROOM:
+            return False
+        del self.members[m]
+        self.outlet(m).remove(m)
+        if not self.closing:
+            for outlet in self.outlets.values():
+                outlet.left(m.name, len(self.members))
+            self.count_due = True
+            self._presence_at(self.loop.now)
+        return True
 
-    def _readers(self, m: Member) -> dict:
-        return self.apps if m.kind is Kind.APP else self.webs if m.kind is Kind.WEB else self.lines
+    def stop(self) -> None:
+        """The last words: the stop lines, and no more counts."""
+        self.closing = True
+        for outlet in self.outlets.values():
+            outlet.stop()
 
+    def pending(self) -> bool:
+        """Something is still to be sent to a member."""
+        return any(self.outlet(m).pending(m) for m in self.members)
+
+    def snapshot(self) -> list[tuple[str, str, float, str]]:
+        """(name, ip, wall-clock join time, kind) of everyone in, in join order."""
+        offset = time.time() - time.monotonic()
+        return [(m.name, m.ip, m.ready_at + offset, m.kind.value) for m in self.members]
+
+    # -- presence: welcomes and the count ---------------------------------
     def _presence_at(self, when: float) -> None:
         timer = self.presence_timer
         if timer is not None and timer.when <= when:
@@ -1993,72 +1606,43 @@ class Room:
         self.count_due = False
         self.count_at = now
         n = len(self.members)
-        line = count_notice(n)
-        self.count_pos = self.text.end
-        self.count_starts.append(self.count_pos)
-        self.count_ends.append(self.count_pos + len(line))
-        self.count_serial += 1
-        self.say(line, "count", n=n)
+        for outlet in self.outlets.values():
+            outlet.count(n)
         log.info("%d online", n)
 
     def _welcome(self, newcomers: list[Member]) -> None:
+        """In they come.  More than fold_joins at once make one folded line
+        for those already in, and each newcomer is told its own join."""
         folded = len(newcomers) > self.settings.fold_joins
         if folded:
-            names = [m.name for m in newcomers]
-            self.say(folded_join_notice(names), "join", names=names[:3], others=len(names) - 3)
+            self._publish_joined([m.name for m in newcomers], len(self.members) + len(newcomers))
         for m in newcomers:
             m.stage = Stage.IN_ROOM
             self.members[m] = None
-            self._readers(m)[m] = None
-            m.pos = (self.frames if m.kind is Kind.WEB else self.text).end
-            if m.out:   # a web member's pong not yet sent: it goes first
-                self._note(m, m.pos, m.out)
-                m.out = b""
-            if m.kind is Kind.WEB:
-                self.tell(m, "", "welcome", name=m.name)
-            elif m.kind is Kind.APP:
-                m.app = AppReader(self.count_serial)   # owed only the count that includes it
-                self.idle_apps.add(m)
+            self.outlet(m).add(m)
+            self.outlet(m).welcome(m)
             if folded:
-                self.tell(m, joined_notice(m.name), "join", names=[m.name], others=0)
+                self.outlet(m).joined_note(m)
         if not folded:
             for m in newcomers:
-                self.say(joined_notice(m.name), "join", names=[m.name], others=0)
+                self._publish_joined([m.name], len(self.members))
         self.count_due = True
         for m in newcomers:
             if m.name != split_key(m.claimed)[0].strip():
                 self.tell(m, f"{KNOWN_AS}{m.name}\n")
-            self.hooks.welcomed(m)
         log.info("joined: %s", ", ".join(f"{quoted(m.name)} ({m.kind.value}) from {m.ip}"
                                          for m in newcomers))
 
-    # -- stopping -------------------------------------------------------
-    def stop_notice(self) -> None:
-        """The last words: the stop lines (and no more counts).  Apps get
-        them as soon as their last count has been read alone; what else was
-        waiting for them is dropped."""
-        self.closing = True
-        start = self.text.end
-        self.say(STOP_NOTICE, "stop", text="the server has been stopped")
-        if self.webs:
-            self.frames.buf += ws_close(WS_GOING_AWAY, "the server has been stopped")
-        for m in self.apps:
-            app = m.app
-            if app.timer is not None:
-                app.timer.cancel()
-            m.pos, m.notes, app.counted = start, None, self.count_serial
-            app.free_at = app.quiet_until
-            self.idle_apps.add(m)
+    def _publish_joined(self, names: list[str], present: int) -> None:
+        for outlet in self.outlets.values():
+            outlet.joined(names, present)
 
-    def pending(self, m: Member) -> bool:
-        """Something is still to be sent to m."""
-        end = (self.frames if m.kind is Kind.WEB else self.text).end
-        return m.pos < end or bool(m.notes) or bool(m.out)
 
-    def snapshot(self) -> list[tuple[str, str, float, str]]:
-        """(name, ip, wall-clock join time, kind) of everyone in, in join order."""
-        offset = time.time() - time.monotonic()
-        return [(m.name, m.ip, m.ready_at + offset, m.kind.value) for m in self.members]
+# ---------------------------------------------------------------------------
+# 5. The server: doors, limits, reading
+# ---------------------------------------------------------------------------
+
+TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
 
 
 class StartError(Exception):
@@ -2152,9 +1736,129 @@ def key_wait(failures: int) -> float:
     return 0.0 if failures <= 0 else min(0.25 * 2 ** (failures - 1), 30.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Entrance:
+    """What the web door hands on to the server once a WebSocket speaks."""
+    text: Callable[[Member, bytes], None]        # a text message: its alias, then its lines
+    leave: Callable[..., None]                   # leave(m, reason, code=...): it closed or broke
+    close: Callable[..., None]                   # close(m, farewell="", code=None): done with it
+
+
+class WebDoor:
+    """The web port: one HTTP request per connection, answered with the
+    page, an error, or the upgrade of /ws to a WebSocket (RFC 6455 §4.2);
+    then the WebSocket's frames in (RFC 6455 §5).  The page itself is
+    data, given when the door is made (section 11)."""
+
+    def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet):
+        self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
+        self.tls = False
+        self.refusals: dict[Member, str] = {}   # let in only to be told why not
+
+    page: ChatPage | None = None   # set with the data, at the end of the file
+
+    def request(self, m: Member, data: bytes) -> None:
+        """Read an HTTP request head; answer with the page, a WebSocket or an error."""
+        t = m.transport
+        t.inbuf += data
+        end = t.inbuf.find(b"\r\n\r\n")
+        if end < 0 and len(t.inbuf) <= MAX_REQUEST:
+            return
+        if end < 0 or end + 4 > MAX_REQUEST:
+            self._answer(m, "431 Request Header Fields Too Large", b"request too large\n")
+            return
+        head, t.inbuf = t.inbuf[:end], t.inbuf[end + 4:]
+        try:
+            method, target, headers = parse_request(head)
+        except ValueError:
+            self._answer(m, "400 Bad Request", b"not an HTTP request\n")
+            return
+        host, path = headers.get("host", ""), target.split("?", 1)[0]
+        if not HTTP_HOST.fullmatch(host):
+            self._answer(m, "400 Bad Request", b"no valid Host header\n")
+        elif method != "GET":
+            self._answer(m, "405 Method Not Allowed", b"only GET\n", headers=(("Allow", "GET"),))
+        elif path == "/":
+            self._answer(m, "200 OK", self.page.body, "text/html; charset=utf-8",
+                         self.page.headers(host))
+        elif path == "/ws":
+            self._upgrade(m, headers, host)
+        else:
+            self._answer(m, "404 Not Found", b"not found\n")
+
+    def _answer(self, m: Member, status: str, body: bytes, content_type: str = "text/plain; "
+                "charset=utf-8", headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """The answer, then the close once it is out."""
+        m.stage = Stage.ANSWERED
+        m.transport.pause_reading()
+        if not m.transport.write(http_response(status, body, content_type, headers)) \
+                or not m.transport.blocked:
+            self.entrance.close(m)   # else once the rest is out
+
+    def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
+        """Turn the request into a WebSocket and say hello."""
+        key = headers.get("sec-websocket-key", "")
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid_key = False
+        origin = headers.get("origin")
+        scheme = "https" if self.tls else "http"
+        if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in tokens \
+                or not valid_key:
+            self._answer(m, "400 Bad Request", b"not a WebSocket request\n")
+        elif headers.get("sec-websocket-version") != "13":
+            self._answer(m, "426 Upgrade Required", b"WebSocket version 13 only\n",
+                         headers=(("Sec-WebSocket-Version", "13"),))
+        elif origin is not None and origin.lower() != f"{scheme}://{host.lower()}":
+            self.tally.add(m.since, f"refused a WebSocket from {m.ip}: "
+                                    f"it came from another site's page")
+            self._answer(m, "403 Forbidden", b"this socket is for this server's own page\n")
+        else:
+            m.voice.frames = FrameReader(self.settings.max_line)
+            m.stage = Stage.NAMING
+            m.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
+                               f"\r\n\r\n").encode()
+                              + ws_event("hello", key=bool(self.settings.room_key),
+                                         max_line=self.settings.max_line))
+            refusal = self.refusals.get(m)
+            if refusal:
+                self.entrance.close(m, refusal, WS_TRY_LATER)
+            elif m.transport.inbuf:
+                data, m.transport.inbuf = m.transport.inbuf, b""
+                self.frames(m, data)
+
+    def frames(self, m: Member, data: bytes) -> None:
+        """What a web member sent: its alias, its lines, pings, its goodbye."""
+        try:
+            for opcode, payload in m.voice.frames.feed(data):
+                if m.stage is Stage.GONE:
+                    return
+                if opcode == WS_TEXT:
+                    try:
+                        payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+                    self.entrance.text(m, payload)
+                elif opcode == WS_PING:
+                    if m.stage is Stage.IN_ROOM:
+                        self.outlet.pong(m, payload)
+                    else:
+                        m.transport.write(ws_frame(payload, WS_PONG))
+                elif opcode == WS_CLOSE:
+                    self.entrance.leave(m, "left", code=ws_close_code(payload))
+                elif opcode == WS_BINARY:
+                    raise WsError(WS_UNSUPPORTED, "binary messages are not taken")
+        except WsError as e:
+            log.info("closed the web member from %s: %s", m.ip, e)
+            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
+
+
 class Server:
     """Listens, accepts, reads members and enforces the limits; the room
-    decides who is sent what.
+    decides what happens and its outlets who is sent what.
 
     A connection is silent until it gives its alias (on the web port: until
     its WebSocket gives one).  Silent connections count against the
@@ -2171,22 +1875,25 @@ class Server:
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
         self.loop = loop or Loop()
-        self.room = Room(self.loop, settings, RoomHooks(self.set_interest, self.drop,
-                                                        self._listen_again))
+        self.lines = LineOutlet(self.loop, settings, self.drop)
+        self.apps = AppOutlet(self.loop, settings, self.drop)
+        self.webs = WebOutlet(self.loop, settings, self.drop)
+        self.room = Room(self.loop, settings, [self.lines, self.apps, self.webs])
+        self.tally = Tally(settings.log_summary)
+        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close),
+                            self.webs)
         self.connections: set[Member] = set()
         self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
         self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
         self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
         self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
         self.key_gates: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
-        self.tally = Tally(settings.log_summary)
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
         self.web_address: tuple[str, int] | None = None
         self.capacity = settings.max_clients
         self.accept_error_logged = False
         self.stopping = False
-        self.refusing = 0
         self.handshaking: collections.deque = collections.deque()   # TLS members waiting for a step
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
         self.tls = None                                  # ssl.SSLContext when encrypting
@@ -2198,6 +1905,7 @@ class Server:
         s = self.settings
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
+            self.door.tls = True
         self.address = self._listen_on(s.port, web=False)
         self.capacity = min(s.max_clients,
                             raise_open_files_limit(s.max_clients + self.SPARE_FILES) - self.SPARE_FILES)
@@ -2211,8 +1919,7 @@ class Server:
                 raise
         self.loop.call_later(1.0, self._sweep)
         if self.tls:
-            log.info("encrypted with TLS: PrivateChatRoom-App cannot join (it speaks no TLS); "
-                     "members join with: python3 pcr_server.py --connect HOST:PORT --tls")
+            log.info("encrypted with TLS: %s", TLS_JOINING)
         if s.room_key:
             log.info("this room needs a key: members join as name#KEY")
         return self.address
@@ -2268,14 +1975,13 @@ class Server:
         for m in list(self.connections):
             if m.stage is not Stage.IN_ROOM:
                 self._close(m)
-            elif m.reading:
-                m.reading = False
-                self.set_interest(m)
-        self.room.stop_notice()
+            else:
+                m.transport.pause_reading()
+        self.room.stop()
         self._finish_stop(time.monotonic() + self.settings.stop_flush)
 
     def _finish_stop(self, deadline: float) -> None:
-        if any(self.room.pending(m) for m in self.room.members) and time.monotonic() < deadline:
+        if self.room.pending() and time.monotonic() < deadline:
             self.loop.call_later(0.02, self._finish_stop, deadline)
             return
         for m in list(self.connections):
@@ -2339,7 +2045,8 @@ class Server:
         if self.per_ip[group] >= s.max_per_ip and not self._make_room(group):
             return (f"too many connections from your address (at most {s.max_per_ip}); "
                     f"close one and try again\n")
-        if len(self.connections) - self.refusing >= self.capacity and not self._make_room(None):
+        refusing = len(self.door.refusals)
+        if len(self.connections) - refusing >= self.capacity and not self._make_room(None):
             return f"the room is full ({self.capacity} connections); please try again later\n"
         if len(self.silent) >= s.max_unnamed:
             self._make_room(None)
@@ -2363,10 +2070,12 @@ class Server:
         refusal = self._refusal(ip, group)
         if refusal is not None:
             self.tally.add(self.loop.now, f"refused {ip}: {refusal.strip() or 'not in --allow'}")
-            if web and refusal and not self.tls and self.refusing < self.REFUSING:
+            if web and refusal and not self.tls and len(self.door.refusals) < self.REFUSING:
                 self._start(sock, ip, port, group, web, refusal)   # its page can show why
             else:   # a TLS client could not read a plain line: it only sees the close
-                self._send_and_close(sock, b"" if self.tls or web else refusal.encode(), drain=False)
+                sock.setblocking(False)
+                Transport(sock, self.loop).close(b"" if self.tls or web else refusal.encode(),
+                                                 drain=False)
             return
         self._start(sock, ip, port, group, web)
 
@@ -2377,22 +2086,21 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls:
                 sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            elif not web:
-                sock.send(ALIAS_PROMPT)
         except OSError:
             sock.close()
             return
-        m = Member(sock, ip, port, group, self.loop.now, Kind.WEB if web else Kind.LINE)
+        m = Member(ip, group, self.loop.now, Kind.WEB if web else Kind.LINE)
         m.stage = Stage.SECURING if self.tls else Stage.REQUESTING if web else Stage.NAMING
-        m.refusal = refusal
+        m.transport = Transport(sock, self.loop, self._on_event, m)
+        if not self.tls and not web:
+            m.transport.write(ALIAS_PROMPT)
         self.connections.add(m)
         if refusal:
-            self.refusing += 1
+            self.door.refusals[m] = refusal
         else:
             self.per_ip[group] += 1
         self.silent[m] = None
         self.silent_by.setdefault(group, {})[m] = None
-        self.loop.watch(sock, EVENT_READ, self._on_member, m)
         log.debug("connection from %s port %d", ip, port)
         if self.tls:
             self._secure_soon(m)
@@ -2400,8 +2108,7 @@ class Server:
     def _secure_soon(self, m: Member) -> None:
         """Queue m's next TLS handshake step: a few a turn, so that a burst of
         handshakes (each a millisecond or more) never holds members' lines up."""
-        m.reading = m.blocked = False
-        self.set_interest(m)
+        m.transport.hold()
         self.handshaking.append(m)
         if len(self.handshaking) == 1:
             self.loop.call_soon(self._secure_some)
@@ -2416,40 +2123,14 @@ class Server:
 
     def _secure(self, m: Member) -> None:
         """One step of the TLS handshake; then the ALIAS prompt (or the HTTP request)."""
-        try:
-            m.sock.do_handshake()
-            if m.kind is not Kind.WEB:
-                m.sock.send(ALIAS_PROMPT)
-        except ssl.SSLWantReadError:
-            m.reading, m.blocked = True, False
-        except ssl.SSLWantWriteError:
-            m.reading, m.blocked = False, True
-        except (ssl.SSLError, OSError) as e:
-            why = getattr(e, "reason", None) or e.__class__.__name__
-            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({why})")
+        failed = m.transport.handshake()
+        if failed:
+            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
             self._close(m)
-            return
-        else:
+        elif failed is None:
             m.stage = Stage.REQUESTING if m.kind is Kind.WEB else Stage.NAMING
-            m.reading, m.blocked = True, False
-        self.set_interest(m)
-
-    @staticmethod
-    def _send_and_close(sock: socket.socket, data: bytes, drain: bool = True) -> None:
-        """Best effort: last words for the person, then a clean close.  What
-        a member sent and was not read is read first: closing on unread
-        bytes resets the connection, and a reset kills the App's reader."""
-        try:
-            sock.setblocking(False)
-            if data:
-                sock.send(data)
-            sock.shutdown(socket.SHUT_WR)
-            for _ in range(16 if drain else 0):
-                if not sock.recv(READ_SIZE):
-                    break
-        except (OSError, ValueError):
-            pass
-        sock.close()
+            if m.kind is not Kind.WEB and not m.transport.write(ALIAS_PROMPT):
+                self._close(m)
 
     def _sweep(self) -> None:
         """Every second: close silent connections past the handshake time-out,
@@ -2470,8 +2151,8 @@ class Server:
         if not self.stopping:
             self.loop.call_later(1.0, self._sweep)
 
-    # -- reading --------------------------------------------------------
-    def _on_member(self, m: Member, mask: int) -> None:
+    # -- events on a member's socket --------------------------------------
+    def _on_event(self, m: Member, mask: int) -> None:
         if m.stage is Stage.GONE:   # closed earlier in this same turn
             return
         try:
@@ -2479,41 +2160,60 @@ class Server:
                 self._secure_soon(m)
                 return
             if mask & EVENT_WRITE:
-                if m.stage is Stage.IN_ROOM:
-                    self.room.flush_member(m)
-                else:
-                    self._send_out(m)
-            if mask & EVENT_READ and m.stage is not Stage.GONE and m.reading:
+                self._writable(m)
+            if mask & EVENT_READ and m.stage is not Stage.GONE and m.transport.reading:
                 self._read(m)
         except Exception as e:   # a bug met by one member costs that member only
             log_fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
             self.drop(m, "internal error", code=WS_INTERNAL)
 
+    def _writable(self, m: Member) -> None:
+        t = m.transport
+        if not t.flush():
+            self.drop(m, "connection lost while sending")
+        elif t.blocked:
+            return
+        elif m.stage is Stage.IN_ROOM:
+            self.room.outlet(m).writable(m)
+        elif m.stage is Stage.ANSWERED:
+            self._close(m)
+
     def _read(self, m: Member) -> None:
+        t = m.transport
         while True:
-            try:
-                data = m.sock.recv(READ_SIZE)
-            except WOULD_BLOCK:
-                return
-            except OSError:
-                self.drop(m, "connection reset")
+            data = t.receive()
+            if data is None:
+                if t.inbuf and m.stage is Stage.IN_ROOM and m.voice.frames is None \
+                        and not m.voice.skipping:
+                    self._say(m, t.inbuf)   # a last line without its line end
+                self.drop(m, "disconnected")
                 return
             if not data:
-                if m.inbuf and m.stage is Stage.IN_ROOM and m.frames is None and not m.skipping:
-                    self._say(m, m.inbuf)   # a last line without its line end
-                self.drop(m, "disconnected")
-            elif m.stage is Stage.REQUESTING:
-                self._request(m, data)
-            elif m.frames is not None:
-                self._frames_in(m, data)
+                return
+            if m.stage is Stage.REQUESTING:
+                self.door.request(m, data)
+            elif m.voice.frames is not None:
+                self.door.frames(m, data)
             elif m.stage is Stage.NAMING:
                 self._name(m, data)
             else:
-                self._take_lines(m, m.inbuf + data if m.inbuf else data)
-            # TLS may hold decrypted bytes that the selector cannot see
-            if not (self.tls and m.reading and m.stage is not Stage.GONE and m.sock.pending()):
+                self._take_lines(m, t.inbuf + data if t.inbuf else data)
+            if not t.more_held():
                 return
 
+    def _web_text(self, m: Member, payload: bytes) -> None:
+        """A web member's text message: its alias, then lines."""
+        if m.stage is Stage.NAMING:
+            self._name(m, payload)
+            return
+        lines = payload if payload.endswith(b"\n") else payload + b"\n"
+        t = m.transport
+        if m.stage is Stage.IN_ROOM and t.reading:
+            self._take_lines(m, t.inbuf + lines if t.inbuf else lines)
+        else:   # waiting for its welcome or its rate: no more reads come until then
+            t.inbuf += lines
+
+    # -- naming ---------------------------------------------------------
     def _name(self, m: Member, data: bytes) -> None:
         """The alias came: it says the kind of reader; then the key, the name, the welcome."""
         if data.startswith(TLS_HELLO) and m.kind is not Kind.WEB:
@@ -2528,9 +2228,8 @@ class Server:
         self._no_longer_silent(m)
         # typed ahead: whole lines wait for the welcome; an endless tail is cut
         whole = rest.rfind(b"\n") + 1
-        m.inbuf = rest[:whole] + rest[whole:whole + self.settings.max_line + 2]
-        m.reading = False   # until welcomed: what it types waits in the kernel
-        self.set_interest(m)
+        m.transport.inbuf = rest[:whole] + rest[whole:whole + self.settings.max_line + 2]
+        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
         if self.settings.room_key:
             self._check_key(m)
         else:
@@ -2563,13 +2262,7 @@ class Server:
             self._enter(m)
             return
         self.tally.add(self.loop.now, f"wrong or missing room key from {m.ip}")
-        sentence = ("this room needs a key: join with your name followed by #KEY "
-                    "(ask the host for the key)\n")
-        window = m.named_at + self.settings.welcome_delay - self.loop.now
-        if m.kind is Kind.APP and window > 0:   # the App shows nothing before its window is up
-            self.loop.call_later(window, self._close, m, sentence)
-        else:
-            self._close(m, sentence, WS_POLICY)
+        self._close(m, NEEDS_KEY, WS_POLICY)
 
     def _enter(self, m: Member) -> None:
         """Name m and put it in line for its welcome."""
@@ -2577,47 +2270,56 @@ class Server:
         self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
         m.forms = alias_forms(m.claimed, m.name)
         if s.line_rate:
-            m.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
+            m.voice.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
         # an address gets 4 x max_per_ip welcomes at once, then that many per
         # churn_period: reconnecting in a loop cannot flood the room, nobody is refused
         burst = 4.0 * s.max_per_ip
         slot = self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
         self.room.arrive(m, now + slot)
+        self.loop.call_at(m.ready_at, self._listen_when_in, m)
 
+    def _listen_when_in(self, m: Member) -> None:
+        """Once m is in (or on its way), read it again."""
+        if m.stage is Stage.WELCOMING:   # the room's welcome comes in this same turn
+            self.loop.call_soon(self._listen_when_in, m)
+        elif m.stage is Stage.IN_ROOM:
+            self._listen_again(m)
+
+    # -- lines ----------------------------------------------------------
     def _listen_again(self, m: Member) -> None:
         """Read m again (it is in, or may speak again), starting with what it sent meanwhile."""
-        m.reading = True
-        self.set_interest(m)
-        if m.inbuf:
-            data, m.inbuf = m.inbuf, b""
+        t = m.transport
+        t.resume_reading()
+        if t.inbuf:
+            data, t.inbuf = t.inbuf, b""
             self._take_lines(m, data)
 
     def _take_lines(self, m: Member, buf: bytes) -> None:
         """Relay each whole line in buf; keep the rest; honour the limits."""
-        s = self.settings
+        s, voice = self.settings, m.voice
         start = 0
         while True:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if m.bucket is not None and not self._may_say(m):
-                m.inbuf = buf[start:]
+            if voice.bucket is not None and not self._may_say(m):
+                m.transport.inbuf = buf[start:]
                 return
             line = buf[start:nl]
             start = nl + 1
-            if m.skipping:
-                m.skipping = False
+            if voice.skipping:
+                voice.skipping = False
             elif len(line) - line.endswith(b"\r") > s.max_line:
                 self._too_long(m)
             elif not self._say(m, line):
                 return
         rest = buf[start:]
         if len(rest) > s.max_line + 1:
-            if not m.skipping:
-                m.skipping = True
+            if not voice.skipping:
+                voice.skipping = True
                 self._too_long(m)
             rest = b""
-        m.inbuf = rest
+        m.transport.inbuf = rest
 
     def _too_long(self, m: Member) -> None:
         log.info("%s sent a line over %d bytes; not relayed", quoted(m.name), self.settings.max_line)
@@ -2628,20 +2330,20 @@ class Server:
         """Take a line from m's rate and its address's; if either has none
         left, stop reading m until it may speak again."""
         now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
+        voice = m.voice
         address = self._bucket("lines", m.group, rate, 2.0 * rate)
-        wait = max(m.bucket.wait(now), address.wait(now))
+        wait = max(voice.bucket.wait(now), address.wait(now))
         if not wait:
-            m.bucket.take()
+            voice.bucket.take()
             address.take()
             return True
-        if m.resume is None:
-            m.reading = False
-            self.set_interest(m)
-            m.resume = self.loop.call_later(wait, self._resume_reading, m)
+        if voice.resume is None:
+            m.transport.pause_reading()
+            voice.resume = self.loop.call_later(wait, self._resume_reading, m)
         return False
 
     def _resume_reading(self, m: Member) -> None:
-        m.resume = None
+        m.voice.resume = None
         if m.stage is Stage.IN_ROOM and not self.stopping:
             self._listen_again(m)
 
@@ -2669,188 +2371,36 @@ class Server:
                   WS_POLICY)
         return True
 
-    # -- the web page ---------------------------------------------------
-    def _request(self, m: Member, data: bytes) -> None:
-        """Read an HTTP request head; answer with the page, a WebSocket or an error."""
-        m.inbuf += data
-        end = m.inbuf.find(b"\r\n\r\n")
-        if end < 0 and len(m.inbuf) <= MAX_REQUEST:
-            return
-        if end < 0 or end + 4 > MAX_REQUEST:
-            self._respond(m, "431 Request Header Fields Too Large", b"request too large\n")
-            return
-        head, m.inbuf = m.inbuf[:end], m.inbuf[end + 4:]
-        try:
-            method, target, headers = parse_request(head)
-        except ValueError:
-            self._respond(m, "400 Bad Request", b"not an HTTP request\n")
-            return
-        host, path = headers.get("host", ""), target.split("?", 1)[0]
-        if not HTTP_HOST.fullmatch(host):
-            self._respond(m, "400 Bad Request", b"no valid Host header\n")
-        elif method != "GET":
-            self._respond(m, "405 Method Not Allowed", b"only GET\n", headers=(("Allow", "GET"),))
-        elif path == "/":
-            self._respond(m, "200 OK", PAGE, "text/html; charset=utf-8", page_headers(host))
-        elif path == "/ws":
-            self._upgrade(m, headers, host)
-        else:
-            self._respond(m, "404 Not Found", b"not found\n")
-
-    def _respond(self, m: Member, status: str, body: bytes, content_type: str = "text/plain; "
-                 "charset=utf-8", headers: tuple[tuple[str, str], ...] = ()) -> None:
-        m.reading, m.closing = False, True
-        self.set_interest(m)
-        self._send_out(m, http_response(status, body, content_type, headers))
-
-    def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
-        """Turn the request into a WebSocket (RFC 6455 §4.2) and say hello."""
-        key = headers.get("sec-websocket-key", "")
-        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        try:
-            valid_key = len(base64.b64decode(key, validate=True)) == 16
-        except ValueError:
-            valid_key = False
-        origin = headers.get("origin")
-        scheme = "https" if self.tls else "http"
-        if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in tokens \
-                or not valid_key:
-            self._respond(m, "400 Bad Request", b"not a WebSocket request\n")
-        elif headers.get("sec-websocket-version") != "13":
-            self._respond(m, "426 Upgrade Required", b"WebSocket version 13 only\n",
-                          headers=(("Sec-WebSocket-Version", "13"),))
-        elif origin is not None and origin.lower() != f"{scheme}://{host.lower()}":
-            self.tally.add(self.loop.now, f"refused a WebSocket from {m.ip}: "
-                                          f"it came from another site's page")
-            self._respond(m, "403 Forbidden", b"this socket is for this server's own page\n")
-        else:
-            m.frames = FrameReader(self.settings.max_line)
-            m.stage = Stage.NAMING
-            self._send_out(m, (f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                               f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
-                               f"\r\n\r\n").encode()
-                           + ws_event("hello", key=bool(self.settings.room_key),
-                                      max_line=self.settings.max_line))
-            if m.refusal:
-                self._close(m, m.refusal, WS_TRY_LATER)
-            elif m.inbuf:
-                data, m.inbuf = m.inbuf, b""
-                self._frames_in(m, data)
-
-    def _frames_in(self, m: Member, data: bytes) -> None:
-        """What a web member sent: its alias, its lines, pings, its goodbye."""
-        try:
-            for opcode, payload in m.frames.feed(data):
-                if m.stage is Stage.GONE:
-                    return
-                if opcode == WS_TEXT:
-                    self._web_text(m, payload)
-                elif opcode == WS_PING:
-                    pong = ws_frame(payload, WS_PONG)
-                    if m.stage is Stage.IN_ROOM:
-                        self.room.tell_frame(m, pong)
-                    else:
-                        self._send_out(m, pong)
-                elif opcode == WS_CLOSE:
-                    self.drop(m, "left", code=ws_close_code(payload))
-                elif opcode == WS_BINARY:
-                    raise WsError(WS_UNSUPPORTED, "binary messages are not taken")
-        except WsError as e:
-            log.info("closed the web member from %s: %s", m.ip, e)
-            self.drop(m, f"broke the WebSocket protocol ({e})", code=e.code)
-
-    def _web_text(self, m: Member, payload: bytes) -> None:
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
-        if m.stage is Stage.NAMING:
-            self._name(m, payload)
-            return
-        lines = payload if payload.endswith(b"\n") else payload + b"\n"
-        if m.stage is Stage.IN_ROOM and m.reading:
-            self._take_lines(m, m.inbuf + lines if m.inbuf else lines)
-        else:   # waiting for its welcome or its rate: no more reads come until then
-            m.inbuf += lines
-
-    def _send_out(self, m: Member, data: bytes = b"") -> None:
-        """Send bytes outside the streams (a response, a hello); close after if asked."""
-        m.out += data
-        try:
-            while m.out:
-                m.out = m.out[m.sock.send(m.out):]
-        except WOULD_BLOCK:
-            pass
-        except OSError:
-            self._close(m)
-            return
-        if bool(m.out) != m.blocked:
-            m.blocked = bool(m.out)
-            self.set_interest(m)
-        if m.closing and not m.out:
-            self._close(m)
-
-    # -- interest and closing -------------------------------------------
-    def set_interest(self, m: Member) -> None:
-        """Make the selector's interest match what m is waiting for."""
-        if m.stage is Stage.GONE:
-            return
-        events = (EVENT_READ if m.reading else 0) | (EVENT_WRITE if m.blocked else 0)
-        if events == m.events:
-            return
-        if not events:
-            self.loop.unwatch(m.sock)
-        elif not m.events:
-            self.loop.watch(m.sock, events, self._on_member, m)
-        else:
-            self.loop.rewatch(m.sock, events, self._on_member, m)
-        m.events = events
-
+    # -- closing --------------------------------------------------------
     def drop(self, m: Member, reason: str, farewell: str = "", code: int | None = None) -> None:
         """Close m for good (after `farewell`, and for a web member a close
         frame with `code`); the room hears it left if it was in."""
         if m.stage is Stage.GONE:
             return
-        was_in = m.stage is Stage.IN_ROOM
-        self.room.leave(m)
-        self._close(m, farewell, code)
+        was_in = self.room.leave(m)
+        self._close(m, farewell, code, was_in)
         if was_in:
             log.info("%s (%s) left: %s", quoted(m.name), m.ip, reason)
         else:
             log.debug("connection from %s closed: %s", m.ip, reason)
 
-    def _close(self, m: Member, farewell: str = "", code: int | None = None) -> None:
+    def _close(self, m: Member, farewell: str = "", code: int | None = None,
+               was_in: bool = False) -> None:
         """Release m's socket and counts (the room is told by drop())."""
         if m.stage is Stage.GONE:
             return
-        was_in = m.stage is Stage.IN_ROOM
+        outlet = self.room.outlet(m)
+        last = outlet.last_words(m, farewell, code, was_in)
         m.stage = Stage.GONE
-        if m.resume:
-            m.resume.cancel()
-        if m.events:
-            self.loop.unwatch(m.sock)
+        if m.voice.resume:
+            m.voice.resume.cancel()
         self._no_longer_silent(m)
-        last = self._last_words(m, farewell, code, was_in)
-        if m.app is not None and self.loop.now < m.app.quiet_until:   # its count is read alone
-            self.loop.call_at(m.app.quiet_until, self._send_and_close, m.sock, last)
-        else:
-            self._send_and_close(m.sock, last)
+        m.transport.close(last, outlet.farewell_at(m))
         self.connections.discard(m)
-        if m.refusal:
-            self.refusing -= 1
-            return
-        self.per_ip[m.group] -= 1
-        if not self.per_ip[m.group]:
-            del self.per_ip[m.group]
-
-    def _last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
-        """What m is sent before the close: the rest of a piece or response, the farewell."""
-        if m.kind is not Kind.WEB:
-            return m.out + farewell.encode()
-        if m.frames is None or m.blocked or code is None:
-            return m.out   # a frame may be half sent: only a clean close is left
-        said = ws_event("note" if was_in else "refused", text=farewell.strip()) if farewell else b""
-        return m.out + said + ws_close(code, farewell.strip())
+        if self.door.refusals.pop(m, None) is None:
+            self.per_ip[m.group] -= 1
+            if not self.per_ip[m.group]:
+                del self.per_ip[m.group]
 
     def _no_longer_silent(self, m: Member) -> None:
         if m in self.silent:
@@ -2862,7 +2412,7 @@ class Server:
 
 
 # ---------------------------------------------------------------------------
-# 4. Host addresses
+# 6. Host addresses
 # ---------------------------------------------------------------------------
 
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
@@ -2983,7 +2533,7 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 5. Logging
+# 7. Logging
 # ---------------------------------------------------------------------------
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
@@ -3017,7 +2567,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 6. The GUI
+# 8. The GUI
 # ---------------------------------------------------------------------------
 
 TICK_MS = 100         # how often the window reads news from other threads
@@ -3834,7 +3384,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 7. Terminal client
+# 9. The terminal client
 # ---------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
@@ -4310,15 +3860,8 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 
 
 # ---------------------------------------------------------------------------
-# 8. Command line
+# 10. The command line
 # ---------------------------------------------------------------------------
-
-def port_number(text: str) -> int:
-    port = parse_port(text)
-    if port is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
-    return port
-
 
 def web_port(text: str) -> int:
     """--web-port: a port, or 0 for any free one."""
@@ -4593,6 +4136,757 @@ def main(argv: list[str] | None = None) -> int:
     for warning in warnings:
         log.warning("%s", warning)
     return run_headless(settings)
+
+
+# ---------------------------------------------------------------------------
+# 11. The chat page (data)
+# ---------------------------------------------------------------------------
+
+# One document, nothing loaded from anywhere else.  A raw string with no
+# backslash in it (a test keeps it so): what is written here is what is served.
+PAGE_HTML = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name=viewport content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>PrivateChatRoom</title>
+<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Cpath fill='%232f6f68' d='M6 4h20a4 4 0 0 1 4 4v12a4 4 0 0 1-4 4H14l-7 6v-6H6a4 4 0 0 1-4-4V8a4 4 0 0 1 4-4z'/%3E%3C/svg%3E">
+<style>
+:root {
+  color-scheme: light dark;
+  --bg: #f3f5f7; --panel: #ffffff; --text: #1f2933; --quiet: #5f6b77; --line: #d9e0e6;
+  --accent: #2f6f68; --accent-text: #ffffff; --own: #e1f0ec; --own-line: #bfdcd5;
+  --warn-bg: #fff3dc; --warn-text: #6b4400; --ok-bg: #e3f3e8; --ok-text: #1d5530;
+  --error: #a12a2a; --shadow: rgba(15, 30, 45, 0.16);
+  --n0: #2e6aa0; --n1: #8447a8; --n2: #a4501c; --n3: #2d7a4c;
+  --n4: #a2305f; --n5: #1d7585; --n6: #756512; --n7: #5357b8;
+}
+@media (prefers-color-scheme: dark) {
+  :root {
+    --bg: #14181c; --panel: #1d2227; --text: #e3e7eb; --quiet: #9ba6b2; --line: #2f363e;
+    --accent: #5fb3a8; --accent-text: #0e1a18; --own: #1e3935; --own-line: #2b514b;
+    --warn-bg: #3a2f18; --warn-text: #f0d08e; --ok-bg: #1b3224; --ok-text: #a8dfb8;
+    --error: #ff9d9d; --shadow: rgba(0, 0, 0, 0.5);
+    --n0: #8cb9e6; --n1: #caa2e6; --n2: #eea476; --n3: #8bd0a2;
+    --n4: #ee93bd; --n5: #80cfdc; --n6: #d8c66e; --n7: #abaff2;
+  }
+}
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+html, body { height: 100%; margin: 0; }
+body {
+  font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+        "Noto Sans", sans-serif;
+  background: var(--bg); color: var(--text);
+  -webkit-text-size-adjust: 100%; text-size-adjust: 100%;
+}
+button, input, textarea { font: inherit; color: inherit; }
+button { cursor: pointer; }
+button:disabled { cursor: default; opacity: 0.55; }
+:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+.visually-hidden {
+  position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
+  overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
+}
+.primary {
+  min-height: 48px; padding: 0 20px; border: 0; border-radius: 12px;
+  background: var(--accent); color: var(--accent-text); font-weight: 600;
+}
+.secondary {
+  min-height: 40px; padding: 0 14px; border: 1px solid currentColor; border-radius: 20px;
+  background: transparent; font-weight: 600; white-space: nowrap;
+}
+
+/* The join card */
+.join { min-height: 100%; display: flex; align-items: center; justify-content: center; padding: 16px; }
+.card {
+  width: 100%; max-width: 380px; padding: 26px 22px 22px; background: var(--panel);
+  border: 1px solid var(--line); border-radius: 16px; box-shadow: 0 6px 24px var(--shadow);
+}
+.card h1 { font-size: 1.45rem; margin: 0 0 4px; }
+.lead { color: var(--quiet); margin: 0 0 8px; }
+.card label { display: block; font-weight: 600; margin: 16px 0 6px; }
+.card input {
+  width: 100%; min-height: 48px; padding: 10px 12px; border: 1px solid var(--line);
+  border-radius: 12px; background: var(--bg);
+}
+.card .primary { width: 100%; margin-top: 22px; }
+.status { min-height: 1.45em; margin: 14px 0 0; color: var(--quiet); }
+.status.error { color: var(--error); font-weight: 600; }
+
+/* The chat */
+.chat { height: 100%; height: 100dvh; display: flex; flex-direction: column; }
+.topbar {
+  display: flex; align-items: center; gap: 12px; padding: 8px 12px 8px 16px;
+  background: var(--panel); border-bottom: 1px solid var(--line);
+}
+.titles { flex: 1; min-width: 0; }
+.titles h1 { font-size: 1.05rem; margin: 0; }
+.me { margin: 0; color: var(--quiet); font-size: 0.875rem; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.people-toggle {
+  min-height: 44px; padding: 0 16px; border: 1px solid var(--line); border-radius: 22px;
+  background: var(--bg); font-weight: 600; white-space: nowrap;
+}
+.offline .dot { background: var(--quiet); }
+.people-toggle[aria-expanded="true"] { background: var(--own); border-color: var(--own-line); }
+.dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; background: #3a9d5d; margin-right: 8px; vertical-align: 1px; }
+.banner {
+  display: flex; align-items: center; gap: 12px; padding: 8px 16px;
+  background: var(--warn-bg); color: var(--warn-text); font-weight: 600;
+}
+.banner.ok { background: var(--ok-bg); color: var(--ok-text); }
+.banner span { flex: 1; }
+.middle { flex: 1; min-height: 0; display: flex; position: relative; }
+.log {
+  flex: 1; min-width: 0; overflow-y: auto; margin: 0; padding: 12px 12px 16px;
+  list-style: none; overscroll-behavior: contain;
+}
+.log li { display: flex; flex-direction: column; align-items: flex-start; margin: 8px 0; }
+.bubble {
+  max-width: min(86%, 680px); padding: 6px 12px 8px; background: var(--panel);
+  border: 1px solid var(--line); border-radius: 16px 16px 16px 4px;
+}
+.log li.own { align-items: flex-end; }
+.own .bubble { background: var(--own); border-color: var(--own-line); border-radius: 16px 16px 4px 16px; }
+.head { display: flex; gap: 8px; align-items: baseline; font-size: 0.8125rem; font-weight: 700; }
+.time { color: var(--quiet); font-weight: 400; font-size: 0.75rem; }
+.text { white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-word; }
+.log li.event, .log li.note {
+  align-items: center; text-align: center; color: var(--quiet); font-size: 0.875rem;
+  margin: 6px 24px; overflow-wrap: anywhere;
+}
+.log li.note { font-style: italic; }
+.log li.mark { color: var(--warn-text); font-weight: 600; font-style: normal; }
+.n0 { color: var(--n0); } .n1 { color: var(--n1); } .n2 { color: var(--n2); } .n3 { color: var(--n3); }
+.n4 { color: var(--n4); } .n5 { color: var(--n5); } .n6 { color: var(--n6); } .n7 { color: var(--n7); }
+.own .head { color: var(--quiet); }
+.newest {
+  position: absolute; left: 50%; bottom: 12px; transform: translateX(-50%);
+  min-height: 40px; padding: 0 16px; border: 0; border-radius: 20px;
+  background: var(--accent); color: var(--accent-text); font-weight: 600;
+  box-shadow: 0 4px 14px var(--shadow);
+}
+.people {
+  width: 250px; flex: none; overflow-y: auto; padding: 14px 16px;
+  background: var(--panel); border-left: 1px solid var(--line);
+}
+.people h2 { font-size: 0.9375rem; margin: 0 0 8px; }
+.people ul { list-style: none; margin: 0; padding: 0; }
+.people li { padding: 7px 0; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
+.people li:last-child { border-bottom: 0; }
+.people li.more { color: var(--quiet); font-style: italic; }
+.you { color: var(--quiet); font-size: 0.875rem; }
+.composer {
+  display: flex; align-items: flex-end; gap: 8px; padding: 8px;
+  padding-bottom: max(8px, env(safe-area-inset-bottom));
+  background: var(--panel); border-top: 1px solid var(--line);
+}
+.composer textarea {
+  flex: 1; min-width: 0; min-height: 48px; max-height: 9.5em; resize: none;
+  padding: 11px 14px; border: 1px solid var(--line); border-radius: 14px;
+  background: var(--bg); line-height: 1.4; field-sizing: content;
+}
+.composer .primary { min-width: 80px; }
+@media (max-width: 699px) {
+  .people {
+    position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
+    border: 1px solid var(--line); border-top: 0; border-radius: 0 0 0 14px;
+    box-shadow: 0 10px 28px var(--shadow);
+  }
+  .people:not(.open) { display: none; }
+}
+@media (min-width: 700px) {
+  .people-toggle { display: none; }
+  .log { padding: 16px 24px 20px; }
+  .composer { padding: 12px 16px; }
+}
+</style>
+</head>
+<body>
+<main id="join" class="join">
+  <form id="join-form" class="card" novalidate>
+    <h1>PrivateChatRoom</h1>
+    <p class="lead">Type your name to join the chat.</p>
+    <label for="name">Your name</label>
+    <input id="name" name="name" type="text" maxlength="32" autocomplete="nickname"
+           autocapitalize="words" spellcheck="false" enterkeyhint="go" required>
+    <div id="key-row" hidden>
+      <label for="key">Room key</label>
+      <input id="key" name="key" type="password" autocomplete="off" autocapitalize="none"
+             spellcheck="false" enterkeyhint="go">
+    </div>
+    <button id="join-button" class="primary" type="submit">Join</button>
+    <p id="join-status" class="status" role="status" aria-live="polite">Connecting…</p>
+  </form>
+</main>
+
+<div id="chat" class="chat" hidden>
+  <header class="topbar">
+    <div class="titles">
+      <h1>PrivateChatRoom</h1>
+      <p id="me" class="me"></p>
+    </div>
+    <button id="people-toggle" class="people-toggle" type="button"
+            aria-expanded="false" aria-controls="people"><span class="dot" aria-hidden="true"></span><span id="people-count">1 online</span></button>
+  </header>
+  <div id="banner" class="banner" role="status" aria-live="polite" hidden>
+    <span id="banner-text"></span>
+    <button id="banner-button" class="secondary" type="button" hidden></button>
+  </div>
+  <div class="middle">
+    <ol id="log" class="log" role="log" aria-live="polite" aria-relevant="additions" aria-label="Chat messages" tabindex="0"></ol>
+    <button id="newest" class="newest" type="button" hidden>New messages ↓</button>
+    <aside id="people" class="people" aria-labelledby="people-title">
+      <h2 id="people-title">1 person is online</h2>
+      <ul id="people-list"></ul>
+    </aside>
+  </div>
+  <form id="composer" class="composer" novalidate>
+    <label for="message" class="visually-hidden">Message</label>
+    <textarea id="message" rows="1" placeholder="Message" enterkeyhint="send" autocomplete="off"></textarea>
+    <button id="send" class="primary" type="submit">Send</button>
+  </form>
+</div>
+<script>
+"use strict";
+(function () {
+  const MAX_LINES = 2000;       // lines kept on the page; older ones go
+  const MAX_DELAY = 30;         // seconds: the longest wait between reconnects
+  const WHO_PATIENCE = 5000;    // ms to wait for a "who" answer before asking again
+  const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
+  const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
+
+  const $ = function (id) { return document.getElementById(id); };
+  const ui = {
+    join: $("join"), joinForm: $("join-form"), name: $("name"), keyRow: $("key-row"),
+    key: $("key"), joinButton: $("join-button"), joinStatus: $("join-status"),
+    chat: $("chat"), me: $("me"), peopleToggle: $("people-toggle"),
+    peopleCount: $("people-count"), people: $("people"), peopleTitle: $("people-title"),
+    peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
+    bannerButton: $("banner-button"), log: $("log"), newest: $("newest"),
+    composer: $("composer"), message: $("message"), send: $("send")
+  };
+
+  const room = {
+    ws: null,            // the current socket, or null
+    helloSeen: false,    // the current socket said hello
+    keyNeeded: false,
+    aliasSent: false,
+    refusal: "",         // the server's sentence on the current socket
+    stopped: false,      // the server said it is stopping
+    inRoom: false,       // welcomed on the current socket
+    everIn: false,       // welcomed once: after a drop, re-join by itself
+    wantJoin: false,     // send the alias as soon as hello comes
+    name: "", key: "",   // what the member typed
+    me: "",              // the name the room gave
+    attempt: 0, retryTimer: 0, tickTimer: 0, retryAt: 0, retryText: "",
+    everOpen: false,     // a socket was open once (the room was reachable)
+    names: [], others: 0, count: 0,
+    whoPending: false, whoTimer: 0, whoShown: false,
+    lastHeard: 0, hiddenAt: 0, probeTimer: 0,
+    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0
+  };
+
+  /* ---------- small helpers ---------- */
+
+  function plain(text) {
+    // The server's notices end in "..." and a newline; the page shows a sentence.
+    let t = String(text == null ? "" : text).trim();
+    while (t.endsWith(".")) { t = t.slice(0, -1); }
+    return t;
+  }
+
+  function sentence(text) {
+    // "the room is full" -> "The room is full."
+    const t = String(text == null ? "" : text).trim();
+    if (!t) { return ""; }
+    const end = t.charAt(t.length - 1);
+    return t.charAt(0).toUpperCase() + t.slice(1) + (end === "." || end === "!" || end === "?" ? "" : ".");
+  }
+
+  function colourOf(name) {
+    let h = 0;
+    for (let i = 0; i < name.length; i++) { h = (h * 31 + name.charCodeAt(i)) % 9973; }
+    return "n" + (h % 8);
+  }
+
+  function clock() {
+    return new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function make(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (text != null) { node.textContent = text; }
+    return node;
+  }
+
+  function remember(name) {
+    try { localStorage.setItem(NAME_KEY, name); } catch (e) { /* private mode: fine */ }
+  }
+
+  function remembered() {
+    try { return localStorage.getItem(NAME_KEY) || ""; } catch (e) { return ""; }
+  }
+
+  /* ---------- the message list ---------- */
+
+  function nearBottom() {
+    const log = ui.log;
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+  }
+
+  function toBottom() {
+    ui.log.scrollTop = ui.log.scrollHeight;
+    room.lastTop = ui.log.scrollTop;
+    room.stuck = true;
+    room.unseen = 0;
+    ui.newest.hidden = true;
+  }
+
+  function append(item, counts) {
+    const stick = room.stuck;
+    ui.log.appendChild(item);
+    let extra = ui.log.childElementCount - MAX_LINES;
+    if (extra > 0) {
+      const before = ui.log.scrollHeight;
+      while (extra-- > 0) { ui.log.removeChild(ui.log.firstElementChild); }
+      if (!stick) { ui.log.scrollTop -= before - ui.log.scrollHeight; }
+    }
+    if (stick) {
+      toBottom();
+    } else if (counts) {
+      room.unseen += 1;
+      ui.newest.textContent = room.unseen === 1 ? "1 new message ↓" : room.unseen + " new messages ↓";
+      ui.newest.hidden = false;
+    }
+    if (counts && document.hidden) {
+      room.unread += 1;
+      document.title = "(" + room.unread + ") PrivateChatRoom";
+    }
+  }
+
+  function addChat(name, text) {
+    const own = name === room.me;
+    const item = make("li", own ? "own" : "");
+    const bubble = make("div", "bubble");
+    const head = make("div", "head " + (own ? "" : colourOf(name)));
+    head.appendChild(make("span", "", own ? "You" : name));
+    head.appendChild(make("span", "time", clock()));
+    bubble.appendChild(head);
+    bubble.appendChild(make("div", "text", String(text)));
+    item.appendChild(bubble);
+    append(item, !own);
+  }
+
+  function addLine(text, kind) {
+    const t = plain(text);
+    if (t) { append(make("li", kind, t), false); }
+  }
+
+  /* ---------- who is online ---------- */
+
+  function renderPeople() {
+    const n = room.count || room.names.length + room.others;
+    ui.peopleToggle.classList.toggle("offline", !room.inRoom);
+    ui.peopleCount.textContent = room.inRoom ? n + " online" : "Offline";
+    ui.peopleTitle.textContent = !room.inRoom ? "Not connected: the list may be out of date"
+      : n === 1 ? "1 person is online" : n + " people are online";
+    const list = ui.peopleList;
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    room.names.forEach(function (name) {
+      const li = make("li", "", name);
+      if (name === room.me) { li.appendChild(make("span", "you", " (you)")); }
+      list.appendChild(li);
+    });
+    if (room.others > 0) {
+      list.appendChild(make("li", "more", "and " + room.others + (room.others === 1 ? " other" : " others")));
+    }
+  }
+
+  function askWho() {
+    if (!room.inRoom || room.whoPending) { return; }
+    room.whoPending = true;
+    clearTimeout(room.whoTimer);
+    room.whoTimer = setTimeout(function () { room.whoPending = false; }, WHO_PATIENCE);
+    room.ws.send("/who");
+  }
+
+  function setPeopleOpen(open) {
+    ui.people.classList.toggle("open", open);
+    ui.peopleToggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  /* ---------- what the member sees about the connection ---------- */
+
+  function showJoin(text, isError, focusKey) {
+    ui.chat.hidden = true;
+    ui.join.hidden = false;
+    ui.keyRow.hidden = !room.keyNeeded;
+    ui.joinButton.disabled = false;
+    ui.joinStatus.textContent = text || "";
+    ui.joinStatus.classList.toggle("error", !!isError);
+    (focusKey && room.keyNeeded ? ui.key : ui.name).focus();
+  }
+
+  function showChat() {
+    const first = !ui.join.hidden;
+    ui.join.hidden = true;
+    ui.chat.hidden = false;
+    if (first) { toBottom(); ui.message.focus(); }
+  }
+
+  function banner(text, kind, button) {
+    clearTimeout(room.okTimer);
+    ui.banner.hidden = !text;
+    ui.banner.classList.toggle("ok", kind === "ok");
+    ui.bannerText.textContent = text || "";
+    ui.bannerButton.hidden = !button;
+    ui.bannerButton.textContent = button || "";
+    if (kind === "ok") { room.okTimer = setTimeout(function () { banner(""); }, 3000); }
+  }
+
+  function say(text, isError, button) {
+    // Connection news goes where the member is looking: the chat or the join card.
+    if (ui.chat.hidden) {
+      ui.joinStatus.textContent = text;
+      ui.joinStatus.classList.toggle("error", !!isError);
+    } else {
+      banner(text, "warn", button);
+    }
+  }
+
+  function setCanSend(can) {
+    ui.send.disabled = !can;
+  }
+
+  /* ---------- the socket ---------- */
+
+  function connect() {
+    clearRetry();
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      scheduleRetry();
+      return;
+    }
+    room.ws = ws;
+    room.helloSeen = room.aliasSent = room.inRoom = room.stopped = false;
+    room.refusal = "";
+    let opened = false;
+    ws.addEventListener("open", function () { opened = room.everOpen = true; });
+    ws.addEventListener("message", function (ev) { if (room.ws === ws) { receive(ev.data); } });
+    ws.addEventListener("close", function (ev) { if (room.ws === ws) { closed(ev.code, ev.reason, opened); } });
+    if (room.everIn) { say("Reconnecting…", false, ""); }
+  }
+
+  function sendAlias() {
+    if (room.keyNeeded && !room.key) {
+      room.wantJoin = false;
+      showJoin("This room needs a key. Ask the host for it.", true, true);
+      return;
+    }
+    room.ws.send(room.keyNeeded ? room.name + "#" + room.key : room.name);
+    room.aliasSent = true;
+    if (ui.chat.hidden) {
+      ui.joinButton.disabled = true;
+      ui.joinStatus.textContent = "Joining…";
+      ui.joinStatus.classList.remove("error");
+    }
+  }
+
+  const handlers = {
+    hello: function (msg) {
+      room.helloSeen = true;
+      room.retryText = "";
+      room.keyNeeded = !!msg.key;
+      ui.keyRow.hidden = !room.keyNeeded;
+      if (room.wantJoin || room.everIn) {
+        sendAlias();
+      } else if (ui.chat.hidden) {
+        ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
+        ui.joinStatus.classList.remove("error");
+      }
+    },
+    welcome: function (msg) {
+      const back = room.everIn;
+      room.me = String(msg.name || room.name);
+      room.inRoom = room.everIn = true;
+      room.wantJoin = false;
+      room.attempt = 0;
+      room.names = [room.me];
+      room.others = 0;
+      room.count = 0;
+      room.whoPending = false;
+      ui.me.textContent = "You are " + room.me;
+      showChat();
+      setCanSend(true);
+      if (back) {
+        addLine("Reconnected", "note mark");
+        banner("Reconnected", "ok");
+      } else {
+        banner("");
+      }
+      renderPeople();
+      askWho();
+    },
+    join: function (msg) {
+      addLine(msg.text, "event");
+      (Array.isArray(msg.names) ? msg.names : []).forEach(function (name) {
+        name = String(name);
+        if (room.names.indexOf(name) < 0) { room.names.push(name); }
+      });
+      renderPeople();
+      if ((msg.others | 0) > 0) { askWho(); }
+    },
+    leave: function (msg) {
+      addLine(msg.text, "event");
+      const at = room.names.indexOf(String(msg.name));
+      if (at >= 0) { room.names.splice(at, 1); }
+      renderPeople();
+    },
+    count: function (msg) {
+      room.count = msg.n | 0;
+      renderPeople();
+      if (room.count !== room.names.length + room.others) { askWho(); }
+    },
+    chat: function (msg) { addChat(String(msg.name), msg.text); },
+    note: function (msg) { addLine(msg.text, "note"); },
+    who: function (msg) {
+      room.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
+      room.others = msg.others | 0;
+      room.whoPending = false;
+      clearTimeout(room.whoTimer);
+      renderPeople();
+      if (room.whoShown) {
+        room.whoShown = false;
+        let text = "Online: " + room.names.join(", ");
+        if (room.others > 0) { text += " and " + room.others + " more"; }
+        addLine(text, "note");
+      }
+    },
+    stop: function () { room.stopped = true; },
+    refused: function (msg) { room.refusal = sentence(plain(msg.text)); }
+  };
+
+  function receive(data) {
+    room.lastHeard = Date.now();
+    clearTimeout(room.probeTimer);
+    let msg;
+    try { msg = JSON.parse(data); } catch (e) { return; }
+    if (msg && typeof msg === "object" && Object.prototype.hasOwnProperty.call(handlers, msg.type)) {
+      handlers[msg.type](msg);
+    }
+  }
+
+  function closed(code, reason, opened) {
+    const wasIn = room.inRoom;
+    room.ws = null;
+    room.inRoom = false;
+    clearTimeout(room.probeTimer);
+    setCanSend(false);
+    renderPeople();
+    if (code === 1008) {
+      // Refused (wrong key, bad name) or put out by the host: no retry by itself.
+      const text = room.refusal || sentence(reason) || "The host closed your connection.";
+      room.wantJoin = false;
+      if (wasIn) {
+        addLine(text, "note mark");
+        banner(text, "warn", "Join again");
+      } else {
+        room.everIn = false;
+        if (/key/i.test(text) && room.keyNeeded) { ui.key.value = ""; room.key = ""; }
+        showJoin(text, true, /key/i.test(text));
+      }
+      return;
+    }
+    if (wasIn) { addLine(room.stopped ? "The server stopped" : "Connection lost", "note mark"); }
+    if (!opened && room.retryText) {
+      // still away: keep saying why we first lost it
+    } else if (room.refusal) {
+      room.retryText = room.refusal + " Trying again in ";
+    } else if (room.stopped) {
+      room.retryText = "The server stopped, reconnecting in ";
+    } else if (room.everOpen) {
+      room.retryText = "Connection lost, reconnecting in ";
+    } else {
+      room.retryText = "Cannot reach the room, trying again in ";
+    }
+    ui.joinButton.disabled = false;
+    scheduleRetry();
+  }
+
+  function clearRetry() {
+    clearTimeout(room.retryTimer);
+    clearInterval(room.tickTimer);
+    room.retryTimer = room.tickTimer = 0;
+  }
+
+  function scheduleRetry() {
+    clearRetry();
+    const base = Math.min(MAX_DELAY, Math.pow(2, room.attempt));
+    const delay = Math.min(MAX_DELAY, base * (0.8 + 0.4 * Math.random()));
+    room.attempt = Math.min(room.attempt + 1, 10);
+    room.retryAt = Date.now() + delay * 1000;
+    room.retryTimer = setTimeout(connect, delay * 1000);
+    room.tickTimer = setInterval(tell, 1000);
+    tell();
+  }
+
+  function tell() {
+    const left = Math.max(1, Math.ceil((room.retryAt - Date.now()) / 1000));
+    say(room.retryText + left + " s…", !!room.refusal, "Try now");
+  }
+
+  function waiting() { return room.retryTimer !== 0; }
+
+  function dropDead() {
+    // No answer after the phone woke up: treat the socket as lost.
+    const ws = room.ws;
+    if (!ws) { return; }
+    room.ws = null;
+    try { ws.close(); } catch (e) { /* already closing */ }
+    closed(1006, "", true);
+  }
+
+  /* ---------- what the member does ---------- */
+
+  ui.joinForm.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    const name = ui.name.value.trim();
+    if (!name) {
+      showJoin("Please type your name.", true, false);
+      return;
+    }
+    if (room.keyNeeded && name.indexOf("#") >= 0) {
+      showJoin("A name cannot contain # in this room.", true, false);
+      return;
+    }
+    if (room.keyNeeded && !ui.key.value) {
+      showJoin("Please type the room key.", true, true);
+      return;
+    }
+    room.name = name;
+    room.key = room.keyNeeded ? ui.key.value : "";
+    room.wantJoin = true;
+    remember(name);
+    ui.joinButton.disabled = true;
+    ui.joinStatus.classList.remove("error");
+    const ws = room.ws;
+    if (ws && room.helloSeen && !room.aliasSent && ws.readyState === WebSocket.OPEN) {
+      sendAlias();
+    } else if (!ws) {
+      room.attempt = 0;
+      ui.joinStatus.textContent = "Connecting…";
+      connect();
+    } else {
+      ui.joinStatus.textContent = "Connecting…";
+    }
+  });
+
+  function sendMessage() {
+    const text = ui.message.value;
+    if (!text.trim() || !room.inRoom || !room.ws) { return; }
+    if (text.trim() === "/who") { room.whoShown = true; }
+    room.ws.send(text);
+    ui.message.value = "";
+    fitMessage();
+    toBottom();
+  }
+
+  function fitMessage() {
+    // Grow with the text up to five lines where CSS field-sizing is missing.
+    const lines = ui.message.value.split(String.fromCharCode(10)).length;
+    ui.message.rows = Math.min(5, Math.max(1, lines));
+  }
+
+  ui.composer.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    sendMessage();
+    ui.message.focus();
+  });
+
+  ui.message.addEventListener("keydown", function (ev) {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+      ev.preventDefault();
+      sendMessage();
+    }
+  });
+  ui.message.addEventListener("input", fitMessage);
+
+  ui.peopleToggle.addEventListener("click", function () {
+    setPeopleOpen(!ui.people.classList.contains("open"));
+  });
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key === "Escape" && ui.people.classList.contains("open")) {
+      setPeopleOpen(false);
+      ui.peopleToggle.focus();
+    }
+  });
+
+  ui.bannerButton.addEventListener("click", function () {
+    if (room.ws) { return; }
+    if (!waiting()) { room.wantJoin = true; room.everIn = true; room.attempt = 0; }
+    connect();
+  });
+
+  ui.newest.addEventListener("click", toBottom);
+  ui.log.addEventListener("click", function () { setPeopleOpen(false); });
+  ui.log.addEventListener("scroll", function () {
+    // Only the member scrolling up unsticks the view; the list shrinking under a
+    // banner or the keyboard fires scroll events too.
+    const top = ui.log.scrollTop;
+    if (!(room.stuck && top >= room.lastTop - 1)) { room.stuck = nearBottom(); }
+    room.lastTop = top;
+    if (room.stuck) { room.unseen = 0; ui.newest.hidden = true; }
+  });
+  if (window.ResizeObserver) {
+    // The phone keyboard shrinks the list: keep the newest line in view.
+    new ResizeObserver(function () { if (room.stuck) { toBottom(); } }).observe(ui.log);
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      room.hiddenAt = Date.now();
+      return;
+    }
+    room.unread = 0;
+    document.title = "PrivateChatRoom";
+    if (waiting()) {
+      connect();   // timers sleep in the background: try at once
+    } else if (room.inRoom && Date.now() - room.hiddenAt > PROBE_AFTER && room.hiddenAt) {
+      const asked = Date.now();
+      room.whoPending = false;
+      askWho();
+      room.probeTimer = setTimeout(function () {
+        if (room.lastHeard < asked) { dropDead(); }
+      }, 8000);
+    }
+  });
+  window.addEventListener("online", function () { if (waiting()) { connect(); } });
+  window.addEventListener("pagehide", function () {
+    const ws = room.ws;
+    clearRetry();
+    if (ws) { room.ws = null; ws.close(1000); }
+  });
+  window.addEventListener("pageshow", function (ev) {
+    if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
+  });
+
+  ui.name.value = remembered();
+  setCanSend(false);
+  renderPeople();
+  ui.name.focus();
+  connect();
+})();
+</script>
+</body>
+</html>
+"""
+WebDoor.page = ChatPage(PAGE_HTML)   # the web door serves it; the code above reads without it
 
 
 if __name__ == "__main__":

@@ -298,13 +298,13 @@ class ProtocolTextTest(unittest.TestCase):
         self.assertEqual(pcr.count_notice(3), "3 people are online...\n")
 
     def test_join_and_leave_lines(self):
-        self.assertEqual(pcr.joined_notice("ann"), "ann joined the chat...\n")
+        self.assertEqual(pcr.joined_notice(["ann"]), "ann joined the chat...\n")
         self.assertEqual(pcr.left_notice("ann"), "ann has left the chat...\n")
 
     def test_folded_join_line_never_starts_with_a_digit(self):
-        line = pcr.folded_join_notice(["a", "b", "c", "d", "e"])
+        line = pcr.joined_notice(["a", "b", "c", "d", "e"])
         self.assertEqual(line, "a, b, c and 2 others joined the chat...\n")
-        line = pcr.folded_join_notice(["a", "b", "c", "d"])
+        line = pcr.joined_notice(["a", "b", "c", "d"])
         self.assertEqual(line, "a, b, c and 1 other joined the chat...\n")
 
     def test_alias_is_up_to_the_first_line_end_or_the_whole_read(self):
@@ -680,6 +680,36 @@ class AppReaderTest(ServerCase):
         self.assertEqual(ann.dropped, [b"ALIAS"])
         self.assertGreaterEqual(ann.reads[1][0] - ann.named_at, 0.3 - 0.02)
 
+    def test_apps_joining_one_after_another_see_the_count_between_the_joins(self):
+        """Five Apps join 1 s apart at the App's real pace: the first App's box
+        shows the current count right after each piece it types, before the
+        next queued join (it used to stay empty until every join was typed)."""
+        real = pcr.Settings()
+        self.start(welcome_delay=real.welcome_delay, app_char_time=real.app_char_time,
+                   app_margin=real.app_margin)
+        names = ("ann", "bob", "cy", "dee", "eve")
+        ann = self.app("ann", char_time=0.07, window=0.05)
+        ann.wait_chat("ann joined the chat...\n", timeout=WAIT)
+        for name in names[1:]:
+            time.sleep(1.0)   # the scenario: one join a second, whatever the server does
+            self.app(name, char_time=0.07, window=0.05)
+        ann.wait_chat("eve joined the chat...\n", timeout=30)
+        ann.wait_box("5 people are online...\n", timeout=WAIT)
+        self.assert_app_shows_well(ann)
+        shown = [(at, data.decode()) for at, data in ann.reads[1:]]   # after ALIAS
+        first_box = next(at for at, text in shown if text[:1].isdigit())
+        typing = len("ann joined the chat...\n") * 0.07 * (1 + pcr.APP_SLACK) + 0.5
+        self.assertLess(first_box - ann.named_at, 1.0 + typing + 2.0, "the first count came late")
+        typed, box = 0, 0
+        for _, text in shown:
+            if text[:1].isdigit():   # never below the joins already typed
+                box = int(text.split()[0])
+                self.assertGreaterEqual(box, typed)
+            else:   # a queued join waits for the count that includes the joins typed
+                if "joined the chat" in text and typed:
+                    self.assertGreaterEqual(box, typed, f"a stale box before {text!r}")
+                typed += text.count("joined the chat")
+
     def test_apps_joining_and_leaving_see_each_line_once_and_the_right_count(self):
         self.start(app_margin=0.05)
         apps = {}
@@ -689,7 +719,8 @@ class AppReaderTest(ServerCase):
                 app.wait_box(pcr.count_notice(len(apps)), timeout=2 + 0.5)
         apps.pop("cy").leave()
         apps.pop("bob").close()   # a crash: no goodbye
-        for app in apps.values():
+        for app in apps.values():   # the count may come before a line it counts, never stale
+            app.wait_chat("bob has left the chat...\n", timeout=2 + 0.5)
             app.wait_box("2 people are online...\n", timeout=2 + 0.5)
         for name, app in apps.items():
             self.assert_app_shows_well(app)
@@ -1020,7 +1051,7 @@ class LimitsTest(ServerCase):
         for _ in range(200):
             ann.send(b"y" * 1000)
         ann.read_until(b"longer than 1000 bytes")
-        inbuf = self.on_loop(lambda: max(len(m.inbuf) for m in server.connections))
+        inbuf = self.on_loop(lambda: max(len(m.transport.inbuf) for m in server.connections))
         self.assertLessEqual(inbuf, 1001)
         ann.send(b"\nann: after\n")
         got = bob.read_until(b"ann: after\n")
@@ -1061,7 +1092,7 @@ class LimitsTest(ServerCase):
         self.assertEqual(numbers, list(range(total)))
         self.assertEqual((got[0] + bob.read_for(0.3)).count(b"stall has left the chat...\n"), 1)
         self.assertIn("not reading", self.log_text())
-        stream = self.on_loop(lambda: len(server.room.text.buf))
+        stream = self.on_loop(lambda: len(server.lines.stream.buf))
         self.assertLess(stream, 64 * 1024 + pcr.READ_SIZE)   # the cap plus one read
 
     def test_reconnecting_in_a_loop_is_welcomed_ever_later_not_refused(self):
@@ -1181,9 +1212,9 @@ class HardeningTest(ServerCase):
             c.send(line * 600)   # 58 KiB each, rate limited
         for c in arriving:
             c.answer(b"late" + line * 600)
-        self.wait_on_loop(lambda: sum(not m.reading for m in server.connections)
+        self.wait_on_loop(lambda: sum(not m.transport.reading for m in server.connections)
                           >= len(members) + len(arriving), "every flooder held back")
-        held = self.on_loop(lambda: sorted(len(m.inbuf) for m in server.connections))
+        held = self.on_loop(lambda: sorted(len(m.transport.inbuf) for m in server.connections))
         self.assertLessEqual(held[-1], pcr.READ_SIZE + 1000 + 1, held[-5:])
         self.assertLessEqual(sum(held), len(held) * (pcr.READ_SIZE + 1001))
 
@@ -1341,9 +1372,10 @@ class ChaosTest(ServerCase):
         self.assertEqual(errors, [])
         self.assertEqual(results, {i: want for i in range(3)})
         sizes = self.on_loop(lambda: (
-            len(server.room.text.buf),
-            max((len(m.inbuf) for m in server.connections), default=0),
-            max((len(m.inbuf) - m.inbuf.rfind(b"\n") - 1 for m in server.connections), default=0)))
+            len(server.lines.stream.buf),
+            max((len(m.transport.inbuf) for m in server.connections), default=0),
+            max((len(m.transport.inbuf) - m.transport.inbuf.rfind(b"\n") - 1
+                 for m in server.connections), default=0)))
         self.assertLess(sizes[0], 256 * 1024 + pcr.READ_SIZE)
         self.assertLessEqual(sizes[1], pcr.READ_SIZE + 2002)   # one read and one line waiting their turn
         self.assertLessEqual(sizes[2], 2002)                    # bytes without a newline
@@ -2563,7 +2595,7 @@ class WebPageTest(ServerCase):
         got = http_get(self.web, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\n\r\n".encode())
         head, _, body = got.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"), head)
-        self.assertEqual(body, pcr.PAGE)
+        self.assertEqual(body, pcr.WebDoor.page.body)
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
         self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
         self.assertEqual(headers["Referrer-Policy"], "no-referrer")
