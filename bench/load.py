@@ -1727,8 +1727,8 @@ workloads (SERVER is e.g. "python3 pcr_server.py --host 127.0.0.1 --port {port}
   TLS        --tls --server-cmd "SERVER --tls-cert /tmp/c.pem --tls-key /tmp/k.pem"
   side by side, 3 rounds:  --rounds 3 --server-cmd "this=SERVER"
              --server-cmd "c_ref=/tmp/c_ref {port}"
-             --server-cmd "asyncio=python3 ../shared/bench/peers/asyncio_ref.py {port}"
-  (build c_ref: gcc -O2 -D_GNU_SOURCE -o /tmp/c_ref ../shared/bench/peers/c_ref.c)
+             --server-cmd "asyncio=python3 bench/asyncio_ref.py {port}"
+  (build c_ref: cc -O2 -D_GNU_SOURCE -o /tmp/c_ref bench/c_ref.c)
 
 floods (issue 10; DEFAULT is the server with its default limits: "python3 pcr_server.py
   --host 127.0.0.1 --port {port} --public-ip-url '' --log-file /tmp/flood.log"):
