@@ -11,18 +11,33 @@ docs/PROTOCOL.md; usage: README.md.
     python3 pcr_server.py --web-port 5051 # and a chat page for browsers
     python3 pcr_server.py --connect HOST  # join a room from a terminal
 
-The file, top to bottom (each part uses only those above it):
-  1. Settings                 one dataclass; command line > .pcr_port > defaults
-  2. The protocol             pure functions: names, lines, App pieces (app_cut),
-                              WebSocket frames (FrameReader), HTTP, the page
-  3. The loop and the room    Loop (file events, timers, calls from other threads),
-                              Room (who is sent what, when: streams, AppReader,
-                              counts), Server (accepting, reading, limits)
-  4. Host addresses           private, public and MAC
-  5. Logging                  a rotating file, created readable by its owner only
-  6. The GUI                  ServerWindow (tkinter, imported only here)
-  7. The terminal client      --connect
-  8. The command line         main()
+The file, top to bottom (each part uses only those above it; a test keeps it so):
+  1. Constants and settings   one dataclass; command line > .pcr_port > defaults
+  2. The protocol             pure functions on bytes and strings: names, lines and
+                              their texts, App pieces (app_cut), WebSocket frames
+                              (FrameReader), HTTP, ChatPage (the page's headers)
+  3. The event loop and the transport
+                              Loop (file events, timers, calls from other threads),
+                              Bucket, Tally, Transport (one socket: the one send,
+                              kept bytes, write interest, TLS steps, the close)
+  4. The room and its outlets Member (who, and where in its life), Room (names,
+                              welcomes, leaves, the count: each event published once),
+                              an outlet per kind of reader, each encoding and
+                              delivering the events: LineOutlet (terminals, the
+                              shared stream), WebOutlet (frames), AppOutlet (the
+                              App's pace: one piece when it is free)
+  5. The server: doors, limits, reading
+                              WebDoor (HTTP, the WebSocket upgrade, frames in),
+                              Server (accepting, limits, TLS pacing, names, keys,
+                              lines, closing)
+  6. Host addresses           private, public and MAC; FriendsJoin (how friends
+                              join, for the banner and the window)
+  7. Logging                  a rotating file, created readable by its owner only
+  8. The GUI                  WindowView (the widgets), ServerWindow (the room as
+                              the window runs it: RoomState), tkinter imported here
+  9. The terminal client      --connect
+  10. The command line        main()
+  11. The chat page (data)    PAGE_HTML, handed to WebDoor
 
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
@@ -202,7 +217,7 @@ def save_port_file(port: int, path: str = PORT_FILE) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 2. The protocol: pure functions on bytes and strings
+# 2. The protocol
 # ---------------------------------------------------------------------------
 
 ALIAS_PROMPT = b"ALIAS"
@@ -218,7 +233,7 @@ NEEDS_KEY = ("this room needs a key: join with your name followed by #KEY "
              "(ask the host for the key)\n")
 FELL_BEHIND = ("you were disconnected: the room says more than your App can show in time; "
                "please close the app and relaunch to catch up\n")
-TLS_JOINING = "the App cannot join; friends use python3 pcr_server.py --connect ADDRESS --tls"
+TLS_JOINING = "the App cannot join; friends use {}"   # how they do, in the words of where it is said
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -968,10 +983,10 @@ class Voice:
     an over-long line being skipped, its line rate and the timer that lets
     it speak again."""
 
-    __slots__ = ("frames", "skipping", "bucket", "resume")
+    __slots__ = ("frame_reader", "skipping", "bucket", "resume")
 
     def __init__(self):
-        self.frames: FrameReader | None = None
+        self.frame_reader: FrameReader | None = None
         self.skipping = False
         self.bucket: Bucket | None = None
         self.resume: Timer | None = None
@@ -1652,7 +1667,8 @@ class StartError(Exception):
 # What to change when the address cannot be used, in the words of where it is said.
 FLAG_ADVICE = {
     "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
-    "port": "choose a port above 1023 with --port"}
+    "port": "choose a port above 1023 with --port",
+    "encrypted": "python3 pcr_server.py --connect ADDRESS --tls"}
 # getaddrinfo's "no such name" errors (create_server hides the gaierror class)
 NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EAI_FAIL",
                                                   "EAI_NODATA", "EAI_ADDRFAMILY")
@@ -1816,7 +1832,7 @@ class WebDoor:
                                     f"it came from another site's page")
             self._answer(m, "403 Forbidden", b"this socket is for this server's own page\n")
         else:
-            m.voice.frames = FrameReader(self.settings.max_line)
+            m.voice.frame_reader = FrameReader(self.settings.max_line)
             m.stage = Stage.NAMING
             m.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
@@ -1833,7 +1849,7 @@ class WebDoor:
     def frames(self, m: Member, data: bytes) -> None:
         """What a web member sent: its alias, its lines, pings, its goodbye."""
         try:
-            for opcode, payload in m.voice.frames.feed(data):
+            for opcode, payload in m.voice.frame_reader.feed(data):
                 if m.stage is Stage.GONE:
                     return
                 if opcode == WS_TEXT:
@@ -1875,10 +1891,10 @@ class Server:
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
         self.loop = loop or Loop()
-        self.lines = LineOutlet(self.loop, settings, self.drop)
+        self.terminals = LineOutlet(self.loop, settings, self.drop)
         self.apps = AppOutlet(self.loop, settings, self.drop)
         self.webs = WebOutlet(self.loop, settings, self.drop)
-        self.room = Room(self.loop, settings, [self.lines, self.apps, self.webs])
+        self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs])
         self.tally = Tally(settings.log_summary)
         self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close),
                             self.webs)
@@ -1919,7 +1935,7 @@ class Server:
                 raise
         self.loop.call_later(1.0, self._sweep)
         if self.tls:
-            log.info("encrypted with TLS: %s", TLS_JOINING)
+            log.info("encrypted with TLS: %s", TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
         if s.room_key:
             log.info("this room needs a key: members join as name#KEY")
         return self.address
@@ -2183,7 +2199,7 @@ class Server:
         while True:
             data = t.receive()
             if data is None:
-                if t.inbuf and m.stage is Stage.IN_ROOM and m.voice.frames is None \
+                if t.inbuf and m.stage is Stage.IN_ROOM and m.voice.frame_reader is None \
                         and not m.voice.skipping:
                     self._say(m, t.inbuf)   # a last line without its line end
                 self.drop(m, "disconnected")
@@ -2192,7 +2208,7 @@ class Server:
                 return
             if m.stage is Stage.REQUESTING:
                 self.door.request(m, data)
-            elif m.voice.frames is not None:
+            elif m.voice.frame_reader is not None:
                 self.door.frames(m, data)
             elif m.stage is Stage.NAMING:
                 self._name(m, data)
@@ -2395,7 +2411,7 @@ class Server:
         if m.voice.resume:
             m.voice.resume.cancel()
         self._no_longer_silent(m)
-        m.transport.close(last, outlet.farewell_at(m))
+        m.transport.close(last, 0.0 if self.stopping else outlet.farewell_at(m))
         self.connections.discard(m)
         if self.door.refusals.pop(m, None) is None:
             self.per_ip[m.group] -= 1
@@ -2474,6 +2490,42 @@ def next_page_port(settings: Settings) -> int:
     if settings.web_port is not None:
         return settings.web_port
     return settings.port + 1 if settings.port < 65535 else settings.port - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FriendsJoin:
+    """How friends join a room, worked out once: the console's banner says
+    it and the window shows it.  An address is None while it is not known."""
+
+    listen: tuple[str, int]        # where the room listens
+    only_here: bool                # on loopback: nobody else can join
+    same_network: str | None       # host:port for friends on the same network
+    internet: str | None           # host:port over the internet
+    page_port: int | None          # the chat page's port, if it is served
+    page_same: str | None          # the page's link on the same network
+    page_internet: str | None      # ... and over the internet
+    forward: str                   # what to set up on the router
+    encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
+    keyed: bool                    # friends join as name#KEY
+    key_warning: str               # the key is short enough to guess, or ""
+
+
+def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | None,
+                 public_ip: str | None, page_port: int | None) -> FriendsJoin:
+    """How friends join a room listening at `listen`, with what is known of this
+    machine's addresses (None: not known) and the page's port (None: no page)."""
+    host, port = listen
+    same = same_network_host(host, "" if private_ip == "unknown" else private_ip or "") or None
+    tls = bool(settings.tls_cert)
+    return FriendsJoin(
+        listen=listen, only_here=is_loopback(host),
+        same_network=host_port(same, port) if same else None,
+        internet=host_port(public_ip, port) if public_ip else None,
+        page_port=page_port,
+        page_same=page_link(same, page_port, tls) if same and page_port else None,
+        page_internet=page_link(public_ip, page_port, tls) if public_ip and page_port else None,
+        forward=forward_advice(port, page_port), encrypted=tls, keyed=bool(settings.room_key),
+        key_warning=short_key_warning(settings.room_key))
 
 
 def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
@@ -2575,20 +2627,24 @@ MEMBER_TICKS = 4      # ask the room who is in every 4 ticks
 LOG_LINES = 3000      # log lines the window keeps
 QUIT_GRACE = 3.0      # seconds past stop_flush before closing anyway
 
-STOPPED, STARTING, RUNNING, STOPPING, ERROR = "stopped", "starting", "running", "stopping", "error"
-STATE_LOOK = {        # badge colour and word
-    STOPPED: ("#868e96", "Stopped"),
-    STARTING: ("#e8890c", "Starting"),
-    RUNNING: ("#2f9e44", "Running"),
-    STOPPING: ("#e8890c", "Stopping"),
-    ERROR: ("#e03131", "Error"),
-}
+
+
+class RoomState(enum.Enum):
+    """The room as the window runs it: its badge colour and word."""
+    STOPPED = ("#868e96", "Stopped")
+    STARTING = ("#e8890c", "Starting")
+    RUNNING = ("#2f9e44", "Running")
+    STOPPING = ("#e8890c", "Stopping")
+    ERROR = ("#e03131", "Error")
+
+
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
-    "port": "choose a port above 1023"}
+    "port": "choose a port above 1023",
+    "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)"}
 ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
     "private": ("Same network", "on the same network", "this computer's address on the network"),
     "public": ("Over the internet", "over the internet", "this computer's public address"),
@@ -2632,7 +2688,7 @@ def show_line(label, text: str) -> None:
 def log_tag(levelno: int) -> str:
     """The log panel's colour tag for a record's level."""
     if levelno >= logging.ERROR:
-        return "ERROR"
+        return "RoomState.ERROR"
     return "WARNING" if levelno >= logging.WARNING else ""
 
 
@@ -2741,51 +2797,16 @@ def open_page_in(server: Server, port: int, inbox: queue.Queue) -> None:
         inbox.put(("page-failed", server, str(e)))
 
 
-class ServerWindow:
-    """The server's window: start and stop, addresses, who is in, the log.
+class WindowView:
+    """The window's widgets, built once: the bar, how friends join, this
+    server, who is online, the log.  It holds no state of the room; its
+    buttons call the ServerWindow that made it."""
 
-    Everything here runs on the Tk thread.  The server runs on a thread of
-    its own; the window reaches it only through loop.call_soon_threadsafe
-    and hears back through `inbox`, read every TICK_MS by after().
-    """
-
-    def __init__(self, root, settings: Settings):
+    def __init__(self, root, window: "ServerWindow", page_on: bool):
         self.root = root
-        self.settings = dataclasses.replace(settings)
-        self.state = STOPPED
-        self.problem = ""                 # why the server is in ERROR
-        self.server: Server | None = None
-        self.thread: threading.Thread | None = None
-        self.listening: tuple[str, int] | None = None
-        self.page_listening: tuple[str, int] | None = None   # where the page is served
-        self.start_error: str | None = None
-        self.restart_pending = False
-        self.quitting = False
-        self.quit_deadline = 0.0
-        self.close_requested = False      # set by a signal handler
-        self.closed = False
-        self.inbox: queue.Queue = queue.Queue()   # (kind, ...) from other threads
-        self.log_feed = LogFeed()
-        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP, once known
-        self.unknown = {"private": "looking",                                 # kind -> why not yet
-                        "public": "looking" if settings.public_ip_url else "off"}
-        self.mac = "looking up…"
-        self.rows: dict[str, tuple] = {}   # tree item -> (name, ip, since, kind)
-        self.dialog: FormDialog | None = None
-        self.ticks = 0
-        self.flash_id = None
         self._style()
-        self._build()
-        log.addHandler(self.log_feed)
-        self._look_up_addresses()
-        self._show_members([])
-        self._show_state()
-        root.update_idletasks()
-        root.minsize(root.winfo_reqwidth(), root.winfo_reqheight())
-        root.protocol("WM_DELETE_WINDOW", self.close)
-        self.tick_id = root.after(TICK_MS, self._tick)
+        self._build(window, page_on)
 
-    # -- building -------------------------------------------------------
     def _style(self) -> None:
         from tkinter import font, ttk
         for name, size in (("TkDefaultFont", 10), ("TkTextFont", 10), ("TkHeadingFont", 10),
@@ -2826,7 +2847,7 @@ class ServerWindow:
                         bordercolor="#ced4da", lightcolor="#dee2e6", darkcolor="#dee2e6",
                         arrowcolor="#495057")
 
-    def _build(self) -> None:
+    def _build(self, window: "ServerWindow", page_on: bool) -> None:
         from tkinter import ttk
         self.root.title(f"PrivateChatRoom-Server v{VERSION}")
         self.root.columnconfigure(0, weight=1)
@@ -2836,27 +2857,27 @@ class ServerWindow:
         frame.columnconfigure(1, weight=1)
         frame.rowconfigure(2, weight=1)
         frame.rowconfigure(3, weight=2)
-        self._build_bar(frame)
+        self._build_bar(frame, window)
         side = ttk.Frame(frame)
         side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
-        self._build_join(side)
+        self._build_join(side, window, page_on)
         self._build_info(side)
-        self._build_members(frame)
+        self._build_members(frame, window)
         self._build_log(frame)
 
-    def _build_bar(self, frame) -> None:
+    def _build_bar(self, frame, window: "ServerWindow") -> None:
         import tkinter as tk
         from tkinter import ttk
         bar = ttk.Frame(frame)
         bar.grid(row=0, column=0, columnspan=2, sticky="ew")
         bar.columnconfigure(4, weight=1)
         self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton",
-                                       command=self.start)
+                                       command=window.start)
         self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton",
-                                      command=self.stop)
-        self.port_button = ttk.Button(bar, text="Change port…", command=self.change_port)
+                                      command=window.stop)
+        self.port_button = ttk.Button(bar, text="Change port…", command=window.change_port)
         self.address_button = ttk.Button(bar, text="Set listen address…",
-                                         command=self.set_listen_address)
+                                         command=window.set_listen_address)
         for column, button in enumerate((self.start_button, self.stop_button, self.port_button,
                                          self.address_button)):
             button.grid(row=0, column=column, padx=(0, 16 if column == 1 else 6))
@@ -2868,7 +2889,7 @@ class ServerWindow:
         bar.update_idletasks()   # the bar is the narrowest the window gets: wrap there
         self.status_line.configure(wraplength=bar.winfo_reqwidth())
 
-    def _build_join(self, side) -> None:
+    def _build_join(self, side, window: "ServerWindow", page_on: bool) -> None:
         """The two addresses, each with its Copy button, and what else friends need."""
         from tkinter import ttk
         box = ttk.Labelframe(side, text="How friends join", padding=(12, 8))
@@ -2884,13 +2905,13 @@ class ServerWindow:
             self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
-                                                 command=lambda kind=kind: self.copy_address(kind))
+                                                 command=lambda kind=kind: window.copy_address(kind))
             self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
         self.page_row = (title_label, self.addresses["page"], self.copy_buttons["page"])
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
         self.forward_note.grid(row=len(ADDRESS_KINDS), column=0, columnspan=3, sticky="w",
                                pady=(0, 3))
-        self._build_page_switch(box)
+        self._build_page_switch(box, window, page_on)
         notes = []
         for row, style in enumerate(("Problem", "Note", "Note", "Problem", "Note"), start=2):
             notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
@@ -2899,11 +2920,11 @@ class ServerWindow:
          self.copied_note) = notes
         self.copied_note.grid_remove()
 
-    def _build_page_switch(self, box) -> None:
+    def _build_page_switch(self, box, window: "ServerWindow", page_on: bool) -> None:
         import tkinter as tk
         from tkinter import ttk
-        self.page_on = tk.BooleanVar(value=self.settings.web_port is not None)
-        self.page_switch = ttk.Checkbutton(box, variable=self.page_on, command=self.switch_page)
+        self.page_on = tk.BooleanVar(value=page_on)
+        self.page_switch = ttk.Checkbutton(box, variable=self.page_on, command=window.switch_page)
         self.page_switch.grid(row=1, column=0, sticky="w", pady=(4, 0))
 
     def _build_info(self, side) -> None:
@@ -2920,7 +2941,7 @@ class ServerWindow:
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
 
-    def _build_members(self, frame) -> None:
+    def _build_members(self, frame, window: "ServerWindow") -> None:
         from tkinter import ttk
         self.members_box = box = ttk.Labelframe(frame, text="Online (0)", padding=(10, 8))
         box.grid(row=2, column=1, sticky="nsew")
@@ -2938,9 +2959,9 @@ class ServerWindow:
         self.tree.configure(yscrollcommand=scroll.set)
         self.tree.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
-        self.tree.bind("<<TreeviewSelect>>", lambda _event: self._show_disconnect())
+        self.tree.bind("<<TreeviewSelect>>", lambda _event: window._show_disconnect())
         self.disconnect_button = ttk.Button(box, text="Disconnect selected",
-                                            command=self.disconnect_selected)
+                                            command=window.disconnect_selected)
         self.disconnect_button.grid(row=1, column=0, columnspan=2, sticky="e", pady=(8, 0))
 
     def _build_log(self, frame) -> None:
@@ -2955,33 +2976,76 @@ class ServerWindow:
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
         self.log_text.tag_configure("WARNING", foreground="#b35c00")
-        self.log_text.tag_configure("ERROR", foreground="#c92a2a")
+        self.log_text.tag_configure("RoomState.ERROR", foreground="#c92a2a")
         scroll = ttk.Scrollbar(box, orient="vertical", command=self.log_text.yview)
         self.log_text.configure(yscrollcommand=scroll.set)
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
 
+class ServerWindow:
+    """The server's window: start and stop, addresses, who is in, the log.
+
+    Everything here runs on the Tk thread.  The server runs on a thread of
+    its own; the window reaches it only through loop.call_soon_threadsafe
+    and hears back through `inbox`, read every TICK_MS by after().
+    """
+
+    def __init__(self, root, settings: Settings):
+        self.root = root
+        self.settings = dataclasses.replace(settings)
+        self.state = RoomState.STOPPED
+        self.problem = ""                 # why the server is in RoomState.ERROR
+        self.server: Server | None = None
+        self.thread: threading.Thread | None = None
+        self.listening: tuple[str, int] | None = None
+        self.page_listening: tuple[str, int] | None = None   # where the page is served
+        self.start_error: str | None = None
+        self.restart_pending = False
+        self.quitting = False
+        self.quit_deadline = 0.0
+        self.close_requested = False      # set by a signal handler
+        self.closed = False
+        self.inbox: queue.Queue = queue.Queue()   # (kind, ...) from other threads
+        self.log_feed = LogFeed()
+        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP, once known
+        self.unknown = {"private": "looking",                                 # kind -> why not yet
+                        "public": "looking" if settings.public_ip_url else "off"}
+        self.mac = "looking up…"
+        self.rows: dict[str, tuple] = {}   # tree item -> (name, ip, since, kind)
+        self.dialog: FormDialog | None = None
+        self.ticks = 0
+        self.flash_id = None
+        self.view = WindowView(root, self, settings.web_port is not None)
+        log.addHandler(self.log_feed)
+        self._look_up_addresses()
+        self._show_members([])
+        self._show_state()
+        root.update_idletasks()
+        root.minsize(root.winfo_reqwidth(), root.winfo_reqheight())
+        root.protocol("WM_DELETE_WINDOW", self.close)
+        self.tick_id = root.after(TICK_MS, self._tick)
+
     # -- starting and stopping ------------------------------------------
     def start(self) -> None:
         """Open the room with the current settings, on a thread of its own."""
-        if self.state not in (STOPPED, ERROR) or self.thread is not None or self.quitting:
+        if self.state not in (RoomState.STOPPED, RoomState.ERROR) or self.thread is not None or self.quitting:
             return
         problem = bind_problem(self.settings.host, self.settings.port, WINDOW_ADVICE)
         if problem:   # said here in the window's words; the server would name a flag
             log.error("%s", problem)
-            self._set_state(ERROR, problem)
+            self._set_state(RoomState.ERROR, problem)
             return
         self.server = Server(dataclasses.replace(self.settings))
         self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
                                        name="server", daemon=True)
-        self._set_state(STARTING)
+        self._set_state(RoomState.STARTING)
         self.thread.start()
 
     def stop(self) -> None:
         """Ask the server to stop; _tick notices when its thread has ended."""
-        if self.server is None or self.state == STOPPING:
+        if self.server is None or self.state == RoomState.STOPPING:
             return
-        self._set_state(STOPPING)
+        self._set_state(RoomState.STOPPING)
         self.server.loop.call_soon_threadsafe(self.server.stop)
 
     def _server_ended(self) -> None:
@@ -2993,13 +3057,13 @@ class ServerWindow:
         if self.quitting:
             self._destroy()
         elif problem:
-            self._set_state(ERROR, problem)
-        elif self.state == STOPPING:
-            self._set_state(STOPPED)
+            self._set_state(RoomState.ERROR, problem)
+        elif self.state == RoomState.STOPPING:
+            self._set_state(RoomState.STOPPED)
             if restart:
                 self.start()
         else:
-            self._set_state(ERROR, "The server stopped unexpectedly; the log below says why.")
+            self._set_state(RoomState.ERROR, "The server stopped unexpectedly; the log below says why.")
 
     def close(self) -> None:
         """The window's X: stop the server the clean way, then close."""
@@ -3040,7 +3104,7 @@ class ServerWindow:
         if self.closed:
             return
         self.ticks += 1
-        if self.state == RUNNING and self.ticks % MEMBER_TICKS == 0:
+        if self.state == RoomState.RUNNING and self.ticks % MEMBER_TICKS == 0:
             server, inbox = self.server, self.inbox
             server.loop.call_soon_threadsafe(
                 lambda: inbox.put(("members", server, server.room.snapshot())))
@@ -3061,15 +3125,15 @@ class ServerWindow:
                 continue   # from a server that has been replaced
             elif kind == "listening":
                 self.listening, self.page_listening = news[1], news[2]
-                if self.state == STARTING:
-                    self.state = RUNNING
+                if self.state == RoomState.STARTING:
+                    self.state = RoomState.RUNNING
             elif kind == "page":
                 self.page_listening = news[1]
             elif kind == "page-failed":
                 self._page_refused(news[1])
             elif kind == "failed":
                 self.start_error = news[1]
-            elif kind == "members" and self.state == RUNNING:
+            elif kind == "members" and self.state == RoomState.RUNNING:
                 self._show_members(news[1])
             self._show_state()
 
@@ -3096,7 +3160,7 @@ class ServerWindow:
                 break
         if not lines:
             return
-        text = self.log_text
+        text = self.view.log_text
         following = text.yview()[1] >= 0.999   # keep the end in view only if it was
         text.configure(state="normal")
         for levelno, line in lines[-LOG_LINES:]:
@@ -3114,7 +3178,7 @@ class ServerWindow:
 
         `snapshot` holds (name, ip, wall-clock join time, kind) per member.
         """
-        tree, rows = self.tree, self.rows
+        tree, rows = self.view.tree, self.rows
         now_in = {member[0]: tuple(member) for member in snapshot}
         for item, (name, ip, since, kind) in list(rows.items()):
             new = now_in.pop(name, None)
@@ -3126,19 +3190,19 @@ class ServerWindow:
                 rows[item] = new
         for member in now_in.values():
             rows[tree.insert("", "end", values=member_row(*member))] = member
-        self.info["online"].configure(text=str(len(rows)))
-        self.members_box.configure(text=f"Online ({len(rows)})")
+        self.view.info["online"].configure(text=str(len(rows)))
+        self.view.members_box.configure(text=f"Online ({len(rows)})")
         self._show_disconnect()
 
     def _show_disconnect(self) -> None:
-        usable = self.state == RUNNING and any(i in self.rows for i in self.tree.selection())
-        self.disconnect_button.state(["!disabled"] if usable else ["disabled"])
+        usable = self.state == RoomState.RUNNING and any(i in self.rows for i in self.view.tree.selection())
+        self.view.disconnect_button.state(["!disabled"] if usable else ["disabled"])
 
     def disconnect_selected(self) -> None:
         """Remove the selected members: each gets a line saying so, the room sees them leave."""
-        if self.state != RUNNING:
+        if self.state != RoomState.RUNNING:
             return
-        for item in self.tree.selection():
+        for item in self.view.tree.selection():
             if item in self.rows:
                 self.server.loop.call_soon_threadsafe(self.server.disconnect, self.rows[item][0])
 
@@ -3180,7 +3244,7 @@ class ServerWindow:
         Checked before a running room is stopped; a restart that would
         disconnect members is asked about first.
         """
-        running = self.state in (STARTING, RUNNING)
+        running = self.state in (RoomState.STARTING, RoomState.RUNNING)
         if (host, port) != (self.settings.host, self.settings.port):
             problem = bind_problem(host, port, WINDOW_ADVICE,
                                    held_port=self.settings.port if running else 0)
@@ -3209,7 +3273,7 @@ class ServerWindow:
         if (host, port) != (self.settings.host, self.settings.port):
             self.settings = dataclasses.replace(self.settings, host=host, port=port)
             log.info("listen address set to %s", host_port(host, port))
-            if self.state in (STARTING, RUNNING):
+            if self.state in (RoomState.STARTING, RoomState.RUNNING):
                 self.restart_pending = True
                 self.stop()
         self._show_state()
@@ -3218,20 +3282,23 @@ class ServerWindow:
     def _listen_address(self) -> tuple[str, int]:
         return self.listening or (self.settings.host, self.settings.port)
 
+    def _page_port(self) -> int:
+        return self.page_listening[1] if self.page_listening else next_page_port(self.settings)
+
+    def _friends_join(self) -> FriendsJoin:
+        return friends_join(self.settings, self._listen_address(), self.ips["private"],
+                            self.ips["public"], self._page_port() if self.view.page_on.get() else None)
+
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
         page's link, public when known); None if not known."""
-        host, port = self._listen_address()
-        if kind == "page":
-            port = self.page_listening[1] if self.page_listening else next_page_port(self.settings)
-            ip = self.ips["public"] or same_network_host(host, self.ips["private"] or "")
-            return page_link(ip, port, bool(self.settings.tls_cert)) if ip else None
-        ip = self.ips[kind] if kind == "public" else same_network_host(host, self.ips[kind] or "")
-        return host_port(ip, port) if ip else None
+        join = self._friends_join()
+        return {"private": join.same_network, "public": join.internet,
+                "page": join.page_internet or join.page_same}[kind]
 
     def switch_page(self) -> None:
         """The page switch: serve the chat page from the next start, and now if running."""
-        on, running = self.page_on.get(), self.state == RUNNING
+        on, running = self.view.page_on.get(), self.state == RoomState.RUNNING
         port = next_page_port(self.settings)
         if on and running:
             problem = bind_problem(self.settings.host, port, WINDOW_ADVICE)
@@ -3249,15 +3316,15 @@ class ServerWindow:
         self._show_state()
 
     def _page_refused(self, problem: str) -> None:
-        self.page_on.set(False)
+        self.view.page_on.set(False)
         self.settings = dataclasses.replace(self.settings, web_port=None)
-        show_line(self.copied_note, f"The web page cannot be served: {problem}")
+        show_line(self.view.copied_note, f"The web page cannot be served: {problem}")
         self._show_state()
 
     def copy_address(self, kind: str) -> None:
         """Put one of the friends' addresses on the clipboard and say which; nothing while closed."""
         address, (_, whom, whose) = self._address(kind), ADDRESS_KINDS[kind]
-        if self.state != RUNNING:
+        if self.state != RoomState.RUNNING:
             said = "Nothing copied: the room is closed. Press Start server first."
         elif address is None:
             why = self.unknown["private" if kind == "page" else kind]
@@ -3265,74 +3332,70 @@ class ServerWindow:
         else:
             self.root.clipboard_clear()
             self.root.clipboard_append(address)
-            self.copy_buttons[kind].configure(text="Copied ✓")
+            self.view.copy_buttons[kind].configure(text="Copied ✓")
             said = f"Copied {address}: give it to friends who join {whom}."
-        show_line(self.copied_note, said)
+        show_line(self.view.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
         self.flash_id = self.root.after(COPIED_MS, self._copied_shown)
 
     def _copied_shown(self) -> None:
         self.flash_id = None
-        for kind, button in self.copy_buttons.items():
+        for kind, button in self.view.copy_buttons.items():
             button.configure(text=COPY_TEXT[kind])
-        show_line(self.copied_note, "")
+        show_line(self.view.copied_note, "")
 
     def _show_join(self) -> None:
-        """The addresses and the router advice, or the warning that nobody else can
-        join; the key form and a short-key warning."""
-        host, port = self._listen_address()
-        for kind, label in self.addresses.items():
+        """How friends join (friends_join, as the banner says it): the addresses and
+        the router advice, or the warning that nobody else can join; the key form
+        and a short-key warning."""
+        view, join = self.view, self._friends_join()
+        for kind, label in view.addresses.items():
             why = self.unknown["private" if kind == "page" else kind]
             label.configure(text=self._address(kind) or UNKNOWN[why][0])
-        page = self.page_on.get()
-        web_port = (self.page_listening[1] if self.page_listening else next_page_port(self.settings))
-        for widget in self.page_row:
-            widget.grid() if page else widget.grid_remove()
-        self.page_switch.configure(text=f"Web page for phones and browsers (port {web_port})")
-        self.page_switch.state(["!disabled"] if self.state in (STOPPED, ERROR, RUNNING)
-                               else ["disabled"])
-        self.forward_note.configure(
-            text=f"Over the internet: {forward_advice(port, web_port if page else None)}.")
-        local = is_loopback(host)
-        if local:
-            self.address_rows.grid_remove()
+        for widget in view.page_row:
+            widget.grid() if join.page_port else widget.grid_remove()
+        view.page_switch.configure(text=f"Web page for phones and browsers (port {self._page_port()})")
+        view.page_switch.state(["!disabled"] if self.state in (
+            RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
+        view.forward_note.configure(text=f"Over the internet: {join.forward}.")
+        if join.only_here:
+            view.address_rows.grid_remove()
         else:
-            self.address_rows.grid()
-        show_line(self.loopback_warning,
-                  f"Only this computer can join: the listen address is {host}. To let friends "
-                  f"in, use Set listen address… and choose 0.0.0.0 (every network)." if local else "")
-        show_line(self.tls_note, "The room is encrypted: the App cannot join; friends use the "
-                  "terminal client in pcr_server.py, with encryption on (see its README)."
-                  if self.settings.tls_cert else "")
-        key = self.settings.room_key
-        show_line(self.key_note, "Friends join as name#KEY: their name, then # and the room key."
-                  if key else "")
-        warning = short_key_warning(key)
-        show_line(self.key_warning, warning[:1].upper() + warning[1:] + "." if warning else "")
+            view.address_rows.grid()
+        show_line(view.loopback_warning,
+                  f"Only this computer can join: the listen address is {join.listen[0]}. To let "
+                  f"friends in, use Set listen address… and choose 0.0.0.0 (every network)."
+                  if join.only_here else "")
+        encrypted = TLS_JOINING.format(WINDOW_ADVICE["encrypted"])
+        show_line(view.tls_note, f"The room is encrypted: {encrypted}." if join.encrypted else "")
+        show_line(view.key_note, "Friends join as name#KEY: their name, then # and the room key."
+                  if join.keyed else "")
+        warning = join.key_warning
+        show_line(view.key_warning, warning[:1].upper() + warning[1:] + "." if warning else "")
 
     # -- showing the state --------------------------------------------------
-    def _set_state(self, state: str, problem: str = "") -> None:
+    def _set_state(self, state: RoomState, problem: str = "") -> None:
         self.state, self.problem = state, problem
         self._show_state()
 
     def _show_state(self) -> None:
         """Buttons, badge, status line and info panel as the state says."""
         state = self.state
-        can_start = state in (STOPPED, ERROR) and not self.quitting
-        can_stop = state in (STARTING, RUNNING) and not self.quitting
-        self.start_button.state(["!disabled"] if can_start else ["disabled"])
-        self.stop_button.state(["!disabled"] if can_stop else ["disabled"])
-        colour, word = STATE_LOOK[state]
-        self.badge.configure(text=f"● {word}", background=colour)
-        self.status_line.configure(text=self._status_sentence(),
-                                   style="Problem.TLabel" if state == ERROR else "Note.TLabel")
+        can_start = state in (RoomState.STOPPED, RoomState.ERROR) and not self.quitting
+        can_stop = state in (RoomState.STARTING, RoomState.RUNNING) and not self.quitting
+        self.view.start_button.state(["!disabled"] if can_start else ["disabled"])
+        self.view.stop_button.state(["!disabled"] if can_stop else ["disabled"])
+        colour, word = state.value
+        self.view.badge.configure(text=f"● {word}", background=colour)
+        self.view.status_line.configure(text=self._status_sentence(),
+                                   style="Problem.TLabel" if state == RoomState.ERROR else "Note.TLabel")
         next_address = host_port(self.settings.host, self.settings.port)
         self._show_join()
-        self.info["mac"].configure(text=self.mac)
-        self.info["listen"].configure(
+        self.view.info["mac"].configure(text=self.mac)
+        self.view.info["listen"].configure(
             text=host_port(*self.listening) if self.listening else f"off (next: {next_address})")
-        self.info["privacy"].configure(text=privacy_text(self.settings))
+        self.view.info["privacy"].configure(text=privacy_text(self.settings))
         self._show_disconnect()
 
     def _status_sentence(self) -> str:
@@ -3340,14 +3403,14 @@ class ServerWindow:
         listen = host_port(host, port)
         if self.quitting:
             return "Stopping the server before closing…"
-        if self.state == RUNNING and is_loopback(host):
+        if self.state == RoomState.RUNNING and is_loopback(host):
             return f"The room is open, but only this computer can join it ({listen})."
         return {
-            STOPPED: f"The room is closed. Start server opens it on {listen}.",
-            STARTING: f"Starting on {listen}…",
-            RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
-            STOPPING: "Stopping: members are being told the server stops…",
-            ERROR: self.problem,
+            RoomState.STOPPED: f"The room is closed. Start server opens it on {listen}.",
+            RoomState.STARTING: f"Starting on {listen}…",
+            RoomState.RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
+            RoomState.STOPPING: "Stopping: members are being told the server stops…",
+            RoomState.ERROR: self.problem,
         }[self.state]
 
 
@@ -3863,7 +3926,7 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 # 10. The command line
 # ---------------------------------------------------------------------------
 
-def web_port(text: str) -> int:
+def web_port_number(text: str) -> int:
     """--web-port: a port, or 0 for any free one."""
     return 0 if text.strip() == "0" else port_number(text)
 
@@ -3889,7 +3952,7 @@ def listen_host(text: str) -> str:
     return host
 
 
-def room_key(text: str) -> str:
+def room_key_text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the room key is empty: give one of at least "
                                          f"{MIN_KEY} characters, or leave --room-key out")
@@ -3941,7 +4004,7 @@ def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
 
 def add_page_options(p: argparse.ArgumentParser) -> None:
     page = p.add_argument_group("the chat page, for members with only a browser")
-    page.add_argument("--web-port", type=web_port, metavar="N",
+    page.add_argument("--web-port", type=web_port_number, metavar="N",
                       help="serve the page and its WebSocket on this port (0: any free one); "
                            "off unless given")
 
@@ -3949,11 +4012,12 @@ def add_page_options(p: argparse.ArgumentParser) -> None:
 def add_privacy_options(p: argparse.ArgumentParser) -> None:
     privacy = p.add_argument_group("privacy")
     key = privacy.add_mutually_exclusive_group()
-    key.add_argument("--room-key", type=room_key, metavar="KEY",
+    key.add_argument("--room-key", type=room_key_text, metavar="KEY",
                      help="members must join as name#KEY")
     key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
     privacy.add_argument("--tls-cert", default="", metavar="FILE",
-                         help="encrypt with TLS using this certificate (PEM); the App cannot join then")
+                         help="encrypt with TLS using this certificate (PEM); "
+                              + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     privacy.add_argument("--tls-key", default="", metavar="FILE",
                          help="the certificate's private key (PEM), if not in --tls-cert")
 
@@ -4032,31 +4096,26 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def join_banner(settings: Settings, address: tuple[str, int], private_ip: str,
-                web_port: int | None = None) -> str:
+def join_banner(settings: Settings, join: FriendsJoin) -> str:
     """What the host needs once the room is open: how friends join, the log, how to stop."""
-    host, port = address
-    if is_loopback(host):
+    host, port = join.listen
+    if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
                  f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
     else:
-        same = same_network_host(host, private_ip)
-        known = same != "unknown"
         lines = [f"The room is open on port {port}. How friends join:",
-                 f"  same network:       {host_port(same, port) if known else same}",
-                 internet_line("looking up this machine's public address…" if settings.public_ip_url
-                               else "not looked up: your router's status page shows this "
-                                    "machine's public address", port, web_port)]
-        if web_port:
-            lines.append(page_line(page_link(same, web_port, bool(settings.tls_cert)) if known
-                                   else same, "on the same network"))
-    if settings.tls_cert:
-        lines.append("  encrypted:          the App cannot join; friends use "
-                     "python3 pcr_server.py --connect ADDRESS --tls")
-    if settings.room_key:
+                 f"  same network:       {join.same_network or 'unknown'}",
+                 internet_line(join, "looking up this machine's public address…"
+                               if settings.public_ip_url else "not looked up: your router's "
+                               "status page shows this machine's public address")]
+        if join.page_port:
+            lines.append(page_line(join.page_same or "unknown", "on the same network"))
+    if join.encrypted:
+        lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
+    if join.keyed:
         lines.append("  with the room key:  friends join as name#KEY")
-        if warning := short_key_warning(settings.room_key):
-            lines.append(f"  warning: {warning}")
+        if join.key_warning:
+            lines.append(f"  warning: {join.key_warning}")
     if settings.public_ip_url:
         lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
                      f"public address; --public-ip-url '' turns that off.")
@@ -4066,15 +4125,15 @@ def join_banner(settings: Settings, address: tuple[str, int], private_ip: str,
     return "\n".join(lines)
 
 
-def internet_line(where: str, port: int, web_port: int | None = None) -> str:
-    return f"  over the internet:  {where} ({forward_advice(port, web_port)})"
+def internet_line(join: FriendsJoin, unknown: str) -> str:
+    return f"  over the internet:  {join.internet or unknown} ({join.forward})"
 
 
 def page_line(link: str, where: str) -> str:
     return f"  from a browser:     {link} ({where}; a phone is enough)"
 
 
-def tell(text: str) -> None:
+def print_for_host(text: str) -> None:
     """Print for the host; a terminal that has gone away (hang-up) is no error."""
     try:
         print(text, flush=True)
@@ -4088,17 +4147,18 @@ def announce(settings: Settings, address: tuple[str, int],
     (and the page's link over the internet) follow once the look-up answers."""
     private_ip = private_ipv4()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
-    web_port = page_address[1] if page_address else None
-    tell(join_banner(settings, address, private_ip, web_port))
-    port, local = address[1], is_loopback(address[0])
+    page_port = page_address[1] if page_address else None
+    join = friends_join(settings, address, private_ip, None, page_port)
+    print_for_host(join_banner(settings, join))
 
     def public_ip_known(ip: str | None) -> None:
-        if local:
+        if join.only_here:
             return
-        tell(internet_line(host_port(ip, port) if ip else "this machine's public address "
-                           "could not be found; your router's status page shows it", port, web_port))
-        if ip and web_port:
-            tell(page_line(page_link(ip, web_port, bool(settings.tls_cert)), "over the internet"))
+        known = friends_join(settings, address, private_ip, ip, page_port)
+        print_for_host(internet_line(known, "this machine's public address could not be "
+                                            "found; your router's status page shows it"))
+        if known.page_internet:
+            print_for_host(page_line(known.page_internet, "over the internet"))
     if settings.public_ip_url:
         look_up_public_ip(settings.public_ip_url, public_ip_known)
 

@@ -4,6 +4,7 @@ Real sockets on 127.0.0.1, port 0, short settable time-outs; every wait is
 bounded.  Run: python3 -m unittest -v test_pcr_server
 """
 
+import ast
 import base64
 import contextlib
 import gc
@@ -288,6 +289,80 @@ class ServerCase(unittest.TestCase):
             h.flush()
         with open(self.log_path, encoding="utf-8") as f:
             return f.read()
+
+
+class FileShapeTest(unittest.TestCase):
+    """pcr_server.py reads top-down (issue 17): numbered sections, each using
+    only those above it, the module's map naming them, the page last."""
+
+    SECTION = re.compile(r"^# (\d+)\. (.+)$")
+
+    @classmethod
+    def setUpClass(cls):
+        with open(pcr.__file__, encoding="utf-8") as f:
+            cls.source = f.read()
+        cls.tree = ast.parse(cls.source)
+        lines = cls.source.splitlines()
+        cls.sections = [(i + 1, int(m.group(1)), m.group(2)) for i, line in enumerate(lines)
+                        if (m := cls.SECTION.match(line)) and lines[i - 1].startswith("# ----")]
+
+    def section_of(self, line: int) -> int:
+        number = 0
+        for start, n, _ in self.sections:
+            if start <= line:
+                number = n
+        return number
+
+    def test_sections_are_numbered_in_order_and_named_in_the_map(self):
+        numbers = [n for _, n, _ in self.sections]
+        self.assertEqual(numbers, list(range(1, len(numbers) + 1)))
+        self.assertGreaterEqual(len(numbers), 8)
+        for _, n, title in self.sections:
+            self.assertRegex(pcr.__doc__, rf"(?m)^\s+{n}\. {re.escape(title)}",
+                             f"section {n} ({title}) not in the map")
+
+    def test_no_section_uses_a_later_one(self):
+        defined = {}   # top-level name -> its section
+        for node in self.tree.body:
+            targets = []
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                targets = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    targets += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+            for name in targets:
+                defined.setdefault(name, self.section_of(node.lineno))
+        later = []
+
+        def visit(node, here: int, local: frozenset) -> None:
+            if isinstance(node, (ast.FunctionDef, ast.Lambda)):   # its own names shadow
+                args = node.args
+                names = {a.arg for a in args.args + args.kwonlyargs + args.posonlyargs}
+                names |= {a.arg for a in (args.vararg, args.kwarg) if a}
+                names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+                          and isinstance(n.ctx, ast.Store)}
+                local = local | names
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
+                    and node.id not in local and defined.get(node.id, 0) > here:
+                later.append(f"line {node.lineno}: {node.id} (section {defined[node.id]}) "
+                             f"used in section {here}")
+            for child in ast.iter_child_nodes(node):
+                visit(child, here, local)
+
+        for node in self.tree.body:
+            visit(node, self.section_of(node.lineno), frozenset())
+        self.assertEqual(later, [])
+        self.assertGreater(len(defined), 100)   # the walk saw the file
+
+    def test_the_page_is_the_last_section_a_raw_string_with_one_script_and_no_backslash(self):
+        last_start, _, title = self.sections[-1]
+        self.assertIn("page", title)
+        page_at = self.source.index('PAGE_HTML = r"""')
+        self.assertGreater(page_at, self.source.index(self.source.splitlines()[last_start - 1]))
+        self.assertNotIn("\\", pcr.PAGE_HTML)
+        self.assertEqual(len(re.findall(r"<script\b", pcr.PAGE_HTML)), 1)
+        self.assertEqual(len(re.findall(r"</script>", pcr.PAGE_HTML)), 1)
+        self.assertEqual(pcr.WebDoor.page.body, pcr.PAGE_HTML.encode())
 
 
 class ProtocolTextTest(unittest.TestCase):
@@ -1092,7 +1167,7 @@ class LimitsTest(ServerCase):
         self.assertEqual(numbers, list(range(total)))
         self.assertEqual((got[0] + bob.read_for(0.3)).count(b"stall has left the chat...\n"), 1)
         self.assertIn("not reading", self.log_text())
-        stream = self.on_loop(lambda: len(server.lines.stream.buf))
+        stream = self.on_loop(lambda: len(server.terminals.stream.buf))
         self.assertLess(stream, 64 * 1024 + pcr.READ_SIZE)   # the cap plus one read
 
     def test_reconnecting_in_a_loop_is_welcomed_ever_later_not_refused(self):
@@ -1372,7 +1447,7 @@ class ChaosTest(ServerCase):
         self.assertEqual(errors, [])
         self.assertEqual(results, {i: want for i in range(3)})
         sizes = self.on_loop(lambda: (
-            len(server.lines.stream.buf),
+            len(server.terminals.stream.buf),
             max((len(m.transport.inbuf) for m in server.connections), default=0),
             max((len(m.transport.inbuf) - m.transport.inbuf.rfind(b"\n") - 1
                  for m in server.connections), default=0)))
@@ -2999,8 +3074,8 @@ class GuiTest(unittest.TestCase):
             if not self.window.closed:
                 self.root.update()
             if not self.window.closed:
-                self.assertFalse(self.usable(self.window.start_button)
-                                 and self.usable(self.window.stop_button),
+                self.assertFalse(self.usable(self.window.view.start_button)
+                                 and self.usable(self.window.view.stop_button),
                                  "Start and Stop are both usable")
             if condition():
                 return
@@ -3018,8 +3093,8 @@ class GuiTest(unittest.TestCase):
 
     def start_server(self) -> int:
         """Press Start and wait until it runs; the port it listens on."""
-        self.window.start_button.invoke()
-        self.pump_until(lambda: self.window.state == pcr.RUNNING, "the server to run")
+        self.window.view.start_button.invoke()
+        self.pump_until(lambda: self.window.state == pcr.RoomState.RUNNING, "the server to run")
         return self.window.listening[1]
 
     def member(self, port: int, alias: str) -> Client:
@@ -3028,16 +3103,16 @@ class GuiTest(unittest.TestCase):
         return c
 
     def listed(self) -> list[tuple[str, str]]:
-        tree = self.window.tree
+        tree = self.window.view.tree
         return [(str(tree.set(item, "alias")), str(tree.set(item, "ip")))
                 for item in tree.get_children()]
 
     def info(self, key: str) -> str:
-        return str(self.window.info[key].cget("text"))
+        return str(self.window.view.info[key].cget("text"))
 
     def address(self, kind: str) -> str:
         """The address shown for `kind`: "private" (same network) or "public"."""
-        return str(self.window.addresses[kind].cget("text"))
+        return str(self.window.view.addresses[kind].cget("text"))
 
     def shown(self, label) -> str:
         """A label's text if it is on screen, else ""."""
@@ -3070,15 +3145,15 @@ class GuiTest(unittest.TestCase):
         """Press the Copy button for `kind`; what the clipboard then holds."""
         self.root.clipboard_clear()
         self.root.clipboard_append("untouched")
-        self.window.copy_buttons[kind].invoke()
+        self.window.view.copy_buttons[kind].invoke()
         self.root.update()
         return self.root.clipboard_get()
 
     def status(self) -> str:
-        return str(self.window.status_line.cget("text"))
+        return str(self.window.view.status_line.cget("text"))
 
     def log_panel(self) -> str:
-        return self.window.log_text.get("1.0", "end")
+        return self.window.view.log_text.get("1.0", "end")
 
     def log_file(self) -> str:
         for handler in pcr.log.handlers:
@@ -3100,8 +3175,8 @@ class GuiTest(unittest.TestCase):
         self.root.update()
 
     def assert_stopped_look(self):
-        self.assertTrue(self.usable(self.window.start_button))
-        self.assertFalse(self.usable(self.window.stop_button))
+        self.assertTrue(self.usable(self.window.view.start_button))
+        self.assertFalse(self.usable(self.window.view.stop_button))
 
     # -- the window ---------------------------------------------------------
     def test_privacy_row_says_when_the_room_is_open(self):
@@ -3120,7 +3195,7 @@ class GuiTest(unittest.TestCase):
         w = self.open_window()
         self.root.update()
         self.assert_stopped_look()
-        self.assertIn("Stopped", w.badge.cget("text"))
+        self.assertIn("Stopped", w.view.badge.cget("text"))
         self.assertIn("off", self.info("listen"))
         self.assertEqual(self.info("online"), "0")
 
@@ -3158,8 +3233,8 @@ class GuiTest(unittest.TestCase):
         texts = self.window_texts()
         self.assertIn("Same network", texts)
         self.assertIn("Over the internet", texts)
-        self.assertIn(f"forward TCP port {port} on your router", self.shown(w.forward_note))
-        self.assertEqual(self.shown(w.loopback_warning), "")
+        self.assertIn(f"forward TCP port {port} on your router", self.shown(w.view.forward_note))
+        self.assertEqual(self.shown(w.view.loopback_warning), "")
         self.assertIn("Give friends one of the addresses below", self.status())
 
     def test_each_copy_button_copies_its_address_and_says_which(self):
@@ -3167,76 +3242,76 @@ class GuiTest(unittest.TestCase):
         w = self.window
         private = f"{pcr.private_ipv4()}:{port}"
         self.assertEqual(self.copy("private"), private)
-        self.assertIn(f"Copied {private}", self.shown(w.copied_note))
-        self.assertIn("same network", self.shown(w.copied_note))
-        self.assertEqual(str(w.copy_buttons["private"].cget("text")), "Copied ✓")
+        self.assertIn(f"Copied {private}", self.shown(w.view.copied_note))
+        self.assertIn("same network", self.shown(w.view.copied_note))
+        self.assertEqual(str(w.view.copy_buttons["private"].cget("text")), "Copied ✓")
         self.assertEqual(self.copy("public"), f"203.0.113.7:{port}")
-        self.assertIn(f"Copied 203.0.113.7:{port}", self.shown(w.copied_note))
-        self.assertIn("over the internet", self.shown(w.copied_note))
+        self.assertIn(f"Copied 203.0.113.7:{port}", self.shown(w.view.copied_note))
+        self.assertIn("over the internet", self.shown(w.view.copied_note))
 
     def test_copy_while_stopped_copies_nothing_and_says_why(self):
         w = self.open_window(host="0.0.0.0")
         self.pump_until(lambda: "looking up" not in self.address("private"), "the private IP")
         self.assertEqual(self.copy("private"), "untouched")
-        self.assertIn("Nothing copied: the room is closed", self.shown(w.copied_note))
-        self.assertIn("Start server", self.shown(w.copied_note))
+        self.assertIn("Nothing copied: the room is closed", self.shown(w.view.copied_note))
+        self.assertIn("Start server", self.shown(w.view.copied_note))
 
     def test_copy_of_an_unknown_public_address_copies_nothing_and_says_why(self):
         w = self.open_window(host="0.0.0.0", public_ip_url="")
         self.start_server()
         self.assertEqual(self.copy("public"), "untouched")
         self.assertIn("Nothing copied: this computer's public address was not looked up",
-                      self.shown(w.copied_note))
+                      self.shown(w.view.copied_note))
 
     def test_loopback_shows_a_warning_instead_of_addresses(self):
         w = self.open_window(host="127.0.0.1")
         port = self.start_server()
-        warning = self.shown(w.loopback_warning)
+        warning = self.shown(w.view.loopback_warning)
         self.assertIn("Only this computer can join", warning)
         self.assertIn("Set listen address", warning)
         self.assertIn("0.0.0.0", warning)
         for kind in ("private", "public"):
-            self.assertEqual(self.shown(w.addresses[kind]), "")
-            self.assertEqual(self.shown(w.copy_buttons[kind]), "")
-        self.assertEqual(self.shown(w.forward_note), "")
+            self.assertEqual(self.shown(w.view.addresses[kind]), "")
+            self.assertEqual(self.shown(w.view.copy_buttons[kind]), "")
+        self.assertEqual(self.shown(w.view.forward_note), "")
         self.assertIn(f"only this computer can join it (127.0.0.1:{port})", self.status())
 
     def test_keyed_room_says_friends_join_as_name_key_and_never_shows_the_key(self):
         w = self.open_window(host="0.0.0.0", room_key="long-enough-key")
-        self.assertIn("Friends join as name#KEY", self.shown(w.key_note))
-        self.assertEqual(self.shown(w.key_warning), "")
+        self.assertIn("Friends join as name#KEY", self.shown(w.view.key_note))
+        self.assertEqual(self.shown(w.view.key_warning), "")
         self.start_server()
         self.assertNotIn("long-enough-key", self.window_texts())
 
     def test_short_room_key_is_warned_about(self):
         w = self.open_window(host="0.0.0.0", room_key="abc")
-        warning = self.shown(w.key_warning)
+        warning = self.shown(w.view.key_warning)
         self.assertIn("only 3 characters", warning)
         self.assertIn("8 or more", warning)
 
     def test_encrypted_room_says_the_app_cannot_join(self):
         w = self.open_window(host="0.0.0.0", tls_cert="cert.pem")
-        note = self.shown(w.tls_note)
+        note = self.shown(w.view.tls_note)
         self.assertIn("The room is encrypted: the App cannot join", note)
         self.assertNotIn("--", note)
 
     def test_room_without_a_key_or_tls_says_nothing_about_them(self):
         w = self.open_window(host="0.0.0.0")
-        self.assertEqual(self.shown(w.key_note), "")
-        self.assertEqual(self.shown(w.key_warning), "")
-        self.assertEqual(self.shown(w.tls_note), "")
+        self.assertEqual(self.shown(w.view.key_note), "")
+        self.assertEqual(self.shown(w.view.key_warning), "")
+        self.assertEqual(self.shown(w.view.tls_note), "")
 
     def test_advice_never_names_a_command_line_flag(self):
         w = self.open_window(host="192.0.2.77")
-        w.start_button.invoke()
-        self.pump_until(lambda: w.state == pcr.ERROR, "the error state")
+        w.view.start_button.invoke()
+        self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
         self.assertIn("192.0.2.77 is not on this machine", self.status())
         self.assertIn("set the listen address to 0.0.0.0", self.status())
-        w.address_button.invoke()
+        w.view.address_button.invoke()
         self.fill(w.dialog, "192.0.2.78", str(free_port()))
         self.assertIn("is not on this machine", w.dialog.problem.cget("text"))
         w.dialog.close()
-        w.port_button.invoke()
+        w.view.port_button.invoke()
         self.fill(w.dialog, "70000")
         self.assertNotRegex(self.window_texts(), r"(^|\s)--[a-z]")
 
@@ -3297,15 +3372,15 @@ class GuiTest(unittest.TestCase):
         w = self.open_window()
         port = self.start_server()
         self.assertEqual(port, w.settings.port)
-        self.assertFalse(self.usable(w.start_button))
-        self.assertTrue(self.usable(w.stop_button))
-        self.assertIn("Running", w.badge.cget("text"))
+        self.assertFalse(self.usable(w.view.start_button))
+        self.assertTrue(self.usable(w.view.stop_button))
+        self.assertIn("Running", w.view.badge.cget("text"))
         self.assertEqual(self.info("listen"), f"127.0.0.1:{port}")
         self.member(port, "ann")
         bob = self.member(port, "bob")
         self.pump_until(lambda: self.info("online") == "2", "a count of 2")
         self.assertEqual(self.listed(), [("ann", "127.0.0.1"), ("bob", "127.0.0.1")])
-        since = w.tree.set(w.tree.get_children()[0], "since")
+        since = w.view.tree.set(w.view.tree.get_children()[0], "since")
         self.assertRegex(str(since), r"^\d\d:\d\d:\d\d$")
         bob.close()
         self.pump_until(lambda: self.info("online") == "1", "a count of 1")
@@ -3315,10 +3390,10 @@ class GuiTest(unittest.TestCase):
         blocker = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(blocker.close)
         w = self.open_window(port=blocker.getsockname()[1])
-        w.start_button.invoke()
-        self.pump_until(lambda: w.state == pcr.ERROR, "the error state")
+        w.view.start_button.invoke()
+        self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
         self.assertIn("already in use", self.status())
-        self.assertIn("Error", w.badge.cget("text"))
+        self.assertIn("Error", w.view.badge.cget("text"))
         self.assert_stopped_look()
 
     def test_a_server_thread_that_dies_shows_an_error(self):
@@ -3327,7 +3402,7 @@ class GuiTest(unittest.TestCase):
         server = w.server
         # handler errors are contained, but the selector itself may fail
         server.loop.call_soon_threadsafe(server.loop.selector.close)
-        self.pump_until(lambda: w.state == pcr.ERROR, "the error state")
+        self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
         for listener, _ in server.listeners:   # the dead loop never closed them
             listener.close()
         self.assertIn("stopped unexpectedly", self.status())
@@ -3338,12 +3413,12 @@ class GuiTest(unittest.TestCase):
         w = self.open_window()
         ann = self.member(self.start_server(), "ann")
         self.pump_until(lambda: self.info("online") == "1", "ann in the list")
-        w.stop_button.invoke()
-        self.assertFalse(self.usable(w.stop_button))
+        w.view.stop_button.invoke()
+        self.assertFalse(self.usable(w.view.stop_button))
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
-        self.pump_until(lambda: w.state == pcr.STOPPED, "the stopped state")
+        self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
         self.assert_stopped_look()
-        self.assertIn("Stopped", w.badge.cget("text"))
+        self.assertIn("Stopped", w.view.badge.cget("text"))
         self.assertEqual(self.listed(), [])
         self.assertEqual(self.info("online"), "0")
 
@@ -3369,10 +3444,10 @@ class GuiTest(unittest.TestCase):
         port = self.start_server()
         ann, bob = self.member(port, "ann"), self.member(port, "bob")
         self.pump_until(lambda: len(self.listed()) == 2, "two members listed")
-        self.assertFalse(self.usable(w.disconnect_button))   # nothing selected yet
-        w.tree.selection_set(w.tree.get_children()[1])
-        self.pump_until(lambda: self.usable(w.disconnect_button), "Disconnect to be usable")
-        w.disconnect_button.invoke()
+        self.assertFalse(self.usable(w.view.disconnect_button))   # nothing selected yet
+        w.view.tree.selection_set(w.view.tree.get_children()[1])
+        self.pump_until(lambda: self.usable(w.view.disconnect_button), "Disconnect to be usable")
+        w.view.disconnect_button.invoke()
         got = bob.read_to_close()
         self.assertIn(b"you have been disconnected by the host\n", got)
         ann.read_until(b"bob has left the chat...\n")
@@ -3390,8 +3465,8 @@ class GuiTest(unittest.TestCase):
         self.addCleanup(app.close)
         app.answer(b"bob")   # a bare alias: PrivateChatRoom-App
         self.pump_until(lambda: len(self.listed()) == 2, "ann and bob listed")
-        self.assertEqual(w.tree.heading("kind", "text"), "Kind")
-        kinds = [w.tree.set(item, "kind") for item in w.tree.get_children()]
+        self.assertEqual(w.view.tree.heading("kind", "text"), "Kind")
+        kinds = [w.view.tree.set(item, "kind") for item in w.view.tree.get_children()]
         self.assertEqual(kinds, ["terminal", "App"])
 
     # -- the web page -----------------------------------------------------------
@@ -3404,24 +3479,24 @@ class GuiTest(unittest.TestCase):
             w = self.open_window(public_ip_url=service.url)
             port = self.start_server()
             self.pump_until(lambda: w.ips["public"] == "203.0.113.7", "the public address")
-        self.assertEqual(w.copy_buttons["page"].winfo_manager(), "")   # off unless asked for
-        w.page_switch.invoke()
+        self.assertEqual(w.view.copy_buttons["page"].winfo_manager(), "")   # off unless asked for
+        w.view.page_switch.invoke()
         self.pump_until(lambda: w.page_listening is not None, "the page to be served")
         web = w.page_listening[1]
         self.assertEqual(web, port + 1)
-        self.assertEqual(w.copy_buttons["page"].winfo_manager(), "grid")
-        self.assertIn(f"forward TCP ports {port} and {web}", w.forward_note.cget("text"))
-        w.copy_buttons["page"].invoke()
+        self.assertEqual(w.view.copy_buttons["page"].winfo_manager(), "grid")
+        self.assertIn(f"forward TCP ports {port} and {web}", w.view.forward_note.cget("text"))
+        w.view.copy_buttons["page"].invoke()
         self.assertEqual(self.root.clipboard_get(), f"http://203.0.113.7:{web}/")
-        self.assertIn("from a browser", w.copied_note.cget("text"))
+        self.assertIn("from a browser", w.view.copied_note.cget("text"))
         wendy = WebMember(web, "wendy")
         self.addCleanup(wendy.close)
         wendy.until("welcome")
         self.pump_until(lambda: self.listed() == [("wendy", "127.0.0.1")], "wendy listed")
-        self.assertEqual(w.tree.set(w.tree.get_children()[0], "kind"), "web")
-        w.tree.selection_set(w.tree.get_children()[0])
-        self.pump_until(lambda: self.usable(w.disconnect_button), "Disconnect to be usable")
-        w.disconnect_button.invoke()
+        self.assertEqual(w.view.tree.set(w.view.tree.get_children()[0], "kind"), "web")
+        w.view.tree.selection_set(w.view.tree.get_children()[0])
+        self.pump_until(lambda: self.usable(w.view.disconnect_button), "Disconnect to be usable")
+        w.view.disconnect_button.invoke()
         self.assertIn("disconnected by the host", wendy.until("note")["text"])
         self.pump_until(lambda: self.listed() == [], "wendy gone from the list")
 
@@ -3430,12 +3505,12 @@ class GuiTest(unittest.TestCase):
             self.skipTest(NO_WEBSOCKETS)
         w = self.open_window(web_port=free_port())
         port = self.start_server()
-        self.assertTrue(w.page_on.get())
+        self.assertTrue(w.view.page_on.get())
         ann = self.member(port, "ann")
         wendy = WebMember(w.page_listening[1], "wendy")
         self.addCleanup(wendy.close)
         wendy.until("welcome")
-        w.page_switch.invoke()
+        w.view.page_switch.invoke()
         self.assertIn("turned the web page off", wendy.until("note")["text"])
         ann.read_until(b"wendy has left the chat...\n")
         self.pump_until(lambda: w.page_listening is None, "the page off")
@@ -3467,12 +3542,12 @@ class GuiTest(unittest.TestCase):
         self.assertTrue(lines[0].endswith("line 250"), lines[0])
         pcr.log.warning("one more")
         self.pump_until(lambda: "one more" in self.log_panel(), "a line logged later")
-        self.assertIn("WARNING", w.log_text.tag_names("end-2c"))
+        self.assertIn("WARNING", w.view.log_text.tag_names("end-2c"))
 
     # -- port and address -------------------------------------------------------
     def test_change_port_accepts_only_1_to_65535_and_saves_it(self):
         w = self.open_window()
-        w.port_button.invoke()
+        w.view.port_button.invoke()
         dialog = w.dialog
         self.assertTrue(dialog.is_open())
         for bad in ("0", "70000", "abc", "", "5 0"):
@@ -3498,12 +3573,12 @@ class GuiTest(unittest.TestCase):
 
     def assert_still_in(self, ann: Client, port: int) -> None:
         self.assertEqual(ann.read_for(0.3), b"")   # no stop lines, no close
-        self.assertEqual((self.window.state, self.window.listening[1]), (pcr.RUNNING, port))
+        self.assertEqual((self.window.state, self.window.listening[1]), (pcr.RoomState.RUNNING, port))
 
     def test_change_port_with_members_asks_first_and_cancel_keeps_them(self):
         old, ann = self.members_in_a_running_window()
         w = self.window
-        w.port_button.invoke()
+        w.view.port_button.invoke()
         self.fill(w.dialog, str(free_port()))
         confirm = w.dialog
         self.assertTrue(confirm.is_open())
@@ -3517,7 +3592,7 @@ class GuiTest(unittest.TestCase):
     def test_address_not_on_this_machine_is_refused_before_the_room_stops(self):
         port, ann = self.members_in_a_running_window()
         w = self.window
-        w.address_button.invoke()
+        w.view.address_button.invoke()
         self.fill(w.dialog, "192.0.2.77", str(port))
         self.assertTrue(w.dialog.is_open())
         self.assertIn("192.0.2.77 is not on this machine", w.dialog.problem.cget("text"))
@@ -3528,7 +3603,7 @@ class GuiTest(unittest.TestCase):
         blocker = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(blocker.close)
         w = self.window
-        w.port_button.invoke()
+        w.view.port_button.invoke()
         self.fill(w.dialog, str(blocker.getsockname()[1]))
         self.assertTrue(w.dialog.is_open())
         self.assertIn("already in use", w.dialog.problem.cget("text"))
@@ -3537,28 +3612,28 @@ class GuiTest(unittest.TestCase):
     def test_listen_address_on_the_same_port_restarts_there(self):
         w = self.open_window()
         port = self.start_server()
-        w.address_button.invoke()
+        w.view.address_button.invoke()
         self.fill(w.dialog, "0.0.0.0", str(port))   # its own port is in use: by this room
         self.assertFalse(w.dialog.is_open())        # nobody in: no need to ask
-        self.pump_until(lambda: w.state == pcr.RUNNING and w.listening == ("0.0.0.0", port),
+        self.pump_until(lambda: w.state == pcr.RoomState.RUNNING and w.listening == ("0.0.0.0", port),
                         "the restart on every network")
 
     def test_change_port_while_running_restarts_on_the_new_port(self):
         old, ann = self.members_in_a_running_window()
         w = self.window
-        w.port_button.invoke()
+        w.view.port_button.invoke()
         new = free_port()
         self.fill(w.dialog, str(new))
         w.dialog.ok_button.invoke()   # Restart: ann will be disconnected
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
-        self.pump_until(lambda: w.state == pcr.RUNNING and w.listening[1] == new,
+        self.pump_until(lambda: w.state == pcr.RoomState.RUNNING and w.listening[1] == new,
                         "the restart on the new port")
         self.member(new, "bob")
         self.pump_until(lambda: self.listed() == [("bob", "127.0.0.1")], "bob in the list")
 
     def test_set_listen_address_takes_host_and_port(self):
         w = self.open_window(host="0.0.0.0")
-        w.address_button.invoke()
+        w.view.address_button.invoke()
         dialog = w.dialog
         port = free_port()
         self.fill(dialog, "no such host!", str(port))
