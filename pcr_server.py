@@ -2242,9 +2242,7 @@ class Server:
         m.claimed = decode_line(raw)
         m.named_at = self.loop.now
         self._no_longer_silent(m)
-        # typed ahead: whole lines wait for the welcome; an endless tail is cut
-        whole = rest.rfind(b"\n") + 1
-        m.transport.inbuf = rest[:whole] + rest[whole:whole + self.settings.max_line + 2]
+        self._keep(m, rest)   # typed ahead: it waits for the welcome
         m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
         if self.settings.room_key:
             self._check_key(m)
@@ -2319,7 +2317,7 @@ class Server:
             if nl < 0:
                 break
             if voice.bucket is not None and not self._may_say(m):
-                m.transport.inbuf = buf[start:]
+                self._keep(m, buf[start:])
                 return
             line = buf[start:nl]
             start = nl + 1
@@ -2336,6 +2334,12 @@ class Server:
                 self._too_long(m)
             rest = b""
         m.transport.inbuf = rest
+
+    def _keep(self, m: Member, buf: bytes) -> None:
+        """Keep what m sent for later: its whole lines, and of an unfinished one
+        no more than shows it is too long."""
+        whole = buf.rfind(b"\n") + 1
+        m.transport.inbuf = buf[:whole] + buf[whole:whole + self.settings.max_line + 2]
 
     def _too_long(self, m: Member) -> None:
         log.info("%s sent a line over %d bytes; not relayed", quoted(m.name), self.settings.max_line)

@@ -1269,6 +1269,17 @@ class HardeningTest(ServerCase):
         self.member("x from 10.9.8.7")
         self.assertIn('joined: "x from 10.9.8.7" (terminal) from 127.0.0.1', self.log_text())
 
+    def test_a_member_held_back_by_its_rate_keeps_no_more_of_an_endless_line_than_shows_it(self):
+        server = self.start(max_line=100, line_rate=1)
+        ann = self.member("ann")
+        ann.send(b"a\n" * 3 + b"x" * 3000)   # the third line waits for its rate; then no newline
+        self.wait_on_loop(lambda: any(not m.transport.reading for m in server.connections),
+                          "ann held back")
+        held = self.on_loop(lambda: max(len(m.transport.inbuf) - m.transport.inbuf.rfind(b"\n") - 1
+                                        for m in server.connections))
+        self.assertLessEqual(held, 100 + 2)
+        ann.read_until(b"your line was longer than 100 bytes and was not sent\n")
+
     def test_what_a_connection_can_make_the_server_hold_is_about_one_line_and_one_read(self):
         server = self.start(max_line=1000)
         addresses = [f"127.0.0.{n}" for n in range(2, 10)]
