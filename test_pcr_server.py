@@ -18,6 +18,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -3575,6 +3576,536 @@ class GuiLaunchTest(unittest.TestCase):
         out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
                              text=True, timeout=WAIT * 2)
         self.assertEqual(out.stdout.strip(), "False", out.stderr)
+
+
+# ---------------------------------------------------------------------------
+# --upnp: the router forwards the room's ports.  Pure parts first: they send
+# nothing.  The real router (miniupnpd) comes after, in network namespaces.
+# ---------------------------------------------------------------------------
+
+PROC_ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
+eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t0000000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+wlan0\t0001A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0
+wlan0\t0002A8C0\t00000000\t0000\t0\t0\t600\t00FFFFFF\t0\t0\t0
+"""
+
+ROUTE_PRINT = """===========================================================================
+IPv4 Route Table
+===========================================================================
+Active Routes:
+Network Destination        Netmask          Gateway       Interface  Metric
+          0.0.0.0          0.0.0.0      192.168.1.1    192.168.1.20     25
+        127.0.0.0        255.0.0.0         On-link         127.0.0.1    331
+      192.168.1.0    255.255.255.0         On-link      192.168.1.20    281
+===========================================================================
+Persistent Routes:
+  Network Address          Netmask  Gateway Address  Metric
+          0.0.0.0          0.0.0.0      10.9.9.9  Default
+===========================================================================
+"""
+
+ROUTE_GET = """   route to: default
+destination: default
+       mask: default
+    gateway: 192.168.0.254
+  interface: en0
+      flags: <UP,GATEWAY,DONE,STATIC,PRCLONING>
+"""
+
+IGD_DESCRIPTION = b"""<?xml version="1.0"?>
+<root xmlns="urn:schemas-upnp-org:device-1-0"><device>
+<deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:2</deviceType>
+<deviceList><device><deviceList><device><serviceList>
+<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>
+<controlURL>/ctl/v1</controlURL></service>
+<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>
+<controlURL>/ctl/IPConn</controlURL></service>
+</serviceList></device></deviceList></device></deviceList></device></root>"""
+
+
+def natpmp_answer(opcode: int, result: int, body: bytes = b"") -> bytes:
+    return struct.pack("!BBHI", 0, 128 + opcode, result, 1234) + body
+
+
+def pcp_answer(nonce: bytes, result: int = 0, port: int = 5050, external_port: int = 5050,
+               external_ip: str = "203.0.113.7", lifetime: int = 3600) -> bytes:
+    header = struct.pack("!BBBBII12x", 2, 128 + 1, 0, result, lifetime, 99)
+    return header + struct.pack("!12sB3xHH16s", nonce, 6, port, external_port,
+                                pcr.mapped_v6(external_ip))
+
+
+class RouterPacketTest(unittest.TestCase):
+    """NAT-PMP (RFC 6886) and PCP (RFC 6887) packets, built and read without a network."""
+
+    def test_natpmp_mapping_request_asks_for_tcp_and_the_same_port(self):
+        self.assertEqual(pcr.natpmp_map_request(5050, 5050, 3600),
+                         bytes([0, 2, 0, 0]) + struct.pack("!HHI", 5050, 5050, 3600))
+
+    def test_natpmp_removal_has_lifetime_and_suggested_port_zero(self):
+        self.assertEqual(pcr.natpmp_map_request(5050, 5050, 0),
+                         bytes([0, 2, 0, 0]) + struct.pack("!HHI", 5050, 0, 0))
+
+    def test_natpmp_answers_are_read(self):
+        self.assertEqual(pcr.natpmp_address(natpmp_answer(0, 0, bytes([11, 0, 0, 1]))),
+                         (0, "11.0.0.1"))
+        self.assertEqual(pcr.natpmp_address(natpmp_answer(0, 3)), (3, ""))
+        got = pcr.natpmp_mapping(natpmp_answer(2, 0, struct.pack("!HHI", 5050, 5051, 7200)))
+        self.assertEqual(got, (0, 5050, 5051, 7200))
+        self.assertEqual(pcr.natpmp_mapping(natpmp_answer(2, 2)), (2, 0, 0, 0))
+
+    def test_anything_but_the_awaited_natpmp_answer_is_not_taken(self):
+        for data in (b"", b"\x00", natpmp_answer(1, 0, b"\x00" * 8),   # a UDP mapping's answer
+                     natpmp_answer(2, 0, b"\x00" * 3), b"\x02\x82\x00\x00" + b"\x00" * 12):
+            with self.subTest(data=data), self.assertRaises(ValueError):
+                pcr.natpmp_mapping(data)
+
+    def test_pcp_map_request_names_this_machine_the_port_and_tcp(self):
+        nonce = bytes(range(12))
+        request = pcr.pcp_map_request("192.168.1.20", 5050, 5050, 3600, nonce)
+        self.assertEqual(len(request), 60)
+        self.assertEqual(request[:4], bytes([2, 1, 0, 0]))
+        self.assertEqual(struct.unpack("!I", request[4:8])[0], 3600)
+        self.assertEqual(request[8:24], b"\x00" * 10 + b"\xff\xff" + bytes([192, 168, 1, 20]))
+        self.assertEqual(request[24:36], nonce)
+        self.assertEqual(request[36], 6)
+        self.assertEqual(struct.unpack("!HH", request[40:44]), (5050, 5050))
+        self.assertEqual(request[44:60], b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4)
+
+    def test_pcp_answers_are_read_and_matched_by_nonce(self):
+        nonce = os.urandom(12)
+        self.assertEqual(pcr.pcp_mapping(pcp_answer(nonce, external_port=5051), nonce),
+                         (0, 5050, 5051, 3600, "203.0.113.7"))
+        with self.assertRaises(ValueError):
+            pcr.pcp_mapping(pcp_answer(os.urandom(12)), nonce)
+        self.assertEqual(pcr.pcp_mapping(pcp_answer(nonce, result=8), nonce)[0], 8)
+
+    def test_a_natpmp_only_gateway_answering_pcp_means_unsupported_version(self):
+        self.assertEqual(pcr.pcp_mapping(natpmp_answer(1, 1), b"x" * 12)[0],
+                         pcr.PCP_UNSUPPORTED_VERSION)
+
+    def test_the_probe_tells_an_address_none_or_not_known(self):
+        self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 0, bytes([11, 0, 0, 1]))),
+                         (0, "11.0.0.1"))
+        self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 3)), (3, ""))   # CGNAT
+        self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 2)), (2, None))
+        self.assertEqual(pcr.port_control_probe(b"\x02\x80\x00\x01" + b"\x00" * 20), (0, None))
+
+    def test_udp_exchange_resends_and_skips_answers_it_does_not_await(self):
+        ours, gateway = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)   # no network
+        self.addCleanup(ours.close)
+        self.addCleanup(gateway.close)
+
+        def answer_the_second_request():
+            gateway.settimeout(WAIT)
+            first, second = gateway.recv(100), gateway.recv(100)
+            gateway.send(b"noise")
+            gateway.send(first + second)
+        thread = threading.Thread(target=answer_the_second_request)
+        thread.start()
+
+        def read(data: bytes) -> bytes:
+            if data == b"noise":
+                raise ValueError("not ours")
+            return data
+        started = time.monotonic()
+        got = pcr.udp_exchange(ours, b"ask", read, time.monotonic() + WAIT)
+        thread.join(WAIT)
+        self.assertEqual(got, b"askask")
+        self.assertGreaterEqual(time.monotonic() - started, 0.2)   # the resend came after 250 ms
+
+    def test_udp_exchange_gives_up_at_its_deadline(self):
+        ours, gateway = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(ours.close)
+        self.addCleanup(gateway.close)
+        started = time.monotonic()
+        with self.assertRaises(TimeoutError):
+            pcr.udp_exchange(ours, b"ask", bytes, started + 0.6)
+        self.assertLess(time.monotonic() - started, 1.0)
+
+
+class UpnpTextTest(unittest.TestCase):
+    """SSDP, the device description and SOAP, read and written without a network."""
+
+    def test_the_search_asks_the_ssdp_group_for_a_gateway(self):
+        text = pcr.ssdp_search(pcr.IGD_DEVICES[0]).decode()
+        self.assertTrue(text.startswith("M-SEARCH * HTTP/1.1\r\n"))
+        self.assertIn("HOST: 239.255.255.250:1900\r\n", text)
+        self.assertIn('MAN: "ssdp:discover"\r\n', text)
+        self.assertIn("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:2\r\n", text)
+        self.assertTrue(text.endswith("\r\n\r\n"))
+
+    def test_only_a_search_answer_gives_a_location(self):
+        answer = b"HTTP/1.1 200 OK\r\nST: x\r\nLocation: http://192.168.1.1:5000/d.xml\r\n\r\n"
+        self.assertEqual(pcr.ssdp_location(answer), "http://192.168.1.1:5000/d.xml")
+        self.assertIsNone(pcr.ssdp_location(answer.replace(b"200 OK", b"404 No")))
+        self.assertIsNone(pcr.ssdp_location(b"NOTIFY * HTTP/1.1\r\nLOCATION: http://x/\r\n\r\n"))
+        self.assertIsNone(pcr.ssdp_location(b"HTTP/1.1 200 OK\r\nST: x\r\n\r\n"))
+
+    def test_a_url_must_be_plain_http_on_the_host_that_answered(self):
+        self.assertEqual(pcr.url_on_host("http://192.168.1.1:5000/rootDesc.xml", "192.168.1.1"),
+                         (5000, "/rootDesc.xml"))
+        self.assertEqual(pcr.url_on_host("http://192.168.1.1/ctl?x=1", "192.168.1.1"), (80, "/ctl?x=1"))
+        for url in ("http://192.168.1.99:5000/d.xml", "https://192.168.1.1/d.xml",
+                    "http://192.168.1.1@203.0.113.9/d.xml", "http://192.168.1.1.example.com/",
+                    "file:///etc/passwd", "http://192.168.1.1:99999/", "//192.168.1.1/d.xml"):
+            with self.subTest(url=url):
+                self.assertIsNone(pcr.url_on_host(url, "192.168.1.1"))
+
+    def test_the_best_wan_service_is_found_and_its_url_resolved(self):
+        self.assertEqual(pcr.igd_service(IGD_DESCRIPTION, "http://192.168.1.1:5000/rootDesc.xml"),
+                         ("urn:schemas-upnp-org:service:WANIPConnection:2",
+                          "http://192.168.1.1:5000/ctl/IPConn"))
+        based = IGD_DESCRIPTION.replace(b"<device>", b"<URLBase>http://192.168.1.1:6000/</URLBase>"
+                                        b"<device>", 1)
+        self.assertEqual(pcr.igd_service(based, "http://192.168.1.1:5000/d.xml")[1],
+                         "http://192.168.1.1:6000/ctl/IPConn")
+        ppp = IGD_DESCRIPTION.replace(b"WANIPConnection", b"WANPPPConnection")
+        self.assertEqual(pcr.igd_service(ppp, "http://192.168.1.1/")[0],
+                         "urn:schemas-upnp-org:service:WANPPPConnection:1")
+        self.assertIsNone(pcr.igd_service(IGD_DESCRIPTION.replace(b"WAN", b"LAN"), "http://h/"))
+
+    def test_xml_with_a_doctype_or_entities_is_refused_unparsed(self):
+        laughs = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa">'
+                  b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><root>&b;</root>')
+        outside = b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://203.0.113.9/x.dtd"><root/>'
+        for text in (laughs, outside, b"<root><!ENTITY x 'y'></root>", b"not xml at all"):
+            with self.subTest(text=text[:40]), self.assertRaises(ValueError):
+                pcr.igd_service(text, "http://192.168.1.1/")
+        with self.assertRaises(ValueError):
+            pcr.soap_answer(laughs, "GetExternalIPAddress")
+
+    def test_soap_body_names_the_service_and_escapes_values(self):
+        body = pcr.soap_body("urn:schemas-upnp-org:service:WANIPConnection:1", "AddPortMapping",
+                             {"NewExternalPort": 5050, "NewPortMappingDescription": "a<b&c"}).decode()
+        self.assertIn('<u:AddPortMapping xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:1">',
+                      body)
+        self.assertIn("<NewExternalPort>5050</NewExternalPort><NewPortMappingDescription>"
+                      "a&lt;b&amp;c</NewPortMappingDescription>", body)
+        root = pcr.xml_root(body.encode())   # well-formed
+        self.assertEqual(pcr.local_name(root), "Envelope")
+
+    def test_soap_answers_and_faults_are_read(self):
+        ok = (b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+              b'<s:Body><u:GetExternalIPAddressResponse xmlns:u="urn:x"><NewExternalIPAddress>'
+              b'203.0.113.7</NewExternalIPAddress></u:GetExternalIPAddressResponse></s:Body>'
+              b'</s:Envelope>')
+        self.assertEqual(pcr.soap_answer(ok, "GetExternalIPAddress"),
+                         {"NewExternalIPAddress": "203.0.113.7"})
+        fault = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+                 b'<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring>'
+                 b'<detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>718'
+                 b'</errorCode><errorDescription>ConflictInMappingEntry</errorDescription>'
+                 b'</UPnPError></detail></s:Fault></s:Body></s:Envelope>')
+        with self.assertRaises(pcr.UpnpError) as e:
+            pcr.soap_answer(fault, "AddPortMapping")
+        self.assertEqual((e.exception.code, e.exception.description), (718, "ConflictInMappingEntry"))
+        self.assertIn("another machine", pcr.upnp_reason(e.exception))
+        self.assertIn("outlive the room", pcr.upnp_reason(pcr.UpnpError(725, "")))
+        with self.assertRaises(ValueError):
+            pcr.soap_answer(ok, "AddPortMapping")
+
+    def test_http_replies_are_whole_only_with_their_announced_length(self):
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more"
+        self.assertTrue(pcr.http_reply_complete(reply))
+        self.assertFalse(pcr.http_reply_complete(reply[:-12]))
+        self.assertFalse(pcr.http_reply_complete(b"HTTP/1.1 200 OK\r\n\r\nno length"))
+        self.assertEqual(pcr.http_reply(reply), (200, b"hello"))
+        self.assertEqual(pcr.http_reply(b"HTTP/1.0 302 Found\r\nLocation: http://x/\r\n\r\n"),
+                         (302, b""))
+        with self.assertRaises(ValueError):
+            pcr.http_reply(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+class LoopbackHttp:
+    """A one-shot HTTP server on 127.0.0.1 that sends `reply` slowly or not (no router, no discovery)."""
+
+    def __init__(self, reply: bytes, pause: float = 0.0):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(WAIT)
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, args=(reply, pause), daemon=True)
+        self.thread.start()
+
+    def _serve(self, reply: bytes, pause: float) -> None:
+        with self.listener, self.listener.accept()[0] as conn:
+            conn.settimeout(WAIT)
+            conn.recv(4096)
+            try:
+                for at in range(0, len(reply), 65536):
+                    conn.sendall(reply[at:at + 65536])
+                    self.sent = at + len(reply[at:at + 65536])
+                    time.sleep(pause)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.thread.join(WAIT * 2)
+
+
+class RouterHttpTest(unittest.TestCase):
+    """http_exchange: bounded in size and time, no redirects (loopback only)."""
+
+    def serve(self, reply: bytes, pause: float = 0.0) -> LoopbackHttp:
+        server = LoopbackHttp(reply, pause)
+        self.addCleanup(server.close)
+        return server
+
+    def test_a_description_larger_than_64_kib_is_refused_after_64_kib(self):
+        server = self.serve(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (10 << 20))
+        with self.assertRaisesRegex(ValueError, "more than 65536 bytes"):
+            pcr.http_exchange("127.0.0.1", server.port, "/d.xml", time.monotonic() + WAIT)
+        server.close()
+        self.assertLess(server.sent, 10 << 20)
+
+    def test_an_announced_large_answer_is_refused_too(self):
+        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n" + b"x" * 200000)
+        with self.assertRaises(ValueError):
+            pcr.http_exchange("127.0.0.1", server.port, "/d.xml", time.monotonic() + WAIT)
+
+    def test_a_slow_answer_ends_at_the_deadline(self):
+        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", pause=1.5)
+        started = time.monotonic()
+        with self.assertRaises(TimeoutError):
+            pcr.http_exchange("127.0.0.1", server.port, "/d.xml", started + 0.5)
+        self.assertLess(time.monotonic() - started, 1.2)
+
+    def test_a_redirect_is_not_followed(self):
+        server = self.serve(b"HTTP/1.1 301 Moved\r\nLocation: http://203.0.113.9/\r\n"
+                            b"Content-Length: 0\r\n\r\n")
+        self.assertEqual(pcr.http_exchange("127.0.0.1", server.port, "/", time.monotonic() + WAIT),
+                         (301, b""))
+
+
+class RouterAddressTest(unittest.TestCase):
+    """The default gateway, this machine's network, and which addresses are public."""
+
+    def test_linux_routes_give_the_lowest_metric_default_gateway(self):
+        routes = pcr.proc_routes(PROC_ROUTE)
+        self.assertEqual(pcr.default_gateway(routes), "10.0.0.1")
+        self.assertEqual(len(routes), 4)   # the route that is not up is left out
+
+    def test_windows_and_macos_routes_give_the_default_gateway(self):
+        self.assertEqual(pcr.default_gateway(pcr.route_print_routes(ROUTE_PRINT)), "192.168.1.1")
+        self.assertEqual(pcr.default_gateway(pcr.route_get_routes(ROUTE_GET)), "192.168.0.254")
+        self.assertIsNone(pcr.default_gateway(pcr.route_get_routes("route: not in table\n")))
+        self.assertIsNone(pcr.default_gateway([]))
+
+    def test_this_machines_network_is_its_on_link_route(self):
+        routes = pcr.proc_routes(PROC_ROUTE)
+        self.assertEqual([str(n) for n in pcr.own_networks(routes, "192.168.1.20")], ["192.168.1.0/24"])
+        self.assertEqual([str(n) for n in pcr.own_networks(pcr.route_print_routes(ROUTE_PRINT),
+                                                           "192.168.1.20")], ["192.168.1.0/24"])
+        self.assertEqual([str(n) for n in pcr.own_networks([], "172.20.5.9")], ["172.20.5.0/24"])
+
+    def test_answers_are_believed_from_the_gateway_or_this_network_only(self):
+        networks = pcr.own_networks(pcr.proc_routes(PROC_ROUTE), "192.168.1.20")
+        self.assertTrue(pcr.answer_allowed("192.168.1.1", "192.168.1.1", networks))
+        self.assertTrue(pcr.answer_allowed("192.168.1.66", "192.168.1.1", networks))
+        self.assertTrue(pcr.answer_allowed("10.0.0.1", "10.0.0.1", networks))   # the gateway
+        for ip in ("192.168.2.1", "203.0.113.9", "10.0.0.2", "not an address", "::1"):
+            with self.subTest(ip=ip):
+                self.assertFalse(pcr.answer_allowed(ip, "10.0.0.1", networks))
+
+    def test_public_addresses_and_the_rest(self):
+        for ip in ("11.0.0.1", "203.0.113.7", "81.2.69.160"):
+            self.assertTrue(pcr.public_address(ip), ip)
+        for ip in ("", "0.0.0.0", "100.64.0.1", "100.127.255.254", "10.1.2.3", "172.16.0.1",
+                   "192.168.0.2", "169.254.1.1", "127.0.0.1", "239.255.255.250", "garbage"):
+            self.assertFalse(pcr.public_address(ip), ip)
+        self.assertTrue(pcr.private_router_address("192.168.0.2"))
+        self.assertFalse(pcr.private_router_address("100.64.0.1"))   # shared: CGNAT, not a router of yours
+        self.assertFalse(pcr.private_router_address(""))
+
+
+def router_result(outcome, **fields) -> pcr.RouterResult:
+    fields = {"lan_ip": "192.168.1.20", "ports": (5050,), "mac": "aa:bb:cc:dd:ee:ff", **fields}
+    return pcr.RouterResult(outcome, **fields)
+
+
+class RouterSentenceTest(unittest.TestCase):
+    """What the host is told, for each thing a router can do."""
+
+    def test_forwarded_gives_the_address_friends_use(self):
+        result = router_result(pcr.RouterOutcome.FORWARDED, protocol="UPnP",
+                               external_ip="203.0.113.7", forwarded={5050: 5050})
+        self.assertEqual(pcr.router_sentence(result),
+                         "over the internet:  203.0.113.7:5050 (your router forwards it: UPnP)")
+        self.assertEqual(result.address(5050), "203.0.113.7:5050")
+        self.assertIsNone(result.address(5051))
+
+    def test_forwarded_with_the_page_and_a_port_the_router_chose(self):
+        result = router_result(pcr.RouterOutcome.FORWARDED, protocol="PCP", ports=(5050, 5051),
+                               external_ip="203.0.113.7", forwarded={5050: 5050, 5051: 40001})
+        self.assertEqual(pcr.router_sentence(result),
+                         "over the internet:  203.0.113.7:5050, the page on port 40001 (your router "
+                         "forwards both: PCP; its port 40001 leads to 5051 here)")
+        self.assertEqual(result.address(5051), "203.0.113.7:40001")
+
+    def test_no_public_address_is_called_cgnat_with_what_helps(self):
+        for external, reason in (("100.64.0.1", ""), ("", "network failure"), ("10.0.0.2", "")):
+            result = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="NAT-PMP",
+                                   external_ip=external, reason=reason)
+            text = pcr.router_sentence(result)
+            with self.subTest(external=external):
+                self.assertIn("CGNAT", text)
+                self.assertIn("Friends outside cannot reach this room", text)
+                self.assertIn("ask your provider for a public IPv4 address", text)
+                self.assertIn("same network still can", text)
+                self.assertIn(reason, text)
+                self.assertIsNone(result.address(5050))
+
+    def test_a_private_router_address_and_another_public_one_is_double_nat(self):
+        result = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="UPnP",
+                               external_ip="192.168.0.2", forwarded={5050: 5050})
+        self.assertTrue(result.needs_public_ip())
+        text = pcr.router_sentence(result, public_ip="203.0.113.7")
+        self.assertIn("double NAT", text)
+        self.assertIn("forward TCP port 5050 to 192.168.0.2", text)
+        self.assertIn("203.0.113.7", text)
+        self.assertNotIn("CGNAT", text)
+        self.assertIn("CGNAT", pcr.router_sentence(result))   # without the look-up it cannot tell
+        shared = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="UPnP", external_ip="100.64.0.1")
+        self.assertFalse(shared.needs_public_ip())
+        self.assertIn("CGNAT", pcr.router_sentence(shared, public_ip="203.0.113.7"))
+
+    def test_no_answer_names_what_was_tried_and_the_manual_way(self):
+        result = router_result(pcr.RouterOutcome.NO_ANSWER)
+        self.assertEqual(pcr.router_sentence(result),
+                         "no router answered UPnP, NAT-PMP or PCP: forward TCP port 5050 to "
+                         "192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+        two = router_result(pcr.RouterOutcome.NO_ANSWER, ports=(5050, 5051), tried=("PCP", "NAT-PMP"))
+        self.assertEqual(pcr.router_sentence(two),
+                         "no router answered NAT-PMP or PCP: forward TCP ports 5050 and 5051 to "
+                         "192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+
+    def test_a_refusal_gives_its_reason_and_the_manual_way(self):
+        result = router_result(pcr.RouterOutcome.REFUSED, protocol="UPnP",
+                               reason="ConflictInMappingEntry (718)")
+        self.assertEqual(pcr.router_sentence(result),
+                         "the router refused to forward port 5050 (UPnP: ConflictInMappingEntry "
+                         "(718)): forward TCP port 5050 to 192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+
+
+class FakeWay:
+    """A router way without a network: records what it was asked."""
+
+    def __init__(self, name="UPnP", external_ip="203.0.113.7", refuse=(), moved=None,
+                 no_public=False):
+        self.name, self.external_ip, self.refuse, self.no_public = name, external_ip, refuse, no_public
+        self.moved = moved or {}
+        self.asked: list[tuple] = []
+
+    def forward(self, port, wanted, lease, deadline):
+        self.asked.append(("forward", port, wanted, lease))
+        if port in self.refuse:
+            raise pcr.RouterRefused(self.name, "port taken", no_public=self.no_public)
+        return self.moved.get(port, wanted), lease
+
+    def renew(self, port, external_port, lease, deadline):
+        self.asked.append(("renew", port, external_port, lease))
+        return self.moved.get(("renew", port), external_port), lease
+
+    def remove(self, port, external_port, deadline):
+        self.asked.append(("remove", port, external_port))
+
+    def external_address(self, deadline):
+        return self.external_ip
+
+
+class RouterPortsTest(unittest.TestCase):
+    """RouterPorts' own rules, with stand-in ways: nothing is sent anywhere."""
+
+    def router(self, *ways, **kw) -> pcr.RouterPorts:
+        router = pcr.RouterPorts([5050, 5051], gateway="192.168.1.1", **kw)
+        patches = [mock.patch.object(pcr, "lan_address", return_value="192.168.1.20"),
+                   mock.patch.object(pcr.RouterPorts, "_search", lambda *_: iter(ways))]
+        for patch in patches:
+            patch.start()
+            self.addCleanup(patch.stop)
+        self.addCleanup(router.close)
+        return router
+
+    def test_close_removes_every_mapping_it_made_and_nothing_else(self):
+        way = FakeWay(moved={5051: 40001})
+        router = self.router(way)
+        result = router.open()
+        self.assertEqual(result.outcome, pcr.RouterOutcome.FORWARDED)
+        self.assertEqual(result.forwarded, {5050: 5050, 5051: 40001})
+        router.close()
+        self.assertEqual([a for a in way.asked if a[0] == "remove"],
+                         [("remove", 5050, 5050), ("remove", 5051, 40001)])
+        router.close()   # twice is harmless and removes nothing more
+        self.assertEqual(len([a for a in way.asked if a[0] == "remove"]), 2)
+
+    def test_the_same_external_port_is_asked_for_with_a_finite_lease(self):
+        way = FakeWay()
+        self.router(way, lease=1234).open()
+        self.assertEqual(way.asked[:2], [("forward", 5050, 5050, 1234), ("forward", 5051, 5051, 1234)])
+
+    def test_all_or_none_a_refused_page_port_takes_the_rooms_back(self):
+        refusing, working = FakeWay("PCP", refuse=(5051,)), FakeWay("UPnP")
+        result = self.router(refusing, working).open()
+        self.assertIn(("remove", 5050, 5050), refusing.asked)
+        self.assertEqual((result.outcome, result.protocol), (pcr.RouterOutcome.FORWARDED, "UPnP"))
+
+    def test_a_refusal_alone_is_the_result(self):
+        result = self.router(FakeWay("UPnP", refuse=(5050,))).open()
+        self.assertEqual((result.outcome, result.reason), (pcr.RouterOutcome.REFUSED, "port taken"))
+
+    def test_a_refusal_for_want_of_a_public_address_is_no_public(self):
+        result = self.router(FakeWay("NAT-PMP", refuse=(5050,), no_public=True, external_ip="")).open()
+        self.assertEqual(result.outcome, pcr.RouterOutcome.NO_PUBLIC)
+        result = self.router(FakeWay("UPnP", refuse=(5050,), external_ip="100.64.0.1")).open()
+        self.assertEqual((result.outcome, result.external_ip),
+                         (pcr.RouterOutcome.NO_PUBLIC, "100.64.0.1"))
+
+    def test_no_way_is_no_answer(self):
+        result = self.router().open()
+        self.assertEqual(result.outcome, pcr.RouterOutcome.NO_ANSWER)
+
+    def test_the_lease_is_renewed_before_it_runs_out_and_a_moved_port_is_told(self):
+        way, told = FakeWay(moved={("renew", 5050): 5099}), []
+        router = self.router(way, lease=2.0, on_change=told.append)
+        router.open()
+        deadline = time.monotonic() + WAIT
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn(("renew", 5050, 5050, 2), way.asked)
+        self.assertEqual(told[0].forwarded, {5050: 5099, 5051: 5051})
+        router.close()
+        self.assertIn(("remove", 5050, 5099), way.asked)
+
+    def test_closed_before_the_router_answers_maps_nothing(self):
+        way = FakeWay()
+        router = self.router(way)
+        router.close()
+        self.assertNotEqual(router.open().outcome, pcr.RouterOutcome.FORWARDED)
+        self.assertEqual(way.asked, [])
+
+
+class UpnpOptionTest(unittest.TestCase):
+    """--upnp on the command line; off unless given."""
+
+    def test_off_by_default_and_on_with_the_flag(self):
+        self.assertFalse(pcr.Settings().upnp)
+        self.assertFalse(pcr.settings_from(pcr.parse_args(["--port", "5050"]))[0].upnp)
+        self.assertTrue(pcr.settings_from(pcr.parse_args(["--port", "5050", "--upnp"]))[0].upnp)
+
+    def test_help_says_what_it_does(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            pcr.parse_args(["--help"])
+        self.assertIn("ask the router to forward the room's port with UPnP / NAT-PMP / PCP",
+                      " ".join(out.getvalue().split()))
+
+    def test_a_room_only_this_machine_reaches_asks_no_router(self):
+        said = []
+        self.assertIsNone(pcr.ask_router(pcr.Settings(), ("127.0.0.1", 5050), None, said.append))
+        self.assertEqual(said, ["the room listens on 127.0.0.1 only, so the router was not asked "
+                                "to forward it"])
 
 
 if __name__ == "__main__":
