@@ -6,10 +6,12 @@ bounded.  Run: python3 -m unittest -v test_pcr_server
 
 import base64
 import contextlib
+import functools
 import gc
 import hashlib
 import http.server
 import io
+import itertools
 import json
 import os
 import random
@@ -1983,8 +1985,9 @@ class ClientProcess:
     """
 
     def __init__(self, address: str, name: str | None = None, tls: bool = False,
-                 ca: str | None = None, insecure: bool = False, env: dict | None = None):
-        args = [sys.executable, SERVER, "--connect", address]
+                 ca: str | None = None, insecure: bool = False, env: dict | None = None,
+                 prefix: list[str] | tuple = ()):
+        args = [*prefix, sys.executable, SERVER, "--connect", address]   # prefix: ip netns exec NS
         args += ["--name", name] if name is not None else []
         args += ["--tls"] * tls + ["--insecure"] * insecure + (["--ca", ca] if ca else [])
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -4106,6 +4109,514 @@ class UpnpOptionTest(unittest.TestCase):
         self.assertIsNone(pcr.ask_router(pcr.Settings(), ("127.0.0.1", 5050), None, said.append))
         self.assertEqual(said, ["the room listens on 127.0.0.1 only, so the router was not asked "
                                 "to forward it"])
+
+
+# -- a real router: miniupnpd in a home network of network namespaces --------
+# Every server with --upnp and every RouterPorts call runs inside the LAN
+# namespace (ip netns exec), never in this process's own network: nothing here
+# sends discovery or mapping requests anywhere but the namespaces it made.
+
+HOME_NUMBERS = itertools.count(1)
+ROUTER_SAYS = 12.0   # the server's sentence comes within ROUTER_OPEN_TIME, start-up included
+
+# Asks as the server does, for tests of the parts the command line does not set:
+# argv: the folder of pcr_server.py, lease seconds, protocols, seconds to keep.
+MAPPER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+router = pcr.RouterPorts([5050], lease=float(sys.argv[2]), protocols=tuple(sys.argv[3].split(",")))
+print(pcr.router_sentence(router.open()), flush=True)
+time.sleep(float(sys.argv[4]))
+router.close()
+print("closed", flush=True)
+"""
+
+# A host on the LAN that answers every SSDP search with two bad answers: a
+# LOCATION on another host (argv[1]), and a 10 MB description of its own.
+HOSTILE_HOST = """
+import socket, struct, sys, threading
+other, me = sys.argv[1], sys.argv[2]
+def serve_big():
+    with socket.create_server(("0.0.0.0", 8081)) as listener:
+        conn, _ = listener.accept()
+        conn.settimeout(15)
+        conn.recv(4096)
+        sent = 0
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/xml\\r\\n\\r\\n<root>")
+            while sent < 10 << 20:
+                conn.sendall(b"<a/>" * 16384)
+                sent += 65536
+            print("big: all 10 MB sent", flush=True)
+        except OSError:
+            print(f"big: cut after {sent} bytes", flush=True)
+threading.Thread(target=serve_big, daemon=True).start()
+ssdp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ssdp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ssdp.bind(("", 1900))
+ssdp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                socket.inet_aton("239.255.255.250") + socket.inet_aton(me))
+print("ready", flush=True)
+while True:
+    data, peer = ssdp.recvfrom(2048)
+    if data.startswith(b"M-SEARCH"):
+        for location in (f"http://{other}:8080/rootDesc.xml", f"http://{me}:8081/big.xml"):
+            ssdp.sendto(("HTTP/1.1 200 OK\\r\\nCACHE-CONTROL: max-age=120\\r\\nEXT:\\r\\n"
+                         "ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\\r\\n"
+                         f"LOCATION: {location}\\r\\n\\r\\n").encode(), peer)
+"""
+
+# Prints a line for every TCP connection to argv[1] (a port): nobody should come.
+TRAP = """
+import socket, sys
+with socket.create_server(("0.0.0.0", int(sys.argv[1]))) as listener:
+    print("ready", flush=True)
+    while True:
+        conn, peer = listener.accept()
+        print(f"contacted by {peer[0]}", flush=True)
+        conn.close()
+"""
+
+# Prints a line for every packet to the router's NAT-PMP/PCP port or SSDP.
+ROUTER_EAR = """
+import select, socket, sys
+control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+control.bind(("0.0.0.0", 5351))
+ssdp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ssdp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ssdp.bind(("", 1900))
+ssdp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                socket.inet_aton("239.255.255.250") + socket.inet_aton(sys.argv[1]))
+print("ready", flush=True)
+while True:
+    for sock in select.select([control, ssdp], [], [])[0]:
+        data, peer = sock.recvfrom(2048)
+        print(f"heard on {sock.getsockname()[1]} from {peer[0]}", flush=True)
+"""
+
+MINIUPNPD_CONF = """ext_ifname=rwan
+listening_ip=br0
+port=0
+enable_upnp={upnp}
+enable_natpmp={natpmp}
+secure_mode=yes
+system_uptime=yes
+min_lifetime=2
+uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
+upnp_table_name=pcr_filter
+upnp_nat_table_name=pcr_nat
+upnp_forward_chain=pcr_forward
+upnp_nat_chain=pcr_prerouting
+upnp_nat_postrouting_chain=pcr_postrouting
+allow 1024-65535 192.168.77.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+
+# The router's firewall: LAN out, replies back in; in from the WAN only what
+# miniupnpd opens in its chains (made first: miniupnpd fills them, never makes them).
+ROUTER_RULES = """
+table inet pcr_filter {
+  chain pcr_forward { }
+  chain forward { type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "br0" accept
+    jump pcr_forward; }
+}
+table inet pcr_nat {
+  chain pcr_prerouting { }
+  chain pcr_postrouting { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump pcr_prerouting; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept;
+    oifname "rwan" masquerade
+    jump pcr_postrouting; }
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def home_network_missing() -> str:
+    """Why a home network of namespaces cannot be built here; "" if it can."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux's"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root"
+    missing = [tool for tool in ("ip", "nft", "miniupnpd", "upnpc", "natpmpc")
+               if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    if missing:
+        return f"not installed: {', '.join(missing)} (.ci/run installs them)"
+    name = f"pcr{os.getpid()}-probe"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=WAIT)
+    if made.returncode:
+        return f"cannot make network namespaces here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
+    return ""
+
+
+class HomeNetwork:
+    """A home network built from namespaces, torn down when the test ends:
+    lan (this machine, 192.168.77.20), router (192.168.77.1 inside, `wan_ip`
+    outside; nftables NAT, miniupnpd when started), wan (a friend, .2 beside
+    the router's WAN address) and, if asked, other (a second LAN host,
+    192.168.77.66).  No namespace is connected to this machine's own network."""
+
+    LAN_IP, ROUTER_IP, OTHER_IP = "192.168.77.20", "192.168.77.1", "192.168.77.66"
+
+    def __init__(self, case: unittest.TestCase, wan_ip: str = "11.0.0.1", other_host: bool = False):
+        self.case, self.wan_ip = case, wan_ip
+        self.friend_ip = wan_ip.rsplit(".", 1)[0] + ".2"
+        tag = f"pcr{os.getpid()}n{next(HOME_NUMBERS)}"
+        self.ns = {role: f"{tag}-{role}" for role in ("lan", "router", "wan", "other")
+                   if role != "other" or other_host}
+        self.dir = tempfile.mkdtemp()
+        case.addCleanup(shutil.rmtree, self.dir, True)
+        self.procs: list[subprocess.Popen] = []
+        self.made: list[str] = []
+        self.description_url = ""   # miniupnpd's, once started with UPnP
+        case.addCleanup(self.tear_down)   # also when building fails half-way
+        self._build()
+
+    def ip(self, *args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=WAIT)
+        if done.returncode:
+            raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+    def run(self, role: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A command inside the namespace `role`, bounded."""
+        done = subprocess.run(self.inside(role, *args), capture_output=True, text=True,
+                              timeout=ROUTER_SAYS)
+        if check and done.returncode:
+            raise AssertionError(f"{args}: {done.returncode} {done.stdout} {done.stderr}")
+        return done
+
+    def inside(self, role: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[role], *args]
+
+    def _build(self) -> None:
+        for name in self.ns.values():
+            self.ip("netns", "add", name)
+            self.made.append(name)
+            self.ip("-n", name, "link", "set", "lo", "up")
+        lan, router, wan = self.ns["lan"], self.ns["router"], self.ns["wan"]
+        self.ip("link", "add", "lan0", "netns", lan, "type", "veth", "peer", "name", "rlan", "netns", router)
+        self.ip("link", "add", "rwan", "netns", router, "type", "veth", "peer", "name", "wan0", "netns", wan)
+        self.ip("-n", router, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        self.ip("-n", router, "link", "set", "rlan", "master", "br0", "up")
+        self.ip("-n", router, "addr", "add", f"{self.ROUTER_IP}/24", "dev", "br0")
+        self.ip("-n", router, "addr", "add", f"{self.wan_ip}/24", "dev", "rwan")
+        for name, device, address in ((router, "br0", None), (router, "rwan", None),
+                                      (lan, "lan0", self.LAN_IP), (wan, "wan0", self.friend_ip)):
+            if address:
+                self.ip("-n", name, "addr", "add", f"{address}/24", "dev", device)
+            self.ip("-n", name, "link", "set", device, "up")
+        self.ip("-n", lan, "route", "add", "default", "via", self.ROUTER_IP)
+        if "other" in self.ns:
+            other = self.ns["other"]
+            self.ip("link", "add", "oth0", "netns", other, "type", "veth", "peer", "name", "roth",
+                    "netns", router)
+            self.ip("-n", router, "link", "set", "roth", "master", "br0", "up")
+            self.ip("-n", other, "addr", "add", f"{self.OTHER_IP}/24", "dev", "oth0")
+            self.ip("-n", other, "link", "set", "oth0", "up")
+            self.ip("-n", other, "route", "add", "default", "via", self.ROUTER_IP)
+        self.run("router", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rules = os.path.join(self.dir, "router.nft")
+        with open(rules, "w") as f:
+            f.write(ROUTER_RULES)
+        self.run("router", "nft", "-f", rules)
+
+    def start(self, role: str, *args: str, name: str) -> str:
+        """Start a program in `role` that prints to a file; the file's path."""
+        path = os.path.join(self.dir, f"{name}.out")
+        with open(path, "w") as out:
+            self.procs.append(subprocess.Popen(self.inside(role, *args), stdout=out,
+                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        return path
+
+    def printed(self, path: str, needle: str, timeout: float = WAIT) -> str:
+        """The file's text once `needle` is in it; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            if needle in text:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} in {os.path.basename(path)}: {text[-2000:]!r}")
+            time.sleep(0.05)
+
+    def start_router(self, upnp: bool = True, natpmp: bool = True) -> str:
+        """miniupnpd in the router namespace; its log's path."""
+        conf = os.path.join(self.dir, "miniupnpd.conf")
+        with open(conf, "w") as f:
+            f.write(MINIUPNPD_CONF.format(upnp="yes" if upnp else "no",
+                                          natpmp="yes" if natpmp else "no"))
+        log_path = self.start("router", "miniupnpd", "-d", "-f", conf, "-P",
+                              os.path.join(self.dir, "miniupnpd.pid"), name="miniupnpd")
+        text = self.printed(log_path, "HTTP listening on port" if upnp
+                            else "Listening for NAT-PMP/PCP traffic")
+        if upnp:
+            port = re.search(r"HTTP listening on port (\d+)", text).group(1)
+            self.description_url = f"http://{self.ROUTER_IP}:{port}/rootDesc.xml"
+            if natpmp:
+                self.printed(log_path, "Listening for NAT-PMP/PCP traffic")
+        return log_path
+
+    def room(self, *args: str) -> subprocess.Popen:
+        """pcr_server.py on the LAN host, port 5050; killed at the end if still running."""
+        proc = subprocess.Popen(
+            self.inside("lan", sys.executable, SERVER, "--port", "5050", "--public-ip-url", "",
+                        "--log-file", "", *args),
+            cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def mappings(self, role: str = "lan") -> list[tuple[int, str, int]]:
+        """(external port, internal address, internal port) of every TCP mapping, as
+        miniupnpc's upnpc lists them (asked from `role`)."""
+        listed = self.run(role, "upnpc", "-u", self.description_url, "-l").stdout
+        return [(int(e), ip, int(i)) for e, ip, i in
+                re.findall(r"^\s*\d+\s+TCP\s+(\d+)->([\d.]+):(\d+)", listed, re.MULTILINE)]
+
+    def nat_rules(self) -> str:
+        """The router's forwarding rules that miniupnpd made (nftables)."""
+        return self.run("router", "nft", "list", "chain", "inet", "pcr_nat", "pcr_prerouting").stdout
+
+    def public_address(self) -> str:
+        """The router's external address as natpmpc (libnatpmp) hears it."""
+        said = self.run("lan", "natpmpc", "-g", self.ROUTER_IP, check=False).stdout
+        found = re.search(r"Public IP address : ([\d.]+)", said)
+        return found.group(1) if found else ""
+
+    def friend(self, port: int, name: str = "friend") -> ClientProcess:
+        """A member on the internet side, joining through the router's WAN address."""
+        c = ClientProcess(f"{self.wan_ip}:{port}", name=name, prefix=self.inside("wan"))
+        self.case.addCleanup(c.close)
+        return c
+
+    def at_home(self, name: str) -> ClientProcess:
+        c = ClientProcess("127.0.0.1:5050", name=name, prefix=self.inside("lan"))
+        self.case.addCleanup(c.close)
+        return c
+
+    def reaches_from_wan(self, port: int, path: str = "") -> str:
+        """What the friend's side gets from the router's WAN address: "refused",
+        "timeout", or for `path` an HTTP status and size."""
+        code = ("import socket, sys, urllib.request\n"
+                "try:\n"
+                "    if sys.argv[3]:\n"
+                "        r = urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}',"
+                " timeout=3)\n"
+                "        print(r.status, len(r.read()))\n"
+                "    else:\n"
+                "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 3).close()\n"
+                "        print('connected')\n"
+                "except ConnectionRefusedError:\n    print('refused')\n"
+                "except OSError as e:\n    print('timeout' if 'timed out' in str(e) else e)\n")
+        return self.run("wan", sys.executable, "-c", code, self.wan_ip, str(port), path).stdout.strip()
+
+    def tear_down(self) -> None:
+        """Kill what was started, then delete the namespaces (and all in them)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=WAIT)
+        for name in self.made:
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                                  timeout=WAIT).stdout.split()
+            for pid in pids:   # only ever our own: nothing else lives in these namespaces
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
+
+
+class RouterForwardingTest(unittest.TestCase):
+    """--upnp against miniupnpd, the router daemon of OpenWrt and many home routers,
+    in a home network the test builds (needs root and network namespaces)."""
+
+    def setUp(self):
+        if reason := home_network_missing():
+            self.skipTest(reason)
+
+    def home(self, **kw) -> HomeNetwork:
+        return HomeNetwork(self, **kw)
+
+    def chat_through_the_router(self, home: HomeNetwork, port: int = 5050) -> None:
+        ann = home.at_home("ann")
+        ann.read_until("[1 person is online]\n")
+        friend = home.friend(port)
+        friend.read_until("[2 people are online]\n")
+        friend.type("hello from outside\n")
+        ann.read_until("friend: hello from outside\n")
+        ann.type("welcome in\n")
+        friend.read_until("ann: welcome in\n")
+
+    def test_a_friend_on_the_internet_joins_through_the_router_and_the_page_is_forwarded(self):
+        home = self.home()
+        home.start_router()
+        room = home.room("--upnp", "--web-port", "5051")
+        printed_until(room, "over the internet:  11.0.0.1:5050, the page on port 5051 (your router "
+                            "forwards both: PCP)", ROUTER_SAYS)
+        self.assertEqual(sorted(home.mappings()), [(5050, home.LAN_IP, 5050), (5051, home.LAN_IP, 5051)])
+        self.assertEqual(home.public_address(), "11.0.0.1")
+        self.chat_through_the_router(home)
+        self.assertRegex(home.reaches_from_wan(5051, "/"), r"^200 \d{4,}$")
+
+    def test_nothing_is_forwarded_after_the_room_stops(self):
+        home = self.home()
+        home.start_router()
+        home.run("lan", "upnpc", "-u", home.description_url, "-e", "not ours", "-a", home.LAN_IP,
+                 "6000", "6000", "TCP")
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with self.subTest(signal=sig.name):
+                room = home.room("--upnp", "--web-port", "5051")
+                printed_until(room, "(your router forwards both: PCP)", ROUTER_SAYS)
+                self.assertEqual(home.reaches_from_wan(5050), "connected")
+                room.send_signal(sig)
+                self.assertEqual(room.wait(WAIT * 2), 0)
+                self.assertEqual(home.mappings(), [(6000, home.LAN_IP, 6000)])   # not ours: kept
+                self.assertNotIn("5050", home.nat_rules())
+                self.assertEqual(home.reaches_from_wan(5050), "refused")
+                self.assertEqual(home.reaches_from_wan(5051), "refused")
+
+    def test_a_natpmp_and_pcp_router_without_upnp(self):
+        home = self.home()
+        home.start_router(upnp=False)
+        room = home.room("--upnp")
+        printed_until(room, "over the internet:  11.0.0.1:5050 (your router forwards it: PCP)",
+                      ROUTER_SAYS)
+        self.assertIn(f"dnat ip to {home.LAN_IP}:5050", home.nat_rules())
+        self.assertEqual(home.public_address(), "11.0.0.1")
+        self.chat_through_the_router(home)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertNotIn("dnat", home.nat_rules())
+
+    def test_natpmp_alone_maps_renews_and_removes(self):
+        home = self.home()
+        home.start_router(upnp=False)
+        mapper = home.start("lan", sys.executable, "-c", MAPPER, HERE, "3", "NAT-PMP", "5",
+                            name="mapper")
+        home.printed(mapper, "over the internet:  11.0.0.1:5050 (your router forwards it: NAT-PMP)",
+                     ROUTER_SAYS)
+        time.sleep(4)   # past the 3 s lease: renewed, or the router would have dropped it
+        self.assertIn(f"dnat ip to {home.LAN_IP}:5050", home.nat_rules())
+        home.printed(mapper, "closed", ROUTER_SAYS)
+        self.assertNotIn("dnat", home.nat_rules())
+
+    def test_a_upnp_router_without_natpmp(self):
+        home = self.home()
+        home.start_router(natpmp=False)
+        room = home.room("--upnp")
+        printed_until(room, "over the internet:  11.0.0.1:5050 (your router forwards it: UPnP)",
+                      ROUTER_SAYS)
+        self.assertEqual(home.mappings(), [(5050, home.LAN_IP, 5050)])
+        listed = home.run("lan", "upnpc", "-u", home.description_url, "-l").stdout
+        self.assertIn("'PrivateChatRoom'", listed)
+        self.chat_through_the_router(home)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.mappings(), [])
+
+    def test_the_upnp_lease_is_renewed_before_it_runs_out(self):
+        home = self.home()
+        home.start_router(natpmp=False)
+        mapper = home.start("lan", sys.executable, "-c", MAPPER, HERE, "3", "UPnP", "6",
+                            name="mapper")
+        home.printed(mapper, "(your router forwards it: UPnP)", ROUTER_SAYS)
+        time.sleep(4)
+        self.assertEqual(home.mappings(), [(5050, home.LAN_IP, 5050)])
+        lease = re.search(r"'PrivateChatRoom' '' (\d+)",
+                          home.run("lan", "upnpc", "-u", home.description_url, "-l").stdout)
+        self.assertLessEqual(int(lease.group(1)), 3)   # finite, as asked
+        home.printed(mapper, "closed", ROUTER_SAYS)
+        self.assertEqual(home.mappings(), [])
+
+    def test_a_port_forwarded_to_another_machine_is_left_alone(self):
+        home = self.home(other_host=True)
+        home.start_router()
+        home.run("other", "upnpc", "-u", home.description_url, "-e", "someone else", "-a",
+                 home.OTHER_IP, "8000", "5050", "TCP")
+        room = home.room("--upnp")
+        said = printed_until(room, "here)", ROUTER_SAYS)
+        port = int(re.search(r"over the internet:  11\.0\.0\.1:(\d+) \(your router forwards it: "
+                             r"PCP; its port \1 leads to 5050 here\)", said).group(1))
+        self.assertNotEqual(port, 5050)
+        self.assertIn((port, home.LAN_IP, 5050), home.mappings())
+        self.chat_through_the_router(home, port)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.mappings(), [(5050, home.OTHER_IP, 8000)])
+
+    def test_a_router_with_a_shared_address_gets_the_cgnat_sentence(self):
+        home = self.home(wan_ip="100.64.0.1")
+        log_path = home.start_router()
+        home.printed(log_path, "Port forwarding is impossible")   # what miniupnpd makes of it
+        room = home.room("--upnp")
+        said = printed_until(room, "probably CGNAT or a second router", ROUTER_SAYS)
+        self.assertIn("Friends outside cannot reach this room that way", said)
+        self.assertIn("ask your provider for a public IPv4 address", said)
+        self.assertEqual(home.mappings(), [])
+        home.at_home("ann").read_until("[1 person is online]\n")   # the room is open all the same
+
+    def test_without_a_router_daemon_the_sentence_comes_within_10_s_and_the_room_stays_open(self):
+        home = self.home()
+        started = time.monotonic()
+        room = home.room("--upnp")
+        printed_until(room, "no router answered UPnP, NAT-PMP or PCP: forward TCP port 5050 to "
+                            f"{home.LAN_IP} by hand (MAC ", 10)
+        self.assertLess(time.monotonic() - started, 10)
+        home.at_home("ann").read_until("[1 person is online]\n")
+        self.assertIsNone(room.poll())
+
+    def hostile_host(self, home: HomeNetwork) -> tuple[str, str]:
+        """The other LAN host answering SSDP badly, and a trap on the host its LOCATION
+        names (the friend's); the paths of what each prints."""
+        trap = home.start("wan", sys.executable, "-c", TRAP, "8080", name="trap")
+        hostile = home.start("other", sys.executable, "-c", HOSTILE_HOST, home.friend_ip,
+                             home.OTHER_IP, name="hostile")
+        home.printed(trap, "ready")
+        home.printed(hostile, "ready")
+        return trap, hostile
+
+    def test_hostile_answers_on_the_lan_are_ignored(self):
+        home = self.home(other_host=True)
+        trap, hostile = self.hostile_host(home)
+        room = home.room("--upnp")
+        printed_until(room, "no router answered UPnP, NAT-PMP or PCP", 10)
+        cut = re.search(r"big: cut after (\d+) bytes", home.printed(hostile, "big: "))
+        self.assertLess(int(cut.group(1)), 10 << 20)
+        room.send_signal(signal.SIGTERM)
+        _, err = room.communicate(timeout=WAIT * 2)
+        self.assertIn(f"ignored a UPnP answer from {home.OTHER_IP}: its description is at "
+                      f"http://{home.friend_ip}:8080/rootDesc.xml", err)
+        self.assertIn(f"ignored the UPnP description at http://{home.OTHER_IP}:8081/big.xml "
+                      f"(an answer of more than 65536 bytes)", err)
+        self.assertNotIn("contacted", home.printed(trap, "ready"))
+
+    def test_the_real_router_is_used_beside_a_hostile_host(self):
+        home = self.home(other_host=True)
+        home.start_router(natpmp=False)
+        trap, _ = self.hostile_host(home)
+        room = home.room("--upnp")
+        printed_until(room, "over the internet:  11.0.0.1:5050 (your router forwards it: UPnP)",
+                      ROUTER_SAYS)
+        self.chat_through_the_router(home)
+        self.assertNotIn("contacted", home.printed(trap, "ready"))
+
+    def test_without_upnp_nothing_asks_the_router(self):
+        home = self.home()
+        ear = home.start("router", sys.executable, "-c", ROUTER_EAR, home.ROUTER_IP, name="ear")
+        home.printed(ear, "ready")
+        room = home.room()
+        printed_until(room, "Ctrl+C stops the server.")
+        time.sleep(pcr.ROUTER_WAIT + 0.5)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertNotIn("heard", home.printed(ear, "ready"))
+        room = home.room("--upnp")   # the ear hears, when there is something to hear
+        home.printed(ear, "heard on 5351 from 192.168.77.20")
+        home.printed(ear, "heard on 1900 from 192.168.77.20")
 
 
 if __name__ == "__main__":
