@@ -4241,10 +4241,9 @@ def home_network_missing() -> str:
         return "network namespaces are Linux's"
     if os.geteuid() != 0:
         return "building network namespaces needs root"
-    missing = [tool for tool in ("ip", "nft", "miniupnpd", "upnpc", "natpmpc")
-               if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    missing = [tool for tool in ("ip", "nft", "miniupnpd", "upnpc", "natpmpc") if not shutil.which(tool)]
     if missing:
-        return f"not installed: {', '.join(missing)} (.ci/run installs them)"
+        return f"not installed or not on PATH: {', '.join(missing)} (.ci/run installs them)"
     name = f"pcr{os.getpid()}-probe"
     made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=WAIT)
     if made.returncode:
