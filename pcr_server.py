@@ -68,6 +68,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
+import xml.parsers.expat
 from typing import Callable
 
 try:
@@ -3000,7 +3001,7 @@ PORT_CONTROL = 5351                # PCP and NAT-PMP share the gateway's port
 SSDP_GROUP = ("239.255.255.250", 1900)
 IGD_DEVICES = ("urn:schemas-upnp-org:device:InternetGatewayDevice:2",
                "urn:schemas-upnp-org:device:InternetGatewayDevice:1")
-IGD_SERVICES = ("urn:schemas-upnp-org:service:WANIPConnection:2",   # the first found is used
+IGD_SERVICES = ("urn:schemas-upnp-org:service:WANIPConnection:2",   # the best first
                 "urn:schemas-upnp-org:service:WANIPConnection:1",
                 "urn:schemas-upnp-org:service:WANPPPConnection:1")
 ROUTER_LEASE = 3600.0              # seconds a mapping lives unless renewed
@@ -3191,12 +3192,14 @@ def pcp_mapping(data: bytes, nonce: bytes) -> tuple[int, int, int, int, str]:
     if len(data) < 24 or data[0] != 2 or data[1] != 128 + PCP_MAP:
         raise ValueError("not a PCP MAP answer")
     result, lifetime = data[3], struct.unpack("!I", data[4:8])[0]
+    if len(data) >= 36 and data[24:36] != nonce:
+        raise ValueError("the answer to another request")
     if result:
         return result, 0, 0, 0, ""
     if len(data) < 60:
         raise ValueError("a short PCP answer")
-    answered, protocol, port, external_port, external = struct.unpack("!12sB3xHH16s", data[24:60])
-    if answered != nonce or protocol != TCP:
+    _, protocol, port, external_port, external = struct.unpack("!12sB3xHH16s", data[24:60])
+    if protocol != TCP:
         raise ValueError("the answer to another request")
     v4 = ipaddress.IPv6Address(external).ipv4_mapped
     return result, port, external_port, lifetime, str(v4) if v4 else ""
@@ -3245,7 +3248,8 @@ def ssdp_location(data: bytes) -> str | None:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "location":
-            return value.strip() or None
+            value = value.strip()   # shown in the log if refused: printable ASCII only
+            return value if value and value.isascii() and value.isprintable() else None
     return None
 
 
@@ -3263,13 +3267,17 @@ def url_on_host(url: str, host: str) -> tuple[int, str] | None:
 
 
 def xml_root(text: bytes) -> ElementTree.Element:
-    """Parsed XML, refused (ValueError) if it declares a DOCTYPE or entities:
-    a router's description never needs them, and they can blow up or leak."""
-    if re.search(rb"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE):
+    """Parsed XML; ValueError if it is not XML or declares a DOCTYPE or entities (a
+    router never needs them, and they can blow up or leak).  A first pass with
+    expat's own handlers finds them in any encoding, before anything is expanded."""
+    def refuse(*_) -> None:
         raise ValueError("XML with a DOCTYPE or entities is refused")
+    scan = xml.parsers.expat.ParserCreate()
+    scan.StartDoctypeDeclHandler = scan.EntityDeclHandler = refuse
     try:
+        scan.Parse(text, True)
         return ElementTree.fromstring(text)
-    except ElementTree.ParseError as e:
+    except (xml.parsers.expat.ExpatError, ElementTree.ParseError) as e:
         raise ValueError(f"not XML ({e})") from None
 
 
@@ -3317,7 +3325,8 @@ def soap_answer(body: bytes, action: str) -> dict[str, str]:
         if local_name(element) == "UPnPError":
             fields = {local_name(child): (child.text or "").strip() for child in element}
             code = fields.get("errorCode", "")
-            raise UpnpError(int(code) if code.isdigit() else 0, fields.get("errorDescription", ""))
+            raise UpnpError(int(code) if code.isdigit() else 0,
+                            clean_text(fields.get("errorDescription", ""))[:100])
     raise ValueError(f"no answer to {action}")
 
 
@@ -3386,18 +3395,25 @@ class PortControl:
         self.nonce = os.urandom(12)          # PCP: names our mappings, to renew and remove them
         self.external_ip: str | None = None   # as the gateway says it; "": it has none
 
-    def exchange(self, request: bytes, read: Callable, deadline: float):
+    def exchange(self, request: bytes, read: Callable, deadline: float, port: int = 0):
+        """read(the gateway's answer) to `request`; an answer that names another
+        internal port than `port` (if given) is not ours."""
+        def ours(data: bytes):
+            answer = read(data)
+            if port and answer[0] == 0 and answer[1] != port:
+                raise ValueError("the answer about another port")
+            return answer
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((self.lan_ip, 0))
             sock.connect((self.gateway, PORT_CONTROL))   # only the gateway's answers arrive
-            return udp_exchange(sock, request, read, deadline)
+            return udp_exchange(sock, request, ours, deadline)
 
     def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
         """(external port, seconds granted) of a mapping to our `port`; RouterRefused if not."""
         if self.name == "PCP":
             result, _, external_port, lifetime, external_ip = self.exchange(
                 pcp_map_request(self.lan_ip, port, wanted, lease, self.nonce),
-                lambda data: pcp_mapping(data, self.nonce), deadline)
+                lambda data: pcp_mapping(data, self.nonce), deadline, port)
             if result == PCP_UNSUPPORTED_VERSION and "NAT-PMP" in self.kinds:
                 self.name = "NAT-PMP"
                 return self.forward(port, wanted, lease, deadline)
@@ -3407,7 +3423,7 @@ class PortControl:
             self.external_ip = external_ip
             return external_port, lifetime
         result, _, external_port, lifetime = self.exchange(
-            natpmp_map_request(port, wanted, lease), natpmp_mapping, deadline)
+            natpmp_map_request(port, wanted, lease), natpmp_mapping, deadline, port)
         if result:
             raise RouterRefused("NAT-PMP", NATPMP_RESULTS.get(result, f"error {result}"),
                                 no_public=result == NATPMP_NETWORK_FAILURE)
@@ -3420,9 +3436,9 @@ class PortControl:
         """Remove our mapping of `port` (lifetime 0; PCP: only the one with our nonce)."""
         if self.name == "PCP":
             result = self.exchange(pcp_map_request(self.lan_ip, port, external_port, 0, self.nonce),
-                                   lambda data: pcp_mapping(data, self.nonce), deadline)[0]
+                                   lambda data: pcp_mapping(data, self.nonce), deadline, port)[0]
         else:
-            result = self.exchange(natpmp_map_request(port, 0, 0), natpmp_mapping, deadline)[0]
+            result = self.exchange(natpmp_map_request(port, 0, 0), natpmp_mapping, deadline, port)[0]
         if result:
             raise RouterRefused(self.name, (PCP_RESULTS if self.name == "PCP" else
                                             NATPMP_RESULTS).get(result, f"error {result}"))
@@ -3511,6 +3527,9 @@ class UpnpIgd:
         return external_port, lease
 
     def remove(self, port: int, external_port: int, deadline: float) -> None:
+        """Remove our mapping, if it still is ours: one that ran out may be another's now."""
+        if self.holder(external_port, deadline) != f"{self.lan_ip}:{port}":
+            return
         try:
             self.call("DeletePortMapping", {"NewRemoteHost": "", "NewExternalPort": external_port,
                                             "NewProtocol": "TCP"}, deadline)
@@ -3767,7 +3786,8 @@ class RouterPorts:
                 yield way
 
     def _take(self, way, lan_ip: str, deadline: float) -> RouterResult:
-        """Map every port with `way`, all or none; RouterRefused if it will not."""
+        """Map every port with `way`, all or none; RouterRefused if it will not, unless
+        for want of a public address (a NO_PUBLIC result then)."""
         made: dict[int, int] = {}
         granted = self.lease
         with self._lock:
@@ -3834,6 +3854,10 @@ class RouterPorts:
             if self.on_change:
                 self.on_change(self.result)
         return max(1.0, lifetime / 2)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def close(self) -> None:
         """Stop renewing and remove every mapping this object made (a few seconds at most)."""
@@ -5443,10 +5467,13 @@ def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple
     if is_loopback(address[0]):
         say(f"the room listens on {address[0]} only, so the router was not asked to forward it")
         return None
-    router = RouterPorts([address[1]] + ([page_address[1]] if page_address else []))
+    router = RouterPorts([address[1]] + ([page_address[1]] if page_address else []),
+                         on_change=lambda moved: say(router_sentence(moved)))
 
     def work() -> None:
         result = router.open()
+        if router.closed:   # the room stopped meanwhile: nothing left to say
+            return
         public_ip = None
         if result.needs_public_ip() and settings.public_ip_url:
             try:   # only the public look-up tells a second router from CGNAT

@@ -3745,6 +3745,7 @@ class UpnpTextTest(unittest.TestCase):
         self.assertIsNone(pcr.ssdp_location(answer.replace(b"200 OK", b"404 No")))
         self.assertIsNone(pcr.ssdp_location(b"NOTIFY * HTTP/1.1\r\nLOCATION: http://x/\r\n\r\n"))
         self.assertIsNone(pcr.ssdp_location(b"HTTP/1.1 200 OK\r\nST: x\r\n\r\n"))
+        self.assertIsNone(pcr.ssdp_location(b"HTTP/1.1 200 OK\r\nLOCATION: http://x/\x1b[2J\r\n\r\n"))
 
     def test_a_url_must_be_plain_http_on_the_host_that_answered(self):
         self.assertEqual(pcr.url_on_host("http://192.168.1.1:5000/rootDesc.xml", "192.168.1.1"),
@@ -3773,7 +3774,8 @@ class UpnpTextTest(unittest.TestCase):
         laughs = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa">'
                   b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><root>&b;</root>')
         outside = b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://203.0.113.9/x.dtd"><root/>'
-        for text in (laughs, outside, b"<root><!ENTITY x 'y'></root>", b"not xml at all"):
+        in_utf16 = laughs.replace(b'version="1.0"', b'version="1.0" encoding="UTF-16"').decode().encode("utf-16")
+        for text in (laughs, outside, in_utf16, b"<root><!ENTITY x 'y'></root>", b"not xml at all"):
             with self.subTest(text=text[:40]), self.assertRaises(ValueError):
                 pcr.igd_service(text, "http://192.168.1.1/")
         with self.assertRaises(ValueError):
