@@ -3006,7 +3006,7 @@ IGD_SERVICES = ("urn:schemas-upnp-org:service:WANIPConnection:2",   # the best f
                 "urn:schemas-upnp-org:service:WANPPPConnection:1")
 ROUTER_LEASE = 3600.0              # seconds a mapping lives unless renewed
 ROUTER_WAIT = 3.0                  # "no answer within a few seconds"
-ROUTER_OPEN_TIME = 9.0             # all of RouterPorts.open(), however many routers answer
+ROUTER_OPEN_TIME = 8.5             # RouterPorts.open(), however many routers answer (+1 s to undo)
 ROUTER_PROTOCOLS = ("PCP", "NAT-PMP", "UPnP")
 DESCRIPTION_LIMIT = 64 * 1024      # bytes of a UPnP description or SOAP answer
 MAPPING_NAME = "PrivateChatRoom"
@@ -3798,7 +3798,7 @@ class RouterPorts:
                     made[port], lifetime = way.forward(port, port, int(self.lease), deadline)
                     granted = min(granted, lifetime)
             except (RouterRefused, OSError, ValueError) as e:
-                self._remove(way, made)
+                self._remove(way, made, deadline + 1.0)   # all or none, and open() under 10 s
                 return self._refused(way, lan_ip, e, deadline)
             external = self._external(way, deadline) or ""
             self._way, self._mapped = way, made
@@ -3865,11 +3865,10 @@ class RouterPorts:
         with self._lock:
             mapped, self._mapped = self._mapped, {}
             if mapped:
-                self._remove(self._way, mapped)
+                self._remove(self._way, mapped, time.monotonic() + ROUTER_WAIT)
 
     @staticmethod
-    def _remove(way, mapped: dict[int, int]) -> None:
-        deadline = time.monotonic() + ROUTER_WAIT
+    def _remove(way, mapped: dict[int, int], deadline: float) -> None:
         for port, external_port in mapped.items():
             try:
                 way.remove(port, external_port, deadline)
