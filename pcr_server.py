@@ -31,7 +31,9 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Server (accepting, limits, TLS pacing, names, keys,
                               lines, closing)
   6. Host addresses           private, public and MAC; FriendsJoin (how friends
-                              join, for the banner and the window)
+                              join, for the banner and the window); RouterPorts
+                              (--upnp: the router forwards the room's ports with
+                              PCP, NAT-PMP or UPnP)
   7. Logging                  a rotating file, created readable by its owner only
   8. The GUI                  WindowView (the widgets), ServerWindow (the room as
                               the window runs it: RoomState), tkinter imported here
@@ -42,7 +44,8 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
 Loop.call_soon_threadsafe; look-ups of addresses run on threads of their own
-and hand their answers back through queues.
+and hand their answers back through queues.  RouterPorts asks the router on
+the caller's thread and renews on one of its own; its state is behind its lock.
 """
 
 from __future__ import annotations
@@ -71,13 +74,17 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import threading
 import time
 import traceback
 import unicodedata
+import urllib.parse
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ElementTree
+import xml.parsers.expat
 from typing import Callable
 
 try:
@@ -119,6 +126,7 @@ class Settings:
     web_port: int | None = None       # the chat page and its WebSocket; None: no page
     log_file: str = LOG_FILE
     public_ip_url: str = DEFAULT_PUBLIC_IP_URL
+    upnp: bool = False                # ask the router to forward the room's ports
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
@@ -2622,6 +2630,895 @@ def setup_logging(log_file: str, console: bool = True) -> None:
             log.addHandler(handler)
 
 
+# -- asking the router to forward the room's ports (--upnp) ------------------
+# Three ways to ask, tried at once; whichever answers first and works is used:
+# PCP (RFC 6887) and NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and
+# UPnP-IGD, found with SSDP.  Pure functions build and read every packet, SOAP
+# body and sentence; RouterPorts does the talking, bounded in time.  Answers
+# are believed only from the gateway or this machine's own network, and only
+# the room's own ports are ever mapped, to this machine's own address.
+
+PORT_CONTROL = 5351                # PCP and NAT-PMP share the gateway's port
+SSDP_GROUP = ("239.255.255.250", 1900)
+IGD_DEVICES = ("urn:schemas-upnp-org:device:InternetGatewayDevice:2",
+               "urn:schemas-upnp-org:device:InternetGatewayDevice:1")
+IGD_SERVICES = ("urn:schemas-upnp-org:service:WANIPConnection:2",   # the best first
+                "urn:schemas-upnp-org:service:WANIPConnection:1",
+                "urn:schemas-upnp-org:service:WANPPPConnection:1")
+ROUTER_LEASE = 3600.0              # seconds a mapping lives unless renewed
+ROUTER_WAIT = 3.0                  # "no answer within a few seconds"
+ROUTER_OPEN_TIME = 8.5             # RouterPorts.open(), however many routers answer (+1 s to undo)
+ROUTER_PROTOCOLS = ("PCP", "NAT-PMP", "UPnP")
+DESCRIPTION_LIMIT = 64 * 1024      # bytes of a UPnP description or SOAP answer
+MAPPING_NAME = "PrivateChatRoom"
+RTF_UP, RTF_GATEWAY = 0x1, 0x2     # /proc/net/route's flags
+# Addresses the internet cannot reach: a router with one of these has no public address.
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12",
+                                                            "192.168.0.0/16"))   # RFC 1918
+SHARED_ADDRESSES = ipaddress.ip_network("100.64.0.0/10")   # RFC 6598: carriers' own NAT
+NOT_INTERNET = PRIVATE_NETWORKS + (SHARED_ADDRESSES, *(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3")))
+NATPMP_RESULTS = {1: "unsupported version", 2: "not authorized or refused",
+                  3: "network failure", 4: "out of resources", 5: "unsupported opcode"}
+PCP_RESULTS = {1: "unsupported version", 2: "not authorized", 3: "malformed request",
+               4: "unsupported opcode", 5: "unsupported option", 6: "malformed option",
+               7: "network failure", 8: "no resources", 9: "unsupported protocol",
+               10: "user exceeded quota", 11: "cannot provide external address",
+               12: "address mismatch", 13: "excessive remote peers"}
+NATPMP_NETWORK_FAILURE, PCP_NETWORK_FAILURE = 3, 7   # what miniupnpd says without a public address
+PCP_UNSUPPORTED_VERSION, PCP_MAP, TCP = 1, 1, 6
+
+
+class RouterRefused(Exception):
+    """A router answered but would not (or could not) forward; `no_public`: it has
+    no public address to offer (CGNAT or a second router)."""
+
+    def __init__(self, protocol: str, reason: str, no_public: bool = False):
+        super().__init__(f"{protocol}: {reason}")
+        self.protocol, self.reason, self.no_public = protocol, reason, no_public
+
+
+# -- routes: the default gateway and this machine's own network --------------
+def proc_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
+    """Linux's /proc/net/route as (network, gateway or None when on-link, metric)."""
+    def address(hex_text: str) -> str:
+        return str(ipaddress.IPv4Address(struct.pack("<I", int(hex_text, 16))))
+    routes = []
+    for row in text.splitlines()[1:]:
+        f = row.split()
+        try:
+            flags, metric = int(f[3], 16), int(f[6])
+            network = ipaddress.IPv4Network(f"{address(f[1])}/{address(f[7])}", strict=False)
+            gateway = address(f[2])
+        except (IndexError, ValueError):
+            continue
+        if flags & RTF_UP:
+            routes.append((network, gateway if flags & RTF_GATEWAY else None, metric))
+    return routes
+
+
+def route_print_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
+    """Windows' `route print -4` (active routes) in the same form; 'On-link' has no gateway."""
+    routes = []
+    for row in text.split("Persistent Routes")[0].splitlines():
+        f = row.split()
+        try:
+            network = ipaddress.IPv4Network(f"{f[0]}/{f[1]}", strict=False)
+            ipaddress.IPv4Address(f[3])
+            metric = int(f[4])
+        except (IndexError, ValueError):
+            continue
+        gateway = f[2] if re.fullmatch(r"[0-9.]+", f[2]) else None
+        routes.append((network, gateway, metric))
+    return routes
+
+
+def route_get_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
+    """macOS's `route -n get default`: the default route alone."""
+    found = re.search(r"^\s*gateway:\s*([0-9.]+)\s*$", text, re.MULTILINE)
+    return [(ipaddress.IPv4Network("0.0.0.0/0"), found.group(1), 0)] if found else []
+
+
+def read_routes() -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
+    """This machine's IPv4 routes, read with the standard library; [] where unknown."""
+    try:
+        if sys.platform.startswith("linux"):
+            with open("/proc/net/route", encoding="ascii") as f:
+                return proc_routes(f.read())
+        command, parse = {"win32": (["route", "print", "-4"], route_print_routes),
+                          "darwin": (["route", "-n", "get", "default"], route_get_routes)
+                          }.get(sys.platform, (None, None))
+        if command:
+            out = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                 timeout=ROUTER_WAIT).stdout
+            return parse(out)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        log.warning("could not read this machine's routes (%s)", e)
+    return []
+
+
+def default_gateway(routes: list) -> str | None:
+    """The gateway of the default route with the lowest metric, or None."""
+    defaults = [(metric, gateway) for network, gateway, metric in routes
+                if network.prefixlen == 0 and gateway]
+    return min(defaults)[1] if defaults else None
+
+
+def own_networks(routes: list, lan_ip: str) -> list[ipaddress.IPv4Network]:
+    """The on-link networks holding `lan_ip`; its /24 where the routes do not say."""
+    ip = ipaddress.IPv4Address(lan_ip)
+    found = [network for network, gateway, _ in routes
+             if gateway is None and network.prefixlen > 0 and ip in network]
+    return found or [ipaddress.IPv4Network(f"{lan_ip}/24", strict=False)]
+
+
+def lan_address(gateway: str) -> str:
+    """This machine's address toward `gateway` (a UDP connect picks it; nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((gateway, PORT_CONTROL))
+        return s.getsockname()[0]
+
+
+def answer_allowed(ip: str, gateway: str | None, networks: list) -> bool:
+    """May a discovery answer from `ip` be believed: the gateway, or this machine's network?"""
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return False
+    return ip == gateway or any(address in network for network in networks)
+
+
+def public_address(ip: str) -> bool:
+    """True for an IPv4 address the internet can reach (not private, shared or empty)."""
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return False
+    return not any(address in network for network in NOT_INTERNET)
+
+
+# -- NAT-PMP and PCP packets ---------------------------------------------------
+def natpmp_address_request() -> bytes:
+    """NAT-PMP: "what is your external address?" (RFC 6886 3.2); maps nothing."""
+    return b"\x00\x00"
+
+
+def natpmp_map_request(port: int, external_port: int, lifetime: int) -> bytes:
+    """NAT-PMP: forward TCP `external_port` to `port` here for `lifetime` s (0: remove, RFC 6886 3.4)."""
+    return struct.pack("!BBHHHI", 0, 2, 0, port, external_port if lifetime else 0, lifetime)
+
+
+def natpmp_answer(data: bytes, opcode: int, size: int) -> tuple[int, bytes]:
+    """(result code, the body after the epoch) of a NAT-PMP answer to `opcode`;
+    ValueError if `data` is not one."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 128 + opcode:
+        raise ValueError("not a NAT-PMP answer")
+    result = struct.unpack("!H", data[2:4])[0]
+    if result == 0 and len(data) < size:
+        raise ValueError("a short NAT-PMP answer")
+    return result, data[8:size]
+
+
+def natpmp_address(data: bytes) -> tuple[int, str]:
+    """(result code, external address) of an answer to natpmp_address_request()."""
+    result, body = natpmp_answer(data, 0, 12)
+    return result, str(ipaddress.IPv4Address(body)) if result == 0 else ""
+
+
+def natpmp_mapping(data: bytes) -> tuple[int, int, int, int]:
+    """(result code, internal port, external port, lifetime) of a TCP mapping answer."""
+    result, body = natpmp_answer(data, 2, 16)
+    return (result, *struct.unpack("!HHI", body)) if result == 0 else (result, 0, 0, 0)
+
+
+def mapped_v6(ip: str) -> bytes:
+    """An IPv4 address as PCP carries it: IPv4-mapped IPv6, 16 bytes."""
+    return ipaddress.IPv6Address(f"::ffff:{ip}").packed
+
+
+def pcp_map_request(client_ip: str, port: int, external_port: int, lifetime: int,
+                    nonce: bytes) -> bytes:
+    """PCP MAP (RFC 6887 11.1): forward TCP to client_ip:port, suggesting `external_port`."""
+    header = struct.pack("!BBHI16s", 2, PCP_MAP, 0, lifetime, mapped_v6(client_ip))
+    return header + struct.pack("!12sB3xHH16s", nonce, TCP, port, external_port,
+                                mapped_v6("0.0.0.0"))
+
+
+def pcp_mapping(data: bytes, nonce: bytes) -> tuple[int, int, int, int, str]:
+    """(result code, internal port, external port, lifetime, external address) of a PCP
+    MAP answer to `nonce`; ValueError if it is none.  A NAT-PMP-only gateway answers
+    PCP with NAT-PMP's "unsupported version": that is result 1 here too."""
+    if len(data) >= 4 and data[0] == 0 and data[1] == 128 + PCP_MAP:
+        return PCP_UNSUPPORTED_VERSION, 0, 0, 0, ""
+    if len(data) < 24 or data[0] != 2 or data[1] != 128 + PCP_MAP:
+        raise ValueError("not a PCP MAP answer")
+    result, lifetime = data[3], struct.unpack("!I", data[4:8])[0]
+    if len(data) >= 36 and data[24:36] != nonce:
+        raise ValueError("the answer to another request")
+    if result:
+        return result, 0, 0, 0, ""
+    if len(data) < 60:
+        raise ValueError("a short PCP answer")
+    _, protocol, port, external_port, external = struct.unpack("!12sB3xHH16s", data[24:60])
+    if protocol != TCP:
+        raise ValueError("the answer to another request")
+    v4 = ipaddress.IPv6Address(external).ipv4_mapped
+    return result, port, external_port, lifetime, str(v4) if v4 else ""
+
+
+def udp_exchange(sock: socket.socket, request: bytes, read: Callable, deadline: float):
+    """Send `request` on a connected socket until read(answer) accepts one (it raises
+    ValueError for anything else), resending after 250 ms, then twice as long each
+    time (RFC 6886 3.1); TimeoutError at `deadline`."""
+    wait = 0.25
+    while (left := deadline - time.monotonic()) > 0:
+        sock.send(request)
+        until = time.monotonic() + min(wait, left)
+        while (rest := until - time.monotonic()) > 0:
+            sock.settimeout(rest)
+            try:
+                return read(sock.recv(1100))
+            except socket.timeout:
+                break
+            except ValueError:
+                continue
+        wait *= 2
+    raise TimeoutError("no answer")
+
+
+# -- UPnP-IGD: SSDP, the description, SOAP ------------------------------------
+class UpnpError(Exception):
+    """A UPnP action's fault: its error code and description."""
+
+    def __init__(self, code: int, description: str):
+        super().__init__(f"{description or 'error'} ({code})")
+        self.code, self.description = code, description
+
+
+def ssdp_search(target: str) -> bytes:
+    """An SSDP M-SEARCH for `target` (UPnP Device Architecture 1.1, 1.3.2)."""
+    return (f"M-SEARCH * HTTP/1.1\r\nHOST: {SSDP_GROUP[0]}:{SSDP_GROUP[1]}\r\n"
+            f"MAN: \"ssdp:discover\"\r\nMX: 2\r\nST: {target}\r\n\r\n").encode("ascii")
+
+
+def ssdp_location(data: bytes) -> str | None:
+    """The LOCATION of an SSDP search answer (HTTP/1.1 200), or None."""
+    lines = data.decode("latin-1").split("\r\n")
+    if not re.fullmatch(r"HTTP/1\.[01] 200( .*)?", lines[0]):
+        return None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "location":
+            value = value.strip()   # shown in the log if refused: printable ASCII only
+            return value if value and value.isascii() and value.isprintable() else None
+    return None
+
+
+def url_on_host(url: str, host: str) -> tuple[int, str] | None:
+    """(port, path) when `url` is plain http on `host` itself (an IP, as answered),
+    else None: a description or control URL may not send us anywhere else."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 80
+    except ValueError:
+        return None
+    if parts.scheme != "http" or parts.hostname != host or parts.username or parts.password:
+        return None
+    return port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def xml_root(text: bytes) -> ElementTree.Element:
+    """Parsed XML; ValueError if it is not XML or declares a DOCTYPE or entities (a
+    router never needs them, and they can blow up or leak).  A first pass with
+    expat's own handlers finds them in any encoding, before anything is expanded."""
+    def refuse(*_) -> None:
+        raise ValueError("XML with a DOCTYPE or entities is refused")
+    scan = xml.parsers.expat.ParserCreate()
+    scan.StartDoctypeDeclHandler = scan.EntityDeclHandler = refuse
+    try:
+        scan.Parse(text, True)
+        return ElementTree.fromstring(text)
+    except (xml.parsers.expat.ExpatError, ElementTree.ParseError) as e:
+        raise ValueError(f"not XML ({e})") from None
+
+
+def local_name(element: ElementTree.Element) -> str:
+    return element.tag.rpartition("}")[2]
+
+
+def igd_service(description: bytes, location: str) -> tuple[str, str] | None:
+    """(service type, control URL) of the best WAN connection service in a
+    device description, or None; URLs resolve against URLBase or `location`."""
+    root = xml_root(description)
+    base = next((e.text.strip() for e in root.iter() if local_name(e) == "URLBase" and e.text),
+                location)
+    offered = {}
+    for service in (e for e in root.iter() if local_name(e) == "service"):
+        fields = {local_name(child): (child.text or "").strip() for child in service}
+        if fields.get("serviceType") in IGD_SERVICES and fields.get("controlURL"):
+            offered.setdefault(fields["serviceType"], urllib.parse.urljoin(base, fields["controlURL"]))
+    for service in IGD_SERVICES:
+        if service in offered:
+            return service, offered[service]
+    return None
+
+
+def soap_body(service: str, action: str, arguments: dict[str, str | int]) -> bytes:
+    """The SOAP envelope for a UPnP action (arguments in the order given)."""
+    inner = "".join(f"<{name}>{xml_escape(str(value))}</{name}>" for name, value in arguments.items())
+    return ('<?xml version="1.0"?>\r\n<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+            's:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>'
+            f'<u:{action} xmlns:u="{service}">{inner}</u:{action}></s:Body></s:Envelope>\r\n'
+            ).encode("utf-8")
+
+
+def xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def soap_answer(body: bytes, action: str) -> dict[str, str]:
+    """The out-arguments of a SOAP answer to `action`; UpnpError for a fault,
+    ValueError for anything else."""
+    root = xml_root(body)
+    for element in root.iter():
+        if local_name(element) == f"{action}Response":
+            return {local_name(child): (child.text or "").strip() for child in element}
+        if local_name(element) == "UPnPError":
+            fields = {local_name(child): (child.text or "").strip() for child in element}
+            code = fields.get("errorCode", "")
+            raise UpnpError(int(code) if code.isdigit() else 0,
+                            clean_text(fields.get("errorDescription", ""))[:100])
+    raise ValueError(f"no answer to {action}")
+
+
+def http_exchange(host: str, port: int, path: str, deadline: float, body: bytes | None = None,
+                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.0 GET (or POST of `body`) to host:port: no redirect
+    is followed, at most DESCRIPTION_LIMIT bytes are read (ValueError past that), and
+    TimeoutError comes at `deadline`."""
+    lines = [f"{'GET' if body is None else 'POST'} {path} HTTP/1.0", f"Host: {host_port(host, port)}",
+             "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+    with socket.create_connection((host, port), timeout=time_left(deadline)) as sock:
+        sock.sendall(request)
+        reply = b""
+        while not http_reply_complete(reply):
+            sock.settimeout(time_left(deadline))
+            chunk = sock.recv(DESCRIPTION_LIMIT + 1 - len(reply))
+            if not chunk:
+                break
+            reply += chunk
+            if len(reply) > DESCRIPTION_LIMIT:
+                raise ValueError(f"an answer of more than {DESCRIPTION_LIMIT} bytes")
+    return http_reply(reply)
+
+
+def time_left(deadline: float) -> float:
+    """Seconds until `deadline`; TimeoutError if none are left."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no answer in time")
+    return left
+
+
+def content_length(head: bytes) -> int | None:
+    size = re.search(rb"^content-length:[ \t]*(\d+)[ \t]*\r?$", head, re.IGNORECASE | re.MULTILINE)
+    return int(size.group(1)) if size else None
+
+
+def http_reply_complete(reply: bytes) -> bool:
+    """True once `reply` holds its head and all the Content-Length it announces."""
+    head, found, body = reply.partition(b"\r\n\r\n")
+    size = content_length(head)
+    return bool(found) and size is not None and len(body) >= size
+
+
+def http_reply(reply: bytes) -> tuple[int, bytes]:
+    """(status, body) of a whole HTTP reply; ValueError if it is not one."""
+    head, found, body = reply.partition(b"\r\n\r\n")
+    status = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    if not found or not status:
+        raise ValueError("not an HTTP answer")
+    size = content_length(head)
+    return int(status.group(1)), body if size is None else body[:size]
+
+
+# -- the ways to ask: the gateway's port 5351 (PCP, NAT-PMP), UPnP-IGD ---------
+class PortControl:
+    """The gateway's UDP 5351: PCP, or NAT-PMP where the gateway speaks only that."""
+
+    def __init__(self, gateway: str, lan_ip: str, protocols: tuple):
+        self.gateway, self.lan_ip = gateway, lan_ip
+        self.kinds = [kind for kind in ("PCP", "NAT-PMP") if kind in protocols]
+        self.name = self.kinds[0]
+        self.nonce = os.urandom(12)          # PCP: names our mappings, to renew and remove them
+        self.external_ip: str | None = None   # as the gateway says it; "": it has none
+
+    def exchange(self, request: bytes, read: Callable, deadline: float, port: int = 0):
+        """read(the gateway's answer) to `request`; an answer that names another
+        internal port than `port` (if given) is not ours."""
+        def ours(data: bytes):
+            answer = read(data)
+            if port and answer[0] == 0 and answer[1] != port:
+                raise ValueError("the answer about another port")
+            return answer
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((self.lan_ip, 0))
+            sock.connect((self.gateway, PORT_CONTROL))   # only the gateway's answers arrive
+            return udp_exchange(sock, request, ours, deadline)
+
+    def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
+        """(external port, seconds granted) of a mapping to our `port`; RouterRefused if not."""
+        if self.name == "PCP":
+            result, _, external_port, lifetime, external_ip = self.exchange(
+                pcp_map_request(self.lan_ip, port, wanted, lease, self.nonce),
+                lambda data: pcp_mapping(data, self.nonce), deadline, port)
+            if result == PCP_UNSUPPORTED_VERSION and "NAT-PMP" in self.kinds:
+                self.name = "NAT-PMP"
+                return self.forward(port, wanted, lease, deadline)
+            if result:
+                raise RouterRefused("PCP", PCP_RESULTS.get(result, f"error {result}"),
+                                    no_public=result == PCP_NETWORK_FAILURE)
+            self.external_ip = external_ip
+            return external_port, lifetime
+        result, _, external_port, lifetime = self.exchange(
+            natpmp_map_request(port, wanted, lease), natpmp_mapping, deadline, port)
+        if result:
+            raise RouterRefused("NAT-PMP", NATPMP_RESULTS.get(result, f"error {result}"),
+                                no_public=result == NATPMP_NETWORK_FAILURE)
+        return external_port, lifetime
+
+    def renew(self, port: int, external_port: int, lease: int, deadline: float) -> tuple[int, int]:
+        return self.forward(port, external_port, lease, deadline)
+
+    def remove(self, port: int, external_port: int, deadline: float) -> None:
+        """Remove our mapping of `port` (lifetime 0; PCP: only the one with our nonce)."""
+        if self.name == "PCP":
+            result = self.exchange(pcp_map_request(self.lan_ip, port, external_port, 0, self.nonce),
+                                   lambda data: pcp_mapping(data, self.nonce), deadline, port)[0]
+        else:
+            result = self.exchange(natpmp_map_request(port, 0, 0), natpmp_mapping, deadline, port)[0]
+        if result:
+            raise RouterRefused(self.name, (PCP_RESULTS if self.name == "PCP" else
+                                            NATPMP_RESULTS).get(result, f"error {result}"))
+
+    def external_address(self, deadline: float) -> str | None:
+        return self.external_ip
+
+
+def port_control_probe(data: bytes) -> tuple[int, str | None]:
+    """(result, external address: "" if none) of the gateway's answer to
+    natpmp_address_request(); a PCP-only gateway answers in PCP's format, saying
+    no address (None), and PCP will then do."""
+    if len(data) >= 4 and data[0] == 2:
+        return 0, None
+    result, external_ip = natpmp_address(data)
+    return result, external_ip if result in (0, NATPMP_NETWORK_FAILURE) else None
+
+
+def find_port_control(gateway: str, lan_ip: str, protocols: tuple,
+                      deadline: float) -> PortControl | None:
+    """The gateway's PCP/NAT-PMP service, if it answers within ROUTER_WAIT; it maps nothing."""
+    way = PortControl(gateway, lan_ip, protocols)
+    try:
+        _, way.external_ip = way.exchange(
+            natpmp_address_request(), port_control_probe,
+            min(deadline, time.monotonic() + ROUTER_WAIT))
+    except OSError:   # no answer in time, or nothing listens (ICMP port unreachable)
+        return None
+    return way
+
+
+class UpnpIgd:
+    """A router's WAN connection service (UPnP-IGD), spoken to with SOAP."""
+
+    name = "UPnP"
+
+    def __init__(self, host: str, port: int, path: str, service: str, lan_ip: str):
+        self.host, self.port, self.path, self.service, self.lan_ip = host, port, path, service, lan_ip
+
+    def call(self, action: str, arguments: dict, deadline: float) -> dict[str, str]:
+        """One SOAP action; its out-arguments, UpnpError for its fault."""
+        headers = {"Content-Type": 'text/xml; charset="utf-8"',
+                   "SOAPAction": f'"{self.service}#{action}"'}
+        status, body = http_exchange(self.host, self.port, self.path,
+                                     min(deadline, time.monotonic() + ROUTER_WAIT),
+                                     soap_body(self.service, action, arguments), headers)
+        if status not in (200, 500):
+            raise ValueError(f"HTTP {status} to {action}")
+        return soap_answer(body, action)
+
+    def mapping(self, port: int, external_port: int, lease: int) -> dict:
+        return {"NewRemoteHost": "", "NewExternalPort": external_port, "NewProtocol": "TCP",
+                "NewInternalPort": port, "NewInternalClient": self.lan_ip, "NewEnabled": 1,
+                "NewPortMappingDescription": MAPPING_NAME, "NewLeaseDuration": lease}
+
+    def holder(self, external_port: int, deadline: float) -> str | None:
+        """Who the router already forwards `external_port` to, or None if nobody."""
+        try:
+            entry = self.call("GetSpecificPortMappingEntry", {
+                "NewRemoteHost": "", "NewExternalPort": external_port, "NewProtocol": "TCP"}, deadline)
+        except UpnpError:   # 714 NoSuchEntryInArray: free
+            return None
+        return f"{entry.get('NewInternalClient', '?')}:{entry.get('NewInternalPort', '?')}"
+
+    def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
+        """(external port, lease) of a new mapping to our `port`.  A port the router
+        already forwards (to anyone) is left alone: IGDv2 picks another, v1 refuses."""
+        try:
+            holder = self.holder(wanted, deadline)
+            if holder is None:
+                self.call("AddPortMapping", self.mapping(port, wanted, lease), deadline)
+                return wanted, lease
+            if not self.service.endswith(":2"):
+                raise RouterRefused("UPnP", f"its port {wanted} already goes to {holder}; "
+                                            f"that mapping is not ours and is left alone")
+            got = self.call("AddAnyPortMapping", self.mapping(port, wanted % 65535 + 1, lease), deadline)
+            return int(got.get("NewReservedPort", "")), lease
+        except UpnpError as e:
+            raise RouterRefused("UPnP", upnp_reason(e)) from None
+
+    def renew(self, port: int, external_port: int, lease: int, deadline: float) -> tuple[int, int]:
+        try:
+            self.call("AddPortMapping", self.mapping(port, external_port, lease), deadline)
+        except UpnpError as e:
+            raise RouterRefused("UPnP", upnp_reason(e)) from None
+        return external_port, lease
+
+    def remove(self, port: int, external_port: int, deadline: float) -> None:
+        """Remove our mapping, if it still is ours: one that ran out may be another's now."""
+        if self.holder(external_port, deadline) != f"{self.lan_ip}:{port}":
+            return
+        try:
+            self.call("DeletePortMapping", {"NewRemoteHost": "", "NewExternalPort": external_port,
+                                            "NewProtocol": "TCP"}, deadline)
+        except UpnpError as e:
+            raise RouterRefused("UPnP", upnp_reason(e)) from None
+
+    def external_address(self, deadline: float) -> str | None:
+        return self.call("GetExternalIPAddress", {}, deadline).get("NewExternalIPAddress", "")
+
+
+def upnp_reason(e: UpnpError) -> str:
+    """A UPnP fault in words a host can act on."""
+    if e.code == 718:
+        return "the port is already forwarded to another machine (ConflictInMappingEntry)"
+    if e.code == 725:
+        return ("it only makes mappings that never expire (OnlyPermanentLeasesSupported), "
+                "which would outlive the room")
+    return f"{e.description or 'error'} ({e.code})"
+
+
+def find_upnp(gateway: str | None, lan_ip: str, networks: list, deadline: float) -> UpnpIgd | None:
+    """Search with SSDP for ROUTER_WAIT: the first answer from the gateway or this
+    network whose description, on the answering host itself, offers a WAN connection."""
+    seen: set[tuple[str, str]] = set()
+    searches = [time.monotonic(), time.monotonic() + 1.0]   # once more, in case one got lost
+    until = min(deadline, time.monotonic() + ROUTER_WAIT)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(lan_ip))
+            sock.bind((lan_ip, 0))
+            while (left := until - time.monotonic()) > 0:
+                if searches and searches[0] <= time.monotonic():
+                    searches.pop(0)
+                    for target in IGD_DEVICES:
+                        sock.sendto(ssdp_search(target), SSDP_GROUP)
+                sock.settimeout(min([left] + [max(0.01, t - time.monotonic()) for t in searches]))
+                try:
+                    data, (ip, _) = sock.recvfrom(2048)
+                except socket.timeout:
+                    continue
+                if igd := upnp_from_answer(data, ip, gateway, networks, lan_ip, deadline, seen):
+                    return igd
+    except OSError as e:   # no network to search on
+        log.info("router: no UPnP search possible (%s)", e)
+    return None
+
+
+def upnp_from_answer(data: bytes, ip: str, gateway: str | None, networks: list, lan_ip: str,
+                     deadline: float, seen: set) -> UpnpIgd | None:
+    """The router behind one SSDP answer, if it may be believed and offers a WAN connection."""
+    location = ssdp_location(data)
+    if not location or (ip, location) in seen:
+        return None
+    seen.add((ip, location))
+    if not answer_allowed(ip, gateway, networks):
+        log.warning("ignored a UPnP answer from %s: neither the gateway nor this network", ip)
+        return None
+    if (where := url_on_host(location, ip)) is None:
+        log.warning("ignored a UPnP answer from %s: its description is at %s, not on %s itself",
+                    ip, location[:200], ip)
+        return None
+    try:
+        status, description = http_exchange(ip, *where, min(deadline, time.monotonic() + ROUTER_WAIT))
+        if status != 200:
+            raise ValueError(f"HTTP {status}")
+        found = igd_service(description, location)
+    except (OSError, ValueError) as e:
+        log.warning("ignored the UPnP description at %s (%s)", location[:200], e)
+        return None
+    control = found and url_on_host(found[1], ip)
+    if not control:
+        return None
+    return UpnpIgd(ip, control[0], control[1], found[0], lan_ip)
+
+
+# -- what happened, in plain words ----------------------------------------------
+class RouterOutcome(enum.Enum):
+    FORWARDED = "forwarded"                 # friends outside reach the room at the router's address
+    NO_PUBLIC = "no public address"         # the router has none to offer: CGNAT or a second router
+    REFUSED = "refused"
+    NO_ANSWER = "no answer"
+
+
+@dataclasses.dataclass
+class RouterResult:
+    """What RouterPorts.open() found; router_sentence() says it."""
+
+    outcome: RouterOutcome
+    lan_ip: str                              # this machine, as the router sees it
+    ports: tuple[int, ...]                   # ours: the room's, then the page's
+    protocol: str = ""                       # the way that answered: PCP, NAT-PMP or UPnP
+    external_ip: str = ""                    # the router's internet side, as it says
+    forwarded: dict[int, int] = dataclasses.field(default_factory=dict)   # ours -> the router's
+    reason: str = ""                         # a refusal, in the router's words
+    tried: tuple[str, ...] = ROUTER_PROTOCOLS
+    mac: str = "unknown"
+
+    def address(self, port: int) -> str | None:
+        """What friends outside connect to for our `port` (host:port), if the router forwards it."""
+        if self.outcome is not RouterOutcome.FORWARDED or port not in self.forwarded:
+            return None
+        return host_port(self.external_ip, self.forwarded[port])
+
+    def needs_public_ip(self) -> bool:
+        """True when only the public look-up can tell a second router (double NAT) from CGNAT."""
+        return self.outcome is RouterOutcome.NO_PUBLIC and private_router_address(self.external_ip)
+
+
+def private_router_address(ip: str) -> bool:
+    """A private (RFC 1918) address on the router's internet side: a router in front of it."""
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in PRIVATE_NETWORKS)
+
+
+def port_words(ports: tuple[int, ...]) -> str:
+    return f"ports {' and '.join(map(str, ports))}" if len(ports) > 1 else f"port {ports[0]}"
+
+
+def by_hand(result: RouterResult) -> str:
+    return (f"forward TCP {port_words(result.ports)} to {result.lan_ip} by hand "
+            f"(MAC {result.mac})")
+
+
+def router_sentence(result: RouterResult, public_ip: str | None = None) -> str:
+    """One sentence for the host: the address friends use, or why there is none and
+    what to do.  `public_ip` (the web look-up's answer, if any) tells double NAT."""
+    if result.outcome is RouterOutcome.FORWARDED:
+        return forwarded_sentence(result)
+    if result.outcome is RouterOutcome.NO_PUBLIC:
+        if result.needs_public_ip() and public_ip and public_ip != result.external_ip:
+            return double_nat_sentence(result, public_ip)
+        return cgnat_sentence(result)
+    if result.outcome is RouterOutcome.REFUSED:
+        return (f"the router refused to forward {port_words(result.ports)} "
+                f"({result.protocol}: {result.reason}): {by_hand(result)}")
+    names = ", ".join(kind for kind in ("UPnP", "NAT-PMP", "PCP") if kind in result.tried)
+    names = " or ".join(names.rsplit(", ", 1))
+    return f"no router answered {names}: {by_hand(result)}"
+
+
+def forwarded_sentence(result: RouterResult) -> str:
+    room, *page = result.ports
+    text = f"over the internet:  {result.address(room)}"
+    if page:
+        text += f", the page on port {result.forwarded[page[0]]}"
+    moved = [f"its port {result.forwarded[port]} leads to {port} here" for port in result.ports
+             if result.forwarded[port] != port]
+    how = "both" if page else "it"
+    return text + f" (your router forwards {how}: {result.protocol}" + \
+        "".join(f"; {m}" for m in moved) + ")"
+
+
+def cgnat_sentence(result: RouterResult) -> str:
+    side = f" (its internet side is {result.external_ip})" if result.external_ip else ""
+    said = f": {result.reason}" if result.reason else ""
+    return (f"your router answered ({result.protocol}{said}) but has no public address to offer"
+            f"{side}: probably CGNAT or a second router. Friends outside cannot reach this room "
+            f"that way; ask your provider for a public IPv4 address, or set up the outer router "
+            f"to forward TCP {port_words(result.ports)}. Friends on the same network still can join.")
+
+
+def double_nat_sentence(result: RouterResult, public_ip: str) -> str:
+    ports = tuple(result.forwarded.get(port, port) for port in result.ports)
+    here = (f"your router forwards {port_words(ports)} to this machine ({result.protocol})"
+            if result.forwarded else f"your router still needs {by_hand(result)}")
+    return (f"your router's internet side is {result.external_ip}, a private address, while the "
+            f"internet sees {public_ip}: a second router stands in front (double NAT). Set up that "
+            f"outer router: forward TCP {port_words(ports)} to {result.external_ip}; {here}.")
+
+
+# -- RouterPorts: ask, keep, remove ---------------------------------------------
+class RouterPorts:
+    """Asks the router to forward our TCP `ports` (the room's, then the page's) to this
+    machine, keeps the mappings alive, and removes them.
+
+    open() blocks for at most ROUTER_OPEN_TIME and returns a RouterResult (say it
+    with router_sentence()); a thread of its own then renews the lease before it
+    runs out, and calls on_change(result) if the router moves a port.  close()
+    stops that and removes every mapping this object made, and no other.  Call
+    open() once, from a thread of your own; close() from any thread, any time.
+    `gateway` and `protocols` are for tests: the default gateway, all three ways.
+    """
+
+    def __init__(self, ports: tuple[int, ...] | list[int], lease: float = ROUTER_LEASE,
+                 gateway: str | None = None, protocols: tuple[str, ...] = ROUTER_PROTOCOLS,
+                 on_change: Callable[[RouterResult], None] | None = None):
+        self.ports, self.lease, self.gateway = tuple(ports), lease, gateway
+        self.protocols, self.on_change = tuple(protocols), on_change
+        self.result: RouterResult | None = None
+        self._lock = threading.Lock()        # held while mappings are made, renewed or removed
+        self._closed = threading.Event()
+        self._way: PortControl | UpnpIgd | None = None
+        self._mapped: dict[int, int] = {}    # ours -> the router's port: what close() removes
+
+    def open(self) -> RouterResult:
+        deadline = time.monotonic() + ROUTER_OPEN_TIME
+        routes = read_routes()
+        gateway = self.gateway or default_gateway(routes)
+        try:
+            lan_ip = lan_address(gateway) if gateway else private_ipv4()
+            networks = own_networks(routes, lan_ip)
+        except (OSError, ValueError):   # no route to the gateway, or no address at all
+            gateway, lan_ip, networks = None, private_ipv4(), []
+        self.result = self._ask(gateway, lan_ip, networks, deadline)
+        log.info("router: %s", router_sentence(self.result))
+        return self.result
+
+    def _ask(self, gateway: str | None, lan_ip: str, networks: list,
+             deadline: float) -> RouterResult:
+        """The first way that answers and works; else the first refusal, or no answer."""
+        refusals = []
+        for way in self._search(gateway, lan_ip, networks, deadline):
+            try:
+                return self._take(way, lan_ip, deadline)
+            except RouterRefused as e:
+                refusals.append(e)
+        if refusals:
+            return self._result(RouterOutcome.REFUSED, lan_ip, refusals[0].protocol,
+                                reason=refusals[0].reason)
+        return self._result(RouterOutcome.NO_ANSWER, lan_ip)
+
+    def _result(self, outcome: RouterOutcome, lan_ip: str, protocol: str = "",
+                **found) -> RouterResult:
+        return RouterResult(outcome, lan_ip, self.ports, protocol, tried=self.protocols,
+                            mac=mac_address(), **found)
+
+    def _search(self, gateway: str | None, lan_ip: str, networks: list, deadline: float):
+        """The ways to ask, as they answer (each search ends within ROUTER_WAIT or so)."""
+        found: queue.Queue = queue.Queue()
+        searches = []
+        if gateway and {"PCP", "NAT-PMP"} & set(self.protocols):
+            searches.append(lambda: find_port_control(gateway, lan_ip, self.protocols, deadline))
+        if "UPnP" in self.protocols and networks:
+            searches.append(lambda: find_upnp(gateway, lan_ip, networks, deadline))
+
+        def run(search: Callable) -> None:
+            try:
+                found.put(search())
+            except Exception as e:   # a bug must not leave open() waiting
+                log_fault("searching for the router", e)
+                found.put(None)
+        for search in searches:
+            threading.Thread(target=run, args=(search,), name="router-search", daemon=True).start()
+        for _ in searches:
+            try:
+                way = found.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            if way is not None:
+                yield way
+
+    def _take(self, way, lan_ip: str, deadline: float) -> RouterResult:
+        """Map every port with `way`, all or none; RouterRefused if it will not, unless
+        for want of a public address (a NO_PUBLIC result then)."""
+        made: dict[int, int] = {}
+        granted = self.lease
+        with self._lock:
+            if self._closed.is_set():
+                raise RouterRefused(way.name, "the room stopped before the router answered")
+            try:
+                for port in self.ports:
+                    made[port], lifetime = way.forward(port, port, int(self.lease), deadline)
+                    granted = min(granted, lifetime)
+            except (RouterRefused, OSError, ValueError) as e:
+                self._remove(way, made, deadline + 1.0)   # all or none, and open() under 10 s
+                return self._refused(way, lan_ip, e, deadline)
+            external = self._external(way, deadline) or ""
+            self._way, self._mapped = way, made
+        outcome = RouterOutcome.FORWARDED if public_address(external) else RouterOutcome.NO_PUBLIC
+        for port, external_port in made.items():
+            log.info("router: %s forwards TCP %s:%d to %s:%d for %d s", way.name, external or "?",
+                     external_port, lan_ip, port, granted)
+        threading.Thread(target=self._keep, args=(granted,), name="router-renew", daemon=True).start()
+        return self._result(outcome, lan_ip, way.name, external_ip=external, forwarded=dict(made))
+
+    def _refused(self, way, lan_ip: str, e: Exception, deadline: float) -> RouterResult:
+        """The result of a refusal that comes of having no public address; else RouterRefused."""
+        refusal = e if isinstance(e, RouterRefused) else RouterRefused(
+            way.name, f"it stopped answering ({e})")
+        external = self._external(way, deadline)
+        if refusal.no_public or (external is not None and not public_address(external)):
+            return self._result(RouterOutcome.NO_PUBLIC, lan_ip, way.name,
+                                external_ip=external or "", reason=refusal.reason)
+        raise refusal
+
+    @staticmethod
+    def _external(way, deadline: float) -> str | None:
+        """The router's external address as it says it ("" for none), or None if it would not say."""
+        try:
+            return way.external_address(deadline)
+        except (UpnpError, OSError, ValueError):
+            return None
+
+    def _keep(self, lifetime: float) -> None:
+        """Renew at half the lease (sooner after a failure) until close()."""
+        wait = max(1.0, lifetime / 2)
+        while not self._closed.wait(wait):
+            wait = self._renew(lifetime)
+
+    def _renew(self, lifetime: float) -> float:
+        """Renew every mapping; the seconds until the next renewal."""
+        with self._lock:
+            if self._closed.is_set():
+                return 0.0
+            deadline = time.monotonic() + ROUTER_WAIT
+            try:
+                for port, external_port in list(self._mapped.items()):
+                    got, lifetime = self._way.renew(port, external_port, int(self.lease), deadline)
+                    self._mapped[port] = got
+            except (RouterRefused, OSError, ValueError) as e:
+                log.warning("router: could not renew the room's ports (%s); trying again soon", e)
+                return max(1.0, min(60.0, lifetime / 8))
+            moved = self.result and self.result.forwarded != self._mapped
+            if moved:
+                self.result = dataclasses.replace(self.result, forwarded=dict(self._mapped))
+        if moved:
+            log.info("router: %s", router_sentence(self.result))
+            if self.on_change:
+                self.on_change(self.result)
+        return max(1.0, lifetime / 2)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop renewing and remove every mapping this object made (a few seconds at most)."""
+        self._closed.set()
+        with self._lock:
+            mapped, self._mapped = self._mapped, {}
+            if mapped:
+                self._remove(self._way, mapped, time.monotonic() + ROUTER_WAIT)
+
+    @staticmethod
+    def _remove(way, mapped: dict[int, int], deadline: float) -> None:
+        for port, external_port in mapped.items():
+            try:
+                way.remove(port, external_port, deadline)
+                log.info("router: %s no longer forwards TCP port %d", way.name, external_port)
+            except (RouterRefused, OSError, ValueError) as e:
+                log.warning("router: could not remove the mapping of TCP port %d (%s); it ends "
+                            "with its lease", external_port, e)
+
+
 # ---------------------------------------------------------------------------
 # 8. The GUI
 # ---------------------------------------------------------------------------
@@ -4056,6 +4953,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
     p.add_argument("--public-ip-url", default=d.public_ip_url,
                    help="service that answers with your public IP ('' turns the look-up off)")
+    p.add_argument("--upnp", action="store_true",
+                   help="ask the router to forward the room's port with UPnP / NAT-PMP / PCP")
     add_limit_options(p, d)
     add_reader_options(p, d)
     add_page_options(p)
@@ -4167,6 +5066,32 @@ def announce(settings: Settings, address: tuple[str, int],
         look_up_public_ip(settings.public_ip_url, public_ip_known)
 
 
+def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple[str, int] | None,
+               say: Callable[[str], None]) -> RouterPorts | None:
+    """Ask the router to forward the room's port (and the page's) on a thread of its own;
+    say(sentence) there once it knows.  close() what it returns when the room stops:
+    that removes the mappings.  None (and a sentence) for a room only this machine reaches."""
+    if is_loopback(address[0]):
+        say(f"the room listens on {address[0]} only, so the router was not asked to forward it")
+        return None
+    router = RouterPorts([address[1]] + ([page_address[1]] if page_address else []),
+                         on_change=lambda moved: say(router_sentence(moved)))
+
+    def work() -> None:
+        result = router.open()
+        if router.closed:   # the room stopped meanwhile: nothing left to say
+            return
+        public_ip = None
+        if result.needs_public_ip() and settings.public_ip_url:
+            try:   # only the public look-up tells a second router from CGNAT
+                public_ip = fetch_public_ip(settings.public_ip_url)
+            except (OSError, ValueError) as e:
+                log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+        say(router_sentence(result, public_ip))
+    threading.Thread(target=work, name="router-ports", daemon=True).start()
+    return router
+
+
 def run_headless(settings: Settings) -> int:
     server = Server(settings)
     try:
@@ -4175,9 +5100,13 @@ def run_headless(settings: Settings) -> int:
         log.error("%s", e)
         return 1
     announce(settings, address, server.web_address)
+    router = ask_router(settings, address, server.web_address,
+                        lambda sentence: print_for_host(f"  {sentence}")) if settings.upnp else None
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
+    if router:
+        router.close()
     server.loop.close()
     return 0
 

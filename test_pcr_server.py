@@ -7,10 +7,12 @@ bounded.  Run: python3 -m unittest -v test_pcr_server
 import ast
 import base64
 import contextlib
+import functools
 import gc
 import hashlib
 import http.server
 import io
+import itertools
 import json
 import os
 import random
@@ -19,6 +21,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -2100,8 +2103,9 @@ class ClientProcess:
     """
 
     def __init__(self, address: str, name: str | None = None, tls: bool = False,
-                 ca: str | None = None, insecure: bool = False, env: dict | None = None):
-        args = [sys.executable, SERVER, "--connect", address]
+                 ca: str | None = None, insecure: bool = False, env: dict | None = None,
+                 prefix: list[str] | tuple = ()):
+        args = [*prefix, sys.executable, SERVER, "--connect", address]   # prefix: ip netns exec NS
         args += ["--name", name] if name is not None else []
         args += ["--tls"] * tls + ["--insecure"] * insecure + (["--ca", ca] if ca else [])
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -3693,6 +3697,1045 @@ class GuiLaunchTest(unittest.TestCase):
         out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
                              text=True, timeout=WAIT * 2)
         self.assertEqual(out.stdout.strip(), "False", out.stderr)
+
+
+# ---------------------------------------------------------------------------
+# --upnp: the router forwards the room's ports.  Pure parts first: they send
+# nothing.  The real router (miniupnpd) comes after, in network namespaces.
+# ---------------------------------------------------------------------------
+
+PROC_ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
+eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t0000000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+wlan0\t0001A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0
+wlan0\t0002A8C0\t00000000\t0000\t0\t0\t600\t00FFFFFF\t0\t0\t0
+"""
+
+ROUTE_PRINT = """===========================================================================
+IPv4 Route Table
+===========================================================================
+Active Routes:
+Network Destination        Netmask          Gateway       Interface  Metric
+          0.0.0.0          0.0.0.0      192.168.1.1    192.168.1.20     25
+        127.0.0.0        255.0.0.0         On-link         127.0.0.1    331
+      192.168.1.0    255.255.255.0         On-link      192.168.1.20    281
+===========================================================================
+Persistent Routes:
+  Network Address          Netmask  Gateway Address  Metric
+          0.0.0.0          0.0.0.0      10.9.9.9  Default
+===========================================================================
+"""
+
+ROUTE_GET = """   route to: default
+destination: default
+       mask: default
+    gateway: 192.168.0.254
+  interface: en0
+      flags: <UP,GATEWAY,DONE,STATIC,PRCLONING>
+"""
+
+IGD_DESCRIPTION = b"""<?xml version="1.0"?>
+<root xmlns="urn:schemas-upnp-org:device-1-0"><device>
+<deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:2</deviceType>
+<deviceList><device><deviceList><device><serviceList>
+<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>
+<controlURL>/ctl/v1</controlURL></service>
+<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>
+<controlURL>/ctl/IPConn</controlURL></service>
+</serviceList></device></deviceList></device></deviceList></device></root>"""
+
+
+def natpmp_answer(opcode: int, result: int, body: bytes = b"") -> bytes:
+    return struct.pack("!BBHI", 0, 128 + opcode, result, 1234) + body
+
+
+def pcp_answer(nonce: bytes, result: int = 0, port: int = 5050, external_port: int = 5050,
+               external_ip: str = "203.0.113.7", lifetime: int = 3600) -> bytes:
+    header = struct.pack("!BBBBII12x", 2, 128 + 1, 0, result, lifetime, 99)
+    return header + struct.pack("!12sB3xHH16s", nonce, 6, port, external_port,
+                                pcr.mapped_v6(external_ip))
+
+
+class RouterPacketTest(unittest.TestCase):
+    """NAT-PMP (RFC 6886) and PCP (RFC 6887) packets, built and read without a network."""
+
+    def test_natpmp_mapping_request_asks_for_tcp_and_the_same_port(self):
+        self.assertEqual(pcr.natpmp_map_request(5050, 5050, 3600),
+                         bytes([0, 2, 0, 0]) + struct.pack("!HHI", 5050, 5050, 3600))
+
+    def test_natpmp_removal_has_lifetime_and_suggested_port_zero(self):
+        self.assertEqual(pcr.natpmp_map_request(5050, 5050, 0),
+                         bytes([0, 2, 0, 0]) + struct.pack("!HHI", 5050, 0, 0))
+
+    def test_natpmp_answers_are_read(self):
+        self.assertEqual(pcr.natpmp_address(natpmp_answer(0, 0, bytes([11, 0, 0, 1]))),
+                         (0, "11.0.0.1"))
+        self.assertEqual(pcr.natpmp_address(natpmp_answer(0, 3)), (3, ""))
+        got = pcr.natpmp_mapping(natpmp_answer(2, 0, struct.pack("!HHI", 5050, 5051, 7200)))
+        self.assertEqual(got, (0, 5050, 5051, 7200))
+        self.assertEqual(pcr.natpmp_mapping(natpmp_answer(2, 2)), (2, 0, 0, 0))
+
+    def test_anything_but_the_awaited_natpmp_answer_is_not_taken(self):
+        for data in (b"", b"\x00", natpmp_answer(1, 0, b"\x00" * 8),   # a UDP mapping's answer
+                     natpmp_answer(2, 0, b"\x00" * 3), b"\x02\x82\x00\x00" + b"\x00" * 12):
+            with self.subTest(data=data), self.assertRaises(ValueError):
+                pcr.natpmp_mapping(data)
+
+    def test_pcp_map_request_names_this_machine_the_port_and_tcp(self):
+        nonce = bytes(range(12))
+        request = pcr.pcp_map_request("192.168.1.20", 5050, 5050, 3600, nonce)
+        self.assertEqual(len(request), 60)
+        self.assertEqual(request[:4], bytes([2, 1, 0, 0]))
+        self.assertEqual(struct.unpack("!I", request[4:8])[0], 3600)
+        self.assertEqual(request[8:24], b"\x00" * 10 + b"\xff\xff" + bytes([192, 168, 1, 20]))
+        self.assertEqual(request[24:36], nonce)
+        self.assertEqual(request[36], 6)
+        self.assertEqual(struct.unpack("!HH", request[40:44]), (5050, 5050))
+        self.assertEqual(request[44:60], b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4)
+
+    def test_pcp_answers_are_read_and_matched_by_nonce(self):
+        nonce = os.urandom(12)
+        self.assertEqual(pcr.pcp_mapping(pcp_answer(nonce, external_port=5051), nonce),
+                         (0, 5050, 5051, 3600, "203.0.113.7"))
+        with self.assertRaises(ValueError):
+            pcr.pcp_mapping(pcp_answer(os.urandom(12)), nonce)
+        self.assertEqual(pcr.pcp_mapping(pcp_answer(nonce, result=8), nonce)[0], 8)
+
+    def test_a_natpmp_only_gateway_answering_pcp_means_unsupported_version(self):
+        self.assertEqual(pcr.pcp_mapping(natpmp_answer(1, 1), b"x" * 12)[0],
+                         pcr.PCP_UNSUPPORTED_VERSION)
+
+    def test_the_probe_tells_an_address_none_or_not_known(self):
+        self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 0, bytes([11, 0, 0, 1]))),
+                         (0, "11.0.0.1"))
+        self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 3)), (3, ""))   # CGNAT
+        self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 2)), (2, None))
+        self.assertEqual(pcr.port_control_probe(b"\x02\x80\x00\x01" + b"\x00" * 20), (0, None))
+
+    def test_udp_exchange_resends_and_skips_answers_it_does_not_await(self):
+        ours, gateway = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)   # no network
+        self.addCleanup(ours.close)
+        self.addCleanup(gateway.close)
+
+        def answer_the_second_request():
+            gateway.settimeout(WAIT)
+            first, second = gateway.recv(100), gateway.recv(100)
+            gateway.send(b"noise")
+            gateway.send(first + second)
+        thread = threading.Thread(target=answer_the_second_request)
+        thread.start()
+
+        def read(data: bytes) -> bytes:
+            if data == b"noise":
+                raise ValueError("not ours")
+            return data
+        started = time.monotonic()
+        got = pcr.udp_exchange(ours, b"ask", read, time.monotonic() + WAIT)
+        thread.join(WAIT)
+        self.assertEqual(got, b"askask")
+        self.assertGreaterEqual(time.monotonic() - started, 0.2)   # the resend came after 250 ms
+
+    def test_udp_exchange_gives_up_at_its_deadline(self):
+        ours, gateway = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(ours.close)
+        self.addCleanup(gateway.close)
+        started = time.monotonic()
+        with self.assertRaises(TimeoutError):
+            pcr.udp_exchange(ours, b"ask", bytes, started + 0.6)
+        self.assertLess(time.monotonic() - started, 1.0)
+
+
+class UpnpTextTest(unittest.TestCase):
+    """SSDP, the device description and SOAP, read and written without a network."""
+
+    def test_the_search_asks_the_ssdp_group_for_a_gateway(self):
+        text = pcr.ssdp_search(pcr.IGD_DEVICES[0]).decode()
+        self.assertTrue(text.startswith("M-SEARCH * HTTP/1.1\r\n"))
+        self.assertIn("HOST: 239.255.255.250:1900\r\n", text)
+        self.assertIn('MAN: "ssdp:discover"\r\n', text)
+        self.assertIn("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:2\r\n", text)
+        self.assertTrue(text.endswith("\r\n\r\n"))
+
+    def test_only_a_search_answer_gives_a_location(self):
+        answer = b"HTTP/1.1 200 OK\r\nST: x\r\nLocation: http://192.168.1.1:5000/d.xml\r\n\r\n"
+        self.assertEqual(pcr.ssdp_location(answer), "http://192.168.1.1:5000/d.xml")
+        self.assertIsNone(pcr.ssdp_location(answer.replace(b"200 OK", b"404 No")))
+        self.assertIsNone(pcr.ssdp_location(b"NOTIFY * HTTP/1.1\r\nLOCATION: http://x/\r\n\r\n"))
+        self.assertIsNone(pcr.ssdp_location(b"HTTP/1.1 200 OK\r\nST: x\r\n\r\n"))
+        self.assertIsNone(pcr.ssdp_location(b"HTTP/1.1 200 OK\r\nLOCATION: http://x/\x1b[2J\r\n\r\n"))
+
+    def test_a_url_must_be_plain_http_on_the_host_that_answered(self):
+        self.assertEqual(pcr.url_on_host("http://192.168.1.1:5000/rootDesc.xml", "192.168.1.1"),
+                         (5000, "/rootDesc.xml"))
+        self.assertEqual(pcr.url_on_host("http://192.168.1.1/ctl?x=1", "192.168.1.1"), (80, "/ctl?x=1"))
+        for url in ("http://192.168.1.99:5000/d.xml", "https://192.168.1.1/d.xml",
+                    "http://192.168.1.1@203.0.113.9/d.xml", "http://192.168.1.1.example.com/",
+                    "file:///etc/passwd", "http://192.168.1.1:99999/", "//192.168.1.1/d.xml"):
+            with self.subTest(url=url):
+                self.assertIsNone(pcr.url_on_host(url, "192.168.1.1"))
+
+    def test_the_best_wan_service_is_found_and_its_url_resolved(self):
+        self.assertEqual(pcr.igd_service(IGD_DESCRIPTION, "http://192.168.1.1:5000/rootDesc.xml"),
+                         ("urn:schemas-upnp-org:service:WANIPConnection:2",
+                          "http://192.168.1.1:5000/ctl/IPConn"))
+        based = IGD_DESCRIPTION.replace(b"<device>", b"<URLBase>http://192.168.1.1:6000/</URLBase>"
+                                        b"<device>", 1)
+        self.assertEqual(pcr.igd_service(based, "http://192.168.1.1:5000/d.xml")[1],
+                         "http://192.168.1.1:6000/ctl/IPConn")
+        ppp = IGD_DESCRIPTION.replace(b"WANIPConnection", b"WANPPPConnection")
+        self.assertEqual(pcr.igd_service(ppp, "http://192.168.1.1/")[0],
+                         "urn:schemas-upnp-org:service:WANPPPConnection:1")
+        self.assertIsNone(pcr.igd_service(IGD_DESCRIPTION.replace(b"WAN", b"LAN"), "http://h/"))
+
+    def test_xml_with_a_doctype_or_entities_is_refused_unparsed(self):
+        laughs = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa">'
+                  b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><root>&b;</root>')
+        outside = b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://203.0.113.9/x.dtd"><root/>'
+        in_utf16 = laughs.replace(b'version="1.0"', b'version="1.0" encoding="UTF-16"').decode().encode("utf-16")
+        for text in (laughs, outside, in_utf16, b"<root><!ENTITY x 'y'></root>", b"not xml at all"):
+            with self.subTest(text=text[:40]), self.assertRaises(ValueError):
+                pcr.igd_service(text, "http://192.168.1.1/")
+        with self.assertRaises(ValueError):
+            pcr.soap_answer(laughs, "GetExternalIPAddress")
+
+    def test_soap_body_names_the_service_and_escapes_values(self):
+        body = pcr.soap_body("urn:schemas-upnp-org:service:WANIPConnection:1", "AddPortMapping",
+                             {"NewExternalPort": 5050, "NewPortMappingDescription": "a<b&c"}).decode()
+        self.assertIn('<u:AddPortMapping xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:1">',
+                      body)
+        self.assertIn("<NewExternalPort>5050</NewExternalPort><NewPortMappingDescription>"
+                      "a&lt;b&amp;c</NewPortMappingDescription>", body)
+        root = pcr.xml_root(body.encode())   # well-formed
+        self.assertEqual(pcr.local_name(root), "Envelope")
+
+    def test_soap_answers_and_faults_are_read(self):
+        ok = (b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+              b'<s:Body><u:GetExternalIPAddressResponse xmlns:u="urn:x"><NewExternalIPAddress>'
+              b'203.0.113.7</NewExternalIPAddress></u:GetExternalIPAddressResponse></s:Body>'
+              b'</s:Envelope>')
+        self.assertEqual(pcr.soap_answer(ok, "GetExternalIPAddress"),
+                         {"NewExternalIPAddress": "203.0.113.7"})
+        fault = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+                 b'<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring>'
+                 b'<detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>718'
+                 b'</errorCode><errorDescription>ConflictInMappingEntry</errorDescription>'
+                 b'</UPnPError></detail></s:Fault></s:Body></s:Envelope>')
+        with self.assertRaises(pcr.UpnpError) as e:
+            pcr.soap_answer(fault, "AddPortMapping")
+        self.assertEqual((e.exception.code, e.exception.description), (718, "ConflictInMappingEntry"))
+        self.assertIn("another machine", pcr.upnp_reason(e.exception))
+        self.assertIn("outlive the room", pcr.upnp_reason(pcr.UpnpError(725, "")))
+        with self.assertRaises(ValueError):
+            pcr.soap_answer(ok, "AddPortMapping")
+
+    def test_http_replies_are_whole_only_with_their_announced_length(self):
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more"
+        self.assertTrue(pcr.http_reply_complete(reply))
+        self.assertFalse(pcr.http_reply_complete(reply[:-12]))
+        self.assertFalse(pcr.http_reply_complete(b"HTTP/1.1 200 OK\r\n\r\nno length"))
+        self.assertEqual(pcr.http_reply(reply), (200, b"hello"))
+        self.assertEqual(pcr.http_reply(b"HTTP/1.0 302 Found\r\nLocation: http://x/\r\n\r\n"),
+                         (302, b""))
+        with self.assertRaises(ValueError):
+            pcr.http_reply(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+class LoopbackHttp:
+    """A one-shot HTTP server on 127.0.0.1 that sends `reply` slowly or not (no router, no discovery)."""
+
+    def __init__(self, reply: bytes, pause: float = 0.0):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(WAIT)
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, args=(reply, pause), daemon=True)
+        self.thread.start()
+
+    def _serve(self, reply: bytes, pause: float) -> None:
+        with self.listener, self.listener.accept()[0] as conn:
+            conn.settimeout(WAIT)
+            conn.recv(4096)
+            try:
+                for at in range(0, len(reply), 65536):
+                    conn.sendall(reply[at:at + 65536])
+                    self.sent = at + len(reply[at:at + 65536])
+                    time.sleep(pause)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.thread.join(WAIT * 2)
+
+
+class RouterHttpTest(unittest.TestCase):
+    """http_exchange: bounded in size and time, no redirects (loopback only)."""
+
+    def serve(self, reply: bytes, pause: float = 0.0) -> LoopbackHttp:
+        server = LoopbackHttp(reply, pause)
+        self.addCleanup(server.close)
+        return server
+
+    def test_a_description_larger_than_64_kib_is_refused_after_64_kib(self):
+        server = self.serve(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (10 << 20))
+        with self.assertRaisesRegex(ValueError, "more than 65536 bytes"):
+            pcr.http_exchange("127.0.0.1", server.port, "/d.xml", time.monotonic() + WAIT)
+        server.close()
+        self.assertLess(server.sent, 10 << 20)
+
+    def test_an_announced_large_answer_is_refused_too(self):
+        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n" + b"x" * 200000)
+        with self.assertRaises(ValueError):
+            pcr.http_exchange("127.0.0.1", server.port, "/d.xml", time.monotonic() + WAIT)
+
+    def test_a_slow_answer_ends_at_the_deadline(self):
+        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", pause=1.5)
+        started = time.monotonic()
+        with self.assertRaises(TimeoutError):
+            pcr.http_exchange("127.0.0.1", server.port, "/d.xml", started + 0.5)
+        self.assertLess(time.monotonic() - started, 1.2)
+
+    def test_a_redirect_is_not_followed(self):
+        server = self.serve(b"HTTP/1.1 301 Moved\r\nLocation: http://203.0.113.9/\r\n"
+                            b"Content-Length: 0\r\n\r\n")
+        self.assertEqual(pcr.http_exchange("127.0.0.1", server.port, "/", time.monotonic() + WAIT),
+                         (301, b""))
+
+
+class RouterAddressTest(unittest.TestCase):
+    """The default gateway, this machine's network, and which addresses are public."""
+
+    def test_linux_routes_give_the_lowest_metric_default_gateway(self):
+        routes = pcr.proc_routes(PROC_ROUTE)
+        self.assertEqual(pcr.default_gateway(routes), "10.0.0.1")
+        self.assertEqual(len(routes), 4)   # the route that is not up is left out
+
+    def test_windows_and_macos_routes_give_the_default_gateway(self):
+        self.assertEqual(pcr.default_gateway(pcr.route_print_routes(ROUTE_PRINT)), "192.168.1.1")
+        self.assertEqual(pcr.default_gateway(pcr.route_get_routes(ROUTE_GET)), "192.168.0.254")
+        self.assertIsNone(pcr.default_gateway(pcr.route_get_routes("route: not in table\n")))
+        self.assertIsNone(pcr.default_gateway([]))
+
+    def test_this_machines_network_is_its_on_link_route(self):
+        routes = pcr.proc_routes(PROC_ROUTE)
+        self.assertEqual([str(n) for n in pcr.own_networks(routes, "192.168.1.20")], ["192.168.1.0/24"])
+        self.assertEqual([str(n) for n in pcr.own_networks(pcr.route_print_routes(ROUTE_PRINT),
+                                                           "192.168.1.20")], ["192.168.1.0/24"])
+        self.assertEqual([str(n) for n in pcr.own_networks([], "172.20.5.9")], ["172.20.5.0/24"])
+
+    def test_answers_are_believed_from_the_gateway_or_this_network_only(self):
+        networks = pcr.own_networks(pcr.proc_routes(PROC_ROUTE), "192.168.1.20")
+        self.assertTrue(pcr.answer_allowed("192.168.1.1", "192.168.1.1", networks))
+        self.assertTrue(pcr.answer_allowed("192.168.1.66", "192.168.1.1", networks))
+        self.assertTrue(pcr.answer_allowed("10.0.0.1", "10.0.0.1", networks))   # the gateway
+        for ip in ("192.168.2.1", "203.0.113.9", "10.0.0.2", "not an address", "::1"):
+            with self.subTest(ip=ip):
+                self.assertFalse(pcr.answer_allowed(ip, "10.0.0.1", networks))
+
+    def test_public_addresses_and_the_rest(self):
+        for ip in ("11.0.0.1", "203.0.113.7", "81.2.69.160"):
+            self.assertTrue(pcr.public_address(ip), ip)
+        for ip in ("", "0.0.0.0", "100.64.0.1", "100.127.255.254", "10.1.2.3", "172.16.0.1",
+                   "192.168.0.2", "169.254.1.1", "127.0.0.1", "239.255.255.250", "garbage"):
+            self.assertFalse(pcr.public_address(ip), ip)
+        self.assertTrue(pcr.private_router_address("192.168.0.2"))
+        self.assertFalse(pcr.private_router_address("100.64.0.1"))   # shared: CGNAT, not a router of yours
+        self.assertFalse(pcr.private_router_address(""))
+
+
+def router_result(outcome, **fields) -> pcr.RouterResult:
+    fields = {"lan_ip": "192.168.1.20", "ports": (5050,), "mac": "aa:bb:cc:dd:ee:ff", **fields}
+    return pcr.RouterResult(outcome, **fields)
+
+
+class RouterSentenceTest(unittest.TestCase):
+    """What the host is told, for each thing a router can do."""
+
+    def test_forwarded_gives_the_address_friends_use(self):
+        result = router_result(pcr.RouterOutcome.FORWARDED, protocol="UPnP",
+                               external_ip="203.0.113.7", forwarded={5050: 5050})
+        self.assertEqual(pcr.router_sentence(result),
+                         "over the internet:  203.0.113.7:5050 (your router forwards it: UPnP)")
+        self.assertEqual(result.address(5050), "203.0.113.7:5050")
+        self.assertIsNone(result.address(5051))
+
+    def test_forwarded_with_the_page_and_a_port_the_router_chose(self):
+        result = router_result(pcr.RouterOutcome.FORWARDED, protocol="PCP", ports=(5050, 5051),
+                               external_ip="203.0.113.7", forwarded={5050: 5050, 5051: 40001})
+        self.assertEqual(pcr.router_sentence(result),
+                         "over the internet:  203.0.113.7:5050, the page on port 40001 (your router "
+                         "forwards both: PCP; its port 40001 leads to 5051 here)")
+        self.assertEqual(result.address(5051), "203.0.113.7:40001")
+
+    def test_no_public_address_is_called_cgnat_with_what_helps(self):
+        for external, reason in (("100.64.0.1", ""), ("", "network failure"), ("10.0.0.2", "")):
+            result = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="NAT-PMP",
+                                   external_ip=external, reason=reason)
+            text = pcr.router_sentence(result)
+            with self.subTest(external=external):
+                self.assertIn("CGNAT", text)
+                self.assertIn("Friends outside cannot reach this room", text)
+                self.assertIn("ask your provider for a public IPv4 address", text)
+                self.assertIn("same network still can", text)
+                self.assertIn(reason, text)
+                self.assertIsNone(result.address(5050))
+
+    def test_a_private_router_address_and_another_public_one_is_double_nat(self):
+        result = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="UPnP",
+                               external_ip="192.168.0.2", forwarded={5050: 5050})
+        self.assertTrue(result.needs_public_ip())
+        text = pcr.router_sentence(result, public_ip="203.0.113.7")
+        self.assertIn("double NAT", text)
+        self.assertIn("forward TCP port 5050 to 192.168.0.2", text)
+        self.assertIn("203.0.113.7", text)
+        self.assertNotIn("CGNAT", text)
+        self.assertIn("CGNAT", pcr.router_sentence(result))   # without the look-up it cannot tell
+        shared = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="UPnP", external_ip="100.64.0.1")
+        self.assertFalse(shared.needs_public_ip())
+        self.assertIn("CGNAT", pcr.router_sentence(shared, public_ip="203.0.113.7"))
+
+    def test_no_answer_names_what_was_tried_and_the_manual_way(self):
+        result = router_result(pcr.RouterOutcome.NO_ANSWER)
+        self.assertEqual(pcr.router_sentence(result),
+                         "no router answered UPnP, NAT-PMP or PCP: forward TCP port 5050 to "
+                         "192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+        two = router_result(pcr.RouterOutcome.NO_ANSWER, ports=(5050, 5051), tried=("PCP", "NAT-PMP"))
+        self.assertEqual(pcr.router_sentence(two),
+                         "no router answered NAT-PMP or PCP: forward TCP ports 5050 and 5051 to "
+                         "192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+
+    def test_a_refusal_gives_its_reason_and_the_manual_way(self):
+        result = router_result(pcr.RouterOutcome.REFUSED, protocol="UPnP",
+                               reason="ConflictInMappingEntry (718)")
+        self.assertEqual(pcr.router_sentence(result),
+                         "the router refused to forward port 5050 (UPnP: ConflictInMappingEntry "
+                         "(718)): forward TCP port 5050 to 192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+
+
+class FakeWay:
+    """A router way without a network: records what it was asked."""
+
+    def __init__(self, name="UPnP", external_ip="203.0.113.7", refuse=(), moved=None,
+                 no_public=False):
+        self.name, self.external_ip, self.refuse, self.no_public = name, external_ip, refuse, no_public
+        self.moved = moved or {}
+        self.asked: list[tuple] = []
+
+    def forward(self, port, wanted, lease, deadline):
+        self.asked.append(("forward", port, wanted, lease))
+        if port in self.refuse:
+            raise pcr.RouterRefused(self.name, "port taken", no_public=self.no_public)
+        return self.moved.get(port, wanted), lease
+
+    def renew(self, port, external_port, lease, deadline):
+        self.asked.append(("renew", port, external_port, lease))
+        return self.moved.get(("renew", port), external_port), lease
+
+    def remove(self, port, external_port, deadline):
+        self.asked.append(("remove", port, external_port))
+
+    def external_address(self, deadline):
+        return self.external_ip
+
+
+class RouterPortsTest(unittest.TestCase):
+    """RouterPorts' own rules, with stand-in ways: nothing is sent anywhere."""
+
+    def router(self, *ways, **kw) -> pcr.RouterPorts:
+        router = pcr.RouterPorts([5050, 5051], gateway="192.168.1.1", **kw)
+        patches = [mock.patch.object(pcr, "lan_address", return_value="192.168.1.20"),
+                   mock.patch.object(pcr.RouterPorts, "_search", lambda *_: iter(ways))]
+        for patch in patches:
+            patch.start()
+            self.addCleanup(patch.stop)
+        self.addCleanup(router.close)
+        return router
+
+    def test_close_removes_every_mapping_it_made_and_nothing_else(self):
+        way = FakeWay(moved={5051: 40001})
+        router = self.router(way)
+        result = router.open()
+        self.assertEqual(result.outcome, pcr.RouterOutcome.FORWARDED)
+        self.assertEqual(result.forwarded, {5050: 5050, 5051: 40001})
+        router.close()
+        self.assertEqual([a for a in way.asked if a[0] == "remove"],
+                         [("remove", 5050, 5050), ("remove", 5051, 40001)])
+        router.close()   # twice is harmless and removes nothing more
+        self.assertEqual(len([a for a in way.asked if a[0] == "remove"]), 2)
+
+    def test_the_same_external_port_is_asked_for_with_a_finite_lease(self):
+        way = FakeWay()
+        self.router(way, lease=1234).open()
+        self.assertEqual(way.asked[:2], [("forward", 5050, 5050, 1234), ("forward", 5051, 5051, 1234)])
+
+    def test_all_or_none_a_refused_page_port_takes_the_rooms_back(self):
+        refusing, working = FakeWay("PCP", refuse=(5051,)), FakeWay("UPnP")
+        result = self.router(refusing, working).open()
+        self.assertIn(("remove", 5050, 5050), refusing.asked)
+        self.assertEqual((result.outcome, result.protocol), (pcr.RouterOutcome.FORWARDED, "UPnP"))
+
+    def test_a_refusal_alone_is_the_result(self):
+        result = self.router(FakeWay("UPnP", refuse=(5050,))).open()
+        self.assertEqual((result.outcome, result.reason), (pcr.RouterOutcome.REFUSED, "port taken"))
+
+    def test_a_refusal_for_want_of_a_public_address_is_no_public(self):
+        result = self.router(FakeWay("NAT-PMP", refuse=(5050,), no_public=True, external_ip="")).open()
+        self.assertEqual(result.outcome, pcr.RouterOutcome.NO_PUBLIC)
+        result = self.router(FakeWay("UPnP", refuse=(5050,), external_ip="100.64.0.1")).open()
+        self.assertEqual((result.outcome, result.external_ip),
+                         (pcr.RouterOutcome.NO_PUBLIC, "100.64.0.1"))
+
+    def test_no_way_is_no_answer(self):
+        result = self.router().open()
+        self.assertEqual(result.outcome, pcr.RouterOutcome.NO_ANSWER)
+
+    def test_the_lease_is_renewed_before_it_runs_out_and_a_moved_port_is_told(self):
+        way, told = FakeWay(moved={("renew", 5050): 5099}), []
+        router = self.router(way, lease=2.0, on_change=told.append)
+        router.open()
+        deadline = time.monotonic() + WAIT
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn(("renew", 5050, 5050, 2), way.asked)
+        self.assertEqual(told[0].forwarded, {5050: 5099, 5051: 5051})
+        router.close()
+        self.assertIn(("remove", 5050, 5099), way.asked)
+
+    def test_closed_before_the_router_answers_maps_nothing(self):
+        way = FakeWay()
+        router = self.router(way)
+        router.close()
+        self.assertNotEqual(router.open().outcome, pcr.RouterOutcome.FORWARDED)
+        self.assertEqual(way.asked, [])
+
+
+class UpnpOptionTest(unittest.TestCase):
+    """--upnp on the command line; off unless given."""
+
+    def test_off_by_default_and_on_with_the_flag(self):
+        self.assertFalse(pcr.Settings().upnp)
+        self.assertFalse(pcr.settings_from(pcr.parse_args(["--port", "5050"]))[0].upnp)
+        self.assertTrue(pcr.settings_from(pcr.parse_args(["--port", "5050", "--upnp"]))[0].upnp)
+
+    def test_help_says_what_it_does(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            pcr.parse_args(["--help"])
+        self.assertIn("ask the router to forward the room's port with UPnP / NAT-PMP / PCP",
+                      " ".join(out.getvalue().split()))
+
+    def test_a_room_only_this_machine_reaches_asks_no_router(self):
+        said = []
+        self.assertIsNone(pcr.ask_router(pcr.Settings(), ("127.0.0.1", 5050), None, said.append))
+        self.assertEqual(said, ["the room listens on 127.0.0.1 only, so the router was not asked "
+                                "to forward it"])
+
+
+# -- a real router: miniupnpd in a home network of network namespaces --------
+# Every server with --upnp and every RouterPorts call runs inside the LAN
+# namespace (ip netns exec), never in this process's own network: nothing here
+# sends discovery or mapping requests anywhere but the namespaces it made.
+
+HOME_NUMBERS = itertools.count(1)
+ROUTER_SAYS = 12.0   # the server's sentence comes within ROUTER_OPEN_TIME, start-up included
+
+# Asks as the server does, for tests of the parts the command line does not set:
+# argv: the folder of pcr_server.py, lease seconds, protocols, seconds to keep.
+MAPPER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+router = pcr.RouterPorts([5050], lease=float(sys.argv[2]), protocols=tuple(sys.argv[3].split(",")))
+print(pcr.router_sentence(router.open()), flush=True)
+time.sleep(float(sys.argv[4]))
+router.close()
+print("closed", flush=True)
+"""
+
+# A host on the LAN that answers every SSDP search with two bad answers: a
+# LOCATION on another host (argv[1]), and a 10 MB description of its own.
+HOSTILE_HOST = """
+import socket, struct, sys, threading
+other, me = sys.argv[1], sys.argv[2]
+def serve_big():
+    with socket.create_server(("0.0.0.0", 8081)) as listener:
+        conn, _ = listener.accept()
+        conn.settimeout(15)
+        conn.recv(4096)
+        sent = 0
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/xml\\r\\n\\r\\n<root>")
+            while sent < 10 << 20:
+                conn.sendall(b"<a/>" * 16384)
+                sent += 65536
+            print("big: all 10 MB sent", flush=True)
+        except OSError:
+            print(f"big: cut after {sent} bytes", flush=True)
+threading.Thread(target=serve_big, daemon=True).start()
+ssdp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ssdp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ssdp.bind(("", 1900))
+ssdp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                socket.inet_aton("239.255.255.250") + socket.inet_aton(me))
+print("ready", flush=True)
+while True:
+    data, peer = ssdp.recvfrom(2048)
+    if data.startswith(b"M-SEARCH"):
+        for location in (f"http://{other}:8080/rootDesc.xml", f"http://{me}:8081/big.xml"):
+            ssdp.sendto(("HTTP/1.1 200 OK\\r\\nCACHE-CONTROL: max-age=120\\r\\nEXT:\\r\\n"
+                         "ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\\r\\n"
+                         f"LOCATION: {location}\\r\\n\\r\\n").encode(), peer)
+"""
+
+# Prints a line for every TCP connection to argv[1] (a port): nobody should come.
+TRAP = """
+import socket, sys
+with socket.create_server(("0.0.0.0", int(sys.argv[1]))) as listener:
+    print("ready", flush=True)
+    while True:
+        conn, peer = listener.accept()
+        print(f"contacted by {peer[0]}", flush=True)
+        conn.close()
+"""
+
+# Prints a line for every packet to the router's NAT-PMP/PCP port or SSDP.
+ROUTER_EAR = """
+import select, socket, sys
+control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+control.bind(("0.0.0.0", 5351))
+ssdp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ssdp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ssdp.bind(("", 1900))
+ssdp.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                socket.inet_aton("239.255.255.250") + socket.inet_aton(sys.argv[1]))
+print("ready", flush=True)
+while True:
+    for sock in select.select([control, ssdp], [], [])[0]:
+        data, peer = sock.recvfrom(2048)
+        print(f"heard on {sock.getsockname()[1]} from {peer[0]}", flush=True)
+"""
+
+MINIUPNPD_CONF = """ext_ifname=rwan
+listening_ip=br0
+port=0
+enable_upnp={upnp}
+enable_natpmp={natpmp}
+secure_mode=yes
+system_uptime=yes
+min_lifetime=2
+uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
+upnp_table_name=pcr_filter
+upnp_nat_table_name=pcr_nat
+upnp_forward_chain=pcr_forward
+upnp_nat_chain=pcr_prerouting
+upnp_nat_postrouting_chain=pcr_postrouting
+allow 1024-65535 192.168.77.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+
+# The router's firewall: LAN out, replies back in; in from the WAN only what
+# miniupnpd opens in its chains (made first: miniupnpd fills them, never makes them).
+ROUTER_RULES = """
+table inet pcr_filter {
+  chain pcr_forward { }
+  chain forward { type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "br0" accept
+    jump pcr_forward; }
+}
+table inet pcr_nat {
+  chain pcr_prerouting { }
+  chain pcr_postrouting { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump pcr_prerouting; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept;
+    oifname "rwan" masquerade
+    jump pcr_postrouting; }
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def home_network_missing() -> str:
+    """Why a home network of namespaces cannot be built here; "" if it can."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux's"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root"
+    missing = [tool for tool in ("ip", "nft", "miniupnpd", "upnpc", "natpmpc") if not shutil.which(tool)]
+    if missing:
+        return f"not installed or not on PATH: {', '.join(missing)} (.ci/run installs them)"
+    name = f"pcr{os.getpid()}-probe"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=WAIT)
+    if made.returncode:
+        return f"cannot make network namespaces here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
+    return ""
+
+
+class HomeNetwork:
+    """A home network built from namespaces, torn down when the test ends:
+    lan (this machine, 192.168.77.20), router (192.168.77.1 inside, `wan_ip`
+    outside; nftables NAT, miniupnpd when started), wan (a friend, .2 beside
+    the router's WAN address) and, if asked, other (a second LAN host,
+    192.168.77.66).  No namespace is connected to this machine's own network."""
+
+    LAN_IP, ROUTER_IP, OTHER_IP = "192.168.77.20", "192.168.77.1", "192.168.77.66"
+
+    def __init__(self, case: unittest.TestCase, wan_ip: str = "11.0.0.1", other_host: bool = False):
+        self.case, self.wan_ip = case, wan_ip
+        self.friend_ip = wan_ip.rsplit(".", 1)[0] + ".2"
+        tag = f"pcr{os.getpid()}n{next(HOME_NUMBERS)}"
+        self.ns = {role: f"{tag}-{role}" for role in ("lan", "router", "wan", "other")
+                   if role != "other" or other_host}
+        self.dir = tempfile.mkdtemp()
+        case.addCleanup(shutil.rmtree, self.dir, True)
+        self.procs: list[subprocess.Popen] = []
+        self.made: list[str] = []
+        self.description_url = ""   # miniupnpd's, once started with UPnP
+        case.addCleanup(self.tear_down)   # also when building fails half-way
+        self._build()
+
+    def ip(self, *args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=WAIT)
+        if done.returncode:
+            raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+    def run(self, role: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A command inside the namespace `role`, bounded."""
+        done = subprocess.run(self.inside(role, *args), capture_output=True, text=True,
+                              timeout=ROUTER_SAYS)
+        if check and done.returncode:
+            raise AssertionError(f"{args}: {done.returncode} {done.stdout} {done.stderr}")
+        return done
+
+    def inside(self, role: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[role], *args]
+
+    def _build(self) -> None:
+        for name in self.ns.values():
+            self.ip("netns", "add", name)
+            self.made.append(name)
+            self.ip("-n", name, "link", "set", "lo", "up")
+        lan, router, wan = self.ns["lan"], self.ns["router"], self.ns["wan"]
+        self.ip("link", "add", "lan0", "netns", lan, "type", "veth", "peer", "name", "rlan", "netns", router)
+        self.ip("link", "add", "rwan", "netns", router, "type", "veth", "peer", "name", "wan0", "netns", wan)
+        self.ip("-n", router, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        self.ip("-n", router, "link", "set", "rlan", "master", "br0", "up")
+        self.ip("-n", router, "addr", "add", f"{self.ROUTER_IP}/24", "dev", "br0")
+        self.ip("-n", router, "addr", "add", f"{self.wan_ip}/24", "dev", "rwan")
+        for name, device, address in ((router, "br0", None), (router, "rwan", None),
+                                      (lan, "lan0", self.LAN_IP), (wan, "wan0", self.friend_ip)):
+            if address:
+                self.ip("-n", name, "addr", "add", f"{address}/24", "dev", device)
+            self.ip("-n", name, "link", "set", device, "up")
+        self.ip("-n", lan, "route", "add", "default", "via", self.ROUTER_IP)
+        if "other" in self.ns:
+            other = self.ns["other"]
+            self.ip("link", "add", "oth0", "netns", other, "type", "veth", "peer", "name", "roth",
+                    "netns", router)
+            self.ip("-n", router, "link", "set", "roth", "master", "br0", "up")
+            self.ip("-n", other, "addr", "add", f"{self.OTHER_IP}/24", "dev", "oth0")
+            self.ip("-n", other, "link", "set", "oth0", "up")
+            self.ip("-n", other, "route", "add", "default", "via", self.ROUTER_IP)
+        self.run("router", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rules = os.path.join(self.dir, "router.nft")
+        with open(rules, "w") as f:
+            f.write(ROUTER_RULES)
+        self.run("router", "nft", "-f", rules)
+
+    def start(self, role: str, *args: str, name: str) -> str:
+        """Start a program in `role` that prints to a file; the file's path."""
+        path = os.path.join(self.dir, f"{name}.out")
+        with open(path, "w") as out:
+            self.procs.append(subprocess.Popen(self.inside(role, *args), stdout=out,
+                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        return path
+
+    def printed(self, path: str, needle: str, timeout: float = WAIT) -> str:
+        """The file's text once `needle` is in it; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            if needle in text:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} in {os.path.basename(path)}: {text[-2000:]!r}")
+            time.sleep(0.05)
+
+    def start_router(self, upnp: bool = True, natpmp: bool = True) -> str:
+        """miniupnpd in the router namespace; its log's path."""
+        conf = os.path.join(self.dir, "miniupnpd.conf")
+        with open(conf, "w") as f:
+            f.write(MINIUPNPD_CONF.format(upnp="yes" if upnp else "no",
+                                          natpmp="yes" if natpmp else "no"))
+        log_path = self.start("router", "miniupnpd", "-d", "-f", conf, "-P",
+                              os.path.join(self.dir, "miniupnpd.pid"), name="miniupnpd")
+        text = self.printed(log_path, "HTTP listening on port" if upnp
+                            else "Listening for NAT-PMP/PCP traffic")
+        if upnp:
+            port = re.search(r"HTTP listening on port (\d+)", text).group(1)
+            self.description_url = f"http://{self.ROUTER_IP}:{port}/rootDesc.xml"
+            if natpmp:
+                self.printed(log_path, "Listening for NAT-PMP/PCP traffic")
+        return log_path
+
+    def room(self, *args: str) -> subprocess.Popen:
+        """pcr_server.py on the LAN host, port 5050; killed at the end if still running."""
+        proc = subprocess.Popen(
+            self.inside("lan", sys.executable, SERVER, "--port", "5050", "--public-ip-url", "",
+                        "--log-file", "", *args),
+            cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def mappings(self, role: str = "lan") -> list[tuple[int, str, int]]:
+        """(external port, internal address, internal port) of every TCP mapping, as
+        miniupnpc's upnpc lists them (asked from `role`)."""
+        listed = self.run(role, "upnpc", "-u", self.description_url, "-l").stdout
+        return [(int(e), ip, int(i)) for e, ip, i in
+                re.findall(r"^\s*\d+\s+TCP\s+(\d+)->([\d.]+):(\d+)", listed, re.MULTILINE)]
+
+    def nat_rules(self) -> str:
+        """The router's forwarding rules that miniupnpd made (nftables)."""
+        return self.run("router", "nft", "list", "chain", "inet", "pcr_nat", "pcr_prerouting").stdout
+
+    def public_address(self) -> str:
+        """The router's external address as natpmpc (libnatpmp) hears it."""
+        said = self.run("lan", "natpmpc", "-g", self.ROUTER_IP, check=False).stdout
+        found = re.search(r"Public IP address : ([\d.]+)", said)
+        return found.group(1) if found else ""
+
+    def friend(self, port: int, name: str = "friend") -> ClientProcess:
+        """A member on the internet side, joining through the router's WAN address."""
+        c = ClientProcess(f"{self.wan_ip}:{port}", name=name, prefix=self.inside("wan"))
+        self.case.addCleanup(c.close)
+        return c
+
+    def at_home(self, name: str) -> ClientProcess:
+        c = ClientProcess("127.0.0.1:5050", name=name, prefix=self.inside("lan"))
+        self.case.addCleanup(c.close)
+        return c
+
+    def reaches_from_wan(self, port: int, path: str = "") -> str:
+        """What the friend's side gets from the router's WAN address: "refused",
+        "timeout", or for `path` an HTTP status and size."""
+        code = ("import socket, sys, urllib.request\n"
+                "try:\n"
+                "    if sys.argv[3]:\n"
+                "        r = urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}',"
+                " timeout=3)\n"
+                "        print(r.status, len(r.read()))\n"
+                "    else:\n"
+                "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 3).close()\n"
+                "        print('connected')\n"
+                "except ConnectionRefusedError:\n    print('refused')\n"
+                "except OSError as e:\n    print('timeout' if 'timed out' in str(e) else e)\n")
+        return self.run("wan", sys.executable, "-c", code, self.wan_ip, str(port), path).stdout.strip()
+
+    def tear_down(self) -> None:
+        """Kill what was started, then delete the namespaces (and all in them)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=WAIT)
+        for name in self.made:
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                                  timeout=WAIT).stdout.split()
+            for pid in pids:   # only ever our own: nothing else lives in these namespaces
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
+
+
+class RouterForwardingTest(unittest.TestCase):
+    """--upnp against miniupnpd, the router daemon of OpenWrt and many home routers,
+    in a home network the test builds (needs root and network namespaces)."""
+
+    def setUp(self):
+        if reason := home_network_missing():
+            self.skipTest(reason)
+
+    def home(self, **kw) -> HomeNetwork:
+        return HomeNetwork(self, **kw)
+
+    def chat_through_the_router(self, home: HomeNetwork, port: int = 5050) -> None:
+        ann = home.at_home("ann")
+        ann.read_until("[1 person is online]\n")
+        friend = home.friend(port)
+        friend.read_until("[2 people are online]\n")
+        friend.type("hello from outside\n")
+        ann.read_until("friend: hello from outside\n")
+        ann.type("welcome in\n")
+        friend.read_until("ann: welcome in\n")
+
+    def test_a_friend_on_the_internet_joins_through_the_router_and_the_page_is_forwarded(self):
+        home = self.home()
+        home.start_router()
+        room = home.room("--upnp", "--web-port", "5051")
+        printed_until(room, "over the internet:  11.0.0.1:5050, the page on port 5051 (your router "
+                            "forwards both: PCP)", ROUTER_SAYS)
+        self.assertEqual(sorted(home.mappings()), [(5050, home.LAN_IP, 5050), (5051, home.LAN_IP, 5051)])
+        self.assertEqual(home.public_address(), "11.0.0.1")
+        self.chat_through_the_router(home)
+        self.assertRegex(home.reaches_from_wan(5051, "/"), r"^200 \d{4,}$")
+
+    def test_nothing_is_forwarded_after_the_room_stops(self):
+        home = self.home()
+        home.start_router()
+        home.run("lan", "upnpc", "-u", home.description_url, "-e", "not ours", "-a", home.LAN_IP,
+                 "6000", "6000", "TCP")
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with self.subTest(signal=sig.name):
+                room = home.room("--upnp", "--web-port", "5051")
+                printed_until(room, "(your router forwards both: PCP)", ROUTER_SAYS)
+                self.assertEqual(home.reaches_from_wan(5050), "connected")
+                room.send_signal(sig)
+                self.assertEqual(room.wait(WAIT * 2), 0)
+                self.assertEqual(home.mappings(), [(6000, home.LAN_IP, 6000)])   # not ours: kept
+                self.assertNotIn("5050", home.nat_rules())
+                self.assertEqual(home.reaches_from_wan(5050), "refused")
+                self.assertEqual(home.reaches_from_wan(5051), "refused")
+
+    def test_a_natpmp_and_pcp_router_without_upnp(self):
+        home = self.home()
+        home.start_router(upnp=False)
+        room = home.room("--upnp")
+        printed_until(room, "over the internet:  11.0.0.1:5050 (your router forwards it: PCP)",
+                      ROUTER_SAYS)
+        self.assertIn(f"dnat ip to {home.LAN_IP}:5050", home.nat_rules())
+        self.assertEqual(home.public_address(), "11.0.0.1")
+        self.chat_through_the_router(home)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertNotIn("dnat", home.nat_rules())
+
+    def test_natpmp_alone_maps_renews_and_removes(self):
+        home = self.home()
+        home.start_router(upnp=False)
+        mapper = home.start("lan", sys.executable, "-c", MAPPER, HERE, "3", "NAT-PMP", "5",
+                            name="mapper")
+        home.printed(mapper, "over the internet:  11.0.0.1:5050 (your router forwards it: NAT-PMP)",
+                     ROUTER_SAYS)
+        time.sleep(4)   # past the 3 s lease: renewed, or the router would have dropped it
+        self.assertIn(f"dnat ip to {home.LAN_IP}:5050", home.nat_rules())
+        home.printed(mapper, "closed", ROUTER_SAYS)
+        self.assertNotIn("dnat", home.nat_rules())
+
+    def test_a_upnp_router_without_natpmp(self):
+        home = self.home()
+        home.start_router(natpmp=False)
+        room = home.room("--upnp")
+        printed_until(room, "over the internet:  11.0.0.1:5050 (your router forwards it: UPnP)",
+                      ROUTER_SAYS)
+        self.assertEqual(home.mappings(), [(5050, home.LAN_IP, 5050)])
+        listed = home.run("lan", "upnpc", "-u", home.description_url, "-l").stdout
+        self.assertIn("'PrivateChatRoom'", listed)
+        self.chat_through_the_router(home)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.mappings(), [])
+
+    def test_the_upnp_lease_is_renewed_before_it_runs_out(self):
+        home = self.home()
+        home.start_router(natpmp=False)
+        mapper = home.start("lan", sys.executable, "-c", MAPPER, HERE, "3", "UPnP", "6",
+                            name="mapper")
+        home.printed(mapper, "(your router forwards it: UPnP)", ROUTER_SAYS)
+        time.sleep(4)
+        self.assertEqual(home.mappings(), [(5050, home.LAN_IP, 5050)])
+        lease = re.search(r"'PrivateChatRoom' '' (\d+)",
+                          home.run("lan", "upnpc", "-u", home.description_url, "-l").stdout)
+        self.assertLessEqual(int(lease.group(1)), 3)   # finite, as asked
+        home.printed(mapper, "closed", ROUTER_SAYS)
+        self.assertEqual(home.mappings(), [])
+
+    def test_a_port_forwarded_to_another_machine_is_left_alone(self):
+        home = self.home(other_host=True)
+        home.start_router()
+        home.run("other", "upnpc", "-u", home.description_url, "-e", "someone else", "-a",
+                 home.OTHER_IP, "8000", "5050", "TCP")
+        room = home.room("--upnp")
+        said = printed_until(room, "here)", ROUTER_SAYS)
+        port = int(re.search(r"over the internet:  11\.0\.0\.1:(\d+) \(your router forwards it: "
+                             r"PCP; its port \1 leads to 5050 here\)", said).group(1))
+        self.assertNotEqual(port, 5050)
+        self.assertIn((port, home.LAN_IP, 5050), home.mappings())
+        self.chat_through_the_router(home, port)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.mappings(), [(5050, home.OTHER_IP, 8000)])
+
+    def test_a_router_with_a_shared_address_gets_the_cgnat_sentence(self):
+        home = self.home(wan_ip="100.64.0.1")
+        log_path = home.start_router()
+        home.printed(log_path, "Port forwarding is impossible")   # what miniupnpd makes of it
+        room = home.room("--upnp")
+        said = printed_until(room, "probably CGNAT or a second router", ROUTER_SAYS)
+        self.assertIn("Friends outside cannot reach this room that way", said)
+        self.assertIn("ask your provider for a public IPv4 address", said)
+        self.assertEqual(home.mappings(), [])
+        home.at_home("ann").read_until("[1 person is online]\n")   # the room is open all the same
+
+    def test_without_a_router_daemon_the_sentence_comes_within_10_s_and_the_room_stays_open(self):
+        home = self.home()
+        started = time.monotonic()
+        room = home.room("--upnp")
+        printed_until(room, "no router answered UPnP, NAT-PMP or PCP: forward TCP port 5050 to "
+                            f"{home.LAN_IP} by hand (MAC ", 10)
+        self.assertLess(time.monotonic() - started, 10)
+        home.at_home("ann").read_until("[1 person is online]\n")
+        self.assertIsNone(room.poll())
+
+    def hostile_host(self, home: HomeNetwork) -> tuple[str, str]:
+        """The other LAN host answering SSDP badly, and a trap on the host its LOCATION
+        names (the friend's); the paths of what each prints."""
+        trap = home.start("wan", sys.executable, "-c", TRAP, "8080", name="trap")
+        hostile = home.start("other", sys.executable, "-c", HOSTILE_HOST, home.friend_ip,
+                             home.OTHER_IP, name="hostile")
+        home.printed(trap, "ready")
+        home.printed(hostile, "ready")
+        return trap, hostile
+
+    def test_hostile_answers_on_the_lan_are_ignored(self):
+        home = self.home(other_host=True)
+        trap, hostile = self.hostile_host(home)
+        room = home.room("--upnp")
+        printed_until(room, "no router answered UPnP, NAT-PMP or PCP", 10)
+        cut = re.search(r"big: cut after (\d+) bytes", home.printed(hostile, "big: "))
+        self.assertLess(int(cut.group(1)), 10 << 20)
+        room.send_signal(signal.SIGTERM)
+        _, err = room.communicate(timeout=WAIT * 2)
+        self.assertIn(f"ignored a UPnP answer from {home.OTHER_IP}: its description is at "
+                      f"http://{home.friend_ip}:8080/rootDesc.xml", err)
+        self.assertIn(f"ignored the UPnP description at http://{home.OTHER_IP}:8081/big.xml "
+                      f"(an answer of more than 65536 bytes)", err)
+        self.assertNotIn("contacted", home.printed(trap, "ready"))
+
+    def test_the_real_router_is_used_beside_a_hostile_host(self):
+        home = self.home(other_host=True)
+        home.start_router(natpmp=False)
+        trap, _ = self.hostile_host(home)
+        room = home.room("--upnp")
+        printed_until(room, "over the internet:  11.0.0.1:5050 (your router forwards it: UPnP)",
+                      ROUTER_SAYS)
+        self.chat_through_the_router(home)
+        self.assertNotIn("contacted", home.printed(trap, "ready"))
+
+    def test_without_upnp_nothing_asks_the_router(self):
+        home = self.home()
+        ear = home.start("router", sys.executable, "-c", ROUTER_EAR, home.ROUTER_IP, name="ear")
+        home.printed(ear, "ready")
+        room = home.room()
+        printed_until(room, "Ctrl+C stops the server.")
+        time.sleep(pcr.ROUTER_WAIT + 0.5)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertNotIn("heard", home.printed(ear, "ready"))
+        room = home.room("--upnp")   # the ear hears, when there is something to hear
+        home.printed(ear, "heard on 5351 from 192.168.77.20")
+        home.printed(ear, "heard on 1900 from 192.168.77.20")
 
 
 if __name__ == "__main__":
