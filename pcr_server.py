@@ -127,6 +127,8 @@ class Settings:
     log_file: str = LOG_FILE
     public_ip_url: str = DEFAULT_PUBLIC_IP_URL
     upnp: bool = False                # ask the router to forward the room's ports
+    keepalive: float = 60.0           # idle seconds before the kernel probes a member; 0: off
+    web_ping: float = 30.0            # a web member is pinged this often; no pong by the next: gone
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
@@ -440,6 +442,9 @@ def ws_frame(payload: bytes, opcode: int = WS_TEXT) -> bytes:
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
     return head + payload
+
+
+WS_PING_FRAME = ws_frame(b"", WS_PING)
 
 
 def ws_close(code: int, reason: str = "") -> bytes:
@@ -791,6 +796,38 @@ class Tally:
                 self.seen[warning] = [0, now]
             else:
                 del self.seen[warning]
+
+
+KEEPALIVE_PROBES = 5   # unanswered keepalive probes before the kernel gives up
+
+
+def keep_alive(sock: socket.socket, idle: float) -> None:
+    """Have the kernel find out when a quiet member's machine has vanished:
+    probes after `idle` seconds without traffic, KEEPALIVE_PROBES of them
+    idle/6 apart; and give up on unacknowledged data after as long (without
+    that, a room that talks to the vanished member keeps it for about 15
+    minutes of retransmissions).  The probes also keep NAT entries alive.
+    0: off.  Options the platform lacks are left alone (macOS names the idle
+    time TCP_KEEPALIVE; Windows sets it with an ioctl)."""
+    if not idle:
+        return
+    idle_s, interval = max(1, round(idle)), max(1, round(idle / 6))
+    tcp = socket.IPPROTO_TCP
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+                        ("TCP_USER_TIMEOUT", (idle_s + KEEPALIVE_PROBES * interval) * 1000)):
+        if hasattr(socket, name):
+            options.append((tcp, getattr(socket, name), value))
+    if not hasattr(socket, "TCP_KEEPIDLE") and hasattr(socket, "TCP_KEEPALIVE"):
+        options.append((tcp, socket.TCP_KEEPALIVE, idle_s))
+    try:
+        for level, option, value in options:
+            sock.setsockopt(level, option, value)
+        if hasattr(socket, "SIO_KEEPALIVE_VALS"):
+            sock.ioctl(socket.SIO_KEEPALIVE_VALS, (1, idle_s * 1000, interval * 1000))
+    except OSError:   # a platform that refuses one: the member is served all the same
+        pass
 
 
 class Transport:
@@ -1248,6 +1285,11 @@ class WebOutlet(Outlet):
     kind = Kind.WEB
     WHO_LISTED = 1000   # names in an answer to /who; the rest are counted
 
+    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None]):
+        super().__init__(loop, settings, drop)
+        self.unanswered: dict[Member, None] = {}   # pinged, no pong yet
+        self.ping_timer: Timer | None = None
+
     def chat(self, name: str, text: str) -> None:
         self._say(ws_event("chat", name=name, text=text))
 
@@ -1281,6 +1323,31 @@ class WebOutlet(Outlet):
 
     def pong(self, m: Member, payload: bytes) -> None:
         self._note(m, ws_frame(payload, WS_PONG))
+
+    # -- pings: a page whose connection is gone leaves ---------------------
+    def add(self, m: Member) -> None:
+        super().add(m)
+        if self.ping_timer is None and self.settings.web_ping:
+            self.ping_timer = self.loop.call_later(self.settings.web_ping, self._ping)
+
+    def remove(self, m: Member) -> None:
+        super().remove(m)
+        self.unanswered.pop(m, None)
+
+    def ponged(self, m: Member) -> None:
+        self.unanswered.pop(m, None)
+
+    def _ping(self) -> None:
+        """Every web_ping: a ping to each web member; one that has not
+        answered the last ping by now is gone."""
+        gone = [m for m in self.unanswered if m in self.readers]
+        for m in gone:
+            self.drop(m, f"no answer to a ping within {self.settings.web_ping:g} s")
+        for m in self.readers:
+            self.unanswered[m] = None
+            self._note(m, WS_PING_FRAME)
+        self.ping_timer = (self.loop.call_later(self.settings.web_ping, self._ping)
+                           if self.readers else None)
 
     def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
         """A note (or why it was refused) and the close frame; nothing once a
@@ -1871,6 +1938,8 @@ class WebDoor:
                         self.outlet.pong(m, payload)
                     else:
                         m.transport.write(ws_frame(payload, WS_PONG))
+                elif opcode == WS_PONG:
+                    self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
                     self.entrance.leave(m, "left", code=ws_close_code(payload))
                 elif opcode == WS_BINARY:
@@ -2108,6 +2177,7 @@ class Server:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive(sock, self.settings.keepalive)
             if self.tls:
                 sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except OSError:
@@ -4870,6 +4940,11 @@ def networks(text: str) -> tuple:
 
 def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
     limits = p.add_argument_group("limits")
+    limits.add_argument("--keepalive", type=at_least(0, float), default=d.keepalive,
+                        metavar="SECONDS",
+                        help="idle time before a quiet member's connection is checked; a "
+                             "member whose machine vanished leaves within about twice this "
+                             "(0: off; default: %(default)s)")
     limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
                         default=d.handshake_timeout, metavar="SECONDS",
                         help="time to give an alias: the App asks its user for a name only "

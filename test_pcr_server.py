@@ -49,6 +49,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose next one is free too (the window's page takes port + 1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports side by side")
+
+
 class Client:
     """A test member: a real socket with bounded reads."""
 
@@ -2787,6 +2800,24 @@ class WebPageTest(ServerCase):
         wendy.until("count")
         self.assertTrue(wendy.ws.ping(b"are you there").wait(WAIT))
 
+    def test_a_page_that_never_answers_a_ping_leaves_and_one_that_answers_stays(self):
+        self.start(web_ping=0.3)
+        ann = self.member("ann")
+        wendy = self.web_member("wendy")   # the websockets package answers pings
+        sock, got = raw_upgrade(self.web)   # a page whose connection is gone: it answers nothing
+        self.addCleanup(sock.close)
+        self.assertTrue(got.startswith(b"HTTP/1.1 101"), got)
+        sock.sendall(WebSocketFramesTest.masked(b"ghost"))
+        ann.read_until(b"ghost joined the chat...\n")
+        started = time.monotonic()
+        ann.read_until(b"ghost has left the chat...\n")
+        self.assertLess(time.monotonic() - started, 0.3 * 2 + 2.0)
+        self.assertIn("no answer to a ping", self.log_text())
+        wendy.until("leave", name="ghost")
+        time.sleep(1.0)   # more pings go by: wendy answers them
+        ann.send(b"/who\n")
+        ann.read_until(b"in the room now (2): ann, wendy\n")
+
     def test_bad_frames_close_with_the_rfcs_codes_and_cost_the_room_nothing(self):
         self.start(max_line=100)
         ann = self.member("ann")
@@ -3063,7 +3094,7 @@ class GuiTest(unittest.TestCase):
     # -- helpers ----------------------------------------------------------
     def open_window(self, **overrides) -> "pcr.ServerWindow":
         import tkinter
-        settings = pcr.Settings(**{**FAST, "port": free_port(), **overrides})
+        settings = pcr.Settings(**{**FAST, "port": free_port_pair(), **overrides})
         self.root = tkinter.Tk()
         self.window = pcr.ServerWindow(self.root, settings)
         self.addCleanup(self.close_window)
@@ -4736,6 +4767,64 @@ class RouterForwardingTest(unittest.TestCase):
         room = home.room("--upnp")   # the ear hears, when there is something to hear
         home.printed(ear, "heard on 5351 from 192.168.77.20")
         home.printed(ear, "heard on 1900 from 192.168.77.20")
+
+
+CUT_OFF = """table inet cut {
+    chain in { type filter hook input priority 0; policy drop; }
+    chain out { type filter hook output priority 0; policy drop; }
+}
+"""
+
+
+class DeadMembersTest(unittest.TestCase):
+    """A member whose machine vanished (its packets dropped) leaves within the
+    keepalive window, quiet room or talking; a quiet live member stays
+    (issue 15; needs root and network namespaces)."""
+
+    KEEPALIVE = 2   # seconds; probes 1 s apart, 5 of them: gone within 2 + 5 s
+
+    def setUp(self):
+        if reason := home_network_missing():
+            self.skipTest(reason)
+        self.home = HomeNetwork(self, other_host=True)
+        room = self.home.room("--keepalive", str(self.KEEPALIVE))
+        printed_until(room, "Ctrl+C stops the server.")
+        self.witness = self.home.at_home("witness")
+        self.witness.read_until("[1 person is online]\n")
+        self.victim = ClientProcess(f"{HomeNetwork.LAN_IP}:5050", name="victim",
+                                    prefix=self.home.inside("other"))
+        self.addCleanup(self.victim.close)
+        self.witness.read_until("[2 people are online]\n")
+
+    def window(self) -> float:
+        return self.KEEPALIVE + 5 * max(1, round(self.KEEPALIVE / 6))
+
+    def cut_the_victim_off(self) -> float:
+        rules = os.path.join(self.home.dir, "cut.nft")
+        with open(rules, "w") as f:
+            f.write(CUT_OFF)
+        self.home.run("other", "nft", "-f", rules)
+        return time.monotonic()
+
+    def test_a_quiet_live_member_stays_and_a_vanished_one_leaves(self):
+        time.sleep(self.window() + 1)   # a quiet room: only keepalive probes go by
+        self.witness.type("/who\n")
+        self.witness.read_until("in the room now (2): witness, victim\n")
+        cut = self.cut_the_victim_off()
+        self.witness.read_until("victim has left the chat...\n", timeout=self.window() + WAIT)
+        self.assertLess(time.monotonic() - cut, self.window() + 3)
+        self.witness.read_until("[1 person is online]\n")
+
+    def test_a_vanished_member_leaves_a_talking_room_too(self):
+        cut = self.cut_the_victim_off()
+        deadline = time.monotonic() + self.window() + WAIT
+        n = 0
+        while "victim has left the chat..." not in self.witness.output():
+            self.assertLess(time.monotonic(), deadline, "the victim is still in the room")
+            n += 1
+            self.witness.type(f"line {n}\n")   # unacknowledged data for the victim
+            time.sleep(0.3)
+        self.assertLess(time.monotonic() - cut, self.window() + 3)
 
 
 if __name__ == "__main__":
