@@ -833,7 +833,8 @@ def keep_alive(sock: socket.socket, idle: float) -> None:
 class Transport:
     """One connection's socket and everything that touches it (asyncio's
     selector transport is the model): reading on or off, what came in and
-    is not taken yet, what was written and the kernel has not taken yet,
+    is not taken yet (and how it is framed: WebSocket frames, an over-long
+    line being skipped), what was written and the kernel has not taken yet,
     interest in write readiness, the TLS handshake, and the close with its
     last words.  Nothing else calls send() or changes the interest.
 
@@ -844,12 +845,14 @@ class Transport:
     sends what was kept.
     """
 
-    __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "out", "reading", "blocked",
-                 "events", "closed")
+    __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
+                 "reading", "blocked", "events", "closed")
 
     def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
         self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
         self.inbuf = b""        # received and not taken yet (typed ahead, half a line)
+        self.frame_reader: FrameReader | None = None   # a web member's frames, once upgraded
+        self.skipping = False   # dropping the rest of an over-long line
         self.out = b""          # written and not taken by the kernel yet
         self.reading = handler is not None
         self.blocked = False    # something waits for the kernel to take more
@@ -883,21 +886,17 @@ class Transport:
             self._interest()
 
     # -- out --------------------------------------------------------------
-    def _send(self, data) -> int:
-        """The one non-blocking send: bytes the kernel took, -1 if the connection is lost."""
+    def send(self, data) -> int:
+        """The one non-blocking send.  Sends what the kernel takes of `data`
+        now and keeps nothing: the bytes taken, or -1 if the connection is
+        lost.  Falling short is being blocked until the socket takes more."""
         try:
-            return self.sock.send(data)
+            n = self.sock.send(data)
         except WOULD_BLOCK:
-            return 0
+            n = 0
         except OSError:
             return -1
-
-    def send(self, data) -> int:
-        """Send what the kernel takes of `data` now and keep nothing: the
-        bytes taken, or -1 if the connection is lost.  Falling short is
-        being blocked until the socket takes more."""
-        n = self._send(data)
-        if 0 <= n < len(data) and not self.blocked:
+        if n < len(data) and not self.blocked:
             self.blocked = True
             self._interest()
         return n
@@ -918,11 +917,10 @@ class Transport:
         kernel took only part; False if the connection is lost."""
         self.blocked = False
         if self.out:
-            n = self._send(self.out)
+            n = self.send(self.out)
             if n < 0:
                 return False
             self.out = self.out[n:]
-            self.blocked = bool(self.out)
         self._interest()
         return True
 
@@ -986,7 +984,7 @@ class Transport:
         try:
             self.sock.setblocking(False)
             if data:
-                self._send(data)
+                self.send(data)
             self.sock.shutdown(socket.SHUT_WR)
             for _ in range(16 if drain else 0):
                 if not self.sock.recv(READ_SIZE):
@@ -1022,27 +1020,16 @@ class Kind(enum.Enum):
     APP = "App"         # a bare alias: PrivateChatRoom-App, paced to what it can show
     WEB = "web"         # the chat page, over a WebSocket
 
-
-class Voice:
-    """How a member's input is taken: its WebSocket frames (web members),
-    an over-long line being skipped, its line rate and the timer that lets
-    it speak again."""
-
-    __slots__ = ("frame_reader", "skipping", "bucket", "resume")
-
-    def __init__(self):
-        self.frame_reader: FrameReader | None = None
-        self.skipping = False
-        self.bucket: Bucket | None = None
-        self.resume: Timer | None = None
+    __hash__ = object.__hash__   # each kind is one object: hashed in C, not in Enum's Python
 
 
 class Member:
-    """One connection: who it is and where it is in its life.  What it is
-    sent, and when, is its outlet's business; its socket is its transport's."""
+    """One connection: who it is, where it is in its life, and its line rate.
+    What it is sent, and when, is its outlet's business; its socket is its
+    transport's."""
 
     __slots__ = ("transport", "ip", "group", "stage", "kind", "claimed", "name", "look", "forms",
-                 "since", "named_at", "ready_at", "voice")
+                 "since", "named_at", "ready_at", "bucket", "resume")
 
     def __init__(self, ip: str, group: str, now: float, kind: Kind = Kind.LINE):
         self.transport: Transport | None = None
@@ -1056,7 +1043,8 @@ class Member:
         self.since = now
         self.named_at = 0.0      # when its alias came
         self.ready_at = 0.0      # when it is (to be) welcomed
-        self.voice = Voice()
+        self.bucket: Bucket | None = None   # its line rate, once in
+        self.resume: Timer | None = None    # lets it speak again after its rate held it back
 
     def __repr__(self) -> str:
         return f"<Member {self.name or '?'} {self.ip} {self.stage.value}>"
@@ -1127,7 +1115,8 @@ class Outlet:
         """When a member named at `named_at` can be welcomed: at once."""
         return named_at
 
-    def add(self, m: Member) -> None:
+    def add(self, m: Member, present: int) -> None:
+        """m reads from here on; `present` members are in the room with it."""
         self.readers[m] = self.stream.end
 
     def remove(self, m: Member) -> None:
@@ -1325,8 +1314,8 @@ class WebOutlet(Outlet):
         self._note(m, ws_frame(payload, WS_PONG))
 
     # -- pings: a page whose connection is gone leaves ---------------------
-    def add(self, m: Member) -> None:
-        super().add(m)
+    def add(self, m: Member, present: int) -> None:
+        super().add(m, present)
         if self.ping_timer is None and self.settings.web_ping:
             self.ping_timer = self.loop.call_later(self.settings.web_ping, self._ping)
 
@@ -1411,7 +1400,8 @@ class AppOutlet(LineOutlet):
         ready = named_at + self.settings.welcome_delay
         return math.ceil(ready / window) * window if window else ready
 
-    def add(self, m: Member) -> None:
+    def add(self, m: Member, present: int) -> None:
+        self.present = present
         self.readers[m] = AppSeat(self.stream.end, self.serial)   # owed the count that includes it
         self.idle.add(m)
         self._flush_soon()
@@ -1614,8 +1604,12 @@ class Room:
         return self.names.get(name_look(name))
 
     # -- what happens ---------------------------------------------------
+    def _listening(self) -> list[Outlet]:
+        """The outlets that have readers: only they encode what happens."""
+        return [outlet for outlet in self.outlets.values() if outlet.readers]
+
     def chat(self, m: Member, said: str) -> None:
-        for outlet in self.outlets.values():
+        for outlet in self._listening():
             outlet.chat(m.name, said)
 
     def tell(self, m: Member, text: str) -> None:
@@ -1644,7 +1638,7 @@ class Room:
         del self.members[m]
         self.outlet(m).remove(m)
         if not self.closing:
-            for outlet in self.outlets.values():
+            for outlet in self._listening():
                 outlet.left(m.name, len(self.members))
             self.count_due = True
             self._presence_at(self.loop.now)
@@ -1696,26 +1690,29 @@ class Room:
         self.count_due = False
         self.count_at = now
         n = len(self.members)
-        for outlet in self.outlets.values():
+        for outlet in self._listening():
             outlet.count(n)
         log.info("%d online", n)
 
     def _welcome(self, newcomers: list[Member]) -> None:
         """In they come.  More than fold_joins at once make one folded line
         for those already in, and each newcomer is told its own join."""
-        folded = len(newcomers) > self.settings.fold_joins
-        if folded:
-            self._publish_joined([m.name for m in newcomers], len(self.members) + len(newcomers))
         for m in newcomers:
             m.stage = Stage.IN_ROOM
             self.members[m] = None
-            self.outlet(m).add(m)
-            self.outlet(m).welcome(m)
+        present = len(self.members)
+        folded = len(newcomers) > self.settings.fold_joins
+        if folded:
+            self._publish_joined([m.name for m in newcomers], present)
+        for m in newcomers:
+            outlet = self.outlet(m)
+            outlet.add(m, present)
+            outlet.welcome(m)
             if folded:
-                self.outlet(m).joined_note(m)
+                outlet.joined_note(m)
         if not folded:
             for m in newcomers:
-                self._publish_joined([m.name], len(self.members))
+                self._publish_joined([m.name], present)
         self.count_due = True
         for m in newcomers:
             if m.name != split_key(m.claimed)[0].strip():
@@ -1724,7 +1721,7 @@ class Room:
                                          for m in newcomers))
 
     def _publish_joined(self, names: list[str], present: int) -> None:
-        for outlet in self.outlets.values():
+        for outlet in self._listening():
             outlet.joined(names, present)
 
 
@@ -1907,7 +1904,7 @@ class WebDoor:
                                     f"it came from another site's page")
             self._answer(m, "403 Forbidden", b"this socket is for this server's own page\n")
         else:
-            m.voice.frame_reader = FrameReader(self.settings.max_line)
+            m.transport.frame_reader = FrameReader(self.settings.max_line)
             m.stage = Stage.NAMING
             m.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
@@ -1924,7 +1921,7 @@ class WebDoor:
     def frames(self, m: Member, data: bytes) -> None:
         """What a web member sent: its alias, its lines, pings, its goodbye."""
         try:
-            for opcode, payload in m.voice.frame_reader.feed(data):
+            for opcode, payload in m.transport.frame_reader.feed(data):
                 if m.stage is Stage.GONE:
                     return
                 if opcode == WS_TEXT:
@@ -2277,8 +2274,8 @@ class Server:
         while True:
             data = t.receive()
             if data is None:
-                if t.inbuf and m.stage is Stage.IN_ROOM and m.voice.frame_reader is None \
-                        and not m.voice.skipping:
+                if t.inbuf and m.stage is Stage.IN_ROOM and m.transport.frame_reader is None \
+                        and not m.transport.skipping:
                     self._say(m, t.inbuf)   # a last line without its line end
                 self.drop(m, "disconnected")
                 return
@@ -2286,7 +2283,7 @@ class Server:
                 return
             if m.stage is Stage.REQUESTING:
                 self.door.request(m, data)
-            elif m.voice.frame_reader is not None:
+            elif m.transport.frame_reader is not None:
                 self.door.frames(m, data)
             elif m.stage is Stage.NAMING:
                 self._name(m, data)
@@ -2362,7 +2359,7 @@ class Server:
         self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
         m.forms = alias_forms(m.claimed, m.name)
         if s.line_rate:
-            m.voice.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
+            m.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
         # an address gets 4 x max_per_ip welcomes at once, then that many per
         # churn_period: reconnecting in a loop cannot flood the room, nobody is refused
         burst = 4.0 * s.max_per_ip
@@ -2388,27 +2385,27 @@ class Server:
 
     def _take_lines(self, m: Member, buf: bytes) -> None:
         """Relay each whole line in buf; keep the rest; honour the limits."""
-        s, voice = self.settings, m.voice
+        s, t = self.settings, m.transport
         start = 0
         while True:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if voice.bucket is not None and not self._may_say(m):
+            if m.bucket is not None and not self._may_say(m):
                 self._keep(m, buf[start:])
                 return
             line = buf[start:nl]
             start = nl + 1
-            if voice.skipping:
-                voice.skipping = False
+            if t.skipping:
+                t.skipping = False
             elif len(line) - line.endswith(b"\r") > s.max_line:
                 self._too_long(m)
             elif not self._say(m, line):
                 return
         rest = buf[start:]
         if len(rest) > s.max_line + 1:
-            if not voice.skipping:
-                voice.skipping = True
+            if not t.skipping:
+                t.skipping = True
                 self._too_long(m)
             rest = b""
         m.transport.inbuf = rest
@@ -2428,20 +2425,19 @@ class Server:
         """Take a line from m's rate and its address's; if either has none
         left, stop reading m until it may speak again."""
         now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
-        voice = m.voice
         address = self._bucket("lines", m.group, rate, 2.0 * rate)
-        wait = max(voice.bucket.wait(now), address.wait(now))
+        wait = max(m.bucket.wait(now), address.wait(now))
         if not wait:
-            voice.bucket.take()
+            m.bucket.take()
             address.take()
             return True
-        if voice.resume is None:
+        if m.resume is None:
             m.transport.pause_reading()
-            voice.resume = self.loop.call_later(wait, self._resume_reading, m)
+            m.resume = self.loop.call_later(wait, self._resume_reading, m)
         return False
 
     def _resume_reading(self, m: Member) -> None:
-        m.voice.resume = None
+        m.resume = None
         if m.stage is Stage.IN_ROOM and not self.stopping:
             self._listen_again(m)
 
@@ -2490,8 +2486,8 @@ class Server:
         outlet = self.room.outlet(m)
         last = outlet.last_words(m, farewell, code, was_in)
         m.stage = Stage.GONE
-        if m.voice.resume:
-            m.voice.resume.cancel()
+        if m.resume:
+            m.resume.cancel()
         self._no_longer_silent(m)
         m.transport.close(last, 0.0 if self.stopping else outlet.farewell_at(m))
         self.connections.discard(m)
@@ -2574,42 +2570,6 @@ def next_page_port(settings: Settings) -> int:
     return settings.port + 1 if settings.port < 65535 else settings.port - 1
 
 
-@dataclasses.dataclass(frozen=True)
-class FriendsJoin:
-    """How friends join a room, worked out once: the console's banner says
-    it and the window shows it.  An address is None while it is not known."""
-
-    listen: tuple[str, int]        # where the room listens
-    only_here: bool                # on loopback: nobody else can join
-    same_network: str | None       # host:port for friends on the same network
-    internet: str | None           # host:port over the internet
-    page_port: int | None          # the chat page's port, if it is served
-    page_same: str | None          # the page's link on the same network
-    page_internet: str | None      # ... and over the internet
-    forward: str                   # what to set up on the router
-    encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
-    keyed: bool                    # friends join as name#KEY
-    key_warning: str               # the key is short enough to guess, or ""
-
-
-def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | None,
-                 public_ip: str | None, page_port: int | None) -> FriendsJoin:
-    """How friends join a room listening at `listen`, with what is known of this
-    machine's addresses (None: not known) and the page's port (None: no page)."""
-    host, port = listen
-    same = same_network_host(host, "" if private_ip == "unknown" else private_ip or "") or None
-    tls = bool(settings.tls_cert)
-    return FriendsJoin(
-        listen=listen, only_here=is_loopback(host),
-        same_network=host_port(same, port) if same else None,
-        internet=host_port(public_ip, port) if public_ip else None,
-        page_port=page_port,
-        page_same=page_link(same, page_port, tls) if same and page_port else None,
-        page_internet=page_link(public_ip, page_port, tls) if public_ip and page_port else None,
-        forward=forward_advice(port, page_port), encrypted=tls, keyed=bool(settings.room_key),
-        key_warning=short_key_warning(settings.room_key))
-
-
 def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
                  held_port: int = 0) -> str | None:
     """Why this machine cannot listen on host:port, found by binding it for a
@@ -2664,40 +2624,6 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
         log.info("public IPv4: %s", ip)
         done(ip)
     threading.Thread(target=work, name="public-ip", daemon=True).start()
-
-
-# ---------------------------------------------------------------------------
-# 7. Logging
-# ---------------------------------------------------------------------------
-
-class PrivateLogFile(logging.handlers.RotatingFileHandler):
-    """The rotating log, each file created readable by its owner only: it holds addresses."""
-
-    def _open(self):
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
-
-
-def setup_logging(log_file: str, console: bool = True) -> None:
-    """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
-    log.setLevel(logging.INFO)
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
-    log.propagate = False
-    if console:
-        stream = logging.StreamHandler()
-        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(stream)
-    if log_file:
-        try:
-            handler = PrivateLogFile(log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
-        except OSError as e:
-            log.warning("cannot write the log file %s (%s); logging to the screen only",
-                        log_file, e.strerror)
-        else:
-            handler.setFormatter(logging.Formatter(LOG_FORMAT))
-            log.addHandler(handler)
 
 
 # -- asking the router to forward the room's ports (--upnp) ------------------
@@ -3390,11 +3316,15 @@ def forwarded_sentence(result: RouterResult) -> str:
     text = f"over the internet:  {result.address(room)}"
     if page:
         text += f", the page on port {result.forwarded[page[0]]}"
-    moved = [f"its port {result.forwarded[port]} leads to {port} here" for port in result.ports
+    return f"{text} ({router_forwards(result)})"
+
+
+def router_forwards(result: RouterResult) -> str:
+    """`your router forwards it: UPnP`, and any port the router moved."""
+    moved = [f"; its port {result.forwarded[port]} leads to {port} here" for port in result.ports
              if result.forwarded[port] != port]
-    how = "both" if page else "it"
-    return text + f" (your router forwards {how}: {result.protocol}" + \
-        "".join(f"; {m}" for m in moved) + ")"
+    how = "both" if len(result.ports) > 1 else "it"
+    return f"your router forwards {how}: {result.protocol}" + "".join(moved)
 
 
 def cgnat_sentence(result: RouterResult) -> str:
@@ -3589,6 +3519,116 @@ class RouterPorts:
                             "with its lease", external_port, e)
 
 
+def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple[str, int] | None,
+               heard: Callable[[RouterResult, str | None], None]) -> RouterPorts | None:
+    """Ask the router to forward the room's port (and the page's) on a thread of its
+    own; heard(result, public_ip) there once it knows, and again if the router moves
+    a port.  public_ip is the web look-up's answer where only it tells a second router
+    from CGNAT, else None.  close() what it returns when the room stops: that
+    removes the mappings.  A room only this machine reaches asks nothing: None."""
+    if is_loopback(address[0]):
+        return None
+    router = RouterPorts([address[1]] + ([page_address[1]] if page_address else []),
+                         on_change=lambda moved: heard(moved, None))
+
+    def work() -> None:
+        result = router.open()
+        if router.closed:   # the room stopped meanwhile: nothing left to say
+            return
+        public_ip = None
+        if result.needs_public_ip() and settings.public_ip_url:
+            try:   # only the public look-up tells a second router from CGNAT
+                public_ip = fetch_public_ip(settings.public_ip_url)
+            except (OSError, ValueError) as e:
+                log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+        heard(result, public_ip)
+    threading.Thread(target=work, name="router-ports", daemon=True).start()
+    return router
+
+
+@dataclasses.dataclass(frozen=True)
+class FriendsJoin:
+    """How friends join a room, worked out once: the console's banner says
+    it and the window shows it.  An address is None while it is not known."""
+
+    listen: tuple[str, int]        # where the room listens
+    only_here: bool                # on loopback: nobody else can join
+    same_network: str | None       # host:port for friends on the same network
+    internet: str | None           # host:port over the internet
+    page_port: int | None          # the chat page's port, if it is served
+    page_same: str | None          # the page's link on the same network
+    page_internet: str | None      # ... and over the internet
+    forward: str                   # what to set up on the router
+    encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
+    keyed: bool                    # friends join as name#KEY
+    key_warning: str               # the key is short enough to guess, or ""
+    router: str                    # what the router said when asked to forward (--upnp), or ""
+
+
+def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | None,
+                 public_ip: str | None, page_port: int | None,
+                 router: RouterResult | None = None, router_public_ip: str | None = None
+                 ) -> FriendsJoin:
+    """How friends join a room listening at `listen`, with what is known of this
+    machine's addresses (None: not known), the page's port (None: no page) and
+    the router's answer to --upnp (None: not asked, or no answer yet).  Where
+    the router forwards the ports, its address is the one friends use."""
+    host, port = listen
+    same = same_network_host(host, "" if private_ip == "unknown" else private_ip or "") or None
+    tls = bool(settings.tls_cert)
+    internet = page_internet = None
+    if public_ip:
+        internet = host_port(public_ip, port)
+        page_internet = page_link(public_ip, page_port, tls) if page_port else None
+    forward = forward_advice(port, page_port)
+    if router is not None and router.address(port):
+        internet, forward = router.address(port), router_forwards(router)
+        page_internet = (page_link(router.external_ip, router.forwarded[page_port], tls)
+                         if page_port in router.forwarded else page_internet)
+    return FriendsJoin(
+        listen=listen, only_here=is_loopback(host),
+        same_network=host_port(same, port) if same else None, internet=internet,
+        page_port=page_port,
+        page_same=page_link(same, page_port, tls) if same and page_port else None,
+        page_internet=page_internet, forward=forward, encrypted=tls,
+        keyed=bool(settings.room_key), key_warning=short_key_warning(settings.room_key),
+        router=router_sentence(router, router_public_ip) if router is not None else "")
+
+
+# ---------------------------------------------------------------------------
+# 7. Logging
+# ---------------------------------------------------------------------------
+
+class PrivateLogFile(logging.handlers.RotatingFileHandler):
+    """The rotating log, each file created readable by its owner only: it holds addresses."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
+def setup_logging(log_file: str, console: bool = True) -> None:
+    """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
+    log.setLevel(logging.INFO)
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    log.propagate = False
+    if console:
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(stream)
+    if log_file:
+        try:
+            handler = PrivateLogFile(log_file, maxBytes=60000, backupCount=3, encoding="utf-8")
+        except OSError as e:
+            log.warning("cannot write the log file %s (%s); logging to the screen only",
+                        log_file, e.strerror)
+        else:
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            log.addHandler(handler)
+
+
 # ---------------------------------------------------------------------------
 # 8. The GUI
 # ---------------------------------------------------------------------------
@@ -3773,10 +3813,10 @@ class WindowView:
     server, who is online, the log.  It holds no state of the room; its
     buttons call the ServerWindow that made it."""
 
-    def __init__(self, root, window: "ServerWindow", page_on: bool):
+    def __init__(self, root, window: "ServerWindow", settings: Settings):
         self.root = root
         self._style()
-        self._build(window, page_on)
+        self._build(window, settings)
 
     def _style(self) -> None:
         from tkinter import font, ttk
@@ -3818,7 +3858,7 @@ class WindowView:
                         bordercolor="#ced4da", lightcolor="#dee2e6", darkcolor="#dee2e6",
                         arrowcolor="#495057")
 
-    def _build(self, window: "ServerWindow", page_on: bool) -> None:
+    def _build(self, window: "ServerWindow", settings: Settings) -> None:
         from tkinter import ttk
         self.root.title(f"PrivateChatRoom-Server v{VERSION}")
         self.root.columnconfigure(0, weight=1)
@@ -3831,7 +3871,7 @@ class WindowView:
         self._build_bar(frame, window)
         side = ttk.Frame(frame)
         side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
-        self._build_join(side, window, page_on)
+        self._build_join(side, window, settings)
         self._build_info(side)
         self._build_members(frame, window)
         self._build_log(frame)
@@ -3860,7 +3900,7 @@ class WindowView:
         bar.update_idletasks()   # the bar is the narrowest the window gets: wrap there
         self.status_line.configure(wraplength=bar.winfo_reqwidth())
 
-    def _build_join(self, side, window: "ServerWindow", page_on: bool) -> None:
+    def _build_join(self, side, window: "ServerWindow", settings: Settings) -> None:
         """The two addresses, each with its Copy button, and what else friends need."""
         from tkinter import ttk
         box = ttk.Labelframe(side, text="How friends join", padding=(12, 8))
@@ -3882,21 +3922,26 @@ class WindowView:
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
         self.forward_note.grid(row=len(ADDRESS_KINDS), column=0, columnspan=3, sticky="w",
                                pady=(0, 3))
-        self._build_page_switch(box, window, page_on)
+        self._build_switches(box, window, settings)
         notes = []
-        for row, style in enumerate(("Problem", "Note", "Note", "Problem", "Note"), start=2):
+        for row, style in enumerate(("Problem", "Note", "Note", "Note", "Problem", "Note"), start=3):
             notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
             notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
-        (self.loopback_warning, self.tls_note, self.key_note, self.key_warning,
+        (self.loopback_warning, self.router_note, self.tls_note, self.key_note, self.key_warning,
          self.copied_note) = notes
         self.copied_note.grid_remove()
 
-    def _build_page_switch(self, box, window: "ServerWindow", page_on: bool) -> None:
+    def _build_switches(self, box, window: "ServerWindow", settings: Settings) -> None:
+        """The page switch and the router switch: each works while the room runs."""
         import tkinter as tk
         from tkinter import ttk
-        self.page_on = tk.BooleanVar(value=page_on)
+        self.page_on = tk.BooleanVar(value=settings.web_port is not None)
         self.page_switch = ttk.Checkbutton(box, variable=self.page_on, command=window.switch_page)
         self.page_switch.grid(row=1, column=0, sticky="w", pady=(4, 0))
+        self.upnp_on = tk.BooleanVar(value=settings.upnp)
+        self.upnp_switch = ttk.Checkbutton(box, variable=self.upnp_on, command=window.switch_router,
+                                           text="Let my router forward the port (UPnP / NAT-PMP)")
+        self.upnp_switch.grid(row=2, column=0, sticky="w", pady=(4, 0))
 
     def _build_info(self, side) -> None:
         from tkinter import ttk
@@ -3986,7 +4031,9 @@ class ServerWindow:
         self.dialog: FormDialog | None = None
         self.ticks = 0
         self.flash_id = None
-        self.view = WindowView(root, self, settings.web_port is not None)
+        self.router: RouterPorts | None = None   # asking the router to forward (the box ticked)
+        self.router_heard: tuple[RouterResult, str | None] | None = None   # its answer
+        self.view = WindowView(root, self, settings)
         log.addHandler(self.log_feed)
         self._look_up_addresses()
         self._show_members([])
@@ -4022,6 +4069,7 @@ class ServerWindow:
     def _server_ended(self) -> None:
         """The server thread is gone: show why, then restart or close if asked."""
         self.server = self.thread = self.listening = self.page_listening = None
+        self._forget_router()
         self._show_members([])
         problem, self.start_error = self.start_error, None
         restart, self.restart_pending = self.restart_pending, False
@@ -4051,6 +4099,9 @@ class ServerWindow:
     def _destroy(self) -> None:
         if self.thread is not None:
             log.warning("the server did not stop in time; closing anyway")
+        if self.router is not None:   # its mappings go before the window does (a few seconds)
+            self.router.close()
+            self.router = None
         self.closed = True
         self.dialog = None
         log.removeHandler(self.log_feed)
@@ -4098,8 +4149,12 @@ class ServerWindow:
                 self.listening, self.page_listening = news[1], news[2]
                 if self.state == RoomState.STARTING:
                     self.state = RoomState.RUNNING
+                    self._ask_router()
             elif kind == "page":
                 self.page_listening = news[1]
+                self._ask_router()   # the page's port too
+            elif kind == "router" and self.router is not None:
+                self.router_heard = news[1], news[2]
             elif kind == "page-failed":
                 self._page_refused(news[1])
             elif kind == "failed":
@@ -4258,7 +4313,8 @@ class ServerWindow:
 
     def _friends_join(self) -> FriendsJoin:
         return friends_join(self.settings, self._listen_address(), self.ips["private"],
-                            self.ips["public"], self._page_port() if self.view.page_on.get() else None)
+                            self.ips["public"], self._page_port() if self.view.page_on.get() else None,
+                            *(self.router_heard or (None, None)))
 
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
@@ -4284,7 +4340,34 @@ class ServerWindow:
             else:
                 self.page_listening = None
                 server.loop.call_soon_threadsafe(server.close_page)
+                self._ask_router()   # the room's port alone
         self._show_state()
+
+    # -- the router ---------------------------------------------------------
+    def switch_router(self) -> None:
+        """The router switch: ask the router to forward the ports from the next
+        start, and now if running; unticked, the mappings are removed."""
+        on = self.view.upnp_on.get()
+        self.settings = dataclasses.replace(self.settings, upnp=on)
+        if self.state == RoomState.RUNNING:
+            self._ask_router() if on else self._forget_router()
+        self._show_state()
+
+    def _ask_router(self) -> None:
+        """Ask (again: the ports changed) if the box is ticked and friends elsewhere could join."""
+        self._forget_router()
+        if not self.settings.upnp or self.listening is None or is_loopback(self.listening[0]):
+            return
+        server, inbox = self.server, self.inbox
+        self.router = ask_router(self.settings, self.listening, self.page_listening,
+                                 lambda result, ip: inbox.put(("router", server, result, ip)))
+
+    def _forget_router(self) -> None:
+        """Remove the mappings, on a thread: it takes a few seconds, and the process
+        waits for it before it ends."""
+        router, self.router, self.router_heard = self.router, None, None
+        if router is not None:
+            threading.Thread(target=router.close, name="router-close").start()
 
     def _page_refused(self, problem: str) -> None:
         self.view.page_on.set(False)
@@ -4330,6 +4413,16 @@ class ServerWindow:
         view.page_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         view.forward_note.configure(text=f"Over the internet: {join.forward}.")
+        view.upnp_switch.state(["!disabled"] if self.state in (
+            RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
+        heard = self.router_heard   # a forwarded port shows as the address above
+        if self.router is not None and heard is None:
+            said = "Asking your router to forward the port…"
+        elif heard and not heard[0].address(join.listen[1]):
+            said = join.router[:1].upper() + join.router[1:]
+        else:
+            said = ""
+        show_line(view.router_note, said)
         if join.only_here:
             view.address_rows.grid_remove()
         else:
@@ -5083,6 +5176,9 @@ def join_banner(settings: Settings, join: FriendsJoin) -> str:
     else:
         lines = [f"The room is open on port {port}. How friends join:",
                  f"  same network:       {join.same_network or 'unknown'}",
+                 f"  over the internet:  asking your router to forward TCP "
+                 f"{port_words((port, join.page_port) if join.page_port else (port,))}…"
+                 if settings.upnp else
                  internet_line(join, "looking up this machine's public address…"
                                if settings.public_ip_url else "not looked up: your router's "
                                "status page shows this machine's public address")]
@@ -5120,51 +5216,40 @@ def print_for_host(text: str) -> None:
 
 
 def announce(settings: Settings, address: tuple[str, int],
-             page_address: tuple[str, int] | None = None) -> None:
+             page_address: tuple[str, int] | None = None) -> RouterPorts | None:
     """Log this machine's addresses and print the banner; the internet address
-    (and the page's link over the internet) follow once the look-up answers."""
+    (and the page's link over the internet) follow once the router (--upnp) or
+    the look-up answers.  The router's mappings, to close when the room stops."""
     private_ip = private_ipv4()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port)
     print_for_host(join_banner(settings, join))
+    if join.only_here:
+        if settings.upnp:
+            print_for_host(f"  the room listens on {address[0]} only, so the router was not "
+                           f"asked to forward it")
+        return None
 
     def public_ip_known(ip: str | None) -> None:
-        if join.only_here:
-            return
         known = friends_join(settings, address, private_ip, ip, page_port)
         print_for_host(internet_line(known, "this machine's public address could not be "
                                             "found; your router's status page shows it"))
         if known.page_internet:
             print_for_host(page_line(known.page_internet, "over the internet"))
+
+    def router_answered(result: RouterResult, public_ip: str | None) -> None:
+        print_for_host(f"  {router_sentence(result, public_ip)}")
+        known = friends_join(settings, address, private_ip, None, page_port, result)
+        if known.page_internet:
+            print_for_host(page_line(known.page_internet, "over the internet"))
+        elif known.internet is None and settings.public_ip_url and public_ip is None:
+            look_up_public_ip(settings.public_ip_url, public_ip_known)   # for the manual way
+    if settings.upnp:
+        return ask_router(settings, address, page_address, router_answered)
     if settings.public_ip_url:
         look_up_public_ip(settings.public_ip_url, public_ip_known)
-
-
-def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple[str, int] | None,
-               say: Callable[[str], None]) -> RouterPorts | None:
-    """Ask the router to forward the room's port (and the page's) on a thread of its own;
-    say(sentence) there once it knows.  close() what it returns when the room stops:
-    that removes the mappings.  None (and a sentence) for a room only this machine reaches."""
-    if is_loopback(address[0]):
-        say(f"the room listens on {address[0]} only, so the router was not asked to forward it")
-        return None
-    router = RouterPorts([address[1]] + ([page_address[1]] if page_address else []),
-                         on_change=lambda moved: say(router_sentence(moved)))
-
-    def work() -> None:
-        result = router.open()
-        if router.closed:   # the room stopped meanwhile: nothing left to say
-            return
-        public_ip = None
-        if result.needs_public_ip() and settings.public_ip_url:
-            try:   # only the public look-up tells a second router from CGNAT
-                public_ip = fetch_public_ip(settings.public_ip_url)
-            except (OSError, ValueError) as e:
-                log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
-        say(router_sentence(result, public_ip))
-    threading.Thread(target=work, name="router-ports", daemon=True).start()
-    return router
+    return None
 
 
 def run_headless(settings: Settings) -> int:
@@ -5174,9 +5259,7 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
-    announce(settings, address, server.web_address)
-    router = ask_router(settings, address, server.web_address,
-                        lambda sentence: print_for_host(f"  {sentence}")) if settings.upnp else None
+    router = announce(settings, address, server.web_address)
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
     server.serve()

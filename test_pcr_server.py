@@ -3516,6 +3516,59 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(kinds, ["terminal", "App"])
 
     # -- the web page -----------------------------------------------------------
+    def test_the_router_switch_asks_while_the_room_runs_and_its_address_is_the_one_friends_get(self):
+        asked, closed = [], []
+
+        class StubRouter:   # stands in for RouterPorts: no traffic leaves this process
+            closed_ports: list = closed
+
+            def __init__(self, ports):
+                self.ports = ports
+
+            def close(self):
+                self.closed_ports.append(self.ports)
+
+        def ask_router(settings, address, page_address, heard):
+            ports = (address[1],) + ((page_address[1],) if page_address else ())
+            asked.append(ports)
+            result = pcr.RouterResult(pcr.RouterOutcome.FORWARDED, "192.168.1.20", ports, "UPnP",
+                                      "203.0.113.7", {port: port + 1000 for port in ports})
+            threading.Timer(0.2, heard, (result, None)).start()   # the router answers later
+            return StubRouter(ports)
+        with mock.patch.object(pcr, "ask_router", ask_router):
+            w = self.open_window(host="0.0.0.0")
+            self.assertFalse(w.view.upnp_on.get())   # off unless asked for
+            self.assertEqual(str(w.view.upnp_switch.cget("text")),
+                             "Let my router forward the port (UPnP / NAT-PMP)")
+            port = self.start_server()
+            self.assertEqual(asked, [])   # nothing asked while the box is not ticked
+            w.view.upnp_switch.invoke()
+            self.pump_until(lambda: self.address("public") == f"203.0.113.7:{port + 1000}",
+                            "the router's address")
+            self.assertEqual(asked, [(port,)])
+            self.assertIn("your router forwards it: UPnP", self.shown(w.view.forward_note))
+            self.assertEqual(self.copy("public"), f"203.0.113.7:{port + 1000}")
+            w.view.upnp_switch.invoke()   # unticked: the mappings go
+            self.pump_until(lambda: closed == [(port,)], "the mappings removed")
+            self.assertNotIn("203.0.113.7", self.address("public"))
+            w.view.upnp_switch.invoke()
+            self.pump_until(lambda: len(asked) == 2, "asked again")
+            w.view.stop_button.invoke()   # the room stops: the mappings go
+            self.pump_until(lambda: w.state == pcr.RoomState.STOPPED and len(closed) == 2,
+                            "the mappings removed at the stop")
+
+    def test_a_router_without_a_public_address_is_named_cgnat_in_the_window(self):
+        def ask_router(settings, address, page_address, heard):
+            result = pcr.RouterResult(pcr.RouterOutcome.NO_PUBLIC, "192.168.1.20", (address[1],),
+                                      "NAT-PMP", "100.64.0.1", reason="network failure")
+            heard(result, None)
+            return mock.Mock()
+        with mock.patch.object(pcr, "ask_router", ask_router):
+            w = self.open_window(host="0.0.0.0", upnp=True)
+            self.start_server()
+            self.pump_until(lambda: "CGNAT" in self.shown(w.view.router_note), "the CGNAT sentence")
+            self.assertIn("forward TCP port", self.shown(w.view.forward_note))   # the manual way
+
     def test_the_page_switch_serves_the_page_and_copy_link_gives_its_link(self):
         if ws_connect is None:
             self.skipTest(NO_WEBSOCKETS)
@@ -4256,10 +4309,12 @@ class UpnpOptionTest(unittest.TestCase):
                       " ".join(out.getvalue().split()))
 
     def test_a_room_only_this_machine_reaches_asks_no_router(self):
-        said = []
-        self.assertIsNone(pcr.ask_router(pcr.Settings(), ("127.0.0.1", 5050), None, said.append))
-        self.assertEqual(said, ["the room listens on 127.0.0.1 only, so the router was not asked "
-                                "to forward it"])
+        heard = []
+        with mock.patch.object(pcr, "RouterPorts") as router:   # were it asked, nothing is sent
+            self.assertIsNone(pcr.ask_router(pcr.Settings(), ("127.0.0.1", 5050), None,
+                                             lambda *said: heard.append(said)))
+        router.assert_not_called()
+        self.assertEqual(heard, [])
 
 
 # -- a real router: miniupnpd in a home network of network namespaces --------
