@@ -609,6 +609,7 @@ class ChatPage:
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
@@ -649,10 +650,19 @@ class Loop:
         self.soon: collections.deque = collections.deque()
         self.now = time.monotonic()
         self.running = False
+        self.failure_logged = -60.0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, EVENT_READ, (self._drain_wake, None))
+
+    def capacity(self) -> int | None:
+        """How many sockets the selector can watch at once beside the loop's
+        own, if it has a limit: select() watches at most SELECT_LIMIT (Windows
+        builds it so); epoll and kqueue have none."""
+        if isinstance(self.selector, selectors.SelectSelector):
+            return SELECT_LIMIT - 1   # the wake-up socket
+        return None
 
     def watch(self, sock, events: int, handler: Callable, obj) -> None:
         self.selector.register(sock, events, (handler, obj))
@@ -697,7 +707,7 @@ class Loop:
     def run(self) -> None:
         """Turn until stop(): events, then due timers, then calls for the end of the turn."""
         self.running = True
-        select, timers, soon = self.selector.select, self.timers, self.soon
+        timers, soon = self.timers, self.soon
         while self.running:
             if soon:
                 timeout = 0
@@ -705,7 +715,11 @@ class Loop:
                 timeout = max(0.0, timers[0][0] - time.monotonic())
             else:
                 timeout = None
-            events = select(timeout)
+            try:
+                events = self.selector.select(timeout)
+            except (ValueError, OSError) as e:   # e.g. more sockets than select() can watch
+                self._selector_failed(e)
+                events = ()
             self.now = time.monotonic()
             for key, mask in events:
                 handler, obj = key.data
@@ -725,6 +739,15 @@ class Loop:
     def stop(self) -> None:
         """End run() after this turn."""
         self.running = False
+
+    def _selector_failed(self, error: Exception) -> None:
+        """Log it (once a minute at most) and wait a moment: the loop goes on."""
+        now = time.monotonic()
+        if now - self.failure_logged >= 60.0:
+            self.failure_logged = now
+            log.error("the selector failed (%s: %s); the room goes on",
+                      type(error).__name__, error)
+        time.sleep(0.05)   # not a busy loop if it fails again at once
 
     @staticmethod
     def _call(fn: Callable, args: tuple) -> None:
@@ -1999,6 +2022,9 @@ class Server:
         self.address = self._listen_on(s.port, web=False)
         self.capacity = min(s.max_clients,
                             raise_open_files_limit(s.max_clients + self.SPARE_FILES) - self.SPARE_FILES)
+        watchable = self.loop.capacity()
+        if watchable is not None:   # beside the room's and the page's listening sockets, and
+            self.capacity = min(self.capacity, watchable - 2 - self.REFUSING)   # refusals
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.capacity)
         if s.web_port is not None:

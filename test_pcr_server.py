@@ -18,6 +18,7 @@ import os
 import random
 import re
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -1481,6 +1482,47 @@ class ChaosTest(ServerCase):
         self.assertLess(sizes[0], 256 * 1024 + pcr.READ_SIZE)
         self.assertLessEqual(sizes[1], pcr.READ_SIZE + 2002)   # one read and one line waiting their turn
         self.assertLessEqual(sizes[2], 2002)                    # bytes without a newline
+
+
+class SelectorLimitTest(ServerCase):
+    """Where the selector is select() (Windows: 512 sockets), the room holds what
+    it can watch and refuses the rest like a full room; a failing select() costs
+    a log line, not the room (issue 18)."""
+
+    def start_on_select(self, limit: int, **overrides) -> pcr.Server:
+        patches = (mock.patch.object(pcr.selectors, "DefaultSelector", selectors.SelectSelector),
+                   mock.patch.object(pcr, "SELECT_LIMIT", limit))
+        for patch in patches:
+            patch.start()
+            self.addCleanup(patch.stop)
+        return self.start(**overrides)
+
+    def test_beyond_what_select_can_watch_connections_are_refused_as_in_a_full_room(self):
+        server = self.start_on_select(60, max_per_ip=1000)
+        capacity = 60 - 1 - 2 - pcr.Server.REFUSING
+        self.assertEqual(server.capacity, capacity)
+        self.assertIn(f"(up to {capacity} members)", self.log_text())
+        members = [self.member(f"m{i}") for i in range(capacity)]
+        late = self.connect()
+        self.assertIn(b"the room is full", late.read_to_close())
+        members[0].send(b"still chatting\n")
+        members[-1].read_until(b"m0: still chatting\n")
+
+    def test_a_failing_select_is_logged_and_the_room_goes_on(self):
+        server = self.start()
+        ann = self.member("ann")
+        real = server.loop.selector.select
+        failures = iter([ValueError("too many file descriptors in select()")])
+
+        def select(timeout=None):
+            for error in failures:
+                raise error
+            return real(timeout)
+        self.on_loop(setattr, server.loop.selector, "select", select)
+        ann.send(b"hello\n")   # wakes the loop: its next select fails once
+        ann.read_until(b"ann: hello\n")
+        self.assertIn("the selector failed (ValueError: too many file descriptors in select())",
+                      self.log_text())
 
 
 class FaultTest(ServerCase):
