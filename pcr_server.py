@@ -1160,6 +1160,7 @@ class Outlet:
         return 0.0
 
     def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
+        """What m is sent before the close: the farewell as it is."""
         return farewell.encode()
 
     # -- saying -----------------------------------------------------------
@@ -1445,9 +1446,6 @@ class AppOutlet(LineOutlet):
         """Not before its window is up, nor while its last count is read alone."""
         seat = self.readers.get(m)
         return seat.quiet_until if seat is not None else self.ready_at(m.named_at)
-
-    def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
-        return farewell.encode()
 
     # -- events -----------------------------------------------------------
     def joined(self, names: list[str], present: int) -> None:
