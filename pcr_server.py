@@ -822,6 +822,19 @@ class Tally:
 
 
 KEEPALIVE_PROBES = 5   # unanswered keepalive probes before the kernel gives up
+# Linux gives an accepted socket its listening socket's options: set once, they cost
+# a member nothing.  Elsewhere each accepted socket is set too.
+OPTIONS_INHERITED = sys.platform.startswith("linux")
+
+
+def tune_socket(sock: socket.socket, keepalive: float) -> None:
+    """A member's socket (or the listening socket its options come from): lines
+    go out at once (no Nagle delay), and keep_alive()."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    keep_alive(sock, keepalive)
 
 
 def keep_alive(sock: socket.socket, idle: float) -> None:
@@ -1574,10 +1587,12 @@ class Room:
 
     A named member waits for its welcome until its outlet can take it
     (ready_at); joins and leaves within count_interval share one count.
+    `entered(m)` is the one call back up: m is in, read what it says.
     """
 
-    def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet]):
-        self.loop, self.settings = loop, settings
+    def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
+                 entered: Callable[[Member], None]):
+        self.loop, self.settings, self.entered = loop, settings, entered
         self.outlets = {outlet.kind: outlet for outlet in outlets}
         self.members: dict[Member, None] = {}   # in the room, in join order
         self.names: dict[str, Member] = {}      # name_look(name) -> member (welcoming too)
@@ -1738,6 +1753,7 @@ class Room:
         for m in newcomers:
             if m.name != split_key(m.claimed)[0].strip():
                 self.tell(m, f"{KNOWN_AS}{m.name}\n")
+            self.entered(m)
         log.info("joined: %s", ", ".join(f"{quoted(m.name)} ({m.kind.value}) from {m.ip}"
                                          for m in newcomers))
 
@@ -1989,7 +2005,8 @@ class Server:
         self.terminals = LineOutlet(self.loop, settings, self.drop)
         self.apps = AppOutlet(self.loop, settings, self.drop)
         self.webs = WebOutlet(self.loop, settings, self.drop)
-        self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs])
+        self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs],
+                         entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close),
                             self.webs)
@@ -2048,6 +2065,7 @@ class Server:
         except OSError as e:
             raise StartError(bind_error_text(e, host, port)) from None
         sock.setblocking(False)
+        tune_socket(sock, self.settings.keepalive)
         self.listeners.append((sock, web))
         self.loop.watch(sock, EVENT_READ, self._on_accept, (sock, web))
         return sock.getsockname()[:2]
@@ -2196,9 +2214,9 @@ class Server:
     def _start(self, sock: socket.socket, ip: str, port: int, group: str, web: bool,
                refusal: str = "") -> None:
         sock.setblocking(False)
+        if not OPTIONS_INHERITED:
+            tune_socket(sock, self.settings.keepalive)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            keep_alive(sock, self.settings.keepalive)
             if self.tls:
                 sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except OSError:
@@ -2389,14 +2407,6 @@ class Server:
         burst = 4.0 * s.max_per_ip
         slot = self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
         self.room.arrive(m, now + slot)
-        self.loop.call_at(m.ready_at, self._listen_when_in, m)
-
-    def _listen_when_in(self, m: Member) -> None:
-        """Once m is in (or on its way), read it again."""
-        if m.stage is Stage.WELCOMING:   # the room's welcome comes in this same turn
-            self.loop.call_soon(self._listen_when_in, m)
-        elif m.stage is Stage.IN_ROOM:
-            self._listen_again(m)
 
     # -- lines ----------------------------------------------------------
     def _listen_again(self, m: Member) -> None:
