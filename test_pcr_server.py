@@ -52,6 +52,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_and_the_next() -> int:
+    """A free port whose next one is free too (the window serves its page on
+    port + 1, which may be another connection's own port)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except (OSError, OverflowError):
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
 class Client:
     """A test member: a real socket with bounded reads."""
 
@@ -3534,7 +3548,7 @@ class GuiTest(unittest.TestCase):
         service = PublicIpService("203.0.113.7")
         self.addCleanup(service.close)
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
-            w = self.open_window(public_ip_url=service.url)
+            w = self.open_window(public_ip_url=service.url, port=free_port_and_the_next())
             port = self.start_server()
             self.pump_until(lambda: w.ips["public"] == "203.0.113.7", "the public address")
         self.assertEqual(w.copy_buttons["page"].winfo_manager(), "")   # off unless asked for
