@@ -108,8 +108,9 @@ LOG_FILE = ".privateChat_server.log"
 LOG_FORMAT = "%(asctime)s:%(levelname)s:%(name)s:%(message)s"
 DEFAULT_PUBLIC_IP_URL = "https://api.ipify.org"
 RECV_SIZE = 65536   # the terminal client's reads
-# Ctrl+C, a terminate, and the terminal going away (SSH dropped) all stop the room cleanly.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+# Ctrl+C, a terminate, the terminal going away (SSH dropped) and Windows' Ctrl+Break all
+# stop the room cleanly; so does closing the console window (see on_stop_signals).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
                      if hasattr(signal, name))
 PORT_FILE_BYTES = 64      # a port number, spaces and a line end fit with room to spare
 MIN_KEY = 8               # a shorter room key is warned about: it can be guessed
@@ -200,14 +201,18 @@ def read_port_file(path: str = PORT_FILE) -> tuple[int, str | None]:
 
 
 def read_small_file(path: str, size: int = PORT_FILE_BYTES + 1) -> str:
-    """At most `size` bytes of a regular file, as text; OSError for anything else."""
+    """At most `size` bytes of a regular file, as text; OSError for anything else.
+
+    UTF-8, with or without the BOM Notepad writes; UTF-16 after its BOM (Notepad's
+    "Unicode", PowerShell's `echo 6000 > .pcr_port`)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a pipe must not hold us
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file")
-        return os.read(fd, size).decode("utf-8")
+        raw = os.read(fd, size)
     finally:
         os.close(fd)
+    return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
 
 
 def short_key_warning(key: str) -> str:
@@ -220,10 +225,67 @@ def short_key_warning(key: str) -> str:
 
 def save_port_file(port: int, path: str = PORT_FILE) -> None:
     """Write the port to `path`, never through a link (OSError if it is one)."""
+    if not hasattr(os, "O_NOFOLLOW") and os.path.islink(path):   # Windows has no O_NOFOLLOW
+        raise OSError(errno.ELOOP, "it is a link", path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_NONBLOCK", 0)   # a pipe with no reader must not hold us either
     with open(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
         f.write(f"{port}\n")
+
+
+# -- where it runs: Windows or POSIX -------------------------------------------
+
+WINDOWS = sys.platform == "win32"
+RUN = "py pcr_server.py" if WINDOWS else "python3 pcr_server.py"   # how a person starts this file
+END_OF_INPUT = "Ctrl+Z then Enter" if WINDOWS else "Ctrl+D"          # the keys that end typed input
+GET_TKINTER = {   # where tkinter comes from, for a Python without it
+    "win32": "install Python from python.org with its \"tcl/tk and IDLE\" option ticked "
+             "(the embeddable Python has no tkinter)",
+    "darwin": "install Python from python.org, which includes it (Homebrew's Python needs "
+              "`brew install python-tk`)",
+}.get(sys.platform, "install it (for example `sudo apt install python3-tk`)")
+# Windows numbers socket errors apart: WSAEACCES is 10013 where EACCES is 13.
+WINSOCK_ERRORS = {"EACCES": 10013, "EMFILE": 10024, "EADDRINUSE": 10048,
+                  "EADDRNOTAVAIL": 10049, "ENOBUFS": 10055}
+CONSOLE_CLOSING = (2, 5, 6)   # Windows' CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT
+CLOSE_GRACE = 4.5             # Windows ends a process 5 s after its console window is closed
+
+
+def errno_is(e: OSError, *names: str) -> bool:
+    """Whether `e` is one of the errors `names` ("EACCES", ...), by its POSIX
+    number or by its Windows socket number."""
+    return e.errno is not None and any(
+        e.errno in (getattr(errno, name, None), WINSOCK_ERRORS.get(name)) for name in names)
+
+
+def on_stop_signals(request: Callable[[], None]) -> None:
+    """Call `request` on each of STOP_SIGNALS and, on Windows, when the console
+    window is closed, the user logs off or the machine shuts down (main thread)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: request())
+    if not WINDOWS:
+        return
+    try:
+        import ctypes
+        from ctypes import wintypes
+    except ImportError:   # a Python without ctypes: Ctrl+C and Ctrl+Break still stop cleanly
+        return
+    handler = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)(
+        lambda event: console_closing(event, request))
+    ctypes.windll.kernel32.SetConsoleCtrlHandler(handler, True)
+    on_stop_signals.console_handler = handler   # kept: Windows may call it until the end
+
+
+def console_closing(event: int, request: Callable[[], None], grace: float = CLOSE_GRACE) -> bool:
+    """Windows' console handler, on a thread of its own.  On a close, log-off or
+    shut-down: ask for the clean stop and hold the process up to `grace`
+    seconds, since Windows ends it once this returns.  Ctrl+C and Ctrl+Break
+    are left to the signal handlers (False)."""
+    if event not in CONSOLE_CLOSING:
+        return False
+    request()
+    time.sleep(grace)   # the process ends sooner, when main() returns
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -1776,8 +1838,13 @@ class StartError(Exception):
 # What to change when the address cannot be used, in the words of where it is said.
 FLAG_ADVICE = {
     "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
-    "port": "choose a port above 1023 with --port",
-    "encrypted": "python3 pcr_server.py --connect ADDRESS --tls"}
+    "port": "choose another port with --port" if WINDOWS else "choose a port above 1023 with --port",
+    "encrypted": f"{RUN} --connect ADDRESS --tls"}
+# Why a port is refused: low ports are for administrators on POSIX; on Windows
+# they are not, and a refusal means the port is held or reserved.
+PORT_REFUSED = ("another program holds it for itself, or Windows reserves it; `netsh interface "
+                "ipv4 show excludedportrange protocol=tcp` lists the reserved ports" if WINDOWS
+                else "ports below 1024 need administrator rights")
 # getaddrinfo's "no such name" errors (create_server hides the gaierror class)
 NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EAI_FAIL",
                                                   "EAI_NODATA", "EAI_ADDRFAMILY")
@@ -1786,14 +1853,13 @@ NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EA
 
 def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE) -> str:
     """One sentence: why `host` port `port` cannot be listened on, and what to do."""
-    if e.errno == errno.EADDRINUSE:
+    if errno_is(e, "EADDRINUSE"):
         return (f"Port {port} is already in use (is another server running?): "
                 f"stop that program or choose another port.")
-    if e.errno == errno.EADDRNOTAVAIL:
+    if errno_is(e, "EADDRNOTAVAIL"):
         return f"The address {host} is not on this machine: {advice['host']}."
-    if e.errno == errno.EACCES:
-        return (f"Not allowed to listen on port {port} (ports below 1024 need "
-                f"administrator rights): {advice['port']}.")
+    if errno_is(e, "EACCES"):
+        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {advice['port']}."
     if isinstance(e, socket.gaierror) or e.errno in NAME_ERRORS:
         return f"Cannot find the address of {host!r}: {advice['host']}."
     reason = (e.strerror or str(e)).split(" (while attempting")[0]
@@ -2132,7 +2198,7 @@ class Server:
                 self.accept_error_logged = False   # backlog drained: the crunch is over
                 return
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if errno_is(e, "EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"):
                     self._pause_accepting(e)
                     return
                 # a connection that failed before it was accepted; the next may not
@@ -2612,7 +2678,7 @@ def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
     try:
         socket.create_server((host, port), family=family).close()
     except OSError as e:
-        if e.errno == errno.EADDRINUSE and port == held_port:
+        if errno_is(e, "EADDRINUSE") and port == held_port:
             return None
         return bind_error_text(e, host, port, advice)
     return None
@@ -3688,7 +3754,7 @@ NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
-    "port": "choose a port above 1023",
+    "port": "choose another port" if WINDOWS else "choose a port above 1023",
     "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)"}
 ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
     "private": ("Same network", "on the same network", "this computer's address on the network"),
@@ -4521,8 +4587,8 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
     try:
         import tkinter
     except ImportError:
-        print("The --gui window needs tkinter, which is not installed; install it "
-              "(for example `sudo apt install python3-tk`) or run without --gui.", file=sys.stderr)
+        print(f"The --gui window needs tkinter, which this Python does not have: {GET_TKINTER}, "
+              f"then run {RUN} --gui; or run without --gui.", file=sys.stderr)
         return 1
     try:
         root = tkinter.Tk()
@@ -4535,10 +4601,9 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
     for warning in warnings:
         log.warning("%s", warning)
 
-    def request_close(*_):
+    def request_close():
         window.close_requested = True   # _tick acts on it within TICK_MS
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, request_close)
+    on_stop_signals(request_close)
     root.deiconify()
     root.mainloop()
     return 0
@@ -4873,7 +4938,7 @@ class ClientSession:
         """The count has come: we are in the room, under the name it told us."""
         self.inside = True
         print(f"in the room as {self.name} at {self.where}; type a line and press Enter to "
-              f"send it, Ctrl+D or Ctrl+C to leave", file=sys.stderr, flush=True)
+              f"send it, {END_OF_INPUT} or Ctrl+C to leave", file=sys.stderr, flush=True)
         if self.leave_asked:
             self.leave()
 
@@ -4903,7 +4968,7 @@ class ClientSession:
         self.loop.stop()
 
     def end_of_input(self) -> None:
-        """Ctrl+D: leave, once in the room (a refusal on the way must still be heard)."""
+        """End of input: leave, once in the room (a refusal on the way must still be heard)."""
         if self.inside:
             self.leave()
         else:
@@ -5144,8 +5209,10 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Settings()
     p = argparse.ArgumentParser(
-        prog="pcr_server.py",
-        description="A private chat room server for PrivateChatRoom-App and terminal clients.")
+        prog=RUN,
+        description="A private chat room server for PrivateChatRoom-App and terminal clients.",
+        epilog=f"Run a room: {RUN} (in a window: {RUN} --gui). "
+               f"Join one from a terminal: {RUN} --connect HOST[:PORT].")
     p.add_argument("--version", action="version", version=f"PrivateChatRoom-Server {VERSION}")
     p.add_argument("--gui", action="store_true", help="open a window to run the server")
     p.add_argument("--host", type=listen_host, default=d.host,
@@ -5294,8 +5361,7 @@ def run_headless(settings: Settings) -> int:
         log.error("%s", e)
         return 1
     router = announce(settings, address, server.web_address)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: server.loop.call_soon_threadsafe(server.stop))
+    on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
     if router:
         router.close()
