@@ -3321,6 +3321,244 @@ class BrowserTest(BrowserCase):
         tom.read_until(b"Wendy: back again\n")
 
 
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of `port`, the network between a phone
+    and the room: the test can freeze it (nothing goes through, as when a
+    network hangs), cut it (every connection reset, new ones refused) and
+    restore it.  One thread relays; each change is made by that thread."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.state = "open"
+        self.peers: dict[socket.socket, socket.socket] = {}   # each end -> the other
+        self.asked: list[tuple[str, threading.Event]] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _set(self, state: str) -> None:
+        done = threading.Event()
+        self.asked.append((state, done))
+        assert done.wait(WAIT), f"the proxy did not {state}"
+
+    def freeze(self) -> None:
+        self._set("frozen")
+
+    def cut(self) -> None:
+        self._set("cut")
+
+    def restore(self) -> None:
+        self._set("open")
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(WAIT)
+
+    def _run(self) -> None:
+        while self.running:
+            while self.asked:
+                self.state, done = self.asked.pop(0)
+                if self.state == "cut":
+                    self._reset_all()
+                done.set()
+            watched = [self.listener] if self.state != "frozen" else []
+            if self.state == "open":
+                watched += list(self.peers)
+            for sock in select.select(watched, [], [], 0.02)[0] if watched else time.sleep(0.02) or []:
+                if sock is self.listener:
+                    self._accept()
+                elif sock in self.peers:
+                    self._relay(sock)
+        self._reset_all()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        if self.state == "cut":
+            self._reset(conn)
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target), WAIT)
+        self.peers[conn], self.peers[upstream] = upstream, conn
+
+    def _relay(self, sock: socket.socket) -> None:
+        other = self.peers[sock]
+        try:
+            data = sock.recv(65536)
+            if data:
+                other.sendall(data)
+                return
+        except OSError:
+            pass
+        for end in (sock, other):   # one side closed: so does the other
+            del self.peers[end]
+            end.close()
+
+    @staticmethod
+    def _reset(sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def _reset_all(self) -> None:
+        for sock in list(self.peers):
+            self._reset(sock)
+        self.peers.clear()
+
+
+class PhoneSleepTest(BrowserCase):
+    """A phone's page through a network that drops (issue 16): headless
+    Chromium reaches the room through a proxy the test cuts and restores."""
+
+    GRACE = 6.0
+
+    def setUp(self):
+        super().setUp()
+        self.driver.execute_script("try { sessionStorage.clear(); } catch (e) {}")
+
+    def wendy_through_a_proxy(self, **overrides) -> tuple[CuttableProxy, Client]:
+        """tom at a terminal; Wendy's page through the proxy, in the room."""
+        self.start(**{"web_grace": self.GRACE, **overrides})
+        proxy = CuttableProxy(self.server.web_address[1])
+        self.addCleanup(proxy.close)
+        tom = self.member("tom")
+        self.open_page(proxy.port)
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n2 people are online...\n")
+        return proxy, tom
+
+    def log_lines(self) -> list[str]:
+        """Everything the page's log shows, a line an item."""
+        return [e.get_attribute("textContent")
+                for e in self.driver.find_elements(By.CSS_SELECTOR, "#log li")]
+
+    def bubbles(self) -> list[str]:
+        """The chat lines the page shows, oldest first."""
+        return [e.get_attribute("textContent")
+                for e in self.driver.find_elements(By.CSS_SELECTOR, "#log .text")]
+
+    def seat(self) -> dict:
+        return json.loads(self.driver.execute_script("return sessionStorage.getItem('pcr-seat')") or "{}")
+
+    def lines_from(self, tom: Client, prefix: str, n: int) -> list[str]:
+        """tom says n lines: prefix 0, prefix 1, ..."""
+        said = [f"{prefix} {k}" for k in range(n)]
+        for text in said:
+            tom.send(f"tom: {text}\n".encode())
+        tom.read_until(f"tom: {said[-1]}\n".encode())
+        return said
+
+    def test_a_short_loss_is_no_leave_and_the_missed_lines_come_once_in_order(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.cut()
+        self.wait_for(lambda: "econnect" in self.text("#banner-text"), "the page saying it reconnects")
+        missed = self.lines_from(tom, "while you were out", 3)
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, Wendy (away)\n")
+        proxy.restore()
+        self.wait_for(lambda: missed[-1] in self.bubbles(), "the missed lines", timeout=self.GRACE)
+        self.assertEqual([b for b in self.bubbles() if b.startswith("while you were out")], missed)
+        shown = self.log_lines()
+        mark = shown.index("Back: what was said while you were away")
+        self.assertTrue(shown[mark + 1].startswith("tom") and shown[mark + 1].endswith(missed[0]),
+                        shown[mark:])
+        self.say("back with you")
+        heard = tom.read_until(b"Wendy: back with you\n")
+        self.assertNotIn(b"left", heard)
+        self.assertNotIn(b"joined", heard)
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, Wendy\n")
+        self.assertEqual(self.text("#me"), "You are Wendy")
+        self.assert_no_policy_violations()
+
+    def test_a_line_said_while_the_network_hung_is_shown_once_after_the_return(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.freeze()
+        said = self.lines_from(tom, "said while it hung", 1)
+        time.sleep(0.5)   # the room has written it into the hung connection
+        self.assertNotIn(said[0], self.bubbles())
+        proxy.cut()
+        proxy.restore()
+        self.wait_for(lambda: said[0] in self.bubbles(), "the line said while it hung",
+                      timeout=self.GRACE)
+        self.assertEqual(self.bubbles().count(said[0]), 1)
+        self.assertNotIn(b"left", tom.read_for(0.3))
+
+    def test_a_loss_past_the_grace_is_one_leave_then_a_fresh_join(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=1.0)
+        proxy.cut()
+        tom.read_until(b"Wendy has left the chat...\n1 person is online...\n", timeout=WAIT)
+        proxy.restore()
+        self.driver.execute_script("window.dispatchEvent(new Event('online'))")   # the phone's network is back
+        tom.read_until(b"Wendy joined the chat...\n2 people are online...\n", timeout=WAIT)
+        self.assertEqual(tom.read_for(0.3).count(b"left"), 0)
+        self.assertEqual(self.text("#me"), "You are Wendy")
+
+    def test_after_a_restart_unheard_the_page_hears_its_seat_was_not_kept_and_joins_as_new(self):
+        port, web = free_port(), free_port()
+        proxy, tom = self.wendy_through_a_proxy(port=port, web_port=web)
+        proxy.cut()   # the page never hears the stop
+        first = self.server
+        first.loop.call_soon_threadsafe(first.stop)
+        deadline = time.monotonic() + WAIT
+        while first.loop.running:
+            self.assertLess(time.monotonic(), deadline, "the first room did not stop")
+            time.sleep(0.02)
+        self.start(port=port, web_port=web, web_grace=self.GRACE)
+        tom = self.member("tom")
+        proxy.restore()
+        tom.read_until(b"Wendy joined the chat...\n", timeout=WAIT)
+        self.wait_for(lambda: "not kept" in self.text("#log"), "the page saying so")
+        self.say("hello again")
+        tom.read_until(b"Wendy: hello again\n")
+
+    def test_the_name_asked_for_during_the_grace_is_numbered_and_misses_nothing_of_hers(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.cut()
+        self.wait_on_loop(lambda: self.server.room.find("Wendy").stage is pcr.Stage.AWAY,
+                          "Wendy away")
+        missed = self.lines_from(tom, "for Wendy alone", 2)
+        twin = self.connect()
+        twin.answer(b"Wendy\n")
+        got = twin.read_until(b"the room knows you as Wendy (2)\n")
+        proxy.restore()
+        self.wait_for(lambda: missed[-1] in self.bubbles(), "the missed lines", timeout=self.GRACE)
+        self.assertEqual(self.text("#me"), "You are Wendy")
+        got += twin.read_for(0.3)
+        self.assertNotIn(b"for Wendy alone", got)
+        self.assertNotIn(b"Wendy joined", got.replace(b"Wendy (2) joined", b""))
+
+    def test_the_token_is_replaced_on_return_and_the_old_one_is_refused(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        proxy, tom = self.wendy_through_a_proxy()
+        before = self.seat()
+        self.assertRegex(before.get("token", ""), r"^\d+\.[0-9a-f]{32}$")
+        proxy.cut()
+        tom.send(b"tom: anything\n")
+        proxy.restore()
+        self.wait_for(lambda: "anything" in self.bubbles(), "the missed line", timeout=self.GRACE)
+        after = self.seat()
+        self.assertNotEqual(after["token"], before["token"])
+        old = WebMember(self.server.web_address[1])
+        self.addCleanup(old.close)
+        old.ask_seat_back(before["token"], before["seen"])
+        self.assertEqual(old.until("lost")["text"], pcr.SEAT_GONE)
+        self.say("still here")
+        tom.read_until(b"Wendy: still here\n")
+
+    def test_a_page_retries_within_a_fifth_of_the_grace(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.cut()
+        time.sleep(self.GRACE * 0.6)   # several tries refused meanwhile
+        restored = time.monotonic()
+        proxy.restore()
+        self.wait_on_loop(lambda: self.server.room.find("Wendy").stage is pcr.Stage.IN_ROOM,
+                          "Wendy back", timeout=self.GRACE / 5 + 1.0)
+        self.assertLess(time.monotonic() - restored, self.GRACE / 5 + 1.0)
+
+
 def unused_display() -> int:
     """An X display number nobody is serving."""
     for n in range(99, 400):
