@@ -21,13 +21,16 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Bucket, Tally, Transport (one socket: the one send,
                               kept bytes, write interest, TLS steps, the close)
   4. The room and its outlets Member (who, and where in its life), Room (names,
-                              welcomes, leaves, the count: each event published once),
-                              an outlet per kind of reader, each encoding and
-                              delivering the events: LineOutlet (terminals, the
-                              shared stream), WebOutlet (frames), AppOutlet (the
-                              App's pace: one piece when it is free)
+                              welcomes, leaves, the count, the history for newcomers:
+                              each event published once), an outlet per kind of
+                              reader, each encoding and delivering the events:
+                              LineOutlet (terminals, the shared stream), WebOutlet
+                              (frames marked with their place; WebSeat: a seat held
+                              through a lost connection, away, until the page is
+                              back), AppOutlet (the App's pace: one piece when it is free)
   5. The server: doors, limits, reading
-                              WebDoor (HTTP, the WebSocket upgrade, frames in),
+                              WebDoor (HTTP, the WebSocket upgrade, frames in, a
+                              page asking for its seat back),
                               Server (accepting, limits, TLS pacing, names, keys,
                               lines, closing)
   6. Host addresses           private, public and MAC; FriendsJoin (how friends
@@ -1757,7 +1760,10 @@ class Room:
     format and no socket.
 
     A named member waits for its welcome until its outlet can take it
-    (ready_at); joins and leaves within count_interval share one count.
+    (ready_at); joins and leaves within count_interval share one count.  A
+    member whose outlet holds its seat through a lost connection stays in,
+    away (away, back).  The last `history` chat lines are kept, in memory
+    only, for newcomers.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet]):
@@ -2054,8 +2060,9 @@ class Entrance:
 class WebDoor:
     """The web port: one HTTP request per connection, answered with the
     page, an error, or the upgrade of /ws to a WebSocket (RFC 6455 §4.2);
-    then the WebSocket's frames in (RFC 6455 §5).  The page itself is
-    data, given when the door is made (section 11)."""
+    then the WebSocket's frames in (RFC 6455 §5): a name, or a request for a
+    seat held by the web outlet (docs/PROTOCOL.md, "Coming back"), then
+    lines.  The page itself is data, given when the door is made (section 11)."""
 
     def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet

@@ -3125,6 +3125,12 @@ class WebGraceTest(WebCase):
         tom.read_until(b"zoe has left the chat...\n1 person is online...\n", timeout=1.0)
         self.assertIsNone(self.on_loop(self.server.room.find, "zoe"))
 
+    def test_turning_the_page_off_ends_the_seats_held(self):
+        wendy, tom = self.wendy_and_tom(web_grace=60.0)
+        self.away(wendy, tom)
+        self.on_loop(self.server.close_page)
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n", timeout=1.0)
+
     def test_with_no_grace_a_lost_connection_is_a_leave_at_once(self):
         wendy, tom = self.wendy_and_tom(web_grace=0)
         self.assertEqual(wendy.token, "")
@@ -3411,10 +3417,6 @@ class PhoneSleepTest(BrowserCase):
     Chromium reaches the room through a proxy the test cuts and restores."""
 
     GRACE = 6.0
-
-    def setUp(self):
-        super().setUp()
-        self.driver.execute_script("try { sessionStorage.clear(); } catch (e) {}")
 
     def wendy_through_a_proxy(self, **overrides) -> tuple[CuttableProxy, Client]:
         """tom at a terminal; Wendy's page through the proxy, in the room."""
@@ -4096,6 +4098,26 @@ class GuiTest(unittest.TestCase):
         w.view.disconnect_button.invoke()
         self.assertIn("disconnected by the host", wendy.until("note")["text"])
         self.pump_until(lambda: self.listed() == [], "wendy gone from the list")
+
+    def test_a_web_member_whose_connection_is_lost_is_listed_away_and_can_be_disconnected(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        w = self.open_window(web_port=free_port())
+        port = self.start_server()
+        ann = self.member(port, "ann")
+        wendy = WebMember(w.page_listening[1], "wendy")
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        wendy.lose()
+
+        def kinds() -> list[str]:
+            return [w.view.tree.set(item, "kind") for item in w.view.tree.get_children()]
+        self.pump_until(lambda: kinds() == ["terminal", "web, away"], "wendy listed as away")
+        w.view.tree.selection_set(w.view.tree.get_children()[1])
+        self.pump_until(lambda: self.usable(w.view.disconnect_button), "Disconnect to be usable")
+        w.view.disconnect_button.invoke()
+        ann.read_until(b"wendy has left the chat...\n1 person is online...\n")
+        self.pump_until(lambda: self.listed() == [("ann", "127.0.0.1")], "wendy gone from the list")
 
     def test_switching_the_page_off_tells_its_members_and_keeps_the_room(self):
         if ws_connect is None:
