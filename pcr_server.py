@@ -70,9 +70,9 @@ import logging
 import logging.handlers
 import math
 import os
-import secrets
 import queue
 import re
+import secrets
 import selectors
 import signal
 import socket
@@ -2290,7 +2290,7 @@ class Server:
         """Stop serving the page; web members are told and leave the room."""
         self._close_listeners(lambda web: web)
         self.web_address = None
-        for m in [m for m in (*self.connections, *self.room.members) if m.kind is Kind.WEB]:
+        for m in [m for m in {*self.connections, *self.room.members} if m.kind is Kind.WEB]:
             self.drop(m, "the host turned the web page off",
                       "the host turned the web page off", WS_GOING_AWAY)
         log.info("the chat page is off")

@@ -1600,9 +1600,10 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
     raise AssertionError("server did not listen")
 
 
-def printed_until(proc: subprocess.Popen, needle: str, timeout: float = WAIT) -> str:
-    """What proc has printed on stdout, once `needle` is in it (read raw, bounded)."""
-    got, fd, deadline = b"", proc.stdout.fileno(), time.monotonic() + timeout
+def printed_until(proc: subprocess.Popen, needle: str, timeout: float = WAIT, so_far: str = "") -> str:
+    """What proc has printed on stdout, once `needle` is in it (read raw, bounded);
+    `so_far`: what an earlier call returned (one read may have brought both)."""
+    got, fd, deadline = so_far.encode(), proc.stdout.fileno(), time.monotonic() + timeout
     while needle.encode() not in got:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -1717,7 +1718,7 @@ class CommandLineTest(unittest.TestCase):
                       f"--public-ip-url '' turns that off.", banner)
         self.assertIn(f"Log file: {os.path.join(os.path.realpath(self.dir), 'room.log')}\n", banner)
         self.assertNotIn("room key", banner)
-        later = printed_until(proc, "203.0.113.9")
+        later = printed_until(proc, "203.0.113.9", so_far=banner)
         self.assertIn(f"  over the internet:  203.0.113.9:{port} {forward}", later)
         self.assertEqual(banner.count("How friends join"), 1)
 
@@ -1732,7 +1733,7 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn(f"forward TCP ports {port} and {web} on your router", banner)
         self.assertIn(f"  from a browser:     http://{pcr.private_ipv4()}:{web}/ (on the same network",
                       banner)
-        later = printed_until(proc, f"http://203.0.113.9:{web}/")
+        later = printed_until(proc, f"http://203.0.113.9:{web}/", so_far=banner)
         self.assertIn(f"  from a browser:     http://203.0.113.9:{web}/ (over the internet", later)
 
     def test_banner_without_the_public_address_look_up_says_it_is_off(self):
