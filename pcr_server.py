@@ -21,13 +21,16 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Bucket, Tally, Transport (one socket: the one send,
                               kept bytes, write interest, TLS steps, the close)
   4. The room and its outlets Member (who, and where in its life), Room (names,
-                              welcomes, leaves, the count: each event published once),
-                              an outlet per kind of reader, each encoding and
-                              delivering the events: LineOutlet (terminals, the
-                              shared stream), WebOutlet (frames), AppOutlet (the
-                              App's pace: one piece when it is free)
+                              welcomes, leaves, the count, the history for newcomers:
+                              each event published once), an outlet per kind of
+                              reader, each encoding and delivering the events:
+                              LineOutlet (terminals, the shared stream), WebOutlet
+                              (frames marked with their place; WebSeat: a seat held
+                              through a lost connection, away, until the page is
+                              back), AppOutlet (the App's pace: one piece when it is free)
   5. The server: doors, limits, reading
-                              WebDoor (HTTP, the WebSocket upgrade, frames in),
+                              WebDoor (HTTP, the WebSocket upgrade, frames in, a
+                              page asking for its seat back),
                               Server (accepting, limits, TLS pacing, names, keys,
                               lines, closing)
   6. Host addresses           private, public and MAC; FriendsJoin (how friends
@@ -69,6 +72,7 @@ import math
 import os
 import queue
 import re
+import secrets
 import selectors
 import signal
 import socket
@@ -130,6 +134,8 @@ class Settings:
     upnp: bool = False                # ask the router to forward the room's ports
     keepalive: float = 60.0           # idle seconds before the kernel probes a member; 0: off
     web_ping: float = 30.0            # a web member is pinged this often; no pong by the next: gone
+    web_grace: float = 120.0          # a web member whose connection is lost keeps its seat this long
+    history: int = 0                  # chat lines kept in memory for newcomers; 0: none
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
@@ -306,6 +312,11 @@ NEEDS_KEY = ("this room needs a key: join with your name followed by #KEY "
 FELL_BEHIND = ("you were disconnected: the room says more than your App can show in time; "
                "please close the app and relaunch to catch up\n")
 TLS_JOINING = "the App cannot join; friends use {}"   # how they do, in the words of where it is said
+# Why a page that asked for its seat back (docs/PROTOCOL.md, "Coming back") did not get it.
+SEAT_GONE = "your seat in the room was not kept (away too long, or the room restarted); joining as new"
+MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
+TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
+HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -516,6 +527,49 @@ def ws_close(code: int, reason: str = "") -> bytes:
 def ws_event(kind: str, **fields) -> bytes:
     """A message for the page: one text frame holding {"type": kind, ...}."""
     return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
+
+
+def ws_marked_event(start: int, kind: str, **fields) -> bytes:
+    """ws_event, written at stream position `start` and marked with `at`, the
+    position right after it: where a page that has it picks up again."""
+    body = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode()[:-1] + b', "at": '
+    at = start
+    while True:   # `at` counts its own digits: two or three rounds settle it
+        frame = ws_frame(b"%s%d}" % (body, at))
+        if start + len(frame) == at:
+            return frame
+        at = start + len(frame)
+
+
+def ws_marked_at(data: bytes | bytearray, offset: int, start: int) -> bool:
+    """True if `data` holds, at `offset`, a whole event that ws_marked_event()
+    wrote at stream position `start`."""
+    if len(data) < offset + 10 or data[offset] != 0x80 | WS_TEXT:
+        return False
+    length, at = data[offset + 1], offset + 2
+    if length == 126:
+        length, at = struct.unpack_from("!H", data, at)[0], at + 2
+    elif length == 127:
+        length, at = struct.unpack_from("!Q", data, at)[0], at + 8
+    try:
+        event = json.loads(data[at:at + length])
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("at") == start + at + length - offset
+
+
+def resume_request(payload: bytes) -> tuple[str, str, int] | None:
+    """(seat, secret, seen) of a page's request for its seat back: a binary
+    message holding {"resume": "SEAT.SECRET", "seen": POSITION}; None if it is not one."""
+    try:
+        request = json.loads(payload)
+        seat, secret = request["resume"].split(".")
+        seen = request["seen"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not (isinstance(seen, int) and seen >= 0 and seat.isascii() and seat.isdigit() and secret):
+        return None
+    return seat, secret, seen
 
 
 def ws_unmask(payload: bytes, mask: bytes) -> bytes:
@@ -973,6 +1027,12 @@ class Transport:
             self.loop.rewatch(self.sock, events, self.handler, self.owner)
         self.events = events
 
+    def hand_over(self, owner) -> None:
+        """From now on the events on this socket are `owner`'s."""
+        self.owner = owner
+        if self.events:
+            self.loop.rewatch(self.sock, self.events, self.handler, owner)
+
     def pause_reading(self) -> None:
         if self.reading:
             self.reading = False
@@ -1109,6 +1169,7 @@ class Stage(enum.Enum):
     CHECKING = "checking"       # its room key waits its turn to be checked
     WELCOMING = "welcoming"     # named, waiting for its welcome
     IN_ROOM = "in room"
+    AWAY = "away"               # web: its connection lost, its seat held (--web-grace)
     GONE = "gone"
 
 
@@ -1197,12 +1258,14 @@ class Outlet:
     the rest in one send per turn (the hot path).  Lines for one member
     alone wait at their place in the stream (`notes`).
 
-    `drop(m, reason, farewell="")` is the one call back up: m cannot be
-    sent to any more.
+    Two calls back up: `drop(m, reason, farewell="")`, m is to leave (it
+    cannot be sent to any more), and `lose(m, reason)`, m's connection is
+    gone without a goodbye (its outlet may hold its seat: hold()).
     """
 
-    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None]):
-        self.loop, self.settings, self.drop = loop, settings, drop
+    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
+                 lose: Callable[[Member, str], None]):
+        self.loop, self.settings, self.drop, self.lose = loop, settings, drop, lose
         self.readers: dict[Member, int] = {}   # member -> its position in the stream
         self.notes: dict[Member, collections.deque] = {}   # member -> (position, bytes) for it alone
         self.stream = Stream()
@@ -1220,6 +1283,15 @@ class Outlet:
     def remove(self, m: Member) -> None:
         self.readers.pop(m, None)
         self.notes.pop(m, None)
+
+    def hold(self, m: Member) -> bool:
+        """m's connection is lost: keep its seat (True), or let it leave."""
+        return False
+
+    @property
+    def listening(self) -> bool:
+        """Anyone reads here: only then is what happens encoded."""
+        return bool(self.readers)
 
     def pending(self, m: Member) -> bool:
         """Something is still to be sent to m."""
@@ -1240,18 +1312,18 @@ class Outlet:
 
     # -- saying -----------------------------------------------------------
     def _say(self, data: bytes) -> None:
-        if self.readers:
+        if self.listening:
             self.stream.buf += data
             self._flush_soon()
 
-    def _note(self, m: Member, data: bytes) -> None:
-        """`data` for m alone, after what it has been sent so far."""
+    def _note(self, m: Member, data: bytes, at: int | None = None) -> None:
+        """`data` for m alone, at stream position `at`: after what it has been sent so far."""
         notes = self.notes.get(m)
         if notes is None:
             notes = self.notes[m] = collections.deque()
         elif len(notes) >= MAX_NOTES:   # it is not reading them
             return
-        notes.append((self.stream.end, data))
+        notes.append((self.stream.end if at is None else at, data))
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -1285,10 +1357,14 @@ class Outlet:
                 elif pos < low:
                     low = pos
         for m in failed:
-            self.drop(m, "connection lost while sending")
+            self.lose(m, "connection lost while sending")
         for m in slow:
             self.drop(m, f"not reading: over {limit} bytes waiting")
-        stream.trim(low)
+        self._trim(low)
+
+    def _trim(self, low: int) -> None:
+        """Forget what every reader has been sent (it is before `low`)."""
+        self.stream.trim(low)
 
     def _send_noted(self, m: Member, pos: int, view: memoryview) -> int:
         """The careful path: m's notes at their places in the stream; its new
@@ -1324,7 +1400,7 @@ class Outlet:
         with memoryview(self.stream.buf) as view:
             pos = self._send_noted(m, pos, view) if m in self.notes else self._send_rest(m, pos, view)
         if pos < 0:
-            self.drop(m, "connection lost while sending")
+            self.lose(m, "connection lost while sending")
         else:
             self.readers[m] = pos
 
@@ -1365,31 +1441,79 @@ class LineOutlet(Outlet):
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, who_notice(names).encode())
 
+    def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
+        """What was said before m came (--history), before its own join line."""
+        self._note(m, "".join(chat_notice(name, text) for name, text in lines).encode())
+
+
+class WebSeat:
+    """A web member's claim to its place in the room (--web-grace): its
+    number and the secret its page proves itself with (the token is
+    `NUMBER.SECRET`; the secret is replaced at each return), the timer that
+    ends the seat while its connection is lost, and, for a while after, why
+    it ended, for a page that comes back too late to hear it."""
+
+    __slots__ = ("member", "number", "secret", "timer", "ended")
+
+    def __init__(self, member: Member, number: str):
+        self.member, self.number = member, number
+        self.secret = secrets.token_hex(16)   # 128 random bits
+        self.timer: Timer | None = None
+        self.ended = ""
+
+    @property
+    def token(self) -> str:
+        return f"{self.number}.{self.secret}"
+
 
 class WebOutlet(Outlet):
     """The chat page's members: each event is a JSON message in a
-    WebSocket frame (docs/PROTOCOL.md, "The web page")."""
+    WebSocket frame (docs/PROTOCOL.md, "The web page").
+
+    Each event is marked with its place in the stream (`at`).  A member
+    whose connection is lost without a goodbye keeps its seat for
+    web_grace seconds (hold): it is away, only a position in the stream,
+    and the stream keeps the last max_backlog bytes, what a page may not
+    have shown yet.  Its page comes back with its token and the mark of
+    the last event it has, and gets everything after it (back).
+    """
 
     kind = Kind.WEB
     WHO_LISTED = 1000   # names in an answer to /who; the rest are counted
 
-    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None]):
-        super().__init__(loop, settings, drop)
+    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
+                 lose: Callable[[Member, str], None]):
+        super().__init__(loop, settings, drop, lose)
         self.unanswered: dict[Member, None] = {}   # pinged, no pong yet
         self.ping_timer: Timer | None = None
+        self.away: dict[Member, int] = {}          # its connection lost: the position it was sent to
+        self.seats: dict[str, WebSeat] = {}        # number -> seat: held, or ended lately
+        self.seat_of: dict[Member, WebSeat] = {}
+        self.numbers = itertools.count(1)
+
+    # -- events -----------------------------------------------------------
+    @property
+    def listening(self) -> bool:
+        return bool(self.readers or self.away)   # those away may come back for it
+
+    def _event(self, kind: str, **fields) -> None:
+        """An event for every web member, those away too."""
+        if self.listening:
+            self.stream.buf += ws_marked_event(self.stream.end, kind, **fields)
+            self._flush_soon()
 
     def chat(self, name: str, text: str) -> None:
-        self._say(ws_event("chat", name=name, text=text))
+        self._event("chat", name=name, text=text)
 
     def joined(self, names: list[str], present: int) -> None:
-        self._say(ws_event("join", names=names[:3], others=max(0, len(names) - 3),
-                           text=joined_notice(names).rstrip("\n")))
+        self._event("join", names=names[:3], others=max(0, len(names) - 3),
+                    text=joined_notice(names).rstrip("\n"))
 
     def left(self, name: str, present: int) -> None:
-        self._say(ws_event("leave", name=name, text=left_notice(name).rstrip("\n")))
+        self._event("leave", name=name, text=left_notice(name).rstrip("\n"))
 
     def count(self, n: int) -> None:
-        self._say(ws_event("count", n=n, text=count_notice(n).rstrip("\n")))
+        self._event("count", n=n, text=count_notice(n).rstrip("\n"))
 
     def stop(self) -> None:
         self._say(ws_event("stop", text=STOPPED_TEXT) + ws_close(WS_GOING_AWAY, STOPPED_TEXT))
@@ -1405,22 +1529,104 @@ class WebOutlet(Outlet):
         self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
                                others=max(0, len(names) - self.WHO_LISTED)))
 
+    def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
+        self._note(m, ws_event("history", lines=[{"name": name, "text": text}
+                                                 for name, text in lines]))
+
     def welcome(self, m: Member) -> None:
-        """The page learns its name in the room."""
-        self._note(m, ws_event("welcome", name=m.name))
+        """The page learns its name in the room, and the token that brings it back."""
+        fields = {}
+        if self.settings.web_grace:
+            seat = WebSeat(m, str(next(self.numbers)))
+            self.seats[seat.number] = self.seat_of[m] = seat
+            fields = {"token": seat.token, "grace": self.settings.web_grace}
+        self._note(m, ws_event("welcome", name=m.name, at=self.stream.end, **fields))
 
     def pong(self, m: Member, payload: bytes) -> None:
         self._note(m, ws_frame(payload, WS_PONG))
 
+    # -- seats: a page whose connection is lost comes back ------------------
+    def hold(self, m: Member) -> bool:
+        """Keep m's seat through its lost connection for web_grace seconds:
+        it stays in the room, away, a position in the stream."""
+        seat = self.seat_of.get(m)
+        if seat is None:
+            return False
+        self.away[m] = self.readers.pop(m)
+        self.notes.pop(m, None)
+        self.unanswered.pop(m, None)
+        grace = self.settings.web_grace
+        seat.timer = self.loop.call_later(grace, self.drop, m, f"away for more than {grace:g} s")
+        return True
+
+    def claim(self, number: str, secret: str, seen: int) -> tuple[Member | None, str]:
+        """The member whose seat a page asks back, if the secret is its seat's
+        and what it missed after `seen` is still here; else None and why not."""
+        seat = self.seats.get(number)
+        if seat is None or not hmac.compare_digest(secret.encode(), seat.secret.encode()):
+            return None, SEAT_GONE
+        if seat.ended:
+            return None, seat.ended
+        stream = self.stream
+        if not (stream.base <= seen <= stream.end and stream.end - seen <= self.settings.max_backlog
+                and (seen == stream.end or ws_marked_at(stream.buf, seen - stream.base, seen))):
+            seat.ended = MISSED_TOO_MUCH
+            self.drop(seat.member, "missed too much while away")
+            return None, MISSED_TOO_MUCH
+        return seat.member, ""
+
+    def back(self, m: Member, seen: int) -> None:
+        """m's page is back on a new connection: a new token, then everything
+        said after `seen`, and no history (it was there)."""
+        seat = self.seat_of[m]
+        if seat.timer is not None:
+            seat.timer.cancel()
+            seat.timer = None
+        seat.secret = secrets.token_hex(16)
+        self.away.pop(m, None)
+        self.notes.pop(m, None)
+        self.unanswered.pop(m, None)
+        self.readers[m] = seen
+        self._note(m, ws_event("welcome", name=m.name, at=seen, token=seat.token,
+                               grace=self.settings.web_grace, back=True,
+                               missed=seen < self.stream.end), at=seen)
+        self._keep_pinging()
+
+    def _trim(self, low: int) -> None:
+        """While seats are held, keep the last max_backlog bytes (what a page
+        may not have shown when its connection was lost), and end the seats
+        of those away that missed more."""
+        if self.settings.web_grace:
+            keep = self.stream.end - self.settings.max_backlog
+            if self.away and min(self.away.values()) < keep:
+                for m in [m for m, pos in self.away.items() if pos < keep]:
+                    self.seat_of[m].ended = MISSED_TOO_MUCH
+                    self.drop(m, f"missed over {self.settings.max_backlog} bytes while away")
+            low = min(low, keep)
+        self.stream.trim(low)
+
     # -- pings: a page whose connection is gone leaves ---------------------
     def add(self, m: Member, present: int) -> None:
         super().add(m, present)
+        self._keep_pinging()
+
+    def _keep_pinging(self) -> None:
         if self.ping_timer is None and self.settings.web_ping:
             self.ping_timer = self.loop.call_later(self.settings.web_ping, self._ping)
 
     def remove(self, m: Member) -> None:
         super().remove(m)
         self.unanswered.pop(m, None)
+        self.away.pop(m, None)
+        seat = self.seat_of.pop(m, None)
+        if seat is None:
+            return
+        if seat.timer is not None:
+            seat.timer.cancel()
+        if seat.ended:   # a page back within the grace hears why
+            seat.timer = self.loop.call_later(self.settings.web_grace, self.seats.pop, seat.number, None)
+        else:
+            del self.seats[seat.number]
 
     def ponged(self, m: Member) -> None:
         self.unanswered.pop(m, None)
@@ -1430,7 +1636,7 @@ class WebOutlet(Outlet):
         answered the last ping by now is gone."""
         gone = [m for m in self.unanswered if m in self.readers]
         for m in gone:
-            self.drop(m, f"no answer to a ping within {self.settings.web_ping:g} s")
+            self.lose(m, f"no answer to a ping within {self.settings.web_ping:g} s")
         for m in self.readers:
             self.unanswered[m] = None
             self._note(m, WS_PING_FRAME)
@@ -1482,8 +1688,9 @@ class AppOutlet(LineOutlet):
 
     kind = Kind.APP
 
-    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None]):
-        super().__init__(loop, settings, drop)
+    def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
+                 lose: Callable[[Member, str], None]):
+        super().__init__(loop, settings, drop, lose)
         self.readers: dict[Member, AppSeat] = {}   # member -> its seat
         self.idle: set[Member] = set()    # free and sent everything: served on news
         self.marks: list[int] = []        # stream positions where a count was announced
@@ -1597,7 +1804,7 @@ class AppOutlet(LineOutlet):
             seat.idle = True
             self.idle.add(m)
         elif not t.write(piece):
-            self.drop(m, "connection lost while sending")
+            self.lose(m, "connection lost while sending")
         else:
             seat.idle = False
             self.writable(m)
@@ -1648,8 +1855,11 @@ class Room:
     format and no socket.
 
     A named member waits for its welcome until its outlet can take it
-    (ready_at); joins and leaves within count_interval share one count.
-    `entered(m)` is the one call back up: m is in, read what it says.
+    (ready_at); joins and leaves within count_interval share one count.  A
+    member whose outlet holds its seat through a lost connection stays in,
+    away (away, back).  The last `history` chat lines are kept, in memory
+    only, for newcomers.  `entered(m)` is the one call back up: m is in,
+    read what it says.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
@@ -1665,6 +1875,7 @@ class Room:
         self.presence_timer: Timer | None = None
         self.closing = False
         self.guests = 0
+        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text)
 
     def outlet(self, m: Member) -> Outlet:
         return self.outlets[m.kind]
@@ -1703,20 +1914,22 @@ class Room:
 
     # -- what happens ---------------------------------------------------
     def _listening(self) -> list[Outlet]:
-        """The outlets that have readers: only they encode what happens."""
-        return [outlet for outlet in self.outlets.values() if outlet.readers]
+        """The outlets anyone reads from: only they encode what happens."""
+        return [outlet for outlet in self.outlets.values() if outlet.listening]
 
     def chat(self, m: Member, said: str) -> None:
         for outlet in self._listening():
             outlet.chat(m.name, said)
+        self.history.append((m.name, said))
 
     def tell(self, m: Member, text: str) -> None:
         """A line for m alone, after what it has been sent so far."""
         self.outlet(m).note(m, text)
 
     def who(self, m: Member) -> None:
-        """Answer /who to m alone: who is in the room."""
-        self.outlet(m).who(m, [x.name for x in self.members])
+        """Answer /who to m alone: who is in the room (`NAME (away)`: its seat is held)."""
+        self.outlet(m).who(m, [f"{x.name} (away)" if x.stage is Stage.AWAY else x.name
+                               for x in self.members])
 
     def arrive(self, m: Member, not_before: float) -> None:
         """A named member enters once its outlet can take it, not before `not_before`."""
@@ -1731,7 +1944,7 @@ class Room:
             self._release_name(m)
         if m.stage is Stage.WELCOMING:
             self.arrivals.remove(m)
-        if m.stage is not Stage.IN_ROOM:
+        if m not in self.members:
             return False
         del self.members[m]
         self.outlet(m).remove(m)
@@ -1741,6 +1954,17 @@ class Room:
             self.count_due = True
             self._presence_at(self.loop.now)
         return True
+
+    def away(self, m: Member, reason: str) -> None:
+        """m's connection is lost but its outlet holds its seat: it stays in
+        the room, and nobody hears it left."""
+        m.stage = Stage.AWAY
+        log.info("%s (%s) is away: %s", quoted(m.name), m.ip, reason)
+
+    def back(self, m: Member) -> None:
+        """m is back from being away (or on a newer connection)."""
+        m.stage = Stage.IN_ROOM
+        log.info("%s is back, from %s", quoted(m.name), m.ip)
 
     def stop(self) -> None:
         """The last words: the stop lines, and no more counts."""
@@ -1753,9 +1977,12 @@ class Room:
         return any(self.outlet(m).pending(m) for m in self.members)
 
     def snapshot(self) -> list[tuple[str, str, float, str]]:
-        """(name, ip, wall-clock join time, kind) of everyone in, in join order."""
+        """(name, ip, wall-clock join time, kind: `web, away` while its seat is
+        held) of everyone in, in join order."""
         offset = time.time() - time.monotonic()
-        return [(m.name, m.ip, m.ready_at + offset, m.kind.value) for m in self.members]
+        return [(m.name, m.ip, m.ready_at + offset,
+                 f"{m.kind.value}, away" if m.stage is Stage.AWAY else m.kind.value)
+                for m in self.members]
 
     # -- presence: welcomes and the count ---------------------------------
     def _presence_at(self, when: float) -> None:
@@ -1806,6 +2033,8 @@ class Room:
             outlet = self.outlet(m)
             outlet.add(m, present)
             outlet.welcome(m)
+            if self.history:
+                outlet.history(m, list(self.history))
             if folded:
                 outlet.joined_note(m)
         if not folded:
@@ -1933,13 +2162,15 @@ class Entrance:
     text: Callable[[Member, bytes], None]        # a text message: its alias, then its lines
     leave: Callable[..., None]                   # leave(m, reason, code=...): it closed or broke
     close: Callable[..., None]                   # close(m, farewell="", code=None): done with it
+    resume: Callable[[Member, Member], None]     # resume(new, m): new's connection is m's now
 
 
 class WebDoor:
     """The web port: one HTTP request per connection, answered with the
     page, an error, or the upgrade of /ws to a WebSocket (RFC 6455 §4.2);
-    then the WebSocket's frames in (RFC 6455 §5).  The page itself is
-    data, given when the door is made (section 11)."""
+    then the WebSocket's frames in (RFC 6455 §5): a name, or a request for a
+    seat held by the web outlet (docs/PROTOCOL.md, "Coming back"), then
+    lines.  The page itself is data, given when the door is made (section 11)."""
 
     def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
@@ -2022,7 +2253,8 @@ class WebDoor:
                 self.frames(m, data)
 
     def frames(self, m: Member, data: bytes) -> None:
-        """What a web member sent: its alias, its lines, pings, its goodbye."""
+        """What a web member sent: its alias (or its request for its seat
+        back), its lines, pings, its goodbye."""
         try:
             for opcode, payload in m.transport.frame_reader.feed(data):
                 if m.stage is Stage.GONE:
@@ -2042,11 +2274,26 @@ class WebDoor:
                     self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
                     self.entrance.leave(m, "left", code=ws_close_code(payload))
+                elif opcode == WS_BINARY and m.stage is Stage.NAMING \
+                        and (request := resume_request(payload)):
+                    m = self._come_back(m, *request)
                 elif opcode == WS_BINARY:
                     raise WsError(WS_UNSUPPORTED, "binary messages are not taken")
         except WsError as e:
             log.info("closed the web member from %s: %s", m.ip, e)
             self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
+
+    def _come_back(self, m: Member, number: str, secret: str, seen: int) -> Member:
+        """A page asks for its seat back: its connection becomes its member's,
+        which gets what it missed; or it is told why not (`lost`) and names
+        itself as new.  The member this connection now serves."""
+        member, why = self.outlet.claim(number, secret, seen)
+        if member is None:
+            m.transport.write(ws_event("lost", text=why))
+            return m
+        self.entrance.resume(m, member)
+        self.outlet.back(member, seen)
+        return member
 
 
 class Server:
@@ -2068,14 +2315,14 @@ class Server:
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
         self.loop = loop or Loop()
-        self.terminals = LineOutlet(self.loop, settings, self.drop)
-        self.apps = AppOutlet(self.loop, settings, self.drop)
-        self.webs = WebOutlet(self.loop, settings, self.drop)
+        self.terminals = LineOutlet(self.loop, settings, self.drop, self.lose)
+        self.apps = AppOutlet(self.loop, settings, self.drop, self.lose)
+        self.webs = WebOutlet(self.loop, settings, self.drop, self.lose)
         self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs],
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
-        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close),
-                            self.webs)
+        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close,
+                                                           self._take_over), self.webs)
         self.connections: set[Member] = set()
         self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
         self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
@@ -2119,6 +2366,8 @@ class Server:
             log.info("encrypted with TLS: %s", TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
         if s.room_key:
             log.info("this room needs a key: members join as name#KEY")
+        if s.history:
+            log.info("%s", HISTORY_KEPT.format(s.history))
         return self.address
 
     def _listen_on(self, port: int, web: bool) -> tuple[str, int]:
@@ -2154,7 +2403,7 @@ class Server:
         """Stop serving the page; web members are told and leave the room."""
         self._close_listeners(lambda web: web)
         self.web_address = None
-        for m in [m for m in self.connections if m.kind is Kind.WEB]:
+        for m in [m for m in {*self.connections, *self.room.members} if m.kind is Kind.WEB]:
             self.drop(m, "the host turned the web page off",
                       "the host turned the web page off", WS_GOING_AWAY)
         log.info("the chat page is off")
@@ -2369,7 +2618,7 @@ class Server:
     def _writable(self, m: Member) -> None:
         t = m.transport
         if not t.flush():
-            self.drop(m, "connection lost while sending")
+            self.lose(m, "connection lost while sending")
         elif t.blocked:
             return
         elif m.stage is Stage.IN_ROOM:
@@ -2385,7 +2634,7 @@ class Server:
                 if t.inbuf and m.stage is Stage.IN_ROOM and m.transport.frame_reader is None \
                         and not m.transport.skipping:
                     self._say(m, t.inbuf)   # a last line without its line end
-                self.drop(m, "disconnected")
+                self.lose(m, "disconnected")
                 return
             if not data:
                 return
@@ -2393,6 +2642,7 @@ class Server:
                 self.door.request(m, data)
             elif m.transport.frame_reader is not None:
                 self.door.frames(m, data)
+                m = t.owner   # a page back for its seat: its member reads on
             elif m.stage is Stage.NAMING:
                 self._name(m, data)
             else:
@@ -2559,7 +2809,7 @@ class Server:
     def disconnect(self, name: str) -> bool:
         """The host removes a member by name; False if nobody has that name."""
         m = self.room.find(name)
-        if m is None or m.name != name or m.stage is not Stage.IN_ROOM:
+        if m is None or m.name != name or m not in self.room.members:
             return False
         self.drop(m, "disconnected by the host", "you have been disconnected by the host\n",
                   WS_POLICY)
@@ -2578,18 +2828,48 @@ class Server:
         else:
             log.debug("connection from %s closed: %s", m.ip, reason)
 
+    def lose(self, m: Member, reason: str) -> None:
+        """m's connection is gone without a goodbye: its outlet may hold its
+        seat (a web member, --web-grace), and it is away; else it leaves."""
+        if m.stage is Stage.IN_ROOM and not self.stopping and self.room.outlet(m).hold(m):
+            self._hang_up(m)
+            self.room.away(m, reason)
+        else:
+            self.drop(m, reason)
+
+    def _take_over(self, new: Member, m: Member) -> None:
+        """m's page is back on `new`'s connection, which becomes m's; an
+        older one of m's is closed, with TAKEN_OVER (a phone that moved from
+        Wi-Fi to mobile data)."""
+        if m in self.connections:
+            outlet = self.room.outlet(m)
+            self._hang_up(m, outlet.last_words(m, TAKEN_OVER, WS_POLICY, True))
+            log.info("%s (%s) carries on over a newer connection", quoted(m.name), m.ip)
+        self._no_longer_silent(new)
+        self.connections.discard(new)
+        new.stage = Stage.GONE
+        m.transport, m.ip, m.group = new.transport, new.ip, new.group
+        m.transport.hand_over(m)
+        self.connections.add(m)
+        self.room.back(m)
+
     def _close(self, m: Member, farewell: str = "", code: int | None = None,
                was_in: bool = False) -> None:
-        """Release m's socket and counts (the room is told by drop())."""
+        """Release m's connection, if it still has one (the room is told by drop())."""
         if m.stage is Stage.GONE:
             return
-        outlet = self.room.outlet(m)
-        last = outlet.last_words(m, farewell, code, was_in)
+        if m in self.connections:
+            outlet = self.room.outlet(m)
+            self._hang_up(m, outlet.last_words(m, farewell, code, was_in), outlet.farewell_at(m))
         m.stage = Stage.GONE
+
+    def _hang_up(self, m: Member, last_words: bytes = b"", at: float = 0.0) -> None:
+        """Close m's socket (after `last_words`, at `at`) and release its counts."""
         if m.resume:
             m.resume.cancel()
+            m.resume = None
         self._no_longer_silent(m)
-        m.transport.close(last, 0.0 if self.stopping else outlet.farewell_at(m))
+        m.transport.close(last_words, 0.0 if self.stopping else at)
         self.connections.discard(m)
         if self.door.refusals.pop(m, None) is None:
             self.per_ip[m.group] -= 1
@@ -3777,9 +4057,10 @@ def since_text(when: float) -> str:
 
 
 def privacy_text(settings: Settings) -> str:
-    """Whether the room is encrypted and needs a key, in a few words."""
+    """Whether the room is encrypted, needs a key and keeps lines for newcomers, in a few words."""
     encrypted = "encrypted (TLS)" if settings.tls_cert else "not encrypted"
-    return f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
+    text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
+    return text + (f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
@@ -5170,15 +5451,22 @@ def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
                                            "desktop (default: %(default)s)")
 
 
-def add_page_options(p: argparse.ArgumentParser) -> None:
+def add_page_options(p: argparse.ArgumentParser, d: Settings) -> None:
     page = p.add_argument_group("the chat page, for members with only a browser")
     page.add_argument("--web-port", type=web_port_number, metavar="N",
                       help="serve the page and its WebSocket on this port (0: any free one); "
                            "off unless given")
+    page.add_argument("--web-grace", type=at_least(0, float), default=d.web_grace, metavar="S",
+                      help="a page whose connection is lost (a phone asleep, a change of network) "
+                           "keeps its seat this long, away, and gets what it missed when it is "
+                           "back (0: it leaves at once; default: %(default)s)")
 
 
-def add_privacy_options(p: argparse.ArgumentParser) -> None:
+def add_privacy_options(p: argparse.ArgumentParser, d: Settings) -> None:
     privacy = p.add_argument_group("privacy")
+    privacy.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
+                         help="keep the last N chat lines, in memory only, and show them to "
+                              "newcomers (default: %(default)s, nothing kept)")
     key = privacy.add_mutually_exclusive_group()
     key.add_argument("--room-key", type=room_key_text, metavar="KEY",
                      help="members must join as name#KEY")
@@ -5226,8 +5514,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ask the router to forward the room's port with UPnP / NAT-PMP / PCP")
     add_limit_options(p, d)
     add_reader_options(p, d)
-    add_page_options(p)
-    add_privacy_options(p)
+    add_page_options(p, d)
+    add_privacy_options(p, d)
     add_client_options(p)
     args = p.parse_args(argv)
     if args.connect is None and (args.name is not None or args.tls or args.ca or args.insecure):
@@ -5291,6 +5579,9 @@ def join_banner(settings: Settings, join: FriendsJoin) -> str:
         lines.append("  with the room key:  friends join as name#KEY")
         if join.key_warning:
             lines.append(f"  warning: {join.key_warning}")
+    if settings.history:
+        lines.append(f"  history:            {HISTORY_KEPT.format(settings.history)} "
+                     f"(kept in memory only)")
     if settings.public_ip_url:
         lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
                      f"public address; --public-ip-url '' turns that off.")
@@ -5509,6 +5800,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 }
 .log li.note { font-style: italic; }
 .log li.mark { color: var(--warn-text); font-weight: 600; font-style: normal; }
+.log li.earlier { opacity: 0.72; }
 .n0 { color: var(--n0); } .n1 { color: var(--n1); } .n2 { color: var(--n2); } .n3 { color: var(--n3); }
 .n4 { color: var(--n4); } .n5 { color: var(--n5); } .n6 { color: var(--n6); } .n7 { color: var(--n7); }
 .own .head { color: var(--quiet); }
@@ -5607,6 +5899,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   const WHO_PATIENCE = 5000;    // ms to wait for a "who" answer before asking again
   const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
   const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
+  const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -5636,7 +5929,11 @@ button:disabled { cursor: default; opacity: 0.55; }
     names: [], others: 0, count: 0,
     whoPending: false, whoTimer: 0, whoShown: false,
     lastHeard: 0, hiddenAt: 0, probeTimer: 0,
-    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0
+    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0,
+    token: "",           // brings this page back to its seat after a lost connection
+    seen: 0,             // the mark of the last event shown: what it missed starts there
+    grace: 0,            // seconds the room holds the seat of a lost connection
+    lostAt: 0            // when the connection was lost while in the room
   };
 
   /* ---------- small helpers ---------- */
@@ -5681,6 +5978,35 @@ button:disabled { cursor: default; opacity: 0.55; }
     try { return localStorage.getItem(NAME_KEY) || ""; } catch (e) { return ""; }
   }
 
+  function keepSeat() {
+    try {
+      sessionStorage.setItem(SEAT_KEY, JSON.stringify(
+        { token: room.token, seen: room.seen, grace: room.grace, name: room.name }));
+    } catch (e) { /* kept in this page only */ }
+  }
+
+  function forgetSeat() {
+    room.token = "";
+    try { sessionStorage.removeItem(SEAT_KEY); } catch (e) { /* nothing kept */ }
+  }
+
+  function keptSeat() {
+    // A tab the phone put away and reloaded may still have its seat.
+    try {
+      const seat = JSON.parse(sessionStorage.getItem(SEAT_KEY) || "null");
+      if (seat && typeof seat.token === "string" && typeof seat.seen === "number") {
+        room.token = seat.token;
+        room.seen = seat.seen;
+        room.grace = Number(seat.grace) || 0;
+        room.name = String(seat.name || "");
+      }
+    } catch (e) { /* none */ }
+  }
+
+  function seatHeld() {
+    return !!room.token && room.grace > 0 && (!room.lostAt || Date.now() - room.lostAt < room.grace * 1000);
+  }
+
   /* ---------- the message list ---------- */
 
   function nearBottom() {
@@ -5718,17 +6044,17 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   }
 
-  function addChat(name, text) {
+  function addChat(name, text, earlier) {
     const own = name === room.me;
-    const item = make("li", own ? "own" : "");
+    const item = make("li", (own ? "own" : "") + (earlier ? " earlier" : ""));
     const bubble = make("div", "bubble");
     const head = make("div", "head " + (own ? "" : colourOf(name)));
     head.appendChild(make("span", "", own ? "You" : name));
-    head.appendChild(make("span", "time", clock()));
+    head.appendChild(make("span", "time", earlier ? "earlier" : clock()));
     bubble.appendChild(head);
     bubble.appendChild(make("div", "text", String(text)));
     item.appendChild(bubble);
-    append(item, !own);
+    append(item, !own && !earlier);
   }
 
   function addLine(text, kind) {
@@ -5834,6 +6160,12 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (room.everIn) { say("Reconnecting…", false, ""); }
   }
 
+  function askSeatBack() {
+    // A binary message: a name is always text, so the two are never confused.
+    room.ws.send(new TextEncoder().encode(JSON.stringify({ resume: room.token, seen: room.seen })));
+    room.aliasSent = true;
+  }
+
   function sendAlias() {
     if (room.keyNeeded && !room.key) {
       room.wantJoin = false;
@@ -5855,7 +6187,9 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.retryText = "";
       room.keyNeeded = !!msg.key;
       ui.keyRow.hidden = !room.keyNeeded;
-      if (room.wantJoin || room.everIn) {
+      if (seatHeld()) {
+        askSeatBack();
+      } else if (room.wantJoin || room.everIn) {
         sendAlias();
       } else if (ui.chat.hidden) {
         ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
@@ -5865,6 +6199,15 @@ button:disabled { cursor: default; opacity: 0.55; }
     welcome: function (msg) {
       const back = room.everIn;
       room.me = String(msg.name || room.name);
+      if (msg.token) {
+        room.token = String(msg.token);
+        room.grace = Number(msg.grace) || 0;
+        room.seen = Number(msg.at) || 0;
+        keepSeat();
+      } else {
+        forgetSeat();
+      }
+      room.lostAt = 0;
       room.inRoom = room.everIn = true;
       room.wantJoin = false;
       room.attempt = 0;
@@ -5875,7 +6218,10 @@ button:disabled { cursor: default; opacity: 0.55; }
       ui.me.textContent = "You are " + room.me;
       showChat();
       setCanSend(true);
-      if (back) {
+      if (msg.back) {
+        addLine(msg.missed ? "Back: what was said while you were away" : "Back: you missed nothing", "note mark");
+        banner("Reconnected", "ok");
+      } else if (back) {
         addLine("Reconnected", "note mark");
         banner("Reconnected", "ok");
       } else {
@@ -5904,7 +6250,24 @@ button:disabled { cursor: default; opacity: 0.55; }
       renderPeople();
       if (room.count !== room.names.length + room.others) { askWho(); }
     },
-    chat: function (msg) { addChat(String(msg.name), msg.text); },
+    chat: function (msg) { addChat(String(msg.name), msg.text, false); },
+    history: function (msg) {
+      const lines = Array.isArray(msg.lines) ? msg.lines : [];
+      if (lines.length) { addLine("Earlier in the room", "note"); }
+      lines.forEach(function (line) { addChat(String(line.name), line.text, true); });
+    },
+    lost: function (msg) {
+      // The seat was not kept: join again as new, on this same socket.
+      forgetSeat();
+      room.aliasSent = false;
+      const text = sentence(plain(msg.text));
+      if (room.everIn || room.wantJoin) {
+        if (!ui.chat.hidden) { addLine(text, "note mark"); }
+        sendAlias();
+      } else {
+        showJoin(text, false, false);
+      }
+    },
     note: function (msg) { addLine(msg.text, "note"); },
     who: function (msg) {
       room.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
@@ -5930,6 +6293,10 @@ button:disabled { cursor: default; opacity: 0.55; }
     try { msg = JSON.parse(data); } catch (e) { return; }
     if (msg && typeof msg === "object" && Object.prototype.hasOwnProperty.call(handlers, msg.type)) {
       handlers[msg.type](msg);
+      if (typeof msg.at === "number" && room.token && msg.type !== "welcome") {
+        room.seen = msg.at;
+        keepSeat();
+      }
     }
   }
 
@@ -5937,6 +6304,11 @@ button:disabled { cursor: default; opacity: 0.55; }
     const wasIn = room.inRoom;
     room.ws = null;
     room.inRoom = false;
+    if (code === 1008 || room.stopped) {
+      forgetSeat();   // put out, carried on elsewhere, or the room stopped: no seat is held
+    } else if (wasIn) {
+      room.lostAt = Date.now();
+    }
     clearTimeout(room.probeTimer);
     setCanSend(false);
     renderPeople();
@@ -5979,7 +6351,9 @@ button:disabled { cursor: default; opacity: 0.55; }
   function scheduleRetry() {
     clearRetry();
     const base = Math.min(MAX_DELAY, Math.pow(2, room.attempt));
-    const delay = Math.min(MAX_DELAY, base * (0.8 + 0.4 * Math.random()));
+    // While the room holds the seat, come back well inside its grace.
+    const most = seatHeld() ? Math.min(MAX_DELAY, room.grace / 5) : MAX_DELAY;
+    const delay = Math.min(most, base * (0.8 + 0.4 * Math.random()));
     room.attempt = Math.min(room.attempt + 1, 10);
     room.retryAt = Date.now() + delay * 1000;
     room.retryTimer = setTimeout(connect, delay * 1000);
@@ -6121,13 +6495,14 @@ button:disabled { cursor: default; opacity: 0.55; }
   window.addEventListener("pagehide", function () {
     const ws = room.ws;
     clearRetry();
-    if (ws) { room.ws = null; ws.close(1000); }
+    if (ws) { room.ws = null; ws.close(1000); forgetSeat(); }   // a leave: the seat ends
   });
   window.addEventListener("pageshow", function (ev) {
     if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
   });
 
   ui.name.value = remembered();
+  keptSeat();
   setCanSend(false);
   renderPeople();
   ui.name.focus();

@@ -309,6 +309,14 @@ class ServerCase(unittest.TestCase):
             time.sleep(0.02)
         return got
 
+    def assert_app_shows_well(self, app: AppClient) -> None:
+        """Nothing the App could get wrong: no decode error, every box read a
+        count line alone, no count text in the chat area."""
+        self.assertIsNone(app.error)
+        for _, box in app.boxes:
+            self.assertRegex(box.encode(), rb"^\d+ (person is|people are) online\.\.\.\n$")
+        self.assertNotRegex(app.chat, r"(?m)^\d+ (person is|people are) online\.\.\.$")
+
     def log_text(self) -> str:
         for h in pcr.log.handlers:
             h.flush()
@@ -750,14 +758,6 @@ class AppReaderTest(ServerCase):
     one read at a time, when the App is free; the count alone and current;
     no read that splits a character or looks like a count."""
 
-    def assert_app_shows_well(self, app: AppClient) -> None:
-        """Nothing the App could get wrong: no decode error, every box read a
-        count line alone, no count text in the chat area."""
-        self.assertIsNone(app.error)
-        for _, box in app.boxes:
-            self.assertRegex(box.encode(), rb"^\d+ (person is|people are) online\.\.\.\n$")
-        self.assertNotRegex(app.chat, r"(?m)^\d+ (person is|people are) online\.\.\.$")
-
     def test_an_app_whose_user_takes_30_s_to_type_a_name_joins_at_the_real_pace(self):
         self.start(**{k: v for k, v in FAST.items()
                       if k not in ("welcome_delay", "count_interval", "app_char_time", "app_margin")})
@@ -947,6 +947,76 @@ class AppReaderTest(ServerCase):
         tom.send(b"tom: marker\n")
         ann.wait_chat("tom: marker\n")
         self.assertEqual(ann.chat.count("in the room now"), 1)
+
+
+class HistoryTest(ServerCase):
+    """--history N: the room keeps its last N chat lines, in memory only, and a
+    newcomer of any kind gets them before its own join line (issue 16)."""
+
+    def said_before(self, history: int, **overrides) -> Client:
+        """A room keeping `history` lines where tom said one, two, three, and
+        bob came and went."""
+        self.start(history=history, **overrides)
+        tom = self.member("tom")
+        for text in ("one", "two"):
+            tom.send(f"tom: {text}\n".encode())
+        self.member("bob").close()
+        tom.read_until(b"bob has left the chat...\n")
+        tom.send(b"tom: three\n")
+        tom.read_until(b"tom: three\n")
+        return tom
+
+    def test_a_terminal_newcomer_gets_the_last_lines_then_its_own_join(self):
+        self.said_before(2)
+        zoe = self.connect()
+        zoe.answer(b"zoe\n")
+        self.assertEqual(zoe.read_until(b"zoe joined the chat...\n"),
+                         b"tom: two\ntom: three\nzoe joined the chat...\n")
+        self.assertNotIn("tom: t", self.log_text())
+
+    def test_nothing_is_kept_unless_asked(self):
+        self.assertEqual(pcr.Settings().history, 0)
+        self.assertEqual(pcr.parse_args([]).history, 0)
+        self.said_before(pcr.parse_args([]).history)
+        zoe = self.connect()
+        zoe.answer(b"zoe\n")
+        self.assertEqual(zoe.read_until(b"zoe joined the chat...\n"), b"zoe joined the chat...\n")
+
+    def test_a_web_newcomer_gets_them_as_earlier_lines_before_its_join(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        self.said_before(5, web_port=0)
+        page = WebMember(self.server.web_address[1], "wendy")
+        self.addCleanup(page.close)
+        self.assertEqual(page.next()["type"], "welcome")
+        self.assertEqual(page.next(), {"type": "history", "lines": [
+            {"name": "tom", "text": text} for text in ("one", "two", "three")]})
+        self.assertEqual(page.next()["names"], ["wendy"])
+
+    def test_an_app_gets_them_paced_whole_lines_a_read_at_a_time(self):
+        self.start(history=4, line_rate=0, app_char_time=0.0005)
+        tom = self.member("tom")
+        lines = [f"tom: {k} " + "\u00e9\u65e5\U0001f44b" * 60 for k in range(4)]   # 600 bytes each
+        tom.send("".join(line + "\n" for line in lines).encode())
+        tom.read_until(lines[-1].encode() + b"\n")
+        ann = self.app("ann")
+        ann.wait_box("2 people are online...\n")
+        ann.wait_chat("ann joined the chat...\n")
+        self.assertEqual(ann.chat, "".join(line + "\n" for line in lines) + "ann joined the chat...\n")
+        self.assert_app_shows_well(ann)
+        chat_reads = [data for _, data in ann.reads if data != b"ALIAS" and data not in ann.dropped]
+        self.assertGreater(len(chat_reads), 2)
+        self.assertTrue(all(len(data) <= 1024 and data.endswith(b"\n") for data in chat_reads))
+
+    def test_the_banner_and_the_window_say_newcomers_see_the_last_lines(self):
+        settings = pcr.Settings(history=20, public_ip_url="")
+        banner = pcr.join_banner(settings, pcr.friends_join(settings, ("0.0.0.0", 5050),
+                                                            "192.168.1.5", None, None))
+        self.assertIn("  history:            newcomers see the last 20 chat lines "
+                      "(kept in memory only)\n", banner)
+        self.assertIn("newcomers see the last 20 chat lines", pcr.privacy_text(settings))
+        self.assertNotIn("history", pcr.join_banner(pcr.Settings(public_ip_url=""), pcr.friends_join(
+            pcr.Settings(), ("0.0.0.0", 5050), "192.168.1.5", None, None)))
 
 
 class ChatTest(ServerCase):
@@ -2831,12 +2901,27 @@ class WebMember:
                  scheme: str = "ws", ssl_context=None):
         self.ws = ws_connect(f"{scheme}://127.0.0.1:{port}/ws", origin=origin, open_timeout=WAIT,
                              ssl=ssl_context, server_hostname="localhost" if ssl_context else None)
+        self.token = ""   # the last welcome's: brings this member back to its seat
+        self.seen = 0     # the mark of the last event read: what it missed starts after it
         self.hello = self.next()
         if alias is not None:
             self.ws.send(alias)
 
     def next(self, timeout: float = WAIT) -> dict:
-        return json.loads(self.ws.recv(timeout))
+        message = json.loads(self.ws.recv(timeout))
+        self.token = message.get("token", self.token)
+        self.seen = message.get("at", self.seen)
+        return message
+
+    def ask_seat_back(self, token: str, seen: int) -> None:
+        """The page's request for its seat: a binary message, before any name."""
+        self.ws.send(json.dumps({"resume": token, "seen": seen}).encode())
+
+    def lose(self) -> None:
+        """The connection dies under the page (a reset, no close frame)."""
+        self.ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.ws.socket.shutdown(socket.SHUT_RDWR)   # wakes the library's reader; then the reset
+        self.ws.socket.close()
 
     def until(self, kind: str, timeout: float = WAIT, **match) -> dict:
         """The next message of this kind (and these fields); fails after `timeout`."""
@@ -2880,8 +2965,8 @@ def http_get(port: int, request: bytes) -> bytes:
     return got
 
 
-class WebPageTest(ServerCase):
-    """--web-port: the page, its WebSocket, and web members like any other (issue 12)."""
+class WebCase(ServerCase):
+    """A room with its page, and web members spoken for by the websockets package."""
 
     settings = {"web_port": 0}
 
@@ -2897,6 +2982,10 @@ class WebPageTest(ServerCase):
         w = WebMember(self.web, alias, **kw)
         self.addCleanup(w.close)
         return w
+
+
+class WebPageTest(WebCase):
+    """--web-port: the page, its WebSocket, and web members like any other (issue 12)."""
 
     # -- HTTP -------------------------------------------------------------------
     def test_the_page_comes_with_its_security_headers(self):
@@ -3007,7 +3096,7 @@ class WebPageTest(ServerCase):
         self.assertTrue(wendy.ws.ping(b"are you there").wait(WAIT))
 
     def test_a_page_that_never_answers_a_ping_leaves_and_one_that_answers_stays(self):
-        self.start(web_ping=0.3)
+        self.start(web_ping=0.3, web_grace=0)
         ann = self.member("ann")
         wendy = self.web_member("wendy")   # the websockets package answers pings
         sock, got = raw_upgrade(self.web)   # a page whose connection is gone: it answers nothing
@@ -3079,6 +3168,230 @@ class WebPageTest(ServerCase):
         self.assertEqual(wendy.until("welcome")["name"], "wendy")
 
 
+class WebGraceTest(WebCase):
+    """--web-grace: a page whose connection is lost keeps its seat, away, and
+    gets what it missed, once and in order, when it comes back (issue 16)."""
+
+    settings = {"web_port": 0, "web_grace": 3.0}
+
+    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
+        """tom at a terminal and wendy on the page, both counted."""
+        self.start(**overrides)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("count", n=2)
+        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
+        return wendy, tom
+
+    def away(self, wendy: WebMember, tom: Client) -> None:
+        """wendy's connection dies; the room notices and holds her seat."""
+        wendy.lose()
+        self.wait_on_loop(lambda: self.server.room.find("wendy").stage is pcr.Stage.AWAY,
+                          "wendy away")
+
+    def back(self, token: str, seen: int) -> WebMember:
+        page = self.web_member(None)
+        page.ask_seat_back(token, seen)
+        return page
+
+    def test_the_grace_is_two_minutes_unless_told_and_0_turns_it_off(self):
+        self.assertEqual(pcr.Settings().web_grace, 120.0)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "5050"]))[0].web_grace, 120.0)
+        self.assertEqual(pcr.parse_args(["--web-grace", "0"]).web_grace, 0.0)
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
+            pcr.parse_args(["--web-grace", "-1"])
+
+    def test_a_lost_connection_is_away_and_comes_back_as_the_same_member(self):
+        wendy, tom = self.wendy_and_tom()
+        token, seen = wendy.token, wendy.seen
+        self.assertRegex(token, r"^\d+\.[0-9a-f]{32}$")   # 128 random bits after the seat's number
+        self.away(wendy, tom)
+        for k in range(3):
+            tom.send(f"tom: while you were away {k}\n".encode())
+        tom.send(b"/who\n")
+        said = tom.read_until(b"in the room now (2): tom, wendy (away)\n")
+        self.assertNotIn(b"left", said)
+        self.assertEqual(self.on_loop(self.server.room.snapshot)[1][3], "web, away")
+        page = self.back(token, seen)
+        welcome = page.until("welcome")
+        self.assertEqual((welcome["name"], welcome["back"], welcome["missed"]), ("wendy", True, True))
+        self.assertNotEqual(welcome["token"], token)
+        missed = [page.until("chat")["text"] for _ in range(3)]
+        self.assertEqual(missed, [f"while you were away {k}" for k in range(3)])
+        page.ws.send("I am back")
+        got = tom.read_until(b"wendy: I am back\n")
+        self.assertNotIn(b"joined", got)
+        self.assertNotIn(b"left", got)
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, wendy\n")
+        with self.assertRaises(TimeoutError):   # every missed line came once
+            page.until("chat", timeout=0.5, text="while you were away 0")
+        log = self.log_text()
+        self.assertIn('"wendy" (127.0.0.1) is away: disconnected', log)
+        self.assertIn('"wendy" is back, from 127.0.0.1', log)
+        self.assertNotIn("while you were away", log)
+        self.assertNotIn(token.split(".")[1], log)
+        self.assertNotIn(welcome["token"].split(".")[1], log)
+
+    def test_what_was_missed_starts_from_what_the_page_last_saw(self):
+        wendy, tom = self.wendy_and_tom()
+        tom.send(b"tom: one\n")
+        wendy.until("chat", text="one")
+        shown = wendy.seen   # the page showed "one", and no more: its phone fell asleep
+        tom.send(b"tom: two\ntom: three\n")
+        wendy.until("chat", text="three")   # in its socket, never shown
+        self.away(wendy, tom)
+        page = self.back(wendy.token, shown)
+        self.assertTrue(page.until("welcome")["missed"])
+        self.assertEqual([page.until("chat")["text"] for _ in range(2)], ["two", "three"])
+
+    def test_a_second_connection_with_the_token_takes_the_seat_and_the_older_is_closed(self):
+        wendy, tom = self.wendy_and_tom()
+        phone = self.back(wendy.token, wendy.seen)   # the same page, now on mobile data
+        self.assertEqual(phone.until("welcome")["back"], True)
+        self.assertIn("carries on over a newer connection", wendy.until("note")["text"])
+        self.assertEqual(wendy.close_code(), pcr.WS_POLICY)
+        phone.ws.send("still me")
+        got = tom.read_until(b"wendy: still me\n")
+        self.assertNotIn(b"left", got)
+        self.assertNotIn(b"joined", got)
+        self.assertEqual(self.on_loop(lambda: len(self.server.connections)), 2)
+
+    def test_the_token_is_replaced_at_each_return_and_an_old_one_is_refused(self):
+        wendy, tom = self.wendy_and_tom()
+        first = wendy.token
+        self.away(wendy, tom)
+        page = self.back(first, wendy.seen)
+        second = page.until("welcome")["token"]
+        self.assertNotEqual(second, first)
+        stranger = self.back(first, wendy.seen)
+        self.assertEqual(stranger.until("lost")["text"], pcr.SEAT_GONE)
+        forged = self.back(second.split(".")[0] + "." + "0" * 32, wendy.seen)
+        self.assertEqual(forged.until("lost")["text"], pcr.SEAT_GONE)
+        stranger.ws.send("wendy")   # refused, it names itself: a newcomer, with a number
+        self.assertEqual(stranger.until("welcome")["name"], "wendy (2)")
+        page.ws.send("the seat is still mine")
+        tom.read_until(b"wendy: the seat is still mine\n")
+
+    def test_a_request_for_a_seat_is_never_taken_for_a_name_nor_a_name_for_one(self):
+        wendy, tom = self.wendy_and_tom()
+        text = self.web_member(json.dumps({"resume": wendy.token, "seen": wendy.seen}))
+        self.assertNotEqual(text.until("welcome")["name"], "wendy")   # a text is a name
+        tom.read_until(b"joined the chat...\n")
+        late = self.web_member("zoe")
+        late.until("welcome")
+        late.ask_seat_back(wendy.token, wendy.seen)   # after the name: not a request
+        self.assertEqual(late.close_code(), pcr.WS_UNSUPPORTED)
+        wendy.ws.send("nobody took my seat")
+        tom.read_until(b"wendy: nobody took my seat\n")
+
+    def test_a_page_away_longer_than_the_grace_leaves_once(self):
+        wendy, tom = self.wendy_and_tom(web_grace=1.0)
+        token, seen = wendy.token, wendy.seen
+        lost = time.monotonic()
+        self.away(wendy, tom)
+        got = tom.read_until(b"wendy has left the chat...\n1 person is online...\n", timeout=WAIT)
+        self.assertGreater(time.monotonic() - lost, 1.0 - 0.1)
+        self.assertNotIn(b"left", got[:-len(b"wendy has left the chat...\n1 person is online...\n")])
+        self.assertIn('"wendy" (127.0.0.1) left: away for more than 1 s', self.log_text())
+        page = self.back(token, seen)
+        self.assertEqual(page.until("lost")["text"], pcr.SEAT_GONE)
+        page.ws.send("wendy")
+        self.assertNotIn("back", page.until("welcome", name="wendy"))
+        tom.read_until(b"wendy joined the chat...\n")
+        self.assertEqual(tom.read_for(0.3).count(b"left"), 0)
+
+    def test_a_ping_left_unanswered_is_away_then_gone_after_the_grace(self):
+        self.start(web_ping=0.3, web_grace=1.0)
+        ann = self.member("ann")
+        sock, got = raw_upgrade(self.web)   # a page that answers nothing: its phone hangs
+        self.addCleanup(sock.close)
+        sock.sendall(WebSocketFramesTest.masked(b"ghost"))
+        ann.read_until(b"ghost joined the chat...\n")
+        started = time.monotonic()
+        self.wait_on_loop(lambda: self.server.room.find("ghost").stage is pcr.Stage.AWAY,
+                          "ghost away", timeout=0.3 * 2 + 2.0)
+        ann.send(b"/who\n")
+        ann.read_until(b"in the room now (2): ann, ghost (away)\n")
+        ann.read_until(b"ghost has left the chat...\n1 person is online...\n", timeout=WAIT)
+        self.assertGreater(time.monotonic() - started, 0.3 + 1.0 - 0.1)
+        log = self.log_text()
+        self.assertIn('"ghost" (127.0.0.1) is away: no answer to a ping within 0.3 s', log)
+        self.assertIn('"ghost" (127.0.0.1) left: away for more than 1 s', log)
+
+    def test_a_deliberate_leave_and_the_hosts_disconnect_are_leaves_at_once(self):
+        wendy, tom = self.wendy_and_tom(web_grace=60.0)
+        wendy.close()   # the page's own close frame
+        tom.read_until(b"wendy has left the chat...\n", timeout=1.0)
+        zoe = self.web_member("zoe")
+        zoe.until("count", n=2)
+        zoe.lose()
+        self.wait_on_loop(lambda: self.server.room.find("zoe").stage is pcr.Stage.AWAY, "zoe away")
+        self.assertTrue(self.on_loop(self.server.disconnect, "zoe"))   # the window's Disconnect
+        tom.read_until(b"zoe has left the chat...\n1 person is online...\n", timeout=1.0)
+        self.assertIsNone(self.on_loop(self.server.room.find, "zoe"))
+
+    def test_turning_the_page_off_ends_the_seats_held(self):
+        wendy, tom = self.wendy_and_tom(web_grace=60.0)
+        self.away(wendy, tom)
+        self.on_loop(self.server.close_page)
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n", timeout=1.0)
+
+    def test_with_no_grace_a_lost_connection_is_a_leave_at_once(self):
+        wendy, tom = self.wendy_and_tom(web_grace=0)
+        self.assertEqual(wendy.token, "")
+        wendy.lose()
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n", timeout=1.0)
+
+    def test_a_seat_past_the_backlog_ends_as_a_leave_and_the_page_hears_why(self):
+        wendy, tom = self.wendy_and_tom(max_backlog=2048, line_rate=0)
+        token, seen = wendy.token, wendy.seen
+        self.away(wendy, tom)
+        for k in range(30):
+            tom.send(f"tom: {k:02} {'x' * 100}\n".encode())
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n")
+        page = self.back(token, seen)
+        self.assertEqual(page.until("lost")["text"], pcr.MISSED_TOO_MUCH)
+        page.ws.send("wendy")
+        self.assertEqual(page.until("welcome")["name"], "wendy")
+        self.assertIn('"wendy" (127.0.0.1) left: missed over 2048 bytes while away', self.log_text())
+
+    def test_a_page_that_saw_too_little_of_a_long_stay_missed_too_much(self):
+        wendy, tom = self.wendy_and_tom(max_backlog=2048, line_rate=0)
+        token, seen = wendy.token, wendy.seen
+        for k in range(30):   # read by the page's socket, never shown
+            tom.send(f"tom: {k:02} {'x' * 100}\n".encode())
+        wendy.until("chat", text=f"29 {'x' * 100}")
+        self.away(wendy, tom)
+        page = self.back(token, seen)
+        self.assertEqual(page.until("lost")["text"], pcr.MISSED_TOO_MUCH)
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n")
+
+    def test_a_name_asked_for_during_the_grace_gets_a_number_and_none_of_the_missed_lines(self):
+        wendy, tom = self.wendy_and_tom()
+        self.away(wendy, tom)
+        tom.send(b"tom: only for wendy\n")
+        tom.read_until(b"tom: only for wendy\n")
+        twin = self.connect()
+        twin.answer(b"wendy\n")
+        got = twin.read_until(b"the room knows you as wendy (2)\n")
+        self.assertNotIn(b"only for wendy", got + twin.read_for(0.3))
+        page = self.back(wendy.token, wendy.seen)
+        self.assertEqual(page.until("welcome")["name"], "wendy")
+        self.assertEqual(page.until("chat")["text"], "only for wendy")
+
+    def test_coming_back_does_not_replay_the_history(self):
+        wendy, tom = self.wendy_and_tom(history=5)
+        tom.send(b"tom: before\n")
+        wendy.until("chat", text="before")
+        self.away(wendy, tom)
+        tom.send(b"tom: after\n")
+        page = self.back(wendy.token, wendy.seen)
+        page.until("welcome")
+        self.assertEqual(page.next(), {"type": "chat", "name": "tom", "text": "after",
+                                       "at": page.seen})
+
+
 try:
     from selenium import webdriver
     from selenium.common.exceptions import NoAlertPresentException, WebDriverException
@@ -3093,8 +3406,9 @@ NO_BROWSER = ("the browser tests need Chromium, its driver and selenium "
 SCREENSHOTS = os.environ.get("PCR_SCREENSHOTS")   # a folder: keep the page's screenshots there
 
 
-class BrowserTest(ServerCase):
-    """The page in a real browser: headless Chromium, driven by selenium."""
+class BrowserCase(ServerCase):
+    """The page in a real browser: headless Chromium, driven by selenium
+    (one browser for each class of tests)."""
 
     settings = {"web_port": 0}
 
@@ -3127,8 +3441,9 @@ class BrowserTest(ServerCase):
         self.driver.get("about:blank")
         self.driver.get_log("browser")   # start each test with an empty console
 
-    def open_page(self) -> None:
-        self.driver.get(f"http://127.0.0.1:{self.server.web_address[1]}/")
+    def open_page(self, port: int | None = None) -> None:
+        """The page, from the room's web port or from `port` (a proxy in front of it)."""
+        self.driver.get(f"http://127.0.0.1:{port or self.server.web_address[1]}/")
 
     def find(self, css: str):
         return self.driver.find_element(By.CSS_SELECTOR, css)
@@ -3158,6 +3473,10 @@ class BrowserTest(ServerCase):
     def assert_no_policy_violations(self) -> None:
         console = [e["message"] for e in self.driver.get_log("browser")]
         self.assertEqual([m for m in console if "Content Security Policy" in m], [])
+
+
+class BrowserTest(BrowserCase):
+    """The page on a phone: joining, chatting, refusals, a restart."""
 
     def test_a_phone_joins_chats_with_a_terminal_and_sees_who_is_here(self):
         self.start()
@@ -3212,6 +3531,240 @@ class BrowserTest(ServerCase):
         tom.read_until(b"Wendy joined the chat...\n", timeout=15)
         self.say("back again")
         tom.read_until(b"Wendy: back again\n")
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of `port`, the network between a phone
+    and the room: the test can freeze it (nothing goes through, as when a
+    network hangs), cut it (every connection reset, new ones refused) and
+    restore it.  One thread relays; each change is made by that thread."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.state = "open"
+        self.peers: dict[socket.socket, socket.socket] = {}   # each end -> the other
+        self.asked: list[tuple[str, threading.Event]] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _set(self, state: str) -> None:
+        done = threading.Event()
+        self.asked.append((state, done))
+        assert done.wait(WAIT), f"the proxy did not {state}"
+
+    def freeze(self) -> None:
+        self._set("frozen")
+
+    def cut(self) -> None:
+        self._set("cut")
+
+    def restore(self) -> None:
+        self._set("open")
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(WAIT)
+
+    def _run(self) -> None:
+        while self.running:
+            while self.asked:
+                self.state, done = self.asked.pop(0)
+                if self.state == "cut":
+                    self._reset_all()
+                done.set()
+            watched = [self.listener] if self.state != "frozen" else []
+            if self.state == "open":
+                watched += list(self.peers)
+            for sock in select.select(watched, [], [], 0.02)[0] if watched else time.sleep(0.02) or []:
+                if sock is self.listener:
+                    self._accept()
+                elif sock in self.peers:
+                    self._relay(sock)
+        self._reset_all()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        if self.state == "cut":
+            self._reset(conn)
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target), WAIT)
+        self.peers[conn], self.peers[upstream] = upstream, conn
+
+    def _relay(self, sock: socket.socket) -> None:
+        other = self.peers[sock]
+        try:
+            data = sock.recv(65536)
+            if data:
+                other.sendall(data)
+                return
+        except OSError:
+            pass
+        for end in (sock, other):   # one side closed: so does the other
+            del self.peers[end]
+            end.close()
+
+    @staticmethod
+    def _reset(sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def _reset_all(self) -> None:
+        for sock in list(self.peers):
+            self._reset(sock)
+        self.peers.clear()
+
+
+class PhoneSleepTest(BrowserCase):
+    """A phone's page through a network that drops (issue 16): headless
+    Chromium reaches the room through a proxy the test cuts and restores."""
+
+    GRACE = 6.0
+
+    def wendy_through_a_proxy(self, **overrides) -> tuple[CuttableProxy, Client]:
+        """tom at a terminal; Wendy's page through the proxy, in the room."""
+        self.start(**{"web_grace": self.GRACE, **overrides})
+        proxy = CuttableProxy(self.server.web_address[1])
+        self.addCleanup(proxy.close)
+        tom = self.member("tom")
+        self.open_page(proxy.port)
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n2 people are online...\n")
+        return proxy, tom
+
+    def log_lines(self) -> list[str]:
+        """Everything the page's log shows, a line an item."""
+        return [e.get_attribute("textContent")
+                for e in self.driver.find_elements(By.CSS_SELECTOR, "#log li")]
+
+    def bubbles(self) -> list[str]:
+        """The chat lines the page shows, oldest first."""
+        return [e.get_attribute("textContent")
+                for e in self.driver.find_elements(By.CSS_SELECTOR, "#log .text")]
+
+    def seat(self) -> dict:
+        return json.loads(self.driver.execute_script("return sessionStorage.getItem('pcr-seat')") or "{}")
+
+    def lines_from(self, tom: Client, prefix: str, n: int) -> list[str]:
+        """tom says n lines: prefix 0, prefix 1, ..."""
+        said = [f"{prefix} {k}" for k in range(n)]
+        for text in said:
+            tom.send(f"tom: {text}\n".encode())
+        tom.read_until(f"tom: {said[-1]}\n".encode())
+        return said
+
+    def test_a_short_loss_is_no_leave_and_the_missed_lines_come_once_in_order(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.cut()
+        self.wait_for(lambda: "econnect" in self.text("#banner-text"), "the page saying it reconnects")
+        missed = self.lines_from(tom, "while you were out", 3)
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, Wendy (away)\n")
+        proxy.restore()
+        self.wait_for(lambda: missed[-1] in self.bubbles(), "the missed lines", timeout=self.GRACE)
+        self.assertEqual([b for b in self.bubbles() if b.startswith("while you were out")], missed)
+        shown = self.log_lines()
+        mark = shown.index("Back: what was said while you were away")
+        self.assertTrue(shown[mark + 1].startswith("tom") and shown[mark + 1].endswith(missed[0]),
+                        shown[mark:])
+        self.say("back with you")
+        heard = tom.read_until(b"Wendy: back with you\n")
+        self.assertNotIn(b"left", heard)
+        self.assertNotIn(b"joined", heard)
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, Wendy\n")
+        self.assertEqual(self.text("#me"), "You are Wendy")
+        self.assert_no_policy_violations()
+
+    def test_a_line_said_while_the_network_hung_is_shown_once_after_the_return(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.freeze()
+        said = self.lines_from(tom, "said while it hung", 1)
+        time.sleep(0.5)   # the room has written it into the hung connection
+        self.assertNotIn(said[0], self.bubbles())
+        proxy.cut()
+        proxy.restore()
+        self.wait_for(lambda: said[0] in self.bubbles(), "the line said while it hung",
+                      timeout=self.GRACE)
+        self.assertEqual(self.bubbles().count(said[0]), 1)
+        self.assertNotIn(b"left", tom.read_for(0.3))
+
+    def test_a_loss_past_the_grace_is_one_leave_then_a_fresh_join(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=1.0)
+        proxy.cut()
+        tom.read_until(b"Wendy has left the chat...\n1 person is online...\n", timeout=WAIT)
+        proxy.restore()
+        self.driver.execute_script("window.dispatchEvent(new Event('online'))")   # the phone's network is back
+        tom.read_until(b"Wendy joined the chat...\n2 people are online...\n", timeout=WAIT)
+        self.assertEqual(tom.read_for(0.3).count(b"left"), 0)
+        self.assertEqual(self.text("#me"), "You are Wendy")
+
+    def test_after_a_restart_unheard_the_page_hears_its_seat_was_not_kept_and_joins_as_new(self):
+        port, web = free_port(), free_port()
+        proxy, tom = self.wendy_through_a_proxy(port=port, web_port=web)
+        proxy.cut()   # the page never hears the stop
+        first = self.server
+        first.loop.call_soon_threadsafe(first.stop)
+        deadline = time.monotonic() + WAIT
+        while first.loop.running:
+            self.assertLess(time.monotonic(), deadline, "the first room did not stop")
+            time.sleep(0.02)
+        self.start(port=port, web_port=web, web_grace=self.GRACE)
+        tom = self.member("tom")
+        proxy.restore()
+        tom.read_until(b"Wendy joined the chat...\n", timeout=WAIT)
+        self.wait_for(lambda: "not kept" in self.text("#log"), "the page saying so")
+        self.say("hello again")
+        tom.read_until(b"Wendy: hello again\n")
+
+    def test_the_name_asked_for_during_the_grace_is_numbered_and_misses_nothing_of_hers(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.cut()
+        self.wait_on_loop(lambda: self.server.room.find("Wendy").stage is pcr.Stage.AWAY,
+                          "Wendy away")
+        missed = self.lines_from(tom, "for Wendy alone", 2)
+        twin = self.connect()
+        twin.answer(b"Wendy\n")
+        got = twin.read_until(b"the room knows you as Wendy (2)\n")
+        proxy.restore()
+        self.wait_for(lambda: missed[-1] in self.bubbles(), "the missed lines", timeout=self.GRACE)
+        self.assertEqual(self.text("#me"), "You are Wendy")
+        got += twin.read_for(0.3)
+        self.assertNotIn(b"for Wendy alone", got)
+        self.assertNotIn(b"Wendy joined", got.replace(b"Wendy (2) joined", b""))
+
+    def test_the_token_is_replaced_on_return_and_the_old_one_is_refused(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        proxy, tom = self.wendy_through_a_proxy()
+        before = self.seat()
+        self.assertRegex(before.get("token", ""), r"^\d+\.[0-9a-f]{32}$")
+        proxy.cut()
+        tom.send(b"tom: anything\n")
+        proxy.restore()
+        self.wait_for(lambda: "anything" in self.bubbles(), "the missed line", timeout=self.GRACE)
+        after = self.seat()
+        self.assertNotEqual(after["token"], before["token"])
+        old = WebMember(self.server.web_address[1])
+        self.addCleanup(old.close)
+        old.ask_seat_back(before["token"], before["seen"])
+        self.assertEqual(old.until("lost")["text"], pcr.SEAT_GONE)
+        self.say("still here")
+        tom.read_until(b"Wendy: still here\n")
+
+    def test_a_page_retries_within_a_fifth_of_the_grace(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        proxy.cut()
+        time.sleep(self.GRACE * 0.6)   # several tries refused meanwhile
+        restored = time.monotonic()
+        proxy.restore()
+        self.wait_on_loop(lambda: self.server.room.find("Wendy").stage is pcr.Stage.IN_ROOM,
+                          "Wendy back", timeout=self.GRACE / 5 + 1.0)
+        self.assertLess(time.monotonic() - restored, self.GRACE / 5 + 1.0)
 
 
 def unused_display() -> int:
@@ -3808,6 +4361,26 @@ class GuiTest(unittest.TestCase):
         w.view.disconnect_button.invoke()
         self.assertIn("disconnected by the host", wendy.until("note")["text"])
         self.pump_until(lambda: self.listed() == [], "wendy gone from the list")
+
+    def test_a_web_member_whose_connection_is_lost_is_listed_away_and_can_be_disconnected(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        w = self.open_window(web_port=free_port())
+        port = self.start_server()
+        ann = self.member(port, "ann")
+        wendy = WebMember(w.page_listening[1], "wendy")
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        wendy.lose()
+
+        def kinds() -> list[str]:
+            return [w.view.tree.set(item, "kind") for item in w.view.tree.get_children()]
+        self.pump_until(lambda: kinds() == ["terminal", "web, away"], "wendy listed as away")
+        w.view.tree.selection_set(w.view.tree.get_children()[1])
+        self.pump_until(lambda: self.usable(w.view.disconnect_button), "Disconnect to be usable")
+        w.view.disconnect_button.invoke()
+        ann.read_until(b"wendy has left the chat...\n1 person is online...\n")
+        self.pump_until(lambda: self.listed() == [("ann", "127.0.0.1")], "wendy gone from the list")
 
     def test_switching_the_page_off_tells_its_members_and_keeps_the_room(self):
         if ws_connect is None:

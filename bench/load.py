@@ -86,6 +86,7 @@ class Workload:
     lazy_ms: float = 100.0       # other members are read in one sweep this often
     verify: str = "order"        # order: every member checks order; count: counts only
     stalled: int = 0             # members that join and never read again
+    away: int = 0                # web members whose connection drops before the talk; back after it
     tls: bool = False
     batch: int = 100             # members opened at once
     in_flight: int = 0           # members at the door (not yet prompted) at most; 0: no cap
@@ -144,6 +145,7 @@ class Roles:
     senders: set
     probes: set
     monitor: int
+    away: set
 
 
 def plan_roles(kinds: list[str], w: Workload) -> Roles:
@@ -160,7 +162,10 @@ def plan_roles(kinds: list[str], w: Workload) -> Roles:
     probes += [i for i in listeners if i not in probes][:max(0, w.probes - len(probes))]
     # the monitor must read as soon as lines arrive: not a typing App
     eager = [i for i in probes if kinds[i] != "app" or not w.app_type_ms]
-    return Roles(stalled, senders, set(probes), (eager or probes)[0])
+    monitor = (eager or probes)[0]
+    plain_web = [i for i in listeners if kinds[i] == "web" and i not in probes and i != monitor]
+    return Roles(stalled, senders, set(probes), monitor, set(plain_web[len(plain_web) - w.away:]
+                                                            if w.away else ()))
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +181,8 @@ COUNT_LINE = re.compile(r"(?:1 person is|\d+ people are) online\.\.\.\n")
 COUNT_TEXT = re.compile(r"(?:person is|people are) online\.\.\.")
 JOIN_ENDS = (b" online...", b" others joined the chat...", b" other joined the chat...")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)   # struct linger, on with no wait: close sends RST
 BY_SENDER, SEQ_OF = operator.itemgetter(0), operator.itemgetter(1)
 
 
@@ -292,6 +298,7 @@ class Stage(enum.Enum):
     AT_DOOR = "at the door"      # waiting for the prompt (ALIAS, or upgrade + hello)
     NAMED = "named"              # alias given, waiting to be let in
     IN = "in the room"
+    AWAY = "away"                # its connection dropped; the server holds its seat
     GONE = "gone"
 
 
@@ -662,10 +669,12 @@ class AppMember(LineMember):
 
 class WebMember(Member):
     """A browser on the web port: HTTP upgrade, masked frames, JSON messages;
-    answers "hello" with its alias and is in at "welcome"."""
+    answers "hello" with its alias and is in at "welcome".  With --away it
+    drops its connection (a reset, no close frame) and comes back: answers
+    "hello" with its token and the mark of the last message it read."""
 
     kind = "web"
-    __slots__ = ("key", "upgraded", "partial", "name")
+    __slots__ = ("key", "upgraded", "partial", "name", "token", "seen", "last_text")
 
     def __init__(self, crowd: Crowd, index: int, probe: bool, stalled: bool):
         super().__init__(crowd, index, probe, stalled)
@@ -673,11 +682,27 @@ class WebMember(Member):
         self.upgraded = False
         self.partial: tuple[int, list] | None = None   # a fragmented message so far
         self.name = ""
+        self.token = ""          # from "welcome": brings it back to its seat
+        self.seen = 0            # the mark of the last message read
+        self.last_text = b""     # the last message read (its mark is read when it drops)
 
     def at_door(self) -> None:
         super().at_door()
         host, port = self.crowd.web_address
         self.send(upgrade_request(host, port, self.key, bool(self.crowd.tls)))
+
+    def drop_out(self) -> None:
+        """The connection dies under the page: a reset, no close frame."""
+        try:
+            self.seen = json.loads(self.last_text)["at"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        self.crowd.unwatch(self)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        self.sock.close()
+        self.stage, self.upgraded, self.inbuf, self.partial = Stage.AWAY, False, b"", None
+        self.reading, self.lazy = True, False   # at the door again, it reads on events
+        self.crowd.inside -= 1
 
     def take(self, data: bytes) -> None:
         buf = self.inbuf + data if self.inbuf else data
@@ -700,6 +725,7 @@ class WebMember(Member):
         if self.stage is not Stage.IN:
             texts = self._at_door(texts)
         if texts:
+            self.last_text = texts[-1]
             if self.probe:
                 self._check_json(texts)
             if self.expected != NEVER:   # before the talk there is nothing to hear
@@ -744,12 +770,22 @@ class WebMember(Member):
                 self.crowd.counts["web_bad_frames"] += 1
                 continue
             if kind == "hello" and self.stage is Stage.AT_DOOR:
-                self.send(client_frame(TEXT, self.alias_b))
+                if self.token:   # back for its seat
+                    self.send(client_frame(BINARY, json.dumps(
+                        {"resume": self.token, "seen": self.seen}).encode()))
+                else:
+                    self.send(client_frame(TEXT, self.alias_b))
                 self.named()
             elif kind == "welcome":
                 self.name = str(message.get("name", ""))
+                self.token = str(message.get("token", ""))
+                self.crowd.counts["web_back"] += bool(message.get("back"))
                 self.let_in()
                 return texts[i + 1:]
+            elif kind == "lost":
+                self.crowd.counts["web_seats_lost"] += 1
+                self.leave(by_server=False)
+                return []
             elif kind == "refused":
                 self.crowd.counts["web_refused"] += 1
                 self.leave(by_server=False)
@@ -810,7 +846,7 @@ class Crowd:
             "connect_failed", "bad_prompts", "closed_by_server", "stalled_closed",
             "duplicates", "order_errors", "decode_errors", "deaf_apps", "prompt_not_alone",
             "app_early_reads", "count_reads", "box_reads_not_count", "count_in_chat",
-            "web_refused", "web_bad_frames")}
+            "web_refused", "web_bad_frames", "web_back", "web_seats_lost")}
         self.counts["web_close_codes"] = []
         self.web_problems: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}   # App fault -> the first reads showing it
@@ -822,6 +858,7 @@ class Crowd:
         roles = plan_roles(kinds, work)
         self.members = [MEMBER_KINDS[k](self, i, i in roles.probes, i in roles.stalled)
                         for i, k in enumerate(kinds)]
+        self.away = [self.members[i] for i in sorted(roles.away)]
         self.senders = [self.members[i] for i in sorted(roles.senders)]
         for m in self.senders:
             m.talks = True
@@ -1019,6 +1056,29 @@ class Crowd:
         }
         figures.update(latency_figures(self.latencies))
         return figures
+
+    # -- away: web members drop out before the talk, come back after it -----
+    def go_away(self) -> dict:
+        """The --away members' connections die (a reset, no close frame); the
+        server's memory once it has noticed."""
+        for m in self.away:
+            m.drop_out()
+        self.idle(1.0)
+        return {"away": len(self.away), "server_rss_kib_away": self.gauge.rss_kib()}
+
+    def come_back(self) -> dict:
+        """The --away members come back for their seats and must get every
+        line said meanwhile, once and in order."""
+        w = self.work
+        t0, deadline = time.monotonic(), time.monotonic() + w.timeout
+        for m in self.away:
+            m.expected, m.stage = w.senders * w.messages, Stage.CONNECTING
+            self._open(m)
+        while any(not m.finished and m.stage is not Stage.GONE for m in self.away) \
+                and time.monotonic() < deadline:
+            self.turn(deadline - time.monotonic())
+        return {"lost_on_return": sum(m.expected - min(m.got, m.expected) for m in self.away),
+                "back_s": round(time.monotonic() - t0, 3)}
 
     # -- the floods (issue 10) ----------------------------------------------
     def pour(self, data_of: Callable[[Member], bytes], seconds: float) -> int:
@@ -1251,15 +1311,19 @@ TABLE = (
     ("app_early_reads", "App: reads before its window", False),
     ("web_refused", "web: refused", False),
     ("web_bad_frames", "web: bad frames", False),
+    ("away", "web: away during the talk", False),
+    ("web_back", "web: back in their seats", False),
+    ("lost_on_return", "web: missed lines not given back", False),
+    ("back_s", "web: all back, s", True),
     ("tool_cpu_s", "load tool CPU s (talk)", False),
 )
 APP_ONLY = {"decode_errors", "deaf_apps", "box_reads_not_count", "count_in_chat", "prompt_not_alone",
             "app_early_reads"}
-WEB_ONLY = {"web_refused", "web_bad_frames"}
+WEB_ONLY = {"web_refused", "web_bad_frames", "away", "web_back", "lost_on_return", "back_s"}
 
 
 SUMMARY_EXTRA = ("deliveries", "deliveries_expected", "talk_s", "server_cpu_s", "server_rss_kib",
-                 "count_reads", "latency_samples")
+                 "server_rss_kib_away", "server_rss_kib_end", "count_reads", "latency_samples")
 
 
 def summarize(runs: list[dict], table: tuple = TABLE, extra: tuple = SUMMARY_EXTRA) -> dict:
@@ -1336,7 +1400,6 @@ def print_table(columns: list[tuple[str, str]], summaries: dict, kinds_present: 
 
 CHAT_LINE_BYTES = 100
 BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)   # Linux: pick the port at connect
-RESET_ON_CLOSE = struct.pack("ii", 1, 0)   # struct linger, on with no wait: close sends RST
 
 
 def chat_lines(alias: str, size: int) -> bytes:
@@ -1723,6 +1786,9 @@ workloads (SERVER is e.g. "python3 pcr_server.py --host 127.0.0.1 --port {port}
   App split  --kind app --text utf8 --line-bytes 300 --clients 20 --senders 2 --messages 20
              (add --app-type-ms 70 to read at the App's typing pace: slow by design)
   web cost   --compare-kinds line,web --clients 1000 --senders 10 --messages 100 --server-cmd "SERVER"
+  away       --kind web --clients 1000 --away 100 --senders 10 --messages 300 --server-cmd "SERVER"
+             (100 web members drop out before the talk and come back for their seats
+             after it; compare CPU per delivery with --away 0)
   mixed      --mix line=900,app=100 --clients 1000 ...
   TLS        --tls --server-cmd "SERVER --tls-cert /tmp/c.pem --tls-key /tmp/k.pem"
   side by side, 3 rounds:  --rounds 3 --server-cmd "this=SERVER"
@@ -1850,6 +1916,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--compare-kinds", type=parse_kinds, metavar="KIND,KIND",
                    help="run the workload once per kind (all members of that kind), e.g. line,web")
     m.add_argument("--stalled", type=int, default=0, help="members that join and never read")
+    m.add_argument("--away", type=int, default=0,
+                   help="web members whose connection drops (a reset, no close frame) before "
+                        "the talk and who come back for their seats after it: each must get "
+                        "every line said meanwhile (the server needs --web-grace)")
     m.add_argument("--tls", action="store_true", help="speak TLS on both ports (no certificate check)")
     m.add_argument("--batch", type=int, default=100, help="members opened at once (default: 100)")
     m.add_argument("--in-flight", type=int, default=0,
@@ -1944,7 +2014,7 @@ def workload_from(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[Wo
         p.error("give --mix or --compare-kinds, not both")
     w = Workload(host=a.host, clients=a.clients, senders=a.senders, messages=a.messages,
                  rate=a.rate, window=a.window, lockstep=a.lockstep, line_bytes=a.line_bytes, text=a.text,
-                 probes=a.probes, lazy_ms=a.lazy_ms, verify=a.verify, stalled=a.stalled,
+                 probes=a.probes, lazy_ms=a.lazy_ms, verify=a.verify, stalled=a.stalled, away=a.away,
                  tls=a.tls, batch=max(1, a.batch), in_flight=max(0, a.in_flight),
                  app_type_ms=a.app_type_ms, app_window_ms=a.app_window_ms, timeout=a.timeout)
     if w.senders < 1 or w.clients < w.senders + w.stalled + 1:
@@ -2002,9 +2072,13 @@ def run_once(w: Workload, target: Target, mix: dict[str, int]) -> dict:
         if rss0 is not None and rss1 is not None:
             result["server_rss_kib"] = rss1
             result["server_kib_per_member"] = round((rss1 - rss0) / w.clients, 2)
+        if result["connect_ok"] and w.away:
+            result.update(crowd.go_away())
         if result["connect_ok"]:
             result.update(crowd.talk())
             result["server_rss_kib_end"] = gauge.rss_kib()
+            if w.away:
+                result.update(crowd.come_back())
             cpu1 = gauge.cpu_s()
             if cpu0 is not None and cpu1 is not None:
                 result["server_cpu_pct_run"] = round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 2)
@@ -2022,7 +2096,7 @@ def run_once(w: Workload, target: Target, mix: dict[str, int]) -> dict:
 def good(result: dict) -> bool:
     return bool(result.get("connect_ok") and result.get("complete") and not result.get("lost")
                 and not result.get("duplicates") and not result.get("order_errors")
-                and not result.get("closed_by_server"))
+                and not result.get("closed_by_server") and not result.get("lost_on_return"))
 
 
 def main(argv: list[str] | None = None) -> int:
