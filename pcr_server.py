@@ -998,7 +998,7 @@ class Transport:
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
-                 "reading", "blocked", "events", "closed")
+                 "reading", "blocked", "events", "closed", "pos")
 
     def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
         self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
@@ -1010,6 +1010,7 @@ class Transport:
         self.blocked = False    # something waits for the kernel to take more
         self.events = 0
         self.closed = False
+        self.pos = 0            # how far it has been sent its outlet's stream (the outlet's to write)
         self._interest()
 
     def _interest(self) -> None:
@@ -1266,7 +1267,7 @@ class Outlet:
     def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
                  lose: Callable[[Member, str], None]):
         self.loop, self.settings, self.drop, self.lose = loop, settings, drop, lose
-        self.readers: dict[Member, int] = {}   # member -> its position in the stream
+        self.readers: dict[Member, Transport] = {}   # member -> its transport (.pos: its place)
         self.notes: dict[Member, collections.deque] = {}   # member -> (position, bytes) for it alone
         self.stream = Stream()
         self.flush_due = False
@@ -1278,7 +1279,8 @@ class Outlet:
 
     def add(self, m: Member, present: int) -> None:
         """m reads from here on; `present` members are in the room with it."""
-        self.readers[m] = self.stream.end
+        m.transport.pos = self.stream.end
+        self.readers[m] = m.transport
 
     def remove(self, m: Member) -> None:
         self.readers.pop(m, None)
@@ -1295,8 +1297,8 @@ class Outlet:
 
     def pending(self, m: Member) -> bool:
         """Something is still to be sent to m."""
-        pos = self.readers.get(m)
-        return pos is not None and pos < self.stream.end or m in self.notes \
+        t = self.readers.get(m)
+        return t is not None and t.pos < self.stream.end or m in self.notes \
             or bool(m.transport.out)
 
     def welcome(self, m: Member) -> None:
@@ -1340,8 +1342,8 @@ class Outlet:
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
         with memoryview(stream.buf) as view:
-            for m, pos in readers.items():
-                t = m.transport
+            for m, t in readers.items():
+                pos = t.pos
                 if not t.blocked and (pos < end or notes and m in notes):
                     if notes and m in notes:
                         pos = self._send_noted(m, pos, view)
@@ -1351,7 +1353,7 @@ class Outlet:
                     if pos < 0:
                         failed.append(m)
                         continue
-                    readers[m] = pos
+                    t.pos = pos
                 if t.blocked and end - pos > limit:   # the kernel refuses more, too
                     slow.append(m)
                 elif pos < low:
@@ -1394,15 +1396,15 @@ class Outlet:
 
     def writable(self, m: Member) -> None:
         """m's socket takes more again: go on where it stopped."""
-        pos = self.readers.get(m)
-        if pos is None or m.transport.blocked:
+        t = self.readers.get(m)
+        if t is None or t.blocked:
             return
         with memoryview(self.stream.buf) as view:
-            pos = self._send_noted(m, pos, view) if m in self.notes else self._send_rest(m, pos, view)
+            pos = self._send_noted(m, t.pos, view) if m in self.notes else self._send_rest(m, t.pos, view)
         if pos < 0:
             self.lose(m, "connection lost while sending")
         else:
-            self.readers[m] = pos
+            t.pos = pos
 
     def _send_rest(self, m: Member, pos: int, view: memoryview) -> int:
         if pos >= self.stream.end:
@@ -1552,7 +1554,7 @@ class WebOutlet(Outlet):
         seat = self.seat_of.get(m)
         if seat is None:
             return False
-        self.away[m] = self.readers.pop(m)
+        self.away[m] = self.readers.pop(m).pos
         self.notes.pop(m, None)
         self.unanswered.pop(m, None)
         grace = self.settings.web_grace
@@ -1586,7 +1588,8 @@ class WebOutlet(Outlet):
         self.away.pop(m, None)
         self.notes.pop(m, None)
         self.unanswered.pop(m, None)
-        self.readers[m] = seen
+        m.transport.pos = seen
+        self.readers[m] = m.transport
         self._note(m, ws_event("welcome", name=m.name, at=seen, token=seat.token,
                                grace=self.settings.web_grace, back=True,
                                missed=seen < self.stream.end), at=seen)
