@@ -1788,7 +1788,7 @@ class CommandLineTest(unittest.TestCase):
         for event in pcr.CONSOLE_CLOSING:   # the window closed, a log-off, a shut-down
             t0 = time.monotonic()
             self.assertTrue(pcr.console_closing(event, lambda: asked.append(event), grace=0.2))
-            self.assertGreaterEqual(time.monotonic() - t0, 0.2)
+            self.assertGreaterEqual(time.monotonic() - t0, 0.2 - 0.02)   # Windows' clock: 15.6 ms steps
         self.assertEqual(asked, [2, 5, 6])
         self.assertLess(pcr.CLOSE_GRACE, 5.0)   # Windows ends the process after 5 s
 
@@ -2339,7 +2339,7 @@ class RoomKeyTest(ServerCase):
             self.assertIn(b"needs a key", c.read_to_close(timeout=10))
             answered.append(time.monotonic() - t0)
         self.assertGreater(answered[-1], 0.25 + 0.5 + 1.0 - 0.1, answered)
-        self.assertLess(answered[0], 0.25 + 0.2, answered)
+        self.assertLess(answered[0], answered[-1] - 1.0, answered)   # the first long before the last
         self.assertIn("wrong or missing room key from 127.0.0.1", self.log_text())
 
 
@@ -3376,7 +3376,8 @@ class WebGraceTest(WebCase):
         self.away(wendy, tom)
         for k in range(30):
             tom.send(f"tom: {k:02} {'x' * 100}\n".encode())
-        tom.read_until(b"wendy has left the chat...\n1 person is online...\n")
+        tom.read_until(b"wendy has left the chat...\n")
+        tom.read_until(b"1 person is online...\n")   # within count_interval: maybe after more lines
         page = self.back(token, seen)
         self.assertEqual(page.until("lost")["text"], pcr.MISSED_TOO_MUCH)
         page.ws.send("wendy")
@@ -4716,6 +4717,7 @@ class RouterPacketTest(unittest.TestCase):
         self.assertEqual(pcr.port_control_probe(natpmp_answer(0, 2)), (2, None))
         self.assertEqual(pcr.port_control_probe(b"\x02\x80\x00\x01" + b"\x00" * 20), (0, None))
 
+    @unittest.skipUnless(hasattr(socket, "AF_UNIX"), "a datagram socketpair (no network) needs AF_UNIX")
     def test_udp_exchange_resends_and_skips_answers_it_does_not_await(self):
         ours, gateway = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)   # no network
         self.addCleanup(ours.close)
@@ -4739,6 +4741,7 @@ class RouterPacketTest(unittest.TestCase):
         self.assertEqual(got, b"askask")
         self.assertGreaterEqual(time.monotonic() - started, 0.2)   # the resend came after 250 ms
 
+    @unittest.skipUnless(hasattr(socket, "AF_UNIX"), "a datagram socketpair (no network) needs AF_UNIX")
     def test_udp_exchange_gives_up_at_its_deadline(self):
         ours, gateway = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.addCleanup(ours.close)
