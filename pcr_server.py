@@ -1102,6 +1102,7 @@ class Transport:
     def handshake(self) -> str | None:
         """One step of the TLS handshake: None when done, "" while under way
         (waiting to read or to write), or why it failed."""
+        under_way = ""
         try:
             self.sock.do_handshake()
         except ssl.SSLWantReadError:
@@ -1111,11 +1112,9 @@ class Transport:
         except (ssl.SSLError, OSError) as e:
             return getattr(e, "reason", None) or e.__class__.__name__
         else:
-            self.reading, self.blocked = True, False
-            self._interest()
-            return None
+            self.reading, self.blocked, under_way = True, False, None
         self._interest()
-        return ""
+        return under_way
 
     def hold(self) -> None:
         """Watch nothing for now (a TLS handshake waits its turn)."""
@@ -1699,7 +1698,6 @@ class AppOutlet(LineOutlet):
         self.marks: list[int] = []        # stream positions where a count was announced
         self.serial = 0                   # bumped with each count
         self.present = 0                  # members in the room, for the count made at send time
-        self.stopping = False
 
     # -- members ----------------------------------------------------------
     def ready_at(self, named_at: float) -> float:
@@ -1751,7 +1749,6 @@ class AppOutlet(LineOutlet):
 
     def stop(self) -> None:
         """The stop lines, as soon as each App's last count has been read alone."""
-        self.stopping = True
         start = self.stream.end
         super().stop()
         self.notes.clear()
@@ -2541,10 +2538,7 @@ class Server:
             sock.close()
             return
         m = Member(ip, group, self.loop.now, Kind.WEB if web else Kind.LINE)
-        m.stage = Stage.SECURING if self.tls else Stage.REQUESTING if web else Stage.NAMING
         m.transport = Transport(sock, self.loop, self._on_event, m)
-        if not self.tls and not web:
-            m.transport.write(ALIAS_PROMPT)
         self.connections.add(m)
         if refusal:
             self.door.refusals[m] = refusal
@@ -2554,7 +2548,10 @@ class Server:
         self.silent_by.setdefault(group, {})[m] = None
         log.debug("connection from %s port %d", ip, port)
         if self.tls:
+            m.stage = Stage.SECURING
             self._secure_soon(m)
+        else:
+            self._greet(m)
 
     def _secure_soon(self, m: Member) -> None:
         """Queue m's next TLS handshake step: a few a turn, so that a burst of
@@ -2579,9 +2576,17 @@ class Server:
             self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
             self._close(m)
         elif failed is None:
-            m.stage = Stage.REQUESTING if m.kind is Kind.WEB else Stage.NAMING
-            if m.kind is not Kind.WEB and not m.transport.write(ALIAS_PROMPT):
-                self._close(m)
+            self._greet(m)
+
+    def _greet(self, m: Member) -> None:
+        """m's connection is ready (encrypted, if the room is): the web port waits
+        for its HTTP request, the room's port asks for the alias."""
+        if m.kind is Kind.WEB:
+            m.stage = Stage.REQUESTING
+            return
+        m.stage = Stage.NAMING
+        if not m.transport.write(ALIAS_PROMPT):
+            self._close(m)
 
     def _sweep(self) -> None:
         """Every second: close silent connections past the handshake time-out,
