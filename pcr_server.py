@@ -2020,8 +2020,9 @@ class Room:
         log.info("%d online", n)
 
     def _welcome(self, newcomers: list[Member]) -> None:
-        """In they come.  More than fold_joins at once make one folded line
-        for those already in, and each newcomer is told its own join."""
+        """In they come, in the order they were named.  Each newcomer's first
+        line is its own join; more than fold_joins at once make one folded
+        line for those already in, and each newcomer is told its own join."""
         for m in newcomers:
             m.stage = Stage.IN_ROOM
             self.members[m] = None
@@ -2037,8 +2038,7 @@ class Room:
                 outlet.history(m, list(self.history))
             if folded:
                 outlet.joined_note(m)
-        if not folded:
-            for m in newcomers:
+            else:   # the ones before it in this batch were in before it
                 self._publish_joined([m.name], present)
         self.count_due = True
         for m in newcomers:

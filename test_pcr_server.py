@@ -752,6 +752,23 @@ class PresenceTest(ServerCase):
             mine = c.read_until(b"7 people are online...\n")
             self.assertTrue(mine.startswith(f"p{i} joined the chat...\n".encode()), mine)
 
+    def test_newcomers_welcomed_in_one_turn_each_see_their_own_join_first(self):
+        self.start(welcome_delay=3.0, fold_joins=3)
+        host = self.member("host")
+        ann, bob = self.connect(), self.connect()
+        ann.answer(b"ann")
+        bob.answer(b"bob")
+        room = self.server.room
+        self.wait_on_loop(lambda: len(room.arrivals) == 2, "two waiting to be welcomed")
+        # the loop is busy until both are due: one turn welcomes them both
+        self.on_loop(lambda: time.sleep(max(0.0, max(m.ready_at for m in room.arrivals)
+                                                 - time.monotonic() + 0.05)))
+        host.read_until(b"ann joined the chat...\nbob joined the chat...\n3 people are online...\n")
+        self.assertEqual(ann.read_until(b"3 people are online...\n"),   # bob came after her
+                         b"ann joined the chat...\nbob joined the chat...\n3 people are online...\n")
+        self.assertEqual(bob.read_until(b"3 people are online...\n"),
+                         b"bob joined the chat...\n3 people are online...\n")
+
 
 class AppReaderTest(ServerCase):
     """PrivateChatRoom-App members get what their App can show (issue 9):
