@@ -4906,6 +4906,7 @@ CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a nam
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
 TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
+TLS_ASKING = 10.0        # seconds that asking may take (a busy room paces its handshakes)
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
 STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
 STOP_SAID = "the server has been stopped; join again once it is back online"
@@ -5041,7 +5042,7 @@ def speaks_tls(host: str, port: int) -> bool:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=TLS_GUESS) as raw, \
+        with socket.create_connection((host, port), timeout=TLS_ASKING) as raw, \
                 context.wrap_socket(raw):
             return True
     except (OSError, ValueError):

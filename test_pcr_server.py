@@ -2402,13 +2402,13 @@ class TlsTest(ServerCase):
         self.assertIn("TLS handshake failed", self.log_text())
 
     def test_stalled_tls_handshake_does_not_block_others(self):
-        self.start(handshake_timeout=3.0)
+        self.start(handshake_timeout=8.0)
         stuck = self.connect()
         stuck.send(b"\x16\x03\x01")   # the start of a ClientHello, then nothing
         t0 = time.monotonic()
         self.tls_member("ann")
-        self.assertLess(time.monotonic() - t0, 2.0)   # not after the stuck one's time-out
-        stuck.read_to_close(timeout=6)
+        self.assertLess(time.monotonic() - t0, 6.0)   # not after the stuck one's time-out
+        stuck.read_to_close(timeout=8.0 + WAIT)
 
     def test_tls_1_1_is_refused(self):
         import ssl
@@ -2479,9 +2479,9 @@ class ClientProcess:
         """Ctrl+D."""
         self.proc.stdin.close()
 
-    def wait(self) -> int:
+    def wait(self, timeout: float = WAIT) -> int:
         """The exit code, once it has exited and said everything."""
-        code = self.proc.wait(WAIT)
+        code = self.proc.wait(timeout)
         for ended in self.readers:
             ended.wait(WAIT)
         return code
@@ -2899,11 +2899,11 @@ class ClientModeTest(ServerCase):
 
     def test_plain_client_on_a_tls_room_is_told_to_add_tls_at_once(self):
         cert = self.certificate()
-        self.start(tls_cert=cert, tls_key=self.key, handshake_timeout=10.0)
+        self.start(tls_cert=cert, tls_key=self.key, handshake_timeout=30.0)
         t0 = time.monotonic()
         c = self.client(name="ann")
-        self.assertEqual(c.wait(), 1)
-        self.assertLess(time.monotonic() - t0, 4.0)
+        self.assertEqual(c.wait(timeout=20), 1)
+        self.assertLess(time.monotonic() - t0, 20)   # not when the server gives up on it
         self.assert_one_sentence(c.errors())
         self.assertIn(f"127.0.0.1:{self.port} is an encrypted room: add --tls", c.errors())
 
@@ -4776,7 +4776,7 @@ class RouterPacketTest(unittest.TestCase):
         started = time.monotonic()
         with self.assertRaises(TimeoutError):
             pcr.udp_exchange(ours, b"ask", bytes, started + 0.6)
-        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertLess(time.monotonic() - started, 3.0)   # without it, the resends never end
 
 
 class UpnpTextTest(unittest.TestCase):
@@ -4922,11 +4922,11 @@ class RouterHttpTest(unittest.TestCase):
             pcr.http_exchange("127.0.0.1", server.port, "/d.xml", time.monotonic() + WAIT)
 
     def test_a_slow_answer_ends_at_the_deadline(self):
-        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", pause=1.5)
+        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", pause=5.0)
         started = time.monotonic()
         with self.assertRaises(TimeoutError):
             pcr.http_exchange("127.0.0.1", server.port, "/d.xml", started + 0.5)
-        self.assertLess(time.monotonic() - started, 1.2)
+        self.assertLess(time.monotonic() - started, 3.0)   # not when the answer comes
 
     def test_a_redirect_is_not_followed(self):
         server = self.serve(b"HTTP/1.1 301 Moved\r\nLocation: http://203.0.113.9/\r\n"
