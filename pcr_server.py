@@ -2020,9 +2020,9 @@ class Room:
         log.info("%d online", n)
 
     def _welcome(self, newcomers: list[Member]) -> None:
-        """In they come, in the order they were named.  Each newcomer's first
-        line is its own join; more than fold_joins at once make one folded
-        line for those already in, and each newcomer is told its own join."""
+        """In they come, one by one in the order they were named, so each
+        newcomer's first line is its own join.  More than fold_joins at once
+        make one folded line for those already in."""
         for m in newcomers:
             m.stage = Stage.IN_ROOM
             self.members[m] = None
