@@ -3349,7 +3349,7 @@ class WebGraceTest(WebCase):
         self.assertNotIn(b"left", got[:-len(b"wendy has left the chat...\n1 person is online...\n")])
         self.assertIn('"wendy" (127.0.0.1) left: away for more than 1 s', self.log_text())
         page = self.back(token, seen)
-        self.assertEqual(page.until("lost")["text"], pcr.SEAT_GONE)
+        self.assertEqual(page.until("lost")["text"], pcr.GRACE_RAN_OUT.format(1))
         page.ws.send("wendy")
         self.assertNotIn("back", page.until("welcome", name="wendy"))
         tom.read_until(b"wendy joined the chat...\n")
