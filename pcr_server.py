@@ -37,16 +37,18 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               paced), Server (listening, accepting, each
                               connection to its door, reading, names, lines,
                               closing; it asks the gate)
-  7. Host addresses           private, public and MAC; FriendsJoin (how friends
-                              join, for the banner and the window); RouterPorts
-                              (--upnp: the router forwards the room's ports with
-                              PCP, NAT-PMP or UPnP)
-  8. Logging                  a rotating file, created readable by its owner only
-  9. The GUI                  WindowView (the widgets), ServerWindow (the room as
+  7. Host addresses           listen addresses as people type them, private, public
+                              and MAC addresses, the page's link
+  8. The router client        --upnp: the router forwards the room's ports with
+                              PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
+                              and what happened in plain words; then FriendsJoin
+                              (how friends join, for the banner and the window)
+  9. Logging                  a rotating file, created readable by its owner only
+  10. The GUI                 WindowView (the widgets), ServerWindow (the room as
                               the window runs it: RoomState), tkinter imported here
-  10. The terminal client    --connect
-  11. The command line       main()
-  12. The chat page (data)   PAGE_HTML, handed to WebDoor when a Server is built
+  11. The terminal client     --connect
+  12. The command line        main()
+  13. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
@@ -3119,10 +3121,13 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
     threading.Thread(target=work, name="public-ip", daemon=True).start()
 
 
-# -- asking the router to forward the room's ports (--upnp) ------------------
-# Three ways to ask, tried at once; whichever answers first and works is used:
-# PCP (RFC 6887) and NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and
-# UPnP-IGD, found with SSDP.  Pure functions build and read every packet, SOAP
+# ---------------------------------------------------------------------------
+# 8. The router client
+# ---------------------------------------------------------------------------
+# Asking the router to forward the room's ports (--upnp).  Three ways to ask,
+# tried at once; whichever answers first and works is used: PCP (RFC 6887) and
+# NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and UPnP-IGD, found
+# with SSDP.  Pure functions build and read every packet, SOAP
 # body and sentence; RouterPorts does the talking, bounded in time.  Answers
 # are believed only from the gateway or this machine's own network, and only
 # the room's own ports are ever mapped, to this machine's own address.
@@ -4039,6 +4044,8 @@ def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple
     return router
 
 
+# -- how friends join: the addresses and the router's answer, put together ------
+
 @dataclasses.dataclass(frozen=True)
 class FriendsJoin:
     """How friends join a room, worked out once: the console's banner says
@@ -4089,7 +4096,7 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
 
 
 # ---------------------------------------------------------------------------
-# 8. Logging
+# 9. Logging
 # ---------------------------------------------------------------------------
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
@@ -4123,7 +4130,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 9. The GUI
+# 10. The GUI
 # ---------------------------------------------------------------------------
 
 TICK_MS = 100         # how often the window reads news from other threads
@@ -5004,7 +5011,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 10. The terminal client
+# 11. The terminal client
 # ---------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
@@ -5481,7 +5488,7 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 
 
 # ---------------------------------------------------------------------------
-# 11. The command line
+# 12. The command line
 # ---------------------------------------------------------------------------
 
 def web_port_number(text: str) -> int:
@@ -5787,7 +5794,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 12. The chat page (data)
+# 13. The chat page (data)
 # ---------------------------------------------------------------------------
 
 # One document, nothing loaded from anywhere else.  A raw string with no
