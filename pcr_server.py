@@ -44,8 +44,10 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               and what happened in plain words; then FriendsJoin
                               (how friends join, for the banner and the window)
   9. Logging                  a rotating file, created readable by its owner only
-  10. The GUI                 WindowView (the widgets), ServerWindow (the room as
-                              the window runs it: RoomState), tkinter imported here
+  10. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
+                              (the router asked while its switch is on), ServerWindow
+                              (the room as the window runs it: RoomState), tkinter
+                              imported here
   11. The terminal client     --connect
   12. The command line        main()
   13. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
@@ -4218,6 +4220,15 @@ class LogFeed(logging.Handler):
         except Exception:
             self.handleError(record)
 
+    def take(self) -> list[tuple[int, str]]:
+        """The records that came since the last take (on the window's thread)."""
+        lines = []
+        while True:
+            try:
+                lines.append(self.records.get_nowait())
+            except queue.Empty:
+                return lines
+
 
 class FormDialog:
     """A small form: a message, labelled boxes (none for a question), OK and
@@ -4499,6 +4510,66 @@ class WindowView:
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
 
+    def show_log(self, lines: list[tuple[int, str]]) -> None:
+        """Add (levelno, text) lines to the log panel; it keeps the last LOG_LINES."""
+        if not lines:
+            return
+        text = self.log_text
+        following = text.yview()[1] >= 0.999   # keep the end in view only if it was
+        text.configure(state="normal")
+        for levelno, line in lines[-LOG_LINES:]:
+            text.insert("end", line + "\n", log_tag(levelno))
+        excess = int(text.index("end-1c").split(".")[0]) - 1 - LOG_LINES
+        if excess > 0:
+            text.delete("1.0", f"{excess + 1}.0")
+        text.configure(state="disabled")
+        if following:
+            text.see("end")
+
+
+class RouterSwitch:
+    """The window's router switch at work: while it is on and the room runs,
+    the router is asked to forward the room's ports (ask_router), and its
+    answer is kept.  On the Tk thread; the answer comes through the inbox."""
+
+    def __init__(self):
+        self.router: RouterPorts | None = None   # asking the router to forward
+        self.heard: tuple[RouterResult, str | None] | None = None   # its answer
+
+    def ask(self, settings: Settings, listening: tuple[str, int] | None,
+            page_listening: tuple[str, int] | None, news: Callable) -> None:
+        """Ask (again: the ports changed) if the switch is on and friends elsewhere
+        could join; news(result, public_ip) on another thread once it knows."""
+        self.forget()
+        if settings.upnp and listening is not None and not is_loopback(listening[0]):
+            self.router = ask_router(settings, listening, page_listening, news)
+
+    def hear(self, result: RouterResult, public_ip: str | None) -> None:
+        if self.router is not None:
+            self.heard = result, public_ip
+
+    def forget(self) -> None:
+        """Remove the mappings, on a thread: it takes a few seconds, and the process
+        waits for it before it ends."""
+        router, self.router, self.heard = self.router, None, None
+        if router is not None:
+            threading.Thread(target=router.close, name="router-close").start()
+
+    def close(self) -> None:
+        """Remove the mappings now, before the window goes (a few seconds)."""
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+
+    def note(self, join: FriendsJoin) -> str:
+        """What the window says of the router (a forwarded port shows as the address)."""
+        if self.router is not None and self.heard is None:
+            return "Asking your router to forward the port…"
+        if self.heard and not self.heard[0].address(join.listen[1]):
+            return join.router[:1].upper() + join.router[1:]
+        return ""
+
+
 class ServerWindow:
     """The server's window: start and stop, addresses, who is in, the log.
 
@@ -4532,8 +4603,7 @@ class ServerWindow:
         self.dialog: FormDialog | None = None
         self.ticks = 0
         self.flash_id = None
-        self.router: RouterPorts | None = None   # asking the router to forward (the box ticked)
-        self.router_heard: tuple[RouterResult, str | None] | None = None   # its answer
+        self.router = RouterSwitch()
         self.view = WindowView(root, self, settings)
         log.addHandler(self.log_feed)
         self._look_up_addresses()
@@ -4570,7 +4640,7 @@ class ServerWindow:
     def _server_ended(self) -> None:
         """The server thread is gone: show why, then restart or close if asked."""
         self.server = self.thread = self.listening = self.page_listening = None
-        self._forget_router()
+        self.router.forget()
         self._show_members([])
         problem, self.start_error = self.start_error, None
         restart, self.restart_pending = self.restart_pending, False
@@ -4600,9 +4670,7 @@ class ServerWindow:
     def _destroy(self) -> None:
         if self.thread is not None:
             log.warning("the server did not stop in time; closing anyway")
-        if self.router is not None:   # its mappings go before the window does (a few seconds)
-            self.router.close()
-            self.router = None
+        self.router.close()
         self.closed = True
         self.dialog = None
         log.removeHandler(self.log_feed)
@@ -4615,7 +4683,7 @@ class ServerWindow:
     def _tick(self) -> None:
         """Every TICK_MS: new log lines, news from the server and look-ups."""
         ended = self.thread is not None and not self.thread.is_alive()   # before the inbox
-        self._show_log_lines()
+        self.view.show_log(self.log_feed.take())
         self._read_inbox()
         if ended:
             self._server_ended()
@@ -4654,8 +4722,8 @@ class ServerWindow:
             elif kind == "page":
                 self.page_listening = news[1]
                 self._ask_router()   # the page's port too
-            elif kind == "router" and self.router is not None:
-                self.router_heard = news[1], news[2]
+            elif kind == "router":
+                self.router.hear(news[1], news[2])
             elif kind == "page-failed":
                 self._page_refused(news[1])
             elif kind == "failed":
@@ -4677,27 +4745,6 @@ class ServerWindow:
             self.ips[kind] = str(ipaddress.ip_address(ip or ""))
         except ValueError:
             self.unknown[kind] = "failed"
-
-    def _show_log_lines(self) -> None:
-        lines = []
-        while True:
-            try:
-                lines.append(self.log_feed.records.get_nowait())
-            except queue.Empty:
-                break
-        if not lines:
-            return
-        text = self.view.log_text
-        following = text.yview()[1] >= 0.999   # keep the end in view only if it was
-        text.configure(state="normal")
-        for levelno, line in lines[-LOG_LINES:]:
-            text.insert("end", line + "\n", log_tag(levelno))
-        excess = int(text.index("end-1c").split(".")[0]) - 1 - LOG_LINES
-        if excess > 0:
-            text.delete("1.0", f"{excess + 1}.0")
-        text.configure(state="disabled")
-        if following:
-            text.see("end")
 
     # -- who is online ----------------------------------------------------
     def _show_members(self, snapshot: list[tuple[str, str, float, str]]) -> None:
@@ -4815,7 +4862,7 @@ class ServerWindow:
     def _friends_join(self) -> FriendsJoin:
         return friends_join(self.settings, self._listen_address(), self.ips["private"],
                             self.ips["public"], self._page_port() if self.view.page_on.get() else None,
-                            *(self.router_heard or (None, None)))
+                            *(self.router.heard or (None, None)))
 
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
@@ -4851,24 +4898,13 @@ class ServerWindow:
         on = self.view.upnp_on.get()
         self.settings = dataclasses.replace(self.settings, upnp=on)
         if self.state == RoomState.RUNNING:
-            self._ask_router() if on else self._forget_router()
+            self._ask_router() if on else self.router.forget()
         self._show_state()
 
     def _ask_router(self) -> None:
-        """Ask (again: the ports changed) if the box is ticked and friends elsewhere could join."""
-        self._forget_router()
-        if not self.settings.upnp or self.listening is None or is_loopback(self.listening[0]):
-            return
         server, inbox = self.server, self.inbox
-        self.router = ask_router(self.settings, self.listening, self.page_listening,
-                                 lambda result, ip: inbox.put(("router", server, result, ip)))
-
-    def _forget_router(self) -> None:
-        """Remove the mappings, on a thread: it takes a few seconds, and the process
-        waits for it before it ends."""
-        router, self.router, self.router_heard = self.router, None, None
-        if router is not None:
-            threading.Thread(target=router.close, name="router-close").start()
+        self.router.ask(self.settings, self.listening, self.page_listening,
+                        lambda result, ip: inbox.put(("router", server, result, ip)))
 
     def _page_refused(self, problem: str) -> None:
         self.view.page_on.set(False)
@@ -4916,14 +4952,7 @@ class ServerWindow:
         view.forward_note.configure(text=f"Over the internet: {join.forward}.")
         view.upnp_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
-        heard = self.router_heard   # a forwarded port shows as the address above
-        if self.router is not None and heard is None:
-            said = "Asking your router to forward the port…"
-        elif heard and not heard[0].address(join.listen[1]):
-            said = join.router[:1].upper() + join.router[1:]
-        else:
-            said = ""
-        show_line(view.router_note, said)
+        show_line(view.router_note, self.router.note(join))
         if join.only_here:
             view.address_rows.grid_remove()
         else:
