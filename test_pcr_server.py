@@ -390,6 +390,39 @@ class FileShapeTest(unittest.TestCase):
         self.assertEqual(later, [])
         self.assertGreater(len(defined), 100)   # the walk saw the file
 
+    def test_no_class_is_over_450_lines(self):
+        sizes = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(self.tree)
+                 if isinstance(node, ast.ClassDef)}
+        self.assertGreater(sizes["Server"], 100)   # the walk saw the classes
+        self.assertEqual({name: n for name, n in sizes.items() if n > 450}, {})
+
+    def test_the_web_kind_is_told_apart_in_at_most_four_places(self):
+        places = [node.lineno for node in ast.walk(self.tree) if isinstance(node, ast.Attribute)
+                  and node.attr == "WEB" and isinstance(node.value, ast.Name)
+                  and node.value.id == "Kind"]
+        self.assertGreaterEqual(len(places), 1)
+        self.assertLessEqual(len(places), 4, f"Kind.WEB on lines {places}")
+
+    def test_a_section_of_its_own_is_the_router_client(self):
+        self.assertTrue([title for _, _, title in self.sections if "router" in title.lower()],
+                        [title for _, _, title in self.sections])
+
+    def test_no_class_attribute_is_assigned_at_module_level(self):
+        assigned = []
+        for node in self.tree.body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
+                    and getattr(node.value.func, "id", "") == "setattr":
+                targets = node.value.args[:1]
+            else:
+                continue
+            assigned += [f"line {node.lineno}: {ast.unparse(target)}" for target in targets
+                         if isinstance(target, ast.Attribute) or isinstance(node, ast.Expr)]
+        self.assertEqual(assigned, [])
+
     def test_the_page_is_the_last_section_a_raw_string_with_one_script_and_no_backslash(self):
         last_start, _, title = self.sections[-1]
         self.assertIn("page", title)
