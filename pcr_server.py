@@ -2377,10 +2377,10 @@ def tls_files_problem(cert: str, key: str) -> str | None:
 class Entrance:
     """What the web door hands on to the server once a WebSocket speaks."""
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
-    lines: Callable[[Member, bytes], None]       # lines(m, its lines and what it sent before)
-    leave: Callable[..., None]                   # leave(m, reason, code=...): it closed or broke
-    close: Callable[..., None]                   # close(m, farewell="", code=None): done with it
-    resume: Callable[[Member, Member], None]     # resume(new, m): new's connection is m's now
+    lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
+    leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
+    resume: Callable[[Member, Member], None]       # resume(new, m): new's connection is m's now
 
 
 class WebDoor:
