@@ -356,6 +356,7 @@ class FileShapeTest(unittest.TestCase):
                              f"section {n} ({title}) not in the map")
 
     def test_no_section_uses_a_later_one(self):
+        """The page data at the end is the one exception: code may read it when it runs."""
         defined = {}   # top-level name -> its section
         for node in self.tree.body:
             targets = []
@@ -366,27 +367,61 @@ class FileShapeTest(unittest.TestCase):
                     targets += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
             for name in targets:
                 defined.setdefault(name, self.section_of(node.lineno))
-        later = []
+        later, page = [], self.sections[-1][1]
 
-        def visit(node, here: int, local: frozenset) -> None:
+        def visit(node, here: int, local: frozenset, running: bool) -> None:
             if isinstance(node, (ast.FunctionDef, ast.Lambda)):   # its own names shadow
                 args = node.args
                 names = {a.arg for a in args.args + args.kwonlyargs + args.posonlyargs}
                 names |= {a.arg for a in (args.vararg, args.kwarg) if a}
                 names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
                           and isinstance(n.ctx, ast.Store)}
-                local = local | names
+                local, running = local | names, True
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
-                    and node.id not in local and defined.get(node.id, 0) > here:
+                    and node.id not in local and defined.get(node.id, 0) > here \
+                    and not (running and defined[node.id] == page):
                 later.append(f"line {node.lineno}: {node.id} (section {defined[node.id]}) "
                              f"used in section {here}")
             for child in ast.iter_child_nodes(node):
-                visit(child, here, local)
+                visit(child, here, local, running)
 
         for node in self.tree.body:
-            visit(node, self.section_of(node.lineno), frozenset())
+            visit(node, self.section_of(node.lineno), frozenset(), False)
         self.assertEqual(later, [])
         self.assertGreater(len(defined), 100)   # the walk saw the file
+
+    def test_no_class_is_over_450_lines(self):
+        sizes = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(self.tree)
+                 if isinstance(node, ast.ClassDef)}
+        self.assertGreater(sizes["Server"], 100)   # the walk saw the classes
+        self.assertEqual({name: n for name, n in sizes.items() if n > 450}, {})
+
+    def test_the_web_kind_is_told_apart_in_at_most_four_places(self):
+        places = [node.lineno for node in ast.walk(self.tree) if isinstance(node, ast.Attribute)
+                  and node.attr == "WEB" and isinstance(node.value, ast.Name)
+                  and node.value.id == "Kind"]
+        self.assertGreaterEqual(len(places), 1)
+        self.assertLessEqual(len(places), 4, f"Kind.WEB on lines {places}")
+
+    def test_a_section_of_its_own_is_the_router_client(self):
+        self.assertTrue([title for _, _, title in self.sections if "router" in title.lower()],
+                        [title for _, _, title in self.sections])
+
+    def test_no_class_attribute_is_assigned_at_module_level(self):
+        assigned = []
+        for node in self.tree.body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
+                    and getattr(node.value.func, "id", "") == "setattr":
+                targets = node.value.args[:1]
+            else:
+                continue
+            assigned += [f"line {node.lineno}: {ast.unparse(target)}" for target in targets
+                         if isinstance(target, ast.Attribute) or isinstance(node, ast.Expr)]
+        self.assertEqual(assigned, [])
 
     def test_the_page_is_the_last_section_a_raw_string_with_one_script_and_no_backslash(self):
         last_start, _, title = self.sections[-1]
@@ -396,7 +431,9 @@ class FileShapeTest(unittest.TestCase):
         self.assertNotIn("\\", pcr.PAGE_HTML)
         self.assertEqual(len(re.findall(r"<script\b", pcr.PAGE_HTML)), 1)
         self.assertEqual(len(re.findall(r"</script>", pcr.PAGE_HTML)), 1)
-        self.assertEqual(pcr.WebDoor.page.body, pcr.PAGE_HTML.encode())
+        server = pcr.Server(pcr.Settings())   # the page is handed to the door as it is built
+        self.addCleanup(server.loop.close)
+        self.assertEqual(server.door.page.body, pcr.PAGE_HTML.encode())
 
 
 class ProtocolTextTest(unittest.TestCase):
@@ -1599,8 +1636,8 @@ class SelectorLimitTest(ServerCase):
 
     def test_beyond_what_select_can_watch_connections_are_refused_as_in_a_full_room(self):
         server = self.start_on_select(60, max_per_ip=1000)
-        capacity = 60 - 1 - 2 - pcr.Server.REFUSING
-        self.assertEqual(server.capacity, capacity)
+        capacity = 60 - 1 - 2 - pcr.Gate.REFUSING
+        self.assertEqual(server.gate.capacity, capacity)
         self.assertIn(f"(up to {capacity} members)", self.log_text())
         members = [self.member(f"m{i}") for i in range(capacity)]
         late = self.connect()
@@ -1612,8 +1649,8 @@ class SelectorLimitTest(ServerCase):
                                   "the test above keeps the same rule at a smaller cap")
     def test_under_windows_600_connections_leave_the_room_chatting(self):
         server = self.start(max_per_ip=1000)
-        capacity = pcr.SELECT_LIMIT - 1 - 2 - pcr.Server.REFUSING   # the real cap, about 477
-        self.assertEqual(server.capacity, capacity)
+        capacity = pcr.SELECT_LIMIT - 1 - 2 - pcr.Gate.REFUSING   # the real cap, about 477
+        self.assertEqual(server.gate.capacity, capacity)
         ann, bob = self.member("ann"), self.member("bob")
         crowd, refused = [], 0
         for i in range(598):
@@ -2230,7 +2267,7 @@ class CommandLineTest(unittest.TestCase):
     def test_out_of_files_on_accept_pauses_without_spinning(self):
         port = free_port()
         code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48));"
-                "import pcr_server; pcr_server.Server.SPARE_FILES = -1000;"
+                "import pcr_server; pcr_server.Gate.SPARE_FILES = -1000;"
                 f"sys.exit(pcr_server.main(['--host', '127.0.0.1', '--port', '{port}',"
                 "'--public-ip-url', '', '--max-per-ip', '1000', '--log-file', 'f.log']))")
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=self.dir,
@@ -3036,7 +3073,7 @@ class WebPageTest(WebCase):
         got = http_get(self.web, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\n\r\n".encode())
         head, _, body = got.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"), head)
-        self.assertEqual(body, pcr.WebDoor.page.body)
+        self.assertEqual(body, pcr.PAGE_HTML.encode())
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
         self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
         self.assertEqual(headers["Referrer-Policy"], "no-referrer")
