@@ -37,12 +37,14 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               join, for the banner and the window); RouterPorts
                               (--upnp: the router forwards the room's ports with
                               PCP, NAT-PMP or UPnP)
-  7. Logging                  a rotating file, created readable by its owner only
-  8. The GUI                  WindowView (the widgets), ServerWindow (the room as
+  7. The QR code              qr_code(text): the invitation for a phone's camera
+                              (ISO/IEC 18004, byte mode, level M), drawn for a console
+  8. Logging                  a rotating file, created readable by its owner only
+  9. The GUI                  WindowView (the widgets), ServerWindow (the room as
                               the window runs it: RoomState), tkinter imported here
-  9. The terminal client      --connect
-  10. The command line        main()
-  11. The chat page (data)    PAGE_HTML, handed to WebDoor
+  10. The terminal client     --connect
+  11. The command line        main()
+  12. The chat page (data)    PAGE_HTML, handed to WebDoor
 
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
@@ -3984,7 +3986,266 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
 
 
 # ---------------------------------------------------------------------------
-# 7. Logging
+# 7. The QR code
+# ---------------------------------------------------------------------------
+# The invitation drawn for a phone's camera, written from ISO/IEC 18004: byte
+# mode, error correction level M, versions 1 to 40 (up to 2331 bytes).  The
+# standard's tables, then one pure function per step; nothing is kept between calls.
+
+# Level M, for versions 1 to 40: error correction codewords in each block, and blocks.
+QR_EC_PER_BLOCK = (10, 16, 26, 18, 24, 16, 18, 22, 22, 26, 30, 22, 22, 24, 24, 28, 28, 26, 26, 26,
+                   26, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28)
+QR_BLOCKS = (1, 1, 1, 2, 2, 4, 4, 4, 5, 5, 5, 8, 9, 9, 10, 10, 11, 13, 14, 16,
+             17, 17, 18, 20, 21, 23, 25, 26, 28, 29, 31, 33, 35, 37, 38, 40, 43, 45, 47, 49)
+# The rows and columns of the alignment patterns' centres, for versions 2 to 40 (Annex E).
+QR_ALIGNMENT = (
+    (6, 18), (6, 22), (6, 26), (6, 30), (6, 34), (6, 22, 38), (6, 24, 42), (6, 26, 46),
+    (6, 28, 50), (6, 30, 54), (6, 32, 58), (6, 34, 62), (6, 26, 46, 66), (6, 26, 48, 70),
+    (6, 26, 50, 74), (6, 30, 54, 78), (6, 30, 56, 82), (6, 30, 58, 86), (6, 34, 62, 90),
+    (6, 28, 50, 72, 94), (6, 26, 50, 74, 98), (6, 30, 54, 78, 102), (6, 28, 54, 80, 106),
+    (6, 32, 58, 84, 110), (6, 30, 58, 86, 114), (6, 34, 62, 90, 118),
+    (6, 26, 50, 74, 98, 122), (6, 30, 54, 78, 102, 126), (6, 26, 52, 78, 104, 130),
+    (6, 30, 56, 82, 108, 134), (6, 34, 60, 86, 112, 138), (6, 30, 58, 86, 114, 142),
+    (6, 34, 62, 90, 118, 146), (6, 30, 54, 78, 102, 126, 150), (6, 24, 50, 76, 102, 128, 154),
+    (6, 28, 54, 80, 106, 132, 158), (6, 32, 58, 84, 110, 136, 162), (6, 26, 54, 82, 110, 138, 166),
+    (6, 30, 58, 86, 114, 142, 170))
+QR_BYTE_MODE = 0b0100
+QR_UTF8 = f"{0b0111:04b}{26:08b}"   # ECI 26, UTF-8: byte mode is read as ISO 8859-1 without it
+QR_PAD = (0xEC, 0x11)         # the pad codewords, in turn
+QR_LEVEL_M = 0b00             # level M's two bits in the format information
+QR_FORMAT_POLY = 0b10100110111          # BCH (15, 5)
+QR_FORMAT_XOR = 0b101010000010010       # so that no format information is all light
+QR_VERSION_POLY = 0b1111100100101       # BCH (18, 6)
+QR_FIELD_POLY = 0b100011101             # GF(256): x^8 + x^4 + x^3 + x^2 + 1
+QR_MASKS = (                  # (row, column) -> flip this data module
+    lambda r, c: (r + c) % 2 == 0,
+    lambda r, c: r % 2 == 0,
+    lambda r, c: c % 3 == 0,
+    lambda r, c: (r + c) % 3 == 0,
+    lambda r, c: (r // 2 + c // 3) % 2 == 0,
+    lambda r, c: r * c % 2 + r * c % 3 == 0,
+    lambda r, c: (r * c % 2 + r * c % 3) % 2 == 0,
+    lambda r, c: ((r + c) % 2 + r * c % 3) % 2 == 0)
+QR_FINDER_LIKE = re.compile(r"(?=10111010000|00001011101)")   # penalty rule 3, in a line
+QR_QUIET = 4                  # light modules around the code
+
+
+def gf_powers() -> tuple[list[int], list[int]]:
+    """GF(256)'s powers of 2 (twice over, so sums of logarithms need no modulo) and logarithms."""
+    powers, logs, x = [], [0] * 256, 1
+    for i in range(255):
+        powers.append(x)
+        logs[x] = i
+        x <<= 1
+        if x & 0x100:
+            x ^= QR_FIELD_POLY
+    return powers + powers, logs
+
+
+GF_POWERS, GF_LOGS = gf_powers()
+
+
+def gf_times(a: int, b: int) -> int:
+    return GF_POWERS[GF_LOGS[a] + GF_LOGS[b]] if a and b else 0
+
+
+def rs_generator(degree: int) -> list[int]:
+    """The Reed-Solomon generator (x - 1)(x - 2)...(x - 2^(degree-1)), highest power first."""
+    g = [1]
+    for i in range(degree):
+        g = [a ^ gf_times(b, GF_POWERS[i]) for a, b in zip(g + [0], [0] + g)]
+    return g
+
+
+def rs_remainder(data: bytes, degree: int) -> bytes:
+    """The error correction codewords of `data`: its remainder by the generator."""
+    g, rest = rs_generator(degree), [0] * degree
+    for word in data:
+        factor = word ^ rest[0]
+        rest = [r ^ gf_times(c, factor) for r, c in zip(rest[1:] + [0], g[1:])]
+    return bytes(rest)
+
+
+def bch_code(value: int, poly: int) -> int:
+    """`value` followed by its BCH check bits (the remainder by `poly`)."""
+    degree = poly.bit_length() - 1
+    rest = value << degree
+    for shift in range(rest.bit_length() - 1, degree - 1, -1):
+        if rest >> shift & 1:
+            rest ^= poly << (shift - degree)
+    return value << degree | rest
+
+
+def qr_format_bits(mask: int) -> int:
+    return bch_code(QR_LEVEL_M << 3 | mask, QR_FORMAT_POLY) ^ QR_FORMAT_XOR
+
+
+def qr_format_places(size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Where format bits 0 (least significant) to 14 go, as (row, column): beside the
+    top-left finder, and split between the other two."""
+    first = [(i, 8) for i in range(6)] + [(7, 8), (8, 8), (8, 7)] + [(8, 14 - i) for i in range(9, 15)]
+    second = [(8, size - 1 - i) for i in range(8)] + [(size - 15 + i, 8) for i in range(8, 15)]
+    return first, second
+
+
+def qr_version_places(size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where version bits 0 to 17 go: a 6 x 3 block beside two finders, one the other's mirror."""
+    return [((size - 11 + i % 3, i // 3), (i // 3, size - 11 + i % 3)) for i in range(18)]
+
+
+def qr_function_patterns(version: int) -> tuple[list[list[bool]], list[list[bool]]]:
+    """The modules the standard fixes, as (dark, fixed): finders and their
+    separators, timing, alignment patterns, version information, the dark
+    module, and the format information's place (filled in with mask 0)."""
+    size = 17 + 4 * version
+    dark = [[False] * size for _ in range(size)]
+    fixed = [[False] * size for _ in range(size)]
+
+    def put(row: int, col: int, on: bool) -> None:
+        dark[row][col], fixed[row][col] = on, True
+    for i in range(size):
+        put(6, i, i % 2 == 0)
+        put(i, 6, i % 2 == 0)
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):
+        for row in range(max(top - 1, 0), min(top + 8, size)):
+            for col in range(max(left - 1, 0), min(left + 8, size)):
+                put(row, col, max(abs(row - top - 3), abs(col - left - 3)) in (0, 1, 3))
+    centres = QR_ALIGNMENT[version - 2] if version > 1 else ()
+    corners = {(6, 6), (6, size - 7), (size - 7, 6)}   # at the finders: left out
+    for row in centres:
+        for col in centres:
+            if (row, col) not in corners:
+                for r, c in itertools.product(range(row - 2, row + 3), range(col - 2, col + 3)):
+                    put(r, c, max(abs(r - row), abs(c - col)) != 1)
+    if version >= 7:
+        bits = bch_code(version, QR_VERSION_POLY)
+        for i, places in enumerate(qr_version_places(size)):
+            for row, col in places:
+                put(row, col, bool(bits >> i & 1))
+    for row, col in itertools.chain(*qr_format_places(size)):
+        put(row, col, False)
+    put(size - 8, 8, True)
+    return dark, fixed
+
+
+def qr_data_places(fixed: list[list[bool]]) -> list[tuple[int, int]]:
+    """The free modules in the order codeword bits fill them: two columns at a
+    time from the right, up then down, the vertical timing column skipped."""
+    size, places, col, upward = len(fixed), [], len(fixed) - 1, True
+    while col > 0:
+        if col == 6:
+            col = 5
+        for row in range(size - 1, -1, -1) if upward else range(size):
+            places += [(row, c) for c in (col, col - 1) if not fixed[row][c]]
+        col, upward = col - 2, not upward
+    return places
+
+
+def qr_data_capacity(version: int) -> int:
+    """Data codewords that version `version` holds at level M."""
+    total = len(qr_data_places(qr_function_patterns(version)[1])) // 8
+    return total - QR_BLOCKS[version - 1] * QR_EC_PER_BLOCK[version - 1]
+
+
+def qr_count_bits(version: int) -> int:
+    return 8 if version < 10 else 16
+
+
+def qr_data_bits(data: bytes, version: int) -> str:
+    """Byte mode as a string of 0 and 1: UTF-8 said where it matters (not ASCII),
+    the mode indicator, the count, the bytes."""
+    said = "" if data.isascii() else QR_UTF8
+    return (f"{said}{QR_BYTE_MODE:04b}{len(data):0{qr_count_bits(version)}b}"
+            + "".join(f"{byte:08b}" for byte in data))
+
+
+def qr_version_for(data: bytes) -> int:
+    """The smallest version that holds `data`; ValueError if none does."""
+    for version in range(1, 41):
+        if len(qr_data_bits(data, version)) <= 8 * qr_data_capacity(version):
+            return version
+    raise ValueError(f"{len(data)} bytes are too many for a QR code")
+
+
+def qr_data_codewords(data: bytes, version: int) -> bytes:
+    """The data bits, a terminator, then padding to the version's capacity."""
+    capacity, bits = qr_data_capacity(version), qr_data_bits(data, version)
+    bits += "0" * min(4, 8 * capacity - len(bits))
+    bits += "0" * (-len(bits) % 8)
+    words = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    return words + bytes(QR_PAD[i % 2] for i in range(capacity - len(words)))
+
+
+def qr_codewords(data: bytes, version: int) -> bytes:
+    """The data codewords cut into blocks, each with its error correction, interleaved:
+    the first codeword of each block, then the second, ...; then the same for the
+    error correction.  The last blocks hold one data codeword more than the first."""
+    words, count = qr_data_codewords(data, version), QR_BLOCKS[version - 1]
+    short, longer = divmod(len(words), count)
+    starts = [i * short + max(0, i - (count - longer)) for i in range(count + 1)]
+    blocks = [words[starts[i]:starts[i + 1]] for i in range(count)]
+    checks = [rs_remainder(block, QR_EC_PER_BLOCK[version - 1]) for block in blocks]
+    return bytes(block[i] for part in (blocks, checks) for i in range(short + 1)
+                 for block in part if i < len(block))
+
+
+def qr_masked(dark: list[list[bool]], fixed: list[list[bool]], mask: int) -> list[list[bool]]:
+    """The symbol with data modules flipped by `mask` and its format information in place."""
+    flip = QR_MASKS[mask]
+    masked = [[on ^ (not fixed[r][c] and flip(r, c)) for c, on in enumerate(row)]
+              for r, row in enumerate(dark)]
+    bits = qr_format_bits(mask)
+    for places in qr_format_places(len(dark)):
+        for i, (row, col) in enumerate(places):
+            masked[row][col] = bool(bits >> i & 1)
+    return masked
+
+
+def qr_line_penalty(line: list[bool]) -> int:
+    """Rules 1 and 3 in one row or column: runs of five or more of a colour, and
+    1:1:3:1:1 finder look-alikes with four light modules on a side."""
+    runs = sum(3 + n - 5 for n in (len(list(run)) for _, run in itertools.groupby(line)) if n >= 5)
+    text = "0000" + "".join("1" if on else "0" for on in line) + "0000"   # the quiet zone is light
+    return runs + 40 * len(QR_FINDER_LIKE.findall(text))
+
+
+def qr_penalty(modules: list[list[bool]]) -> int:
+    """The standard's four penalty rules; the mask with the lowest total is used."""
+    lines = modules + [list(col) for col in zip(*modules)]
+    boxes = sum(3 for above, below in zip(modules, modules[1:]) for c in range(len(above) - 1)
+                if above[c] == above[c + 1] == below[c] == below[c + 1])
+    dark, total = sum(map(sum, modules)), len(modules) ** 2
+    return (sum(map(qr_line_penalty, lines)) + boxes
+            + 10 * (abs(20 * dark - 10 * total) // total))
+
+
+def qr_code(text: str) -> list[list[bool]]:
+    """`text` (UTF-8) as a QR code at level M: its rows top to bottom, True for a
+    dark module, without the quiet zone.  ValueError if it is too long."""
+    data = text.encode("utf-8")
+    version = qr_version_for(data)
+    dark, fixed = qr_function_patterns(version)
+    bits = [word >> (7 - i) & 1 for word in qr_codewords(data, version) for i in range(8)]
+    for (row, col), bit in zip(qr_data_places(fixed), bits):   # what is left over stays light
+        dark[row][col] = bool(bit)
+    return min((qr_masked(dark, fixed, mask) for mask in range(8)), key=qr_penalty)
+
+
+def qr_console_text(modules: list[list[bool]]) -> str:
+    """The code in block characters with its quiet zone, for light text on a dark
+    background: a light module is a block, a dark one a space; two rows a line."""
+    size = len(modules)
+    light = [[not (0 <= r - QR_QUIET < size and 0 <= c - QR_QUIET < size
+                   and modules[r - QR_QUIET][c - QR_QUIET])
+              for c in range(size + 2 * QR_QUIET)] for r in range(size + 2 * QR_QUIET)]
+    light.append([False] * len(light[0]))   # below the last line: the background
+    blocks = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
+    return "\n".join("".join(blocks[pair] for pair in zip(top, bottom))
+                     for top, bottom in zip(light[::2], light[1::2]))
+
+
+# ---------------------------------------------------------------------------
+# 8. Logging
 # ---------------------------------------------------------------------------
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
@@ -4018,7 +4279,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 8. The GUI
+# 9. The GUI
 # ---------------------------------------------------------------------------
 
 TICK_MS = 100         # how often the window reads news from other threads
@@ -4899,7 +5160,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 9. The terminal client
+# 10. The terminal client
 # ---------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
@@ -5376,7 +5637,7 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 
 
 # ---------------------------------------------------------------------------
-# 10. The command line
+# 11. The command line
 # ---------------------------------------------------------------------------
 
 def web_port_number(text: str) -> int:
@@ -5690,7 +5951,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 11. The chat page (data)
+# 12. The chat page (data)
 # ---------------------------------------------------------------------------
 
 # One document, nothing loaded from anywhere else.  A raw string with no
