@@ -2953,6 +2953,12 @@ def page_link(host: str, port: int, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
 
 
+def invitation(link: str, key: str) -> str:
+    """The page's link as friends are given it: with a room key, the key rides in the
+    fragment (#key=...), which a browser keeps to itself: no server, log or proxy sees it."""
+    return f"{link}#key={urllib.parse.quote(key, safe='')}" if key else link
+
+
 def next_page_port(settings: Settings) -> int:
     """The port the page gets when it is turned on: --web-port, else the room's port + 1."""
     if settings.web_port is not None:
@@ -3948,6 +3954,7 @@ class FriendsJoin:
     page_port: int | None          # the chat page's port, if it is served
     page_same: str | None          # the page's link on the same network
     page_internet: str | None      # ... and over the internet
+    invite: str | None             # the page's invitation for a phone here (its code), if one can come
     forward: str                   # what to set up on the router
     encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
     keyed: bool                    # friends join as name#KEY
@@ -3980,7 +3987,10 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
         same_network=host_port(same, port) if same else None, internet=internet,
         page_port=page_port,
         page_same=page_link(same, page_port, tls) if same and page_port else None,
-        page_internet=page_internet, forward=forward, encrypted=tls,
+        page_internet=page_internet,
+        invite=invitation(page_link(same, page_port, tls), settings.room_key)
+        if same and page_port and not is_loopback(same) else None,
+        forward=forward, encrypted=tls,
         keyed=bool(settings.room_key), key_warning=short_key_warning(settings.room_key),
         router=router_sentence(router, router_public_ip) if router is not None else "")
 
@@ -4301,6 +4311,7 @@ class RoomState(enum.Enum):
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
+CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
@@ -4458,6 +4469,47 @@ def open_page_in(server: Server, port: int, inbox: queue.Queue) -> None:
         inbox.put(("page-failed", server, str(e)))
 
 
+class InvitationCode:
+    """The page's invitation as a QR code, above who is online (where the window has
+    room to spare): drawn again when the link changes, hidden while there is none."""
+
+    def __init__(self, side):
+        import tkinter as tk
+        from tkinter import ttk
+        self.box = ttk.Labelframe(side, text="Scan to join from a phone", padding=(10, 4))
+        self.box.grid(row=0, column=0, sticky="ew", pady=(0, 8))
+        self.canvas = tk.Canvas(self.box, background="white", highlightthickness=0, borderwidth=0)
+        self.canvas.grid(row=0, column=0, sticky="w")
+        self.note = ttk.Label(self.box, style="Note.TLabel", wraplength=NOTE_WRAP // 2,
+                              text="A phone on the same network opens the chat page with its camera.")
+        self.note.grid(row=0, column=1, sticky="nw", padx=(14, 0))
+        self.link: str | None = ""   # the link drawn ("": nothing yet)
+        self.show(None)
+
+    def show(self, link: str | None) -> None:
+        """Draw the code of `link`; None (or a link too long for a code) hides it."""
+        if link == self.link:
+            return
+        self.link = link
+        self.canvas.delete("all")
+        try:
+            modules = qr_code(link) if link else []
+        except ValueError:
+            modules = []
+        if not modules:
+            self.box.grid_remove()
+            return
+        side = (len(modules) + 2 * QR_QUIET) * CODE_PIXELS
+        self.canvas.configure(width=side, height=side)
+        for r, row in enumerate(modules):
+            for c, dark in enumerate(row):
+                if dark:
+                    x, y = (c + QR_QUIET) * CODE_PIXELS, (r + QR_QUIET) * CODE_PIXELS
+                    self.canvas.create_rectangle(x, y, x + CODE_PIXELS, y + CODE_PIXELS,
+                                                 fill="black", width=0)
+        self.box.grid()
+
+
 class WindowView:
     """The window's widgets, built once: the bar, how friends join, this
     server, who is online, the log.  It holds no state of the room; its
@@ -4523,7 +4575,12 @@ class WindowView:
         side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
         self._build_join(side, window, settings)
         self._build_info(side)
-        self._build_members(frame, window)
+        side = ttk.Frame(frame)
+        side.grid(row=2, column=1, sticky="nsew")
+        side.columnconfigure(0, weight=1)
+        side.rowconfigure(1, weight=1)
+        self.invite_code = InvitationCode(side)
+        self._build_members(side, window)
         self._build_log(frame)
 
     def _build_bar(self, frame, window: "ServerWindow") -> None:
@@ -4607,10 +4664,10 @@ class WindowView:
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
 
-    def _build_members(self, frame, window: "ServerWindow") -> None:
+    def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
-        self.members_box = box = ttk.Labelframe(frame, text="Online (0)", padding=(10, 8))
-        box.grid(row=2, column=1, sticky="nsew")
+        self.members_box = box = ttk.Labelframe(side, text="Online (0)", padding=(10, 8))
+        box.grid(row=1, column=0, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
@@ -5034,10 +5091,12 @@ class ServerWindow:
             why = self.unknown["private" if kind == "page" else kind]
             said = "Nothing copied: " + UNKNOWN[why][1].format(whose=whose) + "."
         else:
+            copied = invitation(address, self.settings.room_key) if kind == "page" else address
             self.root.clipboard_clear()
-            self.root.clipboard_append(address)
+            self.root.clipboard_append(copied)
             self.view.copy_buttons[kind].configure(text="Copied ✓")
-            said = f"Copied {address}: give it to friends who join {whom}."
+            keyed = " with the room key" if copied != address else ""
+            said = f"Copied {address}{keyed}: give it to friends who join {whom}."
         show_line(self.view.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
@@ -5059,6 +5118,8 @@ class ServerWindow:
             label.configure(text=self._address(kind) or UNKNOWN[why][0])
         for widget in view.page_row:
             widget.grid() if join.page_port else widget.grid_remove()
+        served = self.state == RoomState.RUNNING and self.page_listening
+        view.invite_code.show(join.invite if served else None)
         view.page_switch.configure(text=f"Web page for phones and browsers (port {self._page_port()})")
         view.page_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
@@ -5826,8 +5887,9 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def join_banner(settings: Settings, join: FriendsJoin) -> str:
-    """What the host needs once the room is open: how friends join, the log, how to stop."""
+def join_banner(settings: Settings, join: FriendsJoin, code: str = "") -> str:
+    """What the host needs once the room is open: how friends join (with `code`, the
+    invitation's QR code as console_code draws it, under the page's link), the log, how to stop."""
     host, port = join.listen
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
@@ -5843,6 +5905,7 @@ def join_banner(settings: Settings, join: FriendsJoin) -> str:
                                "status page shows this machine's public address")]
         if join.page_port:
             lines.append(page_line(join.page_same or "unknown", "on the same network"))
+            lines += [code] if code else []
     if join.encrypted:
         lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     if join.keyed:
@@ -5869,6 +5932,21 @@ def page_line(link: str, where: str) -> str:
     return f"  from a browser:     {link} ({where}; a phone is enough)"
 
 
+def console_code(link: str | None, stream) -> str:
+    """The code of `link` to scan off `stream` (a console with light text on dark), a
+    sentence where the console's encoding has no block characters, or "" with no link."""
+    if not link:
+        return ""
+    try:
+        "█▀▄".encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "  (this console cannot draw the link's QR code to scan; --gui shows it)"
+    try:
+        return qr_console_text(qr_code(link))
+    except ValueError:   # a room key too long for any code
+        return ""
+
+
 def print_for_host(text: str) -> None:
     """Print for the host; a terminal that has gone away (hang-up) is no error."""
     try:
@@ -5886,7 +5964,7 @@ def announce(settings: Settings, address: tuple[str, int],
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port)
-    print_for_host(join_banner(settings, join))
+    print_for_host(join_banner(settings, join, console_code(join.invite, sys.stdout)))
     if join.only_here:
         if settings.upnp:
             print_for_host(f"  the room listens on {address[0]} only, so the router was not "
@@ -5921,6 +5999,7 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     router = announce(settings, address, server.web_address)
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
@@ -6771,8 +6850,18 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
   });
 
+  function keyFromLink() {
+    // An invitation carries the room key in its fragment (#key=...), which no server
+    // sees: it fills the key field, then leaves the address bar and the history.
+    const found = /^#key=(.*)$/.exec(location.hash);
+    if (!found) { return; }
+    try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    history.replaceState(history.state, "", location.pathname + location.search);
+  }
+
   ui.name.value = remembered();
   keptSeat();
+  keyFromLink();
   setCanSend(false);
   renderPeople();
   ui.name.focus();
