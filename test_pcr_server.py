@@ -5990,6 +5990,7 @@ import json, subprocess, sys, time, tkinter
 sys.path.insert(0, sys.argv[1])
 import pcr_server as pcr
 root = tkinter.Tk()
+pcr.setup_logging("", console=False)   # the log panel shows what a room logs
 w = pcr.ServerWindow(root, pcr.Settings(port=5050, public_ip_url="", log_file="", room_key=sys.argv[3]))
 def until(done):
     end = time.monotonic() + 20
@@ -6130,6 +6131,9 @@ class InvitationOnANetworkTest(unittest.TestCase):
             self.assertGreaterEqual(step["canvas"], 4 * modules, step)   # 4 px a module
         self.assertIn("#key=Fam%26ly%2B2026%3Dx", steps[1]["link"])
         self.assertIn(":5061/", steps[3]["link"])
+        if SCREENSHOTS:   # the README's picture: the window, at the screen's top left
+            Image.open(steps[1]["shot"]).crop((0, 0, *steps[1]["window"])).save(
+                os.path.join(SCREENSHOTS, "invite.png"), optimize=True)
 
     def test_chromium_follows_the_scanned_link_and_joins_with_a_name_alone(self):
         if webdriver is None:
