@@ -4106,7 +4106,7 @@ def qr_version_places(size: int) -> list[tuple[tuple[int, int], tuple[int, int]]
 def qr_function_patterns(version: int) -> tuple[list[list[bool]], list[list[bool]]]:
     """The modules the standard fixes, as (dark, fixed): finders and their
     separators, timing, alignment patterns, version information, the dark
-    module, and the format information's place (filled in with mask 0)."""
+    module, and the format information's place (light until a mask is chosen)."""
     size = 17 + 4 * version
     dark = [[False] * size for _ in range(size)]
     fixed = [[False] * size for _ in range(size)]
@@ -4480,9 +4480,9 @@ class InvitationCode:
         self.box.grid(row=0, column=0, sticky="ew", pady=(0, 8))
         self.canvas = tk.Canvas(self.box, background="white", highlightthickness=0, borderwidth=0)
         self.canvas.grid(row=0, column=0, sticky="w")
-        self.note = ttk.Label(self.box, style="Note.TLabel", wraplength=NOTE_WRAP // 2,
-                              text="A phone on the same network opens the chat page with its camera.")
-        self.note.grid(row=0, column=1, sticky="nw", padx=(14, 0))
+        ttk.Label(self.box, style="Note.TLabel", wraplength=NOTE_WRAP // 2,
+                  text="A phone on the same network opens the chat page with its camera."
+                  ).grid(row=0, column=1, sticky="nw", padx=(14, 0))
         self.link: str | None = ""   # the link drawn ("": nothing yet)
         self.show(None)
 
