@@ -43,14 +43,17 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
                               and what happened in plain words; then FriendsJoin
                               (how friends join, for the banner and the window)
-  9. Logging                  a rotating file, created readable by its owner only
-  10. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
-                              (the router asked while its switch is on), ServerWindow
+  9. The QR code              qr_code(text): the invitation for a phone's camera
+                              (ISO/IEC 18004, byte mode, level M), drawn for a console
+  10. Logging                 a rotating file, created readable by its owner only
+  11. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
+                              (the router asked while its switch is on),
+                              InvitationCode (the code to scan), ServerWindow
                               (the room as the window runs it: RoomState), tkinter
                               imported here
-  11. The terminal client     --connect
-  12. The command line        main()
-  13. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
+  12. The terminal client     --connect
+  13. The command line        main()
+  14. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
@@ -3060,6 +3063,12 @@ def page_link(host: str, port: int, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
 
 
+def invitation(link: str, key: str) -> str:
+    """The page's link as friends are given it: with a room key, the key rides in the
+    fragment (#key=...), which a browser keeps to itself: no server, log or proxy sees it."""
+    return f"{link}#key={urllib.parse.quote(key, safe='')}" if key else link
+
+
 def next_page_port(settings: Settings) -> int:
     """The port the page gets when it is turned on: --web-port, else the room's port + 1."""
     if settings.web_port is not None:
@@ -4060,6 +4069,7 @@ class FriendsJoin:
     page_port: int | None          # the chat page's port, if it is served
     page_same: str | None          # the page's link on the same network
     page_internet: str | None      # ... and over the internet
+    invite: str | None             # the page's invitation for a phone here (its code), if one can come
     forward: str                   # what to set up on the router
     encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
     keyed: bool                    # friends join as name#KEY
@@ -4092,13 +4102,275 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
         same_network=host_port(same, port) if same else None, internet=internet,
         page_port=page_port,
         page_same=page_link(same, page_port, tls) if same and page_port else None,
-        page_internet=page_internet, forward=forward, encrypted=tls,
+        page_internet=page_internet,
+        invite=invitation(page_link(same, page_port, tls), settings.room_key)
+        if same and page_port and not is_loopback(same) else None,
+        forward=forward, encrypted=tls,
         keyed=bool(settings.room_key), key_warning=short_key_warning(settings.room_key),
         router=router_sentence(router, router_public_ip) if router is not None else "")
 
 
 # ---------------------------------------------------------------------------
-# 9. Logging
+# 9. The QR code
+# ---------------------------------------------------------------------------
+# The invitation drawn for a phone's camera, written from ISO/IEC 18004: byte
+# mode, error correction level M, versions 1 to 40 (up to 2331 bytes).  The
+# standard's tables, then one pure function per step; nothing is kept between calls.
+
+# Level M, for versions 1 to 40: error correction codewords in each block, and blocks.
+QR_EC_PER_BLOCK = (10, 16, 26, 18, 24, 16, 18, 22, 22, 26, 30, 22, 22, 24, 24, 28, 28, 26, 26, 26,
+                   26, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28)
+QR_BLOCKS = (1, 1, 1, 2, 2, 4, 4, 4, 5, 5, 5, 8, 9, 9, 10, 10, 11, 13, 14, 16,
+             17, 17, 18, 20, 21, 23, 25, 26, 28, 29, 31, 33, 35, 37, 38, 40, 43, 45, 47, 49)
+# The rows and columns of the alignment patterns' centres, for versions 2 to 40 (Annex E).
+QR_ALIGNMENT = (
+    (6, 18), (6, 22), (6, 26), (6, 30), (6, 34), (6, 22, 38), (6, 24, 42), (6, 26, 46),
+    (6, 28, 50), (6, 30, 54), (6, 32, 58), (6, 34, 62), (6, 26, 46, 66), (6, 26, 48, 70),
+    (6, 26, 50, 74), (6, 30, 54, 78), (6, 30, 56, 82), (6, 30, 58, 86), (6, 34, 62, 90),
+    (6, 28, 50, 72, 94), (6, 26, 50, 74, 98), (6, 30, 54, 78, 102), (6, 28, 54, 80, 106),
+    (6, 32, 58, 84, 110), (6, 30, 58, 86, 114), (6, 34, 62, 90, 118),
+    (6, 26, 50, 74, 98, 122), (6, 30, 54, 78, 102, 126), (6, 26, 52, 78, 104, 130),
+    (6, 30, 56, 82, 108, 134), (6, 34, 60, 86, 112, 138), (6, 30, 58, 86, 114, 142),
+    (6, 34, 62, 90, 118, 146), (6, 30, 54, 78, 102, 126, 150), (6, 24, 50, 76, 102, 128, 154),
+    (6, 28, 54, 80, 106, 132, 158), (6, 32, 58, 84, 110, 136, 162), (6, 26, 54, 82, 110, 138, 166),
+    (6, 30, 58, 86, 114, 142, 170))
+QR_BYTE_MODE = 0b0100
+QR_UTF8 = f"{0b0111:04b}{26:08b}"   # ECI 26, UTF-8: byte mode is read as ISO 8859-1 without it
+QR_PAD = (0xEC, 0x11)         # the pad codewords, in turn
+QR_LEVEL_M = 0b00             # level M's two bits in the format information
+QR_FORMAT_POLY = 0b10100110111          # BCH (15, 5)
+QR_FORMAT_XOR = 0b101010000010010       # so that no format information is all light
+QR_VERSION_POLY = 0b1111100100101       # BCH (18, 6)
+QR_FIELD_POLY = 0b100011101             # GF(256): x^8 + x^4 + x^3 + x^2 + 1
+QR_MASKS = (                  # (row, column) -> flip this data module
+    lambda r, c: (r + c) % 2 == 0,
+    lambda r, c: r % 2 == 0,
+    lambda r, c: c % 3 == 0,
+    lambda r, c: (r + c) % 3 == 0,
+    lambda r, c: (r // 2 + c // 3) % 2 == 0,
+    lambda r, c: r * c % 2 + r * c % 3 == 0,
+    lambda r, c: (r * c % 2 + r * c % 3) % 2 == 0,
+    lambda r, c: ((r + c) % 2 + r * c % 3) % 2 == 0)
+QR_FINDER_LIKE = re.compile(r"(?=10111010000|00001011101)")   # penalty rule 3, in a line
+QR_QUIET = 4                  # light modules around the code
+
+
+def gf_powers() -> tuple[list[int], list[int]]:
+    """GF(256)'s powers of 2 (twice over, so sums of logarithms need no modulo) and logarithms."""
+    powers, logs, x = [], [0] * 256, 1
+    for i in range(255):
+        powers.append(x)
+        logs[x] = i
+        x <<= 1
+        if x & 0x100:
+            x ^= QR_FIELD_POLY
+    return powers + powers, logs
+
+
+GF_POWERS, GF_LOGS = gf_powers()
+
+
+def gf_times(a: int, b: int) -> int:
+    return GF_POWERS[GF_LOGS[a] + GF_LOGS[b]] if a and b else 0
+
+
+def rs_generator(degree: int) -> list[int]:
+    """The Reed-Solomon generator (x - 1)(x - 2)...(x - 2^(degree-1)), highest power first."""
+    g = [1]
+    for i in range(degree):
+        g = [a ^ gf_times(b, GF_POWERS[i]) for a, b in zip(g + [0], [0] + g)]
+    return g
+
+
+def rs_remainder(data: bytes, degree: int) -> bytes:
+    """The error correction codewords of `data`: its remainder by the generator."""
+    g, rest = rs_generator(degree), [0] * degree
+    for word in data:
+        factor = word ^ rest[0]
+        rest = [r ^ gf_times(c, factor) for r, c in zip(rest[1:] + [0], g[1:])]
+    return bytes(rest)
+
+
+def bch_code(value: int, poly: int) -> int:
+    """`value` followed by its BCH check bits (the remainder by `poly`)."""
+    degree = poly.bit_length() - 1
+    rest = value << degree
+    for shift in range(rest.bit_length() - 1, degree - 1, -1):
+        if rest >> shift & 1:
+            rest ^= poly << (shift - degree)
+    return value << degree | rest
+
+
+def qr_format_bits(mask: int) -> int:
+    return bch_code(QR_LEVEL_M << 3 | mask, QR_FORMAT_POLY) ^ QR_FORMAT_XOR
+
+
+def qr_format_places(size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Where format bits 0 (least significant) to 14 go, as (row, column): beside the
+    top-left finder, and split between the other two."""
+    first = [(i, 8) for i in range(6)] + [(7, 8), (8, 8), (8, 7)] + [(8, 14 - i) for i in range(9, 15)]
+    second = [(8, size - 1 - i) for i in range(8)] + [(size - 15 + i, 8) for i in range(8, 15)]
+    return first, second
+
+
+def qr_version_places(size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where version bits 0 to 17 go: a 6 x 3 block beside two finders, one the other's mirror."""
+    return [((size - 11 + i % 3, i // 3), (i // 3, size - 11 + i % 3)) for i in range(18)]
+
+
+def qr_function_patterns(version: int) -> tuple[list[list[bool]], list[list[bool]]]:
+    """The modules the standard fixes, as (dark, fixed): finders and their
+    separators, timing, alignment patterns, version information, the dark
+    module, and the format information's place (light until a mask is chosen)."""
+    size = 17 + 4 * version
+    dark = [[False] * size for _ in range(size)]
+    fixed = [[False] * size for _ in range(size)]
+
+    def put(row: int, col: int, on: bool) -> None:
+        dark[row][col], fixed[row][col] = on, True
+    for i in range(size):
+        put(6, i, i % 2 == 0)
+        put(i, 6, i % 2 == 0)
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):
+        for row in range(max(top - 1, 0), min(top + 8, size)):
+            for col in range(max(left - 1, 0), min(left + 8, size)):
+                put(row, col, max(abs(row - top - 3), abs(col - left - 3)) in (0, 1, 3))
+    centres = QR_ALIGNMENT[version - 2] if version > 1 else ()
+    corners = {(6, 6), (6, size - 7), (size - 7, 6)}   # at the finders: left out
+    for row in centres:
+        for col in centres:
+            if (row, col) not in corners:
+                for r, c in itertools.product(range(row - 2, row + 3), range(col - 2, col + 3)):
+                    put(r, c, max(abs(r - row), abs(c - col)) != 1)
+    if version >= 7:
+        bits = bch_code(version, QR_VERSION_POLY)
+        for i, places in enumerate(qr_version_places(size)):
+            for row, col in places:
+                put(row, col, bool(bits >> i & 1))
+    for row, col in itertools.chain(*qr_format_places(size)):
+        put(row, col, False)
+    put(size - 8, 8, True)
+    return dark, fixed
+
+
+def qr_data_places(fixed: list[list[bool]]) -> list[tuple[int, int]]:
+    """The free modules in the order codeword bits fill them: two columns at a
+    time from the right, up then down, the vertical timing column skipped."""
+    size, places, col, upward = len(fixed), [], len(fixed) - 1, True
+    while col > 0:
+        if col == 6:
+            col = 5
+        for row in range(size - 1, -1, -1) if upward else range(size):
+            places += [(row, c) for c in (col, col - 1) if not fixed[row][c]]
+        col, upward = col - 2, not upward
+    return places
+
+
+def qr_data_capacity(version: int) -> int:
+    """Data codewords that version `version` holds at level M."""
+    total = len(qr_data_places(qr_function_patterns(version)[1])) // 8
+    return total - QR_BLOCKS[version - 1] * QR_EC_PER_BLOCK[version - 1]
+
+
+def qr_count_bits(version: int) -> int:
+    return 8 if version < 10 else 16
+
+
+def qr_data_bits(data: bytes, version: int) -> str:
+    """Byte mode as a string of 0 and 1: UTF-8 said where it matters (not ASCII),
+    the mode indicator, the count, the bytes."""
+    said = "" if data.isascii() else QR_UTF8
+    return (f"{said}{QR_BYTE_MODE:04b}{len(data):0{qr_count_bits(version)}b}"
+            + "".join(f"{byte:08b}" for byte in data))
+
+
+def qr_version_for(data: bytes) -> int:
+    """The smallest version that holds `data`; ValueError if none does."""
+    for version in range(1, 41):
+        if len(qr_data_bits(data, version)) <= 8 * qr_data_capacity(version):
+            return version
+    raise ValueError(f"{len(data)} bytes are too many for a QR code")
+
+
+def qr_data_codewords(data: bytes, version: int) -> bytes:
+    """The data bits, a terminator, then padding to the version's capacity."""
+    capacity, bits = qr_data_capacity(version), qr_data_bits(data, version)
+    bits += "0" * min(4, 8 * capacity - len(bits))
+    bits += "0" * (-len(bits) % 8)
+    words = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    return words + bytes(QR_PAD[i % 2] for i in range(capacity - len(words)))
+
+
+def qr_codewords(data: bytes, version: int) -> bytes:
+    """The data codewords cut into blocks, each with its error correction, interleaved:
+    the first codeword of each block, then the second, ...; then the same for the
+    error correction.  The last blocks hold one data codeword more than the first."""
+    words, count = qr_data_codewords(data, version), QR_BLOCKS[version - 1]
+    short, longer = divmod(len(words), count)
+    starts = [i * short + max(0, i - (count - longer)) for i in range(count + 1)]
+    blocks = [words[starts[i]:starts[i + 1]] for i in range(count)]
+    checks = [rs_remainder(block, QR_EC_PER_BLOCK[version - 1]) for block in blocks]
+    return bytes(block[i] for part in (blocks, checks) for i in range(short + 1)
+                 for block in part if i < len(block))
+
+
+def qr_masked(dark: list[list[bool]], fixed: list[list[bool]], mask: int) -> list[list[bool]]:
+    """The symbol with data modules flipped by `mask` and its format information in place."""
+    flip = QR_MASKS[mask]
+    masked = [[on ^ (not fixed[r][c] and flip(r, c)) for c, on in enumerate(row)]
+              for r, row in enumerate(dark)]
+    bits = qr_format_bits(mask)
+    for places in qr_format_places(len(dark)):
+        for i, (row, col) in enumerate(places):
+            masked[row][col] = bool(bits >> i & 1)
+    return masked
+
+
+def qr_line_penalty(line: list[bool]) -> int:
+    """Rules 1 and 3 in one row or column: runs of five or more of a colour, and
+    1:1:3:1:1 finder look-alikes with four light modules on a side."""
+    runs = sum(3 + n - 5 for n in (len(list(run)) for _, run in itertools.groupby(line)) if n >= 5)
+    text = "0000" + "".join("1" if on else "0" for on in line) + "0000"   # the quiet zone is light
+    return runs + 40 * len(QR_FINDER_LIKE.findall(text))
+
+
+def qr_penalty(modules: list[list[bool]]) -> int:
+    """The standard's four penalty rules; the mask with the lowest total is used."""
+    lines = modules + [list(col) for col in zip(*modules)]
+    boxes = sum(3 for above, below in zip(modules, modules[1:]) for c in range(len(above) - 1)
+                if above[c] == above[c + 1] == below[c] == below[c + 1])
+    dark, total = sum(map(sum, modules)), len(modules) ** 2
+    return (sum(map(qr_line_penalty, lines)) + boxes
+            + 10 * (abs(20 * dark - 10 * total) // total))
+
+
+def qr_code(text: str) -> list[list[bool]]:
+    """`text` (UTF-8) as a QR code at level M: its rows top to bottom, True for a
+    dark module, without the quiet zone.  ValueError if it is too long."""
+    data = text.encode("utf-8")
+    version = qr_version_for(data)
+    dark, fixed = qr_function_patterns(version)
+    bits = [word >> (7 - i) & 1 for word in qr_codewords(data, version) for i in range(8)]
+    for (row, col), bit in zip(qr_data_places(fixed), bits):   # what is left over stays light
+        dark[row][col] = bool(bit)
+    return min((qr_masked(dark, fixed, mask) for mask in range(8)), key=qr_penalty)
+
+
+def qr_console_text(modules: list[list[bool]]) -> str:
+    """The code in block characters with its quiet zone, for light text on a dark
+    background: a light module is a block, a dark one a space; two rows a line."""
+    size = len(modules)
+    light = [[not (0 <= r - QR_QUIET < size and 0 <= c - QR_QUIET < size
+                   and modules[r - QR_QUIET][c - QR_QUIET])
+              for c in range(size + 2 * QR_QUIET)] for r in range(size + 2 * QR_QUIET)]
+    light.append([False] * len(light[0]))   # below the last line: the background
+    blocks = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
+    return "\n".join("".join(blocks[pair] for pair in zip(top, bottom))
+                     for top, bottom in zip(light[::2], light[1::2]))
+
+
+# ---------------------------------------------------------------------------
+# 10. Logging
 # ---------------------------------------------------------------------------
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
@@ -4132,7 +4404,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 10. The GUI
+# 11. The GUI
 # ---------------------------------------------------------------------------
 
 TICK_MS = 100         # how often the window reads news from other threads
@@ -4154,6 +4426,7 @@ class RoomState(enum.Enum):
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
+CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
@@ -4320,6 +4593,47 @@ def open_page_in(server: Server, port: int, inbox: queue.Queue) -> None:
         inbox.put(("page-failed", server, str(e)))
 
 
+class InvitationCode:
+    """The page's invitation as a QR code, above who is online (where the window has
+    room to spare): drawn again when the link changes, hidden while there is none."""
+
+    def __init__(self, side):
+        import tkinter as tk
+        from tkinter import ttk
+        self.box = ttk.Labelframe(side, text="Scan to join from a phone", padding=(10, 4))
+        self.box.grid(row=0, column=0, sticky="ew", pady=(0, 8))
+        self.canvas = tk.Canvas(self.box, background="white", highlightthickness=0, borderwidth=0)
+        self.canvas.grid(row=0, column=0, sticky="w")
+        ttk.Label(self.box, style="Note.TLabel", wraplength=NOTE_WRAP // 2,
+                  text="A phone on the same network opens the chat page with its camera."
+                  ).grid(row=0, column=1, sticky="nw", padx=(14, 0))
+        self.link: str | None = ""   # the link drawn ("": nothing yet)
+        self.show(None)
+
+    def show(self, link: str | None) -> None:
+        """Draw the code of `link`; None (or a link too long for a code) hides it."""
+        if link == self.link:
+            return
+        self.link = link
+        self.canvas.delete("all")
+        try:
+            modules = qr_code(link) if link else []
+        except ValueError:
+            modules = []
+        if not modules:
+            self.box.grid_remove()
+            return
+        side = (len(modules) + 2 * QR_QUIET) * CODE_PIXELS
+        self.canvas.configure(width=side, height=side)
+        for r, row in enumerate(modules):
+            for c, dark in enumerate(row):
+                if dark:
+                    x, y = (c + QR_QUIET) * CODE_PIXELS, (r + QR_QUIET) * CODE_PIXELS
+                    self.canvas.create_rectangle(x, y, x + CODE_PIXELS, y + CODE_PIXELS,
+                                                 fill="black", width=0)
+        self.box.grid()
+
+
 class WindowView:
     """The window's widgets, built once: the bar, how friends join, this
     server, who is online, the log.  It holds no state of the room; its
@@ -4385,7 +4699,12 @@ class WindowView:
         side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
         self._build_join(side, window, settings)
         self._build_info(side)
-        self._build_members(frame, window)
+        side = ttk.Frame(frame)
+        side.grid(row=2, column=1, sticky="nsew")
+        side.columnconfigure(0, weight=1)
+        side.rowconfigure(1, weight=1)
+        self.invite_code = InvitationCode(side)
+        self._build_members(side, window)
         self._build_log(frame)
 
     def _build_bar(self, frame, window: "ServerWindow") -> None:
@@ -4469,10 +4788,10 @@ class WindowView:
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
 
-    def _build_members(self, frame, window: "ServerWindow") -> None:
+    def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
-        self.members_box = box = ttk.Labelframe(frame, text="Online (0)", padding=(10, 8))
-        box.grid(row=2, column=1, sticky="nsew")
+        self.members_box = box = ttk.Labelframe(side, text="Online (0)", padding=(10, 8))
+        box.grid(row=1, column=0, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
@@ -4921,10 +5240,12 @@ class ServerWindow:
             why = self.unknown["private" if kind == "page" else kind]
             said = "Nothing copied: " + UNKNOWN[why][1].format(whose=whose) + "."
         else:
+            copied = invitation(address, self.settings.room_key) if kind == "page" else address
             self.root.clipboard_clear()
-            self.root.clipboard_append(address)
+            self.root.clipboard_append(copied)
             self.view.copy_buttons[kind].configure(text="Copied ✓")
-            said = f"Copied {address}: give it to friends who join {whom}."
+            keyed = " with the room key" if copied != address else ""
+            said = f"Copied {address}{keyed}: give it to friends who join {whom}."
         show_line(self.view.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
@@ -4946,6 +5267,8 @@ class ServerWindow:
             label.configure(text=self._address(kind) or UNKNOWN[why][0])
         for widget in view.page_row:
             widget.grid() if join.page_port else widget.grid_remove()
+        served = self.state == RoomState.RUNNING and self.page_listening
+        view.invite_code.show(join.invite if served else None)
         view.page_switch.configure(text=f"Web page for phones and browsers (port {self._page_port()})")
         view.page_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
@@ -5040,7 +5363,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 11. The terminal client
+# 12. The terminal client
 # ---------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
@@ -5517,7 +5840,7 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 
 
 # ---------------------------------------------------------------------------
-# 12. The command line
+# 13. The command line
 # ---------------------------------------------------------------------------
 
 def web_port_number(text: str) -> int:
@@ -5698,8 +6021,9 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def join_banner(settings: Settings, join: FriendsJoin) -> str:
-    """What the host needs once the room is open: how friends join, the log, how to stop."""
+def join_banner(settings: Settings, join: FriendsJoin, code: str = "") -> str:
+    """What the host needs once the room is open: how friends join (with `code`, the
+    invitation's QR code as console_code draws it, under the page's link), the log, how to stop."""
     host, port = join.listen
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
@@ -5715,6 +6039,7 @@ def join_banner(settings: Settings, join: FriendsJoin) -> str:
                                "status page shows this machine's public address")]
         if join.page_port:
             lines.append(page_line(join.page_same or "unknown", "on the same network"))
+            lines += [code] if code else []
     if join.encrypted:
         lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     if join.keyed:
@@ -5741,6 +6066,21 @@ def page_line(link: str, where: str) -> str:
     return f"  from a browser:     {link} ({where}; a phone is enough)"
 
 
+def console_code(link: str | None, stream) -> str:
+    """The code of `link` to scan off `stream` (a console with light text on dark), a
+    sentence where the console's encoding has no block characters, or "" with no link."""
+    if not link:
+        return ""
+    try:
+        "█▀▄".encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "  (this console cannot draw the link's QR code to scan; --gui shows it)"
+    try:
+        return qr_console_text(qr_code(link))
+    except ValueError:   # a room key too long for any code
+        return ""
+
+
 def print_for_host(text: str) -> None:
     """Print for the host; a terminal that has gone away (hang-up) is no error."""
     try:
@@ -5758,7 +6098,7 @@ def announce(settings: Settings, address: tuple[str, int],
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port)
-    print_for_host(join_banner(settings, join))
+    print_for_host(join_banner(settings, join, console_code(join.invite, sys.stdout)))
     if join.only_here:
         if settings.upnp:
             print_for_host(f"  the room listens on {address[0]} only, so the router was not "
@@ -5793,6 +6133,7 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     router = announce(settings, address, server.web_address)
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
@@ -5823,7 +6164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 13. The chat page (data)
+# 14. The chat page (data)
 # ---------------------------------------------------------------------------
 
 # One document, nothing loaded from anywhere else.  A raw string with no
@@ -6643,8 +6984,18 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
   });
 
+  function keyFromLink() {
+    // An invitation carries the room key in its fragment (#key=...), which no server
+    // sees: it fills the key field, then leaves the address bar and the history.
+    const found = /^#key=(.*)$/.exec(location.hash);
+    if (!found) { return; }
+    try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    history.replaceState(history.state, "", location.pathname + location.search);
+  }
+
   ui.name.value = remembered();
   keptSeat();
+  keyFromLink();
   setCanSend(false);
   renderPeople();
   ui.name.focus();
