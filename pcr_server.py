@@ -21,9 +21,11 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Bucket, Tally, Transport (one socket: the one send,
                               kept bytes, write interest, TLS steps, the close)
   4. The room and its outlets Member (who, and where in its life), Room (names,
-                              welcomes, leaves, the count, the history for newcomers:
-                              each event published once), an outlet per kind of
-                              reader, each encoding and delivering the events:
+                              welcomes, leaves, the count, the history for newcomers,
+                              /msg: each event published once, a private line to
+                              its two members alone), an outlet per kind of
+                              reader, each encoding and delivering the events
+                              (Stream: what an outlet says, parts for one member alone):
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
@@ -548,12 +550,12 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
 
 
-def ws_event(kind: str, **fields) -> bytes:
+def ws_event(kind: str, /, **fields) -> bytes:
     """A message for the page: one text frame holding {"type": kind, ...}."""
     return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
 
 
-def ws_marked_event(start: int, kind: str, **fields) -> bytes:
+def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
     """ws_event, written at stream position `start` and marked with `at`, the
     position right after it: where a page that has it picks up again."""
     body = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode()[:-1] + b', "at": '
@@ -1605,8 +1607,8 @@ class WebOutlet(Outlet):
     def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
         """A private line for m alone, marked with its place like every event,
         kept like them for a page that is away."""
-        self._say_to(m, ws_marked_event(self.stream.end, "private", kind="private",
-                                        **{"from": sender, "to": receiver, "text": text}))
+        self._say_to(m, ws_marked_event(self.stream.end, "private", **{
+            "kind": "private", "from": sender, "to": receiver, "text": text}))
 
     def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
         self._note(m, ws_event("history", lines=[{"name": name, "text": text}
