@@ -620,11 +620,12 @@ class FrameReader:
 
     Holds at most one frame and one message of `max_message` bytes; anything
     bigger, unmasked, reserved or out of order raises WsError with the RFC's
-    code.  Text is checked fragment by fragment: bad UTF-8 raises (1007) as
-    soon as the fragment holding it is in, not when the message ends.
+    code.  Text is checked with one incremental UTF-8 decoder per message, as
+    its bytes come: bad UTF-8 raises (1007) as soon as it is in, without
+    waiting for the end of its frame or of its message.
     """
 
-    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "text")
+    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "text", "checked")
 
     def __init__(self, max_message: int):
         self.max_message = max_message
@@ -633,6 +634,7 @@ class FrameReader:
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
         self.text = None               # the UTF-8 check of the text message under way
+        self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """(opcode, payload) of each whole message or control frame in `data`."""
@@ -663,30 +665,44 @@ class FrameReader:
             if len(buf) < 10:
                 return None
             length, at = struct.unpack_from("!Q", buf, 2)[0], 10
+        end = at + 4 + length
         if opcode >= 0x8:
             if not fin or length > 125:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
         elif self.size + length > self.max_message:
             raise WsError(WS_TOO_BIG, "message too big")
-        if len(buf) < at + 4 + length:
+        else:
+            if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
+                self._start_frame(opcode)
+            if self.text is not None and len(buf) >= at + 4:
+                self._check_text(buf, at, min(len(buf), end), bool(fin) and len(buf) >= end)
+        if len(buf) < end:
             return None
-        payload = ws_unmask(buf[at + 4:at + 4 + length], buf[at:at + 4])
-        self.buf = buf[at + 4 + length:]
+        payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
+        self.buf = buf[end:]
         if opcode >= 0x8:
             return [(opcode, payload)]
-        return self._fragment(fin, opcode, payload)
+        self.checked = -1
+        return self._fragment(fin, payload)
 
-    def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
+    def _start_frame(self, opcode: int) -> None:
         if (opcode == 0) != bool(self.opcode):
             raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
         if opcode:
             self.opcode = opcode
             self.text = codecs.getincrementaldecoder("utf-8")() if opcode == WS_TEXT else None
-        if self.text is not None:
-            try:
-                self.text.decode(payload, final=bool(fin))
-            except UnicodeDecodeError:
-                raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+        self.checked = 0
+
+    def _check_text(self, buf: bytes, at: int, stop: int, last: bool) -> None:
+        """Check the text of the frame under way (its mask at buf[at:]) up to buf[stop]."""
+        k, mask = self.checked % 4, buf[at:at + 4]
+        try:
+            self.text.decode(ws_unmask(buf[at + 4 + self.checked:stop], mask[k:] + mask[:k]), last)
+        except UnicodeDecodeError:
+            raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+        self.checked = stop - at - 4
+
+    def _fragment(self, fin: int, payload: bytes) -> list[tuple[int, bytes]]:
         self.parts.append(payload)
         self.size += len(payload)
         if not fin:

@@ -6043,6 +6043,12 @@ class StrictWebSocketTest(WebCase):
                                    self.masked(b"w\xf4\x90\x80\x80rld", 0x0, fin=False))
         self.assertEqual(code, pcr.WS_BAD_DATA)
 
+    def test_bad_utf_8_closes_at_once_even_before_the_rest_of_its_frame(self):
+        self.start()
+        frame = self.masked(b"name \xed\xa0\x80" + b"x" * 40)
+        code, _ = self.close_after(frame[:2 + 4 + 12])   # the frame's last 36 bytes never come
+        self.assertEqual(code, pcr.WS_BAD_DATA)
+
     def test_bad_utf_8_in_the_first_fragment_closes_at_once(self):
         self.start()
         code, _ = self.close_after(self.masked(b"\xc0\xafname", fin=False))
@@ -6070,6 +6076,19 @@ class StrictWebSocketTest(WebCase):
                                      + self.masked(b"\xac!", 0x0)), [(pcr.WS_TEXT, "\u20ac!".encode())])
         self.assertEqual(reader.feed(self.masked(b"\xff\xfe", pcr.WS_BINARY)), [(pcr.WS_BINARY, b"\xff\xfe")])
         self.assertEqual(reader.feed(self.masked(b"ok")), [(pcr.WS_TEXT, b"ok")])
+
+    def test_bad_utf_8_is_refused_before_the_rest_of_its_frame_comes(self):
+        frame = self.masked("\u03ba\u1f79\u03c3".encode() + b"\xf4\x90\x80\x80" + b"x" * 50)
+        with self.assertRaises(pcr.WsError) as e:
+            pcr.FrameReader(100).feed(frame[:2 + 4 + 10])
+        self.assertEqual(e.exception.code, pcr.WS_BAD_DATA)
+        text = "\u00e9\u65e5\U0001f44b and more ".encode() * 3
+        for mask in (b"\x00\x00\x00\x00", b"\x37\xfa\x21\x3d", b"\xff\x01\x80\x7f"):
+            reader, got = pcr.FrameReader(1000), []
+            data = self.masked(text[:40], fin=False, mask=mask) + self.masked(text[40:], 0x0, mask=mask)
+            for byte in data:   # every cut, inside characters and inside the mask's cycle
+                got += reader.feed(bytes([byte]))
+            self.assertEqual(got, [(pcr.WS_TEXT, text)], mask)
 
 
 # ---------------------------------------------------------------------------
