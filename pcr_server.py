@@ -6292,9 +6292,10 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    # Ctrl+C while the banner is printed (or the router asked) stops the room as ever
+    on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     router = announce(settings, address, server.web_address)
-    on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
     if router:
         router.close()
