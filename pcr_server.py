@@ -5843,7 +5843,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 .people h2 + .choice, .people ul + h2 { margin-top: 18px; }
 .choice { display: flex; gap: 8px; align-items: flex-start; margin: 8px 0; font-size: 0.875rem; }
 .choice input { flex: none; width: 20px; height: 20px; margin: 1px 0 0; }
-.you { color: var(--quiet); font-size: 0.875rem; }
+.beside { color: var(--quiet); font-size: 0.875rem; }
 .composer {
   display: flex; align-items: flex-end; gap: 8px; padding: 8px;
   padding-bottom: max(8px, env(safe-area-inset-bottom));
@@ -5936,8 +5936,8 @@ button:disabled { cursor: default; opacity: 0.55; }
   const AWAY = " (away)";        // how "who" lists a member whose seat is held
   const ALERTS_KEY = "pcr-alerts";   // the member's choice of buzz and notifications, on this device
   const BUZZ_GAP = 3000;        // ms: a burst of lines for the reader buzzes once
-  const REPLAY_QUIET = 400;     // ms without a line that ends a replay (history, or what was missed)
-  const REPLAY_MOST = 3000;     // ms: the longest a replay keeps the log quiet
+  const REPLAY_QUIET = 1000;    // ms without a line that ends a replay (history, or what was missed)
+  const REPLAY_MOST = 5000;     // ms: the longest a replay keeps the log quiet
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -6224,8 +6224,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     room.names.forEach(function (name) {
       const li = make("li");
       const bare = name.endsWith(AWAY) ? name.slice(0, -AWAY.length) : name;
-      li.appendChild(bare === room.me ? make("span", "", bare) : nameButton(bare));
-      if (bare === room.me || bare !== name) { li.appendChild(make("span", "you", bare === room.me ? " (you)" : AWAY)); }
+      const shown = li.appendChild(bare === room.me ? make("span", "", bare) : nameButton(bare));
+      if (bare === room.me || bare !== name) { shown.appendChild(make("span", "beside", bare === room.me ? " (you)" : AWAY)); }
       list.appendChild(li);
     });
     if (room.others > 0) {
