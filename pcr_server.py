@@ -5907,7 +5907,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     <button id="banner-button" class="secondary" type="button" hidden></button>
   </div>
   <div class="middle">
-    <div id="log" class="log" role="log" aria-label="Chat messages" tabindex="0"><ol id="lines" class="lines"></ol></div>
+    <div id="log" class="log" role="log" aria-live="polite" aria-relevant="additions" aria-label="Chat messages" tabindex="0"><ol id="lines" class="lines"></ol></div>
     <button id="newest" class="newest" type="button" hidden>New messages ↓</button>
     <section id="people" class="people" aria-labelledby="people-title">
       <h2 id="people-title">1 person is online</h2>
