@@ -6620,7 +6620,7 @@ class PageForEveryoneTest(BrowserCase):
         self.start()
         tom = self.wendy_in("Dora")
         self.tom_says(tom, "a plain line", "DORA, look here", "how adorable", "dora_x is not you", "dora")
-        self.tell_page(type="private", **{"from": "tom", "to": "Dora"}, text="psst")
+        tom.send(b"/msg dora psst\n")
         self.wait_for(lambda: "psst" in self.bubbles(), "the private line")
         plain, named, inside, private = map(self.bubble_style, ("a plain line", "DORA, look here",
                                                                 "how adorable", "psst"))
@@ -6635,7 +6635,8 @@ class PageForEveryoneTest(BrowserCase):
         self.assertIn("private", private["head"])
         self.assertIn("names you", named["head"])   # said to a screen reader too
         self.assertNotIn("names you", inside["head"])
-        self.tell_page(type="private", **{"from": "Dora", "to": "tom"}, text="what?")
+        self.say("/msg tom what?")
+        tom.read_until(b"[private] Dora to tom: what?\n")
         self.wait_for(lambda: "what?" in self.bubbles(), "her own private line")
         self.assertRegex(self.bubble_style("what?")["head"], r"^You ?private to tom")
 
@@ -6650,7 +6651,7 @@ class PageForEveryoneTest(BrowserCase):
         self.assertEqual(self.driver.title, "(2) PrivateChatRoom")
         self.tom_says(tom, "are you there, wendy?")
         self.assertEqual(self.driver.title, "(3) mentioned — PrivateChatRoom")
-        self.tell_page(type="private", **{"from": "tom", "to": "Wendy"}, text="psst")
+        tom.send(b"/msg Wendy psst\n")
         self.wait_for(lambda: "psst" in self.bubbles(), "the private line")
         self.assertEqual(self.driver.title, "(4) private message — PrivateChatRoom")
         self.assertEqual(self.driver.execute_script("return window.buzzes"), 0)   # not allowed yet
@@ -6671,7 +6672,7 @@ class PageForEveryoneTest(BrowserCase):
     def test_a_tap_on_a_name_starts_a_private_line_and_focus_stays_in_the_text_box(self):
         self.start()
         tom = self.wendy_in()
-        self.member("ann")
+        ann = self.member("ann")
         self.tom_says(tom, "hello Wendy")
         self.find("#log .name").click()
         self.assertEqual(self.find("#message").get_attribute("value"), "/msg tom ")
@@ -6679,14 +6680,17 @@ class PageForEveryoneTest(BrowserCase):
         self.find("#message").send_keys("see you")
         self.wait_for(lambda: "ann" in self.listed(), "ann listed")
         self.find("#people-toggle").click()
-        ann = [b for b in self.driver.find_elements(By.CSS_SELECTOR, "#people-list .name")
-               if b.text == "ann"][0]
-        ann.click()
+        [button] = [b for b in self.driver.find_elements(By.CSS_SELECTOR, "#people-list .name")
+                    if b.text == "ann"]
+        button.click()
         self.assertEqual(self.find("#message").get_attribute("value"), "/msg ann see you")
         self.assertFalse(self.find("#people").is_displayed())
         self.find("#message").send_keys(Keys.ENTER)
-        self.wait_for(lambda: self.find("#message").get_attribute("value") == "", "the line sent")
+        ann.read_until(b"[private] Wendy to ann: see you\n")
+        self.wait_for(lambda: "see you" in self.bubbles(), "what went, on her page")
+        self.assertEqual(self.find("#message").get_attribute("value"), "")
         self.assertEqual(self.active(), "message")
+        self.assertNotIn(b"see you", tom.read_for(0.3))
         self.find("#send").click()   # nothing to send: focus goes back all the same
         self.assertEqual(self.active(), "message")
 
@@ -6713,7 +6717,7 @@ class PageForEveryoneTest(BrowserCase):
         self.assertEqual(self.active(), "message")
         self.assertEqual(self.find("#message").get_attribute("value"), "/msg tom ")
         keys.send_keys("by keyboard" + Keys.ENTER).perform()
-        tom.read_until(b"by keyboard\n")
+        tom.read_until(b"[private] Wendy to tom: by keyboard\n")
         self.assertEqual(self.active(), "message")
         keys.key_down(Keys.SHIFT).send_keys(Keys.TAB).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
         keys.send_keys(Keys.ENTER).perform()
@@ -6771,17 +6775,17 @@ class PageForEveryoneTest(BrowserCase):
         self.wait_for(lambda: "econnect" in self.text("#banner-text"), "the page saying it reconnects")
         for k in range(3):
             tom.send(f"tom: missed {k}\n".encode())
-        tom.send(b"tom: missed, Wendy\n")
-        tom.read_until(b"tom: missed, Wendy\n")
+        tom.send(b"tom: missed, Wendy\n/msg Wendy missed, for you alone\n")
+        tom.read_until(b"[private] tom to Wendy: missed, for you alone\n")
         self.driver.execute_script("window.added = []")
         proxy.restore()
         self.wait_for(lambda: len(self.driver.execute_script("return window.summaries")) > 1,
                       "a second summary", timeout=6.0)
         self.assertEqual(self.driver.execute_script("return window.summaries"),
-                         ["12 messages before you came", "4 messages while you were away"])
+                         ["12 messages before you came", "5 messages while you were away"])
         missed = [busy for text, busy in self.driver.execute_script("return window.added")
                   if "missed" in text or "Back" in text]
-        self.assertEqual(missed, [True] * 5)
+        self.assertEqual(missed, [True] * 6)
         self.assertIsNone(self.find("#log").get_attribute("aria-busy"))
 
     def test_axe_core_finds_nothing_on_the_join_chat_and_lost_connection_screens(self):
@@ -6800,8 +6804,9 @@ class PageForEveryoneTest(BrowserCase):
         self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
         self.member("ann")
         self.tom_says(tom, "hello everyone", "hello Wendy")
-        self.tell_page(type="private", **{"from": "tom", "to": "Wendy"}, text="psst")
-        self.tell_page(type="private", **{"from": "Wendy", "to": "tom"}, text="yes?")
+        tom.send(b"/msg Wendy psst\n")
+        self.say("/msg tom yes?")
+        tom.read_until(b"[private] Wendy to tom: yes?\n")
         self.tell_page(type="photo", name="tom", url="/p/0123456789abcdef.jpg")
         self.say("my own line")
         self.wait_for(lambda: "my own line" in self.bubbles(), "her own line")
@@ -6831,7 +6836,7 @@ class PageForEveryoneTest(BrowserCase):
         self.join_as("Wendy")
         self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
         tom.send(f"{long_name}: a_rather_long_unbroken_word_that_must_wrap_somewhere, Wendy\n".encode())
-        self.tell_page(type="private", **{"from": "Wendy", "to": long_name}, text="a private line")
+        self.say(f"/msg {long_name} a private line")
         self.wait_for(lambda: "a private line" in self.bubbles(), "the lines")
         cut += [f"chat: {c}" for c in self.driver.execute_script(CUT_OFF_SCRIPT)]
         self.find("#people-toggle").click()
