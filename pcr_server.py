@@ -6386,6 +6386,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 .middle { flex: 1; min-height: 0; display: flex; position: relative; }
 .log {
   flex: 1; min-width: 0; overflow-y: auto; padding: 12px 12px 16px; overscroll-behavior: contain;
+  position: relative;   /* what is hidden for screen readers scrolls with its line */
 }
 .lines { list-style: none; margin: 0; padding: 0; }
 .log li { display: flex; flex-direction: column; align-items: flex-start; margin: 8px 0; }

@@ -6842,10 +6842,13 @@ class PageForEveryoneTest(BrowserCase):
         cut = [f"join: {c}" for c in self.js(CUT_OFF_SCRIPT)]
         self.join_as("Wendy")
         self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
-        tom.send(f"{long_name}: an_unbroken_word_that_must_wrap_somewhere, Wendy\n".encode())
+        for k in range(8):   # more than the log shows: it scrolls, the page does not
+            tom.send(f"{long_name}: an_unbroken_word_that_must_wrap_somewhere {k}, Wendy\n".encode())
         self.say(f"/msg {long_name} a private line")
         self.wait_for(lambda: "a private line" in self.bubbles(), "the lines")
         cut += [f"chat: {c}" for c in self.js(CUT_OFF_SCRIPT)]
+        self.assertEqual(self.js("const page = document.documentElement;"
+                                 "return page.scrollHeight - page.clientHeight"), 0)
         self.find("#people-toggle").click()
         cut += [f"list: {c}" for c in self.js(CUT_OFF_SCRIPT)]
         self.find("#people-toggle").click()
