@@ -6346,6 +6346,8 @@ PAGE_HTML = r"""<!DOCTYPE html>
   --error: #a12a2a; --shadow: rgba(15, 30, 45, 0.16);
   --n0: #2e6aa0; --n1: #8447a8; --n2: #a4501c; --n3: #2d7a4c;
   --n4: #a2305f; --n5: #1d7585; --n6: #756512; --n7: #5357b8;
+  --named-bg: #fff6d6; --named-line: #b7791f;
+  --private-bg: #f5eefc; --private-line: #8447a8; --private-text: #7b3fa3;
 }
 @media (prefers-color-scheme: dark) {
   :root {
@@ -6355,6 +6357,8 @@ PAGE_HTML = r"""<!DOCTYPE html>
     --error: #ff9d9d; --shadow: rgba(0, 0, 0, 0.5);
     --n0: #8cb9e6; --n1: #caa2e6; --n2: #eea476; --n3: #8bd0a2;
     --n4: #ee93bd; --n5: #80cfdc; --n6: #d8c66e; --n7: #abaff2;
+    --named-bg: #352c12; --named-line: #d8a84a;
+    --private-bg: #2b2340; --private-line: #caa2e6; --private-text: #d9bdf0;
   }
 }
 * { box-sizing: border-box; }
@@ -6386,7 +6390,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 /* The join card */
 .join { min-height: 100%; display: flex; align-items: center; justify-content: center; padding: 16px; }
 .card {
-  width: 100%; max-width: 380px; padding: 26px 22px 22px; background: var(--panel);
+  width: 100%; max-width: 380px; padding: 26px 22px 22px; background: var(--panel); overflow-wrap: anywhere;
   border: 1px solid var(--line); border-radius: 16px; box-shadow: 0 6px 24px var(--shadow);
 }
 .card h1 { font-size: 1.45rem; margin: 0 0 4px; }
@@ -6403,12 +6407,12 @@ button:disabled { cursor: default; opacity: 0.55; }
 /* The chat */
 .chat { height: 100%; height: 100dvh; display: flex; flex-direction: column; }
 .topbar {
-  display: flex; align-items: center; gap: 12px; padding: 8px 12px 8px 16px;
+  display: flex; flex-wrap: wrap; align-items: center; gap: 4px 12px; padding: 8px 12px 8px 16px;
   background: var(--panel); border-bottom: 1px solid var(--line);
 }
-.titles { flex: 1; min-width: 0; }
+.titles { flex: 1 1 auto; min-width: 0; overflow-wrap: anywhere; }
 .titles h1 { font-size: 1.05rem; margin: 0; }
-.me { margin: 0; color: var(--quiet); font-size: 0.875rem; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.me { margin: 0; color: var(--quiet); font-size: 0.875rem; }
 .people-toggle {
   min-height: 44px; padding: 0 16px; border: 1px solid var(--line); border-radius: 22px;
   background: var(--bg); font-weight: 600; white-space: nowrap;
@@ -6417,16 +6421,17 @@ button:disabled { cursor: default; opacity: 0.55; }
 .people-toggle[aria-expanded="true"] { background: var(--own); border-color: var(--own-line); }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; background: #3a9d5d; margin-right: 8px; vertical-align: 1px; }
 .banner {
-  display: flex; align-items: center; gap: 12px; padding: 8px 16px;
+  display: flex; flex-wrap: wrap; align-items: center; gap: 6px 12px; padding: 8px 16px;
   background: var(--warn-bg); color: var(--warn-text); font-weight: 600;
 }
 .banner.ok { background: var(--ok-bg); color: var(--ok-text); }
-.banner span { flex: 1; }
+.banner span { flex: 1 1 12em; }
 .middle { flex: 1; min-height: 0; display: flex; position: relative; }
 .log {
-  flex: 1; min-width: 0; overflow-y: auto; margin: 0; padding: 12px 12px 16px;
-  list-style: none; overscroll-behavior: contain;
+  flex: 1; min-width: 0; overflow-y: auto; padding: 12px 12px 16px; overscroll-behavior: contain;
+  position: relative;   /* what is hidden for screen readers scrolls with its line */
 }
+.lines { list-style: none; margin: 0; padding: 0; }
 .log li { display: flex; flex-direction: column; align-items: flex-start; margin: 8px 0; }
 .bubble {
   max-width: min(86%, 680px); padding: 6px 12px 8px; background: var(--panel);
@@ -6434,8 +6439,8 @@ button:disabled { cursor: default; opacity: 0.55; }
 }
 .log li.own { align-items: flex-end; }
 .own .bubble { background: var(--own); border-color: var(--own-line); border-radius: 16px 16px 4px 16px; }
-.head { display: flex; gap: 8px; align-items: baseline; font-size: 0.8125rem; font-weight: 700; }
-.time { color: var(--quiet); font-weight: 400; font-size: 0.75rem; }
+.head { display: flex; flex-wrap: wrap; column-gap: 8px; align-items: baseline; font-size: 0.8125rem; font-weight: 700; }
+.time { color: var(--quiet); font-weight: 400; font-size: 0.75rem; white-space: nowrap; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-word; }
 .log li.event, .log li.note {
   align-items: center; text-align: center; color: var(--quiet); font-size: 0.875rem;
@@ -6443,7 +6448,14 @@ button:disabled { cursor: default; opacity: 0.55; }
 }
 .log li.note { font-style: italic; }
 .log li.mark { color: var(--warn-text); font-weight: 600; font-style: normal; }
-.log li.earlier { opacity: 0.72; }
+.log li.earlier .bubble { border-style: dashed; }
+.log li.named .bubble { background: var(--named-bg); border: 2px solid var(--named-line); }
+.log li.private .bubble { background: var(--private-bg); border: 2px dotted var(--private-line); }
+.tag { color: var(--private-text); font-weight: 700; }
+.name {
+  padding: 0; border: 0; background: none; font-weight: inherit; text-align: start;
+  text-decoration: underline dotted; text-underline-offset: 3px; overflow-wrap: anywhere;
+}
 .n0 { color: var(--n0); } .n1 { color: var(--n1); } .n2 { color: var(--n2); } .n3 { color: var(--n3); }
 .n4 { color: var(--n4); } .n5 { color: var(--n5); } .n6 { color: var(--n6); } .n7 { color: var(--n7); }
 .own .head { color: var(--quiet); }
@@ -6462,7 +6474,11 @@ button:disabled { cursor: default; opacity: 0.55; }
 .people li { padding: 7px 0; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
 .people li:last-child { border-bottom: 0; }
 .people li.more { color: var(--quiet); font-style: italic; }
-.you { color: var(--quiet); font-size: 0.875rem; }
+.people li .name { min-height: 32px; width: 100%; }
+.people h2 + .choice, .people ul + h2 { margin-top: 18px; }
+.choice { display: flex; gap: 8px; align-items: flex-start; margin: 8px 0; font-size: 0.875rem; }
+.choice input { flex: none; width: 20px; height: 20px; margin: 1px 0 0; }
+.beside { color: var(--quiet); font-size: 0.875rem; }
 .composer {
   display: flex; align-items: flex-end; gap: 8px; padding: 8px;
   padding-bottom: max(8px, env(safe-area-inset-bottom));
@@ -6481,6 +6497,11 @@ button:disabled { cursor: default; opacity: 0.55; }
     box-shadow: 0 10px 28px var(--shadow);
   }
   .people:not(.open) { display: none; }
+}
+@media (max-width: 320px) {
+  .join { padding: 8px; }
+  .card { padding: 18px 12px 14px; }
+  .composer .primary { min-width: 0; padding: 0 12px; }
 }
 @media (min-width: 700px) {
   .people-toggle { display: none; }
@@ -6507,33 +6528,37 @@ button:disabled { cursor: default; opacity: 0.55; }
   </form>
 </main>
 
-<div id="chat" class="chat" hidden>
-  <header class="topbar">
+<main id="chat" class="chat" hidden>
+  <div class="topbar">
     <div class="titles">
       <h1>PrivateChatRoom</h1>
       <p id="me" class="me"></p>
     </div>
     <button id="people-toggle" class="people-toggle" type="button"
             aria-expanded="false" aria-controls="people"><span class="dot" aria-hidden="true"></span><span id="people-count">1 online</span></button>
-  </header>
+  </div>
   <div id="banner" class="banner" role="status" aria-live="polite" hidden>
     <span id="banner-text"></span>
     <button id="banner-button" class="secondary" type="button" hidden></button>
   </div>
   <div class="middle">
-    <ol id="log" class="log" role="log" aria-live="polite" aria-relevant="additions" aria-label="Chat messages" tabindex="0"></ol>
+    <div id="log" class="log" role="log" aria-live="polite" aria-relevant="additions" aria-label="Chat messages" tabindex="0"><ol id="lines" class="lines"></ol></div>
     <button id="newest" class="newest" type="button" hidden>New messages ↓</button>
-    <aside id="people" class="people" aria-labelledby="people-title">
+    <section id="people" class="people" aria-labelledby="people-title">
       <h2 id="people-title">1 person is online</h2>
       <ul id="people-list"></ul>
-    </aside>
+      <h2>Alerts</h2>
+      <p class="choice"><input id="buzz" type="checkbox"> <label for="buzz">Buzz or beep for a line that names me or is private</label></p>
+      <p id="notify-row" class="choice" hidden><input id="notify" type="checkbox"> <label for="notify">Desktop notifications while this page is hidden</label></p>
+    </section>
   </div>
+  <p id="heard" class="visually-hidden" role="status"></p>
   <form id="composer" class="composer" novalidate>
     <label for="message" class="visually-hidden">Message</label>
     <textarea id="message" rows="1" placeholder="Message" enterkeyhint="send" autocomplete="off"></textarea>
     <button id="send" class="primary" type="submit">Send</button>
   </form>
-</div>
+</main>
 <script>
 "use strict";
 (function () {
@@ -6544,6 +6569,11 @@ button:disabled { cursor: default; opacity: 0.55; }
   const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
   const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
   const AWAY_CLOSE = 4000;      // closing to come back: the room holds the seat (only 1000 leaves)
+  const AWAY = " (away)";        // how "who" lists a member whose seat is held
+  const ALERTS_KEY = "pcr-alerts";   // the member's choice of buzz and notifications, on this device
+  const BUZZ_GAP = 3000;        // ms: a burst of lines for the reader buzzes once
+  const REPLAY_QUIET = 1000;    // ms without a line that ends a replay (history, or what was missed)
+  const REPLAY_MOST = 5000;     // ms: the longest a replay keeps the log quiet
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -6552,7 +6582,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     chat: $("chat"), me: $("me"), peopleToggle: $("people-toggle"),
     peopleCount: $("people-count"), people: $("people"), peopleTitle: $("people-title"),
     peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
-    bannerButton: $("banner-button"), log: $("log"), newest: $("newest"),
+    bannerButton: $("banner-button"), log: $("log"), lines: $("lines"), newest: $("newest"),
+    heard: $("heard"), buzz: $("buzz"), notify: $("notify"), notifyRow: $("notify-row"),
     composer: $("composer"), message: $("message"), send: $("send")
   };
 
@@ -6577,7 +6608,12 @@ button:disabled { cursor: default; opacity: 0.55; }
     token: "",           // brings this page back to its seat after a lost connection
     seen: 0,             // the mark of the last event shown: what it missed starts there
     grace: 0,            // seconds the room holds the seat of a lost connection
-    lostAt: 0            // when the connection was lost while in the room
+    lostAt: 0,           // when the connection was lost while in the room
+    forYou: "",          // while hidden: "named" or "private" when a line was for the reader
+    replay: null,        // a batch being shown quietly: { lines, words, until }
+    replayTimer: 0,
+    prefix: "",          // the "/msg name " a tap on a name put in the text box
+    buzzedAt: 0, audio: null
   };
 
   /* ---------- small helpers ---------- */
@@ -6614,12 +6650,26 @@ button:disabled { cursor: default; opacity: 0.55; }
     return node;
   }
 
-  function remember(name) {
-    try { localStorage.setItem(NAME_KEY, name); } catch (e) { /* private mode: fine */ }
+  function remember(key, value) {
+    try { localStorage.setItem(key, value); } catch (e) { /* private mode: fine */ }
   }
 
-  function remembered() {
-    try { return localStorage.getItem(NAME_KEY) || ""; } catch (e) { return ""; }
+  function remembered(key) {
+    try { return localStorage.getItem(key) || ""; } catch (e) { return ""; }
+  }
+
+  function wordy(c) {
+    // A letter (it has cases) or a digit: what a name must not touch to be a whole word.
+    return c.toLowerCase() !== c.toUpperCase() || (c >= "0" && c <= "9") || c === "_";
+  }
+
+  function mentions(text, name) {
+    // True if text has name as a whole word, whatever its case: "Dora!" does, "adorable" does not.
+    const hay = text.toLowerCase(), needle = name.toLowerCase();
+    for (let at = needle ? hay.indexOf(needle) : -1; at >= 0; at = hay.indexOf(needle, at + 1)) {
+      if (!wordy(hay.charAt(at - 1)) && !wordy(hay.charAt(at + needle.length))) { return true; }
+    }
+    return false;
   }
 
   function keepSeat() {
@@ -6668,13 +6718,14 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function append(item, counts) {
     const stick = room.stuck;
-    ui.log.appendChild(item);
-    let extra = ui.log.childElementCount - MAX_LINES;
+    ui.lines.appendChild(item);
+    let extra = ui.lines.childElementCount - MAX_LINES;
     if (extra > 0) {
       const before = ui.log.scrollHeight;
-      while (extra-- > 0) { ui.log.removeChild(ui.log.firstElementChild); }
+      while (extra-- > 0) { ui.lines.removeChild(ui.lines.firstElementChild); }
       if (!stick) { ui.log.scrollTop -= before - ui.log.scrollHeight; }
     }
+    if (room.replay) { keepQuiet(); }
     if (stick) {
       toBottom();
     } else if (counts) {
@@ -6684,21 +6735,111 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
     if (counts && document.hidden) {
       room.unread += 1;
-      document.title = "(" + room.unread + ") PrivateChatRoom";
+      retitle();
     }
   }
 
-  function addChat(name, text, earlier) {
+  function retitle() {
+    const why = room.forYou === "private" ? "private message — " : room.forYou ? "mentioned — " : "";
+    document.title = room.unread ? "(" + room.unread + ") " + why + "PrivateChatRoom" : "PrivateChatRoom";
+  }
+
+  function nameButton(name) {
+    // A tap on a name starts a private line to that member.
+    const button = make("button", "name", name);
+    button.type = "button";
+    button.title = "Private message to " + name;
+    button.setAttribute("data-name", name);
+    return button;
+  }
+
+  function said(name, text, kind, when, tag) {
+    // A line someone said: the name, a tag (private, names you), when, the text.
     const own = name === room.me;
-    const item = make("li", (own ? "own" : "") + (earlier ? " earlier" : ""));
+    const item = make("li", kind + (own ? " own" : ""));
     const bubble = make("div", "bubble");
     const head = make("div", "head " + (own ? "" : colourOf(name)));
-    head.appendChild(make("span", "", own ? "You" : name));
-    head.appendChild(make("span", "time", earlier ? "earlier" : clock()));
+    if (own) {
+      head.appendChild(make("span", "", "You"));
+    } else {
+      head.appendChild(nameButton(name)).tabIndex = -1;   // by keyboard: the list of who is online
+    }
+    if (tag) { head.appendChild(tag); }
+    head.appendChild(make("span", "time", when));
     bubble.appendChild(head);
     bubble.appendChild(make("div", "text", String(text)));
     item.appendChild(bubble);
-    append(item, !own && !earlier);
+    if (room.replay) { room.replay.lines += 1; }
+    append(item, !own && kind.indexOf("earlier") < 0);
+  }
+
+  function addChat(name, text, earlier) {
+    const named = name !== room.me && mentions(String(text), room.me);
+    said(name, text, (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
+         named ? make("span", "visually-hidden", "names you") : null);
+    if (named && !earlier) { heed("named", name); }
+  }
+
+  function addPrivate(msg) {
+    const from = String(msg.from), to = String(msg.to);
+    said(from, msg.text, "private", clock(), make("span", "tag", from === room.me ? "private to " + to : "private"));
+    if (from !== room.me) { heed("private", from); }
+  }
+
+  function heed(kind, name) {
+    // A line for the reader: the title says so while the page is hidden; a buzz
+    // and a desktop notification (secure pages only) if the member allowed them.
+    if (document.hidden) {
+      room.forYou = kind === "private" || room.forYou === "private" ? "private" : "named";
+      retitle();
+      if (ui.notify.checked && window.isSecureContext && window.Notification && Notification.permission === "granted") {
+        try {
+          new Notification(kind === "private" ? name + " wrote to you privately" : name + " named you", { tag: "pcr" });
+        } catch (e) { /* phones show them from a service worker only */ }
+      }
+    }
+    if (ui.buzz.checked && Date.now() - room.buzzedAt > BUZZ_GAP) {
+      room.buzzedAt = Date.now();
+      buzz();
+    }
+  }
+
+  function buzz() {
+    // A phone vibrates; elsewhere a short beep.
+    if (navigator.vibrate && matchMedia("(pointer: coarse)").matches && navigator.vibrate(200)) { return; }
+    const Sound = window.AudioContext || window.webkitAudioContext;
+    if (!Sound) { return; }
+    try {
+      room.audio = room.audio || new Sound();
+      const tone = room.audio.createOscillator(), gain = room.audio.createGain();
+      tone.frequency.value = 880;
+      gain.gain.value = 0.1;
+      tone.connect(gain).connect(room.audio.destination);
+      tone.start();
+      tone.stop(room.audio.currentTime + 0.15);
+    } catch (e) { /* no sound here */ }
+  }
+
+  function quietly(words) {
+    // A replay (the history, or what was missed while away) fills the log while it
+    // is busy, then one status line sums it up: a screen reader says it once.
+    if (!room.replay) {
+      room.replay = { lines: 0, words: words, until: Date.now() + REPLAY_MOST };
+      ui.log.setAttribute("aria-busy", "true");
+    }
+    keepQuiet();
+  }
+
+  function keepQuiet() {
+    clearTimeout(room.replayTimer);
+    room.replayTimer = setTimeout(replayed, Math.max(0, Math.min(REPLAY_QUIET, room.replay.until - Date.now())));
+  }
+
+  function replayed() {
+    const n = room.replay.lines, words = room.replay.words;
+    room.replay = null;
+    ui.log.removeAttribute("aria-busy");
+    ui.heard.textContent = (n === 0 ? "Nothing said " : n === 1 ? "1 message " : n + " messages ") + words;
   }
 
   function addLine(text, kind) {
@@ -6717,8 +6858,10 @@ button:disabled { cursor: default; opacity: 0.55; }
     const list = ui.peopleList;
     while (list.firstChild) { list.removeChild(list.firstChild); }
     room.names.forEach(function (name) {
-      const li = make("li", "", name);
-      if (name === room.me) { li.appendChild(make("span", "you", " (you)")); }
+      const li = make("li");
+      const bare = name.endsWith(AWAY) ? name.slice(0, -AWAY.length) : name;
+      const shown = li.appendChild(bare === room.me ? make("span", "", bare) : nameButton(bare));
+      if (bare === room.me || bare !== name) { shown.appendChild(make("span", "beside", bare === room.me ? " (you)" : AWAY)); }
       list.appendChild(li);
     });
     if (room.others > 0) {
@@ -6863,6 +7006,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       showChat();
       setCanSend(true);
       if (msg.back) {
+        if (msg.missed) { quietly("while you were away"); }
         addLine(msg.missed ? "Back: what was said while you were away" : "Back: you missed nothing", "note mark");
         banner("Reconnected", "ok");
       } else if (back) {
@@ -6895,9 +7039,13 @@ button:disabled { cursor: default; opacity: 0.55; }
       if (room.count !== room.names.length + room.others) { askWho(); }
     },
     chat: function (msg) { addChat(String(msg.name), msg.text, false); },
+    private: addPrivate,
     history: function (msg) {
       const lines = Array.isArray(msg.lines) ? msg.lines : [];
-      if (lines.length) { addLine("Earlier in the room", "note"); }
+      if (lines.length) {
+        quietly("before you came");
+        addLine("Earlier in the room", "note");
+      }
       lines.forEach(function (line) { addChat(String(line.name), line.text, true); });
     },
     lost: function (msg) {
@@ -7041,7 +7189,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     room.name = name;
     room.key = room.keyNeeded ? ui.key.value : "";
     room.wantJoin = true;
-    remember(name);
+    remember(NAME_KEY, name);
     ui.joinButton.disabled = true;
     ui.joinStatus.classList.remove("error");
     const ws = room.ws;
@@ -7102,6 +7250,39 @@ button:disabled { cursor: default; opacity: 0.55; }
     connect();
   });
 
+  function startPrivate(ev) {
+    // "/msg name " in front of what is typed (in place of the last such start).
+    const button = ev.target.closest("button.name");
+    if (!button) { return; }
+    const text = ui.message.value;
+    const rest = room.prefix && text.indexOf(room.prefix) === 0 ? text.slice(room.prefix.length) : text;
+    room.prefix = "/msg " + button.getAttribute("data-name") + " ";
+    ui.message.value = room.prefix + rest;
+    fitMessage();
+    setPeopleOpen(false);
+    ui.message.focus();
+    ui.message.setSelectionRange(ui.message.value.length, ui.message.value.length);
+  }
+  ui.lines.addEventListener("click", startPrivate);
+  ui.peopleList.addEventListener("click", startPrivate);
+
+  function keepAlerts() {
+    remember(ALERTS_KEY, (ui.buzz.checked ? "buzz " : "") + (ui.notify.checked ? "notify" : ""));
+  }
+  ui.buzz.addEventListener("change", function () {
+    keepAlerts();
+    if (ui.buzz.checked) { buzz(); }   // what it will be like
+  });
+  ui.notify.addEventListener("change", function () {
+    keepAlerts();
+    if (ui.notify.checked && Notification.permission !== "granted") {
+      Notification.requestPermission().then(function (answer) {
+        ui.notify.checked = answer === "granted";
+        keepAlerts();
+      });
+    }
+  });
+
   ui.newest.addEventListener("click", toBottom);
   ui.log.addEventListener("click", function () { setPeopleOpen(false); });
   ui.log.addEventListener("scroll", function () {
@@ -7123,7 +7304,8 @@ button:disabled { cursor: default; opacity: 0.55; }
       return;
     }
     room.unread = 0;
-    document.title = "PrivateChatRoom";
+    room.forYou = "";
+    retitle();
     if (waiting()) {
       connect();   // timers sleep in the background: try at once
     } else if (room.inRoom && Date.now() - room.hiddenAt > PROBE_AFTER && room.hiddenAt) {
@@ -7192,7 +7374,10 @@ button:disabled { cursor: default; opacity: 0.55; }
     history.replaceState(history.state, "", location.pathname + location.search);
   }
 
-  ui.name.value = remembered();
+  ui.name.value = remembered(NAME_KEY);
+  ui.buzz.checked = remembered(ALERTS_KEY).indexOf("buzz") >= 0;
+  ui.notify.checked = remembered(ALERTS_KEY).indexOf("notify") >= 0;
+  ui.notifyRow.hidden = !(window.isSecureContext && window.Notification);
   fromDiscard();
   keyFromLink();
   setCanSend(false);

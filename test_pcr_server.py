@@ -6785,5 +6785,366 @@ class PageDiscardTest(PhonePageCase):
         self.assertNotIn(token, self.log_text())
 
 
+AXE = os.environ.get("PCR_AXE", "")   # axe.min.js of axe-core 4.x (.ci/run fetches it)
+NO_AXE = ("no axe-core: set PCR_AXE to the axe.min.js of `npm pack axe-core@4` "
+          "(.ci/run does this itself)")
+
+# Before the page's script: every WebSocket it opens is kept in window.pcrSockets,
+# so that a test can hand the page an event as if the room had sent it.
+KEEP_SOCKETS = """(function () {
+  const Real = window.WebSocket;
+  function Kept(url, protocols) {
+    const ws = new Real(url, protocols);
+    window.pcrSockets.push(ws);
+    return ws;
+  }
+  window.pcrSockets = [];
+  Kept.prototype = Real.prototype;
+  Object.assign(Kept, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  window.WebSocket = Kept;
+})();"""
+
+# What a reader of the page could not see whole: the page scrolling sideways,
+# something past the window's edges, text running out of its box or clipped.
+CUT_OFF_SCRIPT = """const cut = [], width = document.documentElement.clientWidth;
+const what = function (el) { return el.tagName + (el.id ? '#' + el.id : '') + '.' + el.className; };
+if (document.documentElement.scrollWidth > width) { cut.push('the page scrolls sideways'); }
+for (const el of document.querySelectorAll('body *')) {
+  if (!el.getClientRects().length || el.closest('.visually-hidden')) { continue; }
+  const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+  if (box.left < -0.5 || box.right > width + 0.5) { cut.push(what(el) + ' is past the edge'); }
+  if (style.display !== 'inline' && el.scrollWidth > el.clientWidth + 1
+      && style.overflowX !== 'auto' && style.overflowX !== 'scroll') {
+    cut.push(what(el) + ' runs out of its box');
+  }
+}
+return cut;"""
+
+
+class PageForEveryoneTest(BrowserCase):
+    """The page for everyone (issue 24): lines for the reader stand out, a name
+    starts a private line, screen readers hear a replay once, axe-core finds
+    nothing, a keyboard reaches everything, 200% zoom on a phone cuts nothing."""
+
+    axe_source = ""   # axe.min.js, read once
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                   {"source": KEEP_SOCKETS})
+
+    def js(self, script: str, *args):
+        """What the script returns, run in the page."""
+        return self.driver.execute_script(script, *args)
+
+    def tell_page(self, **event) -> None:
+        """The page gets `event` as if the room had sent it on its socket."""
+        self.js("const s = window.pcrSockets; s[s.length - 1].dispatchEvent("
+            "new MessageEvent('message', { data: arguments[0] }))", json.dumps(event))
+
+    def wendy_in(self, name: str = "Wendy") -> Client:
+        """tom at a terminal; the page joined as `name`."""
+        tom = self.member("tom")
+        self.open_page()
+        self.join_as(name)
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(f"{name} joined the chat...\n2 people are online...\n".encode())
+        return tom
+
+    def tom_says(self, tom: Client, *texts: str) -> None:
+        for text in texts:
+            tom.send(f"tom: {text}\n".encode())
+        self.wait_for(lambda: texts[-1] in self.bubbles(), f"tom's line {texts[-1]!r}")
+
+    def bubbles(self) -> list[str]:
+        return [e.get_attribute("textContent")
+                for e in self.driver.find_elements(By.CSS_SELECTOR, "#log .text")]
+
+    def bubble_style(self, text: str) -> dict:
+        """How the line with this text looks: its bubble's computed style."""
+        return self.js("""
+            const line = [...document.querySelectorAll('#log li')].find(
+                li => li.querySelector('.text')?.textContent === arguments[0]);
+            const style = getComputedStyle(line.querySelector('.bubble'));
+            return { background: style.backgroundColor,
+                     border: [style.borderTopStyle, style.borderTopWidth, style.borderTopColor].join(' '),
+                     head: line.querySelector('.head').textContent };
+            """, text)
+
+    def hide_page(self, hidden: bool) -> None:
+        """The page as if its tab went to the background (or came back)."""
+        self.js("if (arguments[0]) {"
+                "  Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });"
+                "} else { delete document.hidden; }"
+                "document.dispatchEvent(new Event('visibilitychange'));", hidden)
+
+    def active(self) -> str:
+        return self.js("return document.activeElement.id")
+
+    def axe_violations(self) -> list[str]:
+        """What axe-core finds on the page as it is now, a line per rule."""
+        if not self.axe_source:
+            with open(AXE, encoding="utf-8") as f:
+                type(self).axe_source = f.read()
+        self.js(self.axe_source)
+        return self.driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            axe.run(document, { resultTypes: ['violations'] }).then(function (result) {
+              done(result.violations.map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(
+                n => n.target.join(' ') + ' -- ' + n.failureSummary).join('; ')));
+            }, function (e) { done(['axe failed: ' + e]); });""")
+
+    def in_both_schemes(self, screen: str) -> list[str]:
+        found = []
+        for scheme in ("light", "dark"):
+            self.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            found += [f"{screen}, {scheme}: {v}" for v in self.axe_violations()]
+        self.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        return found
+
+    def test_private_lines_and_lines_naming_the_reader_stand_out_but_not_a_name_in_a_word(self):
+        self.start()
+        tom = self.wendy_in("Dora")
+        self.tom_says(tom, "a plain line", "DORA, look here", "how adorable", "dora_x is not you",
+                      "dora")
+        tom.send(b"/msg dora psst\n")
+        self.wait_for(lambda: "psst" in self.bubbles(), "the private line")
+        plain, named, inside, private = map(self.bubble_style, ("a plain line", "DORA, look here",
+                                                                "how adorable", "psst"))
+        self.assertEqual(self.bubble_style("dora_x is not you"), plain)
+        self.assertEqual(inside, plain)
+        self.assertNotEqual(named["background"], plain["background"])
+        self.assertNotEqual(named["border"], plain["border"])
+        self.assertNotEqual(private["background"], plain["background"])
+        self.assertNotEqual(private["background"], named["background"])
+        self.assertNotEqual(private["border"], named["border"])
+        self.assertEqual(self.bubble_style("dora"), named)
+        self.assertIn("private", private["head"])
+        self.assertIn("names you", named["head"])   # said to a screen reader too
+        self.assertNotIn("names you", inside["head"])
+        self.say("/msg tom what?")
+        tom.read_until(b"[private] Dora to tom: what?\n")
+        self.wait_for(lambda: "what?" in self.bubbles(), "her own private line")
+        self.assertRegex(self.bubble_style("what?")["head"], r"^You ?private to tom")
+
+    def test_while_hidden_the_title_says_a_line_named_the_reader_and_a_buzz_comes_if_allowed(self):
+        self.start()
+        tom = self.wendy_in()
+        self.js("window.buzzes = 0;"
+                "navigator.vibrate = function () { window.buzzes += 1; return true; };"
+                "window.AudioContext = function () { window.buzzes += 1; throw new Error('silent'); };")
+        self.hide_page(True)
+        self.tom_says(tom, "not for anyone in particular", "wendyish is a word")
+        self.assertEqual(self.driver.title, "(2) PrivateChatRoom")
+        self.tom_says(tom, "are you there, wendy?")
+        self.assertEqual(self.driver.title, "(3) mentioned — PrivateChatRoom")
+        tom.send(b"/msg Wendy psst\n")
+        self.wait_for(lambda: "psst" in self.bubbles(), "the private line")
+        self.assertEqual(self.driver.title, "(4) private message — PrivateChatRoom")
+        self.assertEqual(self.js("return window.buzzes"), 0)   # not allowed yet
+        self.hide_page(False)
+        self.assertEqual(self.driver.title, "PrivateChatRoom")
+        self.find("#people-toggle").click()
+        self.find("#buzz").click()
+        self.assertEqual(self.js("return window.buzzes"), 1)   # a sample
+        self.assertEqual(self.js("return localStorage.getItem('pcr-alerts')"), "buzz ")
+        self.js("window.buzzes = 0; arguments[0].click()", self.find("#log"))
+        self.tom_says(tom, "Wendy?", "WENDY!")
+        self.assertEqual(self.js("return window.buzzes"), 1)   # one for a burst
+        secure = self.js("return window.isSecureContext")
+        self.assertTrue(secure)   # 127.0.0.1 is: desktop notifications may be offered
+        self.assertEqual(self.js("return document.getElementById('notify-row').hidden"), not secure)
+
+    def test_a_tap_on_a_name_starts_a_private_line_and_focus_stays_in_the_text_box(self):
+        self.start()
+        tom = self.wendy_in()
+        ann = self.member("ann")
+        self.tom_says(tom, "hello Wendy")
+        self.find("#log .name").click()
+        self.assertEqual(self.find("#message").get_attribute("value"), "/msg tom ")
+        self.assertEqual(self.active(), "message")
+        self.find("#message").send_keys("see you")
+        self.wait_for(lambda: "ann" in self.listed(), "ann listed")
+        self.find("#people-toggle").click()
+        [button] = [b for b in self.driver.find_elements(By.CSS_SELECTOR, "#people-list .name")
+                    if b.text == "ann"]
+        button.click()
+        self.assertEqual(self.find("#message").get_attribute("value"), "/msg ann see you")
+        self.assertFalse(self.find("#people").is_displayed())
+        self.find("#message").send_keys(Keys.ENTER)
+        ann.read_until(b"[private] Wendy to ann: see you\n")
+        self.wait_for(lambda: "see you" in self.bubbles(), "what went, on her page")
+        self.assertEqual(self.find("#message").get_attribute("value"), "")
+        self.assertEqual(self.active(), "message")
+        self.assertNotIn(b"see you", tom.read_for(0.3))
+        self.find("#send").click()   # nothing to send: focus goes back all the same
+        self.assertEqual(self.active(), "message")
+
+    def test_everything_works_by_keyboard(self):
+        self.start()
+        tom = self.member("tom")
+        self.open_page()
+        self.wait_for(lambda: self.active() == "name", "the name field focused")
+        self.find("#name").send_keys("Wendy" + Keys.ENTER)
+        self.wait_for(lambda: self.active() == "message", "the text box focused")
+        tom.read_until(b"Wendy joined the chat...\n")
+        self.wait_for(lambda: "tom" in self.listed(), "tom listed")
+        keys = webdriver.ActionChains(self.driver)
+        keys.key_down(Keys.SHIFT).send_keys(Keys.TAB * 2).key_up(Keys.SHIFT).perform()
+        self.assertEqual(self.active(), "people-toggle")
+        keys.send_keys(Keys.ENTER).perform()
+        self.assertTrue(self.find("#people").is_displayed())
+        for _ in range(5):
+            keys.send_keys(Keys.TAB).perform()
+            if self.js("return document.activeElement.textContent") == "tom":
+                break
+        self.assertEqual(self.js("return document.activeElement.className"), "name")
+        keys.send_keys(Keys.ENTER).perform()
+        self.assertEqual(self.active(), "message")
+        self.assertEqual(self.find("#message").get_attribute("value"), "/msg tom ")
+        keys.send_keys("by keyboard" + Keys.ENTER).perform()
+        tom.read_until(b"[private] Wendy to tom: by keyboard\n")
+        self.assertEqual(self.active(), "message")
+        keys.key_down(Keys.SHIFT).send_keys(Keys.TAB * 2).key_up(Keys.SHIFT).perform()
+        keys.send_keys(Keys.ENTER).perform()
+        for _ in range(6):
+            keys.send_keys(Keys.TAB).perform()
+            if self.active() == "buzz":
+                break
+        keys.send_keys(Keys.SPACE).perform()
+        self.assertTrue(self.find("#buzz").is_selected())
+        keys.send_keys(Keys.ESCAPE).perform()
+        self.assertFalse(self.find("#people").is_displayed())
+        self.assertEqual(self.active(), "people-toggle")
+
+    def heard_script(self) -> None:
+        """From now on the page keeps, for each line added to its log, whether
+        the log was busy then; and each summary its status line said."""
+        self.js("""
+            window.added = []; window.summaries = [];
+            const log = document.getElementById('log');
+            new MutationObserver(function (changes) {
+              for (const c of changes) {
+                for (const node of c.addedNodes) {
+                  if (node.nodeType === 1 && node.tagName === 'LI') {
+                    window.added.push([node.textContent, log.getAttribute('aria-busy') === 'true']);
+                  }
+                }
+              }
+            }).observe(document.getElementById('lines'), { childList: true });
+            new MutationObserver(function () {
+              window.summaries.push(document.getElementById('heard').textContent);
+            }).observe(document.getElementById('heard'),
+                       { childList: true, characterData: true, subtree: true });""")
+
+    def test_a_replay_is_announced_once_as_a_summary_and_new_lines_one_by_one(self):
+        self.start(history=20, web_grace=6.0)
+        proxy = CuttableProxy(self.server.web_address[1])
+        self.addCleanup(proxy.close)
+        tom = self.member("tom")
+        for k in range(12):
+            tom.send(f"tom: earlier {k}\n".encode())
+        self.open_page(proxy.port)
+        self.heard_script()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.js("return window.summaries.length") > 0, "a summary")
+        self.assertEqual(self.js("return window.summaries"), ["12 messages before you came"])
+        added = self.js("return window.added")
+        earlier = [busy for text, busy in added if "earlier" in text.lower()]
+        self.assertEqual(earlier, [True] * 13)   # the heading and 12 lines, all while busy
+        self.assertIsNone(self.find("#log").get_attribute("aria-busy"))
+        self.assertEqual(self.find("#log").get_attribute("role"), "log")   # polite by its role
+        self.tom_says(tom, "a new line")
+        added = self.js("return window.added")
+        self.assertEqual(added[-1][1], False)   # a new line is announced by itself
+
+        proxy.cut()
+        self.wait_for(lambda: "econnect" in self.text("#banner-text"), "the page reconnecting")
+        for k in range(3):
+            tom.send(f"tom: missed {k}\n".encode())
+        tom.send(b"tom: missed, Wendy\n/msg Wendy missed, for you alone\n")
+        tom.read_until(b"[private] tom to Wendy: missed, for you alone\n")
+        self.js("window.added = []")
+        proxy.restore()
+        self.wait_for(lambda: len(self.js("return window.summaries")) > 1,
+                      "a second summary", timeout=6.0)
+        self.assertEqual(self.js("return window.summaries"),
+                         ["12 messages before you came", "5 messages while you were away"])
+        missed = [busy for text, busy in self.js("return window.added")
+                  if "missed" in text or "Back" in text]
+        self.assertEqual(missed, [True] * 6)
+        self.assertIsNone(self.find("#log").get_attribute("aria-busy"))
+
+    def test_axe_core_finds_nothing_on_the_join_chat_and_lost_connection_screens(self):
+        if not AXE or not os.path.exists(AXE):
+            self.skipTest(NO_AXE)
+        self.start(history=20, web_grace=6.0)
+        proxy = CuttableProxy(self.server.web_address[1])
+        self.addCleanup(proxy.close)
+        tom = self.member("tom")
+        for k in range(12):
+            tom.send(f"tom: earlier {k}, Wendy\n".encode())
+        self.open_page(proxy.port)
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        found = self.in_both_schemes("join")
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        self.member("ann")
+        self.tom_says(tom, "hello everyone", "hello Wendy")
+        tom.send(b"/msg Wendy psst\n")
+        self.say("/msg tom yes?")
+        tom.read_until(b"[private] Wendy to tom: yes?\n")
+        self.tell_page(type="photo", name="tom", url="/p/0123456789abcdef.jpg")
+        self.say("my own line")
+        self.wait_for(lambda: "my own line" in self.bubbles(), "her own line")
+        self.wait_for(lambda: self.find("#log").get_attribute("aria-busy") is None, "the replay's end")
+        found += self.in_both_schemes("chat")
+        self.find("#people-toggle").click()
+        found += self.in_both_schemes("chat with the list open")
+        self.find("#people-toggle").click()
+        proxy.cut()
+        self.wait_for(lambda: "econnect" in self.text("#banner-text"), "the page reconnecting")
+        found += self.in_both_schemes("lost connection")
+        self.assertEqual(found, [])
+
+    def test_nothing_is_cut_off_at_200_percent_zoom_on_a_phone(self):
+        self.start(web_grace=6.0)
+        proxy = CuttableProxy(self.server.web_address[1])
+        self.addCleanup(proxy.close)
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {   # 360 px at 200%
+            "width": 180, "height": 370, "deviceScaleFactor": 2, "mobile": True})
+        self.addCleanup(self.driver.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride",
+                        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
+        long_name = "Bartholomew-Maximilian"
+        tom = self.member(long_name)
+        self.open_page(proxy.port)
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        cut = [f"join: {c}" for c in self.js(CUT_OFF_SCRIPT)]
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        for k in range(8):   # more than the log shows: it scrolls, the page does not
+            tom.send(f"{long_name}: an_unbroken_word_that_must_wrap_somewhere {k}, Wendy\n".encode())
+        self.say(f"/msg {long_name} a private line")
+        self.wait_for(lambda: "a private line" in self.bubbles(), "the lines")
+        cut += [f"chat: {c}" for c in self.js(CUT_OFF_SCRIPT)]
+        self.assertEqual(self.js("const page = document.documentElement;"
+                                 "return page.scrollHeight - page.clientHeight"), 0)
+        self.find("#people-toggle").click()
+        cut += [f"list: {c}" for c in self.js(CUT_OFF_SCRIPT)]
+        self.find("#people-toggle").click()
+        proxy.cut()
+        self.wait_for(lambda: self.find("#banner-button").is_displayed(), "the banner's button")
+        cut += [f"lost: {c}" for c in self.js(CUT_OFF_SCRIPT)]
+        self.assertEqual(cut, [])
+        buttons = [self.find(css) for css in ("#banner-button", "#people-toggle", "#send")]
+        for button in buttons:
+            box = button.rect
+            self.assertGreaterEqual(box["x"], 0)
+            self.assertLessEqual(box["x"] + box["width"], 180)
+        self.find("#banner-button").click()   # selenium clicks only what is in view and not covered
+
+
 if __name__ == "__main__":
     unittest.main()
