@@ -89,6 +89,7 @@ import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
 import xml.parsers.expat
+import zlib
 from typing import Callable
 
 try:
@@ -136,6 +137,8 @@ class Settings:
     web_ping: float = 30.0            # a web member is pinged this often; no pong by the next: gone
     web_grace: float = 120.0          # a web member whose connection is lost keeps its seat this long
     history: int = 0                  # chat lines kept in memory for newcomers; 0: none
+    photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
+    photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
@@ -317,6 +320,8 @@ SEAT_GONE = "your seat in the room was not kept (away too long, or the room rest
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
+PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
+PHOTO_BURST = 3.0    # photos a member may share at once, then --photo-rate
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -353,6 +358,10 @@ def left_notice(name: str) -> str:
 
 def chat_notice(name: str, text: str) -> str:
     return f"{name}: {text}\n"
+
+
+def photo_notice(name: str, link: str) -> str:
+    return f"{name} shared a photo: {link}\n"
 
 
 def count_notice(n: int) -> str:
@@ -490,6 +499,8 @@ WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 # close codes
 WS_NORMAL, WS_GOING_AWAY, WS_PROTOCOL_ERROR, WS_UNSUPPORTED = 1000, 1001, 1002, 1003
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_TRY_LATER = 1007, 1008, 1009, 1011, 1013
+WS_ANNOUNCED = 0x100 | WS_BINARY   # not on the wire: the binary message announced (FrameReader)
+UNMASK_PIECE = 1 << 16             # a multiple of 4: each piece starts with the mask's first byte
 
 
 class WsError(Exception):
@@ -572,8 +583,10 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     return seat, secret, seen
 
 
-def ws_unmask(payload: bytes, mask: bytes) -> bytes:
+def ws_unmask(payload, mask: bytes) -> bytes:
     n = len(payload)
+    if n > UNMASK_PIECE:   # a photo: a piece at a time, not four big numbers at once
+        return b"".join(ws_unmask(payload[i:i + UNMASK_PIECE], mask) for i in range(0, n, UNMASK_PIECE))
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
     return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
@@ -582,19 +595,29 @@ class FrameReader:
     """A client's bytes in, its messages and control frames out (RFC 6455 §5).
 
     Holds at most one frame and one message of `max_message` bytes; anything
-    bigger, unmasked, reserved or out of order raises WsError with the RFC's code.
+    bigger, unmasked, reserved or out of order raises WsError with the RFC's
+    code.  One binary message may be announced (announce()) with a limit of
+    its own: it comes out as WS_ANNOUNCED, or, if its frames say it is
+    larger, as (WS_ANNOUNCED, None) while its bytes are skipped unread.
     """
 
-    __slots__ = ("max_message", "buf", "parts", "size", "opcode")
+    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "announced", "skip", "dropping")
 
     def __init__(self, max_message: int):
         self.max_message = max_message
-        self.buf = b""
+        self.buf = bytearray()
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
+        self.announced: int | None = None   # the limit of the next binary message, if announced
+        self.skip = 0                  # bytes of a frame still to be dropped unread
+        self.dropping = False          # the message under way is dropped, fragments and all
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def announce(self, limit: int) -> None:
+        """The next binary message may hold `limit` bytes (0: skip it unread, unsaid)."""
+        self.announced = limit
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
         """(opcode, payload) of each whole message or control frame in `data`."""
         self.buf += data
         out = []
@@ -602,8 +625,14 @@ class FrameReader:
             out.extend(frame)
         return out
 
-    def _frame(self) -> list[tuple[int, bytes]] | None:
+    def _frame(self) -> list[tuple[int, bytes | None]] | None:
         buf = self.buf
+        if self.skip:
+            dropped = min(self.skip, len(buf))
+            del buf[:dropped]
+            self.skip -= dropped
+            if self.skip:
+                return None
         if len(buf) < 2:
             return None
         first, second = buf[0], buf[1]
@@ -626,19 +655,23 @@ class FrameReader:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
         elif opcode not in (0x0, WS_TEXT, WS_BINARY):
             raise WsError(WS_PROTOCOL_ERROR, "unknown opcode")
+        elif (opcode == 0) != bool(self.opcode):
+            raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
+        elif (opcode or self.opcode) == WS_BINARY and self.announced is not None:
+            if self.dropping or self.size + length > self.announced:
+                return self._drop(fin, at + 4, length)
         elif self.size + length > self.max_message:
             raise WsError(WS_TOO_BIG, "message too big")
         if len(buf) < at + 4 + length:
             return None
-        payload = ws_unmask(buf[at + 4:at + 4 + length], buf[at:at + 4])
-        self.buf = buf[at + 4 + length:]
+        with memoryview(buf) as view:
+            payload = ws_unmask(view[at + 4:at + 4 + length], buf[at:at + 4])
+        del buf[:at + 4 + length]
         if opcode >= 0x8:
             return [(opcode, payload)]
         return self._fragment(fin, opcode, payload)
 
     def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
-        if (opcode == 0) != bool(self.opcode):
-            raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
         if opcode:
             self.opcode = opcode
         self.parts.append(payload)
@@ -647,7 +680,22 @@ class FrameReader:
             return []
         message, opcode = b"".join(self.parts), self.opcode
         self.parts, self.size, self.opcode = [], 0, 0
+        if opcode == WS_BINARY and self.announced is not None:
+            self.announced = None
+            return [(WS_ANNOUNCED, message)]
         return [(opcode, message)]
+
+    def _drop(self, fin: int, header: int, length: int) -> list[tuple[int, None]]:
+        """Skip a frame of an announced message over its limit, and the rest of the message."""
+        del self.buf[:header]
+        self.skip = length
+        first, limit = not self.dropping, self.announced
+        self.parts, self.size = [], 0
+        self.dropping = not fin
+        self.opcode = 0 if fin else WS_BINARY
+        if fin:
+            self.announced = None
+        return [(WS_ANNOUNCED, None)] if first and limit else []
 
 
 def ws_close_code(payload: bytes) -> int:
@@ -689,13 +737,24 @@ def parse_request(head: bytes) -> tuple[str, str, dict[str, str]]:
     return parts[0], parts[1], headers
 
 
-def http_response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
-                  headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+def http_head(status: str, length: int, content_type: str = "text/plain; charset=utf-8",
+              headers: tuple[tuple[str, str], ...] = (), cache: str = "no-store") -> bytes:
+    """A response's status line and headers, for a body of `length` bytes sent after them."""
     lines = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}", "Connection: close", "Cache-Control: no-store",
+             f"Content-Length: {length}", "Connection: close", f"Cache-Control: {cache}",
              "X-Content-Type-Options: nosniff", "Referrer-Policy: no-referrer",
              *(f"{name}: {value}" for name, value in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port as people write it ([v6]:port for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def page_link(host: str, port: int, tls: bool) -> str:
+    """The chat page's address, as a friend types or taps it."""
+    return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
 
 
 class ChatPage:
@@ -717,6 +776,172 @@ class ChatPage:
 
     def headers(self, host: str) -> tuple[tuple[str, str], ...]:
         return (("Content-Security-Policy", self.csp + f"ws://{host} wss://{host}"),)
+
+
+# -- photos a page shares: only pictures whose own bytes say so ---------------
+
+MAX_PHOTO = 8 << 20      # bytes in one photo (the page sends 0.5 to 1.5 MB)
+MAX_PHOTO_SIDE = 2048    # pixels on its long side: the page shrinks it to this
+PHOTO_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+PHOTO_ANNOUNCED = re.compile(rb"/photo ([1-9][0-9]{0,9})")   # the text before a photo's bytes
+NOT_SHARED = "your photo was not shared: {}"
+NOT_A_PICTURE = "it is not a JPEG, PNG or WebP picture"
+DAMAGED = "the picture is damaged or cut short"
+TOO_BIG = f"it is larger than {MAX_PHOTO >> 20} MiB"
+TOO_WIDE = f"it is larger than {MAX_PHOTO_SIDE} pixels on its long side"
+SHARING_OFF = "photo sharing is off in this room"
+SHARING_TOO_FAST = "you are sharing photos too fast; wait a few seconds"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_DROPPED = {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}             # text and EXIF: who, where, when
+JPEG_DROPPED = {*range(0xE1, 0xF0), 0xFE}                      # APP1-APP15 (EXIF, XMP...) and COM
+JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}        # SOFn: they say the size
+WEBP_DROPPED = {b"EXIF", b"XMP "}
+WEBP_METADATA_FLAGS = 0x0C                                     # VP8X: "has EXIF", "has XMP"
+
+
+class PhotoRefused(ValueError):
+    """Bytes that are not a photo the room shares; the message says why, for its sender."""
+
+
+def photo_announcement(text: bytes) -> int | None:
+    """The size a page announces with `/photo BYTES` before a photo's binary message."""
+    announced = PHOTO_ANNOUNCED.fullmatch(text)
+    return int(announced.group(1)) if announced else None
+
+
+def jpeg_scan_end(data: bytes, pos: int) -> int:
+    """Where the entropy-coded data starting at `pos` ends: at the next marker
+    (0xFF 0x00 is a data byte, 0xFF 0xD0-0xD7 a restart)."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            raise PhotoRefused(DAMAGED)
+        following = data[pos + 1]
+        if following == 0 or 0xD0 <= following <= 0xD7:
+            pos += 2
+        elif following == 0xFF:   # fill bytes before a marker
+            pos += 1
+        else:
+            return pos
+
+
+def jpeg_clean(data: bytes) -> tuple[bytes, int, int]:
+    """A JPEG without its APP1-APP15 and COM segments (or anything after its
+    end), and its width and height; PhotoRefused unless it is whole and well formed."""
+    view, kept, pos, size, scanned = memoryview(data), [b"\xff\xd8"], 2, None, False
+    while True:
+        if pos + 2 > len(data) or data[pos] != 0xFF:
+            raise PhotoRefused(DAMAGED)
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9 and scanned:
+            kept.append(b"\xff\xd9")
+            return b"".join(kept), size[0], size[1]
+        if pos + 4 > len(data) or marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+            raise PhotoRefused(DAMAGED)
+        end = pos + 2 + struct.unpack_from("!H", data, pos + 2)[0]
+        if end > len(data) or end < pos + 4:
+            raise PhotoRefused(DAMAGED)
+        if marker in JPEG_FRAMES:
+            if end < pos + 9:
+                raise PhotoRefused(DAMAGED)
+            height, width = struct.unpack_from("!HH", data, pos + 5)
+            size = (width, height)
+        if marker == 0xDA:   # a scan: its header, then its data up to the next marker
+            if size is None:
+                raise PhotoRefused(DAMAGED)
+            end, scanned = jpeg_scan_end(data, end), True
+        if marker not in JPEG_DROPPED:
+            kept.append(view[pos:end])
+        pos = end
+
+
+def png_clean(data: bytes) -> tuple[bytes, int, int]:
+    """A PNG without its tEXt, zTXt, iTXt and eXIf chunks, and its width and
+    height; PhotoRefused unless each chunk is whole with its CRC, IHDR first, IEND last."""
+    view, kept, pos, size = memoryview(data), [PNG_SIGNATURE], len(PNG_SIGNATURE), None
+    while True:
+        if pos + 12 > len(data):
+            raise PhotoRefused(DAMAGED)
+        length, kind = struct.unpack_from("!I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from("!I", data, end - 4)[0]:
+            raise PhotoRefused(DAMAGED)
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise PhotoRefused(DAMAGED)
+            size = struct.unpack_from("!II", data, pos + 8)
+        if kind not in PNG_DROPPED:
+            kept.append(view[pos:end])
+        pos = end
+        if kind == b"IEND":
+            return b"".join(kept), size[0], size[1]
+
+
+def webp_size(kind: bytes, body: bytes) -> tuple[int, int] | None:
+    """The width and height a WebP chunk gives (VP8X, VP8 or VP8L), or None."""
+    if kind == b"VP8X" and len(body) >= 10:
+        return (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
+    if kind == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", body, 6)
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        bits = int.from_bytes(body[1:5], "little")
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    return None
+
+
+def webp_clean(data: bytes) -> tuple[bytes, int, int]:
+    """A WebP without its EXIF and XMP chunks (VP8X's flags and the RIFF size
+    made to match), and its width and height; PhotoRefused unless its chunks are whole."""
+    end = 8 + struct.unpack_from("<I", data, 4)[0]
+    if end > len(data) or end < 20:
+        raise PhotoRefused(DAMAGED)
+    kept, pos, size = [], 12, None
+    while pos < end:
+        if pos + 8 > end:
+            raise PhotoRefused(DAMAGED)
+        kind, length = struct.unpack_from("<4sI", data, pos)
+        stop = pos + 8 + length + (length & 1)
+        if stop > end:
+            raise PhotoRefused(DAMAGED)
+        chunk = data[pos:stop]
+        if kind == b"VP8X" and pos == 12:
+            chunk = chunk[:8] + bytes([chunk[8] & ~WEBP_METADATA_FLAGS]) + chunk[9:]
+        if size is None:
+            size = webp_size(kind, chunk[8:8 + length])
+        if kind not in WEBP_DROPPED:
+            kept.append(chunk)
+        pos = stop
+    if size is None:
+        raise PhotoRefused(DAMAGED)
+    chunks = b"".join(kept)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks, size[0], size[1]
+
+
+def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
+    """(extension, bytes without metadata, width, height) of a JPEG, PNG or
+    WebP that says so in its own bytes and measures at most MAX_PHOTO_SIDE;
+    PhotoRefused, saying why, for anything else."""
+    if data.startswith(b"\xff\xd8\xff"):
+        ext, clean = "jpg", jpeg_clean
+    elif data.startswith(PNG_SIGNATURE):
+        ext, clean = "png", png_clean
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        ext, clean = "webp", webp_clean
+    else:
+        raise PhotoRefused(NOT_A_PICTURE)
+    try:
+        body, width, height = clean(data)
+    except (struct.error, IndexError):
+        raise PhotoRefused(DAMAGED) from None
+    if not (width and height):
+        raise PhotoRefused(DAMAGED)
+    if max(width, height) > MAX_PHOTO_SIDE:
+        raise PhotoRefused(TOO_WIDE)
+    return ext, body, width, height
 
 
 # ---------------------------------------------------------------------------
@@ -1060,11 +1285,12 @@ class Transport:
             self._interest()
         return n
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Send `data` after what waits, keeping what the kernel does not
-        take; False if the connection is lost."""
+        take (a memoryview is kept as a view, not copied: a photo served to
+        many); False if the connection is lost."""
         if self.blocked:
-            self.out += data
+            self.out = b"".join((self.out, data)) if self.out else data
             return True
         n = self.send(data)
         if n < len(data) and n >= 0:
@@ -1132,7 +1358,7 @@ class Transport:
         if self.events:
             self.loop.unwatch(self.sock)
         self.closed, self.events = True, 0
-        data, self.out = self.out + last_words, b""
+        data, self.out = b"".join((self.out, last_words)), b""
         if at > self.loop.now:
             self.loop.call_at(at, self._close_now, data, drain)
         else:
@@ -1247,6 +1473,52 @@ class Stream:
             self.base = low
 
 
+class Photo:
+    """A shared photo: its file name (`TOKEN.EXT`, 128 random bits), its
+    bytes without metadata, served to every page from this one copy, and its size."""
+
+    __slots__ = ("file", "body", "content_type", "width", "height")
+
+    def __init__(self, ext: str, body: bytes, width: int, height: int):
+        self.file = f"{secrets.token_hex(16)}.{ext}"
+        self.body, self.content_type = memoryview(body), PHOTO_TYPES[ext]
+        self.width, self.height = width, height
+
+    @property
+    def url(self) -> str:
+        return f"/p/{self.file}"
+
+
+class Album:
+    """The room's photos, in memory only (nothing touches the disk), up to
+    `capacity` bytes: when it is full the oldest go."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.photos: dict[str, Photo] = {}   # file name -> photo, oldest first
+        self.size = 0
+
+    def add(self, photo: Photo) -> bool:
+        """Keep `photo`, making room; False if it is larger than the album."""
+        if len(photo.body) > self.capacity:
+            return False
+        while self.size + len(photo.body) > self.capacity:
+            self.size -= len(self.photos.pop(next(iter(self.photos))).body)
+        self.photos[photo.file] = photo
+        self.size += len(photo.body)
+        return True
+
+    def get(self, file: str) -> Photo | None:
+        return self.photos.get(file)
+
+    def kept(self, photo: Photo) -> bool:
+        return self.photos.get(photo.file) is photo
+
+    def clear(self) -> None:
+        self.photos.clear()
+        self.size = 0
+
+
 class Outlet:
     """The room's events, encoded and delivered for one kind of reader.
 
@@ -1260,7 +1532,9 @@ class Outlet:
 
     Two calls back up: `drop(m, reason, farewell="")`, m is to leave (it
     cannot be sent to any more), and `lose(m, reason)`, m's connection is
-    gone without a goodbye (its outlet may hold its seat: hold()).
+    gone without a goodbye (its outlet may hold its seat: hold()).  One
+    question up, set by the server: `page_at(m)`, the page's address as m
+    reached the room (`http://HOST:PORT/`), for links to photos.
     """
 
     def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
@@ -1270,6 +1544,7 @@ class Outlet:
         self.notes: dict[Member, collections.deque] = {}   # member -> (position, bytes) for it alone
         self.stream = Stream()
         self.flush_due = False
+        self.page_at: Callable[[Member], str] = lambda m: "/"
 
     # -- members ----------------------------------------------------------
     def ready_at(self, named_at: float) -> float:
@@ -1435,6 +1710,14 @@ class LineOutlet(Outlet):
     def note(self, m: Member, text: str) -> None:
         self._note(m, text.encode())
 
+    def photo(self, name: str, photo: Photo) -> None:
+        """A line with a link to it for each reader, at the address it reached the room at."""
+        for m in self.readers:
+            self._note(m, photo_notice(name, self._link(m, photo)).encode())
+
+    def _link(self, m: Member, photo: Photo) -> str:
+        return self.page_at(m) + photo.url[1:]
+
     def joined_note(self, m: Member) -> None:
         """m's own join line, when the room saw its join folded with others."""
         self._note(m, joined_notice([m.name]).encode())
@@ -1442,9 +1725,10 @@ class LineOutlet(Outlet):
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, who_notice(names).encode())
 
-    def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
+    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
         """What was said before m came (--history), before its own join line."""
-        self._note(m, "".join(chat_notice(name, text) for name, text in lines).encode())
+        self._note(m, "".join(photo_notice(name, self._link(m, photo)) if photo else
+                              chat_notice(name, text) for name, text, photo in lines).encode())
 
 
 class WebSeat:
@@ -1506,6 +1790,18 @@ class WebOutlet(Outlet):
     def chat(self, name: str, text: str) -> None:
         self._event("chat", name=name, text=text)
 
+    def photo(self, name: str, photo: Photo) -> None:
+        self._event("photo", name=name, **self._photo_fields(photo))
+
+    @staticmethod
+    def _photo_fields(photo: Photo) -> dict:
+        """A photo as the page finds it: its address on the page's own server, and its size."""
+        return {"url": photo.url, "width": photo.width, "height": photo.height}
+
+    def unshared(self, m: Member, text: str) -> None:
+        """m's photo was not shared: why."""
+        self._note(m, ws_event("unshared", text=text))
+
     def joined(self, names: list[str], present: int) -> None:
         self._event("join", names=names[:3], others=max(0, len(names) - 3),
                     text=joined_notice(names).rstrip("\n"))
@@ -1530,9 +1826,10 @@ class WebOutlet(Outlet):
         self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
                                others=max(0, len(names) - self.WHO_LISTED)))
 
-    def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
-        self._note(m, ws_event("history", lines=[{"name": name, "text": text}
-                                                 for name, text in lines]))
+    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
+        self._note(m, ws_event("history", lines=[
+            {"name": name, **(self._photo_fields(photo) if photo else {"text": text})}
+            for name, text, photo in lines]))
 
     def welcome(self, m: Member) -> None:
         """The page learns its name in the room, and the token that brings it back."""
@@ -1858,8 +2155,9 @@ class Room:
     (ready_at); joins and leaves within count_interval share one count.  A
     member whose outlet holds its seat through a lost connection stays in,
     away (away, back).  The last `history` chat lines are kept, in memory
-    only, for newcomers.  `entered(m)` is the one call back up: m is in,
-    read what it says.
+    only, for newcomers, and the photos shared (the album), photo lines in
+    the history while their photos are kept.  `entered(m)` is the one call
+    back up: m is in, read what it says.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
@@ -1875,7 +2173,8 @@ class Room:
         self.presence_timer: Timer | None = None
         self.closing = False
         self.guests = 0
-        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text)
+        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text, photo)
+        self.album = Album(settings.photos << 20)
 
     def outlet(self, m: Member) -> Outlet:
         return self.outlets[m.kind]
@@ -1920,7 +2219,18 @@ class Room:
     def chat(self, m: Member, said: str) -> None:
         for outlet in self._listening():
             outlet.chat(m.name, said)
-        self.history.append((m.name, said))
+        self.history.append((m.name, said, None))
+
+    def photo(self, m: Member, photo: Photo) -> bool:
+        """m shares a photo: kept in the album (the oldest may go) and shown to
+        everyone; False if it is larger than the whole album."""
+        if not self.album.add(photo):
+            return False
+        for outlet in self._listening():
+            outlet.photo(m.name, photo)
+        self.history.append((m.name, "", photo))
+        log.info("%s shared a photo (%d KiB)", quoted(m.name), -(-len(photo.body) // 1024))
+        return True
 
     def tell(self, m: Member, text: str) -> None:
         """A line for m alone, after what it has been sent so far."""
@@ -2028,14 +2338,15 @@ class Room:
             self.members[m] = None
         present = len(self.members)
         folded = len(newcomers) > self.settings.fold_joins
+        history = [line for line in self.history if line[2] is None or self.album.kept(line[2])]
         if folded:
             self._publish_joined([m.name for m in newcomers], present)
         for m in newcomers:
             outlet = self.outlet(m)
             outlet.add(m, present)
             outlet.welcome(m)
-            if self.history:
-                outlet.history(m, list(self.history))
+            if history:
+                outlet.history(m, history)
             if folded:
                 outlet.joined_note(m)
             else:   # the ones before it in this batch were in before it
@@ -2163,17 +2474,22 @@ class Entrance:
     leave: Callable[..., None]                   # leave(m, reason, code=...): it closed or broke
     close: Callable[..., None]                   # close(m, farewell="", code=None): done with it
     resume: Callable[[Member, Member], None]     # resume(new, m): new's connection is m's now
+    may_share: Callable[[Member, int], int]      # may_share(m, size): the bytes m may send as a photo
+    share: Callable[[Member, bytes | None], None]   # share(m, photo): the photo's bytes (None: too big)
 
 
 class WebDoor:
     """The web port: one HTTP request per connection, answered with the
-    page, an error, or the upgrade of /ws to a WebSocket (RFC 6455 §4.2);
-    then the WebSocket's frames in (RFC 6455 §5): a name, or a request for a
-    seat held by the web outlet (docs/PROTOCOL.md, "Coming back"), then
-    lines.  The page itself is data, given when the door is made (section 11)."""
+    page, a photo from the album, an error, or the upgrade of /ws to a
+    WebSocket (RFC 6455 §4.2); then the WebSocket's frames in (RFC 6455 §5):
+    a name, or a request for a seat held by the web outlet (docs/PROTOCOL.md,
+    "Coming back"), then lines, and photos (`/photo BYTES`, then one binary
+    message).  The page itself is data, given when the door is made (section 11)."""
 
-    def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet):
+    def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet,
+                 album: Album):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
+        self.album = album
         self.tls = False
         self.refusals: dict[Member, str] = {}   # let in only to be told why not
 
@@ -2205,16 +2521,22 @@ class WebDoor:
                          self.page.headers(host))
         elif path == "/ws":
             self._upgrade(m, headers, host)
+        elif path.startswith("/p/") and (photo := self.album.get(path[3:])):
+            self._answer(m, "200 OK", photo.body, photo.content_type,
+                         (("Content-Security-Policy", "default-src 'none'"),), cache="private")
         else:
             self._answer(m, "404 Not Found", b"not found\n")
 
-    def _answer(self, m: Member, status: str, body: bytes, content_type: str = "text/plain; "
-                "charset=utf-8", headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """The answer, then the close once it is out."""
+    def _answer(self, m: Member, status: str, body: bytes | memoryview, content_type: str =
+                "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = (),
+                cache: str = "no-store") -> None:
+        """The answer, then the close once it is out.  A photo's bytes are
+        sent from the album's one copy, as the socket takes them."""
         m.stage = Stage.ANSWERED
-        m.transport.pause_reading()
-        if not m.transport.write(http_response(status, body, content_type, headers)) \
-                or not m.transport.blocked:
+        t = m.transport
+        t.pause_reading()
+        if not (t.write(http_head(status, len(body), content_type, headers, cache))
+                and t.write(body)) or not t.blocked:
             self.entrance.close(m)   # else once the rest is out
 
     def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
@@ -2244,7 +2566,8 @@ class WebDoor:
                                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
                                f"\r\n\r\n").encode()
                               + ws_event("hello", key=bool(self.settings.room_key),
-                                         max_line=self.settings.max_line))
+                                         max_line=self.settings.max_line,
+                                         photos=bool(self.settings.photos)))
             refusal = self.refusals.get(m)
             if refusal:
                 self.entrance.close(m, refusal, WS_TRY_LATER)
@@ -2264,7 +2587,13 @@ class WebDoor:
                         payload.decode("utf-8")
                     except UnicodeDecodeError:
                         raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
-                    self.entrance.text(m, payload)
+                    size = photo_announcement(payload) if m.stage is Stage.IN_ROOM else None
+                    if size is None:
+                        self.entrance.text(m, payload)
+                    else:   # a photo's bytes come next, as one binary message
+                        m.transport.frame_reader.announce(self.entrance.may_share(m, size))
+                elif opcode == WS_ANNOUNCED:
+                    self.entrance.share(m, payload)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -2321,8 +2650,11 @@ class Server:
         self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs],
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
-        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close,
-                                                           self._take_over), self.webs)
+        self.door = WebDoor(settings, self.tally,
+                            Entrance(self._web_text, self.drop, self._close, self._take_over,
+                                     self._may_share, self._share),
+                            self.webs, self.room.album)
+        self.terminals.page_at = self.apps.page_at = self._page_at
         self.connections: set[Member] = set()
         self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
         self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
@@ -2396,13 +2728,16 @@ class Server:
         """Serve the chat page on `port` too (0: any free one); StartError if it cannot."""
         if self.web_address is None:
             self.web_address = self._listen_on(port, web=True)
-            log.info("the chat page is on port %d", self.web_address[1])
+            log.info("the chat page is on port %d; %s", self.web_address[1],
+                     PHOTOS_KEPT.format(self.settings.photos) if self.settings.photos
+                     else "photo sharing is off")
         return self.web_address
 
     def close_page(self) -> None:
         """Stop serving the page; web members are told and leave the room."""
         self._close_listeners(lambda web: web)
         self.web_address = None
+        self.room.album.clear()   # no page, no photos
         for m in [m for m in {*self.connections, *self.room.members} if m.kind is Kind.WEB]:
             self.drop(m, "the host turned the web page off",
                       "the host turned the web page off", WS_GOING_AWAY)
@@ -2670,6 +3005,47 @@ class Server:
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
 
+    # -- photos ---------------------------------------------------------
+    def _may_share(self, m: Member, size: int) -> int:
+        """A web member announced a photo of `size` bytes: the bytes it may
+        send (its photo rate takes one), or 0, and it is told why not."""
+        s = self.settings
+        rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
+        why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
+               else SHARING_TOO_FAST if rate.wait(self.loop.now) else "")
+        if why:
+            self._unshared(m, why)
+            return 0
+        rate.take()
+        return size
+
+    def _share(self, m: Member, payload: bytes | None) -> None:
+        """The photo m announced: cleaned and shared, or m is told why not."""
+        if m.stage is not Stage.IN_ROOM:
+            return
+        try:
+            if payload is None:
+                raise PhotoRefused(TOO_BIG)
+            if not self.room.photo(m, Photo(*clean_photo(payload))):
+                raise PhotoRefused(f"the room keeps only {self.settings.photos} MiB of photos")
+        except PhotoRefused as e:
+            self._unshared(m, str(e))
+
+    def _unshared(self, m: Member, why: str) -> None:
+        self.tally.add(self.loop.now, f"refused a photo from {m.ip}: {why}")
+        self.webs.unshared(m, NOT_SHARED.format(why))
+
+    def _page_at(self, m: Member) -> str:
+        """The page's address as m reached the room: its connection's own
+        address (what m connected to), the page's port."""
+        if self.web_address is None:
+            return "/"
+        try:
+            host = plain_ip(m.transport.sock.getsockname()[0])
+        except OSError:
+            host = self.address[0]
+        return page_link(host, self.web_address[1], self.tls is not None)
+
     # -- naming ---------------------------------------------------------
     def _name(self, m: Member, data: bytes) -> None:
         """The alias came: it says the kind of reader; then the key, the name, the welcome."""
@@ -2917,11 +3293,6 @@ def host_from_text(text: str) -> str | None:
         return host
 
 
-def host_port(host: str, port: int) -> str:
-    """host:port as people write it ([v6]:port for IPv6)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def is_loopback(host: str) -> bool:
     """True if only this machine can reach `host` (127.x.x.x, ::1, localhost)."""
     if host.lower() == "localhost":
@@ -2944,11 +3315,6 @@ def same_network_host(host: str, private_ip: str) -> str:
 def forward_advice(port: int, web_port: int | None = None) -> str:
     ports = f"ports {port} and {web_port}" if web_port else f"port {port}"
     return f"forward TCP {ports} on your router to this machine first"
-
-
-def page_link(host: str, port: int, tls: bool) -> str:
-    """The chat page's address, as a friend types or taps it."""
-    return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
 
 
 def next_page_port(settings: Settings) -> int:
@@ -4065,10 +4431,12 @@ def since_text(when: float) -> str:
 
 
 def privacy_text(settings: Settings) -> str:
-    """Whether the room is encrypted, needs a key and keeps lines for newcomers, in a few words."""
+    """Whether the room is encrypted, needs a key, keeps lines for newcomers and
+    how much of the photos shared, in a few words."""
     encrypted = "encrypted (TLS)" if settings.tls_cert else "not encrypted"
     text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
-    return text + (f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else "")
+    text += f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else ""
+    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if settings.photos else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
@@ -5469,6 +5837,10 @@ def add_page_options(p: argparse.ArgumentParser, d: Settings) -> None:
                       help="a page whose connection is lost (a phone asleep, a change of network) "
                            "keeps its seat this long, away, and gets what it missed when it is "
                            "back (0: it leaves at once; default: %(default)s)")
+    page.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
+                      help="memory for photos shared on the page (MiB), the oldest go when it is "
+                           "full; nothing is written to disk and they are gone when the room "
+                           "stops (0: no photo sharing; default: %(default)s)")
 
 
 def add_privacy_options(p: argparse.ArgumentParser, d: Settings) -> None:
@@ -5591,6 +5963,8 @@ def join_banner(settings: Settings, join: FriendsJoin) -> str:
     if settings.history:
         lines.append(f"  history:            {HISTORY_KEPT.format(settings.history)} "
                      f"(kept in memory only)")
+    if join.page_port and settings.photos:
+        lines.append(f"  photos:             {PHOTOS_KEPT.format(settings.photos)}")
     if settings.public_ip_url:
         lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
                      f"public address; --public-ip-url '' turns that off.")

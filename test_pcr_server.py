@@ -3075,7 +3075,7 @@ class WebPageTest(WebCase):
         self.start()
         tom = self.member("tom")
         wendy = self.web_member("wendy")
-        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096})
+        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096, "photos": True})
         self.assertEqual(wendy.until("welcome")["name"], "wendy")
         wendy.until("join", names=["wendy"])
         self.assertEqual(wendy.until("count")["n"], 2)
