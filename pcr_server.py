@@ -619,11 +619,14 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
         """(opcode, payload) of each whole message or control frame in `data`."""
+        return list(self.messages(data))
+
+    def messages(self, data: bytes):
+        """feed(), one at a time: the next frame is read only once the caller
+        is done with this one (a text may announce a binary message)."""
         self.buf += data
-        out = []
         while (frame := self._frame()) is not None:
-            out.extend(frame)
-        return out
+            yield from frame
 
     def _frame(self) -> list[tuple[int, bytes | None]] | None:
         buf = self.buf
@@ -2579,7 +2582,7 @@ class WebDoor:
         """What a web member sent: its alias (or its request for its seat
         back), its lines, pings, its goodbye."""
         try:
-            for opcode, payload in m.transport.frame_reader.feed(data):
+            for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
                     return
                 if opcode == WS_TEXT:
@@ -6214,6 +6217,20 @@ button:disabled { cursor: default; opacity: 0.55; }
   background: var(--bg); line-height: 1.4; field-sizing: content;
 }
 .composer .primary { min-width: 80px; }
+.photo-button {
+  flex: none; width: 48px; height: 48px; padding: 0; border: 1px solid var(--line);
+  border-radius: 14px; background: var(--bg); display: inline-flex; align-items: center; justify-content: center;
+}
+.upload {
+  display: flex; align-items: center; gap: 12px; padding: 6px 16px; font-size: 0.875rem;
+  background: var(--panel); color: var(--quiet); border-top: 1px solid var(--line);
+}
+.upload.error { color: var(--error); font-weight: 600; }
+.upload progress { flex: 1; min-width: 60px; accent-color: var(--accent); }
+.upload span { flex: 3; }
+.photo { display: block; margin-top: 4px; }
+.photo img { display: block; max-width: 100%; height: auto; border-radius: 10px; background: var(--line); }
+.gone { color: var(--quiet); font-style: italic; }
 @media (max-width: 699px) {
   .people {
     position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
@@ -6268,7 +6285,13 @@ button:disabled { cursor: default; opacity: 0.55; }
       <ul id="people-list"></ul>
     </aside>
   </div>
+  <div id="upload" class="upload" role="status" aria-live="polite" hidden>
+    <span id="upload-text"></span><progress id="upload-bar" max="100" hidden></progress>
+  </div>
   <form id="composer" class="composer" novalidate>
+    <button id="photo-button" class="photo-button" type="button" aria-label="Share a photo"
+            title="Share a photo" hidden><svg aria-hidden="true" viewBox="0 0 24 24" width="24" height="24"><path fill="currentColor" d="M9 3 7.2 5H4a2 2 0 0 0-2 2v11a2 2 0 0 0 2 2h16a2 2 0 0 0 2-2V7a2 2 0 0 0-2-2h-3.2L15 3H9zm3 5a5 5 0 1 1 0 10 5 5 0 0 1 0-10zm0 2a3 3 0 1 0 0 6 3 3 0 0 0 0-6z"/></svg></button>
+    <input id="photo-input" type="file" accept="image/*" hidden>
     <label for="message" class="visually-hidden">Message</label>
     <textarea id="message" rows="1" placeholder="Message" enterkeyhint="send" autocomplete="off"></textarea>
     <button id="send" class="primary" type="submit">Send</button>
@@ -6283,6 +6306,8 @@ button:disabled { cursor: default; opacity: 0.55; }
   const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
   const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
   const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
+  const MAX_PHOTO = 8 * 1024 * 1024;   // bytes the room takes in one photo
+  const PHOTO_SIDE = 2048;      // pixels on a photo's long side: larger ones are shrunk to it
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -6292,7 +6317,9 @@ button:disabled { cursor: default; opacity: 0.55; }
     peopleCount: $("people-count"), people: $("people"), peopleTitle: $("people-title"),
     peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
     bannerButton: $("banner-button"), log: $("log"), newest: $("newest"),
-    composer: $("composer"), message: $("message"), send: $("send")
+    composer: $("composer"), message: $("message"), send: $("send"),
+    photoButton: $("photo-button"), photoInput: $("photo-input"), upload: $("upload"),
+    uploadText: $("upload-text"), uploadBar: $("upload-bar")
   };
 
   const room = {
@@ -6316,7 +6343,10 @@ button:disabled { cursor: default; opacity: 0.55; }
     token: "",           // brings this page back to its seat after a lost connection
     seen: 0,             // the mark of the last event shown: what it missed starts there
     grace: 0,            // seconds the room holds the seat of a lost connection
-    lostAt: 0            // when the connection was lost while in the room
+    lostAt: 0,           // when the connection was lost while in the room
+    photos: false,       // the room takes photos
+    upload: null,        // the photo being sent: {ws, size, timer}
+    uploadTimer: 0       // hides a failure's sentence
   };
 
   /* ---------- small helpers ---------- */
@@ -6427,7 +6457,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   }
 
-  function addChat(name, text, earlier) {
+  function addBubble(name, earlier, content) {
     const own = name === room.me;
     const item = make("li", (own ? "own" : "") + (earlier ? " earlier" : ""));
     const bubble = make("div", "bubble");
@@ -6435,9 +6465,34 @@ button:disabled { cursor: default; opacity: 0.55; }
     head.appendChild(make("span", "", own ? "You" : name));
     head.appendChild(make("span", "time", earlier ? "earlier" : clock()));
     bubble.appendChild(head);
-    bubble.appendChild(make("div", "text", String(text)));
+    bubble.appendChild(content);
     item.appendChild(bubble);
     append(item, !own && !earlier);
+  }
+
+  function addChat(name, text, earlier) {
+    addBubble(name, earlier, make("div", "text", String(text)));
+  }
+
+  function addPhoto(name, msg, earlier) {
+    // Scaled to the column; a tap opens it full size; one no longer kept says so.
+    const url = String(msg.url);
+    if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) { return; }
+    const link = make("a", "photo");
+    link.href = url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    const img = make("img");
+    img.alt = name === room.me ? "Your photo" : "Photo from " + name;
+    img.width = msg.width | 0;
+    img.height = msg.height | 0;
+    img.addEventListener("error", function () {
+      link.replaceWith(make("div", "text gone", "This photo is no longer kept."));
+    });
+    img.src = url;
+    link.appendChild(img);
+    addBubble(name, earlier, link);
+    if (name === room.me && !earlier && room.upload) { uploadEnded(""); }
   }
 
   function addLine(text, kind) {
@@ -6519,6 +6574,75 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function setCanSend(can) {
     ui.send.disabled = !can;
+    ui.photoButton.disabled = !can || !!room.upload;
+  }
+
+  /* ---------- photos: shrunk and re-encoded here, sent as one binary message ---------- */
+
+  function showUpload(text, isError, percent) {
+    clearTimeout(room.uploadTimer);
+    ui.upload.hidden = !text;
+    ui.upload.classList.toggle("error", !!isError);
+    ui.uploadText.textContent = text;
+    ui.uploadBar.hidden = percent == null;
+    if (percent != null) { ui.uploadBar.value = percent; }
+    if (isError) { room.uploadTimer = setTimeout(function () { showUpload(""); }, 8000); }
+  }
+
+  function uploadEnded(failure) {
+    // The room showed the photo (no failure), or one sentence says why not.
+    const up = room.upload;
+    if (up) { clearInterval(up.timer); }
+    room.upload = null;
+    showUpload(failure, !!failure);
+    setCanSend(room.inRoom);
+  }
+
+  function shrink(bitmap) {
+    // At most PHOTO_SIDE on the long side, as a JPEG: the camera's EXIF (place, camera) stays behind.
+    const scale = Math.min(1, PHOTO_SIDE / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    if (bitmap.close) { bitmap.close(); }
+    return new Promise(function (done) { canvas.toBlob(done, "image/jpeg", 0.85); });
+  }
+
+  function sharePhoto(file) {
+    if (!room.inRoom || !room.ws || room.upload) { return; }
+    room.upload = { ws: null, size: 0, timer: 0 };
+    setCanSend(true);
+    showUpload("Preparing your photo…", false);
+    createImageBitmap(file).then(shrink, function () { return "not a picture"; }).then(function (blob) {
+      if (!blob || blob === "not a picture") {
+        uploadEnded("That file is not a picture.");
+      } else if (blob.size > MAX_PHOTO) {
+        uploadEnded("That photo is too big to send.");
+      } else {
+        return blob.arrayBuffer().then(sendPhoto);
+      }
+    }).catch(function () { uploadEnded("Your photo could not be read."); });
+  }
+
+  function sendPhoto(bytes) {
+    const ws = room.ws;
+    if (!ws || !room.inRoom || !room.upload) {
+      uploadEnded("The connection was lost before your photo was shared.");
+      return;
+    }
+    ws.send("/photo " + bytes.byteLength);   // then its bytes, alone, as one binary message
+    ws.send(bytes);
+    room.upload = { ws: ws, size: bytes.byteLength, timer: setInterval(uploadProgress, 250) };
+    uploadProgress();
+  }
+
+  function uploadProgress() {
+    const up = room.upload;
+    if (!up || !up.ws) { return; }
+    const sent = Math.max(0, up.size - up.ws.bufferedAmount);
+    const percent = Math.round(100 * sent / up.size);
+    showUpload(sent < up.size ? "Sending your photo… " + percent + "%" : "Sharing your photo…", false, percent);
   }
 
   /* ---------- the socket ---------- */
@@ -6569,6 +6693,8 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.helloSeen = true;
       room.retryText = "";
       room.keyNeeded = !!msg.key;
+      room.photos = !!msg.photos;
+      ui.photoButton.hidden = !room.photos;
       ui.keyRow.hidden = !room.keyNeeded;
       if (seatHeld()) {
         askSeatBack();
@@ -6634,10 +6760,14 @@ button:disabled { cursor: default; opacity: 0.55; }
       if (room.count !== room.names.length + room.others) { askWho(); }
     },
     chat: function (msg) { addChat(String(msg.name), msg.text, false); },
+    photo: function (msg) { addPhoto(String(msg.name), msg, false); },
+    unshared: function (msg) { uploadEnded(sentence(plain(msg.text))); },
     history: function (msg) {
       const lines = Array.isArray(msg.lines) ? msg.lines : [];
       if (lines.length) { addLine("Earlier in the room", "note"); }
-      lines.forEach(function (line) { addChat(String(line.name), line.text, true); });
+      lines.forEach(function (line) {
+        if (line.url) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line.text, true); }
+      });
     },
     lost: function (msg) {
       // The seat was not kept: join again as new, on this same socket.
@@ -6695,6 +6825,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     clearTimeout(room.probeTimer);
     setCanSend(false);
     renderPeople();
+    if (room.upload) { uploadEnded("The connection was lost before your photo was shared."); }
     if (code === 1008) {
       // Refused (wrong key, bad name) or put out by the host: no retry by itself.
       const text = room.refusal || sentence(reason) || "The host closed your connection.";
@@ -6824,6 +6955,13 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
   ui.message.addEventListener("input", fitMessage);
+
+  ui.photoButton.addEventListener("click", function () { ui.photoInput.click(); });
+  ui.photoInput.addEventListener("change", function () {
+    const file = ui.photoInput.files && ui.photoInput.files[0];
+    ui.photoInput.value = "";
+    if (file) { sharePhoto(file); }
+  });
 
   ui.peopleToggle.addEventListener("click", function () {
     setPeopleOpen(!ui.people.classList.contains("open"));
