@@ -6229,7 +6229,10 @@ button:disabled { cursor: default; opacity: 0.55; }
 .upload progress { flex: 1; min-width: 60px; accent-color: var(--accent); }
 .upload span { flex: 3; }
 .photo { display: block; margin-top: 4px; }
-.photo img { display: block; max-width: 100%; height: auto; border-radius: 10px; background: var(--line); }
+.photo img {
+  display: block; max-width: 100%; max-height: 70vh; height: auto; object-fit: contain;
+  object-position: left; border-radius: 10px;
+}
 .gone { color: var(--quiet); font-style: italic; }
 @media (max-width: 699px) {
   .people {

@@ -6249,5 +6249,106 @@ class PhotoMemoryTest(unittest.TestCase):
             page.until("chat", text="still here")
 
 
+class PhotoBrowserTest(BrowserCase):
+    """Photos in real Chromium: a phone picks a camera's photo, another page
+    shows it, a terminal gets its link (issue 23)."""
+
+    def setUp(self):
+        if Image is None:
+            self.skipTest(NO_PIL)
+        super().setUp()
+
+    def camera_file(self, data: bytes, name: str = "IMG_0001.jpg") -> str:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def tab(self, name: str) -> str:
+        """A new tab of its own (its own sessionStorage), joined as `name`; its handle."""
+        self.driver.switch_to.new_window("tab")
+        self.addCleanup(self.close_tab, self.driver.current_window_handle)
+        self.open_page()
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        self.find("#name").clear()   # the tabs share the name remembered on this device
+        self.join_as(name)
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "the chat")
+        return self.driver.current_window_handle
+
+    def close_tab(self, handle: str) -> None:
+        if len(self.driver.window_handles) > 1 and handle in self.driver.window_handles:
+            self.driver.switch_to.window(handle)
+            self.driver.close()
+            self.driver.switch_to.window(self.driver.window_handles[0])
+
+    def shown_photos(self) -> list[dict]:
+        return self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log .photo img')).map(function (i) {"
+            " return {src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight,"
+            " done: i.complete, shown: i.getBoundingClientRect().width,"
+            " column: document.getElementById('log').clientWidth}; });")
+
+    def pick(self, path: str) -> None:
+        self.wait_for(lambda: self.find("#photo-button").is_displayed(), "the photo button")
+        self.find("#photo-input").send_keys(path)
+
+    def test_a_camera_photo_reaches_another_page_and_a_terminal_without_its_exif(self):
+        self.start()
+        tom = self.member("tom")
+        paul = self.tab("Paul")
+        self.tab("Wendy")
+        tom.read_until(b"3 people are online...\n")
+        original = camera_jpeg((4000, 3000))
+        self.pick(self.camera_file(original))
+        line = tom.read_until(b"shared a photo: ", WAIT * 3) + tom.read_until(b"\n")
+        self.assertIn(b"Wendy shared a photo: http://127.0.0.1:", line)
+        status, headers, body = fetch(photo_link(line))
+        self.assertEqual((status, headers["X-Content-Type-Options"]), ("HTTP/1.1 200 OK", "nosniff"))
+        image = assert_plain_picture(self, body, "JPEG")
+        self.assertEqual(image.size, (2048, 1536))
+        self.assertLess(len(body), len(original))
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["done"], "her own photo")
+        self.driver.switch_to.window(paul)
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["w"] == 2048,
+                      "the photo on the other page")
+        shown = self.shown_photos()[0]
+        self.assertLessEqual(shown["shown"], shown["column"])   # scaled to the column
+        self.assertEqual("Photo from Wendy", self.find("#log .photo img").get_attribute("alt"))
+        self.assertEqual(self.find("#log .photo").get_attribute("href"),
+                         f"http://127.0.0.1:{self.server.web_address[1]}{shown['src']}")
+        self.say("lovely")
+        tom.read_until(b"Paul: lovely\n")
+        self.assert_no_policy_violations()
+
+    def test_a_file_that_is_not_a_picture_is_said_plainly_and_nothing_is_sent(self):
+        self.start()
+        tom = self.member("tom")
+        self.tab("Wendy")
+        tom.read_until(b"2 people are online...\n")
+        self.pick(self.camera_file(b"<html><script>alert(1)</script></html>", "note.jpg"))
+        self.wait_for(lambda: self.text("#upload-text") == "That file is not a picture.", "the refusal")
+        self.say("still here")
+        self.assertEqual(tom.read_until(b"\n"), b"Wendy: still here\n")
+
+    def test_a_photo_that_cannot_be_had_says_it_is_no_longer_kept(self):
+        self.start()
+        paul = self.tab("Paul")
+        self.driver.execute_cdp_cmd("Network.enable", {})
+        self.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/p/*"]})   # as if gone
+        self.tab("Wendy")
+        self.pick(self.camera_file(picture("JPEG", (640, 480))))
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["done"], "her photo")
+        self.driver.switch_to.window(paul)
+        self.wait_for(lambda: "This photo is no longer kept." in self.text("#log"), "the sentence")
+        self.assertEqual(self.shown_photos(), [])
+
+    def test_with_photos_0_the_button_is_hidden(self):
+        self.start(photos=0)
+        self.tab("Wendy")
+        self.assertFalse(self.find("#photo-button").is_displayed())
+
+
 if __name__ == "__main__":
     unittest.main()
