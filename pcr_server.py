@@ -953,6 +953,7 @@ def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
@@ -1295,20 +1296,29 @@ class Transport:
         if self.blocked:
             self.out = b"".join((self.out, data)) if self.out else data
             return True
-        n = self.send(data)
-        if n < len(data) and n >= 0:
+        n = self.send(data[:WRITE_PIECE] if len(data) > WRITE_PIECE else data)
+        if 0 <= n < len(data):
             self.out = data[n:]
+            self._more_next_turn()
         return n >= 0
+
+    def _more_next_turn(self) -> None:
+        """Bytes are kept: send them when the socket is writable (the next turn, at the earliest)."""
+        if not self.blocked:
+            self.blocked = True
+            self._interest()
 
     def flush(self) -> bool:
         """The socket takes more: send what was kept.  Still `blocked` if the
         kernel took only part; False if the connection is lost."""
         self.blocked = False
         if self.out:
-            n = self.send(self.out)
+            n = self.send(self.out[:WRITE_PIECE])
             if n < 0:
                 return False
             self.out = self.out[n:]
+            if self.out:
+                self.blocked = True
         self._interest()
         return True
 
