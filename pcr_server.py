@@ -4449,7 +4449,8 @@ def privacy_text(settings: Settings) -> str:
     encrypted = "encrypted (TLS)" if settings.tls_cert else "not encrypted"
     text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
     text += f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else ""
-    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if settings.photos else "")
+    photos = settings.photos and settings.web_port is not None   # shared on the page alone
+    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if photos else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:

@@ -5969,7 +5969,9 @@ class PhotoShareTest(WebCase):
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
             pcr.parse_args(["--photos", "-1"])
         self.assertIn("photos shared on the page: up to 64 MiB, in memory only, gone when the "
-                      "room stops", pcr.privacy_text(pcr.Settings()))
+                      "room stops", pcr.privacy_text(pcr.Settings(web_port=0)))
+        self.assertNotIn("photos", pcr.privacy_text(pcr.Settings()))   # no page, no photos
+        self.assertNotIn("photos", pcr.privacy_text(pcr.Settings(web_port=0, photos=0)))
 
     def test_a_page_shares_a_photo_pages_show_it_and_a_terminal_gets_its_link(self):
         wendy, tom = self.wendy_and_tom()
