@@ -15,7 +15,9 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   1. Constants and settings   one dataclass; command line > .pcr_port > defaults
   2. The protocol             pure functions on bytes and strings: names, lines and
                               their texts, App pieces (app_cut), WebSocket frames
-                              (FrameReader), HTTP, ChatPage (the page's headers)
+                              (FrameReader: one announced binary message), HTTP,
+                              ChatPage (the page's headers), photos (clean_photo:
+                              JPEG, PNG, WebP by their own bytes, metadata stripped)
   3. The event loop and the transport
                               Loop (file events, timers, calls from other threads),
                               Bucket, Tally, Transport (one socket: the one send,
@@ -27,18 +29,20 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
-                              back), AppOutlet (the App's pace: one piece when it is free)
+                              back), AppOutlet (the App's pace: one piece when it is free);
+                              Album (the photos shared, in memory, the oldest go)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
-                              the room key's tries, the refusal sentences)
+                              the room key's tries, the photo rate, the refusal sentences)
   6. The server and its doors WebDoor (HTTP, the WebSocket upgrade, frames in, a
                               page asking for its seat back), Handshakes (TLS,
-                              paced), Server (listening, accepting, each
+                              paced), PhotoDesk (photos taken in, or refused
+                              in a sentence), Server (listening, accepting, each
                               connection to its door, reading, names, lines,
                               closing; it asks the gate)
   7. Host addresses           listen addresses as people type them, private, public
-                              and MAC addresses, the page's link
+                              and MAC addresses, the invitation
   8. The router client        --upnp: the router forwards the room's ports with
                               PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
                               and what happened in plain words; then FriendsJoin
