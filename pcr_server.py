@@ -23,9 +23,11 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Bucket, Tally, Transport (one socket: the one send,
                               kept bytes, write interest, TLS steps, the close)
   4. The room and its outlets Member (who, and where in its life), Room (names,
-                              welcomes, leaves, the count, the history for newcomers:
-                              each event published once), an outlet per kind of
-                              reader, each encoding and delivering the events:
+                              welcomes, leaves, the count, the history for newcomers,
+                              /msg: each event published once, a private line to
+                              its two members alone), an outlet per kind of
+                              reader, each encoding and delivering the events
+                              (Stream: what an outlet says, parts for one member alone):
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
@@ -35,12 +37,12 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
                               the room key's tries, the photo rate, the refusal sentences)
-  6. The server and its doors WebDoor (HTTP, the WebSocket upgrade, frames in, a
-                              page asking for its seat back), Handshakes (TLS,
-                              paced), PhotoDesk (photos taken in, or refused
-                              in a sentence), Server (listening, accepting, each
-                              connection to its door, reading, names, lines,
-                              closing; it asks the gate)
+  6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
+                              in a sentence), WebDoor (HTTP, photos served, the
+                              WebSocket upgrade, frames in, a page asking for its
+                              seat back), Handshakes (TLS, paced), Server
+                              (listening, accepting, each connection to its door,
+                              reading, names, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them, private, public
                               and MAC addresses, the invitation
   8. The router client        --upnp: the router forwards the room's ports with
@@ -71,6 +73,7 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import codecs
 import collections
 import dataclasses
 import enum
@@ -337,6 +340,10 @@ TAKEN_OVER = "this page carries on over a newer connection"   # the older one is
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
 PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
 PHOTO_BURST = 3.0    # photos a member may share at once, then --photo-rate
+PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
+MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
+HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
+             "/help shows this\n")
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -392,6 +399,24 @@ def who_notice(names: list[str]) -> str:
     return f"in the room now ({len(names)}): {shown}\n"
 
 
+def private_notice(sender: str, receiver: str, text: str) -> str:
+    """A private line, as its sender and its receiver both read it."""
+    return f"{PRIVATE_TAG} {sender} to {receiver}: {text}\n"
+
+
+def nobody_notice(name: str) -> str:
+    """The answer to /msg for a name that is nobody's in the room."""
+    return f"nobody called {name} is in the room; /who lists who is\n"
+
+
+def private_readings(request: str) -> list[tuple[str, str]]:
+    """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
+    the longest NAME first (a name may hold spaces); none without both."""
+    request = request.strip()
+    cuts = [space.start() for space in re.finditer(r"\s+", request)]
+    return [(request[:cut], request[cut:].lstrip()) for cut in reversed(cuts)]
+
+
 def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
     overrides and line separators removed."""
@@ -403,12 +428,13 @@ def clean_name(text: str) -> str:
 
     Colons go too, so that no name can pose as another's line prefix, and a
     leading digit gets a `_` before it: the App takes any read that starts
-    with a digit for the count.
+    with a digit for the count.  So does a leading `[private]`, in any look:
+    no chat line can pose as a private one.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
     text = _SPACES.sub(" ", text).strip()
-    if text[:1].isdigit():
+    if text[:1].isdigit() or name_look(text).startswith(PRIVATE_TAG):
         text = "_" + text
     return text[:MAX_NAME].strip()
 
@@ -550,12 +576,12 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
 
 
-def ws_event(kind: str, **fields) -> bytes:
+def ws_event(kind: str, /, **fields) -> bytes:
     """A message for the page: one text frame holding {"type": kind, ...}."""
     return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
 
 
-def ws_marked_event(start: int, kind: str, **fields) -> bytes:
+def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
     """ws_event, written at stream position `start` and marked with `at`, the
     position right after it: where a page that has it picks up again."""
     body = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode()[:-1] + b', "at": '
@@ -611,12 +637,16 @@ class FrameReader:
 
     Holds at most one frame and one message of `max_message` bytes; anything
     bigger, unmasked, reserved or out of order raises WsError with the RFC's
-    code.  One binary message may be announced (announce()) with a limit of
-    its own: it comes out as WS_ANNOUNCED, or, if its frames say it is
-    larger, as (WS_ANNOUNCED, None) while its bytes are skipped unread.
+    code.  Text is checked with one incremental UTF-8 decoder per message, as
+    its bytes come: bad UTF-8 raises (1007) as soon as it is in, without
+    waiting for the end of its frame or of its message.  One binary message
+    may be announced (announce()) with a limit of its own: it comes out as
+    WS_ANNOUNCED, or, if its frames say it is larger, as (WS_ANNOUNCED, None)
+    while its bytes are skipped unread.
     """
 
-    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "announced", "skip", "dropping")
+    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "text", "checked", "announced",
+                 "skip", "dropping")
 
     def __init__(self, max_message: int):
         self.max_message = max_message
@@ -624,6 +654,8 @@ class FrameReader:
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
+        self.text = None               # the UTF-8 check of the text message under way
+        self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
         self.announced: int | None = None   # the limit of the next binary message, if announced
         self.skip = 0                  # bytes of a frame still to be dropped unread
         self.dropping = False          # the message under way is dropped, fragments and all
@@ -657,6 +689,8 @@ class FrameReader:
         fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
         if first & 0x70:
             raise WsError(WS_PROTOCOL_ERROR, "reserved bits set")
+        if opcode not in (0x0, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG):
+            raise WsError(WS_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if not second & 0x80:
             raise WsError(WS_PROTOCOL_ERROR, "client frames must be masked")
         at = 2
@@ -668,36 +702,56 @@ class FrameReader:
             if len(buf) < 10:
                 return None
             length, at = struct.unpack_from("!Q", buf, 2)[0], 10
+        end = at + 4 + length
         if opcode >= 0x8:
             if not fin or length > 125:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
-        elif opcode not in (0x0, WS_TEXT, WS_BINARY):
-            raise WsError(WS_PROTOCOL_ERROR, "unknown opcode")
-        elif (opcode == 0) != bool(self.opcode):
-            raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
         elif (opcode or self.opcode) == WS_BINARY and self.announced is not None:
+            if self.checked < 0:
+                self._start_frame(opcode)
             if self.dropping or self.size + length > self.announced:
                 return self._drop(fin, at + 4, length)
         elif self.size + length > self.max_message:
             raise WsError(WS_TOO_BIG, "message too big")
-        if len(buf) < at + 4 + length:
+        else:
+            if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
+                self._start_frame(opcode)
+            if self.text is not None and len(buf) >= at + 4:
+                self._check_text(buf, at, min(len(buf), end), bool(fin) and len(buf) >= end)
+        if len(buf) < end:
             return None
         with memoryview(buf) as view:
-            payload = ws_unmask(view[at + 4:at + 4 + length], buf[at:at + 4])
-        del buf[:at + 4 + length]
+            payload = ws_unmask(view[at + 4:end], buf[at:at + 4])
+        del buf[:end]
         if opcode >= 0x8:
             return [(opcode, payload)]
-        return self._fragment(fin, opcode, payload)
+        self.checked = -1
+        return self._fragment(fin, payload)
 
-    def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
+    def _start_frame(self, opcode: int) -> None:
+        if (opcode == 0) != bool(self.opcode):
+            raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
         if opcode:
             self.opcode = opcode
+            self.text = codecs.getincrementaldecoder("utf-8")() if opcode == WS_TEXT else None
+        self.checked = 0
+
+    def _check_text(self, buf: bytearray, at: int, stop: int, last: bool) -> None:
+        """Check the text of the frame under way (its mask at buf[at:]) up to buf[stop]."""
+        k, mask = self.checked % 4, buf[at:at + 4]
+        try:
+            self.text.decode(ws_unmask(buf[at + 4 + self.checked:stop], mask[k:] + mask[:k]), last)
+        except UnicodeDecodeError:
+            raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+        self.checked = stop - at - 4
+
+    def _fragment(self, fin: int, payload: bytes) -> list[tuple[int, bytes]]:
         self.parts.append(payload)
         self.size += len(payload)
         if not fin:
             return []
         message, opcode = b"".join(self.parts), self.opcode
-        self.parts, self.size, self.opcode = [], 0, 0
+        self.parts, self.size, self.opcode, self.text = [], 0, 0, None
         if opcode == WS_BINARY and self.announced is not None:
             self.announced = None
             return [(WS_ANNOUNCED, message)]
@@ -706,13 +760,12 @@ class FrameReader:
     def _drop(self, fin: int, header: int, length: int) -> list[tuple[int, None]]:
         """Skip a frame of an announced message over its limit, and the rest of the message."""
         del self.buf[:header]
-        self.skip = length
+        self.skip, self.checked = length, -1
         first, limit = not self.dropping, self.announced
         self.parts, self.size = [], 0
         self.dropping = not fin
-        self.opcode = 0 if fin else WS_BINARY
         if fin:
-            self.announced = None
+            self.opcode, self.announced = 0, None
         return [(WS_ANNOUNCED, None)] if first and limit else []
 
 
@@ -1480,25 +1533,58 @@ def address_group(ip: str) -> str:
 
 class Stream:
     """What an outlet says, appended once, read by many members each at its
-    own position; trimmed once everyone has had it."""
+    own position; trimmed once everyone has had it.  A part of it may be for
+    one member alone (a private line): the others step over it (run)."""
 
-    __slots__ = ("buf", "base")
+    __slots__ = ("buf", "base", "parts")
 
     def __init__(self):
         self.buf = bytearray()
         self.base = 0    # stream position of buf[0]
+        self.parts: list[tuple[int, int, Member]] = []   # (start, stop, for whom), in order
 
     @property
     def end(self) -> int:
         return self.base + len(self.buf)
 
+    @property
+    def parted_until(self) -> int:
+        """Where the last part for one member alone stops: a reader from
+        there on meets none."""
+        return self.parts[-1][1] if self.parts else 0
+
     def between(self, start: int, stop: int) -> bytes:
         return bytes(self.buf[start - self.base:stop - self.base])
+
+    def add_part(self, data: bytes, m: Member) -> None:
+        """`data` at the end, for m alone."""
+        start = self.end
+        self.buf += data
+        self.parts.append((start, self.end, m))
+
+    def run(self, m: Member, pos: int) -> tuple[int, int]:
+        """What m reads next from `pos`: (start, stop), past the parts for
+        others at `pos` (or around it), up to the next one or the end."""
+        parts = self.parts
+        if not parts or parts[-1][1] <= pos:
+            return pos, self.end
+        i = max(0, bisect.bisect_right(parts, (pos, math.inf)) - 1)
+        while i < len(parts) and parts[i][0] <= pos:
+            if parts[i][2] is not m and parts[i][1] > pos:
+                pos = parts[i][1]
+            i += 1
+        while i < len(parts) and parts[i][2] is m:
+            i += 1
+        return pos, parts[i][0] if i < len(parts) else self.end
 
     def trim(self, low: int) -> None:
         if low > self.base:
             del self.buf[:low - self.base]
             self.base = low
+            n = bisect.bisect_left(self.parts, (low,))
+            if n and self.parts[n - 1][1] > low:   # a reader is inside it still
+                n -= 1
+            del self.parts[:n]
 
 
 class Photo:
@@ -1551,12 +1637,13 @@ class Outlet:
     """The room's events, encoded and delivered for one kind of reader.
 
     The room calls the event methods (chat, joined, left, count, stop, and
-    note and who for one member); an outlet appends what its readers
+    note, who and private for one member); an outlet appends what its readers
     should get to its own stream, once, and flush() sends it at the end of
     the loop turn.  This base class is the shared stream that terminals
     and web members read: each member is only a position in it, and gets
-    the rest in one send per turn (the hot path).  Lines for one member
-    alone wait at their place in the stream (`notes`).
+    the rest in one send per turn (the hot path).  Answers for one member
+    alone wait at their place in the stream (`notes`); private lines are
+    parts of the stream for one member alone, which the others step over.
 
     Two calls back up: `drop(m, reason, farewell="")`, m is to leave (it
     cannot be sent to any more), and `lose(m, reason)`, m's connection is
@@ -1605,8 +1692,8 @@ class Outlet:
     def pending(self, m: Member) -> bool:
         """Something is still to be sent to m."""
         t = self.readers.get(m)
-        return t is not None and t.pos < self.stream.end or m in self.notes \
-            or bool(m.transport.out)
+        return t is not None and self.stream.run(m, t.pos)[0] < self.stream.end \
+            or m in self.notes or bool(m.transport.out)
 
     def welcome(self, m: Member) -> None:
         """What m is told first, once in (web members: their name)."""
@@ -1624,6 +1711,11 @@ class Outlet:
         if self.listening:
             self.stream.buf += data
             self._flush_soon()
+
+    def _say_to(self, m: Member, data: bytes) -> None:
+        """`data` for m alone, in the stream: kept and paced like the rest."""
+        self.stream.add_part(data, m)
+        self._flush_soon()
 
     def _note(self, m: Member, data: bytes, at: int | None = None) -> None:
         """`data` for m alone, at stream position `at`: after what it has been sent so far."""
@@ -1645,14 +1737,14 @@ class Outlet:
         """The hot path: one send of the rest of the stream to each reader."""
         self.flush_due = False
         stream, readers, notes = self.stream, self.readers, self.notes
-        end, base = stream.end, stream.base
+        end, base, parted = stream.end, stream.base, stream.parted_until
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
         with memoryview(stream.buf) as view:
             for m, t in readers.items():
                 pos = t.pos
                 if not t.blocked and (pos < end or notes and m in notes):
-                    if notes and m in notes:
+                    if pos < parted or notes and m in notes:
                         pos = self._send_noted(m, pos, view)
                     else:
                         n = t.send(view[pos - base:])
@@ -1676,10 +1768,11 @@ class Outlet:
         self.stream.trim(low)
 
     def _send_noted(self, m: Member, pos: int, view: memoryview) -> int:
-        """The careful path: m's notes at their places in the stream; its new
-        position, or -1 if the connection is lost."""
-        t, notes, end, base = m.transport, self.notes[m], self.stream.end, self.stream.base
+        """The careful path: m's notes at their places in the stream, past the
+        parts for others; its new position, or -1 if the connection is lost."""
+        t, notes, base = m.transport, self.notes.get(m), self.stream.base
         while not t.blocked:
+            pos, stop = self.stream.run(m, pos)
             if notes and notes[0][0] <= pos:
                 at, data = notes[0]
                 n = t.send(data)
@@ -1689,15 +1782,16 @@ class Outlet:
                     notes[0] = (at, data[n:])
                 else:
                     notes.popleft()
-            elif pos < end:
-                stop = min(end, notes[0][0]) if notes else end
+            elif pos < stop:
+                if notes:
+                    stop = min(stop, notes[0][0])
                 n = t.send(view[pos - base:stop - base])
                 if n < 0:
                     return -1
                 pos += n
             else:
                 break
-        if not notes:
+        if notes is not None and not notes:
             del self.notes[m]
         return pos
 
@@ -1707,17 +1801,11 @@ class Outlet:
         if t is None or t.blocked:
             return
         with memoryview(self.stream.buf) as view:
-            pos = self._send_noted(m, t.pos, view) if m in self.notes else self._send_rest(m, t.pos, view)
+            pos = self._send_noted(m, t.pos, view)
         if pos < 0:
             self.lose(m, "connection lost while sending")
         else:
             t.pos = pos
-
-    def _send_rest(self, m: Member, pos: int, view: memoryview) -> int:
-        if pos >= self.stream.end:
-            return pos
-        n = m.transport.send(view[pos - self.stream.base:])
-        return pos + n if n >= 0 else -1
 
 
 class LineOutlet(Outlet):
@@ -1757,6 +1845,10 @@ class LineOutlet(Outlet):
 
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, who_notice(names).encode())
+
+    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
+        """A private line from `sender` to `receiver`, for m (one of the two) alone."""
+        self._say_to(m, private_notice(sender, receiver, text).encode())
 
     def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
         """What was said before m came (--history), before its own join line."""
@@ -1863,6 +1955,12 @@ class WebOutlet(Outlet):
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
                                others=max(0, len(names) - self.WHO_LISTED)))
+
+    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
+        """A private line for m alone, marked with its place like every event,
+        kept like them for a page that is away."""
+        self._say_to(m, ws_marked_event(self.stream.end, "private", **{
+            "kind": "private", "from": sender, "to": receiver, "text": text}))
 
     def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
         self._note(m, ws_event("history", lines=[
@@ -2057,8 +2155,8 @@ class AppOutlet(LineOutlet):
 
     def pending(self, m: Member) -> bool:
         seat = self.readers.get(m)
-        return seat is not None and seat.pos < self.stream.end or m in self.notes \
-            or bool(m.transport.out)
+        return seat is not None and self.stream.run(m, seat.pos)[0] < self.stream.end \
+            or m in self.notes or bool(m.transport.out)
 
     def farewell_at(self, m: Member) -> float:
         """Not before its window is up, nor while its last count is read alone."""
@@ -2147,7 +2245,9 @@ class AppOutlet(LineOutlet):
     def _next_piece(self, m: Member, seat: AppSeat, now: float) -> bytes:
         """The next read for m's App (b"" if nothing waits); moves it past
         that and says when the App will be free again."""
-        settings, pos = self.settings, seat.pos
+        settings = self.settings
+        pos, run_stop = self.stream.run(m, seat.pos)   # past the private lines of others
+        seat.pos = pos
         notes = self.notes.get(m)
         note_due = bool(notes) and notes[0][0] <= pos
         counted_at = self.marks[-1] if self.marks else -1   # the lines it counts end there
@@ -2168,7 +2268,7 @@ class AppOutlet(LineOutlet):
                     del self.notes[m]
         else:   # up to the next count's place (the last one's, when the lines it counts go first)
             i = len(self.marks) - 1 if lines_first else bisect.bisect_right(self.marks, pos)
-            stop = self.marks[i] if i < len(self.marks) else self.stream.end
+            stop = min(self.marks[i] if i < len(self.marks) else self.stream.end, run_stop)
             if notes:
                 stop = min(stop, notes[0][0])
             if pos >= stop:
@@ -2278,6 +2378,24 @@ class Room:
         """Answer /who to m alone: who is in the room (`NAME (away)`: its seat is held)."""
         self.outlet(m).who(m, [f"{x.name} (away)" if x.stage is Stage.AWAY else x.name
                                for x in self.members])
+
+    def private(self, m: Member, request: str) -> None:
+        """/msg NAME TEXT from m: TEXT for the member called NAME alone (as
+        the room matches names), and m sees what went; or m alone is told
+        why not.  Never kept for newcomers, never logged."""
+        readings = private_readings(request)
+        if not readings:
+            self.tell(m, MSG_USAGE)
+            return
+        for name, text in readings:
+            receiver = self.find(name)
+            if receiver in self.members:
+                break
+        else:
+            self.tell(m, nobody_notice(clean_name(readings[-1][0])))
+            return
+        for x in {receiver: None, m: None}:   # the receiver, then the sender (once if the same)
+            self.outlet(x).private(x, m.name, receiver.name, text)
 
     def arrive(self, m: Member, not_before: float) -> None:
         """A named member enters once its outlet can take it, not before `not_before`."""
@@ -2716,6 +2834,64 @@ def tls_files_problem(cert: str, key: str) -> str | None:
     return None
 
 
+class PhotoDesk:
+    """Photos as pages share them: the gate's yes or no to an announced
+    photo, then its bytes cleaned and kept in the room's album and shown,
+    or one sentence to the page saying why not; and the page's address as
+    each member reached the room, for the links line clients get."""
+
+    def __init__(self, settings: Settings, tally: Tally, gate: Gate, room: Room, webs: WebOutlet):
+        self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
+        self.loop, self.album = room.loop, room.album
+        self.web_port: int | None = None   # the page's, while it is served
+        for outlet in room.outlets.values():   # line readers get links to the page
+            outlet.page_at = self.page_at
+
+    def may_share(self, m: Member, size: int) -> int:
+        """m announced a photo of `size` bytes: the bytes it may send, or 0,
+        and it is told why not."""
+        why = self.gate.photo_refusal(m, size)
+        if why:
+            self._unshared(m, why)
+            return 0
+        return size
+
+    def share(self, m: Member, payload: bytes | None) -> None:
+        """The photo m announced: cleaned and shared, or m is told why not."""
+        if m.stage is not Stage.IN_ROOM:
+            return
+        try:
+            if payload is None:
+                raise PhotoRefused(TOO_BIG)
+            if not self.room.photo(m, Photo(*clean_photo(payload))):
+                raise PhotoRefused(f"the room keeps only {self.settings.photos} MiB of photos")
+        except PhotoRefused as e:
+            self._unshared(m, str(e))
+
+    def _unshared(self, m: Member, why: str) -> None:
+        self.tally.add(self.loop.now, f"refused a photo from {m.ip}: {why}")
+        self.webs.unshared(m, NOT_SHARED.format(why))
+
+    def page_served(self, port: int | None) -> None:
+        """The page is served on `port` now (None: it is off, and no photo is kept)."""
+        self.web_port = port
+        if port is None:
+            self.album.clear()
+            log.info("the chat page is off")
+        else:
+            log.info("the chat page is on port %d; %s", port, PHOTOS_KEPT.format(self.settings.photos)
+                     if self.settings.photos else "photo sharing is off")
+
+    def page_at(self, m: Member) -> str:
+        """The page's address as m reached the room: its connection's own
+        address (what m connected to), the page's port."""
+        try:
+            host = plain_ip(m.transport.sock.getsockname()[0])
+        except OSError:
+            host = self.settings.host
+        return page_link(host, self.web_port or 0, bool(self.settings.tls_cert))
+
+
 @dataclasses.dataclass(frozen=True)
 class Entrance:
     """What the web door hands on to the server once a WebSocket speaks."""
@@ -2724,8 +2900,6 @@ class Entrance:
     leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
     close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
     resume: Callable[[Member, Member], None]       # resume(new, m): new's connection is m's now
-    may_share: Callable[[Member, int], int]        # may_share(m, size): the bytes m may send as a photo
-    share: Callable[[Member, bytes | None], None]  # share(m, photo): its bytes (None: too big)
 
 
 class WebDoor:
@@ -2739,9 +2913,10 @@ class WebDoor:
     it once its WebSocket is open."""
 
     def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet,
-                 gate: Gate, page: ChatPage, album: Album):
+                 gate: Gate, page: ChatPage, room: Room):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
-        self.gate, self.page, self.album = gate, page, album
+        self.gate, self.page = gate, page
+        self.photos = PhotoDesk(settings, tally, gate, room, outlet)
 
     def request(self, m: Member, data: bytes) -> None:
         """Read an HTTP request head; answer with the page, a WebSocket or an error."""
@@ -2769,7 +2944,7 @@ class WebDoor:
                          self.page.headers(host))
         elif path == "/ws":
             self._upgrade(m, headers, host)
-        elif path.startswith("/p/") and (photo := self.album.get(path[3:])):
+        elif path.startswith("/p/") and (photo := self.photos.album.get(path[3:])):
             self._answer(m, "200 OK", photo.body, photo.content_type,
                          (("Content-Security-Policy", "default-src 'none'"),), cache="private")
         else:
@@ -2830,18 +3005,14 @@ class WebDoor:
             for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
                     return
-                if opcode == WS_TEXT:
-                    try:
-                        payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+                if opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
                     size = photo_announcement(payload) if m.stage is Stage.IN_ROOM else None
                     if size is None:
                         self._text(m, payload)
                     else:   # a photo's bytes come next, as one binary message
-                        m.transport.frame_reader.announce(self.entrance.may_share(m, size))
+                        m.transport.frame_reader.announce(self.photos.may_share(m, size))
                 elif opcode == WS_ANNOUNCED:
-                    self.entrance.share(m, payload)
+                    self.photos.share(m, payload)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -2914,63 +3085,6 @@ class Handshakes:
             self.loop.call_soon(self._steps)
 
 
-class PhotoDesk:
-    """Photos as pages share them: the gate's yes or no to an announced
-    photo, then its bytes cleaned and kept in the room's album and shown,
-    or one sentence to the page saying why not; and the page's address as
-    each member reached the room, for the links line clients get."""
-
-    def __init__(self, loop: Loop, settings: Settings, tally: Tally, gate: Gate, room: Room,
-                 webs: WebOutlet):
-        self.loop, self.settings, self.tally, self.gate, self.room = loop, settings, tally, gate, room
-        self.webs = webs
-        self.web_port: int | None = None   # the page's, while it is served
-
-    def may_share(self, m: Member, size: int) -> int:
-        """m announced a photo of `size` bytes: the bytes it may send, or 0,
-        and it is told why not."""
-        why = self.gate.photo_refusal(m, size)
-        if why:
-            self._unshared(m, why)
-            return 0
-        return size
-
-    def share(self, m: Member, payload: bytes | None) -> None:
-        """The photo m announced: cleaned and shared, or m is told why not."""
-        if m.stage is not Stage.IN_ROOM:
-            return
-        try:
-            if payload is None:
-                raise PhotoRefused(TOO_BIG)
-            if not self.room.photo(m, Photo(*clean_photo(payload))):
-                raise PhotoRefused(f"the room keeps only {self.settings.photos} MiB of photos")
-        except PhotoRefused as e:
-            self._unshared(m, str(e))
-
-    def _unshared(self, m: Member, why: str) -> None:
-        self.tally.add(self.loop.now, f"refused a photo from {m.ip}: {why}")
-        self.webs.unshared(m, NOT_SHARED.format(why))
-
-    def page_open(self, port: int | None) -> None:
-        """The page is served on `port` now (None: it is off, and no photo is kept)."""
-        self.web_port = port
-        if port is None:
-            self.room.album.clear()
-        elif self.settings.photos:
-            log.info("%s", PHOTOS_KEPT.format(self.settings.photos))
-        else:
-            log.info("photo sharing is off")
-
-    def page_at(self, m: Member) -> str:
-        """The page's address as m reached the room: its connection's own
-        address (what m connected to), the page's port."""
-        try:
-            host = plain_ip(m.transport.sock.getsockname()[0])
-        except OSError:
-            host = self.settings.host
-        return page_link(host, self.web_port or 0, bool(self.settings.tls_cert))
-
-
 class Server:
     """Listens, accepts, hands each connection to its door, reads members and
     dispatches what they say; the gate says who may come in, name
@@ -2987,12 +3101,9 @@ class Server:
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
-        self.photos = PhotoDesk(self.loop, settings, self.tally, self.gate, self.room, self.webs)
-        self.terminals.page_at = self.apps.page_at = self.photos.page_at
-        self.door = WebDoor(settings, self.tally,
-                            Entrance(self._named, self._take_lines, self.drop, self._close,
-                                     self._take_over, self.photos.may_share, self.photos.share),
-                            self.webs, self.gate, ChatPage(PAGE_HTML), self.room.album)
+        self.door = WebDoor(settings, self.tally, Entrance(self._named, self._take_lines, self.drop,
+                                                           self._close, self._take_over),
+                            self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
@@ -3053,20 +3164,18 @@ class Server:
         """Serve the chat page on `port` too (0: any free one); StartError if it cannot."""
         if self.web_address is None:
             self.web_address = self._listen_on(port, web=True)
-            self.photos.page_open(self.web_address[1])
-            log.info("the chat page is on port %d", self.web_address[1])
+            self.door.photos.page_served(self.web_address[1])
         return self.web_address
 
     def close_page(self) -> None:
         """Stop serving the page; web members are told and leave the room."""
         self._close_listeners(lambda web: web)
         self.web_address = None
-        self.photos.page_open(None)
         for m in [m for m in {*self.connections, *self.room.members}
                   if self.room.outlet(m) is self.webs]:
             self.drop(m, "the host turned the web page off",
                       "the host turned the web page off", WS_GOING_AWAY)
-        log.info("the chat page is off")
+        self.door.photos.page_served(None)   # says the page is off
 
     def serve(self) -> None:
         """Run the loop until stop() has finished."""
@@ -3349,9 +3458,14 @@ class Server:
             return False
         said = said_text(text, m.forms)
         if said is None:
-            pass
-        elif said.strip() == "/who":
+            return True
+        command, rest = (said.split(None, 1) + [""])[:2]
+        if command == "/who" and not rest:
             self.room.who(m)
+        elif command == "/help" and not rest:
+            self.room.tell(m, HELP_TEXT)
+        elif command == "/msg":
+            self.room.private(m, rest)
         else:
             self.room.chat(m, said)
         return True
