@@ -334,7 +334,11 @@ FELL_BEHIND = ("you were disconnected: the room says more than your App can show
                "please close the app and relaunch to catch up\n")
 TLS_JOINING = "the App cannot join; friends use {}"   # how they do, in the words of where it is said
 # Why a page that asked for its seat back (docs/PROTOCOL.md, "Coming back") did not get it.
-SEAT_GONE = "your seat in the room was not kept (away too long, or the room restarted); joining as new"
+SEAT_GONE = "your seat in the room was not kept; joining as new"   # no more is known, or told
+GRACE_RAN_OUT = "your seat in the room was not kept: you were away longer than {:g} s; joining as new"
+NAME_TAKEN = ("your seat in the room was not kept: you were away longer than {:g} s, "
+              "and someone else has your name now; joining as new")
+ROOM_RESTARTED = "your seat in the room was not kept: the room was restarted; joining as new"
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
@@ -767,6 +771,16 @@ class FrameReader:
         if fin:
             self.opcode, self.announced = 0, None
         return [(WS_ANNOUNCED, None)] if first and limit else []
+
+
+def ws_close_is_leave(code: int) -> bool:
+    """What a page's close frame with `code` (no code: 1000) means: the member
+    leaves only when it asked to, with 1000 (the page's own goodbye, or being
+    closed for good).  Any other code (1001: the browser froze the page, put
+    it in its back/forward cache or dropped it; an error) is like a
+    connection lost: the member is away and keeps its seat (--web-grace).
+    docs/PROTOCOL.md, "Coming back", says the same."""
+    return code == WS_NORMAL
 
 
 def ws_close_code(payload: bytes) -> int:
@@ -1464,6 +1478,7 @@ class Transport:
 # ---------------------------------------------------------------------------
 
 MAX_NOTES = 16      # lines for one member alone waiting to be sent
+ENDED_SEATS = 1000  # web seats that ended while away, remembered to tell their pages why
 TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
 
@@ -1861,7 +1876,9 @@ class WebSeat:
     number and the secret its page proves itself with (the token is
     `NUMBER.SECRET`; the secret is replaced at each return), the timer that
     ends the seat while its connection is lost, and, for a while after, why
-    it ended, for a page that comes back too late to hear it."""
+    it ended (GRACE_RAN_OUT, MISSED_TOO_MUCH), for a page that comes back
+    too late to hear it.  Seat numbers begin at a random point in each run
+    of the room: a page holding a token from before a restart is told so."""
 
     __slots__ = ("member", "number", "secret", "timer", "ended")
 
@@ -1897,9 +1914,11 @@ class WebOutlet(Outlet):
         self.unanswered: dict[Member, None] = {}   # pinged, no pong yet
         self.ping_timer: Timer | None = None
         self.away: dict[Member, int] = {}          # its connection lost: the position it was sent to
-        self.seats: dict[str, WebSeat] = {}        # number -> seat: held, or ended lately
+        self.seats: dict[str, WebSeat] = {}        # number -> seat held
+        self.ended: dict[str, WebSeat] = {}        # number -> seat ended while away, oldest first
         self.seat_of: dict[Member, WebSeat] = {}
-        self.numbers = itertools.count(1)
+        self.first_number = 1 + secrets.randbelow(10 ** 9) * 10 ** 9   # this run's first seat
+        self.next_number = self.first_number
 
     def greet(self, m: Member) -> bool:
         """m's connection is ready: the web door reads its HTTP request first."""
@@ -1971,7 +1990,8 @@ class WebOutlet(Outlet):
         """The page learns its name in the room, and the token that brings it back."""
         fields = {}
         if self.settings.web_grace:
-            seat = WebSeat(m, str(next(self.numbers)))
+            seat = WebSeat(m, str(self.next_number))
+            self.next_number += 1
             self.seats[seat.number] = self.seat_of[m] = seat
             fields = {"token": seat.token, "grace": self.settings.web_grace}
         self._note(m, ws_event("welcome", name=m.name, at=self.stream.end, **fields))
@@ -1989,16 +2009,26 @@ class WebOutlet(Outlet):
         self.away[m] = self.readers.pop(m).pos
         self.notes.pop(m, None)
         self.unanswered.pop(m, None)
-        grace = self.settings.web_grace
-        seat.timer = self.loop.call_later(grace, self.drop, m, f"away for more than {grace:g} s")
+        seat.timer = self.loop.call_later(self.settings.web_grace, self._grace_over, seat)
         return True
 
-    def claim(self, number: str, secret: str, seen: int) -> tuple[Member | None, str]:
+    def _grace_over(self, seat: WebSeat) -> None:
+        seat.ended = GRACE_RAN_OUT
+        self.drop(seat.member, f"away for more than {self.settings.web_grace:g} s")
+
+    def claim(self, number: str, secret: str, seen: int,
+              find: Callable[[str], Member | None]) -> tuple[Member | None, str]:
         """The member whose seat a page asks back, if the secret is its seat's
-        and what it missed after `seen` is still here; else None and why not."""
-        seat = self.seats.get(number)
+        and what it missed after `seen` is still here; else None and why not
+        (`find(name)`: who in the room has that name now)."""
+        if not (len(number) < 20 and self.first_number <= int(number) < self.next_number):
+            return None, ROOM_RESTARTED
+        seat = self.seats.get(number) or self.ended.get(number)
         if seat is None or not hmac.compare_digest(secret.encode(), seat.secret.encode()):
             return None, SEAT_GONE
+        if seat.ended == GRACE_RAN_OUT:
+            why = NAME_TAKEN if find(seat.member.name) else GRACE_RAN_OUT
+            return None, why.format(self.settings.web_grace)
         if seat.ended:
             return None, seat.ended
         stream = self.stream
@@ -2058,10 +2088,11 @@ class WebOutlet(Outlet):
             return
         if seat.timer is not None:
             seat.timer.cancel()
-        if seat.ended:   # a page back within the grace hears why
-            seat.timer = self.loop.call_later(self.settings.web_grace, self.seats.pop, seat.number, None)
-        else:
-            del self.seats[seat.number]
+        del self.seats[seat.number]
+        if seat.ended:   # its page, back later, hears why
+            self.ended[seat.number] = seat
+            if len(self.ended) > ENDED_SEATS:
+                del self.ended[next(iter(self.ended))]
 
     def ponged(self, m: Member) -> None:
         self.unanswered.pop(m, None)
@@ -2898,6 +2929,8 @@ class Entrance:
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
+    find: Callable[[str], Member | None]           # find(name): who in the room has that name
     close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
     resume: Callable[[Member, Member], None]       # resume(new, m): new's connection is m's now
 
@@ -3021,7 +3054,7 @@ class WebDoor:
                 elif opcode == WS_PONG:
                     self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
-                    self.entrance.leave(m, "left", code=ws_close_code(payload))
+                    self._closing(m, ws_close_code(payload))
                 elif opcode == WS_BINARY and m.stage is Stage.NAMING \
                         and (request := resume_request(payload)):
                     m = self._come_back(m, *request)
@@ -3043,11 +3076,20 @@ class WebDoor:
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
 
+    def _closing(self, m: Member, code: int) -> None:
+        """The page closed its socket: a leave, or away (ws_close_is_leave);
+        either way its close is answered in kind."""
+        if ws_close_is_leave(code):
+            self.entrance.leave(m, "left", code=code)
+        else:
+            m.transport.write(self.outlet.last_words(m, "", code, True))
+            self.entrance.lose(m, f"its page closed with {code}")
+
     def _come_back(self, m: Member, number: str, secret: str, seen: int) -> Member:
         """A page asks for its seat back: its connection becomes its member's,
         which gets what it missed; or it is told why not (`lost`) and names
         itself as new.  The member this connection now serves."""
-        member, why = self.outlet.claim(number, secret, seen)
+        member, why = self.outlet.claim(number, secret, seen, self.entrance.find)
         if member is None:
             m.transport.write(ws_event("lost", text=why))
             return m
@@ -3101,9 +3143,9 @@ class Server:
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
-        self.door = WebDoor(settings, self.tally, Entrance(self._named, self._take_lines, self.drop,
-                                                           self._close, self._take_over),
-                            self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
+        self.door = WebDoor(settings, self.tally, Entrance(
+            self._named, self._take_lines, self.drop, self.lose, self.room.find, self._close,
+            self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
@@ -6939,6 +6981,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
   const MAX_PHOTO = 8 * 1024 * 1024;   // bytes the room takes in one photo
   const PHOTO_SIDE = 2048;      // pixels on a photo's long side: larger ones are shrunk to it
+  const AWAY_CLOSE = 4000;      // closing to come back: the room holds the seat (only 1000 leaves)
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -7327,8 +7370,8 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.photos = !!msg.photos;
       ui.photoButton.hidden = !room.photos;
       ui.keyRow.hidden = !room.keyNeeded;
-      if (seatHeld()) {
-        askSeatBack();
+      if (room.token) {
+        askSeatBack();   // held or not, the room says which, and why
       } else if (room.wantJoin || room.everIn) {
         sendAlias();
       } else if (ui.chat.hidden) {
@@ -7406,7 +7449,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.aliasSent = false;
       const text = sentence(plain(msg.text));
       if (room.everIn || room.wantJoin) {
-        if (!ui.chat.hidden) { addLine(text, "note mark"); }
+        addLine(text, "note mark");
         sendAlias();
       } else {
         showJoin(text, false, false);
@@ -7518,7 +7561,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     const ws = room.ws;
     if (!ws) { return; }
     room.ws = null;
-    try { ws.close(); } catch (e) { /* already closing */ }
+    try { ws.close(AWAY_CLOSE); } catch (e) { /* already closing */ }
     closed(1006, "", true);
   }
 
@@ -7644,13 +7687,51 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
   window.addEventListener("online", function () { if (waiting()) { connect(); } });
-  window.addEventListener("pagehide", function () {
+
+  /* ---------- the page's lifecycle: frozen, cached, discarded ---------- */
+  // Only the member leaves: closing or leaving the page closes with 1000. A page the
+  // browser freezes, keeps in its back/forward cache or discards keeps its seat.
+
+  function reconnectNow() {
+    // What came while the page was frozen may be lost with its socket: a new one
+    // asks for the seat and for everything after the last line shown.
+    const ws = room.ws;
+    room.ws = null;
+    if (ws) { try { ws.close(AWAY_CLOSE); } catch (e) { /* already closing */ } }
+    if (room.inRoom) { room.lostAt = Date.now(); }
+    room.inRoom = false;
+    room.attempt = 0;
+    setCanSend(false);
+    connect();
+  }
+
+  function fromDiscard() {
+    // A tab the browser discarded reloads with its seat still in sessionStorage
+    // (document.wasDiscarded): it asks for the seat, or joins again as new.
+    keptSeat();
+    if (room.token) { room.wantJoin = true; }
+  }
+
+  document.addEventListener("freeze", function () {
+    if (room.token) { keepSeat(); }   // what it has seen, for its return
+  });
+  document.addEventListener("resume", function () {
+    if (room.token || waiting()) { reconnectNow(); }
+  });
+  window.addEventListener("pagehide", function (ev) {
     const ws = room.ws;
     clearRetry();
-    if (ws) { room.ws = null; ws.close(1000); forgetSeat(); }   // a leave: the seat ends
+    if (!ws) { return; }
+    room.ws = null;
+    if (ev.persisted) {
+      ws.close(AWAY_CLOSE);   // into the back/forward cache: away, its seat held
+    } else {
+      ws.close(1000);   // closed or left: a leave, the seat ends
+      forgetSeat();
+    }
   });
   window.addEventListener("pageshow", function (ev) {
-    if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
+    if (ev.persisted && !room.ws) { reconnectNow(); }
   });
 
   function keyFromLink() {
@@ -7663,7 +7744,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   }
 
   ui.name.value = remembered();
-  keptSeat();
+  fromDiscard();
   keyFromLink();
   setCanSend(false);
   renderPeople();
