@@ -15,7 +15,9 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   1. Constants and settings   one dataclass; command line > .pcr_port > defaults
   2. The protocol             pure functions on bytes and strings: names, lines and
                               their texts, App pieces (app_cut), WebSocket frames
-                              (FrameReader), HTTP, ChatPage (the page's headers)
+                              (FrameReader: one announced binary message), HTTP,
+                              ChatPage (the page's headers), photos (clean_photo:
+                              JPEG, PNG, WebP by their own bytes, metadata stripped)
   3. The event loop and the transport
                               Loop (file events, timers, calls from other threads),
                               Bucket, Tally, Transport (one socket: the one send,
@@ -29,18 +31,20 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
-                              back), AppOutlet (the App's pace: one piece when it is free)
+                              back), AppOutlet (the App's pace: one piece when it is free);
+                              Album (the photos shared, in memory, the oldest go)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
-                              the room key's tries, the refusal sentences)
-  6. The server and its doors WebDoor (HTTP, the WebSocket upgrade, frames in, a
-                              page asking for its seat back), Handshakes (TLS,
-                              paced), Server (listening, accepting, each
-                              connection to its door, reading, names, lines,
-                              closing; it asks the gate)
+                              the room key's tries, the photo rate, the refusal sentences)
+  6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
+                              in a sentence), WebDoor (HTTP, photos served, the
+                              WebSocket upgrade, frames in, a page asking for its
+                              seat back), Handshakes (TLS, paced), Server
+                              (listening, accepting, each connection to its door,
+                              reading, names, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them, private, public
-                              and MAC addresses, the page's link
+                              and MAC addresses, the invitation
   8. The router client        --upnp: the router forwards the room's ports with
                               PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
                               and what happened in plain words; then FriendsJoin
@@ -103,6 +107,7 @@ import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
 import xml.parsers.expat
+import zlib
 from typing import Callable
 
 try:
@@ -150,6 +155,8 @@ class Settings:
     web_ping: float = 30.0            # a web member is pinged this often; no pong by the next: gone
     web_grace: float = 120.0          # a web member whose connection is lost keeps its seat this long
     history: int = 0                  # chat lines kept in memory for newcomers; 0: none
+    photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
+    photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
@@ -335,6 +342,8 @@ ROOM_RESTARTED = "your seat in the room was not kept: the room was restarted; jo
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
+PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
+PHOTO_BURST = 3.0    # photos a member may share at once, then --photo-rate
 PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
 HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
@@ -375,6 +384,10 @@ def left_notice(name: str) -> str:
 
 def chat_notice(name: str, text: str) -> str:
     return f"{name}: {text}\n"
+
+
+def photo_notice(name: str, link: str) -> str:
+    return f"{name} shared a photo: {link}\n"
 
 
 def count_notice(n: int) -> str:
@@ -531,6 +544,8 @@ WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 # close codes
 WS_NORMAL, WS_GOING_AWAY, WS_PROTOCOL_ERROR, WS_UNSUPPORTED = 1000, 1001, 1002, 1003
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_TRY_LATER = 1007, 1008, 1009, 1011, 1013
+WS_ANNOUNCED = 0x100 | WS_BINARY   # not on the wire: the binary message announced (FrameReader)
+UNMASK_PIECE = 1 << 16             # a multiple of 4: each piece starts with the mask's first byte
 
 
 class WsError(Exception):
@@ -613,8 +628,10 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     return seat, secret, seen
 
 
-def ws_unmask(payload: bytes, mask: bytes) -> bytes:
+def ws_unmask(payload, mask: bytes) -> bytes:
     n = len(payload)
+    if n > UNMASK_PIECE:   # a photo: a piece at a time, not four big numbers at once
+        return b"".join(ws_unmask(payload[i:i + UNMASK_PIECE], mask) for i in range(0, n, UNMASK_PIECE))
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
     return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
@@ -626,30 +643,50 @@ class FrameReader:
     bigger, unmasked, reserved or out of order raises WsError with the RFC's
     code.  Text is checked with one incremental UTF-8 decoder per message, as
     its bytes come: bad UTF-8 raises (1007) as soon as it is in, without
-    waiting for the end of its frame or of its message.
+    waiting for the end of its frame or of its message.  One binary message
+    may be announced (announce()) with a limit of its own: it comes out as
+    WS_ANNOUNCED, or, if its frames say it is larger, as (WS_ANNOUNCED, None)
+    while its bytes are skipped unread.
     """
 
-    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "text", "checked")
+    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "text", "checked", "announced",
+                 "skip", "dropping")
 
     def __init__(self, max_message: int):
         self.max_message = max_message
-        self.buf = b""
+        self.buf = bytearray()
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
         self.text = None               # the UTF-8 check of the text message under way
         self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
+        self.announced: int | None = None   # the limit of the next binary message, if announced
+        self.skip = 0                  # bytes of a frame still to be dropped unread
+        self.dropping = False          # the message under way is dropped, fragments and all
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def announce(self, limit: int) -> None:
+        """The next binary message may hold `limit` bytes (0: skip it unread, unsaid)."""
+        self.announced = limit
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
         """(opcode, payload) of each whole message or control frame in `data`."""
-        self.buf += data
-        out = []
-        while (frame := self._frame()) is not None:
-            out.extend(frame)
-        return out
+        return list(self.messages(data))
 
-    def _frame(self) -> list[tuple[int, bytes]] | None:
+    def messages(self, data: bytes):
+        """feed(), one at a time: the next frame is read only once the caller
+        is done with this one (a text may announce a binary message)."""
+        self.buf += data
+        while (frame := self._frame()) is not None:
+            yield from frame
+
+    def _frame(self) -> list[tuple[int, bytes | None]] | None:
         buf = self.buf
+        if self.skip:
+            dropped = min(self.skip, len(buf))
+            del buf[:dropped]
+            self.skip -= dropped
+            if self.skip:
+                return None
         if len(buf) < 2:
             return None
         first, second = buf[0], buf[1]
@@ -673,6 +710,11 @@ class FrameReader:
         if opcode >= 0x8:
             if not fin or length > 125:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
+        elif (opcode or self.opcode) == WS_BINARY and self.announced is not None:
+            if self.checked < 0:
+                self._start_frame(opcode)
+            if self.dropping or self.size + length > self.announced:
+                return self._drop(fin, at + 4, length)
         elif self.size + length > self.max_message:
             raise WsError(WS_TOO_BIG, "message too big")
         else:
@@ -682,8 +724,9 @@ class FrameReader:
                 self._check_text(buf, at, min(len(buf), end), bool(fin) and len(buf) >= end)
         if len(buf) < end:
             return None
-        payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
-        self.buf = buf[end:]
+        with memoryview(buf) as view:
+            payload = ws_unmask(view[at + 4:end], buf[at:at + 4])
+        del buf[:end]
         if opcode >= 0x8:
             return [(opcode, payload)]
         self.checked = -1
@@ -697,7 +740,7 @@ class FrameReader:
             self.text = codecs.getincrementaldecoder("utf-8")() if opcode == WS_TEXT else None
         self.checked = 0
 
-    def _check_text(self, buf: bytes, at: int, stop: int, last: bool) -> None:
+    def _check_text(self, buf: bytearray, at: int, stop: int, last: bool) -> None:
         """Check the text of the frame under way (its mask at buf[at:]) up to buf[stop]."""
         k, mask = self.checked % 4, buf[at:at + 4]
         try:
@@ -713,7 +756,21 @@ class FrameReader:
             return []
         message, opcode = b"".join(self.parts), self.opcode
         self.parts, self.size, self.opcode, self.text = [], 0, 0, None
+        if opcode == WS_BINARY and self.announced is not None:
+            self.announced = None
+            return [(WS_ANNOUNCED, message)]
         return [(opcode, message)]
+
+    def _drop(self, fin: int, header: int, length: int) -> list[tuple[int, None]]:
+        """Skip a frame of an announced message over its limit, and the rest of the message."""
+        del self.buf[:header]
+        self.skip, self.checked = length, -1
+        first, limit = not self.dropping, self.announced
+        self.parts, self.size = [], 0
+        self.dropping = not fin
+        if fin:
+            self.opcode, self.announced = 0, None
+        return [(WS_ANNOUNCED, None)] if first and limit else []
 
 
 def ws_close_is_leave(code: int) -> bool:
@@ -765,13 +822,24 @@ def parse_request(head: bytes) -> tuple[str, str, dict[str, str]]:
     return parts[0], parts[1], headers
 
 
-def http_response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
-                  headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+def http_head(status: str, length: int, content_type: str = "text/plain; charset=utf-8",
+              headers: tuple[tuple[str, str], ...] = (), cache: str = "no-store") -> bytes:
+    """A response's status line and headers, for a body of `length` bytes sent after them."""
     lines = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}", "Connection: close", "Cache-Control: no-store",
+             f"Content-Length: {length}", "Connection: close", f"Cache-Control: {cache}",
              "X-Content-Type-Options: nosniff", "Referrer-Policy: no-referrer",
              *(f"{name}: {value}" for name, value in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port as people write it ([v6]:port for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def page_link(host: str, port: int, tls: bool) -> str:
+    """The chat page's address, as a friend types or taps it."""
+    return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
 
 
 class ChatPage:
@@ -795,12 +863,179 @@ class ChatPage:
         return (("Content-Security-Policy", self.csp + f"ws://{host} wss://{host}"),)
 
 
+# -- photos a page shares: only pictures whose own bytes say so ---------------
+
+MAX_PHOTO = 8 << 20      # bytes in one photo (the page sends 0.5 to 1.5 MB)
+MAX_PHOTO_SIDE = 2048    # pixels on its long side: the page shrinks it to this
+PHOTO_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+PHOTO_ANNOUNCED = re.compile(rb"/photo ([1-9][0-9]{0,9})")   # the text before a photo's bytes
+NOT_SHARED = "your photo was not shared: {}"
+NOT_A_PICTURE = "it is not a JPEG, PNG or WebP picture"
+DAMAGED = "the picture is damaged or cut short"
+TOO_BIG = f"it is larger than {MAX_PHOTO >> 20} MiB"
+TOO_WIDE = f"it is larger than {MAX_PHOTO_SIDE} pixels on its long side"
+SHARING_OFF = "photo sharing is off in this room"
+SHARING_TOO_FAST = "you are sharing photos too fast; wait a few seconds"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_DROPPED = {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}             # text and EXIF: who, where, when
+JPEG_DROPPED = {*range(0xE1, 0xF0), 0xFE}                      # APP1-APP15 (EXIF, XMP...) and COM
+JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}        # SOFn: they say the size
+WEBP_DROPPED = {b"EXIF", b"XMP "}
+WEBP_METADATA_FLAGS = 0x0C                                     # VP8X: "has EXIF", "has XMP"
+
+
+class PhotoRefused(ValueError):
+    """Bytes that are not a photo the room shares; the message says why, for its sender."""
+
+
+def photo_announcement(text: bytes) -> int | None:
+    """The size a page announces with `/photo BYTES` before a photo's binary message."""
+    announced = PHOTO_ANNOUNCED.fullmatch(text)
+    return int(announced.group(1)) if announced else None
+
+
+def jpeg_scan_end(data: bytes, pos: int) -> int:
+    """Where the entropy-coded data starting at `pos` ends: at the next marker
+    (0xFF 0x00 is a data byte, 0xFF 0xD0-0xD7 a restart)."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            raise PhotoRefused(DAMAGED)
+        following = data[pos + 1]
+        if following == 0 or 0xD0 <= following <= 0xD7:
+            pos += 2
+        elif following == 0xFF:   # fill bytes before a marker
+            pos += 1
+        else:
+            return pos
+
+
+def jpeg_clean(data: bytes) -> tuple[bytes, int, int]:
+    """A JPEG without its APP1-APP15 and COM segments (or anything after its
+    end), and its width and height; PhotoRefused unless it is whole and well formed."""
+    view, kept, pos, size, scanned = memoryview(data), [b"\xff\xd8"], 2, None, False
+    while True:
+        if pos + 2 > len(data) or data[pos] != 0xFF:
+            raise PhotoRefused(DAMAGED)
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9 and scanned:
+            kept.append(b"\xff\xd9")
+            return b"".join(kept), size[0], size[1]
+        if pos + 4 > len(data) or marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+            raise PhotoRefused(DAMAGED)
+        end = pos + 2 + struct.unpack_from("!H", data, pos + 2)[0]
+        if end > len(data) or end < pos + 4:
+            raise PhotoRefused(DAMAGED)
+        if marker in JPEG_FRAMES:
+            if end < pos + 9:
+                raise PhotoRefused(DAMAGED)
+            height, width = struct.unpack_from("!HH", data, pos + 5)
+            size = (width, height)
+        if marker == 0xDA:   # a scan: its header, then its data up to the next marker
+            if size is None:
+                raise PhotoRefused(DAMAGED)
+            end, scanned = jpeg_scan_end(data, end), True
+        if marker not in JPEG_DROPPED:
+            kept.append(view[pos:end])
+        pos = end
+
+
+def png_clean(data: bytes) -> tuple[bytes, int, int]:
+    """A PNG without its tEXt, zTXt, iTXt and eXIf chunks, and its width and
+    height; PhotoRefused unless each chunk is whole with its CRC, IHDR first, IEND last."""
+    view, kept, pos, size = memoryview(data), [PNG_SIGNATURE], len(PNG_SIGNATURE), None
+    while True:
+        if pos + 12 > len(data):
+            raise PhotoRefused(DAMAGED)
+        length, kind = struct.unpack_from("!I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from("!I", data, end - 4)[0]:
+            raise PhotoRefused(DAMAGED)
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise PhotoRefused(DAMAGED)
+            size = struct.unpack_from("!II", data, pos + 8)
+        if kind not in PNG_DROPPED:
+            kept.append(view[pos:end])
+        pos = end
+        if kind == b"IEND":
+            return b"".join(kept), size[0], size[1]
+
+
+def webp_size(kind: bytes, body: bytes) -> tuple[int, int] | None:
+    """The width and height a WebP chunk gives (VP8X, VP8 or VP8L), or None."""
+    if kind == b"VP8X" and len(body) >= 10:
+        return (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
+    if kind == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", body, 6)
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        bits = int.from_bytes(body[1:5], "little")
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    return None
+
+
+def webp_clean(data: bytes) -> tuple[bytes, int, int]:
+    """A WebP without its EXIF and XMP chunks (VP8X's flags and the RIFF size
+    made to match), and its width and height; PhotoRefused unless its chunks are whole."""
+    end = 8 + struct.unpack_from("<I", data, 4)[0]
+    if end > len(data) or end < 20:
+        raise PhotoRefused(DAMAGED)
+    kept, pos, size = [], 12, None
+    while pos < end:
+        if pos + 8 > end:
+            raise PhotoRefused(DAMAGED)
+        kind, length = struct.unpack_from("<4sI", data, pos)
+        stop = pos + 8 + length + (length & 1)
+        if stop > end:
+            raise PhotoRefused(DAMAGED)
+        chunk = data[pos:stop]
+        if kind == b"VP8X" and pos == 12:
+            chunk = chunk[:8] + bytes([chunk[8] & ~WEBP_METADATA_FLAGS]) + chunk[9:]
+        if size is None:
+            size = webp_size(kind, chunk[8:8 + length])
+        if kind not in WEBP_DROPPED:
+            kept.append(chunk)
+        pos = stop
+    if size is None:
+        raise PhotoRefused(DAMAGED)
+    chunks = b"".join(kept)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks, size[0], size[1]
+
+
+def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
+    """(extension, bytes without metadata, width, height) of a JPEG, PNG or
+    WebP that says so in its own bytes and measures at most MAX_PHOTO_SIDE;
+    PhotoRefused, saying why, for anything else."""
+    if data.startswith(b"\xff\xd8\xff"):
+        ext, clean = "jpg", jpeg_clean
+    elif data.startswith(PNG_SIGNATURE):
+        ext, clean = "png", png_clean
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        ext, clean = "webp", webp_clean
+    else:
+        raise PhotoRefused(NOT_A_PICTURE)
+    try:
+        body, width, height = clean(data)
+    except (struct.error, IndexError):
+        raise PhotoRefused(DAMAGED) from None
+    if not (width and height):
+        raise PhotoRefused(DAMAGED)
+    if max(width, height) > MAX_PHOTO_SIDE:
+        raise PhotoRefused(TOO_WIDE)
+    return ext, body, width, height
+
+
 # ---------------------------------------------------------------------------
 # 3. The event loop and the transport
 # ---------------------------------------------------------------------------
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
@@ -1136,26 +1371,36 @@ class Transport:
             self._interest()
         return n
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Send `data` after what waits, keeping what the kernel does not
-        take; False if the connection is lost."""
+        take (a memoryview is kept as a view, not copied: a photo served to
+        many); False if the connection is lost."""
         if self.blocked:
-            self.out += data
+            self.out = b"".join((self.out, data)) if self.out else data
             return True
-        n = self.send(data)
-        if n < len(data) and n >= 0:
+        n = self.send(data[:WRITE_PIECE] if len(data) > WRITE_PIECE else data)
+        if 0 <= n < len(data):
             self.out = data[n:]
+            self._more_next_turn()
         return n >= 0
+
+    def _more_next_turn(self) -> None:
+        """Bytes are kept: send them when the socket is writable (the next turn, at the earliest)."""
+        if not self.blocked:
+            self.blocked = True
+            self._interest()
 
     def flush(self) -> bool:
         """The socket takes more: send what was kept.  Still `blocked` if the
         kernel took only part; False if the connection is lost."""
         self.blocked = False
         if self.out:
-            n = self.send(self.out)
+            n = self.send(self.out[:WRITE_PIECE])
             if n < 0:
                 return False
             self.out = self.out[n:]
+            if self.out:
+                self.blocked = True
         self._interest()
         return True
 
@@ -1208,7 +1453,7 @@ class Transport:
         if self.events:
             self.loop.unwatch(self.sock)
         self.closed, self.events = True, 0
-        data, self.out = self.out + last_words, b""
+        data, self.out = b"".join((self.out, last_words)), b""
         if at > self.loop.now:
             self.loop.call_at(at, self._close_now, data, drain)
         else:
@@ -1357,6 +1602,52 @@ class Stream:
             del self.parts[:n]
 
 
+class Photo:
+    """A shared photo: its file name (`TOKEN.EXT`, 128 random bits), its
+    bytes without metadata, served to every page from this one copy, and its size."""
+
+    __slots__ = ("file", "body", "content_type", "width", "height")
+
+    def __init__(self, ext: str, body: bytes, width: int, height: int):
+        self.file = f"{secrets.token_hex(16)}.{ext}"
+        self.body, self.content_type = memoryview(body), PHOTO_TYPES[ext]
+        self.width, self.height = width, height
+
+    @property
+    def url(self) -> str:
+        return f"/p/{self.file}"
+
+
+class Album:
+    """The room's photos, in memory only (nothing touches the disk), up to
+    `capacity` bytes: when it is full the oldest go."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.photos: dict[str, Photo] = {}   # file name -> photo, oldest first
+        self.size = 0
+
+    def add(self, photo: Photo) -> bool:
+        """Keep `photo`, making room; False if it is larger than the album."""
+        if len(photo.body) > self.capacity:
+            return False
+        while self.size + len(photo.body) > self.capacity:
+            self.size -= len(self.photos.pop(next(iter(self.photos))).body)
+        self.photos[photo.file] = photo
+        self.size += len(photo.body)
+        return True
+
+    def get(self, file: str) -> Photo | None:
+        return self.photos.get(file)
+
+    def kept(self, photo: Photo) -> bool:
+        return self.photos.get(photo.file) is photo
+
+    def clear(self) -> None:
+        self.photos.clear()
+        self.size = 0
+
+
 class Outlet:
     """The room's events, encoded and delivered for one kind of reader.
 
@@ -1371,7 +1662,9 @@ class Outlet:
 
     Two calls back up: `drop(m, reason, farewell="")`, m is to leave (it
     cannot be sent to any more), and `lose(m, reason)`, m's connection is
-    gone without a goodbye (its outlet may hold its seat: hold()).
+    gone without a goodbye (its outlet may hold its seat: hold()).  One
+    question up, set by the server: `page_at(m)`, the page's address as m
+    reached the room (`http://HOST:PORT/`), for links to photos.
     """
 
     def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
@@ -1381,6 +1674,7 @@ class Outlet:
         self.notes: dict[Member, collections.deque] = {}   # member -> (position, bytes) for it alone
         self.stream = Stream()
         self.flush_due = False
+        self.page_at: Callable[[Member], str] = lambda m: "/"
 
     # -- members ----------------------------------------------------------
     def greet(self, m: Member) -> bool:
@@ -1552,6 +1846,14 @@ class LineOutlet(Outlet):
     def note(self, m: Member, text: str) -> None:
         self._note(m, text.encode())
 
+    def photo(self, name: str, photo: Photo) -> None:
+        """A line with a link to it for each reader, at the address it reached the room at."""
+        for m in self.readers:
+            self._note(m, photo_notice(name, self._link(m, photo)).encode())
+
+    def _link(self, m: Member, photo: Photo) -> str:
+        return self.page_at(m) + photo.url[1:]
+
     def joined_note(self, m: Member) -> None:
         """m's own join line, when the room saw its join folded with others."""
         self._note(m, joined_notice([m.name]).encode())
@@ -1563,9 +1865,10 @@ class LineOutlet(Outlet):
         """A private line from `sender` to `receiver`, for m (one of the two) alone."""
         self._say_to(m, private_notice(sender, receiver, text).encode())
 
-    def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
+    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
         """What was said before m came (--history), before its own join line."""
-        self._note(m, "".join(chat_notice(name, text) for name, text in lines).encode())
+        self._note(m, "".join(photo_notice(name, self._link(m, photo)) if photo else
+                              chat_notice(name, text) for name, text, photo in lines).encode())
 
 
 class WebSeat:
@@ -1636,6 +1939,18 @@ class WebOutlet(Outlet):
     def chat(self, name: str, text: str) -> None:
         self._event("chat", name=name, text=text)
 
+    def photo(self, name: str, photo: Photo) -> None:
+        self._event("photo", name=name, **self._photo_fields(photo))
+
+    @staticmethod
+    def _photo_fields(photo: Photo) -> dict:
+        """A photo as the page finds it: its address on the page's own server, and its size."""
+        return {"url": photo.url, "width": photo.width, "height": photo.height}
+
+    def unshared(self, m: Member, text: str) -> None:
+        """m's photo was not shared: why."""
+        self._note(m, ws_event("unshared", text=text))
+
     def joined(self, names: list[str], present: int) -> None:
         self._event("join", names=names[:3], others=max(0, len(names) - 3),
                     text=joined_notice(names).rstrip("\n"))
@@ -1666,9 +1981,10 @@ class WebOutlet(Outlet):
         self._say_to(m, ws_marked_event(self.stream.end, "private", **{
             "kind": "private", "from": sender, "to": receiver, "text": text}))
 
-    def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
-        self._note(m, ws_event("history", lines=[{"name": name, "text": text}
-                                                 for name, text in lines]))
+    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
+        self._note(m, ws_event("history", lines=[
+            {"name": name, **(self._photo_fields(photo) if photo else {"text": text})}
+            for name, text, photo in lines]))
 
     def welcome(self, m: Member) -> None:
         """The page learns its name in the room, and the token that brings it back."""
@@ -2008,8 +2324,9 @@ class Room:
     (ready_at); joins and leaves within count_interval share one count.  A
     member whose outlet holds its seat through a lost connection stays in,
     away (away, back).  The last `history` chat lines are kept, in memory
-    only, for newcomers.  `entered(m)` is the one call back up: m is in,
-    read what it says.
+    only, for newcomers, and the photos shared (the album), photo lines in
+    the history while their photos are kept.  `entered(m)` is the one call
+    back up: m is in, read what it says.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
@@ -2025,7 +2342,8 @@ class Room:
         self.presence_timer: Timer | None = None
         self.closing = False
         self.guests = 0
-        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text)
+        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text, photo)
+        self.album = Album(settings.photos << 20)
 
     def outlet(self, m: Member) -> Outlet:
         return self.outlets[m.kind]
@@ -2070,7 +2388,18 @@ class Room:
     def chat(self, m: Member, said: str) -> None:
         for outlet in self._listening():
             outlet.chat(m.name, said)
-        self.history.append((m.name, said))
+        self.history.append((m.name, said, None))
+
+    def photo(self, m: Member, photo: Photo) -> bool:
+        """m shares a photo: kept in the album (the oldest may go) and shown to
+        everyone; False if it is larger than the whole album."""
+        if not self.album.add(photo):
+            return False
+        for outlet in self._listening():
+            outlet.photo(m.name, photo)
+        self.history.append((m.name, "", photo))
+        log.info("%s shared a photo (%d KiB)", quoted(m.name), -(-len(photo.body) // 1024))
+        return True
 
     def tell(self, m: Member, text: str) -> None:
         """A line for m alone, after what it has been sent so far."""
@@ -2196,14 +2525,15 @@ class Room:
             self.members[m] = None
         present = len(self.members)
         folded = len(newcomers) > self.settings.fold_joins
+        history = [line for line in self.history if line[2] is None or self.album.kept(line[2])]
         if folded:
             self._publish_joined([m.name for m in newcomers], present)
         for m in newcomers:
             outlet = self.outlet(m)
             outlet.add(m, present)
             outlet.welcome(m)
-            if self.history:
-                outlet.history(m, list(self.history))
+            if history:
+                outlet.history(m, history)
             if folded:
                 outlet.joined_note(m)
             else:   # the ones before it in this batch were in before it
@@ -2427,6 +2757,18 @@ class Gate:
         burst = 4.0 * s.max_per_ip
         return now + self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
 
+    # -- a photo ----------------------------------------------------------
+    def photo_refusal(self, m: Member, size: int) -> str:
+        """Why m may not send a photo of `size` bytes now, or "" (its photo
+        rate then gives one: PHOTO_BURST at once, then --photo-rate)."""
+        s = self.settings
+        rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
+        why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
+               else SHARING_TOO_FAST if rate.wait(self.loop.now) else "")
+        if not why:
+            rate.take()
+        return why
+
     # -- a line -----------------------------------------------------------
     def line_wait(self, m: Member) -> float:
         """0 if m may say a line now (taken from its rate and its address's),
@@ -2523,6 +2865,64 @@ def tls_files_problem(cert: str, key: str) -> str | None:
     return None
 
 
+class PhotoDesk:
+    """Photos as pages share them: the gate's yes or no to an announced
+    photo, then its bytes cleaned and kept in the room's album and shown,
+    or one sentence to the page saying why not; and the page's address as
+    each member reached the room, for the links line clients get."""
+
+    def __init__(self, settings: Settings, tally: Tally, gate: Gate, room: Room, webs: WebOutlet):
+        self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
+        self.loop, self.album = room.loop, room.album
+        self.web_port: int | None = None   # the page's, while it is served
+        for outlet in room.outlets.values():   # line readers get links to the page
+            outlet.page_at = self.page_at
+
+    def may_share(self, m: Member, size: int) -> int:
+        """m announced a photo of `size` bytes: the bytes it may send, or 0,
+        and it is told why not."""
+        why = self.gate.photo_refusal(m, size)
+        if why:
+            self._unshared(m, why)
+            return 0
+        return size
+
+    def share(self, m: Member, payload: bytes | None) -> None:
+        """The photo m announced: cleaned and shared, or m is told why not."""
+        if m.stage is not Stage.IN_ROOM:
+            return
+        try:
+            if payload is None:
+                raise PhotoRefused(TOO_BIG)
+            if not self.room.photo(m, Photo(*clean_photo(payload))):
+                raise PhotoRefused(f"the room keeps only {self.settings.photos} MiB of photos")
+        except PhotoRefused as e:
+            self._unshared(m, str(e))
+
+    def _unshared(self, m: Member, why: str) -> None:
+        self.tally.add(self.loop.now, f"refused a photo from {m.ip}: {why}")
+        self.webs.unshared(m, NOT_SHARED.format(why))
+
+    def page_served(self, port: int | None) -> None:
+        """The page is served on `port` now (None: it is off, and no photo is kept)."""
+        self.web_port = port
+        if port is None:
+            self.album.clear()
+            log.info("the chat page is off")
+        else:
+            log.info("the chat page is on port %d; %s", port, PHOTOS_KEPT.format(self.settings.photos)
+                     if self.settings.photos else "photo sharing is off")
+
+    def page_at(self, m: Member) -> str:
+        """The page's address as m reached the room: its connection's own
+        address (what m connected to), the page's port."""
+        try:
+            host = plain_ip(m.transport.sock.getsockname()[0])
+        except OSError:
+            host = self.settings.host
+        return page_link(host, self.web_port or 0, bool(self.settings.tls_cert))
+
+
 @dataclasses.dataclass(frozen=True)
 class Entrance:
     """What the web door hands on to the server once a WebSocket speaks."""
@@ -2537,17 +2937,19 @@ class Entrance:
 
 class WebDoor:
     """The web port: one HTTP request per connection, answered with the
-    page, an error, or the upgrade of /ws to a WebSocket (RFC 6455 §4.2);
-    then the WebSocket's frames in (RFC 6455 §5): a name, or a request for a
-    seat held by the web outlet (docs/PROTOCOL.md, "Coming back"), then
-    lines.  The page itself is data, given when the door is made (the last
+    page, a photo from the album, an error, or the upgrade of /ws to a
+    WebSocket (RFC 6455 §4.2); then the WebSocket's frames in (RFC 6455 §5):
+    a name, or a request for a seat held by the web outlet (docs/PROTOCOL.md,
+    "Coming back"), then lines, and photos (`/photo BYTES`, then one binary
+    message).  The page itself is data, given when the door is made (the last
     section); a connection the gate let in only to be told why not hears
     it once its WebSocket is open."""
 
     def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet,
-                 gate: Gate, page: ChatPage):
+                 gate: Gate, page: ChatPage, room: Room):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
         self.gate, self.page = gate, page
+        self.photos = PhotoDesk(settings, tally, gate, room, outlet)
 
     def request(self, m: Member, data: bytes) -> None:
         """Read an HTTP request head; answer with the page, a WebSocket or an error."""
@@ -2575,16 +2977,22 @@ class WebDoor:
                          self.page.headers(host))
         elif path == "/ws":
             self._upgrade(m, headers, host)
+        elif path.startswith("/p/") and (photo := self.photos.album.get(path[3:])):
+            self._answer(m, "200 OK", photo.body, photo.content_type,
+                         (("Content-Security-Policy", "default-src 'none'"),), cache="private")
         else:
             self._answer(m, "404 Not Found", b"not found\n")
 
-    def _answer(self, m: Member, status: str, body: bytes, content_type: str = "text/plain; "
-                "charset=utf-8", headers: tuple[tuple[str, str], ...] = ()) -> None:
-        """The answer, then the close once it is out."""
+    def _answer(self, m: Member, status: str, body: bytes | memoryview, content_type: str =
+                "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = (),
+                cache: str = "no-store") -> None:
+        """The answer, then the close once it is out.  A photo's bytes are
+        sent from the album's one copy, as the socket takes them."""
         m.stage = Stage.ANSWERED
-        m.transport.pause_reading()
-        if not m.transport.write(http_response(status, body, content_type, headers)) \
-                or not m.transport.blocked:
+        t = m.transport
+        t.pause_reading()
+        if not (t.write(http_head(status, len(body), content_type, headers, cache))
+                and t.write(body)) or not t.blocked:
             self.entrance.close(m)   # else once the rest is out
 
     def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
@@ -2614,7 +3022,8 @@ class WebDoor:
                                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
                                f"\r\n\r\n").encode()
                               + ws_event("hello", key=bool(self.settings.room_key),
-                                         max_line=self.settings.max_line))
+                                         max_line=self.settings.max_line,
+                                         photos=bool(self.settings.photos)))
             refusal = self.gate.refused(m)
             if refusal:
                 self.entrance.close(m, refusal, WS_TRY_LATER)
@@ -2626,11 +3035,17 @@ class WebDoor:
         """What a web member sent: its alias (or its request for its seat
         back), its lines, pings, its goodbye."""
         try:
-            for opcode, payload in m.transport.frame_reader.feed(data):
+            for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
                     return
                 if opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
-                    self._text(m, payload)
+                    size = photo_announcement(payload) if m.stage is Stage.IN_ROOM else None
+                    if size is None:
+                        self._text(m, payload)
+                    else:   # a photo's bytes come next, as one binary message
+                        m.transport.frame_reader.announce(self.photos.may_share(m, size))
+                elif opcode == WS_ANNOUNCED:
+                    self.photos.share(m, payload)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -2730,7 +3145,7 @@ class Server:
         self.gate = Gate(self.loop, settings, self.tally, self._close)
         self.door = WebDoor(settings, self.tally, Entrance(
             self._named, self._take_lines, self.drop, self.lose, self.room.find, self._close,
-            self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML))
+            self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
@@ -2791,7 +3206,7 @@ class Server:
         """Serve the chat page on `port` too (0: any free one); StartError if it cannot."""
         if self.web_address is None:
             self.web_address = self._listen_on(port, web=True)
-            log.info("the chat page is on port %d", self.web_address[1])
+            self.door.photos.page_served(self.web_address[1])
         return self.web_address
 
     def close_page(self) -> None:
@@ -2802,7 +3217,7 @@ class Server:
                   if self.room.outlet(m) is self.webs]:
             self.drop(m, "the host turned the web page off",
                       "the host turned the web page off", WS_GOING_AWAY)
-        log.info("the chat page is off")
+        self.door.photos.page_served(None)   # says the page is off
 
     def serve(self) -> None:
         """Run the loop until stop() has finished."""
@@ -3188,11 +3603,6 @@ def host_from_text(text: str) -> str | None:
         return host
 
 
-def host_port(host: str, port: int) -> str:
-    """host:port as people write it ([v6]:port for IPv6)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def is_loopback(host: str) -> bool:
     """True if only this machine can reach `host` (127.x.x.x, ::1, localhost)."""
     if host.lower() == "localhost":
@@ -3215,11 +3625,6 @@ def same_network_host(host: str, private_ip: str) -> str:
 def forward_advice(port: int, web_port: int | None = None) -> str:
     ports = f"ports {port} and {web_port}" if web_port else f"port {port}"
     return f"forward TCP {ports} on your router to this machine first"
-
-
-def page_link(host: str, port: int, tls: bool) -> str:
-    """The chat page's address, as a friend types or taps it."""
-    return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
 
 
 def invitation(link: str, key: str) -> str:
@@ -4611,10 +5016,13 @@ def since_text(when: float) -> str:
 
 
 def privacy_text(settings: Settings) -> str:
-    """Whether the room is encrypted, needs a key and keeps lines for newcomers, in a few words."""
+    """Whether the room is encrypted, needs a key, keeps lines for newcomers and
+    how much of the photos shared, in a few words."""
     encrypted = "encrypted (TLS)" if settings.tls_cert else "not encrypted"
     text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
-    return text + (f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else "")
+    text += f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else ""
+    photos = settings.photos and settings.web_port is not None   # shared on the page alone
+    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if photos else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
@@ -6084,6 +6492,10 @@ def add_page_options(p: argparse.ArgumentParser, d: Settings) -> None:
                       help="a page whose connection is lost (a phone asleep, a change of network) "
                            "keeps its seat this long, away, and gets what it missed when it is "
                            "back (0: it leaves at once; default: %(default)s)")
+    page.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
+                      help="memory for photos shared on the page (MiB), the oldest go when it is "
+                           "full; nothing is written to disk and they are gone when the room "
+                           "stops (0: no photo sharing; default: %(default)s)")
 
 
 def add_privacy_options(p: argparse.ArgumentParser, d: Settings) -> None:
@@ -6208,6 +6620,8 @@ def join_banner(settings: Settings, join: FriendsJoin, code: str = "") -> str:
     if settings.history:
         lines.append(f"  history:            {HISTORY_KEPT.format(settings.history)} "
                      f"(kept in memory only)")
+    if join.page_port and settings.photos:
+        lines.append(f"  photos:             {PHOTOS_KEPT.format(settings.photos)}")
     if settings.public_ip_url:
         lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
                      f"public address; --public-ip-url '' turns that off.")
@@ -6490,6 +6904,23 @@ button:disabled { cursor: default; opacity: 0.55; }
   background: var(--bg); line-height: 1.4; field-sizing: content;
 }
 .composer .primary { min-width: 80px; }
+.photo-button {
+  flex: none; width: 48px; height: 48px; padding: 0; border: 1px solid var(--line);
+  border-radius: 14px; background: var(--bg); display: inline-flex; align-items: center; justify-content: center;
+}
+.upload {
+  display: flex; align-items: center; gap: 12px; padding: 6px 16px; font-size: 0.875rem;
+  background: var(--panel); color: var(--quiet); border-top: 1px solid var(--line);
+}
+.upload.error { color: var(--error); font-weight: 600; }
+.upload progress { flex: 1; min-width: 60px; accent-color: var(--accent); }
+.upload span { flex: 3; }
+.photo { display: block; margin-top: 4px; }
+.photo img {
+  display: block; max-width: 100%; max-height: 70vh; height: auto; object-fit: contain;
+  object-position: left; border-radius: 10px;
+}
+.gone { color: var(--quiet); font-style: italic; }
 @media (max-width: 699px) {
   .people {
     position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
@@ -6553,7 +6984,13 @@ button:disabled { cursor: default; opacity: 0.55; }
     </section>
   </div>
   <p id="heard" class="visually-hidden" role="status"></p>
+  <div id="upload" class="upload" role="status" aria-live="polite" hidden>
+    <span id="upload-text"></span><progress id="upload-bar" max="100" hidden></progress>
+  </div>
   <form id="composer" class="composer" novalidate>
+    <button id="photo-button" class="photo-button" type="button" aria-label="Share a photo"
+            title="Share a photo" hidden><svg aria-hidden="true" viewBox="0 0 24 24" width="24" height="24"><path fill="currentColor" d="M9 3 7.2 5H4a2 2 0 0 0-2 2v11a2 2 0 0 0 2 2h16a2 2 0 0 0 2-2V7a2 2 0 0 0-2-2h-3.2L15 3H9zm3 5a5 5 0 1 1 0 10 5 5 0 0 1 0-10zm0 2a3 3 0 1 0 0 6 3 3 0 0 0 0-6z"/></svg></button>
+    <input id="photo-input" type="file" accept="image/*" hidden>
     <label for="message" class="visually-hidden">Message</label>
     <textarea id="message" rows="1" placeholder="Message" enterkeyhint="send" autocomplete="off"></textarea>
     <button id="send" class="primary" type="submit">Send</button>
@@ -6568,6 +7005,8 @@ button:disabled { cursor: default; opacity: 0.55; }
   const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
   const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
   const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
+  const MAX_PHOTO = 8 * 1024 * 1024;   // bytes the room takes in one photo
+  const PHOTO_SIDE = 2048;      // pixels on a photo's long side: larger ones are shrunk to it
   const AWAY_CLOSE = 4000;      // closing to come back: the room holds the seat (only 1000 leaves)
   const AWAY = " (away)";        // how "who" lists a member whose seat is held
   const ALERTS_KEY = "pcr-alerts";   // the member's choice of buzz and notifications, on this device
@@ -6584,7 +7023,9 @@ button:disabled { cursor: default; opacity: 0.55; }
     peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
     bannerButton: $("banner-button"), log: $("log"), lines: $("lines"), newest: $("newest"),
     heard: $("heard"), buzz: $("buzz"), notify: $("notify"), notifyRow: $("notify-row"),
-    composer: $("composer"), message: $("message"), send: $("send")
+    composer: $("composer"), message: $("message"), send: $("send"),
+    photoButton: $("photo-button"), photoInput: $("photo-input"), upload: $("upload"),
+    uploadText: $("upload-text"), uploadBar: $("upload-bar")
   };
 
   const room = {
@@ -6613,7 +7054,10 @@ button:disabled { cursor: default; opacity: 0.55; }
     replay: null,        // a batch being shown quietly: { lines, words, until }
     replayTimer: 0,
     prefix: "",          // the "/msg name " a tap on a name put in the text box
-    buzzedAt: 0, audio: null
+    buzzedAt: 0, audio: null,
+    photos: false,       // the room takes photos
+    upload: null,        // the photo being sent: {ws, size, timer}
+    uploadTimer: 0       // hides a failure's sentence
   };
 
   /* ---------- small helpers ---------- */
@@ -6753,8 +7197,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     return button;
   }
 
-  function said(name, text, kind, when, tag) {
-    // A line someone said: the name, a tag (private, names you), when, the text.
+  function said(name, content, kind, when, tag) {
+    // A line someone said: the name, a tag (private, names you), when, what was said (text or photo).
     const own = name === room.me;
     const item = make("li", kind + (own ? " own" : ""));
     const bubble = make("div", "bubble");
@@ -6767,7 +7211,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (tag) { head.appendChild(tag); }
     head.appendChild(make("span", "time", when));
     bubble.appendChild(head);
-    bubble.appendChild(make("div", "text", String(text)));
+    bubble.appendChild(content);
     item.appendChild(bubble);
     if (room.replay) { room.replay.lines += 1; }
     append(item, !own && kind.indexOf("earlier") < 0);
@@ -6775,14 +7219,14 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function addChat(name, text, earlier) {
     const named = name !== room.me && mentions(String(text), room.me);
-    said(name, text, (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
+    said(name, make("div", "text", String(text)), (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
          named ? make("span", "visually-hidden", "names you") : null);
     if (named && !earlier) { heed("named", name); }
   }
 
   function addPrivate(msg) {
     const from = String(msg.from), to = String(msg.to);
-    said(from, msg.text, "private", clock(), make("span", "tag", from === room.me ? "private to " + to : "private"));
+    said(from, make("div", "text", String(msg.text)), "private", clock(), make("span", "tag", from === room.me ? "private to " + to : "private"));
     if (from !== room.me) { heed("private", from); }
   }
 
@@ -6840,6 +7284,27 @@ button:disabled { cursor: default; opacity: 0.55; }
     room.replay = null;
     ui.log.removeAttribute("aria-busy");
     ui.heard.textContent = (n === 0 ? "Nothing said " : n === 1 ? "1 message " : n + " messages ") + words;
+  }
+
+  function addPhoto(name, msg, earlier) {
+    // Scaled to the column; a tap opens it full size; one no longer kept says so.
+    const url = String(msg.url);
+    if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) { return; }
+    const link = make("a", "photo");
+    link.href = url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    const img = make("img");
+    img.alt = name === room.me ? "Your photo" : "Photo from " + name;
+    img.width = msg.width | 0;
+    img.height = msg.height | 0;
+    img.addEventListener("error", function () {
+      link.replaceWith(make("div", "text gone", "This photo is no longer kept."));
+    });
+    img.src = url;
+    link.appendChild(img);
+    said(name, link, earlier ? "earlier" : "", earlier ? "earlier" : clock(), null);
+    if (name === room.me && !earlier && room.upload) { uploadEnded(""); }
   }
 
   function addLine(text, kind) {
@@ -6923,6 +7388,75 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function setCanSend(can) {
     ui.send.disabled = !can;
+    ui.photoButton.disabled = !can || !!room.upload;
+  }
+
+  /* ---------- photos: shrunk and re-encoded here, sent as one binary message ---------- */
+
+  function showUpload(text, isError, percent) {
+    clearTimeout(room.uploadTimer);
+    ui.upload.hidden = !text;
+    ui.upload.classList.toggle("error", !!isError);
+    ui.uploadText.textContent = text;
+    ui.uploadBar.hidden = percent == null;
+    if (percent != null) { ui.uploadBar.value = percent; }
+    if (isError) { room.uploadTimer = setTimeout(function () { showUpload(""); }, 8000); }
+  }
+
+  function uploadEnded(failure) {
+    // The room showed the photo (no failure), or one sentence says why not.
+    const up = room.upload;
+    if (up) { clearInterval(up.timer); }
+    room.upload = null;
+    showUpload(failure, !!failure);
+    setCanSend(room.inRoom);
+  }
+
+  function shrink(bitmap) {
+    // At most PHOTO_SIDE on the long side, as a JPEG: the camera's EXIF (place, camera) stays behind.
+    const scale = Math.min(1, PHOTO_SIDE / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    if (bitmap.close) { bitmap.close(); }
+    return new Promise(function (done) { canvas.toBlob(done, "image/jpeg", 0.85); });
+  }
+
+  function sharePhoto(file) {
+    if (!room.inRoom || !room.ws || room.upload) { return; }
+    room.upload = { ws: null, size: 0, timer: 0 };
+    setCanSend(true);
+    showUpload("Preparing your photo…", false);
+    createImageBitmap(file).then(shrink, function () { return "not a picture"; }).then(function (blob) {
+      if (!blob || blob === "not a picture") {
+        uploadEnded("That file is not a picture.");
+      } else if (blob.size > MAX_PHOTO) {
+        uploadEnded("That photo is too big to send.");
+      } else {
+        return blob.arrayBuffer().then(sendPhoto);
+      }
+    }).catch(function () { uploadEnded("Your photo could not be read."); });
+  }
+
+  function sendPhoto(bytes) {
+    const ws = room.ws;
+    if (!ws || !room.inRoom || !room.upload) {
+      uploadEnded("The connection was lost before your photo was shared.");
+      return;
+    }
+    ws.send("/photo " + bytes.byteLength);   // then its bytes, alone, as one binary message
+    ws.send(bytes);
+    room.upload = { ws: ws, size: bytes.byteLength, timer: setInterval(uploadProgress, 250) };
+    uploadProgress();
+  }
+
+  function uploadProgress() {
+    const up = room.upload;
+    if (!up || !up.ws) { return; }
+    const sent = Math.max(0, up.size - up.ws.bufferedAmount);
+    const percent = Math.round(100 * sent / up.size);
+    showUpload(sent < up.size ? "Sending your photo… " + percent + "%" : "Sharing your photo…", false, percent);
   }
 
   /* ---------- the socket ---------- */
@@ -6973,6 +7507,8 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.helloSeen = true;
       room.retryText = "";
       room.keyNeeded = !!msg.key;
+      room.photos = !!msg.photos;
+      ui.photoButton.hidden = !room.photos;
       ui.keyRow.hidden = !room.keyNeeded;
       if (room.token) {
         askSeatBack();   // held or not, the room says which, and why
@@ -7040,13 +7576,17 @@ button:disabled { cursor: default; opacity: 0.55; }
     },
     chat: function (msg) { addChat(String(msg.name), msg.text, false); },
     private: addPrivate,
+    photo: function (msg) { addPhoto(String(msg.name), msg, false); },
+    unshared: function (msg) { uploadEnded(sentence(plain(msg.text))); },
     history: function (msg) {
       const lines = Array.isArray(msg.lines) ? msg.lines : [];
       if (lines.length) {
         quietly("before you came");
         addLine("Earlier in the room", "note");
       }
-      lines.forEach(function (line) { addChat(String(line.name), line.text, true); });
+      lines.forEach(function (line) {
+        if (line.url) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line.text, true); }
+      });
     },
     lost: function (msg) {
       // The seat was not kept: join again as new, on this same socket.
@@ -7104,6 +7644,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     clearTimeout(room.probeTimer);
     setCanSend(false);
     renderPeople();
+    if (room.upload) { uploadEnded("The connection was lost before your photo was shared."); }
     if (code === 1008) {
       // Refused (wrong key, bad name) or put out by the host: no retry by itself.
       const text = room.refusal || sentence(reason) || "The host closed your connection.";
@@ -7233,6 +7774,13 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
   ui.message.addEventListener("input", fitMessage);
+
+  ui.photoButton.addEventListener("click", function () { ui.photoInput.click(); });
+  ui.photoInput.addEventListener("change", function () {
+    const file = ui.photoInput.files && ui.photoInput.files[0];
+    ui.photoInput.value = "";
+    if (file) { sharePhoto(file); }
+  });
 
   ui.peopleToggle.addEventListener("click", function () {
     setPeopleOpen(!ui.people.classList.contains("open"));

@@ -3114,7 +3114,7 @@ class WebPageTest(WebCase):
         self.start()
         tom = self.member("tom")
         wendy = self.web_member("wendy")
-        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096})
+        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096, "photos": True})
         self.assertEqual(wendy.until("welcome")["name"], "wendy")
         wendy.until("join", names=["wendy"])
         self.assertEqual(wendy.until("count")["n"], 2)
@@ -6882,6 +6882,13 @@ class PageForEveryoneTest(BrowserCase):
     def active(self) -> str:
         return self.js("return document.activeElement.id")
 
+    def back_to(self, element: str, keys, most: int = 4) -> None:
+        """Shift+Tab from where focus is until `element` has it, `most` times at most."""
+        for _ in range(most):
+            keys.key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+            if self.active() == element:
+                return
+
     def axe_violations(self) -> list[str]:
         """What axe-core finds on the page as it is now, a line per rule."""
         if not self.axe_source:
@@ -6992,7 +6999,7 @@ class PageForEveryoneTest(BrowserCase):
         tom.read_until(b"Wendy joined the chat...\n")
         self.wait_for(lambda: "tom" in self.listed(), "tom listed")
         keys = webdriver.ActionChains(self.driver)
-        keys.key_down(Keys.SHIFT).send_keys(Keys.TAB * 2).key_up(Keys.SHIFT).perform()
+        self.back_to("people-toggle", keys)
         self.assertEqual(self.active(), "people-toggle")
         keys.send_keys(Keys.ENTER).perform()
         self.assertTrue(self.find("#people").is_displayed())
@@ -7007,7 +7014,7 @@ class PageForEveryoneTest(BrowserCase):
         keys.send_keys("by keyboard" + Keys.ENTER).perform()
         tom.read_until(b"[private] Wendy to tom: by keyboard\n")
         self.assertEqual(self.active(), "message")
-        keys.key_down(Keys.SHIFT).send_keys(Keys.TAB * 2).key_up(Keys.SHIFT).perform()
+        self.back_to("people-toggle", keys)
         keys.send_keys(Keys.ENTER).perform()
         for _ in range(6):
             keys.send_keys(Keys.TAB).perform()
@@ -7144,6 +7151,627 @@ class PageForEveryoneTest(BrowserCase):
             self.assertGreaterEqual(box["x"], 0)
             self.assertLessEqual(box["x"] + box["width"], 180)
         self.find("#banner-button").click()   # selenium clicks only what is in view and not covered
+
+
+# -- photos (issue 23) ---------------------------------------------------------
+
+try:
+    from PIL import Image
+except ImportError:   # a test tool only: the server never imports it
+    Image = None
+NO_PIL = "the photo tests need pillow (pip install pillow)"
+
+
+def picture(fmt: str = "JPEG", size: tuple[int, int] = (320, 240), noise: bool = False,
+            **save) -> bytes:
+    """A picture made by PIL, in `fmt`, saved with `save` (exif=, comment=, pnginfo=...)."""
+    if noise:
+        image = Image.merge("RGB", [Image.effect_noise(size, 80) for _ in range(3)])
+    else:
+        image = Image.linear_gradient("L").resize(size).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, fmt, **save)
+    return out.getvalue()
+
+
+def camera_exif() -> bytes:
+    """EXIF as a phone's camera writes it: the camera, and where the photo was taken."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "PhoneMaker", "Camera 12"             # Make, Model
+    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}   # GPSInfo
+    return exif.tobytes()
+
+
+def camera_jpeg(size: tuple[int, int] = (4000, 3000)) -> bytes:
+    """A camera's JPEG: camera and GPS EXIF, and a comment."""
+    return picture("JPEG", size, quality=90, exif=camera_exif(), comment=b"taken at home")
+
+
+def assert_plain_picture(test: unittest.TestCase, data: bytes, fmt: str, most: int = 2048) -> "Image.Image":
+    """`data` decodes as a `fmt` picture of at most `most` px a side, without EXIF or text."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    test.assertEqual(image.format, fmt)
+    test.assertLessEqual(max(image.size), most)
+    test.assertEqual(dict(image.getexif()), {})
+    test.assertNotIn(b"PhoneMaker", data)
+    test.assertNotIn(b"taken at home", data)
+    test.assertNotIn(b"Exif\x00\x00", data)
+    return image
+
+
+class PhotoBytesTest(unittest.TestCase):
+    """What the server takes as a photo: a JPEG, PNG or WebP by its own bytes,
+    its metadata stripped, at most 2048 px on its long side (issue 23)."""
+
+    def setUp(self):
+        if Image is None:
+            self.skipTest(NO_PIL)
+
+    def test_a_jpeg_loses_its_exif_and_comment_and_keeps_its_pixels(self):
+        for progressive in (False, True):
+            data = picture("JPEG", (640, 480), quality=90, exif=camera_exif(),
+                           comment=b"taken at home", progressive=progressive)
+            self.assertIn(b"PhoneMaker", data)
+            ext, body, width, height = pcr.clean_photo(data)
+            self.assertEqual((ext, width, height), ("jpg", 640, 480))
+            image = assert_plain_picture(self, body, "JPEG")
+            self.assertEqual(image.tobytes(), Image.open(io.BytesIO(data)).tobytes())
+
+    def test_a_png_loses_its_text_and_exif_chunks(self):
+        from PIL import PngImagePlugin
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "taken at home")
+        info.add_text("Author", "PhoneMaker", zip=True)
+        info.add_itxt("Where", "PhoneMaker street")
+        data = picture("PNG", (64, 48), pnginfo=info, exif=camera_exif())
+        for chunk in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+            self.assertIn(chunk, data)
+        ext, body, width, height = pcr.clean_photo(data)
+        self.assertEqual((ext, width, height), ("png", 64, 48))
+        for chunk in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+            self.assertNotIn(chunk, body)
+        assert_plain_picture(self, body, "PNG")
+
+    def test_a_webp_loses_its_exif_and_xmp_and_says_so_in_its_header(self):
+        for lossless in (False, True):
+            data = picture("WEBP", (64, 48), lossless=lossless, exif=camera_exif(),
+                           xmp=b"<x:xmpmeta>taken at home</x:xmpmeta>")
+            self.assertIn(b"XMP ", data)
+            ext, body, width, height = pcr.clean_photo(data)
+            self.assertEqual((ext, width, height), ("webp", 64, 48))
+            self.assertEqual(struct.unpack_from("<I", body, 4)[0], len(body) - 8)   # RIFF size
+            self.assertNotIn(b"EXIF", body)
+            self.assertNotIn(b"XMP ", body)
+            self.assertEqual(body[20] & 0x0C, 0)   # VP8X: neither "has EXIF" nor "has XMP"
+            assert_plain_picture(self, body, "WEBP")
+        plain = picture("WEBP", (64, 48))
+        self.assertEqual(pcr.clean_photo(plain)[1:], (plain, 64, 48))
+
+    def test_anything_that_is_not_a_picture_by_its_own_bytes_is_refused_saying_why(self):
+        jpeg = picture("JPEG")
+        cases = [
+            (b"<!DOCTYPE html><html><script>alert(1)</script></html>", pcr.NOT_A_PICTURE),
+            (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+             pcr.NOT_A_PICTURE),
+            (b"GIF89a" + bytes(100), pcr.NOT_A_PICTURE),
+            (b"", pcr.NOT_A_PICTURE),
+            (jpeg[:len(jpeg) // 2], pcr.DAMAGED),                      # cut short
+            (jpeg[:300], pcr.DAMAGED),
+            (picture("PNG")[:-20], pcr.DAMAGED),
+            (picture("WEBP")[:-9], pcr.DAMAGED),
+            (picture("PNG").replace(b"IHDR", b"IHDX"), pcr.DAMAGED),   # a CRC that does not match
+            (picture("JPEG", (3000, 20)), pcr.TOO_WIDE),
+            (picture("PNG", (20, 2049)), pcr.TOO_WIDE),
+            (picture("WEBP", (2100, 20)), pcr.TOO_WIDE),
+        ]
+        for data, why in cases:
+            with self.subTest(data=data[:16]), self.assertRaises(pcr.PhotoRefused) as refused:
+                pcr.clean_photo(data)
+            self.assertEqual(str(refused.exception), why)
+
+    def test_bytes_cut_or_garbled_anywhere_are_refused_never_an_error(self):
+        rng = random.Random(23)
+        for fmt in ("JPEG", "PNG", "WEBP"):
+            data = picture(fmt, (96, 64), noise=True)
+            for _ in range(300):
+                garbled = bytearray(data[:rng.randrange(len(data))] if rng.random() < 0.5 else data)
+                for _ in range(rng.randrange(4)):
+                    garbled[rng.randrange(len(garbled))] = rng.randrange(256)
+                try:
+                    pcr.clean_photo(bytes(garbled))
+                except pcr.PhotoRefused:
+                    pass
+
+    def test_the_announcement_is_slash_photo_and_a_size(self):
+        self.assertEqual(pcr.photo_announcement(b"/photo 612345"), 612345)
+        for text in (b"/photo", b"/photo 0", b"/photo -1", b"/photo 12 ", b"/photo x", b"/photos 5",
+                     b"/photo 12345678901"):
+            self.assertIsNone(pcr.photo_announcement(text), text)
+
+
+class PhotoFramesTest(unittest.TestCase):
+    """One binary message announced, with its own limit; one over it is
+    skipped unread and the connection reads on (issue 23)."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def test_an_announced_binary_message_may_be_larger_than_a_line_once(self):
+        reader = pcr.FrameReader(100)
+        reader.announce(5000)
+        photo = bytes(range(256)) * 19
+        self.assertEqual(reader.feed(self.masked(photo, 0x2)), [(pcr.WS_ANNOUNCED, photo)])
+        with self.assertRaises(pcr.WsError) as e:   # the next one was not announced
+            reader.feed(self.masked(photo, 0x2))
+        self.assertEqual(e.exception.code, pcr.WS_TOO_BIG)
+
+    def test_fragments_of_an_announced_message_make_one_photo(self):
+        reader = pcr.FrameReader(100)
+        reader.announce(300)
+        data = (self.masked(b"a" * 150, 0x2, fin=False) + self.masked(b"ping", pcr.WS_PING)
+                + self.masked(b"b" * 150, 0x0))
+        self.assertEqual(reader.feed(data), [(pcr.WS_PING, b"ping"),
+                                             (pcr.WS_ANNOUNCED, b"a" * 150 + b"b" * 150)])
+
+    def test_a_message_larger_than_announced_is_refused_from_its_header_and_skipped(self):
+        for frames in ([self.masked(b"x" * 70000, 0x2)],
+                       [self.masked(b"x" * 600, 0x2, fin=False), self.masked(b"x" * 600, 0x0)]):
+            reader, got = pcr.FrameReader(100), []
+            reader.announce(1000)
+            data = b"".join(frames) + self.masked(b"still here")
+            for i in range(0, len(data), 4096):
+                got += reader.feed(data[i:i + 4096])
+                self.assertLess(len(reader.buf), 4096 + 14)   # never held
+            self.assertEqual(got, [(pcr.WS_ANNOUNCED, None), (pcr.WS_TEXT, b"still here")])
+
+    def test_a_header_declaring_a_gigabyte_is_refused_at_once(self):
+        reader = pcr.FrameReader(100)
+        reader.announce(pcr.MAX_PHOTO)
+        got = reader.feed(b"\x82\xff" + (1 << 30).to_bytes(8, "big") + b"mask" + b"x" * 1000)
+        self.assertEqual(got, [(pcr.WS_ANNOUNCED, None)])
+        self.assertEqual(len(reader.buf), 0)
+
+    def test_a_refused_announcement_skips_its_message_unsaid(self):
+        reader = pcr.FrameReader(100)
+        reader.announce(0)
+        self.assertEqual(reader.feed(self.masked(b"x" * 5000, 0x2) + self.masked(b"hi")),
+                         [(pcr.WS_TEXT, b"hi")])
+
+
+def share(page: "WebMember", data: bytes, announced: int | None = None) -> None:
+    """What the page sends for a photo: `/photo BYTES`, then the bytes as one binary message."""
+    page.ws.send(f"/photo {len(data) if announced is None else announced}")
+    page.ws.send(data)
+
+
+def photo_link(line: bytes) -> str:
+    """The address in a terminal's `NAME shared a photo: LINK` line."""
+    return re.search(rb"shared a photo: (\S+)\n", line).group(1).decode()
+
+
+def fetch(url: str) -> tuple[str, dict[str, str], bytes]:
+    """GET `url` (http://127.0.0.1:PORT/...): (status line, headers, body)."""
+    port, path = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/.*)", url).groups()
+    got = http_get(int(port), f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    head, _, body = got.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, dict(line.split(": ", 1) for line in lines), body
+
+
+class PhotoShareTest(WebCase):
+    """A page shares a photo: pages show it, terminals and Apps get its link,
+    the server takes only clean pictures and serves them from memory (issue 23)."""
+
+    settings = {"web_port": 0, "photo_rate": 50.0}
+
+    def setUp(self):
+        super().setUp()
+        if Image is None:
+            self.skipTest(NO_PIL)
+
+    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
+        """tom at a terminal and wendy on the page, both counted."""
+        self.start(**overrides)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("count", n=2)
+        tom.read_until(b"2 people are online...\n")
+        return wendy, tom
+
+    def assert_chats_on(self, wendy: WebMember, tom: Client, text: str = "still here") -> None:
+        """The page is still in the room: its line reaches the terminal and comes back."""
+        wendy.ws.send(text)
+        tom.read_until(f"wendy: {text}\n".encode())
+        wendy.until("chat", name="wendy", text=text)
+
+    def test_photos_are_kept_64_mib_unless_told_and_0_turns_sharing_off(self):
+        self.assertEqual(pcr.Settings().photos, 64)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "5050"]))[0].photos, 64)
+        self.assertEqual(pcr.parse_args(["--photos", "0"]).photos, 0)
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
+            pcr.parse_args(["--photos", "-1"])
+        self.assertIn("photos shared on the page: up to 64 MiB, in memory only, gone when the "
+                      "room stops", pcr.privacy_text(pcr.Settings(web_port=0)))
+        self.assertNotIn("photos", pcr.privacy_text(pcr.Settings()))   # no page, no photos
+        self.assertNotIn("photos", pcr.privacy_text(pcr.Settings(web_port=0, photos=0)))
+
+    def test_a_page_shares_a_photo_pages_show_it_and_a_terminal_gets_its_link(self):
+        wendy, tom = self.wendy_and_tom()
+        paul = self.web_member("paul")
+        paul.until("welcome")
+        tom.read_until(b"3 people are online...\n")
+        data = camera_jpeg((2048, 1536))
+        share(wendy, data)
+        event = paul.until("photo")
+        self.assertEqual(event["name"], "wendy")
+        self.assertRegex(event["url"], r"^/p/[0-9a-f]{32}\.jpg$")
+        self.assertEqual((event["width"], event["height"]), (2048, 1536))
+        self.assertEqual(wendy.until("photo")["url"], event["url"])   # her own, like her lines
+        line = tom.read_until(b"\n", WAIT)
+        self.assertEqual(line, f"wendy shared a photo: http://127.0.0.1:{self.web}{event['url']}\n"
+                               .encode())
+        status, headers, body = fetch(photo_link(line))
+        self.assertEqual(status, "HTTP/1.1 200 OK")
+        self.assertEqual(headers["Content-Type"], "image/jpeg")
+        self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
+        self.assertEqual(headers["Content-Security-Policy"], "default-src 'none'")
+        self.assertEqual(headers["Cache-Control"], "private")
+        self.assertEqual(int(headers["Content-Length"]), len(body))
+        assert_plain_picture(self, body, "JPEG")
+        self.assert_chats_on(wendy, tom)
+
+    def test_one_photo_served_to_many_at_once_is_one_copy_in_memory(self):
+        wendy, tom = self.wendy_and_tom()
+        share(wendy, picture("JPEG", (2048, 1600), noise=True, quality=92))
+        url = wendy.until("photo")["url"]
+        photo = self.on_loop(lambda: self.server.room.album.get(url[3:]))
+        readers = []
+        for _ in range(8):   # they ask for it and read nothing yet
+            sock = socket.socket()
+            self.addCleanup(sock.close)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(WAIT)
+            sock.connect(("127.0.0.1", self.web))
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            readers.append(sock)
+        waiting = self.wait_on_loop(lambda: [m.transport.out for m in self.server.connections
+                                             if m.stage is pcr.Stage.ANSWERED and m.transport.out]
+                                    if len([m for m in self.server.connections if m.stage is
+                                            pcr.Stage.ANSWERED]) == 8 else None, "answers waiting")
+        for out in waiting:   # what waits for each is a view into the album's one copy
+            self.assertIsInstance(out, memoryview)
+            self.assertIs(out.obj, photo.body.obj)
+        for sock in readers:
+            got = b""
+            while data := sock.recv(1 << 20):
+                got += data
+            self.assertTrue(got.endswith(bytes(photo.body)))
+        self.assert_chats_on(wendy, tom)
+
+    def test_hostile_uploads_are_refused_and_the_page_chats_on(self):
+        from PIL import PngImagePlugin
+        wendy, tom = self.wendy_and_tom()
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "<script>alert(1)</script>")
+        jpeg = picture("JPEG", noise=True)
+        refused = [
+            (b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>", None, "not a JPEG"),
+            (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', None, "not a JPEG"),
+            (jpeg[:len(jpeg) // 2], None, "damaged or cut short"),
+            (os.urandom(20 << 20), None, "larger than 8 MiB"),            # announced as it is
+            (os.urandom(20 << 20), 100000, "larger than 8 MiB"),          # announced as less
+            (picture("PNG", (4000, 3000)), None, "2048 pixels"),
+        ]
+        for data, announced, why in refused:
+            with self.subTest(data=data[:12], announced=announced):
+                share(wendy, data, announced)
+                self.assertIn(why, wendy.until("unshared")["text"])
+                self.assert_chats_on(wendy, tom)
+        share(wendy, picture("PNG", pnginfo=info))   # a PNG with a tEXt chunk: shared without it
+        url = wendy.until("photo")["url"]
+        status, headers, body = fetch(f"http://127.0.0.1:{self.web}{url}")
+        self.assertEqual((headers["Content-Type"], body.find(b"tEXt"), body.find(b"script")),
+                         ("image/png", -1, -1))
+        tom.read_until(b"wendy shared a photo: ")
+        self.assert_chats_on(wendy, tom)
+        self.assertEqual(self.on_loop(lambda: len(self.server.room.album.photos)), 1)
+
+    def test_a_frame_declaring_a_gigabyte_is_refused_before_it_is_read(self):
+        wendy, tom = self.wendy_and_tom()
+        sock, _ = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        masked = WebSocketFramesTest.masked
+        sock.sendall(masked(b"mallory"))
+        got = b""
+        while b'"welcome"' not in got:
+            got += sock.recv(65536)
+        sock.sendall(masked(b"/photo 5000000")
+                     + b"\x82\xff" + (1 << 30).to_bytes(8, "big") + b"mask" + os.urandom(100000))
+        while b'"unshared"' not in got:
+            got += sock.recv(65536)
+        self.assertIn(b"larger than 8 MiB", got)
+        self.assert_chats_on(wendy, tom)
+        wendy.ws.send("/photo 1073741824")   # announced as a gigabyte: refused as it is said
+        self.assertIn("larger than 8 MiB", wendy.until("unshared")["text"])
+        self.assert_chats_on(wendy, tom)
+
+    def test_uploads_from_outside_the_room_are_refused(self):
+        wendy, tom = self.wendy_and_tom()
+        data = picture("JPEG", (32, 32))
+        for announced in (False, True):   # a photo before the name: the socket closes
+            before_joining = self.web_member(None)
+            share(before_joining, data) if announced else before_joining.ws.send(data)
+            self.assertEqual(before_joining.close_code(), pcr.WS_UNSUPPORTED)
+        unannounced = self.web_member("mallory")   # bytes without their announcement
+        unannounced.until("welcome")
+        unannounced.ws.send(data)
+        self.assertEqual(unannounced.close_code(), pcr.WS_UNSUPPORTED)
+        for method in ("POST", "PUT"):
+            got = http_get(self.web, f"{method} /p/x.jpg HTTP/1.1\r\nHost: a\r\nContent-Length: "
+                                     f"{len(data)}\r\n\r\n".encode() + data)
+            self.assertTrue(got.startswith(b"HTTP/1.1 405"), got[:40])
+        self.assertEqual(self.on_loop(lambda: len(self.server.room.album.photos)), 0)
+        self.assert_chats_on(wendy, tom)
+
+    def test_unknown_and_evicted_photos_and_any_other_path_are_404(self):
+        wendy, tom = self.wendy_and_tom(photos=1)
+        big = picture("JPEG", (1024, 1024), noise=True, quality=90)
+        self.assertGreater(len(big), (1 << 20) // 2)
+        share(wendy, big)
+        first = wendy.until("photo")["url"]
+        self.assertEqual(fetch(f"http://127.0.0.1:{self.web}{first}")[0], "HTTP/1.1 200 OK")
+        share(wendy, big)
+        second = wendy.until("photo")["url"]
+        for path in (first, first[:-4] + ".png", first[:-1], "/p/", "/p/" + "0" * 32 + ".jpg",
+                     second + "/x", "/p/../" + second[3:], "/photo", second.upper()):
+            with self.subTest(path=path):
+                self.assertEqual(fetch(f"http://127.0.0.1:{self.web}{path}")[0], "HTTP/1.1 404 Not Found")
+        self.assertEqual(fetch(f"http://127.0.0.1:{self.web}{second}?x=1")[0], "HTTP/1.1 200 OK")
+
+    def test_the_photo_rate_is_a_burst_of_three_then_one_every_five_seconds(self):
+        self.assertEqual(pcr.Settings().photo_rate, 0.2)
+        wendy, tom = self.wendy_and_tom(photo_rate=0.2)
+        data = picture("JPEG")
+        for _ in range(3):
+            share(wendy, data)
+            wendy.until("photo")
+        share(wendy, data)
+        self.assertIn("too fast", wendy.until("unshared")["text"])
+        self.assert_chats_on(wendy, tom)
+
+    def test_with_photos_0_nothing_is_shared(self):
+        self.start(photos=0)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        self.assertIs(wendy.hello["photos"], False)
+        wendy.until("count", n=2)
+        share(wendy, picture("JPEG"))
+        self.assertEqual(wendy.until("unshared")["text"],
+                         "your photo was not shared: photo sharing is off in this room")
+        self.assert_chats_on(wendy, tom)
+        self.assertNotIn(b"shared a photo", tom.read_for(0.2))
+
+    def test_an_app_gets_the_link_paced_like_any_line(self):
+        wendy, tom = self.wendy_and_tom()
+        app = self.app("anna")
+        tom.read_until(b"3 people are online...\n")
+        share(wendy, picture("JPEG"))
+        url = wendy.until("photo")["url"]
+        app.wait_chat(f"wendy shared a photo: http://127.0.0.1:{self.web}{url}\n")
+        self.assert_app_shows_well(app)
+
+    def test_a_page_away_gets_the_photo_when_it_is_back(self):
+        wendy, tom = self.wendy_and_tom(web_grace=5.0)
+        paul = self.web_member("paul")
+        paul.until("welcome")
+        tom.read_until(b"3 people are online...\n")
+        paul.until("count", n=3)
+        token, seen = paul.token, paul.seen
+        paul.lose()
+        self.wait_on_loop(lambda: self.server.room.find("paul").stage is pcr.Stage.AWAY, "paul away")
+        share(wendy, picture("JPEG"))
+        url = wendy.until("photo")["url"]
+        back = self.web_member(None)
+        back.ask_seat_back(token, seen)
+        self.assertTrue(back.until("welcome")["back"])
+        self.assertEqual(back.until("photo")["url"], url)
+
+    def test_history_keeps_photo_lines_while_their_photos_are_kept(self):
+        wendy, tom = self.wendy_and_tom(history=10, photos=1)
+        big = picture("JPEG", (1024, 1024), noise=True, quality=90)
+        share(wendy, big)
+        first = wendy.until("photo")["url"]
+        wendy.ws.send("between")
+        wendy.until("chat", text="between")
+        newcomer = self.connect()
+        newcomer.answer(b"nina\n")
+        line = newcomer.read_until(b"nina joined the chat...\n")
+        self.assertIn(f"wendy shared a photo: http://127.0.0.1:{self.web}{first}\nwendy: between\n"
+                      .encode(), line)
+        page = self.web_member("pia")
+        self.assertEqual(page.until("history")["lines"], [
+            {"name": "wendy", "url": first, "width": 1024, "height": 1024},
+            {"name": "wendy", "text": "between"}])
+        share(wendy, big)   # the album holds one: the first goes, and its line with it
+        second = wendy.until("photo")["url"]
+        late = self.web_member("lea")
+        self.assertEqual(late.until("history")["lines"], [
+            {"name": "wendy", "text": "between"},
+            {"name": "wendy", "url": second, "width": 1024, "height": 1024}])
+
+    def test_the_log_says_who_shared_how_much_never_the_bytes_nor_the_token(self):
+        wendy, tom = self.wendy_and_tom()
+        data = picture("JPEG", (640, 480), noise=True, quality=95)
+        share(wendy, data)
+        url = wendy.until("photo")["url"]
+        kib = -(-len(pcr.clean_photo(data)[1]) // 1024)
+        share(wendy, b"<html>")
+        wendy.until("unshared")
+        self.assert_chats_on(wendy, tom)
+        log = self.log_text()
+        self.assertIn(f'"wendy" shared a photo ({kib} KiB)', log)
+        self.assertIn("refused a photo from 127.0.0.1: it is not a JPEG, PNG or WebP picture", log)
+        self.assertNotIn(url[3:35], log)
+        self.assertIn("photos shared on the page: up to 64 MiB, in memory only", log)
+
+    def test_turning_the_page_off_forgets_the_photos(self):
+        wendy, tom = self.wendy_and_tom()
+        share(wendy, picture("JPEG"))
+        wendy.until("photo")
+        self.on_loop(self.server.close_page)
+        self.assertEqual(self.on_loop(lambda: len(self.server.room.album.photos)), 0)
+
+
+class PhotoMemoryTest(unittest.TestCase):
+    """--photos MB bounds the memory photos take: in a server of its own, a
+    dozen photos past a small album cost less than 24 MiB (issue 23)."""
+
+    def setUp(self):
+        if Image is None or ws_connect is None:
+            self.skipTest(NO_PIL if Image is None else NO_WEBSOCKETS)
+        if not os.path.exists("/proc/self/status"):
+            self.skipTest("the server's memory is read from /proc")
+
+    @staticmethod
+    def rss(pid: int) -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def test_with_photos_4_the_oldest_goes_and_memory_stays_bounded(self):
+        port = free_port_and_the_next()
+        log_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, log_dir, True)
+        proc = run_server("--host", "127.0.0.1", "--port", str(port), "--web-port", str(port + 1),
+                          "--public-ip-url", "", "--photos", "4",
+                          "--log-file", os.path.join(log_dir, "log"))
+        self.addCleanup(proc.communicate, timeout=WAIT)
+        self.addCleanup(interrupt, proc)
+        wait_listening(port + 1, proc)
+        photos = [picture("JPEG", (1024, 1024 - i), noise=True, quality=93) for i in range(13)]
+        self.assertTrue(all(700 << 10 < len(p) < 2 << 20 for p in photos), [len(p) for p in photos])
+        watcher = WebMember(port + 1, "watcher")   # sees each photo shared, in order
+        self.addCleanup(watcher.close)
+        pages = []
+        for i in range(5):   # each page shares at most its burst of three
+            page = WebMember(port + 1, f"page{i}")
+            self.addCleanup(page.close)
+            page.until("welcome")
+            pages.append(page)
+        share(pages[0], photos[0])
+        first = watcher.until("photo")["url"]
+        start = self.rss(proc.pid)
+        self.assertEqual(fetch(f"http://127.0.0.1:{port + 1}{first}")[0], "HTTP/1.1 200 OK")
+        for i, data in enumerate(photos[1:], 1):
+            share(pages[i // 3], data)
+            last = watcher.until("photo", name=f"page{i // 3}")["url"]
+        grown = self.rss(proc.pid) - start
+        self.assertEqual(fetch(f"http://127.0.0.1:{port + 1}{first}")[0], "HTTP/1.1 404 Not Found")
+        self.assertEqual(fetch(f"http://127.0.0.1:{port + 1}{last}")[0], "HTTP/1.1 200 OK")
+        self.assertLess(grown, 24 << 20)
+        pages[0].ws.send("still here")
+        for page in (watcher, *pages):   # each reads all it was sent: the room goes on
+            page.until("chat", text="still here")
+
+
+class PhotoBrowserTest(BrowserCase):
+    """Photos in real Chromium: a phone picks a camera's photo, another page
+    shows it, a terminal gets its link (issue 23)."""
+
+    def setUp(self):
+        if Image is None:
+            self.skipTest(NO_PIL)
+        super().setUp()
+
+    def camera_file(self, data: bytes, name: str = "IMG_0001.jpg") -> str:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def tab(self, name: str) -> str:
+        """A new tab of its own (its own sessionStorage), joined as `name`; its handle."""
+        self.driver.switch_to.new_window("tab")
+        self.addCleanup(self.close_tab, self.driver.current_window_handle)
+        self.open_page()
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        self.find("#name").clear()   # the tabs share the name remembered on this device
+        self.join_as(name)
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "the chat")
+        return self.driver.current_window_handle
+
+    def close_tab(self, handle: str) -> None:
+        if len(self.driver.window_handles) > 1 and handle in self.driver.window_handles:
+            self.driver.switch_to.window(handle)
+            self.driver.close()
+            self.driver.switch_to.window(self.driver.window_handles[0])
+
+    def shown_photos(self) -> list[dict]:
+        return self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log .photo img')).map(function (i) {"
+            " return {src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight,"
+            " done: i.complete, shown: i.getBoundingClientRect().width,"
+            " column: document.getElementById('log').clientWidth}; });")
+
+    def pick(self, path: str) -> None:
+        self.wait_for(lambda: self.find("#photo-button").is_displayed(), "the photo button")
+        self.find("#photo-input").send_keys(path)
+
+    def test_a_camera_photo_reaches_another_page_and_a_terminal_without_its_exif(self):
+        self.start()
+        tom = self.member("tom")
+        paul = self.tab("Paul")
+        self.tab("Wendy")
+        tom.read_until(b"3 people are online...\n")
+        original = camera_jpeg((4000, 3000))
+        self.pick(self.camera_file(original))
+        line = tom.read_until(b"shared a photo: ", WAIT * 3) + tom.read_until(b"\n")
+        self.assertIn(b"Wendy shared a photo: http://127.0.0.1:", line)
+        status, headers, body = fetch(photo_link(line))
+        self.assertEqual((status, headers["X-Content-Type-Options"]), ("HTTP/1.1 200 OK", "nosniff"))
+        image = assert_plain_picture(self, body, "JPEG")
+        self.assertEqual(image.size, (2048, 1536))
+        self.assertLess(len(body), len(original))
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["done"], "her own photo")
+        self.driver.switch_to.window(paul)
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["w"] == 2048,
+                      "the photo on the other page")
+        shown = self.shown_photos()[0]
+        self.assertLessEqual(shown["shown"], shown["column"])   # scaled to the column
+        self.assertEqual("Photo from Wendy", self.find("#log .photo img").get_attribute("alt"))
+        self.assertEqual(self.find("#log .photo").get_attribute("href"),
+                         f"http://127.0.0.1:{self.server.web_address[1]}{shown['src']}")
+        self.say("lovely")
+        tom.read_until(b"Paul: lovely\n")
+        self.assert_no_policy_violations()
+
+    def test_a_file_that_is_not_a_picture_is_said_plainly_and_nothing_is_sent(self):
+        self.start()
+        tom = self.member("tom")
+        self.tab("Wendy")
+        tom.read_until(b"2 people are online...\n")
+        self.pick(self.camera_file(b"<html><script>alert(1)</script></html>", "note.jpg"))
+        self.wait_for(lambda: self.text("#upload-text") == "That file is not a picture.", "the refusal")
+        self.say("still here")
+        self.assertEqual(tom.read_until(b"\n"), b"Wendy: still here\n")
+
+    def test_a_photo_that_cannot_be_had_says_it_is_no_longer_kept(self):
+        self.start()
+        paul = self.tab("Paul")
+        self.driver.execute_cdp_cmd("Network.enable", {})
+        self.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/p/*"]})   # as if gone
+        self.tab("Wendy")
+        self.pick(self.camera_file(picture("JPEG", (640, 480))))
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["done"], "her photo")
+        self.driver.switch_to.window(paul)
+        self.wait_for(lambda: "This photo is no longer kept." in self.text("#log"), "the sentence")
+        self.assertEqual(self.shown_photos(), [])
+
+    def test_with_photos_0_the_button_is_hidden(self):
+        self.start(photos=0)
+        self.tab("Wendy")
+        self.assertFalse(self.find("#photo-button").is_displayed())
 
 
 if __name__ == "__main__":

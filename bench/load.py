@@ -114,6 +114,10 @@ class Flood:
     parallel: int = 4            # ClientHellos in flight at once
     probe_from: str = ""         # all probes from this address; "": one address each
     answer_wait: float = 0.2     # seconds a replayed hello waits for an answer
+    members: int = 1000          # --photo-flood: members in the room (probes among them)
+    pages: int = 50              # pages fetching the photo, each once every photo_every s
+    photo_bytes: int = 1500000   # the photo's size
+    photo_every: float = 1.0
 
 
 def source_address(n: int, skip: str = "") -> str:
@@ -1540,6 +1544,147 @@ class Flooder:
         return counts
 
 
+def synthetic_jpeg(size: int, width: int = 2048, height: int = 1536) -> bytes:
+    """A photo of about `size` bytes shaped as a JPEG (SOF0, SOS, random scan
+    data with its 0xFF bytes stuffed, the end marker): the server checks the
+    shape and serves the bytes; it never decodes the picture."""
+    frame = b"\xff\xc0" + struct.pack("!HBHHB", 17, 8, height, width, 3) + bytes(9)
+    scan = b"\xff\xda" + struct.pack("!HB", 12, 3) + bytes(6) + b"\x00\x3f\x00"
+    return b"\xff\xd8" + frame + scan + random.randbytes(size).replace(b"\xff", b"\xff\x00") + b"\xff\xd9"
+
+
+def share_photo(address: tuple[str, int], photo: bytes, timeout: float) -> str:
+    """A page joins and shares `photo` (`/photo BYTES`, then one binary
+    message); the photo's path on the web port, once the room shows it."""
+    key = base64.b64encode(random.randbytes(16)).decode()
+    with socket.create_connection(address, timeout) as sock:
+        sock.sendall(upgrade_request(address[0], address[1], key, False))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536) or b"!"
+        buf = buf[buf.index(b"\r\n\r\n") + 4:]
+        sock.sendall(client_frame(0x1, b"photographer"))
+        shared = False
+        while True:
+            frames, used = server_frames(buf)
+            buf = buf[used:]
+            for _, payload in frames:
+                event = json.loads(payload) if payload[:1] == b"{" else {}
+                if event.get("type") == "welcome" and not shared:
+                    sock.sendall(client_frame(0x1, b"/photo %d" % len(photo)) + client_frame(0x2, photo))
+                    shared = True
+                elif event.get("type") in ("photo", "unshared"):
+                    if "url" not in event:
+                        raise StartFailed(f"the photo was refused: {event.get('text')}")
+                    return event["url"]
+            data = sock.recv(65536)
+            if not data:
+                raise StartFailed("the server closed the photographer's socket")
+            buf += data
+
+
+class PhotoPages:
+    """The photo's readers, in a process of their own: `pages` connections,
+    each fetching `path` whole, then again `every` s after it began, until
+    `stop` is set; counts fetches and bytes."""
+
+    def __init__(self, address: tuple[str, int], path: str, pages: int, every: float):
+        self.address, self.request = address, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        self.pages, self.every = pages, every
+        self.sel = selectors.DefaultSelector()
+        self.due = [time.monotonic() + every * i / pages for i in range(pages)]
+        self.counts = dict.fromkeys(("fetches", "bytes", "failed"), 0)
+
+    def run(self, stop, results) -> None:
+        t0 = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            for page, due in enumerate(self.due):
+                if due <= now:
+                    self.due[page] = now + 1e9   # under way
+                    self._open(page, now)
+            for key, _ in self.sel.select(0.01):
+                self._read(key.fileobj, *key.data)
+        self.counts["seconds"] = round(time.monotonic() - t0, 3)
+        results.send(self.counts)
+
+    def _open(self, page: int, began: float) -> None:
+        try:
+            sock = socket.create_connection(self.address, 5.0)
+            sock.sendall(self.request)
+            sock.setblocking(False)
+        except OSError:
+            self.counts["failed"] += 1
+            self.due[page] = began + self.every
+            return
+        self.sel.register(sock, READ, (page, began, [0]))
+
+    def _read(self, sock: socket.socket, page: int, began: float, got: list[int]) -> None:
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        got[0] += len(data)
+        if data:
+            return
+        self.counts["fetches" if got[0] > 1000 else "failed"] += 1
+        self.counts["bytes"] += got[0]
+        self.sel.unregister(sock)
+        sock.close()
+        self.due[page] = began + self.every
+
+
+def fetch_photo(address: tuple[str, int], path: str, pages: int, every: float, stop, results) -> None:
+    """The photo pages' process body."""
+    PhotoPages(address, path, pages, every).run(stop, results)
+
+
+def photo_flood(flood: Flood, target: Target, host: str, timeout: float) -> dict:
+    """Issue 23: members chat (probes time their lines) in a full room, first
+    alone, then while `pages` pages keep fetching a shared photo."""
+    lines = int((flood.quiet_s + flood.flood_s) * 1000 / flood.probe_ms) + 16
+    work = Workload(host=host, clients=flood.members, senders=flood.probes, messages=lines,
+                    probes=flood.probes, lazy_ms=100.0, timeout=timeout)
+    port, gauge = started(target)
+    web_port = target.process.web_port if target.process else target.web_port
+    crowd = Crowd(work, ["line"] * flood.members, (host, port), None, gauge)
+    result: dict = {"server": target.label, "members": flood.members, "pages": flood.pages}
+    try:
+        result.update(crowd.join())
+        path = share_photo((host, web_port), synthetic_jpeg(flood.photo_bytes), timeout)
+        crowd.idle(1.0)   # the photo's line reaches everyone
+        result["server_rss_kib_before"] = gauge.rss_kib()
+        interval = flood.probe_ms / 1000
+        quiet = crowd.pace(flood.quiet_s, interval)
+        context = multiprocessing.get_context("fork")
+        stop, (results, sender) = context.Event(), context.Pipe(duplex=False)
+        pages = context.Process(target=fetch_photo, daemon=True, args=(
+            (host, web_port), path, flood.pages, flood.photo_every, stop, sender))
+        pages.start()
+        try:
+            during = crowd.pace(flood.flood_s, interval)
+        finally:
+            stop.set()
+            counts = results.recv() if results.poll(5.0) else {}
+            pages.join(5.0)
+        result["server_rss_kib_after"] = gauge.rss_kib()
+        result.update(phase_latency(quiet["latencies"], "quiet"))
+        result.update(phase_latency(during["latencies"], "photos"))
+        result.update(server_cpu_pct_quiet=quiet["cpu_pct"], server_cpu_pct_photos=during["cpu_pct"])
+        if result["latency_quiet_p99_ms"] and result["latency_photos_p99_ms"] is not None:
+            result["p99_ratio"] = round(result["latency_photos_p99_ms"] / result["latency_quiet_p99_ms"], 2)
+        seconds = counts.get("seconds") or 1.0
+        result["photo_fetches_per_s"] = round(counts.get("fetches", 0) / seconds, 1)
+        result["photo_mb_per_s"] = round(counts.get("bytes", 0) / seconds / 1e6, 1)
+        result["photo_fetches_failed"] = counts.get("failed")
+        result.update(flood_counts(crowd))
+    finally:
+        stopped(target, crowd)
+    return result
+
+
 def phase_latency(latencies_ns: list[int], phase: str) -> dict:
     """p50, p90, p99 and max of one phase's latencies, in ms."""
     ordered = sorted(latencies_ns)
@@ -1760,8 +1905,25 @@ TLS_FLOOD_TABLE = (
     ("log_bytes", "log bytes written (to the stop)", False),
     ("log_rotations", "log rotations", False),
 )
+PHOTO_FLOOD_TABLE = (
+    ("joined", "members in", False),
+    ("latency_quiet_p50_ms", "chat p50 ms, no photos", True),
+    ("latency_quiet_p99_ms", "chat p99 ms, no photos", True),
+    ("latency_photos_p50_ms", "chat p50 ms, photos fetched", True),
+    ("latency_photos_p99_ms", "chat p99 ms, photos fetched", True),
+    ("p99_ratio", "p99 with / without photos", True),
+    ("photo_fetches_per_s", "photo fetches/s", True),
+    ("photo_mb_per_s", "photo MB/s served", True),
+    ("photo_fetches_failed", "photo fetches failed", False),
+    ("server_cpu_pct_quiet", "server CPU % no photos", True),
+    ("server_cpu_pct_photos", "server CPU % photos", True),
+    ("server_rss_kib_before", "server RSS KiB before", True),
+    ("server_rss_kib_after", "server RSS KiB after", True),
+    ("closed_by_server", "members closed by server", False),
+)
 FLOODS = {"flood-lines": (flood_lines, FLOOD_LINES_TABLE),
-          "tls-flood": (tls_flood, TLS_FLOOD_TABLE)}
+          "tls-flood": (tls_flood, TLS_FLOOD_TABLE),
+          "photo-flood": (photo_flood, PHOTO_FLOOD_TABLE)}
 
 
 # ---------------------------------------------------------------------------
@@ -1969,6 +2131,10 @@ def add_flood_options(p: argparse.ArgumentParser) -> None:
     which.add_argument("--flood-lines", action="store_true",
                        help="members from many addresses each send --flood-bytes of chat "
                             "lines at once: the server's memory per connection")
+    which.add_argument("--photo-flood", action="store_true",
+                       help="issue 23: --photo-members chat (probes time their lines), first "
+                            "alone, then while --photo-pages keep fetching a shared photo; "
+                            "{web_port} in --server-cmd")
     which.add_argument("--tls-flood", action="store_true",
                        help="TLS probes time their lines, quiet and then while one address "
                             "replays ClientHellos; {cert} and {key} in --server-cmd")
@@ -2000,6 +2166,14 @@ def add_flood_options(p: argparse.ArgumentParser) -> None:
                    help="the flood's source address (default: %(default)s)")
     f.add_argument("--flood-parallel", type=int, default=d.parallel,
                    help="ClientHellos in flight at once (default: %(default)s)")
+    f.add_argument("--photo-members", type=int, default=d.members,
+                   help="--photo-flood: members in the room (default: %(default)s)")
+    f.add_argument("--photo-pages", type=int, default=d.pages,
+                   help="pages fetching the photo (default: %(default)s)")
+    f.add_argument("--photo-bytes", type=int, default=d.photo_bytes,
+                   help="the photo's size (default: %(default)s)")
+    f.add_argument("--photo-every", type=positive(float), default=d.photo_every,
+                   help="each page fetches it again this long after it began (default: %(default)s)")
 
 
 def workload_from(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[Workload, list[dict]]:
@@ -2102,7 +2276,7 @@ def good(result: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    if a.flood_lines or a.tls_flood:
+    if a.flood_lines or a.tls_flood or a.photo_flood:
         return flood_main(a, p)
     w, mixes = workload_from(a, p)
     targets = targets_from(a, p)
@@ -2146,18 +2320,21 @@ def flood_from(a: argparse.Namespace) -> Flood:
     return Flood(addresses=a.flood_addresses, per_address=a.flood_per_address, size=a.flood_bytes,
                  settle=a.flood_settle, probes=a.flood_probes, probe_from=a.probe_from or "",
                  probe_ms=a.probe_ms, quiet_s=a.quiet_s, flood_s=a.flood_s, flooder=a.flooder,
-                 parallel=max(1, a.flood_parallel))
+                 parallel=max(1, a.flood_parallel), members=a.photo_members, pages=a.photo_pages,
+                 photo_bytes=a.photo_bytes, photo_every=a.photo_every)
 
 
 def flood_main(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     """--flood-lines or --tls-flood: rounds x servers, a table, the JSON line."""
-    flood, name = flood_from(a), "flood-lines" if a.flood_lines else "tls-flood"
+    flood = flood_from(a)
+    name = "flood-lines" if a.flood_lines else "tls-flood" if a.tls_flood else "photo-flood"
     with tempfile.TemporaryDirectory(prefix="pcr-flood-") as tmp:
         if a.tls_flood and any("{cert}" in c or "{key}" in c for c in a.server_cmd):
             cert, key = (a.tls_cert, a.tls_key or a.tls_cert) if a.tls_cert else make_certificate(tmp)
             a.server_cmd = [c.replace("{cert}", cert).replace("{key}", key) for c in a.server_cmd]
         targets = targets_from(a, p)
-        needed = flood.addresses * flood.per_address if a.flood_lines else flood.probes
+        needed = (flood.addresses * flood.per_address if a.flood_lines
+                  else flood.members + flood.pages if a.photo_flood else flood.probes)
         if needed + 64 > raise_open_files_limit():
             p.error(f"{needed} connections need more open files (raise ulimit -n -H)")
         runs = []
