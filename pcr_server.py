@@ -128,7 +128,8 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    web_port: int | None = None       # the chat page and its WebSocket; None: no page
+    web_port: int | None = None       # the chat page and its WebSocket; None: no page (the
+                                      # command line's default is next_page_port: port + 1)
     log_file: str = LOG_FILE
     public_ip_url: str = DEFAULT_PUBLIC_IP_URL
     upnp: bool = False                # ask the router to forward the room's ports
@@ -2068,6 +2069,8 @@ class StartError(Exception):
 FLAG_ADVICE = {
     "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
     "port": "choose another port with --port" if WINDOWS else "choose a port above 1023 with --port",
+    "in use": "stop that program or choose another port with --port N",
+    "page in use": "choose its port with --web-port N, or turn it off with --web-port off",
     "encrypted": f"{RUN} --connect ADDRESS --tls"}
 # Why a port is refused: low ports are for administrators on POSIX; on Windows
 # they are not, and a refusal means the port is held or reserved.
@@ -2080,11 +2083,13 @@ NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EA
                if hasattr(socket, name)}
 
 
-def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE) -> str:
-    """One sentence: why `host` port `port` cannot be listened on, and what to do."""
+def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE,
+                    in_use: str = "in use") -> str:
+    """One sentence: why `host` port `port` cannot be listened on, and what to do
+    (advice[in_use] when another program holds the port)."""
     if errno_is(e, "EADDRINUSE"):
         return (f"Port {port} is already in use (is another server running?): "
-                f"stop that program or choose another port.")
+                f"{advice[in_use]}.")
     if errno_is(e, "EADDRNOTAVAIL"):
         return f"The address {host} is not on this machine: {advice['host']}."
     if errno_is(e, "EACCES"):
@@ -2332,6 +2337,7 @@ class Server:
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
         self.web_address: tuple[str, int] | None = None
+        self.page_problem = ""                           # why the page asked for is off
         self.capacity = settings.max_clients
         self.accept_error_logged = False
         self.stopping = False
@@ -2342,7 +2348,8 @@ class Server:
     # -- start and stop -------------------------------------------------
     def listen(self) -> tuple[str, int]:
         """Bind and listen (and serve the page if asked); raises StartError
-        with a sentence for the person."""
+        with a sentence for the person.  A page that cannot be served leaves
+        the room open: `page_problem` says why."""
         s = self.settings
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
@@ -2358,9 +2365,9 @@ class Server:
         if s.web_port is not None:
             try:
                 self.open_page(s.web_port)
-            except StartError:
-                self._close_listeners(lambda web: True)
-                raise
+            except StartError as e:   # the room opens all the same
+                self.page_problem = str(e)
+                log.warning("The chat page is off: %s", e)
         self.loop.call_later(1.0, self._sweep)
         if self.tls:
             log.info("encrypted with TLS: %s", TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
@@ -2378,7 +2385,8 @@ class Server:
             sock = socket.create_server((host, port), family=family, backlog=4096,
                                         dualstack_ipv6=dual)
         except OSError as e:
-            raise StartError(bind_error_text(e, host, port)) from None
+            raise StartError(bind_error_text(e, host, port,
+                                             in_use="page in use" if web else "in use")) from None
         sock.setblocking(False)
         tune_socket(sock, self.settings.keepalive)
         self.listeners.append((sock, web))
@@ -2952,9 +2960,12 @@ def page_link(host: str, port: int, tls: bool) -> str:
 
 
 def next_page_port(settings: Settings) -> int:
-    """The port the page gets when it is turned on: --web-port, else the room's port + 1."""
+    """The port the page gets when it is turned on: --web-port, else the room's
+    port + 1 (any free one when the room's is any free one, 0)."""
     if settings.web_port is not None:
         return settings.web_port
+    if not settings.port:
+        return 0
     return settings.port + 1 if settings.port < 65535 else settings.port - 1
 
 
@@ -5379,8 +5390,13 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 # 10. The command line
 # ---------------------------------------------------------------------------
 
-def web_port_number(text: str) -> int:
-    """--web-port: a port, or 0 for any free one."""
+PAGE_OFF = "off"   # --web-port off
+
+
+def web_port_number(text: str) -> int | str:
+    """--web-port: a port, 0 for any free one, or "off"."""
+    if text.strip().lower() == PAGE_OFF:
+        return PAGE_OFF
     return 0 if text.strip() == "0" else port_number(text)
 
 
@@ -5421,7 +5437,7 @@ def networks(text: str) -> tuple:
 
 
 def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    limits = p.add_argument_group("limits")
+    limits = p.add_argument_group("for experts: limits")
     limits.add_argument("--keepalive", type=at_least(0, float), default=d.keepalive,
                         metavar="SECONDS",
                         help="idle time before a quiet member's connection is checked; a "
@@ -5429,8 +5445,8 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
                              "(0: off; default: %(default)s)")
     limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
                         default=d.handshake_timeout, metavar="SECONDS",
-                        help="time to give an alias: the App asks its user for a name only "
-                             "after connecting (default: %(default)s)")
+                        help="time a connection has to give its name: the App asks its user "
+                             "for a name only after connecting (default: %(default)s)")
     limits.add_argument("--max-unnamed", type=at_least(1), default=d.max_unnamed, metavar="N",
                         help="connections at once that have not given a name; when full, the "
                              "oldest makes room (default: %(default)s)")
@@ -5451,7 +5467,8 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
 
 
 def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    readers = p.add_argument_group("PrivateChatRoom-App readers (the server paces what it sends them)")
+    readers = p.add_argument_group("for experts: PrivateChatRoom-App pacing (the server paces "
+                                   "what it sends the App)")
     readers.add_argument("--app-char-time", type=at_least(0, float), default=d.app_char_time,
                          metavar="S", help="seconds the App takes to show one character "
                                            "(default: %(default)s)")
@@ -5460,31 +5477,49 @@ def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
                                            "desktop (default: %(default)s)")
 
 
-def add_page_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    page = p.add_argument_group("the chat page, for members with only a browser")
-    page.add_argument("--web-port", type=web_port_number, metavar="N",
-                      help="serve the page and its WebSocket on this port (0: any free one); "
-                           "off unless given")
-    page.add_argument("--web-grace", type=at_least(0, float), default=d.web_grace, metavar="S",
-                      help="a page whose connection is lost (a phone asleep, a change of network) "
-                           "keeps its seat this long, away, and gets what it missed when it is "
-                           "back (0: it leaves at once; default: %(default)s)")
-
-
-def add_privacy_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    privacy = p.add_argument_group("privacy")
-    privacy.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
-                         help="keep the last N chat lines, in memory only, and show them to "
-                              "newcomers (default: %(default)s, nothing kept)")
-    key = privacy.add_mutually_exclusive_group()
+def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
+    """What a host needs, first in --help: in plain words, one group to add to."""
+    room = p.add_argument_group("running a room")
+    room.add_argument("--gui", action="store_true", help="run the room in a window")
+    room.add_argument("--port", type=port_number,
+                      help=f"the room's port, for the App and terminals (default: the number in "
+                           f"{PORT_FILE}, else {DEFAULT_PORT})")
+    room.add_argument("--web-port", type=web_port_number, metavar="N|off",
+                      help="the chat page's port, for a browser or a phone (default: the room's "
+                           "port + 1; 0: any free one; off: no page)")
+    key = room.add_mutually_exclusive_group()
     key.add_argument("--room-key", type=room_key_text, metavar="KEY",
-                     help="members must join as name#KEY")
+                     help="a key that friends need to come in (they type it on the page, or "
+                          "join as name#KEY from the App or a terminal)")
     key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
-    privacy.add_argument("--tls-cert", default="", metavar="FILE",
-                         help="encrypt with TLS using this certificate (PEM); "
-                              + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
-    privacy.add_argument("--tls-key", default="", metavar="FILE",
-                         help="the certificate's private key (PEM), if not in --tls-cert")
+    room.add_argument("--upnp", action="store_true",
+                      help="let friends in from the internet: ask the router to forward the "
+                           "room's port with UPnP / NAT-PMP / PCP (the page's too)")
+    room.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
+                      help="show newcomers the last N chat lines, kept in memory only "
+                           "(default: %(default)s, nothing kept)")
+
+
+def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
+    """Everything a host rarely needs: where to listen and log, the page's seats, TLS."""
+    network = p.add_argument_group("for experts: network and log")
+    network.add_argument("--host", type=listen_host, default=d.host,
+                         help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
+    network.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
+    network.add_argument("--public-ip-url", default=d.public_ip_url,
+                         help="service that answers with your public IP ('' turns the look-up off)")
+    network.add_argument("--web-grace", type=at_least(0, float), default=d.web_grace, metavar="S",
+                         help="a page whose connection is lost (a phone asleep, a change of "
+                              "network) keeps its seat this long, away, and gets what it missed "
+                              "when it is back (0: it leaves at once; default: %(default)s)")
+    add_limit_options(p, d)
+    add_reader_options(p, d)
+    tls = p.add_argument_group("for experts: encryption (TLS)")
+    tls.add_argument("--tls-cert", default="", metavar="FILE",
+                     help="encrypt with TLS using this certificate (PEM); "
+                          + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
+    tls.add_argument("--tls-key", default="", metavar="FILE",
+                     help="the certificate's private key (PEM), if not in --tls-cert")
 
 
 def add_client_options(p: argparse.ArgumentParser) -> None:
@@ -5507,25 +5542,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Settings()
     p = argparse.ArgumentParser(
         prog=RUN,
-        description="A private chat room server for PrivateChatRoom-App and terminal clients.",
+        description="A private chat room for family and friends: they join from a browser or "
+                    "a phone, with PrivateChatRoom-App, or from a terminal.",
         epilog=f"Run a room: {RUN} (in a window: {RUN} --gui). "
                f"Join one from a terminal: {RUN} --connect HOST[:PORT].")
     p.add_argument("--version", action="version", version=f"PrivateChatRoom-Server {VERSION}")
-    p.add_argument("--gui", action="store_true", help="open a window to run the server")
-    p.add_argument("--host", type=listen_host, default=d.host,
-                   help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
-    p.add_argument("--port", type=port_number,
-                   help=f"port to listen on (default: the number in {PORT_FILE}, else {DEFAULT_PORT})")
-    p.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
-    p.add_argument("--public-ip-url", default=d.public_ip_url,
-                   help="service that answers with your public IP ('' turns the look-up off)")
-    p.add_argument("--upnp", action="store_true",
-                   help="ask the router to forward the room's port with UPnP / NAT-PMP / PCP")
-    add_limit_options(p, d)
-    add_reader_options(p, d)
-    add_page_options(p, d)
-    add_privacy_options(p, d)
+    add_room_options(p, d)
     add_client_options(p)
+    add_expert_options(p, d)
     args = p.parse_args(argv)
     if args.connect is None and (args.name is not None or args.tls or args.ca or args.insecure):
         p.error("--name, --tls, --ca and --insecure go with --connect")
@@ -5562,6 +5586,8 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     names = {f.name for f in dataclasses.fields(Settings)}
     given = {k: v for k, v in vars(args).items() if k in names}
     given["port"] = port
+    given["web_port"] = (None if args.web_port == PAGE_OFF else
+                         next_page_port(Settings(port=port, web_port=args.web_port)))
     return Settings(**given), warnings
 
 
