@@ -2366,8 +2366,8 @@ class Server:
             try:
                 self.open_page(s.web_port)
             except StartError as e:   # the room opens all the same
-                self.page_problem = str(e)
-                log.warning("The chat page is off: %s", e)
+                self.page_problem = str(e)   # the banner and the window say it
+                log.info("the chat page is off: %s", e)
         self.loop.call_later(1.0, self._sweep)
         if self.tls:
             log.info("encrypted with TLS: %s", TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
@@ -3011,13 +3011,28 @@ def fetch_public_ip(url: str, timeout: float = 4.0) -> str:
     return str(ipaddress.ip_address(text))
 
 
+# Who each address is for, and what to do when the internet address is not known:
+# the banner and the window say it alike.
+CHAT_FOR = "for the App or a terminal"
+PAGE_FOR = "for a browser or a phone"
+LOOK_UP_FAILED = ("this machine's internet address could not be looked up; "
+                  "your router's status page shows it")
+
+
+def look_up_failure(e: Exception) -> str:
+    """Why a look-up failed, for the log file: the reason's words, without an errno."""
+    reason = getattr(e, "reason", e)
+    return getattr(reason, "strerror", None) or str(reason)
+
+
 def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
-    """Fetch the public IP in a background thread; call done(ip or None) there."""
+    """Fetch the public IP in a background thread; call done(ip or None) there.
+    A failure is the host's to hear (LOOK_UP_FAILED) and the log file's."""
     def work():
         try:
             ip = fetch_public_ip(url)
         except (OSError, ValueError) as e:
-            log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+            log.info("public IP not looked up at %s (%s)", url, look_up_failure(e))
             done(None)
             return
         log.info("public IPv4: %s", ip)
@@ -3939,7 +3954,8 @@ def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple
             try:   # only the public look-up tells a second router from CGNAT
                 public_ip = fetch_public_ip(settings.public_ip_url)
             except (OSError, ValueError) as e:
-                log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+                log.info("public IP not looked up at %s (%s)", settings.public_ip_url,
+                         look_up_failure(e))
         heard(result, public_ip)
     threading.Thread(target=work, name="router-ports", daemon=True).start()
     return router
@@ -4007,14 +4023,16 @@ class PrivateLogFile(logging.handlers.RotatingFileHandler):
 
 
 def setup_logging(log_file: str, console: bool = True) -> None:
-    """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
+    """Log to a rotating file (4 files of 60000 bytes at most) and, from
+    warnings up, to stderr."""
     log.setLevel(logging.INFO)
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
     log.propagate = False
-    if console:
+    if console:   # the console is the host's: warnings and errors only, the rest in the file
         stream = logging.StreamHandler()
+        stream.setLevel(logging.WARNING)
         stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(stream)
     if log_file:
@@ -4055,15 +4073,18 @@ WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
     "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)"}
-ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
-    "private": ("Same network", "on the same network", "this computer's address on the network"),
-    "public": ("Over the internet", "over the internet", "this computer's public address"),
-    "page": ("Web page", "from a browser (a phone is enough)", "this computer's address")}
+ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is), as listed
+    "page": ("Web page", "from a browser or a phone", "this computer's address"),
+    "private": ("Same network", "with the App or a terminal on the same network",
+                "this computer's address on the network"),
+    "public": ("Over the internet", "with the App or a terminal over the internet",
+               "this computer's public address")}
+ADDRESS_HEADINGS = {"page": PAGE_FOR, "private": CHAT_FOR}   # above the first address for each
 COPY_TEXT = {"private": "Copy", "public": "Copy", "page": "Copy link"}
 UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
     "looking": ("looking up…", "{whose} is still being looked up"),
     "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
-    "failed": ("unknown (look-up failed)", "{whose} could not be found"),
+    "failed": ("not found: your router's status page shows it", LOOK_UP_FAILED),
 }
 
 
@@ -4310,18 +4331,26 @@ class WindowView:
         rows.columnconfigure(1, weight=1)
         self.addresses: dict[str, ttk.Label] = {}
         self.copy_buttons: dict[str, ttk.Button] = {}
-        for row, (kind, (title, _, _)) in enumerate(ADDRESS_KINDS.items()):
+        row = 0
+        for kind, (title, _, _) in ADDRESS_KINDS.items():
+            heading = ADDRESS_HEADINGS.get(kind)
+            if heading:   # whom the addresses below are for
+                heading = ttk.Label(rows, text=heading[:1].upper() + heading[1:] + ":",
+                                    style="Note.TLabel")
+                heading.grid(row=row, column=0, columnspan=3, sticky="w", pady=(4, 0))
+                row += 1
             title_label = ttk.Label(rows, text=title, style="Key.TLabel")
-            title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(0, 14))
+            title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(12, 14))
             self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: window.copy_address(kind))
             self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
-        self.page_row = (title_label, self.addresses["page"], self.copy_buttons["page"])
+            if kind == "page":
+                self.page_row = (heading, title_label, self.addresses[kind], self.copy_buttons[kind])
+            row += 1
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
-        self.forward_note.grid(row=len(ADDRESS_KINDS), column=0, columnspan=3, sticky="w",
-                               pady=(0, 3))
+        self.forward_note.grid(row=row, column=0, columnspan=3, sticky="w", pady=(0, 3))
         self._build_switches(box, window, settings)
         notes = []
         for row, style in enumerate(("Problem", "Note", "Note", "Note", "Problem", "Note"), start=3):
@@ -5591,27 +5620,39 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
-def join_banner(settings: Settings, join: FriendsJoin) -> str:
-    """What the host needs once the room is open: how friends join, the log, how to stop."""
+# What the banner says of the internet address while it is not known (FriendsJoin)
+NOT_KNOWN = {"looking": "looking up this machine's public address…",
+             "off": "not looked up: your router's status page shows this machine's public address",
+             "failed": LOOK_UP_FAILED}
+
+
+def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
+                page_problem: str = "") -> str:
+    """What the host needs once the room is open, in one block: how friends join
+    (each address with whom it is for), the log, how to stop.  `unknown`: why
+    the internet address is not known (NOT_KNOWN); `page_problem`: why the
+    page asked for is off."""
     host, port = join.listen
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
                  f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
     else:
-        lines = [f"The room is open on port {port}. How friends join:",
-                 f"  same network:       {join.same_network or 'unknown'}",
-                 f"  over the internet:  asking your router to forward TCP "
-                 f"{port_words((port, join.page_port) if join.page_port else (port,))}…"
-                 if settings.upnp else
-                 internet_line(join, "looking up this machine's public address…"
-                               if settings.public_ip_url else "not looked up: your router's "
-                               "status page shows this machine's public address")]
+        lines = [f"The room is open on port {port}. How friends join:"]
         if join.page_port:
-            lines.append(page_line(join.page_same or "unknown", "on the same network"))
+            lines += [f"  {PAGE_FOR}:", f"    same network:       {join.page_same or 'unknown'}"]
+            if join.page_internet:
+                lines.append(f"    over the internet:  {join.page_internet}")
+        else:
+            lines.append(f"  {PAGE_FOR}: " + (f"the page is off: {page_problem}" if page_problem
+                                              else "the page is off (--web-port off)"))
+        lines += [f"  {CHAT_FOR}:", f"    same network:       {join.same_network or 'unknown'}",
+                  f"    over the internet:  asking your router to forward TCP "
+                  f"{port_words((port, join.page_port) if join.page_port else (port,))}…"
+                  if settings.upnp else internet_line(join, NOT_KNOWN[unknown])]
     if join.encrypted:
         lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     if join.keyed:
-        lines.append("  with the room key:  friends join as name#KEY")
+        lines.append("  with the room key:  friends type it on the page, or join as name#KEY")
         if join.key_warning:
             lines.append(f"  warning: {join.key_warning}")
     if settings.history:
@@ -5627,11 +5668,11 @@ def join_banner(settings: Settings, join: FriendsJoin) -> str:
 
 
 def internet_line(join: FriendsJoin, unknown: str) -> str:
-    return f"  over the internet:  {join.internet or unknown} ({join.forward})"
+    return f"    over the internet:  {join.internet or unknown} ({join.forward})"
 
 
-def page_line(link: str, where: str) -> str:
-    return f"  from a browser:     {link} ({where}; a phone is enough)"
+def page_line(link: str) -> str:
+    return f"  {PAGE_FOR}, over the internet:  {link}"
 
 
 def print_for_host(text: str) -> None:
@@ -5643,15 +5684,22 @@ def print_for_host(text: str) -> None:
 
 
 def announce(settings: Settings, address: tuple[str, int],
-             page_address: tuple[str, int] | None = None) -> RouterPorts | None:
-    """Log this machine's addresses and print the banner; the internet address
-    (and the page's link over the internet) follow once the router (--upnp) or
-    the look-up answers.  The router's mappings, to close when the room stops."""
+             page_address: tuple[str, int] | None = None, page_problem: str = "") -> RouterPorts | None:
+    """Log this machine's addresses and print the banner, once the public
+    address is looked up (on the look-up's thread); with --upnp, at once, and
+    the router's answer when it comes.  The router's mappings, to close when
+    the room stops."""
     private_ip = private_ipv4()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port)
-    print_for_host(join_banner(settings, join))
+    if not join.only_here and not settings.upnp and settings.public_ip_url:
+        look_up_public_ip(settings.public_ip_url, lambda ip: print_for_host(join_banner(
+            settings, friends_join(settings, address, private_ip, ip, page_port),
+            "looking" if ip else "failed", page_problem)))
+        return None
+    print_for_host(join_banner(settings, join, "looking" if settings.public_ip_url else "off",
+                               page_problem))
     if join.only_here:
         if settings.upnp:
             print_for_host(f"  the room listens on {address[0]} only, so the router was not "
@@ -5660,22 +5708,19 @@ def announce(settings: Settings, address: tuple[str, int],
 
     def public_ip_known(ip: str | None) -> None:
         known = friends_join(settings, address, private_ip, ip, page_port)
-        print_for_host(internet_line(known, "this machine's public address could not be "
-                                            "found; your router's status page shows it"))
+        print_for_host(internet_line(known, LOOK_UP_FAILED))
         if known.page_internet:
-            print_for_host(page_line(known.page_internet, "over the internet"))
+            print_for_host(page_line(known.page_internet))
 
     def router_answered(result: RouterResult, public_ip: str | None) -> None:
         print_for_host(f"  {router_sentence(result, public_ip)}")
         known = friends_join(settings, address, private_ip, None, page_port, result)
         if known.page_internet:
-            print_for_host(page_line(known.page_internet, "over the internet"))
+            print_for_host(page_line(known.page_internet))
         elif known.internet is None and settings.public_ip_url and public_ip is None:
             look_up_public_ip(settings.public_ip_url, public_ip_known)   # for the manual way
     if settings.upnp:
         return ask_router(settings, address, page_address, router_answered)
-    if settings.public_ip_url:
-        look_up_public_ip(settings.public_ip_url, public_ip_known)
     return None
 
 
@@ -5686,7 +5731,7 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
-    router = announce(settings, address, server.web_address)
+    router = announce(settings, address, server.web_address, server.page_problem)
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
     if router:
