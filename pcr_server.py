@@ -310,6 +310,9 @@ KNOWN_AS = "the room knows you as "   # told to a member whose name is not the o
 STOPPED_TEXT = "the server has been stopped"   # the stop, where one line says it (the page)
 NEEDS_KEY = ("this room needs a key: join with your name followed by #KEY "
              "(ask the host for the key)\n")
+WRONG_KEY = "that room key is wrong: check it with the host and try again\n"
+# The page has a field of its own for the key: it is never told to type name#KEY.
+NEEDS_KEY_ON_PAGE = "this room needs a key: type it under your name (ask the host for it)\n"
 FELL_BEHIND = ("you were disconnected: the room says more than your App can show in time; "
                "please close the app and relaunch to catch up\n")
 TLS_JOINING = "the App cannot join; friends use {}"   # how they do, in the words of where it is said
@@ -2725,7 +2728,8 @@ class Server:
             self._enter(m)
             return
         self.tally.add(self.loop.now, f"wrong or missing room key from {m.ip}")
-        self._close(m, NEEDS_KEY, WS_POLICY)
+        self._close(m, WRONG_KEY if split_key(m.claimed)[1] else
+                    NEEDS_KEY_ON_PAGE if m.kind is Kind.WEB else NEEDS_KEY, WS_POLICY)
 
     def _enter(self, m: Member) -> None:
         """Name m and put it in line for its welcome."""

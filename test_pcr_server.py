@@ -2329,8 +2329,7 @@ class RoomKeyTest(ServerCase):
         c = self.connect()
         c.answer(b"ann#guess")
         got = c.read_to_close()
-        self.assertEqual(got, b"this room needs a key: join with your name followed by #KEY "
-                              b"(ask the host for the key)\n")
+        self.assertEqual(got, b"that room key is wrong: check it with the host and try again\n")
         self.assertIn("wrong or missing room key from 127.0.0.1", self.log_text())
         self.assertNotIn("guess", self.log_text())
 
@@ -2344,14 +2343,14 @@ class RoomKeyTest(ServerCase):
         self.start(max_per_ip=100)
         first = self.connect()
         first.answer(b"x#nope\n")
-        self.assertIn(b"needs a key", first.read_to_close())
+        self.assertIn(b"is wrong", first.read_to_close())
         guesses = [self.connect() for _ in range(4)]
         t0 = time.monotonic()
         for c in guesses:   # four guesses at once: checked 0.25, 0.5, 1 s apart
             c.answer(b"x#guess\n")
         answered = []
         for c in guesses:
-            self.assertIn(b"needs a key", c.read_to_close(timeout=10))
+            self.assertIn(b"is wrong", c.read_to_close(timeout=10))
             answered.append(time.monotonic() - t0)
         self.assertGreater(answered[-1], 0.25 + 0.5 + 1.0 - 0.1, answered)
         self.assertLess(answered[0], answered[-1] - 1.0, answered)   # the first long before the last
@@ -2790,8 +2789,8 @@ class ClientModeTest(ServerCase):
         self.start(room_key="s3cret-K")
         c = self.client(name="ann#guess")
         self.assertEqual(c.wait(), 1)
-        self.assertEqual(c.errors().splitlines()[-1], "this room needs a key: join with your name "
-                         "followed by #KEY (ask the host for the key)")
+        self.assertEqual(c.errors().splitlines()[-1],
+                         "that room key is wrong: check it with the host and try again")
         self.assertEqual(c.output(), "")
         self.assertNotIn("in the room", c.errors())
 
@@ -2800,7 +2799,7 @@ class ClientModeTest(ServerCase):
         c = self.client(name="ann#guess")
         c.end_input()
         self.assertEqual(c.wait(), 1)
-        self.assertIn("this room needs a key", c.errors().splitlines()[-1])
+        self.assertIn("that room key is wrong", c.errors().splitlines()[-1])
 
     def test_input_closed_early_still_joins_says_its_lines_and_leaves(self):
         self.start()
@@ -3100,7 +3099,9 @@ class WebPageTest(WebCase):
         self.start(room_key="s3cret-K")
         guess = self.web_member("wendy#nope")
         self.assertTrue(guess.hello["key"])
-        self.assertIn("this room needs a key", guess.until("refused")["text"])
+        refusal = guess.until("refused")["text"]
+        self.assertIn("that room key is wrong", refusal)
+        self.assertNotIn("#KEY", refusal)
         self.assertEqual(guess.close_code(), pcr.WS_POLICY)
         right = self.web_member("wendy#s3cret-K")
         self.assertEqual(right.until("welcome")["name"], "wendy")
@@ -3563,7 +3564,8 @@ class BrowserTest(BrowserCase):
         self.start(room_key="s3cret-K")
         self.open_page()
         self.join_as("Wendy", "guess")
-        self.wait_for(lambda: "needs a key" in self.text("#join-status"), "the refusal")
+        self.wait_for(lambda: "That room key is wrong" in self.text("#join-status"), "the refusal")
+        self.assertNotIn("#KEY", self.text("#join-status"))
         self.find("#key").send_keys("s3cret-K")
         self.find("#join-button").click()
         self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
