@@ -494,6 +494,7 @@ WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 # close codes
 WS_NORMAL, WS_GOING_AWAY, WS_PROTOCOL_ERROR, WS_UNSUPPORTED = 1000, 1001, 1002, 1003
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_TRY_LATER = 1007, 1008, 1009, 1011, 1013
+WS_DROP_UP_TO = 1 << 20   # a member's message past --max-line is dropped with a note up to this
 
 
 class WsError(Exception):
@@ -585,28 +586,38 @@ def ws_unmask(payload: bytes, mask: bytes) -> bytes:
 class FrameReader:
     """A client's bytes in, its messages and control frames out (RFC 6455 §5).
 
-    Holds at most one frame and one message of `max_message` bytes; anything
-    bigger, unmasked, reserved or out of order raises WsError with the RFC's code.
+    Holds at most one frame and one message of `max_message` bytes.  A
+    longer message of up to `drop_up_to` bytes is dropped as it comes and
+    said once, at its start, as (opcode, None); anything bigger, unmasked,
+    reserved or out of order raises WsError with the RFC's code.
     """
 
-    __slots__ = ("max_message", "buf", "parts", "size", "opcode")
+    __slots__ = ("max_message", "drop_up_to", "buf", "parts", "size", "opcode", "skip", "dropping")
 
-    def __init__(self, max_message: int):
-        self.max_message = max_message
+    def __init__(self, max_message: int, drop_up_to: int = 0):
+        self.max_message, self.drop_up_to = max_message, drop_up_to
         self.buf = b""
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
+        self.skip = 0                  # bytes of a dropped frame still to come
+        self.dropping = False          # the message being fragmented is dropped
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """(opcode, payload) of each whole message or control frame in `data`."""
+    def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
+        """(opcode, payload) of each whole message or control frame in `data`;
+        (opcode, None) for a message too long to keep."""
         self.buf += data
         out = []
         while (frame := self._frame()) is not None:
             out.extend(frame)
         return out
 
-    def _frame(self) -> list[tuple[int, bytes]] | None:
+    def _frame(self) -> list[tuple[int, bytes | None]] | None:
+        if self.skip:
+            dropped = min(self.skip, len(self.buf))
+            self.buf, self.skip = self.buf[dropped:], self.skip - dropped
+            if self.skip:
+                return None
         buf = self.buf
         if len(buf) < 2:
             return None
@@ -630,8 +641,10 @@ class FrameReader:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
         elif opcode not in (0x0, WS_TEXT, WS_BINARY):
             raise WsError(WS_PROTOCOL_ERROR, "unknown opcode")
-        elif self.size + length > self.max_message:
+        elif self.size + length > max(self.max_message, self.drop_up_to):
             raise WsError(WS_TOO_BIG, "message too big")
+        elif self.dropping or self.size + length > self.max_message:
+            return self._drop(fin, opcode, length, at + 4 + length)
         if len(buf) < at + 4 + length:
             return None
         payload = ws_unmask(buf[at + 4:at + 4 + length], buf[at:at + 4])
@@ -640,9 +653,21 @@ class FrameReader:
             return [(opcode, payload)]
         return self._fragment(fin, opcode, payload)
 
-    def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
+    def _drop(self, fin: int, opcode: int, length: int, frame_size: int) -> list[tuple[int, None]]:
+        """Drop this data frame as it comes, and the message it belongs to."""
+        self._in_order(opcode)
+        said = [] if self.dropping else [(opcode or self.opcode, None)]
+        self.opcode = 0 if fin else opcode or self.opcode
+        self.parts, self.size = [], 0 if fin else self.size + length
+        self.dropping, self.skip = not fin, frame_size
+        return said
+
+    def _in_order(self, opcode: int) -> None:
         if (opcode == 0) != bool(self.opcode):
             raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
+
+    def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
+        self._in_order(opcode)
         if opcode:
             self.opcode = opcode
         self.parts.append(payload)
@@ -2168,6 +2193,7 @@ def key_wait(failures: int) -> float:
 class Entrance:
     """What the web door hands on to the server once a WebSocket speaks."""
     text: Callable[[Member, bytes], None]        # a text message: its alias, then its lines
+    too_long: Callable[[Member], None]           # a message from a member in the room, dropped
     leave: Callable[..., None]                   # leave(m, reason, code=...): it closed or broke
     close: Callable[..., None]                   # close(m, farewell="", code=None): done with it
     resume: Callable[[Member, Member], None]     # resume(new, m): new's connection is m's now
@@ -2246,7 +2272,7 @@ class WebDoor:
                                     f"it came from another site's page")
             self._answer(m, "403 Forbidden", b"this socket is for this server's own page\n")
         else:
-            m.transport.frame_reader = FrameReader(self.settings.max_line)
+            m.transport.frame_reader = FrameReader(self.settings.max_line, WS_DROP_UP_TO)
             m.stage = Stage.NAMING
             m.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
@@ -2267,7 +2293,11 @@ class WebDoor:
             for opcode, payload in m.transport.frame_reader.feed(data):
                 if m.stage is Stage.GONE:
                     return
-                if opcode == WS_TEXT:
+                if payload is None:   # past --max-line: only a member in the room is told
+                    if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
+                        raise WsError(WS_TOO_BIG, "message too big")
+                    self.entrance.too_long(m)
+                elif opcode == WS_TEXT:
                     try:
                         payload.decode("utf-8")
                     except UnicodeDecodeError:
@@ -2329,8 +2359,9 @@ class Server:
         self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs],
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
-        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self.drop, self._close,
-                                                           self._take_over), self.webs)
+        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self._too_long,
+                                                           self.drop, self._close, self._take_over),
+                            self.webs)
         self.connections: set[Member] = set()
         self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
         self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
@@ -6000,6 +6031,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     ws: null,            // the current socket, or null
     helloSeen: false,    // the current socket said hello
     keyNeeded: false,
+    maxLine: 0,          // bytes the room takes in one message (hello says; 0: not known)
+    tooLong: false,      // the banner says the message in the box is too long
     aliasSent: false,
     refusal: "",         // the server's sentence on the current socket
     stopped: false,      // the server said it is stopping
@@ -6200,6 +6233,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function banner(text, kind, button) {
     clearTimeout(room.okTimer);
+    room.tooLong = false;
     ui.banner.hidden = !text;
     ui.banner.classList.toggle("ok", kind === "ok");
     ui.bannerText.textContent = text || "";
@@ -6270,6 +6304,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.helloSeen = true;
       room.retryText = "";
       room.keyNeeded = !!msg.key;
+      room.maxLine = Number(msg.max_line) || 0;
       ui.keyRow.hidden = !room.keyNeeded;
       if (seatHeld()) {
         askSeatBack();
@@ -6496,12 +6531,31 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
 
+  function overLimit(text) {
+    // Bytes past what the room takes in one message: the text stays in the box.
+    const size = new TextEncoder().encode(text).length;
+    return room.maxLine && size > room.maxLine ? size : 0;
+  }
+
+  function sayFit() {
+    // Once the text fits (or is sent), the warning goes.
+    if (room.tooLong && !overLimit(ui.message.value)) { banner(""); }
+  }
+
   function sendMessage() {
     const text = ui.message.value;
     if (!text.trim() || !room.inRoom || !room.ws) { return; }
+    const size = overLimit(text);
+    if (size) {
+      banner("This message is too long for the room: shorten it or send it in parts (up to " +
+             room.maxLine + " bytes at a time; this one has " + size + ").", "warn");
+      room.tooLong = true;
+      return;
+    }
     if (text.trim() === "/who") { room.whoShown = true; }
     room.ws.send(text);
     ui.message.value = "";
+    sayFit();
     fitMessage();
     toBottom();
   }
@@ -6524,7 +6578,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       sendMessage();
     }
   });
-  ui.message.addEventListener("input", fitMessage);
+  ui.message.addEventListener("input", function () { fitMessage(); sayFit(); });
 
   ui.peopleToggle.addEventListener("click", function () {
     setPeopleOpen(!ui.people.classList.contains("open"));
