@@ -5731,5 +5731,194 @@ class DeadMembersTest(unittest.TestCase):
         self.assertLess(time.monotonic() - cut, self.window() + 3)
 
 
+
+# -- issue 27: a host's first evening -------------------------------------------
+
+class HostCommandLineTest(unittest.TestCase):
+    """What the host sees and gets from the command line on a first evening (issue 27)."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def server(self, *args) -> subprocess.Popen:
+        proc = run_server("--host", "127.0.0.1", "--public-ip-url", "", *args, cwd=self.dir)
+
+        def end():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=WAIT)
+        self.addCleanup(end)
+        return proc
+
+    def stopped(self, proc: subprocess.Popen) -> tuple[str, str]:
+        """Ctrl+C; then all the room printed on stdout and on stderr."""
+        interrupt(proc)
+        _, err = proc.communicate(timeout=WAIT)
+        self.assertEqual(proc.returncode, 0, err)
+        return bytes(proc.printed).decode(), err
+
+    def test_the_page_is_served_at_the_rooms_port_plus_one(self):
+        port = free_port_and_the_next()
+        proc = self.server("--port", str(port))
+        wait_listening(port, proc)
+        page = http_get(port + 1, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port + 1}\r\n\r\n".encode())
+        self.assertTrue(page.startswith(b"HTTP/1.1 200 OK"), page[:80])
+        self.assertIn(b"<!DOCTYPE html>", page)
+
+    def test_web_port_off_serves_no_page_and_web_port_n_moves_it(self):
+        port = free_port_and_the_next()
+        proc = self.server("--port", str(port), "--web-port", "off")
+        wait_listening(port, proc)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port + 1), WAIT).close()
+        self.assertIsNone(pcr.settings_from(pcr.parse_args(["--port", "6000", "--web-port", "off"]))[0].web_port)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "6000", "--web-port", "7001"]))[0].web_port, 7001)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "6000"]))[0].web_port, 6001)
+        self.assertIsNone(pcr.Settings().web_port)   # in-process rooms serve a page only when asked
+
+    def test_a_taken_page_port_leaves_the_room_open_and_says_how_to_pick_one(self):
+        port = free_port_and_the_next()
+        with socket.socket() as busy:
+            busy.bind(("0.0.0.0", port + 1))
+            busy.listen()
+            proc = self.server("--host", "0.0.0.0", "--port", str(port))
+            banner = printed_until(proc, "Ctrl+C stops the server.")
+            c = Client(port)
+            self.addCleanup(c.close)
+            c.join("ann")
+        self.assertIn(f"  for a browser or a phone: the page is off: Port {port + 1} is already in use",
+                      banner)
+        self.assertIn("--web-port N", banner)
+
+    def test_the_banner_says_whom_each_address_is_for(self):
+        port = free_port_and_the_next()
+        proc = self.server("--host", "0.0.0.0", "--port", str(port))
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        ip = pcr.private_ipv4()
+        self.assertIn(f"  for a browser or a phone:\n    same network:       http://{ip}:{port + 1}/\n",
+                      banner)
+        self.assertIn(f"  for the App or a terminal:\n    same network:       {ip}:{port}\n", banner)
+        self.assertLess(banner.index("for a browser or a phone"), banner.index("for the App"))
+
+    def test_an_unreachable_look_up_is_one_host_sentence_and_no_errno(self):
+        port = free_port_and_the_next()
+        proc = self.server("--host", "0.0.0.0", "--port", str(port),
+                           "--public-ip-url", f"http://127.0.0.1:{free_port()}/")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("    over the internet:  this machine's internet address could not be looked up; "
+                      "your router's status page shows it (forward TCP", banner)
+        out, err = self.stopped(proc)
+        for said in (out, err):
+            self.assertNotIn("[Errno", said)
+            self.assertNotIn("Traceback", said)
+        self.assertEqual(out.count("over the internet"), 1, out)   # the room's, once (the page's: unknown)
+        self.assertEqual(out.count("How friends join"), 1)
+        self.assertNotIn(" INFO ", err)   # the log file has those
+
+    def test_a_failed_look_up_is_logged_without_its_errno(self):
+        import urllib.error
+        failure = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+        self.assertEqual(pcr.look_up_failure(failure), "Name or service not known")
+
+    def test_help_puts_the_hosts_options_first_and_the_rest_under_for_experts(self):
+        with contextlib.redirect_stdout(io.StringIO()) as out, self.assertRaises(SystemExit):
+            pcr.parse_args(["--help"])
+        text = out.getvalue()
+        options = text[text.index("options:"):]
+        first = max(options.index(f"\n  {flag}") for flag in ("--gui", "--port", "--web-port",
+                                                              "--room-key", "--upnp", "--history"))
+        experts = options.index("for experts")
+        self.assertLess(first, experts)
+        for flag in ("--max-backlog", "--app-char-time", "--tls-cert", "--handshake-timeout"):
+            self.assertGreater(options.index(f"\n  {flag}"), experts, flag)
+        self.assertIn("for a browser or a phone", " ".join(text.split()))
+
+
+class HostWebTest(WebCase):
+    """The page's members on a first evening: long messages, keys (issue 27)."""
+
+    def test_an_over_long_message_gets_the_note_and_costs_no_seat(self):
+        self.start(max_line=100)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("welcome")
+        tom.read_until(b"wendy joined the chat...\n")
+        wendy.ws.send("x" * 5000)
+        self.assertIn("longer than 100 bytes", wendy.until("note")["text"])
+        wendy.ws.send("still here")
+        got = tom.read_until(b"wendy: still here\n")
+        self.assertNotIn(b"left", got)
+        self.assertNotIn(b"joined", got)
+        self.assertNotIn(b"xxxx", got)
+        self.assertIn("wendy", self.on_loop(lambda: [m.name for m in self.server.room.members]))
+
+    def test_an_over_long_name_still_closes_the_socket(self):
+        self.start(max_line=100)
+        wendy = self.web_member(None)
+        wendy.ws.send("x" * 5000)
+        self.assertEqual(wendy.close_code(), pcr.WS_TOO_BIG)
+
+    def test_a_page_without_the_key_is_never_told_to_type_name_hash_key(self):
+        self.start(room_key="s3cret-K")
+        refusal = self.web_member("wendy").until("refused")["text"]
+        self.assertIn("this room needs a key", refusal)
+        self.assertNotIn("#", refusal)
+
+
+class FrameDropTest(unittest.TestCase):
+    """FrameReader drops a message past its limit as it comes, and reads on."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def test_a_long_message_is_said_once_and_the_next_one_is_read(self):
+        reader = pcr.FrameReader(100, 1000)
+        data = self.masked(b"x" * 500) + self.masked(b"next")
+        got = []
+        for at in range(0, len(data), 7):   # in pieces, as a network gives it
+            got += reader.feed(data[at:at + 7])
+        self.assertEqual(got, [(0x1, None), (0x1, b"next")])
+
+    def test_fragments_of_a_long_message_go_and_controls_between_stay(self):
+        reader = pcr.FrameReader(100, 1000)
+        data = (self.masked(b"x" * 60, fin=False) + self.masked(b"p", pcr.WS_PING)
+                + self.masked(b"x" * 60, 0x0, fin=False) + self.masked(b"x", 0x0)
+                + self.masked(b"ok"))
+        self.assertEqual(reader.feed(data), [(pcr.WS_PING, b"p"), (0x1, None), (0x1, b"ok")])
+
+    def test_past_what_it_drops_it_refuses(self):
+        with self.assertRaises(pcr.WsError) as e:
+            pcr.FrameReader(100, 1000).feed(self.masked(b"x" * 1001))
+        self.assertEqual(e.exception.code, pcr.WS_TOO_BIG)
+
+
+class HostBrowserTest(BrowserCase):
+    """The page on a phone, on a first evening (issue 27)."""
+
+    def test_a_5000_character_message_stays_in_the_box_and_costs_no_seat(self):
+        self.start()
+        tom = self.member("tom")
+        self.open_page()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        long = "a" * 5000
+        box = self.find("#message")
+        self.driver.execute_script("arguments[0].value = arguments[1];", box, long)
+        box.send_keys(Keys.ENTER)
+        self.wait_for(lambda: "too long" in self.text("#banner-text"), "the sentence")
+        self.assertTrue(self.find("#banner").is_displayed())
+        self.assertIn("4096", self.text("#banner-text"))
+        self.assertEqual(box.get_property("value"), long)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE)
+        self.wait_for(lambda: not self.find("#banner").is_displayed(), "the sentence gone")
+        self.say("short one")
+        got = tom.read_until(b"Wendy: short one\n")
+        self.assertNotIn(b"left", got)
+        self.assertNotIn(b"joined", got)
+        self.assertNotIn(b"aaaa", got)
+
+
 if __name__ == "__main__":
     unittest.main()
