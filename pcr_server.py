@@ -3005,7 +3005,7 @@ def next_page_port(settings: Settings) -> int:
 
 
 def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
-                 held_port: int = 0) -> str | None:
+                 held_port: int = 0, in_use: str = "in use") -> str | None:
     """Why this machine cannot listen on host:port, found by binding it for a
     moment; None if it can.  `held_port` is in use by this program: a restart frees it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -3014,7 +3014,7 @@ def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
     except OSError as e:
         if errno_is(e, "EADDRINUSE") and port == held_port:
             return None
-        return bind_error_text(e, host, port, advice)
+        return bind_error_text(e, host, port, advice, in_use)
     return None
 
 
@@ -4107,6 +4107,9 @@ COPIED_MS = 4000      # how long the window says what was copied
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
+    "in use": "stop that program or choose another port with Change port…",
+    "page in use": "choose another port for the room with Change port… (the page takes the one "
+                   "after it), or untick the web page",
     "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)"}
 ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is), as listed
     "page": ("Web page", "from a browser or a phone", "this computer's address"),
@@ -4341,7 +4344,7 @@ class WindowView:
         self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton",
                                        command=window.start)
         self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton",
-                                      command=window.stop)
+                                      command=window.ask_stop)
         self.port_button = ttk.Button(bar, text="Change port…", command=window.change_port)
         self.address_button = ttk.Button(bar, text="Set listen address…",
                                          command=window.set_listen_address)
@@ -4495,6 +4498,7 @@ class ServerWindow:
         self.dialog: FormDialog | None = None
         self.ticks = 0
         self.flash_id = None
+        self.copied_ms = COPIED_MS   # how long "Copied ✓" and what was copied stay
         self.router: RouterPorts | None = None   # asking the router to forward (the box ticked)
         self.router_heard: tuple[RouterResult, str | None] | None = None   # its answer
         self.view = WindowView(root, self, settings)
@@ -4512,16 +4516,31 @@ class ServerWindow:
         """Open the room with the current settings, on a thread of its own."""
         if self.state not in (RoomState.STOPPED, RoomState.ERROR) or self.thread is not None or self.quitting:
             return
+        show_line(self.view.copied_note, "")   # a refusal of the closed room no longer holds
         problem = bind_problem(self.settings.host, self.settings.port, WINDOW_ADVICE)
         if problem:   # said here in the window's words; the server would name a flag
             log.error("%s", problem)
             self._set_state(RoomState.ERROR, problem)
             return
+        if self.settings.web_port is not None:   # the room opens all the same
+            problem = bind_problem(self.settings.host, self.settings.web_port, WINDOW_ADVICE,
+                                   in_use="page in use")
+            if problem:
+                self._page_refused(problem)
         self.server = Server(dataclasses.replace(self.settings))
         self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
                                        name="server", daemon=True)
         self._set_state(RoomState.STARTING)
         self.thread.start()
+
+    def ask_stop(self) -> None:
+        """The Stop button: asks first when anyone is in the room."""
+        if not self.rows:
+            self.stop()
+            return
+        self._ask("Stop the room?", [], self.stop,
+                  message=f"Everyone in the room ({self._who()}) will be disconnected.",
+                  ok_text="Stop server")
 
     def stop(self) -> None:
         """Ask the server to stop; _tick notices when its thread has ended."""
@@ -4611,6 +4630,8 @@ class ServerWindow:
                 continue   # from a server that has been replaced
             elif kind == "listening":
                 self.listening, self.page_listening = news[1], news[2]
+                if self.page_listening is None and self.server.page_problem:
+                    self._page_refused(self.server.page_problem)
                 if self.state == RoomState.STARTING:
                     self.state = RoomState.RUNNING
                     self._ask_router()
@@ -4746,13 +4767,16 @@ class ServerWindow:
         self._apply_address(host, port)
         return None
 
-    def _confirm_restart(self, host: str, port: int) -> None:
+    def _who(self) -> str:
+        """Who is in the room, in a few names."""
         names = [member[0] for member in self.rows.values()]
-        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    def _confirm_restart(self, host: str, port: int) -> None:
         self._ask("Restart the room?", [], lambda: self._apply_address(host, port),
                   message=f"The room will restart on {host_port(host, port)}. Everyone in it "
-                          f"({who}) will be disconnected and must join again at the new address.",
-                  ok_text="Restart")
+                          f"({self._who()}) will be disconnected and must join again at the new "
+                          f"address.", ok_text="Restart")
 
     def _apply_address(self, host: str, port: int) -> None:
         """Listen there from the next start (now, if running); keep the port in .pcr_port."""
@@ -4761,11 +4785,17 @@ class ServerWindow:
         except OSError as e:
             log.warning("could not save the port to %s (%s)", PORT_FILE, e.strerror)
         if (host, port) != (self.settings.host, self.settings.port):
-            self.settings = dataclasses.replace(self.settings, host=host, port=port)
+            s = self.settings
+            follows = s.web_port == next_page_port(dataclasses.replace(s, web_port=None))
+            self.settings = dataclasses.replace(s, host=host, port=port, web_port=next_page_port(
+                dataclasses.replace(s, port=port, web_port=None)) if follows else s.web_port)
             log.info("listen address set to %s", host_port(host, port))
+            show_line(self.view.copied_note, "")   # what was said of the old address
             if self.state in (RoomState.STARTING, RoomState.RUNNING):
                 self.restart_pending = True
                 self.stop()
+            elif self.state == RoomState.ERROR:   # its cause was the old address
+                self.state = RoomState.STOPPED
         self._show_state()
 
     # -- how friends join -------------------------------------------------
@@ -4855,7 +4885,7 @@ class ServerWindow:
         show_line(self.view.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
-        self.flash_id = self.root.after(COPIED_MS, self._copied_shown)
+        self.flash_id = self.root.after(self.copied_ms, self._copied_shown)
 
     def _copied_shown(self) -> None:
         self.flash_id = None

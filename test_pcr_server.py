@@ -4278,6 +4278,7 @@ class GuiTest(unittest.TestCase):
         ann = self.member(self.start_server(), "ann")
         self.pump_until(lambda: self.info("online") == "1", "ann in the list")
         w.view.stop_button.invoke()
+        w.dialog.ok_button.invoke()   # ann is in: Stop asks first
         self.assertFalse(self.usable(w.view.stop_button))
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
         self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
@@ -5918,6 +5919,96 @@ class HostBrowserTest(BrowserCase):
         self.assertNotIn(b"left", got)
         self.assertNotIn(b"joined", got)
         self.assertNotIn(b"aaaa", got)
+
+
+
+class HostWindowTest(unittest.TestCase):
+    """The window on a first evening: the page ticked, no stale words, Stop asks (issue 27),
+    with GuiTest's helpers (not its tests)."""
+
+    setUpClass = GuiTest.__dict__["setUpClass"]
+    setUp, open_window, close_window = GuiTest.setUp, GuiTest.open_window, GuiTest.close_window
+    pump_until, pump_for, usable = GuiTest.pump_until, GuiTest.pump_for, GuiTest.__dict__["usable"]
+    start_server, member, info, address = (GuiTest.start_server, GuiTest.member, GuiTest.info,
+                                           GuiTest.address)
+    shown, status, fill = GuiTest.shown, GuiTest.status, GuiTest.fill
+
+    def test_the_page_is_ticked_from_the_command_line_and_served_at_port_plus_one(self):
+        import tkinter
+        port = free_port_and_the_next()
+        settings, _ = pcr.settings_from(pcr.parse_args(
+            ["--host", "127.0.0.1", "--port", str(port), "--public-ip-url", "", "--log-file", ""]))
+        self.root = tkinter.Tk()
+        self.window = w = pcr.ServerWindow(self.root, settings)
+        self.addCleanup(self.close_window)
+        self.assertTrue(w.view.page_on.get())
+        self.start_server()
+        self.assertEqual(w.page_listening[1], port + 1)
+
+    def test_a_taken_page_port_opens_the_room_without_the_page_and_says_so(self):
+        w = self.open_window(host="127.0.0.1")
+        busy = socket.create_server(("127.0.0.1", w.settings.port + 1))
+        self.addCleanup(busy.close)
+        w.view.page_on.set(True)
+        w.switch_page()
+        self.start_server()
+        self.assertFalse(w.view.page_on.get())
+        said = self.shown(w.view.copied_note)
+        self.assertIn(f"Port {w.settings.port + 1} is already in use", said)
+        self.assertIn("Change port…", said)
+
+    def test_stop_asks_first_when_anyone_is_in_the_room(self):
+        w = self.open_window()
+        ann = self.member(self.start_server(), "ann")
+        self.pump_until(lambda: self.info("online") == "1", "ann in the list")
+        w.view.stop_button.invoke()
+        self.assertIn("ann", w.dialog.message.cget("text"))
+        w.dialog.cancel_button.invoke()
+        self.pump_for(0.2)
+        self.assertEqual(w.state, pcr.RoomState.RUNNING)
+        w.view.stop_button.invoke()
+        w.dialog.ok_button.invoke()
+        self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
+        self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
+
+    def test_stop_of_an_empty_room_asks_nothing(self):
+        w = self.open_window()
+        self.start_server()
+        w.view.stop_button.invoke()
+        self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
+        self.assertIsNone(w.dialog)
+
+    def test_a_refusal_of_the_closed_room_goes_once_it_starts(self):
+        w = self.open_window()
+        w.copied_ms = 60000   # only Start takes it away here
+        w.view.copy_buttons["private"].invoke()
+        self.assertIn("Nothing copied: the room is closed", self.shown(w.view.copied_note))
+        self.start_server()
+        self.assertEqual(self.shown(w.view.copied_note), "")
+
+    def test_a_port_in_use_says_how_to_pick_another_and_goes_with_the_port(self):
+        blocker = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(blocker.close)
+        w = self.open_window(port=blocker.getsockname()[1])
+        w.view.start_button.invoke()
+        self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
+        self.assertIn("Change port…", self.status())
+        w.view.port_button.invoke()
+        self.fill(w.dialog, str(free_port_and_the_next()))
+        self.assertEqual(w.state, pcr.RoomState.STOPPED)
+        self.assertNotIn("already in use", self.status())
+        self.assertNotIn("Error", w.view.badge.cget("text"))
+
+    def test_copied_fades_after_a_while(self):
+        w = self.open_window()
+        w.copied_ms = 200
+        self.start_server()
+        self.pump_until(lambda: self.address("private") != "looking up…", "the private address")
+        w.view.copy_buttons["private"].invoke()
+        self.assertEqual(str(w.view.copy_buttons["private"].cget("text")), "Copied ✓")
+        self.pump_until(lambda: str(w.view.copy_buttons["private"].cget("text")) == "Copy",
+                        "Copied ✓ to fade")
+        self.assertEqual(self.shown(w.view.copied_note), "")
 
 
 if __name__ == "__main__":
