@@ -5023,6 +5023,19 @@ class ClientError(Exception):
     """The client cannot go on; the message is one sentence for the person."""
 
 
+def line_editor():
+    """The readline module, which knows what is typed and not sent yet; None
+    where there is none (Windows): arriving lines then print where they fall."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    return readline
+
+
+KEEP_TYPED = "\r\x1b[K{}\n{}"   # to the line's start, erase it, the arriving line, then what was typed
+
+
 def server_address(text: str) -> tuple[str, int]:
     """HOST, HOST:PORT, [IPv6]:PORT or a bare IPv6 address -> (host, port).
 
@@ -5220,6 +5233,7 @@ class ClientSession:
         self.out = out
         self.early = early         # what came after ALIAS in the same read
         self.typed_shows = typed_shows   # a terminal shows typed lines: do not print their echo
+        self.editor = line_editor() if typed_shows else None   # arriving lines keep the typed one
         self.inbuf = b""
         self.outbuf = bytearray()
         self.events = EVENT_READ
@@ -5251,13 +5265,21 @@ class ClientSession:
     def _read_typed(self, stdin) -> None:
         """Hand each typed line to the loop; at the end of input, leave (stdin thread)."""
         try:
-            for line in stdin:
+            for line in self._typed_lines(stdin):
                 text = line.rstrip("\r\n")
                 if text.strip():   # the room drops blank lines anyway
                     self.loop.call_soon_threadsafe(self.say, text)
-        except (OSError, ValueError):   # unreadable input ends the stay like Ctrl+D
+        except (OSError, ValueError, EOFError):   # unreadable input ends the stay like Ctrl+D
             pass
         self.loop.call_soon_threadsafe(self.end_of_input)
+
+    def _typed_lines(self, stdin):
+        """The lines typed: through the line editor on a terminal, else as they come."""
+        if self.editor is None:
+            yield from stdin
+            return
+        while True:
+            yield input()
 
     # -- the loop's thread ----------------------------------------------
     def _run(self) -> None:
@@ -5338,8 +5360,12 @@ class ClientSession:
             self.leave()
 
     def _print(self, line: str) -> None:
+        """Print a line; on a terminal, above what is being typed, which is drawn again."""
         try:
-            self.out.write(line + "\n")
+            if self.editor is None:
+                self.out.write(line + "\n")
+            else:
+                self.out.write(KEEP_TYPED.format(line, self.editor.get_line_buffer()))
             self.out.flush()
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)

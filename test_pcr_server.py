@@ -6011,5 +6011,67 @@ class HostWindowTest(unittest.TestCase):
         self.assertEqual(self.shown(w.view.copied_note), "")
 
 
+
+@unittest.skipIf(WINDOWS, "no pseudo-terminals on Windows (and no readline: lines print where they fall)")
+class HostTerminalTest(ServerCase):
+    """--connect on a real terminal (a pseudo-terminal): an arriving line does
+    not mix into the line being typed (issue 27)."""
+
+    def terminal(self, *args) -> tuple[subprocess.Popen, int, bytearray, threading.Condition]:
+        import pty
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, SERVER, *args], stdin=follower, stdout=follower,
+                                stderr=follower, close_fds=True)
+        os.close(follower)
+        shown, changed = bytearray(), threading.Condition()
+
+        def read() -> None:
+            while True:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:   # the terminal's other side closed
+                    data = b""
+                with changed:
+                    shown.extend(data)
+                    changed.notify_all()
+                if not data:
+                    return
+        threading.Thread(target=read, daemon=True).start()
+
+        def end() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(WAIT)
+            os.close(leader)
+        self.addCleanup(end)
+        return proc, leader, shown, changed
+
+    @staticmethod
+    def shown_until(shown: bytearray, changed: threading.Condition, needle: bytes) -> bytes:
+        with changed:
+            if not changed.wait_for(lambda: needle in shown, WAIT):
+                raise AssertionError(f"no {needle!r} on the terminal; it shows {bytes(shown)!r}")
+            return bytes(shown)
+
+    def test_an_arriving_line_prints_above_what_is_typed_and_the_typed_text_is_drawn_again(self):
+        try:
+            import readline  # noqa: F401
+        except ImportError:
+            self.skipTest("this Python has no readline")
+        self.start()
+        bob = self.member("bob")
+        proc, leader, shown, changed = self.terminal("--connect", f"127.0.0.1:{self.port}",
+                                                     "--name", "cy")
+        self.shown_until(shown, changed, b"in the room as cy")
+        bob.read_until(b"cy joined the chat...\n")
+        os.write(leader, b"half-typed mess")
+        self.shown_until(shown, changed, b"half-typed mess")
+        bob.send(b"bob: hello from cy's friend\n")
+        after = self.shown_until(shown, changed, b"bob: hello from cy's friend\r\nhalf-typed mess")
+        self.assertIn(b"\r\x1b[Kbob: hello from cy's friend\r\nhalf-typed mess", after)
+        os.write(leader, b"age\r")
+        bob.read_until(b"cy: half-typed message\n")
+
+
 if __name__ == "__main__":
     unittest.main()
