@@ -300,6 +300,7 @@ def console_closing(event: int, request: Callable[[], None], grace: float = CLOS
 # ---------------------------------------------------------------------------
 
 ALIAS_PROMPT = b"ALIAS"
+HTTP_REQUEST_LINE = re.compile(rb"[A-Z]{3,16} [!-~]+ HTTP/[0-9]\.[0-9]\r?")   # RFC 9112 §3
 STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
                "\t\tplease close the app and relaunch once the server is online..\n")
 MAX_NAME = 32
@@ -419,6 +420,13 @@ def split_alias(data: bytes) -> tuple[bytes, bytes, bool]:
     if end < 0:
         return data.rstrip(b"\r"), b"", False
     return data[:end].rstrip(b"\r"), data[end + 1:], True
+
+
+def browser_request(data: bytes) -> bool:
+    """Whether `data` begins with an HTTP request line (METHOD SP target SP
+    HTTP/x.y): a browser at the room's port, never a name.  Without its line
+    end yet, only bytes that can be nothing else count (an App's alias has none)."""
+    return HTTP_REQUEST_LINE.fullmatch(data.split(b"\n", 1)[0]) is not None
 
 
 def split_key(alias: str) -> tuple[str, str]:
@@ -2217,6 +2225,11 @@ class WebDoor:
         """Read an HTTP request head; answer with the page, a WebSocket or an error."""
         t = m.transport
         t.inbuf += data
+        if t.inbuf.startswith(TLS_HELLO) and not self.tls:
+            self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
+                                    f"start with --tls-cert for https")
+            self.entrance.close(m)
+            return
         end = t.inbuf.find(b"\r\n\r\n")
         if end < 0 and len(t.inbuf) <= MAX_REQUEST:
             return
@@ -2717,6 +2730,12 @@ class Server:
         """The alias came: it says the kind of reader; then the key, the name, the welcome."""
         if data.startswith(TLS_HELLO) and m.kind is not Kind.WEB:
             self.tally.add(self.loop.now, f"closed {m.ip}: it speaks TLS to a room that is not encrypted")
+            self._close(m)
+            return
+        if m.kind is not Kind.WEB and browser_request(data):
+            page = (f"the page is on port {self.web_address[1]}" if self.web_address
+                    else "the page is off (--web-port N serves it)")
+            self.tally.add(self.loop.now, f"closed {m.ip}: a browser came to the room's port; {page}")
             self._close(m)
             return
         raw, rest, line_end = split_alias(data)

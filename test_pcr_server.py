@@ -6073,5 +6073,70 @@ class HostTerminalTest(ServerCase):
         bob.read_until(b"cy: half-typed message\n")
 
 
+
+class HostDoorsTest(ServerCase):
+    """What a browser sends to the wrong door never joins the room (issue 27)."""
+
+    settings = {"web_port": 0}
+
+    def assert_closed_within(self, c: Client, seconds: float) -> bytes:
+        t0 = time.monotonic()
+        got = c.read_to_close(timeout=seconds)
+        self.assertLess(time.monotonic() - t0, seconds)
+        return got
+
+    def test_a_browser_at_the_rooms_port_is_closed_at_once_and_never_a_member(self):
+        self.start()
+        ann = self.member("ann")
+        browser = self.connect()
+        browser.read_until(b"ALIAS")
+        browser.send(b"GET / HTTP/1.1\r\nHost: 192.0.2.2:5050\r\nUser-Agent: Mozilla/5.0 (iPhone)\r\n"
+                     b"Accept: text/html\r\n\r\n")
+        self.assert_closed_within(browser, 4.0)
+        ann.send(b"ann: after the browser\n")
+        got = ann.read_until(b"ann: after the browser\n")
+        self.assertNotIn(b"GET", got)
+        self.assertNotIn(b"Mozilla", got)
+        self.assertEqual(self.on_loop(lambda: [m.name for m in self.server.room.members]), ["ann"])
+        log = self.log_text()
+        self.assertIn(f"closed 127.0.0.1: a browser came to the room's port; the page is on port "
+                      f"{self.server.web_address[1]}", log)
+        self.assertNotIn('"GET', log)   # never named, never a member
+
+    def test_what_counts_as_a_browser_request(self):
+        for data in (b"GET / HTTP/1.1\r\nHost: x\r\n", b"POST /ws?x=1 HTTP/1.0\n", b"GET / HTTP/1.1"):
+            self.assertTrue(pcr.browser_request(data), data)
+        for data in (b"GET", b"GET\n", b"ann\n", b"GET / HTTP/1.1 is my name\n", b"get / http/1.1\r\n",
+                     b"GET / HTTP"):
+            self.assertFalse(pcr.browser_request(data), data)
+
+    def test_an_alias_that_is_a_method_name_still_joins(self):
+        self.start()
+        self.member("GET")
+        app = self.app("POST")
+        app.wait_box("2 people are online...\n")
+
+    def test_a_tls_hello_at_the_plain_rooms_port_is_never_a_member(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))
+        self.assert_closed_within(c, 4.0)
+        self.assertEqual(self.on_loop(lambda: list(self.server.room.members)), [])
+
+    def test_https_to_the_plain_page_port_is_closed_at_once(self):
+        self.start()
+        context = pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, pcr.ssl.CERT_NONE
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.server.web_address[1]), WAIT) as raw:
+            raw.settimeout(3.0)
+            with self.assertRaises((pcr.ssl.SSLError, ConnectionError)):
+                context.wrap_socket(raw)
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertIn("a browser asked for https on the page's port; start with --tls-cert for https",
+                      self.log_text())
+
+
 if __name__ == "__main__":
     unittest.main()
