@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """PrivateChatRoom-Server: a private chat room in one file.
 
-Run it, give your address to family or friends, and they join with the
-PrivateChatRoom-App desktop client, any terminal client (`nc HOST 5050`) or,
-with --web-port, a browser.  Standard library only.  The wire protocol is
-docs/PROTOCOL.md; usage: README.md.
+Run it, give your address to family or friends, and they join from a
+browser or a phone (the chat page, on the room's port + 1), with the
+PrivateChatRoom-App desktop client, or from any terminal (`nc HOST 5050`).
+Standard library only.  The wire protocol is docs/PROTOCOL.md; usage: README.md.
 
     python3 pcr_server.py                 # headless
     python3 pcr_server.py --gui           # with a window
-    python3 pcr_server.py --web-port 5051 # and a chat page for browsers
+    python3 pcr_server.py --web-port off  # without the chat page
     python3 pcr_server.py --connect HOST  # join a room from a terminal
 
 The file, top to bottom (each part uses only those above it; a test keeps it so):
