@@ -5746,6 +5746,8 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
                  f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
+        if page_problem:
+            lines.append(f"  the page is off: {page_problem}")
     else:
         lines = [f"The room is open on port {port}. How friends join:"]
         if join.page_port:
