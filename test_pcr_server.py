@@ -5417,10 +5417,12 @@ class HomeNetwork:
         return log_path
 
     def room(self, *args: str) -> subprocess.Popen:
-        """pcr_server.py on the LAN host, port 5050; killed at the end if still running."""
+        """pcr_server.py on the LAN host, port 5050 (and no page, unless --web-port is
+        given); killed at the end if still running."""
+        page = () if "--web-port" in args else ("--web-port", "off")
         proc = subprocess.Popen(
             self.inside("lan", sys.executable, SERVER, "--port", "5050", "--public-ip-url", "",
-                        "--log-file", "", *args),
+                        "--log-file", "", *page, *args),
             cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(proc)
         return proc
