@@ -28,21 +28,32 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
                               back), AppOutlet (the App's pace: one piece when it is free)
-  5. The server: doors, limits, reading
-                              WebDoor (HTTP, the WebSocket upgrade, frames in, a
-                              page asking for its seat back),
-                              Server (accepting, limits, TLS pacing, names, keys,
-                              lines, closing)
-  6. Host addresses           private, public and MAC; FriendsJoin (how friends
-                              join, for the banner and the window); RouterPorts
-                              (--upnp: the router forwards the room's ports with
-                              PCP, NAT-PMP or UPnP)
-  7. Logging                  a rotating file, created readable by its owner only
-  8. The GUI                  WindowView (the widgets), ServerWindow (the room as
-                              the window runs it: RoomState), tkinter imported here
-  9. The terminal client      --connect
-  10. The command line        main()
-  11. The chat page (data)    PAGE_HTML, handed to WebDoor
+  5. The gate                 yes or no, and why, to a connection, a name, a line:
+                              Gate (--allow, connections per address and in all,
+                              the silent ones and which makes room, the rates,
+                              the room key's tries, the refusal sentences)
+  6. The server and its doors WebDoor (HTTP, the WebSocket upgrade, frames in, a
+                              page asking for its seat back), Handshakes (TLS,
+                              paced), Server (listening, accepting, each
+                              connection to its door, reading, names, lines,
+                              closing; it asks the gate)
+  7. Host addresses           listen addresses as people type them, private, public
+                              and MAC addresses, the page's link
+  8. The router client        --upnp: the router forwards the room's ports with
+                              PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
+                              and what happened in plain words; then FriendsJoin
+                              (how friends join, for the banner and the window)
+  9. The QR code              qr_code(text): the invitation for a phone's camera
+                              (ISO/IEC 18004, byte mode, level M), drawn for a console
+  10. Logging                 a rotating file, created readable by its owner only
+  11. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
+                              (the router asked while its switch is on),
+                              InvitationCode (the code to scan), ServerWindow
+                              (the room as the window runs it: RoomState), tkinter
+                              imported here
+  12. The terminal client     --connect
+  13. The command line        main()
+  14. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
@@ -56,6 +67,7 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import codecs
 import collections
 import dataclasses
 import enum
@@ -99,6 +111,10 @@ try:
     import ssl
 except ImportError:  # Python built without OpenSSL: no --tls-cert
     ssl = None
+try:
+    import termios
+except ImportError:  # Windows: typed lines come as its console gives them
+    termios = None
 
 VERSION = "2.0.0"
 
@@ -1309,6 +1325,11 @@ class Outlet:
         self.flush_due = False
 
     # -- members ----------------------------------------------------------
+    def greet(self, m: Member) -> bool:
+        """m's connection is ready: ask for its alias; False if that could not be sent."""
+        m.stage = Stage.NAMING
+        return m.transport.write(ALIAS_PROMPT)
+
     def ready_at(self, named_at: float) -> float:
         """When a member named at `named_at` can be welcomed: at once."""
         return named_at
@@ -1528,6 +1549,11 @@ class WebOutlet(Outlet):
         self.seats: dict[str, WebSeat] = {}        # number -> seat: held, or ended lately
         self.seat_of: dict[Member, WebSeat] = {}
         self.numbers = itertools.count(1)
+
+    def greet(self, m: Member) -> bool:
+        """m's connection is ready: the web door reads its HTTP request first."""
+        m.stage = Stage.REQUESTING
+        return True
 
     # -- events -----------------------------------------------------------
     @property
@@ -2091,10 +2117,240 @@ class Room:
 
 
 # ---------------------------------------------------------------------------
-# 5. The server: doors, limits, reading
+# 5. The gate
+# ---------------------------------------------------------------------------
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft open-files limit toward the hard one; return the soft limit."""
+    if resource is None:
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else wanted
+
+
+def key_wait(failures: int) -> float:
+    """How long an address waits between room-key checks after this many wrong keys."""
+    return 0.0 if failures <= 0 else min(0.25 * 2 ** (failures - 1), 30.0)
+
+
+def allow_networks(text: str) -> tuple:
+    """--allow: the networks, as CIDR texts the gate reads (Settings.allow)."""
+    try:
+        return tuple(str(ipaddress.ip_network(part.strip(), strict=False))
+                     for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class Gate:
+    """Says yes or no (and why) to a connection, a name and a line, as nginx's
+    limit_conn and limit_req do in front of its handlers: --allow, the
+    connections per address and in all, the rates (connecting, joining and
+    speaking, per member and per address), the room key's tries.
+
+    A connection is silent until it gives its alias (on the web port: until
+    its WebSocket gives one).  Silent connections count against the
+    per-address cap and `max_unnamed`; when a cap is reached the oldest
+    silent one makes room: the gate has it closed through `close(m)`.
+    """
+
+    SPARE_FILES = 32            # descriptors kept for the log, the GUI and look-ups
+    KEY_MEMORY = 600.0          # seconds after which an address's wrong keys are forgotten
+    LINES_PER_ADDRESS = 4.0     # an address may say this many times --line-rate
+    REFUSING = 32               # web connections let in at once only to be told why not
+
+    def __init__(self, loop: Loop, settings: Settings, tally: Tally,
+                 close: Callable[[Member], None]):
+        self.loop, self.settings, self.tally, self.close = loop, settings, tally, close
+        self.capacity = settings.max_clients                        # connections at once
+        self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
+        self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
+        self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
+        self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
+        self.key_tries: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
+        self.refusals: dict[Member, str] = {}         # let in only to be told why not
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
+
+    def fit(self) -> int:
+        """Size the room to what this machine allows: --max-clients, within the
+        open-files limit and what the loop can watch.  The capacity."""
+        s = self.settings
+        self.capacity = min(s.max_clients, raise_open_files_limit(s.max_clients + self.SPARE_FILES)
+                            - self.SPARE_FILES)
+        watchable = self.loop.capacity()
+        if watchable is not None:   # beside the room's and the page's listening sockets, and
+            self.capacity = min(self.capacity, watchable - 2 - self.REFUSING)   # refusals
+        return self.capacity
+
+    def _bucket(self, what: str, group: str, rate: float, burst: float) -> Bucket:
+        bucket = self.buckets.get((what, group))
+        if bucket is None:
+            bucket = self.buckets[(what, group)] = Bucket(rate, burst, self.loop.now)
+        return bucket
+
+    # -- a connection -----------------------------------------------------
+    def refusal(self, ip: str, group: str, connections: int) -> str | None:
+        """Why a new connection from `ip` is turned away (logged), or None; makes
+        room by closing a silent connection where a cap allows that."""
+        refusal = self._refusal(ip, group, connections)
+        if refusal is not None:
+            self.tally.add(self.loop.now, f"refused {ip}: {refusal.strip() or 'not in --allow'}")
+        return refusal
+
+    def _refusal(self, ip: str, group: str, connections: int) -> str | None:
+        s = self.settings
+        if self.allow:
+            addr = ipaddress.ip_address(ip)
+            if not any(addr.version == n.version and addr in n for n in self.allow):
+                return ""
+        # before anything costly (a TLS handshake): an address connects at most
+        # 4 x max_per_ip times a second, after 8 x max_per_ip at once
+        connects = self._bucket("connect", group, 4.0 * s.max_per_ip, 8.0 * s.max_per_ip)
+        if connects.wait(self.loop.now):
+            return "you are connecting too often; wait a few seconds and try again\n"
+        connects.take()
+        if self.per_ip[group] >= s.max_per_ip and not self._make_room(group):
+            return (f"too many connections from your address (at most {s.max_per_ip}); "
+                    f"close one and try again\n")
+        if connections - len(self.refusals) >= self.capacity and not self._make_room(None):
+            return f"the room is full ({self.capacity} connections); please try again later\n"
+        if len(self.silent) >= s.max_unnamed:
+            self._make_room(None)
+        return None
+
+    def _make_room(self, group: str | None) -> bool:
+        """Close the oldest silent connection of `group` (None: of the address
+        holding the most); False if there is none."""
+        if group is None and self.silent_by:
+            group = max(self.silent_by, key=lambda g: len(self.silent_by[g]))
+        waiting = self.silent_by.get(group)
+        if not waiting:
+            return False
+        oldest = next(iter(waiting))
+        self.tally.add(self.loop.now, f"closed a silent connection from {oldest.ip} to make room")
+        self.close(oldest)
+        return True
+
+    def may_explain(self) -> bool:
+        """A refused web connection may yet be let in, for its page to show why."""
+        return len(self.refusals) < self.REFUSING
+
+    def let_in(self, m: Member, refusal: str = "") -> None:
+        """m is connected, silent; with a `refusal`, only to be told it."""
+        if refusal:
+            self.refusals[m] = refusal
+        else:
+            self.per_ip[m.group] += 1
+        self.silent[m] = None
+        self.silent_by.setdefault(m.group, {})[m] = None
+
+    def refused(self, m: Member) -> str | None:
+        """What m was let in to be told, if it was let in only for that."""
+        return self.refusals.get(m)
+
+    def named(self, m: Member) -> None:
+        """m gave its alias: it is no longer silent."""
+        if m in self.silent:
+            del self.silent[m]
+            waiting = self.silent_by[m.group]
+            del waiting[m]
+            if not waiting:
+                del self.silent_by[m.group]
+
+    def let_go(self, m: Member) -> None:
+        """m's connection is closed: it counts no more."""
+        self.named(m)
+        if self.refusals.pop(m, None) is None:
+            self.per_ip[m.group] -= 1
+            if not self.per_ip[m.group]:
+                del self.per_ip[m.group]
+
+    def sweep(self) -> None:
+        """Close silent connections past the handshake time-out; forget rates
+        and wrong keys that no longer matter."""
+        now, timeout = self.loop.now, self.settings.handshake_timeout
+        while self.silent:
+            m = next(iter(self.silent))
+            if m.since + timeout > now:
+                break
+            self.tally.add(now, f"closed {m.ip}: no alias within {timeout:g} s")
+            self.close(m)
+        for key in [k for k, b in self.buckets.items() if b.full(now)]:
+            del self.buckets[key]
+        for group in [g for g, (_, at, last) in self.key_tries.items()
+                      if now - last > self.KEY_MEMORY and at < now]:
+            del self.key_tries[group]
+
+    # -- a name -----------------------------------------------------------
+    def key_turn(self, group: str) -> float:
+        """When a room key from `group` may be checked: each try counts as wrong
+        until it proves right, and an address's tries are checked ever further
+        apart, so guessing in parallel gains nothing."""
+        now = self.loop.now
+        tries = self.key_tries.setdefault(group, [0, now, now])
+        tries[0] += 1
+        at = max(now, tries[1])
+        tries[1], tries[2] = at + key_wait(tries[0]), now
+        return at
+
+    def key_right(self, m: Member) -> bool:
+        """m's alias carries the room key (its try is forgotten); else it is logged."""
+        if hmac.compare_digest(split_key(m.claimed)[1].encode(), self.settings.room_key.encode()):
+            tries = self.key_tries.get(m.group)
+            if tries:
+                tries[0] -= 1
+                if tries[0] <= 0:
+                    del self.key_tries[m.group]
+            return True
+        self.tally.add(self.loop.now, f"wrong or missing room key from {m.ip}")
+        return False
+
+    def welcome_at(self, m: Member) -> float:
+        """When named m may be welcomed; from then on it speaks at its line rate."""
+        s, now = self.settings, self.loop.now
+        if s.line_rate:
+            m.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
+        # an address gets 4 x max_per_ip welcomes at once, then that many per
+        # churn_period: reconnecting in a loop cannot flood the room, nobody is refused
+        burst = 4.0 * s.max_per_ip
+        return now + self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
+
+    # -- a line -----------------------------------------------------------
+    def line_wait(self, m: Member) -> float:
+        """0 if m may say a line now (taken from its rate and its address's),
+        else how long until it may."""
+        now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
+        address = self._bucket("lines", m.group, rate, 2.0 * rate)
+        wait = max(m.bucket.wait(now), address.wait(now))
+        if not wait:
+            m.bucket.take()
+            address.take()
+        return wait
+
+
+# ---------------------------------------------------------------------------
+# 6. The server and its doors
 # ---------------------------------------------------------------------------
 
 TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
+
+
+def not_a_name(data: bytes, page: tuple[str, int] | None) -> str | None:
+    """Why the first bytes at the room's port are no alias (a TLS client, a
+    browser: then where the page is), for the log; None if they may be one."""
+    if data.startswith(TLS_HELLO):
+        return "it speaks TLS to a room that is not encrypted"
+    if browser_request(data):
+        return "a browser came to the room's port; " + (
+            f"the page is on port {page[1]}" if page else "the page is off (--web-port N serves it)")
+    return None
 
 
 class StartError(Exception):
@@ -2177,34 +2433,15 @@ def tls_files_problem(cert: str, key: str) -> str | None:
     return None
 
 
-def raise_open_files_limit(wanted: int) -> int:
-    """Raise the soft open-files limit toward the hard one; return the soft limit."""
-    if resource is None:
-        return wanted
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft if soft != resource.RLIM_INFINITY else wanted
-
-
-def key_wait(failures: int) -> float:
-    """How long an address waits between room-key checks after this many wrong keys."""
-    return 0.0 if failures <= 0 else min(0.25 * 2 ** (failures - 1), 30.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Entrance:
     """What the web door hands on to the server once a WebSocket speaks."""
-    text: Callable[[Member, bytes], None]        # a text message: its alias, then its lines
-    too_long: Callable[[Member], None]           # a message from a member in the room, dropped
-    leave: Callable[..., None]                   # leave(m, reason, code=...): it closed or broke
-    close: Callable[..., None]                   # close(m, farewell="", code=None): done with it
-    resume: Callable[[Member, Member], None]     # resume(new, m): new's connection is m's now
+    name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
+    lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
+    too_long: Callable[[Member], None]             # a message from a member in the room, dropped
+    leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
+    resume: Callable[[Member, Member], None]       # resume(new, m): new's connection is m's now
 
 
 class WebDoor:
@@ -2212,20 +2449,20 @@ class WebDoor:
     page, an error, or the upgrade of /ws to a WebSocket (RFC 6455 §4.2);
     then the WebSocket's frames in (RFC 6455 §5): a name, or a request for a
     seat held by the web outlet (docs/PROTOCOL.md, "Coming back"), then
-    lines.  The page itself is data, given when the door is made (section 11)."""
+    lines.  The page itself is data, given when the door is made (the last
+    section); a connection the gate let in only to be told why not hears
+    it once its WebSocket is open."""
 
-    def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet):
+    def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet,
+                 gate: Gate, page: ChatPage):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
-        self.tls = False
-        self.refusals: dict[Member, str] = {}   # let in only to be told why not
-
-    page: ChatPage | None = None   # set with the data, at the end of the file
+        self.gate, self.page = gate, page
 
     def request(self, m: Member, data: bytes) -> None:
         """Read an HTTP request head; answer with the page, a WebSocket or an error."""
         t = m.transport
         t.inbuf += data
-        if t.inbuf.startswith(TLS_HELLO) and not self.tls:
+        if t.inbuf.startswith(TLS_HELLO) and not self.settings.tls_cert:
             self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
                                     f"start with --tls-cert for https")
             self.entrance.close(m)
@@ -2273,7 +2510,7 @@ class WebDoor:
         except ValueError:
             valid_key = False
         origin = headers.get("origin")
-        scheme = "https" if self.tls else "http"
+        scheme = "https" if self.settings.tls_cert else "http"   # the server encrypts it all
         if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in tokens \
                 or not valid_key:
             self._answer(m, "400 Bad Request", b"not a WebSocket request\n")
@@ -2292,7 +2529,7 @@ class WebDoor:
                                f"\r\n\r\n").encode()
                               + ws_event("hello", key=bool(self.settings.room_key),
                                          max_line=self.settings.max_line))
-            refusal = self.refusals.get(m)
+            refusal = self.gate.refused(m)
             if refusal:
                 self.entrance.close(m, refusal, WS_TRY_LATER)
             elif m.transport.inbuf:
@@ -2315,7 +2552,7 @@ class WebDoor:
                         payload.decode("utf-8")
                     except UnicodeDecodeError:
                         raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
-                    self.entrance.text(m, payload)
+                    self._text(m, payload)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -2334,6 +2571,18 @@ class WebDoor:
             log.info("closed the web member from %s: %s", m.ip, e)
             self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
 
+    def _text(self, m: Member, payload: bytes) -> None:
+        """A text message: its alias, then lines."""
+        if m.stage is Stage.NAMING:
+            self.entrance.name(m, *split_alias(payload)[:2])
+            return
+        lines = payload if payload.endswith(b"\n") else payload + b"\n"
+        t = m.transport
+        if m.stage is Stage.IN_ROOM and t.reading:
+            self.entrance.lines(m, t.inbuf + lines if t.inbuf else lines)
+        else:   # waiting for its welcome or its rate: no more reads come until then
+            t.inbuf += lines
+
     def _come_back(self, m: Member, number: str, secret: str, seen: int) -> Member:
         """A page asks for its seat back: its connection becomes its member's,
         which gets what it missed; or it is told why not (`lost`) and names
@@ -2347,21 +2596,40 @@ class WebDoor:
         return member
 
 
+class Handshakes:
+    """TLS handshakes, paced: a few steps a loop turn, so that a burst of
+    them (each a millisecond or more) never holds members' lines up.
+    done(m, failed) once m's handshake has ended: failed is why, or None."""
+
+    PER_TURN = 2
+
+    def __init__(self, loop: Loop, done: Callable[[Member, str | None], None]):
+        self.loop, self.done = loop, done
+        self.waiting: collections.deque = collections.deque()   # members waiting for a step
+
+    def step_soon(self, m: Member) -> None:
+        """Queue m's next handshake step; its connection is not watched until then."""
+        m.transport.hold()
+        self.waiting.append(m)
+        if len(self.waiting) == 1:
+            self.loop.call_soon(self._steps)
+
+    def _steps(self) -> None:
+        for _ in range(min(self.PER_TURN, len(self.waiting))):
+            m = self.waiting.popleft()
+            if m.stage is Stage.SECURING:
+                failed = m.transport.handshake()
+                if failed != "":   # "": under way, the next step when its socket is ready
+                    self.done(m, failed)
+        if self.waiting:   # the rest after the next turn's events
+            self.loop.call_soon(self._steps)
+
+
 class Server:
-    """Listens, accepts, reads members and enforces the limits; the room
-    decides what happens and its outlets who is sent what.
-
-    A connection is silent until it gives its alias (on the web port: until
-    its WebSocket gives one).  Silent connections count against the
-    per-address cap and `max_unnamed`; when a cap is reached the oldest
-    silent one makes room.
-    """
-
-    SPARE_FILES = 32            # descriptors kept for the log, the GUI and look-ups
-    KEY_MEMORY = 600.0          # seconds after which an address's wrong keys are forgotten
-    LINES_PER_ADDRESS = 4.0     # an address may say this many times --line-rate
-    REFUSING = 32               # web connections let in at once only to be told why not
-    HANDSHAKES_PER_TURN = 2     # TLS handshake steps a loop turn: members never wait for a burst
+    """Listens, accepts, hands each connection to its door, reads members and
+    dispatches what they say; the gate says who may come in, name
+    themselves and speak, the room decides what happens and its outlets
+    who is sent what."""
 
     def __init__(self, settings: Settings, loop: Loop | None = None):
         self.settings = settings
@@ -2372,43 +2640,31 @@ class Server:
         self.room = Room(self.loop, settings, [self.terminals, self.apps, self.webs],
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
-        self.door = WebDoor(settings, self.tally, Entrance(self._web_text, self._too_long,
-                                                           self.drop, self._close, self._take_over),
-                            self.webs)
+        self.gate = Gate(self.loop, settings, self.tally, self._close)
+        self.door = WebDoor(settings, self.tally, Entrance(self._named, self._take_lines,
+                                                           self._too_long, self.drop, self._close,
+                                                           self._take_over),
+                            self.webs, self.gate, ChatPage(PAGE_HTML))
         self.connections: set[Member] = set()
-        self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
-        self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
-        self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
-        self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
-        self.key_gates: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
         self.web_address: tuple[str, int] | None = None
         self.page_problem = ""                           # why the page asked for is off
-        self.capacity = settings.max_clients
         self.accept_error_logged = False
         self.stopping = False
-        self.handshaking: collections.deque = collections.deque()   # TLS members waiting for a step
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
+        self.handshakes = Handshakes(self.loop, self._secured)
         self.tls = None                                  # ssl.SSLContext when encrypting
 
     # -- start and stop -------------------------------------------------
     def listen(self) -> tuple[str, int]:
-        """Bind and listen (and serve the page if asked); raises StartError
-        with a sentence for the person.  A page that cannot be served leaves
-        the room open: `page_problem` says why."""
+        """Bind and listen, and serve the page if asked (if it cannot be, the room opens
+        all the same: `page_problem` says why); StartError with a sentence for the person."""
         s = self.settings
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
-            self.door.tls = True
         self.address = self._listen_on(s.port, web=False)
-        self.capacity = min(s.max_clients,
-                            raise_open_files_limit(s.max_clients + self.SPARE_FILES) - self.SPARE_FILES)
-        watchable = self.loop.capacity()
-        if watchable is not None:   # beside the room's and the page's listening sockets, and
-            self.capacity = min(self.capacity, watchable - 2 - self.REFUSING)   # refusals
         log.info("listening on %s port %d (up to %d members)", self.address[0],
-                 self.address[1], self.capacity)
+                 self.address[1], self.gate.fit())
         if s.web_port is not None:
             try:
                 self.open_page(s.web_port)
@@ -2458,7 +2714,8 @@ class Server:
         """Stop serving the page; web members are told and leave the room."""
         self._close_listeners(lambda web: web)
         self.web_address = None
-        for m in [m for m in {*self.connections, *self.room.members} if m.kind is Kind.WEB]:
+        for m in [m for m in {*self.connections, *self.room.members}
+                  if self.room.outlet(m) is self.webs]:
             self.drop(m, "the host turned the web page off",
                       "the host turned the web page off", WS_GOING_AWAY)
         log.info("the chat page is off")
@@ -2524,62 +2781,17 @@ class Server:
             for sock, web in self.listeners:
                 self.loop.watch(sock, EVENT_READ, self._on_accept, (sock, web))
 
-    def _bucket(self, what: str, group: str, rate: float, burst: float) -> Bucket:
-        bucket = self.buckets.get((what, group))
-        if bucket is None:
-            bucket = self.buckets[(what, group)] = Bucket(rate, burst, self.loop.now)
-        return bucket
-
-    def _refusal(self, ip: str, group: str) -> str | None:
-        """Why a new connection from `ip` is turned away, or None; makes room
-        by closing a silent connection where a cap allows that."""
-        s = self.settings
-        if self.allow:
-            addr = ipaddress.ip_address(ip)
-            if not any(addr.version == n.version and addr in n for n in self.allow):
-                return ""
-        # before anything costly (a TLS handshake): an address connects at most
-        # 4 x max_per_ip times a second, after 8 x max_per_ip at once
-        connects = self._bucket("connect", group, 4.0 * s.max_per_ip, 8.0 * s.max_per_ip)
-        if connects.wait(self.loop.now):
-            return "you are connecting too often; wait a few seconds and try again\n"
-        connects.take()
-        if self.per_ip[group] >= s.max_per_ip and not self._make_room(group):
-            return (f"too many connections from your address (at most {s.max_per_ip}); "
-                    f"close one and try again\n")
-        refusing = len(self.door.refusals)
-        if len(self.connections) - refusing >= self.capacity and not self._make_room(None):
-            return f"the room is full ({self.capacity} connections); please try again later\n"
-        if len(self.silent) >= s.max_unnamed:
-            self._make_room(None)
-        return None
-
-    def _make_room(self, group: str | None) -> bool:
-        """Close the oldest silent connection of `group` (None: of the address
-        holding the most); False if there is none."""
-        if group is None and self.silent_by:
-            group = max(self.silent_by, key=lambda g: len(self.silent_by[g]))
-        waiting = self.silent_by.get(group)
-        if not waiting:
-            return False
-        oldest = next(iter(waiting))
-        self.tally.add(self.loop.now, f"closed a silent connection from {oldest.ip} to make room")
-        self._close(oldest)
-        return True
-
     def _admit(self, sock: socket.socket, ip: str, port: int, web: bool) -> None:
         group = address_group(ip)
-        refusal = self._refusal(ip, group)
-        if refusal is not None:
-            self.tally.add(self.loop.now, f"refused {ip}: {refusal.strip() or 'not in --allow'}")
-            if web and refusal and not self.tls and len(self.door.refusals) < self.REFUSING:
-                self._start(sock, ip, port, group, web, refusal)   # its page can show why
-            else:   # a TLS client could not read a plain line: it only sees the close
-                sock.setblocking(False)
-                Transport(sock, self.loop).close(b"" if self.tls or web else refusal.encode(),
-                                                 drain=False)
-            return
-        self._start(sock, ip, port, group, web)
+        refusal = self.gate.refusal(ip, group, len(self.connections))
+        if refusal is None:
+            self._start(sock, ip, port, group, web)
+        elif web and refusal and not self.tls and self.gate.may_explain():
+            self._start(sock, ip, port, group, web, refusal)   # its page can show why
+        else:   # a TLS client could not read a plain line: it only sees the close
+            sock.setblocking(False)
+            Transport(sock, self.loop).close(b"" if self.tls or web else refusal.encode(),
+                                             drain=False)
 
     def _start(self, sock: socket.socket, ip: str, port: int, group: str, web: bool,
                refusal: str = "") -> None:
@@ -2595,70 +2807,31 @@ class Server:
         m = Member(ip, group, self.loop.now, Kind.WEB if web else Kind.LINE)
         m.transport = Transport(sock, self.loop, self._on_event, m)
         self.connections.add(m)
-        if refusal:
-            self.door.refusals[m] = refusal
-        else:
-            self.per_ip[group] += 1
-        self.silent[m] = None
-        self.silent_by.setdefault(group, {})[m] = None
+        self.gate.let_in(m, refusal)
         log.debug("connection from %s port %d", ip, port)
         if self.tls:
             m.stage = Stage.SECURING
-            self._secure_soon(m)
+            self.handshakes.step_soon(m)
         else:
             self._greet(m)
 
-    def _secure_soon(self, m: Member) -> None:
-        """Queue m's next TLS handshake step: a few a turn, so that a burst of
-        handshakes (each a millisecond or more) never holds members' lines up."""
-        m.transport.hold()
-        self.handshaking.append(m)
-        if len(self.handshaking) == 1:
-            self.loop.call_soon(self._secure_some)
-
-    def _secure_some(self) -> None:
-        for _ in range(min(self.HANDSHAKES_PER_TURN, len(self.handshaking))):
-            m = self.handshaking.popleft()
-            if m.stage is Stage.SECURING:
-                self._secure(m)
-        if self.handshaking:   # the rest after the next turn's events
-            self.loop.call_soon(self._secure_some)
-
-    def _secure(self, m: Member) -> None:
-        """One step of the TLS handshake; then the ALIAS prompt (or the HTTP request)."""
-        failed = m.transport.handshake()
+    def _secured(self, m: Member, failed: str | None) -> None:
+        """m's TLS handshake has ended: then the ALIAS prompt (or the HTTP request)."""
         if failed:
             self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
             self._close(m)
-        elif failed is None:
+        else:
             self._greet(m)
 
     def _greet(self, m: Member) -> None:
-        """m's connection is ready (encrypted, if the room is): the web port waits
-        for its HTTP request, the room's port asks for the alias."""
-        if m.kind is Kind.WEB:
-            m.stage = Stage.REQUESTING
-            return
-        m.stage = Stage.NAMING
-        if not m.transport.write(ALIAS_PROMPT):
+        """m's connection is ready (encrypted, if the room is): its outlet greets it."""
+        if not self.room.outlet(m).greet(m):
             self._close(m)
 
     def _sweep(self) -> None:
-        """Every second: close silent connections past the handshake time-out,
-        sum up repeated warnings, forget what is no longer needed."""
-        now, timeout = self.loop.now, self.settings.handshake_timeout
-        while self.silent:
-            m = next(iter(self.silent))
-            if m.since + timeout > now:
-                break
-            self.tally.add(now, f"closed {m.ip}: no alias within {timeout:g} s")
-            self._close(m)
-        self.tally.flush(now)
-        for key in [k for k, b in self.buckets.items() if b.full(now)]:
-            del self.buckets[key]
-        for group in [g for g, (_, at, last) in self.key_gates.items()
-                      if now - last > self.KEY_MEMORY and at < now]:
-            del self.key_gates[group]
+        """Every second: the gate's sweep, then a sum of repeated warnings."""
+        self.gate.sweep()
+        self.tally.flush(self.loop.now)
         if not self.stopping:
             self.loop.call_later(1.0, self._sweep)
 
@@ -2668,7 +2841,7 @@ class Server:
             return
         try:
             if m.stage is Stage.SECURING:
-                self._secure_soon(m)
+                self.handshakes.step_soon(m)
                 return
             if mask & EVENT_WRITE:
                 self._writable(m)
@@ -2713,37 +2886,23 @@ class Server:
             if not t.more_held():
                 return
 
-    def _web_text(self, m: Member, payload: bytes) -> None:
-        """A web member's text message: its alias, then lines."""
-        if m.stage is Stage.NAMING:
-            self._name(m, payload)
-            return
-        lines = payload if payload.endswith(b"\n") else payload + b"\n"
-        t = m.transport
-        if m.stage is Stage.IN_ROOM and t.reading:
-            self._take_lines(m, t.inbuf + lines if t.inbuf else lines)
-        else:   # waiting for its welcome or its rate: no more reads come until then
-            t.inbuf += lines
-
     # -- naming ---------------------------------------------------------
     def _name(self, m: Member, data: bytes) -> None:
-        """The alias came: it says the kind of reader; then the key, the name, the welcome."""
-        if data.startswith(TLS_HELLO) and m.kind is not Kind.WEB:
-            self.tally.add(self.loop.now, f"closed {m.ip}: it speaks TLS to a room that is not encrypted")
-            self._close(m)
-            return
-        if m.kind is not Kind.WEB and browser_request(data):
-            page = (f"the page is on port {self.web_address[1]}" if self.web_address
-                    else "the page is off (--web-port N serves it)")
-            self.tally.add(self.loop.now, f"closed {m.ip}: a browser came to the room's port; {page}")
+        """The alias came to the room's port: it says the kind of reader."""
+        wrong = not_a_name(data, self.web_address)
+        if wrong:
+            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
             self._close(m)
             return
         raw, rest, line_end = split_alias(data)
-        if m.kind is not Kind.WEB:
-            m.kind = Kind.LINE if line_end else Kind.APP
+        m.kind = Kind.LINE if line_end else Kind.APP
+        self._named(m, raw, rest)
+
+    def _named(self, m: Member, raw: bytes, rest: bytes) -> None:
+        """m's alias is `raw`: then the key, the name, the welcome."""
         m.claimed = decode_line(raw)
         m.named_at = self.loop.now
-        self._no_longer_silent(m)
+        self.gate.named(m)
         self._keep(m, rest)   # typed ahead: it waits for the welcome
         m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
         if self.settings.room_key:
@@ -2752,16 +2911,10 @@ class Server:
             self._enter(m)
 
     def _check_key(self, m: Member) -> None:
-        """Check m's room key in its address's turn: each try counts as wrong
-        until it proves right, and an address's tries are checked ever
-        further apart, so guessing in parallel gains nothing."""
+        """Check m's room key in its address's turn (the gate's key_turn)."""
         m.stage = Stage.CHECKING
-        now = self.loop.now
-        gate = self.key_gates.setdefault(m.group, [0, now, now])
-        gate[0] += 1
-        at = max(now, gate[1])
-        gate[1], gate[2] = at + key_wait(gate[0]), now
-        if at <= now:
+        at = self.gate.key_turn(m.group)
+        if at <= self.loop.now:
             self._key_turn(m)
         else:
             self.loop.call_at(at, self._key_turn, m)
@@ -2769,30 +2922,17 @@ class Server:
     def _key_turn(self, m: Member) -> None:
         if m.stage is not Stage.CHECKING:
             return
-        if hmac.compare_digest(split_key(m.claimed)[1].encode(), self.settings.room_key.encode()):
-            gate = self.key_gates.get(m.group)
-            if gate:
-                gate[0] -= 1
-                if gate[0] <= 0:
-                    del self.key_gates[m.group]
+        if self.gate.key_right(m):
             self._enter(m)
-            return
-        self.tally.add(self.loop.now, f"wrong or missing room key from {m.ip}")
-        self._close(m, WRONG_KEY if split_key(m.claimed)[1] else
-                    NEEDS_KEY_ON_PAGE if m.kind is Kind.WEB else NEEDS_KEY, WS_POLICY)
+        else:
+            self._close(m, WRONG_KEY if split_key(m.claimed)[1] else
+                        NEEDS_KEY_ON_PAGE if m.kind is Kind.WEB else NEEDS_KEY, WS_POLICY)
 
     def _enter(self, m: Member) -> None:
         """Name m and put it in line for its welcome."""
-        s, now = self.settings, self.loop.now
         self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
         m.forms = alias_forms(m.claimed, m.name)
-        if s.line_rate:
-            m.bucket = Bucket(s.line_rate, 2.0 * s.line_rate, now)
-        # an address gets 4 x max_per_ip welcomes at once, then that many per
-        # churn_period: reconnecting in a loop cannot flood the room, nobody is refused
-        burst = 4.0 * s.max_per_ip
-        slot = self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
-        self.room.arrive(m, now + slot)
+        self.room.arrive(m, self.gate.welcome_at(m))
 
     # -- lines ----------------------------------------------------------
     def _listen_again(self, m: Member) -> None:
@@ -2842,19 +2982,13 @@ class Server:
                           f"and was not sent\n")
 
     def _may_say(self, m: Member) -> bool:
-        """Take a line from m's rate and its address's; if either has none
-        left, stop reading m until it may speak again."""
-        now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
-        address = self._bucket("lines", m.group, rate, 2.0 * rate)
-        wait = max(m.bucket.wait(now), address.wait(now))
-        if not wait:
-            m.bucket.take()
-            address.take()
-            return True
-        if m.resume is None:
+        """The gate takes a line from m's rate; if it has none left, stop
+        reading m until it may speak again."""
+        wait = self.gate.line_wait(m)
+        if wait and m.resume is None:
             m.transport.pause_reading()
             m.resume = self.loop.call_later(wait, self._resume_reading, m)
-        return False
+        return not wait
 
     def _resume_reading(self, m: Member) -> None:
         m.resume = None
@@ -2915,7 +3049,7 @@ class Server:
             outlet = self.room.outlet(m)
             self._hang_up(m, outlet.last_words(m, TAKEN_OVER, WS_POLICY, True))
             log.info("%s (%s) carries on over a newer connection", quoted(m.name), m.ip)
-        self._no_longer_silent(new)
+        self.gate.named(new)
         self.connections.discard(new)
         new.stage = Stage.GONE
         m.transport, m.ip, m.group = new.transport, new.ip, new.group
@@ -2938,25 +3072,13 @@ class Server:
         if m.resume:
             m.resume.cancel()
             m.resume = None
-        self._no_longer_silent(m)
+        self.gate.let_go(m)
         m.transport.close(last_words, 0.0 if self.stopping else at)
         self.connections.discard(m)
-        if self.door.refusals.pop(m, None) is None:
-            self.per_ip[m.group] -= 1
-            if not self.per_ip[m.group]:
-                del self.per_ip[m.group]
-
-    def _no_longer_silent(self, m: Member) -> None:
-        if m in self.silent:
-            del self.silent[m]
-            waiting = self.silent_by[m.group]
-            del waiting[m]
-            if not waiting:
-                del self.silent_by[m.group]
 
 
 # ---------------------------------------------------------------------------
-# 6. Host addresses
+# 7. Host addresses
 # ---------------------------------------------------------------------------
 
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
@@ -3011,6 +3133,12 @@ def forward_advice(port: int, web_port: int | None = None) -> str:
 def page_link(host: str, port: int, tls: bool) -> str:
     """The chat page's address, as a friend types or taps it."""
     return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
+
+
+def invitation(link: str, key: str) -> str:
+    """The page's link as friends are given it: with a room key, the key rides in the
+    fragment (#key=...), which a browser keeps to itself: no server, log or proxy sees it."""
+    return f"{link}#key={urllib.parse.quote(key, safe='')}" if key else link
 
 
 def next_page_port(settings: Settings) -> int:
@@ -3094,10 +3222,13 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
     threading.Thread(target=work, name="public-ip", daemon=True).start()
 
 
-# -- asking the router to forward the room's ports (--upnp) ------------------
-# Three ways to ask, tried at once; whichever answers first and works is used:
-# PCP (RFC 6887) and NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and
-# UPnP-IGD, found with SSDP.  Pure functions build and read every packet, SOAP
+# ---------------------------------------------------------------------------
+# 8. The router client
+# ---------------------------------------------------------------------------
+# Asking the router to forward the room's ports (--upnp).  Three ways to ask,
+# tried at once; whichever answers first and works is used: PCP (RFC 6887) and
+# NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and UPnP-IGD, found
+# with SSDP.  Pure functions build and read every packet, SOAP
 # body and sentence; RouterPorts does the talking, bounded in time.  Answers
 # are believed only from the gateway or this machine's own network, and only
 # the room's own ports are ever mapped, to this machine's own address.
@@ -4015,6 +4146,8 @@ def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple
     return router
 
 
+# -- how friends join: the addresses and the router's answer, put together ------
+
 @dataclasses.dataclass(frozen=True)
 class FriendsJoin:
     """How friends join a room, worked out once: the console's banner says
@@ -4027,6 +4160,7 @@ class FriendsJoin:
     page_port: int | None          # the chat page's port, if it is served
     page_same: str | None          # the page's link on the same network
     page_internet: str | None      # ... and over the internet
+    invite: str | None             # the page's invitation for a phone here (its code), if one can come
     forward: str                   # what to set up on the router
     encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
     keyed: bool                    # friends join as name#KEY
@@ -4059,13 +4193,275 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
         same_network=host_port(same, port) if same else None, internet=internet,
         page_port=page_port,
         page_same=page_link(same, page_port, tls) if same and page_port else None,
-        page_internet=page_internet, forward=forward, encrypted=tls,
+        page_internet=page_internet,
+        invite=invitation(page_link(same, page_port, tls), settings.room_key)
+        if same and page_port and not is_loopback(same) else None,
+        forward=forward, encrypted=tls,
         keyed=bool(settings.room_key), key_warning=short_key_warning(settings.room_key),
         router=router_sentence(router, router_public_ip) if router is not None else "")
 
 
 # ---------------------------------------------------------------------------
-# 7. Logging
+# 9. The QR code
+# ---------------------------------------------------------------------------
+# The invitation drawn for a phone's camera, written from ISO/IEC 18004: byte
+# mode, error correction level M, versions 1 to 40 (up to 2331 bytes).  The
+# standard's tables, then one pure function per step; nothing is kept between calls.
+
+# Level M, for versions 1 to 40: error correction codewords in each block, and blocks.
+QR_EC_PER_BLOCK = (10, 16, 26, 18, 24, 16, 18, 22, 22, 26, 30, 22, 22, 24, 24, 28, 28, 26, 26, 26,
+                   26, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28, 28)
+QR_BLOCKS = (1, 1, 1, 2, 2, 4, 4, 4, 5, 5, 5, 8, 9, 9, 10, 10, 11, 13, 14, 16,
+             17, 17, 18, 20, 21, 23, 25, 26, 28, 29, 31, 33, 35, 37, 38, 40, 43, 45, 47, 49)
+# The rows and columns of the alignment patterns' centres, for versions 2 to 40 (Annex E).
+QR_ALIGNMENT = (
+    (6, 18), (6, 22), (6, 26), (6, 30), (6, 34), (6, 22, 38), (6, 24, 42), (6, 26, 46),
+    (6, 28, 50), (6, 30, 54), (6, 32, 58), (6, 34, 62), (6, 26, 46, 66), (6, 26, 48, 70),
+    (6, 26, 50, 74), (6, 30, 54, 78), (6, 30, 56, 82), (6, 30, 58, 86), (6, 34, 62, 90),
+    (6, 28, 50, 72, 94), (6, 26, 50, 74, 98), (6, 30, 54, 78, 102), (6, 28, 54, 80, 106),
+    (6, 32, 58, 84, 110), (6, 30, 58, 86, 114), (6, 34, 62, 90, 118),
+    (6, 26, 50, 74, 98, 122), (6, 30, 54, 78, 102, 126), (6, 26, 52, 78, 104, 130),
+    (6, 30, 56, 82, 108, 134), (6, 34, 60, 86, 112, 138), (6, 30, 58, 86, 114, 142),
+    (6, 34, 62, 90, 118, 146), (6, 30, 54, 78, 102, 126, 150), (6, 24, 50, 76, 102, 128, 154),
+    (6, 28, 54, 80, 106, 132, 158), (6, 32, 58, 84, 110, 136, 162), (6, 26, 54, 82, 110, 138, 166),
+    (6, 30, 58, 86, 114, 142, 170))
+QR_BYTE_MODE = 0b0100
+QR_UTF8 = f"{0b0111:04b}{26:08b}"   # ECI 26, UTF-8: byte mode is read as ISO 8859-1 without it
+QR_PAD = (0xEC, 0x11)         # the pad codewords, in turn
+QR_LEVEL_M = 0b00             # level M's two bits in the format information
+QR_FORMAT_POLY = 0b10100110111          # BCH (15, 5)
+QR_FORMAT_XOR = 0b101010000010010       # so that no format information is all light
+QR_VERSION_POLY = 0b1111100100101       # BCH (18, 6)
+QR_FIELD_POLY = 0b100011101             # GF(256): x^8 + x^4 + x^3 + x^2 + 1
+QR_MASKS = (                  # (row, column) -> flip this data module
+    lambda r, c: (r + c) % 2 == 0,
+    lambda r, c: r % 2 == 0,
+    lambda r, c: c % 3 == 0,
+    lambda r, c: (r + c) % 3 == 0,
+    lambda r, c: (r // 2 + c // 3) % 2 == 0,
+    lambda r, c: r * c % 2 + r * c % 3 == 0,
+    lambda r, c: (r * c % 2 + r * c % 3) % 2 == 0,
+    lambda r, c: ((r + c) % 2 + r * c % 3) % 2 == 0)
+QR_FINDER_LIKE = re.compile(r"(?=10111010000|00001011101)")   # penalty rule 3, in a line
+QR_QUIET = 4                  # light modules around the code
+
+
+def gf_powers() -> tuple[list[int], list[int]]:
+    """GF(256)'s powers of 2 (twice over, so sums of logarithms need no modulo) and logarithms."""
+    powers, logs, x = [], [0] * 256, 1
+    for i in range(255):
+        powers.append(x)
+        logs[x] = i
+        x <<= 1
+        if x & 0x100:
+            x ^= QR_FIELD_POLY
+    return powers + powers, logs
+
+
+GF_POWERS, GF_LOGS = gf_powers()
+
+
+def gf_times(a: int, b: int) -> int:
+    return GF_POWERS[GF_LOGS[a] + GF_LOGS[b]] if a and b else 0
+
+
+def rs_generator(degree: int) -> list[int]:
+    """The Reed-Solomon generator (x - 1)(x - 2)...(x - 2^(degree-1)), highest power first."""
+    g = [1]
+    for i in range(degree):
+        g = [a ^ gf_times(b, GF_POWERS[i]) for a, b in zip(g + [0], [0] + g)]
+    return g
+
+
+def rs_remainder(data: bytes, degree: int) -> bytes:
+    """The error correction codewords of `data`: its remainder by the generator."""
+    g, rest = rs_generator(degree), [0] * degree
+    for word in data:
+        factor = word ^ rest[0]
+        rest = [r ^ gf_times(c, factor) for r, c in zip(rest[1:] + [0], g[1:])]
+    return bytes(rest)
+
+
+def bch_code(value: int, poly: int) -> int:
+    """`value` followed by its BCH check bits (the remainder by `poly`)."""
+    degree = poly.bit_length() - 1
+    rest = value << degree
+    for shift in range(rest.bit_length() - 1, degree - 1, -1):
+        if rest >> shift & 1:
+            rest ^= poly << (shift - degree)
+    return value << degree | rest
+
+
+def qr_format_bits(mask: int) -> int:
+    return bch_code(QR_LEVEL_M << 3 | mask, QR_FORMAT_POLY) ^ QR_FORMAT_XOR
+
+
+def qr_format_places(size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Where format bits 0 (least significant) to 14 go, as (row, column): beside the
+    top-left finder, and split between the other two."""
+    first = [(i, 8) for i in range(6)] + [(7, 8), (8, 8), (8, 7)] + [(8, 14 - i) for i in range(9, 15)]
+    second = [(8, size - 1 - i) for i in range(8)] + [(size - 15 + i, 8) for i in range(8, 15)]
+    return first, second
+
+
+def qr_version_places(size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where version bits 0 to 17 go: a 6 x 3 block beside two finders, one the other's mirror."""
+    return [((size - 11 + i % 3, i // 3), (i // 3, size - 11 + i % 3)) for i in range(18)]
+
+
+def qr_function_patterns(version: int) -> tuple[list[list[bool]], list[list[bool]]]:
+    """The modules the standard fixes, as (dark, fixed): finders and their
+    separators, timing, alignment patterns, version information, the dark
+    module, and the format information's place (light until a mask is chosen)."""
+    size = 17 + 4 * version
+    dark = [[False] * size for _ in range(size)]
+    fixed = [[False] * size for _ in range(size)]
+
+    def put(row: int, col: int, on: bool) -> None:
+        dark[row][col], fixed[row][col] = on, True
+    for i in range(size):
+        put(6, i, i % 2 == 0)
+        put(i, 6, i % 2 == 0)
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):
+        for row in range(max(top - 1, 0), min(top + 8, size)):
+            for col in range(max(left - 1, 0), min(left + 8, size)):
+                put(row, col, max(abs(row - top - 3), abs(col - left - 3)) in (0, 1, 3))
+    centres = QR_ALIGNMENT[version - 2] if version > 1 else ()
+    corners = {(6, 6), (6, size - 7), (size - 7, 6)}   # at the finders: left out
+    for row in centres:
+        for col in centres:
+            if (row, col) not in corners:
+                for r, c in itertools.product(range(row - 2, row + 3), range(col - 2, col + 3)):
+                    put(r, c, max(abs(r - row), abs(c - col)) != 1)
+    if version >= 7:
+        bits = bch_code(version, QR_VERSION_POLY)
+        for i, places in enumerate(qr_version_places(size)):
+            for row, col in places:
+                put(row, col, bool(bits >> i & 1))
+    for row, col in itertools.chain(*qr_format_places(size)):
+        put(row, col, False)
+    put(size - 8, 8, True)
+    return dark, fixed
+
+
+def qr_data_places(fixed: list[list[bool]]) -> list[tuple[int, int]]:
+    """The free modules in the order codeword bits fill them: two columns at a
+    time from the right, up then down, the vertical timing column skipped."""
+    size, places, col, upward = len(fixed), [], len(fixed) - 1, True
+    while col > 0:
+        if col == 6:
+            col = 5
+        for row in range(size - 1, -1, -1) if upward else range(size):
+            places += [(row, c) for c in (col, col - 1) if not fixed[row][c]]
+        col, upward = col - 2, not upward
+    return places
+
+
+def qr_data_capacity(version: int) -> int:
+    """Data codewords that version `version` holds at level M."""
+    total = len(qr_data_places(qr_function_patterns(version)[1])) // 8
+    return total - QR_BLOCKS[version - 1] * QR_EC_PER_BLOCK[version - 1]
+
+
+def qr_count_bits(version: int) -> int:
+    return 8 if version < 10 else 16
+
+
+def qr_data_bits(data: bytes, version: int) -> str:
+    """Byte mode as a string of 0 and 1: UTF-8 said where it matters (not ASCII),
+    the mode indicator, the count, the bytes."""
+    said = "" if data.isascii() else QR_UTF8
+    return (f"{said}{QR_BYTE_MODE:04b}{len(data):0{qr_count_bits(version)}b}"
+            + "".join(f"{byte:08b}" for byte in data))
+
+
+def qr_version_for(data: bytes) -> int:
+    """The smallest version that holds `data`; ValueError if none does."""
+    for version in range(1, 41):
+        if len(qr_data_bits(data, version)) <= 8 * qr_data_capacity(version):
+            return version
+    raise ValueError(f"{len(data)} bytes are too many for a QR code")
+
+
+def qr_data_codewords(data: bytes, version: int) -> bytes:
+    """The data bits, a terminator, then padding to the version's capacity."""
+    capacity, bits = qr_data_capacity(version), qr_data_bits(data, version)
+    bits += "0" * min(4, 8 * capacity - len(bits))
+    bits += "0" * (-len(bits) % 8)
+    words = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    return words + bytes(QR_PAD[i % 2] for i in range(capacity - len(words)))
+
+
+def qr_codewords(data: bytes, version: int) -> bytes:
+    """The data codewords cut into blocks, each with its error correction, interleaved:
+    the first codeword of each block, then the second, ...; then the same for the
+    error correction.  The last blocks hold one data codeword more than the first."""
+    words, count = qr_data_codewords(data, version), QR_BLOCKS[version - 1]
+    short, longer = divmod(len(words), count)
+    starts = [i * short + max(0, i - (count - longer)) for i in range(count + 1)]
+    blocks = [words[starts[i]:starts[i + 1]] for i in range(count)]
+    checks = [rs_remainder(block, QR_EC_PER_BLOCK[version - 1]) for block in blocks]
+    return bytes(block[i] for part in (blocks, checks) for i in range(short + 1)
+                 for block in part if i < len(block))
+
+
+def qr_masked(dark: list[list[bool]], fixed: list[list[bool]], mask: int) -> list[list[bool]]:
+    """The symbol with data modules flipped by `mask` and its format information in place."""
+    flip = QR_MASKS[mask]
+    masked = [[on ^ (not fixed[r][c] and flip(r, c)) for c, on in enumerate(row)]
+              for r, row in enumerate(dark)]
+    bits = qr_format_bits(mask)
+    for places in qr_format_places(len(dark)):
+        for i, (row, col) in enumerate(places):
+            masked[row][col] = bool(bits >> i & 1)
+    return masked
+
+
+def qr_line_penalty(line: list[bool]) -> int:
+    """Rules 1 and 3 in one row or column: runs of five or more of a colour, and
+    1:1:3:1:1 finder look-alikes with four light modules on a side."""
+    runs = sum(3 + n - 5 for n in (len(list(run)) for _, run in itertools.groupby(line)) if n >= 5)
+    text = "0000" + "".join("1" if on else "0" for on in line) + "0000"   # the quiet zone is light
+    return runs + 40 * len(QR_FINDER_LIKE.findall(text))
+
+
+def qr_penalty(modules: list[list[bool]]) -> int:
+    """The standard's four penalty rules; the mask with the lowest total is used."""
+    lines = modules + [list(col) for col in zip(*modules)]
+    boxes = sum(3 for above, below in zip(modules, modules[1:]) for c in range(len(above) - 1)
+                if above[c] == above[c + 1] == below[c] == below[c + 1])
+    dark, total = sum(map(sum, modules)), len(modules) ** 2
+    return (sum(map(qr_line_penalty, lines)) + boxes
+            + 10 * (abs(20 * dark - 10 * total) // total))
+
+
+def qr_code(text: str) -> list[list[bool]]:
+    """`text` (UTF-8) as a QR code at level M: its rows top to bottom, True for a
+    dark module, without the quiet zone.  ValueError if it is too long."""
+    data = text.encode("utf-8")
+    version = qr_version_for(data)
+    dark, fixed = qr_function_patterns(version)
+    bits = [word >> (7 - i) & 1 for word in qr_codewords(data, version) for i in range(8)]
+    for (row, col), bit in zip(qr_data_places(fixed), bits):   # what is left over stays light
+        dark[row][col] = bool(bit)
+    return min((qr_masked(dark, fixed, mask) for mask in range(8)), key=qr_penalty)
+
+
+def qr_console_text(modules: list[list[bool]]) -> str:
+    """The code in block characters with its quiet zone, for light text on a dark
+    background: a light module is a block, a dark one a space; two rows a line."""
+    size = len(modules)
+    light = [[not (0 <= r - QR_QUIET < size and 0 <= c - QR_QUIET < size
+                   and modules[r - QR_QUIET][c - QR_QUIET])
+              for c in range(size + 2 * QR_QUIET)] for r in range(size + 2 * QR_QUIET)]
+    light.append([False] * len(light[0]))   # below the last line: the background
+    blocks = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
+    return "\n".join("".join(blocks[pair] for pair in zip(top, bottom))
+                     for top, bottom in zip(light[::2], light[1::2]))
+
+
+# ---------------------------------------------------------------------------
+# 10. Logging
 # ---------------------------------------------------------------------------
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
@@ -4101,7 +4497,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 8. The GUI
+# 11. The GUI
 # ---------------------------------------------------------------------------
 
 TICK_MS = 100         # how often the window reads news from other threads
@@ -4123,6 +4519,7 @@ class RoomState(enum.Enum):
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
+CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
@@ -4195,6 +4592,15 @@ class LogFeed(logging.Handler):
         except Exception:
             self.handleError(record)
 
+    def take(self) -> list[tuple[int, str]]:
+        """The records that came since the last take (on the window's thread)."""
+        lines = []
+        while True:
+            try:
+                lines.append(self.records.get_nowait())
+            except queue.Empty:
+                return lines
+
 
 class FormDialog:
     """A small form: a message, labelled boxes (none for a question), OK and
@@ -4256,11 +4662,33 @@ class FormDialog:
         self.top.destroy()
 
 
+def few_names(rows: dict[str, tuple]) -> str:
+    """Who is in the room (the member list's rows), in a few names."""
+    names = [member[0] for member in rows.values()]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def moved_to(settings: Settings, host: str, port: int) -> Settings:
+    """The settings with the room at host:port; a page on the room's port + 1 moves with it."""
+    follows = settings.web_port == next_page_port(dataclasses.replace(settings, web_port=None))
+    web_port = next_page_port(dataclasses.replace(settings, port=port, web_port=None))
+    return dataclasses.replace(settings, host=host, port=port,
+                               web_port=web_port if follows else settings.web_port)
+
+
+def page_problem(settings: Settings) -> str | None:
+    """Why the page cannot be served where `settings` say, in the window's words; None if it can."""
+    if settings.web_port is None:
+        return None
+    return bind_problem(settings.host, settings.web_port, WINDOW_ADVICE, in_use="page in use")
+
+
 def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
     """The GUI's server thread: listen, serve until stopped, close the loop.
 
     Tells the window through `inbox`: ("listening", server, address, page
-    address or None) or ("failed", server, sentence).
+    address or None), then ("page-failed", server, sentence) if the page asked
+    for cannot be served; or ("failed", server, sentence).
     """
     try:
         try:
@@ -4270,6 +4698,8 @@ def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
             inbox.put(("failed", server, str(e)))
             return
         inbox.put(("listening", server, address, server.web_address))
+        if server.page_problem:   # the room is open without it
+            inbox.put(("page-failed", server, server.page_problem))
         server.serve()
     except Exception:
         log.exception("the server stopped on an unexpected error")
@@ -4284,6 +4714,47 @@ def open_page_in(server: Server, port: int, inbox: queue.Queue) -> None:
         inbox.put(("page", server, server.open_page(port)))
     except StartError as e:
         inbox.put(("page-failed", server, str(e)))
+
+
+class InvitationCode:
+    """The page's invitation as a QR code, above who is online (where the window has
+    room to spare): drawn again when the link changes, hidden while there is none."""
+
+    def __init__(self, side):
+        import tkinter as tk
+        from tkinter import ttk
+        self.box = ttk.Labelframe(side, text="Scan to join from a phone", padding=(10, 4))
+        self.box.grid(row=0, column=0, sticky="ew", pady=(0, 8))
+        self.canvas = tk.Canvas(self.box, background="white", highlightthickness=0, borderwidth=0)
+        self.canvas.grid(row=0, column=0, sticky="w")
+        ttk.Label(self.box, style="Note.TLabel", wraplength=NOTE_WRAP // 2,
+                  text="A phone on the same network opens the chat page with its camera."
+                  ).grid(row=0, column=1, sticky="nw", padx=(14, 0))
+        self.link: str | None = ""   # the link drawn ("": nothing yet)
+        self.show(None)
+
+    def show(self, link: str | None) -> None:
+        """Draw the code of `link`; None (or a link too long for a code) hides it."""
+        if link == self.link:
+            return
+        self.link = link
+        self.canvas.delete("all")
+        try:
+            modules = qr_code(link) if link else []
+        except ValueError:
+            modules = []
+        if not modules:
+            self.box.grid_remove()
+            return
+        side = (len(modules) + 2 * QR_QUIET) * CODE_PIXELS
+        self.canvas.configure(width=side, height=side)
+        for r, row in enumerate(modules):
+            for c, dark in enumerate(row):
+                if dark:
+                    x, y = (c + QR_QUIET) * CODE_PIXELS, (r + QR_QUIET) * CODE_PIXELS
+                    self.canvas.create_rectangle(x, y, x + CODE_PIXELS, y + CODE_PIXELS,
+                                                 fill="black", width=0)
+        self.box.grid()
 
 
 class WindowView:
@@ -4351,7 +4822,12 @@ class WindowView:
         side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
         self._build_join(side, window, settings)
         self._build_info(side)
-        self._build_members(frame, window)
+        side = ttk.Frame(frame)
+        side.grid(row=2, column=1, sticky="nsew")
+        side.columnconfigure(0, weight=1)
+        side.rowconfigure(1, weight=1)
+        self.invite_code = InvitationCode(side)
+        self._build_members(side, window)
         self._build_log(frame)
 
     def _build_bar(self, frame, window: "ServerWindow") -> None:
@@ -4443,10 +4919,10 @@ class WindowView:
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
 
-    def _build_members(self, frame, window: "ServerWindow") -> None:
+    def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
-        self.members_box = box = ttk.Labelframe(frame, text="Online (0)", padding=(10, 8))
-        box.grid(row=2, column=1, sticky="nsew")
+        self.members_box = box = ttk.Labelframe(side, text="Online (0)", padding=(10, 8))
+        box.grid(row=1, column=0, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
@@ -4484,6 +4960,72 @@ class WindowView:
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
 
+    def show_log(self, lines: list[tuple[int, str]]) -> None:
+        """Add (levelno, text) lines to the log panel; it keeps the last LOG_LINES."""
+        if not lines:
+            return
+        text = self.log_text
+        following = text.yview()[1] >= 0.999   # keep the end in view only if it was
+        text.configure(state="normal")
+        for levelno, line in lines[-LOG_LINES:]:
+            text.insert("end", line + "\n", log_tag(levelno))
+        excess = int(text.index("end-1c").split(".")[0]) - 1 - LOG_LINES
+        if excess > 0:
+            text.delete("1.0", f"{excess + 1}.0")
+        text.configure(state="disabled")
+        if following:
+            text.see("end")
+
+    def copied_gone(self) -> None:
+        """What was copied is said no more: the Copy buttons read Copy again."""
+        for kind, button in self.copy_buttons.items():
+            button.configure(text=COPY_TEXT[kind])
+        show_line(self.copied_note, "")
+
+
+class RouterSwitch:
+    """The window's router switch at work: while it is on and the room runs,
+    the router is asked to forward the room's ports (ask_router), and its
+    answer is kept.  On the Tk thread; the answer comes through the inbox."""
+
+    def __init__(self):
+        self.router: RouterPorts | None = None   # asking the router to forward
+        self.heard: tuple[RouterResult, str | None] | None = None   # its answer
+
+    def ask(self, settings: Settings, listening: tuple[str, int] | None,
+            page_listening: tuple[str, int] | None, news: Callable) -> None:
+        """Ask (again: the ports changed) if the switch is on and friends elsewhere
+        could join; news(result, public_ip) on another thread once it knows."""
+        self.forget()
+        if settings.upnp and listening is not None and not is_loopback(listening[0]):
+            self.router = ask_router(settings, listening, page_listening, news)
+
+    def hear(self, result: RouterResult, public_ip: str | None) -> None:
+        if self.router is not None:
+            self.heard = result, public_ip
+
+    def forget(self) -> None:
+        """Remove the mappings, on a thread: it takes a few seconds, and the process
+        waits for it before it ends."""
+        router, self.router, self.heard = self.router, None, None
+        if router is not None:
+            threading.Thread(target=router.close, name="router-close").start()
+
+    def close(self) -> None:
+        """Remove the mappings now, before the window goes (a few seconds)."""
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+
+    def note(self, join: FriendsJoin) -> str:
+        """What the window says of the router (a forwarded port shows as the address)."""
+        if self.router is not None and self.heard is None:
+            return "Asking your router to forward the port…"
+        if self.heard and not self.heard[0].address(join.listen[1]):
+            return join.router[:1].upper() + join.router[1:]
+        return ""
+
+
 class ServerWindow:
     """The server's window: start and stop, addresses, who is in, the log.
 
@@ -4518,8 +5060,7 @@ class ServerWindow:
         self.ticks = 0
         self.flash_id = None
         self.copied_ms = COPIED_MS   # how long "Copied ✓" and what was copied stay
-        self.router: RouterPorts | None = None   # asking the router to forward (the box ticked)
-        self.router_heard: tuple[RouterResult, str | None] | None = None   # its answer
+        self.router = RouterSwitch()
         self.view = WindowView(root, self, settings)
         log.addHandler(self.log_feed)
         self._look_up_addresses()
@@ -4541,11 +5082,8 @@ class ServerWindow:
             log.error("%s", problem)
             self._set_state(RoomState.ERROR, problem)
             return
-        if self.settings.web_port is not None:   # the room opens all the same
-            problem = bind_problem(self.settings.host, self.settings.web_port, WINDOW_ADVICE,
-                                   in_use="page in use")
-            if problem:
-                self._page_refused(problem)
+        if problem := page_problem(self.settings):   # the room opens all the same
+            self._page_refused(problem)
         self.server = Server(dataclasses.replace(self.settings))
         self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
                                        name="server", daemon=True)
@@ -4555,11 +5093,9 @@ class ServerWindow:
     def ask_stop(self) -> None:
         """The Stop button: asks first when anyone is in the room."""
         if not self.rows:
-            self.stop()
-            return
-        self._ask("Stop the room?", [], self.stop,
-                  message=f"Everyone in the room ({self._who()}) will be disconnected.",
-                  ok_text="Stop server")
+            return self.stop()
+        self._ask("Stop the room?", [], self.stop, ok_text="Stop server",
+                  message=f"Everyone in the room ({few_names(self.rows)}) will be disconnected.")
 
     def stop(self) -> None:
         """Ask the server to stop; _tick notices when its thread has ended."""
@@ -4571,7 +5107,7 @@ class ServerWindow:
     def _server_ended(self) -> None:
         """The server thread is gone: show why, then restart or close if asked."""
         self.server = self.thread = self.listening = self.page_listening = None
-        self._forget_router()
+        self.router.forget()
         self._show_members([])
         problem, self.start_error = self.start_error, None
         restart, self.restart_pending = self.restart_pending, False
@@ -4601,9 +5137,7 @@ class ServerWindow:
     def _destroy(self) -> None:
         if self.thread is not None:
             log.warning("the server did not stop in time; closing anyway")
-        if self.router is not None:   # its mappings go before the window does (a few seconds)
-            self.router.close()
-            self.router = None
+        self.router.close()
         self.closed = True
         self.dialog = None
         log.removeHandler(self.log_feed)
@@ -4616,7 +5150,7 @@ class ServerWindow:
     def _tick(self) -> None:
         """Every TICK_MS: new log lines, news from the server and look-ups."""
         ended = self.thread is not None and not self.thread.is_alive()   # before the inbox
-        self._show_log_lines()
+        self.view.show_log(self.log_feed.take())
         self._read_inbox()
         if ended:
             self._server_ended()
@@ -4649,16 +5183,14 @@ class ServerWindow:
                 continue   # from a server that has been replaced
             elif kind == "listening":
                 self.listening, self.page_listening = news[1], news[2]
-                if self.page_listening is None and self.server.page_problem:
-                    self._page_refused(self.server.page_problem)
                 if self.state == RoomState.STARTING:
                     self.state = RoomState.RUNNING
                     self._ask_router()
             elif kind == "page":
                 self.page_listening = news[1]
                 self._ask_router()   # the page's port too
-            elif kind == "router" and self.router is not None:
-                self.router_heard = news[1], news[2]
+            elif kind == "router":
+                self.router.hear(news[1], news[2])
             elif kind == "page-failed":
                 self._page_refused(news[1])
             elif kind == "failed":
@@ -4680,27 +5212,6 @@ class ServerWindow:
             self.ips[kind] = str(ipaddress.ip_address(ip or ""))
         except ValueError:
             self.unknown[kind] = "failed"
-
-    def _show_log_lines(self) -> None:
-        lines = []
-        while True:
-            try:
-                lines.append(self.log_feed.records.get_nowait())
-            except queue.Empty:
-                break
-        if not lines:
-            return
-        text = self.view.log_text
-        following = text.yview()[1] >= 0.999   # keep the end in view only if it was
-        text.configure(state="normal")
-        for levelno, line in lines[-LOG_LINES:]:
-            text.insert("end", line + "\n", log_tag(levelno))
-        excess = int(text.index("end-1c").split(".")[0]) - 1 - LOG_LINES
-        if excess > 0:
-            text.delete("1.0", f"{excess + 1}.0")
-        text.configure(state="disabled")
-        if following:
-            text.see("end")
 
     # -- who is online ----------------------------------------------------
     def _show_members(self, snapshot: list[tuple[str, str, float, str]]) -> None:
@@ -4786,15 +5297,10 @@ class ServerWindow:
         self._apply_address(host, port)
         return None
 
-    def _who(self) -> str:
-        """Who is in the room, in a few names."""
-        names = [member[0] for member in self.rows.values()]
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
     def _confirm_restart(self, host: str, port: int) -> None:
         self._ask("Restart the room?", [], lambda: self._apply_address(host, port),
                   message=f"The room will restart on {host_port(host, port)}. Everyone in it "
-                          f"({self._who()}) will be disconnected and must join again at the new "
+                          f"({few_names(self.rows)}) will be disconnected and must join again at the new "
                           f"address.", ok_text="Restart")
 
     def _apply_address(self, host: str, port: int) -> None:
@@ -4804,10 +5310,7 @@ class ServerWindow:
         except OSError as e:
             log.warning("could not save the port to %s (%s)", PORT_FILE, e.strerror)
         if (host, port) != (self.settings.host, self.settings.port):
-            s = self.settings
-            follows = s.web_port == next_page_port(dataclasses.replace(s, web_port=None))
-            self.settings = dataclasses.replace(s, host=host, port=port, web_port=next_page_port(
-                dataclasses.replace(s, port=port, web_port=None)) if follows else s.web_port)
+            self.settings = moved_to(self.settings, host, port)
             log.info("listen address set to %s", host_port(host, port))
             show_line(self.view.copied_note, "")   # what was said of the old address
             if self.state in (RoomState.STARTING, RoomState.RUNNING):
@@ -4827,7 +5330,7 @@ class ServerWindow:
     def _friends_join(self) -> FriendsJoin:
         return friends_join(self.settings, self._listen_address(), self.ips["private"],
                             self.ips["public"], self._page_port() if self.view.page_on.get() else None,
-                            *(self.router_heard or (None, None)))
+                            *(self.router.heard or (None, None)))
 
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
@@ -4863,24 +5366,13 @@ class ServerWindow:
         on = self.view.upnp_on.get()
         self.settings = dataclasses.replace(self.settings, upnp=on)
         if self.state == RoomState.RUNNING:
-            self._ask_router() if on else self._forget_router()
+            self._ask_router() if on else self.router.forget()
         self._show_state()
 
     def _ask_router(self) -> None:
-        """Ask (again: the ports changed) if the box is ticked and friends elsewhere could join."""
-        self._forget_router()
-        if not self.settings.upnp or self.listening is None or is_loopback(self.listening[0]):
-            return
         server, inbox = self.server, self.inbox
-        self.router = ask_router(self.settings, self.listening, self.page_listening,
-                                 lambda result, ip: inbox.put(("router", server, result, ip)))
-
-    def _forget_router(self) -> None:
-        """Remove the mappings, on a thread: it takes a few seconds, and the process
-        waits for it before it ends."""
-        router, self.router, self.router_heard = self.router, None, None
-        if router is not None:
-            threading.Thread(target=router.close, name="router-close").start()
+        self.router.ask(self.settings, self.listening, self.page_listening,
+                        lambda result, ip: inbox.put(("router", server, result, ip)))
 
     def _page_refused(self, problem: str) -> None:
         self.view.page_on.set(False)
@@ -4897,10 +5389,12 @@ class ServerWindow:
             why = self.unknown["private" if kind == "page" else kind]
             said = "Nothing copied: " + UNKNOWN[why][1].format(whose=whose) + "."
         else:
+            copied = invitation(address, self.settings.room_key) if kind == "page" else address
             self.root.clipboard_clear()
-            self.root.clipboard_append(address)
+            self.root.clipboard_append(copied)
             self.view.copy_buttons[kind].configure(text="Copied ✓")
-            said = f"Copied {address}: give it to friends who join {whom}."
+            keyed = " with the room key" if copied != address else ""
+            said = f"Copied {address}{keyed}: give it to friends who join {whom}."
         show_line(self.view.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
@@ -4908,9 +5402,7 @@ class ServerWindow:
 
     def _copied_shown(self) -> None:
         self.flash_id = None
-        for kind, button in self.view.copy_buttons.items():
-            button.configure(text=COPY_TEXT[kind])
-        show_line(self.view.copied_note, "")
+        self.view.copied_gone()
 
     def _show_join(self) -> None:
         """How friends join (friends_join, as the banner says it): the addresses and
@@ -4922,20 +5414,15 @@ class ServerWindow:
             label.configure(text=self._address(kind) or UNKNOWN[why][0])
         for widget in view.page_row:
             widget.grid() if join.page_port else widget.grid_remove()
+        served = self.state == RoomState.RUNNING and self.page_listening
+        view.invite_code.show(join.invite if served else None)
         view.page_switch.configure(text=f"Web page for phones and browsers (port {self._page_port()})")
         view.page_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         view.forward_note.configure(text=f"Over the internet: {join.forward}.")
         view.upnp_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
-        heard = self.router_heard   # a forwarded port shows as the address above
-        if self.router is not None and heard is None:
-            said = "Asking your router to forward the port…"
-        elif heard and not heard[0].address(join.listen[1]):
-            said = join.router[:1].upper() + join.router[1:]
-        else:
-            said = ""
-        show_line(view.router_note, said)
+        show_line(view.router_note, self.router.note(join))
         if join.only_here:
             view.address_rows.grid_remove()
         else:
@@ -5023,7 +5510,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 9. The terminal client
+# 12. The terminal client
 # ---------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
@@ -5042,17 +5529,75 @@ class ClientError(Exception):
     """The client cannot go on; the message is one sentence for the person."""
 
 
-def line_editor():
-    """The readline module, which knows what is typed and not sent yet; None
-    where there is none (Windows): arriving lines then print where they fall."""
-    try:
-        import readline
-    except ImportError:
-        return None
-    return readline
-
-
 KEEP_TYPED = "\r\x1b[K{}\n{}"   # to the line's start, erase it, the arriving line, then what was typed
+
+
+class TypedLine:
+    """The line being typed on a terminal, kept here rather than in the
+    terminal's own buffer (its echo and line editing off, Ctrl+C still a
+    signal), so that a line arriving meanwhile prints above it and it is drawn
+    again.  Keys: text, Backspace, Ctrl+U (erase the line), Enter, Ctrl+D on an
+    empty line (the end); other control keys and escape sequences do nothing."""
+
+    def __init__(self, fd: int, out):
+        self.fd, self.out = fd, out
+        self.text = ""
+        self.lock = threading.Lock()   # the stdin thread types, the loop's thread prints
+        self.found = termios.tcgetattr(fd)
+
+    def __enter__(self) -> "TypedLine":
+        keys = termios.tcgetattr(self.fd)
+        keys[3] &= ~(termios.ICANON | termios.ECHO)
+        keys[6][termios.VMIN], keys[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(self.fd, termios.TCSANOW, keys)
+        return self
+
+    def __exit__(self, *_) -> None:
+        termios.tcsetattr(self.fd, termios.TCSANOW, self.found)   # as it was found
+
+    def lines(self):
+        """Each line as Enter ends it (stdin thread), until Ctrl+D or the end of input."""
+        decode, escape = codecs.getincrementaldecoder("utf-8")("replace").decode, 0
+        while data := os.read(self.fd, 1024):
+            for key in decode(data):
+                if escape or key == "\x1b":   # ESC, then [ or O, then up to a final byte
+                    escape = 1 if key == "\x1b" else 2 if escape == 1 and key in "[O" \
+                        else 2 if escape == 2 and not "@" <= key <= "~" else 0
+                    continue
+                with self.lock:
+                    line = self._key(key)
+                if line is False:
+                    return
+                if line is not None:
+                    yield line
+
+    def _key(self, key: str) -> str | bool | None:
+        """Take one key and show it: the line Enter ends, False for the end, else None."""
+        if key in "\r\n":
+            line, self.text = self.text, ""
+            self._write("\n")
+            return line
+        if key == "\x04" and not self.text:
+            return False
+        if key in "\x7f\b" and self.text:
+            self.text = self.text[:-1]
+            self._write("\b \b")
+        elif key == "\x15":
+            self.text = ""
+            self._write("\r\x1b[K")
+        elif key.isprintable():
+            self.text += key
+            self._write(key)
+        return None
+
+    def show(self, line: str) -> None:
+        """An arriving line, above what is being typed, which is drawn again (loop's thread)."""
+        with self.lock:
+            self._write(KEEP_TYPED.format(line, self.text))
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 def server_address(text: str) -> tuple[str, int]:
@@ -5252,7 +5797,7 @@ class ClientSession:
         self.out = out
         self.early = early         # what came after ALIAS in the same read
         self.typed_shows = typed_shows   # a terminal shows typed lines: do not print their echo
-        self.editor = line_editor() if typed_shows else None   # arriving lines keep the typed one
+        self.typed: TypedLine | None = None   # on a terminal: the line being typed
         self.inbuf = b""
         self.outbuf = bytearray()
         self.events = EVENT_READ
@@ -5266,10 +5811,18 @@ class ClientSession:
         self.over = threading.Event()
 
     def stay(self, stdin) -> int:
-        """Run until the person leaves or the server goes; the exit code."""
+        """Run until the person leaves or the server goes; the exit code.  On
+        a terminal, the line being typed is kept here (TypedLine), and the
+        terminal is left as it was found."""
+        if not (self.typed_shows and termios):
+            return self._stay(stdin)
+        with TypedLine(stdin.fileno(), self.out) as self.typed:
+            return self._stay(self.typed.lines())
+
+    def _stay(self, typed) -> int:
         try:   # Ctrl+C may come as soon as the room's first lines are shown
             threading.Thread(target=self._run, name="pcr-client", daemon=True).start()
-            threading.Thread(target=self._read_typed, args=(stdin,), name="pcr-client-stdin",
+            threading.Thread(target=self._read_typed, args=(typed,), name="pcr-client-stdin",
                              daemon=True).start()
             while not self.over.wait(0.5):   # timed, so Ctrl+C gets through on Windows too
                 pass
@@ -5281,24 +5834,16 @@ class ClientSession:
             print(self.problem, file=sys.stderr, flush=True)
         return self.code
 
-    def _read_typed(self, stdin) -> None:
+    def _read_typed(self, typed) -> None:
         """Hand each typed line to the loop; at the end of input, leave (stdin thread)."""
         try:
-            for line in self._typed_lines(stdin):
+            for line in typed:
                 text = line.rstrip("\r\n")
                 if text.strip():   # the room drops blank lines anyway
                     self.loop.call_soon_threadsafe(self.say, text)
-        except (OSError, ValueError, EOFError):   # unreadable input ends the stay like Ctrl+D
+        except (OSError, ValueError):   # unreadable input ends the stay like Ctrl+D
             pass
         self.loop.call_soon_threadsafe(self.end_of_input)
-
-    def _typed_lines(self, stdin):
-        """The lines typed: through the line editor on a terminal, else as they come."""
-        if self.editor is None:
-            yield from stdin
-            return
-        while True:
-            yield input()
 
     # -- the loop's thread ----------------------------------------------
     def _run(self) -> None:
@@ -5381,11 +5926,11 @@ class ClientSession:
     def _print(self, line: str) -> None:
         """Print a line; on a terminal, above what is being typed, which is drawn again."""
         try:
-            if self.editor is None:
+            if self.typed is None:
                 self.out.write(line + "\n")
+                self.out.flush()
             else:
-                self.out.write(KEEP_TYPED.format(line, self.editor.get_line_buffer()))
-            self.out.flush()
+                self.typed.show(line)
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)
 
@@ -5526,7 +6071,7 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 
 
 # ---------------------------------------------------------------------------
-# 10. The command line
+# 13. The command line
 # ---------------------------------------------------------------------------
 
 PAGE_OFF = "off"   # --web-port off
@@ -5567,14 +6112,6 @@ def room_key_text(text: str) -> str:
     return text
 
 
-def networks(text: str) -> tuple:
-    try:
-        return tuple(str(ipaddress.ip_network(part.strip(), strict=False))
-                     for part in text.split(",") if part.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
     limits = p.add_argument_group("for experts: limits")
     limits.add_argument("--keepalive", type=at_least(0, float), default=d.keepalive,
@@ -5601,7 +6138,7 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
                         help="connections at once (default: %(default)s)")
     limits.add_argument("--max-per-ip", type=at_least(1), default=d.max_per_ip, metavar="N",
                         help="connections from one address (default: %(default)s)")
-    limits.add_argument("--allow", type=networks, default=(), metavar="CIDR[,CIDR...]",
+    limits.add_argument("--allow", type=allow_networks, default=(), metavar="CIDR[,CIDR...]",
                         help="only these networks may connect (default: everyone)")
 
 
@@ -5737,11 +6274,12 @@ NOT_KNOWN = {"looking": "looking up this machine's public address…",
 
 
 def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
-                page_problem: str = "") -> str:
+                page_problem: str = "", code: str = "") -> str:
     """What the host needs once the room is open, in one block: how friends join
-    (each address with whom it is for), the log, how to stop.  `unknown`: why
-    the internet address is not known (NOT_KNOWN); `page_problem`: why the
-    page asked for is off."""
+    (each address with whom it is for; with `code`, the invitation's QR code as
+    console_code draws it, under the page's links), the log, how to stop.
+    `unknown`: why the internet address is not known (NOT_KNOWN); `page_problem`:
+    why the page asked for is off."""
     host, port = join.listen
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
@@ -5754,6 +6292,7 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
             lines += [f"  {PAGE_FOR}:", f"    same network:       {join.page_same or 'unknown'}"]
             if join.page_internet:
                 lines.append(f"    over the internet:  {join.page_internet}")
+            lines += [code] if code else []
         else:
             lines.append(f"  {PAGE_FOR}: " + (f"the page is off: {page_problem}" if page_problem
                                               else "the page is off (--web-port off)"))
@@ -5787,6 +6326,21 @@ def page_line(link: str) -> str:
     return f"  {PAGE_FOR}, over the internet:  {link}"
 
 
+def console_code(link: str | None, stream) -> str:
+    """The code of `link` to scan off `stream` (a console with light text on dark), a
+    sentence where the console's encoding has no block characters, or "" with no link."""
+    if not link:
+        return ""
+    try:
+        "█▀▄".encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "  (this console cannot draw the link's QR code to scan; --gui shows it)"
+    try:
+        return qr_console_text(qr_code(link))
+    except ValueError:   # a room key too long for any code
+        return ""
+
+
 def print_for_host(text: str) -> None:
     """Print for the host; a terminal that has gone away (hang-up) is no error."""
     try:
@@ -5806,12 +6360,14 @@ def announce(settings: Settings, address: tuple[str, int],
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port)
     if not join.only_here and not settings.upnp and settings.public_ip_url:
-        look_up_public_ip(settings.public_ip_url, lambda ip: print_for_host(join_banner(
-            settings, friends_join(settings, address, private_ip, ip, page_port),
-            "looking" if ip else "failed", page_problem)))
+        def public_ip_heard(ip: str | None) -> None:
+            known = friends_join(settings, address, private_ip, ip, page_port)
+            print_for_host(join_banner(settings, known, "looking" if ip else "failed", page_problem,
+                                       console_code(known.invite, sys.stdout)))
+        look_up_public_ip(settings.public_ip_url, public_ip_heard)
         return None
     print_for_host(join_banner(settings, join, "looking" if settings.public_ip_url else "off",
-                               page_problem))
+                               page_problem, console_code(join.invite, sys.stdout)))
     if join.only_here:
         if settings.upnp:
             print_for_host(f"  the room listens on {address[0]} only, so the router was not "
@@ -5843,6 +6399,7 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     router = announce(settings, address, server.web_address, server.page_problem)
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     server.serve()
@@ -5873,7 +6430,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 11. The chat page (data)
+# 14. The chat page (data)
 # ---------------------------------------------------------------------------
 
 # One document, nothing loaded from anywhere else.  A raw string with no
@@ -6716,8 +7273,18 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
   });
 
+  function keyFromLink() {
+    // An invitation carries the room key in its fragment (#key=...), which no server
+    // sees: it fills the key field, then leaves the address bar and the history.
+    const found = /^#key=(.*)$/.exec(location.hash);
+    if (!found) { return; }
+    try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    history.replaceState(history.state, "", location.pathname + location.search);
+  }
+
   ui.name.value = remembered();
   keptSeat();
+  keyFromLink();
   setCanSend(false);
   renderPeople();
   ui.name.focus();
@@ -6727,7 +7294,6 @@ button:disabled { cursor: default; opacity: 0.55; }
 </body>
 </html>
 """
-WebDoor.page = ChatPage(PAGE_HTML)   # the web door serves it; the code above reads without it
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 from typing import Callable
 from unittest import mock
 
@@ -356,6 +357,7 @@ class FileShapeTest(unittest.TestCase):
                              f"section {n} ({title}) not in the map")
 
     def test_no_section_uses_a_later_one(self):
+        """The page data at the end is the one exception: code may read it when it runs."""
         defined = {}   # top-level name -> its section
         for node in self.tree.body:
             targets = []
@@ -366,27 +368,61 @@ class FileShapeTest(unittest.TestCase):
                     targets += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
             for name in targets:
                 defined.setdefault(name, self.section_of(node.lineno))
-        later = []
+        later, page = [], self.sections[-1][1]
 
-        def visit(node, here: int, local: frozenset) -> None:
+        def visit(node, here: int, local: frozenset, running: bool) -> None:
             if isinstance(node, (ast.FunctionDef, ast.Lambda)):   # its own names shadow
                 args = node.args
                 names = {a.arg for a in args.args + args.kwonlyargs + args.posonlyargs}
                 names |= {a.arg for a in (args.vararg, args.kwarg) if a}
                 names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
                           and isinstance(n.ctx, ast.Store)}
-                local = local | names
+                local, running = local | names, True
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
-                    and node.id not in local and defined.get(node.id, 0) > here:
+                    and node.id not in local and defined.get(node.id, 0) > here \
+                    and not (running and defined[node.id] == page):
                 later.append(f"line {node.lineno}: {node.id} (section {defined[node.id]}) "
                              f"used in section {here}")
             for child in ast.iter_child_nodes(node):
-                visit(child, here, local)
+                visit(child, here, local, running)
 
         for node in self.tree.body:
-            visit(node, self.section_of(node.lineno), frozenset())
+            visit(node, self.section_of(node.lineno), frozenset(), False)
         self.assertEqual(later, [])
         self.assertGreater(len(defined), 100)   # the walk saw the file
+
+    def test_no_class_is_over_450_lines(self):
+        sizes = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(self.tree)
+                 if isinstance(node, ast.ClassDef)}
+        self.assertGreater(sizes["Server"], 100)   # the walk saw the classes
+        self.assertEqual({name: n for name, n in sizes.items() if n > 450}, {})
+
+    def test_the_web_kind_is_told_apart_in_at_most_four_places(self):
+        places = [node.lineno for node in ast.walk(self.tree) if isinstance(node, ast.Attribute)
+                  and node.attr == "WEB" and isinstance(node.value, ast.Name)
+                  and node.value.id == "Kind"]
+        self.assertGreaterEqual(len(places), 1)
+        self.assertLessEqual(len(places), 4, f"Kind.WEB on lines {places}")
+
+    def test_a_section_of_its_own_is_the_router_client(self):
+        self.assertTrue([title for _, _, title in self.sections if "router" in title.lower()],
+                        [title for _, _, title in self.sections])
+
+    def test_no_class_attribute_is_assigned_at_module_level(self):
+        assigned = []
+        for node in self.tree.body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
+                    and getattr(node.value.func, "id", "") == "setattr":
+                targets = node.value.args[:1]
+            else:
+                continue
+            assigned += [f"line {node.lineno}: {ast.unparse(target)}" for target in targets
+                         if isinstance(target, ast.Attribute) or isinstance(node, ast.Expr)]
+        self.assertEqual(assigned, [])
 
     def test_the_page_is_the_last_section_a_raw_string_with_one_script_and_no_backslash(self):
         last_start, _, title = self.sections[-1]
@@ -396,7 +432,9 @@ class FileShapeTest(unittest.TestCase):
         self.assertNotIn("\\", pcr.PAGE_HTML)
         self.assertEqual(len(re.findall(r"<script\b", pcr.PAGE_HTML)), 1)
         self.assertEqual(len(re.findall(r"</script>", pcr.PAGE_HTML)), 1)
-        self.assertEqual(pcr.WebDoor.page.body, pcr.PAGE_HTML.encode())
+        server = pcr.Server(pcr.Settings())   # the page is handed to the door as it is built
+        self.addCleanup(server.loop.close)
+        self.assertEqual(server.door.page.body, pcr.PAGE_HTML.encode())
 
 
 class ProtocolTextTest(unittest.TestCase):
@@ -1599,8 +1637,8 @@ class SelectorLimitTest(ServerCase):
 
     def test_beyond_what_select_can_watch_connections_are_refused_as_in_a_full_room(self):
         server = self.start_on_select(60, max_per_ip=1000)
-        capacity = 60 - 1 - 2 - pcr.Server.REFUSING
-        self.assertEqual(server.capacity, capacity)
+        capacity = 60 - 1 - 2 - pcr.Gate.REFUSING
+        self.assertEqual(server.gate.capacity, capacity)
         self.assertIn(f"(up to {capacity} members)", self.log_text())
         members = [self.member(f"m{i}") for i in range(capacity)]
         late = self.connect()
@@ -1612,8 +1650,8 @@ class SelectorLimitTest(ServerCase):
                                   "the test above keeps the same rule at a smaller cap")
     def test_under_windows_600_connections_leave_the_room_chatting(self):
         server = self.start(max_per_ip=1000)
-        capacity = pcr.SELECT_LIMIT - 1 - 2 - pcr.Server.REFUSING   # the real cap, about 477
-        self.assertEqual(server.capacity, capacity)
+        capacity = pcr.SELECT_LIMIT - 1 - 2 - pcr.Gate.REFUSING   # the real cap, about 477
+        self.assertEqual(server.gate.capacity, capacity)
         ann, bob = self.member("ann"), self.member("bob")
         crowd, refused = [], 0
         for i in range(598):
@@ -2227,7 +2265,7 @@ class CommandLineTest(unittest.TestCase):
     def test_out_of_files_on_accept_pauses_without_spinning(self):
         port = free_port()
         code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48));"
-                "import pcr_server; pcr_server.Server.SPARE_FILES = -1000;"
+                "import pcr_server; pcr_server.Gate.SPARE_FILES = -1000;"
                 f"sys.exit(pcr_server.main(['--host', '127.0.0.1', '--port', '{port}',"
                 "'--public-ip-url', '', '--max-per-ip', '1000', '--log-file', 'f.log']))")
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=self.dir,
@@ -3032,7 +3070,7 @@ class WebPageTest(WebCase):
         got = http_get(self.web, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\n\r\n".encode())
         head, _, body = got.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"), head)
-        self.assertEqual(body, pcr.WebDoor.page.body)
+        self.assertEqual(body, pcr.PAGE_HTML.encode())
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
         self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
         self.assertEqual(headers["Referrer-Policy"], "no-referrer")
@@ -3459,6 +3497,25 @@ NO_BROWSER = ("the browser tests need Chromium, its driver and selenium "
 SCREENSHOTS = os.environ.get("PCR_SCREENSHOTS")   # a folder: keep the page's screenshots there
 
 
+def start_chromium(profile: str) -> "webdriver.Chrome":
+    """Headless Chromium with its profile in `profile`, driven by selenium; SkipTest if it cannot."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if webdriver is None or not chromium or not driver:
+        raise unittest.SkipTest(NO_BROWSER)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        return webdriver.Chrome(options=options, service=Service(driver))
+    except WebDriverException as e:
+        raise unittest.SkipTest(f"Chromium did not start ({e.msg}); {NO_BROWSER}")
+
+
 class BrowserCase(ServerCase):
     """The page in a real browser: headless Chromium, driven by selenium
     (one browser for each class of tests)."""
@@ -3467,23 +3524,9 @@ class BrowserCase(ServerCase):
 
     @classmethod
     def setUpClass(cls):
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        driver = shutil.which("chromedriver")
-        if webdriver is None or not chromium or not driver:
-            raise unittest.SkipTest(NO_BROWSER)
         profile = tempfile.mkdtemp()
         cls.addClassCleanup(shutil.rmtree, profile, True)
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        try:
-            cls.driver = webdriver.Chrome(options=options, service=Service(driver))
-        except WebDriverException as e:
-            raise unittest.SkipTest(f"Chromium did not start ({e.msg}); {NO_BROWSER}")
+        cls.driver = start_chromium(profile)
         cls.addClassCleanup(cls.driver.quit)
         cls.driver.set_page_load_timeout(WAIT * 2)
         cls.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",   # a phone
@@ -5479,12 +5522,17 @@ class HomeNetwork:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=WAIT)
         for name in self.made:
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                                  timeout=WAIT).stdout.split()
-            for pid in pids:   # only ever our own: nothing else lives in these namespaces
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
+            delete_namespace(name)
+
+
+def delete_namespace(name: str) -> None:
+    """Kill what runs in the network namespace `name` (only ever a test's own), then delete it."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                          timeout=WAIT).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
 
 
 class RouterForwardingTest(unittest.TestCase):
@@ -5733,6 +5781,419 @@ class DeadMembersTest(unittest.TestCase):
             time.sleep(0.3)
         self.assertLess(time.monotonic() - cut, self.window() + 3)
 
+
+# ---------------------------------------------------------------------------
+# The QR code (issue 22): read back by decoders of others, never by our own.
+# ---------------------------------------------------------------------------
+
+try:
+    import zxingcpp
+    from PIL import Image
+except ImportError:   # test tools only: the server never imports them
+    zxingcpp = None
+NO_ZXING = "zxing-cpp and pillow are not installed (pip install zxing-cpp pillow)"
+NO_ZBAR = "zbar's zbarimg is not installed (apt install zbar-tools)"
+BLOCKS = {"█": (True, True), "▀": (True, False), "▄": (False, True), " ": (False, False)}
+
+
+def code_image(modules: list, scale: int = 2) -> "Image.Image":
+    """A code as printed: dark modules black on white, with a quiet zone of 4."""
+    side = len(modules) + 8
+    image = Image.new("L", (side, side), 255)
+    for r, row in enumerate(modules):
+        for c, dark in enumerate(row):
+            if dark:
+                image.putpixel((c + 4, r + 4), 0)
+    return image.resize((side * scale, side * scale), Image.NEAREST)
+
+
+def console_image(text: str, cell: tuple[int, int] = (8, 16)) -> "Image.Image":
+    """Block characters as a terminal shows them: light text on a dark background."""
+    lines = [line for line in text.splitlines() if line and set(line) <= set(BLOCKS)]
+    width, height = cell
+    image = Image.new("L", (width * max(map(len, lines)) + 40, height * len(lines) + 40), 0)
+    for y, line in enumerate(lines):
+        for x, char in enumerate(line):
+            for half, light in enumerate(BLOCKS[char]):
+                if light:
+                    top = 20 + y * height + half * height // 2
+                    image.paste(255, (20 + x * width, top, 20 + (x + 1) * width, top + height // 2))
+    return image
+
+
+def zxing_read(image) -> list:
+    """What zxing-cpp reads in `image`: (text, error correction level) for each code."""
+    return [(found.text, found.ec_level)
+            for found in zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)]
+
+
+def zbar_read(images: list, folder: str) -> list[str]:
+    """What zbarimg reads in each image, in order, one run for all (texts without line ends)."""
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(os.path.join(folder, f"{i}.png"))
+        image.save(paths[-1])
+    done = subprocess.run(["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", *paths],
+                          capture_output=True, timeout=120, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    return done.stdout.decode("utf-8", "replace").split("\n")[:-1]
+
+
+def sample_text(size: int) -> str:
+    """`size` bytes of printable ASCII, different for each size (the link's characters among them)."""
+    return "".join(chr(32 + (i * 37 + size * 11) % 95) for i in range(size))
+
+
+class QrCodeTest(unittest.TestCase):
+    """qr_code(text): every text of 1 to 500 bytes, every version at its fullest,
+    UTF-8, read back exactly by zxing-cpp and by zbar, at level M."""
+
+    @classmethod
+    def setUpClass(cls):
+        if zxingcpp is None:
+            raise unittest.SkipTest(NO_ZXING)
+        cls.texts = [sample_text(n) for n in range(1, 501)]
+        cls.images = [code_image(pcr.qr_code(text)) for text in cls.texts]
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+
+    def need_zbar(self) -> None:
+        if not shutil.which("zbarimg"):
+            self.skipTest(NO_ZBAR)
+
+    def test_zxing_reads_every_text_of_1_to_500_bytes_at_level_m(self):
+        unread = [len(text) for text, image in zip(self.texts, self.images)
+                  if zxing_read(image) != [(text, "M")]]
+        self.assertEqual(unread, [])
+
+    def test_zbar_reads_every_text_of_1_to_500_bytes(self):
+        self.need_zbar()
+        self.assertEqual(zbar_read(self.images, self.folder), self.texts)
+
+    def test_every_version_holds_what_the_standard_says_and_no_more(self):
+        # Byte mode at level M (ISO/IEC 18004 table 7): the most bytes of versions 1 to 40.
+        most = (14, 26, 42, 62, 84, 106, 122, 152, 180, 213, 251, 287, 331, 362, 412, 450, 504,
+                560, 624, 666, 711, 779, 857, 911, 997, 1059, 1125, 1190, 1264, 1370, 1452,
+                1538, 1628, 1722, 1809, 1911, 1989, 2099, 2213, 2331)
+        texts = [sample_text(n) for n in most]
+        codes = [pcr.qr_code(text) for text in texts]
+        self.assertEqual([len(code) for code in codes], [17 + 4 * v for v in range(1, 41)])
+        self.assertEqual([len(pcr.qr_code(sample_text(n + 1))) for n in most[:-1]],
+                         [17 + 4 * v for v in range(2, 41)])
+        with self.assertRaises(ValueError):
+            pcr.qr_code(sample_text(2332))
+        images = [code_image(code) for code in codes]
+        self.assertEqual([zxing_read(image) for image in images], [[(t, "M")] for t in texts])
+        self.need_zbar()
+        self.assertEqual(zbar_read(images, self.folder), texts)
+
+    def test_utf8_text_reads_back_as_itself(self):
+        texts = ["Grüße aus Köln", "日本語のテキスト", "😀 " * 40, "é" * 250]
+        images = [code_image(pcr.qr_code(text)) for text in texts]
+        self.assertEqual([zxing_read(image) for image in images], [[(t, "M")] for t in texts])
+        self.need_zbar()
+        self.assertEqual(zbar_read(images, self.folder), texts)
+
+    def test_the_standards_worked_values(self):
+        self.assertEqual(pcr.bch_code(7, pcr.QR_VERSION_POLY), 0x07C94)   # Annex D
+        self.assertEqual(pcr.qr_format_bits(0), 0b101010000010010)        # M, mask 0 (Annex C)
+        self.assertEqual([pcr.qr_data_capacity(v) for v in (1, 7, 17, 40)], [16, 124, 507, 2334])
+
+    def test_the_console_drawing_is_two_rows_a_line_light_on_dark(self):
+        modules = pcr.qr_code("http://192.0.2.10:5051/")
+        lines = pcr.qr_console_text(modules).split("\n")
+        side = len(modules) + 2 * pcr.QR_QUIET
+        self.assertEqual(len(lines), (side + 1) // 2)
+        self.assertEqual({len(line) for line in lines}, {side})
+        self.assertLessEqual(set("".join(lines)), set(BLOCKS))
+        self.assertEqual(lines[0], "█" * side)   # the quiet zone is light: blocks
+        self.assertEqual(zxing_read(console_image("\n".join(lines))), [(
+            "http://192.0.2.10:5051/", "M")])
+
+
+class InvitationTest(unittest.TestCase):
+    """The invitation: the page's address on the same network, the room key in its
+    fragment only; a code on the console only where it can be drawn and reached."""
+
+    def join(self, host: str = "0.0.0.0", private_ip: str | None = "192.0.2.10",
+             page_port: int | None = 5051, **settings) -> "pcr.FriendsJoin":
+        return pcr.friends_join(pcr.Settings(**settings), (host, 5050), private_ip, None, page_port)
+
+    def test_the_key_travels_in_the_fragment_only(self):
+        invite = self.join(room_key="Fam&ly+2026=x").invite
+        self.assertEqual(invite, "http://192.0.2.10:5051/#key=Fam%26ly%2B2026%3Dx")
+        parts = urllib.parse.urlsplit(invite)
+        self.assertEqual((parts.netloc, parts.path, parts.query), ("192.0.2.10:5051", "/", ""))
+        self.assertEqual(urllib.parse.unquote(parts.fragment), "key=Fam&ly+2026=x")
+        self.assertEqual(self.join().invite, "http://192.0.2.10:5051/")
+
+    def test_no_invitation_where_no_phone_can_come(self):
+        self.assertIsNone(self.join(host="127.0.0.1").invite)
+        self.assertIsNone(self.join(page_port=None).invite)
+        self.assertIsNone(self.join(private_ip="unknown").invite)
+        self.assertIsNone(self.join(private_ip="127.0.1.1").invite)   # no route out
+
+    def test_a_console_without_block_characters_gets_a_sentence_instead(self):
+        for encoding in ("ascii", "cp1252", None):
+            said = pcr.console_code("http://192.0.2.10:5051/", io.TextIOWrapper(
+                io.BytesIO(), encoding=encoding or "ascii") if encoding else None)
+            self.assertIn("cannot draw", said)
+            said.encode("ascii")
+        for encoding in ("utf-8", "cp437"):
+            drawn = pcr.console_code("http://192.0.2.10:5051/", io.TextIOWrapper(
+                io.BytesIO(), encoding=encoding))
+            self.assertLessEqual(set(drawn), set(BLOCKS) | {"\n"})
+            drawn.encode(encoding)
+        self.assertEqual(pcr.console_code(None, sys.stdout), "")
+
+    def test_a_loopback_room_prints_no_code(self):
+        proc = run_server("--host", "127.0.0.1", "--port", str(free_port()), "--web-port",
+                          str(free_port()), "--public-ip-url", "", "--log-file", "")
+        try:
+            printed = printed_until(proc, "Ctrl+C stops the server.")
+        finally:
+            interrupt(proc)
+            proc.communicate(timeout=WAIT * 2)
+        self.assertIn("nobody else can join", printed)
+        self.assertFalse(set(printed) & set("█▀▄"), printed)
+        self.assertNotIn("QR", printed)
+
+
+@functools.lru_cache(maxsize=None)
+def test_net_missing() -> str:
+    """Why a network namespace with an address of its own cannot be made here; "" if it can."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux's"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root"
+    if not shutil.which("ip"):
+        return "iproute2's ip is not installed or not on PATH (.ci/run installs it)"
+    name = f"pcr{os.getpid()}-qprobe"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=WAIT)
+    if made.returncode:
+        return f"cannot make network namespaces here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
+    return ""
+
+
+class TestNet:
+    """A network namespace of its own, deleted when the test ends: loopback and one
+    interface at 192.0.2.10 (TEST-NET-1), a veth pair with both ends inside, so a room
+    in it is on a network while no packet leaves it and nothing of this machine's changes."""
+
+    IP = "192.0.2.10"
+
+    def __init__(self, case: unittest.TestCase):
+        self.name = f"pcr{os.getpid()}n{next(HOME_NUMBERS)}-qr"
+        self.dir = tempfile.mkdtemp()
+        case.addCleanup(shutil.rmtree, self.dir, True)
+        case.addCleanup(delete_namespace, self.name)   # also when building fails half-way
+        for args in (("netns", "add", self.name), ("-n", self.name, "link", "set", "lo", "up"),
+                     ("-n", self.name, "link", "add", "net0", "type", "veth", "peer", "name", "net1"),
+                     ("-n", self.name, "addr", "add", f"{self.IP}/24", "dev", "net0"),
+                     ("-n", self.name, "link", "set", "net0", "up"),
+                     ("-n", self.name, "link", "set", "net1", "up")):
+            done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=WAIT)
+            if done.returncode:
+                raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+    def inside(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def room(self, *args: str, **kw) -> subprocess.Popen:
+        """pcr_server.py in the namespace, port 5050, its page on 5051."""
+        return subprocess.Popen(self.inside(sys.executable, SERVER, "--port", "5050", "--web-port",
+                                            "5051", "--public-ip-url", "", "--log-file", "", *args),
+                                cwd=self.dir, **kw)
+
+
+def read_terminal(fd: int, needle: bytes, timeout: float = WAIT * 2) -> bytes:
+    """What a pty's master `fd` gives until `needle` (bounded)."""
+    got, deadline = b"", time.monotonic() + timeout
+    while needle not in got:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"timed out waiting for {needle!r}; got {got!r}")
+        try:
+            got += os.read(fd, 65536)
+        except OSError:   # the other side closed
+            raise AssertionError(f"the terminal closed before {needle!r}; got {got!r}") from None
+    return got
+
+
+# On the namespace's Tk thread: the window's code as the room starts, the page
+# goes off, the port changes, the page comes back, the room goes to loopback
+# only; a screenshot at each step.  argv: this folder, the screenshots' folder, the key.
+WINDOW_STEPS = """
+import json, subprocess, sys, time, tkinter
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+root = tkinter.Tk()
+pcr.setup_logging("", console=False)   # the log panel shows what a room logs
+w = pcr.ServerWindow(root, pcr.Settings(port=5050, public_ip_url="", log_file="", room_key=sys.argv[3]))
+def until(done):
+    end = time.monotonic() + 20
+    while not done():
+        if time.monotonic() > end:
+            sys.exit(f"timed out at {name}")
+        root.update()
+        time.sleep(0.02)
+def step(shown):
+    until(lambda: w.view.invite_code.link == shown and (shown is None or w.page_listening))
+    for _ in range(20):
+        root.update()
+        time.sleep(0.02)
+    shot = f"{sys.argv[2]}/{name}.png"
+    subprocess.run(["import", "-window", "root", shot], check=True, timeout=30)
+    canvas = w.view.invite_code.canvas
+    print(json.dumps({"step": name, "shot": shot, "link": shown, "window": [root.winfo_width(),
+        root.winfo_height()], "canvas": canvas.winfo_width() if canvas.winfo_ismapped() else 0}),
+        flush=True)
+def link(port):
+    return pcr.invitation(f"http://192.0.2.10:{port}/", sys.argv[3])
+name = "page-off"; w.view.start_button.invoke(); until(lambda: w.state == pcr.RoomState.RUNNING)
+step(None)
+name = "page-on"; w.view.page_switch.invoke(); step(link(5051))
+name = "page-off-again"; w.view.page_switch.invoke(); step(None)
+name = "new-port"; w._take_port("5060"); until(lambda: w.listening == ("0.0.0.0", 5060))
+w.view.page_switch.invoke(); step(link(5061))
+name = "loopback"; w._take_address("127.0.0.1", "5060"); until(lambda: w.listening == ("127.0.0.1", 5060))
+step(None)
+w.close()
+until(lambda: w.closed)
+"""
+
+# In the namespace: Chromium opens the link, joins with a name alone and
+# says what its address bar shows, then what the history kept of the link.  argv: this folder, the link, the name.
+BROWSER_STEPS = """
+import json, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import test_pcr_server as t
+driver = t.start_chromium(tempfile.mkdtemp())
+try:
+    driver.get(sys.argv[2])
+    wait = t.WebDriverWait(driver, t.WAIT * 2)
+    wait.until(lambda d: d.find_element(t.By.CSS_SELECTOR, "#name").is_displayed())
+    name = driver.find_element(t.By.CSS_SELECTOR, "#name")
+    name.clear()
+    name.send_keys(sys.argv[3])
+    driver.find_element(t.By.CSS_SELECTOR, "#join-button").click()
+    wait.until(lambda d: d.find_element(t.By.CSS_SELECTOR, "#chat").is_displayed())
+    seen = {"address": driver.current_url, "people": driver.find_element(
+        t.By.CSS_SELECTOR, "#people-list").get_attribute("textContent")}
+    driver.back()      # the page before, then the link's own entry in the history again
+    driver.forward()
+    seen["history"] = driver.current_url
+    print(json.dumps(seen), flush=True)
+finally:
+    driver.quit()
+"""
+
+
+class InvitationOnANetworkTest(unittest.TestCase):
+    """The banner's code from a real terminal, the window's from a screenshot, and
+    Chromium following the link: each with the room in a namespace of its own on
+    TEST-NET (needs root and network namespaces), so friends could reach it."""
+
+    KEY = "Fam&ly+2026=x"
+
+    def setUp(self):
+        if reason := test_net_missing():
+            self.skipTest(reason)
+        if zxingcpp is None:
+            self.skipTest(NO_ZXING)
+        self.net = TestNet(self)
+
+    def banner_on_a_terminal(self, *args: str) -> str:
+        """The banner as a terminal shows it: the room's output through a pty."""
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        proc = self.net.room(*args, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        self.addCleanup(proc.wait, WAIT)
+        self.addCleanup(proc.kill)
+        return read_terminal(master, b"Ctrl+C stops the server.").decode().replace("\r\n", "\n")
+
+    def scanned(self, image) -> str:
+        """The one code in `image`, read by both decoders (zbar where installed)."""
+        [(text, level)] = zxing_read(image)
+        self.assertEqual(level, "M")
+        if shutil.which("zbarimg"):
+            self.assertEqual(zbar_read([image], self.net.dir), [text])
+        return text
+
+    def test_the_banners_code_on_a_terminal_reads_as_the_pages_address(self):
+        printed = self.banner_on_a_terminal()
+        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/",
+                      printed)
+        self.assertNotIn("\x1b", printed)   # no colour codes: it survives a log or a paste
+        code = printed.split("http://192.0.2.10:5051/")[1].split("\n", 1)[1]
+        self.assertTrue(code.startswith("█" * 10), printed)   # right under the page's line
+        self.assertEqual(self.scanned(console_image(printed)), "http://192.0.2.10:5051/")
+
+    def test_an_ascii_console_gets_the_banner_without_a_code_or_a_traceback(self):
+        proc = self.net.room(env={**os.environ, "PYTHONIOENCODING": "ascii"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.wait, WAIT)
+        self.addCleanup(proc.kill)
+        printed = printed_until(proc, "Ctrl+C stops the server.")
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=WAIT * 2)[1]
+        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/",
+                      printed)
+        self.assertIn("cannot draw the link's QR code", printed)
+        self.assertNotIn("Traceback", printed + err)
+        self.assertEqual(proc.returncode, 0, err)
+
+    def test_the_window_shows_the_code_while_the_page_is_served_and_redraws_it(self):
+        try:
+            import tkinter  # noqa: F401
+        except ImportError:
+            self.skipTest("tkinter is not installed")
+        if not shutil.which("import"):
+            self.skipTest("ImageMagick's import is not installed (apt install imagemagick)")
+        display = os.environ.get("DISPLAY") or start_xvfb()
+        done = subprocess.run(self.net.inside(sys.executable, "-c", WINDOW_STEPS, HERE,
+                                              self.net.dir, self.KEY),
+                              cwd=self.net.dir, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "DISPLAY": display})
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        steps = [json.loads(line) for line in done.stdout.splitlines()]
+        self.assertEqual([s["step"] for s in steps],
+                         ["page-off", "page-on", "page-off-again", "new-port", "loopback"])
+        for step in steps:
+            image = Image.open(step["shot"])
+            self.assertLessEqual(step["window"], [1280, 800], step)
+            if step["link"] is None:
+                self.assertEqual(zxing_read(image), [], step)
+                continue
+            self.assertEqual(self.scanned(image), step["link"])
+            modules = len(pcr.qr_code(step["link"])) + 2 * pcr.QR_QUIET
+            self.assertGreaterEqual(step["canvas"], 4 * modules, step)   # 4 px a module
+        self.assertIn("#key=Fam%26ly%2B2026%3Dx", steps[1]["link"])
+        self.assertIn(":5061/", steps[3]["link"])
+        if SCREENSHOTS:   # the README's picture: the window, at the screen's top left
+            Image.open(steps[1]["shot"]).crop((0, 0, *steps[1]["window"])).save(
+                os.path.join(SCREENSHOTS, "invite.png"), optimize=True)
+
+    def test_chromium_follows_the_scanned_link_and_joins_with_a_name_alone(self):
+        if webdriver is None:
+            self.skipTest(NO_BROWSER)
+        printed = self.banner_on_a_terminal("--room-key", self.KEY)
+        link = self.scanned(console_image(printed))
+        self.assertEqual(link, "http://192.0.2.10:5051/#key=Fam%26ly%2B2026%3Dx")
+        parts = urllib.parse.urlsplit(link)
+        self.assertNotIn("Fam", parts.netloc + parts.path + parts.query)
+        done = subprocess.run(self.net.inside(sys.executable, "-c", BROWSER_STEPS, HERE, link, "Wendy"),
+                              capture_output=True, text=True, timeout=120)
+        if "SkipTest" in done.stderr:
+            self.skipTest(done.stderr.strip().splitlines()[-1])
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        seen = json.loads(done.stdout.splitlines()[-1])
+        self.assertEqual(seen["address"], "http://192.0.2.10:5051/")   # the key is gone
+        self.assertEqual(seen["history"], "http://192.0.2.10:5051/")
+        self.assertIn("Wendy", seen["people"])
 
 
 # -- issue 27: a host's first evening -------------------------------------------
