@@ -21,9 +21,11 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               Bucket, Tally, Transport (one socket: the one send,
                               kept bytes, write interest, TLS steps, the close)
   4. The room and its outlets Member (who, and where in its life), Room (names,
-                              welcomes, leaves, the count, the history for newcomers:
-                              each event published once), an outlet per kind of
-                              reader, each encoding and delivering the events:
+                              welcomes, leaves, the count, the history for newcomers,
+                              /msg: each event published once, a private line to
+                              its two members alone), an outlet per kind of
+                              reader, each encoding and delivering the events
+                              (Stream: what an outlet says, parts for one member alone):
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
@@ -338,6 +340,10 @@ SEAT_GONE = "your seat in the room was not kept (away too long, or the room rest
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
+PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
+MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
+HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
+             "/help shows this\n")
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -389,6 +395,24 @@ def who_notice(names: list[str]) -> str:
     return f"in the room now ({len(names)}): {shown}\n"
 
 
+def private_notice(sender: str, receiver: str, text: str) -> str:
+    """A private line, as its sender and its receiver both read it."""
+    return f"{PRIVATE_TAG} {sender} to {receiver}: {text}\n"
+
+
+def nobody_notice(name: str) -> str:
+    """The answer to /msg for a name that is nobody's in the room."""
+    return f"nobody called {name} is in the room; /who lists who is\n"
+
+
+def private_readings(request: str) -> list[tuple[str, str]]:
+    """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
+    the longest NAME first (a name may hold spaces); none without both."""
+    request = request.strip()
+    cuts = [space.start() for space in re.finditer(r"\s+", request)]
+    return [(request[:cut], request[cut:].lstrip()) for cut in reversed(cuts)]
+
+
 def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
     overrides and line separators removed."""
@@ -400,12 +424,13 @@ def clean_name(text: str) -> str:
 
     Colons go too, so that no name can pose as another's line prefix, and a
     leading digit gets a `_` before it: the App takes any read that starts
-    with a digit for the count.
+    with a digit for the count.  So does a leading `[private]`, in any look:
+    no chat line can pose as a private one.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
     text = _SPACES.sub(" ", text).strip()
-    if text[:1].isdigit():
+    if text[:1].isdigit() or name_look(text).startswith(PRIVATE_TAG):
         text = "_" + text
     return text[:MAX_NAME].strip()
 
@@ -553,12 +578,12 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
 
 
-def ws_event(kind: str, **fields) -> bytes:
+def ws_event(kind: str, /, **fields) -> bytes:
     """A message for the page: one text frame holding {"type": kind, ...}."""
     return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
 
 
-def ws_marked_event(start: int, kind: str, **fields) -> bytes:
+def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
     """ws_event, written at stream position `start` and marked with `at`, the
     position right after it: where a page that has it picks up again."""
     body = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode()[:-1] + b', "at": '
@@ -613,10 +638,14 @@ class FrameReader:
     Holds at most one frame and one message of `max_message` bytes.  A
     longer message of up to `drop_up_to` bytes is dropped as it comes and
     said once, at its start, as (opcode, None); anything bigger, unmasked,
-    reserved or out of order raises WsError with the RFC's code.
+    reserved or out of order raises WsError with the RFC's code.  Text is
+    checked with one incremental UTF-8 decoder per message, as its bytes
+    come: bad UTF-8 raises (1007) as soon as it is in, without waiting for
+    the end of its frame or of its message.
     """
 
-    __slots__ = ("max_message", "drop_up_to", "buf", "parts", "size", "opcode", "skip", "dropping")
+    __slots__ = ("max_message", "drop_up_to", "buf", "parts", "size", "opcode", "text", "checked",
+                 "skip", "dropping")
 
     def __init__(self, max_message: int, drop_up_to: int = 0):
         self.max_message, self.drop_up_to = max_message, drop_up_to
@@ -624,6 +653,8 @@ class FrameReader:
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
+        self.text = None               # the UTF-8 check of the text message under way
+        self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
         self.skip = 0                  # bytes of a dropped frame still to come
         self.dropping = False          # the message being fragmented is dropped
 
@@ -649,6 +680,8 @@ class FrameReader:
         fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
         if first & 0x70:
             raise WsError(WS_PROTOCOL_ERROR, "reserved bits set")
+        if opcode not in (0x0, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG):
+            raise WsError(WS_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if not second & 0x80:
             raise WsError(WS_PROTOCOL_ERROR, "client frames must be masked")
         at = 2
@@ -660,33 +693,39 @@ class FrameReader:
             if len(buf) < 10:
                 return None
             length, at = struct.unpack_from("!Q", buf, 2)[0], 10
+        end = at + 4 + length
         if opcode >= 0x8:
             if not fin or length > 125:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
-        elif opcode not in (0x0, WS_TEXT, WS_BINARY):
-            raise WsError(WS_PROTOCOL_ERROR, "unknown opcode")
         elif self.size + length > max(self.max_message, self.drop_up_to):
             raise WsError(WS_TOO_BIG, "message too big")
         elif self.dropping or self.size + length > self.max_message:
-            return self._drop(fin, opcode, length, at + 4 + length)
-        if len(buf) < at + 4 + length:
+            return self._drop(fin, opcode, length, end)
+        else:
+            if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
+                self._start_frame(opcode)
+            if self.text is not None and len(buf) >= at + 4:
+                self._check_text(buf, at, min(len(buf), end), bool(fin) and len(buf) >= end)
+        if len(buf) < end:
             return None
-        payload = ws_unmask(buf[at + 4:at + 4 + length], buf[at:at + 4])
-        self.buf = buf[at + 4 + length:]
+        payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
+        self.buf = buf[end:]
         if opcode >= 0x8:
             return [(opcode, payload)]
-        return self._fragment(fin, opcode, payload)
+        self.checked = -1
+        return self._fragment(fin, payload)
 
     def _drop(self, fin: int, opcode: int, length: int, frame_size: int) -> list[tuple[int, None]]:
         """Drop this data frame as it comes, and the message it belongs to."""
-        self._in_order(opcode)
+        if (opcode == 0) != bool(self.opcode):
+            raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
         said = [] if self.dropping else [(opcode or self.opcode, None)]
         self.opcode = 0 if fin else opcode or self.opcode
         self.parts, self.size = [], 0 if fin else self.size + length
-        self.dropping, self.skip = not fin, frame_size
+        self.text, self.checked, self.dropping, self.skip = None, -1, not fin, frame_size
         return said
 
-    def _in_order(self, opcode: int) -> None:
+    def _start_frame(self, opcode: int) -> None:
         if (opcode == 0) != bool(self.opcode):
             raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
 
@@ -694,12 +733,25 @@ class FrameReader:
         self._in_order(opcode)
         if opcode:
             self.opcode = opcode
+            self.text = codecs.getincrementaldecoder("utf-8")() if opcode == WS_TEXT else None
+        self.checked = 0
+
+    def _check_text(self, buf: bytes, at: int, stop: int, last: bool) -> None:
+        """Check the text of the frame under way (its mask at buf[at:]) up to buf[stop]."""
+        k, mask = self.checked % 4, buf[at:at + 4]
+        try:
+            self.text.decode(ws_unmask(buf[at + 4 + self.checked:stop], mask[k:] + mask[:k]), last)
+        except UnicodeDecodeError:
+            raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+        self.checked = stop - at - 4
+
+    def _fragment(self, fin: int, payload: bytes) -> list[tuple[int, bytes]]:
         self.parts.append(payload)
         self.size += len(payload)
         if not fin:
             return []
         message, opcode = b"".join(self.parts), self.opcode
-        self.parts, self.size, self.opcode = [], 0, 0
+        self.parts, self.size, self.opcode, self.text = [], 0, 0, None
         return [(opcode, message)]
 
 
@@ -1279,37 +1331,71 @@ def address_group(ip: str) -> str:
 
 class Stream:
     """What an outlet says, appended once, read by many members each at its
-    own position; trimmed once everyone has had it."""
+    own position; trimmed once everyone has had it.  A part of it may be for
+    one member alone (a private line): the others step over it (run)."""
 
-    __slots__ = ("buf", "base")
+    __slots__ = ("buf", "base", "parts")
 
     def __init__(self):
         self.buf = bytearray()
         self.base = 0    # stream position of buf[0]
+        self.parts: list[tuple[int, int, Member]] = []   # (start, stop, for whom), in order
 
     @property
     def end(self) -> int:
         return self.base + len(self.buf)
 
+    @property
+    def parted_until(self) -> int:
+        """Where the last part for one member alone stops: a reader from
+        there on meets none."""
+        return self.parts[-1][1] if self.parts else 0
+
     def between(self, start: int, stop: int) -> bytes:
         return bytes(self.buf[start - self.base:stop - self.base])
+
+    def add_part(self, data: bytes, m: Member) -> None:
+        """`data` at the end, for m alone."""
+        start = self.end
+        self.buf += data
+        self.parts.append((start, self.end, m))
+
+    def run(self, m: Member, pos: int) -> tuple[int, int]:
+        """What m reads next from `pos`: (start, stop), past the parts for
+        others at `pos` (or around it), up to the next one or the end."""
+        parts = self.parts
+        if not parts or parts[-1][1] <= pos:
+            return pos, self.end
+        i = max(0, bisect.bisect_right(parts, (pos, math.inf)) - 1)
+        while i < len(parts) and parts[i][0] <= pos:
+            if parts[i][2] is not m and parts[i][1] > pos:
+                pos = parts[i][1]
+            i += 1
+        while i < len(parts) and parts[i][2] is m:
+            i += 1
+        return pos, parts[i][0] if i < len(parts) else self.end
 
     def trim(self, low: int) -> None:
         if low > self.base:
             del self.buf[:low - self.base]
             self.base = low
+            n = bisect.bisect_left(self.parts, (low,))
+            if n and self.parts[n - 1][1] > low:   # a reader is inside it still
+                n -= 1
+            del self.parts[:n]
 
 
 class Outlet:
     """The room's events, encoded and delivered for one kind of reader.
 
     The room calls the event methods (chat, joined, left, count, stop, and
-    note and who for one member); an outlet appends what its readers
+    note, who and private for one member); an outlet appends what its readers
     should get to its own stream, once, and flush() sends it at the end of
     the loop turn.  This base class is the shared stream that terminals
     and web members read: each member is only a position in it, and gets
-    the rest in one send per turn (the hot path).  Lines for one member
-    alone wait at their place in the stream (`notes`).
+    the rest in one send per turn (the hot path).  Answers for one member
+    alone wait at their place in the stream (`notes`); private lines are
+    parts of the stream for one member alone, which the others step over.
 
     Two calls back up: `drop(m, reason, farewell="")`, m is to leave (it
     cannot be sent to any more), and `lose(m, reason)`, m's connection is
@@ -1355,8 +1441,8 @@ class Outlet:
     def pending(self, m: Member) -> bool:
         """Something is still to be sent to m."""
         t = self.readers.get(m)
-        return t is not None and t.pos < self.stream.end or m in self.notes \
-            or bool(m.transport.out)
+        return t is not None and self.stream.run(m, t.pos)[0] < self.stream.end \
+            or m in self.notes or bool(m.transport.out)
 
     def welcome(self, m: Member) -> None:
         """What m is told first, once in (web members: their name)."""
@@ -1374,6 +1460,11 @@ class Outlet:
         if self.listening:
             self.stream.buf += data
             self._flush_soon()
+
+    def _say_to(self, m: Member, data: bytes) -> None:
+        """`data` for m alone, in the stream: kept and paced like the rest."""
+        self.stream.add_part(data, m)
+        self._flush_soon()
 
     def _note(self, m: Member, data: bytes, at: int | None = None) -> None:
         """`data` for m alone, at stream position `at`: after what it has been sent so far."""
@@ -1395,14 +1486,14 @@ class Outlet:
         """The hot path: one send of the rest of the stream to each reader."""
         self.flush_due = False
         stream, readers, notes = self.stream, self.readers, self.notes
-        end, base = stream.end, stream.base
+        end, base, parted = stream.end, stream.base, stream.parted_until
         limit = self.settings.max_backlog
         low, slow, failed = end, [], []
         with memoryview(stream.buf) as view:
             for m, t in readers.items():
                 pos = t.pos
                 if not t.blocked and (pos < end or notes and m in notes):
-                    if notes and m in notes:
+                    if pos < parted or notes and m in notes:
                         pos = self._send_noted(m, pos, view)
                     else:
                         n = t.send(view[pos - base:])
@@ -1426,10 +1517,11 @@ class Outlet:
         self.stream.trim(low)
 
     def _send_noted(self, m: Member, pos: int, view: memoryview) -> int:
-        """The careful path: m's notes at their places in the stream; its new
-        position, or -1 if the connection is lost."""
-        t, notes, end, base = m.transport, self.notes[m], self.stream.end, self.stream.base
+        """The careful path: m's notes at their places in the stream, past the
+        parts for others; its new position, or -1 if the connection is lost."""
+        t, notes, base = m.transport, self.notes.get(m), self.stream.base
         while not t.blocked:
+            pos, stop = self.stream.run(m, pos)
             if notes and notes[0][0] <= pos:
                 at, data = notes[0]
                 n = t.send(data)
@@ -1439,15 +1531,16 @@ class Outlet:
                     notes[0] = (at, data[n:])
                 else:
                     notes.popleft()
-            elif pos < end:
-                stop = min(end, notes[0][0]) if notes else end
+            elif pos < stop:
+                if notes:
+                    stop = min(stop, notes[0][0])
                 n = t.send(view[pos - base:stop - base])
                 if n < 0:
                     return -1
                 pos += n
             else:
                 break
-        if not notes:
+        if notes is not None and not notes:
             del self.notes[m]
         return pos
 
@@ -1457,17 +1550,11 @@ class Outlet:
         if t is None or t.blocked:
             return
         with memoryview(self.stream.buf) as view:
-            pos = self._send_noted(m, t.pos, view) if m in self.notes else self._send_rest(m, t.pos, view)
+            pos = self._send_noted(m, t.pos, view)
         if pos < 0:
             self.lose(m, "connection lost while sending")
         else:
             t.pos = pos
-
-    def _send_rest(self, m: Member, pos: int, view: memoryview) -> int:
-        if pos >= self.stream.end:
-            return pos
-        n = m.transport.send(view[pos - self.stream.base:])
-        return pos + n if n >= 0 else -1
 
 
 class LineOutlet(Outlet):
@@ -1499,6 +1586,10 @@ class LineOutlet(Outlet):
 
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, who_notice(names).encode())
+
+    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
+        """A private line from `sender` to `receiver`, for m (one of the two) alone."""
+        self._say_to(m, private_notice(sender, receiver, text).encode())
 
     def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
         """What was said before m came (--history), before its own join line."""
@@ -1592,6 +1683,12 @@ class WebOutlet(Outlet):
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
                                others=max(0, len(names) - self.WHO_LISTED)))
+
+    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
+        """A private line for m alone, marked with its place like every event,
+        kept like them for a page that is away."""
+        self._say_to(m, ws_marked_event(self.stream.end, "private", **{
+            "kind": "private", "from": sender, "to": receiver, "text": text}))
 
     def history(self, m: Member, lines: list[tuple[str, str]]) -> None:
         self._note(m, ws_event("history", lines=[{"name": name, "text": text}
@@ -1785,8 +1882,8 @@ class AppOutlet(LineOutlet):
 
     def pending(self, m: Member) -> bool:
         seat = self.readers.get(m)
-        return seat is not None and seat.pos < self.stream.end or m in self.notes \
-            or bool(m.transport.out)
+        return seat is not None and self.stream.run(m, seat.pos)[0] < self.stream.end \
+            or m in self.notes or bool(m.transport.out)
 
     def farewell_at(self, m: Member) -> float:
         """Not before its window is up, nor while its last count is read alone."""
@@ -1875,7 +1972,9 @@ class AppOutlet(LineOutlet):
     def _next_piece(self, m: Member, seat: AppSeat, now: float) -> bytes:
         """The next read for m's App (b"" if nothing waits); moves it past
         that and says when the App will be free again."""
-        settings, pos = self.settings, seat.pos
+        settings = self.settings
+        pos, run_stop = self.stream.run(m, seat.pos)   # past the private lines of others
+        seat.pos = pos
         notes = self.notes.get(m)
         note_due = bool(notes) and notes[0][0] <= pos
         counted_at = self.marks[-1] if self.marks else -1   # the lines it counts end there
@@ -1896,7 +1995,7 @@ class AppOutlet(LineOutlet):
                     del self.notes[m]
         else:   # up to the next count's place (the last one's, when the lines it counts go first)
             i = len(self.marks) - 1 if lines_first else bisect.bisect_right(self.marks, pos)
-            stop = self.marks[i] if i < len(self.marks) else self.stream.end
+            stop = min(self.marks[i] if i < len(self.marks) else self.stream.end, run_stop)
             if notes:
                 stop = min(stop, notes[0][0])
             if pos >= stop:
@@ -1993,6 +2092,24 @@ class Room:
         """Answer /who to m alone: who is in the room (`NAME (away)`: its seat is held)."""
         self.outlet(m).who(m, [f"{x.name} (away)" if x.stage is Stage.AWAY else x.name
                                for x in self.members])
+
+    def private(self, m: Member, request: str) -> None:
+        """/msg NAME TEXT from m: TEXT for the member called NAME alone (as
+        the room matches names), and m sees what went; or m alone is told
+        why not.  Never kept for newcomers, never logged."""
+        readings = private_readings(request)
+        if not readings:
+            self.tell(m, MSG_USAGE)
+            return
+        for name, text in readings:
+            receiver = self.find(name)
+            if receiver in self.members:
+                break
+        else:
+            self.tell(m, nobody_notice(clean_name(readings[-1][0])))
+            return
+        for x in {receiver: None, m: None}:   # the receiver, then the sender (once if the same)
+            self.outlet(x).private(x, m.name, receiver.name, text)
 
     def arrive(self, m: Member, not_before: float) -> None:
         """A named member enters once its outlet can take it, not before `not_before`."""
@@ -2547,11 +2664,7 @@ class WebDoor:
                     if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
                         raise WsError(WS_TOO_BIG, "message too big")
                     self.entrance.too_long(m)
-                elif opcode == WS_TEXT:
-                    try:
-                        payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
+                elif opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
                     self._text(m, payload)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
@@ -3003,9 +3116,14 @@ class Server:
             return False
         said = said_text(text, m.forms)
         if said is None:
-            pass
-        elif said.strip() == "/who":
+            return True
+        command, rest = (said.split(None, 1) + [""])[:2]
+        if command == "/who" and not rest:
             self.room.who(m)
+        elif command == "/help" and not rest:
+            self.room.tell(m, HELP_TEXT)
+        elif command == "/msg":
+            self.room.private(m, rest)
         else:
             self.room.chat(m, said)
         return True

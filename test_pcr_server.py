@@ -5781,6 +5781,318 @@ class DeadMembersTest(unittest.TestCase):
             time.sleep(0.3)
         self.assertLess(time.monotonic() - cut, self.window() + 3)
 
+class PrivateLineTest(WebCase):
+    """/msg NAME TEXT reaches that member alone, whatever it reads with, and
+    the sender sees what went; /help answers the asker alone (issue 24)."""
+
+    settings = {"web_port": 0, "web_grace": 3.0}
+
+    def setUp(self):   # the terminal and App tests need no websockets package
+        pass
+
+    def needs_websockets(self) -> None:
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+
+    def members(self, *names: str) -> list[Client]:
+        """Terminal members, each having seen them all counted."""
+        clients = [self.member(name) for name in names]
+        for c in clients[:-1]:   # the last one's join read its count
+            c.read_until(f"{len(names)} people are online...\n".encode())
+        return clients
+
+    def marker_after(self, sender: Client, *readers: Client) -> list[bytes]:
+        """What each reader got up to a line the sender says now: what came
+        before it, for the reader's eyes."""
+        sender.send(b"marker\n")
+        return [reader.read_until(b": marker\n") for reader in readers]
+
+    # -- the protocol's words ----------------------------------------------------
+    def test_the_rest_of_msg_is_read_with_the_longest_name_first(self):
+        self.assertEqual(pcr.private_readings("ann (2)  hi  there "),
+                         [("ann (2)  hi", "there"), ("ann (2)", "hi  there"), ("ann", "(2)  hi  there")])
+        self.assertEqual(pcr.private_readings(" bob "), [])
+        self.assertEqual(pcr.private_readings(""), [])
+        self.assertEqual(pcr.private_notice("ann", "bob", "meet at six"),
+                         "[private] ann to bob: meet at six\n")
+
+    def test_no_name_can_pose_as_a_private_line(self):
+        for name in ("[private] ann to bob", "[PRIVATE] ann", "\uff3bprivate\uff3d ann", "[pr\u0456vate]"):
+            with self.subTest(name=name):
+                cleaned = pcr.clean_name(name)
+                self.assertTrue(cleaned.startswith("_"), cleaned)
+        self.assertEqual(pcr.clean_name("[AFK] bob"), "[AFK] bob")
+
+    # -- terminals -----------------------------------------------------------------
+    def test_terminals_send_and_receive_private_lines_and_bob_finds_bob(self):
+        self.start()
+        ann, bob, cy = self.members("ann", "bob", "cy")
+        ann.send(b"ann: /msg BOB meet at six\n")
+        self.assertEqual(bob.read_until(b"meet at six\n").splitlines()[-1],
+                         b"[private] ann to bob: meet at six")
+        self.assertIn(b"[private] ann to bob: meet at six\n", ann.read_until(b"meet at six\n"))
+        bob.send(b"/msg \xd0\xb0nn   and at  seven\n")   # a Cyrillic a: the room's look of ann
+        ann.read_until(b"[private] bob to ann: and at  seven\n")
+        bob.read_until(b"[private] bob to ann: and at  seven\n")
+        for got in self.marker_after(ann, cy, bob):
+            self.assertNotIn(b"private", got)
+        self.assertNotIn("six", self.log_text())
+        self.assertNotIn("seven", self.log_text())
+
+    def test_a_name_with_spaces_or_a_number_is_found_whole(self):
+        self.start()
+        ann, ann2, mary = self.members("ann", "ann", "mary jo")
+        mary.send(b"/msg ann (2) hello\n/msg Mary Jo note to self\n")
+        ann2.read_until(b"[private] mary jo to ann (2): hello\n")
+        mary.read_until(b"[private] mary jo to ann (2): hello\n")
+        self.assertEqual(mary.read_until(b"self\n"), b"[private] mary jo to mary jo: note to self\n")
+        for got in self.marker_after(mary, ann, mary):
+            self.assertNotIn(b"private", got)
+
+    def test_an_unknown_name_is_named_back_to_the_sender_alone(self):
+        self.start()
+        ann, bob = self.members("ann", "bob")
+        ann.send(b"/msg bobby are you there\n")
+        self.assertEqual(ann.read_until(b"who is\n"),
+                         b"nobody called bobby is in the room; /who lists who is\n")
+        self.assertNotIn(b"bobby", self.marker_after(ann, bob)[0])
+
+    def test_msg_without_a_name_or_a_text_gets_the_usage(self):
+        self.start()
+        ann, bob = self.members("ann", "bob")
+        for line in (b"/msg\n", b"/msg bob\n", b"ann: /msg   bob  \n"):
+            with self.subTest(line=line):
+                ann.send(line)
+                self.assertEqual(ann.read_until(b"TEXT\n"), pcr.MSG_USAGE.encode())
+        self.assertNotIn(b"msg", self.marker_after(ann, bob)[0])
+
+    def test_help_answers_the_asker_alone(self):
+        self.start()
+        ann, bob = self.members("ann", "bob")
+        ann.send(b"ann: /help\n")
+        help_text = ann.read_until(b"\n")
+        self.assertEqual(help_text, pcr.HELP_TEXT.encode())
+        for command in (b"/who", b"/msg NAME TEXT", b"/help"):
+            self.assertIn(command, help_text)
+        self.assertNotIn(b"commands", self.marker_after(ann, bob)[0])
+
+    def test_nothing_private_is_logged_nor_kept_for_a_newcomers_history(self):
+        self.start(history=10)
+        ann, bob = self.members("ann", "bob")
+        ann.send(b"for the room\n/msg bob between us\n")
+        bob.read_until(b"[private] ann to bob: between us\n")
+        zoe = self.connect()
+        zoe.answer(b"zoe\n")
+        self.assertEqual(zoe.read_until(b"zoe joined the chat...\n"),
+                         b"ann: for the room\nzoe joined the chat...\n")
+        self.assertNotIn(b"between us", self.marker_after(ann, zoe)[0])
+        self.assertNotIn("between us", self.log_text())
+
+    # -- the App -------------------------------------------------------------------
+    def test_an_app_sends_and_receives_private_lines_paced_among_the_rooms(self):
+        self.start(line_rate=0)
+        ann = self.app("ann")
+        ann.wait_box("1 person is online...\n")
+        tom, bob = self.member("tom"), self.member("bob")
+        ann.wait_box("3 people are online...\n")
+        said = []
+        for k in range(40):
+            tom.send(f"tom: line {k} ".encode() + ("\u00e9\u65e5" * 20).encode() + b"\n")
+            said.append(f"tom: line {k} " + "\u00e9\u65e5" * 20 + "\n")
+            if k % 10 == 5:
+                tom.send(f"/msg ANN for ann {k}\n/msg bob for bob {k}\n".encode())
+                said.append(f"[private] tom to ann: for ann {k}\n")
+        tom.send(b"tom: the end\n")
+        ann.wait_chat("tom: the end\n")
+        shown = ann.chat[ann.chat.index("tom: line 0 "):]
+        self.assertEqual(shown, "".join(said) + "tom: the end\n")
+        self.assertNotIn("for bob", ann.chat)
+        self.assert_app_shows_well(ann)
+        self.assertTrue(all(len(data) <= 1024 for _, data in ann.reads))
+        ann.sock.sendall(b"ann: /msg tom from the App\n")
+        tom.read_until(b"[private] ann to tom: from the App\n")
+        ann.wait_chat("[private] ann to tom: from the App\n")
+        ann.sock.sendall(b"ann: /help\n")
+        ann.wait_chat(pcr.HELP_TEXT)
+        self.assertNotIn(b"from the App", self.marker_after(tom, bob)[0])
+        self.assert_app_shows_well(ann)
+
+    # -- pages -----------------------------------------------------------------------
+    def test_pages_send_and_receive_private_lines(self):
+        self.needs_websockets()
+        self.start()
+        tom = self.member("tom")
+        wendy, walt = self.web_member("wendy"), self.web_member("walt")
+        wendy.until("count", n=3)
+        walt.until("count", n=3)
+        tom.send(b"/msg WENDY hello page\n")
+        got = wendy.until("private")
+        self.assertEqual({k: v for k, v in got.items() if k != "at"},
+                         {"type": "private", "kind": "private", "from": "tom", "to": "wendy",
+                          "text": "hello page"})
+        self.assertEqual(got["at"], wendy.seen)
+        tom.read_until(b"[private] tom to wendy: hello page\n")
+        wendy.ws.send("/msg walt psst")
+        self.assertEqual(walt.until("private")["text"], "psst")
+        mine = wendy.until("private")
+        self.assertEqual((mine["from"], mine["to"], mine["text"]), ("wendy", "walt", "psst"))
+        wendy.ws.send("/msg nobody hi")
+        self.assertEqual(wendy.until("note")["text"], "nobody called nobody is in the room; /who lists who is")
+        wendy.ws.send("/help")
+        self.assertEqual(wendy.until("note")["text"], pcr.HELP_TEXT.rstrip("\n"))
+        tom.send(b"marker\n")
+        before = []
+        while (message := walt.next())["type"] != "chat":
+            before.append(message)
+        self.assertEqual(message["text"], "marker")
+        self.assertEqual(before, [])
+        self.assertNotIn(b"psst", tom.read_until(b"tom: marker\n"))
+        self.assertNotIn("psst", self.log_text())
+
+    def test_a_page_that_is_away_gets_its_private_lines_on_return(self):
+        self.needs_websockets()
+        self.start()
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("count", n=2)
+        token, seen = wendy.token, wendy.seen
+        wendy.lose()
+        self.wait_on_loop(lambda: self.server.room.find("wendy").stage is pcr.Stage.AWAY, "wendy away")
+        tom.send(b"/msg wendy while you were away\nand for the room\n")
+        tom.read_until(b"tom: and for the room\n")
+        page = self.web_member(None)
+        page.ask_seat_back(token, seen)
+        self.assertTrue(page.until("welcome")["back"])
+        self.assertEqual(page.next()["text"], "while you were away")
+        self.assertEqual(page.next()["text"], "and for the room")
+        page.ws.send("/msg tom got it")
+        tom.read_until(b"[private] wendy to tom: got it\n")
+        self.assertEqual(page.until("private")["text"], "got it")
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each whole unmasked frame in `data`."""
+    frames = []
+    while len(data) >= 2:
+        length, at = data[1] & 0x7F, 2
+        if length == 126:
+            length, at = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, at = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < at + length:
+            break
+        frames.append((data[0] & 0x0F, data[at:at + length]))
+        data = data[at + length:]
+    return frames
+
+
+class StrictWebSocketTest(WebCase):
+    """RFC 6455 as a strict endpoint keeps it (issue 24): each case closes
+    with its code at once, and then the TCP connection."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def setUp(self):   # raw sockets: no websockets package needed
+        pass
+
+    def close_after(self, *frames: bytes, then: tuple[bytes, bytes] = (b"", b"")
+                    ) -> tuple[int, list[tuple[int, bytes]]]:
+        """Send these frames on a fresh WebSocket (and once what the server
+        sent holds then[0], then[1]); the server's close code, and every frame
+        it sent, once it has closed the TCP connection."""
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        self.assertTrue(got.startswith(b"HTTP/1.1 101"), got)
+        got = got.partition(b"\r\n\r\n")[2]
+        sock.sendall(b"".join(frames))
+        deadline = time.monotonic() + WAIT
+        while True:
+            if then[0] and then[0] in got:
+                sock.sendall(then[1])
+                then = (b"", b"")
+            self.assertLess(time.monotonic(), deadline, f"the TCP connection stays open: {got[-200:]!r}")
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                break
+            got += data
+        frames = server_frames(got)
+        closes = [payload for opcode, payload in frames if opcode == pcr.WS_CLOSE]
+        self.assertEqual(len(closes), 1, frames)
+        self.assertEqual(frames[-1][0], pcr.WS_CLOSE)
+        return struct.unpack("!H", closes[0][:2])[0], frames
+
+    def test_every_reserved_opcode_closes_with_1002(self):
+        self.start()
+        for opcode in (0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF):
+            with self.subTest(opcode=hex(opcode)):
+                code, _ = self.close_after(self.masked(b"x", opcode))
+                self.assertEqual(code, pcr.WS_PROTOCOL_ERROR)
+        self.member("ann")   # and the room goes on
+
+    def test_bad_utf_8_in_a_single_frame_closes_with_1007(self):
+        self.start()
+        code, _ = self.close_after(self.masked(b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"))
+        self.assertEqual(code, pcr.WS_BAD_DATA)
+
+    def test_bad_utf_8_in_a_middle_fragment_closes_at_once_without_the_last(self):
+        self.start()
+        code, _ = self.close_after(self.masked(b"hello ", fin=False),
+                                   self.masked(b"w\xf4\x90\x80\x80rld", 0x0, fin=False))
+        self.assertEqual(code, pcr.WS_BAD_DATA)
+
+    def test_bad_utf_8_closes_at_once_even_before_the_rest_of_its_frame(self):
+        self.start()
+        frame = self.masked(b"name \xed\xa0\x80" + b"x" * 40)
+        code, _ = self.close_after(frame[:2 + 4 + 12])   # the frame's last 36 bytes never come
+        self.assertEqual(code, pcr.WS_BAD_DATA)
+
+    def test_bad_utf_8_in_the_first_fragment_closes_at_once(self):
+        self.start()
+        code, _ = self.close_after(self.masked(b"\xc0\xafname", fin=False))
+        self.assertEqual(code, pcr.WS_BAD_DATA)
+
+    def test_a_character_split_across_fragments_is_good_text(self):
+        self.start()
+        kappa = "\u03ba".encode()
+        code, frames = self.close_after(self.masked(b"an" + kappa[:1], fin=False),
+                                        self.masked(kappa[1:] + b"a", 0x0),
+                                        then=(b'"welcome"', self.masked(b"\x03\xe8", pcr.WS_CLOSE)))
+        self.assertEqual(code, pcr.WS_NORMAL)
+        self.assertIn({"type": "welcome", "name": "an\u03baa"},
+                      [{k: v for k, v in json.loads(p).items() if k in ("type", "name")}
+                       for opcode, p in frames if opcode == pcr.WS_TEXT])
+
+    def test_the_frame_reader_checks_text_fragment_by_fragment(self):
+        reader = pcr.FrameReader(100)
+        self.assertEqual(reader.feed(self.masked(b"\xe2\x82", fin=False)), [])
+        with self.assertRaises(pcr.WsError) as e:   # the text ends inside a character
+            reader.feed(self.masked(b"", 0x0))
+        self.assertEqual(e.exception.code, pcr.WS_BAD_DATA)
+        reader = pcr.FrameReader(100)
+        self.assertEqual(reader.feed(self.masked(b"\xe2", fin=False) + self.masked(b"\x82", 0x0, fin=False)
+                                     + self.masked(b"\xac!", 0x0)), [(pcr.WS_TEXT, "\u20ac!".encode())])
+        self.assertEqual(reader.feed(self.masked(b"\xff\xfe", pcr.WS_BINARY)), [(pcr.WS_BINARY, b"\xff\xfe")])
+        self.assertEqual(reader.feed(self.masked(b"ok")), [(pcr.WS_TEXT, b"ok")])
+
+    def test_bad_utf_8_is_refused_before_the_rest_of_its_frame_comes(self):
+        frame = self.masked("\u03ba\u1f79\u03c3".encode() + b"\xf4\x90\x80\x80" + b"x" * 50)
+        with self.assertRaises(pcr.WsError) as e:
+            pcr.FrameReader(100).feed(frame[:2 + 4 + 10])
+        self.assertEqual(e.exception.code, pcr.WS_BAD_DATA)
+        text = "\u00e9\u65e5\U0001f44b and more ".encode() * 3
+        for mask in (b"\x00\x00\x00\x00", b"\x37\xfa\x21\x3d", b"\xff\x01\x80\x7f"):
+            reader, got = pcr.FrameReader(1000), []
+            data = self.masked(text[:40], fin=False, mask=mask) + self.masked(text[40:], 0x0, mask=mask)
+            for byte in data:   # every cut, inside characters and inside the mask's cycle
+                got += reader.feed(bytes([byte]))
+            self.assertEqual(got, [(pcr.WS_TEXT, text)], mask)
+
 
 # ---------------------------------------------------------------------------
 # The QR code (issue 22): read back by decoders of others, never by our own.
