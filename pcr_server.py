@@ -336,7 +336,11 @@ FELL_BEHIND = ("you were disconnected: the room says more than your App can show
                "please close the app and relaunch to catch up\n")
 TLS_JOINING = "the App cannot join; friends use {}"   # how they do, in the words of where it is said
 # Why a page that asked for its seat back (docs/PROTOCOL.md, "Coming back") did not get it.
-SEAT_GONE = "your seat in the room was not kept (away too long, or the room restarted); joining as new"
+SEAT_GONE = "your seat in the room was not kept; joining as new"   # no more is known, or told
+GRACE_RAN_OUT = "your seat in the room was not kept: you were away longer than {:g} s; joining as new"
+NAME_TAKEN = ("your seat in the room was not kept: you were away longer than {:g} s, "
+              "and someone else has your name now; joining as new")
+ROOM_RESTARTED = "your seat in the room was not kept: the room was restarted; joining as new"
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
@@ -728,9 +732,6 @@ class FrameReader:
     def _start_frame(self, opcode: int) -> None:
         if (opcode == 0) != bool(self.opcode):
             raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
-
-    def _fragment(self, fin: int, opcode: int, payload: bytes) -> list[tuple[int, bytes]]:
-        self._in_order(opcode)
         if opcode:
             self.opcode = opcode
             self.text = codecs.getincrementaldecoder("utf-8")() if opcode == WS_TEXT else None
@@ -753,6 +754,16 @@ class FrameReader:
         message, opcode = b"".join(self.parts), self.opcode
         self.parts, self.size, self.opcode, self.text = [], 0, 0, None
         return [(opcode, message)]
+
+
+def ws_close_is_leave(code: int) -> bool:
+    """What a page's close frame with `code` (no code: 1000) means: the member
+    leaves only when it asked to, with 1000 (the page's own goodbye, or being
+    closed for good).  Any other code (1001: the browser froze the page, put
+    it in its back/forward cache or dropped it; an error) is like a
+    connection lost: the member is away and keeps its seat (--web-grace).
+    docs/PROTOCOL.md, "Coming back", says the same."""
+    return code == WS_NORMAL
 
 
 def ws_close_code(payload: bytes) -> int:
@@ -1262,6 +1273,7 @@ class Transport:
 # ---------------------------------------------------------------------------
 
 MAX_NOTES = 16      # lines for one member alone waiting to be sent
+ENDED_SEATS = 1000  # web seats that ended while away, remembered to tell their pages why
 TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
 
@@ -1601,7 +1613,9 @@ class WebSeat:
     number and the secret its page proves itself with (the token is
     `NUMBER.SECRET`; the secret is replaced at each return), the timer that
     ends the seat while its connection is lost, and, for a while after, why
-    it ended, for a page that comes back too late to hear it."""
+    it ended (GRACE_RAN_OUT, MISSED_TOO_MUCH), for a page that comes back
+    too late to hear it.  Seat numbers begin at a random point in each run
+    of the room: a page holding a token from before a restart is told so."""
 
     __slots__ = ("member", "number", "secret", "timer", "ended")
 
@@ -1637,9 +1651,11 @@ class WebOutlet(Outlet):
         self.unanswered: dict[Member, None] = {}   # pinged, no pong yet
         self.ping_timer: Timer | None = None
         self.away: dict[Member, int] = {}          # its connection lost: the position it was sent to
-        self.seats: dict[str, WebSeat] = {}        # number -> seat: held, or ended lately
+        self.seats: dict[str, WebSeat] = {}        # number -> seat held
+        self.ended: dict[str, WebSeat] = {}        # number -> seat ended while away, oldest first
         self.seat_of: dict[Member, WebSeat] = {}
-        self.numbers = itertools.count(1)
+        self.first_number = 1 + secrets.randbelow(10 ** 9) * 10 ** 9   # this run's first seat
+        self.next_number = self.first_number
 
     def greet(self, m: Member) -> bool:
         """m's connection is ready: the web door reads its HTTP request first."""
@@ -1698,7 +1714,8 @@ class WebOutlet(Outlet):
         """The page learns its name in the room, and the token that brings it back."""
         fields = {}
         if self.settings.web_grace:
-            seat = WebSeat(m, str(next(self.numbers)))
+            seat = WebSeat(m, str(self.next_number))
+            self.next_number += 1
             self.seats[seat.number] = self.seat_of[m] = seat
             fields = {"token": seat.token, "grace": self.settings.web_grace}
         self._note(m, ws_event("welcome", name=m.name, at=self.stream.end, **fields))
@@ -1716,16 +1733,26 @@ class WebOutlet(Outlet):
         self.away[m] = self.readers.pop(m).pos
         self.notes.pop(m, None)
         self.unanswered.pop(m, None)
-        grace = self.settings.web_grace
-        seat.timer = self.loop.call_later(grace, self.drop, m, f"away for more than {grace:g} s")
+        seat.timer = self.loop.call_later(self.settings.web_grace, self._grace_over, seat)
         return True
 
-    def claim(self, number: str, secret: str, seen: int) -> tuple[Member | None, str]:
+    def _grace_over(self, seat: WebSeat) -> None:
+        seat.ended = GRACE_RAN_OUT
+        self.drop(seat.member, f"away for more than {self.settings.web_grace:g} s")
+
+    def claim(self, number: str, secret: str, seen: int,
+              find: Callable[[str], Member | None]) -> tuple[Member | None, str]:
         """The member whose seat a page asks back, if the secret is its seat's
-        and what it missed after `seen` is still here; else None and why not."""
-        seat = self.seats.get(number)
+        and what it missed after `seen` is still here; else None and why not
+        (`find(name)`: who in the room has that name now)."""
+        if not (len(number) < 20 and self.first_number <= int(number) < self.next_number):
+            return None, ROOM_RESTARTED
+        seat = self.seats.get(number) or self.ended.get(number)
         if seat is None or not hmac.compare_digest(secret.encode(), seat.secret.encode()):
             return None, SEAT_GONE
+        if seat.ended == GRACE_RAN_OUT:
+            why = NAME_TAKEN if find(seat.member.name) else GRACE_RAN_OUT
+            return None, why.format(self.settings.web_grace)
         if seat.ended:
             return None, seat.ended
         stream = self.stream
@@ -1785,10 +1812,11 @@ class WebOutlet(Outlet):
             return
         if seat.timer is not None:
             seat.timer.cancel()
-        if seat.ended:   # a page back within the grace hears why
-            seat.timer = self.loop.call_later(self.settings.web_grace, self.seats.pop, seat.number, None)
-        else:
-            del self.seats[seat.number]
+        del self.seats[seat.number]
+        if seat.ended:   # its page, back later, hears why
+            self.ended[seat.number] = seat
+            if len(self.ended) > ENDED_SEATS:
+                del self.ended[next(iter(self.ended))]
 
     def ponged(self, m: Member) -> None:
         self.unanswered.pop(m, None)
@@ -2470,6 +2498,13 @@ def not_a_name(data: bytes, page: tuple[str, int] | None) -> str | None:
     return None
 
 
+def key_refusal(m: Member) -> str:
+    """What a member whose key is not the room's is told: wrong, or missing (the
+    page has a field of its own for it: it is never told to type name#KEY)."""
+    return WRONG_KEY if split_key(m.claimed)[1] else NEEDS_KEY_ON_PAGE if m.kind is Kind.WEB \
+        else NEEDS_KEY
+
+
 class StartError(Exception):
     """The server cannot start; the message says why and what to do."""
 
@@ -2557,6 +2592,8 @@ class Entrance:
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     too_long: Callable[[Member], None]             # a message from a member in the room, dropped
     leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
+    find: Callable[[str], Member | None]           # find(name): who in the room has that name
     close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
     resume: Callable[[Member, Member], None]       # resume(new, m): new's connection is m's now
 
@@ -2674,7 +2711,7 @@ class WebDoor:
                 elif opcode == WS_PONG:
                     self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
-                    self.entrance.leave(m, "left", code=ws_close_code(payload))
+                    self._closing(m, ws_close_code(payload))
                 elif opcode == WS_BINARY and m.stage is Stage.NAMING \
                         and (request := resume_request(payload)):
                     m = self._come_back(m, *request)
@@ -2696,11 +2733,20 @@ class WebDoor:
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
 
+    def _closing(self, m: Member, code: int) -> None:
+        """The page closed its socket: a leave, or away (ws_close_is_leave);
+        either way its close is answered in kind."""
+        if ws_close_is_leave(code):
+            self.entrance.leave(m, "left", code=code)
+        else:
+            m.transport.write(self.outlet.last_words(m, "", code, True))
+            self.entrance.lose(m, f"its page closed with {code}")
+
     def _come_back(self, m: Member, number: str, secret: str, seen: int) -> Member:
         """A page asks for its seat back: its connection becomes its member's,
         which gets what it missed; or it is told why not (`lost`) and names
         itself as new.  The member this connection now serves."""
-        member, why = self.outlet.claim(number, secret, seen)
+        member, why = self.outlet.claim(number, secret, seen, self.entrance.find)
         if member is None:
             m.transport.write(ws_event("lost", text=why))
             return m
@@ -2754,15 +2800,14 @@ class Server:
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
-        self.door = WebDoor(settings, self.tally, Entrance(self._named, self._take_lines,
-                                                           self._too_long, self.drop, self._close,
-                                                           self._take_over),
-                            self.webs, self.gate, ChatPage(PAGE_HTML))
+        self.door = WebDoor(settings, self.tally, Entrance(
+            self._named, self._take_lines, self._too_long, self.drop, self.lose, self.room.find,
+            self._close, self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML))
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
         self.web_address: tuple[str, int] | None = None
-        self.page_problem = ""                           # why the page asked for is off
+        self.page_problem = ""   # why the page asked for is off (the room opens all the same)
         self.accept_error_logged = False
         self.stopping = False
         self.handshakes = Handshakes(self.loop, self._secured)
@@ -2781,9 +2826,8 @@ class Server:
         if s.web_port is not None:
             try:
                 self.open_page(s.web_port)
-            except StartError as e:   # the room opens all the same
-                self.page_problem = str(e)   # the banner and the window say it
-                log.info("the chat page is off: %s", e)
+            except StartError as e:   # the banner and the window say it
+                self.page_problem = str(e)
         self.loop.call_later(1.0, self._sweep)
         if self.tls:
             log.info("encrypted with TLS: %s", TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
@@ -2801,8 +2845,7 @@ class Server:
             sock = socket.create_server((host, port), family=family, backlog=4096,
                                         dualstack_ipv6=dual)
         except OSError as e:
-            raise StartError(bind_error_text(e, host, port,
-                                             in_use="page in use" if web else "in use")) from None
+            raise StartError(bind_error_text(e, host, port, in_use=f"{'page ' * web}in use")) from None
         sock.setblocking(False)
         tune_socket(sock, self.settings.keepalive)
         self.listeners.append((sock, web))
@@ -3002,8 +3045,7 @@ class Server:
     # -- naming ---------------------------------------------------------
     def _name(self, m: Member, data: bytes) -> None:
         """The alias came to the room's port: it says the kind of reader."""
-        wrong = not_a_name(data, self.web_address)
-        if wrong:
+        if wrong := not_a_name(data, self.web_address):
             self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
             self._close(m)
             return
@@ -3038,8 +3080,7 @@ class Server:
         if self.gate.key_right(m):
             self._enter(m)
         else:
-            self._close(m, WRONG_KEY if split_key(m.claimed)[1] else
-                        NEEDS_KEY_ON_PAGE if m.kind is Kind.WEB else NEEDS_KEY, WS_POLICY)
+            self._close(m, key_refusal(m), WS_POLICY)
 
     def _enter(self, m: Member) -> None:
         """Name m and put it in line for its welcome."""
@@ -6767,6 +6808,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
   const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
   const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
+  const AWAY_CLOSE = 4000;      // closing to come back: the room holds the seat (only 1000 leaves)
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -7058,8 +7100,8 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.keyNeeded = !!msg.key;
       room.maxLine = Number(msg.max_line) || 0;
       ui.keyRow.hidden = !room.keyNeeded;
-      if (seatHeld()) {
-        askSeatBack();
+      if (room.token) {
+        askSeatBack();   // held or not, the room says which, and why
       } else if (room.wantJoin || room.everIn) {
         sendAlias();
       } else if (ui.chat.hidden) {
@@ -7133,7 +7175,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.aliasSent = false;
       const text = sentence(plain(msg.text));
       if (room.everIn || room.wantJoin) {
-        if (!ui.chat.hidden) { addLine(text, "note mark"); }
+        addLine(text, "note mark");
         sendAlias();
       } else {
         showJoin(text, false, false);
@@ -7244,7 +7286,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     const ws = room.ws;
     if (!ws) { return; }
     room.ws = null;
-    try { ws.close(); } catch (e) { /* already closing */ }
+    try { ws.close(AWAY_CLOSE); } catch (e) { /* already closing */ }
     closed(1006, "", true);
   }
 
@@ -7382,13 +7424,51 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
   window.addEventListener("online", function () { if (waiting()) { connect(); } });
-  window.addEventListener("pagehide", function () {
+
+  /* ---------- the page's lifecycle: frozen, cached, discarded ---------- */
+  // Only the member leaves: closing or leaving the page closes with 1000. A page the
+  // browser freezes, keeps in its back/forward cache or discards keeps its seat.
+
+  function reconnectNow() {
+    // What came while the page was frozen may be lost with its socket: a new one
+    // asks for the seat and for everything after the last line shown.
+    const ws = room.ws;
+    room.ws = null;
+    if (ws) { try { ws.close(AWAY_CLOSE); } catch (e) { /* already closing */ } }
+    if (room.inRoom) { room.lostAt = Date.now(); }
+    room.inRoom = false;
+    room.attempt = 0;
+    setCanSend(false);
+    connect();
+  }
+
+  function fromDiscard() {
+    // A tab the browser discarded reloads with its seat still in sessionStorage
+    // (document.wasDiscarded): it asks for the seat, or joins again as new.
+    keptSeat();
+    if (room.token) { room.wantJoin = true; }
+  }
+
+  document.addEventListener("freeze", function () {
+    if (room.token) { keepSeat(); }   // what it has seen, for its return
+  });
+  document.addEventListener("resume", function () {
+    if (room.token || waiting()) { reconnectNow(); }
+  });
+  window.addEventListener("pagehide", function (ev) {
     const ws = room.ws;
     clearRetry();
-    if (ws) { room.ws = null; ws.close(1000); forgetSeat(); }   // a leave: the seat ends
+    if (!ws) { return; }
+    room.ws = null;
+    if (ev.persisted) {
+      ws.close(AWAY_CLOSE);   // into the back/forward cache: away, its seat held
+    } else {
+      ws.close(1000);   // closed or left: a leave, the seat ends
+      forgetSeat();
+    }
   });
   window.addEventListener("pageshow", function (ev) {
-    if (ev.persisted && !room.ws) { room.attempt = 0; connect(); }
+    if (ev.persisted && !room.ws) { reconnectNow(); }
   });
 
   function keyFromLink() {
@@ -7401,7 +7481,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   }
 
   ui.name.value = remembered();
-  keptSeat();
+  fromDiscard();
   keyFromLink();
   setCanSend(false);
   renderPeople();

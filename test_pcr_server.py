@@ -32,6 +32,7 @@ import threading
 import time
 import unittest
 import urllib.parse
+import urllib.request
 from typing import Callable
 from unittest import mock
 
@@ -3385,7 +3386,7 @@ class WebGraceTest(WebCase):
         self.assertNotIn(b"left", got[:-len(b"wendy has left the chat...\n1 person is online...\n")])
         self.assertIn('"wendy" (127.0.0.1) left: away for more than 1 s', self.log_text())
         page = self.back(token, seen)
-        self.assertEqual(page.until("lost")["text"], pcr.SEAT_GONE)
+        self.assertEqual(page.until("lost")["text"], pcr.GRACE_RAN_OUT.format(1))
         page.ws.send("wendy")
         self.assertNotIn("back", page.until("welcome", name="wendy"))
         tom.read_until(b"wendy joined the chat...\n")
@@ -3691,12 +3692,16 @@ class CuttableProxy:
         upstream = socket.create_connection(("127.0.0.1", self.target), WAIT)
         self.peers[conn], self.peers[upstream] = upstream, conn
 
+    def passing(self, data: bytes) -> bytes:
+        """What goes through, as it goes through."""
+        return data
+
     def _relay(self, sock: socket.socket) -> None:
         other = self.peers[sock]
         try:
             data = sock.recv(65536)
             if data:
-                other.sendall(data)
+                other.sendall(self.passing(data))
                 return
         except OSError:
             pass
@@ -3715,16 +3720,17 @@ class CuttableProxy:
         self.peers.clear()
 
 
-class PhoneSleepTest(BrowserCase):
-    """A phone's page through a network that drops (issue 16): headless
-    Chromium reaches the room through a proxy the test cuts and restores."""
+class PhonePageCase(BrowserCase):
+    """Wendy's page in headless Chromium, through a proxy the test controls,
+    and tom at a terminal (issues 16 and 26)."""
 
     GRACE = 6.0
+    Proxy = CuttableProxy
 
     def wendy_through_a_proxy(self, **overrides) -> tuple[CuttableProxy, Client]:
         """tom at a terminal; Wendy's page through the proxy, in the room."""
         self.start(**{"web_grace": self.GRACE, **overrides})
-        proxy = CuttableProxy(self.server.web_address[1])
+        proxy = self.Proxy(self.server.web_address[1])
         self.addCleanup(proxy.close)
         tom = self.member("tom")
         self.open_page(proxy.port)
@@ -3753,6 +3759,11 @@ class PhoneSleepTest(BrowserCase):
             tom.send(f"tom: {text}\n".encode())
         tom.read_until(f"tom: {said[-1]}\n".encode())
         return said
+
+
+class PhoneSleepTest(PhonePageCase):
+    """A phone's page through a network that drops (issue 16): headless
+    Chromium reaches the room through a proxy the test cuts and restores."""
 
     def test_a_short_loss_is_no_leave_and_the_missed_lines_come_once_in_order(self):
         proxy, tom = self.wendy_through_a_proxy()
@@ -6506,6 +6517,277 @@ class InvitationOnANetworkTest(unittest.TestCase):
         self.assertEqual(seen["address"], "http://192.0.2.10:5051/")   # the key is gone
         self.assertEqual(seen["history"], "http://192.0.2.10:5051/")
         self.assertIn("Wendy", seen["people"])
+
+
+def stage_of(server: pcr.Server, name: str) -> "pcr.Stage | None":
+    """Where the member with this name is in its life; None once it is gone
+    (on the loop's thread)."""
+    m = server.room.find(name)
+    return m.stage if m is not None else None
+
+
+class CloseMeaningTest(WebCase):
+    """What a page's closing means (issue 26): only a close with 1000 (or no
+    code) is a leave; any other close, or none, is away and keeps the seat;
+    and a page not given its seat back hears truthfully why."""
+
+    settings = {"web_port": 0, "web_grace": 60.0}
+
+    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
+        self.start(**overrides)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("count", n=2)
+        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
+        return wendy, tom
+
+    def stage(self, name: str) -> "pcr.Stage | None":
+        return self.on_loop(stage_of, self.server, name)
+
+    def test_only_1000_is_a_leave(self):
+        self.assertTrue(pcr.ws_close_is_leave(pcr.WS_NORMAL))
+        self.assertEqual(pcr.ws_close_code(b""), pcr.WS_NORMAL)   # no code: the same goodbye
+        for code in (1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 4000, 4999):
+            self.assertFalse(pcr.ws_close_is_leave(code), code)
+
+    def test_a_close_with_1000_is_a_leave_at_once_and_ends_the_seat(self):
+        wendy, tom = self.wendy_and_tom()
+        token, seen = wendy.token, wendy.seen
+        wendy.ws.close(1000)
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n", timeout=1.0)
+        page = self.web_member(None)
+        page.ask_seat_back(token, seen)
+        self.assertEqual(page.until("lost")["text"], pcr.SEAT_GONE)
+
+    def test_a_close_frame_with_no_code_is_a_leave_at_once(self):
+        self.start()
+        tom = self.member("tom")
+        sock, _ = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        sock.sendall(WebSocketFramesTest.masked(b"ghost"))
+        tom.read_until(b"ghost joined the chat...\n")
+        sock.sendall(WebSocketFramesTest.masked(b"", pcr.WS_CLOSE))
+        tom.read_until(b"ghost has left the chat...\n", timeout=1.0)
+
+    def test_any_other_close_is_away_and_the_seat_is_kept(self):
+        # a browser waking a frozen page, the page stepping away, an error
+        for code in (1001, 4000, 1011):
+            with self.subTest(code=code):
+                wendy, tom = self.wendy_and_tom()
+                token = wendy.token
+                wendy.ws.close(code)
+                self.assertEqual(wendy.ws.protocol.close_rcvd.code, code)   # answered in kind
+                self.wait_on_loop(lambda: stage_of(self.server, "wendy") is pcr.Stage.AWAY,
+                                  "wendy away")
+                tom.send(b"tom: while you were away\n/who\n")
+                said = tom.read_until(b"in the room now (2): tom, wendy (away)\n")
+                page = self.web_member(None)
+                page.ask_seat_back(token, wendy.seen)
+                self.assertTrue(page.until("welcome", name="wendy")["back"])
+                self.assertEqual(page.until("chat")["text"], "while you were away")
+                page.ws.send("back")
+                said += tom.read_until(b"wendy: back\n")
+                self.assertNotIn(b"left", said)
+                self.assertNotIn(b"joined", said)
+                self.assertIn(f'"wendy" (127.0.0.1) is away: its page closed with {code}',
+                              self.log_text())
+
+    def test_a_connection_that_ends_without_a_close_frame_is_away(self):
+        self.start()
+        tom = self.member("tom")
+        sock, _ = raw_upgrade(self.web)
+        sock.sendall(WebSocketFramesTest.masked(b"ghost"))
+        tom.read_until(b"ghost joined the chat...\n")
+        sock.close()   # a plain TCP close: no close frame (1006)
+        self.wait_on_loop(lambda: stage_of(self.server, "ghost") is pcr.Stage.AWAY, "ghost away")
+        self.assertNotIn(b"left", tom.read_for(0.3))
+
+    def test_a_connection_that_stays_open_stays_in_the_room_past_the_grace(self):
+        wendy, tom = self.wendy_and_tom(web_grace=0.5, web_ping=0.2)
+        time.sleep(0.5 * 4)   # a frozen page: its browser still answers the pings
+        self.assertIs(self.stage("wendy"), pcr.Stage.IN_ROOM)
+        self.assertNotIn(b"left", tom.read_for(0.3))
+
+    def test_with_no_grace_any_close_is_a_leave(self):
+        wendy, tom = self.wendy_and_tom(web_grace=0)
+        wendy.ws.close(1001)
+        tom.read_until(b"wendy has left the chat...\n1 person is online...\n", timeout=1.0)
+
+    def test_a_seat_whose_grace_ran_out_says_so_and_whether_its_name_was_taken(self):
+        wendy, tom = self.wendy_and_tom(web_grace=0.5)
+        token, seen = wendy.token, wendy.seen
+        wendy.lose()
+        tom.read_until(b"wendy has left the chat...\n", timeout=WAIT)
+        page = self.web_member(None)
+        page.ask_seat_back(token, seen)
+        self.assertEqual(page.until("lost")["text"], pcr.GRACE_RAN_OUT.format(0.5))
+        self.assertIn("away longer than 0.5 s", pcr.GRACE_RAN_OUT.format(0.5))
+        self.member("wendy")   # a newcomer takes the name
+        later = self.web_member(None)
+        later.ask_seat_back(token, seen)
+        self.assertEqual(later.until("lost")["text"], pcr.NAME_TAKEN.format(0.5))
+        later.ws.send("wendy")
+        self.assertEqual(later.until("welcome")["name"], "wendy (2)")
+
+    def test_a_token_from_before_a_restart_says_the_room_was_restarted(self):
+        wendy, _ = self.wendy_and_tom()
+        self.start()   # another run of the room
+        page = self.web_member(None)
+        page.ask_seat_back(wendy.token, wendy.seen)
+        self.assertEqual(page.until("lost")["text"], pcr.ROOM_RESTARTED)
+        self.assertIn("restarted", pcr.ROOM_RESTARTED)
+
+
+class KeptPageProxy(CuttableProxy):
+    """The proxy, serving the page so that a browser may keep it in its
+    back/forward cache: the room serves it no-store, which Chromium never
+    keeps (other browsers may)."""
+
+    def passing(self, data: bytes) -> bytes:
+        return data.replace(b"Cache-Control: no-store", b"Cache-Control: no-cache")
+
+
+class PageLifecycleTest(PhonePageCase):
+    """The page as the browser freezes it, keeps it in its back/forward cache
+    or leaves it (issue 26), driven over CDP: only what the member asked for
+    is a leave; anything else keeps the seat, and the page shows what was said
+    meanwhile once."""
+
+    FROZEN, LONG_GRACE = 10.0, 60.0                    # the issue's numbers
+    FROZEN_PAST, SHORT_GRACE, PING = 20.0, 8.0, 4.0    # frozen past the grace, connection kept
+    SHOWN_WITHIN, LEFT_WITHIN = 10.0, 8.0
+
+    def set_lifecycle(self, state: str) -> None:
+        self.driver.execute_cdp_cmd("Page.setWebLifecycleState", {"state": state})
+
+    def frozen_while_tom_talks(self, tom: Client, seconds: float) -> list[str]:
+        """The page frozen for `seconds` while tom says 5 lines; the lines."""
+        self.set_lifecycle("frozen")
+        frozen = time.monotonic()
+        said = self.lines_from(tom, "while frozen", 5)
+        time.sleep(max(0.0, frozen + seconds - time.monotonic()))
+        return said
+
+    def assert_shown_once(self, said: list[str]) -> None:
+        self.wait_for(lambda: said[-1] in self.bubbles(), "the lines said meanwhile",
+                      timeout=self.SHOWN_WITHIN)
+        self.assertEqual([b for b in self.bubbles() if b in said], said)   # each once, in order
+
+    def assert_stayed(self, tom: Client, mark: int) -> None:
+        """Since tom's read `mark`, the room saw Wendy neither leave nor join."""
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, Wendy\n")
+        heard = b"".join(tom.reads[mark:])
+        self.assertNotIn(b"left", heard)
+        self.assertNotIn(b"joined", heard)
+        self.assertNotIn('"Wendy" (127.0.0.1) left', self.log_text())
+        self.assertEqual(self.text("#me"), "You are Wendy")
+
+    def test_a_page_frozen_10_s_is_seen_neither_leaving_nor_joining_and_shows_5_lines_once(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=self.LONG_GRACE)
+        mark = len(tom.reads)
+        said = self.frozen_while_tom_talks(tom, self.FROZEN)
+        self.set_lifecycle("active")
+        self.assert_shown_once(said)
+        self.assert_stayed(tom, mark)
+        self.say("still here")
+        tom.read_until(b"Wendy: still here\n")
+        self.assert_no_policy_violations()
+
+    def test_a_page_frozen_past_the_grace_with_its_connection_kept_stays_in_the_room(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=self.SHORT_GRACE, web_ping=self.PING)
+        mark = len(tom.reads)
+        said = self.frozen_while_tom_talks(tom, self.FROZEN_PAST)
+        # pinged all along, and the browser answered for the frozen page
+        self.assertIs(self.on_loop(lambda: stage_of(self.server, "Wendy")), pcr.Stage.IN_ROOM)
+        self.set_lifecycle("active")
+        self.assert_shown_once(said)
+        self.assert_stayed(tom, mark)
+
+    def test_a_page_back_from_the_back_forward_cache_keeps_its_seat(self):
+        self.Proxy = KeptPageProxy
+        proxy, tom = self.wendy_through_a_proxy(web_grace=self.LONG_GRACE)
+        mark = len(tom.reads)
+        self.driver.execute_script(
+            "window.addEventListener('pageshow', function (e) { window.restored = e.persisted; });")
+        self.driver.get(f"http://127.0.0.1:{self.server.web_address[1]}/elsewhere")
+        self.wait_on_loop(lambda: stage_of(self.server, "Wendy") is pcr.Stage.AWAY,
+                          "Wendy away while her page is cached")
+        said = self.lines_from(tom, "while on another page", 3)
+        self.driver.back()
+        self.assertTrue(self.driver.execute_script("return window.restored === true"),
+                        "the page was not restored from the back/forward cache")
+        self.assert_shown_once(said)
+        self.assert_stayed(tom, mark)
+
+    def test_going_to_another_page_is_a_leave_at_once(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=self.LONG_GRACE)
+        self.driver.get(f"http://127.0.0.1:{self.server.web_address[1]}/elsewhere")
+        tom.read_until(b"Wendy has left the chat...\n1 person is online...\n",
+                       timeout=self.LEFT_WITHIN)
+        self.assertIn('"Wendy" (127.0.0.1) left: left', self.log_text())
+
+    def test_the_page_says_truthfully_why_its_seat_was_not_kept(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=1.0)
+        proxy.cut()
+        tom.read_until(b"Wendy has left the chat...\n", timeout=WAIT)
+        proxy.restore()
+        self.driver.execute_script("window.dispatchEvent(new Event('online'))")
+        tom.read_until(b"Wendy joined the chat...\n", timeout=WAIT)
+        self.wait_for(lambda: "you were away longer than 1 s" in self.text("#log"),
+                      "the page saying why")
+
+
+class PageDiscardTest(PhonePageCase):
+    """A tab the browser discards (issue 26): its page is gone without a
+    pagehide, and the tab reloads with its seat in sessionStorage.  Headless
+    Chromium discards no tab by itself (chrome://discards is turned off), so
+    the renderer is crashed over CDP, which ends the page the same way, then
+    the tab reloads (document.wasDiscarded stays false).  chromedriver gives
+    up on a crashed tab: the page is reached over its DevTools socket."""
+
+    def devtools(self, method: str, answer: bool = True, **params) -> dict:
+        """A DevTools command to the page's tab; its result, if `answer`."""
+        address = self.driver.capabilities["goog:chromeOptions"]["debuggerAddress"]
+        with urllib.request.urlopen(f"http://{address}/json", timeout=WAIT) as f:
+            tab = next(t for t in json.load(f) if t["type"] == "page")
+        with ws_connect(tab["webSocketDebuggerUrl"], open_timeout=WAIT, max_size=None) as cdp:
+            cdp.send(json.dumps({"id": 1, "method": method, "params": params}))
+            while answer:
+                message = json.loads(cdp.recv(WAIT))
+                if message.get("id") == 1:
+                    return message.get("result", {})
+        return {}
+
+    def page_shows(self) -> list[str]:
+        got = self.devtools("Runtime.evaluate", returnByValue=True, expression=(
+            "Array.prototype.map.call(document.querySelectorAll('#log .text'),"
+            " function (e) { return e.textContent; })"))
+        return got.get("result", {}).get("value") or []
+
+    def test_a_tab_reloaded_after_a_discard_asks_for_its_seat_and_gets_it(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        proxy, tom = self.wendy_through_a_proxy(web_grace=60.0)
+        mark = len(tom.reads)
+        token = self.seat()["token"]
+        self.devtools("Page.crash", answer=False)
+        self.wait_on_loop(lambda: stage_of(self.server, "Wendy") is pcr.Stage.AWAY,
+                          "Wendy away")
+        said = self.lines_from(tom, "while the tab was discarded", 3)
+        self.devtools("Page.reload")
+        deadline = time.monotonic() + WAIT * 2
+        while said[-1] not in (shown := self.page_shows()):
+            self.assertLess(time.monotonic(), deadline, f"the page shows only {shown}")
+            time.sleep(0.1)
+        self.assertEqual([line for line in shown if line in said], said)
+        tom.send(b"/who\n")
+        tom.read_until(b"in the room now (2): tom, Wendy\n")
+        heard = b"".join(tom.reads[mark:])
+        self.assertNotIn(b"left", heard)
+        self.assertNotIn(b"joined", heard)
+        self.assertIn('"Wendy" is back', self.log_text())
+        self.assertNotIn(token, self.log_text())
 
 
 # -- issue 27: a host's first evening -------------------------------------------
