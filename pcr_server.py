@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """PrivateChatRoom-Server: a private chat room in one file.
 
-Run it, give your address to family or friends, and they join with the
-PrivateChatRoom-App desktop client, any terminal client (`nc HOST 5050`) or,
-with --web-port, a browser.  Standard library only.  The wire protocol is
-docs/PROTOCOL.md; usage: README.md.
+Run it, give your address to family or friends, and they join from a
+browser or a phone (the chat page, on the room's port + 1), with the
+PrivateChatRoom-App desktop client, or from any terminal (`nc HOST 5050`).
+Standard library only.  The wire protocol is docs/PROTOCOL.md; usage: README.md.
 
     python3 pcr_server.py                 # headless
     python3 pcr_server.py --gui           # with a window
-    python3 pcr_server.py --web-port 5051 # and a chat page for browsers
+    python3 pcr_server.py --web-port off  # without the chat page
     python3 pcr_server.py --connect HOST  # join a room from a terminal
 
 The file, top to bottom (each part uses only those above it; a test keeps it so):
@@ -118,6 +118,10 @@ try:
     import ssl
 except ImportError:  # Python built without OpenSSL: no --tls-cert
     ssl = None
+try:
+    import termios
+except ImportError:  # Windows: typed lines come as its console gives them
+    termios = None
 
 VERSION = "2.0.0"
 
@@ -147,7 +151,8 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    web_port: int | None = None       # the chat page and its WebSocket; None: no page
+    web_port: int | None = None       # the chat page and its WebSocket; None: no page (the
+                                      # command line's default is next_page_port: port + 1)
     log_file: str = LOG_FILE
     public_ip_url: str = DEFAULT_PUBLIC_IP_URL
     upnp: bool = False                # ask the router to forward the room's ports
@@ -320,6 +325,7 @@ def console_closing(event: int, request: Callable[[], None], grace: float = CLOS
 # ---------------------------------------------------------------------------
 
 ALIAS_PROMPT = b"ALIAS"
+HTTP_REQUEST_LINE = re.compile(rb"[A-Z]{3,16} [!-~]+ HTTP/[0-9]\.[0-9]\r?")   # RFC 9112 §3
 STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
                "\t\tplease close the app and relaunch once the server is online..\n")
 MAX_NAME = 32
@@ -330,6 +336,9 @@ KNOWN_AS = "the room knows you as "   # told to a member whose name is not the o
 STOPPED_TEXT = "the server has been stopped"   # the stop, where one line says it (the page)
 NEEDS_KEY = ("this room needs a key: join with your name followed by #KEY "
              "(ask the host for the key)\n")
+WRONG_KEY = "that room key is wrong: check it with the host and try again\n"
+# The page has a field of its own for the key: it is never told to type name#KEY.
+NEEDS_KEY_ON_PAGE = "this room needs a key: type it under your name (ask the host for it)\n"
 FELL_BEHIND = ("you were disconnected: the room says more than your App can show in time; "
                "please close the app and relaunch to catch up\n")
 TLS_JOINING = "the App cannot join; friends use {}"   # how they do, in the words of where it is said
@@ -471,6 +480,13 @@ def split_alias(data: bytes) -> tuple[bytes, bytes, bool]:
     return data[:end].rstrip(b"\r"), data[end + 1:], True
 
 
+def browser_request(data: bytes) -> bool:
+    """Whether `data` begins with an HTTP request line (METHOD SP target SP
+    HTTP/x.y): a browser at the room's port, never a name.  Without its line
+    end yet, only bytes that can be nothing else count (an App's alias has none)."""
+    return HTTP_REQUEST_LINE.fullmatch(data.split(b"\n", 1)[0]) is not None
+
+
 def split_key(alias: str) -> tuple[str, str]:
     """`name#KEY` -> (name, KEY); without a `#` the key is empty."""
     name, _, key = alias.partition("#")
@@ -546,6 +562,7 @@ WS_NORMAL, WS_GOING_AWAY, WS_PROTOCOL_ERROR, WS_UNSUPPORTED = 1000, 1001, 1002, 
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_TRY_LATER = 1007, 1008, 1009, 1011, 1013
 WS_ANNOUNCED = 0x100 | WS_BINARY   # not on the wire: the binary message announced (FrameReader)
 UNMASK_PIECE = 1 << 16             # a multiple of 4: each piece starts with the mask's first byte
+WS_DROP_UP_TO = 1 << 20   # a member's message past --max-line is dropped with a note up to this
 
 
 class WsError(Exception):
@@ -639,21 +656,22 @@ def ws_unmask(payload, mask: bytes) -> bytes:
 class FrameReader:
     """A client's bytes in, its messages and control frames out (RFC 6455 §5).
 
-    Holds at most one frame and one message of `max_message` bytes; anything
-    bigger, unmasked, reserved or out of order raises WsError with the RFC's
-    code.  Text is checked with one incremental UTF-8 decoder per message, as
-    its bytes come: bad UTF-8 raises (1007) as soon as it is in, without
-    waiting for the end of its frame or of its message.  One binary message
-    may be announced (announce()) with a limit of its own: it comes out as
-    WS_ANNOUNCED, or, if its frames say it is larger, as (WS_ANNOUNCED, None)
-    while its bytes are skipped unread.
+    Holds at most one frame and one message of `max_message` bytes.  A longer
+    message of up to `drop_up_to` bytes is skipped unread as it comes and said
+    once, at its start, as (opcode, None); anything bigger, unmasked, reserved
+    or out of order raises WsError with the RFC's code.  Text is checked with
+    one incremental UTF-8 decoder per message, as its bytes come: bad UTF-8
+    raises (1007) as soon as it is in, without waiting for the end of its frame
+    or of its message.  One binary message may be announced (announce()) with a
+    limit of its own: it comes out as WS_ANNOUNCED, or, if its frames say it is
+    larger, as (WS_ANNOUNCED, None) while its bytes are skipped unread.
     """
 
-    __slots__ = ("max_message", "buf", "parts", "size", "opcode", "text", "checked", "announced",
-                 "skip", "dropping")
+    __slots__ = ("max_message", "drop_up_to", "buf", "parts", "size", "opcode", "text", "checked",
+                 "announced", "skip", "dropping")
 
-    def __init__(self, max_message: int):
-        self.max_message = max_message
+    def __init__(self, max_message: int, drop_up_to: int = 0):
+        self.max_message, self.drop_up_to = max_message, drop_up_to
         self.buf = bytearray()
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
@@ -669,7 +687,8 @@ class FrameReader:
         self.announced = limit
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
-        """(opcode, payload) of each whole message or control frame in `data`."""
+        """(opcode, payload) of each whole message or control frame in `data`;
+        (opcode, None) for a message too long to keep."""
         return list(self.messages(data))
 
     def messages(self, data: bytes):
@@ -710,16 +729,14 @@ class FrameReader:
         if opcode >= 0x8:
             if not fin or length > 125:
                 raise WsError(WS_PROTOCOL_ERROR, "control frames are short and whole")
-        elif (opcode or self.opcode) == WS_BINARY and self.announced is not None:
-            if self.checked < 0:
-                self._start_frame(opcode)
-            if self.dropping or self.size + length > self.announced:
-                return self._drop(fin, at + 4, length)
-        elif self.size + length > self.max_message:
-            raise WsError(WS_TOO_BIG, "message too big")
         else:
             if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
                 self._start_frame(opcode)
+            keep, most = self._limits()
+            if self.size + length > most:
+                raise WsError(WS_TOO_BIG, "message too big")
+            if self.dropping or self.size + length > keep:
+                return self._drop(fin, length, end)
             if self.text is not None and len(buf) >= at + 4:
                 self._check_text(buf, at, min(len(buf), end), bool(fin) and len(buf) >= end)
         if len(buf) < end:
@@ -731,6 +748,12 @@ class FrameReader:
             return [(opcode, payload)]
         self.checked = -1
         return self._fragment(fin, payload)
+
+    def _limits(self) -> tuple[int, float]:
+        """Bytes the message under way may hold, and up to how many it is skipped rather than refused."""
+        if self.opcode == WS_BINARY and self.announced is not None:
+            return self.announced, math.inf
+        return self.max_message, max(self.max_message, self.drop_up_to)
 
     def _start_frame(self, opcode: int) -> None:
         if (opcode == 0) != bool(self.opcode):
@@ -761,16 +784,19 @@ class FrameReader:
             return [(WS_ANNOUNCED, message)]
         return [(opcode, message)]
 
-    def _drop(self, fin: int, header: int, length: int) -> list[tuple[int, None]]:
-        """Skip a frame of an announced message over its limit, and the rest of the message."""
-        del self.buf[:header]
-        self.skip, self.checked = length, -1
-        first, limit = not self.dropping, self.announced
-        self.parts, self.size = [], 0
-        self.dropping = not fin
+    def _drop(self, fin: int, length: int, frame_size: int) -> list[tuple[int, None]]:
+        """Skip this data frame unread, and the rest of its message; the message is
+        said once, at its start (an announced one with no room at all, never)."""
+        announced = self.announced if self.opcode == WS_BINARY else None
+        first = not self.dropping and announced != 0
+        said = [(self.opcode if announced is None else WS_ANNOUNCED, None)] if first else []
+        self.parts, self.size = [], 0 if fin else self.size + length
+        self.text, self.checked, self.dropping, self.skip = None, -1, not fin, frame_size
         if fin:
-            self.opcode, self.announced = 0, None
-        return [(WS_ANNOUNCED, None)] if first and limit else []
+            self.opcode = 0
+            if announced is not None:
+                self.announced = None
+        return said
 
 
 def ws_close_is_leave(code: int) -> bool:
@@ -2789,6 +2815,24 @@ class Gate:
 TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
 
 
+def not_a_name(data: bytes, page: tuple[str, int] | None) -> str | None:
+    """Why the first bytes at the room's port are no alias (a TLS client, a
+    browser: then where the page is), for the log; None if they may be one."""
+    if data.startswith(TLS_HELLO):
+        return "it speaks TLS to a room that is not encrypted"
+    if browser_request(data):
+        return "a browser came to the room's port; " + (
+            f"the page is on port {page[1]}" if page else "the page is off (--web-port N serves it)")
+    return None
+
+
+def key_refusal(m: Member) -> str:
+    """What a member whose key is not the room's is told: wrong, or missing (the
+    page has a field of its own for it: it is never told to type name#KEY)."""
+    return WRONG_KEY if split_key(m.claimed)[1] else NEEDS_KEY_ON_PAGE if m.kind is Kind.WEB \
+        else NEEDS_KEY
+
+
 class StartError(Exception):
     """The server cannot start; the message says why and what to do."""
 
@@ -2797,6 +2841,8 @@ class StartError(Exception):
 FLAG_ADVICE = {
     "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
     "port": "choose another port with --port" if WINDOWS else "choose a port above 1023 with --port",
+    "in use": "stop that program or choose another port with --port N",
+    "page in use": "choose its port with --web-port N, or turn it off with --web-port off",
     "encrypted": f"{RUN} --connect ADDRESS --tls"}
 # Why a port is refused: low ports are for administrators on POSIX; on Windows
 # they are not, and a refusal means the port is held or reserved.
@@ -2809,11 +2855,13 @@ NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EA
                if hasattr(socket, name)}
 
 
-def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE) -> str:
-    """One sentence: why `host` port `port` cannot be listened on, and what to do."""
+def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE,
+                    in_use: str = "in use") -> str:
+    """One sentence: why `host` port `port` cannot be listened on, and what to do
+    (advice[in_use] when another program holds the port)."""
     if errno_is(e, "EADDRINUSE"):
         return (f"Port {port} is already in use (is another server running?): "
-                f"stop that program or choose another port.")
+                f"{advice[in_use]}.")
     if errno_is(e, "EADDRNOTAVAIL"):
         return f"The address {host} is not on this machine: {advice['host']}."
     if errno_is(e, "EACCES"):
@@ -2928,6 +2976,7 @@ class Entrance:
     """What the web door hands on to the server once a WebSocket speaks."""
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
+    too_long: Callable[[Member], None]             # a message from a member in the room, dropped
     leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
     lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
     find: Callable[[str], Member | None]           # find(name): who in the room has that name
@@ -2955,6 +3004,11 @@ class WebDoor:
         """Read an HTTP request head; answer with the page, a WebSocket or an error."""
         t = m.transport
         t.inbuf += data
+        if t.inbuf.startswith(TLS_HELLO) and not self.settings.tls_cert:
+            self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
+                                    f"start with --tls-cert for https")
+            self.entrance.close(m)
+            return
         end = t.inbuf.find(b"\r\n\r\n")
         if end < 0 and len(t.inbuf) <= MAX_REQUEST:
             return
@@ -3016,7 +3070,7 @@ class WebDoor:
                                     f"it came from another site's page")
             self._answer(m, "403 Forbidden", b"this socket is for this server's own page\n")
         else:
-            m.transport.frame_reader = FrameReader(self.settings.max_line)
+            m.transport.frame_reader = FrameReader(self.settings.max_line, WS_DROP_UP_TO)
             m.stage = Stage.NAMING
             m.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {ws_accept(key)}"
@@ -3038,14 +3092,18 @@ class WebDoor:
             for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
                     return
-                if opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
+                if opcode == WS_ANNOUNCED:   # a photo's bytes, or None: more than it said
+                    self.photos.share(m, payload)
+                elif payload is None:   # past --max-line: only a member in the room is told
+                    if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
+                        raise WsError(WS_TOO_BIG, "message too big")
+                    self.entrance.too_long(m)
+                elif opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
                     size = photo_announcement(payload) if m.stage is Stage.IN_ROOM else None
                     if size is None:
                         self._text(m, payload)
                     else:   # a photo's bytes come next, as one binary message
                         m.transport.frame_reader.announce(self.photos.may_share(m, size))
-                elif opcode == WS_ANNOUNCED:
-                    self.photos.share(m, payload)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -3144,12 +3202,13 @@ class Server:
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
         self.door = WebDoor(settings, self.tally, Entrance(
-            self._named, self._take_lines, self.drop, self.lose, self.room.find, self._close,
-            self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
+            self._named, self._take_lines, self._too_long, self.drop, self.lose, self.room.find,
+            self._close, self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
         self.web_address: tuple[str, int] | None = None
+        self.page_problem = ""   # why the page asked for is off (the room opens all the same)
         self.accept_error_logged = False
         self.stopping = False
         self.handshakes = Handshakes(self.loop, self._secured)
@@ -3157,8 +3216,8 @@ class Server:
 
     # -- start and stop -------------------------------------------------
     def listen(self) -> tuple[str, int]:
-        """Bind and listen (and serve the page if asked); raises StartError
-        with a sentence for the person."""
+        """Bind and listen, and serve the page if asked (if it cannot be, the room opens
+        all the same: `page_problem` says why); StartError with a sentence for the person."""
         s = self.settings
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
@@ -3168,9 +3227,8 @@ class Server:
         if s.web_port is not None:
             try:
                 self.open_page(s.web_port)
-            except StartError:
-                self._close_listeners(lambda web: True)
-                raise
+            except StartError as e:   # the banner and the window say it
+                self.page_problem = str(e)
         self.loop.call_later(1.0, self._sweep)
         if self.tls:
             log.info("encrypted with TLS: %s", TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
@@ -3188,7 +3246,7 @@ class Server:
             sock = socket.create_server((host, port), family=family, backlog=4096,
                                         dualstack_ipv6=dual)
         except OSError as e:
-            raise StartError(bind_error_text(e, host, port)) from None
+            raise StartError(bind_error_text(e, host, port, in_use=f"{'page ' * web}in use")) from None
         sock.setblocking(False)
         tune_socket(sock, self.settings.keepalive)
         self.listeners.append((sock, web))
@@ -3388,8 +3446,8 @@ class Server:
     # -- naming ---------------------------------------------------------
     def _name(self, m: Member, data: bytes) -> None:
         """The alias came to the room's port: it says the kind of reader."""
-        if data.startswith(TLS_HELLO):
-            self.tally.add(self.loop.now, f"closed {m.ip}: it speaks TLS to a room that is not encrypted")
+        if wrong := not_a_name(data, self.web_address):
+            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
             self._close(m)
             return
         raw, rest, line_end = split_alias(data)
@@ -3423,7 +3481,7 @@ class Server:
         if self.gate.key_right(m):
             self._enter(m)
         else:
-            self._close(m, NEEDS_KEY, WS_POLICY)
+            self._close(m, key_refusal(m), WS_POLICY)
 
     def _enter(self, m: Member) -> None:
         """Name m and put it in line for its welcome."""
@@ -3634,14 +3692,17 @@ def invitation(link: str, key: str) -> str:
 
 
 def next_page_port(settings: Settings) -> int:
-    """The port the page gets when it is turned on: --web-port, else the room's port + 1."""
+    """The port the page gets when it is turned on: --web-port, else the room's
+    port + 1 (any free one when the room's is any free one, 0)."""
     if settings.web_port is not None:
         return settings.web_port
+    if not settings.port:
+        return 0
     return settings.port + 1 if settings.port < 65535 else settings.port - 1
 
 
 def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
-                 held_port: int = 0) -> str | None:
+                 held_port: int = 0, in_use: str = "in use") -> str | None:
     """Why this machine cannot listen on host:port, found by binding it for a
     moment; None if it can.  `held_port` is in use by this program: a restart frees it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -3650,7 +3711,7 @@ def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
     except OSError as e:
         if errno_is(e, "EADDRINUSE") and port == held_port:
             return None
-        return bind_error_text(e, host, port, advice)
+        return bind_error_text(e, host, port, advice, in_use)
     return None
 
 
@@ -3682,13 +3743,28 @@ def fetch_public_ip(url: str, timeout: float = 4.0) -> str:
     return str(ipaddress.ip_address(text))
 
 
+# Who each address is for, and what to do when the internet address is not known:
+# the banner and the window say it alike.
+CHAT_FOR = "for the App or a terminal"
+PAGE_FOR = "for a browser or a phone"
+LOOK_UP_FAILED = ("this machine's internet address could not be looked up; "
+                  "your router's status page shows it")
+
+
+def look_up_failure(e: Exception) -> str:
+    """Why a look-up failed, for the log file: the reason's words, without an errno."""
+    reason = getattr(e, "reason", e)
+    return getattr(reason, "strerror", None) or str(reason)
+
+
 def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
-    """Fetch the public IP in a background thread; call done(ip or None) there."""
+    """Fetch the public IP in a background thread; call done(ip or None) there.
+    A failure is the host's to hear (LOOK_UP_FAILED) and the log file's."""
     def work():
         try:
             ip = fetch_public_ip(url)
         except (OSError, ValueError) as e:
-            log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+            log.info("public IP not looked up at %s (%s)", url, look_up_failure(e))
             done(None)
             return
         log.info("public IPv4: %s", ip)
@@ -4613,7 +4689,8 @@ def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple
             try:   # only the public look-up tells a second router from CGNAT
                 public_ip = fetch_public_ip(settings.public_ip_url)
             except (OSError, ValueError) as e:
-                log.warning("public IP unavailable (%s)", getattr(e, "reason", e))
+                log.info("public IP not looked up at %s (%s)", settings.public_ip_url,
+                         look_up_failure(e))
         heard(result, public_ip)
     threading.Thread(target=work, name="router-ports", daemon=True).start()
     return router
@@ -4946,14 +5023,16 @@ class PrivateLogFile(logging.handlers.RotatingFileHandler):
 
 
 def setup_logging(log_file: str, console: bool = True) -> None:
-    """Log to a rotating file (4 files of 60000 bytes at most) and to stderr."""
+    """Log to a rotating file (4 files of 60000 bytes at most) and, from
+    warnings up, to stderr."""
     log.setLevel(logging.INFO)
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
     log.propagate = False
-    if console:
+    if console:   # the console is the host's: warnings and errors only, the rest in the file
         stream = logging.StreamHandler()
+        stream.setLevel(logging.WARNING)
         stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(stream)
     if log_file:
@@ -4994,16 +5073,22 @@ CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans f
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
     "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
+    "in use": "stop that program or choose another port with Change port…",
+    "page in use": "choose another port for the room with Change port… (the page takes the one "
+                   "after it), or untick the web page",
     "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)"}
-ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is)
-    "private": ("Same network", "on the same network", "this computer's address on the network"),
-    "public": ("Over the internet", "over the internet", "this computer's public address"),
-    "page": ("Web page", "from a browser (a phone is enough)", "this computer's address")}
+ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is), as listed
+    "page": ("Web page", "from a browser or a phone", "this computer's address"),
+    "private": ("Same network", "with the App or a terminal on the same network",
+                "this computer's address on the network"),
+    "public": ("Over the internet", "with the App or a terminal over the internet",
+               "this computer's public address")}
+ADDRESS_HEADINGS = {"page": PAGE_FOR, "private": CHAT_FOR}   # above the first address for each
 COPY_TEXT = {"private": "Copy", "public": "Copy", "page": "Copy link"}
 UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
     "looking": ("looking up…", "{whose} is still being looked up"),
     "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
-    "failed": ("unknown (look-up failed)", "{whose} could not be found"),
+    "failed": ("not found: your router's status page shows it", LOOK_UP_FAILED),
 }
 
 
@@ -5130,11 +5215,33 @@ class FormDialog:
         self.top.destroy()
 
 
+def few_names(rows: dict[str, tuple]) -> str:
+    """Who is in the room (the member list's rows), in a few names."""
+    names = [member[0] for member in rows.values()]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def moved_to(settings: Settings, host: str, port: int) -> Settings:
+    """The settings with the room at host:port; a page on the room's port + 1 moves with it."""
+    follows = settings.web_port == next_page_port(dataclasses.replace(settings, web_port=None))
+    web_port = next_page_port(dataclasses.replace(settings, port=port, web_port=None))
+    return dataclasses.replace(settings, host=host, port=port,
+                               web_port=web_port if follows else settings.web_port)
+
+
+def page_problem(settings: Settings) -> str | None:
+    """Why the page cannot be served where `settings` say, in the window's words; None if it can."""
+    if settings.web_port is None:
+        return None
+    return bind_problem(settings.host, settings.web_port, WINDOW_ADVICE, in_use="page in use")
+
+
 def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
     """The GUI's server thread: listen, serve until stopped, close the loop.
 
     Tells the window through `inbox`: ("listening", server, address, page
-    address or None) or ("failed", server, sentence).
+    address or None), then ("page-failed", server, sentence) if the page asked
+    for cannot be served; or ("failed", server, sentence).
     """
     try:
         try:
@@ -5144,6 +5251,8 @@ def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
             inbox.put(("failed", server, str(e)))
             return
         inbox.put(("listening", server, address, server.web_address))
+        if server.page_problem:   # the room is open without it
+            inbox.put(("page-failed", server, server.page_problem))
         server.serve()
     except Exception:
         log.exception("the server stopped on an unexpected error")
@@ -5283,7 +5392,7 @@ class WindowView:
         self.start_button = ttk.Button(bar, text="Start server", style="Go.TButton",
                                        command=window.start)
         self.stop_button = ttk.Button(bar, text="Stop server", style="Halt.TButton",
-                                      command=window.stop)
+                                      command=window.ask_stop)
         self.port_button = ttk.Button(bar, text="Change port…", command=window.change_port)
         self.address_button = ttk.Button(bar, text="Set listen address…",
                                          command=window.set_listen_address)
@@ -5308,18 +5417,26 @@ class WindowView:
         rows.columnconfigure(1, weight=1)
         self.addresses: dict[str, ttk.Label] = {}
         self.copy_buttons: dict[str, ttk.Button] = {}
-        for row, (kind, (title, _, _)) in enumerate(ADDRESS_KINDS.items()):
+        row = 0
+        for kind, (title, _, _) in ADDRESS_KINDS.items():
+            heading = ADDRESS_HEADINGS.get(kind)
+            if heading:   # whom the addresses below are for
+                heading = ttk.Label(rows, text=heading[:1].upper() + heading[1:] + ":",
+                                    style="Note.TLabel")
+                heading.grid(row=row, column=0, columnspan=3, sticky="w", pady=(4, 0))
+                row += 1
             title_label = ttk.Label(rows, text=title, style="Key.TLabel")
-            title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(0, 14))
+            title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(12, 14))
             self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: window.copy_address(kind))
             self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
-        self.page_row = (title_label, self.addresses["page"], self.copy_buttons["page"])
+            if kind == "page":
+                self.page_row = (heading, title_label, self.addresses[kind], self.copy_buttons[kind])
+            row += 1
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
-        self.forward_note.grid(row=len(ADDRESS_KINDS), column=0, columnspan=3, sticky="w",
-                               pady=(0, 3))
+        self.forward_note.grid(row=row, column=0, columnspan=3, sticky="w", pady=(0, 3))
         self._build_switches(box, window, settings)
         notes = []
         for row, style in enumerate(("Problem", "Note", "Note", "Note", "Problem", "Note"), start=3):
@@ -5412,6 +5529,12 @@ class WindowView:
         if following:
             text.see("end")
 
+    def copied_gone(self) -> None:
+        """What was copied is said no more: the Copy buttons read Copy again."""
+        for kind, button in self.copy_buttons.items():
+            button.configure(text=COPY_TEXT[kind])
+        show_line(self.copied_note, "")
+
 
 class RouterSwitch:
     """The window's router switch at work: while it is on and the room runs,
@@ -5489,6 +5612,7 @@ class ServerWindow:
         self.dialog: FormDialog | None = None
         self.ticks = 0
         self.flash_id = None
+        self.copied_ms = COPIED_MS   # how long "Copied ✓" and what was copied stay
         self.router = RouterSwitch()
         self.view = WindowView(root, self, settings)
         log.addHandler(self.log_feed)
@@ -5505,16 +5629,26 @@ class ServerWindow:
         """Open the room with the current settings, on a thread of its own."""
         if self.state not in (RoomState.STOPPED, RoomState.ERROR) or self.thread is not None or self.quitting:
             return
+        show_line(self.view.copied_note, "")   # a refusal of the closed room no longer holds
         problem = bind_problem(self.settings.host, self.settings.port, WINDOW_ADVICE)
         if problem:   # said here in the window's words; the server would name a flag
             log.error("%s", problem)
             self._set_state(RoomState.ERROR, problem)
             return
+        if problem := page_problem(self.settings):   # the room opens all the same
+            self._page_refused(problem)
         self.server = Server(dataclasses.replace(self.settings))
         self.thread = threading.Thread(target=serve_in_thread, args=(self.server, self.inbox),
                                        name="server", daemon=True)
         self._set_state(RoomState.STARTING)
         self.thread.start()
+
+    def ask_stop(self) -> None:
+        """The Stop button: asks first when anyone is in the room."""
+        if not self.rows:
+            return self.stop()
+        self._ask("Stop the room?", [], self.stop, ok_text="Stop server",
+                  message=f"Everyone in the room ({few_names(self.rows)}) will be disconnected.")
 
     def stop(self) -> None:
         """Ask the server to stop; _tick notices when its thread has ended."""
@@ -5717,12 +5851,10 @@ class ServerWindow:
         return None
 
     def _confirm_restart(self, host: str, port: int) -> None:
-        names = [member[0] for member in self.rows.values()]
-        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         self._ask("Restart the room?", [], lambda: self._apply_address(host, port),
                   message=f"The room will restart on {host_port(host, port)}. Everyone in it "
-                          f"({who}) will be disconnected and must join again at the new address.",
-                  ok_text="Restart")
+                          f"({few_names(self.rows)}) will be disconnected and must join again at the new "
+                          f"address.", ok_text="Restart")
 
     def _apply_address(self, host: str, port: int) -> None:
         """Listen there from the next start (now, if running); keep the port in .pcr_port."""
@@ -5731,11 +5863,14 @@ class ServerWindow:
         except OSError as e:
             log.warning("could not save the port to %s (%s)", PORT_FILE, e.strerror)
         if (host, port) != (self.settings.host, self.settings.port):
-            self.settings = dataclasses.replace(self.settings, host=host, port=port)
+            self.settings = moved_to(self.settings, host, port)
             log.info("listen address set to %s", host_port(host, port))
+            show_line(self.view.copied_note, "")   # what was said of the old address
             if self.state in (RoomState.STARTING, RoomState.RUNNING):
                 self.restart_pending = True
                 self.stop()
+            elif self.state == RoomState.ERROR:   # its cause was the old address
+                self.state = RoomState.STOPPED
         self._show_state()
 
     # -- how friends join -------------------------------------------------
@@ -5816,13 +5951,11 @@ class ServerWindow:
         show_line(self.view.copied_note, said)
         if self.flash_id:
             self.root.after_cancel(self.flash_id)
-        self.flash_id = self.root.after(COPIED_MS, self._copied_shown)
+        self.flash_id = self.root.after(self.copied_ms, self._copied_shown)
 
     def _copied_shown(self) -> None:
         self.flash_id = None
-        for kind, button in self.view.copy_buttons.items():
-            button.configure(text=COPY_TEXT[kind])
-        show_line(self.view.copied_note, "")
+        self.view.copied_gone()
 
     def _show_join(self) -> None:
         """How friends join (friends_join, as the banner says it): the addresses and
@@ -5947,6 +6080,77 @@ NAME_MISMATCH = {62, 64}
 
 class ClientError(Exception):
     """The client cannot go on; the message is one sentence for the person."""
+
+
+KEEP_TYPED = "\r\x1b[K{}\n{}"   # to the line's start, erase it, the arriving line, then what was typed
+
+
+class TypedLine:
+    """The line being typed on a terminal, kept here rather than in the
+    terminal's own buffer (its echo and line editing off, Ctrl+C still a
+    signal), so that a line arriving meanwhile prints above it and it is drawn
+    again.  Keys: text, Backspace, Ctrl+U (erase the line), Enter, Ctrl+D on an
+    empty line (the end); other control keys and escape sequences do nothing."""
+
+    def __init__(self, fd: int, out):
+        self.fd, self.out = fd, out
+        self.text = ""
+        self.lock = threading.Lock()   # the stdin thread types, the loop's thread prints
+        self.found = termios.tcgetattr(fd)
+
+    def __enter__(self) -> "TypedLine":
+        keys = termios.tcgetattr(self.fd)
+        keys[3] &= ~(termios.ICANON | termios.ECHO)
+        keys[6][termios.VMIN], keys[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(self.fd, termios.TCSANOW, keys)
+        return self
+
+    def __exit__(self, *_) -> None:
+        termios.tcsetattr(self.fd, termios.TCSANOW, self.found)   # as it was found
+
+    def lines(self):
+        """Each line as Enter ends it (stdin thread), until Ctrl+D or the end of input."""
+        decode, escape = codecs.getincrementaldecoder("utf-8")("replace").decode, 0
+        while data := os.read(self.fd, 1024):
+            for key in decode(data):
+                if escape or key == "\x1b":   # ESC, then [ or O, then up to a final byte
+                    escape = 1 if key == "\x1b" else 2 if escape == 1 and key in "[O" \
+                        else 2 if escape == 2 and not "@" <= key <= "~" else 0
+                    continue
+                with self.lock:
+                    line = self._key(key)
+                if line is False:
+                    return
+                if line is not None:
+                    yield line
+
+    def _key(self, key: str) -> str | bool | None:
+        """Take one key and show it: the line Enter ends, False for the end, else None."""
+        if key in "\r\n":
+            line, self.text = self.text, ""
+            self._write("\n")
+            return line
+        if key == "\x04" and not self.text:
+            return False
+        if key in "\x7f\b" and self.text:
+            self.text = self.text[:-1]
+            self._write("\b \b")
+        elif key == "\x15":
+            self.text = ""
+            self._write("\r\x1b[K")
+        elif key.isprintable():
+            self.text += key
+            self._write(key)
+        return None
+
+    def show(self, line: str) -> None:
+        """An arriving line, above what is being typed, which is drawn again (loop's thread)."""
+        with self.lock:
+            self._write(KEEP_TYPED.format(line, self.text))
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 def server_address(text: str) -> tuple[str, int]:
@@ -6146,6 +6350,7 @@ class ClientSession:
         self.out = out
         self.early = early         # what came after ALIAS in the same read
         self.typed_shows = typed_shows   # a terminal shows typed lines: do not print their echo
+        self.typed: TypedLine | None = None   # on a terminal: the line being typed
         self.inbuf = b""
         self.outbuf = bytearray()
         self.events = EVENT_READ
@@ -6159,10 +6364,18 @@ class ClientSession:
         self.over = threading.Event()
 
     def stay(self, stdin) -> int:
-        """Run until the person leaves or the server goes; the exit code."""
+        """Run until the person leaves or the server goes; the exit code.  On
+        a terminal, the line being typed is kept here (TypedLine), and the
+        terminal is left as it was found."""
+        if not (self.typed_shows and termios):
+            return self._stay(stdin)
+        with TypedLine(stdin.fileno(), self.out) as self.typed:
+            return self._stay(self.typed.lines())
+
+    def _stay(self, typed) -> int:
         try:   # Ctrl+C may come as soon as the room's first lines are shown
             threading.Thread(target=self._run, name="pcr-client", daemon=True).start()
-            threading.Thread(target=self._read_typed, args=(stdin,), name="pcr-client-stdin",
+            threading.Thread(target=self._read_typed, args=(typed,), name="pcr-client-stdin",
                              daemon=True).start()
             while not self.over.wait(0.5):   # timed, so Ctrl+C gets through on Windows too
                 pass
@@ -6174,10 +6387,10 @@ class ClientSession:
             print(self.problem, file=sys.stderr, flush=True)
         return self.code
 
-    def _read_typed(self, stdin) -> None:
+    def _read_typed(self, typed) -> None:
         """Hand each typed line to the loop; at the end of input, leave (stdin thread)."""
         try:
-            for line in stdin:
+            for line in typed:
                 text = line.rstrip("\r\n")
                 if text.strip():   # the room drops blank lines anyway
                     self.loop.call_soon_threadsafe(self.say, text)
@@ -6264,9 +6477,13 @@ class ClientSession:
             self.leave()
 
     def _print(self, line: str) -> None:
+        """Print a line; on a terminal, above what is being typed, which is drawn again."""
         try:
-            self.out.write(line + "\n")
-            self.out.flush()
+            if self.typed is None:
+                self.out.write(line + "\n")
+                self.out.flush()
+            else:
+                self.typed.show(line)
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)
 
@@ -6410,8 +6627,13 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 # 13. The command line
 # ---------------------------------------------------------------------------
 
-def web_port_number(text: str) -> int:
-    """--web-port: a port, or 0 for any free one."""
+PAGE_OFF = "off"   # --web-port off
+
+
+def web_port_number(text: str) -> int | str:
+    """--web-port: a port, 0 for any free one, or "off"."""
+    if text.strip().lower() == PAGE_OFF:
+        return PAGE_OFF
     return 0 if text.strip() == "0" else port_number(text)
 
 
@@ -6444,7 +6666,7 @@ def room_key_text(text: str) -> str:
 
 
 def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    limits = p.add_argument_group("limits")
+    limits = p.add_argument_group("for experts: limits")
     limits.add_argument("--keepalive", type=at_least(0, float), default=d.keepalive,
                         metavar="SECONDS",
                         help="idle time before a quiet member's connection is checked; a "
@@ -6452,8 +6674,8 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
                              "(0: off; default: %(default)s)")
     limits.add_argument("--handshake-timeout", type=at_least(0.1, float),
                         default=d.handshake_timeout, metavar="SECONDS",
-                        help="time to give an alias: the App asks its user for a name only "
-                             "after connecting (default: %(default)s)")
+                        help="time a connection has to give its name: the App asks its user "
+                             "for a name only after connecting (default: %(default)s)")
     limits.add_argument("--max-unnamed", type=at_least(1), default=d.max_unnamed, metavar="N",
                         help="connections at once that have not given a name; when full, the "
                              "oldest makes room (default: %(default)s)")
@@ -6474,7 +6696,8 @@ def add_limit_options(p: argparse.ArgumentParser, d: Settings) -> None:
 
 
 def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    readers = p.add_argument_group("PrivateChatRoom-App readers (the server paces what it sends them)")
+    readers = p.add_argument_group("for experts: PrivateChatRoom-App pacing (the server paces "
+                                   "what it sends the App)")
     readers.add_argument("--app-char-time", type=at_least(0, float), default=d.app_char_time,
                          metavar="S", help="seconds the App takes to show one character "
                                            "(default: %(default)s)")
@@ -6483,35 +6706,53 @@ def add_reader_options(p: argparse.ArgumentParser, d: Settings) -> None:
                                            "desktop (default: %(default)s)")
 
 
-def add_page_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    page = p.add_argument_group("the chat page, for members with only a browser")
-    page.add_argument("--web-port", type=web_port_number, metavar="N",
-                      help="serve the page and its WebSocket on this port (0: any free one); "
-                           "off unless given")
-    page.add_argument("--web-grace", type=at_least(0, float), default=d.web_grace, metavar="S",
-                      help="a page whose connection is lost (a phone asleep, a change of network) "
-                           "keeps its seat this long, away, and gets what it missed when it is "
-                           "back (0: it leaves at once; default: %(default)s)")
-    page.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
+def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
+    """What a host needs, first in --help: in plain words, one group to add to."""
+    room = p.add_argument_group("running a room")
+    room.add_argument("--gui", action="store_true", help="run the room in a window")
+    room.add_argument("--port", type=port_number,
+                      help=f"the room's port, for the App and terminals (default: the number in "
+                           f"{PORT_FILE}, else {DEFAULT_PORT})")
+    room.add_argument("--web-port", type=web_port_number, metavar="N|off",
+                      help="the chat page's port, for a browser or a phone (default: the room's "
+                           "port + 1; 0: any free one; off: no page)")
+    key = room.add_mutually_exclusive_group()
+    key.add_argument("--room-key", type=room_key_text, metavar="KEY",
+                     help="a key that friends need to come in (they type it on the page, or "
+                          "join as name#KEY from the App or a terminal)")
+    key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
+    room.add_argument("--upnp", action="store_true",
+                      help="let friends in from the internet: ask the router to forward the "
+                           "room's port with UPnP / NAT-PMP / PCP (the page's too)")
+    room.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
+                      help="show newcomers the last N chat lines, kept in memory only "
+                           "(default: %(default)s, nothing kept)")
+    room.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
                       help="memory for photos shared on the page (MiB), the oldest go when it is "
                            "full; nothing is written to disk and they are gone when the room "
                            "stops (0: no photo sharing; default: %(default)s)")
 
 
-def add_privacy_options(p: argparse.ArgumentParser, d: Settings) -> None:
-    privacy = p.add_argument_group("privacy")
-    privacy.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
-                         help="keep the last N chat lines, in memory only, and show them to "
-                              "newcomers (default: %(default)s, nothing kept)")
-    key = privacy.add_mutually_exclusive_group()
-    key.add_argument("--room-key", type=room_key_text, metavar="KEY",
-                     help="members must join as name#KEY")
-    key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
-    privacy.add_argument("--tls-cert", default="", metavar="FILE",
-                         help="encrypt with TLS using this certificate (PEM); "
-                              + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
-    privacy.add_argument("--tls-key", default="", metavar="FILE",
-                         help="the certificate's private key (PEM), if not in --tls-cert")
+def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
+    """Everything a host rarely needs: where to listen and log, the page's seats, TLS."""
+    network = p.add_argument_group("for experts: network and log")
+    network.add_argument("--host", type=listen_host, default=d.host,
+                         help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
+    network.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
+    network.add_argument("--public-ip-url", default=d.public_ip_url,
+                         help="service that answers with your public IP ('' turns the look-up off)")
+    network.add_argument("--web-grace", type=at_least(0, float), default=d.web_grace, metavar="S",
+                         help="a page whose connection is lost (a phone asleep, a change of "
+                              "network) keeps its seat this long, away, and gets what it missed "
+                              "when it is back (0: it leaves at once; default: %(default)s)")
+    add_limit_options(p, d)
+    add_reader_options(p, d)
+    tls = p.add_argument_group("for experts: encryption (TLS)")
+    tls.add_argument("--tls-cert", default="", metavar="FILE",
+                     help="encrypt with TLS using this certificate (PEM); "
+                          + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
+    tls.add_argument("--tls-key", default="", metavar="FILE",
+                     help="the certificate's private key (PEM), if not in --tls-cert")
 
 
 def add_client_options(p: argparse.ArgumentParser) -> None:
@@ -6534,25 +6775,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Settings()
     p = argparse.ArgumentParser(
         prog=RUN,
-        description="A private chat room server for PrivateChatRoom-App and terminal clients.",
+        description="A private chat room for family and friends: they join from a browser or "
+                    "a phone, with PrivateChatRoom-App, or from a terminal.",
         epilog=f"Run a room: {RUN} (in a window: {RUN} --gui). "
                f"Join one from a terminal: {RUN} --connect HOST[:PORT].")
     p.add_argument("--version", action="version", version=f"PrivateChatRoom-Server {VERSION}")
-    p.add_argument("--gui", action="store_true", help="open a window to run the server")
-    p.add_argument("--host", type=listen_host, default=d.host,
-                   help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
-    p.add_argument("--port", type=port_number,
-                   help=f"port to listen on (default: the number in {PORT_FILE}, else {DEFAULT_PORT})")
-    p.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
-    p.add_argument("--public-ip-url", default=d.public_ip_url,
-                   help="service that answers with your public IP ('' turns the look-up off)")
-    p.add_argument("--upnp", action="store_true",
-                   help="ask the router to forward the room's port with UPnP / NAT-PMP / PCP")
-    add_limit_options(p, d)
-    add_reader_options(p, d)
-    add_page_options(p, d)
-    add_privacy_options(p, d)
+    add_room_options(p, d)
     add_client_options(p)
+    add_expert_options(p, d)
     args = p.parse_args(argv)
     if args.connect is None and (args.name is not None or args.tls or args.ca or args.insecure):
         p.error("--name, --tls, --ca and --insecure go with --connect")
@@ -6589,32 +6819,48 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     names = {f.name for f in dataclasses.fields(Settings)}
     given = {k: v for k, v in vars(args).items() if k in names}
     given["port"] = port
+    given["web_port"] = (None if args.web_port == PAGE_OFF else
+                         next_page_port(Settings(port=port, web_port=args.web_port)))
     return Settings(**given), warnings
 
 
-def join_banner(settings: Settings, join: FriendsJoin, code: str = "") -> str:
-    """What the host needs once the room is open: how friends join (with `code`, the
-    invitation's QR code as console_code draws it, under the page's link), the log, how to stop."""
+# What the banner says of the internet address while it is not known (FriendsJoin)
+NOT_KNOWN = {"looking": "looking up this machine's public address…",
+             "off": "not looked up: your router's status page shows this machine's public address",
+             "failed": LOOK_UP_FAILED}
+
+
+def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
+                page_problem: str = "", code: str = "") -> str:
+    """What the host needs once the room is open, in one block: how friends join
+    (each address with whom it is for; with `code`, the invitation's QR code as
+    console_code draws it, under the page's links), the log, how to stop.
+    `unknown`: why the internet address is not known (NOT_KNOWN); `page_problem`:
+    why the page asked for is off."""
     host, port = join.listen
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
                  f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
+        if page_problem:
+            lines.append(f"  the page is off: {page_problem}")
     else:
-        lines = [f"The room is open on port {port}. How friends join:",
-                 f"  same network:       {join.same_network or 'unknown'}",
-                 f"  over the internet:  asking your router to forward TCP "
-                 f"{port_words((port, join.page_port) if join.page_port else (port,))}…"
-                 if settings.upnp else
-                 internet_line(join, "looking up this machine's public address…"
-                               if settings.public_ip_url else "not looked up: your router's "
-                               "status page shows this machine's public address")]
+        lines = [f"The room is open on port {port}. How friends join:"]
         if join.page_port:
-            lines.append(page_line(join.page_same or "unknown", "on the same network"))
+            lines += [f"  {PAGE_FOR}:", f"    same network:       {join.page_same or 'unknown'}"]
+            if join.page_internet:
+                lines.append(f"    over the internet:  {join.page_internet}")
             lines += [code] if code else []
+        else:
+            lines.append(f"  {PAGE_FOR}: " + (f"the page is off: {page_problem}" if page_problem
+                                              else "the page is off (--web-port off)"))
+        lines += [f"  {CHAT_FOR}:", f"    same network:       {join.same_network or 'unknown'}",
+                  f"    over the internet:  asking your router to forward TCP "
+                  f"{port_words((port, join.page_port) if join.page_port else (port,))}…"
+                  if settings.upnp else internet_line(join, NOT_KNOWN[unknown])]
     if join.encrypted:
         lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     if join.keyed:
-        lines.append("  with the room key:  friends join as name#KEY")
+        lines.append("  with the room key:  friends type it on the page, or join as name#KEY")
         if join.key_warning:
             lines.append(f"  warning: {join.key_warning}")
     if settings.history:
@@ -6632,11 +6878,11 @@ def join_banner(settings: Settings, join: FriendsJoin, code: str = "") -> str:
 
 
 def internet_line(join: FriendsJoin, unknown: str) -> str:
-    return f"  over the internet:  {join.internet or unknown} ({join.forward})"
+    return f"    over the internet:  {join.internet or unknown} ({join.forward})"
 
 
-def page_line(link: str, where: str) -> str:
-    return f"  from a browser:     {link} ({where}; a phone is enough)"
+def page_line(link: str) -> str:
+    return f"  {PAGE_FOR}, over the internet:  {link}"
 
 
 def console_code(link: str | None, stream) -> str:
@@ -6663,15 +6909,24 @@ def print_for_host(text: str) -> None:
 
 
 def announce(settings: Settings, address: tuple[str, int],
-             page_address: tuple[str, int] | None = None) -> RouterPorts | None:
-    """Log this machine's addresses and print the banner; the internet address
-    (and the page's link over the internet) follow once the router (--upnp) or
-    the look-up answers.  The router's mappings, to close when the room stops."""
+             page_address: tuple[str, int] | None = None, page_problem: str = "") -> RouterPorts | None:
+    """Log this machine's addresses and print the banner, once the public
+    address is looked up (on the look-up's thread); with --upnp, at once, and
+    the router's answer when it comes.  The router's mappings, to close when
+    the room stops."""
     private_ip = private_ipv4()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port)
-    print_for_host(join_banner(settings, join, console_code(join.invite, sys.stdout)))
+    if not join.only_here and not settings.upnp and settings.public_ip_url:
+        def public_ip_heard(ip: str | None) -> None:
+            known = friends_join(settings, address, private_ip, ip, page_port)
+            print_for_host(join_banner(settings, known, "looking" if ip else "failed", page_problem,
+                                       console_code(known.invite, sys.stdout)))
+        look_up_public_ip(settings.public_ip_url, public_ip_heard)
+        return None
+    print_for_host(join_banner(settings, join, "looking" if settings.public_ip_url else "off",
+                               page_problem, console_code(join.invite, sys.stdout)))
     if join.only_here:
         if settings.upnp:
             print_for_host(f"  the room listens on {address[0]} only, so the router was not "
@@ -6680,22 +6935,19 @@ def announce(settings: Settings, address: tuple[str, int],
 
     def public_ip_known(ip: str | None) -> None:
         known = friends_join(settings, address, private_ip, ip, page_port)
-        print_for_host(internet_line(known, "this machine's public address could not be "
-                                            "found; your router's status page shows it"))
+        print_for_host(internet_line(known, LOOK_UP_FAILED))
         if known.page_internet:
-            print_for_host(page_line(known.page_internet, "over the internet"))
+            print_for_host(page_line(known.page_internet))
 
     def router_answered(result: RouterResult, public_ip: str | None) -> None:
         print_for_host(f"  {router_sentence(result, public_ip)}")
         known = friends_join(settings, address, private_ip, None, page_port, result)
         if known.page_internet:
-            print_for_host(page_line(known.page_internet, "over the internet"))
+            print_for_host(page_line(known.page_internet))
         elif known.internet is None and settings.public_ip_url and public_ip is None:
             look_up_public_ip(settings.public_ip_url, public_ip_known)   # for the manual way
     if settings.upnp:
         return ask_router(settings, address, page_address, router_answered)
-    if settings.public_ip_url:
-        look_up_public_ip(settings.public_ip_url, public_ip_known)
     return None
 
 
@@ -6709,7 +6961,7 @@ def run_headless(settings: Settings) -> int:
     # Ctrl+C while the banner is printed (or the router asked) stops the room as ever
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
-    router = announce(settings, address, server.web_address)
+    router = announce(settings, address, server.web_address, server.page_problem)
     server.serve()
     if router:
         router.close()
@@ -7032,6 +7284,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     ws: null,            // the current socket, or null
     helloSeen: false,    // the current socket said hello
     keyNeeded: false,
+    maxLine: 0,          // bytes the room takes in one message (hello says; 0: not known)
+    tooLong: false,      // the banner says the message in the box is too long
     aliasSent: false,
     refusal: "",         // the server's sentence on the current socket
     stopped: false,      // the server said it is stopping
@@ -7368,6 +7622,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function banner(text, kind, button) {
     clearTimeout(room.okTimer);
+    room.tooLong = false;
     ui.banner.hidden = !text;
     ui.banner.classList.toggle("ok", kind === "ok");
     ui.bannerText.textContent = text || "";
@@ -7509,6 +7764,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.keyNeeded = !!msg.key;
       room.photos = !!msg.photos;
       ui.photoButton.hidden = !room.photos;
+      room.maxLine = Number(msg.max_line) || 0;
       ui.keyRow.hidden = !room.keyNeeded;
       if (room.token) {
         askSeatBack();   // held or not, the room says which, and why
@@ -7745,12 +8001,31 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
 
+  function overLimit(text) {
+    // Bytes past what the room takes in one message: the text stays in the box.
+    const size = new TextEncoder().encode(text).length;
+    return room.maxLine && size > room.maxLine ? size : 0;
+  }
+
+  function sayFit() {
+    // Once the text fits (or is sent), the warning goes.
+    if (room.tooLong && !overLimit(ui.message.value)) { banner(""); }
+  }
+
   function sendMessage() {
     const text = ui.message.value;
     if (!text.trim() || !room.inRoom || !room.ws) { return; }
+    const size = overLimit(text);
+    if (size) {
+      banner("This message is too long for the room: shorten it or send it in parts (up to " +
+             room.maxLine + " bytes at a time; this one has " + size + ").", "warn");
+      room.tooLong = true;
+      return;
+    }
     if (text.trim() === "/who") { room.whoShown = true; }
     room.ws.send(text);
     ui.message.value = "";
+    sayFit();
     fitMessage();
     toBottom();
   }
@@ -7773,7 +8048,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       sendMessage();
     }
   });
-  ui.message.addEventListener("input", fitMessage);
+  ui.message.addEventListener("input", function () { fitMessage(); sayFit(); });
 
   ui.photoButton.addEventListener("click", function () { ui.photoInput.click(); });
   ui.photoInput.addEventListener("change", function () {

@@ -1936,22 +1936,19 @@ class CommandLineTest(unittest.TestCase):
     def test_banner_says_how_friends_join_where_the_log_is_and_how_to_stop(self):
         service = PublicIpService("203.0.113.9")
         self.addCleanup(service.close)
-        port = free_port()
+        port = free_port_and_the_next()
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
             proc = self.server("--host", "0.0.0.0", "--port", str(port),
                                "--public-ip-url", service.url, "--log-file", "room.log")
-        banner = printed_until(proc, "Ctrl+C stops the server.")
+        banner = printed_until(proc, "Ctrl+C stops the server.")   # one block, once looked up
         self.assertIn(f"The room is open on port {port}. How friends join:", banner)
         self.assertIn(f"  same network:       {pcr.private_ipv4()}:{port}\n", banner)
-        forward = f"(forward TCP port {port} on your router to this machine first)"
-        self.assertIn(f"  over the internet:  looking up this machine's public address… {forward}",
-                      banner)
+        forward = f"(forward TCP ports {port} and {port + 1} on your router to this machine first)"
         self.assertIn(f"At start the server asks {service.url} for this machine's public address; "
                       f"--public-ip-url '' turns that off.", banner)
         self.assertIn(f"Log file: {os.path.join(os.path.realpath(self.dir), 'room.log')}\n", banner)
         self.assertNotIn("room key", banner)
-        later = printed_until(proc, "203.0.113.9")
-        self.assertIn(f"  over the internet:  203.0.113.9:{port} {forward}", later)
+        self.assertIn(f"  over the internet:  203.0.113.9:{port} {forward}", banner)
         self.assertEqual(banner.count("How friends join"), 1)
 
     def test_banner_gives_the_pages_link_for_the_same_network_and_over_the_internet(self):
@@ -1963,10 +1960,9 @@ class CommandLineTest(unittest.TestCase):
                                "--public-ip-url", service.url, "--log-file", "room.log")
         banner = printed_until(proc, "Ctrl+C stops the server.")
         self.assertIn(f"forward TCP ports {port} and {web} on your router", banner)
-        self.assertIn(f"  from a browser:     http://{pcr.private_ipv4()}:{web}/ (on the same network",
-                      banner)
-        later = printed_until(proc, f"http://203.0.113.9:{web}/")
-        self.assertIn(f"  from a browser:     http://203.0.113.9:{web}/ (over the internet", later)
+        self.assertIn(f"  for a browser or a phone:\n"
+                      f"    same network:       http://{pcr.private_ipv4()}:{web}/\n"
+                      f"    over the internet:  http://203.0.113.9:{web}/\n", banner)
 
     def test_banner_without_the_public_address_look_up_says_it_is_off(self):
         proc = self.server("--host", "0.0.0.0", "--port", str(free_port()))
@@ -1995,7 +1991,8 @@ class CommandLineTest(unittest.TestCase):
     def test_banner_of_a_keyed_room_gives_the_name_key_form_and_warns_when_short(self):
         proc = self.server("--host", "0.0.0.0", "--port", str(free_port()), "--room-key", "zq7")
         banner = printed_until(proc, "Ctrl+C stops the server.")
-        self.assertIn("  with the room key:  friends join as name#KEY\n", banner)
+        self.assertIn("  with the room key:  friends type it on the page, or join as name#KEY\n",
+                      banner)
         self.assertIn("  warning: the room key has only 3 characters, which can be guessed; "
                       "a key of 8 or more is much safer\n", banner)
         self.assertNotIn("zq7", banner)
@@ -2371,8 +2368,7 @@ class RoomKeyTest(ServerCase):
         c = self.connect()
         c.answer(b"ann#guess")
         got = c.read_to_close()
-        self.assertEqual(got, b"this room needs a key: join with your name followed by #KEY "
-                              b"(ask the host for the key)\n")
+        self.assertEqual(got, b"that room key is wrong: check it with the host and try again\n")
         self.assertIn("wrong or missing room key from 127.0.0.1", self.log_text())
         self.assertNotIn("guess", self.log_text())
 
@@ -2386,14 +2382,14 @@ class RoomKeyTest(ServerCase):
         self.start(max_per_ip=100)
         first = self.connect()
         first.answer(b"x#nope\n")
-        self.assertIn(b"needs a key", first.read_to_close())
+        self.assertIn(b"is wrong", first.read_to_close())
         guesses = [self.connect() for _ in range(4)]
         t0 = time.monotonic()
         for c in guesses:   # four guesses at once: checked 0.25, 0.5, 1 s apart
             c.answer(b"x#guess\n")
         answered = []
         for c in guesses:
-            self.assertIn(b"needs a key", c.read_to_close(timeout=10))
+            self.assertIn(b"is wrong", c.read_to_close(timeout=10))
             answered.append(time.monotonic() - t0)
         self.assertGreater(answered[-1], 0.25 + 0.5 + 1.0 - 0.1, answered)
         self.assertLess(answered[0], answered[-1] - 1.0, answered)   # the first long before the last
@@ -2832,8 +2828,8 @@ class ClientModeTest(ServerCase):
         self.start(room_key="s3cret-K")
         c = self.client(name="ann#guess")
         self.assertEqual(c.wait(), 1)
-        self.assertEqual(c.errors().splitlines()[-1], "this room needs a key: join with your name "
-                         "followed by #KEY (ask the host for the key)")
+        self.assertEqual(c.errors().splitlines()[-1],
+                         "that room key is wrong: check it with the host and try again")
         self.assertEqual(c.output(), "")
         self.assertNotIn("in the room", c.errors())
 
@@ -2842,7 +2838,7 @@ class ClientModeTest(ServerCase):
         c = self.client(name="ann#guess")
         c.end_input()
         self.assertEqual(c.wait(), 1)
-        self.assertIn("this room needs a key", c.errors().splitlines()[-1])
+        self.assertIn("that room key is wrong", c.errors().splitlines()[-1])
 
     def test_input_closed_early_still_joins_says_its_lines_and_leaves(self):
         self.start()
@@ -3142,7 +3138,9 @@ class WebPageTest(WebCase):
         self.start(room_key="s3cret-K")
         guess = self.web_member("wendy#nope")
         self.assertTrue(guess.hello["key"])
-        self.assertIn("this room needs a key", guess.until("refused")["text"])
+        refusal = guess.until("refused")["text"]
+        self.assertIn("that room key is wrong", refusal)
+        self.assertNotIn("#KEY", refusal)
         self.assertEqual(guess.close_code(), pcr.WS_POLICY)
         right = self.web_member("wendy#s3cret-K")
         self.assertEqual(right.until("welcome")["name"], "wendy")
@@ -3610,7 +3608,8 @@ class BrowserTest(BrowserCase):
         self.start(room_key="s3cret-K")
         self.open_page()
         self.join_as("Wendy", "guess")
-        self.wait_for(lambda: "needs a key" in self.text("#join-status"), "the refusal")
+        self.wait_for(lambda: "That room key is wrong" in self.text("#join-status"), "the refusal")
+        self.assertNotIn("#KEY", self.text("#join-status"))
         self.find("#key").send_keys("s3cret-K")
         self.find("#join-button").click()
         self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
@@ -4136,7 +4135,8 @@ class GuiTest(unittest.TestCase):
     def test_public_address_unknown_when_the_look_up_fails(self):
         with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1"}):
             self.open_window(host="0.0.0.0", public_ip_url=f"http://127.0.0.1:{free_port()}/")
-            self.pump_until(lambda: "look-up failed" in self.address("public"), "'look-up failed'")
+            self.pump_until(lambda: "router's status page" in self.address("public"),
+                            "the router's status page")
 
     # -- how friends join ---------------------------------------------------
     def test_two_addresses_same_network_and_over_the_internet_after_forwarding(self):
@@ -4332,6 +4332,7 @@ class GuiTest(unittest.TestCase):
         ann = self.member(self.start_server(), "ann")
         self.pump_until(lambda: self.info("online") == "1", "ann in the list")
         w.view.stop_button.invoke()
+        w.dialog.ok_button.invoke()   # ann is in: Stop asks first
         self.assertFalse(self.usable(w.view.stop_button))
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
         self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
@@ -5470,10 +5471,12 @@ class HomeNetwork:
         return log_path
 
     def room(self, *args: str) -> subprocess.Popen:
-        """pcr_server.py on the LAN host, port 5050; killed at the end if still running."""
+        """pcr_server.py on the LAN host, port 5050 (and no page, unless --web-port is
+        given); killed at the end if still running."""
+        page = () if "--web-port" in args else ("--web-port", "off")
         proc = subprocess.Popen(
             self.inside("lan", sys.executable, SERVER, "--port", "5050", "--public-ip-url", "",
-                        "--log-file", "", *args),
+                        "--log-file", "", *page, *args),
             cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(proc)
         return proc
@@ -6445,7 +6448,8 @@ class InvitationOnANetworkTest(unittest.TestCase):
 
     def test_the_banners_code_on_a_terminal_reads_as_the_pages_address(self):
         printed = self.banner_on_a_terminal()
-        self.assertIn("from a browser:     http://192.0.2.10:5051/", printed)
+        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/",
+                      printed)
         self.assertNotIn("\x1b", printed)   # no colour codes: it survives a log or a paste
         code = printed.split("http://192.0.2.10:5051/")[1].split("\n", 1)[1]
         self.assertTrue(code.startswith("█" * 10), printed)   # right under the page's line
@@ -6459,7 +6463,8 @@ class InvitationOnANetworkTest(unittest.TestCase):
         printed = printed_until(proc, "Ctrl+C stops the server.")
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=WAIT * 2)[1]
-        self.assertIn("from a browser:     http://192.0.2.10:5051/", printed)
+        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/",
+                      printed)
         self.assertIn("cannot draw the link's QR code", printed)
         self.assertNotIn("Traceback", printed + err)
         self.assertEqual(proc.returncode, 0, err)
@@ -7772,6 +7777,411 @@ class PhotoBrowserTest(BrowserCase):
         self.start(photos=0)
         self.tab("Wendy")
         self.assertFalse(self.find("#photo-button").is_displayed())
+
+
+# -- issue 27: a host's first evening -------------------------------------------
+
+class HostCommandLineTest(unittest.TestCase):
+    """What the host sees and gets from the command line on a first evening (issue 27)."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def server(self, *args) -> subprocess.Popen:
+        proc = run_server("--host", "127.0.0.1", "--public-ip-url", "", *args, cwd=self.dir)
+
+        def end():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=WAIT)
+        self.addCleanup(end)
+        return proc
+
+    def stopped(self, proc: subprocess.Popen) -> tuple[str, str]:
+        """Ctrl+C; then all the room printed on stdout and on stderr."""
+        interrupt(proc)
+        _, err = proc.communicate(timeout=WAIT)
+        self.assertEqual(proc.returncode, 0, err)
+        return bytes(proc.printed).decode(), err
+
+    def test_the_page_is_served_at_the_rooms_port_plus_one(self):
+        port = free_port_and_the_next()
+        proc = self.server("--port", str(port))
+        wait_listening(port, proc)
+        page = http_get(port + 1, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port + 1}\r\n\r\n".encode())
+        self.assertTrue(page.startswith(b"HTTP/1.1 200 OK"), page[:80])
+        self.assertIn(b"<!DOCTYPE html>", page)
+
+    def test_web_port_off_serves_no_page_and_web_port_n_moves_it(self):
+        port = free_port_and_the_next()
+        proc = self.server("--port", str(port), "--web-port", "off")
+        wait_listening(port, proc)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port + 1), WAIT).close()
+        self.assertIsNone(pcr.settings_from(pcr.parse_args(["--port", "6000", "--web-port", "off"]))[0].web_port)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "6000", "--web-port", "7001"]))[0].web_port, 7001)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "6000"]))[0].web_port, 6001)
+        self.assertIsNone(pcr.Settings().web_port)   # in-process rooms serve a page only when asked
+
+    def test_a_taken_page_port_leaves_the_room_open_and_says_how_to_pick_one(self):
+        port = free_port_and_the_next()
+        with socket.socket() as busy:
+            busy.bind(("0.0.0.0", port + 1))
+            busy.listen()
+            proc = self.server("--host", "0.0.0.0", "--port", str(port))
+            banner = printed_until(proc, "Ctrl+C stops the server.")
+            c = Client(port)
+            self.addCleanup(c.close)
+            c.join("ann")
+        self.assertIn(f"  for a browser or a phone: the page is off: Port {port + 1} is already in use",
+                      banner)
+        self.assertIn("--web-port N", banner)
+
+    def test_the_banner_says_whom_each_address_is_for(self):
+        port = free_port_and_the_next()
+        proc = self.server("--host", "0.0.0.0", "--port", str(port))
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        ip = pcr.private_ipv4()
+        self.assertIn(f"  for a browser or a phone:\n    same network:       http://{ip}:{port + 1}/\n",
+                      banner)
+        self.assertIn(f"  for the App or a terminal:\n    same network:       {ip}:{port}\n", banner)
+        self.assertLess(banner.index("for a browser or a phone"), banner.index("for the App"))
+
+    def test_an_unreachable_look_up_is_one_host_sentence_and_no_errno(self):
+        port = free_port_and_the_next()
+        proc = self.server("--host", "0.0.0.0", "--port", str(port),
+                           "--public-ip-url", f"http://127.0.0.1:{free_port()}/")
+        banner = printed_until(proc, "Ctrl+C stops the server.")
+        self.assertIn("    over the internet:  this machine's internet address could not be looked up; "
+                      "your router's status page shows it (forward TCP", banner)
+        out, err = self.stopped(proc)
+        for said in (out, err):
+            self.assertNotIn("[Errno", said)
+            self.assertNotIn("Traceback", said)
+        self.assertEqual(out.count("over the internet"), 1, out)   # the room's, once (the page's: unknown)
+        self.assertEqual(out.count("How friends join"), 1)
+        self.assertNotIn(" INFO ", err)   # the log file has those
+
+    def test_a_failed_look_up_is_logged_without_its_errno(self):
+        import urllib.error
+        failure = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+        self.assertEqual(pcr.look_up_failure(failure), "Name or service not known")
+
+    def test_help_puts_the_hosts_options_first_and_the_rest_under_for_experts(self):
+        with contextlib.redirect_stdout(io.StringIO()) as out, self.assertRaises(SystemExit):
+            pcr.parse_args(["--help"])
+        text = out.getvalue()
+        options = text[text.index("options:"):]
+        first = max(options.index(f"\n  {flag}") for flag in ("--gui", "--port", "--web-port",
+                                                              "--room-key", "--upnp", "--history"))
+        experts = options.index("for experts")
+        self.assertLess(first, experts)
+        for flag in ("--max-backlog", "--app-char-time", "--tls-cert", "--handshake-timeout"):
+            self.assertGreater(options.index(f"\n  {flag}"), experts, flag)
+        self.assertIn("for a browser or a phone", " ".join(text.split()))
+
+
+class HostWebTest(WebCase):
+    """The page's members on a first evening: long messages, keys (issue 27)."""
+
+    def test_an_over_long_message_gets_the_note_and_costs_no_seat(self):
+        self.start(max_line=100)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("welcome")
+        tom.read_until(b"wendy joined the chat...\n")
+        wendy.ws.send("x" * 5000)
+        self.assertIn("longer than 100 bytes", wendy.until("note")["text"])
+        wendy.ws.send("still here")
+        got = tom.read_until(b"wendy: still here\n")
+        self.assertNotIn(b"left", got)
+        self.assertNotIn(b"joined", got)
+        self.assertNotIn(b"xxxx", got)
+        self.assertIn("wendy", self.on_loop(lambda: [m.name for m in self.server.room.members]))
+
+    def test_an_over_long_name_still_closes_the_socket(self):
+        self.start(max_line=100)
+        wendy = self.web_member(None)
+        wendy.ws.send("x" * 5000)
+        self.assertEqual(wendy.close_code(), pcr.WS_TOO_BIG)
+
+    def test_a_page_without_the_key_is_never_told_to_type_name_hash_key(self):
+        self.start(room_key="s3cret-K")
+        refusal = self.web_member("wendy").until("refused")["text"]
+        self.assertIn("this room needs a key", refusal)
+        self.assertNotIn("#", refusal)
+
+
+class FrameDropTest(unittest.TestCase):
+    """FrameReader drops a message past its limit as it comes, and reads on."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def test_a_long_message_is_said_once_and_the_next_one_is_read(self):
+        reader = pcr.FrameReader(100, 1000)
+        data = self.masked(b"x" * 500) + self.masked(b"next")
+        got = []
+        for at in range(0, len(data), 7):   # in pieces, as a network gives it
+            got += reader.feed(data[at:at + 7])
+        self.assertEqual(got, [(0x1, None), (0x1, b"next")])
+
+    def test_fragments_of_a_long_message_go_and_controls_between_stay(self):
+        reader = pcr.FrameReader(100, 1000)
+        data = (self.masked(b"x" * 60, fin=False) + self.masked(b"p", pcr.WS_PING)
+                + self.masked(b"x" * 60, 0x0, fin=False) + self.masked(b"x", 0x0)
+                + self.masked(b"ok"))
+        self.assertEqual(reader.feed(data), [(pcr.WS_PING, b"p"), (0x1, None), (0x1, b"ok")])
+
+    def test_past_what_it_drops_it_refuses(self):
+        with self.assertRaises(pcr.WsError) as e:
+            pcr.FrameReader(100, 1000).feed(self.masked(b"x" * 1001))
+        self.assertEqual(e.exception.code, pcr.WS_TOO_BIG)
+
+
+class HostBrowserTest(BrowserCase):
+    """The page on a phone, on a first evening (issue 27)."""
+
+    def test_a_5000_character_message_stays_in_the_box_and_costs_no_seat(self):
+        self.start()
+        tom = self.member("tom")
+        self.open_page()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        long = "a" * 5000
+        box = self.find("#message")
+        self.driver.execute_script("arguments[0].value = arguments[1];", box, long)
+        box.send_keys(Keys.ENTER)
+        self.wait_for(lambda: "too long" in self.text("#banner-text"), "the sentence")
+        self.assertTrue(self.find("#banner").is_displayed())
+        self.assertIn("4096", self.text("#banner-text"))
+        self.assertEqual(box.get_property("value"), long)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE)
+        self.wait_for(lambda: not self.find("#banner").is_displayed(), "the sentence gone")
+        self.say("short one")
+        got = tom.read_until(b"Wendy: short one\n")
+        self.assertNotIn(b"left", got)
+        self.assertNotIn(b"joined", got)
+        self.assertNotIn(b"aaaa", got)
+
+
+
+class HostWindowTest(unittest.TestCase):
+    """The window on a first evening: the page ticked, no stale words, Stop asks (issue 27),
+    with GuiTest's helpers (not its tests)."""
+
+    setUpClass = GuiTest.__dict__["setUpClass"]
+    setUp, open_window, close_window = GuiTest.setUp, GuiTest.open_window, GuiTest.close_window
+    pump_until, pump_for, usable = GuiTest.pump_until, GuiTest.pump_for, GuiTest.__dict__["usable"]
+    start_server, member, info, address = (GuiTest.start_server, GuiTest.member, GuiTest.info,
+                                           GuiTest.address)
+    shown, status, fill = GuiTest.shown, GuiTest.status, GuiTest.fill
+
+    def test_the_page_is_ticked_from_the_command_line_and_served_at_port_plus_one(self):
+        import tkinter
+        port = free_port_and_the_next()
+        settings, _ = pcr.settings_from(pcr.parse_args(
+            ["--host", "127.0.0.1", "--port", str(port), "--public-ip-url", "", "--log-file", ""]))
+        self.root = tkinter.Tk()
+        self.window = w = pcr.ServerWindow(self.root, settings)
+        self.addCleanup(self.close_window)
+        self.assertTrue(w.view.page_on.get())
+        self.start_server()
+        self.assertEqual(w.page_listening[1], port + 1)
+
+    def test_a_taken_page_port_opens_the_room_without_the_page_and_says_so(self):
+        w = self.open_window(host="127.0.0.1")
+        busy = socket.create_server(("127.0.0.1", w.settings.port + 1))
+        self.addCleanup(busy.close)
+        w.view.page_on.set(True)
+        w.switch_page()
+        self.start_server()
+        self.assertFalse(w.view.page_on.get())
+        said = self.shown(w.view.copied_note)
+        self.assertIn(f"Port {w.settings.port + 1} is already in use", said)
+        self.assertIn("Change port…", said)
+
+    def test_stop_asks_first_when_anyone_is_in_the_room(self):
+        w = self.open_window()
+        ann = self.member(self.start_server(), "ann")
+        self.pump_until(lambda: self.info("online") == "1", "ann in the list")
+        w.view.stop_button.invoke()
+        self.assertIn("ann", w.dialog.message.cget("text"))
+        w.dialog.cancel_button.invoke()
+        self.pump_for(0.2)
+        self.assertEqual(w.state, pcr.RoomState.RUNNING)
+        w.view.stop_button.invoke()
+        w.dialog.ok_button.invoke()
+        self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
+        self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
+
+    def test_stop_of_an_empty_room_asks_nothing(self):
+        w = self.open_window()
+        self.start_server()
+        w.view.stop_button.invoke()
+        self.pump_until(lambda: w.state == pcr.RoomState.STOPPED, "the stopped state")
+        self.assertIsNone(w.dialog)
+
+    def test_a_refusal_of_the_closed_room_goes_once_it_starts(self):
+        w = self.open_window()
+        w.copied_ms = 60000   # only Start takes it away here
+        w.view.copy_buttons["private"].invoke()
+        self.assertIn("Nothing copied: the room is closed", self.shown(w.view.copied_note))
+        self.start_server()
+        self.assertEqual(self.shown(w.view.copied_note), "")
+
+    def test_a_port_in_use_says_how_to_pick_another_and_goes_with_the_port(self):
+        blocker = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(blocker.close)
+        w = self.open_window(port=blocker.getsockname()[1])
+        w.view.start_button.invoke()
+        self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
+        self.assertIn("Change port…", self.status())
+        w.view.port_button.invoke()
+        self.fill(w.dialog, str(free_port_and_the_next()))
+        self.assertEqual(w.state, pcr.RoomState.STOPPED)
+        self.assertNotIn("already in use", self.status())
+        self.assertNotIn("Error", w.view.badge.cget("text"))
+
+    def test_copied_fades_after_a_while(self):
+        w = self.open_window()
+        w.copied_ms = 200
+        self.start_server()
+        self.pump_until(lambda: self.address("private") != "looking up…", "the private address")
+        w.view.copy_buttons["private"].invoke()
+        self.assertEqual(str(w.view.copy_buttons["private"].cget("text")), "Copied ✓")
+        self.pump_until(lambda: str(w.view.copy_buttons["private"].cget("text")) == "Copy",
+                        "Copied ✓ to fade")
+        self.assertEqual(self.shown(w.view.copied_note), "")
+
+
+
+@unittest.skipIf(WINDOWS, "no pseudo-terminals on Windows (and no readline: lines print where they fall)")
+class HostTerminalTest(ServerCase):
+    """--connect on a real terminal (a pseudo-terminal): an arriving line does
+    not mix into the line being typed (issue 27)."""
+
+    def terminal(self, *args) -> tuple[subprocess.Popen, int, bytearray, threading.Condition]:
+        import pty
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, SERVER, *args], stdin=follower, stdout=follower,
+                                stderr=follower, close_fds=True)
+        os.close(follower)
+        shown, changed = bytearray(), threading.Condition()
+
+        def read() -> None:
+            while True:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:   # the terminal's other side closed
+                    data = b""
+                with changed:
+                    shown.extend(data)
+                    changed.notify_all()
+                if not data:
+                    return
+        threading.Thread(target=read, daemon=True).start()
+
+        def end() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(WAIT)
+            os.close(leader)
+        self.addCleanup(end)
+        return proc, leader, shown, changed
+
+    @staticmethod
+    def shown_until(shown: bytearray, changed: threading.Condition, needle: bytes) -> bytes:
+        with changed:
+            if not changed.wait_for(lambda: needle in shown, WAIT):
+                raise AssertionError(f"no {needle!r} on the terminal; it shows {bytes(shown)!r}")
+            return bytes(shown)
+
+    def test_an_arriving_line_prints_above_what_is_typed_and_the_typed_text_is_drawn_again(self):
+        try:
+            import readline  # noqa: F401
+        except ImportError:
+            self.skipTest("this Python has no readline")
+        self.start()
+        bob = self.member("bob")
+        proc, leader, shown, changed = self.terminal("--connect", f"127.0.0.1:{self.port}",
+                                                     "--name", "cy")
+        self.shown_until(shown, changed, b"in the room as cy")
+        bob.read_until(b"cy joined the chat...\n")
+        os.write(leader, b"half-typed mess")
+        self.shown_until(shown, changed, b"half-typed mess")
+        bob.send(b"bob: hello from cy's friend\n")
+        after = self.shown_until(shown, changed, b"bob: hello from cy's friend\r\nhalf-typed mess")
+        self.assertIn(b"\r\x1b[Kbob: hello from cy's friend\r\nhalf-typed mess", after)
+        os.write(leader, b"age\r")
+        bob.read_until(b"cy: half-typed message\n")
+
+
+
+class HostDoorsTest(ServerCase):
+    """What a browser sends to the wrong door never joins the room (issue 27)."""
+
+    settings = {"web_port": 0}
+
+    def assert_closed_within(self, c: Client, seconds: float) -> bytes:
+        t0 = time.monotonic()
+        got = c.read_to_close(timeout=seconds)
+        self.assertLess(time.monotonic() - t0, seconds)
+        return got
+
+    def test_a_browser_at_the_rooms_port_is_closed_at_once_and_never_a_member(self):
+        self.start()
+        ann = self.member("ann")
+        browser = self.connect()
+        browser.read_until(b"ALIAS")
+        browser.send(b"GET / HTTP/1.1\r\nHost: 192.0.2.2:5050\r\nUser-Agent: Mozilla/5.0 (iPhone)\r\n"
+                     b"Accept: text/html\r\n\r\n")
+        self.assert_closed_within(browser, 4.0)
+        ann.send(b"ann: after the browser\n")
+        got = ann.read_until(b"ann: after the browser\n")
+        self.assertNotIn(b"GET", got)
+        self.assertNotIn(b"Mozilla", got)
+        self.assertEqual(self.on_loop(lambda: [m.name for m in self.server.room.members]), ["ann"])
+        log = self.log_text()
+        self.assertIn(f"closed 127.0.0.1: a browser came to the room's port; the page is on port "
+                      f"{self.server.web_address[1]}", log)
+        self.assertNotIn('"GET', log)   # never named, never a member
+
+    def test_what_counts_as_a_browser_request(self):
+        for data in (b"GET / HTTP/1.1\r\nHost: x\r\n", b"POST /ws?x=1 HTTP/1.0\n", b"GET / HTTP/1.1"):
+            self.assertTrue(pcr.browser_request(data), data)
+        for data in (b"GET", b"GET\n", b"ann\n", b"GET / HTTP/1.1 is my name\n", b"get / http/1.1\r\n",
+                     b"GET / HTTP"):
+            self.assertFalse(pcr.browser_request(data), data)
+
+    def test_an_alias_that_is_a_method_name_still_joins(self):
+        self.start()
+        self.member("GET")
+        app = self.app("POST")
+        app.wait_box("2 people are online...\n")
+
+    def test_a_tls_hello_at_the_plain_rooms_port_is_never_a_member(self):
+        self.start()
+        c = self.connect()
+        c.read_until(b"ALIAS")
+        c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))
+        self.assert_closed_within(c, 4.0)
+        self.assertEqual(self.on_loop(lambda: list(self.server.room.members)), [])
+
+    def test_https_to_the_plain_page_port_is_closed_at_once(self):
+        self.start()
+        context = pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, pcr.ssl.CERT_NONE
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.server.web_address[1]), WAIT) as raw:
+            raw.settimeout(3.0)
+            with self.assertRaises((pcr.ssl.SSLError, ConnectionError)):
+                context.wrap_socket(raw)
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertIn("a browser asked for https on the page's port; start with --tls-cert for https",
+                      self.log_text())
 
 
 if __name__ == "__main__":
