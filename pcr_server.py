@@ -5471,6 +5471,7 @@ class WindowView:
             self.info[key] = ttk.Label(box, style="Value.TLabel")
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
+        self.info["privacy"].configure(wraplength=NOTE_WRAP)   # the photos' words wrap: the window stays narrow
 
     def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
