@@ -7084,6 +7084,8 @@ button:disabled { cursor: default; opacity: 0.55; }
   min-height: 44px; padding: 0 16px; border: 1px solid var(--line); border-radius: 22px;
   background: var(--bg); font-weight: 600; white-space: nowrap;
 }
+.me-row { display: flex; flex-wrap: wrap; align-items: center; gap: 2px 10px; }
+.leave { min-height: 32px; padding: 0 12px; font-size: 0.875rem; }
 .offline .dot { background: var(--quiet); }
 .people-toggle[aria-expanded="true"] { background: var(--own); border-color: var(--own-line); }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; background: #3a9d5d; margin-right: 8px; vertical-align: 1px; }
@@ -7216,7 +7218,10 @@ button:disabled { cursor: default; opacity: 0.55; }
   <div class="topbar">
     <div class="titles">
       <h1>PrivateChatRoom</h1>
-      <p id="me" class="me"></p>
+      <div class="me-row">
+        <p id="me" class="me"></p>
+        <button id="leave" class="secondary leave" type="button" aria-label="Leave the room">Leave</button>
+      </div>
     </div>
     <button id="people-toggle" class="people-toggle" type="button"
             aria-expanded="false" aria-controls="people"><span class="dot" aria-hidden="true"></span><span id="people-count">1 online</span></button>
@@ -7271,7 +7276,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   const ui = {
     join: $("join"), joinForm: $("join-form"), name: $("name"), keyRow: $("key-row"),
     key: $("key"), joinButton: $("join-button"), joinStatus: $("join-status"),
-    chat: $("chat"), me: $("me"), peopleToggle: $("people-toggle"),
+    chat: $("chat"), me: $("me"), peopleToggle: $("people-toggle"), leave: $("leave"),
     peopleCount: $("people-count"), people: $("people"), peopleTitle: $("people-title"),
     peopleList: $("people-list"), banner: $("banner"), bannerText: $("banner-text"),
     bannerButton: $("banner-button"), log: $("log"), lines: $("lines"), newest: $("newest"),
@@ -7967,6 +7972,16 @@ button:disabled { cursor: default; opacity: 0.55; }
     closed(1006, "", true);
   }
 
+  function hangUp(code) {
+    // No reconnect follows: AWAY_CLOSE keeps the seat; 1000 is a leave at once and ends it.
+    const ws = room.ws;
+    clearRetry();
+    if (!ws) { return; }
+    room.ws = null;
+    ws.close(code);
+    if (code === 1000) { forgetSeat(); }
+  }
+
   /* ---------- what the member does ---------- */
 
   ui.joinForm.addEventListener("submit", function (ev) {
@@ -8068,6 +8083,17 @@ button:disabled { cursor: default; opacity: 0.55; }
     }
   });
 
+  ui.leave.addEventListener("click", function () {
+    if (!confirm("Leave the room?")) { return; }   // a phone's mistaken tap
+    hangUp(1000);
+    forgetSeat();   // without a socket, the room ends the held seat when its grace runs out
+    room.inRoom = room.everIn = room.wantJoin = false;
+    uploadEnded("");
+    banner("");
+    ui.lines.textContent = "";   // joining again shows the room afresh
+    showJoin("You left the room.", false, false);
+  });
+
   ui.bannerButton.addEventListener("click", function () {
     if (room.ws) { return; }
     if (!waiting()) { room.wantJoin = true; room.everIn = true; room.attempt = 0; }
@@ -8144,7 +8170,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   window.addEventListener("online", function () { if (waiting()) { connect(); } });
 
   /* ---------- the page's lifecycle: frozen, cached, discarded ---------- */
-  // Only the member leaves: closing or leaving the page closes with 1000. A page the
+  // Only the member leaves: Leave, or closing or leaving the page, closes with 1000. A page the
   // browser freezes, keeps in its back/forward cache or discards keeps its seat.
 
   function reconnectNow() {
@@ -8174,16 +8200,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (room.token || waiting()) { reconnectNow(); }
   });
   window.addEventListener("pagehide", function (ev) {
-    const ws = room.ws;
-    clearRetry();
-    if (!ws) { return; }
-    room.ws = null;
-    if (ev.persisted) {
-      ws.close(AWAY_CLOSE);   // into the back/forward cache: away, its seat held
-    } else {
-      ws.close(1000);   // closed or left: a leave, the seat ends
-      forgetSeat();
-    }
+    // Into the back/forward cache: away, its seat held; closed or left: a leave.
+    hangUp(ev.persisted ? AWAY_CLOSE : 1000);
   });
   window.addEventListener("pageshow", function (ev) {
     if (ev.persisted && !room.ws) { reconnectNow(); }

@@ -7150,7 +7150,7 @@ class PageForEveryoneTest(BrowserCase):
         self.wait_for(lambda: self.find("#banner-button").is_displayed(), "the banner's button")
         cut += [f"lost: {c}" for c in self.js(CUT_OFF_SCRIPT)]
         self.assertEqual(cut, [])
-        buttons = [self.find(css) for css in ("#banner-button", "#people-toggle", "#send")]
+        buttons = [self.find(css) for css in ("#banner-button", "#people-toggle", "#leave", "#send")]
         for button in buttons:
             box = button.rect
             self.assertGreaterEqual(box["x"], 0)
@@ -8182,6 +8182,68 @@ class HostDoorsTest(ServerCase):
         self.assertLess(time.monotonic() - t0, 3.0)
         self.assertIn("a browser asked for https on the page's port; start with --tls-cert for https",
                       self.log_text())
+
+
+class PageLeaveTest(PhonePageCase):
+    """The page's Leave button (issue 26: a leave is what the member asked
+    for): after a "Leave the room?" the room hears one leave at once, the seat
+    ends, and the join screen joins again with one tap; "Cancel" changes nothing."""
+
+    LEFT_WITHIN, QUIET = 8.0, 1.5
+
+    def tap_leave(self):
+        """Tap Leave; the browser's question, once it is asked."""
+        self.assertEqual(self.find("#leave").text, "Leave")
+        self.assertEqual(self.find("#leave").accessible_name, "Leave the room")
+        self.find("#leave").click()
+        self.wait_for(self.asked, "the question")
+        alert = self.driver.switch_to.alert
+        self.assertEqual(alert.text, "Leave the room?")
+        return alert
+
+    def asked(self) -> bool:
+        try:
+            return bool(self.driver.switch_to.alert.text)
+        except NoAlertPresentException:
+            return False
+
+    def test_leave_is_one_leave_at_once_and_one_tap_joins_again(self):
+        proxy, tom = self.wendy_through_a_proxy(web_grace=60.0)
+        mark = len(tom.reads)
+        self.tap_leave().accept()
+        tom.read_until(b"Wendy has left the chat...\n1 person is online...\n",
+                       timeout=self.LEFT_WITHIN)
+        tom.read_for(self.QUIET)   # no join after it, no second leave
+        heard = b"".join(tom.reads[mark:])
+        self.assertEqual(heard.count(b"has left the chat"), 1)
+        self.assertNotIn(b"joined", heard)
+        self.assertIn('"Wendy" (127.0.0.1) left: left', self.log_text())
+        self.wait_for(lambda: self.find("#join").is_displayed(), "the join screen")
+        self.assertFalse(self.find("#chat").is_displayed())
+        self.assertEqual(self.text("#join-status"), "You left the room.")
+        self.assertEqual(self.seat(), {})
+        self.assertEqual(self.log_lines(), [])
+        self.find("#join-button").click()
+        tom.read_until(b"Wendy joined the chat...\n2 people are online...\n")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        self.say("back again")
+        tom.read_until(b"Wendy: back again\n")
+        self.assertTrue(self.seat()["token"])
+        self.assert_no_policy_violations()
+
+    def test_cancelling_the_question_changes_nothing(self):
+        proxy, tom = self.wendy_through_a_proxy()
+        mark, seat = len(tom.reads), self.seat()
+        self.tap_leave().dismiss()
+        self.assertTrue(self.find("#chat").is_displayed())
+        said = self.lines_from(tom, "still there", 1)
+        self.wait_for(lambda: said[-1] in self.bubbles(), "tom's line")
+        self.say("yes")
+        tom.read_until(b"Wendy: yes\n")
+        heard = b"".join(tom.reads[mark:])
+        self.assertNotIn(b"left", heard)
+        self.assertNotIn(b"joined", heard)
+        self.assertEqual(self.seat()["token"], seat["token"])
 
 
 if __name__ == "__main__":
