@@ -352,7 +352,7 @@ MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
 PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
-PHOTO_BURST = 3.0    # photos a member may share at once, then --photo-rate
+PHOTO_BURST = 3.0    # photos a member may share at once, then one each 1 / Settings.photo_rate s
 PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
 HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
@@ -894,7 +894,8 @@ class ChatPage:
 MAX_PHOTO = 8 << 20      # bytes in one photo (the page sends 0.5 to 1.5 MB)
 MAX_PHOTO_SIDE = 2048    # pixels on its long side: the page shrinks it to this
 PHOTO_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-PHOTO_ANNOUNCED = re.compile(rb"/photo ([1-9][0-9]{0,9})")   # the text before a photo's bytes
+# The text before a photo's bytes: NUL first, so that no line a member types is taken for it.
+PHOTO_ANNOUNCED = re.compile(rb"\x00photo ([1-9][0-9]{0,9})")
 NOT_SHARED = "your photo was not shared: {}"
 NOT_A_PICTURE = "it is not a JPEG, PNG or WebP picture"
 DAMAGED = "the picture is damaged or cut short"
@@ -915,7 +916,7 @@ class PhotoRefused(ValueError):
 
 
 def photo_announcement(text: bytes) -> int | None:
-    """The size a page announces with `/photo BYTES` before a photo's binary message."""
+    """The size a page announces with `NUL photo BYTES` before a photo's binary message."""
     announced = PHOTO_ANNOUNCED.fullmatch(text)
     return int(announced.group(1)) if announced else None
 
@@ -1564,6 +1565,14 @@ def plain_ip(address: str) -> str:
     return address.split("%", 1)[0]
 
 
+def global_ip(ip: str) -> bool:
+    """True for an address on the internet (not private, shared, loopback or link-local)."""
+    try:
+        return ipaddress.ip_address(plain_ip(ip)).is_global
+    except ValueError:
+        return False
+
+
 def address_group(ip: str) -> str:
     """What the per-address limits count: an IPv4 address, or an IPv6 /64
     (one home or phone gets a whole /64 to pick addresses from)."""
@@ -1874,8 +1883,8 @@ class LineOutlet(Outlet):
 
     def photo(self, name: str, photo: Photo) -> None:
         """A line with a link to it for each reader, at the address it reached the room at."""
-        for m in self.readers:
-            self._note(m, photo_notice(name, self._link(m, photo)).encode())
+        for m in self.readers:   # in the stream, paced and kept like a private line
+            self._say_to(m, photo_notice(name, self._link(m, photo)).encode())
 
     def _link(self, m: Member, photo: Photo) -> str:
         return self.page_at(m) + photo.url[1:]
@@ -2209,11 +2218,6 @@ class AppOutlet(LineOutlet):
         self.idle.discard(m)
         if seat is not None and seat.timer is not None:
             seat.timer.cancel()
-
-    def pending(self, m: Member) -> bool:
-        seat = self.readers.get(m)
-        return seat is not None and self.stream.run(m, seat.pos)[0] < self.stream.end \
-            or m in self.notes or bool(m.transport.out)
 
     def farewell_at(self, m: Member) -> float:
         """Not before its window is up, nor while its last count is read alone."""
@@ -2786,7 +2790,7 @@ class Gate:
     # -- a photo ----------------------------------------------------------
     def photo_refusal(self, m: Member, size: int) -> str:
         """Why m may not send a photo of `size` bytes now, or "" (its photo
-        rate then gives one: PHOTO_BURST at once, then --photo-rate)."""
+        rate then gives one: PHOTO_BURST at once, then Settings.photo_rate a second)."""
         s = self.settings
         rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
         why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
@@ -2923,6 +2927,7 @@ class PhotoDesk:
         self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
         self.loop, self.album = room.loop, room.album
         self.web_port: int | None = None   # the page's, while it is served
+        self.internet_page: str | None = None   # the page's link over the internet, once known
         for outlet in room.outlets.values():   # line readers get links to the page
             outlet.page_at = self.page_at
 
@@ -2961,13 +2966,21 @@ class PhotoDesk:
             log.info("the chat page is on port %d; %s", port, PHOTOS_KEPT.format(self.settings.photos)
                      if self.settings.photos else "photo sharing is off")
 
+    def heard_internet_page(self, link: str | None) -> None:
+        """The page's link over the internet (the router's forwarding, or the public address)."""
+        self.internet_page = link
+
     def page_at(self, m: Member) -> str:
         """The page's address as m reached the room: its connection's own
-        address (what m connected to), the page's port."""
+        address (what m connected to) and the page's port; for a member who
+        came from the internet through this machine's router, the page's
+        link over the internet, when it is known."""
         try:
             host = plain_ip(m.transport.sock.getsockname()[0])
         except OSError:
             host = self.settings.host
+        if self.internet_page and global_ip(m.ip) and not global_ip(host):
+            return self.internet_page
         return page_link(host, self.web_port or 0, bool(self.settings.tls_cert))
 
 
@@ -2989,7 +3002,7 @@ class WebDoor:
     page, a photo from the album, an error, or the upgrade of /ws to a
     WebSocket (RFC 6455 §4.2); then the WebSocket's frames in (RFC 6455 §5):
     a name, or a request for a seat held by the web outlet (docs/PROTOCOL.md,
-    "Coming back"), then lines, and photos (`/photo BYTES`, then one binary
+    "Coming back"), then lines, and photos (`NUL photo BYTES`, then one binary
     message).  The page itself is data, given when the door is made (the last
     section); a connection the gate let in only to be told why not hears
     it once its WebSocket is open."""
@@ -5127,7 +5140,7 @@ def show_line(label, text: str) -> None:
 def log_tag(levelno: int) -> str:
     """The log panel's colour tag for a record's level."""
     if levelno >= logging.ERROR:
-        return "RoomState.ERROR"
+        return "ERROR"
     return "WARNING" if levelno >= logging.WARNING else ""
 
 
@@ -5234,6 +5247,13 @@ def page_problem(settings: Settings) -> str | None:
     if settings.web_port is None:
         return None
     return bind_problem(settings.host, settings.web_port, WINDOW_ADVICE, in_use="page in use")
+
+
+def hand_internet_page(server: Server | None, join: FriendsJoin) -> None:
+    """Tell a running room the page's link over the internet: the photo links
+    of members who come from the internet."""
+    if server:
+        server.loop.call_soon_threadsafe(server.door.photos.heard_internet_page, join.page_internet)
 
 
 def serve_in_thread(server: Server, inbox: queue.Queue) -> None:
@@ -5508,7 +5528,7 @@ class WindowView:
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
         self.log_text.tag_configure("WARNING", foreground="#b35c00")
-        self.log_text.tag_configure("RoomState.ERROR", foreground="#c92a2a")
+        self.log_text.tag_configure("ERROR", foreground="#c92a2a")
         scroll = ttk.Scrollbar(box, orient="vertical", command=self.log_text.yview)
         self.log_text.configure(yscrollcommand=scroll.set)
         self.log_text.grid(row=0, column=0, sticky="nsew")
@@ -5963,6 +5983,7 @@ class ServerWindow:
         the router advice, or the warning that nobody else can join; the key form
         and a short-key warning."""
         view, join = self.view, self._friends_join()
+        hand_internet_page(self.server, join)
         for kind, label in view.addresses.items():
             why = self.unknown["private" if kind == "page" else kind]
             label.configure(text=self._address(kind) or UNKNOWN[why][0])
@@ -5977,10 +5998,7 @@ class ServerWindow:
         view.upnp_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         show_line(view.router_note, self.router.note(join))
-        if join.only_here:
-            view.address_rows.grid_remove()
-        else:
-            view.address_rows.grid()
+        view.address_rows.grid_remove() if join.only_here else view.address_rows.grid()
         show_line(view.loopback_warning,
                   f"Only this computer can join: the listen address is {join.listen[0]}. To let "
                   f"friends in, use Set listen address… and choose 0.0.0.0 (every network)."
@@ -6070,6 +6088,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
+HELD_LINES = 16          # lines kept from before the welcome (a refusal is one or two)
 TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
 TLS_ASKING = 10.0        # seconds that asking may take (a busy room paces its handshakes)
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
@@ -6446,7 +6465,7 @@ class ClientSession:
         if self.leaving:   # said goodbye: the rest is not for this person any more
             return
         if self.held is not None and not self._welcomed(text):
-            if len(self.held) < MAX_NOTES:
+            if len(self.held) < HELD_LINES:
                 self.held.append(text)
             return
         if text == STOP_LINE:
@@ -6839,11 +6858,15 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
     `unknown`: why the internet address is not known (NOT_KNOWN); `page_problem`:
     why the page asked for is off."""
     host, port = join.listen
+    page_off = f"the page is off, since {page_problem[:1].lower()}{page_problem[1:]}"
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
                  f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
-        if page_problem:
-            lines.append(f"  the page is off: {page_problem}")
+        if join.page_port:
+            lines.append(f"  the page, in a browser on this machine: "
+                         f"{page_link(host, join.page_port, join.encrypted)}")
+        elif page_problem:
+            lines.append(f"  {page_off}")
     else:
         lines = [f"The room is open on port {port}. How friends join:"]
         if join.page_port:
@@ -6852,7 +6875,7 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
                 lines.append(f"    over the internet:  {join.page_internet}")
             lines += [code] if code else []
         else:
-            lines.append(f"  {PAGE_FOR}: " + (f"the page is off: {page_problem}" if page_problem
+            lines.append(f"  {PAGE_FOR}: " + (page_off if page_problem
                                               else "the page is off (--web-port off)"))
         lines += [f"  {CHAT_FOR}:", f"    same network:       {join.same_network or 'unknown'}",
                   f"    over the internet:  asking your router to forward TCP "
@@ -6910,7 +6933,8 @@ def print_for_host(text: str) -> None:
 
 
 def announce(settings: Settings, address: tuple[str, int],
-             page_address: tuple[str, int] | None = None, page_problem: str = "") -> RouterPorts | None:
+             page_address: tuple[str, int] | None = None, page_problem: str = "",
+             internet_page: Callable[[str | None], None] = lambda link: None) -> RouterPorts | None:
     """Log this machine's addresses and print the banner, once the public
     address is looked up (on the look-up's thread); with --upnp, at once, and
     the router's answer when it comes.  The router's mappings, to close when
@@ -6922,6 +6946,7 @@ def announce(settings: Settings, address: tuple[str, int],
     if not join.only_here and not settings.upnp and settings.public_ip_url:
         def public_ip_heard(ip: str | None) -> None:
             known = friends_join(settings, address, private_ip, ip, page_port)
+            internet_page(known.page_internet)
             print_for_host(join_banner(settings, known, "looking" if ip else "failed", page_problem,
                                        console_code(known.invite, sys.stdout)))
         look_up_public_ip(settings.public_ip_url, public_ip_heard)
@@ -6936,6 +6961,7 @@ def announce(settings: Settings, address: tuple[str, int],
 
     def public_ip_known(ip: str | None) -> None:
         known = friends_join(settings, address, private_ip, ip, page_port)
+        internet_page(known.page_internet)
         print_for_host(internet_line(known, LOOK_UP_FAILED))
         if known.page_internet:
             print_for_host(page_line(known.page_internet))
@@ -6943,6 +6969,7 @@ def announce(settings: Settings, address: tuple[str, int],
     def router_answered(result: RouterResult, public_ip: str | None) -> None:
         print_for_host(f"  {router_sentence(result, public_ip)}")
         known = friends_join(settings, address, private_ip, None, page_port, result)
+        internet_page(known.page_internet)
         if known.page_internet:
             print_for_host(page_line(known.page_internet))
         elif known.internet is None and settings.public_ip_url and public_ip is None:
@@ -6962,7 +6989,9 @@ def run_headless(settings: Settings) -> int:
     # Ctrl+C while the banner is printed (or the router asked) stops the room as ever
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
-    router = announce(settings, address, server.web_address, server.page_problem)
+    photos = server.door.photos   # photo links for members from the internet
+    router = announce(settings, address, server.web_address, server.page_problem,
+                      lambda link: server.loop.call_soon_threadsafe(photos.heard_internet_page, link))
     server.serve()
     if router:
         router.close()
@@ -7263,6 +7292,7 @@ button:disabled { cursor: default; opacity: 0.55; }
   const PROBE_AFTER = 20000;    // ms hidden after which the socket may be dead
   const NAME_KEY = "pcr-name";  // the name is remembered on this device; the key is not
   const SEAT_KEY = "pcr-seat";  // the token back to this tab's seat, kept in the tab alone
+  const ROOM_KEY = "pcr-key";   // the room key, kept in this tab alone: a reload keeps it
   const MAX_PHOTO = 8 * 1024 * 1024;   // bytes the room takes in one photo
   const PHOTO_SIDE = 2048;      // pixels on a photo's long side: larger ones are shrunk to it
   const AWAY_CLOSE = 4000;      // closing to come back: the room holds the seat (only 1000 leaves)
@@ -7360,6 +7390,10 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function remembered(key) {
     try { return localStorage.getItem(key) || ""; } catch (e) { return ""; }
+  }
+
+  function keepKey(key) {
+    try { sessionStorage.setItem(ROOM_KEY, key); } catch (e) { /* private mode: typed again */ }
   }
 
   function wordy(c) {
@@ -7706,7 +7740,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       uploadEnded("The connection was lost before your photo was shared.");
       return;
     }
-    ws.send("/photo " + bytes.byteLength);   // then its bytes, alone, as one binary message
+    ws.send(String.fromCharCode(0) + "photo " + bytes.byteLength);   // NUL: nobody types it; then the bytes, alone
     ws.send(bytes);
     room.upload = { ws: ws, size: bytes.byteLength, timer: setInterval(uploadProgress, 250) };
     uploadProgress();
@@ -7916,7 +7950,7 @@ button:disabled { cursor: default; opacity: 0.55; }
         banner(text, "warn", "Join again");
       } else {
         room.everIn = false;
-        if (/key/i.test(text) && room.keyNeeded) { ui.key.value = ""; room.key = ""; }
+        if (/key/i.test(text) && room.keyNeeded) { ui.key.value = ""; room.key = ""; keepKey(""); }
         showJoin(text, true, /key/i.test(text));
       }
       return;
@@ -8003,6 +8037,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     room.key = room.keyNeeded ? ui.key.value : "";
     room.wantJoin = true;
     remember(NAME_KEY, name);
+    keepKey(room.key);
     ui.joinButton.disabled = true;
     ui.joinStatus.classList.remove("error");
     const ws = room.ws;
@@ -8213,10 +8248,12 @@ button:disabled { cursor: default; opacity: 0.55; }
     const found = /^#key=(.*)$/.exec(location.hash);
     if (!found) { return; }
     try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    keepKey(ui.key.value);
     history.replaceState(history.state, "", location.pathname + location.search);
   }
 
   ui.name.value = remembered(NAME_KEY);
+  try { ui.key.value = sessionStorage.getItem(ROOM_KEY) || ""; } catch (e) { /* not kept */ }
   ui.buzz.checked = remembered(ALERTS_KEY).indexOf("buzz") >= 0;
   ui.notify.checked = remembered(ALERTS_KEY).indexOf("notify") >= 0;
   ui.notifyRow.hidden = !(window.isSecureContext && window.Notification);

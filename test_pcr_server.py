@@ -1732,8 +1732,8 @@ def assert_plain_picture(test: unittest.TestCase, data: bytes, fmt: str, most: i
 
 
 def share(page: "WebMember", data: bytes, announced: int | None = None) -> None:
-    """What the page sends for a photo: `/photo BYTES`, then the bytes as one binary message."""
-    page.ws.send(f"/photo {len(data) if announced is None else announced}")
+    """What the page sends for a photo: `NUL photo BYTES`, then the bytes as one binary message."""
+    page.ws.send(f"\x00photo {len(data) if announced is None else announced}")
     page.ws.send(data)
 
 
@@ -2174,9 +2174,9 @@ class PhotoBytesTest(unittest.TestCase):
                     pass
 
     def test_the_announcement_is_slash_photo_and_a_size(self):
-        self.assertEqual(pcr.photo_announcement(b"/photo 612345"), 612345)
-        for text in (b"/photo", b"/photo 0", b"/photo -1", b"/photo 12 ", b"/photo x", b"/photos 5",
-                     b"/photo 12345678901"):
+        self.assertEqual(pcr.photo_announcement(b"\x00photo 612345"), 612345)
+        for text in (b"\x00photo", b"\x00photo 0", b"\x00photo -1", b"\x00photo 12 ", b"\x00photo x",
+                     b"\x00photos 5", b"\x00photo 12345678901", b"/photo 5"):
             self.assertIsNone(pcr.photo_announcement(text), text)
 
 
@@ -4535,6 +4535,25 @@ class PhotoShareTest(WebCase):
             self.assertTrue(got.endswith(bytes(photo.body)))
         self.assert_chats_on(wendy, tom)
 
+    def test_a_page_member_typing_slash_photo_says_it_like_any_line(self):
+        wendy, tom = self.wendy_and_tom()
+        wendy.ws.send("/photo 5")   # typed: only the page's own NUL-led text announces a photo
+        tom.read_until(b"wendy: /photo 5\n")
+        self.assert_chats_on(wendy, tom)
+
+    def test_a_member_from_the_internet_gets_the_pages_internet_link(self):
+        self.start()
+        self.member("tom")
+        desk = self.server.door.photos
+        self.on_loop(lambda: desk.heard_internet_page("http://203.0.113.9:5051/"))
+        member, seen = self.wait_on_loop(lambda: self.server.room.find("tom"), "tom in"), {}
+        for ip in ("127.0.0.1", "192.168.1.7", "93.184.216.34"):
+            with mock.patch.object(member, "ip", ip):
+                seen[ip] = self.on_loop(lambda: desk.page_at(member))
+        self.assertEqual(seen["127.0.0.1"], f"http://127.0.0.1:{self.web}/")   # where it connected to
+        self.assertEqual(seen["192.168.1.7"], f"http://127.0.0.1:{self.web}/")
+        self.assertEqual(seen["93.184.216.34"], "http://203.0.113.9:5051/")   # through the router
+
     def test_hostile_uploads_are_refused_and_the_page_chats_on(self):
         from PIL import PngImagePlugin
         wendy, tom = self.wendy_and_tom()
@@ -4572,13 +4591,13 @@ class PhotoShareTest(WebCase):
         got = b""
         while b'"welcome"' not in got:
             got += sock.recv(65536)
-        sock.sendall(masked(b"/photo 5000000")
+        sock.sendall(masked(b"\x00photo 5000000")
                      + b"\x82\xff" + (1 << 30).to_bytes(8, "big") + b"mask" + os.urandom(100000))
         while b'"unshared"' not in got:
             got += sock.recv(65536)
         self.assertIn(b"larger than 8 MiB", got)
         self.assert_chats_on(wendy, tom)
-        wendy.ws.send("/photo 1073741824")   # announced as a gigabyte: refused as it is said
+        wendy.ws.send("\x00photo 1073741824")   # announced as a gigabyte: refused as it is said
         self.assertIn("larger than 8 MiB", wendy.until("unshared")["text"])
         self.assert_chats_on(wendy, tom)
 
@@ -7444,7 +7463,7 @@ class HostCommandLineTest(unittest.TestCase):
             c = Client(port)
             self.addCleanup(c.close)
             c.join("ann")
-        self.assertIn(f"  for a browser or a phone: the page is off: Port {port + 1} is already in use",
+        self.assertIn(f"  for a browser or a phone: the page is off, since port {port + 1} is already in use",
                       banner)
         self.assertIn("--web-port N", banner)
 
@@ -7582,6 +7601,26 @@ class HostBrowserTest(BrowserCase):
         self.assertNotIn(b"left", got)
         self.assertNotIn(b"joined", got)
         self.assertNotIn(b"aaaa", got)
+
+
+    def test_an_invitations_key_outlives_a_reload_of_its_tab_and_no_other_tab(self):
+        self.start(room_key="tulip-2026")
+        web = self.server.web_address[1]
+        self.driver.get(f"http://127.0.0.1:{web}/#key=tulip-2026")
+        self.wait_for(lambda: self.find("#key").get_property("value") == "tulip-2026", "the key")
+        self.wait_for(lambda: "#" not in self.driver.current_url, "the key out of the address")
+        self.driver.refresh()   # a phone's pull to refresh: the key is not in the address any more
+        self.wait_for(lambda: self.find("#key").is_displayed(), "key field")
+        self.assertEqual(self.find("#key").get_property("value"), "tulip-2026")
+        tom = self.member("tom#tulip-2026")
+        self.join_as("Wendy")   # a name alone
+        tom.read_until(b"Wendy joined the chat...\n")
+        self.driver.switch_to.new_window("tab")   # another tab keeps nothing of it
+        self.open_page()
+        self.wait_for(lambda: self.find("#key").is_displayed(), "key field")
+        self.assertEqual(self.find("#key").get_property("value"), "")
+        self.driver.close()
+        self.driver.switch_to.window(self.driver.window_handles[0])
 
 
 class PhoneSleepTest(PhonePageCase):

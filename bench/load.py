@@ -1554,7 +1554,7 @@ def synthetic_jpeg(size: int, width: int = 2048, height: int = 1536) -> bytes:
 
 
 def share_photo(address: tuple[str, int], photo: bytes, timeout: float) -> str:
-    """A page joins and shares `photo` (`/photo BYTES`, then one binary
+    """A page joins and shares `photo` (`NUL photo BYTES`, then one binary
     message); the photo's path on the web port, once the room shows it."""
     key = base64.b64encode(random.randbytes(16)).decode()
     with socket.create_connection(address, timeout) as sock:
@@ -1571,7 +1571,7 @@ def share_photo(address: tuple[str, int], photo: bytes, timeout: float) -> str:
             for _, payload in frames:
                 event = json.loads(payload) if payload[:1] == b"{" else {}
                 if event.get("type") == "welcome" and not shared:
-                    sock.sendall(client_frame(0x1, b"/photo %d" % len(photo)) + client_frame(0x2, photo))
+                    sock.sendall(client_frame(0x1, b"\x00photo %d" % len(photo)) + client_frame(0x2, photo))
                     shared = True
                 elif event.get("type") in ("photo", "unshared"):
                     if "url" not in event:
