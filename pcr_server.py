@@ -562,6 +562,7 @@ WS_NORMAL, WS_GOING_AWAY, WS_PROTOCOL_ERROR, WS_UNSUPPORTED = 1000, 1001, 1002, 
 WS_BAD_DATA, WS_POLICY, WS_TOO_BIG, WS_INTERNAL, WS_TRY_LATER = 1007, 1008, 1009, 1011, 1013
 WS_ANNOUNCED = 0x100 | WS_BINARY   # not on the wire: the binary message announced (FrameReader)
 UNMASK_PIECE = 1 << 16             # a multiple of 4: each piece starts with the mask's first byte
+UTF8_CHECK = codecs.getincrementaldecoder("utf-8")   # one a text message, fed as its bytes come
 WS_DROP_UP_TO = 1 << 20   # a member's message past --max-line is dropped with a note up to this
 
 
@@ -671,12 +672,13 @@ class FrameReader:
                  "announced", "skip", "dropping")
 
     def __init__(self, max_message: int, drop_up_to: int = 0):
-        self.max_message, self.drop_up_to = max_message, drop_up_to
+        self.max_message = max_message
+        self.drop_up_to = max(max_message, drop_up_to)   # past max_message, skipped up to this
         self.buf = bytearray()
         self.parts: list[bytes] = []   # the fragments of a message so far
         self.size = 0
         self.opcode = 0                # of the message being fragmented; 0: none
-        self.text = None               # the UTF-8 check of the text message under way
+        self.text = None               # the UTF-8 check of a text message coming in pieces
         self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
         self.announced: int | None = None   # the limit of the next binary message, if announced
         self.skip = 0                  # bytes of a frame still to be dropped unread
@@ -732,45 +734,55 @@ class FrameReader:
         else:
             if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
                 self._start_frame(opcode)
-            keep, most = self._limits()
+            if self.opcode == WS_BINARY and self.announced is not None:   # a photo: its own limit
+                keep, most = self.announced, math.inf
+            else:
+                keep, most = self.max_message, self.drop_up_to
             if self.size + length > most:
                 raise WsError(WS_TOO_BIG, "message too big")
             if self.dropping or self.size + length > keep:
                 return self._drop(fin, length, end)
-            if self.text is not None and len(buf) >= at + 4:
-                self._check_text(buf, at, min(len(buf), end), bool(fin) and len(buf) >= end)
+            if self.opcode == WS_TEXT and at + 4 <= len(buf) < end:   # a frame coming in pieces
+                self._check_text(buf, at, len(buf))
         if len(buf) < end:
             return None
-        with memoryview(buf) as view:
-            payload = ws_unmask(view[at + 4:end], buf[at:at + 4])
+        if length > UNMASK_PIECE:   # a photo: unmasked from a view, not from a copy
+            with memoryview(buf) as view:
+                payload = ws_unmask(view[at + 4:end], buf[at:at + 4])
+        else:
+            payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
         del buf[:end]
         if opcode >= 0x8:
             return [(opcode, payload)]
+        if self.opcode == WS_TEXT:   # what was not checked as it came: a whole frame, all of it
+            self._decode(payload[self.checked:], bool(fin))
         self.checked = -1
         return self._fragment(fin, payload)
-
-    def _limits(self) -> tuple[int, float]:
-        """Bytes the message under way may hold, and up to how many it is skipped rather than refused."""
-        if self.opcode == WS_BINARY and self.announced is not None:
-            return self.announced, math.inf
-        return self.max_message, max(self.max_message, self.drop_up_to)
 
     def _start_frame(self, opcode: int) -> None:
         if (opcode == 0) != bool(self.opcode):
             raise WsError(WS_PROTOCOL_ERROR, "fragments out of order")
         if opcode:
             self.opcode = opcode
-            self.text = codecs.getincrementaldecoder("utf-8")() if opcode == WS_TEXT else None
+            self.text = None
         self.checked = 0
 
-    def _check_text(self, buf: bytearray, at: int, stop: int, last: bool) -> None:
+    def _check_text(self, buf: bytearray, at: int, stop: int) -> None:
         """Check the text of the frame under way (its mask at buf[at:]) up to buf[stop]."""
         k, mask = self.checked % 4, buf[at:at + 4]
+        self._decode(ws_unmask(buf[at + 4 + self.checked:stop], mask[k:] + mask[:k]), False)
+        self.checked = stop - at - 4
+
+    def _decode(self, text: bytes, last: bool) -> None:
+        """Feed the message's UTF-8 check; bad UTF-8 closes with 1007."""
         try:
-            self.text.decode(ws_unmask(buf[at + 4 + self.checked:stop], mask[k:] + mask[:k]), last)
+            if self.text is None and last:   # a whole message in one frame: checked in one go
+                text.decode()
+            else:
+                self.text = self.text or UTF8_CHECK()
+                self.text.decode(text, last)
         except UnicodeDecodeError:
             raise WsError(WS_BAD_DATA, "text that is not UTF-8") from None
-        self.checked = stop - at - 4
 
     def _fragment(self, fin: int, payload: bytes) -> list[tuple[int, bytes]]:
         self.parts.append(payload)
