@@ -619,6 +619,9 @@ class WebMember:
         """The connection dies under the page (a reset, no close frame)."""
         self.ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.ws.socket.shutdown(socket.SHUT_RDWR)   # wakes the library's reader; then the reset
+        reader = getattr(self.ws, "recv_events_thread", None)
+        if reader is not None:   # closed under a thread still polling it, Wine's wineserver may abort
+            reader.join(WAIT)
         self.ws.socket.close()
 
     def until(self, kind: str, timeout: float = WAIT, **match) -> dict:
