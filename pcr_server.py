@@ -6017,8 +6017,8 @@ class ServerWindow:
                   if join.only_here else "")
         encrypted = TLS_JOINING.format(WINDOW_ADVICE["encrypted"])
         show_line(view.tls_note, f"The room is encrypted: {encrypted}." if join.encrypted else "")
-        show_line(view.key_note, "Friends join as name#KEY: their name, then # and the room key."
-                  if join.keyed else "")
+        show_line(view.key_note, "Friends join as name#KEY from the App or a terminal; on the "
+                  "page they type the key under their name." if join.keyed else "")
         warning = join.key_warning
         show_line(view.key_warning, warning[:1].upper() + warning[1:] + "." if warning else "")
 
