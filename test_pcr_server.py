@@ -6916,8 +6916,8 @@ class HostTerminalTest(ServerCase):
 # ---------------------------------------------------------------------------
 
 
-class CommandLineTest(unittest.TestCase):
-    """The program as a person runs it."""
+class ProcessCase(unittest.TestCase):
+    """A server process started as a person starts it, in a folder of its own."""
 
     def setUp(self):
         self.dir = tempfile.mkdtemp()
@@ -6932,6 +6932,10 @@ class CommandLineTest(unittest.TestCase):
             proc.communicate(timeout=WAIT)
         self.addCleanup(end)
         return proc
+
+
+class CommandLineTest(ProcessCase):
+    """The program as a person runs it."""
 
     def assert_signal_stops_the_room_cleanly(self, sig: int) -> None:
         port = free_port()
@@ -7413,22 +7417,8 @@ class CommandLineTest(unittest.TestCase):
         del cpu0
 
 
-class HostCommandLineTest(unittest.TestCase):
+class HostCommandLineTest(ProcessCase):
     """What the host sees and gets from the command line on a first evening (issue 27)."""
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.dir, True)
-
-    def server(self, *args) -> subprocess.Popen:
-        proc = run_server("--host", "127.0.0.1", "--public-ip-url", "", *args, cwd=self.dir)
-
-        def end():
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=WAIT)
-        self.addCleanup(end)
-        return proc
 
     def stopped(self, proc: subprocess.Popen) -> tuple[str, str]:
         """Ctrl+C; then all the room printed on stdout and on stderr."""
