@@ -75,6 +75,7 @@ import base64
 import bisect
 import codecs
 import collections
+import contextlib
 import dataclasses
 import enum
 import errno
@@ -6503,8 +6504,11 @@ class ClientSession:
     def _in(self) -> None:
         """The count has come: we are in the room, under the name it told us."""
         self.inside = True
-        print(f"in the room as {self.name} at {self.where}; type a line and press Enter to "
-              f"send it, {END_OF_INPUT} or Ctrl+C to leave", file=sys.stderr, flush=True)
+        note = (f"in the room as {self.name} at {self.where}; type a line and press Enter to "
+                f"send it, {END_OF_INPUT} or Ctrl+C to leave\n")
+        with self.typed.lock if self.typed else contextlib.nullcontext():   # no key shown inside it
+            sys.stderr.write(note)   # one write, its line end included: a key comes after it
+            sys.stderr.flush()
         if self.leave_asked:
             self.leave()
 
