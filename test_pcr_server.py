@@ -1209,13 +1209,13 @@ table inet pcr_nat {
 
 
 @functools.lru_cache(maxsize=None)
-def home_network_missing() -> str:
-    """Why a home network of namespaces cannot be built here; "" if it can."""
+def namespaces_missing(*tools: str) -> str:
+    """Why network namespaces (and `tools`) cannot be had here; "" if they can."""
     if not sys.platform.startswith("linux"):
         return "network namespaces are Linux's"
     if os.geteuid() != 0:
         return "building network namespaces needs root"
-    missing = [tool for tool in ("ip", "nft", "miniupnpd", "upnpc", "natpmpc") if not shutil.which(tool)]
+    missing = [tool for tool in ("ip", *tools) if not shutil.which(tool)]
     if missing:
         return f"not installed or not on PATH: {', '.join(missing)} (.ci/run installs them)"
     name = f"pcr{os.getpid()}-probe"
@@ -1224,6 +1224,11 @@ def home_network_missing() -> str:
         return f"cannot make network namespaces here: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
     return ""
+
+
+def home_network_missing() -> str:
+    """Why a home network of namespaces, with its router, cannot be built here; "" if it can."""
+    return namespaces_missing("nft", "miniupnpd", "upnpc", "natpmpc")
 
 
 class HomeNetwork:
@@ -1505,21 +1510,9 @@ def sample_text(size: int) -> str:
     return "".join(chr(32 + (i * 37 + size * 11) % 95) for i in range(size))
 
 
-@functools.lru_cache(maxsize=None)
 def test_net_missing() -> str:
     """Why a network namespace with an address of its own cannot be made here; "" if it can."""
-    if not sys.platform.startswith("linux"):
-        return "network namespaces are Linux's"
-    if os.geteuid() != 0:
-        return "building network namespaces needs root"
-    if not shutil.which("ip"):
-        return "iproute2's ip is not installed or not on PATH (.ci/run installs it)"
-    name = f"pcr{os.getpid()}-qprobe"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=WAIT)
-    if made.returncode:
-        return f"cannot make network namespaces here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=WAIT)
-    return ""
+    return namespaces_missing()
 
 
 class TestNet:
