@@ -684,6 +684,15 @@ class WebCase(ServerCase):
         self.addCleanup(w.close)
         return w
 
+    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
+        """tom at a terminal and wendy on the page, both counted."""
+        self.start(**overrides)
+        tom = self.member("tom")
+        wendy = self.web_member("wendy")
+        wendy.until("count", n=2)
+        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
+        return wendy, tom
+
 
 try:
     from selenium import webdriver
@@ -4111,14 +4120,6 @@ class CloseMeaningTest(WebCase):
 
     settings = {"web_port": 0, "web_grace": 60.0}
 
-    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
-        self.start(**overrides)
-        tom = self.member("tom")
-        wendy = self.web_member("wendy")
-        wendy.until("count", n=2)
-        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
-        return wendy, tom
-
     def stage(self, name: str) -> "pcr.Stage | None":
         return self.on_loop(stage_of, self.server, name)
 
@@ -4221,15 +4222,6 @@ class WebGraceTest(WebCase):
     gets what it missed, once and in order, when it comes back (issue 16)."""
 
     settings = {"web_port": 0, "web_grace": 3.0}
-
-    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
-        """tom at a terminal and wendy on the page, both counted."""
-        self.start(**overrides)
-        tom = self.member("tom")
-        wendy = self.web_member("wendy")
-        wendy.until("count", n=2)
-        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
-        return wendy, tom
 
     def away(self, wendy: WebMember, tom: Client) -> None:
         """wendy's connection dies; the room notices and holds her seat."""
@@ -4451,15 +4443,6 @@ class PhotoShareTest(WebCase):
         super().setUp()
         if Image is None:
             self.skipTest(NO_PIL)
-
-    def wendy_and_tom(self, **overrides) -> tuple[WebMember, Client]:
-        """tom at a terminal and wendy on the page, both counted."""
-        self.start(**overrides)
-        tom = self.member("tom")
-        wendy = self.web_member("wendy")
-        wendy.until("count", n=2)
-        tom.read_until(b"2 people are online...\n")
-        return wendy, tom
 
     def assert_chats_on(self, wendy: WebMember, tom: Client, text: str = "still here") -> None:
         """The page is still in the room: its line reaches the terminal and comes back."""
