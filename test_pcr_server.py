@@ -12,6 +12,7 @@ import ast
 import asyncio
 import base64
 import contextlib
+import email.utils
 import functools
 import gc
 import hashlib
@@ -28,6 +29,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -1192,8 +1194,9 @@ upnp_forward_chain=pcr_forward
 upnp_nat_chain=pcr_prerouting
 upnp_nat_postrouting_chain=pcr_postrouting
 allow 1024-65535 192.168.77.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
+{port_80}deny 0-65535 0.0.0.0/0 0-65535
 """
+PORT_80_RULE = "allow 80 192.168.77.0/24 1024-65535\n"
 
 
 # The router's firewall: LAN out, replies back in; in from the WAN only what
@@ -1331,12 +1334,14 @@ class HomeNetwork:
                 raise AssertionError(f"no {needle!r} in {os.path.basename(path)}: {text[-2000:]!r}")
             time.sleep(0.05)
 
-    def start_router(self, upnp: bool = True, natpmp: bool = True) -> str:
-        """miniupnpd in the router namespace; its log's path."""
+    def start_router(self, upnp: bool = True, natpmp: bool = True, port_80: bool = False) -> str:
+        """miniupnpd in the router namespace; its log's path.  `port_80`: it may forward
+        its port 80 too (--https), which the default rules keep for the router's own."""
         conf = os.path.join(self.dir, "miniupnpd.conf")
         with open(conf, "w") as f:
             f.write(MINIUPNPD_CONF.format(upnp="yes" if upnp else "no",
-                                          natpmp="yes" if natpmp else "no"))
+                                          natpmp="yes" if natpmp else "no",
+                                          port_80=PORT_80_RULE if port_80 else ""))
         log_path = self.start("router", "miniupnpd", "-d", "-f", conf, "-P",
                               os.path.join(self.dir, "miniupnpd.pid"), name="miniupnpd")
         text = self.printed(log_path, "HTTP listening on port" if upnp
@@ -1347,6 +1352,35 @@ class HomeNetwork:
             if natpmp:
                 self.printed(log_path, "Listening for NAT-PMP/PCP traffic")
         return log_path
+
+    def start_ca(self, nonce_reject: int = 5, validity: int = 0) -> str:
+        """pebble, Let's Encrypt's test CA, on the friend's side (the internet): its
+        validator checks port 80 of the router's WAN address.  `nonce_reject`: the
+        percentage of nonces it refuses (badNonce); `validity`: its certificates'
+        seconds (0: its own default, years).  Sets `acme` (its directory) and `ca_file`
+        (its https certificate: --acme-ca-file); its log's path."""
+        self.ca_file, key = make_certificate(self.dir, f"IP:{self.friend_ip}")
+        conf = os.path.join(self.dir, "pebble.json")
+        with open(conf, "w") as f:
+            json.dump({"pebble": {
+                "listenAddress": f"{self.friend_ip}:14000",
+                "managementListenAddress": f"{self.friend_ip}:15000",
+                "certificate": self.ca_file, "privateKey": key, "httpPort": 80, "tlsPort": 443,
+                "ocspResponderURL": "", "externalAccountBindingRequired": False,
+                **({"certificateValidityPeriod": validity} if validity else {})}}, f)
+        log_path = self.start("wan", "env", "PEBBLE_VA_NOSLEEP=1",
+                              f"PEBBLE_WFE_NONCEREJECT={nonce_reject}", "pebble", "-config", conf,
+                              name="pebble")
+        self.printed(log_path, "ACME directory available at")
+        self.acme = f"https://{self.friend_ip}:14000/dir"
+        return log_path
+
+    def ca_root(self) -> str:
+        """The PEM of the root that signs pebble's certificates (a new one at each start)."""
+        return self.run("wan", sys.executable, "-c", (
+            "import ssl, sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], "
+            "context=ssl.create_default_context(cafile=sys.argv[2]), timeout=5).read().decode())"),
+            f"https://{self.friend_ip}:15000/roots/0", self.ca_file).stdout
 
     def room(self, *args: str) -> subprocess.Popen:
         """pcr_server.py on the LAN host, port 5050 (and no page, unless --web-port is
@@ -5374,7 +5408,220 @@ class RouterForwardingTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 9. The QR code: read back by decoders of others, never by our own
+# 9. HTTPS for the page (ACME): the pure parts against published vectors and
+#    openssl, the keeper with a stand-in CA, then the whole path against pebble
+# ---------------------------------------------------------------------------
+
+# RFC 6979 A.2.5: the P-256 key, its public key, and ECDSA-SHA256 of "sample" and "test".
+RFC6979_KEY = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
+RFC6979_PUBLIC = ("60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6"
+                  "7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299")
+RFC6979_SIGNATURES = {
+    b"sample": ("EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716",
+                "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8"),
+    b"test": ("F1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367",
+              "019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083")}
+NO_OPENSSL = "openssl is not on PATH (tests only use it, to check the room's own code)"
+
+
+def openssl(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
+    """openssl with `args`, bounded; SkipTest where there is none."""
+    if not shutil.which("openssl"):
+        raise unittest.SkipTest(NO_OPENSSL)
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, timeout=60)
+
+
+def der_signature(raw: bytes) -> bytes:
+    """A JWS signature (r and s, 32 bytes each) as openssl reads ECDSA: DER (r, s)."""
+    return pcr.der(0x30, pcr.der_int(int.from_bytes(raw[:32], "big")),
+                   pcr.der_int(int.from_bytes(raw[32:], "big")))
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class HttpsPartsTest(unittest.TestCase):
+    """The key, ECDSA, JWS, DER, the CSR and the PEM key: the room's own code,
+    checked against RFC 6979's vectors and against openssl."""
+
+    def setUp(self):
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def read(self, name: str) -> str:
+        with open(self.path(name)) as f:
+            return f.read()
+
+    def write(self, name: str, data: bytes | str) -> str:
+        with open(self.path(name), "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        return self.path(name)
+
+    def test_the_public_key_and_signatures_are_rfc_6979_a_2_5s(self):
+        self.assertEqual(pcr.p256_public(RFC6979_KEY).hex().upper(), RFC6979_PUBLIC)
+        for message, (r, s) in RFC6979_SIGNATURES.items():
+            with self.subTest(message=message):
+                self.assertEqual(pcr.ecdsa_sign(RFC6979_KEY, message), (int(r, 16), int(s, 16)))
+        public = pcr.jwk(RFC6979_KEY)
+        self.assertEqual((unb64url(public["x"]) + unb64url(public["y"])).hex().upper(),
+                         RFC6979_PUBLIC)
+        canonical = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (public["x"], public["y"])
+        self.assertEqual(pcr.jwk_thumbprint(public),   # RFC 7638 §3: members sorted, no spaces
+                         pcr.b64url(hashlib.sha256(canonical.encode()).digest()))
+
+    def test_new_keys_are_on_the_curve_and_differ(self):
+        keys = {pcr.p256_key() for _ in range(3)}
+        self.assertEqual(len(keys), 3)
+        b = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+        for key in keys:
+            self.assertTrue(1 <= key < pcr.P256_N)
+            x, y = (int.from_bytes(half, "big") for half in (pcr.p256_public(key)[:32],
+                                                             pcr.p256_public(key)[32:]))
+            self.assertEqual(y * y % pcr.P256_P, (x ** 3 - 3 * x + b) % pcr.P256_P)
+
+    def test_a_jws_verifies_with_openssl(self):
+        key = pcr.p256_key()
+        self.write("key.pem", pcr.key_pem(key))
+        public = openssl("ec", "-in", self.path("key.pem"), "-pubout")
+        self.assertEqual(public.returncode, 0, public.stderr)
+        self.write("public.pem", public.stdout)
+        signed = json.loads(pcr.jws(key, {"nonce": "n0nce", "url": "https://ca.example/x"},
+                                    {"termsOfServiceAgreed": True}))
+        self.assertEqual(json.loads(unb64url(signed["protected"])),
+                         {"alg": "ES256", "nonce": "n0nce", "url": "https://ca.example/x"})
+        self.assertEqual(json.loads(unb64url(signed["payload"])), {"termsOfServiceAgreed": True})
+        raw = unb64url(signed["signature"])
+        self.assertEqual(len(raw), 64)   # RFC 7518 §3.4: r and s, 32 bytes each
+        message = f"{signed['protected']}.{signed['payload']}".encode()
+        self.write("signature.der", der_signature(raw))
+        checked = openssl("dgst", "-sha256", "-verify", self.path("public.pem"), "-signature",
+                          self.path("signature.der"), data=message)
+        self.assertEqual(checked.stdout.strip(), b"Verified OK", checked.stderr)
+        wrong = openssl("dgst", "-sha256", "-verify", self.path("public.pem"), "-signature",
+                        self.path("signature.der"), data=message + b"!")
+        self.assertNotEqual(wrong.returncode, 0)
+        self.assertEqual(json.loads(pcr.jws(key, {"kid": "k"}, None))["payload"], "")   # POST-as-GET
+
+    def test_the_certificate_request_verifies_with_openssl_and_names_the_address_alone(self):
+        for ip, shown in (("11.0.0.1", "IP Address:11.0.0.1"),
+                          ("2a0f:77::20", "IP Address:2A0F:77:0:0:0:0:0:20")):
+            with self.subTest(ip=ip):
+                key = pcr.p256_key()
+                self.write("csr.der", pcr.certificate_request(key, ip))
+                checked = openssl("req", "-inform", "DER", "-in", self.path("csr.der"), "-verify",
+                                  "-noout", "-text")
+                self.assertEqual(checked.returncode, 0, checked.stderr)
+                self.assertIn(b"verify OK", checked.stderr)
+                text = checked.stdout.decode()
+                self.assertIn("X509v3 Subject Alternative Name: critical", text)
+                self.assertEqual(re.findall(r"(?:IP Address|DNS):\S+", text), [shown])
+                self.assertRegex(text, r"Subject: *\n")   # empty: the address is the name
+                self.assertIn("ASN1 OID: prime256v1", text)
+                self.assertIn(pcr.p256_public(key)[:8].hex(":"), text.replace("\n", "").replace(" ", ""))
+
+    def test_the_pem_key_loads_in_ssl_and_comes_back(self):
+        key = pcr.p256_key()
+        self.write("key.pem", pcr.key_pem(key))
+        self.assertEqual(pcr.key_from_pem(self.read("key.pem")), key)
+        made = openssl("req", "-x509", "-key", self.path("key.pem"), "-out", self.path("cert.pem"),
+                       "-days", "1", "-subj", "/CN=room", "-addext", "subjectAltName=IP:11.0.0.1")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        context = pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.path("cert.pem"), self.path("key.pem"))
+        both = self.write("both.pem", self.read("cert.pem") + pcr.key_pem(key))
+        pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER).load_cert_chain(both)   # as CertificateStore keeps it
+        with self.assertRaises(ValueError):
+            pcr.key_from_pem(self.read("cert.pem"))
+
+    def test_der_as_x690_writes_it(self):
+        self.assertEqual(pcr.der(0x04, b"x" * 127)[:2], b"\x04\x7f")
+        self.assertEqual(pcr.der(0x04, b"x" * 128)[:3], b"\x04\x81\x80")
+        self.assertEqual(pcr.der(0x04, b"x" * 300)[:4], b"\x04\x82\x01\x2c")
+        self.assertEqual(pcr.der_int(0), b"\x02\x01\x00")
+        self.assertEqual(pcr.der_int(0x7F), b"\x02\x01\x7f")
+        self.assertEqual(pcr.der_int(0x80), b"\x02\x02\x00\x80")
+        self.assertEqual(pcr.der_oid("1.2.840.10045.2.1"), bytes.fromhex("06072a8648ce3d0201"))
+        self.assertEqual(pcr.der_read(pcr.der(0x30, pcr.der_int(5), pcr.der(0x04, b"x" * 200))),
+                         [(0x30, pcr.der_int(5) + pcr.der(0x04, b"x" * 200))])
+        for bent in (b"\x30", b"\x30\x05abc", b"\x30\x85\x01\x02\x03\x04\x05"):
+            with self.assertRaises(ValueError):
+                pcr.der_read(bent)
+
+    def test_what_a_certificate_says_is_read_as_openssl_reads_it(self):
+        cert, _ = make_certificate(self.dir, "IP:11.0.0.1,DNS:room.example,IP:2a0f:77::20")
+        with open(cert) as f:
+            facts = pcr.certificate_facts(pcr.pem_blocks(f.read(), "CERTIFICATE")[0])
+        self.assertEqual(facts.addresses, ("11.0.0.1", "2a0f:77::20"))
+        dates = openssl("x509", "-in", cert, "-noout", "-startdate", "-enddate").stdout.decode()
+        start, end = (pcr.ssl.cert_time_to_seconds(line.split("=", 1)[1]) for line in dates.split("\n")[:2])
+        self.assertEqual((facts.not_before, facts.not_after), (start, end))
+        self.assertEqual(facts.renew_at, start + (end - start) * 2 / 3)
+        with self.assertRaises(ValueError):
+            pcr.certificate_facts(b"\x30\x03\x02\x01\x00")
+
+    def test_a_problem_document_is_one_sentence_with_its_detail(self):
+        kind, text = pcr.problem_text({
+            "type": "urn:ietf:params:acme:error:rateLimited",
+            "detail": "too many certificates (5) already issued\x1b[31m for this exact set",
+            "subproblems": [{"detail": "see https://letsencrypt.org/docs/rate-limits/"}, "bent"]})
+        self.assertEqual(kind, "rateLimited")
+        self.assertEqual(text, "rateLimited: too many certificates (5) already issued for this exact "
+                               "set; see https://letsencrypt.org/docs/rate-limits/")
+        self.assertEqual(pcr.problem_text({}), ("", "no reason given"))
+        self.assertEqual(pcr.retry_after({"Retry-After": "120"}), 120.0)
+        later = email.utils.formatdate(time.time() + 3600, usegmt=True)
+        self.assertAlmostEqual(pcr.retry_after({"Retry-After": later}), 3600, delta=5)
+        self.assertEqual(pcr.retry_after({"Retry-After": "soon"}), 0.0)
+        self.assertEqual(pcr.retry_after({}), 0.0)
+
+    def test_the_address_to_certify_is_public_and_the_routers_when_it_forwards(self):
+        forwarded = router_result(pcr.RouterOutcome.FORWARDED, external_ip="11.0.0.1",
+                                  forwarded={5050: 5050})
+        cgnat = router_result(pcr.RouterOutcome.NO_PUBLIC, external_ip="100.64.0.1")
+        double = router_result(pcr.RouterOutcome.NO_PUBLIC, external_ip="192.168.1.1")
+        refused = router_result(pcr.RouterOutcome.REFUSED, reason="no")
+        self.assertEqual(pcr.certificate_address(forwarded, None, "11.9.9.9"), ("11.0.0.1", ""))
+        self.assertEqual(pcr.certificate_address(cgnat, None, "11.9.9.9"), (None, pcr.HTTPS_NO_PUBLIC))
+        self.assertEqual(pcr.certificate_address(double, "11.9.9.9", None), ("11.9.9.9", ""))
+        self.assertEqual(pcr.certificate_address(refused, None, "11.9.9.9"), ("11.9.9.9", ""))
+        self.assertEqual(pcr.certificate_address(None, None, None), (None, pcr.HTTPS_UNKNOWN))
+        ip, why = pcr.certificate_address(None, None, "192.168.1.20")
+        self.assertIsNone(ip)
+        self.assertEqual(why, "192.168.1.20 is not an address on the internet; nothing was sent to a "
+                              "certificate authority, and the page stays on http")
+        self.assertIn("probably CGNAT", pcr.HTTPS_NO_PUBLIC)
+
+    @unittest.skipIf(WINDOWS, "Windows keeps no POSIX modes")
+    def test_the_folder_is_0700_its_files_0600_and_a_certificate_is_kept_whole(self):
+        store = pcr.CertificateStore("https://acme.example:14000/dir", self.path("kept"))
+        key = store.account_key()
+        self.assertEqual(store.account_key(), key)   # made once, then read
+        self.assertIsNone(store.saved())
+        cert_key = pcr.p256_key()
+        self.write("key.pem", pcr.key_pem(cert_key))
+        openssl("req", "-x509", "-key", self.path("key.pem"), "-out", self.path("cert.pem"), "-days",
+                "1", "-subj", "/CN=room", "-addext", "subjectAltName=IP:11.0.0.1")
+        path, facts = store.keep(self.read("cert.pem"), cert_key)
+        self.assertEqual(store.saved(), (path, facts))
+        self.assertEqual(facts.addresses, ("11.0.0.1",))
+        self.assertEqual(os.path.dirname(path), os.path.join(self.path("kept"), "acme.example_14000"))
+        for folder in (self.path("kept"), os.path.dirname(path)):
+            self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o700)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(path))), ["account.key", "certificate.pem"])
+        for name in os.listdir(os.path.dirname(path)):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(os.path.dirname(path), name)).st_mode),
+                             0o600)
+        pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER).load_cert_chain(path)
+
+
+# ---------------------------------------------------------------------------
+# 10. The QR code: read back by decoders of others, never by our own
 # ---------------------------------------------------------------------------
 
 
@@ -5601,7 +5848,7 @@ class InvitationOnANetworkTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 11. The GUI
+# 12. The GUI
 # ---------------------------------------------------------------------------
 
 
@@ -6443,7 +6690,7 @@ class HostWindowTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 12. The terminal client
+# 13. The terminal client
 # ---------------------------------------------------------------------------
 
 
@@ -6888,7 +7135,7 @@ class HostTerminalTest(ServerCase):
 
 
 # ---------------------------------------------------------------------------
-# 13. The command line
+# 14. The command line
 # ---------------------------------------------------------------------------
 
 
@@ -7481,7 +7728,7 @@ class HostCommandLineTest(ProcessCase):
 
 
 # ---------------------------------------------------------------------------
-# 14. The chat page, in a real browser
+# 15. The chat page, in a real browser
 # ---------------------------------------------------------------------------
 
 
