@@ -599,8 +599,11 @@ class WebMember:
     """A web member speaking the page's protocol through an independent
     RFC 6455 client (the websockets package)."""
 
-    def __init__(self, port: int, alias: str | None = None, origin: str | None = None):
-        self.ws = ws_connect(f"ws://127.0.0.1:{port}/ws", origin=origin, open_timeout=WAIT)
+    def __init__(self, port: int, alias: str | None = None, origin: str | None = None,
+                 secure=None):
+        """`secure`: an ssl client context for wss (--https, --tls-cert)."""
+        self.ws = ws_connect(f"{'wss' if secure else 'ws'}://127.0.0.1:{port}/ws", origin=origin,
+                             open_timeout=WAIT, ssl=secure)
         self.token = ""   # the last welcome's: brings this member back to its seat
         self.seen = 0     # the mark of the last event read: what it missed starts after it
         self.hello = self.next()
@@ -3811,6 +3814,130 @@ class TlsTest(ServerCase):
         self.assertIn("missing.pem (No such file or directory)", str(e.exception))
 
 
+class HttpsDoorTest(WebCase):
+    """--https on the page's port: TLS with the certificate in place, or plain http,
+    told apart by the first byte; the CA's http-01 answers; https for members from
+    outside (308); a new certificate for new connections, nobody dropped."""
+
+    @classmethod
+    def setUpClass(cls):
+        if pcr.ssl is None:
+            raise unittest.SkipTest("no ssl module")
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.certificates = []
+        for n in range(2):
+            os.makedirs(os.path.join(cls.dir, str(n)))
+            cls.certificates.append(make_certificate(os.path.join(cls.dir, str(n))))
+
+    def start(self, **overrides):
+        return super().start(https=True, **overrides)
+
+    def certify(self, n: int = 0) -> None:
+        context = pcr.tls_context(*self.certificates[n])
+        self.on_loop(self.server.door.secure.certified, context, "127.0.0.1")
+
+    def client(self, n: int = 0):
+        return pcr.ssl.create_default_context(cafile=self.certificates[n][0])
+
+    def https(self, request: bytes, n: int = 0) -> tuple[bytes, bytes]:
+        """(the certificate the page's port showed, what it answered) over TLS."""
+        with socket.create_connection(("127.0.0.1", self.web), WAIT) as raw, \
+                self.client(n).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            shown = tls.getpeercert(binary_form=True)
+            tls.sendall(request)
+            got = b""
+            while data := tls.recv(65536):
+                got += data
+            return shown, got
+
+    def get(self, path: str = "/", host: str = "") -> bytes:
+        return (f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{self.web}'}\r\n\r\n").encode()
+
+    def test_one_port_serves_https_and_http_and_the_rooms_port_stays_plain(self):
+        self.start()
+        self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200 OK"))
+        with self.assertRaises((pcr.ssl.SSLError, OSError)):   # before its certificate: http alone
+            self.https(self.get())
+        self.wait_on_loop(lambda: "its certificate is not in place yet" in self.log_text(), "log")
+        self.certify()
+        shown, page = self.https(self.get())
+        self.assertTrue(page.startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(pcr.PAGE_HTML.encode()[:200], page)
+        self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200 OK"))   # same network
+        tom = self.member("tom")   # the App's port speaks no TLS
+        wendy = WebMember(self.web, "wendy", origin=f"https://127.0.0.1:{self.web}",
+                          secure=self.client())
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        tom.send(b"over https, wendy?\n")
+        wendy.until("chat", name="tom", text="over https, wendy?")
+        wendy.ws.send("yes")
+        tom.read_until(b"wendy: yes\n")
+
+    def test_the_cas_look_is_answered_over_http_while_it_is_asked(self):
+        self.start()
+        path = f"{pcr.ACME_CHALLENGE}tok3n_-A"
+        self.on_loop(self.server.door.secure.answer, "tok3n_-A", "tok3n_-A.thumbprint")
+        answer = http_get(self.web, self.get(path))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(answer.endswith(b"\r\n\r\ntok3n_-A.thumbprint"))
+        self.assertIn(b"404", http_get(self.web, self.get(f"{pcr.ACME_CHALLENGE}other")).split(b"\r\n")[0])
+        self.on_loop(self.server.door.secure.answer, "tok3n_-A", None)
+        self.assertIn(b"404", http_get(self.web, self.get(path)).split(b"\r\n")[0])
+
+    def test_a_member_from_outside_is_sent_to_https_but_the_cas_look_is_not(self):
+        self.start()
+        self.on_loop(self.server.door.secure.answer, "tok", "tok.thumb")
+        with mock.patch.object(pcr.SecurePage, "outside", staticmethod(lambda m: True)):
+            self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200"))   # no certificate yet
+            self.certify()
+            for host, location in ((f"11.0.0.1:5051", "https://127.0.0.1:5051/p/x.jpg?a=1"),
+                                   ("11.0.0.1", f"https://127.0.0.1:{self.web}/p/x.jpg?a=1")):
+                with self.subTest(host=host):
+                    moved = http_get(self.web, self.get("/p/x.jpg?a=1", host)).decode()
+                    self.assertTrue(moved.startswith("HTTP/1.1 308 Permanent Redirect\r\n"), moved)
+                    self.assertIn(f"\r\nLocation: {location}\r\n", moved)
+            self.assertTrue(http_get(self.web, self.get(f"{pcr.ACME_CHALLENGE}tok")).endswith(b"tok.thumb"))
+            self.assertTrue(self.https(self.get())[1].startswith(b"HTTP/1.1 200 OK"))   # already https
+            bent = http_get(self.web, b"GET /a\nSet-Cookie:x HTTP/1.1\r\nHost: h:1\r\n\r\n").decode()
+            self.assertIn("\r\nLocation: https://127.0.0.1:1/\r\n", bent)   # nothing of it in a header
+            self.on_loop(self.server.door.secure.certified, None, None)   # it ran out, say
+            self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200 OK"))
+
+    def test_outside_is_a_global_address_not_in_this_machines_ipv6_network(self):
+        def member(ip: str, here: str):
+            sock = mock.Mock()
+            sock.getsockname.return_value = (here, 5051)
+            return mock.Mock(ip=ip, transport=mock.Mock(sock=sock))
+        outside = pcr.SecurePage.outside
+        self.assertTrue(outside(member("11.0.0.2", "192.168.77.20")))
+        self.assertFalse(outside(member("192.168.77.30", "192.168.77.20")))
+        self.assertFalse(outside(member("127.0.0.1", "127.0.0.1")))
+        self.assertFalse(outside(member("100.64.1.2", "192.168.77.20")))   # a carrier's own
+        self.assertFalse(outside(member("2a0f:77::30", "2a0f:77::20")))     # the same /64: home
+        self.assertTrue(outside(member("2a0f:78::30", "2a0f:77::20")))
+
+    def test_a_new_certificate_reaches_new_connections_and_nobody_is_dropped(self):
+        self.start()
+        self.certify(0)
+        tom = self.member("tom")
+        wendy = WebMember(self.web, "wendy", origin=f"https://127.0.0.1:{self.web}",
+                          secure=self.client(0))
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        first = self.https(self.get(), 0)[0]
+        self.certify(1)
+        second = self.https(self.get(), 1)[0]
+        self.assertNotEqual(first, second)
+        with open(self.certificates[1][0]) as f:
+            self.assertEqual(second, pcr.pem_blocks(f.read(), "CERTIFICATE")[0])
+        tom.send(b"still there?\n")
+        wendy.until("chat", name="tom", text="still there?")
+        wendy.ws.send("yes, on the old one")
+        tom.read_until(b"wendy: yes, on the old one\n")
+
+
 class WebPageTest(WebCase):
     """--web-port: the page, its WebSocket, and web members like any other (issue 12)."""
 
@@ -5618,6 +5745,364 @@ class HttpsPartsTest(unittest.TestCase):
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(os.path.dirname(path), name)).st_mode),
                              0o600)
         pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER).load_cert_chain(path)
+
+
+class StandInCa:
+    """AcmeClient.certificate() as a CA would answer it, signed by openssl with a CA of
+    the test's own, for `days` from now; or each of `problems` (AcmeError) in turn
+    first.  then() is called as a certificate is handed over."""
+
+    def __init__(self, folder: str, days: int = 3):
+        self.folder, self.days, self.orders, self.problems = folder, days, [], []
+        self.then: Callable[[], None] = lambda: None
+        self.ca, self.ca_key = os.path.join(folder, "ca.pem"), os.path.join(folder, "ca.key")
+        made = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                       "-nodes", "-keyout", self.ca_key, "-out", self.ca, "-days", "9",
+                       "-subj", "/CN=stand-in CA")
+        assert made.returncode == 0, made.stderr
+
+    def certificate(self, client, ip: str, key: int, answer) -> str:
+        self.orders.append(ip)
+        answer("t0ken", "t0ken.thumbprint")
+        answer("t0ken", None)
+        if self.problems:
+            raise self.problems.pop(0)
+        request = os.path.join(self.folder, "request.der")
+        with open(request, "wb") as f:
+            f.write(pcr.certificate_request(key, ip))
+        signed = openssl("x509", "-req", "-inform", "DER", "-in", request, "-CA", self.ca,
+                         "-CAkey", self.ca_key, "-days", str(self.days), "-copy_extensions", "copy",
+                         "-set_serial", str(len(self.orders)))
+        assert signed.returncode == 0, signed.stderr
+        self.then()
+        with open(self.ca) as f:
+            return signed.stdout.decode() + f.read()
+
+
+class PageCertificateTest(WebCase):
+    """PageCertificate with a stand-in CA and a clock of the test's: got, put in place,
+    kept and reused, renewed at two thirds, failures said and tried again with backoff,
+    a new address, a certificate that runs out."""
+
+    LAN = "192.168.1.20:5051"
+
+    def setUp(self):
+        super().setUp()
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.ca = StandInCa(self.dir)
+        patch = mock.patch.object(pcr.AcmeClient, "certificate",
+                                  lambda client, *args: self.ca.certificate(client, *args))
+        patch.start()
+        self.addCleanup(patch.stop)
+        self.now = time.time()
+        self.said: list[tuple[str, bool]] = []
+        self.links: list[tuple[str | None, str | None]] = []
+        self.changed = threading.Condition()
+        self.start(https=True, acme_directory="https://ca.test/dir")
+
+    def keeper(self) -> pcr.PageCertificate:
+        def said(sentence: str, warning: bool) -> None:
+            with self.changed:
+                self.said.append((sentence, warning))
+                self.changed.notify_all()
+
+        def certified(ip: str | None, link: str | None) -> None:
+            with self.changed:
+                self.links.append((ip, link))
+                self.changed.notify_all()
+        keeper = pcr.PageCertificate(self.server.settings, self.server, self.LAN, said, certified,
+                                     pcr.CertificateStore("https://ca.test/dir", self.dir),
+                                     lambda: self.now)
+        self.addCleanup(keeper.close)
+        return keeper
+
+    def until(self, done: Callable[[], bool], what: str) -> None:
+        with self.changed:
+            self.assertTrue(self.changed.wait_for(done, WAIT), f"no {what}: {self.said}")
+
+    def said_with(self, words: str, warning: bool = False) -> str:
+        self.until(lambda: any(words in text and w == warning for text, w in self.said), words)
+        return next(text for text, w in self.said if words in text)
+
+    def served(self) -> bytes:
+        """The certificate the page's port shows over TLS (checked against the stand-in CA)."""
+        context = pcr.ssl.create_default_context(cafile=self.ca.ca)
+        with socket.create_connection(("127.0.0.1", self.web), WAIT) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.getpeercert(binary_form=True)
+
+    def test_a_certificate_is_got_put_in_place_kept_and_reused_after_a_restart(self):
+        link = f"http://127.0.0.1:{self.web}/"
+        self.keeper().address("127.0.0.1", link=link)
+        said = self.said_with("is in place")
+        self.assertRegex(said, r"^the page's certificate for 127\.0\.0\.1 is in place \(new from "
+                               r"ca\.test, valid until .+; renewed from .+\)$")
+        self.assertIn(("asking ca.test for a certificate for 127.0.0.1…", False), self.said)
+        self.until(lambda: ("127.0.0.1", f"https://127.0.0.1:{self.web}/") in self.links, "https link")
+        first = self.served()
+        self.assertEqual(self.ca.orders, ["127.0.0.1"])
+        self.assertEqual(self.on_loop(lambda: self.server.door.secure.answers), {})   # withdrawn
+        self.said.clear()
+        self.keeper().address("127.0.0.1", link=link)   # the room started again
+        self.said_with("is in place (kept from before")
+        self.assertEqual(self.ca.orders, ["127.0.0.1"])   # no new order
+        self.assertEqual(self.served(), first)
+
+    def test_renewal_at_two_thirds_and_failures_warn_and_back_off(self):
+        keeper = self.keeper()
+        keeper.address("127.0.0.1")
+        self.said_with("is in place")
+        first = self.served()
+        self.ca.then = lambda: setattr(self, "now", time.time())   # its dates are the real clock's
+        self.now = time.time() + 2 * 86400 + 60   # past two thirds of 3 days
+        keeper.address("127.0.0.1")
+        self.until(lambda: len(self.ca.orders) == 2, "renewal")
+        self.until(lambda: self.served() != first, "the new certificate served")
+        self.said_with("in place (new from ca.test")
+        self.ca.then = lambda: None
+        self.now = time.time() + 2 * 86400 + 120
+        self.ca.problems = [pcr.AcmeError("the certificate authority at ca.test said no: it has "
+                                          "given this address or account too many certificates "
+                                          "lately (rateLimited: slow down)", "rateLimited")] * 3
+        keeper.address("127.0.0.1")
+        warning = self.said_with("could not be renewed", warning=True)
+        self.assertRegex(warning, r"^the page's certificate could not be renewed \(no certificate "
+                                  r"for 127\.0\.0\.1: the certificate authority at ca\.test said no: "
+                                  r".+ \(rateLimited: slow down\); trying again in 5 minutes\); it is "
+                                  r"valid until .+$")
+        self.now += 200   # before the next try: nothing asked
+        keeper.address("127.0.0.1")
+        time.sleep(0.3)
+        self.assertEqual(len(self.ca.orders), 3)
+        self.now += 101
+        keeper.address("127.0.0.1")
+        self.said_with("trying again in 10 minutes", warning=True)
+        self.ca.problems = [pcr.AcmeError("busy", "rateLimited", retry_after=3 * 3600)]
+        self.now += 601
+        keeper.address("127.0.0.1")
+        self.said_with("trying again in 3 hours", warning=True)   # Retry-After over backoff
+        self.now += 86400   # past the end of its life
+        keeper.address("127.0.0.1")
+        self.said_with("has run out; the page is on http", warning=True)
+        self.until(lambda: self.links[-1] == (None, None), "https withdrawn")
+        self.assertIsNone(self.on_loop(lambda: self.server.door.secure.context))
+
+    def test_the_ca_not_reaching_port_80_says_what_to_forward(self):
+        self.ca.problems = [pcr.AcmeError("the certificate authority at ca.test could not check this "
+                                          "room at 11.0.0.1 (connection: refused)", "connection",
+                                          unreached=True, detail="connection: refused")]
+        self.keeper().address("11.0.0.1")
+        self.assertEqual(self.said_with("forward TCP port 80"),
+                         "the certificate authority could not reach port 80 of 11.0.0.1 (connection: "
+                         "refused): forward TCP port 80 to 192.168.1.20:5051 on your router; trying "
+                         "again in 5 minutes; the page stays on http until then")
+        self.assertEqual(self.links, [])
+
+    def test_a_new_address_gets_a_new_certificate_and_no_address_gets_its_sentence(self):
+        keeper = self.keeper()
+        keeper.address(None, pcr.HTTPS_NO_PUBLIC)
+        self.said_with("probably CGNAT")
+        keeper.address("127.0.0.1")
+        self.said_with("for 127.0.0.1 is in place")
+        keeper.address("127.0.0.2")
+        self.said_with("for 127.0.0.2 is in place")
+        self.assertEqual(self.ca.orders, ["127.0.0.1", "127.0.0.2"])
+        self.assertEqual(self.on_loop(lambda: self.server.door.secure.ip), "127.0.0.2")
+        self.assertIn((None, None), self.links)   # the first withdrawn before the second came
+
+
+# The friend's browser, run inside the friend's namespace (a program of its own: selenium
+# drives Chromium there, with HOME's NSS database).  argv: the page's link, a profile
+# folder, the name to join as.  It prints one line a step, then "done" and what it saw as JSON.
+FRIEND_BROWSER = """
+import json, shutil, sys, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+link, profile, name = sys.argv[1:4]
+options = webdriver.ChromeOptions()
+options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            f"--user-data-dir={profile}"):
+    options.add_argument(arg)
+driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+seen = {}
+try:
+    driver.set_page_load_timeout(20)
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": link.rstrip("/"),
+                                                        "permissions": ["notifications"]})
+    driver.get(link)
+    seen["title"], seen["secure"] = driver.title, driver.execute_script("return window.isSecureContext")
+    seen["insecure_requests"] = driver.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.startsWith('http:')).length")
+    wait = WebDriverWait(driver, 15)
+    wait.until(lambda d: d.find_element(By.ID, "name").is_displayed())
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "join-button").click()
+    wait.until(lambda d: "joined the chat" in d.find_element(By.ID, "log").text)
+    seen["notify_offered"] = driver.execute_script("return !document.getElementById('notify-row').hidden")
+    driver.execute_script(
+        "const box = document.getElementById('notify'); if (!box.checked) { box.click(); }"
+        "window.shown = []; const real = window.Notification;"
+        "window.Notification = new Proxy(real, {construct(target, args) {"
+        "  window.shown.push(args[0]); return new target(...args); }});"
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});"
+        "document.dispatchEvent(new Event('visibilitychange'));")
+    print("in the room, hidden", flush=True)
+    wait.until(lambda d: d.execute_script("return window.shown.length"))
+    seen["notified"] = driver.execute_script("return window.shown")
+    driver.execute_script("delete document.hidden; document.dispatchEvent(new Event('visibilitychange'));")
+    driver.find_element(By.ID, "message").send_keys("hello from outside" + Keys.ENTER)
+    wait.until(lambda d: "hello from outside" in d.find_element(By.ID, "log").text)
+finally:
+    seen["log"] = driver.find_element(By.TAG_NAME, "body").text[-2000:] if driver else ""
+    driver.quit()
+    print("done " + json.dumps(seen), flush=True)
+"""
+
+
+# Run in a namespace: what a plain http GET of argv[1] answers (status and Location, no
+# redirect followed), and whether a TLS handshake with argv[2]:argv[3] verifies with the
+# CA file argv[4] (and with the system's roots alone).
+HTTP_AND_TLS = """
+import http.client, json, socket, ssl, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+plain = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+plain.request("GET", url.path)
+answer = plain.getresponse()
+seen = {"status": answer.status, "location": answer.getheader("Location")}
+for name, context in (("with_root", ssl.create_default_context(cafile=sys.argv[4])),
+                      ("system_roots", ssl.create_default_context())):
+    try:
+        with socket.create_connection((sys.argv[2], int(sys.argv[3])), 5) as raw, \\
+                context.wrap_socket(raw, server_hostname=sys.argv[2]) as tls:
+            seen[name] = tls.getpeercert()["subjectAltName"]
+    except ssl.SSLError as e:
+        seen[name] = e.reason
+print(json.dumps(seen))
+"""
+
+
+def https_lab_missing() -> str:
+    """Why the home network with its router and a CA (pebble) cannot be had here; "" if it can."""
+    return home_network_missing() or namespaces_missing("pebble", "openssl")
+
+
+class HttpsOverTheInternetTest(unittest.TestCase):
+    """--https against pebble, Let's Encrypt's test CA, on the internet side of the home
+    network the --upnp tests build (its validator comes to the router's port 80); the
+    friend's Chromium in the friend's namespace trusts pebble's root from its NSS database."""
+
+    def setUp(self):
+        if reason := https_lab_missing():
+            self.skipTest(reason)
+
+    def room(self, home: HomeNetwork) -> subprocess.Popen:
+        return home.room("--upnp", "--https", "--web-port", "5051", "--acme-directory", home.acme,
+                         "--acme-ca-file", home.ca_file, "--log-file", os.path.join(home.dir, "room.log"))
+
+    def room_log(self, home: HomeNetwork) -> str:
+        with open(os.path.join(home.dir, "room.log"), encoding="utf-8") as f:
+            return f.read()
+
+    def friend_browser(self, home: HomeNetwork, link: str) -> str:
+        """Chromium in the friend's namespace, with pebble's root in its NSS database; the
+        path of what it prints."""
+        if webdriver is None or not shutil.which("chromedriver") or not shutil.which("certutil"):
+            self.skipTest(f"{NO_BROWSER}; and certutil (apt install libnss3-tools)")
+        browser_home = os.path.join(home.dir, "friend")
+        nss = os.path.join(browser_home, ".pki", "nssdb")
+        os.makedirs(nss)
+        root = os.path.join(home.dir, "pebble-root.pem")
+        with open(root, "w") as f:
+            f.write(home.ca_root())
+        for args in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "pebble", "-i", root]):
+            done = subprocess.run(["certutil", "-d", f"sql:{nss}", *args], capture_output=True,
+                                  text=True, timeout=WAIT)
+            self.assertEqual(done.returncode, 0, done.stderr)
+        return home.start("wan", "env", f"HOME={browser_home}", sys.executable, "-c", FRIEND_BROWSER,
+                          link, os.path.join(home.dir, "profile"), "friend", name="browser")
+
+    def test_a_friend_outside_opens_the_https_link_with_no_warning_and_chats(self):
+        home = HomeNetwork(self)
+        home.start_router(port_80=True)
+        ca_log = home.start_ca(nonce_reject=50)   # pebble's 5% made 50%: a badNonce comes for sure
+        room = self.room(home)
+        said = printed_until(room, "over the internet:  https://11.0.0.1:5051/", ROUTER_SAYS)
+        self.assertIn("(your router forwards both: PCP; and its port 80 to the page, for https)", said)
+        self.assertRegex(said, r"  https: the page's certificate for 11\.0\.0\.1 is in place \(new "
+                               r"from 11\.0\.0\.2:14000, valid until")
+        self.assertIn("  the App:            its lines cross the internet unencrypted; phones and "
+                      "browsers use https", said)
+        self.assertIn((80, home.LAN_IP, 5051), home.mappings())
+        self.assertIn("refused a nonce (badNonce); trying again", self.room_log(home))
+        self.assertEqual(len(re.findall("Added order", home.printed(ca_log, "Issued certificate"))), 1)
+        root = os.path.join(home.dir, "root.pem")
+        with open(root, "w") as f:
+            f.write(home.ca_root())
+        seen = json.loads(home.run("wan", sys.executable, "-c", HTTP_AND_TLS, "http://11.0.0.1:5051/p/x",
+                                   "11.0.0.1", "5051", root).stdout)
+        self.assertEqual(seen["status"], 308)   # plain http from the internet: to https
+        self.assertEqual(seen["location"], "https://11.0.0.1:5051/p/x")
+        self.assertEqual(seen["with_root"], [["IP Address", "11.0.0.1"]])
+        self.assertEqual(seen["system_roots"], "CERTIFICATE_VERIFY_FAILED")
+        at_home = home.run("lan", sys.executable, "-c", HTTP_AND_TLS, "http://192.168.77.20:5051/",
+                           "192.168.77.20", "5051", root).stdout
+        self.assertEqual(json.loads(at_home)["status"], 200)   # the same network keeps http
+        ann = home.at_home("ann")
+        ann.read_until("[1 person is online]\n")
+        browser = self.friend_browser(home, "https://11.0.0.1:5051/")
+        home.printed(browser, "in the room, hidden", 40)
+        ann.type("hello friend, can you read me?\n")
+        seen = json.loads(home.printed(browser, "done ", 20).split("done ", 1)[1])
+        self.assertEqual((seen["title"], seen["secure"], seen["insecure_requests"]),
+                         ("PrivateChatRoom", True, 0), seen)
+        self.assertTrue(seen["notify_offered"])
+        self.assertEqual(seen["notified"], ["ann named you"])
+        ann.read_until("friend: hello from outside\n")
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.mappings(), [])   # port 80 too
+        orders = home.printed(ca_log, "").count("POST /order-plz")
+        room = self.room(home)   # a restart reuses the certificate: no order
+        said = printed_until(room, "over the internet:  https://11.0.0.1:5051/", ROUTER_SAYS)
+        self.assertIn("is in place (kept from before", said)
+        self.assertEqual(home.printed(ca_log, "").count("POST /order-plz"), orders)
+        kept = os.path.join(home.dir, ".pcr_https", "11.0.0.2_14000")
+        self.assertEqual(sorted(os.listdir(kept)), ["account.key", "certificate.pem"])
+        for secret in ("PRIVATE KEY", "BEGIN"):
+            self.assertNotIn(secret, self.room_log(home))
+
+    def test_port_80_not_forwarded_gives_its_sentence_and_the_page_stays_open_on_http(self):
+        home = HomeNetwork(self)
+        home.start_router()   # its rules keep port 80 for the router itself
+        home.start_ca()
+        room = self.room(home)
+        said = printed_until(room, "on your router", ROUTER_SAYS)
+        self.assertIn("(your router forwards both: PCP; not its port 80 (", said)
+        self.assertRegex(said, r"  https: the certificate authority could not reach port 80 of "
+                               r"11\.0\.0\.1 \(connection: .+\): forward TCP port 80 to "
+                               r"192\.168\.77\.20:5051 on your router; trying again in 5 minutes; "
+                               r"the page stays on http until then\n")
+        self.assertRegex(home.reaches_from_wan(5051, "/"), r"^200 \d{4,}$")   # plain, not moved
+        home.at_home("ann").read_until("[1 person is online]\n")
+        self.assertIn("forward TCP port 80 to 192.168.77.20:5051 on your router", self.room_log(home))
+
+    def test_cgnat_gives_its_sentence_and_the_ca_hears_nothing(self):
+        home = HomeNetwork(self, wan_ip="100.64.0.1")
+        home.start_router(port_80=True)
+        ca_log = home.start_ca()
+        room = self.room(home)
+        said = printed_until(room, f"  https: {pcr.HTTPS_NO_PUBLIC}\n", ROUTER_SAYS)
+        self.assertIn("probably CGNAT or a second router", said)   # the router's sentence, and https's
+        home.at_home("ann").read_until("[1 person is online]\n")
+        self.assertNotIn("calling handler", home.printed(ca_log, ""))
 
 
 # ---------------------------------------------------------------------------
