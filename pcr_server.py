@@ -2991,6 +2991,13 @@ class SecurePage:
         log.info("https: the page's port %s", f"serves https for {ip} and http" if ip
                  else "serves http alone")
 
+    def switch(self, on: bool) -> None:
+        """--https on or off while the room runs (the window's box); off: plain http alone."""
+        self.on = on
+        if not on:
+            self.context = self.ip = None
+            self.answers.clear()
+
     def answer(self, token: str, key_authorization: str | None) -> None:
         """Answer the CA's look at `token` (None: no more)."""
         if key_authorization is None:
@@ -6404,15 +6411,16 @@ class WindowView:
         self.forward_note.grid(row=row, column=0, columnspan=3, sticky="w", pady=(0, 3))
         self._build_switches(box, window, settings)
         notes = []
-        for row, style in enumerate(("Problem", "Note", "Note", "Note", "Problem", "Note"), start=3):
+        for row, style in enumerate(("Problem", "Note", "Note", "Note", "Note", "Problem", "Note"),
+                                    start=4):
             notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
             notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
-        (self.loopback_warning, self.router_note, self.tls_note, self.key_note, self.key_warning,
-         self.copied_note) = notes
+        (self.loopback_warning, self.router_note, self.https_note, self.tls_note, self.key_note,
+         self.key_warning, self.copied_note) = notes
         self.copied_note.grid_remove()
 
     def _build_switches(self, box, window: "ServerWindow", settings: Settings) -> None:
-        """The page switch and the router switch: each works while the room runs."""
+        """The page switch, the router switch and the https box: each works while the room runs."""
         import tkinter as tk
         from tkinter import ttk
         self.page_on = tk.BooleanVar(value=settings.web_port is not None)
@@ -6422,6 +6430,10 @@ class WindowView:
         self.upnp_switch = ttk.Checkbutton(box, variable=self.upnp_on, command=window.switch_router,
                                            text="Let my router forward the port (UPnP / NAT-PMP)")
         self.upnp_switch.grid(row=2, column=0, sticky="w", pady=(4, 0))
+        self.https_on = tk.BooleanVar(value=settings.https)
+        self.https_switch = ttk.Checkbutton(box, variable=self.https_on, command=window.switch_https,
+                                            text="HTTPS for the page over the internet")
+        self.https_switch.grid(row=3, column=0, sticky="w", pady=(4, 0))
 
     def _build_info(self, side) -> None:
         from tkinter import ttk
@@ -6545,6 +6557,92 @@ class RouterSwitch:
         return ""
 
 
+class HttpsSwitch:
+    """The window's https box at work: while it is ticked and the room serves its page,
+    a PageCertificate keeps the page's certificate, told the public address once the
+    look-up or the router has said it.  On the Tk thread; what the keeper says comes
+    through the inbox (hear)."""
+
+    def __init__(self):
+        self.keeper: PageCertificate | None = None
+        self.told: tuple[str | None, str] | None = None   # the address last told to the keeper
+        self.said: tuple[str, bool] = ("", False)         # its last sentence, and if a warning
+        self.certified: str | None = None                 # the address its certificate names
+
+    def start(self, settings: Settings, server: Server | None, listening: tuple[str, int] | None,
+              page_listening: tuple[str, int] | None, private_ip: str | None,
+              news: Callable) -> None:
+        """Keep a certificate for the page (again: a port changed) if the box is ticked and
+        friends elsewhere could open it; news(kind, ...) on the keeper's thread."""
+        self.stop(server)
+        if not (settings.https and server and listening and page_listening):
+            return
+        if is_loopback(listening[0]):
+            self.said = (HTTPS_ONLY_HERE.format(listening[0]), False)
+            return
+        server.loop.call_soon_threadsafe(server.door.secure.switch, True)
+        lan = host_port(same_network_host(listening[0], private_ip or "?"), page_listening[1])
+        self.keeper = PageCertificate(settings, server, lan, lambda *said: news("https-said", *said),
+                                      lambda ip, _: news("https-certified", ip))
+
+    def stop(self, server: Server | None = None) -> None:
+        """No certificate kept any more; the page's port serves http alone."""
+        keeper, self.keeper, self.told, self.certified, self.said = self.keeper, None, None, None, (
+            "", False)
+        if keeper is not None:
+            keeper.close()
+        if server is not None:
+            server.loop.call_soon_threadsafe(server.door.secure.switch, False)
+
+    def hear(self, kind: str, *news) -> None:
+        if self.keeper is not None:
+            if kind == "https-said":
+                self.said = news[0], news[1]
+            else:
+                self.certified = news[0]
+
+    def tell(self, router: RouterSwitch, public_ip: str | None, looking: bool) -> None:
+        """Tell the keeper the address to certify once it is known: the router's where it
+        forwards the room (or has none), else the look-up's."""
+        result, router_public_ip = router.heard or (None, None)
+        if result and result.outcome in (RouterOutcome.FORWARDED, RouterOutcome.NO_PUBLIC):
+            address = certificate_address(result, router_public_ip, None)
+        elif (router.router is not None and result is None) or (looking and not public_ip):
+            return   # not known yet
+        else:
+            address = certificate_address(None, None, public_ip)
+        if self.keeper is not None and address != self.told:
+            self.told = address
+            self.keeper.address(*address)
+
+    def show(self, view: WindowView, page: bool) -> None:
+        """What the window says of https (a warning as a problem); the box works with the page."""
+        text, warning = self.said
+        text = text[:1].upper() + text[1:]
+        show_line(view.https_note, f"HTTPS: {text}" + ("" if text.endswith(("…", ".")) else ".")
+                  if text else "")
+        view.https_note.configure(style="Problem.TLabel" if warning else "Note.TLabel")
+        view.https_switch.state(["!disabled"] if page and view.upnp_switch.instate(["!disabled"])
+                                else ["disabled"])
+
+
+def status_sentence(state: RoomState, listen: tuple[str, int], quitting: bool, problem: str) -> str:
+    """The window's status line for the room in `state`, listening at `listen`."""
+    host, port = listen
+    where = host_port(host, port)
+    if quitting:
+        return "Stopping the server before closing…"
+    if state == RoomState.RUNNING and is_loopback(host):
+        return f"The room is open, but only this computer can join it ({where})."
+    return {
+        RoomState.STOPPED: f"The room is closed. Start server opens it on {where}.",
+        RoomState.STARTING: f"Starting on {where}…",
+        RoomState.RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
+        RoomState.STOPPING: "Stopping: members are being told the server stops…",
+        RoomState.ERROR: problem,
+    }[state]
+
+
 class ServerWindow:
     """The server's window: start and stop, addresses, who is in, the log.
 
@@ -6580,6 +6678,7 @@ class ServerWindow:
         self.flash_id = None
         self.copied_ms = COPIED_MS   # how long "Copied ✓" and what was copied stay
         self.router = RouterSwitch()
+        self.https = HttpsSwitch()
         self.view = WindowView(root, self, settings)
         log.addHandler(self.log_feed)
         self._look_up_addresses()
@@ -6627,6 +6726,7 @@ class ServerWindow:
         """The server thread is gone: show why, then restart or close if asked."""
         self.server = self.thread = self.listening = self.page_listening = None
         self.router.forget()
+        self.https.stop()
         self._show_members([])
         problem, self.start_error = self.start_error, None
         restart, self.restart_pending = self.restart_pending, False
@@ -6657,6 +6757,7 @@ class ServerWindow:
         if self.thread is not None:
             log.warning("the server did not stop in time; closing anyway")
         self.router.close()
+        self.https.stop()
         self.closed = True
         self.dialog = None
         log.removeHandler(self.log_feed)
@@ -6710,6 +6811,8 @@ class ServerWindow:
                 self._ask_router()   # the page's port too
             elif kind == "router":
                 self.router.hear(news[1], news[2])
+            elif kind.startswith("https"):
+                self.https.hear(kind, *news[1:])
             elif kind == "page-failed":
                 self._page_refused(news[1])
             elif kind == "failed":
@@ -6849,7 +6952,7 @@ class ServerWindow:
     def _friends_join(self) -> FriendsJoin:
         return friends_join(self.settings, self._listen_address(), self.ips["private"],
                             self.ips["public"], self._page_port() if self.view.page_on.get() else None,
-                            *(self.router.heard or (None, None)))
+                            *(self.router.heard or (None, None)), self.https.certified is not None)
 
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
@@ -6892,6 +6995,15 @@ class ServerWindow:
         server, inbox = self.server, self.inbox
         self.router.ask(self.settings, self.listening, self.page_listening,
                         lambda result, ip: inbox.put(("router", server, result, ip)))
+        self.https.start(self.settings, server, self.listening, self.page_listening,   # if ticked
+                         self.ips["private"], lambda kind, *news: inbox.put((kind, server, *news)))
+
+    def switch_https(self) -> None:
+        """The https box: from the next start, and now if the room runs with its page."""
+        self.settings = dataclasses.replace(self.settings, https=self.view.https_on.get())
+        if self.state == RoomState.RUNNING:
+            self._ask_router()   # the router's port 80 too, and the keeper
+        self._show_state()
 
     def _page_refused(self, problem: str) -> None:
         self.view.page_on.set(False)
@@ -6943,6 +7055,8 @@ class ServerWindow:
         view.upnp_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         show_line(view.router_note, self.router.note(join))
+        self.https.tell(self.router, self.ips["public"], self.unknown["public"] == "looking")
+        self.https.show(view, bool(join.page_port))
         view.address_rows.grid_remove() if join.only_here else view.address_rows.grid()
         show_line(view.loopback_warning,
                   f"Only this computer can join: the listen address is {join.listen[0]}. To let "
@@ -6969,7 +7083,8 @@ class ServerWindow:
         self.view.stop_button.state(["!disabled"] if can_stop else ["disabled"])
         colour, word = state.value
         self.view.badge.configure(text=f"● {word}", background=colour)
-        self.view.status_line.configure(text=self._status_sentence(),
+        self.view.status_line.configure(text=status_sentence(state, self._listen_address(),
+                                                             self.quitting, self.problem),
                                    style="Problem.TLabel" if state == RoomState.ERROR else "Note.TLabel")
         next_address = host_port(self.settings.host, self.settings.port)
         self._show_join()
@@ -6979,20 +7094,6 @@ class ServerWindow:
         self.view.info["privacy"].configure(text=privacy_text(self.settings))
         self._show_disconnect()
 
-    def _status_sentence(self) -> str:
-        host, port = self._listen_address()
-        listen = host_port(host, port)
-        if self.quitting:
-            return "Stopping the server before closing…"
-        if self.state == RoomState.RUNNING and is_loopback(host):
-            return f"The room is open, but only this computer can join it ({listen})."
-        return {
-            RoomState.STOPPED: f"The room is closed. Start server opens it on {listen}.",
-            RoomState.STARTING: f"Starting on {listen}…",
-            RoomState.RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
-            RoomState.STOPPING: "Stopping: members are being told the server stops…",
-            RoomState.ERROR: self.problem,
-        }[self.state]
 
 
 def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:

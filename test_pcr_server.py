@@ -7095,6 +7095,7 @@ class HostWindowTest(unittest.TestCase):
     start_server, member, info, address = (GuiTest.start_server, GuiTest.member, GuiTest.info,
                                            GuiTest.address)
     shown, status, fill = GuiTest.shown, GuiTest.status, GuiTest.fill
+    room_with_public_address = GuiTest.room_with_public_address
 
     def test_the_page_is_ticked_from_the_command_line_and_served_at_port_plus_one(self):
         import tkinter
@@ -7172,6 +7173,39 @@ class HostWindowTest(unittest.TestCase):
         self.pump_until(lambda: str(w.view.copy_buttons["private"].cget("text")) == "Copy",
                         "Copied ✓ to fade")
         self.assertEqual(self.shown(w.view.copied_note), "")
+
+    def test_the_https_box_gets_the_page_a_certificate_or_says_what_to_forward(self):
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        ca = StandInCa(folder)
+        ca.problems = [pcr.AcmeError("unreached", "connection", unreached=True,
+                                     detail="connection: refused")]
+        patch = mock.patch.object(pcr.AcmeClient, "certificate",
+                                  lambda client, *args: ca.certificate(client, *args))
+        patch.start()
+        self.addCleanup(patch.stop)
+        self.room_with_public_address(https=True, web_port=0)
+        page = self.window.page_listening[1]
+        note = self.window.view.https_note
+        self.pump_until(lambda: "on your router" in self.shown(note), "the port 80 sentence")
+        self.assertRegex(self.shown(note), rf"^HTTPS: The certificate authority could not reach port "
+                                           rf"80 of 203\.0\.113\.7 \(connection: refused\): forward "
+                                           rf"TCP port 80 to [\d.]+:{page} on your router; .+\.$")
+        self.assertEqual(self.address("page"), f"http://203.0.113.7:{page}/")
+        for _ in range(2):   # off, and on again: asked again, and this time it comes
+            self.window.view.https_switch.invoke()
+        self.pump_until(lambda: self.address("page") == f"https://203.0.113.7:{page}/",
+                        "the https link")
+        self.assertRegex(self.shown(note), r"^HTTPS: The page's certificate for 203\.0\.113\.7 is in "
+                                           r"place \(new from Let's Encrypt, valid until .+\)\.$")
+        self.assertEqual(ca.orders, ["203.0.113.7", "203.0.113.7"])
+        self.window.view.https_switch.invoke()   # off: plain http for everyone again
+        self.pump_until(lambda: self.address("page").startswith("http://"), "the http link")
+        self.assertEqual(self.shown(note), "")
+        self.assertIsNone(self.window.server.door.secure.context)
+
 
 
 # ---------------------------------------------------------------------------
