@@ -4819,9 +4819,14 @@ class RouterPorts:
                     self._way.renew(port, 80, int(self.lease), deadline)
                 except (RouterRefused, OSError, ValueError) as e:
                     log.info("router: could not renew its port 80 for https (%s)", e)
-            moved = self.result and self.result.forwarded != self._mapped
+            external = self._external(self._way, deadline) or ""   # a home's address changes
+            readdressed = bool(self.result and public_address(external)
+                               and external != self.result.external_ip)
+            moved = self.result and (self.result.forwarded != self._mapped or readdressed)
             if moved:
-                self.result = dataclasses.replace(self.result, forwarded=dict(self._mapped))
+                self.result = dataclasses.replace(self.result, forwarded=dict(self._mapped),
+                                                  external_ip=external if readdressed
+                                                  else self.result.external_ip)
         if moved:
             log.info("router: %s", router_sentence(self.result))
             if self.on_change:

@@ -1079,9 +1079,9 @@ class FakeWay:
         self.moved = moved or {}
         self.asked: list[tuple] = []
 
-    def forward(self, port, wanted, lease, deadline):
-        self.asked.append(("forward", port, wanted, lease))
-        if port in self.refuse:
+    def forward(self, port, wanted, lease, deadline, exact=False):
+        self.asked.append(("forward", port, wanted, lease) + (("exact",) if exact else ()))
+        if port in self.refuse or wanted in self.refuse:
             raise pcr.RouterRefused(self.name, "port taken", no_public=self.no_public)
         return self.moved.get(port, wanted), lease
 
@@ -5313,6 +5313,30 @@ class RouterPortsTest(unittest.TestCase):
         router.close()
         self.assertIn(("remove", 5050, 5099), way.asked)
 
+    def test_with_https_the_routers_port_80_leads_to_the_page_and_goes_with_the_rest(self):
+        way = FakeWay()
+        router = self.router(way, lease=1234, challenge=5051)
+        result = router.open()
+        self.assertEqual((result.outcome, result.port_80), (pcr.RouterOutcome.FORWARDED, "forwarded"))
+        self.assertEqual(way.asked[2], ("forward", 5051, 80, 1234, "exact"))   # that port, or none
+        self.assertEqual(result.forwarded, {5050: 5050, 5051: 5051})
+        self.assertIn("; and its port 80 to the page, for https)", pcr.router_sentence(result))
+        router.close()
+        self.assertIn(("remove", 5051, 80), way.asked)
+        refused = self.router(FakeWay(refuse=(80,)), challenge=5051).open()
+        self.assertEqual((refused.outcome, refused.port_80), (pcr.RouterOutcome.FORWARDED, "port taken"))
+        self.assertIn("; not its port 80 (port taken))", pcr.router_sentence(refused))
+
+    def test_a_new_address_on_the_routers_internet_side_is_told(self):
+        way, told = FakeWay(external_ip="11.0.0.1"), []
+        router = self.router(way, lease=2.0, on_change=told.append)
+        router.open()
+        way.external_ip = "11.0.0.9"   # the provider gave the home another address
+        deadline = time.monotonic() + WAIT
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual((told[0].external_ip, told[0].forwarded), ("11.0.0.9", {5050: 5050, 5051: 5051}))
+
     def test_closed_before_the_router_answers_maps_nothing(self):
         way = FakeWay()
         router = self.router(way)
@@ -5681,7 +5705,12 @@ class HttpsPartsTest(unittest.TestCase):
                 pcr.der_read(bent)
 
     def test_what_a_certificate_says_is_read_as_openssl_reads_it(self):
-        cert, _ = make_certificate(self.dir, "IP:11.0.0.1,DNS:room.example,IP:2a0f:77::20")
+        cert = self.path("cert.pem")
+        made = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                       "-nodes", "-keyout", self.path("key.pem"), "-out", cert, "-days", "2",
+                       "-subj", "/CN=room", "-addext",
+                       "subjectAltName=IP:11.0.0.1,DNS:room.example,IP:2a0f:77::20")
+        self.assertEqual(made.returncode, 0, made.stderr)
         with open(cert) as f:
             facts = pcr.certificate_facts(pcr.pem_blocks(f.read(), "CERTIFICATE")[0])
         self.assertEqual(facts.addresses, ("11.0.0.1", "2a0f:77::20"))
@@ -5916,7 +5945,8 @@ class PageCertificateTest(WebCase):
 
 # The friend's browser, run inside the friend's namespace (a program of its own: selenium
 # drives Chromium there, with HOME's NSS database).  argv: the page's link, a profile
-# folder, the name to join as.  It prints one line a step, then "done" and what it saw as JSON.
+# folder, the name to join as, a photo to share.  It prints one line a step, then "done"
+# and what it saw as JSON.
 FRIEND_BROWSER = """
 import json, shutil, sys, time
 from selenium import webdriver
@@ -5924,7 +5954,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-link, profile, name = sys.argv[1:4]
+link, profile, name, photo = sys.argv[1:5]
 options = webdriver.ChromeOptions()
 options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
 for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -5939,8 +5969,6 @@ try:
                                                         "permissions": ["notifications"]})
     driver.get(link)
     seen["title"], seen["secure"] = driver.title, driver.execute_script("return window.isSecureContext")
-    seen["insecure_requests"] = driver.execute_script(
-        "return performance.getEntriesByType('resource').filter(e => e.name.startsWith('http:')).length")
     wait = WebDriverWait(driver, 15)
     wait.until(lambda d: d.find_element(By.ID, "name").is_displayed())
     driver.find_element(By.ID, "name").send_keys(name)
@@ -5960,6 +5988,11 @@ try:
     driver.execute_script("delete document.hidden; document.dispatchEvent(new Event('visibilitychange'));")
     driver.find_element(By.ID, "message").send_keys("hello from outside" + Keys.ENTER)
     wait.until(lambda d: "hello from outside" in d.find_element(By.ID, "log").text)
+    driver.find_element(By.ID, "photo-input").send_keys(photo)
+    wait.until(lambda d: d.execute_script(
+        "const i = document.querySelector('#log .photo img'); return i && i.complete && i.naturalWidth"))
+    seen["loaded"] = driver.execute_script(
+        "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))")
 finally:
     seen["log"] = driver.find_element(By.TAG_NAME, "body").text[-2000:] if driver else ""
     driver.quit()
@@ -6016,6 +6049,11 @@ class HttpsOverTheInternetTest(unittest.TestCase):
         path of what it prints."""
         if webdriver is None or not shutil.which("chromedriver") or not shutil.which("certutil"):
             self.skipTest(f"{NO_BROWSER}; and certutil (apt install libnss3-tools)")
+        if Image is None:
+            self.skipTest(NO_PIL)
+        photo = os.path.join(home.dir, "photo.jpg")
+        with open(photo, "wb") as f:
+            f.write(picture())
         browser_home = os.path.join(home.dir, "friend")
         nss = os.path.join(browser_home, ".pki", "nssdb")
         os.makedirs(nss)
@@ -6027,7 +6065,7 @@ class HttpsOverTheInternetTest(unittest.TestCase):
                                   text=True, timeout=WAIT)
             self.assertEqual(done.returncode, 0, done.stderr)
         return home.start("wan", "env", f"HOME={browser_home}", sys.executable, "-c", FRIEND_BROWSER,
-                          link, os.path.join(home.dir, "profile"), "friend", name="browser")
+                          link, os.path.join(home.dir, "profile"), "friend", photo, name="browser")
 
     def test_a_friend_outside_opens_the_https_link_with_no_warning_and_chats(self):
         home = HomeNetwork(self)
@@ -6057,15 +6095,21 @@ class HttpsOverTheInternetTest(unittest.TestCase):
         self.assertEqual(json.loads(at_home)["status"], 200)   # the same network keeps http
         ann = home.at_home("ann")
         ann.read_until("[1 person is online]\n")
+        tom = home.friend(5050, "tom")   # a terminal on the internet: photo links in https
+        tom.read_until("[2 people are online]\n")
         browser = self.friend_browser(home, "https://11.0.0.1:5051/")
         home.printed(browser, "in the room, hidden", 40)
         ann.type("hello friend, can you read me?\n")
-        seen = json.loads(home.printed(browser, "done ", 20).split("done ", 1)[1])
-        self.assertEqual((seen["title"], seen["secure"], seen["insecure_requests"]),
-                         ("PrivateChatRoom", True, 0), seen)
+        seen = json.loads(home.printed(browser, "done ", 30).split("done ", 1)[1])
+        self.assertEqual((seen["title"], seen["secure"]), ("PrivateChatRoom", True), seen)
         self.assertTrue(seen["notify_offered"])
         self.assertEqual(seen["notified"], ["ann named you"])
+        self.assertGreaterEqual(len(seen["loaded"]), 2)   # the page and the photo
+        self.assertEqual([url for url in seen["loaded"] if not url.startswith(
+            ("https://11.0.0.1:5051/", "data:", "blob:"))], [])   # nothing over http
         ann.read_until("friend: hello from outside\n")
+        ann.read_until("friend shared a photo: http://127.0.0.1:5051/p/")   # as ann reached it
+        tom.read_until("friend shared a photo: https://11.0.0.1:5051/p/")
         room.send_signal(signal.SIGTERM)
         self.assertEqual(room.wait(WAIT * 2), 0)
         self.assertEqual(home.mappings(), [])   # port 80 too
