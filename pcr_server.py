@@ -2946,7 +2946,7 @@ def tls_context(cert: str, key: str):
                              f"give the matching key with --tls-key FILE.") from None
         raise StartError(f"Cannot use the certificate {cert} with the key {key or cert}: one of "
                          f"them is damaged or locked with a passphrase; make a new pair "
-                         f"(README, Privacy).") from None
+                         f"(docs/TLS.md).") from None
     return context
 
 
