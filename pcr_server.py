@@ -4972,6 +4972,7 @@ ACME_ERROR = "urn:ietf:params:acme:error:"
 ACME_PROFILE = "shortlived"        # Let's Encrypt's profile for IP addresses (about 160 hours)
 ACME_TIMEOUT = 15.0                # seconds for one request to the CA, however slowly it answers
 ACME_POLL_TIME = 120.0             # seconds for a validation or an issuance to finish
+ACME_POLL_FIRST = 0.5              # seconds before the first look at a validation, doubling
 ACME_POLL_MOST = 10.0              # seconds between two looks, whatever Retry-After says
 ACME_NONCE_TRIES = 16              # a refused nonce is tried again (RFC 8555 §6.5)
 ACME_ANSWER_LIMIT = 1 << 20        # bytes of one answer
@@ -5423,7 +5424,7 @@ class AcmeClient:
     def _until_done(self, url: str, thing: dict) -> dict:
         """Look at an order or authorization (POST-as-GET) until it is neither pending nor
         processing, as often as Retry-After says (within ACME_POLL_MOST), ACME_POLL_TIME at most."""
-        deadline, pause = time.monotonic() + ACME_POLL_TIME, 0.5
+        deadline, pause = time.monotonic() + ACME_POLL_TIME, ACME_POLL_FIRST
         while thing.get("status") in ("pending", "processing"):
             if time.monotonic() + pause > deadline:
                 raise AcmeError(f"the certificate authority at {self.ca} did not finish within "

@@ -5943,6 +5943,220 @@ class PageCertificateTest(WebCase):
         self.assertIn((None, None), self.links)   # the first withdrawn before the second came
 
 
+class ScriptedCa:
+    """An ACME CA of the test's own on 127.0.0.1, over https with `cert`: just enough of
+    RFC 8555 to issue `chain`; it offers `profiles`, refuses the first `bad_nonces`
+    POSTs with badNonce, says Retry-After: `wait` while it processes, answers a path in
+    `problems` with that (status, problem, headers), and never answers one in `stall`.
+    It records each POST: (path, protected header, payload)."""
+
+    def __init__(self, case: unittest.TestCase, cert: str, key: str, chain: str,
+                 profiles: dict | None = None, bad_nonces: int = 0, wait: str = "0"):
+        self.chain, self.profiles, self.bad_nonces, self.wait = chain, profiles, bad_nonces, wait
+        self.problems: dict[str, tuple] = {}
+        self.stall: set[str] = set()
+        self.posts: list[tuple[str, dict, object, float]] = []
+        self.nonces = itertools.count(1)
+        self.state = {"challenged": False, "finalized": 0}
+        ca = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def answer(self, status: int, body: object = b"", **headers) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Replay-Nonce", f"nonce-{next(ca.nonces)}")
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def do_HEAD(self):
+                self.answer(200)
+
+            def do_GET(self):
+                meta = {"profiles": ca.profiles} if ca.profiles else {}
+                self.answer(200, {"newNonce": ca.url("/nonce"), "newAccount": ca.url("/account"),
+                                  "newOrder": ca.url("/order"), "meta": meta})
+
+            def do_POST(self):
+                signed = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                payload = unb64url(signed["payload"]) if signed["payload"] else None
+                ca.posts.append((self.path, json.loads(unb64url(signed["protected"])),
+                                 json.loads(payload) if payload else None, time.monotonic()))
+                if self.path in ca.stall:
+                    time.sleep(1.5)
+                    return
+                if ca.bad_nonces:
+                    ca.bad_nonces -= 1
+                    return self.answer(400, {"type": pcr.ACME_ERROR + "badNonce", "detail": "stale"})
+                if self.path in ca.problems:
+                    status, problem, headers = ca.problems[self.path]
+                    return self.answer(status, problem, **headers)
+                status, body, headers = ca.reply(self.path)
+                self.answer(status, body, **headers)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True   # a stalled answer does not hold the test's end
+        context = pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        case.addCleanup(self.server.server_close)
+        case.addCleanup(self.server.shutdown)
+        self.directory = self.url("/dir")
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def reply(self, path: str) -> tuple:
+        """(status, body, headers) for a POST to `path`."""
+        state = self.state
+        if path == "/account":
+            return 201, {"status": "valid"}, {"Location": self.url("/account/1")}
+        if path == "/order":
+            return 201, {"status": "pending", "authorizations": [self.url("/authz/1")],
+                         "finalize": self.url("/finalize")}, {"Location": self.url("/order/1")}
+        if path == "/authz/1":
+            challenge = {"type": "http-01", "url": self.url("/chall/1"), "token": "t0k3n"}
+            return 200, {"status": "valid" if state["challenged"] else "pending",
+                         "challenges": [{"type": "dns-01", "token": "x"}, challenge]}, {}
+        if path == "/chall/1":
+            state["challenged"] = True
+            return 200, {"status": "processing"}, {}
+        if path == "/finalize":
+            state["finalized"] = 1
+            return 200, {"status": "processing"}, {"Retry_After": self.wait}
+        if path == "/order/1":
+            if not state["finalized"]:
+                return 200, {"status": "ready", "finalize": self.url("/finalize")}, {}
+            state["finalized"] += 1
+            if state["finalized"] < 3:
+                return 200, {"status": "processing"}, {"Retry_After": self.wait}
+            return 200, {"status": "valid", "certificate": self.url("/cert/1")}, {}
+        if path == "/cert/1":
+            return 200, self.chain.encode(), {"Content_Type": "application/pem-certificate-chain"}
+        return 404, {"type": pcr.ACME_ERROR + "malformed", "detail": "no such thing"}, {}
+
+
+class AcmeClientTest(unittest.TestCase):
+    """AcmeClient against a CA of the test's own: what it asks for and how it lives
+    with the CA's answers (pebble, below, checks the signatures and the whole path)."""
+
+    @classmethod
+    def setUpClass(cls):
+        if pcr.ssl is None:
+            raise unittest.SkipTest("no ssl module")
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.cert, cls.key = make_certificate(cls.dir)
+        with open(cls.cert) as f:
+            cls.chain = f.read()
+
+    def ca(self, **kw) -> ScriptedCa:
+        patch = mock.patch.object(pcr, "ACME_POLL_FIRST", 0.05)   # Retry-After still holds
+        patch.start()
+        self.addCleanup(patch.stop)
+        return ScriptedCa(self, self.cert, self.key, self.chain, **kw)
+
+    def client(self, ca: ScriptedCa, ca_file: str | None = None) -> pcr.AcmeClient:
+        return pcr.AcmeClient(ca.directory, self.cert if ca_file is None else ca_file, pcr.p256_key())
+
+    def test_an_order_for_the_address_with_the_shortlived_profile_where_it_is_offered(self):
+        ca = self.ca(profiles={"classic": "90 days", "shortlived": "160 hours"}, bad_nonces=2,
+                     wait="1")
+        answers = []
+        client = self.client(ca)
+        chain = client.certificate("11.0.0.1", pcr.p256_key(),
+                                   lambda token, said: answers.append((token, said, ca.state["challenged"])))
+        self.assertEqual(chain, self.chain)
+        paths = [path for path, *_ in ca.posts]
+        self.assertEqual(paths[:3], ["/account"] * 3)   # two badNonces survived
+        order = next(payload for path, _, payload, _ in ca.posts if path == "/order")
+        self.assertEqual(order, {"identifiers": [{"type": "ip", "value": "11.0.0.1"}],
+                                 "profile": "shortlived"})
+        first, *rest = [header for _, header, _, _ in ca.posts]
+        self.assertIn("jwk", first)
+        self.assertEqual({h.get("kid") for h in rest[2:]}, {ca.url("/account/1")})   # then kid
+        self.assertEqual({h["alg"] for h in rest}, {"ES256"})
+        self.assertEqual([h["nonce"] for h in rest], [f"nonce-{n}" for n in range(2, 2 + len(rest))])
+        thumbprint = pcr.jwk_thumbprint(first["jwk"])
+        self.assertEqual(answers, [("t0k3n", f"t0k3n.{thumbprint}", False), ("t0k3n", None, True)])
+        finalize = next(payload for path, _, payload, _ in ca.posts if path == "/finalize")
+        request = self.write_der(unb64url(finalize["csr"]))
+        checked = openssl("req", "-inform", "DER", "-in", request, "-verify", "-noout", "-text")
+        self.assertIn(b"IP Address:11.0.0.1", checked.stdout)
+        polls = [at for path, _, _, at in ca.posts if path == "/order/1"][-3:]
+        self.assertGreaterEqual(polls[2] - polls[1], 0.9)   # Retry-After: 1 honoured
+
+    def write_der(self, data: bytes) -> str:
+        path = os.path.join(self.dir, "request.der")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_without_profiles_no_profile_is_asked_for(self):
+        ca = self.ca()
+        self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        order = next(payload for path, _, payload, _ in ca.posts if path == "/order")
+        self.assertNotIn("profile", order)
+
+    def test_a_problem_is_one_sentence_with_its_detail_and_its_retry_after(self):
+        ca = self.ca()
+        ca.problems["/order"] = (429, {"type": pcr.ACME_ERROR + "rateLimited",
+                                       "detail": "too many new orders recently"},
+                                 {"Retry_After": "3600", "Content_Type": "application/problem+json"})
+        with self.assertRaises(pcr.AcmeError) as caught:
+            self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        e = caught.exception
+        self.assertEqual((e.kind, e.retry_after, e.unreached), ("rateLimited", 3600.0, False))
+        self.assertEqual(str(e), "the certificate authority at 127.0.0.1:%d said no: it has given this "
+                                 "address or account too many certificates lately (rateLimited: too "
+                                 "many new orders recently)" % ca.server.server_address[1])
+
+    def test_a_failed_check_of_port_80_is_told_as_unreached(self):
+        ca = self.ca()
+        original = ca.reply
+
+        def reply(path):
+            if path == "/authz/1" and ca.state["challenged"]:
+                return 200, {"status": "invalid", "challenges": [
+                    {"type": "http-01", "token": "t0k3n", "status": "invalid", "error": {
+                        "type": pcr.ACME_ERROR + "connection",
+                        "detail": "11.0.0.1: Fetching http://11.0.0.1/.well-known/acme-challenge/"
+                                  "t0k3n: Connection refused"}}]}, {}
+            return original(path)
+        ca.reply = reply
+        with self.assertRaises(pcr.AcmeError) as caught:
+            self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        self.assertTrue(caught.exception.unreached)
+        self.assertEqual(caught.exception.detail, "connection: 11.0.0.1: Fetching http://11.0.0.1/"
+                                                  ".well-known/acme-challenge/t0k3n: Connection refused")
+
+    def test_every_request_has_a_time_out(self):
+        ca = self.ca()
+        ca.stall.add("/account")
+        with mock.patch.object(pcr, "ACME_TIMEOUT", 0.3):
+            started = time.monotonic()
+            with self.assertRaises(pcr.AcmeError) as caught:
+                self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        self.assertLess(time.monotonic() - started, 1.4)   # not the CA's 1.5 s
+        self.assertRegex(str(caught.exception), r"^the certificate authority at 127\.0\.0\.1:\d+ "
+                                                r"could not be reached \(.*timed out.*\)$")
+
+    def test_a_ca_whose_certificate_is_not_trusted_says_so_and_how_to_trust_it(self):
+        ca = self.ca()
+        with self.assertRaises(pcr.AcmeError) as caught:
+            self.client(ca, ca_file="").certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        self.assertRegex(str(caught.exception), r"could not be trusted \(.+\); --acme-ca-file PEM "
+                                                r"trusts another CA's certificate$")
+        self.assertEqual(ca.posts, [])
+
+
 # The friend's browser, run inside the friend's namespace (a program of its own: selenium
 # drives Chromium there, with HOME's NSS database).  argv: the page's link, a profile
 # folder, the name to join as, a photo to share.  It prints one line a step, then "done"
@@ -6137,6 +6351,14 @@ class HttpsOverTheInternetTest(unittest.TestCase):
         self.assertRegex(home.reaches_from_wan(5051, "/"), r"^200 \d{4,}$")   # plain, not moved
         home.at_home("ann").read_until("[1 person is online]\n")
         self.assertIn("forward TCP port 80 to 192.168.77.20:5051 on your router", self.room_log(home))
+
+    def test_without_a_known_public_address_https_says_why_and_asks_no_ca(self):
+        home = HomeNetwork(self)   # no --upnp, no look-up: nothing says the address
+        room = home.room("--https", "--web-port", "5051", "--acme-directory", "https://11.0.0.2/dir")
+        said = printed_until(room, f"  https: {pcr.HTTPS_UNKNOWN}\n", ROUTER_SAYS)
+        self.assertIn("  https:              the page over the internet, once its certificate is in "
+                      "place", said)
+        self.assertFalse(os.path.exists(os.path.join(home.dir, ".pcr_https")))   # no account made
 
     def test_cgnat_gives_its_sentence_and_the_ca_hears_nothing(self):
         home = HomeNetwork(self, wan_ip="100.64.0.1")
@@ -8067,6 +8289,45 @@ class CommandLineTest(ProcessCase):
             pcr.parse_args(["--room-key-file", path])
         self.assertEqual(exit.exception.code, 2)
         self.assertIn("holds no room key", err.getvalue())
+
+    def test_the_https_flags_go_with_https_and_not_with_tls_cert(self):
+        for args, said in ((["--acme-directory", "https://ca.example/dir"], "--acme-directory and "
+                            "--acme-ca-file go with --https"),
+                           (["--acme-ca-file", "ca.pem"], "go with --https"),
+                           (["--https", "--tls-cert", "c.pem"], "it does not go with --tls-cert"),
+                           (["--https", "--web-port", "off"], "does not go with --web-port off")):
+            with self.subTest(args=args), contextlib.redirect_stderr(io.StringIO()) as err, \
+                    self.assertRaises(SystemExit) as exit:
+                pcr.parse_args(args)
+            self.assertEqual(exit.exception.code, 2)
+            self.assertIn(said, err.getvalue())
+        args = pcr.parse_args(["--https", "--acme-directory", "https://ca.example/dir"])
+        self.assertEqual((args.https, args.acme_directory, args.acme_ca_file),
+                         (True, "https://ca.example/dir", ""))
+        self.assertEqual(pcr.Settings().acme_directory, "https://acme-v02.api.letsencrypt.org/directory")
+
+    def test_a_ca_file_that_cannot_be_used_or_a_plain_directory_is_one_sentence(self):
+        for args, said in ((["--acme-ca-file", "missing.pem"], "Cannot use missing.pem for "
+                            "--acme-ca-file (No such file or directory): give a PEM file holding "
+                            "the certificate authority's certificate."),
+                           (["--acme-directory", "http://ca.example/dir"], "--acme-directory "
+                            "'http://ca.example/dir' is not an https:// address: an ACME directory "
+                            "is always one.")):
+            with self.subTest(args=args):
+                proc = self.server("--https", "--log-file", "", *args)
+                _, err = proc.communicate(timeout=WAIT)
+                self.assertEqual(proc.returncode, 1)
+                self.assertIn(said, err)
+                self.assertNotIn("Traceback", err)
+
+    def test_https_on_loopback_asks_for_no_certificate(self):
+        port = free_port_and_the_next()
+        proc = self.server("--https", "--port", str(port), "--log-file", "")
+        said = printed_until(proc, "Ctrl+C stops the server.")
+        said += printed_until(proc, "so no certificate is asked for")
+        self.assertIn("  https: the room listens on 127.0.0.1 only, so no certificate is asked for",
+                      said)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, ".pcr_https")))
 
     def test_nonsense_limits_are_refused(self):
         for args in (["--max-line", "-5"], ["--line-rate", "x"], ["--max-clients", "0"],
