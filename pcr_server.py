@@ -3012,7 +3012,8 @@ class SecurePage:
             return None
         port = re.search(r":(\d+)$", host)   # as the member reached it; else the page's own
         port = int(port[1]) if port else m.transport.sock.getsockname()[1]
-        return f"https://{host_port(self.ip, port)}{target if re.fullmatch('/[!-~]*', target) else '/'}"
+        path = target if re.fullmatch("/[!-~]*", target) else "/"   # nothing else in a header
+        return f"https://{host_port(self.ip, port)}{path}"
 
     @staticmethod
     def outside(m: Member) -> bool:
@@ -4770,9 +4771,9 @@ class RouterPorts:
             why = getattr(e, "reason", None) or str(e)
             log.info("router: %s would not forward its port 80 (%s)", way.name, why)
             return why
-        if got != 80:   # NAT-PMP's other port is no use to a CA; removing it by our port
-            log.info("router: %s offered its port %d for our port 80; left to its lease", way.name,
-                     got)   # could remove the page's own mapping
+        if got != 80:   # NAT-PMP's other port is of no use to a CA.  It is left to its lease:
+            # NAT-PMP removes by our port, which could remove the page's own mapping instead.
+            log.info("router: %s offered its port %d instead of 80; left to its lease", way.name, got)
             return f"it offered port {got} instead"
         self._port_80 = {self.challenge: 80}
         return "forwarded"

@@ -3654,8 +3654,8 @@ class HostDoorsTest(ServerCase):
             with self.assertRaises((pcr.ssl.SSLError, ConnectionError)):
                 context.wrap_socket(raw)
         self.assertLess(time.monotonic() - t0, 3.0)
-        self.assertIn("a browser asked for https on the page's port; start with --tls-cert for https",
-                      self.log_text())
+        self.assertIn("a browser asked for https on the page's port; start with --https or "
+                      "--tls-cert for https", self.log_text())
 
 
 class StopTest(ServerCase):
@@ -6342,7 +6342,7 @@ class HttpsOverTheInternetTest(unittest.TestCase):
         home.start_router()   # its rules keep port 80 for the router itself
         home.start_ca()
         room = self.room(home)
-        said = printed_until(room, "on your router", ROUTER_SAYS)
+        said = printed_until(room, "the page stays on http until then\n", ROUTER_SAYS)
         self.assertIn("(your router forwards both: PCP; not its port 80 (", said)
         self.assertRegex(said, r"  https: the certificate authority could not reach port 80 of "
                                r"11\.0\.0\.1 \(connection: .+\): forward TCP port 80 to "
