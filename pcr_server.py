@@ -3290,9 +3290,10 @@ class Handshakes:
     """TLS handshakes, paced: a few steps a loop turn, so that a burst of
     them (each a millisecond or more) never holds members' lines up.
     done(m, failed) once m's handshake has ended: failed is why, or None.
-    A connection to the page's port with --https (Stage.KNOCKING) is first
-    told apart by its first byte: TLS with the certificate's context, if one is
-    in place; else plain http (done at once)."""
+    A connection to the page's port with --https (Stage.KNOCKING) is first told
+    apart by its first byte, at once (a peek costs little): TLS with the
+    certificate's context, if one is in place, its steps paced as any; else
+    plain http, done."""
 
     PER_TURN = 2
 
@@ -3302,6 +3303,9 @@ class Handshakes:
 
     def step_soon(self, m: Member) -> None:
         """Queue m's next handshake step; its connection is not watched until then."""
+        if m.stage is Stage.KNOCKING:
+            self._knock(m)
+            return
         m.transport.hold()
         self.waiting.append(m)
         if len(self.waiting) == 1:
@@ -3310,27 +3314,24 @@ class Handshakes:
     def _steps(self) -> None:
         for _ in range(min(self.PER_TURN, len(self.waiting))):
             m = self.waiting.popleft()
-            if m.stage is Stage.KNOCKING:
-                failed = self._knock(m)
-            elif m.stage is Stage.SECURING:
+            if m.stage is Stage.SECURING:
                 failed = m.transport.handshake()
-            else:
-                continue
-            if failed != "":   # "": under way, the next step when its socket is ready
-                self.done(m, failed)
+                if failed != "":   # "": under way, the next step when its socket is ready
+                    self.done(m, failed)
         if self.waiting:   # the rest after the next turn's events
             self.loop.call_soon(self._steps)
 
-    def _knock(self, m: Member) -> str | None:
-        """TLS (a ClientHello begins 0x16) or plain http, by m's first byte."""
+    def _knock(self, m: Member) -> None:
+        """TLS (a ClientHello begins 0x16) or plain http, by m's first byte, once it came."""
         first = m.transport.first_byte()
-        if first is None:
-            return ""
+        if first is None:   # the loop says when it comes
+            return
         if first == TLS_HELLO[:1] and self.secure.context is not None:
             m.stage = Stage.SECURING
             m.transport.secure(self.secure.context)
-            return m.transport.handshake()
-        return None
+            self.step_soon(m)
+        else:
+            self.done(m, None)
 
 
 class Server:
@@ -5669,10 +5670,9 @@ class PageCertificate:
         """Put the certificate in `path` in place (StartError if ssl will not take it)."""
         context = tls_context(path, "")
         self.facts, self.failures, self.retry_at = facts, 0, 0.0
-        self._say(f"the page's certificate for {', '.join(facts.addresses)} is in place ({how}, "
-                  f"valid until {when_text(facts.not_after)}; renewed from "
-                  f"{when_text(facts.renew_at)})")
-        self._in_place(context, facts.addresses[0])
+        self._in_place(context, facts.addresses[0], (
+            f"the page's certificate for {', '.join(facts.addresses)} is in place ({how}, valid "
+            f"until {when_text(facts.not_after)}; renewed from {when_text(facts.renew_at)})"))
         return max(1.0, facts.renew_at - self.clock())
 
     def _failed(self, ip: str, e: AcmeError) -> float:
@@ -5693,11 +5693,14 @@ class PageCertificate:
             self._say(f"{why}; the page stays on http until then")
         return wait
 
-    def _in_place(self, context, ip: str | None) -> None:
-        """New TLS connections to the page get `context` (None: plain http for everyone)."""
+    def _in_place(self, context, ip: str | None, sentence: str = "") -> None:
+        """New TLS connections to the page get `context` (None: plain http for everyone);
+        then `sentence` is said and the link told."""
         if self._closed.is_set():
             return
         self._on_loop(self.server.door.secure.certified, context, ip)
+        if sentence:
+            self._say(sentence)
         link = self.link
         self.certified(ip, f"https:{link[5:]}" if ip and link and link.startswith("http:") else link)
 
