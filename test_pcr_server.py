@@ -457,6 +457,20 @@ def make_certificate(directory: str, names: str = CERTIFICATE_NAMES[0]) -> tuple
     return cert, key
 
 
+def class_certificates(cls, n: int = 1) -> list[tuple[str, str]]:
+    """`n` certificates (make_certificate's) for a test class, removed after its tests;
+    SkipTest without the ssl module."""
+    if pcr.ssl is None:
+        raise unittest.SkipTest("no ssl module")
+    folder = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, folder, True)
+    made = []
+    for i in range(n):
+        os.makedirs(os.path.join(folder, str(i)))
+        made.append(make_certificate(os.path.join(folder, str(i))))
+    return made
+
+
 def make_certificates_ahead(folder: str) -> None:
     """Fill `folder` for PCR_TEST_CERTIFICATES, where openssl runs (.ci/run does)."""
     for i, names in enumerate(CERTIFICATE_NAMES):
@@ -3825,14 +3839,7 @@ class HttpsDoorTest(WebCase):
 
     @classmethod
     def setUpClass(cls):
-        if pcr.ssl is None:
-            raise unittest.SkipTest("no ssl module")
-        cls.dir = tempfile.mkdtemp()
-        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
-        cls.certificates = []
-        for n in range(2):
-            os.makedirs(os.path.join(cls.dir, str(n)))
-            cls.certificates.append(make_certificate(os.path.join(cls.dir, str(n))))
+        cls.certificates = class_certificates(cls, 2)
 
     def start(self, **overrides):
         return super().start(https=True, **overrides)
@@ -6053,11 +6060,7 @@ class AcmeClientTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        if pcr.ssl is None:
-            raise unittest.SkipTest("no ssl module")
-        cls.dir = tempfile.mkdtemp()
-        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
-        cls.cert, cls.key = make_certificate(cls.dir)
+        [(cls.cert, cls.key)] = class_certificates(cls)
         with open(cls.cert) as f:
             cls.chain = f.read()
 
@@ -6098,7 +6101,7 @@ class AcmeClientTest(unittest.TestCase):
         self.assertGreaterEqual(polls[2] - polls[1], 0.9)   # Retry-After: 1 honoured
 
     def write_der(self, data: bytes) -> str:
-        path = os.path.join(self.dir, "request.der")
+        path = os.path.join(os.path.dirname(self.cert), "request.der")
         with open(path, "wb") as f:
             f.write(data)
         return path
