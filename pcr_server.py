@@ -5520,7 +5520,7 @@ def certificate_address(router: RouterResult | None, router_public_ip: str | Non
         looked_up = router_public_ip
     if looked_up is None:
         return None, HTTPS_UNKNOWN
-    if not public_address(looked_up):
+    if not (global_ip(looked_up) if ":" in looked_up else public_address(looked_up)):
         return None, f"{looked_up} is not an address on the internet; {HTTPS_NOTHING_SENT}"
     return looked_up, ""
 

@@ -5758,6 +5758,8 @@ class HttpsPartsTest(unittest.TestCase):
         self.assertEqual(pcr.certificate_address(double, "11.9.9.9", None), ("11.9.9.9", ""))
         self.assertEqual(pcr.certificate_address(refused, None, "11.9.9.9"), ("11.9.9.9", ""))
         self.assertEqual(pcr.certificate_address(None, None, None), (None, pcr.HTTPS_UNKNOWN))
+        self.assertEqual(pcr.certificate_address(None, None, "2a0f:77::20"), ("2a0f:77::20", ""))
+        self.assertIsNone(pcr.certificate_address(None, None, "fd00::20")[0])   # a ULA: private
         ip, why = pcr.certificate_address(None, None, "192.168.1.20")
         self.assertIsNone(ip)
         self.assertEqual(why, "192.168.1.20 is not an address on the internet; nothing was sent to a "
