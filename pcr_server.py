@@ -4983,7 +4983,7 @@ ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")   # base64url: safe in a path
 RENEW_AT = 2 / 3                   # of a certificate's life; before that a saved one is reused
 RETRY_FIRST, RETRY_MOST = 300.0, 7200.0   # after a failure: 5 minutes, doubling up to 2 hours
 CERTIFICATE_CHECK = 3600.0         # the keeper looks at least this often (a laptop that slept)
-# What a CA's problem types mean (RFC 8555 §6.7), for the host; others say their detail alone.
+# What a CA's problem types mean (RFC 8555 §6.7), for the host; any other is "it refused".
 ACME_PROBLEMS = {
     "rateLimited": "it has given this address or account too many certificates lately",
     "rejectedIdentifier": "it does not certify this address",
@@ -5060,12 +5060,11 @@ def ecdsa_sign(key: int, message: bytes) -> tuple[int, int]:
     """(r, s): ECDSA with P-256 and SHA-256 (FIPS 186-4 §6.4), k as RFC 6979 makes it."""
     digest = hashlib.sha256(message).digest()
     e = int.from_bytes(digest, "big")
-    for k in rfc6979_nonces(key, digest):
+    for k in rfc6979_nonces(key, digest):   # they never end; the first almost always does
         r = p256_times(k)[0] % P256_N
         s = pow(k, -1, P256_N) * (e + r * key) % P256_N
         if r and s:
             return r, s
-    raise AssertionError("unreachable")   # the nonces never end
 
 
 # -- DER and PEM ---------------------------------------------------------------
@@ -5256,9 +5255,10 @@ def ca_name(directory: str) -> str:
     return "Let's Encrypt" if host.endswith(".letsencrypt.org") else host
 
 
-def problem_text(problem: dict) -> tuple[str, str]:
+def problem_text(problem) -> tuple[str, str]:
     """(kind, "kind: detail, and its subproblems' details") of an ACME problem
-    document (RFC 8555 §6.7), cleaned for a log line."""
+    document (RFC 8555 §6.7), cleaned for a log line; anything else is no reason."""
+    problem = problem if isinstance(problem, dict) else {}
     kind = str(problem.get("type", "")).removeprefix(ACME_ERROR)
     details = [str(problem.get("detail", ""))] + [
         str(sub.get("detail", "")) for sub in problem.get("subproblems") or () if isinstance(sub, dict)]
@@ -5381,7 +5381,9 @@ class AcmeClient:
             headers, _ = self.post(directory["newAccount"], {"termsOfServiceAgreed": True})
             self.account = headers.get("Location")
         wanted = {"identifiers": [{"type": "ip", "value": ip}]}
-        if ACME_PROFILE in ((directory.get("meta") or {}).get("profiles") or {}):
+        meta = directory.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("profiles"), dict) \
+                and ACME_PROFILE in meta["profiles"]:
             wanted["profile"] = ACME_PROFILE
         headers, order = self._post_json(directory["newOrder"], wanted)
         order_url = headers.get("Location", "")
