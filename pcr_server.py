@@ -6589,8 +6589,8 @@ class HttpsSwitch:
         self.stop(server)
         if not (settings.https and server and listening and page_listening):
             return
-        if is_loopback(listening[0]):
-            self.said = (HTTPS_ONLY_HERE.format(listening[0]), False)
+        if is_loopback(listening[0]) or https_problem(settings):   # a Python without ssl, say
+            self.said = (https_problem(settings) or HTTPS_ONLY_HERE.format(listening[0]), False)
             return
         server.loop.call_soon_threadsafe(server.door.secure.switch, True)
         lan = host_port(same_network_host(listening[0], private_ip or "?"), page_listening[1])
