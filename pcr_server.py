@@ -43,11 +43,15 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               seat back), Handshakes (TLS, paced), Server
                               (listening, accepting, each connection to its door,
                               reading, names, lines, closing; it asks the gate)
-  7. Host addresses           listen addresses as people type them, private, public
-                              and MAC addresses, the invitation
+  7. Host addresses           listen addresses as people type them (none: every
+                              network, dual-stack), private, public and MAC
+                              addresses, the IPv6 address on the internet (stable,
+                              not temporary), the invitation
   8. The router client        --upnp: the router forwards the room's ports with
                               PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
-                              and what happened in plain words; then FriendsJoin
+                              and lets them in over IPv6 (Pinholes: IGDv2's
+                              firewall control, or PCP over IPv6), and what
+                              happened in plain words; then FriendsJoin
                               (how friends join, for the banner and the window)
   9. The QR code              qr_code(text): the invitation for a phone's camera
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
@@ -900,7 +904,10 @@ class ChatPage:
         return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
 
     def headers(self, host: str) -> tuple[tuple[str, str], ...]:
-        return (("Content-Security-Policy", self.csp + f"ws://{host} wss://{host}"),)
+        """For the page as asked for at `host` (its Host header).  A CSP source cannot name
+        an IPv6 address ([2a0f::1]:5051): there 'self' alone allows its socket (CSP 3)."""
+        own = "" if host.startswith("[") else f"ws://{host} wss://{host}"
+        return (("Content-Security-Policy", (self.csp + own).rstrip()),)
 
 
 # -- photos a page shares: only pictures whose own bytes say so ---------------
@@ -3897,10 +3904,13 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
 # Asking the router to forward the room's ports (--upnp).  Three ways to ask,
 # tried at once; whichever answers first and works is used: PCP (RFC 6887) and
 # NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and UPnP-IGD, found
-# with SSDP.  Pure functions build and read every packet, SOAP
-# body and sentence; RouterPorts does the talking, bounded in time.  Answers
-# are believed only from the gateway or this machine's own network, and only
-# the room's own ports are ever mapped, to this machine's own address.
+# with SSDP.  Over IPv6 nothing is translated, but the router's firewall keeps
+# friends out: Pinholes asks it to let the same ports in (a pinhole each), with
+# UPnP IGDv2's WANIPv6FirewallControl or PCP sent over IPv6 to the router.
+# Pure functions build and read every packet, SOAP body and sentence;
+# RouterPorts does the talking, bounded in time.  Answers are believed only
+# from the gateway or this machine's own network, and only the room's own
+# ports are ever mapped, to this machine's own address.
 
 PORT_CONTROL = 5351                # PCP and NAT-PMP share the gateway's port
 SSDP_GROUP = ("239.255.255.250", 1900)
@@ -7120,7 +7130,8 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
     key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
     room.add_argument("--upnp", action="store_true",
                       help="let friends in from the internet: ask the router to forward the "
-                           "room's port with UPnP / NAT-PMP / PCP (the page's too)")
+                           "room's port with UPnP / NAT-PMP / PCP (the page's too), and to let "
+                           "them in through its IPv6 firewall")
     room.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
                       help="show newcomers the last N chat lines, kept in memory only "
                            "(default: %(default)s, nothing kept)")

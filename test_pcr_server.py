@@ -17,6 +17,7 @@ import gc
 import hashlib
 import http.server
 import io
+import ipaddress
 import itertools
 import json
 import locale
@@ -284,6 +285,13 @@ class ServerCase(unittest.TestCase):
             server.loop.close()
         self.addCleanup(stop)
         return server
+
+    def start_on_ipv6(self, **overrides) -> pcr.Server:
+        """A room on ::1 alone; the test is skipped where this machine has no IPv6 loopback."""
+        try:
+            return self.start(host="::1", **overrides)
+        except pcr.StartError as e:
+            self.skipTest(f"no IPv6 loopback: {e}")
 
     def connect(self, **kw) -> Client:
         c = Client(self.port, **kw)
@@ -1153,6 +1161,39 @@ print("closed", flush=True)
 """
 
 
+# The same for the router's IPv6 firewall: argv: the folder of pcr_server.py, this
+# machine's IPv6 address, lease seconds, protocols, seconds to keep.
+MAPPER6 = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+holes = pcr.Pinholes([5050], sys.argv[2], lease=float(sys.argv[3]), protocols=tuple(sys.argv[4].split(",")))
+print(pcr.pinhole_sentence(holes.open()), flush=True)
+time.sleep(float(sys.argv[5]))
+holes.close()
+print("closed", flush=True)
+"""
+
+
+# A phone outside opening the page: joins over its WebSocket at argv[1] (HOST:PORT) as
+# argv[2], says argv[3] and prints "said" once the room has relayed it.
+PAGE_GUEST = """
+import json, sys
+from websockets.sync.client import connect
+where, name, text = sys.argv[1:4]
+with connect(f"ws://{where}/ws", origin=f"http://{where}", open_timeout=5) as ws:
+    ws.recv(5)
+    ws.send(name)
+    while True:
+        event = json.loads(ws.recv(5))
+        if event["type"] == "welcome":
+            ws.send(text)
+        elif event["type"] == "chat" and event["text"] == text:
+            print("said", flush=True)
+            break
+"""
+
+
 # A host on the LAN that answers every SSDP search with two bad answers: a
 # LOCATION on another host (argv[1]), and a 10 MB description of its own.
 HOSTILE_HOST = """
@@ -1259,6 +1300,21 @@ table inet pcr_nat {
 """
 
 
+# The router's IPv6 (issue 34): IGDv2 (its WANIPv6FirewallControl: pinholes) and the WAN
+# side for IPv6; PCP over IPv6 comes with enable_natpmp.
+MINIUPNPD_IPV6 = """ext_ifname6=rwan
+force_igd_desc_v1=no
+"""
+
+
+# A router whose PCP does not answer over IPv6 (miniupnpd answers it even without
+# enable_natpmp): pinholes then come from UPnP alone.
+NO_PCP6 = """table ip6 pcr_no_pcp {
+  chain in { type filter hook input priority 0; udp dport 5351 drop; }
+}
+"""
+
+
 @functools.lru_cache(maxsize=None)
 def namespaces_missing(*tools: str) -> str:
     """Why network namespaces (and `tools`) cannot be had here; "" if they can."""
@@ -1287,12 +1343,17 @@ class HomeNetwork:
     lan (this machine, 192.168.77.20), router (192.168.77.1 inside, `wan_ip`
     outside; nftables NAT, miniupnpd when started), wan (a friend, .2 beside
     the router's WAN address) and, if asked, other (a second LAN host,
-    192.168.77.66).  No namespace is connected to this machine's own network."""
+    192.168.77.66).  With `ipv6`, IPv6 as a home gets it too (_build_ipv6).
+    No namespace is connected to this machine's own network."""
 
     LAN_IP, ROUTER_IP, OTHER_IP = "192.168.77.20", "192.168.77.1", "192.168.77.66"
+    # A global-looking prefix that lives only in the namespaces (miniupnpd refuses
+    # documentation ones): the home's /64 and the link to the friend.
+    LAN_IP6, ROUTER_IP6, FRIEND_IP6 = "2a0f:77:1::20", "2a0f:77:1::1", "2a0f:77:ffff::2"
 
-    def __init__(self, case: unittest.TestCase, wan_ip: str = "11.0.0.1", other_host: bool = False):
-        self.case, self.wan_ip = case, wan_ip
+    def __init__(self, case: unittest.TestCase, wan_ip: str = "11.0.0.1", other_host: bool = False,
+                 ipv6: bool = False):
+        self.case, self.wan_ip, self.ipv6 = case, wan_ip, ipv6
         self.friend_ip = wan_ip.rsplit(".", 1)[0] + ".2"
         tag = f"pcr{os.getpid()}n{next(HOME_NUMBERS)}"
         self.ns = {role: f"{tag}-{role}" for role in ("lan", "router", "wan", "other")
@@ -1352,6 +1413,22 @@ class HomeNetwork:
         with open(rules, "w") as f:
             f.write(ROUTER_RULES)
         self.run("router", "nft", "-f", rules)
+        if self.ipv6:
+            self._build_ipv6()
+
+    def _build_ipv6(self) -> None:
+        """The home's /64 on the LAN with the router's link-local fe80::1 as the way out
+        (as a router's advertisement gives it), the friend's on the WAN side, forwarding
+        on; the router's firewall (ROUTER_RULES, for both families) drops new inbound IPv6."""
+        lan, router, wan = self.ns["lan"], self.ns["router"], self.ns["wan"]
+        for name, device, address in ((router, "br0", f"{self.ROUTER_IP6}/64"), (router, "br0", "fe80::1/64"),
+                                      (router, "rwan", "2a0f:77:ffff::1/64"),
+                                      (lan, "lan0", f"{self.LAN_IP6}/64"), (wan, "wan0", f"{self.FRIEND_IP6}/64")):
+            self.ip("-n", name, "addr", "add", address, "dev", device, "nodad")
+        self.ip("-n", lan, "-6", "route", "add", "default", "via", "fe80::1", "dev", "lan0")
+        self.ip("-n", wan, "-6", "route", "add", "2a0f:77:1::/64", "via", "2a0f:77:ffff::1")
+        self.ip("-n", router, "-6", "route", "add", "default", "via", self.FRIEND_IP6)
+        self.run("router", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 
     def start(self, role: str, *args: str, name: str) -> str:
         """Start a program in `role` that prints to a file; the file's path."""
@@ -1378,7 +1455,12 @@ class HomeNetwork:
         conf = os.path.join(self.dir, "miniupnpd.conf")
         with open(conf, "w") as f:
             f.write(MINIUPNPD_CONF.format(upnp="yes" if upnp else "no",
-                                          natpmp="yes" if natpmp else "no"))
+                                          natpmp="yes" if natpmp else "no") + MINIUPNPD_IPV6 * self.ipv6)
+        if self.ipv6 and not natpmp:
+            rules = os.path.join(self.dir, "no-pcp6.nft")
+            with open(rules, "w") as f:
+                f.write(NO_PCP6)
+            self.run("router", "nft", "-f", rules)
         log_path = self.start("router", "miniupnpd", "-d", "-f", conf, "-P",
                               os.path.join(self.dir, "miniupnpd.pid"), name="miniupnpd")
         text = self.printed(log_path, "HTTP listening on port" if upnp
@@ -1418,9 +1500,18 @@ class HomeNetwork:
         found = re.search(r"Public IP address : ([\d.]+)", said)
         return found.group(1) if found else ""
 
-    def friend(self, port: int, name: str = "friend") -> ClientProcess:
-        """A member on the internet side, joining through the router's WAN address."""
-        c = ClientProcess(f"{self.wan_ip}:{port}", name=name, prefix=self.inside("wan"))
+    def pinholes(self) -> list[int]:
+        """The ports the router's IPv6 firewall lets in to the LAN host: miniupnpd's
+        pinholes, as nftables prints them (the IPv6 destination as raw payload)."""
+        rules = self.run("router", "nft", "list", "chain", "inet", "pcr_filter", "pcr_forward").stdout
+        host = ipaddress.IPv6Address(self.LAN_IP6).packed.hex()
+        return sorted(int(port) for port in re.findall(rf"th dport (\d+) @nh,192,128 0x{host}\b", rules))
+
+    def friend(self, port: int, name: str = "friend", over_ipv6: bool = False) -> ClientProcess:
+        """A member on the internet side, joining through the router's WAN address, or
+        over IPv6 at the LAN host's own address."""
+        where = f"[{self.LAN_IP6}]" if over_ipv6 else self.wan_ip
+        c = ClientProcess(f"{where}:{port}", name=name, prefix=self.inside("wan"))
         self.case.addCleanup(c.close)
         return c
 
@@ -1429,21 +1520,22 @@ class HomeNetwork:
         self.case.addCleanup(c.close)
         return c
 
-    def reaches_from_wan(self, port: int, path: str = "") -> str:
-        """What the friend's side gets from the router's WAN address: "refused",
-        "timeout", or for `path` an HTTP status and size."""
+    def reaches_from_wan(self, port: int, path: str = "", host: str = "", role: str = "wan") -> str:
+        """What the friend's side (or `role`) gets from the router's WAN address (or `host`):
+        "refused", "timeout", or for `path` an HTTP status and size."""
         code = ("import socket, sys, urllib.request\n"
                 "try:\n"
                 "    if sys.argv[3]:\n"
-                "        r = urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}',"
-                " timeout=3)\n"
+                "        h = f'[{sys.argv[1]}]' if ':' in sys.argv[1] else sys.argv[1]\n"
+                "        r = urllib.request.urlopen(f'http://{h}:{sys.argv[2]}{sys.argv[3]}', timeout=3)\n"
                 "        print(r.status, len(r.read()))\n"
                 "    else:\n"
                 "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 3).close()\n"
                 "        print('connected')\n"
                 "except ConnectionRefusedError:\n    print('refused')\n"
                 "except OSError as e:\n    print('timeout' if 'timed out' in str(e) else e)\n")
-        return self.run("wan", sys.executable, "-c", code, self.wan_ip, str(port), path).stdout.strip()
+        return self.run(role, sys.executable, "-c", code, host or self.wan_ip, str(port),
+                        path).stdout.strip()
 
     def tear_down(self) -> None:
         """Kill what was started, then delete the namespaces (and all in them)."""
@@ -3207,6 +3299,21 @@ class LimitsTest(ServerCase):
         self.addCleanup(c.close)
         c.join("six")
 
+    def test_ipv4_on_a_dual_stack_room_is_ipv4_everywhere(self):
+        """A room on `::` (the default) gets IPv4 as IPv4-mapped IPv6: the log, --allow and
+        the per-address limit see the plain IPv4 address."""
+        if not socket.has_dualstack_ipv6():
+            self.skipTest("no dual-stack IPv6 here")
+        self.start(host="::", allow=("127.0.0.0/8",), max_per_ip=1)
+        self.member("four")
+        self.assertIn('joined: "four" (terminal) from 127.0.0.1\n', self.log_text())
+        self.assertIn(b"too many connections from your address (at most 1)", self.connect().read_to_close())
+        member = self.wait_on_loop(lambda: self.server.room.find("four"), "four in")
+        self.assertEqual((member.ip, member.group), ("127.0.0.1", "127.0.0.1"))
+        six = Client(self.port, host="::1", family=socket.AF_INET6)   # not in --allow
+        self.addCleanup(six.close)
+        self.assertEqual(six.read_to_close(), b"")
+
 
 class HardeningTest(ServerCase):
     """The second security review's findings, each shown and closed (issue 10)."""
@@ -4564,7 +4671,7 @@ class PhotoShareTest(WebCase):
         self.assert_chats_on(wendy, tom)
 
     def test_over_ipv6_the_page_works_and_a_terminal_gets_the_link_at_its_ipv6_address(self):
-        self.start(host="::1")
+        self.start_on_ipv6()
         tom = self.connect(host="::1", family=socket.AF_INET6).join("tom")
         wendy = self.web_member("wendy", host="::1")
         wendy.until("count", n=2)
@@ -5686,6 +5793,98 @@ class RouterForwardingTest(unittest.TestCase):
         room = home.room("--upnp")   # the ear hears, when there is something to hear
         home.printed(ear, "heard on 5351 from 192.168.77.20")
         home.printed(ear, "heard on 1900 from 192.168.77.20")
+
+
+class RouterPinholeTest(unittest.TestCase):
+    """--upnp over IPv6 (issue 34): the router's firewall lets friends with IPv6 in, in a
+    home network with IPv6 the tests build: miniupnpd with IGDv2 and PCP, a stateful
+    firewall dropping new inbound IPv6, a friend outside with IPv6 (needs root and
+    network namespaces)."""
+
+    def setUp(self):
+        if reason := home_network_missing():
+            self.skipTest(reason)
+
+    def home(self, **kw) -> HomeNetwork:
+        return HomeNetwork(self, ipv6=True, **kw)
+
+    def chat_over_ipv6(self, home: HomeNetwork) -> None:
+        """ann at home (over IPv4, on the room's one dual-stack socket) and a friend outside
+        over IPv6 chat; the friend opens the page and speaks from it too."""
+        ann = home.at_home("ann")
+        ann.read_until("[1 person is online]\n")
+        friend = home.friend(5050, over_ipv6=True)
+        friend.read_until("[2 people are online]\n")
+        friend.type("hello over IPv6\n")
+        ann.read_until("friend: hello over IPv6\n")
+        ann.type("welcome in\n")
+        friend.read_until("ann: welcome in\n")
+        self.assertRegex(home.reaches_from_wan(5051, "/", home.LAN_IP6), r"^200 \d{4,}$")
+        if ws_connect is not None:
+            said = home.run("wan", sys.executable, "-c", PAGE_GUEST, f"[{home.LAN_IP6}]:5051",
+                            "phone", "from my phone").stdout
+            self.assertIn("said", said)
+            ann.read_until("phone: from my phone\n")
+
+    def test_without_upnp_the_firewall_keeps_friends_with_ipv6_out_and_the_banner_says_so(self):
+        home = self.home()
+        home.start_router()
+        room = home.room("--web-port", "5051")
+        banner = printed_until(room, "Ctrl+C stops the server.")
+        ip = home.LAN_IP6
+        self.assertIn(f"    over the internet:  http://[{ip}]:5051/ (IPv6)\n", banner)
+        self.assertIn(f"\n                        [{ip}]:5050 (IPv6, for a terminal: the App cannot "
+                      f"use it, its address box takes IPv4 only)\n", banner)
+        self.assertIn("  IPv6:               your router's firewall must let TCP ports 5050 and 5051 "
+                      "in (--upnp, or by hand on the router)\n", banner)
+        self.assertIn("same network:       http://192.168.77.20:5051/", banner)   # the code's link
+        self.assertEqual(home.reaches_from_wan(5050, host=ip), "timeout")
+        self.assertEqual(home.reaches_from_wan(5050, host=ip, role="lan"), "connected")   # it listens
+        home.at_home("ann").read_until("[1 person is online]\n")   # and over IPv4 too
+        four = home.room("--host", "0.0.0.0", "--port", "5060")   # IPv4 alone, as asked
+        self.assertNotIn("IPv6", printed_until(four, "Ctrl+C stops the server."))
+        self.assertEqual(home.reaches_from_wan(5060, host=ip, role="lan"), "refused")
+
+    def test_with_upnp_a_friend_with_ipv6_chats_and_opens_the_page_and_the_pinholes_go_at_the_stop(self):
+        home = self.home()
+        home.start_router()
+        room = home.room("--upnp", "--web-port", "5051")
+        printed_until(room, "your router's IPv6 firewall lets TCP ports 5050 and 5051 in to "
+                            f"{home.LAN_IP6} (PCP)", ROUTER_SAYS)
+        self.assertEqual(home.pinholes(), [5050, 5051])
+        self.chat_over_ipv6(home)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.pinholes(), [])
+        self.assertEqual(home.reaches_from_wan(5051, host=home.LAN_IP6), "timeout")
+
+    def test_a_router_with_upnp_alone_opens_renews_and_removes_igdv2_pinholes(self):
+        home = self.home()
+        home.start_router(natpmp=False)
+        mapper = home.start("lan", sys.executable, "-c", MAPPER6, HERE, home.LAN_IP6, "3", "UPnP,PCP",
+                            "6", name="mapper")
+        home.printed(mapper, f"your router's IPv6 firewall lets TCP port 5050 in to {home.LAN_IP6} "
+                             f"(UPnP)", ROUTER_SAYS)
+        self.assertEqual(home.pinholes(), [5050])
+        time.sleep(4)   # past the 3 s lease: renewed, or the router would have closed it
+        self.assertEqual(home.pinholes(), [5050])
+        home.printed(mapper, "closed", ROUTER_SAYS)
+        self.assertEqual(home.pinholes(), [])
+
+    def test_behind_cgnat_a_friend_with_ipv6_still_joins(self):
+        home = self.home(wan_ip="100.64.0.1")
+        home.start_router()
+        room = home.room("--upnp", "--web-port", "5051")
+        ip = home.LAN_IP6
+        said = printed_until(room, "(for a terminal).\n", ROUTER_SAYS)
+        self.assertIn("  IPv6:               asking your router's firewall to let TCP ports 5050 and "
+                      "5051 in…\n", said)
+        self.assertIn("probably CGNAT or a second router", said)
+        self.assertIn(f"Friends on the same network still can join; friends with IPv6 can join at "
+                      f"http://[{ip}]:5051/ (for a browser or a phone) or [{ip}]:5050 (for a "
+                      f"terminal).\n", said)
+        self.assertEqual(home.pinholes(), [5050, 5051])
+        self.chat_over_ipv6(home)
 
 
 # ---------------------------------------------------------------------------
@@ -7785,6 +7984,40 @@ class CommandLineTest(ProcessCase):
         del cpu0
 
 
+class Ipv6BannerTest(unittest.TestCase):
+    """The banner's IPv6 lines (issue 34), under "over the internet" for each kind of
+    friend, as join_banner writes them."""
+
+    def banner(self, host: str = "::", public_ip: str | None = "203.0.113.7", **settings) -> str:
+        settings = pcr.Settings(log_file="", **settings)
+        join = pcr.friends_join(settings, (host, 5050), "192.168.1.20", public_ip, 5051, ipv6=STABLE)
+        return pcr.join_banner(settings, join)
+
+    def test_the_ipv6_links_come_under_over_the_internet_and_say_the_app_cannot_use_them(self):
+        self.assertIn(
+            "    same network:       http://192.168.1.20:5051/\n"
+            "    over the internet:  http://203.0.113.7:5051/\n"
+            "                        http://[2a0f:77:1::20]:5051/ (IPv6)\n"
+            "  for the App or a terminal:\n"
+            "    same network:       192.168.1.20:5050\n"
+            "    over the internet:  203.0.113.7:5050 (forward TCP ports 5050 and 5051 on your router "
+            "to this machine first)\n"
+            "                        [2a0f:77:1::20]:5050 (IPv6, for a terminal: the App cannot use it, "
+            "its address box takes IPv4 only)\n"
+            "  IPv6:               your router's firewall must let TCP ports 5050 and 5051 in (--upnp, "
+            "or by hand on the router)\n", self.banner())
+
+    def test_without_a_public_ipv4_address_the_ipv6_link_is_the_one_over_the_internet(self):
+        banner = self.banner(public_ip=None, upnp=True)
+        self.assertIn("    same network:       http://192.168.1.20:5051/\n"
+                      "    over the internet:  http://[2a0f:77:1::20]:5051/ (IPv6)\n", banner)
+        self.assertIn("  IPv6:               asking your router's firewall to let TCP ports 5050 and "
+                      "5051 in…\n", banner)
+
+    def test_a_room_on_ipv4_alone_says_nothing_of_ipv6(self):
+        self.assertNotIn("IPv6", self.banner(host="0.0.0.0"))
+
+
 class HostCommandLineTest(ProcessCase):
     """What the host sees and gets from the command line on a first evening (issue 27)."""
 
@@ -7907,6 +8140,17 @@ class BrowserTest(BrowserCase):
         self.assertEqual(self.driver.find_elements(By.CSS_SELECTOR, "#log img"), [])
         with self.assertRaises(NoAlertPresentException):
             self.driver.switch_to.alert.text
+        self.assert_no_policy_violations()
+
+    def test_over_ipv6_a_phone_joins_and_chats(self):
+        self.start_on_ipv6()
+        tom = self.connect(host="::1", family=socket.AF_INET6).join("tom")
+        self.driver.get(f"http://[::1]:{self.server.web_address[1]}/")
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        self.say("hi over IPv6")
+        tom.read_until(b"Wendy: hi over IPv6\n")
         self.assert_no_policy_violations()
 
     def test_a_wrong_key_is_shown_and_the_right_one_lets_in(self):
