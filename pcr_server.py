@@ -2864,7 +2864,8 @@ class StartError(Exception):
 
 # What to change when the address cannot be used, in the words of where it is said.
 FLAG_ADVICE = {
-    "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
+    "host": "use --host :: (or --host 0.0.0.0, IPv4 alone) to listen on every network, or one "
+            "of this machine's addresses",
     "port": "choose another port with --port" if WINDOWS else "choose a port above 1023 with --port",
     "in use": "stop that program or choose another port with --port N",
     "page in use": "choose its port with --web-port N, or turn it off with --web-port off",
@@ -3808,8 +3809,8 @@ def if_inet6_rows(text: str) -> list[tuple[str, int, int, int, str]]:
 
 
 def stable_ipv6(chosen: str, if_inet6: str) -> str | None:
-    """The IPv6 address to give friends, from the one the system `chosen` to reach the
-    internet and Linux's list of this machine's addresses: the chosen one if it is
+    """The IPv6 address to give friends, from the one the system chose to reach the
+    internet (`chosen`) and Linux's list of this machine's addresses: that one if it is
     global and stable; else a stable global one on its interface, in its network
     first; never a temporary, deprecated or tentative one.  None if there is none."""
     chosen = chosen.split("%", 1)[0]
@@ -3998,7 +3999,8 @@ def route_get_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str | None,
     found = re.search(r"^\s*gateway:\s*([0-9A-Fa-f.:]+(%\w+)?)\s*$", text, re.MULTILINE)
     if not found:
         return []
-    return [(ipaddress.ip_network("::/0" if ":" in found.group(1) else "0.0.0.0/0"), found.group(1), 0)]
+    gateway = found.group(1)
+    return [(ipaddress.ip_network("::/0" if ":" in gateway else "0.0.0.0/0"), gateway, 0)]
 
 
 def proc_routes6(text: str) -> list[tuple[ipaddress.IPv6Network, str | None, int]]:
@@ -4009,7 +4011,8 @@ def proc_routes6(text: str) -> list[tuple[ipaddress.IPv6Network, str | None, int
         f = row.split()
         try:
             network = ipaddress.IPv6Network((bytes.fromhex(f[0]), int(f[1], 16)))
-            gateway, metric, flags = ipaddress.IPv6Address(bytes.fromhex(f[4])), int(f[5], 16), int(f[8], 16)
+            gateway = ipaddress.IPv6Address(bytes.fromhex(f[4]))
+            metric, flags = int(f[5], 16), int(f[8], 16)
         except (IndexError, ValueError):
             continue
         if flags & RTF_UP:
@@ -4040,7 +4043,7 @@ ROUTE_COMMANDS = {   # (platform, IP version) -> the command that lists its rout
     ("darwin", 6): (["route", "-n", "get", "-inet6", "default"], route_get_routes)}
 
 
-def read_routes(version: int = 4) -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
+def read_routes(version: int = 4) -> list[tuple]:
     """This machine's IPv4 (or IPv6) routes, read with the standard library; [] where unknown."""
     try:
         if sys.platform.startswith("linux"):
@@ -4565,7 +4568,8 @@ class UpnpFirewall(UpnpIgd):
         """A longer life for our pinhole; a new one if the router has lost it (a restart)."""
         try:
             self.call("UpdatePinhole", {"UniqueID": self.pinholes.get(port, ""),
-                                        "NewLeaseTime": max(1, min(lease, PINHOLE_LEASE_MOST))}, deadline)
+                                        "NewLeaseTime": max(1, min(lease, PINHOLE_LEASE_MOST))},
+                      deadline)
         except UpnpError:
             return self.forward(port, external_port, lease, deadline)
         return port, lease
@@ -4614,7 +4618,8 @@ def find_upnp(gateway: str | None, lan_ip: str, networks: list, deadline: float,
                     data, sender = sock.recvfrom(2048)
                 except socket.timeout:
                     continue
-                if igd := upnp_from_answer(data, sender, gateway, networks, lan_ip, deadline, seen, way):
+                if igd := upnp_from_answer(data, sender, gateway, networks, lan_ip, deadline, seen,
+                                           way):
                     return igd
     except OSError as e:   # no network to search on
         log.info("router: no UPnP search possible (%s)", e)
@@ -4639,8 +4644,8 @@ def upnp_from_answer(data: bytes, sender: tuple, gateway: str | None, networks: 
                     ip, location[:200], ip)
         return None
     try:
-        status, description = http_exchange(host, *where, min(deadline, time.monotonic() + ROUTER_WAIT),
-                                            source=lan_ip)
+        until = min(deadline, time.monotonic() + ROUTER_WAIT)
+        status, description = http_exchange(host, *where, until, source=lan_ip)
         if status != 200:
             raise ValueError(f"HTTP {status}")
         found = igd_service(description, location, way.SERVICES)
@@ -5443,7 +5448,8 @@ NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
 CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
-    "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
+    "host": "set the listen address to 0.0.0.0 (every IPv4 network), :: (IPv6 too) or one of "
+            "this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
     "in use": "stop that program or choose another port with Change port…",
     "page in use": "choose another port for the room with Change port… (the page takes the one "
@@ -6176,8 +6182,9 @@ class ServerWindow:
     def _look_up_addresses(self) -> None:
         """Private IP, MAC and IPv6 address on one thread, the public IP on another."""
         inbox = self.inbox   # threads hold the queue, never the window (Tk dies on its own thread)
-        threading.Thread(target=lambda: inbox.put(("host", private_ipv4(), mac_address(), internet_ipv6())),
-                         name="host-addresses", daemon=True).start()
+        threading.Thread(target=lambda: inbox.put(
+            ("host", private_ipv4(), mac_address(), internet_ipv6())), name="host-addresses",
+            daemon=True).start()
         if self.settings.public_ip_url:
             look_up_public_ip(self.settings.public_ip_url, lambda ip: inbox.put(("public-ip", ip)))
 
@@ -6217,9 +6224,9 @@ class ServerWindow:
         self._ask("Change port", [("Port (1 to 65535)", str(self.settings.port))], self._take_port)
 
     def set_listen_address(self) -> None:
-        """Ask for the address and port to listen on (0.0.0.0: every interface)."""
+        """Ask for the address and port to listen on (`::` or 0.0.0.0: every network)."""
         self._ask("Set listen address",
-                  [("Address (0.0.0.0: all)", self.settings.host),
+                  [("Address (:: all, 0.0.0.0 IPv4 alone)", self.settings.host),
                    ("Port (1 to 65535)", str(self.settings.port))], self._take_address)
 
     def _take_port(self, port_text: str) -> str | None:
@@ -6385,7 +6392,7 @@ class ServerWindow:
         view.address_rows.grid_remove() if join.only_here else view.address_rows.grid()
         show_line(view.loopback_warning,
                   f"Only this computer can join: the listen address is {join.listen[0]}. To let "
-                  f"friends in, use Set listen address… and choose 0.0.0.0 (every network)."
+                  f"friends in, use Set listen address… and choose :: (every network) or 0.0.0.0."
                   if join.only_here else "")
         encrypted = TLS_JOINING.format(WINDOW_ADVICE["encrypted"])
         show_line(view.tls_note, f"The room is encrypted: {encrypted}." if join.encrypted else "")
@@ -7061,7 +7068,7 @@ def listen_host(text: str) -> str:
     host = host_from_text(text)
     if host is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host name "
-                                         f"(0.0.0.0 listens on every network)")
+                                         f"(:: or 0.0.0.0 listens on every network)")
     return host
 
 
@@ -7250,7 +7257,8 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
     page_off = f"the page is off, since {page_problem[:1].lower()}{page_problem[1:]}"
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
-                 f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
+                 f"this machine reaches {host}. Start without --host (or with --host 0.0.0.0, "
+                 f"IPv4 alone) to let friends in."]
         if join.page_port:
             lines.append(f"  the page, in a browser on this machine: "
                          f"{page_link(host, join.page_port, join.encrypted)}")
