@@ -6661,6 +6661,10 @@ class GuiTest(unittest.TestCase):
                 self.close_window()
 
     def test_copy_gives_the_ipv6_links_the_page_with_its_key(self):
+        try:
+            pcr.open_listener("::1", 0).close()
+        except OSError as e:
+            self.skipTest(f"no IPv6 here ({e.strerror})")
         with mock.patch.object(pcr, "internet_ipv6", return_value=STABLE):
             w = self.open_window(host="::", room_key="long-enough-key")
             w.view.page_switch.invoke()
