@@ -40,7 +40,10 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
                               in a sentence), WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
-                              seat back), Handshakes (TLS, paced), Server
+                              seat back), SecurePage (--https on the page's port:
+                              its certificate, a CA's answers, the 308 to https),
+                              Handshakes (TLS, paced; the first byte that tells TLS
+                              from http), Server
                               (listening, accepting, each connection to its door,
                               reading, names, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them (none: every
@@ -63,7 +66,8 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
   11. Logging                 a rotating file, created readable by its owner only
   12. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
-                              (the router asked while its switch is on),
+                              (the router asked while its switch is on), HttpsSwitch
+                              (the page's certificate kept while its box is ticked),
                               InvitationCode (the code to scan), ServerWindow
                               (the room as the window runs it: RoomState), tkinter
                               imported here
