@@ -2186,51 +2186,95 @@ class PhotoBytesTest(unittest.TestCase):
 
 
 class PhotoFramesTest(unittest.TestCase):
-    """One binary message announced, with its own limit; one over it is
-    skipped unread and the connection reads on (issue 23)."""
+    """One binary message announced, with an Upload of its own that its bytes go
+    into as they come; one longer than announced is skipped unread and the
+    connection reads on (issues 23 and 30)."""
 
     masked = staticmethod(WebSocketFramesTest.masked)
 
+    @staticmethod
+    def announced(size: int) -> tuple[pcr.FrameReader, pcr.Upload]:
+        reader, upload = pcr.FrameReader(100), pcr.Upload(size)
+        reader.announce(upload)
+        return reader, upload
+
     def test_an_announced_binary_message_may_be_larger_than_a_line_once(self):
-        reader = pcr.FrameReader(100)
-        reader.announce(5000)
+        reader, upload = self.announced(5000)
         photo = bytes(range(256)) * 19
-        self.assertEqual(reader.feed(self.masked(photo, 0x2)), [(pcr.WS_ANNOUNCED, photo)])
+        self.assertEqual(reader.feed(self.masked(photo, 0x2)), [(pcr.WS_ANNOUNCED, upload)])
+        self.assertEqual(bytes(upload.view()), photo)
         with self.assertRaises(pcr.WsError) as e:   # the next one was not announced
             reader.feed(self.masked(photo, 0x2))
         self.assertEqual(e.exception.code, pcr.WS_TOO_BIG)
 
+    def test_its_bytes_go_into_the_upload_as_they_come_never_held_by_the_reader(self):
+        reader, upload = self.announced(300000)
+        photo = os.urandom(300000)
+        data = self.masked(photo[:100001], 0x2, fin=False) + self.masked(photo[100001:], 0x0)
+        got = []
+        for i in range(0, len(data), 4096):   # as a network gives it
+            got += reader.feed(data[i:i + 4096])
+            self.assertLess(len(reader.buf), 4096 + 14)
+            self.assertGreaterEqual(upload.filled, i - 28)
+        self.assertEqual(got, [(pcr.WS_ANNOUNCED, upload)])
+        self.assertEqual(bytes(upload.view()), photo)
+
     def test_fragments_of_an_announced_message_make_one_photo(self):
-        reader = pcr.FrameReader(100)
-        reader.announce(300)
+        reader, upload = self.announced(300)
         data = (self.masked(b"a" * 150, 0x2, fin=False) + self.masked(b"ping", pcr.WS_PING)
                 + self.masked(b"b" * 150, 0x0))
-        self.assertEqual(reader.feed(data), [(pcr.WS_PING, b"ping"),
-                                             (pcr.WS_ANNOUNCED, b"a" * 150 + b"b" * 150)])
+        self.assertEqual(reader.feed(data), [(pcr.WS_PING, b"ping"), (pcr.WS_ANNOUNCED, upload)])
+        self.assertEqual(bytes(upload.view()), b"a" * 150 + b"b" * 150)
 
     def test_a_message_larger_than_announced_is_refused_from_its_header_and_skipped(self):
         for frames in ([self.masked(b"x" * 70000, 0x2)],
                        [self.masked(b"x" * 600, 0x2, fin=False), self.masked(b"x" * 600, 0x0)]):
-            reader, got = pcr.FrameReader(100), []
-            reader.announce(1000)
+            (reader, upload), got = self.announced(1000), []
             data = b"".join(frames) + self.masked(b"still here")
             for i in range(0, len(data), 4096):
                 got += reader.feed(data[i:i + 4096])
                 self.assertLess(len(reader.buf), 4096 + 14)   # never held
-            self.assertEqual(got, [(pcr.WS_ANNOUNCED, None), (pcr.WS_TEXT, b"still here")])
+            self.assertEqual(got, [(pcr.WS_ANNOUNCED, upload), (pcr.WS_TEXT, b"still here")])
+            self.assertTrue(upload.over)
 
     def test_a_header_declaring_a_gigabyte_is_refused_at_once(self):
-        reader = pcr.FrameReader(100)
-        reader.announce(pcr.MAX_PHOTO)
+        reader, upload = self.announced(pcr.MAX_PHOTO)
         got = reader.feed(b"\x82\xff" + (1 << 30).to_bytes(8, "big") + b"mask" + b"x" * 1000)
-        self.assertEqual(got, [(pcr.WS_ANNOUNCED, None)])
+        self.assertEqual(got, [(pcr.WS_ANNOUNCED, upload)])
+        self.assertTrue(upload.over)
         self.assertEqual(len(reader.buf), 0)
+
+    def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_error(self):
+        for announce in (False, True):   # RFC 6455 §5.2: "the most significant bit MUST be 0"
+            reader = pcr.FrameReader(100)
+            if announce:
+                reader.announce(pcr.Upload(1000))
+            with self.subTest(announced=announce), self.assertRaises(pcr.WsError) as e:
+                reader.feed(b"\x82\xff" + (1 << 63 | 5).to_bytes(8, "big") + b"mask" + b"x" * 5)
+            self.assertEqual(e.exception.code, pcr.WS_PROTOCOL_ERROR)
 
     def test_a_refused_announcement_skips_its_message_unsaid(self):
         reader = pcr.FrameReader(100)
-        reader.announce(0)
+        reader.announce(None)
         self.assertEqual(reader.feed(self.masked(b"x" * 5000, 0x2) + self.masked(b"hi")),
                          [(pcr.WS_TEXT, b"hi")])
+
+    def test_an_upload_released_on_its_way_skips_the_rest_unsaid(self):
+        reader, upload = self.announced(10000)
+        data = self.masked(b"y" * 10000, 0x2) + self.masked(b"hi")
+        self.assertEqual(reader.feed(data[:3000]), [])
+        upload.release()   # too slow, say
+        self.assertEqual(reader.feed(data[3000:]), [(pcr.WS_TEXT, b"hi")])
+
+    def test_a_second_announcement_releases_the_first_upload(self):
+        released = []
+        reader, first = pcr.FrameReader(100), pcr.Upload(100, released.append)
+        reader.announce(first)
+        second = pcr.Upload(100)
+        reader.announce(second)
+        self.assertEqual(released, [first])
+        self.assertIsNone(first.buffer)
+        self.assertEqual(reader.feed(self.masked(b"z" * 50, 0x2)), [(pcr.WS_ANNOUNCED, second)])
 
 
 # ---------------------------------------------------------------------------
@@ -2916,7 +2960,7 @@ class PrivateLineTest(WebCase):
     def test_a_name_with_spaces_or_a_number_is_found_whole(self):
         self.start()
         ann, ann2, mary = self.members("ann", "ann", "mary jo")
-        mary.send(b"/msg ann (2) hello\n/msg Mary Jo note to self\n")
+        mary.send(b'/msg "ann (2)" hello\n/msg Mary Jo note to self\n')
         ann2.read_until(b"[private] mary jo to ann (2): hello\n")
         mary.read_until(b"[private] mary jo to ann (2): hello\n")
         self.assertEqual(mary.read_until(b"self\n"), b"[private] mary jo to mary jo: note to self\n")
@@ -2928,7 +2972,7 @@ class PrivateLineTest(WebCase):
         ann, bob = self.members("ann", "bob")
         ann.send(b"/msg bobby are you there\n")
         self.assertEqual(ann.read_until(b"who is\n"),
-                         b"nobody called bobby is in the room; /who lists who is\n")
+                         b'nobody called "bobby" is in the room; /who lists who is\n')
         self.assertNotIn(b"bobby", self.marker_after(ann, bob)[0])
 
     def test_msg_without_a_name_or_a_text_gets_the_usage(self):
@@ -3011,7 +3055,7 @@ class PrivateLineTest(WebCase):
         mine = wendy.until("private")
         self.assertEqual((mine["from"], mine["to"], mine["text"]), ("wendy", "walt", "psst"))
         wendy.ws.send("/msg nobody hi")
-        self.assertEqual(wendy.until("note")["text"], "nobody called nobody is in the room; /who lists who is")
+        self.assertEqual(wendy.until("note")["text"], 'nobody called "nobody" is in the room; /who lists who is')
         wendy.ws.send("/help")
         self.assertEqual(wendy.until("note")["text"], pcr.HELP_TEXT.rstrip("\n"))
         tom.send(b"marker\n")
@@ -4544,7 +4588,7 @@ class PhotoShareTest(WebCase):
             (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', None, "not a JPEG"),
             (jpeg[:len(jpeg) // 2], None, "damaged or cut short"),
             (os.urandom(20 << 20), None, "larger than 8 MiB"),            # announced as it is
-            (os.urandom(20 << 20), 100000, "larger than 8 MiB"),          # announced as less
+            (os.urandom(20 << 20), 100000, "longer than the 100000 bytes announced"),   # as less
             (picture("PNG", (4000, 3000)), None, "2048 pixels"),
         ]
         for data, announced, why in refused:
@@ -4574,7 +4618,7 @@ class PhotoShareTest(WebCase):
                      + b"\x82\xff" + (1 << 30).to_bytes(8, "big") + b"mask" + os.urandom(100000))
         while b'"unshared"' not in got:
             got += sock.recv(65536)
-        self.assertIn(b"larger than 8 MiB", got)
+        self.assertIn(b"longer than the 5000000 bytes announced", got)
         self.assert_chats_on(wendy, tom)
         wendy.ws.send("\x00photo 1073741824")   # announced as a gigabyte: refused as it is said
         self.assertIn("larger than 8 MiB", wendy.until("unshared")["text"])
@@ -4661,7 +4705,7 @@ class PhotoShareTest(WebCase):
         self.assertTrue(back.until("welcome")["back"])
         self.assertEqual(back.until("photo")["url"], url)
 
-    def test_history_keeps_photo_lines_while_their_photos_are_kept(self):
+    def test_history_keeps_photo_lines_and_says_when_a_photo_is_no_longer_kept(self):
         wendy, tom = self.wendy_and_tom(history=10, photos=1)
         big = picture("JPEG", (1024, 1024), noise=True, quality=90)
         share(wendy, big)
@@ -4677,12 +4721,18 @@ class PhotoShareTest(WebCase):
         self.assertEqual(page.until("history")["lines"], [
             {"name": "wendy", "url": first, "width": 1024, "height": 1024},
             {"name": "wendy", "text": "between"}])
-        share(wendy, big)   # the album holds one: the first goes, and its line with it
+        share(wendy, big)   # the album holds one: the first goes, its line stays and says so
         second = wendy.until("photo")["url"]
         late = self.web_member("lea")
         self.assertEqual(late.until("history")["lines"], [
+            {"name": "wendy", "gone": True},
             {"name": "wendy", "text": "between"},
             {"name": "wendy", "url": second, "width": 1024, "height": 1024}])
+        newest = self.connect()
+        newest.answer(b"ned\n")
+        self.assertIn(f"wendy shared a photo: This photo is no longer kept.\nwendy: between\n"
+                      f"wendy shared a photo: http://127.0.0.1:{self.web}{second}\n".encode(),
+                      newest.read_until(b"ned joined the chat...\n"))
 
     def test_the_log_says_who_shared_how_much_never_the_bytes_nor_the_token(self):
         wendy, tom = self.wendy_and_tom()
