@@ -363,9 +363,9 @@ HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT
              "(a NAME that could be more than one member's, in quotes: /msg \"bob can\" TEXT); "
              "/help shows this\n")
 # The room's own lines, by their first words (a member's line is NAME: TEXT): a name that
-# looks like one of these (name_look, from its start) gets a `_` before it (clean_name), so
-# that no member's line can pass for the room's.  A form ends where a name would, at \b, so
-# that a numbered name (`x (2)`) is caught too.  One list: new kinds of lines add theirs.
+# looks like one of these (name_look, from its start) gets a `_` (clean_name), so that no
+# member's line can pass for the room's.  A form ends where a name would, at \b, so that a
+# numbered name (`x (2)`) is caught too.  One list: new kinds of lines add theirs here.
 ROOM_FORMS = (
     re.escape(PRIVATE_TAG),   # [private] ann to bob: TEXT
     r".* shared a photo\b",   # ann shared a photo: LINK
@@ -477,7 +477,8 @@ def clean_name(text: str) -> str:
     Colons go too, so that no name can pose as another's line prefix, and a
     leading digit gets a `_` before it: the App takes any read that starts
     with a digit for the count.  So does a name that looks like the first
-    words of the room's own lines (ROOM_FORMS, `[private]` in any look): no
+    words of the room's own lines (ROOM_FORMS, `[private]` in any look), and
+    one that still does (`anna shared a photo`) gets one after it too: no
     member's line can pose as the room's.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
@@ -485,6 +486,8 @@ def clean_name(text: str) -> str:
     text = _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
     if text[:1].isdigit() or ROOM_LINE.match(name_look(text)):
         text = ("_" + text)[:MAX_NAME].strip()
+    if ROOM_LINE.match(name_look(text)):   # a form that ends where the name does: a `_` there too
+        text = text[:MAX_NAME - 1] + "_"
     return text
 
 
