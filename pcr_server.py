@@ -15,9 +15,10 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   1. Constants and settings   one dataclass; command line > .pcr_port > defaults
   2. The protocol             pure functions on bytes and strings: names, lines and
                               their texts, App pieces (app_cut), WebSocket frames
-                              (FrameReader: one announced binary message), HTTP,
-                              ChatPage (the page's headers), photos (clean_photo:
-                              JPEG, PNG, WebP by their own bytes, metadata stripped)
+                              (FrameReader: one announced binary message, into an
+                              Upload), HTTP, ChatPage (the page's headers), photos
+                              (photo_parts: JPEG, PNG, WebP by their own bytes,
+                              rebuilt from what decoders need, in bounded pieces)
   3. The event loop and the transport
                               Loop (file events, timers, calls from other threads),
                               Bucket, Tally, Transport (one socket: the one send,
@@ -27,7 +28,7 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               /msg: each event published once, a private line to
                               its two members alone), an outlet per kind of
                               reader, each encoding and delivering the events
-                              (Stream: what an outlet says, parts for one member alone):
+                              (Stream: what an outlet says, parts for some alone):
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
@@ -36,9 +37,11 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
-                              the room key's tries, the photo rate, the refusal sentences)
-  6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
-                              in a sentence), WebDoor (HTTP, photos served, the
+                              the room key's tries, the photo rate and the photo
+                              bytes the room takes in, the refusal sentences)
+  6. The server and its doors PhotoDesk (the web door's: photos taken in, within the
+                              room's bound and pace, or refused in a sentence),
+                              WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
                               seat back), Handshakes (TLS, paced), Server
                               (listening, accepting, each connection to its door,

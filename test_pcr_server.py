@@ -8939,6 +8939,21 @@ class PhotoBrowserTest(BrowserCase):
         self.wait_for(lambda: "This photo is no longer kept." in self.text("#log"), "the sentence")
         self.assertEqual(self.shown_photos(), [])
 
+    def test_the_history_says_a_photo_is_no_longer_kept_once_the_album_let_it_go(self):
+        if ws_connect is None:
+            self.skipTest(NO_WEBSOCKETS)
+        self.start(history=10, photos=1)
+        wendy = WebMember(self.server.web_address[1], "wendy")
+        self.addCleanup(wendy.close)
+        big = picture("JPEG", (1024, 1024), noise=True, quality=90)
+        for _ in range(2):   # the album holds one: the first goes (issue 30)
+            share(wendy, big)
+            wendy.until("photo")
+        self.tab("Paul")
+        self.wait_for(lambda: self.shown_photos() and self.shown_photos()[0]["done"], "the kept photo")
+        self.assertEqual(self.text("#log").count("This photo is no longer kept."), 1)
+        self.assertEqual(len(self.shown_photos()), 1)
+
     def test_with_photos_0_the_button_is_hidden(self):
         self.start(photos=0)
         self.tab("Wendy")
