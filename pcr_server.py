@@ -1510,6 +1510,7 @@ def clean_photo(data) -> tuple[str, bytes, int, int]:
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+UPLOAD_READ = 1 << 16   # one read from a page sending a photo: it goes into the photo's buffer
 WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
@@ -1885,8 +1886,9 @@ class Transport:
         """One read: b"" if nothing is there now, None if the peer closed or
         reset the connection.  TLS may hold decrypted bytes the selector
         cannot see: more_held() says so."""
+        reader = self.frame_reader
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.sock.recv(UPLOAD_READ if reader is not None and reader.streaming else READ_SIZE)
         except WOULD_BLOCK:
             return b""
         except OSError:
