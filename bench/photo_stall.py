@@ -119,6 +119,7 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if 2 * max(a.terminals) + 64 > hard:
         p.error(f"{max(a.terminals)} terminals need {2 * max(a.terminals) + 64} open files (ulimit -n -H)")
+    commit = os.popen("git rev-parse --short HEAD").read().strip()   # what was loaded
     servers = {name: load(path, name) for name, path in (s.split("=", 1) for s in a.server)}
     results = {}
     for terminals in a.terminals:
@@ -131,7 +132,7 @@ def main() -> int:
         cells = [results[f"{name}/{terminals}"] for name in servers]
         print(f"{terminals:>10} " + " ".join(
             f"{statistics.median(c):>9.3f} s [{min(c):.3f}-{max(c):.3f}]" for c in cells))
-    print(json.dumps({"cpu_s": results, "git": os.popen("git rev-parse --short HEAD").read().strip()}))
+    print(json.dumps({"cpu_s": results, "git": commit}))
     return 0
 
 
