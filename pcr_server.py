@@ -1325,7 +1325,7 @@ def png_fits(kind: bytes, length: int, colour: int) -> bool:
     if kind == b"IDAT":
         return True
     if kind == b"PLTE":
-        return length % 3 == 0 and 0 < length <= 768
+        return length % 3 == 0 and 0 < length <= 768 and colour in (2, 3, 6)
     if kind == b"tRNS":
         return 0 < length <= 256 if colour == 3 else length == {0: 2, 2: 6}.get(colour)
     if kind == b"sBIT":
@@ -7278,8 +7278,9 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
                            "(default: %(default)s, nothing kept)")
     room.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
                       help="memory for photos shared on the page (MiB), the oldest go when it is "
-                           "full; nothing is written to disk and they are gone when the room "
-                           "stops (0: no photo sharing; default: %(default)s)")
+                           "full (photos on their way in take as much again at most); nothing is "
+                           "written to disk and they are gone when the room stops (0: no photo "
+                           "sharing; default: %(default)s)")
 
 
 def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
