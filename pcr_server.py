@@ -82,6 +82,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import functools
 import hashlib
 import heapq
 import hmac
@@ -692,12 +693,18 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     return seat, secret, seen
 
 
+@functools.lru_cache(maxsize=4)
+def piece_key(mask: bytes) -> int:
+    """A whole piece's mask as one number: a photo's frames come in many pieces with one mask."""
+    return int.from_bytes(mask * (UNMASK_PIECE // 4), "little")
+
+
 def ws_unmask(payload, mask: bytes) -> bytes:
     n = len(payload)
     if n > UNMASK_PIECE:   # a photo: a piece at a time, not four big numbers at once
         return b"".join(ws_unmask(payload[i:i + UNMASK_PIECE], mask) for i in range(0, n, UNMASK_PIECE))
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    key = piece_key(bytes(mask)) if n == UNMASK_PIECE else int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
 
 
 class FrameReader:
@@ -8670,12 +8677,14 @@ button:disabled { cursor: default; opacity: 0.55; }
   });
 
   function startPrivate(ev) {
-    // "/msg name " in front of what is typed (in place of the last such start).
+    // "/msg name " in front of what is typed (in place of the last such start); a name
+    // with a space in quotes, as it may begin with another member's name.
     const button = ev.target.closest("button.name");
     if (!button) { return; }
     const text = ui.message.value;
     const rest = room.prefix && text.indexOf(room.prefix) === 0 ? text.slice(room.prefix.length) : text;
-    room.prefix = "/msg " + button.getAttribute("data-name") + " ";
+    const name = button.getAttribute("data-name");
+    room.prefix = "/msg " + (name.indexOf(" ") < 0 ? name : '"' + name + '"') + " ";
     ui.message.value = room.prefix + rest;
     fitMessage();
     setPeopleOpen(false);

@@ -8690,6 +8690,14 @@ class PageForEveryoneTest(BrowserCase):
         button.click()
         self.assertEqual(self.find("#message").get_attribute("value"), "/msg ann see you")
         self.assertFalse(self.find("#people").is_displayed())
+        self.member("ann lee")   # a name with a space goes in quotes: it may begin with another's
+        self.wait_for(lambda: "ann lee" in self.listed(), "ann lee listed")
+        for name, start in (("ann lee", '/msg "ann lee" '), ("ann", "/msg ann ")):
+            self.find("#people-toggle").click()
+            [button] = [b for b in self.driver.find_elements(By.CSS_SELECTOR, "#people-list .name")
+                        if b.text == name]
+            button.click()
+            self.assertEqual(self.find("#message").get_attribute("value"), start + "see you")
         self.find("#message").send_keys(Keys.ENTER)
         ann.read_until(b"[private] Wendy to ann: see you\n")
         self.wait_for(lambda: "see you" in self.bubbles(), "what went, on her page")
