@@ -1817,13 +1817,27 @@ def crafted_photos(size: int = pcr.MAX_PHOTO) -> dict[str, bytes]:
         "JPEG whose scan is restarts": b"\xff\xd8" + frame + scan
                                        + b"\xff\xd0" * ((size - 40) // 2) + b"\xff\xd9",
         "JPEG of fill bytes": b"\xff\xd8" + frame + scan + b"\x00" + b"\xff" * (size - 40) + b"\xd9",
-        "JPEG of tiny scans": b"\xff\xd8" + frame + (scan + b"\x00") * ((size - 2) // 11),
+        "JPEG of tiny scans": b"\xff\xd8" + frame + (scan + b"\x00") * ((size - 15) // 11),
         "PNG of empty IDATs": pcr.PNG_SIGNATURE + head + png_chunk(b"IDAT", b"") * ((size - 45) // 12)
                               + png_chunk(b"IEND", b""),
         "JPEG whose first SOF is 60000 px": b"\xff\xd8" + jpeg_segment(
             0xC0, struct.pack("!BHHB", 8, 60000, 60000, 1) + b"\x01\x11\x00") + frame + scan
             + bytes(size - 60) + b"\xff\xd9",
     }
+
+
+def crafted_answers() -> dict:
+    """What the room answers each of crafted_photos(): why it refuses it, or the
+    size it shares it at."""
+    return {"JPEG of 4-byte APP0 segments": pcr.TOO_MANY_PIECES,
+            "PNG of empty chunks": pcr.TOO_MANY_PIECES,
+            "WebP of 8-byte chunks": pcr.TOO_MANY_PIECES,
+            "JPEG whose scan is FF 00 pairs": (100, 100),
+            "JPEG whose scan is restarts": (100, 100),
+            "JPEG of fill bytes": (100, 100),
+            "JPEG of tiny scans": pcr.TOO_MANY_PIECES,
+            "PNG of empty IDATs": pcr.TOO_MANY_PIECES,
+            "JPEG whose first SOF is 60000 px": pcr.TOO_WIDE}
 
 
 def share(page: "WebMember", data: bytes, announced: int | None = None) -> None:
@@ -2561,16 +2575,7 @@ class PhotoAllowListTest(unittest.TestCase):
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
             self.assertLess(peak, 64 << 20, name)
-        self.assertEqual(answers, {
-            "JPEG of 4-byte APP0 segments": pcr.TOO_MANY_PIECES,
-            "PNG of empty chunks": pcr.TOO_MANY_PIECES,
-            "WebP of 8-byte chunks": pcr.TOO_MANY_PIECES,
-            "JPEG whose scan is FF 00 pairs": (100, 100),
-            "JPEG whose scan is restarts": (100, 100),
-            "JPEG of fill bytes": (100, 100),
-            "JPEG of tiny scans": pcr.TOO_MANY_PIECES,
-            "PNG of empty IDATs": pcr.TOO_MANY_PIECES,
-            "JPEG whose first SOF is 60000 px": pcr.TOO_WIDE})
+        self.assertEqual(answers, crafted_answers())
 
     def test_a_camera_like_file_has_few_pieces_before_its_image(self):
         jpeg = camera_jpeg((2048, 1536))
@@ -2591,7 +2596,8 @@ class PhotoFramesTest(unittest.TestCase):
     masked = staticmethod(WebSocketFramesTest.masked)
 
     @staticmethod
-    def announced(size: int) -> tuple[pcr.FrameReader, pcr.Upload]:
+    def announced(size: int) -> tuple:
+        """A frame reader with an upload of `size` announced, and the upload."""
         reader, upload = pcr.FrameReader(100), pcr.Upload(size)
         reader.announce(upload)
         return reader, upload
@@ -5337,13 +5343,16 @@ class PhotoAttackTest(WebCase):
         tom = self.member("tom")
         wendy = self.web_member("wendy")
         wendy.until("count", n=2)
-        crafted = crafted_photos()
+        crafted, expected = crafted_photos(), crafted_answers()
         for shape in shapes:
             with self.subTest(shape):
                 del stalls[:]
                 share(wendy, crafted[shape])
                 while (answer := wendy.next(WAIT * 4))["type"] not in ("photo", "unshared"):
                     pass
+                self.assertEqual(answer.get("text") or (answer["width"], answer["height"]),
+                                 pcr.NOT_SHARED.format(expected[shape])
+                                 if isinstance(expected[shape], str) else expected[shape])
                 self.assertLess(max(stalls), 0.3, f"{shape}: {answer}")
                 self.assert_chats_on(wendy, tom)
         self.assertEqual(self.on_loop(lambda: self.server.door.photos.coming), 0)
