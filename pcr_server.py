@@ -164,6 +164,8 @@ class Settings:
     photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
     photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
+    door_wait: float = 0.1            # the room's port waits this long for a client that speaks
+                                      # first (a browser), then asks for an alias (the App never does)
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
     line_rate: float = 10.0           # lines per second per member (4x per address); 0: off
@@ -327,6 +329,8 @@ def console_closing(event: int, request: Callable[[], None], grace: float = CLOS
 
 ALIAS_PROMPT = b"ALIAS"
 HTTP_REQUEST_LINE = re.compile(rb"[A-Z]{3,16} [!-~]+ HTTP/[0-9]\.[0-9]\r?")   # RFC 9112 §3
+# What a request line's first bytes may be while the rest is still on its way
+HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,16}(?: [!-~]*(?: (?:H(?:T(?:T(?:P(?:/[0-9.]{0,3})?)?)?)?)?)?)?")
 STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
                "\t\tplease close the app and relaunch once the server is online..\n")
 MAX_NAME = 32
@@ -486,6 +490,12 @@ def browser_request(data: bytes) -> bool:
     HTTP/x.y): a browser at the room's port, never a name.  Without its line
     end yet, only bytes that can be nothing else count (an App's alias has none)."""
     return HTTP_REQUEST_LINE.fullmatch(data.split(b"\n", 1)[0]) is not None
+
+
+def request_begun(data: bytes) -> bool:
+    """Whether `data`, with no line end yet, may still become an HTTP request
+    line (browser_request): the first bytes of a request cut short."""
+    return HTTP_REQUEST_START.fullmatch(data) is not None
 
 
 def split_key(alias: str) -> tuple[str, str]:
@@ -1349,7 +1359,7 @@ class Transport:
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
-                 "reading", "blocked", "events", "closed", "pos")
+                 "reading", "blocked", "events", "closed", "pos", "unread")
 
     def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
         self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
@@ -1362,6 +1372,7 @@ class Transport:
         self.events = 0
         self.closed = False
         self.pos = 0            # how far it has been sent its outlet's stream (the outlet's to write)
+        self.unread = b""       # decrypted while its door was chosen (peek), and not read yet
         self._interest()
 
     def _interest(self) -> None:
@@ -1449,10 +1460,29 @@ class Transport:
         """One read: b"" if nothing is there now, None if the peer closed or
         reset the connection.  TLS may hold decrypted bytes the selector
         cannot see: more_held() says so."""
+        if self.unread:
+            data, self.unread = self.unread, b""
+            return data
         try:
             return self.sock.recv(READ_SIZE) or None
         except WOULD_BLOCK:
             return b""
+        except OSError:
+            return None
+
+    def peek(self) -> bytes | None:
+        """What the peer has sent and nobody has read yet, left for receive():
+        b"" if nothing yet, None if the peer closed or reset the connection.
+        A plain socket is only peeked at (so a door may still wrap it in
+        TLS); a TLS socket cannot be, so what it decrypts is kept (`unread`)."""
+        try:
+            if ssl is None or not isinstance(self.sock, ssl.SSLSocket):
+                return self.sock.recv(READ_SIZE, socket.MSG_PEEK) or None
+            data = self.sock.recv(READ_SIZE)
+            self.unread += data
+            return self.unread or None   # nothing came, and the peer closed
+        except WOULD_BLOCK:
+            return self.unread
         except OSError:
             return None
 
@@ -1524,6 +1554,7 @@ TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
 class Stage(enum.Enum):
     """Where a connection is in its life."""
+    OPENING = "opening"         # its first bytes (or none, in time) choose its door: Doorway
     SECURING = "securing"       # TLS handshake
     REQUESTING = "requesting"   # web port: reading the HTTP request
     ANSWERED = "answered"       # web port: an HTTP answer goes out, then the close
@@ -2830,13 +2861,17 @@ class Gate:
 # ---------------------------------------------------------------------------
 
 TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
+PLAIN_ROOM = "it speaks TLS to a room that is not encrypted"   # why such a client is closed
+ROOM_PATH = "/room"   # the web door says where the room is (a line client at the page's port)
+PAGE_IS_OFF = ("this room's chat page is off; join with PrivateChatRoom-App or a terminal at "
+               "this address\n")
 
 
 def not_a_name(data: bytes, page: tuple[str, int] | None) -> str | None:
-    """Why the first bytes at the room's port are no alias (a TLS client, a
-    browser: then where the page is), for the log; None if they may be one."""
+    """Why what came after ALIAS at the room's port is no alias (a TLS client, a
+    browser: then where the page is), for the log; None if it may be one."""
     if data.startswith(TLS_HELLO):
-        return "it speaks TLS to a room that is not encrypted"
+        return PLAIN_ROOM
     if browser_request(data):
         return "a browser came to the room's port; " + (
             f"the page is on port {page[1]}" if page else "the page is off (--web-port N serves it)")
@@ -3025,9 +3060,14 @@ class WebDoor:
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
         self.gate, self.page = gate, page
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
+        self.room_port = 0   # where the App and terminals join
+
+    def room_listens(self, port: int) -> None:
+        self.room_port = port
 
     def request(self, m: Member, data: bytes) -> None:
-        """Read an HTTP request head; answer with the page, a WebSocket or an error."""
+        """Read an HTTP request head; answer with the page, a WebSocket, where
+        the room is (ROOM_PATH: for the terminal client), or an error."""
         t = m.transport
         t.inbuf += data
         if t.inbuf.startswith(TLS_HELLO) and not self.settings.tls_cert:
@@ -3036,6 +3076,10 @@ class WebDoor:
             self.entrance.close(m)
             return
         end = t.inbuf.find(b"\r\n\r\n")
+        if end < 0 and b"\n" in t.inbuf and not browser_request(t.inbuf):   # a line client
+            self._answer(m, "", f"this port is the chat page's, for a browser; the App and "
+                                f"terminals join at port {self.room_port}\n".encode())
+            return
         if end < 0 and len(t.inbuf) <= MAX_REQUEST:
             return
         if end < 0 or end + 4 > MAX_REQUEST:
@@ -3052,6 +3096,11 @@ class WebDoor:
             self._answer(m, "400 Bad Request", b"no valid Host header\n")
         elif method != "GET":
             self._answer(m, "405 Method Not Allowed", b"only GET\n", headers=(("Allow", "GET"),))
+        elif path == ROOM_PATH:
+            self._answer(m, "200 OK", json.dumps({"port": self.room_port}).encode(),
+                         "application/json")
+        elif self.photos.web_port is None:   # a browser at the room's port
+            self._answer(m, "404 Not Found", PAGE_IS_OFF.encode())
         elif path == "/":
             self._answer(m, "200 OK", self.page.body, "text/html; charset=utf-8",
                          self.page.headers(host))
@@ -3066,13 +3115,14 @@ class WebDoor:
     def _answer(self, m: Member, status: str, body: bytes | memoryview, content_type: str =
                 "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = (),
                 cache: str = "no-store") -> None:
-        """The answer, then the close once it is out.  A photo's bytes are
+        """The answer (without a status, the body alone: for a client that
+        speaks no HTTP), then the close once it is out.  A photo's bytes are
         sent from the album's one copy, as the socket takes them."""
         m.stage = Stage.ANSWERED
         t = m.transport
         t.pause_reading()
-        if not (t.write(http_head(status, len(body), content_type, headers, cache))
-                and t.write(body)) or not t.blocked:
+        head = http_head(status, len(body), content_type, headers, cache) if status else b""
+        if not (t.write(head) and t.write(body)) or not t.blocked:
             self.entrance.close(m)   # else once the rest is out
 
     def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
@@ -3211,6 +3261,138 @@ class Handshakes:
             self.loop.call_soon(self._steps)
 
 
+class Doorway:
+    """Where a new connection waits for its first bytes, which choose its door
+    (docs/PROTOCOL.md): a browser speaks first, with its request, and a TLS
+    client with its hello; the App never speaks first.
+
+    admit(m, choose) keeps m here.  Each time m's socket has bytes,
+    choose(first, final) is asked for its door: a call that takes m in, or
+    None while more bytes may still tell.  The bytes are looked at, not
+    taken (Transport.peek): the door reads them as its own, so a door may
+    still wrap a plain socket in TLS; bytes that did not tell are looked
+    at again every AGAIN seconds.  A timed wait ends after `wait` seconds
+    with choose(what came, final=True), which names the door for silence or
+    for bytes that did not tell; an untimed one waits for bytes (the gate
+    closes a connection silent for too long), and its choose must decide
+    on any.  Every timed wait is as long, so those waiting are in arrival
+    order and one timer, at the oldest one's end, serves them all."""
+
+    AGAIN = 0.01   # seconds until bytes that did not tell are looked at again
+
+    def __init__(self, loop: Loop, wait: float):
+        self.loop, self.wait = loop, wait
+        self.choosers: dict[Member, Callable] = {}   # waiting here -> its port's choose
+        self.ends: dict[Member, float] = {}          # timed -> when its wait ends, oldest first
+        self.timer: Timer | None = None
+
+    def admit(self, m: Member, choose: Callable[[bytes, bool], Callable[[Member], None] | None],
+              timed: bool = True) -> None:
+        """m waits here for its first bytes (for `wait` seconds at most, if `timed`)."""
+        m.stage = Stage.OPENING
+        self.choosers[m] = choose
+        if timed:
+            self.ends[m] = self.loop.now + self.wait
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.ends[m], self._time_up)
+        if m.transport.more_held():   # TLS decrypted them already: no event will say so
+            self.look(m)
+
+    def look(self, m: Member) -> None:
+        """m's socket has something: its door, if what came tells."""
+        if m in self.choosers:
+            self._choose(m, False)
+
+    def forget(self, m: Member) -> None:
+        """m is closed: it waits no more."""
+        self.choosers.pop(m, None)
+        self.ends.pop(m, None)
+
+    def _choose(self, m: Member, final: bool) -> None:
+        first = m.transport.peek()
+        door = self.choosers[m](first or b"", final or first is None)
+        if door is None:   # more may tell: look again soon (peeked bytes leave it readable)
+            m.transport.pause_reading()
+            self.loop.call_later(self.AGAIN, self.look, m)
+            return
+        self.forget(m)
+        m.transport.resume_reading()
+        door(m)
+
+    def _time_up(self) -> None:
+        self.timer = None
+        try:
+            while self.ends:
+                m, end = next(iter(self.ends.items()))
+                if end > self.loop.now + TIMER_SLACK:
+                    break
+                del self.ends[m]
+                self._choose(m, True)
+        finally:   # the next one's end, even if a door failed
+            if self.ends:
+                self.timer = self.loop.call_at(next(iter(self.ends.values())), self._time_up)
+
+
+class Naming:
+    """From an alias to a place in line for the welcome: the kind of reader
+    its answer shows (at the room's port), the room key checked in its
+    address's turn (the gate's key_turn), the name the room gives it.
+    keep(m, rest) keeps what it sent after its alias until it is in;
+    close(m, farewell="", code=None) turns away what is no alias, or a
+    wrong key; page() is where the page is served (None: off), for the log."""
+
+    def __init__(self, loop: Loop, settings: Settings, tally: Tally, gate: Gate, room: Room,
+                 keep: Callable[[Member, bytes], None], close: Callable[..., None],
+                 page: Callable[[], tuple[str, int] | None]):
+        self.loop, self.settings, self.tally, self.gate, self.room = loop, settings, tally, gate, room
+        self.keep, self.close, self.page = keep, close, page
+
+    def alias(self, m: Member, data: bytes) -> None:
+        """The alias came to the room's port: it says the kind of reader."""
+        if wrong := not_a_name(data, self.page()):
+            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
+            self.close(m)
+            return
+        raw, rest, line_end = split_alias(data)
+        m.kind = Kind.LINE if line_end else Kind.APP
+        self.named(m, raw, rest)
+
+    def named(self, m: Member, raw: bytes, rest: bytes) -> None:
+        """m's alias is `raw`: then the key, the name, the welcome."""
+        m.claimed = decode_line(raw)
+        m.named_at = self.loop.now
+        self.gate.named(m)
+        self.keep(m, rest)   # typed ahead: it waits for the welcome
+        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
+        if self.settings.room_key:
+            self._check_key(m)
+        else:
+            self._enter(m)
+
+    def _check_key(self, m: Member) -> None:
+        """Check m's room key in its address's turn (the gate's key_turn)."""
+        m.stage = Stage.CHECKING
+        at = self.gate.key_turn(m.group)
+        if at <= self.loop.now:
+            self._key_turn(m)
+        else:
+            self.loop.call_at(at, self._key_turn, m)
+
+    def _key_turn(self, m: Member) -> None:
+        if m.stage is not Stage.CHECKING:
+            return
+        if self.gate.key_right(m):
+            self._enter(m)
+        else:
+            self.close(m, key_refusal(m), WS_POLICY)
+
+    def _enter(self, m: Member) -> None:
+        """Name m and put it in line for its welcome."""
+        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
+        m.forms = alias_forms(m.claimed, m.name)
+        self.room.arrive(m, self.gate.welcome_at(m))
+
+
 class Server:
     """Listens, accepts, hands each connection to its door, reads members and
     dispatches what they say; the gate says who may come in, name
@@ -3227,9 +3409,13 @@ class Server:
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
+        self.naming = Naming(self.loop, settings, self.tally, self.gate, self.room, self._keep,
+                             self._close, lambda: self.web_address)
         self.door = WebDoor(settings, self.tally, Entrance(
-            self._named, self._take_lines, self._too_long, self.drop, self.lose, self.room.find,
-            self._close, self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
+            self.naming.named, self._take_lines, self._too_long, self.drop, self.lose,
+            self.room.find, self._close, self._take_over), self.webs, self.gate,
+            ChatPage(PAGE_HTML), self.room)
+        self.doorway = Doorway(self.loop, settings.door_wait)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
@@ -3248,6 +3434,7 @@ class Server:
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
         self.address = self._listen_on(s.port, web=False)
+        self.door.room_listens(self.address[1])
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.gate.fit())
         if s.web_port is not None:
@@ -3396,20 +3583,49 @@ class Server:
             m.stage = Stage.SECURING
             self.handshakes.step_soon(m)
         else:
-            self._greet(m)
+            self._ready(m)
 
     def _secured(self, m: Member, failed: str | None) -> None:
-        """m's TLS handshake has ended: then the ALIAS prompt (or the HTTP request)."""
+        """m's TLS handshake has ended: then its door."""
         if failed:
             self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
             self._close(m)
         else:
+            self._ready(m)
+
+    def _ready(self, m: Member) -> None:
+        """m's connection is ready (encrypted, if the room is): at the page's port the
+        web door reads its request; at the room's its first bytes choose its door."""
+        if m.kind is self.webs.kind:
             self._greet(m)
+        else:
+            self.doorway.admit(m, self._room_door)
+
+    def _room_door(self, first: bytes, final: bool) -> Callable[[Member], None] | None:
+        """Where the first bytes at the room's port lead: a browser's request to the
+        web door (the page works at the address the host gave out), a TLS hello to a
+        plain room nowhere; anything else, or nothing in time, to the ALIAS prompt."""
+        if first.startswith(TLS_HELLO) and not self.tls:
+            return self._not_tls
+        if browser_request(first):
+            return self._to_page
+        return None if not final and request_begun(first) else self._greet
+
+    def _to_page(self, m: Member) -> None:
+        m.kind = self.webs.kind
+        self._greet(m)
+
+    def _not_tls(self, m: Member) -> None:
+        self.tally.add(self.loop.now, f"closed {m.ip}: {PLAIN_ROOM}")
+        self._close(m)
 
     def _greet(self, m: Member) -> None:
-        """m's connection is ready (encrypted, if the room is): its outlet greets it."""
+        """m's outlet greets it (ALIAS, or the web door reads its request); what
+        came before is read now if TLS decrypted it, else when the socket says so."""
         if not self.room.outlet(m).greet(m):
             self._close(m)
+        elif m.transport.unread:
+            self._read(m)
 
     def _sweep(self) -> None:
         """Every second: the gate's sweep, then a sum of repeated warnings."""
@@ -3425,6 +3641,9 @@ class Server:
         try:
             if m.stage is Stage.SECURING:
                 self.handshakes.step_soon(m)
+                return
+            if m.stage is Stage.OPENING:
+                self.doorway.look(m)
                 return
             if mask & EVENT_WRITE:
                 self._writable(m)
@@ -3463,57 +3682,11 @@ class Server:
                 self.door.frames(m, data)
                 m = t.owner   # a page back for its seat: its member reads on
             elif m.stage is Stage.NAMING:
-                self._name(m, data)
+                self.naming.alias(m, data)
             else:
                 self._take_lines(m, t.inbuf + data if t.inbuf else data)
             if not t.more_held():
                 return
-
-    # -- naming ---------------------------------------------------------
-    def _name(self, m: Member, data: bytes) -> None:
-        """The alias came to the room's port: it says the kind of reader."""
-        if wrong := not_a_name(data, self.web_address):
-            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
-            self._close(m)
-            return
-        raw, rest, line_end = split_alias(data)
-        m.kind = Kind.LINE if line_end else Kind.APP
-        self._named(m, raw, rest)
-
-    def _named(self, m: Member, raw: bytes, rest: bytes) -> None:
-        """m's alias is `raw`: then the key, the name, the welcome."""
-        m.claimed = decode_line(raw)
-        m.named_at = self.loop.now
-        self.gate.named(m)
-        self._keep(m, rest)   # typed ahead: it waits for the welcome
-        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
-        if self.settings.room_key:
-            self._check_key(m)
-        else:
-            self._enter(m)
-
-    def _check_key(self, m: Member) -> None:
-        """Check m's room key in its address's turn (the gate's key_turn)."""
-        m.stage = Stage.CHECKING
-        at = self.gate.key_turn(m.group)
-        if at <= self.loop.now:
-            self._key_turn(m)
-        else:
-            self.loop.call_at(at, self._key_turn, m)
-
-    def _key_turn(self, m: Member) -> None:
-        if m.stage is not Stage.CHECKING:
-            return
-        if self.gate.key_right(m):
-            self._enter(m)
-        else:
-            self._close(m, key_refusal(m), WS_POLICY)
-
-    def _enter(self, m: Member) -> None:
-        """Name m and put it in line for its welcome."""
-        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
-        m.forms = alias_forms(m.claimed, m.name)
-        self.room.arrive(m, self.gate.welcome_at(m))
 
     # -- lines ----------------------------------------------------------
     def _listen_again(self, m: Member) -> None:
@@ -3659,6 +3832,7 @@ class Server:
             m.resume.cancel()
             m.resume = None
         self.gate.let_go(m)
+        self.doorway.forget(m)
         m.transport.close(last_words, 0.0 if self.stopping else at)
         self.connections.discard(m)
 
@@ -6102,13 +6276,17 @@ CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a nam
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
 HELD_LINES = 16          # lines kept from before the welcome (a refusal is one or two)
-TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
+SILENCE = 1.5            # seconds without ALIAS before the client asks whether it reached a
+                         # page's port (ROOM_PATH), or (plain) a room that speaks TLS
 TLS_ASKING = 10.0        # seconds that asking may take (a busy room paces its handshakes)
+PAGE_ASKING = 3.0        # seconds a page's port has to say where its room is
+LINK_PORTS = {"http": 80, "https": 443}   # a link to the page without a port
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
 STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
 STOP_SAID = "the server has been stopped; join again once it is back online"
 # OpenSSL's verify codes for a certificate that does not list the name or address used
 NAME_MISMATCH = {62, 64}
+PLAIN_TEXT = "{} is not an encrypted room: connect without --tls (and without --ca or --insecure)."
 
 
 class ClientError(Exception):
@@ -6209,6 +6387,21 @@ def server_address(text: str) -> tuple[str, int]:
     return host, DEFAULT_PORT if port is None else port_number(port)
 
 
+def link_parts(text: str) -> tuple[str, bool | None, str]:
+    """What --connect was given: a link to the page (http(s)://HOST[:PORT]/...,
+    an invitation with #key=KEY too) as (HOST:PORT, True for https, KEY), the
+    scheme and path dropped; anything else as (it, None, "")."""
+    parts = urllib.parse.urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in LINK_PORTS or not parts.netloc:
+        return text, None, ""
+    address = parts.netloc.rpartition("@")[2]
+    if not re.search(r"(^[^:]*|\]):\d+$", address):
+        address += f":{LINK_PORTS[scheme]}"
+    key = parts.fragment[4:] if parts.fragment.startswith("key=") else ""
+    return address, scheme == "https", urllib.parse.unquote(key)
+
+
 def alias_text(name: str) -> str:
     """The alias to send, which is also every line's prefix: one line, valid UTF-8."""
     return " ".join(name.encode("utf-8", "replace").decode().splitlines()).strip()
@@ -6262,13 +6455,14 @@ def open_connection(host: str, port: int, context: ssl.SSLContext | None) -> soc
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as e:
         raise ClientError(unproven_text(e, host, port, context)) from None
-    except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away
+    except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away, and a plain
+        if speaks_plain(host, port):              # one closes a TLS client at once
+            raise ClientError(PLAIN_TEXT.format(where)) from None
         raise ClientError(f"{where} closed the connection during the TLS handshake "
                           f"(the room may be full, or not open to your address).") from None
     except ssl.SSLError as e:
         if e.reason == "WRONG_VERSION_NUMBER":   # it answered in plain text
-            raise ClientError(f"{where} is not an encrypted room: connect without --tls "
-                              f"(and without --ca or --insecure).") from None
+            raise ClientError(PLAIN_TEXT.format(where)) from None
         raise ClientError(f"No encrypted connection with {where} ({e.reason or e}); "
                           f"is the server using TLS?") from None
     except OSError as e:
@@ -6303,6 +6497,14 @@ def certificate_names(host: str, port: int, context: ssl.SSLContext) -> list[str
             for kind, value in listed if kind in ("DNS", "IP Address")]
 
 
+def speaks_plain(host: str, port: int) -> bool:
+    """True if host:port answers in plain text where its room is (a room or a page's port)."""
+    try:
+        return page_room_port(host, port, None) is not None
+    except ClientError:
+        return False
+
+
 def speaks_tls(host: str, port: int) -> bool:
     """True if host:port completes a TLS handshake (nothing is checked: this only asks)."""
     if ssl is None:
@@ -6317,8 +6519,31 @@ def speaks_tls(host: str, port: int) -> bool:
         return False
 
 
+def page_room_port(host: str, port: int, context: ssl.SSLContext | None) -> int | None:
+    """The room's port, as host:port says it if it is a page's port (ROOM_PATH);
+    None if it does not say.  ClientError if it cannot be reached."""
+    with open_connection(host, port, context) as sock:
+        sock.settimeout(PAGE_ASKING)
+        reply = b""
+        try:
+            sock.sendall(f"GET {ROOM_PATH} HTTP/1.1\r\nHost: {host_port(host, port)}\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            while len(reply) < MAX_REFUSAL and (data := sock.recv(RECV_SIZE)):
+                reply += data
+        except OSError:   # a room that speaks TLS, or a slow one: it did not say
+            pass
+    try:
+        status, body = http_reply(reply)
+        room = json.loads(body)["port"] if status == 200 else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return room if isinstance(room, int) and 1 <= room <= 65535 else None
+
+
 def quiet_for(sock: socket.socket, seconds: float) -> bool:
-    """True if nothing arrives on `sock` (plain) within `seconds`."""
+    """True if nothing arrives on `sock` within `seconds`."""
+    if ssl is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
     with selectors.DefaultSelector() as selector:
         selector.register(sock, EVENT_READ)
         return not selector.select(seconds)
@@ -6328,13 +6553,9 @@ def answer_prompt(sock: socket.socket, alias: str, host: str, port: int, tls: bo
     """Wait for ALIAS and answer with the alias; returns what came after ALIAS.
 
     ClientError if the server said something else instead (a refusal, shown
-    as it is), nothing in time, or closed; or, for a plain connection that
-    hears nothing at first, if the room turns out to speak TLS.
+    as it is), nothing in time, or closed.
     """
     where = host_port(host, port)
-    if not tls and quiet_for(sock, TLS_GUESS) and speaks_tls(host, port):
-        raise ClientError(f"{where} is an encrypted room: add --tls "
-                          f"(and --ca FILE with the host's certificate).")
     got = b""
     try:
         while len(got) < len(ALIAS_PROMPT) and ALIAS_PROMPT.startswith(got):
@@ -6582,10 +6803,30 @@ class ClientSession:
 
 
 def join_room(host: str, port: int, context: ssl.SSLContext | None, alias: str,
-              out, typed_shows: bool = False) -> ClientSession:
-    """Connect, answer the prompt, and hand back the stay; ClientError if not let in."""
-    sock = open_connection(host, port, context)
+              out, typed_shows: bool = False, page: bool = False) -> ClientSession:
+    """Connect, answer the prompt, and hand back the stay; ClientError if not let in.
+    The page's port (`page`: a link to it) is asked where its room is first; so is
+    an address that does not ask for a name at once, and a plain one then whether it
+    is an encrypted room."""
+    where = host_port(host, port)
+    room = page_room_port(host, port, context) if page else None
+    if page and room is None:
+        raise ClientError(f"{where} did not say where its room is (is it the chat page of a "
+                          f"PrivateChatRoom server?).")
+    sock = open_connection(host, room or port, context)
     try:
+        if not page and quiet_for(sock, SILENCE):
+            room = page_room_port(host, port, context)
+            if room is None and context is None and speaks_tls(host, port):
+                raise ClientError(f"{where} is an encrypted room: add --tls "
+                                  f"(and --ca FILE with the host's certificate).")
+            if room is not None:
+                sock.close()
+                sock = open_connection(host, room, context)
+        if room is not None and room != port:
+            print(f"{where} is the room's chat page: joining its room at {host_port(host, room)}",
+                  file=sys.stderr, flush=True)
+            port = room
         early = answer_prompt(sock, alias, host, port, tls=context is not None)
     except BaseException:   # Ctrl+C too
         sock.close()
@@ -6620,17 +6861,18 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
     0: the person left (end of input, Ctrl+C), or the server stopped and said so;
     1: the server could not be reached, refused, went away, or TLS failed;
     2: the address or the --ca file cannot be used.
-    --ca and --insecure imply --tls.
+    --ca and --insecure imply --tls, and so does an https link.
     """
     stdin = lenient(sys.stdin) if stdin is None else stdin
     stdout = lenient(sys.stdout) if stdout is None else stdout
+    address, https, key = link_parts(address)
     try:
         host, port = server_address(address)
     except argparse.ArgumentTypeError as e:
         print(f"--connect: {e}.", file=sys.stderr)
         return 2
     context = None
-    if tls or ca is not None or insecure:
+    if tls or https or ca is not None or insecure:
         if ssl is None:
             print("This Python has no ssl module, so it cannot encrypt; run without --tls.",
                   file=sys.stderr)
@@ -6650,7 +6892,10 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
             if name is None:
                 return 0
         typed_shows = stdin.isatty() and stdout.isatty()   # one terminal shows both
-        session = join_room(host, port, context, alias_text(name), stdout, typed_shows)
+        if key and "#" not in name:   # an invitation's key
+            name = f"{name.strip()}#{key}"
+        session = join_room(host, port, context, alias_text(name), stdout, typed_shows,
+                            page=https is not None)
         return session.stay(stdin)
     except ClientError as e:
         print(e, file=sys.stderr, flush=True)

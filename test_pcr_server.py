@@ -62,7 +62,7 @@ WINDOWS = sys.platform == "win32"
 # Short delays and a fast App so the suite runs fast; the rules are the same.
 FAST = dict(host="127.0.0.1", port=0, public_ip_url="", log_file="",
             welcome_delay=0.05, count_interval=0.03, stop_flush=1.0,
-            app_char_time=0.001, app_margin=0.03)
+            app_char_time=0.001, app_margin=0.03, door_wait=0.01)
 
 
 def free_port() -> int:
@@ -2422,8 +2422,8 @@ class AppReaderTest(ServerCase):
     no read that splits a character or looks like a count."""
 
     def test_an_app_whose_user_takes_30_s_to_type_a_name_joins_at_the_real_pace(self):
-        self.start(**{k: v for k, v in FAST.items()
-                      if k not in ("welcome_delay", "count_interval", "app_char_time", "app_margin")})
+        self.start(**{k: v for k, v in FAST.items() if k not in (
+            "welcome_delay", "count_interval", "app_char_time", "app_margin", "door_wait")})
         tom = self.member("tom")
         ann = self.app("ann", typing=30.0, char_time=0.07, window=0.05)
         ann.wait_chat("ann joined the chat...\n", timeout=30 + WAIT)
@@ -3621,6 +3621,103 @@ class HostDoorsTest(ServerCase):
                       self.log_text())
 
 
+class RoomDoorTest(WebCase):
+    """No wrong door (issue 31): the first bytes at the room's port choose its
+    door, so a browser gets the page there; the App, which never speaks first,
+    gets ALIAS once the wait is over; the page's port says where the room is."""
+
+    REAL = pcr.Settings().door_wait   # the wait as it ships
+
+    def page_request(self, port: int, path: str = "/") -> bytes:
+        return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: text/html\r\n\r\n" % (
+            path.encode(), port)
+
+    def test_the_app_is_asked_for_its_alias_after_the_real_wait_within_0_3_s(self):
+        self.assertLessEqual(self.REAL, 0.1)
+        self.start(door_wait=self.REAL)
+        t0 = time.monotonic()
+        c = self.connect()
+        self.assertEqual(c.recv_some(), b"ALIAS")
+        self.assertGreater(time.monotonic() - t0, self.REAL / 2)   # it waited for a browser
+        self.assertLess(time.monotonic() - t0, 0.3)
+        t0 = time.monotonic()
+        app = self.app("ann", char_time=0.001)   # the App's reader, as PROTOCOL.md tells it
+        app.wait_box("1 person is online...\n")
+        self.assertLess(app.reads[0][0] - t0, 0.3)
+        self.assertEqual(app.reads[0][1], b"ALIAS")
+        self.assert_app_shows_well(app)
+
+    def test_a_client_that_speaks_first_is_asked_at_once_and_what_it_sent_is_its_name(self):
+        self.start(door_wait=60.0)   # only what it sends can end the wait in time
+        tom = self.connect()
+        tom.send(b"tom\ntom: early bird\n")
+        got = tom.read_until(b"tom: early bird\n")
+        self.assertTrue(got.startswith(b"ALIAStom joined the chat...\n"), got)
+
+    def test_a_browser_at_the_rooms_port_is_served_the_page_at_once(self):
+        self.start(door_wait=60.0)
+        got = http_get(self.port, self.page_request(self.port))
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got[:200])
+        self.assertIn(pcr.PAGE_HTML.encode(), got)
+        self.assertIn(f"connect-src 'self' ws://127.0.0.1:{self.port} ".encode(), got)
+        self.assertEqual(self.on_loop(lambda: list(self.server.room.members)), [])
+
+    def test_a_request_that_comes_in_pieces_is_still_a_browsers(self):
+        self.start(door_wait=60.0)
+        with socket.create_connection(("127.0.0.1", self.port), WAIT) as sock:
+            request = self.page_request(self.port, "/room")
+            sock.sendall(request[:7])   # "GET /ro"
+            time.sleep(0.1)
+            sock.sendall(request[7:])
+            sock.settimeout(WAIT)
+            got = b""
+            while data := sock.recv(65536):
+                got += data
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got)
+        self.assertTrue(got.endswith(b'{"port": %d}' % self.port), got)
+
+    def test_the_pages_websocket_at_the_rooms_port_joins_the_room(self):
+        self.start()
+        tom = self.member("tom")
+        wendy = WebMember(self.port, "wendy", origin=f"http://127.0.0.1:{self.port}")
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
+        tom.send(b"tom: hi wendy\n")
+        self.assertEqual(wendy.until("chat", name="tom")["text"], "hi wendy")
+        self.assertEqual(self.on_loop(lambda: self.server.room.snapshot()[1][3]), "web")
+
+    def test_a_tls_hello_first_at_the_plain_rooms_port_is_closed_without_alias(self):
+        self.start(door_wait=60.0)
+        c = self.connect()
+        c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))
+        t0 = time.monotonic()
+        self.assertEqual(c.read_to_close(timeout=4.0), b"")
+        self.assertLess(time.monotonic() - t0, 4.0)
+        self.assertIn("it speaks TLS to a room that is not encrypted", self.log_text())
+
+    def test_with_the_page_off_a_browser_at_the_rooms_port_is_told_so(self):
+        self.start(web_port=None)
+        got = http_get(self.port, self.page_request(self.port))
+        self.assertTrue(got.startswith(b"HTTP/1.1 404 Not Found\r\n"), got)
+        self.assertTrue(got.endswith(pcr.PAGE_IS_OFF.encode()), got)
+
+    def test_the_pages_port_and_the_rooms_say_where_the_room_is(self):
+        self.start()
+        for port in (self.web, self.port):
+            got = http_get(port, self.page_request(port, "/room"))
+            self.assertEqual(pcr.http_reply(got), (200, b'{"port": %d}' % self.port))
+            self.assertIn(b"Content-Type: application/json\r\n", got)
+
+    def test_a_line_client_at_the_pages_port_is_told_the_rooms_port(self):
+        self.start()
+        c = Client(self.web)
+        self.addCleanup(c.close)
+        c.send(b"ann\n")
+        self.assertEqual(c.read_to_close(), b"this port is the chat page's, for a browser; the App "
+                                            b"and terminals join at port %d\n" % self.port)
+
+
 class StopTest(ServerCase):
 
     def test_stop_lines_then_close(self):
@@ -3738,6 +3835,14 @@ class TlsTest(ServerCase):
         bob.send(b"bob: over TLS\n")
         ann.read_until(b"bob: over TLS\n")
         self.assertEqual(ann.sock.version() in ("TLSv1.2", "TLSv1.3"), True)
+
+    def test_a_browser_at_the_encrypted_rooms_port_gets_the_page_over_https(self):
+        self.start(door_wait=60.0, web_port=0)   # its request, after the handshake, chooses the page
+        import ssl
+        context = ssl.create_default_context(cafile=self.cert)
+        with urllib.request.urlopen(f"https://localhost:{self.port}/", timeout=WAIT,
+                                    context=context) as reply:
+            self.assertEqual(reply.read(), pcr.PAGE_HTML.encode())
 
     def test_plain_client_on_a_tls_port_is_closed_and_logged(self):
         self.start()
