@@ -7040,7 +7040,8 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     client = p.add_argument_group("joining a room from a terminal")
     client.add_argument("--connect", metavar="HOST[:PORT]",
                         help=f"join the room at HOST instead of running one (port {DEFAULT_PORT} "
-                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT})")
+                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT}); the page's address "
+                             f"or an invitation's link works too")
     client.add_argument("--name", help="your name in the room, NAME#KEY if it needs a key "
                                        "(asked for if not given)")
     client.add_argument("--tls", action="store_true",

@@ -6992,6 +6992,65 @@ class HostTerminalTest(ServerCase):
         bob.read_until(b"cy: half-typed message\n")
 
 
+class ClientDoorTest(ServerCase):
+    """--connect at the page's port, or given the page's link or an invitation,
+    finds the room (issue 31), with ClientModeTest's helpers (not its tests)."""
+
+    settings = {"web_port": 0}
+    client, certificate = ClientModeTest.client, ClientModeTest.certificate
+
+    def test_a_link_gives_its_address_whether_it_is_https_and_its_key(self):
+        self.assertEqual(pcr.link_parts("http://192.0.2.10:5051/#key=Fam%26ly%2B2026%3Dx"),
+                         ("192.0.2.10:5051", False, "Fam&ly+2026=x"))
+        self.assertEqual(pcr.link_parts(" https://[::1]:5051/chat?x=1#key=k "), ("[::1]:5051", True, "k"))
+        self.assertEqual(pcr.link_parts("HTTP://example.org/"), ("example.org:80", False, ""))
+        self.assertEqual(pcr.link_parts("https://[::1]/"), ("[::1]:443", True, ""))
+        for address in ("example.org:5050", "[::1]:5050", "192.0.2.10"):
+            self.assertEqual(pcr.link_parts(address), (address, None, ""))
+
+    def test_the_pages_port_is_asked_where_the_room_is_and_the_room_joined_within_5_s(self):
+        self.start()
+        t0 = time.monotonic()
+        c = self.client(f"127.0.0.1:{self.server.web_address[1]}", name="ann")
+        c.read_until("ann joined the chat...\n")
+        self.assertLess(time.monotonic() - t0, 5.0)
+        said = c.said(f"in the room as ann at 127.0.0.1:{self.port};")
+        self.assertIn(f"127.0.0.1:{self.server.web_address[1]} is the room's chat page: joining its "
+                      f"room at 127.0.0.1:{self.port}\n", said)
+
+    def test_an_invitations_link_joins_with_its_key(self):
+        key = "Fam&ly+2026=x"
+        self.start(room_key=key)
+        tom = self.member(f"tom#{key}")
+        link = pcr.invitation(f"http://127.0.0.1:{self.server.web_address[1]}/", key)
+        c = self.client(link, name="ann")
+        c.read_until("ann joined the chat...\n")
+        tom.read_until(b"ann joined the chat...\n2 people are online...\n")
+        c.type("hello from the link\n")
+        tom.read_until(b"ann: hello from the link\n")
+        self.assertNotIn(key, c.output() + c.errors())
+
+    def test_the_rooms_own_link_joins_at_once(self):
+        self.start()
+        c = self.client(f"http://127.0.0.1:{self.port}/", name="ann")
+        c.read_until("ann joined the chat...\n")
+        self.assertNotIn("chat page", c.errors())
+
+    def test_an_https_link_goes_over_tls(self):
+        cert = self.certificate()
+        self.start(tls_cert=cert, tls_key=self.key)
+        c = self.client(f"https://localhost:{self.server.web_address[1]}/", name="ann", ca=cert)
+        c.read_until("ann joined the chat...\n")
+        c.said(f"in the room as ann at localhost:{self.port} over TLS;")
+
+    def test_a_link_to_nothing_is_one_sentence(self):
+        self.start()
+        c = self.client(f"http://127.0.0.1:{free_port()}/#key=x", name="ann")
+        self.assertEqual(c.wait(), 1)
+        ClientModeTest.assert_one_sentence(self, c.errors())
+        self.assertIn("Cannot reach 127.0.0.1:", c.errors())
+
+
 # ---------------------------------------------------------------------------
 # 13. The command line
 # ---------------------------------------------------------------------------
