@@ -93,12 +93,14 @@ import queue
 import re
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -356,7 +358,7 @@ ROOM_RESTARTED = "your seat in the room was not kept: the room was restarted; jo
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
-PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
+PHOTOS_KEPT = "kept in memory only (up to {} MiB), gone when the room stops"   # photos shared
 PHOTO_BURST = 3.0    # photos a member may share at once, then one each 1 / Settings.photo_rate s
 PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
@@ -3011,7 +3013,8 @@ class PhotoDesk:
             self.album.clear()
             log.info("the chat page is off")
         else:
-            log.info("the chat page is on port %d; %s", port, PHOTOS_KEPT.format(self.settings.photos)
+            log.info("the chat page is on port %d; %s", port, "photos shared on it are "
+                     + PHOTOS_KEPT.format(self.settings.photos)
                      if self.settings.photos else "photo sharing is off")
 
     def heard_internet_page(self, link: str | None) -> None:
@@ -4994,6 +4997,7 @@ QR_MASKS = (                  # (row, column) -> flip this data module
     lambda r, c: ((r + c) % 2 + r * c % 3) % 2 == 0)
 QR_FINDER_LIKE = re.compile(r"(?=10111010000|00001011101)")   # penalty rule 3, in a line
 QR_QUIET = 4                  # light modules around the code
+QR_COLOURS = "\x1b[97;40m"    # SGR: bright white blocks (light) on black (dark), whatever the theme
 
 
 def gf_powers() -> tuple[list[int], list[int]]:
@@ -5197,22 +5201,102 @@ def qr_code(text: str) -> list[list[bool]]:
     return min((qr_masked(dark, fixed, mask) for mask in range(8)), key=qr_penalty)
 
 
-def qr_console_text(modules: list[list[bool]]) -> str:
-    """The code in block characters with its quiet zone, for light text on a dark
-    background: a light module is a block, a dark one a space; two rows a line."""
+def qr_console_text(modules: list[list[bool]], colours: bool = False) -> str:
+    """The code in block characters with its quiet zone, as light text on a dark
+    background: a light module is a block, a dark one a space; two rows a line.
+    With `colours`, each line sets its own (QR_COLOURS) and resets them after:
+    a light theme's dark text on white would show the code inverted."""
     size = len(modules)
     light = [[not (0 <= r - QR_QUIET < size and 0 <= c - QR_QUIET < size
                    and modules[r - QR_QUIET][c - QR_QUIET])
               for c in range(size + 2 * QR_QUIET)] for r in range(size + 2 * QR_QUIET)]
     light.append([False] * len(light[0]))   # below the last line: the background
     blocks = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
-    return "\n".join("".join(blocks[pair] for pair in zip(top, bottom))
+    start, end = (QR_COLOURS, "\x1b[0m") if colours else ("", "")
+    return "\n".join(start + "".join(blocks[pair] for pair in zip(top, bottom)) + end
                      for top, bottom in zip(light[::2], light[1::2]))
 
 
 # ---------------------------------------------------------------------------
 # 10. Logging
 # ---------------------------------------------------------------------------
+
+# -- the console: what the host reads, fitted to the terminal ------------------
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")      # a colour: it takes no room on the screen
+HANGING_ROW = re.compile(r"\s*[^\s:][^:]*:\s{2,}(?=\S)")   # "    label:   " before a value
+
+
+def console_width(stream) -> int | None:
+    """The columns a line printed to `stream` may take: the terminal's, or None
+    where it is no terminal (a pipe or a file keeps each line whole)."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError, OSError):
+        return None
+    return shutil.get_terminal_size().columns - WINDOWS   # Windows' console wraps at its last column
+
+
+def fit_console(text: str, width: int | None) -> str:
+    """`text` with each line longer than `width` wrapped at words, the rest of it
+    indented under its value (a "label:   value" row) or two spaces in; a word
+    longer than the width (a link) stays whole."""
+    if not width:
+        return text
+    lines = []
+    for line in text.split("\n"):
+        if len(SGR.sub("", line)) <= width:
+            lines.append(line)
+            continue
+        lead = len(line) - len(line.lstrip(" "))
+        row = HANGING_ROW.match(line)
+        hang = row.end() if row and row.end() <= width // 2 else lead + 2
+        lines += textwrap.wrap(line, width, initial_indent="", subsequent_indent=" " * hang,
+                               break_long_words=False, break_on_hyphens=False,
+                               drop_whitespace=True) or [line]
+    return "\n".join(lines)
+
+
+def console_colours(stream) -> bool:
+    """Whether `stream` takes colours (SGR codes): a terminal, TERM not dumb,
+    NO_COLOR not set (https://no-color.org), and on Windows a console whose
+    virtual-terminal processing is on (turned on here if it can be)."""
+    try:
+        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
+            return False
+    except (AttributeError, ValueError, OSError):
+        return False
+    return not WINDOWS or windows_terminal_codes(stream)
+
+
+def windows_terminal_codes(stream) -> bool:
+    """Turn on the Windows console's virtual-terminal processing for `stream`; whether it is on."""
+    import ctypes   # Windows' console API
+    import msvcrt
+    vt_processing = 0x0004   # ENABLE_VIRTUAL_TERMINAL_PROCESSING
+    try:
+        kernel32 = ctypes.windll.kernel32
+        handle = msvcrt.get_osfhandle(stream.fileno())
+        mode = ctypes.c_uint32()
+        if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
+            return False
+        return bool(mode.value & vt_processing
+                    or kernel32.SetConsoleMode(handle, mode.value | vt_processing))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class ConsoleLog(logging.Formatter):
+    """A log record as the console shows it: its time, level and message, fitted to the terminal."""
+
+    def __init__(self, stream):
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        self.stream = stream
+
+    def format(self, record: logging.LogRecord) -> str:
+        return fit_console(super().format(record), console_width(self.stream))
+
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
     """The rotating log, each file created readable by its owner only: it holds addresses."""
@@ -5233,7 +5317,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
     if console:   # the console is the host's: warnings and errors only, the rest in the file
         stream = logging.StreamHandler()
         stream.setLevel(logging.WARNING)
-        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        stream.setFormatter(ConsoleLog(stream.stream))
         log.addHandler(stream)
     if log_file:
         try:
@@ -5307,7 +5391,8 @@ def privacy_text(settings: Settings) -> str:
     text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
     text += f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else ""
     photos = settings.photos and settings.web_port is not None   # shared on the page alone
-    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if photos else "")
+    return text + (f",\nphotos shared on the page: {PHOTOS_KEPT.format(settings.photos)}"
+                   if photos else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
@@ -7106,6 +7191,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
+QR_CAPTION = "scan with a phone's camera to open the page"   # above the banner's code
 # What the banner says of the internet address while it is not known (FriendsJoin)
 NOT_KNOWN = {"looking": "looking up this machine's public address…",
              "off": "not looked up: your router's status page shows this machine's public address",
@@ -7154,9 +7240,10 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
                      f"(kept in memory only)")
     if join.page_port and settings.photos:
         lines.append(f"  photos:             {PHOTOS_KEPT.format(settings.photos)}")
-    if settings.public_ip_url:
-        lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
-                     f"public address; --public-ip-url '' turns that off.")
+    if settings.public_ip_url and not join.only_here:   # a room on loopback asks nothing
+        when = "If your router cannot tell it, the server" if settings.upnp else "At start the server"
+        lines.append(f"{when} asks {settings.public_ip_url} for this machine's public address; "
+                     f"--public-ip-url '' turns that off.")
     lines.append(f"Log file: {os.path.abspath(settings.log_file)}" if settings.log_file
                  else "Log file: none (--log-file '')")
     lines.append("Ctrl+C stops the server.")
@@ -7172,26 +7259,39 @@ def page_line(link: str) -> str:
 
 
 def console_code(link: str | None, stream) -> str:
-    """The code of `link` to scan off `stream` (a console with light text on dark), a
-    sentence where the console's encoding has no block characters, or "" with no link."""
+    """The code of `link` to scan off `stream`, under its caption: in colours of its
+    own where the console takes them, else as light text on a dark background
+    (qr_console_text); a sentence where the console has no block characters or
+    is too narrow for it; "" with no link."""
     if not link:
         return ""
     try:
         "█▀▄".encode(getattr(stream, "encoding", None) or "ascii")
+        modules = qr_code(link)
     except (UnicodeEncodeError, LookupError):
         return "  (this console cannot draw the link's QR code to scan; --gui shows it)"
-    try:
-        return qr_console_text(qr_code(link))
     except ValueError:   # a room key too long for any code
         return ""
+    side, width = len(modules) + 2 * QR_QUIET, console_width(stream)
+    if width and width < side:
+        return (f"  (the link's QR code needs a console {side} characters wide; widen this one "
+                f"and start again, or --gui shows it)")
+    return f"    {QR_CAPTION}\n{qr_console_text(modules, console_colours(stream))}"
 
 
-def print_for_host(text: str) -> None:
-    """Print for the host; a terminal that has gone away (hang-up) is no error."""
+def print_for_host(text: str, at_line_start: bool = False) -> None:
+    """Print for the host, each line fitted to the terminal (fit_console); a
+    terminal that has gone away (hang-up) is no error.  `at_line_start`: from
+    the line's start, over what the terminal echoed (Ctrl+C's ^C)."""
     try:
-        print(text, flush=True)
+        text = fit_console(text, console_width(sys.stdout))
+        print("\r" + text if at_line_start and sys.stdout.isatty() else text, flush=True)
     except (OSError, ValueError):
         pass
+
+
+def members_text(n: int) -> str:
+    return f"{n} member" if n == 1 else f"{n} members"
 
 
 def announce(settings: Settings, address: tuple[str, int],
@@ -7248,8 +7348,13 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    def stop() -> None:   # on the loop's thread: the host hears it begin, then end
+        if not server.stopping:
+            told = sum(m.stage is Stage.IN_ROOM for m in server.room.members)
+            print_for_host(f"stopping: telling {members_text(told)}…", at_line_start=True)
+        server.stop()
     # Ctrl+C while the banner is printed (or the router asked) stops the room as ever
-    on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
+    on_stop_signals(lambda: server.loop.call_soon_threadsafe(stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     photos = server.door.photos   # photo links for members from the internet
     router = announce(settings, address, server.web_address, server.page_problem,
@@ -7258,6 +7363,7 @@ def run_headless(settings: Settings) -> int:
     if router:
         router.close()
     server.loop.close()
+    print_for_host("stopped")
     return 0
 
 

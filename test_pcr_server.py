@@ -1483,18 +1483,52 @@ def code_image(modules: list, scale: int = 2) -> "Image.Image":
     return image.resize((side * scale, side * scale), Image.NEAREST)
 
 
-def console_image(text: str, cell: tuple[int, int] = (8, 16)) -> "Image.Image":
-    """Block characters as a terminal shows them: light text on a dark background."""
-    lines = [line for line in text.splitlines() if line and set(line) <= set(BLOCKS)]
+SGR_CODE = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+# A terminal's themes: (text, background) as grey levels; and the grey each colour
+# code shows (30-37 text, 40-47 background, 90-97 and 100-107 their bright forms)
+THEMES = {"light": (0, 255), "dark": (229, 0)}
+PALETTE = {0: 0, 7: 229, 60: 77, 67: 255}   # black, white, bright black, bright white; others 128
+
+
+def terminal_image(text: str, theme: str = "dark", colours: bool = True,
+                   cell: tuple[int, int] = (8, 16)) -> "Image.Image":
+    """The block-character lines of `text` as a terminal with `theme` shows them:
+    a block in the text's colour, the rest in the background's, each set by the
+    SGR codes in the text (or left to the theme, without `colours`)."""
+    default = THEMES[theme]
+    rows = []
+    for line in text.splitlines():
+        if not line or not set(SGR_CODE.sub("", line)) <= set(BLOCKS):
+            continue
+        cells, ink, paper = [], *default
+        for i, part in enumerate(SGR_CODE.split(line)):
+            if i % 2 == 0:
+                cells += [(BLOCKS[char], ink, paper) for char in part]
+                continue
+            for code in map(int, filter(None, part.split(";"))) if colours else ():
+                if code == 0:
+                    ink, paper = default
+                elif 30 <= code <= 37 or 90 <= code <= 97:
+                    ink = PALETTE.get(code - 30, 128)
+                elif 40 <= code <= 47 or 100 <= code <= 107:
+                    paper = PALETTE.get(code - 40, 128)
+        rows.append(cells)
     width, height = cell
-    image = Image.new("L", (width * max(map(len, lines)) + 40, height * len(lines) + 40), 0)
-    for y, line in enumerate(lines):
-        for x, char in enumerate(line):
-            for half, light in enumerate(BLOCKS[char]):
-                if light:
-                    top = 20 + y * height + half * height // 2
-                    image.paste(255, (20 + x * width, top, 20 + (x + 1) * width, top + height // 2))
+    image = Image.new("L", (width * max(map(len, rows)) + 40, height * len(rows) + 40), default[1])
+    for y, row in enumerate(rows):
+        for x, (halves, ink, paper) in enumerate(row):
+            for half, lit in enumerate(halves):
+                top = 20 + y * height + half * height // 2
+                image.paste(ink if lit else paper,
+                            (20 + x * width, top, 20 + (x + 1) * width, top + height // 2))
     return image
+
+
+def console_image(text: str) -> "Image.Image":
+    """Block characters as a terminal with light text on a dark background shows them."""
+    return terminal_image(text, "dark")
 
 
 def zxing_read(image) -> list:
@@ -1553,6 +1587,57 @@ class TestNet:
         return subprocess.Popen(self.inside(sys.executable, SERVER, "--port", "5050", "--web-port",
                                             "5051", "--public-ip-url", "", "--log-file", "", *args),
                                 cwd=self.dir, **kw)
+
+
+def on_a_terminal(case: unittest.TestCase, args: list[str], columns: int = 80, cwd=None, env=None
+                  ) -> tuple[subprocess.Popen, int, bytearray, threading.Condition]:
+    """pcr_server.py with `args` on a pseudo-terminal `columns` wide, which is its
+    controlling terminal (Ctrl+C typed there reaches it); (process, the
+    terminal's leader, all it shows, a condition notified as it grows)."""
+    import fcntl
+    import pty
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    proc = subprocess.Popen([sys.executable, SERVER, *args], stdin=follower, stdout=follower,
+                            stderr=follower, close_fds=True, cwd=cwd, env=env,
+                            preexec_fn=own_terminal)
+    os.close(follower)
+    shown, changed = bytearray(), threading.Condition()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:   # the terminal's other side closed
+                data = b""
+            with changed:
+                shown.extend(data)
+                changed.notify_all()
+            if not data:
+                return
+    threading.Thread(target=read, daemon=True).start()
+
+    def end() -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)
+        os.close(leader)
+    case.addCleanup(end)
+    return proc, leader, shown, changed
+
+
+def shown_until(shown: bytearray, changed: threading.Condition, needle: bytes,
+                timeout: float = WAIT) -> bytes:
+    """All a terminal shows, once it shows `needle` (bounded)."""
+    with changed:
+        if not changed.wait_for(lambda: needle in shown, timeout):
+            raise AssertionError(f"no {needle!r} on the terminal; it shows {bytes(shown)!r}")
+        return bytes(shown)
 
 
 def read_terminal(fd: int, needle: bytes, timeout: float = WAIT * 2) -> bytes:
@@ -4561,8 +4646,8 @@ class PhotoShareTest(WebCase):
         self.assertEqual(pcr.parse_args(["--photos", "0"]).photos, 0)
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
             pcr.parse_args(["--photos", "-1"])
-        self.assertIn("photos shared on the page: up to 64 MiB, in memory only, gone when the "
-                      "room stops", pcr.privacy_text(pcr.Settings(web_port=0)))
+        self.assertIn("photos shared on the page: kept in memory only (up to 64 MiB), gone when "
+                      "the room stops", pcr.privacy_text(pcr.Settings(web_port=0)))
         self.assertNotIn("photos", pcr.privacy_text(pcr.Settings()))   # no page, no photos
         self.assertNotIn("photos", pcr.privacy_text(pcr.Settings(web_port=0, photos=0)))
 
@@ -4802,7 +4887,7 @@ class PhotoShareTest(WebCase):
         self.assertIn(f'"wendy" shared a photo ({kib} KiB)', log)
         self.assertIn("refused a photo from 127.0.0.1: it is not a JPEG, PNG or WebP picture", log)
         self.assertNotIn(url[3:35], log)
-        self.assertIn("photos shared on the page: up to 64 MiB, in memory only", log)
+        self.assertIn("photos shared on it are kept in memory only (up to 64 MiB)", log)
 
     def test_turning_the_page_off_forgets_the_photos(self):
         wendy, tom = self.wendy_and_tom()
@@ -5540,6 +5625,17 @@ class QrCodeTest(unittest.TestCase):
         self.assertEqual(pcr.qr_format_bits(0), 0b101010000010010)        # M, mask 0 (Annex C)
         self.assertEqual([pcr.qr_data_capacity(v) for v in (1, 7, 17, 40)], [16, 124, 507, 2334])
 
+    def test_the_console_drawing_in_its_own_colours_reads_on_light_and_dark_themes(self):
+        self.need_zbar()
+        link = "http://192.0.2.10:5051/#key=Fam%26ly%2B2026%3Dx"
+        drawn = pcr.qr_console_text(pcr.qr_code(link), colours=True)
+        for line in drawn.split("\n"):
+            self.assertTrue(line.startswith(pcr.QR_COLOURS) and line.endswith("\x1b[0m"), line)
+        themes = [terminal_image(drawn, theme) for theme in ("light", "dark")]
+        self.assertEqual(zbar_read(themes, self.folder), [link, link])
+        left_to_the_theme = terminal_image(drawn, "light", colours=False)   # dark on white: inverted
+        self.assertEqual(zbar_read([left_to_the_theme], self.folder), [])
+
     def test_the_console_drawing_is_two_rows_a_line_light_on_dark(self):
         modules = pcr.qr_code("http://192.0.2.10:5051/")
         lines = pcr.qr_console_text(modules).split("\n")
@@ -5614,11 +5710,17 @@ class InvitationOnANetworkTest(unittest.TestCase):
             self.skipTest(NO_ZXING)
         self.net = TestNet(self)
 
-    def banner_on_a_terminal(self, *args: str) -> str:
-        """The banner as a terminal shows it: the room's output through a pty."""
+    def banner_on_a_terminal(self, *args: str, columns: int = 80, no_color: bool = False) -> str:
+        """The banner as a terminal `columns` wide shows it (TERM=xterm): the
+        room's output through a pty; with NO_COLOR set if `no_color`."""
+        import fcntl
+        import termios
         master, slave = os.openpty()
         self.addCleanup(os.close, master)
-        proc = self.net.room(*args, stdin=slave, stdout=slave, stderr=slave)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS")}
+        env.update({"TERM": "xterm", **({"NO_COLOR": "1"} if no_color else {})})
+        proc = self.net.room(*args, stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
         self.addCleanup(proc.wait, WAIT)
         self.addCleanup(proc.kill)
@@ -5632,14 +5734,29 @@ class InvitationOnANetworkTest(unittest.TestCase):
             self.assertEqual(zbar_read([image], self.net.dir), [text])
         return text
 
-    def test_the_banners_code_on_a_terminal_reads_as_the_pages_address(self):
-        printed = self.banner_on_a_terminal()
-        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/",
-                      printed)
-        self.assertNotIn("\x1b", printed)   # no colour codes: it survives a log or a paste
-        code = printed.split("http://192.0.2.10:5051/")[1].split("\n", 1)[1]
-        self.assertTrue(code.startswith("█" * 10), printed)   # right under the page's line
-        self.assertEqual(self.scanned(console_image(printed)), "http://192.0.2.10:5051/")
+    def assert_fits(self, printed: str, columns: int) -> None:
+        widest = max(printed.split("\n"), key=lambda line: len(SGR_CODE.sub("", line)))
+        self.assertLessEqual(len(SGR_CODE.sub("", widest)), columns, widest)
+
+    def test_the_banners_code_in_its_colours_reads_on_light_and_dark_terminals(self):
+        printed = self.banner_on_a_terminal(columns=80)
+        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/\n"
+                      f"    scan with a phone's camera to open the page\n{pcr.QR_COLOURS}█████",
+                      printed)   # the caption, then the code, right under the page's line
+        self.assert_fits(printed, 80)
+        for theme in ("light", "dark"):
+            self.assertEqual(self.scanned(terminal_image(printed, theme)), "http://192.0.2.10:5051/")
+        if shutil.which("zbarimg"):   # zbar reads no inverted code: left to a light theme, it is
+            self.assertEqual(zbar_read([terminal_image(printed, "light", colours=False)],
+                                       self.net.dir), [])
+
+    def test_with_no_color_the_banners_code_is_plain_blocks_light_on_dark(self):
+        printed = self.banner_on_a_terminal(columns=100, no_color=True)
+        self.assertNotIn("\x1b", printed)   # https://no-color.org
+        self.assertIn("    same network:       http://192.0.2.10:5051/\n"
+                      "    scan with a phone's camera to open the page\n█████", printed)
+        self.assert_fits(printed, 100)
+        self.assertEqual(self.scanned(terminal_image(printed, "dark")), "http://192.0.2.10:5051/")
 
     def test_an_ascii_console_gets_the_banner_without_a_code_or_a_traceback(self):
         proc = self.net.room(env={**os.environ, "PYTHONIOENCODING": "ascii"},
@@ -5703,6 +5820,71 @@ class InvitationOnANetworkTest(unittest.TestCase):
         self.assertEqual(seen["address"], "http://192.0.2.10:5051/")   # the key is gone
         self.assertEqual(seen["history"], "http://192.0.2.10:5051/")
         self.assertIn("Wendy", seen["people"])
+
+
+# ---------------------------------------------------------------------------
+# 10. Logging, and the console the host reads
+# ---------------------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal (and has no file behind it)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class ConsoleTextTest(unittest.TestCase):
+    """Console text fits the console (issue 31): wrapped at words to the
+    terminal's width, the rest indented; colours only where they are taken."""
+
+    def test_a_row_wraps_at_words_under_its_value(self):
+        row = ("    over the internet:  this machine's internet address could not be looked up; your "
+               "router's status page shows it (forward TCP ports 5050 and 5051 on your router)")
+        lines = pcr.fit_console(row, 80).split("\n")
+        self.assertEqual(lines[0], "    over the internet:  this machine's internet address could "
+                                   "not be looked up;")
+        self.assertTrue(all(line.startswith(" " * 24) and line[24] != " " for line in lines[1:]), lines)
+        self.assertLessEqual(max(map(len, lines)), 80)
+        self.assertEqual(" ".join(" ".join(lines).split()), " ".join(row.split()))
+
+    def test_a_sentence_goes_on_two_spaces_in_and_a_link_stays_whole(self):
+        link = "http://192.0.2.10:5051/#key=" + "k" * 60
+        text = f"Short.\nA sentence that is rather longer than this console is wide, with {link} in it."
+        lines = pcr.fit_console(text, 40).split("\n")
+        self.assertEqual(lines[0], "Short.")
+        self.assertTrue(all(line.startswith("  ") for line in lines[2:]), lines)
+        self.assertIn(link, [line.strip() for line in lines])   # too long to fit: whole, not cut
+        self.assertTrue(all(len(line) <= 40 for line in lines if link not in line), lines)
+
+    def test_colours_take_no_room_and_a_pipe_or_file_keeps_lines_whole(self):
+        drawn = pcr.QR_COLOURS + "█" * 40 + "\x1b[0m"
+        self.assertEqual(pcr.fit_console(drawn, 40), drawn)
+        long = "word " * 40
+        self.assertIsNone(pcr.console_width(io.StringIO()))
+        self.assertEqual(pcr.fit_console(long, pcr.console_width(io.StringIO())), long)
+        with mock.patch("shutil.get_terminal_size", return_value=os.terminal_size((100, 30))):
+            self.assertEqual(pcr.console_width(FakeTerminal()), 100 - WINDOWS)
+
+    def test_colours_only_on_a_terminal_without_no_color_and_not_dumb(self):
+        with mock.patch.dict(os.environ, {"TERM": "xterm"}):
+            os.environ.pop("NO_COLOR", None)
+            self.assertFalse(pcr.console_colours(io.StringIO()))   # a pipe or a file
+            if not WINDOWS:   # there the console itself is asked
+                self.assertTrue(pcr.console_colours(FakeTerminal()))
+            with mock.patch.dict(os.environ, {"NO_COLOR": "1"}):
+                self.assertFalse(pcr.console_colours(FakeTerminal()))
+            with mock.patch.dict(os.environ, {"TERM": "dumb"}):
+                self.assertFalse(pcr.console_colours(FakeTerminal()))
+
+    def test_a_warning_on_the_console_is_fitted_too(self):
+        record = pcr.log.makeRecord("pcr_server", pcr.logging.WARNING, __file__, 1,
+                                    "cannot write the log file %s (%s); logging to the screen only",
+                                    ("/no/such/folder/server.log", "No such file or directory"), None)
+        with mock.patch("shutil.get_terminal_size", return_value=os.terminal_size((50 + WINDOWS, 30))):
+            shown = pcr.ConsoleLog(FakeTerminal()).format(record).split("\n")
+        self.assertRegex(shown[0], r"^\d\d:\d\d:\d\d WARNING cannot write the log file$")
+        self.assertTrue(all(len(line) <= 50 and line.startswith("  ") for line in shown[1:]), shown)
 
 
 # ---------------------------------------------------------------------------
@@ -6936,42 +7118,6 @@ class HostTerminalTest(ServerCase):
     """--connect on a real terminal (a pseudo-terminal): an arriving line does
     not mix into the line being typed (issue 27)."""
 
-    def terminal(self, *args) -> tuple[subprocess.Popen, int, bytearray, threading.Condition]:
-        import pty
-        leader, follower = pty.openpty()
-        proc = subprocess.Popen([sys.executable, SERVER, *args], stdin=follower, stdout=follower,
-                                stderr=follower, close_fds=True)
-        os.close(follower)
-        shown, changed = bytearray(), threading.Condition()
-
-        def read() -> None:
-            while True:
-                try:
-                    data = os.read(leader, 65536)
-                except OSError:   # the terminal's other side closed
-                    data = b""
-                with changed:
-                    shown.extend(data)
-                    changed.notify_all()
-                if not data:
-                    return
-        threading.Thread(target=read, daemon=True).start()
-
-        def end() -> None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(WAIT)
-            os.close(leader)
-        self.addCleanup(end)
-        return proc, leader, shown, changed
-
-    @staticmethod
-    def shown_until(shown: bytearray, changed: threading.Condition, needle: bytes) -> bytes:
-        with changed:
-            if not changed.wait_for(lambda: needle in shown, WAIT):
-                raise AssertionError(f"no {needle!r} on the terminal; it shows {bytes(shown)!r}")
-            return bytes(shown)
-
     def test_an_arriving_line_prints_above_what_is_typed_and_the_typed_text_is_drawn_again(self):
         try:
             import readline  # noqa: F401
@@ -6979,14 +7125,14 @@ class HostTerminalTest(ServerCase):
             self.skipTest("this Python has no readline")
         self.start()
         bob = self.member("bob")
-        proc, leader, shown, changed = self.terminal("--connect", f"127.0.0.1:{self.port}",
-                                                     "--name", "cy")
-        self.shown_until(shown, changed, b"in the room as cy")
+        proc, leader, shown, changed = on_a_terminal(self, ["--connect", f"127.0.0.1:{self.port}",
+                                                            "--name", "cy"])
+        shown_until(shown, changed, b"in the room as cy")
         bob.read_until(b"cy joined the chat...\n")
         os.write(leader, b"half-typed mess")
-        self.shown_until(shown, changed, b"half-typed mess")
+        shown_until(shown, changed, b"half-typed mess")
         bob.send(b"bob: hello from cy's friend\n")
-        after = self.shown_until(shown, changed, b"bob: hello from cy's friend\r\nhalf-typed mess")
+        after = shown_until(shown, changed, b"bob: hello from cy's friend\r\nhalf-typed mess")
         self.assertIn(b"\r\x1b[Kbob: hello from cy's friend\r\nhalf-typed mess", after)
         os.write(leader, b"age\r")
         bob.read_until(b"cy: half-typed message\n")
@@ -7625,6 +7771,27 @@ class HostCommandLineTest(ProcessCase):
         self.assertEqual(out.count("How friends join"), 1)
         self.assertNotIn(" INFO ", err)   # the log file has those
 
+    def test_a_terminate_or_ctrl_break_says_it_stops_then_stopped(self):
+        port = free_port_and_the_next()
+        proc = self.server("--port", str(port), "--log-file", "")
+        printed_until(proc, "Ctrl+C stops the server.")
+        interrupt(proc, signal.SIGTERM)
+        proc.wait(WAIT)
+        printed = printed_until(proc, "stopped\n")
+        self.assertTrue(printed.endswith("Ctrl+C stops the server.\nstopping: telling 0 members…\n"
+                                         "stopped\n"), printed[-200:])
+
+    def test_the_readmes_sample_banner_is_what_the_program_prints_on_80_columns(self):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+            sample = f.read().split("(a few seconds at most):\n\n", 1)[1].split("\n\n", 1)[0]
+        settings = pcr.Settings(port=5050, web_port=5051, log_file="/home/me/.privateChat_server.log")
+        join = pcr.friends_join(settings, ("0.0.0.0", 5050), "192.168.1.20", "203.0.113.7", 5051)
+        code = pcr.console_code(join.invite, io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+        banner = pcr.join_banner(settings, join, "looking", "", code)
+        banner = re.sub(r"(?m)^Log file: .*$", f"Log file: {settings.log_file}", banner)   # Windows' C:
+        self.assertLessEqual(set("█▀▄"), set(banner))   # drawn with its code
+        self.assertEqual(sample, "\n".join("    " + line for line in pcr.fit_console(banner, 80).split("\n")))
+
     def test_a_failed_look_up_is_logged_without_its_errno(self):
         import urllib.error
         failure = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
@@ -7642,6 +7809,50 @@ class HostCommandLineTest(ProcessCase):
         for flag in ("--max-backlog", "--app-char-time", "--tls-cert", "--handshake-timeout"):
             self.assertGreater(options.index(f"\n  {flag}"), experts, flag)
         self.assertIn("for a browser or a phone", " ".join(text.split()))
+
+
+@unittest.skipIf(WINDOWS, "no pseudo-terminals on Windows")
+class HostConsoleTest(ProcessCase):
+    """The console fits the console (issue 31), on a real terminal (a
+    pseudo-terminal) 80 and 100 columns wide: the banner and warnings wrap
+    at words, the rest indented; a stop says it begins and that it ended."""
+
+    def terminal_room(self, columns: int, *args: str) -> tuple[subprocess.Popen, int, bytearray,
+                                                                threading.Condition]:
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+        return on_a_terminal(self, ["--host", "127.0.0.1", "--public-ip-url", "", *args], columns,
+                             cwd=self.dir, env={**env, "TERM": "xterm"})
+
+    def test_the_banner_and_a_warning_wrap_at_words_at_80_and_100_columns(self):
+        for columns in (80, 100):
+            port = free_port_and_the_next()
+            proc, leader, shown, changed = self.terminal_room(
+                columns, "--port", str(port), "--log-file", os.path.join(self.dir, "no", "x.log"))
+            text = shown_until(shown, changed, b"Ctrl+C stops the server.").decode()
+            lines = SGR_CODE.sub("", text).replace("\r\n", "\n").split("\n")
+            self.assertLessEqual(max(map(len, lines)), columns, lines)
+            flat = " ".join(text.split())
+            self.assertIn(f"The room is open on 127.0.0.1:{port}, but nobody else can join: only this "
+                          f"machine reaches 127.0.0.1. Start with --host 0.0.0.0 to let friends in.", flat)
+            self.assertIn("logging to the screen only", flat)
+            opening = next(i for i, line in enumerate(lines) if line.startswith("The room is open"))
+            self.assertRegex(lines[opening + 1], r"^  \S")   # its rest, two spaces in
+            self.assertNotIn("asks", flat)   # a room on loopback looks nothing up
+            os.write(leader, b"\x03")
+            self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_ctrl_c_says_it_is_telling_the_members_then_that_it_stopped(self):
+        port = free_port_and_the_next()
+        proc, leader, shown, changed = self.terminal_room(100, "--port", str(port), "--log-file", "")
+        shown_until(shown, changed, b"Ctrl+C stops the server.")
+        ann = Client(port)
+        self.addCleanup(ann.close)
+        ann.join("ann")
+        os.write(leader, b"\x03")   # Ctrl+C, as typed: the terminal echoes ^C
+        after = shown_until(shown, changed, b"stopped\r\n").decode()
+        self.assertIn("\rstopping: telling 1 member…\r\nstopped\r\n", after)
+        self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
+        self.assertEqual(proc.wait(WAIT), 0)
 
 
 # ---------------------------------------------------------------------------
