@@ -888,6 +888,13 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def host_name(host: str) -> str:
+    """A Host header without its port: `[::1]:5050` -> `::1`, `a.example:5050` -> `a.example`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if ":" in host else host
+
+
 def page_link(host: str, port: int, tls: bool) -> str:
     """The chat page's address, as a friend types or taps it."""
     return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
@@ -1273,29 +1280,37 @@ class Bucket:
 class Tally:
     """Warnings that repeat, summed up so that a flood cannot rotate the log
     away: the first of a kind is logged at once, the rest as one line with
-    a count per `interval`."""
+    a count per `interval`.  What a browser does is counted in tries: the
+    connections it opens for one (retries, spares) come in a burst, each
+    within TRY_BURST s of the last, and count once."""
+
+    TRY_BURST = 1.0
 
     def __init__(self, interval: float = 60.0):
         self.interval = interval
-        self.seen: dict[str, list] = {}   # warning -> [times since logged, since]
+        self.seen: dict[str, list] = {}   # warning -> [count since logged, since, last, in tries]
 
-    def add(self, now: float, warning: str) -> None:
+    def add(self, now: float, warning: str, tries: bool = False) -> None:
         entry = self.seen.get(warning)
         if entry is None:
-            self.seen[warning] = [0, now]
+            self.seen[warning] = [0, now, now, tries]
             log.warning("%s", warning)
-        else:
+            return
+        if not tries or now - entry[2] > self.TRY_BURST:
             entry[0] += 1
+        entry[2] = now
 
     def flush(self, now: float, everything: bool = False) -> None:
         """Log the sums whose interval is over (called every second), or all
         of them (at the end)."""
-        for warning, (count, since) in list(self.seen.items()):
+        for warning, (count, since, last, tries) in list(self.seen.items()):
             if now - since < self.interval and not everything:
                 continue
             if count:
-                log.warning("%s (%d more times in %d s)", warning, count, round(now - since))
-                self.seen[warning] = [0, now]
+                what = ("try" if count == 1 else "tries") if tries else \
+                    ("time" if count == 1 else "times")
+                log.warning("%s (%d more %s in %d s)", warning, count, what, round(now - since))
+                self.seen[warning] = [0, now, last, tries]
             else:
                 del self.seen[warning]
 
@@ -2865,6 +2880,7 @@ class Gate:
 TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
 PLAIN_ROOM = "it speaks TLS to a room that is not encrypted"   # why such a client is closed
 ROOM_PATH = "/room"   # the web door says where the room is (a line client at the page's port)
+REDIRECT_KEPT = 600   # seconds a browser keeps the room's port's redirect to the page's
 PAGE_IS_OFF = ("this room's chat page is off; join with PrivateChatRoom-App or a terminal at "
                "this address\n")
 
@@ -2909,19 +2925,25 @@ NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EA
                if hasattr(socket, name)}
 
 
+def full_stop(text: str) -> str:
+    """`text` ending a sentence: a full stop after it, but not after a label that
+    ends in "…" (the window's Change port…)."""
+    return text if text.endswith(("…", ".")) else text + "."
+
+
 def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE,
                     in_use: str = "in use") -> str:
     """One sentence: why `host` port `port` cannot be listened on, and what to do
     (advice[in_use] when another program holds the port)."""
     if errno_is(e, "EADDRINUSE"):
         return (f"Port {port} is already in use (is another server running?): "
-                f"{advice[in_use]}.")
+                f"{full_stop(advice[in_use])}")
     if errno_is(e, "EADDRNOTAVAIL"):
-        return f"The address {host} is not on this machine: {advice['host']}."
+        return f"The address {host} is not on this machine: {full_stop(advice['host'])}"
     if errno_is(e, "EACCES"):
-        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {advice['port']}."
+        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {full_stop(advice['port'])}"
     if isinstance(e, socket.gaierror) or e.errno in NAME_ERRORS:
-        return f"Cannot find the address of {host!r}: {advice['host']}."
+        return f"Cannot find the address of {host!r}: {full_stop(advice['host'])}"
     reason = (e.strerror or str(e)).split(" (while attempting")[0]
     return f"Cannot listen on {host} port {port}: {reason}."
 
@@ -3069,13 +3091,14 @@ class WebDoor:
         self.room_port = port
 
     def request(self, m: Member, data: bytes) -> None:
-        """Read an HTTP request head; answer with the page, a WebSocket, where
-        the room is (ROOM_PATH: for the terminal client), or an error."""
+        """Read an HTTP request head; answer with the page (at the room's port:
+        the way to it), a WebSocket, where the room is (ROOM_PATH: for the
+        terminal client), or an error."""
         t = m.transport
         t.inbuf += data
         if t.inbuf.startswith(TLS_HELLO) and not self.settings.tls_cert:
             self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
-                                    f"start with --tls-cert for https")
+                                    f"start with --tls-cert for https", tries=True)
             self.entrance.close(m)
             return
         end = t.inbuf.find(b"\r\n\r\n")
@@ -3104,6 +3127,8 @@ class WebDoor:
                          "application/json")
         elif self.photos.web_port is None:   # a browser at the room's port
             self._answer(m, "404 Not Found", PAGE_IS_OFF.encode())
+        elif path == "/" and m.transport.sock.getsockname()[1] == self.room_port:
+            self._to_page_port(m, host)
         elif path == "/":
             self._answer(m, "200 OK", self.page.body, "text/html; charset=utf-8",
                          self.page.headers(host))
@@ -3114,6 +3139,18 @@ class WebDoor:
                          (("Content-Security-Policy", "default-src 'none'"),), cache="private")
         else:
             self._answer(m, "404 Not Found", b"not found\n")
+
+    def _to_page_port(self, m: Member, host: str) -> None:
+        """A browser at the room's port is sent on to the page's, on the host it asked
+        for (over the internet, the port the router forwards to the page's), with a
+        redirect it keeps a while: it never comes back to the room's port for the
+        page, where a spare connection it opened ahead has been asked for a name."""
+        port = self.photos.web_port
+        if self.photos.internet_page and global_ip(m.ip):
+            port = urllib.parse.urlsplit(self.photos.internet_page).port or port
+        link = page_link(host_name(host), port, bool(self.settings.tls_cert))
+        self._answer(m, "301 Moved Permanently", f"the chat page is at {link}\n".encode(),
+                     headers=(("Location", link),), cache=f"max-age={REDIRECT_KEPT}")
 
     def _answer(self, m: Member, status: str, body: bytes | memoryview, content_type: str =
                 "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = (),
@@ -3591,7 +3628,7 @@ class Server:
     def _secured(self, m: Member, failed: str | None) -> None:
         """m's TLS handshake has ended: then its door."""
         if failed:
-            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
+            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})", tries=True)
             self._close(m)
         else:
             self._ready(m)
@@ -3606,8 +3643,9 @@ class Server:
 
     def _room_door(self, first: bytes, final: bool) -> Callable[[Member], None] | None:
         """Where the first bytes at the room's port lead: a browser's request to the
-        web door (the page works at the address the host gave out), a TLS hello to a
-        plain room nowhere; anything else, or nothing in time, to the ALIAS prompt."""
+        web door (which sends it on to the page's port: the address the host gave
+        out works), a TLS hello to a plain room nowhere; anything else, or nothing
+        in time, to the ALIAS prompt."""
         if first.startswith(TLS_HELLO) and not self.tls:
             return self._not_tls
         if browser_request(first):
@@ -3619,7 +3657,7 @@ class Server:
         self._greet(m)
 
     def _not_tls(self, m: Member) -> None:
-        self.tally.add(self.loop.now, f"closed {m.ip}: {PLAIN_ROOM}")
+        self.tally.add(self.loop.now, f"closed {m.ip}: {PLAIN_ROOM}", tries=True)
         self._close(m)
 
     def _greet(self, m: Member) -> None:
@@ -5352,6 +5390,11 @@ class RoomState(enum.Enum):
 
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
+ADDRESS_WRAP = 300    # pixels: a long address wraps rather than widen the window
+TASKBAR = 40          # pixels a laptop's taskbar takes off the screen's height
+TITLE_BAR = 32        # ... and the window manager's title bar and frame
+WINDOW_TALL = 760     # pixels: the window's height where the screen has room for it
+LISTS_LEAST = 180     # pixels: who is online and the log keep at least this much height
 COPIED_MS = 4000      # how long the window says what was copied
 CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
@@ -5398,6 +5441,13 @@ def privacy_text(settings: Settings) -> str:
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
     """A member as the list shows it: alias, kind, IP address, online since."""
     return name, kind, ip, since_text(since)
+
+
+def window_size(wants: tuple[int, int], screen: tuple[int, int]) -> tuple[int, int]:
+    """The window's size, set once (it never changes by itself): as wide as it
+    asks, as tall as WINDOW_TALL, both within the screen above a taskbar."""
+    return (min(wants[0], screen[0]),
+            min(max(wants[1], WINDOW_TALL), screen[1] - TASKBAR - TITLE_BAR))
 
 
 def show_line(label, text: str) -> None:
@@ -5602,10 +5652,56 @@ class InvitationCode:
         self.box.grid()
 
 
+class ScrollArea:
+    """A frame (`inner`) that scrolls up and down where the window is too short
+    for it (a laptop's screen): as wide as the area, as tall as what it holds.
+    The scroll bar shows only while something is out of sight; the wheel
+    scrolls it while the pointer is over it."""
+
+    def __init__(self, parent, row: int):
+        import tkinter as tk
+        from tkinter import ttk
+        self.canvas = tk.Canvas(parent, background=WINDOW_BG, highlightthickness=0, borderwidth=0)
+        self.canvas.grid(row=row, column=0, sticky="nsew")
+        self.bar = ttk.Scrollbar(parent, orient="vertical", command=self.canvas.yview)
+        self.bar.grid(row=row, column=1, sticky="ns", padx=(6, 0))
+        self.canvas.configure(yscrollcommand=self.bar.set)
+        self.inner = ttk.Frame(self.canvas)
+        self.item = self.canvas.create_window(0, 0, window=self.inner, anchor="nw")
+        self.inner.bind("<Configure>", self._fit)
+        self.canvas.bind("<Configure>", self._fit)
+        self.canvas.bind("<Enter>", lambda _event: self._wheel(True))
+        self.canvas.bind("<Leave>", lambda _event: self._wheel(False))
+
+    def _fit(self, _event=None) -> None:
+        """Ask for room for all it holds; show what fits, the bar if not all does."""
+        wide, tall = self.inner.winfo_reqwidth(), self.inner.winfo_reqheight()
+        self.canvas.configure(width=wide, height=tall, scrollregion=(0, 0, wide, tall))
+        self.canvas.itemconfigure(self.item, width=max(wide, self.canvas.winfo_width()))
+        if tall > self.canvas.winfo_height() > 1:
+            self.bar.grid()
+        else:
+            self.bar.grid_remove()
+            self.canvas.yview_moveto(0)
+
+    def _wheel(self, over: bool) -> None:
+        for event in ("<MouseWheel>", "<Button-4>", "<Button-5>"):
+            if over:
+                self.canvas.bind_all(event, self._scroll)
+            else:
+                self.canvas.unbind_all(event)
+
+    def _scroll(self, event) -> None:
+        if self.bar.winfo_ismapped():
+            up = getattr(event, "num", 0) == 4 or getattr(event, "delta", 0) > 0
+            self.canvas.yview_scroll(-1 if up else 1, "units")
+
+
 class WindowView:
-    """The window's widgets, built once: the bar, how friends join, this
-    server, who is online, the log.  It holds no state of the room; its
-    buttons call the ServerWindow that made it."""
+    """The window's widgets, built once: the bar; how friends join, the
+    invitation's code and this server (in a ScrollArea); who is online and
+    the log.  It holds no state of the room; its buttons call the
+    ServerWindow that made it."""
 
     def __init__(self, root, window: "ServerWindow", settings: Settings):
         self.root = root
@@ -5659,21 +5755,26 @@ class WindowView:
         self.root.rowconfigure(0, weight=1)
         frame = ttk.Frame(self.root, padding=12)
         frame.grid(sticky="nsew")
-        frame.columnconfigure(1, weight=1)
-        frame.rowconfigure(2, weight=1)
-        frame.rowconfigure(3, weight=2)
+        frame.columnconfigure(0, weight=1)
+        frame.rowconfigure(2, weight=1)   # it scrolls once the lists below are at their least
+        frame.rowconfigure(3, weight=100, minsize=LISTS_LEAST)
         self._build_bar(frame, window)
-        side = ttk.Frame(frame)
-        side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
-        self._build_join(side, window, settings)
-        self._build_info(side)
-        side = ttk.Frame(frame)
-        side.grid(row=2, column=1, sticky="nsew")
+        self.upper = ScrollArea(frame, row=2)
+        top = self.upper.inner
+        top.columnconfigure(1, weight=1)
+        self._build_join(top, window, settings)
+        side = ttk.Frame(top)
+        side.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         side.columnconfigure(0, weight=1)
-        side.rowconfigure(1, weight=1)
         self.invite_code = InvitationCode(side)
-        self._build_members(side, window)
-        self._build_log(frame)
+        self._build_info(side)
+        lists = ttk.Frame(frame)
+        lists.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
+        lists.columnconfigure(0, weight=1)
+        lists.columnconfigure(1, weight=2)
+        lists.rowconfigure(0, weight=1)
+        self._build_members(lists, window)
+        self._build_log(lists)
 
     def _build_bar(self, frame, window: "ServerWindow") -> None:
         import tkinter as tk
@@ -5719,7 +5820,8 @@ class WindowView:
                 row += 1
             title_label = ttk.Label(rows, text=title, style="Key.TLabel")
             title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(12, 14))
-            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
+            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21,
+                                             wraplength=ADDRESS_WRAP)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: window.copy_address(kind))
@@ -5763,12 +5865,12 @@ class WindowView:
             self.info[key] = ttk.Label(box, style="Value.TLabel")
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
-        self.info["privacy"].configure(wraplength=NOTE_WRAP)   # the photos' words wrap: the window stays narrow
+        self.info["privacy"].configure(wraplength=NOTE_WRAP * 3 // 4)   # the photos' words wrap
 
     def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
         self.members_box = box = ttk.Labelframe(side, text="Online (0)", padding=(10, 8))
-        box.grid(row=1, column=0, sticky="nsew")
+        box.grid(row=0, column=0, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
@@ -5792,10 +5894,10 @@ class WindowView:
         import tkinter as tk
         from tkinter import ttk
         box = ttk.Labelframe(frame, text="Server log", padding=(10, 8))
-        box.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
+        box.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(box, height=8, width=90, wrap="word", font="TkFixedFont",
+        self.log_text = tk.Text(box, height=8, width=60, wrap="word", font="TkFixedFont",
                                 background="white", foreground="#212529", relief="flat",
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
@@ -5913,7 +6015,10 @@ class ServerWindow:
         self._show_members([])
         self._show_state()
         root.update_idletasks()
-        root.minsize(root.winfo_reqwidth(), root.winfo_reqheight())
+        wide, tall = window_size((root.winfo_reqwidth(), root.winfo_reqheight()),
+                                 (root.winfo_screenwidth(), root.winfo_screenheight()))
+        root.geometry(f"{wide}x{tall}")   # once: nothing shown later makes it grow
+        root.minsize(wide, min(tall, LISTS_LEAST * 2))
         root.protocol("WM_DELETE_WINDOW", self.close)
         self.tick_id = root.after(TICK_MS, self._tick)
 
@@ -7697,6 +7802,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     everIn: false,       // welcomed once: after a drop, re-join by itself
     wantJoin: false,     // send the alias as soon as hello comes
     name: "", key: "",   // what the member typed
+    invited: false,      // the key field was filled in from an invitation's link (#key=)
     me: "",              // the name the room gave
     attempt: 0, retryTimer: 0, tickTimer: 0, retryAt: 0, retryText: "",
     everOpen: false,     // a socket was open once (the room was reachable)
@@ -8179,7 +8285,10 @@ button:disabled { cursor: default; opacity: 0.55; }
       } else if (room.wantJoin || room.everIn) {
         sendAlias();
       } else if (ui.chat.hidden) {
-        ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
+        ui.joinStatus.textContent = !room.keyNeeded ? "" : room.invited
+          ? "This room needs a key: the key from your invitation is filled in."
+          : ui.key.value ? "This room needs a key: it is filled in."
+            : "This room needs a key: ask the host for it.";
         ui.joinStatus.classList.remove("error");
       }
     },
@@ -8616,6 +8725,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     const found = /^#key=(.*)$/.exec(location.hash);
     if (!found) { return; }
     try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    room.invited = ui.key.value !== "";
     keepKey(ui.key.value);
     history.replaceState(history.state, "", location.pathname + location.search);
   }

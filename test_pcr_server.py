@@ -12,6 +12,7 @@ import ast
 import asyncio
 import base64
 import contextlib
+import errno
 import functools
 import gc
 import hashlib
@@ -924,25 +925,24 @@ def unused_display() -> int:
     raise unittest.SkipTest("no free X display number")
 
 
-_xvfb_display: str | None = None
+_xvfb_displays: dict[str, str] = {}   # screen size -> its display
 
 
-def start_xvfb() -> str:
-    """A private virtual screen for the window tests, or SkipTest saying why not.
+def start_xvfb(size: str = "1280x800") -> str:
+    """A private virtual screen of `size` for the window tests, or SkipTest saying why not.
 
-    One per test process, ended by a watchdog only after this process has
-    exited: Tk keeps its X connection until exit, and Xlib aborts the whole
-    process if the server goes away under it.
+    One of each size per test process, ended by a watchdog only after this
+    process has exited: Tk keeps its X connection until exit, and Xlib
+    aborts the whole process if the server goes away under it.
     """
-    global _xvfb_display
-    if _xvfb_display:
-        return _xvfb_display
+    if size in _xvfb_displays:
+        return _xvfb_displays[size]
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         raise unittest.SkipTest("no DISPLAY and no Xvfb to make one")
     for _ in range(3):   # another Xvfb may take the number first
         n = unused_display()
-        watchdog = (f'"$0" :{n} -screen 0 1280x800x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
+        watchdog = (f'"$0" :{n} -screen 0 {size}x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
                     f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; '
                     f'do sleep 1; done; kill $x 2>/dev/null')
         proc = subprocess.Popen(["sh", "-c", watchdog, xvfb], start_new_session=True,
@@ -950,8 +950,8 @@ def start_xvfb() -> str:
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and proc.poll() is None:
             if os.path.exists(f"/tmp/.X11-unix/X{n}"):
-                _xvfb_display = f":{n}"
-                return _xvfb_display
+                _xvfb_displays[size] = f":{n}"
+                return _xvfb_displays[size]
             time.sleep(0.05)
     raise unittest.SkipTest("Xvfb did not start")
 
@@ -1699,6 +1699,62 @@ until(lambda: w.closed)
 
 # In the namespace: Chromium opens the link, joins with a name alone and
 # says what its address bar shows, then what the history kept of the link.  argv: this folder, the link, the name.
+# On a screen of the test's size: the window of a room with a key once it runs, after
+# a Copy click, after a port change; at each step its geometry as xdotool reads it, the
+# widgets given less than they ask (clipped) and how far its upper part scrolls.
+# argv: this folder, the room's port, the port it moves to, the address it listens on.
+WINDOW_FIT = """
+import json, subprocess, sys, time, tkinter
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+root = tkinter.Tk()
+pcr.setup_logging("", console=False)
+port, moved = int(sys.argv[2]), int(sys.argv[3])
+w = pcr.ServerWindow(root, pcr.Settings(host=sys.argv[4], port=port, web_port=port + 1, public_ip_url="",
+                                        log_file="", room_key="tulip", history=20))
+def until(done, what):
+    end = time.monotonic() + 20
+    while not done():
+        if time.monotonic() > end:
+            sys.exit(f"timed out waiting for {what}")
+        root.update()
+        time.sleep(0.02)
+def clipped(widget):
+    found = []
+    for child in widget.winfo_children():
+        if child.winfo_ismapped() and child.winfo_class() in ("TLabel", "TButton", "TCheckbutton") \\
+                and (child.winfo_width() < child.winfo_reqwidth()
+                     or child.winfo_height() < child.winfo_reqheight()):
+            found.append(f"{child.winfo_class()} {str(child.cget('text'))[:40]!r}")
+        found += clipped(child)
+    return found
+def step(name):
+    for _ in range(25):
+        root.update()
+        time.sleep(0.02)
+    shell = subprocess.run(["xdotool", "getwindowgeometry", "--shell", str(int(root.wm_frame(), 16))],
+                           capture_output=True, text=True, timeout=20, check=True).stdout
+    at = dict(line.split("=", 1) for line in shell.split())
+    area = w.view.upper
+    print(json.dumps({"step": name, **{k: int(at[k]) for k in ("X", "Y", "WIDTH", "HEIGHT")},
+                      "clipped": clipped(root), "scrolls": area.canvas.cget("scrollregion"),
+                      "holds": area.inner.winfo_reqheight()}), flush=True)
+w.view.start_button.invoke()
+until(lambda: w.state == pcr.RoomState.RUNNING and w.page_listening, "the room")
+step("started with a key")
+w.view.copy_buttons["page"].invoke()
+step("copied")
+w.view.port_button.invoke()
+w.dialog.entries[0].delete(0, "end")
+w.dialog.entries[0].insert(0, str(moved))
+w.dialog.ok()
+until(lambda: w.state == pcr.RoomState.RUNNING and w.listening[1] == moved, "the new port")
+step("new port")
+w.close()
+until(lambda: w.closed, "the window to close")
+"""
+
+
 BROWSER_STEPS = """
 import json, sys, tempfile
 sys.path.insert(0, sys.argv[1])
@@ -3278,8 +3334,8 @@ class HardeningTest(ServerCase):
         time.sleep(1.2)   # the summary comes once per interval
         refusals = [line for line in self.log_text().splitlines() if "refused 127.0.0.1" in line]
         self.assertLessEqual(len(refusals), 6, refusals)
-        self.assertRegex(refusals[-1], r"\(\d+ more times in \d+ s\)$")
-        told = [re.search(r"\((\d+) more times", line) for line in refusals]
+        self.assertRegex(refusals[-1], r"\(\d+ more times? in \d+ s\)$")
+        told = [re.search(r"\((\d+) more times?", line) for line in refusals]
         self.assertEqual(sum(int(n.group(1)) if n else 1 for n in told), 200)   # every refusal
 
     def test_what_is_summed_up_is_logged_when_the_server_stops(self):
@@ -3558,6 +3614,39 @@ class SelectorLimitTest(ServerCase):
 # ---------------------------------------------------------------------------
 
 
+class SentenceTest(unittest.TestCase):
+    """Sentences by their exact text (issue 31): no double full stop after a
+    label that ends in "…", and summed log lines that count tries."""
+
+    def test_no_sentence_ends_in_a_full_stop_after_a_label_that_ends_in_dots(self):
+        errors = [OSError(errno.EADDRINUSE, "in use"), OSError(errno.EADDRNOTAVAIL, "not here"),
+                  OSError(errno.EACCES, "denied"), socket.gaierror(socket.EAI_NONAME, "no name")]
+        said = [pcr.bind_error_text(e, "0.0.0.0", 5050, advice, in_use)
+                for advice in (pcr.WINDOW_ADVICE, pcr.FLAG_ADVICE) for e in errors
+                for in_use in ("in use", "page in use")]
+        self.assertIn("Port 5050 is already in use (is another server running?): stop that program "
+                      "or choose another port with Change port…", said)
+        self.assertEqual([text for text in said if "…." in text or ".." in text], [])
+        self.assertTrue(all(text.endswith(("…", ".")) for text in said), said)
+
+    def test_summed_lines_count_a_browsers_tries_not_its_connections(self):
+        https = "closed 192.0.2.9: a browser asked for https on the page's port; start with --tls-cert for https"
+        flood = "refused 192.0.2.8: you are connecting too often"
+        with self.assertLogs(pcr.log, "WARNING") as logged:
+            tally = pcr.Tally(60.0)
+            for start in (0.0, 5.0):   # two tries of a browser, each a burst of 18 connections
+                for i in range(18):
+                    tally.add(start + i * 0.05, https, tries=True)
+            for t in (1.0, 2.0, 3.0):
+                tally.add(t, flood)
+            tally.flush(61.0)
+            tally.add(70.0, flood)
+            tally.flush(200.0)
+        self.assertEqual([record.getMessage() for record in logged.records],
+                         [https, flood, f"{https} (1 more try in 61 s)",
+                          f"{flood} (2 more times in 60 s)", f"{flood} (1 more time in 139 s)"])
+
+
 class HandshakeTest(ServerCase):
     """Joining, as PROTOCOL.md describes it."""
 
@@ -3739,13 +3828,24 @@ class RoomDoorTest(WebCase):
         got = tom.read_until(b"tom: early bird\n")
         self.assertTrue(got.startswith(b"ALIAStom joined the chat...\n"), got)
 
-    def test_a_browser_at_the_rooms_port_is_served_the_page_at_once(self):
+    def test_a_browser_at_the_rooms_port_is_sent_on_to_the_page_at_once(self):
         self.start(door_wait=60.0)
-        got = http_get(self.port, self.page_request(self.port))
-        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got[:200])
-        self.assertIn(pcr.PAGE_HTML.encode(), got)
-        self.assertIn(f"connect-src 'self' ws://127.0.0.1:{self.port} ".encode(), got)
+        for host in ("127.0.0.1", "[::1]", "myroom.example"):   # the host it asked for, the page's port
+            got = http_get(self.port, b"GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), self.port))
+            self.assertTrue(got.startswith(b"HTTP/1.1 301 Moved Permanently\r\n"), got[:200])
+            self.assertIn(b"\r\nLocation: http://%s:%d/\r\n" % (host.encode(), self.web), got)
+            self.assertIn(b"\r\nCache-Control: max-age=600\r\n", got)   # kept a while: see _to_page_port
         self.assertEqual(self.on_loop(lambda: list(self.server.room.members)), [])
+
+    def test_over_the_internet_the_redirect_goes_to_the_routers_port_for_the_page(self):
+        self.start()
+        self.on_loop(self.server.door.photos.heard_internet_page, "http://203.0.113.7:6061/")
+        member = pcr.Member("93.184.216.34", "93.184.216.34", 0.0)   # a member from the internet
+        member.transport = pcr.Transport(socket.socket(), self.server.loop)
+        self.addCleanup(member.transport.sock.close)
+        with mock.patch.object(self.server.door, "_answer") as answer:
+            self.server.door._to_page_port(member, "203.0.113.7:5050")
+        self.assertIn(("Location", "http://203.0.113.7:6061/"), answer.call_args.kwargs["headers"])
 
     def test_a_request_that_comes_in_pieces_is_still_a_browsers(self):
         self.start(door_wait=60.0)
@@ -3921,12 +4021,13 @@ class TlsTest(ServerCase):
         ann.read_until(b"bob: over TLS\n")
         self.assertEqual(ann.sock.version() in ("TLSv1.2", "TLSv1.3"), True)
 
-    def test_a_browser_at_the_encrypted_rooms_port_gets_the_page_over_https(self):
+    def test_a_browser_at_the_encrypted_rooms_port_is_sent_to_the_page_over_https(self):
         self.start(door_wait=60.0, web_port=0)   # its request, after the handshake, chooses the page
         import ssl
         context = ssl.create_default_context(cafile=self.cert)
         with urllib.request.urlopen(f"https://localhost:{self.port}/", timeout=WAIT,
-                                    context=context) as reply:
+                                    context=context) as reply:   # sent on to the page's port
+            self.assertEqual(reply.url, f"https://localhost:{self.server.web_address[1]}/")
             self.assertEqual(reply.read(), pcr.PAGE_HTML.encode())
 
     def test_plain_client_on_a_tls_port_is_closed_and_logged(self):
@@ -6595,6 +6696,49 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(self.info("listen"), f"127.0.0.1:{port}")
 
 
+class WindowFitTest(unittest.TestCase):
+    """The window fits a laptop (issue 31): a 1366×768 screen above a 40 px
+    taskbar, and 1280×720, scrolling where needed.  Its size is set once and
+    nothing it shows changes it (a key, a Copy click, a port change, as
+    xdotool reads it), and no row is clipped.  On a network of its own where
+    namespaces can be made (the invitation's code shows then), else on loopback."""
+
+    def fits(self, size: str) -> None:
+        try:
+            import tkinter  # noqa: F401
+        except ImportError:
+            self.skipTest("tkinter is not installed")
+        if WINDOWS or not shutil.which("xdotool"):
+            self.skipTest("needs xdotool and an X server (Xvfb)")
+        display = start_xvfb(size)
+        net = None if test_net_missing() else TestNet(self)
+        folder = net.dir if net else tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        ports = (5050, 5060) if net else (free_port_and_the_next(), free_port_and_the_next())
+        command = [sys.executable, "-c", WINDOW_FIT, HERE, *map(str, ports),
+                   "0.0.0.0" if net else "127.0.0.1"]
+        done = subprocess.run(net.inside(*command) if net else command, cwd=folder,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "DISPLAY": display})
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        steps = [json.loads(line) for line in done.stdout.splitlines()]
+        self.assertEqual([step["step"] for step in steps], ["started with a key", "copied", "new port"])
+        wide, tall = map(int, size.split("x"))
+        for step in steps:
+            self.assertEqual((step["WIDTH"], step["HEIGHT"]), (steps[0]["WIDTH"], steps[0]["HEIGHT"]),
+                             step)
+            self.assertLessEqual(step["X"] + step["WIDTH"], wide, step)
+            self.assertLessEqual(step["Y"] + step["HEIGHT"], tall - pcr.TASKBAR, step)
+            self.assertEqual(step["clipped"], [], step)
+            self.assertEqual(step["scrolls"].split()[-1], str(step["holds"]), step)   # all of it
+
+    def test_on_a_1366_by_768_laptop_above_its_taskbar(self):
+        self.fits("1366x768")
+
+    def test_on_a_1280_by_720_screen(self):
+        self.fits("1280x720")
+
+
 class GuiLaunchTest(unittest.TestCase):
     """--gui where no window can open: one sentence, exit status 1."""
 
@@ -6711,6 +6855,7 @@ class HostWindowTest(unittest.TestCase):
         w.view.start_button.invoke()
         self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
         self.assertIn("Change port…", self.status())
+        self.assertNotIn("….", self.status())
         w.view.port_button.invoke()
         self.fill(w.dialog, str(free_port_and_the_next()))
         self.assertEqual(w.state, pcr.RoomState.STOPPED)
@@ -7965,6 +8110,51 @@ class HostBrowserTest(BrowserCase):
         self.assertEqual(self.find("#key").get_property("value"), "")
         self.driver.close()
         self.driver.switch_to.window(self.driver.window_handles[0])
+
+
+class RoomPortBrowserTest(BrowserCase):
+    """The room's own port, the address most hosts give out (issue 31):
+    Chromium opens it, at the wait as it ships, is sent on to the page and
+    joins, and comes back there again (a spare connection Chromium opened to
+    the room's port ahead, and which the room then asked for a name, is never
+    used for the page); an invitation there fills the key in and says so."""
+
+    settings = {"web_port": 0, "door_wait": pcr.Settings().door_wait}
+
+    def test_chromium_at_the_rooms_port_gets_the_page_and_chats_and_comes_back(self):
+        self.start()
+        tom = self.member("tom")
+        page = f"http://127.0.0.1:{self.server.web_address[1]}/"
+        self.open_page(self.port)
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        tom.send(b"tom: hello at the room's address\n")
+        self.wait_for(lambda: "hello at the room's address" in self.text("#log"), "tom's line")
+        self.say("hi tom")
+        tom.read_until(b"Wendy: hi tom\n")
+        self.assertEqual(self.driver.current_url, page)
+        self.assert_no_policy_violations()
+        for again in range(3):   # the room's address again, at once and after its spare was asked
+            self.driver.get("about:blank")
+            time.sleep(0.3 * again)
+            self.open_page(self.port)
+            self.wait_for(lambda: self.find("#name").is_displayed(), f"the page again ({again})")
+            self.assertEqual(self.driver.current_url, page)
+        self.assertNotIn("a browser came to the room's port", self.log_text())
+
+    def test_an_invitation_fills_the_key_in_and_says_so(self):
+        self.start(room_key="tulip-2026")
+        tom = self.member("tom#tulip-2026")
+        self.driver.get(f"http://127.0.0.1:{self.port}/#key=tulip-2026")
+        self.wait_for(lambda: self.text("#join-status") ==
+                      "This room needs a key: the key from your invitation is filled in.", "the sentence")
+        self.join_as("Wendy")   # a name alone
+        tom.read_until(b"Wendy joined the chat...\n")
+        self.driver.get("about:blank")
+        self.open_page(self.port)   # without an invitation, in a tab that kept the key
+        self.wait_for(lambda: self.text("#join-status") == "This room needs a key: it is filled in.",
+                      "the sentence for a kept key")
 
 
 class PhoneSleepTest(PhonePageCase):
