@@ -5908,6 +5908,15 @@ class WindowView:
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
 
+    def fit_screen(self) -> None:
+        """Give the window its size, once (window_size): nothing shown later makes it grow."""
+        root = self.root
+        root.update_idletasks()
+        wide, tall = window_size((root.winfo_reqwidth(), root.winfo_reqheight()),
+                                 (root.winfo_screenwidth(), root.winfo_screenheight()))
+        root.geometry(f"{wide}x{tall}")
+        root.minsize(wide, min(tall, LISTS_LEAST * 2))
+
     def show_log(self, lines: list[tuple[int, str]]) -> None:
         """Add (levelno, text) lines to the log panel; it keeps the last LOG_LINES."""
         if not lines:
@@ -6014,11 +6023,7 @@ class ServerWindow:
         self._look_up_addresses()
         self._show_members([])
         self._show_state()
-        root.update_idletasks()
-        wide, tall = window_size((root.winfo_reqwidth(), root.winfo_reqheight()),
-                                 (root.winfo_screenwidth(), root.winfo_screenheight()))
-        root.geometry(f"{wide}x{tall}")   # once: nothing shown later makes it grow
-        root.minsize(wide, min(tall, LISTS_LEAST * 2))
+        self.view.fit_screen()
         root.protocol("WM_DELETE_WINDOW", self.close)
         self.tick_id = root.after(TICK_MS, self._tick)
 
