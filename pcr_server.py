@@ -5670,8 +5670,8 @@ class ScrollArea:
         self.item = self.canvas.create_window(0, 0, window=self.inner, anchor="nw")
         self.inner.bind("<Configure>", self._fit)
         self.canvas.bind("<Configure>", self._fit)
-        self.canvas.bind("<Enter>", lambda _event: self._wheel(True))
-        self.canvas.bind("<Leave>", lambda _event: self._wheel(False))
+        for wheel in ("<MouseWheel>", "<Button-4>", "<Button-5>"):   # Windows and macOS; X11
+            self.canvas.bind_all(wheel, self._scroll, add="+")
 
     def _fit(self, _event=None) -> None:
         """Ask for room for all it holds; show what fits, the bar if not all does."""
@@ -5684,16 +5684,11 @@ class ScrollArea:
             self.bar.grid_remove()
             self.canvas.yview_moveto(0)
 
-    def _wheel(self, over: bool) -> None:
-        for event in ("<MouseWheel>", "<Button-4>", "<Button-5>"):
-            if over:
-                self.canvas.bind_all(event, self._scroll)
-            else:
-                self.canvas.unbind_all(event)
-
     def _scroll(self, event) -> None:
-        if self.bar.winfo_ismapped():
-            up = getattr(event, "num", 0) == 4 or getattr(event, "delta", 0) > 0
+        """The wheel turned: scroll, if the pointer is over this area and not all of it shows."""
+        over, area = str(self.canvas.winfo_containing(event.x_root, event.y_root)), str(self.canvas)
+        if self.bar.winfo_ismapped() and (over == area or over.startswith(area + ".")):
+            up = event.num == 4 or event.delta > 0
             self.canvas.yview_scroll(-1 if up else 1, "units")
 
 
