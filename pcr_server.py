@@ -40,9 +40,11 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
                               in a sentence), WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
-                              seat back), Handshakes (TLS, paced), Server
-                              (listening, accepting, each connection to its door,
-                              reading, names, lines, closing; it asks the gate)
+                              seat back), Handshakes (TLS, paced), Doorway (a new
+                              connection's first bytes choose its door), Naming (an
+                              alias to a place in line), Server (listening,
+                              accepting, each connection to its door, reading,
+                              lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them (none: every
                               network, dual-stack), private, public and MAC
                               addresses, the IPv6 address on the internet (stable,
@@ -55,13 +57,16 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (how friends join, for the banner and the window)
   9. The QR code              qr_code(text): the invitation for a phone's camera
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
-  10. Logging                 a rotating file, created readable by its owner only
-  11. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
+  10. Logging                 a rotating file, created readable by its owner only;
+                              the console (text fitted to the terminal's width,
+                              colours only where it takes them)
+  11. The GUI                 WindowView (the widgets, the log panel; ScrollArea:
+                              the part that scrolls on a small screen), RouterSwitch
                               (the router asked while its switch is on),
                               InvitationCode (the code to scan), ServerWindow
                               (the room as the window runs it: RoomState), tkinter
                               imported here
-  12. The terminal client     --connect
+  12. The terminal client     --connect (an address, the page's, or its link)
   13. The command line        main()
   14. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
@@ -5745,7 +5750,7 @@ ADDRESS_WRAP = 300    # pixels: a long address wraps rather than widen the windo
 TASKBAR = 40          # pixels a laptop's taskbar takes off the screen's height
 TITLE_BAR = 32        # ... and the window manager's title bar and frame
 WINDOW_TALL = 760     # pixels: the window's height where the screen has room for it
-LISTS_LEAST = 180     # pixels: who is online and the log keep at least this much height
+LISTS_GAP = 10        # pixels above who is online and the log
 COPIED_MS = 4000      # how long the window says what was copied
 CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
@@ -6122,7 +6127,8 @@ class WindowView:
         frame.grid(sticky="nsew")
         frame.columnconfigure(0, weight=1)
         frame.rowconfigure(2, weight=1)   # it scrolls once the lists below are at their least
-        frame.rowconfigure(3, weight=100, minsize=LISTS_LEAST)
+        frame.rowconfigure(3, weight=100)   # at least what they ask (fit_screen)
+        self.frame = frame
         self._build_bar(frame, window)
         self.upper = ScrollArea(frame, row=2)
         top = self.upper.inner
@@ -6133,8 +6139,8 @@ class WindowView:
         side.columnconfigure(0, weight=1)
         self.invite_code = InvitationCode(side)
         self._build_info(side)
-        lists = ttk.Frame(frame)
-        lists.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
+        self.lists = lists = ttk.Frame(frame)
+        lists.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(LISTS_GAP, 0))
         lists.columnconfigure(0, weight=1)
         lists.columnconfigure(1, weight=2)
         lists.rowconfigure(0, weight=1)
@@ -6243,7 +6249,7 @@ class WindowView:
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
-                                 height=5, selectmode="extended")
+                                 height=3, selectmode="extended")   # more where the screen has room
         for column, title, width, stretch in (("alias", "Alias", 150, True),
                                               ("kind", "Kind", 80, False),
                                               ("ip", "IP address", 120, False),
@@ -6266,7 +6272,7 @@ class WindowView:
         box.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(box, height=8, width=60, wrap="word", font="TkFixedFont",
+        self.log_text = tk.Text(box, height=5, width=60, wrap="word", font="TkFixedFont",
                                 background="white", foreground="#212529", relief="flat",
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
@@ -6278,13 +6284,16 @@ class WindowView:
         scroll.grid(row=0, column=1, sticky="ns")
 
     def fit_screen(self) -> None:
-        """Give the window its size, once (window_size): nothing shown later makes it grow."""
+        """Give the window its size, once (window_size): nothing shown later makes it
+        grow.  Who is online and the log keep what they ask; the part above scrolls."""
         root = self.root
         root.update_idletasks()
+        least = self.lists.winfo_reqheight() + LISTS_GAP
+        self.frame.rowconfigure(3, minsize=least)
         wide, tall = window_size((root.winfo_reqwidth(), root.winfo_reqheight()),
                                  (root.winfo_screenwidth(), root.winfo_screenheight()))
         root.geometry(f"{wide}x{tall}")
-        root.minsize(wide, min(tall, LISTS_LEAST * 2))
+        root.minsize(wide, min(tall, least * 2))
 
     def show_log(self, lines: list[tuple[int, str]]) -> None:
         """Add (levelno, text) lines to the log panel; it keeps the last LOG_LINES."""

@@ -6295,9 +6295,10 @@ class InvitationTest(unittest.TestCase):
             self.assertIn("cannot draw", said)
             said.encode("ascii")
         for encoding in ("utf-8", "cp437"):
-            drawn = pcr.console_code("http://192.0.2.10:5051/", io.TextIOWrapper(
-                io.BytesIO(), encoding=encoding))
-            self.assertLessEqual(set(drawn), set(BLOCKS) | {"\n"})
+            caption, drawn = pcr.console_code("http://192.0.2.10:5051/", io.TextIOWrapper(
+                io.BytesIO(), encoding=encoding)).split("\n", 1)
+            self.assertEqual(caption, "    scan with a phone's camera to open the page")
+            self.assertLessEqual(set(drawn), set(BLOCKS) | {"\n"})   # no colours: not a terminal
             drawn.encode(encoding)
         self.assertEqual(pcr.console_code(None, sys.stdout), "")
 
