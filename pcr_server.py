@@ -15,9 +15,10 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   1. Constants and settings   one dataclass; command line > .pcr_port > defaults
   2. The protocol             pure functions on bytes and strings: names, lines and
                               their texts, App pieces (app_cut), WebSocket frames
-                              (FrameReader: one announced binary message), HTTP,
-                              ChatPage (the page's headers), photos (clean_photo:
-                              JPEG, PNG, WebP by their own bytes, metadata stripped)
+                              (FrameReader: one announced binary message, into an
+                              Upload), HTTP, ChatPage (the page's headers), photos
+                              (photo_parts: JPEG, PNG, WebP by their own bytes,
+                              rebuilt from what decoders need, in bounded pieces)
   3. The event loop and the transport
                               Loop (file events, timers, calls from other threads),
                               Bucket, Tally, Transport (one socket: the one send,
@@ -27,7 +28,7 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               /msg: each event published once, a private line to
                               its two members alone), an outlet per kind of
                               reader, each encoding and delivering the events
-                              (Stream: what an outlet says, parts for one member alone):
+                              (Stream: what an outlet says, parts for some alone):
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
@@ -36,9 +37,11 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
-                              the room key's tries, the photo rate, the refusal sentences)
-  6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
-                              in a sentence), WebDoor (HTTP, photos served, the
+                              the room key's tries, the photo rate and the photo
+                              bytes the room takes in, the refusal sentences)
+  6. The server and its doors PhotoDesk (the web door's: photos taken in, within the
+                              room's bound and pace, or refused in a sentence),
+                              WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
                               seat back), Handshakes (TLS, paced), Doorway (a new
                               connection's first bytes choose its door), Naming (an
@@ -88,6 +91,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import functools
 import hashlib
 import heapq
 import hmac
@@ -97,6 +101,7 @@ import json
 import logging
 import logging.handlers
 import math
+import mmap
 import os
 import queue
 import re
@@ -120,7 +125,7 @@ import uuid
 import xml.etree.ElementTree as ElementTree
 import xml.parsers.expat
 import zlib
-from typing import Callable
+from typing import Callable, Collection
 
 try:
     import resource
@@ -175,6 +180,8 @@ class Settings:
     history: int = 0                  # chat lines kept in memory for newcomers; 0: none
     photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
     photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
+    photo_pace: int = 4096            # bytes a second: a page sending slower (over a ping
+                                      # interval) is not answering pings, and its photo goes
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
     door_wait: float = 0.1            # the room's port waits this long for a client that speaks
                                       # first (a browser), then asks for an alias (the App never does)
@@ -372,8 +379,21 @@ PHOTOS_KEPT = "kept in memory only (up to {} MiB), gone when the room stops"   #
 PHOTO_BURST = 3.0    # photos a member may share at once, then one each 1 / Settings.photo_rate s
 PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
-HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
+HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone "
+             "(a NAME that could be more than one member's, in quotes: /msg \"bob can\" TEXT); "
              "/help shows this\n")
+# The room's own lines, by their first words (a member's line is NAME: TEXT): a name that
+# looks like one of these (name_look, from its start) gets a `_` (clean_name), so that no
+# member's line can pass for the room's.  A form ends where a name would, at \b, so that a
+# numbered name (`x (2)`) is caught too.  One list: new kinds of lines add theirs here.
+ROOM_FORMS = (
+    re.escape(PRIVATE_TAG),   # [private] ann to bob: TEXT
+    r".* shared a photo\b",   # ann shared a photo: LINK
+    r"in the room now\b",     # the answer to /who
+    r"commands\b",            # the answer to /help
+)
+ROOM_LINE = re.compile("|".join(f"(?:{form})" for form in ROOM_FORMS))
+READABLE_NAME = 4 * MAX_NAME   # the longest words /msg tries as a name (invisible characters too)
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -388,12 +408,15 @@ _INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
     "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-# Cyrillic and Greek letters that look like Latin ones (from Unicode TR39's confusables).
+# Letters that look like Latin ones (Cyrillic, Greek, Armenian, Latin small capitals and
+# variants), and brackets that look like [ ] (from Unicode TR39's confusables).
 _LOOKALIKES = str.maketrans(
-    "аеіјорсухѕԁԛԝһӏαιορυϲϳνıɑɡ"
-    "АВЕІЈКМНОРСТУХЅҮԚԜҺΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
-    "aeijopcyxsdqwhlaiopucjviag"
-    "ABEIJKMHOPCTYXSYQWHABEZHIKMNOPTYX")
+    "аеіјорсухѕԁԛԝһӏѵαιορυϲϳνıɑɡɩǀȷօսհոզցᴄᴏᴜᴠᴡᴢꜱ"
+    "АВЕІЈКМНОРСТУХЅҮԚԜҺѴΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
+    "⁅⁆❲❳〔〕⟦⟧⦋⦌⦍⦎⦏⦐【】〚〛",
+    "aeijopcyxsdqwhlvaiopucjviagiljouhnqgcouvwzs"
+    "ABEIJKMHOPCTYXSYQWHVABEZHIKMNOPTYX"
+    "[][][][][][][][][]")
 
 
 def joined_notice(names: list[str]) -> str:
@@ -436,15 +459,30 @@ def private_notice(sender: str, receiver: str, text: str) -> str:
 
 def nobody_notice(name: str) -> str:
     """The answer to /msg for a name that is nobody's in the room."""
-    return f"nobody called {name} is in the room; /who lists who is\n"
+    return f'nobody called "{name}" is in the room; /who lists who is\n'
+
+
+def which_notice(names: list[str]) -> str:
+    """The answer to /msg whose words could name each of `names` (the longest
+    first): nothing went, and how to say which."""
+    listed = ", ".join(f'"{name}"' for name in names[:-1]) + f' or "{names[-1]}"'
+    return (f'nothing was sent: that could be for {listed}; say which in quotes, '
+            f'as in /msg "{names[0]}" TEXT\n')
 
 
 def private_readings(request: str) -> list[tuple[str, str]]:
     """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
-    the longest NAME first (a name may hold spaces); none without both."""
+    the longest NAME first: a name may hold spaces, and a NAME in quotes
+    (`"bob can" hi`) is read only as that; none without both, nor a NAME
+    longer than READABLE_NAME."""
     request = request.strip()
-    cuts = [space.start() for space in re.finditer(r"\s+", request)]
-    return [(request[:cut], request[cut:].lstrip()) for cut in reversed(cuts)]
+    if request.startswith('"'):
+        cuts = [(quote.start(), quote.end()) for quote in re.compile(r'"\s+').finditer(request, 1)]
+        readings = [(request[1:start].strip(), request[stop:]) for start, stop in cuts]
+    else:
+        readings = [(request[:space.start()], request[space.end():])
+                    for space in re.finditer(r"\s+", request)]
+    return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
 
 
 def clean_text(text: str) -> str:
@@ -458,21 +496,29 @@ def clean_name(text: str) -> str:
 
     Colons go too, so that no name can pose as another's line prefix, and a
     leading digit gets a `_` before it: the App takes any read that starts
-    with a digit for the count.  So does a leading `[private]`, in any look:
-    no chat line can pose as a private one.
+    with a digit for the count.  So does a name that looks like the first
+    words of the room's own lines (ROOM_FORMS, `[private]` in any look), and
+    one that still does (`anna shared a photo`) gets one after it too: no
+    member's line can pose as the room's.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
-    text = _SPACES.sub(" ", text).strip()
-    if text[:1].isdigit() or name_look(text).startswith(PRIVATE_TAG):
-        text = "_" + text
-    return text[:MAX_NAME].strip()
+    text = _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
+    if text[:1].isdigit() or ROOM_LINE.match(name_look(text)):
+        text = ("_" + text)[:MAX_NAME].strip()
+    if ROOM_LINE.match(name_look(text)):   # a form that ends where the name does: a `_` there too
+        text = text[:MAX_NAME - 1] + "_"
+    return text
 
 
 def name_look(name: str) -> str:
-    """What a name looks like, to tell names apart: `ＡＬＩＣＥ`, `𝖺𝗅𝗂𝖼𝖾` and
-    `аlice` (Cyrillic а) all look like `alice`."""
-    text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", name))
+    """What a name looks like, to tell names apart and to tell it from the
+    room's own words (ROOM_FORMS): compatibility forms as their letters
+    (NFKC), no invisible characters nor combining marks, look-alikes as the
+    letters they look like, case folded.  `ＡＬＩＣＥ`, `𝖺𝗅𝗂𝖼𝖾`, `аlice`
+    (Cyrillic а) and `álice` all look like `alice`."""
+    text = unicodedata.normalize("NFKD", _INVISIBLE.sub("", name))
+    text = unicodedata.normalize("NFKC", "".join(c for c in text if unicodedata.category(c)[0] != "M"))
     return text.translate(_LOOKALIKES).casefold().translate(_LOOKALIKES)
 
 
@@ -669,12 +715,18 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     return seat, secret, seen
 
 
+@functools.lru_cache(maxsize=4)
+def piece_key(mask: bytes) -> int:
+    """A whole piece's mask as one number: a photo's frames come in many pieces with one mask."""
+    return int.from_bytes(mask * (UNMASK_PIECE // 4), "little")
+
+
 def ws_unmask(payload, mask: bytes) -> bytes:
     n = len(payload)
     if n > UNMASK_PIECE:   # a photo: a piece at a time, not four big numbers at once
         return b"".join(ws_unmask(payload[i:i + UNMASK_PIECE], mask) for i in range(0, n, UNMASK_PIECE))
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    key = piece_key(bytes(mask)) if n == UNMASK_PIECE else int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
 
 
 class FrameReader:
@@ -686,13 +738,16 @@ class FrameReader:
     or out of order raises WsError with the RFC's code.  Text is checked with
     one incremental UTF-8 decoder per message, as its bytes come: bad UTF-8
     raises (1007) as soon as it is in, without waiting for the end of its frame
-    or of its message.  One binary message may be announced (announce()) with a
-    limit of its own: it comes out as WS_ANNOUNCED, or, if its frames say it is
-    larger, as (WS_ANNOUNCED, None) while its bytes are skipped unread.
+    or of its message.  One binary message may be announced (announce()) with
+    an Upload of its own: its frames' payloads are unmasked into it as they
+    come, never held here, and it comes out as (WS_ANNOUNCED, upload) once
+    whole, or as soon as a frame's header says it is longer than announced
+    (upload.over: the rest is skipped unread).  Announced with None, or with
+    an upload released meanwhile, it is skipped unread and unsaid.
     """
 
     __slots__ = ("max_message", "drop_up_to", "buf", "parts", "size", "opcode", "text", "checked",
-                 "announced", "skip", "dropping")
+                 "announced", "photo", "streaming", "mask", "fin", "skip", "dropping")
 
     def __init__(self, max_message: int, drop_up_to: int = 0):
         self.max_message = max_message
@@ -703,13 +758,25 @@ class FrameReader:
         self.opcode = 0                # of the message being fragmented; 0: none
         self.text = None               # the UTF-8 check of a text message coming in pieces
         self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
-        self.announced: int | None = None   # the limit of the next binary message, if announced
+        self.announced = False         # the next binary message is announced: photo's
+        self.photo: Upload | None = None
+        self.streaming = 0             # bytes of a photo's frame still to come into it
+        self.mask = b""                # that frame's mask, turned to where it goes on
+        self.fin = 0                   # that frame ends its message
         self.skip = 0                  # bytes of a frame still to be dropped unread
         self.dropping = False          # the message under way is dropped, fragments and all
 
-    def announce(self, limit: int) -> None:
-        """The next binary message may hold `limit` bytes (0: skip it unread, unsaid)."""
-        self.announced = limit
+    def announce(self, photo: Upload | None) -> None:
+        """The next binary message is `photo`'s bytes (None: skip it unread, unsaid);
+        an upload announced before is released."""
+        self.release()
+        self.announced, self.photo = True, photo
+
+    def release(self) -> None:
+        """The announced upload, if any, gives its buffer back (its connection ends)."""
+        if self.photo is not None:
+            self.photo.release()
+            self.photo = None
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
         """(opcode, payload) of each whole message or control frame in `data`;
@@ -731,6 +798,8 @@ class FrameReader:
             self.skip -= dropped
             if self.skip:
                 return None
+        if self.streaming:
+            return self._stream()
         if len(buf) < 2:
             return None
         first, second = buf[0], buf[1]
@@ -750,6 +819,8 @@ class FrameReader:
             if len(buf) < 10:
                 return None
             length, at = struct.unpack_from("!Q", buf, 2)[0], 10
+            if length >> 63:   # RFC 6455 §5.2: its most significant bit MUST be 0
+                raise WsError(WS_PROTOCOL_ERROR, "a 64-bit length with its top bit set")
         end = at + 4 + length
         if opcode >= 0x8:
             if not fin or length > 125:
@@ -757,23 +828,17 @@ class FrameReader:
         else:
             if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
                 self._start_frame(opcode)
-            if self.opcode == WS_BINARY and self.announced is not None:   # a photo: its own limit
-                keep, most = self.announced, math.inf
-            else:
-                keep, most = self.max_message, self.drop_up_to
-            if self.size + length > most:
+            if self.opcode == WS_BINARY and self.announced:   # a photo: into its upload
+                return self._photo_frame(fin, length, at, end)
+            if self.size + length > self.drop_up_to:
                 raise WsError(WS_TOO_BIG, "message too big")
-            if self.dropping or self.size + length > keep:
+            if self.dropping or self.size + length > self.max_message:
                 return self._drop(fin, length, end)
             if self.opcode == WS_TEXT and at + 4 <= len(buf) < end:   # a frame coming in pieces
                 self._check_text(buf, at, len(buf))
         if len(buf) < end:
             return None
-        if length > UNMASK_PIECE:   # a photo: unmasked from a view, not from a copy
-            with memoryview(buf) as view:
-                payload = ws_unmask(view[at + 4:end], buf[at:at + 4])
-        else:
-            payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
+        payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
         del buf[:end]
         if opcode >= 0x8:
             return [(opcode, payload)]
@@ -814,24 +879,63 @@ class FrameReader:
             return []
         message, opcode = b"".join(self.parts), self.opcode
         self.parts, self.size, self.opcode, self.text = [], 0, 0, None
-        if opcode == WS_BINARY and self.announced is not None:
-            self.announced = None
-            return [(WS_ANNOUNCED, message)]
         return [(opcode, message)]
 
     def _drop(self, fin: int, length: int, frame_size: int) -> list[tuple[int, None]]:
         """Skip this data frame unread, and the rest of its message; the message is
-        said once, at its start (an announced one with no room at all, never)."""
-        announced = self.announced if self.opcode == WS_BINARY else None
-        first = not self.dropping and announced != 0
-        said = [(self.opcode if announced is None else WS_ANNOUNCED, None)] if first else []
+        said once, at its start."""
+        said = [] if self.dropping else [(self.opcode, None)]
         self.parts, self.size = [], 0 if fin else self.size + length
         self.text, self.checked, self.dropping, self.skip = None, -1, not fin, frame_size
         if fin:
             self.opcode = 0
-            if announced is not None:
-                self.announced = None
         return said
+
+    # -- the announced binary message: a photo, into its upload as it comes --------
+    def _photo_frame(self, fin: int, length: int, at: int, end: int) -> list | None:
+        """A frame of the photo: its payload goes into the upload as it comes, or the
+        frame is skipped unread (the photo refused, released, or longer than announced)."""
+        photo = self.photo
+        taken = photo is not None and photo.buffer is not None and not self.dropping
+        if taken and self.size + length > photo.size:
+            photo.over = True
+        if not taken or photo.over:
+            self.skip, self.dropping, self.checked = end, not fin, -1
+            if fin:
+                self._photo_done()
+            return [(WS_ANNOUNCED, photo)] if taken else []
+        if len(self.buf) < at + 4:   # its mask is not in yet
+            return None
+        self.mask, self.streaming, self.fin = bytes(self.buf[at:at + 4]), length, fin
+        self.size += length
+        del self.buf[:at + 4]
+        return self._stream()
+
+    def _stream(self) -> list | None:
+        """What came of the photo's frame, unmasked into its upload; the photo once whole."""
+        buf, photo = self.buf, self.photo
+        if photo is None or photo.buffer is None:   # released meanwhile: the rest skipped, unsaid
+            self.skip, self.streaming, self.dropping, self.checked = self.streaming, 0, not self.fin, -1
+            if self.fin:
+                self._photo_done()
+            return []
+        n = min(self.streaming, len(buf))
+        if n:
+            photo.take(ws_unmask(buf[:n], self.mask))
+            del buf[:n]
+            self.mask = self.mask[n % 4:] + self.mask[:n % 4]
+            self.streaming -= n
+        if self.streaming:
+            return None
+        self.checked = -1
+        if not self.fin:
+            return []
+        self._photo_done()
+        return [(WS_ANNOUNCED, photo)]
+
+    def _photo_done(self) -> None:
+        """The announced message is over: the next binary message is not announced."""
+        self.opcode, self.size, self.dropping, self.announced, self.photo = 0, 0, False, False, None
 
 
 def ws_close_is_leave(code: int) -> bool:
@@ -934,30 +1038,101 @@ class ChatPage:
         return (("Content-Security-Policy", (self.csp + own).rstrip()),)
 
 
-# -- photos a page shares: only pictures whose own bytes say so ---------------
+# -- photos a page shares: only pictures whose own bytes say so, only what decoders need --
 
 MAX_PHOTO = 8 << 20      # bytes in one photo (the page sends 0.5 to 1.5 MB)
 MAX_PHOTO_SIDE = 2048    # pixels on its long side: the page shrinks it to this
+# A picture's pieces (segments, chunks) are each a step of Python, so there are few of them;
+# the image data between them is walked at C speed (re, slices), never a step per byte.
+HEAD_PIECES = 64         # before the image data (a camera's JPEG has 10 to 25)
+MAX_PIECES = 4096        # in all: a progressive JPEG's scans, a PNG's IDATs, an animation's frames
+MAX_ICC = 1 << 20        # bytes in a colour profile
 PHOTO_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 # The text before a photo's bytes: NUL first, so that no line a member types is taken for it.
 PHOTO_ANNOUNCED = re.compile(rb"\x00photo ([1-9][0-9]{0,9})")
 NOT_SHARED = "your photo was not shared: {}"
 NOT_A_PICTURE = "it is not a JPEG, PNG or WebP picture"
 DAMAGED = "the picture is damaged or cut short"
+TOO_MANY_PIECES = "it is made of more pieces than a picture needs"
+TWO_PICTURES = "it holds more than one picture"
+UNSHOWN_JPEG = "it is a kind of JPEG that browsers do not show"
 TOO_BIG = f"it is larger than {MAX_PHOTO >> 20} MiB"
 TOO_WIDE = f"it is larger than {MAX_PHOTO_SIDE} pixels on its long side"
+ALBUM_TOO_SMALL = "the room keeps only {} MiB of photos"
+LONGER_THAN_ANNOUNCED = "it is longer than the {} bytes announced"
+ANNOUNCED_AGAIN = "another photo was announced before its bytes came"
+ROOM_BUSY = "the room is taking in other photos just now; try again in a moment"
+TOO_SLOW = "it came in slower than {:g} KiB a second"
 SHARING_OFF = "photo sharing is off in this room"
 SHARING_TOO_FAST = "you are sharing photos too fast; wait a few seconds"
+PHOTO_GONE = "This photo is no longer kept."   # a photo line in the history, once the album let it go
+# JPEG: the frame headers (SOFn) browsers show: baseline, extended and progressive (Huffman).
+JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
+JPEG_SHOWN = {0xC0, 0xC1, 0xC2}
+JPEG_MARKER = re.compile(rb"\xff+")   # a marker, after any fill bytes
+# Where a scan's entropy-coded data ends: FF 00 is a data byte, FF D0-D7 a restart, FF FF fill.
+JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+JFIF_APP0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"   # 1.01, 1:1, no thumbnail
+ICC_TAG = b"ICC_PROFILE\x00"   # APP2 chunks of a colour profile
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_DROPPED = {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}             # text and EXIF: who, where, when
-JPEG_DROPPED = {*range(0xE1, 0xF0), 0xFE}                      # APP1-APP15 (EXIF, XMP...) and COM
-JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}        # SOFn: they say the size
-WEBP_DROPPED = {b"EXIF", b"XMP "}
-WEBP_METADATA_FLAGS = 0x0C                                     # VP8X: "has EXIF", "has XMP"
+# PNG: the critical chunks, and the ancillary ones that say how its colours look.
+PNG_KEPT = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT",
+            b"pHYs"}
+PNG_SIZES = {b"IHDR": 13, b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9}
+WEBP_STILL = {b"ALPH", b"VP8 ", b"VP8L"}   # a still image's chunks, or an animation frame's
+WEBP_ICC, WEBP_ALPHA, WEBP_ANIMATED = 0x20, 0x10, 0x02   # VP8X's flags that stay true
+# A colour profile is kept (colour matters: phones take photos in Display P3, which shown
+# as sRGB look dull), but its header's date, platform, device maker, model and attributes,
+# creator and ID are blanked, and every tag that is not colour data is emptied (descriptions,
+# copyright, device names): what is left says how colours look, not when or with what.
+ICC_BLANKED = ((4, 8), (24, 36), (40, 44), (48, 64), (80, 100))
+ICC_COLOUR = {b"curv", b"para", b"XYZ ", b"sf32", b"mft1", b"mft2", b"mAB ", b"mBA ", b"mpet",
+              b"chrm", b"clro", b"sig ", b"meas", b"view"}
 
 
 class PhotoRefused(ValueError):
     """Bytes that are not a photo the room shares; the message says why, for its sender."""
+
+
+class Upload:
+    """An announced binary message (a photo) as it comes in: its bytes, unmasked as
+    they come, in one buffer of the size announced, an anonymous memory map, whose
+    pages go back to the system when it is released (a heap may keep freed blocks).
+    `released(upload)` is called once, when it is."""
+
+    __slots__ = ("size", "buffer", "filled", "paced", "over", "released")
+
+    def __init__(self, size: int, released: Callable[[Upload], None] = lambda upload: None):
+        self.size, self.released = size, released
+        self.buffer: mmap.mmap | None = mmap.mmap(-1, size)
+        self.filled = 0      # bytes in
+        self.paced = 0       # bytes in when its pace was last looked at
+        self.over = False    # its frames said it is longer than announced
+
+    def take(self, data: bytes) -> None:
+        self.buffer[self.filled:self.filled + len(data)] = data
+        self.filled += len(data)
+
+    def view(self) -> memoryview:
+        return memoryview(self.buffer)[:self.filled]
+
+    def release(self) -> None:
+        if self.buffer is None:
+            return
+        buffer, self.buffer = self.buffer, None
+        try:
+            buffer.close()
+        except BufferError:   # a view of it is still held: unmapped when the last one goes
+            pass
+        self.released(self)
+
+
+def mapped(parts: list) -> mmap.mmap:
+    """`parts` joined in a memory map of their own, given back to the system once dropped."""
+    joined = mmap.mmap(-1, sum(len(part) for part in parts))
+    for part in parts:
+        joined.write(part)
+    return joined
 
 
 def photo_announcement(text: bytes) -> int | None:
@@ -966,139 +1141,406 @@ def photo_announcement(text: bytes) -> int | None:
     return int(announced.group(1)) if announced else None
 
 
-def jpeg_scan_end(data: bytes, pos: int) -> int:
-    """Where the entropy-coded data starting at `pos` ends: at the next marker
-    (0xFF 0x00 is a data byte, 0xFF 0xD0-0xD7 a restart)."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            raise PhotoRefused(DAMAGED)
-        following = data[pos + 1]
-        if following == 0 or 0xD0 <= following <= 0xD7:
-            pos += 2
-        elif following == 0xFF:   # fill bytes before a marker
-            pos += 1
+def photo_size(width: int, height: int) -> tuple[int, int]:
+    """A frame header's size, if the room shows it: read before any image data, as decoders do."""
+    if not (width and height):
+        raise PhotoRefused(DAMAGED)
+    if max(width, height) > MAX_PHOTO_SIDE:
+        raise PhotoRefused(TOO_WIDE)
+    return width, height
+
+
+def counted(pieces: int, in_image: bool) -> int:
+    """One more piece of a picture (`in_image`: its image data has begun); refused past the bounds."""
+    if pieces >= MAX_PIECES or pieces >= HEAD_PIECES and not in_image:
+        raise PhotoRefused(TOO_MANY_PIECES)
+    return pieces + 1
+
+
+def icc_clean(profile) -> bytes | None:
+    """A colour profile with only its colours left (ICC_BLANKED, ICC_COLOUR); None if it
+    is not one (it is then left out)."""
+    profile = bytes(profile)
+    size = len(profile)
+    if not 132 <= size <= MAX_ICC or int.from_bytes(profile[:4], "big") != size \
+            or profile[36:40] != b"acsp":
+        return None
+    tags = int.from_bytes(profile[128:132], "big")
+    if tags > 100 or 132 + 12 * tags > size:
+        return None
+    clean = bytearray(profile)
+    for start, stop in ICC_BLANKED:
+        clean[start:stop] = bytes(stop - start)
+    for n in range(tags):
+        offset, length = struct.unpack_from("!II", profile, 136 + 12 * n)
+        if length < 8 or offset + length > size:
+            return None
+        if profile[offset:offset + 4] not in ICC_COLOUR:
+            clean[offset + 8:offset + length] = bytes(length - 8)
+    return bytes(clean)
+
+
+def jpeg_segment(marker: int, body) -> bytes:
+    return b"\xff" + bytes((marker,)) + struct.pack("!H", len(body) + 2) + bytes(body)
+
+
+def jpeg_scan_end(data, pos: int) -> int:
+    """Where the entropy-coded data starting at `pos` ends: at the next marker,
+    found at C speed."""
+    found = JPEG_SCAN_END.search(data, pos)
+    if found is None:
+        raise PhotoRefused(DAMAGED)
+    return found.start()
+
+
+def jpeg_frame(body) -> tuple[tuple[int, int], dict[int, int]]:
+    """A frame header's (SOF) size, and its components' quantization tables; every byte
+    of it is a field, checked here."""
+    if len(body) < 6:
+        raise PhotoRefused(DAMAGED)
+    height, width, count = struct.unpack_from("!HHB", body, 1)
+    size = photo_size(width, height)
+    tables = {body[6 + 3 * n]: body[8 + 3 * n] for n in range(count)} if len(body) == 6 + 3 * count \
+        else {}
+    if not 1 <= len(tables) == count <= 4 or max(tables.values()) > 3:
+        raise PhotoRefused(DAMAGED)
+    return size, tables
+
+
+def jpeg_tables(body, huffman: bool) -> dict:
+    """The tables a DHT (huffman) or DQT segment defines, by what names them ((class, id),
+    or id); what does not read as a table is left out."""
+    tables, at = {}, 0
+    for _ in range(8 if huffman else 4):   # more would only redefine these
+        if at >= len(body):
+            break
+        head = body[at]
+        if huffman:
+            end = at + 17 + (sum(body[at + 1:at + 17]) if at + 17 <= len(body) else len(body))
         else:
-            return pos
+            end = at + 1 + 64 * (1 + (head >> 4))
+        if head >> 4 > 1 or head & 15 > 3 or end > len(body) or huffman and end - at > 17 + 256:
+            break
+        tables[(head >> 4, head & 15) if huffman else head & 15] = bytes(body[at:end])
+        at = end
+    return tables
 
 
-def jpeg_clean(data: bytes) -> tuple[bytes, int, int]:
-    """A JPEG without its APP1-APP15 and COM segments (or anything after its
-    end), and its width and height; PhotoRefused unless it is whole and well formed."""
-    view, kept, pos, size, scanned = memoryview(data), [b"\xff\xd8"], 2, None, False
-    while True:
-        if pos + 2 > len(data) or data[pos] != 0xFF:
-            raise PhotoRefused(DAMAGED)
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker == 0xD9 and scanned:
-            kept.append(b"\xff\xd9")
-            return b"".join(kept), size[0], size[1]
-        if pos + 4 > len(data) or marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
-            raise PhotoRefused(DAMAGED)
-        end = pos + 2 + struct.unpack_from("!H", data, pos + 2)[0]
-        if end > len(data) or end < pos + 4:
-            raise PhotoRefused(DAMAGED)
+class JpegRebuild:
+    """A JPEG rebuilt, as its segments are read, from what a decoder needs and nothing
+    else: a minimal JFIF APP0 of our own (where it had one, for its colours' sake), its
+    colour profile (icc_clean), the Adobe APP14's colour transform, the frame header
+    (exactly one, before any scan), each scan's header and data, and before each scan
+    the quantization and Huffman tables and restart interval it uses that the output
+    does not have yet.  Everything else goes (APPn, COM, tables no scan uses, bytes
+    hidden in a segment past its fields, anything after the end)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.parts: list = [b"\xff\xd8"]
+        self.marker = 0                  # the frame header's
+        self.frame = b""                 # its segment
+        self.size = (0, 0)
+        self.components: dict[int, int] = {}   # component -> its quantization table
+        self.jfif, self.adobe = False, -1        # what its APP0 and APP14 said
+        self.profile: dict[int, tuple] = {}      # ICC chunk number -> (chunks, bytes)
+        self.huffman: dict = {}          # the tables defined so far
+        self.quant: dict = {}
+        self.restart = b""
+        self.sent: dict = {}             # what the output has defined: table (or "DRI") -> bytes
+        self.latched: set[int] = set()   # components a scan has used (their quantization is fixed)
+        self.scans = 0
+
+    def rebuilt(self) -> tuple[list, int, int]:
+        data, pos, pieces = self.data, 2, 0
+        while True:
+            pieces = counted(pieces, self.scans > 0)
+            fill = JPEG_MARKER.match(data, pos)
+            if fill is None or fill.end() >= len(data):
+                raise PhotoRefused(DAMAGED)
+            marker, pos = data[fill.end()], fill.end() + 1
+            if marker == 0xD9 and self.scans:
+                self.parts.append(b"\xff\xd9")
+                return self.parts, *self.size
+            if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+                raise PhotoRefused(DAMAGED)
+            end = pos + struct.unpack_from("!H", data, pos)[0]
+            if end > len(data) or end < pos + 2:
+                raise PhotoRefused(DAMAGED)
+            if marker == 0xDA:
+                end = self._scan(data[pos + 2:end], end)
+            else:
+                self._segment(marker, data[pos + 2:end])
+            pos = end
+
+    def _segment(self, marker: int, body) -> None:
         if marker in JPEG_FRAMES:
-            if end < pos + 9:
-                raise PhotoRefused(DAMAGED)
-            height, width = struct.unpack_from("!HH", data, pos + 5)
-            size = (width, height)
-        if marker == 0xDA:   # a scan: its header, then its data up to the next marker
-            if size is None:
-                raise PhotoRefused(DAMAGED)
-            end, scanned = jpeg_scan_end(data, end), True
-        if marker not in JPEG_DROPPED:
-            kept.append(view[pos:end])
-        pos = end
+            if self.marker:
+                raise PhotoRefused(TWO_PICTURES)
+            if marker not in JPEG_SHOWN:
+                raise PhotoRefused(UNSHOWN_JPEG)
+            self.size, self.components = jpeg_frame(body)
+            self.marker, self.frame = marker, jpeg_segment(marker, body)
+        elif marker in (0xC4, 0xDB):
+            (self.huffman if marker == 0xC4 else self.quant).update(jpeg_tables(body, marker == 0xC4))
+        elif marker == 0xDD and len(body) >= 2:
+            self.restart = bytes(body[:2])
+        elif self.scans:   # what an APPn says after the first scan, no decoder reads
+            return
+        elif marker == 0xE0 and body[:5] == b"JFIF\x00":
+            self.jfif = True
+        elif marker == 0xEE and len(body) >= 12 and body[:5] == b"Adobe" and body[11] <= 2:
+            self.adobe = body[11]
+        elif marker == 0xE2 and len(body) > 14 and body[:12] == ICC_TAG:
+            self.profile[body[12]] = (body[13], body[14:])
+
+    def _scan(self, body, end: int) -> int:
+        """A scan: what it needs first, its header, its data; where its data ends."""
+        count = body[0] if body else 0
+        if not self.marker or not 1 <= count <= 4 or len(body) != 4 + 2 * count:
+            raise PhotoRefused(DAMAGED)
+        used = [(body[1 + 2 * n], body[2 + 2 * n]) for n in range(count)]
+        if any(c not in self.components for c, _ in used):
+            raise PhotoRefused(DAMAGED)
+        first_dc = body[1 + 2 * count] == 0 and body[3 + 2 * count] >> 4 == 0
+        progressive = self.marker == 0xC2   # a DC scan uses DC tables (its first only), an AC scan AC ones
+        huffman = [(0, t >> 4) for _, t in used if first_dc or not progressive]
+        huffman += [(1, t & 15) for _, t in used if body[1 + 2 * count] or not progressive]
+        new = {c for c, _ in used} - self.latched
+        self.latched |= new
+        if not self.scans:
+            self.parts += self._heads()
+            new = self.components   # the usual way: all of them before the frame header
+        tables = self._unsent(sorted({self.components[c] for c in new}), self.quant)
+        self.parts += [jpeg_segment(0xDB, tables)] if tables else []
+        self.parts += [] if self.scans else [self.frame]
+        tables = self._unsent(huffman, self.huffman)
+        self.parts += [jpeg_segment(0xC4, tables)] if tables else []
+        if self.restart and self._unsent(["DRI"], {"DRI": self.restart}):
+            self.parts.append(jpeg_segment(0xDD, self.restart))
+        stop = jpeg_scan_end(self.data, end)
+        self.parts += [jpeg_segment(0xDA, body), self.data[end:stop]]
+        self.scans += 1
+        return stop
+
+    def _unsent(self, wanted: list, tables: dict) -> bytes:
+        """The tables among `wanted` that the output lacks or has otherwise (sent now)."""
+        new = []
+        for key in dict.fromkeys(wanted):
+            if key in tables and self.sent.get(key) != tables[key]:
+                self.sent[key] = tables[key]
+                new.append(tables[key])
+        return b"".join(new)
+
+    def _heads(self) -> list:
+        """Before the first scan: our own JFIF APP0, the colour profile and the Adobe
+        colour transform, where the picture had them."""
+        heads = [JFIF_APP0] if self.jfif else []
+        chunks = self.profile
+        if chunks and sorted(chunks) == list(range(1, len(chunks) + 1)) \
+                and {count for count, _ in chunks.values()} == {len(chunks)} \
+                and sum(len(chunk) for _, chunk in chunks.values()) <= MAX_ICC:
+            profile = icc_clean(b"".join(chunks[n][1] for n in sorted(chunks)))
+            step = 0xFFFF - 2 - len(ICC_TAG) - 2
+            count = -(-len(profile or b"") // step)
+            heads += [jpeg_segment(0xE2, ICC_TAG + bytes((n + 1, count)) + profile[n * step:(n + 1) * step])
+                      for n in range(count)]
+        if self.adobe >= 0:
+            heads.append(jpeg_segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00" + bytes((self.adobe,))))
+        return heads
 
 
-def png_clean(data: bytes) -> tuple[bytes, int, int]:
-    """A PNG without its tEXt, zTXt, iTXt and eXIf chunks, and its width and
-    height; PhotoRefused unless each chunk is whole with its CRC, IHDR first, IEND last."""
-    view, kept, pos, size = memoryview(data), [PNG_SIGNATURE], len(PNG_SIGNATURE), None
+def jpeg_parts(data) -> tuple[list, int, int]:
+    """A JPEG's parts as JpegRebuild makes them, and its width and height."""
+    return JpegRebuild(data).rebuilt()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + kind + payload + struct.pack("!I", zlib.crc32(kind + payload))
+
+
+def png_fits(kind: bytes, length: int, colour: int) -> bool:
+    """Whether a kept chunk has the length its kind and the picture's colour type allow."""
+    if kind == b"IDAT":
+        return True
+    if kind == b"PLTE":
+        return length % 3 == 0 and 0 < length <= 768 and colour in (2, 3, 6)
+    if kind == b"tRNS":
+        return 0 < length <= 256 if colour == 3 else length == {0: 2, 2: 6}.get(colour)
+    if kind == b"sBIT":
+        return length == {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}[colour]
+    return length == PNG_SIZES.get(kind)
+
+
+def png_profile(payload) -> bytes | None:
+    """An iCCP chunk with its profile cleaned (icc_clean) and a plain name; None to leave it out."""
+    named = bytes(payload[:81]).find(b"\x00")
+    if named < 1 or len(payload) < named + 2 or payload[named + 1] != 0:
+        return None
+    unzip = zlib.decompressobj()
+    try:
+        profile = unzip.decompress(payload[named + 2:], MAX_ICC + 1)
+    except zlib.error:
+        return None
+    profile = icc_clean(profile) if unzip.eof else None
+    return png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(profile)) if profile else None
+
+
+def png_parts(data) -> tuple[list, int, int]:
+    """A PNG's kept chunks (PNG_KEPT, each with the length it allows; its profile cleaned),
+    and its width and height; PhotoRefused unless each chunk is whole with its CRC,
+    exactly one IHDR first, image data, IEND last (nothing after it is kept)."""
+    parts, pos, pieces, size, colour, image = [PNG_SIGNATURE], len(PNG_SIGNATURE), 0, None, 0, False
+    profiled = False   # one colour profile at most
     while True:
+        pieces = counted(pieces, image)
         if pos + 12 > len(data):
             raise PhotoRefused(DAMAGED)
         length, kind = struct.unpack_from("!I4s", data, pos)
         end = pos + 12 + length
-        if end > len(data) or zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from("!I", data, end - 4)[0]:
+        if end > len(data) or zlib.crc32(data[pos + 4:end - 4]) != struct.unpack_from("!I", data, end - 4)[0]:
             raise PhotoRefused(DAMAGED)
-        if size is None:
-            if kind != b"IHDR" or length != 13:
+        if (kind == b"IHDR") != (size is None) or size is None and length != 13:
+            raise PhotoRefused(DAMAGED if size is None else TWO_PICTURES)
+        if kind == b"IHDR":
+            size = photo_size(*struct.unpack_from("!II", data, pos + 8))
+            colour = data[pos + 17]
+            if colour not in (0, 2, 3, 4, 6):
                 raise PhotoRefused(DAMAGED)
-            size = struct.unpack_from("!II", data, pos + 8)
-        if kind not in PNG_DROPPED:
-            kept.append(view[pos:end])
-        pos = end
+        image = image or kind == b"IDAT"
         if kind == b"IEND":
-            return b"".join(kept), size[0], size[1]
+            if not image:
+                raise PhotoRefused(DAMAGED)
+            return parts + [png_chunk(b"IEND", b"")], *size
+        if kind == b"iCCP" and not profiled:
+            parts.append(png_profile(data[pos + 8:end - 4]) or b"")
+            profiled = True
+        elif kind in PNG_KEPT - {b"iCCP"} and png_fits(kind, length, colour):
+            parts.append(data[pos:end])
+        pos = end
 
 
-def webp_size(kind: bytes, body: bytes) -> tuple[int, int] | None:
-    """The width and height a WebP chunk gives (VP8X, VP8 or VP8L), or None."""
-    if kind == b"VP8X" and len(body) >= 10:
-        return (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
-    if kind == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+def webp_chunk(kind: bytes, *payload) -> list:
+    """A RIFF chunk: its kind, its size, its payload (in parts) and the pad to an even size."""
+    size = sum(len(part) for part in payload)
+    return [kind + struct.pack("<I", size), *payload] + ([b"\x00"] if size & 1 else [])
+
+
+def webp_chunks(data, start: int, stop: int, pieces: list[int],
+                image: bool = False) -> list[tuple[bytes, int, int]]:
+    """(kind, payload start, payload stop) of the chunks from `start` to `stop`, counted in
+    pieces[0] (`image`: the image data has begun); PhotoRefused unless each is whole."""
+    chunks = []
+    while start < stop:
+        pieces[0] = counted(pieces[0], image)
+        if start + 8 > stop:
+            raise PhotoRefused(DAMAGED)
+        kind, length = struct.unpack_from("<4sI", data, start)
+        if start + 8 + length > stop:
+            raise PhotoRefused(DAMAGED)
+        chunks.append((kind, start + 8, start + 8 + length))
+        image = image or kind in WEBP_STILL or kind == b"ANMF"
+        start += 8 + length + (length & 1)
+    return chunks
+
+
+def webp_size(kind: bytes, body) -> tuple[int, int] | None:
+    """The width and height a VP8 (a key frame) or VP8L bitstream's header gives, or None."""
+    if kind == b"VP8 " and len(body) >= 10 and not body[0] & 1 and body[3:6] == b"\x9d\x01\x2a":
         width, height = struct.unpack_from("<HH", body, 6)
         return width & 0x3FFF, height & 0x3FFF
-    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F and not body[4] >> 5:
         bits = int.from_bytes(body[1:5], "little")
         return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
     return None
 
 
-def webp_clean(data: bytes) -> tuple[bytes, int, int]:
-    """A WebP without its EXIF and XMP chunks (VP8X's flags and the RIFF size
-    made to match), and its width and height; PhotoRefused unless its chunks are whole."""
+def webp_still(data, chunks: list, canvas: tuple[int, int]) -> list:
+    """A still image's chunks (VP8 with its ALPH before it, or VP8L): exactly one
+    bitstream, as large as the canvas it fills."""
+    images = [(kind, a, b) for kind, a, b in chunks if kind != b"ALPH"]
+    if len(images) != 1:
+        raise PhotoRefused(TWO_PICTURES if images else DAMAGED)
+    kind, a, b = images[0]
+    if webp_size(kind, data[a:b]) != canvas:
+        raise PhotoRefused(DAMAGED)
+    alpha = chunks[:1] if kind == b"VP8 " and chunks[0][0] == b"ALPH" else []
+    return [part for kind, a, b in alpha + images for part in webp_chunk(kind, data[a:b])]
+
+
+def webp_frame(data, a: int, b: int, canvas: tuple[int, int], pieces: list[int]) -> list:
+    """An ANMF chunk with its frame cleaned as a still image is, within the canvas."""
+    if b - a < 16:
+        raise PhotoRefused(DAMAGED)
+    x, y, width, height = (int.from_bytes(data[a + n:a + n + 3], "little") for n in range(0, 12, 3))
+    if 2 * x + width + 1 > canvas[0] or 2 * y + height + 1 > canvas[1]:
+        raise PhotoRefused(DAMAGED)
+    frame = [chunk for chunk in webp_chunks(data, a + 16, b, pieces, True) if chunk[0] in WEBP_STILL]
+    head = bytes(data[a:a + 15]) + bytes((data[a + 15] & 0x03,))   # blending and disposal
+    return webp_chunk(b"ANMF", head, *webp_still(data, frame, (width + 1, height + 1)))
+
+
+def webp_parts(data) -> tuple[list, int, int]:
+    """A WebP's kept chunks (VP8X with the flags of what is left, a cleaned ICCP, ANIM,
+    ANMF frames cleaned alike, ALPH, VP8, VP8L: one bitstream, consistent with the
+    canvas), the RIFF size to match, and its width and height."""
     end = 8 + struct.unpack_from("<I", data, 4)[0]
     if end > len(data) or end < 20:
         raise PhotoRefused(DAMAGED)
-    kept, pos, size = [], 12, None
-    while pos < end:
-        if pos + 8 > end:
-            raise PhotoRefused(DAMAGED)
-        kind, length = struct.unpack_from("<4sI", data, pos)
-        stop = pos + 8 + length + (length & 1)
-        if stop > end:
-            raise PhotoRefused(DAMAGED)
-        chunk = data[pos:stop]
-        if kind == b"VP8X" and pos == 12:
-            chunk = chunk[:8] + bytes([chunk[8] & ~WEBP_METADATA_FLAGS]) + chunk[9:]
-        if size is None:
-            size = webp_size(kind, chunk[8:8 + length])
-        if kind not in WEBP_DROPPED:
-            kept.append(chunk)
-        pos = stop
-    if size is None:
+    pieces = [0]
+    chunks = webp_chunks(data, 12, end, pieces)
+    kind, a, b = chunks[0]
+    if kind != b"VP8X":
+        canvas = webp_size(kind, data[a:b]) or (0, 0)
+        photo_size(*canvas)
+        kept = webp_still(data, [c for c in chunks if c[0] in (b"VP8 ", b"VP8L")], canvas)
+    elif b - a < 10:
         raise PhotoRefused(DAMAGED)
-    chunks = b"".join(kept)
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks, size[0], size[1]
+    else:
+        canvas = photo_size(*(int.from_bytes(data[a + n:a + n + 3], "little") + 1 for n in (4, 7)))
+        animated, profile, kept = data[a] & WEBP_ANIMATED, None, []
+        for kind, a2, b2 in chunks[1:]:
+            if kind == b"ICCP" and profile is None and not kept:
+                profile = icc_clean(data[a2:b2]) or b""
+                kept += webp_chunk(kind, profile) if profile else []
+            elif kind == b"ANIM" and animated and b2 - a2 == 6:
+                kept += webp_chunk(kind, data[a2:b2])
+            elif kind == b"ANMF" and animated:
+                kept += webp_frame(data, a2, b2, canvas, pieces)
+        if not animated:
+            kept += webp_still(data, [c for c in chunks if c[0] in WEBP_STILL], canvas)
+        elif not any(c[0] == b"ANMF" for c in chunks):
+            raise PhotoRefused(DAMAGED)
+        flags = data[a] & (WEBP_ALPHA | WEBP_ANIMATED) | (WEBP_ICC if profile else 0)
+        kept = webp_chunk(b"VP8X", bytes((flags, 0, 0, 0)) + bytes(data[a + 4:a + 10])) + kept
+    return [b"RIFF" + struct.pack("<I", 4 + sum(len(part) for part in kept)) + b"WEBP", *kept], *canvas
 
 
-def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
-    """(extension, bytes without metadata, width, height) of a JPEG, PNG or
-    WebP that says so in its own bytes and measures at most MAX_PHOTO_SIDE;
-    PhotoRefused, saying why, for anything else."""
-    if data.startswith(b"\xff\xd8\xff"):
-        ext, clean = "jpg", jpeg_clean
-    elif data.startswith(PNG_SIGNATURE):
-        ext, clean = "png", png_clean
+def photo_parts(data) -> tuple[str, list, int, int]:
+    """(extension, the parts of the picture without its metadata, width, height) of a
+    JPEG, PNG or WebP that says so in its own bytes (a bytes-like object) and measures
+    at most MAX_PHOTO_SIDE; PhotoRefused, saying why, for anything else.  Its cost is
+    bounded by its pieces (HEAD_PIECES, MAX_PIECES), and its image data is only sliced."""
+    data = memoryview(data)   # sliced without copies
+    if data[:3] == b"\xff\xd8\xff":
+        ext, parts_of = "jpg", jpeg_parts
+    elif data[:8] == PNG_SIGNATURE:
+        ext, parts_of = "png", png_parts
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        ext, clean = "webp", webp_clean
+        ext, parts_of = "webp", webp_parts
     else:
         raise PhotoRefused(NOT_A_PICTURE)
     try:
-        body, width, height = clean(data)
+        parts, width, height = parts_of(data)
     except (struct.error, IndexError):
         raise PhotoRefused(DAMAGED) from None
-    if not (width and height):
-        raise PhotoRefused(DAMAGED)
-    if max(width, height) > MAX_PHOTO_SIDE:
-        raise PhotoRefused(TOO_WIDE)
-    return ext, body, width, height
+    return ext, parts, width, height
+
+
+def clean_photo(data) -> tuple[str, bytes, int, int]:
+    """photo_parts(), the picture's parts joined."""
+    ext, parts, width, height = photo_parts(data)
+    return ext, b"".join(parts), width, height
 
 
 # ---------------------------------------------------------------------------
@@ -1107,6 +1549,7 @@ def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+UPLOAD_READ = 1 << 16   # one read from a page sending a photo: it goes into the photo's buffer
 WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
@@ -1389,7 +1832,7 @@ class Transport:
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
-                 "reading", "blocked", "events", "closed", "pos", "unread")
+                 "reading", "blocked", "events", "closed", "pos", "received", "unread")
 
     def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
         self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
@@ -1402,6 +1845,7 @@ class Transport:
         self.events = 0
         self.closed = False
         self.pos = 0            # how far it has been sent its outlet's stream (the outlet's to write)
+        self.received = 0       # bytes read from it: life, for a page too busy sending to pong
         self.unread = b""       # decrypted while its door was chosen (peek), and not read yet
         self._interest()
 
@@ -1492,13 +1936,17 @@ class Transport:
         cannot see: more_held() says so."""
         if self.unread:
             data, self.unread = self.unread, b""
+            self.received += len(data)
             return data
+        reader = self.frame_reader
         try:
-            return self.sock.recv(READ_SIZE) or None
+            data = self.sock.recv(UPLOAD_READ if reader is not None and reader.streaming else READ_SIZE)
         except WOULD_BLOCK:
             return b""
         except OSError:
             return None
+        self.received += len(data)
+        return data or None
 
     def peek(self) -> bytes | None:
         """What the peer has sent and nobody has read yet, left for receive():
@@ -1553,6 +2001,8 @@ class Transport:
         if self.events:
             self.loop.unwatch(self.sock)
         self.closed, self.events = True, 0
+        if self.frame_reader is not None:   # a photo coming in on it goes, at once
+            self.frame_reader.release()
         data, self.out = b"".join((self.out, last_words)), b""
         if at > self.loop.now:
             self.loop.call_at(at, self._close_now, data, drain)
@@ -1658,14 +2108,15 @@ def address_group(ip: str) -> str:
 class Stream:
     """What an outlet says, appended once, read by many members each at its
     own position; trimmed once everyone has had it.  A part of it may be for
-    one member alone (a private line): the others step over it (run)."""
+    some members alone (a private line for one, a photo's link for those who
+    reached the room at one address): the others step over it (run)."""
 
     __slots__ = ("buf", "base", "parts")
 
     def __init__(self):
         self.buf = bytearray()
         self.base = 0    # stream position of buf[0]
-        self.parts: list[tuple[int, int, Member]] = []   # (start, stop, for whom), in order
+        self.parts: list[tuple[int, int, Collection[Member]]] = []   # (start, stop, for whom), in order
 
     @property
     def end(self) -> int:
@@ -1680,11 +2131,11 @@ class Stream:
     def between(self, start: int, stop: int) -> bytes:
         return bytes(self.buf[start - self.base:stop - self.base])
 
-    def add_part(self, data: bytes, m: Member) -> None:
-        """`data` at the end, for m alone."""
+    def add_part(self, data: bytes, readers: Collection[Member]) -> None:
+        """`data` at the end, for `readers` alone (a set, or one member's tuple)."""
         start = self.end
         self.buf += data
-        self.parts.append((start, self.end, m))
+        self.parts.append((start, self.end, readers))
 
     def run(self, m: Member, pos: int) -> tuple[int, int]:
         """What m reads next from `pos`: (start, stop), past the parts for
@@ -1694,10 +2145,10 @@ class Stream:
             return pos, self.end
         i = max(0, bisect.bisect_right(parts, (pos, math.inf)) - 1)
         while i < len(parts) and parts[i][0] <= pos:
-            if parts[i][2] is not m and parts[i][1] > pos:
+            if m not in parts[i][2] and parts[i][1] > pos:
                 pos = parts[i][1]
             i += 1
-        while i < len(parts) and parts[i][2] is m:
+        while i < len(parts) and m in parts[i][2]:
             i += 1
         return pos, parts[i][0] if i < len(parts) else self.end
 
@@ -1713,18 +2164,24 @@ class Stream:
 
 class Photo:
     """A shared photo: its file name (`TOKEN.EXT`, 128 random bits), its
-    bytes without metadata, served to every page from this one copy, and its size."""
+    bytes without metadata, served to every page from this one copy (in a
+    memory map of its own), and its size.  Once the album lets it go, only
+    its line's facts are left: its bytes go back to the system."""
 
     __slots__ = ("file", "body", "content_type", "width", "height")
 
-    def __init__(self, ext: str, body: bytes, width: int, height: int):
+    def __init__(self, ext: str, body, width: int, height: int):
         self.file = f"{secrets.token_hex(16)}.{ext}"
-        self.body, self.content_type = memoryview(body), PHOTO_TYPES[ext]
-        self.width, self.height = width, height
+        self.body: memoryview | None = memoryview(body)
+        self.content_type, self.width, self.height = PHOTO_TYPES[ext], width, height
 
     @property
     def url(self) -> str:
         return f"/p/{self.file}"
+
+    @property
+    def kept(self) -> bool:
+        return self.body is not None
 
 
 class Album:
@@ -1741,7 +2198,7 @@ class Album:
         if len(photo.body) > self.capacity:
             return False
         while self.size + len(photo.body) > self.capacity:
-            self.size -= len(self.photos.pop(next(iter(self.photos))).body)
+            self._let_go(next(iter(self.photos)))
         self.photos[photo.file] = photo
         self.size += len(photo.body)
         return True
@@ -1749,12 +2206,14 @@ class Album:
     def get(self, file: str) -> Photo | None:
         return self.photos.get(file)
 
-    def kept(self, photo: Photo) -> bool:
-        return self.photos.get(photo.file) is photo
+    def _let_go(self, file: str) -> None:
+        photo = self.photos.pop(file)
+        self.size -= len(photo.body)
+        photo.body = None   # its line stays (history), its bytes go
 
     def clear(self) -> None:
-        self.photos.clear()
-        self.size = 0
+        for file in list(self.photos):
+            self._let_go(file)
 
 
 class Outlet:
@@ -1836,9 +2295,9 @@ class Outlet:
             self.stream.buf += data
             self._flush_soon()
 
-    def _say_to(self, m: Member, data: bytes) -> None:
-        """`data` for m alone, in the stream: kept and paced like the rest."""
-        self.stream.add_part(data, m)
+    def _say_to(self, readers: Collection[Member], data: bytes) -> None:
+        """`data` for `readers` alone, in the stream: kept and paced like the rest."""
+        self.stream.add_part(data, readers)
         self._flush_soon()
 
     def _note(self, m: Member, data: bytes, at: int | None = None) -> None:
@@ -1956,9 +2415,14 @@ class LineOutlet(Outlet):
         self._note(m, text.encode())
 
     def photo(self, name: str, photo: Photo) -> None:
-        """A line with a link to it for each reader, at the address it reached the room at."""
-        for m in self.readers:   # in the stream, paced and kept like a private line
-            self._say_to(m, photo_notice(name, self._link(m, photo)).encode())
+        """A line with a link to it for each reader, at the address it reached the room
+        at: one part of the stream per link, for the readers it is for (most often one
+        for all), paced and kept like a private line."""
+        links: dict[str, set[Member]] = {}
+        for m in self.readers:
+            links.setdefault(self._link(m, photo), set()).add(m)
+        for link, readers in links.items():
+            self._say_to(readers, photo_notice(name, link).encode())
 
     def _link(self, m: Member, photo: Photo) -> str:
         return self.page_at(m) + photo.url[1:]
@@ -1972,12 +2436,13 @@ class LineOutlet(Outlet):
 
     def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
         """A private line from `sender` to `receiver`, for m (one of the two) alone."""
-        self._say_to(m, private_notice(sender, receiver, text).encode())
+        self._say_to((m,), private_notice(sender, receiver, text).encode())
 
     def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
         """What was said before m came (--history), before its own join line."""
-        self._note(m, "".join(photo_notice(name, self._link(m, photo)) if photo else
-                              chat_notice(name, text) for name, text, photo in lines).encode())
+        self._note(m, "".join(
+            photo_notice(name, self._link(m, photo) if photo.kept else PHOTO_GONE) if photo
+            else chat_notice(name, text) for name, text, photo in lines).encode())
 
 
 class WebSeat:
@@ -2020,7 +2485,7 @@ class WebOutlet(Outlet):
     def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
                  lose: Callable[[Member, str], None]):
         super().__init__(loop, settings, drop, lose)
-        self.unanswered: dict[Member, None] = {}   # pinged, no pong yet
+        self.unanswered: dict[Member, int] = {}    # pinged, no pong yet: -> bytes it had sent then
         self.ping_timer: Timer | None = None
         self.away: dict[Member, int] = {}          # its connection lost: the position it was sent to
         self.seats: dict[str, WebSeat] = {}        # number -> seat held
@@ -2087,12 +2552,13 @@ class WebOutlet(Outlet):
     def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
         """A private line for m alone, marked with its place like every event,
         kept like them for a page that is away."""
-        self._say_to(m, ws_marked_event(self.stream.end, "private", **{
+        self._say_to((m,), ws_marked_event(self.stream.end, "private", **{
             "kind": "private", "from": sender, "to": receiver, "text": text}))
 
     def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
         self._note(m, ws_event("history", lines=[
-            {"name": name, **(self._photo_fields(photo) if photo else {"text": text})}
+            {"name": name, **({"text": text} if not photo else self._photo_fields(photo)
+                              if photo.kept else {"gone": True})}
             for name, text, photo in lines]))
 
     def welcome(self, m: Member) -> None:
@@ -2207,13 +2673,16 @@ class WebOutlet(Outlet):
         self.unanswered.pop(m, None)
 
     def _ping(self) -> None:
-        """Every web_ping: a ping to each web member; one that has not
-        answered the last ping by now is gone."""
-        gone = [m for m in self.unanswered if m in self.readers]
+        """Every web_ping: a ping to each web member; one that has not answered
+        the last ping by now is gone, unless bytes came from it at photo_pace or
+        faster since (a long frame coming in, which no pong can interrupt)."""
+        least = self.settings.photo_pace * self.settings.web_ping
+        gone = [m for m, heard in self.unanswered.items()
+                if m in self.readers and m.transport.received - heard < least]
         for m in gone:
             self.lose(m, f"no answer to a ping within {self.settings.web_ping:g} s")
         for m in self.readers:
-            self.unanswered[m] = None
+            self.unanswered[m] = m.transport.received
             self._note(m, WS_PING_FRAME)
         self.ping_timer = (self.loop.call_later(self.settings.web_ping, self._ping)
                            if self.readers else None)
@@ -2428,9 +2897,10 @@ class Room:
     (ready_at); joins and leaves within count_interval share one count.  A
     member whose outlet holds its seat through a lost connection stays in,
     away (away, back).  The last `history` chat lines are kept, in memory
-    only, for newcomers, and the photos shared (the album), photo lines in
-    the history while their photos are kept.  `entered(m)` is the one call
-    back up: m is in, read what it says.
+    only, for newcomers, and the photos shared (the album); a photo's line in
+    the history keeps its token, never its bytes (once the album lets the
+    photo go, the line says so).  `entered(m)` is the one call back up: m is
+    in, read what it says.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
@@ -2517,18 +2987,23 @@ class Room:
     def private(self, m: Member, request: str) -> None:
         """/msg NAME TEXT from m: TEXT for the member called NAME alone (as
         the room matches names), and m sees what went; or m alone is told
-        why not.  Never kept for newcomers, never logged."""
+        why not: nobody is called NAME, or the words could name two or more
+        members (then nothing goes: m is told their names and how to quote
+        one).  Never kept for newcomers, never logged."""
         readings = private_readings(request)
         if not readings:
             self.tell(m, MSG_USAGE)
             return
+        found: dict[Member, str] = {}   # each member the words could name -> the text then
         for name, text in readings:
             receiver = self.find(name)
             if receiver in self.members:
-                break
-        else:
-            self.tell(m, nobody_notice(clean_name(readings[-1][0])))
+                found.setdefault(receiver, text)
+        if len(found) != 1:
+            self.tell(m, which_notice([x.name for x in found]) if found
+                      else nobody_notice(clean_name(readings[-1][0])))
             return
+        (receiver, text), = found.items()
         for x in {receiver: None, m: None}:   # the receiver, then the sender (once if the same)
             self.outlet(x).private(x, m.name, receiver.name, text)
 
@@ -2629,7 +3104,7 @@ class Room:
             self.members[m] = None
         present = len(self.members)
         folded = len(newcomers) > self.settings.fold_joins
-        history = [line for line in self.history if line[2] is None or self.album.kept(line[2])]
+        history = list(self.history)
         if folded:
             self._publish_joined([m.name for m in newcomers], present)
         for m in newcomers:
@@ -2862,12 +3337,15 @@ class Gate:
         return now + self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
 
     # -- a photo ----------------------------------------------------------
-    def photo_refusal(self, m: Member, size: int) -> str:
-        """Why m may not send a photo of `size` bytes now, or "" (its photo
-        rate then gives one: PHOTO_BURST at once, then Settings.photo_rate a second)."""
+    def photo_refusal(self, m: Member, size: int, room: int) -> str:
+        """Why m may not send a photo of `size` bytes now, `room` bytes being left for
+        photos coming in, or "" (its photo rate then gives one: PHOTO_BURST at once,
+        then Settings.photo_rate a second)."""
         s = self.settings
         rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
         why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
+               else ALBUM_TOO_SMALL.format(s.photos) if size > s.photos << 20
+               else ROOM_BUSY if size > room
                else SHARING_TOO_FAST if rate.wait(self.loop.now) else "")
         if not why:
             rate.take()
@@ -3014,38 +3492,80 @@ def tls_files_problem(cert: str, key: str) -> str | None:
 
 class PhotoDesk:
     """Photos as pages share them: the gate's yes or no to an announced
-    photo, then its bytes cleaned and kept in the room's album and shown,
-    or one sentence to the page saying why not; and the page's address as
-    each member reached the room, for the links line clients get."""
+    photo, then a buffer for its bytes (Upload), then its bytes cleaned and
+    kept in the room's album and shown, or one sentence to the page saying
+    why not; and the page's address as each member reached the room, for the
+    links line clients get.
+
+    The room's photo bytes are bounded: those coming in (as announced) stay
+    within --photos MiB, and the album within as much again.  A new
+    announcement past that is refused at once; an upload slower than
+    photo_pace over a ping interval is dropped; one whose connection ends
+    goes with it (Transport.close).  Buffers are memory maps: what is let go
+    goes back to the system."""
 
     def __init__(self, settings: Settings, tally: Tally, gate: Gate, room: Room, webs: WebOutlet):
         self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
         self.loop, self.album = room.loop, room.album
         self.web_port: int | None = None   # the page's, while it is served
         self.internet_page: str | None = None   # the page's link over the internet, once known
+        self.uploads: dict[Upload, Member] = {}   # photos coming in, and whose
+        self.coming = 0                           # their bytes, as announced
+        self.pace_every = settings.web_ping or 30.0
         for outlet in room.outlets.values():   # line readers get links to the page
             outlet.page_at = self.page_at
 
-    def may_share(self, m: Member, size: int) -> int:
-        """m announced a photo of `size` bytes: the bytes it may send, or 0,
-        and it is told why not."""
-        why = self.gate.photo_refusal(m, size)
+    def announced(self, m: Member, size: int) -> None:
+        """m announced a photo of `size` bytes: its bytes go into a buffer of
+        that size, or are skipped unread while m is told why not.  An earlier
+        announcement whose bytes never came goes (m is told)."""
+        reader = m.transport.frame_reader
+        if reader.photo is not None:
+            self._unshared(m, ANNOUNCED_AGAIN)
+            reader.release()
+        why = self.gate.photo_refusal(m, size, (self.settings.photos << 20) - self.coming)
         if why:
             self._unshared(m, why)
-            return 0
-        return size
-
-    def share(self, m: Member, payload: bytes | None) -> None:
-        """The photo m announced: cleaned and shared, or m is told why not."""
-        if m.stage is not Stage.IN_ROOM:
+            reader.announce(None)
             return
+        upload = Upload(size, self._gone)
+        self.uploads[upload] = m
+        self.coming += size
+        reader.announce(upload)
+        self.loop.call_later(self.pace_every, self._pace, upload)
+
+    def _gone(self, upload: Upload) -> None:
+        """An upload gave its buffer back."""
+        self.coming -= upload.size
+        del self.uploads[upload]
+
+    def _pace(self, upload: Upload) -> None:
+        """An upload still coming in: dropped if slower than photo_pace since the last look."""
+        m = self.uploads.get(upload)
+        if m is None:
+            return
+        if upload.filled - upload.paced < self.settings.photo_pace * self.pace_every:
+            upload.release()
+            self._unshared(m, TOO_SLOW.format(self.settings.photo_pace / 1024))
+        else:
+            upload.paced = upload.filled
+            self.loop.call_later(self.pace_every, self._pace, upload)
+
+    def share(self, m: Member, upload: Upload) -> None:
+        """The photo m announced, whole or longer than announced: cleaned and
+        shared, or m is told why not; its buffer goes back either way."""
         try:
-            if payload is None:
-                raise PhotoRefused(TOO_BIG)
-            if not self.room.photo(m, Photo(*clean_photo(payload))):
-                raise PhotoRefused(f"the room keeps only {self.settings.photos} MiB of photos")
+            if upload.over:
+                raise PhotoRefused(LONGER_THAN_ANNOUNCED.format(upload.size))
+            if m.stage is Stage.IN_ROOM:
+                ext, parts, width, height = photo_parts(upload.view())
+                photo, parts = Photo(ext, mapped(parts), width, height), None
+                if not self.room.photo(m, photo):
+                    raise PhotoRefused(ALBUM_TOO_SMALL.format(self.settings.photos))
         except PhotoRefused as e:
             self._unshared(m, str(e))
+        finally:
+            upload.release()
 
     def _unshared(self, m: Member, why: str) -> None:
         self.tally.add(self.loop.now, f"refused a photo from {m.ip}: {why}")
@@ -3231,8 +3751,14 @@ class WebDoor:
             for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
                     return
-                if opcode == WS_ANNOUNCED:   # a photo's bytes, or None: more than it said
+                if opcode == WS_ANNOUNCED:   # a photo's bytes (or more than it said)
                     self.photos.share(m, payload)
+                elif opcode == WS_BINARY and payload and m.stage is Stage.NAMING \
+                        and (request := resume_request(payload)):
+                    m = self._come_back(m, *request)
+                elif opcode == WS_BINARY:
+                    raise WsError(WS_UNSUPPORTED, "a photo's bytes without their announcement"
+                                  if m.stage is Stage.IN_ROOM else "binary messages are not taken")
                 elif payload is None:   # past --max-line: only a member in the room is told
                     if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
                         raise WsError(WS_TOO_BIG, "message too big")
@@ -3242,7 +3768,7 @@ class WebDoor:
                     if size is None:
                         self._text(m, payload)
                     else:   # a photo's bytes come next, as one binary message
-                        m.transport.frame_reader.announce(self.photos.may_share(m, size))
+                        self.photos.announced(m, size)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -3252,11 +3778,6 @@ class WebDoor:
                     self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
                     self._closing(m, ws_close_code(payload))
-                elif opcode == WS_BINARY and m.stage is Stage.NAMING \
-                        and (request := resume_request(payload)):
-                    m = self._come_back(m, *request)
-                elif opcode == WS_BINARY:
-                    raise WsError(WS_UNSUPPORTED, "binary messages are not taken")
         except WsError as e:
             log.info("closed the web member from %s: %s", m.ip, e)
             self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
@@ -7589,8 +8110,9 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
                            "(default: %(default)s, nothing kept)")
     room.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
                       help="memory for photos shared on the page (MiB), the oldest go when it is "
-                           "full; nothing is written to disk and they are gone when the room "
-                           "stops (0: no photo sharing; default: %(default)s)")
+                           "full (photos on their way in take as much again at most); nothing is "
+                           "written to disk and they are gone when the room stops (0: no photo "
+                           "sharing; default: %(default)s)")
 
 
 def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
@@ -8461,6 +8983,10 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function addPhoto(name, msg, earlier) {
     // Scaled to the column; a tap opens it full size; one no longer kept says so.
+    if (msg.gone) {
+      said(name, make("div", "text gone", "This photo is no longer kept."), earlier ? "earlier" : "", earlier ? "earlier" : clock(), null);
+      return;
+    }
     const url = String(msg.url);
     if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) { return; }
     const link = make("a", "photo");
@@ -8763,7 +9289,7 @@ button:disabled { cursor: default; opacity: 0.55; }
         addLine("Earlier in the room", "note");
       }
       lines.forEach(function (line) {
-        if (line.url) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line.text, true); }
+        if (line.url || line.gone) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line.text, true); }
       });
     },
     lost: function (msg) {
@@ -9018,12 +9544,14 @@ button:disabled { cursor: default; opacity: 0.55; }
   });
 
   function startPrivate(ev) {
-    // "/msg name " in front of what is typed (in place of the last such start).
+    // "/msg name " in front of what is typed (in place of the last such start); a name
+    // with a space in quotes, as it may begin with another member's name.
     const button = ev.target.closest("button.name");
     if (!button) { return; }
     const text = ui.message.value;
     const rest = room.prefix && text.indexOf(room.prefix) === 0 ? text.slice(room.prefix.length) : text;
-    room.prefix = "/msg " + button.getAttribute("data-name") + " ";
+    const name = button.getAttribute("data-name");
+    room.prefix = "/msg " + (name.indexOf(" ") < 0 ? name : '"' + name + '"') + " ";
     ui.message.value = room.prefix + rest;
     fitMessage();
     setPeopleOpen(false);
