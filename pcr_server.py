@@ -45,10 +45,12 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               WebSocket upgrade, frames in, a page asking for its
                               seat back), SecurePage (--https on the page's port:
                               its certificate, a CA's answers, the 308 to https),
-                              Handshakes (TLS, paced; the first byte that tells TLS
-                              from http), Server
-                              (listening, accepting, each connection to its door,
-                              reading, names, lines, closing; it asks the gate)
+                              Handshakes (TLS, paced), Doorway (a new connection's
+                              first bytes choose its door: at the room's port, and
+                              at the page's with --https, TLS or http), Naming (an
+                              alias to a place in line), Server (listening,
+                              accepting, each connection to its door, reading,
+                              lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them (none: every
                               network, dual-stack), private, public and MAC
                               addresses, the IPv6 address on the internet (stable,
@@ -67,14 +69,17 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               page's certificate, on a thread of its own)
   10. The QR code             qr_code(text): the invitation for a phone's camera
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
-  11. Logging                 a rotating file, created readable by its owner only
-  12. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
+  11. Logging                 a rotating file, created readable by its owner only;
+                              the console (text fitted to the terminal's width,
+                              colours only where it takes them)
+  12. The GUI                 WindowView (the widgets, the log panel; ScrollArea:
+                              the part that scrolls on a small screen), RouterSwitch
                               (the router asked while its switch is on), HttpsSwitch
                               (the page's certificate kept while its box is ticked),
                               InvitationCode (the code to scan), ServerWindow
                               (the room as the window runs it: RoomState), tkinter
                               imported here
-  13. The terminal client     --connect
+  13. The terminal client     --connect (an address, the page's, or its link)
   14. The command line        main()
   15. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
@@ -117,12 +122,14 @@ import queue
 import re
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -194,6 +201,8 @@ class Settings:
     photo_pace: int = 4096            # bytes a second: a page sending slower (over a ping
                                       # interval) is not answering pings, and its photo goes
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
+    door_wait: float = 0.1            # the room's port waits this long for a client that speaks
+                                      # first (a browser), then asks for an alias (the App never does)
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
     line_rate: float = 10.0           # lines per second per member (4x per address); 0: off
@@ -360,6 +369,8 @@ def console_closing(event: int, request: Callable[[], None], grace: float = CLOS
 
 ALIAS_PROMPT = b"ALIAS"
 HTTP_REQUEST_LINE = re.compile(rb"[A-Z]{3,16} [!-~]+ HTTP/[0-9]\.[0-9]\r?")   # RFC 9112 §3
+# What a request line's first bytes may be while the rest is still on its way
+HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,16}(?: [!-~]*(?: (?:H(?:T(?:T(?:P(?:/[0-9.]{0,3})?)?)?)?)?)?)?")
 STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
                "\t\tplease close the app and relaunch once the server is online..\n")
 MAX_NAME = 32
@@ -385,7 +396,7 @@ ROOM_RESTARTED = "your seat in the room was not kept: the room was restarted; jo
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
-PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
+PHOTOS_KEPT = "kept in memory only (up to {} MiB), gone when the room stops"   # photos shared
 PHOTO_BURST = 3.0    # photos a member may share at once, then one each 1 / Settings.photo_rate s
 PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
@@ -558,6 +569,12 @@ def browser_request(data: bytes) -> bool:
     HTTP/x.y): a browser at the room's port, never a name.  Without its line
     end yet, only bytes that can be nothing else count (an App's alias has none)."""
     return HTTP_REQUEST_LINE.fullmatch(data.split(b"\n", 1)[0]) is not None
+
+
+def request_begun(data: bytes) -> bool:
+    """Whether `data`, with no line end yet, may still become an HTTP request
+    line (browser_request): the first bytes of a request cut short."""
+    return HTTP_REQUEST_START.fullmatch(data) is not None
 
 
 def split_key(alias: str) -> tuple[str, str]:
@@ -1004,6 +1021,13 @@ def http_head(status: str, length: int, content_type: str = "text/plain; charset
 def host_port(host: str, port: int) -> str:
     """host:port as people write it ([v6]:port for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def host_name(host: str) -> str:
+    """A Host header without its port: `[::1]:5050` -> `::1`, `a.example:5050` -> `a.example`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if ":" in host else host
 
 
 def page_link(host: str, port: int, tls: bool) -> str:
@@ -1733,29 +1757,37 @@ class Bucket:
 class Tally:
     """Warnings that repeat, summed up so that a flood cannot rotate the log
     away: the first of a kind is logged at once, the rest as one line with
-    a count per `interval`."""
+    a count per `interval`.  What a browser does is counted in tries: the
+    connections it opens for one (retries, spares) come in a burst, each
+    within TRY_BURST s of the last, and count once."""
+
+    TRY_BURST = 1.0
 
     def __init__(self, interval: float = 60.0):
         self.interval = interval
-        self.seen: dict[str, list] = {}   # warning -> [times since logged, since]
+        self.seen: dict[str, list] = {}   # warning -> [count since logged, since, last, in tries]
 
-    def add(self, now: float, warning: str) -> None:
+    def add(self, now: float, warning: str, tries: bool = False) -> None:
         entry = self.seen.get(warning)
         if entry is None:
-            self.seen[warning] = [0, now]
+            self.seen[warning] = [0, now, now, tries]
             log.warning("%s", warning)
-        else:
+            return
+        if not tries or now - entry[2] > self.TRY_BURST:
             entry[0] += 1
+        entry[2] = now
 
     def flush(self, now: float, everything: bool = False) -> None:
         """Log the sums whose interval is over (called every second), or all
         of them (at the end)."""
-        for warning, (count, since) in list(self.seen.items()):
+        for warning, (count, since, last, tries) in list(self.seen.items()):
             if now - since < self.interval and not everything:
                 continue
             if count:
-                log.warning("%s (%d more times in %d s)", warning, count, round(now - since))
-                self.seen[warning] = [0, now]
+                what = ("try" if count == 1 else "tries") if tries else \
+                    ("time" if count == 1 else "times")
+                log.warning("%s (%d more %s in %d s)", warning, count, what, round(now - since))
+                self.seen[warning] = [0, now, last, tries]
             else:
                 del self.seen[warning]
 
@@ -1821,7 +1853,7 @@ class Transport:
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
-                 "reading", "blocked", "events", "closed", "pos", "received")
+                 "reading", "blocked", "events", "closed", "pos", "received", "unread")
 
     def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
         self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
@@ -1835,6 +1867,7 @@ class Transport:
         self.closed = False
         self.pos = 0            # how far it has been sent its outlet's stream (the outlet's to write)
         self.received = 0       # bytes read from it: life, for a page too busy sending to pong
+        self.unread = b""       # decrypted while its door was chosen (peek), and not read yet
         self._interest()
 
     def _interest(self) -> None:
@@ -1922,6 +1955,10 @@ class Transport:
         """One read: b"" if nothing is there now, None if the peer closed or
         reset the connection.  TLS may hold decrypted bytes the selector
         cannot see: more_held() says so."""
+        if self.unread:
+            data, self.unread = self.unread, b""
+            self.received += len(data)
+            return data
         reader = self.frame_reader
         try:
             data = self.sock.recv(UPLOAD_READ if reader is not None and reader.streaming else READ_SIZE)
@@ -1932,24 +1969,28 @@ class Transport:
         self.received += len(data)
         return data or None
 
+    def peek(self) -> bytes | None:
+        """What the peer has sent and nobody has read yet, left for receive():
+        b"" if nothing yet, None if the peer closed or reset the connection.
+        A plain socket is only peeked at (so a door may still wrap it in
+        TLS); a TLS socket cannot be, so what it decrypts is kept (`unread`)."""
+        try:
+            if ssl is None or not isinstance(self.sock, ssl.SSLSocket):
+                return self.sock.recv(READ_SIZE, socket.MSG_PEEK) or None
+            data = self.sock.recv(READ_SIZE)
+            self.unread += data
+            return self.unread or None   # nothing came, and the peer closed
+        except WOULD_BLOCK:
+            return self.unread
+        except OSError:
+            return None
+
     def more_held(self) -> bool:
         return self.reading and not self.closed and self.encrypted and self.sock.pending() > 0
 
     @property
     def encrypted(self) -> bool:
         return ssl is not None and isinstance(self.sock, ssl.SSLSocket)
-
-    def first_byte(self) -> bytes | None:
-        """The first byte the peer sent, left for the next read (MSG_PEEK; b"" if it
-        closed); None while nothing has come: reading is on, so the loop says when."""
-        self.reading = True
-        self._interest()
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK)
-        except WOULD_BLOCK:
-            return None
-        except OSError:
-            return b""
 
     def secure(self, context) -> None:
         """Encrypt with `context` from here on: the server's side of a TLS handshake comes next."""
@@ -2022,7 +2063,7 @@ TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
 class Stage(enum.Enum):
     """Where a connection is in its life."""
-    KNOCKING = "knocking"       # the page's port with --https: its first byte says TLS or not
+    OPENING = "opening"         # its first bytes (or none, in time) choose its door: Doorway
     SECURING = "securing"       # TLS handshake
     REQUESTING = "requesting"   # web port: reading the HTTP request
     ANSWERED = "answered"       # web port: an HTTP answer goes out, then the close
@@ -2678,8 +2719,7 @@ class WebOutlet(Outlet):
     def last_words(self, m: Member, farewell: str, code: int | None, was_in: bool) -> bytes:
         """A note (or why it was refused) and the close frame; nothing once a
         frame may be half sent."""
-        if m.transport.blocked or code is None or m.stage in (Stage.REQUESTING, Stage.SECURING,
-                                                               Stage.KNOCKING):
+        if m.transport.blocked or code is None or m.stage in (Stage.REQUESTING, Stage.SECURING):
             return b""
         said = ws_event("note" if was_in else "refused", text=farewell.strip()) if farewell else b""
         return said + ws_close(code, farewell.strip())
@@ -3358,13 +3398,18 @@ class Gate:
 # ---------------------------------------------------------------------------
 
 TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
+PLAIN_ROOM = "it speaks TLS to a room that is not encrypted"   # why such a client is closed
+ROOM_PATH = "/room"   # the web door says where the room is (a line client at the page's port)
+REDIRECT_KEPT = 600   # seconds a browser keeps the room's port's redirect to the page's
+PAGE_IS_OFF = ("this room's chat page is off; join with PrivateChatRoom-App or a terminal at "
+               "this address\n")
 
 
 def not_a_name(data: bytes, page: tuple[str, int] | None) -> str | None:
-    """Why the first bytes at the room's port are no alias (a TLS client, a
-    browser: then where the page is), for the log; None if they may be one."""
+    """Why what came after ALIAS at the room's port is no alias (a TLS client, a
+    browser: then where the page is), for the log; None if it may be one."""
     if data.startswith(TLS_HELLO):
-        return "it speaks TLS to a room that is not encrypted"
+        return PLAIN_ROOM
     if browser_request(data):
         return "a browser came to the room's port; " + (
             f"the page is on port {page[1]}" if page else "the page is off (--web-port N serves it)")
@@ -3402,19 +3447,25 @@ NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EA
                if hasattr(socket, name)}
 
 
+def full_stop(text: str) -> str:
+    """`text` ending a sentence: a full stop after it, but not after a label that
+    ends in "…" (the window's Change port…)."""
+    return text if text.endswith(("…", ".")) else text + "."
+
+
 def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE,
                     in_use: str = "in use") -> str:
     """One sentence: why `host` port `port` cannot be listened on, and what to do
     (advice[in_use] when another program holds the port)."""
     if errno_is(e, "EADDRINUSE"):
         return (f"Port {port} is already in use (is another server running?): "
-                f"{advice[in_use]}.")
+                f"{full_stop(advice[in_use])}")
     if errno_is(e, "EADDRNOTAVAIL"):
-        return f"The address {host} is not on this machine: {advice['host']}."
+        return f"The address {host} is not on this machine: {full_stop(advice['host'])}"
     if errno_is(e, "EACCES"):
-        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {advice['port']}."
+        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {full_stop(advice['port'])}"
     if isinstance(e, socket.gaierror) or e.errno in NAME_ERRORS:
-        return f"Cannot find the address of {host!r}: {advice['host']}."
+        return f"Cannot find the address of {host!r}: {full_stop(advice['host'])}"
     reason = (e.strerror or str(e)).split(" (while attempting")[0]
     return f"Cannot listen on {host} port {port}: {reason}."
 
@@ -3613,7 +3664,8 @@ class PhotoDesk:
             self.album.clear()
             log.info("the chat page is off")
         else:
-            log.info("the chat page is on port %d; %s", port, PHOTOS_KEPT.format(self.settings.photos)
+            log.info("the chat page is on port %d; %s", port, "photos shared on it are "
+                     + PHOTOS_KEPT.format(self.settings.photos)
                      if self.settings.photos else "photo sharing is off")
 
     def heard_internet_page(self, link: str | None) -> None:
@@ -3663,18 +3715,28 @@ class WebDoor:
         self.gate, self.page = gate, page
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
         self.secure = SecurePage(settings.https)
+        self.room_port = 0   # where the App and terminals join
+
+    def room_listens(self, port: int) -> None:
+        self.room_port = port
 
     def request(self, m: Member, data: bytes) -> None:
-        """Read an HTTP request head; answer with the page, a WebSocket or an error."""
+        """Read an HTTP request head; answer with the page (at the room's port:
+        the way to it), a WebSocket, where the room is (ROOM_PATH: for the
+        terminal client), or an error."""
         t = m.transport
         t.inbuf += data
         if t.inbuf.startswith(TLS_HELLO) and not t.encrypted:
             self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
                            + ("its certificate is not in place yet" if self.secure.on
-                              else "start with --https or --tls-cert for https"))
+                              else "start with --https or --tls-cert for https"), tries=True)
             self.entrance.close(m)
             return
         end = t.inbuf.find(b"\r\n\r\n")
+        if end < 0 and b"\n" in t.inbuf and not browser_request(t.inbuf):   # a line client
+            self._answer(m, "", f"this port is the chat page's, for a browser; the App and "
+                                f"terminals join at port {self.room_port}\n".encode())
+            return
         if end < 0 and len(t.inbuf) <= MAX_REQUEST:
             return
         if end < 0 or end + 4 > MAX_REQUEST:
@@ -3694,7 +3756,15 @@ class WebDoor:
         elif path.startswith(ACME_CHALLENGE) and (said := self.secure.answers.get(
                 path[len(ACME_CHALLENGE):])):
             self._answer(m, "200 OK", said.encode(), "application/octet-stream")
-        elif location := self.secure.redirect(m, host, target):
+        elif path == ROOM_PATH:
+            self._answer(m, "200 OK", json.dumps({"port": self.room_port}).encode(),
+                         "application/json")
+        elif self.photos.web_port is None:   # a browser at the room's port
+            self._answer(m, "404 Not Found", PAGE_IS_OFF.encode())
+        elif path == "/" and m.transport.sock.getsockname()[1] == self.room_port:
+            self._to_page_port(m, host)
+        elif m.transport.sock.getsockname()[1] != self.room_port and (
+                location := self.secure.redirect(m, host, target)):
             self._answer(m, "308 Permanent Redirect", b"this page is at https\n",
                          headers=(("Location", location),))
         elif path == "/":
@@ -3708,16 +3778,31 @@ class WebDoor:
         else:
             self._answer(m, "404 Not Found", b"not found\n")
 
+    def _to_page_port(self, m: Member, host: str) -> None:
+        """A browser at the room's port is sent on to the page's, on the host it asked
+        for (over the internet, the port the router forwards to the page's), with a
+        redirect it keeps a while: it never comes back to the room's port for the
+        page, where a spare connection it opened ahead has been asked for a name."""
+        port = self.photos.web_port
+        if self.photos.internet_page and global_ip(m.ip):
+            port = urllib.parse.urlsplit(self.photos.internet_page).port or port
+        secure = self.secure.ip is not None and self.secure.outside(m)   # --https: straight there
+        link = page_link(self.secure.ip if secure else host_name(host), port,
+                         bool(self.settings.tls_cert) or secure)
+        self._answer(m, "301 Moved Permanently", f"the chat page is at {link}\n".encode(),
+                     headers=(("Location", link),), cache=f"max-age={REDIRECT_KEPT}")
+
     def _answer(self, m: Member, status: str, body: bytes | memoryview, content_type: str =
                 "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = (),
                 cache: str = "no-store") -> None:
-        """The answer, then the close once it is out.  A photo's bytes are
+        """The answer (without a status, the body alone: for a client that
+        speaks no HTTP), then the close once it is out.  A photo's bytes are
         sent from the album's one copy, as the socket takes them."""
         m.stage = Stage.ANSWERED
         t = m.transport
         t.pause_reading()
-        if not (t.write(http_head(status, len(body), content_type, headers, cache))
-                and t.write(body)) or not t.blocked:
+        head = http_head(status, len(body), content_type, headers, cache) if status else b""
+        if not (t.write(head) and t.write(body)) or not t.blocked:
             self.entrance.close(m)   # else once the rest is out
 
     def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
@@ -3832,22 +3917,18 @@ class Handshakes:
     """TLS handshakes, paced: a few steps a loop turn, so that a burst of
     them (each a millisecond or more) never holds members' lines up.
     done(m, failed) once m's handshake has ended: failed is why, or None.
-    A connection to the page's port with --https (Stage.KNOCKING) is first told
-    apart by its first byte, at once (a peek costs little): TLS with the
-    certificate's context, if one is in place, its steps paced as any; else
-    plain http, done."""
+    With --https, page_door is the Doorway's choice at the page's port: TLS
+    with the certificate in place, or plain http (`plain`, the server's greet)."""
 
     PER_TURN = 2
 
-    def __init__(self, loop: Loop, done: Callable[[Member, str | None], None], secure: SecurePage):
-        self.loop, self.done, self.secure = loop, done, secure
+    def __init__(self, loop: Loop, done: Callable[[Member, str | None], None], secure: SecurePage,
+                 plain: Callable[[Member], None]):
+        self.loop, self.done, self.secure, self.plain = loop, done, secure, plain
         self.waiting: collections.deque = collections.deque()   # members waiting for a step
 
     def step_soon(self, m: Member) -> None:
         """Queue m's next handshake step; its connection is not watched until then."""
-        if m.stage is Stage.KNOCKING:
-            self._knock(m)
-            return
         m.transport.hold()
         self.waiting.append(m)
         if len(self.waiting) == 1:
@@ -3863,17 +3944,148 @@ class Handshakes:
         if self.waiting:   # the rest after the next turn's events
             self.loop.call_soon(self._steps)
 
-    def _knock(self, m: Member) -> None:
-        """TLS (a ClientHello begins 0x16) or plain http, by m's first byte, once it came."""
-        first = m.transport.first_byte()
-        if first is None:   # the loop says when it comes
+    def page_door(self, first: bytes, final: bool) -> Callable[[Member], None]:
+        """Where the first bytes at the page's port lead with --https (the Doorway
+        asks, untimed): a TLS hello (0x16) to a handshake with the certificate in
+        place; anything else, or TLS before it is in place, to plain http."""
+        return self._secure if first[:1] == TLS_HELLO[:1] and self.secure.context else self.plain
+
+    def _secure(self, m: Member) -> None:
+        m.stage = Stage.SECURING
+        m.transport.secure(self.secure.context)
+        self.step_soon(m)
+
+
+class Doorway:
+    """Where a new connection waits for its first bytes, which choose its door
+    (docs/PROTOCOL.md): a browser speaks first, with its request, and a TLS
+    client with its hello; the App never speaks first.
+
+    admit(m, choose) keeps m here.  Each time m's socket has bytes,
+    choose(first, final) is asked for its door: a call that takes m in, or
+    None while more bytes may still tell.  The bytes are looked at, not
+    taken (Transport.peek): the door reads them as its own, so a door may
+    still wrap a plain socket in TLS; bytes that did not tell are looked
+    at again every AGAIN seconds.  A timed wait ends after `wait` seconds
+    with choose(what came, final=True), which names the door for silence or
+    for bytes that did not tell; an untimed one waits for bytes (the gate
+    closes a connection silent for too long), and its choose must decide
+    on any.  Every timed wait is as long, so those waiting are in arrival
+    order and one timer, at the oldest one's end, serves them all."""
+
+    AGAIN = 0.01   # seconds until bytes that did not tell are looked at again
+
+    def __init__(self, loop: Loop, wait: float):
+        self.loop, self.wait = loop, wait
+        self.choosers: dict[Member, Callable] = {}   # waiting here -> its port's choose
+        self.ends: dict[Member, float] = {}          # timed -> when its wait ends, oldest first
+        self.timer: Timer | None = None
+
+    def admit(self, m: Member, choose: Callable[[bytes, bool], Callable[[Member], None] | None],
+              timed: bool = True) -> None:
+        """m waits here for its first bytes (for `wait` seconds at most, if `timed`)."""
+        m.stage = Stage.OPENING
+        self.choosers[m] = choose
+        if timed:
+            self.ends[m] = self.loop.now + self.wait
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.ends[m], self._time_up)
+        if m.transport.more_held():   # TLS decrypted them already: no event will say so
+            self.look(m)
+
+    def look(self, m: Member) -> None:
+        """m's socket has something: its door, if what came tells."""
+        if m in self.choosers:
+            self._choose(m, False)
+
+    def forget(self, m: Member) -> None:
+        """m is closed: it waits no more."""
+        self.choosers.pop(m, None)
+        self.ends.pop(m, None)
+
+    def _choose(self, m: Member, final: bool) -> None:
+        first = m.transport.peek()
+        door = self.choosers[m](first or b"", final or first is None)
+        if door is None:   # more may tell: look again soon (peeked bytes leave it readable)
+            m.transport.pause_reading()
+            self.loop.call_later(self.AGAIN, self.look, m)
             return
-        if first == TLS_HELLO[:1] and self.secure.context is not None:
-            m.stage = Stage.SECURING
-            m.transport.secure(self.secure.context)
-            self.step_soon(m)
+        self.forget(m)
+        m.transport.resume_reading()
+        door(m)
+
+    def _time_up(self) -> None:
+        self.timer = None
+        try:
+            while self.ends:
+                m, end = next(iter(self.ends.items()))
+                if end > self.loop.now + TIMER_SLACK:
+                    break
+                del self.ends[m]
+                self._choose(m, True)
+        finally:   # the next one's end, even if a door failed
+            if self.ends:
+                self.timer = self.loop.call_at(next(iter(self.ends.values())), self._time_up)
+
+
+class Naming:
+    """From an alias to a place in line for the welcome: the kind of reader
+    its answer shows (at the room's port), the room key checked in its
+    address's turn (the gate's key_turn), the name the room gives it.
+    keep(m, rest) keeps what it sent after its alias until it is in;
+    close(m, farewell="", code=None) turns away what is no alias, or a
+    wrong key; page() is where the page is served (None: off), for the log."""
+
+    def __init__(self, loop: Loop, settings: Settings, tally: Tally, gate: Gate, room: Room,
+                 keep: Callable[[Member, bytes], None], close: Callable[..., None],
+                 page: Callable[[], tuple[str, int] | None]):
+        self.loop, self.settings, self.tally, self.gate, self.room = loop, settings, tally, gate, room
+        self.keep, self.close, self.page = keep, close, page
+
+    def alias(self, m: Member, data: bytes) -> None:
+        """The alias came to the room's port: it says the kind of reader."""
+        if wrong := not_a_name(data, self.page()):
+            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
+            self.close(m)
+            return
+        raw, rest, line_end = split_alias(data)
+        m.kind = Kind.LINE if line_end else Kind.APP
+        self.named(m, raw, rest)
+
+    def named(self, m: Member, raw: bytes, rest: bytes) -> None:
+        """m's alias is `raw`: then the key, the name, the welcome."""
+        m.claimed = decode_line(raw)
+        m.named_at = self.loop.now
+        self.gate.named(m)
+        self.keep(m, rest)   # typed ahead: it waits for the welcome
+        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
+        if self.settings.room_key:
+            self._check_key(m)
         else:
-            self.done(m, None)
+            self._enter(m)
+
+    def _check_key(self, m: Member) -> None:
+        """Check m's room key in its address's turn (the gate's key_turn)."""
+        m.stage = Stage.CHECKING
+        at = self.gate.key_turn(m.group)
+        if at <= self.loop.now:
+            self._key_turn(m)
+        else:
+            self.loop.call_at(at, self._key_turn, m)
+
+    def _key_turn(self, m: Member) -> None:
+        if m.stage is not Stage.CHECKING:
+            return
+        if self.gate.key_right(m):
+            self._enter(m)
+        else:
+            self.close(m, key_refusal(m), WS_POLICY)
+
+    def _enter(self, m: Member) -> None:
+        """Name m and put it in line for its welcome."""
+        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
+        m.forms = alias_forms(m.claimed, m.name)
+        self.room.arrive(m, self.gate.welcome_at(m))
 
 
 class Server:
@@ -3892,9 +4104,13 @@ class Server:
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
+        self.naming = Naming(self.loop, settings, self.tally, self.gate, self.room, self._keep,
+                             self._close, lambda: self.web_address)
         self.door = WebDoor(settings, self.tally, Entrance(
-            self._named, self._take_lines, self._too_long, self.drop, self.lose, self.room.find,
-            self._close, self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
+            self.naming.named, self._take_lines, self._too_long, self.drop, self.lose,
+            self.room.find, self._close, self._take_over), self.webs, self.gate,
+            ChatPage(PAGE_HTML), self.room)
+        self.doorway = Doorway(self.loop, settings.door_wait)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
@@ -3902,7 +4118,7 @@ class Server:
         self.page_problem = ""   # why the page asked for is off (the room opens all the same)
         self.accept_error_logged = False
         self.stopping = False
-        self.handshakes = Handshakes(self.loop, self._secured, self.door.secure)
+        self.handshakes = Handshakes(self.loop, self._secured, self.door.secure, self._greet)
         self.tls = None                                  # ssl.SSLContext when encrypting
 
     # -- start and stop -------------------------------------------------
@@ -3913,6 +4129,7 @@ class Server:
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
         self.address = self._listen_on(s.port, web=False)
+        self.door.room_listens(self.address[1])
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.gate.fit())
         if s.web_port is not None:
@@ -4054,24 +4271,57 @@ class Server:
         self.connections.add(m)
         self.gate.let_in(m, refusal)
         log.debug("connection from %s port %d", ip, port)
-        if self.tls or (web and self.door.secure.on):   # TLS, or the page's with --https: maybe
-            m.stage = Stage.SECURING if self.tls else Stage.KNOCKING
+        if self.tls:
+            m.stage = Stage.SECURING
             self.handshakes.step_soon(m)
         else:
-            self._greet(m)
+            self._ready(m)
 
     def _secured(self, m: Member, failed: str | None) -> None:
-        """m's TLS handshake has ended: then the ALIAS prompt (or the HTTP request)."""
+        """m's TLS handshake has ended: then its door."""
         if failed:
-            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
+            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})", tries=True)
             self._close(m)
+        else:
+            self._ready(m)
+
+    def _ready(self, m: Member) -> None:
+        """m's connection is ready (encrypted, if the room is): at the page's port the
+        web door reads its request (with --https, once its first bytes chose TLS or
+        http); at the room's its first bytes choose its door."""
+        if m.kind is not self.webs.kind:
+            self.doorway.admit(m, self._room_door)
+        elif self.door.secure.on and not m.transport.encrypted:
+            self.doorway.admit(m, self.handshakes.page_door, timed=False)
         else:
             self._greet(m)
 
+    def _room_door(self, first: bytes, final: bool) -> Callable[[Member], None] | None:
+        """Where the first bytes at the room's port lead: a browser's request to the
+        web door (which sends it on to the page's port: the address the host gave
+        out works), a TLS hello to a plain room nowhere; anything else, or nothing
+        in time, to the ALIAS prompt."""
+        if first.startswith(TLS_HELLO) and not self.tls:
+            return self._not_tls
+        if browser_request(first):
+            return self._to_page
+        return None if not final and request_begun(first) else self._greet
+
+    def _to_page(self, m: Member) -> None:
+        m.kind = self.webs.kind
+        self._greet(m)
+
+    def _not_tls(self, m: Member) -> None:
+        self.tally.add(self.loop.now, f"closed {m.ip}: {PLAIN_ROOM}", tries=True)
+        self._close(m)
+
     def _greet(self, m: Member) -> None:
-        """m's connection is ready (encrypted, if the room is): its outlet greets it."""
+        """m's outlet greets it (ALIAS, or the web door reads its request); what
+        came before is read now if TLS decrypted it, else when the socket says so."""
         if not self.room.outlet(m).greet(m):
             self._close(m)
+        elif m.transport.unread:
+            self._read(m)
 
     def _sweep(self) -> None:
         """Every second: the gate's sweep, then a sum of repeated warnings."""
@@ -4085,8 +4335,11 @@ class Server:
         if m.stage is Stage.GONE:   # closed earlier in this same turn
             return
         try:
-            if m.stage is Stage.SECURING or m.stage is Stage.KNOCKING:
+            if m.stage is Stage.SECURING:
                 self.handshakes.step_soon(m)
+                return
+            if m.stage is Stage.OPENING:
+                self.doorway.look(m)
                 return
             if mask & EVENT_WRITE:
                 self._writable(m)
@@ -4125,57 +4378,11 @@ class Server:
                 self.door.frames(m, data)
                 m = t.owner   # a page back for its seat: its member reads on
             elif m.stage is Stage.NAMING:
-                self._name(m, data)
+                self.naming.alias(m, data)
             else:
                 self._take_lines(m, t.inbuf + data if t.inbuf else data)
             if not t.more_held():
                 return
-
-    # -- naming ---------------------------------------------------------
-    def _name(self, m: Member, data: bytes) -> None:
-        """The alias came to the room's port: it says the kind of reader."""
-        if wrong := not_a_name(data, self.web_address):
-            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
-            self._close(m)
-            return
-        raw, rest, line_end = split_alias(data)
-        m.kind = Kind.LINE if line_end else Kind.APP
-        self._named(m, raw, rest)
-
-    def _named(self, m: Member, raw: bytes, rest: bytes) -> None:
-        """m's alias is `raw`: then the key, the name, the welcome."""
-        m.claimed = decode_line(raw)
-        m.named_at = self.loop.now
-        self.gate.named(m)
-        self._keep(m, rest)   # typed ahead: it waits for the welcome
-        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
-        if self.settings.room_key:
-            self._check_key(m)
-        else:
-            self._enter(m)
-
-    def _check_key(self, m: Member) -> None:
-        """Check m's room key in its address's turn (the gate's key_turn)."""
-        m.stage = Stage.CHECKING
-        at = self.gate.key_turn(m.group)
-        if at <= self.loop.now:
-            self._key_turn(m)
-        else:
-            self.loop.call_at(at, self._key_turn, m)
-
-    def _key_turn(self, m: Member) -> None:
-        if m.stage is not Stage.CHECKING:
-            return
-        if self.gate.key_right(m):
-            self._enter(m)
-        else:
-            self._close(m, key_refusal(m), WS_POLICY)
-
-    def _enter(self, m: Member) -> None:
-        """Name m and put it in line for its welcome."""
-        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
-        m.forms = alias_forms(m.claimed, m.name)
-        self.room.arrive(m, self.gate.welcome_at(m))
 
     # -- lines ----------------------------------------------------------
     def _listen_again(self, m: Member) -> None:
@@ -4321,6 +4528,7 @@ class Server:
             m.resume.cancel()
             m.resume = None
         self.gate.let_go(m)
+        self.doorway.forget(m)
         m.transport.close(last_words, 0.0 if self.stopping else at)
         self.connections.discard(m)
 
@@ -6647,6 +6855,7 @@ QR_MASKS = (                  # (row, column) -> flip this data module
     lambda r, c: ((r + c) % 2 + r * c % 3) % 2 == 0)
 QR_FINDER_LIKE = re.compile(r"(?=10111010000|00001011101)")   # penalty rule 3, in a line
 QR_QUIET = 4                  # light modules around the code
+QR_COLOURS = "\x1b[97;40m"    # SGR: bright white blocks (light) on black (dark), whatever the theme
 
 
 def gf_powers() -> tuple[list[int], list[int]]:
@@ -6850,22 +7059,102 @@ def qr_code(text: str) -> list[list[bool]]:
     return min((qr_masked(dark, fixed, mask) for mask in range(8)), key=qr_penalty)
 
 
-def qr_console_text(modules: list[list[bool]]) -> str:
-    """The code in block characters with its quiet zone, for light text on a dark
-    background: a light module is a block, a dark one a space; two rows a line."""
+def qr_console_text(modules: list[list[bool]], colours: bool = False) -> str:
+    """The code in block characters with its quiet zone, as light text on a dark
+    background: a light module is a block, a dark one a space; two rows a line.
+    With `colours`, each line sets its own (QR_COLOURS) and resets them after:
+    a light theme's dark text on white would show the code inverted."""
     size = len(modules)
     light = [[not (0 <= r - QR_QUIET < size and 0 <= c - QR_QUIET < size
                    and modules[r - QR_QUIET][c - QR_QUIET])
               for c in range(size + 2 * QR_QUIET)] for r in range(size + 2 * QR_QUIET)]
     light.append([False] * len(light[0]))   # below the last line: the background
     blocks = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
-    return "\n".join("".join(blocks[pair] for pair in zip(top, bottom))
+    start, end = (QR_COLOURS, "\x1b[0m") if colours else ("", "")
+    return "\n".join(start + "".join(blocks[pair] for pair in zip(top, bottom)) + end
                      for top, bottom in zip(light[::2], light[1::2]))
 
 
 # ---------------------------------------------------------------------------
 # 11. Logging
 # ---------------------------------------------------------------------------
+
+# -- the console: what the host reads, fitted to the terminal ------------------
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")      # a colour: it takes no room on the screen
+HANGING_ROW = re.compile(r"\s*[^\s:][^:]*:\s{2,}(?=\S)")   # "    label:   " before a value
+
+
+def console_width(stream) -> int | None:
+    """The columns a line printed to `stream` may take: the terminal's, or None
+    where it is no terminal (a pipe or a file keeps each line whole)."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError, OSError):
+        return None
+    return shutil.get_terminal_size().columns - WINDOWS   # Windows' console wraps at its last column
+
+
+def fit_console(text: str, width: int | None) -> str:
+    """`text` with each line longer than `width` wrapped at words, the rest of it
+    indented under its value (a "label:   value" row) or two spaces in; a word
+    longer than the width (a link) stays whole."""
+    if not width:
+        return text
+    lines = []
+    for line in text.split("\n"):
+        if len(SGR.sub("", line)) <= width:
+            lines.append(line)
+            continue
+        lead = len(line) - len(line.lstrip(" "))
+        row = HANGING_ROW.match(line)
+        hang = row.end() if row and row.end() <= width // 2 else lead + 2
+        lines += textwrap.wrap(line, width, initial_indent="", subsequent_indent=" " * hang,
+                               break_long_words=False, break_on_hyphens=False,
+                               drop_whitespace=True) or [line]
+    return "\n".join(lines)
+
+
+def console_colours(stream) -> bool:
+    """Whether `stream` takes colours (SGR codes): a terminal, TERM not dumb,
+    NO_COLOR not set (https://no-color.org), and on Windows a console whose
+    virtual-terminal processing is on (turned on here if it can be)."""
+    try:
+        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
+            return False
+    except (AttributeError, ValueError, OSError):
+        return False
+    return not WINDOWS or windows_terminal_codes(stream)
+
+
+def windows_terminal_codes(stream) -> bool:
+    """Turn on the Windows console's virtual-terminal processing for `stream`; whether it is on."""
+    import ctypes   # Windows' console API
+    import msvcrt
+    vt_processing = 0x0004   # ENABLE_VIRTUAL_TERMINAL_PROCESSING
+    try:
+        kernel32 = ctypes.windll.kernel32
+        handle = msvcrt.get_osfhandle(stream.fileno())
+        mode = ctypes.c_uint32()
+        if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
+            return False
+        return bool(mode.value & vt_processing
+                    or kernel32.SetConsoleMode(handle, mode.value | vt_processing))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class ConsoleLog(logging.Formatter):
+    """A log record as the console shows it: its time, level and message, fitted to the terminal."""
+
+    def __init__(self, stream):
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        self.stream = stream
+
+    def format(self, record: logging.LogRecord) -> str:
+        return fit_console(super().format(record), console_width(self.stream))
+
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
     """The rotating log, each file created readable by its owner only: it holds addresses."""
@@ -6886,7 +7175,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
     if console:   # the console is the host's: warnings and errors only, the rest in the file
         stream = logging.StreamHandler()
         stream.setLevel(logging.WARNING)
-        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        stream.setFormatter(ConsoleLog(stream.stream))
         log.addHandler(stream)
     if log_file:
         try:
@@ -6921,6 +7210,11 @@ class RoomState(enum.Enum):
 
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
+ADDRESS_WRAP = 300    # pixels: a long address wraps rather than widen the window
+TASKBAR = 40          # pixels a laptop's taskbar takes off the screen's height
+TITLE_BAR = 32        # ... and the window manager's title bar and frame
+WINDOW_TALL = 760     # pixels: the window's height where the screen has room for it
+LISTS_GAP = 10        # pixels above who is online and the log
 COPIED_MS = 4000      # how long the window says what was copied
 CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
@@ -6968,12 +7262,20 @@ def privacy_text(settings: Settings) -> str:
     text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
     text += f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else ""
     photos = settings.photos and settings.web_port is not None   # shared on the page alone
-    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if photos else "")
+    return text + (f",\nphotos shared on the page: {PHOTOS_KEPT.format(settings.photos)}"
+                   if photos else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
     """A member as the list shows it: alias, kind, IP address, online since."""
     return name, kind, ip, since_text(since)
+
+
+def window_size(wants: tuple[int, int], screen: tuple[int, int]) -> tuple[int, int]:
+    """The window's size, set once (it never changes by itself): as wide as it
+    asks, as tall as WINDOW_TALL, both within the screen above a taskbar."""
+    return (min(wants[0], screen[0]),
+            min(max(wants[1], WINDOW_TALL), screen[1] - TASKBAR - TITLE_BAR))
 
 
 def show_line(label, text: str) -> None:
@@ -7188,10 +7490,52 @@ class InvitationCode:
         self.box.grid()
 
 
+class ScrollArea:
+    """A frame (`inner`) that scrolls up and down where the window is too short
+    for it (a laptop's screen): as wide as the area, as tall as what it holds.
+    The scroll bar shows only while something is out of sight; the wheel
+    scrolls it while the pointer is over it."""
+
+    def __init__(self, parent, row: int):
+        import tkinter as tk
+        from tkinter import ttk
+        self.canvas = tk.Canvas(parent, background=WINDOW_BG, highlightthickness=0, borderwidth=0)
+        self.canvas.grid(row=row, column=0, sticky="nsew")
+        self.bar = ttk.Scrollbar(parent, orient="vertical", command=self.canvas.yview)
+        self.bar.grid(row=row, column=1, sticky="ns", padx=(6, 0))
+        parent.columnconfigure(1, minsize=self.bar.winfo_reqwidth() + 6)   # the bar's, shown or not
+        self.canvas.configure(yscrollcommand=self.bar.set)
+        self.inner = ttk.Frame(self.canvas)
+        self.item = self.canvas.create_window(0, 0, window=self.inner, anchor="nw")
+        self.inner.bind("<Configure>", self._fit)
+        self.canvas.bind("<Configure>", self._fit)
+        for wheel in ("<MouseWheel>", "<Button-4>", "<Button-5>"):   # Windows and macOS; X11
+            self.canvas.bind_all(wheel, self._scroll, add="+")
+
+    def _fit(self, _event=None) -> None:
+        """Ask for room for all it holds; show what fits, the bar if not all does."""
+        wide, tall = self.inner.winfo_reqwidth(), self.inner.winfo_reqheight()
+        self.canvas.configure(width=wide, height=tall, scrollregion=(0, 0, wide, tall))
+        self.canvas.itemconfigure(self.item, width=max(wide, self.canvas.winfo_width()))
+        if tall > self.canvas.winfo_height() > 1:
+            self.bar.grid()
+        else:
+            self.bar.grid_remove()
+            self.canvas.yview_moveto(0)
+
+    def _scroll(self, event) -> None:
+        """The wheel turned: scroll, if the pointer is over this area and not all of it shows."""
+        over, area = str(self.canvas.winfo_containing(event.x_root, event.y_root)), str(self.canvas)
+        if self.bar.winfo_ismapped() and (over == area or over.startswith(area + ".")):
+            up = event.num == 4 or event.delta > 0
+            self.canvas.yview_scroll(-1 if up else 1, "units")
+
+
 class WindowView:
-    """The window's widgets, built once: the bar, how friends join, this
-    server, who is online, the log.  It holds no state of the room; its
-    buttons call the ServerWindow that made it."""
+    """The window's widgets, built once: the bar; how friends join, the
+    invitation's code and this server (in a ScrollArea); who is online and
+    the log.  It holds no state of the room; its buttons call the
+    ServerWindow that made it."""
 
     def __init__(self, root, window: "ServerWindow", settings: Settings):
         self.root = root
@@ -7245,21 +7589,27 @@ class WindowView:
         self.root.rowconfigure(0, weight=1)
         frame = ttk.Frame(self.root, padding=12)
         frame.grid(sticky="nsew")
-        frame.columnconfigure(1, weight=1)
-        frame.rowconfigure(2, weight=1)
-        frame.rowconfigure(3, weight=2)
+        frame.columnconfigure(0, weight=1)
+        frame.rowconfigure(2, weight=1)   # it scrolls once the lists below are at their least
+        frame.rowconfigure(3, weight=100)   # at least what they ask (fit_screen)
+        self.frame = frame
         self._build_bar(frame, window)
-        side = ttk.Frame(frame)
-        side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
-        self._build_join(side, window, settings)
-        self._build_info(side)
-        side = ttk.Frame(frame)
-        side.grid(row=2, column=1, sticky="nsew")
+        self.upper = ScrollArea(frame, row=2)
+        top = self.upper.inner
+        top.columnconfigure(1, weight=1)
+        self._build_join(top, window, settings)
+        side = ttk.Frame(top)
+        side.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         side.columnconfigure(0, weight=1)
-        side.rowconfigure(1, weight=1)
         self.invite_code = InvitationCode(side)
-        self._build_members(side, window)
-        self._build_log(frame)
+        self._build_info(side)
+        self.lists = lists = ttk.Frame(frame)
+        lists.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(LISTS_GAP, 0))
+        lists.columnconfigure(0, weight=1)
+        lists.columnconfigure(1, weight=2)
+        lists.rowconfigure(0, weight=1)
+        self._build_members(lists, window)
+        self._build_log(lists)
 
     def _build_bar(self, frame, window: "ServerWindow") -> None:
         import tkinter as tk
@@ -7306,7 +7656,8 @@ class WindowView:
                 row += 1
             title_label = ttk.Label(rows, text=title, style="Key.TLabel")
             title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(12, 14))
-            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
+            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21,
+                                             wraplength=ADDRESS_WRAP)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: window.copy_address(kind))
@@ -7358,16 +7709,16 @@ class WindowView:
             self.info[key] = ttk.Label(box, style="Value.TLabel")
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
-        self.info["privacy"].configure(wraplength=NOTE_WRAP)   # the photos' words wrap: the window stays narrow
+        self.info["privacy"].configure(wraplength=NOTE_WRAP * 3 // 4)   # the photos' words wrap
 
     def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
         self.members_box = box = ttk.Labelframe(side, text="Online (0)", padding=(10, 8))
-        box.grid(row=1, column=0, sticky="nsew")
+        box.grid(row=0, column=0, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
-                                 height=5, selectmode="extended")
+                                 height=3, selectmode="extended")   # more where the screen has room
         for column, title, width, stretch in (("alias", "Alias", 150, True),
                                               ("kind", "Kind", 80, False),
                                               ("ip", "IP address", 120, False),
@@ -7387,10 +7738,10 @@ class WindowView:
         import tkinter as tk
         from tkinter import ttk
         box = ttk.Labelframe(frame, text="Server log", padding=(10, 8))
-        box.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
+        box.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(box, height=8, width=90, wrap="word", font="TkFixedFont",
+        self.log_text = tk.Text(box, height=5, width=60, wrap="word", font="TkFixedFont",
                                 background="white", foreground="#212529", relief="flat",
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
@@ -7400,6 +7751,18 @@ class WindowView:
         self.log_text.configure(yscrollcommand=scroll.set)
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
+
+    def fit_screen(self) -> None:
+        """Give the window its size, once (window_size): nothing shown later makes it
+        grow.  Who is online and the log keep what they ask; the part above scrolls."""
+        root = self.root
+        root.update_idletasks()
+        least = self.lists.winfo_reqheight() + LISTS_GAP
+        self.frame.rowconfigure(3, minsize=least)
+        wide, tall = window_size((root.winfo_reqwidth(), root.winfo_reqheight()),
+                                 (root.winfo_screenwidth(), root.winfo_screenheight()))
+        root.geometry(f"{wide}x{tall}")
+        root.minsize(wide, min(tall, least * 2))
 
     def show_log(self, lines: list[tuple[int, str]]) -> None:
         """Add (levelno, text) lines to the log panel; it keeps the last LOG_LINES."""
@@ -7613,8 +7976,7 @@ class ServerWindow:
         self._look_up_addresses()
         self._show_members([])
         self._show_state()
-        root.update_idletasks()
-        root.minsize(root.winfo_reqwidth(), root.winfo_reqheight())
+        self.view.fit_screen()
         root.protocol("WM_DELETE_WINDOW", self.close)
         self.tick_id = root.after(TICK_MS, self._tick)
 
@@ -8051,13 +8413,17 @@ CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a nam
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
 HELD_LINES = 16          # lines kept from before the welcome (a refusal is one or two)
-TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
+SILENCE = 1.5            # seconds without ALIAS before the client asks whether it reached a
+                         # page's port (ROOM_PATH), or (plain) a room that speaks TLS
 TLS_ASKING = 10.0        # seconds that asking may take (a busy room paces its handshakes)
+PAGE_ASKING = 3.0        # seconds a page's port has to say where its room is
+LINK_PORTS = {"http": 80, "https": 443}   # a link to the page without a port
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
 STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
 STOP_SAID = "the server has been stopped; join again once it is back online"
 # OpenSSL's verify codes for a certificate that does not list the name or address used
 NAME_MISMATCH = {62, 64}
+PLAIN_TEXT = "{} is not an encrypted room: connect without --tls (and without --ca or --insecure)."
 
 
 class ClientError(Exception):
@@ -8158,6 +8524,21 @@ def server_address(text: str) -> tuple[str, int]:
     return host, DEFAULT_PORT if port is None else port_number(port)
 
 
+def link_parts(text: str) -> tuple[str, bool | None, str]:
+    """What --connect was given: a link to the page (http(s)://HOST[:PORT]/...,
+    an invitation with #key=KEY too) as (HOST:PORT, True for https, KEY), the
+    scheme and path dropped; anything else as (it, None, "")."""
+    parts = urllib.parse.urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in LINK_PORTS or not parts.netloc:
+        return text, None, ""
+    address = parts.netloc.rpartition("@")[2]
+    if not re.search(r"(^[^:]*|\]):\d+$", address):
+        address += f":{LINK_PORTS[scheme]}"
+    key = parts.fragment[4:] if parts.fragment.startswith("key=") else ""
+    return address, scheme == "https", urllib.parse.unquote(key)
+
+
 def alias_text(name: str) -> str:
     """The alias to send, which is also every line's prefix: one line, valid UTF-8."""
     return " ".join(name.encode("utf-8", "replace").decode().splitlines()).strip()
@@ -8211,13 +8592,14 @@ def open_connection(host: str, port: int, context: ssl.SSLContext | None) -> soc
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as e:
         raise ClientError(unproven_text(e, host, port, context)) from None
-    except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away
+    except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away, and a plain
+        if speaks_plain(host, port):              # one closes a TLS client at once
+            raise ClientError(PLAIN_TEXT.format(where)) from None
         raise ClientError(f"{where} closed the connection during the TLS handshake "
                           f"(the room may be full, or not open to your address).") from None
     except ssl.SSLError as e:
         if e.reason == "WRONG_VERSION_NUMBER":   # it answered in plain text
-            raise ClientError(f"{where} is not an encrypted room: connect without --tls "
-                              f"(and without --ca or --insecure).") from None
+            raise ClientError(PLAIN_TEXT.format(where)) from None
         raise ClientError(f"No encrypted connection with {where} ({e.reason or e}); "
                           f"is the server using TLS?") from None
     except OSError as e:
@@ -8252,6 +8634,14 @@ def certificate_names(host: str, port: int, context: ssl.SSLContext) -> list[str
             for kind, value in listed if kind in ("DNS", "IP Address")]
 
 
+def speaks_plain(host: str, port: int) -> bool:
+    """True if host:port answers in plain text where its room is (a room or a page's port)."""
+    try:
+        return page_room_port(host, port, None) is not None
+    except ClientError:
+        return False
+
+
 def speaks_tls(host: str, port: int) -> bool:
     """True if host:port completes a TLS handshake (nothing is checked: this only asks)."""
     if ssl is None:
@@ -8266,8 +8656,31 @@ def speaks_tls(host: str, port: int) -> bool:
         return False
 
 
+def page_room_port(host: str, port: int, context: ssl.SSLContext | None) -> int | None:
+    """The room's port, as host:port says it if it is a page's port (ROOM_PATH);
+    None if it does not say.  ClientError if it cannot be reached."""
+    with open_connection(host, port, context) as sock:
+        sock.settimeout(PAGE_ASKING)
+        reply = b""
+        try:
+            sock.sendall(f"GET {ROOM_PATH} HTTP/1.1\r\nHost: {host_port(host, port)}\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            while len(reply) < MAX_REFUSAL and (data := sock.recv(RECV_SIZE)):
+                reply += data
+        except OSError:   # a room that speaks TLS, or a slow one: it did not say
+            pass
+    try:
+        status, body = http_reply(reply)
+        room = json.loads(body)["port"] if status == 200 else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return room if isinstance(room, int) and 1 <= room <= 65535 else None
+
+
 def quiet_for(sock: socket.socket, seconds: float) -> bool:
-    """True if nothing arrives on `sock` (plain) within `seconds`."""
+    """True if nothing arrives on `sock` within `seconds`."""
+    if ssl is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
     with selectors.DefaultSelector() as selector:
         selector.register(sock, EVENT_READ)
         return not selector.select(seconds)
@@ -8277,13 +8690,9 @@ def answer_prompt(sock: socket.socket, alias: str, host: str, port: int, tls: bo
     """Wait for ALIAS and answer with the alias; returns what came after ALIAS.
 
     ClientError if the server said something else instead (a refusal, shown
-    as it is), nothing in time, or closed; or, for a plain connection that
-    hears nothing at first, if the room turns out to speak TLS.
+    as it is), nothing in time, or closed.
     """
     where = host_port(host, port)
-    if not tls and quiet_for(sock, TLS_GUESS) and speaks_tls(host, port):
-        raise ClientError(f"{where} is an encrypted room: add --tls "
-                          f"(and --ca FILE with the host's certificate).")
     got = b""
     try:
         while len(got) < len(ALIAS_PROMPT) and ALIAS_PROMPT.startswith(got):
@@ -8531,10 +8940,30 @@ class ClientSession:
 
 
 def join_room(host: str, port: int, context: ssl.SSLContext | None, alias: str,
-              out, typed_shows: bool = False) -> ClientSession:
-    """Connect, answer the prompt, and hand back the stay; ClientError if not let in."""
-    sock = open_connection(host, port, context)
+              out, typed_shows: bool = False, page: bool = False) -> ClientSession:
+    """Connect, answer the prompt, and hand back the stay; ClientError if not let in.
+    The page's port (`page`: a link to it) is asked where its room is first; so is
+    an address that does not ask for a name at once, and a plain one then whether it
+    is an encrypted room."""
+    where = host_port(host, port)
+    room = page_room_port(host, port, context) if page else None
+    if page and room is None:
+        raise ClientError(f"{where} did not say where its room is (is it the chat page of a "
+                          f"PrivateChatRoom server?).")
+    sock = open_connection(host, room or port, context)
     try:
+        if not page and quiet_for(sock, SILENCE):
+            room = page_room_port(host, port, context)
+            if room is None and context is None and speaks_tls(host, port):
+                raise ClientError(f"{where} is an encrypted room: add --tls "
+                                  f"(and --ca FILE with the host's certificate).")
+            if room is not None:
+                sock.close()
+                sock = open_connection(host, room, context)
+        if room is not None and room != port:
+            print(f"{where} is the room's chat page: joining its room at {host_port(host, room)}",
+                  file=sys.stderr, flush=True)
+            port = room
         early = answer_prompt(sock, alias, host, port, tls=context is not None)
     except BaseException:   # Ctrl+C too
         sock.close()
@@ -8569,17 +8998,18 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
     0: the person left (end of input, Ctrl+C), or the server stopped and said so;
     1: the server could not be reached, refused, went away, or TLS failed;
     2: the address or the --ca file cannot be used.
-    --ca and --insecure imply --tls.
+    --ca and --insecure imply --tls, and so does an https link.
     """
     stdin = lenient(sys.stdin) if stdin is None else stdin
     stdout = lenient(sys.stdout) if stdout is None else stdout
+    address, https, key = link_parts(address)
     try:
         host, port = server_address(address)
     except argparse.ArgumentTypeError as e:
         print(f"--connect: {e}.", file=sys.stderr)
         return 2
     context = None
-    if tls or ca is not None or insecure:
+    if tls or https or ca is not None or insecure:
         if ssl is None:
             print("This Python has no ssl module, so it cannot encrypt; run without --tls.",
                   file=sys.stderr)
@@ -8599,7 +9029,10 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
             if name is None:
                 return 0
         typed_shows = stdin.isatty() and stdout.isatty()   # one terminal shows both
-        session = join_room(host, port, context, alias_text(name), stdout, typed_shows)
+        if key and "#" not in name:   # an invitation's key
+            name = f"{name.strip()}#{key}"
+        session = join_room(host, port, context, alias_text(name), stdout, typed_shows,
+                            page=https is not None)
         return session.stay(stdin)
     except ClientError as e:
         print(e, file=sys.stderr, flush=True)
@@ -8758,7 +9191,8 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     client = p.add_argument_group("joining a room from a terminal")
     client.add_argument("--connect", metavar="HOST[:PORT]",
                         help=f"join the room at HOST instead of running one (port {DEFAULT_PORT} "
-                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT})")
+                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT}); the page's address "
+                             f"or an invitation's link works too")
     client.add_argument("--name", help="your name in the room, NAME#KEY if it needs a key "
                                        "(asked for if not given)")
     client.add_argument("--tls", action="store_true",
@@ -8830,6 +9264,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
+QR_CAPTION = "scan with a phone's camera to open the page"   # above the banner's code
 # What the banner says of the internet address while it is not known (FriendsJoin)
 NOT_KNOWN = {"looking": "looking up this machine's public address…",
              "off": "not looked up: your router's status page shows this machine's public address",
@@ -8889,9 +9324,10 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
                      f"(kept in memory only)")
     if join.page_port and settings.photos:
         lines.append(f"  photos:             {PHOTOS_KEPT.format(settings.photos)}")
-    if settings.public_ip_url:
-        lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
-                     f"public address; --public-ip-url '' turns that off.")
+    if settings.public_ip_url and not join.only_here:   # a room on loopback asks nothing
+        when = "If your router cannot tell it, the server" if settings.upnp else "At start the server"
+        lines.append(f"{when} asks {settings.public_ip_url} for this machine's public address; "
+                     f"--public-ip-url '' turns that off.")
     lines.append(f"Log file: {os.path.abspath(settings.log_file)}" if settings.log_file
                  else "Log file: none (--log-file '')")
     lines.append("Ctrl+C stops the server.")
@@ -8913,26 +9349,39 @@ def page_line(link: str) -> str:
 
 
 def console_code(link: str | None, stream) -> str:
-    """The code of `link` to scan off `stream` (a console with light text on dark), a
-    sentence where the console's encoding has no block characters, or "" with no link."""
+    """The code of `link` to scan off `stream`, under its caption: in colours of its
+    own where the console takes them, else as light text on a dark background
+    (qr_console_text); a sentence where the console has no block characters or
+    is too narrow for it; "" with no link."""
     if not link:
         return ""
     try:
         "█▀▄".encode(getattr(stream, "encoding", None) or "ascii")
+        modules = qr_code(link)
     except (UnicodeEncodeError, LookupError):
         return "  (this console cannot draw the link's QR code to scan; --gui shows it)"
-    try:
-        return qr_console_text(qr_code(link))
     except ValueError:   # a room key too long for any code
         return ""
+    side, width = len(modules) + 2 * QR_QUIET, console_width(stream)
+    if width and width < side:
+        return (f"  (the link's QR code needs a console {side} characters wide; widen this one "
+                f"and start again, or --gui shows it)")
+    return f"    {QR_CAPTION}\n{qr_console_text(modules, console_colours(stream))}"
 
 
-def print_for_host(text: str) -> None:
-    """Print for the host; a terminal that has gone away (hang-up) is no error."""
+def print_for_host(text: str, at_line_start: bool = False) -> None:
+    """Print for the host, each line fitted to the terminal (fit_console); a
+    terminal that has gone away (hang-up) is no error.  `at_line_start`: from
+    the line's start, over what the terminal echoed (Ctrl+C's ^C)."""
     try:
-        print(text, flush=True)
+        text = fit_console(text, console_width(sys.stdout))
+        print("\r" + text if at_line_start and sys.stdout.isatty() else text, flush=True)
     except (OSError, ValueError):
         pass
+
+
+def members_text(n: int) -> str:
+    return f"{n} member" if n == 1 else f"{n} members"
 
 
 def announce(settings: Settings, address: tuple[str, int],
@@ -9005,8 +9454,13 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    def stop() -> None:   # on the loop's thread: the host hears it begin, then end
+        if not server.stopping:
+            told = sum(m.stage is Stage.IN_ROOM for m in server.room.members)
+            print_for_host(f"stopping: telling {members_text(told)}…", at_line_start=True)
+        server.stop()
     # Ctrl+C while the banner is printed (or the router asked) stops the room as ever
-    on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
+    on_stop_signals(lambda: server.loop.call_soon_threadsafe(stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     photos = server.door.photos   # photo links for members from the internet
 
@@ -9021,6 +9475,7 @@ def run_headless(settings: Settings) -> int:
     if router:
         router.close()
     server.loop.close()
+    print_for_host("stopped")
     return 0
 
 
@@ -9376,6 +9831,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     everIn: false,       // welcomed once: after a drop, re-join by itself
     wantJoin: false,     // send the alias as soon as hello comes
     name: "", key: "",   // what the member typed
+    invited: false,      // the key field was filled in from an invitation's link (#key=)
     me: "",              // the name the room gave
     attempt: 0, retryTimer: 0, tickTimer: 0, retryAt: 0, retryText: "",
     everOpen: false,     // a socket was open once (the room was reachable)
@@ -9862,7 +10318,10 @@ button:disabled { cursor: default; opacity: 0.55; }
       } else if (room.wantJoin || room.everIn) {
         sendAlias();
       } else if (ui.chat.hidden) {
-        ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
+        ui.joinStatus.textContent = !room.keyNeeded ? "" : room.invited
+          ? "This room needs a key: the key from your invitation is filled in."
+          : ui.key.value ? "This room needs a key: it is filled in."
+            : "This room needs a key: ask the host for it.";
         ui.joinStatus.classList.remove("error");
       }
     },
@@ -10301,6 +10760,7 @@ button:disabled { cursor: default; opacity: 0.55; }
     const found = /^#key=(.*)$/.exec(location.hash);
     if (!found) { return; }
     try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    room.invited = ui.key.value !== "";
     keepKey(ui.key.value);
     history.replaceState(history.state, "", location.pathname + location.search);
   }

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import errno
 import functools
 import gc
 import hashlib
@@ -66,7 +67,7 @@ WINDOWS = sys.platform == "win32"
 # Short delays and a fast App so the suite runs fast; the rules are the same.
 FAST = dict(host="127.0.0.1", port=0, public_ip_url="", log_file="",
             welcome_delay=0.05, count_interval=0.03, stop_flush=1.0,
-            app_char_time=0.001, app_margin=0.03)
+            app_char_time=0.001, app_margin=0.03, door_wait=0.01)
 
 
 def free_port() -> int:
@@ -958,25 +959,24 @@ def unused_display() -> int:
     raise unittest.SkipTest("no free X display number")
 
 
-_xvfb_display: str | None = None
+_xvfb_displays: dict[str, str] = {}   # screen size -> its display
 
 
-def start_xvfb() -> str:
-    """A private virtual screen for the window tests, or SkipTest saying why not.
+def start_xvfb(size: str = "1280x800") -> str:
+    """A private virtual screen of `size` for the window tests, or SkipTest saying why not.
 
-    One per test process, ended by a watchdog only after this process has
-    exited: Tk keeps its X connection until exit, and Xlib aborts the whole
-    process if the server goes away under it.
+    One of each size per test process, ended by a watchdog only after this
+    process has exited: Tk keeps its X connection until exit, and Xlib
+    aborts the whole process if the server goes away under it.
     """
-    global _xvfb_display
-    if _xvfb_display:
-        return _xvfb_display
+    if size in _xvfb_displays:
+        return _xvfb_displays[size]
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         raise unittest.SkipTest("no DISPLAY and no Xvfb to make one")
     for _ in range(3):   # another Xvfb may take the number first
         n = unused_display()
-        watchdog = (f'"$0" :{n} -screen 0 1280x800x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
+        watchdog = (f'"$0" :{n} -screen 0 {size}x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
                     f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; '
                     f'do sleep 1; done; kill $x 2>/dev/null')
         proc = subprocess.Popen(["sh", "-c", watchdog, xvfb], start_new_session=True,
@@ -984,8 +984,8 @@ def start_xvfb() -> str:
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and proc.poll() is None:
             if os.path.exists(f"/tmp/.X11-unix/X{n}"):
-                _xvfb_display = f":{n}"
-                return _xvfb_display
+                _xvfb_displays[size] = f":{n}"
+                return _xvfb_displays[size]
             time.sleep(0.05)
     raise unittest.SkipTest("Xvfb did not start")
 
@@ -1679,18 +1679,52 @@ def code_image(modules: list, scale: int = 2) -> "Image.Image":
     return image.resize((side * scale, side * scale), Image.NEAREST)
 
 
-def console_image(text: str, cell: tuple[int, int] = (8, 16)) -> "Image.Image":
-    """Block characters as a terminal shows them: light text on a dark background."""
-    lines = [line for line in text.splitlines() if line and set(line) <= set(BLOCKS)]
+SGR_CODE = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+# A terminal's themes: (text, background) as grey levels; and the grey each colour
+# code shows (30-37 text, 40-47 background, 90-97 and 100-107 their bright forms)
+THEMES = {"light": (0, 255), "dark": (229, 0)}
+PALETTE = {0: 0, 7: 229, 60: 77, 67: 255}   # black, white, bright black, bright white; others 128
+
+
+def terminal_image(text: str, theme: str = "dark", colours: bool = True,
+                   cell: tuple[int, int] = (8, 16)) -> "Image.Image":
+    """The block-character lines of `text` as a terminal with `theme` shows them:
+    a block in the text's colour, the rest in the background's, each set by the
+    SGR codes in the text (or left to the theme, without `colours`)."""
+    default = THEMES[theme]
+    rows = []
+    for line in text.splitlines():
+        if not line or not set(SGR_CODE.sub("", line)) <= set(BLOCKS):
+            continue
+        cells, ink, paper = [], *default
+        for i, part in enumerate(SGR_CODE.split(line)):
+            if i % 2 == 0:
+                cells += [(BLOCKS[char], ink, paper) for char in part]
+                continue
+            for code in map(int, filter(None, part.split(";"))) if colours else ():
+                if code == 0:
+                    ink, paper = default
+                elif 30 <= code <= 37 or 90 <= code <= 97:
+                    ink = PALETTE.get(code - 30, 128)
+                elif 40 <= code <= 47 or 100 <= code <= 107:
+                    paper = PALETTE.get(code - 40, 128)
+        rows.append(cells)
     width, height = cell
-    image = Image.new("L", (width * max(map(len, lines)) + 40, height * len(lines) + 40), 0)
-    for y, line in enumerate(lines):
-        for x, char in enumerate(line):
-            for half, light in enumerate(BLOCKS[char]):
-                if light:
-                    top = 20 + y * height + half * height // 2
-                    image.paste(255, (20 + x * width, top, 20 + (x + 1) * width, top + height // 2))
+    image = Image.new("L", (width * max(map(len, rows)) + 40, height * len(rows) + 40), default[1])
+    for y, row in enumerate(rows):
+        for x, (halves, ink, paper) in enumerate(row):
+            for half, lit in enumerate(halves):
+                top = 20 + y * height + half * height // 2
+                image.paste(ink if lit else paper,
+                            (20 + x * width, top, 20 + (x + 1) * width, top + height // 2))
     return image
+
+
+def console_image(text: str) -> "Image.Image":
+    """Block characters as a terminal with light text on a dark background shows them."""
+    return terminal_image(text, "dark")
 
 
 def zxing_read(image) -> list:
@@ -1749,6 +1783,57 @@ class TestNet:
         return subprocess.Popen(self.inside(sys.executable, SERVER, "--port", "5050", "--web-port",
                                             "5051", "--public-ip-url", "", "--log-file", "", *args),
                                 cwd=self.dir, **kw)
+
+
+def on_a_terminal(case: unittest.TestCase, args: list[str], columns: int = 80, cwd=None, env=None
+                  ) -> tuple[subprocess.Popen, int, bytearray, threading.Condition]:
+    """pcr_server.py with `args` on a pseudo-terminal `columns` wide, which is its
+    controlling terminal (Ctrl+C typed there reaches it); (process, the
+    terminal's leader, all it shows, a condition notified as it grows)."""
+    import fcntl
+    import pty
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    proc = subprocess.Popen([sys.executable, SERVER, *args], stdin=follower, stdout=follower,
+                            stderr=follower, close_fds=True, cwd=cwd, env=env,
+                            preexec_fn=own_terminal)
+    os.close(follower)
+    shown, changed = bytearray(), threading.Condition()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:   # the terminal's other side closed
+                data = b""
+            with changed:
+                shown.extend(data)
+                changed.notify_all()
+            if not data:
+                return
+    threading.Thread(target=read, daemon=True).start()
+
+    def end() -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)
+        os.close(leader)
+    case.addCleanup(end)
+    return proc, leader, shown, changed
+
+
+def shown_until(shown: bytearray, changed: threading.Condition, needle: bytes,
+                timeout: float = WAIT) -> bytes:
+    """All a terminal shows, once it shows `needle` (bounded)."""
+    with changed:
+        if not changed.wait_for(lambda: needle in shown, timeout):
+            raise AssertionError(f"no {needle!r} on the terminal; it shows {bytes(shown)!r}")
+        return bytes(shown)
 
 
 def read_terminal(fd: int, needle: bytes, timeout: float = WAIT * 2) -> bytes:
@@ -1810,6 +1895,65 @@ until(lambda: w.closed)
 
 # In the namespace: Chromium opens the link, joins with a name alone and
 # says what its address bar shows, then what the history kept of the link.  argv: this folder, the link, the name.
+# On a screen of the test's size: the window of a room with a key once it runs, after
+# a Copy click, after a port change; at each step its geometry as xdotool reads it, the
+# widgets given less than they ask (clipped) and how far its upper part scrolls.
+# argv: this folder, the room's port, the port it moves to, the address it listens on.
+WINDOW_FIT = """
+import json, subprocess, sys, time, tkinter
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+root = tkinter.Tk()
+pcr.setup_logging("", console=False)
+port, moved = int(sys.argv[2]), int(sys.argv[3])
+w = pcr.ServerWindow(root, pcr.Settings(host=sys.argv[4], port=port, web_port=port + 1, public_ip_url="",
+                                        log_file="", room_key="tulip", history=20))
+def until(done, what):
+    end = time.monotonic() + 20
+    while not done():
+        if time.monotonic() > end:
+            sys.exit(f"timed out waiting for {what}")
+        root.update()
+        time.sleep(0.02)
+def clipped(widget):
+    found = []
+    for child in widget.winfo_children():
+        if child.winfo_ismapped() and child.winfo_class() in ("TLabel", "TButton", "TCheckbutton") \\
+                and (child.winfo_width() < child.winfo_reqwidth()
+                     or child.winfo_height() < child.winfo_reqheight()):
+            found.append(f"{child.winfo_class()} {str(child.cget('text'))[:40]!r}")
+        found += clipped(child)
+    return found
+def step(name):
+    for _ in range(25):
+        root.update()
+        time.sleep(0.02)
+    shell = subprocess.run(["xdotool", "getwindowgeometry", "--shell", str(int(root.wm_frame(), 16))],
+                           capture_output=True, text=True, timeout=20, check=True).stdout
+    at = dict(line.split("=", 1) for line in shell.split())
+    area = w.view.upper
+    print(json.dumps({"step": name, **{k: int(at[k]) for k in ("X", "Y", "WIDTH", "HEIGHT")},
+                      "clipped": clipped(root), "scrolls": area.canvas.cget("scrollregion"),
+                      "holds": area.inner.winfo_reqheight(), "wider": [
+                          name for name, wants, has in (("upper part", area.inner, area.canvas),
+                                                        ("window", root.grid_slaves()[0], root))
+                          if wants.winfo_reqwidth() > has.winfo_width()]}), flush=True)
+w.view.start_button.invoke()
+until(lambda: w.state == pcr.RoomState.RUNNING and w.page_listening, "the room")
+step("started with a key")
+w.view.copy_buttons["page"].invoke()
+step("copied")
+w.view.port_button.invoke()
+w.dialog.entries[0].delete(0, "end")
+w.dialog.entries[0].insert(0, str(moved))
+w.dialog.ok()
+until(lambda: w.state == pcr.RoomState.RUNNING and w.listening[1] == moved, "the new port")
+step("new port")
+w.close()
+until(lambda: w.closed, "the window to close")
+"""
+
+
 BROWSER_STEPS = """
 import json, sys, tempfile
 sys.path.insert(0, sys.argv[1])
@@ -3060,8 +3204,8 @@ class AppReaderTest(ServerCase):
     no read that splits a character or looks like a count."""
 
     def test_an_app_whose_user_takes_30_s_to_type_a_name_joins_at_the_real_pace(self):
-        self.start(**{k: v for k, v in FAST.items()
-                      if k not in ("welcome_delay", "count_interval", "app_char_time", "app_margin")})
+        self.start(**{k: v for k, v in FAST.items() if k not in (
+            "welcome_delay", "count_interval", "app_char_time", "app_margin", "door_wait")})
         tom = self.member("tom")
         ann = self.app("ann", typing=30.0, char_time=0.07, window=0.05)
         ann.wait_chat("ann joined the chat...\n", timeout=30 + WAIT)
@@ -3867,8 +4011,8 @@ class HardeningTest(ServerCase):
         time.sleep(1.2)   # the summary comes once per interval
         refusals = [line for line in self.log_text().splitlines() if "refused 127.0.0.1" in line]
         self.assertLessEqual(len(refusals), 6, refusals)
-        self.assertRegex(refusals[-1], r"\(\d+ more times in \d+ s\)$")
-        told = [re.search(r"\((\d+) more times", line) for line in refusals]
+        self.assertRegex(refusals[-1], r"\(\d+ more times? in \d+ s\)$")
+        told = [re.search(r"\((\d+) more times?", line) for line in refusals]
         self.assertEqual(sum(int(n.group(1)) if n else 1 for n in told), 200)   # every refusal
 
     def test_what_is_summed_up_is_logged_when_the_server_stops(self):
@@ -4147,6 +4291,39 @@ class SelectorLimitTest(ServerCase):
 # ---------------------------------------------------------------------------
 
 
+class SentenceTest(unittest.TestCase):
+    """Sentences by their exact text (issue 31): no double full stop after a
+    label that ends in "…", and summed log lines that count tries."""
+
+    def test_no_sentence_ends_in_a_full_stop_after_a_label_that_ends_in_dots(self):
+        errors = [OSError(errno.EADDRINUSE, "in use"), OSError(errno.EADDRNOTAVAIL, "not here"),
+                  OSError(errno.EACCES, "denied"), socket.gaierror(socket.EAI_NONAME, "no name")]
+        said = [pcr.bind_error_text(e, "0.0.0.0", 5050, advice, in_use)
+                for advice in (pcr.WINDOW_ADVICE, pcr.FLAG_ADVICE) for e in errors
+                for in_use in ("in use", "page in use")]
+        self.assertIn("Port 5050 is already in use (is another server running?): stop that program "
+                      "or choose another port with Change port…", said)
+        self.assertEqual([text for text in said if "…." in text or ".." in text], [])
+        self.assertTrue(all(text.endswith(("…", ".")) for text in said), said)
+
+    def test_summed_lines_count_a_browsers_tries_not_its_connections(self):
+        https = "closed 192.0.2.9: a browser asked for https on the page's port; start with --tls-cert for https"
+        flood = "refused 192.0.2.8: you are connecting too often"
+        with self.assertLogs(pcr.log, "WARNING") as logged:
+            tally = pcr.Tally(60.0)
+            for start in (0.0, 5.0):   # two tries of a browser, each a burst of 18 connections
+                for i in range(18):
+                    tally.add(start + i * 0.05, https, tries=True)
+            for t in (1.0, 2.0, 3.0):
+                tally.add(t, flood)
+            tally.flush(61.0)
+            tally.add(70.0, flood)
+            tally.flush(200.0)
+        self.assertEqual([record.getMessage() for record in logged.records],
+                         [https, flood, f"{https} (1 more try in 61 s)",
+                          f"{flood} (2 more times in 60 s)", f"{flood} (1 more time in 139 s)"])
+
+
 class HandshakeTest(ServerCase):
     """Joining, as PROTOCOL.md describes it."""
 
@@ -4295,6 +4472,114 @@ class HostDoorsTest(ServerCase):
                       "--tls-cert for https", self.log_text())
 
 
+class RoomDoorTest(WebCase):
+    """No wrong door (issue 31): the first bytes at the room's port choose its
+    door, so a browser gets the page there; the App, which never speaks first,
+    gets ALIAS once the wait is over; the page's port says where the room is."""
+
+    REAL = pcr.Settings().door_wait   # the wait as it ships
+
+    def page_request(self, port: int, path: str = "/") -> bytes:
+        return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: text/html\r\n\r\n" % (
+            path.encode(), port)
+
+    def test_the_app_is_asked_for_its_alias_after_the_real_wait_within_0_3_s(self):
+        self.assertLessEqual(self.REAL, 0.1)
+        self.start(door_wait=self.REAL)
+        t0 = time.monotonic()
+        c = self.connect()
+        self.assertEqual(c.recv_some(), b"ALIAS")
+        self.assertGreater(time.monotonic() - t0, self.REAL / 2)   # it waited for a browser
+        self.assertLess(time.monotonic() - t0, 0.3)
+        t0 = time.monotonic()
+        app = self.app("ann", char_time=0.001)   # the App's reader, as PROTOCOL.md tells it
+        app.wait_box("1 person is online...\n")
+        self.assertLess(app.reads[0][0] - t0, 0.3)
+        self.assertEqual(app.reads[0][1], b"ALIAS")
+        self.assert_app_shows_well(app)
+
+    def test_a_client_that_speaks_first_is_asked_at_once_and_what_it_sent_is_its_name(self):
+        self.start(door_wait=60.0)   # only what it sends can end the wait in time
+        tom = self.connect()
+        tom.send(b"tom\ntom: early bird\n")
+        got = tom.read_until(b"tom: early bird\n")
+        self.assertTrue(got.startswith(b"ALIAStom joined the chat...\n"), got)
+
+    def test_a_browser_at_the_rooms_port_is_sent_on_to_the_page_at_once(self):
+        self.start(door_wait=60.0)
+        for host in ("127.0.0.1", "[::1]", "myroom.example"):   # the host it asked for, the page's port
+            got = http_get(self.port, b"GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), self.port))
+            self.assertTrue(got.startswith(b"HTTP/1.1 301 Moved Permanently\r\n"), got[:200])
+            self.assertIn(b"\r\nLocation: http://%s:%d/\r\n" % (host.encode(), self.web), got)
+            self.assertIn(b"\r\nCache-Control: max-age=600\r\n", got)   # kept a while: see _to_page_port
+        self.assertEqual(self.on_loop(lambda: list(self.server.room.members)), [])
+
+    def test_over_the_internet_the_redirect_goes_to_the_routers_port_for_the_page(self):
+        self.start()
+        self.on_loop(self.server.door.photos.heard_internet_page, "http://203.0.113.7:6061/")
+        member = pcr.Member("93.184.216.34", "93.184.216.34", 0.0)   # a member from the internet
+        member.transport = pcr.Transport(socket.socket(), self.server.loop)
+        self.addCleanup(member.transport.sock.close)
+        with mock.patch.object(self.server.door, "_answer") as answer:
+            self.server.door._to_page_port(member, "203.0.113.7:5050")
+        self.assertIn(("Location", "http://203.0.113.7:6061/"), answer.call_args.kwargs["headers"])
+
+    def test_a_request_that_comes_in_pieces_is_still_a_browsers(self):
+        self.start(door_wait=60.0)
+        with socket.create_connection(("127.0.0.1", self.port), WAIT) as sock:
+            request = self.page_request(self.port, "/room")
+            sock.sendall(request[:7])   # "GET /ro"
+            time.sleep(0.1)
+            sock.sendall(request[7:])
+            sock.settimeout(WAIT)
+            got = b""
+            while data := sock.recv(65536):
+                got += data
+        self.assertTrue(got.startswith(b"HTTP/1.1 200 OK\r\n"), got)
+        self.assertTrue(got.endswith(b'{"port": %d}' % self.port), got)
+
+    def test_the_pages_websocket_at_the_rooms_port_joins_the_room(self):
+        self.start()
+        tom = self.member("tom")
+        wendy = WebMember(self.port, "wendy", origin=f"http://127.0.0.1:{self.port}")
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        tom.read_until(b"wendy joined the chat...\n2 people are online...\n")
+        tom.send(b"tom: hi wendy\n")
+        self.assertEqual(wendy.until("chat", name="tom")["text"], "hi wendy")
+        self.assertEqual(self.on_loop(lambda: self.server.room.snapshot()[1][3]), "web")
+
+    def test_a_tls_hello_first_at_the_plain_rooms_port_is_closed_without_alias(self):
+        self.start(door_wait=60.0)
+        c = self.connect()
+        c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))
+        t0 = time.monotonic()
+        self.assertEqual(c.read_to_close(timeout=4.0), b"")
+        self.assertLess(time.monotonic() - t0, 4.0)
+        self.assertIn("it speaks TLS to a room that is not encrypted", self.log_text())
+
+    def test_with_the_page_off_a_browser_at_the_rooms_port_is_told_so(self):
+        self.start(web_port=None)
+        got = http_get(self.port, self.page_request(self.port))
+        self.assertTrue(got.startswith(b"HTTP/1.1 404 Not Found\r\n"), got)
+        self.assertTrue(got.endswith(pcr.PAGE_IS_OFF.encode()), got)
+
+    def test_the_pages_port_and_the_rooms_say_where_the_room_is(self):
+        self.start()
+        for port in (self.web, self.port):
+            got = http_get(port, self.page_request(port, "/room"))
+            self.assertEqual(pcr.http_reply(got), (200, b'{"port": %d}' % self.port))
+            self.assertIn(b"Content-Type: application/json\r\n", got)
+
+    def test_a_line_client_at_the_pages_port_is_told_the_rooms_port(self):
+        self.start()
+        c = Client(self.web)
+        self.addCleanup(c.close)
+        c.send(b"ann\n")
+        self.assertEqual(c.read_to_close(), b"this port is the chat page's, for a browser; the App "
+                                            b"and terminals join at port %d\n" % self.port)
+
+
 class StopTest(ServerCase):
 
     def test_stop_lines_then_close(self):
@@ -4413,6 +4698,15 @@ class TlsTest(ServerCase):
         ann.read_until(b"bob: over TLS\n")
         self.assertEqual(ann.sock.version() in ("TLSv1.2", "TLSv1.3"), True)
 
+    def test_a_browser_at_the_encrypted_rooms_port_is_sent_to_the_page_over_https(self):
+        self.start(door_wait=60.0, web_port=0)   # its request, after the handshake, chooses the page
+        import ssl
+        context = ssl.create_default_context(cafile=self.cert)
+        with urllib.request.urlopen(f"https://localhost:{self.port}/", timeout=WAIT,
+                                    context=context) as reply:   # sent on to the page's port
+            self.assertEqual(reply.url, f"https://localhost:{self.server.web_address[1]}/")
+            self.assertEqual(reply.read(), pcr.PAGE_HTML.encode())
+
     def test_plain_client_on_a_tls_port_is_closed_and_logged(self):
         self.start()
         c = self.connect()
@@ -4528,6 +4822,8 @@ class HttpsDoorTest(WebCase):
                     moved = http_get(self.web, self.get("/p/x.jpg?a=1", host)).decode()
                     self.assertTrue(moved.startswith("HTTP/1.1 308 Permanent Redirect\r\n"), moved)
                     self.assertIn(f"\r\nLocation: {location}\r\n", moved)
+            at_the_rooms = http_get(self.port, self.get("/", f"11.0.0.1:{self.port}")).decode()
+            self.assertIn(f"\r\nLocation: https://127.0.0.1:{self.web}/\r\n", at_the_rooms)   # not 5050
             self.assertTrue(http_get(self.web, self.get(f"{pcr.ACME_CHALLENGE}tok")).endswith(b"tok.thumb"))
             self.assertTrue(self.https(self.get())[1].startswith(b"HTTP/1.1 200 OK"))   # already https
             bent = http_get(self.web, b"GET /a\nSet-Cookie:x HTTP/1.1\r\nHost: h:1\r\n\r\n").decode()
@@ -5241,8 +5537,8 @@ class PhotoShareTest(WebCase):
         self.assertEqual(pcr.parse_args(["--photos", "0"]).photos, 0)
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
             pcr.parse_args(["--photos", "-1"])
-        self.assertIn("photos shared on the page: up to 64 MiB, in memory only, gone when the "
-                      "room stops", pcr.privacy_text(pcr.Settings(web_port=0)))
+        self.assertIn("photos shared on the page: kept in memory only (up to 64 MiB), gone when "
+                      "the room stops", pcr.privacy_text(pcr.Settings(web_port=0)))
         self.assertNotIn("photos", pcr.privacy_text(pcr.Settings()))   # no page, no photos
         self.assertNotIn("photos", pcr.privacy_text(pcr.Settings(web_port=0, photos=0)))
 
@@ -5506,7 +5802,7 @@ class PhotoShareTest(WebCase):
         self.assertIn(f'"wendy" shared a photo ({kib} KiB)', log)
         self.assertIn("refused a photo from 127.0.0.1: it is not a JPEG, PNG or WebP picture", log)
         self.assertNotIn(url[3:35], log)
-        self.assertIn("photos shared on the page: up to 64 MiB, in memory only", log)
+        self.assertIn("photos shared on it are kept in memory only (up to 64 MiB)", log)
 
     def test_turning_the_page_off_forgets_the_photos(self):
         wendy, tom = self.wendy_and_tom()
@@ -7647,6 +7943,17 @@ class QrCodeTest(unittest.TestCase):
         self.assertEqual(pcr.qr_format_bits(0), 0b101010000010010)        # M, mask 0 (Annex C)
         self.assertEqual([pcr.qr_data_capacity(v) for v in (1, 7, 17, 40)], [16, 124, 507, 2334])
 
+    def test_the_console_drawing_in_its_own_colours_reads_on_light_and_dark_themes(self):
+        self.need_zbar()
+        link = "http://192.0.2.10:5051/#key=Fam%26ly%2B2026%3Dx"
+        drawn = pcr.qr_console_text(pcr.qr_code(link), colours=True)
+        for line in drawn.split("\n"):
+            self.assertTrue(line.startswith(pcr.QR_COLOURS) and line.endswith("\x1b[0m"), line)
+        themes = [terminal_image(drawn, theme) for theme in ("light", "dark")]
+        self.assertEqual(zbar_read(themes, self.folder), [link, link])
+        left_to_the_theme = terminal_image(drawn, "light", colours=False)   # dark on white: inverted
+        self.assertEqual(zbar_read([left_to_the_theme], self.folder), [])
+
     def test_the_console_drawing_is_two_rows_a_line_light_on_dark(self):
         modules = pcr.qr_code("http://192.0.2.10:5051/")
         lines = pcr.qr_console_text(modules).split("\n")
@@ -7688,9 +7995,10 @@ class InvitationTest(unittest.TestCase):
             self.assertIn("cannot draw", said)
             said.encode("ascii")
         for encoding in ("utf-8", "cp437"):
-            drawn = pcr.console_code("http://192.0.2.10:5051/", io.TextIOWrapper(
-                io.BytesIO(), encoding=encoding))
-            self.assertLessEqual(set(drawn), set(BLOCKS) | {"\n"})
+            caption, drawn = pcr.console_code("http://192.0.2.10:5051/", io.TextIOWrapper(
+                io.BytesIO(), encoding=encoding)).split("\n", 1)
+            self.assertEqual(caption, "    scan with a phone's camera to open the page")
+            self.assertLessEqual(set(drawn), set(BLOCKS) | {"\n"})   # no colours: not a terminal
             drawn.encode(encoding)
         self.assertEqual(pcr.console_code(None, sys.stdout), "")
 
@@ -7721,11 +8029,17 @@ class InvitationOnANetworkTest(unittest.TestCase):
             self.skipTest(NO_ZXING)
         self.net = TestNet(self)
 
-    def banner_on_a_terminal(self, *args: str) -> str:
-        """The banner as a terminal shows it: the room's output through a pty."""
+    def banner_on_a_terminal(self, *args: str, columns: int = 80, no_color: bool = False) -> str:
+        """The banner as a terminal `columns` wide shows it (TERM=xterm): the
+        room's output through a pty; with NO_COLOR set if `no_color`."""
+        import fcntl
+        import termios
         master, slave = os.openpty()
         self.addCleanup(os.close, master)
-        proc = self.net.room(*args, stdin=slave, stdout=slave, stderr=slave)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS")}
+        env.update({"TERM": "xterm", **({"NO_COLOR": "1"} if no_color else {})})
+        proc = self.net.room(*args, stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
         self.addCleanup(proc.wait, WAIT)
         self.addCleanup(proc.kill)
@@ -7739,14 +8053,29 @@ class InvitationOnANetworkTest(unittest.TestCase):
             self.assertEqual(zbar_read([image], self.net.dir), [text])
         return text
 
-    def test_the_banners_code_on_a_terminal_reads_as_the_pages_address(self):
-        printed = self.banner_on_a_terminal()
-        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/",
-                      printed)
-        self.assertNotIn("\x1b", printed)   # no colour codes: it survives a log or a paste
-        code = printed.split("http://192.0.2.10:5051/")[1].split("\n", 1)[1]
-        self.assertTrue(code.startswith("█" * 10), printed)   # right under the page's line
-        self.assertEqual(self.scanned(console_image(printed)), "http://192.0.2.10:5051/")
+    def assert_fits(self, printed: str, columns: int) -> None:
+        widest = max(printed.split("\n"), key=lambda line: len(SGR_CODE.sub("", line)))
+        self.assertLessEqual(len(SGR_CODE.sub("", widest)), columns, widest)
+
+    def test_the_banners_code_in_its_colours_reads_on_light_and_dark_terminals(self):
+        printed = self.banner_on_a_terminal(columns=80)
+        self.assertIn("  for a browser or a phone:\n    same network:       http://192.0.2.10:5051/\n"
+                      f"    scan with a phone's camera to open the page\n{pcr.QR_COLOURS}█████",
+                      printed)   # the caption, then the code, right under the page's line
+        self.assert_fits(printed, 80)
+        for theme in ("light", "dark"):
+            self.assertEqual(self.scanned(terminal_image(printed, theme)), "http://192.0.2.10:5051/")
+        if shutil.which("zbarimg"):   # zbar reads no inverted code: left to a light theme, it is
+            self.assertEqual(zbar_read([terminal_image(printed, "light", colours=False)],
+                                       self.net.dir), [])
+
+    def test_with_no_color_the_banners_code_is_plain_blocks_light_on_dark(self):
+        printed = self.banner_on_a_terminal(columns=100, no_color=True)
+        self.assertNotIn("\x1b", printed)   # https://no-color.org
+        self.assertIn("    same network:       http://192.0.2.10:5051/\n"
+                      "    scan with a phone's camera to open the page\n█████", printed)
+        self.assert_fits(printed, 100)
+        self.assertEqual(self.scanned(terminal_image(printed, "dark")), "http://192.0.2.10:5051/")
 
     def test_an_ascii_console_gets_the_banner_without_a_code_or_a_traceback(self):
         proc = self.net.room(env={**os.environ, "PYTHONIOENCODING": "ascii"},
@@ -7810,6 +8139,71 @@ class InvitationOnANetworkTest(unittest.TestCase):
         self.assertEqual(seen["address"], "http://192.0.2.10:5051/")   # the key is gone
         self.assertEqual(seen["history"], "http://192.0.2.10:5051/")
         self.assertIn("Wendy", seen["people"])
+
+
+# ---------------------------------------------------------------------------
+# 11. Logging, and the console the host reads
+# ---------------------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal (and has no file behind it)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class ConsoleTextTest(unittest.TestCase):
+    """Console text fits the console (issue 31): wrapped at words to the
+    terminal's width, the rest indented; colours only where they are taken."""
+
+    def test_a_row_wraps_at_words_under_its_value(self):
+        row = ("    over the internet:  this machine's internet address could not be looked up; your "
+               "router's status page shows it (forward TCP ports 5050 and 5051 on your router)")
+        lines = pcr.fit_console(row, 80).split("\n")
+        self.assertEqual(lines[0], "    over the internet:  this machine's internet address could "
+                                   "not be looked up;")
+        self.assertTrue(all(line.startswith(" " * 24) and line[24] != " " for line in lines[1:]), lines)
+        self.assertLessEqual(max(map(len, lines)), 80)
+        self.assertEqual(" ".join(" ".join(lines).split()), " ".join(row.split()))
+
+    def test_a_sentence_goes_on_two_spaces_in_and_a_link_stays_whole(self):
+        link = "http://192.0.2.10:5051/#key=" + "k" * 60
+        text = f"Short.\nA sentence that is rather longer than this console is wide, with {link} in it."
+        lines = pcr.fit_console(text, 40).split("\n")
+        self.assertEqual(lines[0], "Short.")
+        self.assertTrue(all(line.startswith("  ") for line in lines[2:]), lines)
+        self.assertIn(link, [line.strip() for line in lines])   # too long to fit: whole, not cut
+        self.assertTrue(all(len(line) <= 40 for line in lines if link not in line), lines)
+
+    def test_colours_take_no_room_and_a_pipe_or_file_keeps_lines_whole(self):
+        drawn = pcr.QR_COLOURS + "█" * 40 + "\x1b[0m"
+        self.assertEqual(pcr.fit_console(drawn, 40), drawn)
+        long = "word " * 40
+        self.assertIsNone(pcr.console_width(io.StringIO()))
+        self.assertEqual(pcr.fit_console(long, pcr.console_width(io.StringIO())), long)
+        with mock.patch("shutil.get_terminal_size", return_value=os.terminal_size((100, 30))):
+            self.assertEqual(pcr.console_width(FakeTerminal()), 100 - WINDOWS)
+
+    def test_colours_only_on_a_terminal_without_no_color_and_not_dumb(self):
+        with mock.patch.dict(os.environ, {"TERM": "xterm"}):
+            os.environ.pop("NO_COLOR", None)
+            self.assertFalse(pcr.console_colours(io.StringIO()))   # a pipe or a file
+            if not WINDOWS:   # there the console itself is asked
+                self.assertTrue(pcr.console_colours(FakeTerminal()))
+            with mock.patch.dict(os.environ, {"NO_COLOR": "1"}):
+                self.assertFalse(pcr.console_colours(FakeTerminal()))
+            with mock.patch.dict(os.environ, {"TERM": "dumb"}):
+                self.assertFalse(pcr.console_colours(FakeTerminal()))
+
+    def test_a_warning_on_the_console_is_fitted_too(self):
+        record = pcr.log.makeRecord("pcr_server", pcr.logging.WARNING, __file__, 1,
+                                    "cannot write the log file %s (%s); logging to the screen only",
+                                    ("/no/such/folder/server.log", "No such file or directory"), None)
+        with mock.patch("shutil.get_terminal_size", return_value=os.terminal_size((50 + WINDOWS, 30))):
+            shown = pcr.ConsoleLog(FakeTerminal()).format(record).split("\n")
+        self.assertRegex(shown[0], r"^\d\d:\d\d:\d\d WARNING cannot write the log file$")
+        self.assertTrue(all(len(line) <= 50 and line.startswith("  ") for line in shown[1:]), shown)
 
 
 # ---------------------------------------------------------------------------
@@ -8601,6 +8995,50 @@ class GuiTest(unittest.TestCase):
         self.assertEqual(self.info("listen"), f"127.0.0.1:{port}")
 
 
+class WindowFitTest(unittest.TestCase):
+    """The window fits a laptop (issue 31): a 1366×768 screen above a 40 px
+    taskbar, and 1280×720, scrolling where needed.  Its size is set once and
+    nothing it shows changes it (a key, a Copy click, a port change, as
+    xdotool reads it), and no row is clipped.  On a network of its own where
+    namespaces can be made (the invitation's code shows then), else on loopback."""
+
+    def fits(self, size: str) -> None:
+        try:
+            import tkinter  # noqa: F401
+        except ImportError:
+            self.skipTest("tkinter is not installed")
+        if WINDOWS or not shutil.which("xdotool"):
+            self.skipTest("needs xdotool and an X server (Xvfb)")
+        display = start_xvfb(size)
+        net = None if test_net_missing() else TestNet(self)
+        folder = net.dir if net else tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        ports = (5050, 5060) if net else (free_port_and_the_next(), free_port_and_the_next())
+        command = [sys.executable, "-c", WINDOW_FIT, HERE, *map(str, ports),
+                   "0.0.0.0" if net else "127.0.0.1"]
+        done = subprocess.run(net.inside(*command) if net else command, cwd=folder,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "DISPLAY": display})
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        steps = [json.loads(line) for line in done.stdout.splitlines()]
+        self.assertEqual([step["step"] for step in steps], ["started with a key", "copied", "new port"])
+        wide, tall = map(int, size.split("x"))
+        for step in steps:
+            self.assertEqual((step["WIDTH"], step["HEIGHT"]), (steps[0]["WIDTH"], steps[0]["HEIGHT"]),
+                             step)
+            self.assertLessEqual(step["X"] + step["WIDTH"], wide, step)
+            self.assertLessEqual(step["Y"] + step["HEIGHT"], tall - pcr.TASKBAR, step)
+            self.assertEqual(step["clipped"], [], step)
+            self.assertEqual(step["wider"], [], step)   # nothing cut off at the right
+            self.assertEqual(step["scrolls"].split()[-1], str(step["holds"]), step)   # all of it
+
+    def test_on_a_1366_by_768_laptop_above_its_taskbar(self):
+        self.fits("1366x768")
+
+    def test_on_a_1280_by_720_screen(self):
+        self.fits("1280x720")
+
+
 class GuiLaunchTest(unittest.TestCase):
     """--gui where no window can open: one sentence, exit status 1."""
 
@@ -8718,6 +9156,7 @@ class HostWindowTest(unittest.TestCase):
         w.view.start_button.invoke()
         self.pump_until(lambda: w.state == pcr.RoomState.ERROR, "the error state")
         self.assertIn("Change port…", self.status())
+        self.assertNotIn("….", self.status())
         w.view.port_button.invoke()
         self.fill(w.dialog, str(free_port_and_the_next()))
         self.assertEqual(w.state, pcr.RoomState.STOPPED)
@@ -9158,42 +9597,6 @@ class HostTerminalTest(ServerCase):
     """--connect on a real terminal (a pseudo-terminal): an arriving line does
     not mix into the line being typed (issue 27)."""
 
-    def terminal(self, *args) -> tuple[subprocess.Popen, int, bytearray, threading.Condition]:
-        import pty
-        leader, follower = pty.openpty()
-        proc = subprocess.Popen([sys.executable, SERVER, *args], stdin=follower, stdout=follower,
-                                stderr=follower, close_fds=True)
-        os.close(follower)
-        shown, changed = bytearray(), threading.Condition()
-
-        def read() -> None:
-            while True:
-                try:
-                    data = os.read(leader, 65536)
-                except OSError:   # the terminal's other side closed
-                    data = b""
-                with changed:
-                    shown.extend(data)
-                    changed.notify_all()
-                if not data:
-                    return
-        threading.Thread(target=read, daemon=True).start()
-
-        def end() -> None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(WAIT)
-            os.close(leader)
-        self.addCleanup(end)
-        return proc, leader, shown, changed
-
-    @staticmethod
-    def shown_until(shown: bytearray, changed: threading.Condition, needle: bytes) -> bytes:
-        with changed:
-            if not changed.wait_for(lambda: needle in shown, WAIT):
-                raise AssertionError(f"no {needle!r} on the terminal; it shows {bytes(shown)!r}")
-            return bytes(shown)
-
     def test_an_arriving_line_prints_above_what_is_typed_and_the_typed_text_is_drawn_again(self):
         try:
             import readline  # noqa: F401
@@ -9201,17 +9604,76 @@ class HostTerminalTest(ServerCase):
             self.skipTest("this Python has no readline")
         self.start()
         bob = self.member("bob")
-        proc, leader, shown, changed = self.terminal("--connect", f"127.0.0.1:{self.port}",
-                                                     "--name", "cy")
-        self.shown_until(shown, changed, b"in the room as cy")
+        proc, leader, shown, changed = on_a_terminal(self, ["--connect", f"127.0.0.1:{self.port}",
+                                                            "--name", "cy"])
+        shown_until(shown, changed, b"in the room as cy")
         bob.read_until(b"cy joined the chat...\n")
         os.write(leader, b"half-typed mess")
-        self.shown_until(shown, changed, b"half-typed mess")
+        shown_until(shown, changed, b"half-typed mess")
         bob.send(b"bob: hello from cy's friend\n")
-        after = self.shown_until(shown, changed, b"bob: hello from cy's friend\r\nhalf-typed mess")
+        after = shown_until(shown, changed, b"bob: hello from cy's friend\r\nhalf-typed mess")
         self.assertIn(b"\r\x1b[Kbob: hello from cy's friend\r\nhalf-typed mess", after)
         os.write(leader, b"age\r")
         bob.read_until(b"cy: half-typed message\n")
+
+
+class ClientDoorTest(ServerCase):
+    """--connect at the page's port, or given the page's link or an invitation,
+    finds the room (issue 31), with ClientModeTest's helpers (not its tests)."""
+
+    settings = {"web_port": 0}
+    client, certificate = ClientModeTest.client, ClientModeTest.certificate
+
+    def test_a_link_gives_its_address_whether_it_is_https_and_its_key(self):
+        self.assertEqual(pcr.link_parts("http://192.0.2.10:5051/#key=Fam%26ly%2B2026%3Dx"),
+                         ("192.0.2.10:5051", False, "Fam&ly+2026=x"))
+        self.assertEqual(pcr.link_parts(" https://[::1]:5051/chat?x=1#key=k "), ("[::1]:5051", True, "k"))
+        self.assertEqual(pcr.link_parts("HTTP://example.org/"), ("example.org:80", False, ""))
+        self.assertEqual(pcr.link_parts("https://[::1]/"), ("[::1]:443", True, ""))
+        for address in ("example.org:5050", "[::1]:5050", "192.0.2.10"):
+            self.assertEqual(pcr.link_parts(address), (address, None, ""))
+
+    def test_the_pages_port_is_asked_where_the_room_is_and_the_room_joined_within_5_s(self):
+        self.start()
+        t0 = time.monotonic()
+        c = self.client(f"127.0.0.1:{self.server.web_address[1]}", name="ann")
+        c.read_until("ann joined the chat...\n")
+        self.assertLess(time.monotonic() - t0, 5.0)
+        said = c.said(f"in the room as ann at 127.0.0.1:{self.port};")
+        self.assertIn(f"127.0.0.1:{self.server.web_address[1]} is the room's chat page: joining its "
+                      f"room at 127.0.0.1:{self.port}\n", said)
+
+    def test_an_invitations_link_joins_with_its_key(self):
+        key = "Fam&ly+2026=x"
+        self.start(room_key=key)
+        tom = self.member(f"tom#{key}")
+        link = pcr.invitation(f"http://127.0.0.1:{self.server.web_address[1]}/", key)
+        c = self.client(link, name="ann")
+        c.read_until("ann joined the chat...\n")
+        tom.read_until(b"ann joined the chat...\n2 people are online...\n")
+        c.type("hello from the link\n")
+        tom.read_until(b"ann: hello from the link\n")
+        self.assertNotIn(key, c.output() + c.errors())
+
+    def test_the_rooms_own_link_joins_at_once(self):
+        self.start()
+        c = self.client(f"http://127.0.0.1:{self.port}/", name="ann")
+        c.read_until("ann joined the chat...\n")
+        self.assertNotIn("chat page", c.errors())
+
+    def test_an_https_link_goes_over_tls(self):
+        cert = self.certificate()
+        self.start(tls_cert=cert, tls_key=self.key)
+        c = self.client(f"https://localhost:{self.server.web_address[1]}/", name="ann", ca=cert)
+        c.read_until("ann joined the chat...\n")
+        c.said(f"in the room as ann at localhost:{self.port} over TLS;")
+
+    def test_a_link_to_nothing_is_one_sentence(self):
+        self.start()
+        c = self.client(f"http://127.0.0.1:{free_port()}/#key=x", name="ann")
+        self.assertEqual(c.wait(), 1)
+        ClientModeTest.assert_one_sentence(self, c.errors())
+        self.assertIn("Cannot reach 127.0.0.1:", c.errors())
 
 
 # ---------------------------------------------------------------------------
@@ -9861,6 +10323,27 @@ class HostCommandLineTest(ProcessCase):
         self.assertEqual(out.count("How friends join"), 1)
         self.assertNotIn(" INFO ", err)   # the log file has those
 
+    def test_a_terminate_or_ctrl_break_says_it_stops_then_stopped(self):
+        port = free_port_and_the_next()
+        proc = self.server("--port", str(port), "--log-file", "")
+        printed_until(proc, "Ctrl+C stops the server.")
+        interrupt(proc, signal.SIGTERM)
+        proc.wait(WAIT)
+        printed = printed_until(proc, "stopped\n")
+        self.assertTrue(printed.endswith("Ctrl+C stops the server.\nstopping: telling 0 members…\n"
+                                         "stopped\n"), printed[-200:])
+
+    def test_the_readmes_sample_banner_is_what_the_program_prints_on_80_columns(self):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+            sample = f.read().split("(a few seconds at most):\n\n", 1)[1].split("\n\n", 1)[0]
+        settings = pcr.Settings(port=5050, web_port=5051, log_file="/home/me/.privateChat_server.log")
+        join = pcr.friends_join(settings, ("0.0.0.0", 5050), "192.168.1.20", "203.0.113.7", 5051)
+        code = pcr.console_code(join.invite, io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+        banner = pcr.join_banner(settings, join, "looking", "", code)
+        banner = re.sub(r"(?m)^Log file: .*$", f"Log file: {settings.log_file}", banner)   # Windows' C:
+        self.assertLessEqual(set("█▀▄"), set(banner))   # drawn with its code
+        self.assertEqual(sample, "\n".join("    " + line for line in pcr.fit_console(banner, 80).split("\n")))
+
     def test_a_failed_look_up_is_logged_without_its_errno(self):
         import urllib.error
         failure = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
@@ -9878,6 +10361,50 @@ class HostCommandLineTest(ProcessCase):
         for flag in ("--max-backlog", "--app-char-time", "--tls-cert", "--handshake-timeout"):
             self.assertGreater(options.index(f"\n  {flag}"), experts, flag)
         self.assertIn("for a browser or a phone", " ".join(text.split()))
+
+
+@unittest.skipIf(WINDOWS, "no pseudo-terminals on Windows")
+class HostConsoleTest(ProcessCase):
+    """The console fits the console (issue 31), on a real terminal (a
+    pseudo-terminal) 80 and 100 columns wide: the banner and warnings wrap
+    at words, the rest indented; a stop says it begins and that it ended."""
+
+    def terminal_room(self, columns: int, *args: str) -> tuple[subprocess.Popen, int, bytearray,
+                                                                threading.Condition]:
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+        return on_a_terminal(self, ["--host", "127.0.0.1", "--public-ip-url", "", *args], columns,
+                             cwd=self.dir, env={**env, "TERM": "xterm"})
+
+    def test_the_banner_and_a_warning_wrap_at_words_at_80_and_100_columns(self):
+        for columns in (80, 100):
+            port = free_port_and_the_next()
+            proc, leader, shown, changed = self.terminal_room(
+                columns, "--port", str(port), "--log-file", os.path.join(self.dir, "no", "x.log"))
+            text = shown_until(shown, changed, b"Ctrl+C stops the server.").decode()
+            lines = SGR_CODE.sub("", text).replace("\r\n", "\n").split("\n")
+            self.assertLessEqual(max(map(len, lines)), columns, lines)
+            flat = " ".join(text.split())
+            self.assertIn(f"The room is open on 127.0.0.1:{port}, but nobody else can join: only this "
+                          f"machine reaches 127.0.0.1. Start without --host", flat)
+            self.assertIn("logging to the screen only", flat)
+            opening = next(i for i, line in enumerate(lines) if line.startswith("The room is open"))
+            self.assertRegex(lines[opening + 1], r"^  \S")   # its rest, two spaces in
+            self.assertNotIn("asks", flat)   # a room on loopback looks nothing up
+            os.write(leader, b"\x03")
+            self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_ctrl_c_says_it_is_telling_the_members_then_that_it_stopped(self):
+        port = free_port_and_the_next()
+        proc, leader, shown, changed = self.terminal_room(100, "--port", str(port), "--log-file", "")
+        shown_until(shown, changed, b"Ctrl+C stops the server.")
+        ann = Client(port)
+        self.addCleanup(ann.close)
+        ann.join("ann")
+        os.write(leader, b"\x03")   # Ctrl+C, as typed: the terminal echoes ^C
+        after = shown_until(shown, changed, b"stopped\r\n").decode()
+        self.assertIn("\rstopping: telling 1 member…\r\nstopped\r\n", after)
+        self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
+        self.assertEqual(proc.wait(WAIT), 0)
 
 
 # ---------------------------------------------------------------------------
@@ -10001,6 +10528,51 @@ class HostBrowserTest(BrowserCase):
         self.assertEqual(self.find("#key").get_property("value"), "")
         self.driver.close()
         self.driver.switch_to.window(self.driver.window_handles[0])
+
+
+class RoomPortBrowserTest(BrowserCase):
+    """The room's own port, the address most hosts give out (issue 31):
+    Chromium opens it, at the wait as it ships, is sent on to the page and
+    joins, and comes back there again (a spare connection Chromium opened to
+    the room's port ahead, and which the room then asked for a name, is never
+    used for the page); an invitation there fills the key in and says so."""
+
+    settings = {"web_port": 0, "door_wait": pcr.Settings().door_wait}
+
+    def test_chromium_at_the_rooms_port_gets_the_page_and_chats_and_comes_back(self):
+        self.start()
+        tom = self.member("tom")
+        page = f"http://127.0.0.1:{self.server.web_address[1]}/"
+        self.open_page(self.port)
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        tom.send(b"tom: hello at the room's address\n")
+        self.wait_for(lambda: "hello at the room's address" in self.text("#log"), "tom's line")
+        self.say("hi tom")
+        tom.read_until(b"Wendy: hi tom\n")
+        self.assertEqual(self.driver.current_url, page)
+        self.assert_no_policy_violations()
+        for again in range(3):   # the room's address again, at once and after its spare was asked
+            self.driver.get("about:blank")
+            time.sleep(0.3 * again)
+            self.open_page(self.port)
+            self.wait_for(lambda: self.find("#name").is_displayed(), f"the page again ({again})")
+            self.assertEqual(self.driver.current_url, page)
+        self.assertNotIn("a browser came to the room's port", self.log_text())
+
+    def test_an_invitation_fills_the_key_in_and_says_so(self):
+        self.start(room_key="tulip-2026")
+        tom = self.member("tom#tulip-2026")
+        self.driver.get(f"http://127.0.0.1:{self.port}/#key=tulip-2026")
+        self.wait_for(lambda: self.text("#join-status") ==
+                      "This room needs a key: the key from your invitation is filled in.", "the sentence")
+        self.join_as("Wendy")   # a name alone
+        tom.read_until(b"Wendy joined the chat...\n")
+        self.driver.get("about:blank")
+        self.open_page(self.port)   # without an invitation, in a tab that kept the key
+        self.wait_for(lambda: self.text("#join-status") == "This room needs a key: it is filled in.",
+                      "the sentence for a kept key")
 
 
 class PhoneSleepTest(PhonePageCase):

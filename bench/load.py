@@ -958,7 +958,7 @@ class Crowd:
         """Open every member (a batch at a time, never waiting while the
         door has room) and wait until each is in, or the timeout."""
         w = self.work
-        start = time.monotonic()
+        start, cpu0 = time.monotonic(), self.gauge.cpu_s()
         deadline = start + w.timeout
         opened = 0
         while time.monotonic() < deadline:
@@ -974,6 +974,9 @@ class Crowd:
         ok = self.inside == len(self.members)
         figures = {"connect_ok": ok, "joined": self.inside,
                    "connect_s": round((self.last_in if ok else time.monotonic()) - start, 3)}
+        cpu1 = self.gauge.cpu_s()
+        if cpu0 is not None and cpu1 is not None:
+            figures["server_cpu_s_join"] = round(cpu1 - cpu0, 3)
         self._wait_for_app_windows(deadline)
         return figures
 
@@ -1296,6 +1299,7 @@ def latency_figures(latencies_ns: list[int]) -> dict:
 TABLE = (
     ("joined", "members in", False),
     ("connect_s", "connect s (all in)", True),
+    ("server_cpu_s_join", "server CPU s (join)", True),
     ("server_kib_per_member", "server KiB per member", True),
     ("deliveries_per_s", "deliveries/s", True),
     ("server_cpu_s_per_1M_deliveries", "server CPU s per 1M deliveries", True),
@@ -2135,7 +2139,8 @@ checks: every member tallies each sender's numbers (lost, duplicates, order_erro
   on events, one recv(1024) per App read.  closed_by_server: non-stalled members the
   server closed; stalled_closed: stalled ones (read dry at the end to find out).
 
-figures: connect_s, server_kib_per_member (RSS growth over the join / members),
+figures: connect_s, server_cpu_s_join (the server's CPU until all are in),
+  server_kib_per_member (RSS growth over the join / members),
   server CPU s per 1M deliveries and CPU % over the talk (from /proc/PID/stat,
   all threads), server_cpu_pct_run (join + talk), deliveries/s, latency
   p50/p99/p99.9/max (probes; with --app-type-ms an App probe's includes its typing),
