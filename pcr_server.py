@@ -161,6 +161,7 @@ class Settings:
     web_ping: float = 30.0            # a web member is pinged this often; no pong by the next: gone
     web_grace: float = 120.0          # a web member whose connection is lost keeps its seat this long
     history: int = 0                  # chat lines kept in memory for newcomers; 0: none
+    edit_window: float = 900.0        # seconds in which a member may edit or delete its own line
     photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
     photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
@@ -358,6 +359,25 @@ PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
 HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
              "/help shows this\n")
+# What a page does to a line (docs/PROTOCOL.md, "Replies, reactions, edits"): it asks with a
+# text that begins with NUL, which no typed line does; the room answers its sender in a sentence.
+ACTION_MARK = "\x00"
+PAGE_ACTS = ("reply", "react", "edit", "delete", "typing")
+REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")
+QUOTE_CHARS = 40     # a reply or a reaction quotes about this many of a line's first characters
+LINE_ACTS_DONE = {"react": "reacted to", "edit": "edited", "delete": "deleted"}   # in sentences
+LINE_NOT_KEPT = "that line is no longer kept in the room, so it cannot be {}\n"
+LINE_DELETED = "that line was deleted, so it cannot be {}\n"
+NOT_YOURS = "only the member who sent a line can {} it\n"
+TOO_LATE = "a line can be {} only within {} of sending it\n"
+PHOTO_NOT_EDITED = "a photo cannot be edited: delete it and share another\n"
+EDIT_NEEDS_WORDS = "an edit needs words: to take a line back, delete it\n"
+ANSWERED_NOT_KEPT = "the line you answered is no longer kept, so yours was sent as a new line\n"
+PRIVATE_NOT_KEPT = "the private line you answered is no longer kept, so your reply was not sent\n"
+PARTNER_GONE = "{} is not in the room now, so your private reply was not sent\n"
+NOT_A_REACTION = f"a reaction is one of {' '.join(REACTIONS)}\n"
+REACTING_TOO_FAST = "you are reacting to that line too fast; wait a few seconds\n"
+NOT_UNDERSTOOD = "the room did not understand what your page sent; reload the page\n"
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -378,6 +398,10 @@ _LOOKALIKES = str.maketrans(
     "АВЕІЈКМНОРСТУХЅҮԚԜҺΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
     "aeijopcyxsdqwhlaiopucjviag"
     "ABEIJKMHOPCTYXSYQWHABEZHIKMNOPTYX")
+# The line forms the room writes after a member's name (a reply, a reaction or its taking
+# back, an edit, a photo), in a name as name_fold() sees it: a name holding one could make
+# its ordinary line `NAME: TEXT` read as one of them (clean_name breaks it).
+_ROOM_FORMS = re.compile(r"(?:^|\s)\(to\s|\sreacted\s|\stook back\s|\sedited$|\sshared a photo$")
 
 
 def joined_notice(names: list[str]) -> str:
@@ -398,6 +422,52 @@ def chat_notice(name: str, text: str) -> str:
 
 def photo_notice(name: str, link: str) -> str:
     return f"{name} shared a photo: {link}\n"
+
+
+def first_words(text: str, most: int = QUOTE_CHARS) -> str:
+    """About the first `most` characters of `text`, cut after a word and
+    ended with … when anything was cut: how a reply or a reaction quotes it."""
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) <= most:
+        return text
+    cut = text.rfind(" ", 0, most + 1)
+    return text[:cut if cut > most // 2 else most].rstrip(" ,;:.!?-") + "…"
+
+
+def answered_text(name: str, words: str | None) -> str:
+    """A line as a reply or a reaction names it: `bob: "are we meeting at five…"`
+    (its first words), `bob: a photo`, or `bob: a deleted line` (words "")."""
+    if words:
+        return f'{name}: "{words}"'
+    return f"{name}: {'a photo' if words is None else 'a deleted line'}"
+
+
+def reply_notice(speaker: str, answered: str, text: str) -> str:
+    """A reply: `anna (to bob: "are we meeting at five…"): yes, at five`; the
+    speaker of a private one is `[private] anna to bob`."""
+    return f"{speaker} (to {answered}): {text}\n"
+
+
+def reaction_notice(name: str, emoji: str, answered: str, on: bool) -> str:
+    """`anna reacted 👍 to bob: "…"`, or `anna took back 👍 from bob: "…"`."""
+    if on:
+        return f"{name} reacted {emoji} to {answered}\n"
+    return f"{name} took back {emoji} from {answered}\n"
+
+
+def edit_notice(name: str, text: str) -> str:
+    return f'{name} edited: "{text}"\n'
+
+
+def delete_notice(name: str) -> str:
+    """A line taken back: who, never its words."""
+    return f"{name} deleted a line\n"
+
+
+def duration_words(seconds: float) -> str:
+    """A time as a sentence says it: `15 minutes`, `1 minute`, `90 seconds`."""
+    n, unit = (seconds // 60, "minute") if seconds >= 60 and seconds % 60 == 0 else (seconds, "second")
+    return f"{n:g} {unit}{'' if n == 1 else 's'}"
 
 
 def count_notice(n: int) -> str:
@@ -431,6 +501,25 @@ def private_readings(request: str) -> list[tuple[str, str]]:
     return [(request[:cut], request[cut:].lstrip()) for cut in reversed(cuts)]
 
 
+def page_action(text: str) -> dict | None:
+    """What a page asks of the room after ACTION_MARK: one JSON object,
+    {"act": "reply" | "react" | "edit" | "delete" | "typing", "id": LINE,
+    "text": ..., "emoji": ..., "private": ...}; None if it is not one."""
+    try:
+        action = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(action, dict) or action.get("act") not in PAGE_ACTS:
+        return None
+    line_id = action.setdefault("id", 0)
+    if action["act"] != "typing" and not (type(line_id) is int and line_id > 0):
+        return None
+    if not (isinstance(action.setdefault("text", ""), str)
+            and isinstance(action.setdefault("emoji", ""), str)):
+        return None
+    return action
+
+
 def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
     overrides and line separators removed."""
@@ -450,7 +539,10 @@ def clean_name(text: str) -> str:
     text = _SPACES.sub(" ", text).strip()
     if text[:1].isdigit() or name_look(text).startswith(PRIVATE_TAG):
         text = "_" + text
-    return text[:MAX_NAME].strip()
+    text = text[:MAX_NAME].strip()
+    if _ROOM_FORMS.search(name_fold(text)):   # `anna edited`: its spaces become `_`
+        text = "".join("_" if _SPACES.search(name_fold(c)) else c for c in text)
+    return text
 
 
 def name_look(name: str) -> str:
@@ -458,6 +550,14 @@ def name_look(name: str) -> str:
     `аlice` (Cyrillic а) all look like `alice`."""
     text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", name))
     return text.translate(_LOOKALIKES).casefold().translate(_LOOKALIKES)
+
+
+def name_fold(name: str) -> str:
+    """A name as a reader might take it: its look, combining marks dropped
+    and every space one space (`Ａnna¨ＥＤＩТЕD` folds to `anna edited`)."""
+    text = unicodedata.normalize("NFKD", _INVISIBLE.sub("", name))
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "M")
+    return _SPACES.sub(" ", name_look(text))
 
 
 def numbered_name(name: str, n: int) -> str:
@@ -631,6 +731,31 @@ def ws_marked_at(data: bytes | bytearray, offset: int, start: int) -> bool:
     except ValueError:
         return False
     return isinstance(event, dict) and event.get("at") == start + at + length - offset
+
+
+def ws_frame_span(data: bytes | bytearray, offset: int) -> tuple[int, int]:
+    """Where the payload of the whole frame ws_frame() wrote at `offset` is: (start, stop)."""
+    length, at = data[offset + 1] & 0x7F, offset + 2
+    if length == 126:
+        length, at = struct.unpack_from("!H", data, at)[0], at + 2
+    elif length == 127:
+        length, at = struct.unpack_from("!Q", data, at)[0], at + 8
+    return at, at + length
+
+
+def ws_scrubbed(payload: bytes, line_id: int) -> bytes:
+    """An event's JSON `payload` without the words of line `line_id` (its
+    text or photo, an edit's text, a reply's quote of it), as long as it
+    was: everything else, `at` too, is kept, so the stream's marks hold."""
+    event = json.loads(payload)
+    if event.get("id") == line_id:
+        for words in ("text", "url", "width", "height"):
+            event.pop(words, None)
+    reply = event.get("reply")
+    if isinstance(reply, dict) and reply.get("id") == line_id:
+        reply.pop("text", None)
+    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    return body[:-1] + b" " * (len(payload) - len(body)) + b"}"
 
 
 def resume_request(payload: bytes) -> tuple[str, str, int] | None:
@@ -1518,6 +1643,9 @@ class Transport:
 # ---------------------------------------------------------------------------
 
 MAX_NOTES = 16      # lines for one member alone waiting to be sent
+LINES_KEPT = 2000   # lines the room keeps by id, to be answered, reacted to, edited, deleted
+REACTIONS_KEPT = 20000   # reactions on them, all told: past that the oldest lines go
+REACTORS_LISTED = 20     # names a page is given for one reaction on one line; the rest are counted
 ENDED_SEATS = 1000  # web seats that ended while away, remembered to tell their pages why
 TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
@@ -1550,7 +1678,7 @@ class Member:
     transport's."""
 
     __slots__ = ("transport", "ip", "group", "stage", "kind", "claimed", "name", "look", "forms",
-                 "since", "named_at", "ready_at", "bucket", "resume")
+                 "since", "named_at", "ready_at", "bucket", "resume", "number")
 
     def __init__(self, ip: str, group: str, now: float, kind: Kind = Kind.LINE):
         self.transport: Transport | None = None
@@ -1566,6 +1694,7 @@ class Member:
         self.ready_at = 0.0      # when it is (to be) welcomed
         self.bucket: Bucket | None = None   # its line rate, once in
         self.resume: Timer | None = None    # lets it speak again after its rate held it back
+        self.number = 0          # once in: its number in this run of the room, on what it says
 
     def __repr__(self) -> str:
         return f"<Member {self.name or '?'} {self.ip} {self.stage.value}>"
@@ -1691,9 +1820,95 @@ class Album:
     def kept(self, photo: Photo) -> bool:
         return self.photos.get(photo.file) is photo
 
+    def remove(self, photo: Photo) -> None:
+        """Its sender took it back: its address is nothing from now on."""
+        if self.kept(photo):
+            del self.photos[photo.file]
+            self.size -= len(photo.body)
+
     def clear(self) -> None:
         self.photos.clear()
         self.size = 0
+
+
+class Said:
+    """A line said in the room (a chat line, a private line, a photo), as
+    the room keeps it: its id, who said it (name, and the member's number),
+    when, its words or photo, for a private line its receiver, the line it
+    answers (`re`: id, name, and that line's first words: None for a photo,
+    "" once deleted), who reacted with what, and whether it was edited or
+    deleted (then its words and photo are gone)."""
+
+    __slots__ = ("id", "name", "author", "at", "text", "photo", "to", "to_number", "re",
+                 "reactions", "edited", "deleted")
+
+    def __init__(self, m: Member, at: float, text: str = "", photo: Photo | None = None,
+                 to: Member | None = None, answers: Said | None = None):
+        self.id = 0
+        self.name, self.author, self.at, self.text, self.photo = m.name, m.number, at, text, photo
+        self.to, self.to_number = (to.name, to.number) if to else ("", 0)
+        self.re = answers.quoted() if answers else None
+        self.reactions: dict[str, dict[int, str]] = {}   # emoji -> member number -> name
+        self.edited = self.deleted = False
+
+    def quoted(self) -> tuple[int, str, str | None]:
+        """This line as a reply quotes it: (id, name, first words)."""
+        return self.id, self.name, "" if self.deleted else None if self.photo else first_words(self.text)
+
+    def heard_by(self, m: Member) -> bool:
+        """m may see this line: everyone, or the two of a private line."""
+        return not self.to_number or m.number in (self.author, self.to_number)
+
+
+class Transcript:
+    """The room's last lines by id, in memory only, for what members do to
+    them: ids count from 1 and are never reused in a run of the room; at
+    most LINES_KEPT lines and REACTIONS_KEPT reactions on them are kept
+    (the oldest lines go first).  So it holds at most LINES_KEPT times
+    --max-line bytes of words (8 MiB at 4096) and about 2 MiB of reactions."""
+
+    def __init__(self):
+        self.lines: collections.OrderedDict[int, Said] = collections.OrderedDict()
+        self.next_id = 1
+        self.reactions = 0
+
+    def keep(self, said: Said) -> Said:
+        said.id, self.next_id = self.next_id, self.next_id + 1
+        self.lines[said.id] = said
+        if len(self.lines) > LINES_KEPT:
+            self._forget_oldest()
+        return said
+
+    def _forget_oldest(self) -> None:
+        _, said = self.lines.popitem(last=False)
+        self.reactions -= sum(map(len, said.reactions.values()))
+
+    def get(self, line_id: int) -> Said | None:
+        return self.lines.get(line_id)
+
+    def react(self, said: Said, m: Member, emoji: str) -> bool:
+        """m's reaction on `said`, or taken back if m had it (False)."""
+        who = said.reactions.setdefault(emoji, {})
+        if who.pop(m.number, None) is not None:
+            self.reactions -= 1
+            if not who:
+                del said.reactions[emoji]
+            return False
+        who[m.number] = m.name
+        self.reactions += 1
+        while self.reactions > REACTIONS_KEPT and len(self.lines) > 1:
+            self._forget_oldest()
+        return True
+
+    def changed(self, said: Said) -> None:
+        """`said` was edited or deleted: the replies that quote it quote it so."""
+        if said.deleted:
+            self.reactions -= sum(map(len, said.reactions.values()))
+            said.reactions.clear()
+        quoted = said.quoted()
+        for line in self.lines.values():
+            if line.re is not None and line.re[0] == said.id:
+                line.re = quoted
 
 
 class Outlet:
@@ -1779,6 +1994,16 @@ class Outlet:
         """`data` for m alone, in the stream: kept and paced like the rest."""
         self.stream.add_part(data, m)
         self._flush_soon()
+
+    def _tell(self, data: bytes, only: Member | None) -> None:
+        """`data` for every reader, or in the stream for `only` alone."""
+        if only is None:
+            self._say(data)
+        else:
+            self._say_to(only, data)
+
+    def typing(self, name: str) -> None:
+        """`name` is typing: only pages are told."""
 
     def _note(self, m: Member, data: bytes, at: int | None = None) -> None:
         """`data` for m alone, at stream position `at`: after what it has been sent so far."""
@@ -1871,13 +2096,25 @@ class Outlet:
             t.pos = pos
 
 
+def said_notice(said: Said) -> str:
+    """A line as line readers read it: `anna: hi`, `[private] anna to bob: hi`,
+    a reply (reply_notice), or `anna deleted a line`."""
+    if said.deleted:
+        return f"{PRIVATE_TAG} " * bool(said.to) + delete_notice(said.name)
+    if said.re is not None:
+        speaker = f"{PRIVATE_TAG} {said.name} to {said.to}" if said.to else said.name
+        return reply_notice(speaker, answered_text(*said.re[1:]), said.text)
+    return private_notice(said.name, said.to, said.text) if said.to else chat_notice(said.name, said.text)
+
+
 class LineOutlet(Outlet):
-    """Terminals: the room's lines, as they are said."""
+    """Terminals: the room's lines, as they are said; what is done to a line
+    (a reaction, an edit, a deletion), as one more line."""
 
     kind = Kind.LINE
 
-    def chat(self, name: str, text: str) -> None:
-        self._say(chat_notice(name, text).encode())
+    def chat(self, said: Said) -> None:
+        self._say(said_notice(said).encode())
 
     def joined(self, names: list[str], present: int) -> None:
         self._say(joined_notice(names).encode())
@@ -1891,13 +2128,13 @@ class LineOutlet(Outlet):
     def stop(self) -> None:
         self._say(STOP_NOTICE.encode())
 
-    def note(self, m: Member, text: str) -> None:
+    def note(self, m: Member, text: str, words: str = "") -> None:
         self._note(m, text.encode())
 
-    def photo(self, name: str, photo: Photo) -> None:
+    def photo(self, said: Said) -> None:
         """A line with a link to it for each reader, at the address it reached the room at."""
         for m in self.readers:   # in the stream, paced and kept like a private line
-            self._say_to(m, photo_notice(name, self._link(m, photo)).encode())
+            self._say_to(m, photo_notice(said.name, self._link(m, said.photo)).encode())
 
     def _link(self, m: Member, photo: Photo) -> str:
         return self.page_at(m) + photo.url[1:]
@@ -1909,14 +2146,29 @@ class LineOutlet(Outlet):
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, who_notice(names).encode())
 
-    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
-        """A private line from `sender` to `receiver`, for m (one of the two) alone."""
-        self._say_to(m, private_notice(sender, receiver, text).encode())
+    def private(self, m: Member, said: Said) -> None:
+        """A private line, for m (its sender or its receiver) alone."""
+        self._say_to(m, said_notice(said).encode())
 
-    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
-        """What was said before m came (--history), before its own join line."""
-        self._note(m, "".join(photo_notice(name, self._link(m, photo)) if photo else
-                              chat_notice(name, text) for name, text, photo in lines).encode())
+    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: Member | None = None) -> None:
+        """`name` reacted to `said` with `emoji` (or took it back): for all, or `only`."""
+        answered = answered_text(*said.quoted()[1:])
+        self._about(said, reaction_notice(name, emoji, answered, on), only)
+
+    def edited(self, said: Said, only: Member | None = None) -> None:
+        self._about(said, edit_notice(said.name, said.text), only)
+
+    def deleted(self, said: Said, only: Member | None = None) -> None:
+        self._about(said, delete_notice(said.name), only)
+
+    def _about(self, said: Said, text: str, only: Member | None) -> None:
+        """A line about `said`: private like it, if it is."""
+        self._tell((f"{PRIVATE_TAG} " * bool(said.to) + text).encode(), only)
+
+    def history(self, m: Member, lines: list[Said]) -> None:
+        """What was said before m came (--history), before its own join line: each line as it reads now."""
+        self._note(m, "".join(photo_notice(said.name, self._link(m, said.photo)) if said.photo
+                              else said_notice(said) for said in lines).encode())
 
 
 class WebSeat:
@@ -1967,6 +2219,8 @@ class WebOutlet(Outlet):
         self.seat_of: dict[Member, WebSeat] = {}
         self.first_number = 1 + secrets.randbelow(10 ** 9) * 10 ** 9   # this run's first seat
         self.next_number = self.first_number
+        # line id -> where the frames in the stream that hold its words begin (_scrub)
+        self.holding: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
 
     def greet(self, m: Member) -> bool:
         """m's connection is ready: the web door reads its HTTP request first."""
@@ -1978,22 +2232,105 @@ class WebOutlet(Outlet):
     def listening(self) -> bool:
         return bool(self.readers or self.away)   # those away may come back for it
 
-    def _event(self, kind: str, **fields) -> None:
-        """An event for every web member, those away too."""
-        if self.listening:
-            self.stream.buf += ws_marked_event(self.stream.end, kind, **fields)
+    def _event(self, kind: str, /, only: Member | None = None, **fields) -> int:
+        """An event for every web member, those away too, or for `only` alone;
+        where it begins in the stream (-1: nobody reads it)."""
+        start = self.stream.end
+        if only is not None:
+            self._say_to(only, ws_marked_event(start, kind, **fields))
+        elif self.listening:
+            self.stream.buf += ws_marked_event(start, kind, **fields)
             self._flush_soon()
+        else:
+            return -1
+        return start
 
-    def chat(self, name: str, text: str) -> None:
-        self._event("chat", name=name, text=text)
+    def chat(self, said: Said) -> None:
+        self._hold(said, self._event("chat", **self._line_fields(said)))
 
-    def photo(self, name: str, photo: Photo) -> None:
-        self._event("photo", name=name, **self._photo_fields(photo))
+    def photo(self, said: Said) -> None:
+        self._hold(said, self._event("photo", **self._line_fields(said)))
+
+    def private(self, m: Member, said: Said) -> None:
+        """A private line for m alone, marked with its place like every event,
+        kept like them for a page that is away."""
+        self._hold(said, self._event("private", only=m, **self._line_fields(said)))
 
     @staticmethod
     def _photo_fields(photo: Photo) -> dict:
         """A photo as the page finds it: its address on the page's own server, and its size."""
         return {"url": photo.url, "width": photo.width, "height": photo.height}
+
+    def _line_fields(self, said: Said, reactions: bool = False) -> dict:
+        """A line as a page shows it: its id, who said it, its words or photo
+        (none once deleted), edited, the line it answers; and its reactions."""
+        fields: dict = {"id": said.id}
+        if said.to:
+            fields.update({"kind": "private", "from": said.name, "to": said.to})
+        else:
+            fields["name"] = said.name
+        if said.deleted:
+            fields["deleted"] = True
+        elif said.photo:
+            fields.update(self._photo_fields(said.photo))
+        else:
+            fields["text"] = said.text
+            if said.edited:
+                fields["edited"] = True
+        if said.re is not None:
+            line_id, name, words = said.re
+            fields["reply"] = {"id": line_id, "name": name, **(
+                {"text": words} if words else {"photo": True} if words is None else {"deleted": True})}
+        if reactions and said.reactions:
+            fields["reactions"] = {emoji: self._reactors(who) for emoji, who in said.reactions.items()}
+        return fields
+
+    @staticmethod
+    def _reactors(who: dict[int, str]) -> dict:
+        return {"n": len(who), "names": list(itertools.islice(who.values(), REACTORS_LISTED))}
+
+    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: Member | None = None) -> None:
+        """A reaction to `said` (or taken back), with who has it on that line now."""
+        self._event("react", only=only, id=said.id, emoji=emoji, name=name, on=on,
+                    **self._reactors(said.reactions.get(emoji, {})))
+
+    def edited(self, said: Said, only: Member | None = None) -> None:
+        """The new words of `said`: they alone are kept from now on."""
+        self._scrub(said.id)
+        self._hold(said, self._event("edit", only=only, id=said.id, name=said.name, text=said.text),
+                   quoting=False)
+
+    def deleted(self, said: Said, only: Member | None = None) -> None:
+        self._scrub(said.id)
+        self._event("delete", only=only, id=said.id, name=said.name)
+
+    def typing(self, name: str) -> None:
+        self._event("typing", name=name)
+
+    # -- what the stream keeps of a line: its words go when it is edited or deleted
+    def _hold(self, said: Said, start: int, quoting: bool = True) -> None:
+        """The frame at `start` holds words of `said` (and, a reply's, of the line it quotes)."""
+        if start >= 0:
+            self.holding.setdefault(said.id, []).append(start)
+            if quoting and said.re is not None:
+                self.holding.setdefault(said.re[0], []).append(start)
+
+    def _scrub(self, line_id: int) -> None:
+        """The words of line `line_id` leave every frame the stream still
+        keeps (what a page that is away will be given): each is rewritten
+        as long as it was, without them (ws_scrubbed).  A reader in the
+        middle of one is given the rest of it first, as it was."""
+        stream = self.stream
+        for start in self.holding.pop(line_id, ()):
+            if start < stream.base:
+                continue
+            begin, stop = ws_frame_span(stream.buf, start - stream.base)
+            end = stream.base + stop
+            for t in self.readers.values():
+                if start < t.pos < end:
+                    t.write(stream.between(t.pos, end))
+                    t.pos = end
+            stream.buf[begin:stop] = ws_scrubbed(bytes(stream.buf[begin:stop]), line_id)
 
     def unshared(self, m: Member, text: str) -> None:
         """m's photo was not shared: why."""
@@ -2012,8 +2349,9 @@ class WebOutlet(Outlet):
     def stop(self) -> None:
         self._say(ws_event("stop", text=STOPPED_TEXT) + ws_close(WS_GOING_AWAY, STOPPED_TEXT))
 
-    def note(self, m: Member, text: str) -> None:
-        self._note(m, ws_event("note", text=text.rstrip("\n")))
+    def note(self, m: Member, text: str, words: str = "") -> None:
+        """A line for m alone; `words`: what m sent that did not go, back for its text box."""
+        self._note(m, ws_event("note", text=text.rstrip("\n"), **({"words": words} if words else {})))
 
     def joined_note(self, m: Member) -> None:
         self._note(m, ws_event("join", names=[m.name], others=0,
@@ -2023,16 +2361,10 @@ class WebOutlet(Outlet):
         self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
                                others=max(0, len(names) - self.WHO_LISTED)))
 
-    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
-        """A private line for m alone, marked with its place like every event,
-        kept like them for a page that is away."""
-        self._say_to(m, ws_marked_event(self.stream.end, "private", **{
-            "kind": "private", "from": sender, "to": receiver, "text": text}))
-
-    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
-        self._note(m, ws_event("history", lines=[
-            {"name": name, **(self._photo_fields(photo) if photo else {"text": text})}
-            for name, text, photo in lines]))
+    def history(self, m: Member, lines: list[Said]) -> None:
+        """What was said before m came, each line as the other pages show it now."""
+        self._note(m, ws_event("history", lines=[self._line_fields(said, reactions=True)
+                                                 for said in lines]))
 
     def welcome(self, m: Member) -> None:
         """The page learns its name in the room, and the token that brings it back."""
@@ -2117,6 +2449,9 @@ class WebOutlet(Outlet):
                     self.drop(m, f"missed over {self.settings.max_backlog} bytes while away")
             low = min(low, keep)
         self.stream.trim(low)
+        holding = self.holding
+        while holding and holding[next(iter(holding))][-1] < self.stream.base:
+            holding.popitem(last=False)
 
     # -- pings: a page whose connection is gone leaves ---------------------
     def add(self, m: Member, present: int) -> None:
@@ -2368,7 +2703,10 @@ class Room:
     member whose outlet holds its seat through a lost connection stays in,
     away (away, back).  The last `history` chat lines are kept, in memory
     only, for newcomers, and the photos shared (the album), photo lines in
-    the history while their photos are kept.  `entered(m)` is the one call
+    the history while their photos are kept.  Each line said gets an id
+    (the transcript), by which it can be answered, reacted to, and, by its
+    sender within edit_window, edited or deleted; what is done to a private
+    line stays between its two members.  `entered(m)` is the one call
     back up: m is in, read what it says.
     """
 
@@ -2385,8 +2723,10 @@ class Room:
         self.presence_timer: Timer | None = None
         self.closing = False
         self.guests = 0
-        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text, photo)
+        self.history: collections.deque[Said] = collections.deque(maxlen=settings.history)
         self.album = Album(settings.photos << 20)
+        self.transcript = Transcript()
+        self.numbers = itertools.count(1)   # each member's, as it comes in
 
     def outlet(self, m: Member) -> Outlet:
         return self.outlets[m.kind]
@@ -2428,25 +2768,40 @@ class Room:
         """The outlets anyone reads from: only they encode what happens."""
         return [outlet for outlet in self.outlets.values() if outlet.listening]
 
-    def chat(self, m: Member, said: str) -> None:
+    def say(self, m: Member, said: str) -> None:
+        """What m's line says: a command (/who, /help, /msg) or a chat line."""
+        command, rest = (said.split(None, 1) + [""])[:2]
+        if command == "/who" and not rest:
+            self.who(m)
+        elif command == "/help" and not rest:
+            self.tell(m, HELP_TEXT)
+        elif command == "/msg":
+            self.private(m, rest)
+        else:
+            self.chat(m, said)
+
+    def chat(self, m: Member, text: str, answers: Said | None = None) -> None:
+        said = self.transcript.keep(Said(m, self.loop.now, text, answers=answers))
         for outlet in self._listening():
-            outlet.chat(m.name, said)
-        self.history.append((m.name, said, None))
+            outlet.chat(said)
+        self.history.append(said)
 
     def photo(self, m: Member, photo: Photo) -> bool:
         """m shares a photo: kept in the album (the oldest may go) and shown to
         everyone; False if it is larger than the whole album."""
         if not self.album.add(photo):
             return False
+        said = self.transcript.keep(Said(m, self.loop.now, photo=photo))
         for outlet in self._listening():
-            outlet.photo(m.name, photo)
-        self.history.append((m.name, "", photo))
+            outlet.photo(said)
+        self.history.append(said)
         log.info("%s shared a photo (%d KiB)", quoted(m.name), -(-len(photo.body) // 1024))
         return True
 
-    def tell(self, m: Member, text: str) -> None:
-        """A line for m alone, after what it has been sent so far."""
-        self.outlet(m).note(m, text)
+    def tell(self, m: Member, text: str, words: str = "") -> None:
+        """A line for m alone, after what it has been sent so far (and what
+        it sent that did not go, back, for a page)."""
+        self.outlet(m).note(m, text, words)
 
     def who(self, m: Member) -> None:
         """Answer /who to m alone: who is in the room (`NAME (away)`: its seat is held)."""
@@ -2468,8 +2823,98 @@ class Room:
         else:
             self.tell(m, nobody_notice(clean_name(readings[-1][0])))
             return
+        self._private(m, receiver, text)
+
+    def _private(self, m: Member, receiver: Member, text: str, answers: Said | None = None) -> None:
+        said = self.transcript.keep(Said(m, self.loop.now, text, to=receiver, answers=answers))
         for x in {receiver: None, m: None}:   # the receiver, then the sender (once if the same)
-            self.outlet(x).private(x, m.name, receiver.name, text)
+            self.outlet(x).private(x, said)
+
+    # -- what members do to lines ----------------------------------------
+    def reply(self, m: Member, line_id: int, text: str, private: bool = False) -> None:
+        """m answers line `line_id` with `text`: in public, or, to a private
+        line, to the other of its two.  A line no longer kept is answered
+        with a new line, unless m's page says it was private (then m is
+        told, and given its words back)."""
+        answered = self.transcript.get(line_id)
+        if answered is None or not answered.heard_by(m):
+            if private:
+                self.tell(m, PRIVATE_NOT_KEPT, text)
+            else:
+                self.tell(m, ANSWERED_NOT_KEPT)
+                self.chat(m, text)
+        elif not answered.to:
+            self.chat(m, text, answered)
+        else:
+            other = answered.to if m.number == answered.author else answered.name
+            receiver = self.find(other)
+            if receiver in self.members and receiver.number in (answered.author, answered.to_number):
+                self._private(m, receiver, text, answered)
+            else:
+                self.tell(m, PARTNER_GONE.format(other), text)
+
+    def react(self, m: Member, line_id: int, emoji: str) -> None:
+        """m's reaction to a line, or taken back if m had it already."""
+        said = self._line_for(m, line_id, "react")
+        if said is not None:
+            on = self.transcript.react(said, m, emoji)
+            self._publish(said, lambda outlet, only: outlet.reacted(said, m.name, emoji, on, only))
+
+    def edit(self, m: Member, line_id: int, text: str) -> None:
+        """m's own line gets new words (edit_window after it was said at most)."""
+        said = self._line_for(m, line_id, "edit")
+        if said is None or said.text == text:
+            return
+        said.text, said.edited = text, True
+        self.transcript.changed(said)
+        self._publish(said, lambda outlet, only: outlet.edited(said, only))
+
+    def delete(self, m: Member, line_id: int) -> None:
+        """m takes its own line back (edit_window after it was said at most):
+        its words (or photo) are gone from the room; who said it stays."""
+        said = self._line_for(m, line_id, "delete")
+        if said is None:
+            return
+        if said.photo is not None:
+            self.album.remove(said.photo)
+        said.text, said.photo, said.deleted = "", None, True
+        self.transcript.changed(said)
+        self._publish(said, lambda outlet, only: outlet.deleted(said, only))
+
+    def typing(self, m: Member) -> None:
+        for outlet in self._listening():
+            outlet.typing(m.name)
+
+    def _line_for(self, m: Member, line_id: int, act: str) -> Said | None:
+        """The line m may `act` on ("react", "edit", "delete"); or None, and m
+        is told why not in a sentence."""
+        said, done, why = self.transcript.get(line_id), LINE_ACTS_DONE[act], ""
+        if said is None or not said.heard_by(m):
+            why = LINE_NOT_KEPT.format(done)
+        elif said.deleted:
+            why = LINE_DELETED.format(done)
+        elif act != "react":
+            if said.author != m.number:
+                why = NOT_YOURS.format(act)
+            elif self.loop.now - said.at > self.settings.edit_window:
+                why = TOO_LATE.format(done, duration_words(self.settings.edit_window))
+            elif act == "edit" and said.photo is not None:
+                why = PHOTO_NOT_EDITED
+        if why:
+            self.tell(m, why)
+            return None
+        return said
+
+    def _publish(self, said: Said, event: Callable[[Outlet, Member | None], None]) -> None:
+        """event(outlet, only) to everyone who sees `said`: all, or the two of a private line."""
+        if not said.to_number:
+            for outlet in self._listening():
+                event(outlet, None)
+            return
+        pair = {self.find(name): None for name in (said.to, said.name)}
+        for x in pair:
+            if x in self.members and x.number in (said.author, said.to_number):
+                event(self.outlet(x), x)
 
     def arrive(self, m: Member, not_before: float) -> None:
         """A named member enters once its outlet can take it, not before `not_before`."""
@@ -2565,10 +3010,11 @@ class Room:
         make one folded line for those already in."""
         for m in newcomers:
             m.stage = Stage.IN_ROOM
+            m.number = next(self.numbers)
             self.members[m] = None
         present = len(self.members)
         folded = len(newcomers) > self.settings.fold_joins
-        history = [line for line in self.history if line[2] is None or self.album.kept(line[2])]
+        history = [said for said in self.history if said.photo is None or self.album.kept(said.photo)]
         if folded:
             self._publish_joined([m.name for m in newcomers], present)
         for m in newcomers:
@@ -2643,6 +3089,8 @@ class Gate:
     KEY_MEMORY = 600.0          # seconds after which an address's wrong keys are forgotten
     LINES_PER_ADDRESS = 4.0     # an address may say this many times --line-rate
     REFUSING = 32               # web connections let in at once only to be told why not
+    REACT_RATE, REACT_BURST = 0.5, 4.0    # reactions a second by a member to one line, at once
+    TYPING_RATE, TYPING_BURST = 0.5, 2.0  # "typing" notices a second by a member (pages: 1 / 3 s)
 
     def __init__(self, loop: Loop, settings: Settings, tally: Tally,
                  close: Callable[[Member], None]):
@@ -2811,6 +3259,19 @@ class Gate:
         if not why:
             rate.take()
         return why
+
+    # -- what a page does to lines ----------------------------------------
+    def may_act(self, m: Member, what: str, line_id: int = 0) -> bool:
+        """m may react to line `line_id` now ("react": REACT_BURST at once, then
+        one each 1 / REACT_RATE s), or tell it is typing ("typing": TYPING_BURST,
+        then one each 1 / TYPING_RATE s); taken from its rate if so."""
+        rate, burst = (self.REACT_RATE, self.REACT_BURST) if what == "react" else \
+            (self.TYPING_RATE, self.TYPING_BURST)
+        bucket = self._bucket(what, f"{m.number} {line_id}", rate, burst)
+        if bucket.wait(self.loop.now):
+            return False
+        bucket.take()
+        return True
 
     # -- a line -----------------------------------------------------------
     def line_wait(self, m: Member) -> float:
@@ -3023,7 +3484,7 @@ class WebDoor:
     def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet,
                  gate: Gate, page: ChatPage, room: Room):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
-        self.gate, self.page = gate, page
+        self.gate, self.page, self.room = gate, page, room
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
 
     def request(self, m: Member, data: bytes) -> None:
@@ -3103,7 +3564,8 @@ class WebDoor:
                                f"\r\n\r\n").encode()
                               + ws_event("hello", key=bool(self.settings.room_key),
                                          max_line=self.settings.max_line,
-                                         photos=bool(self.settings.photos)))
+                                         photos=bool(self.settings.photos),
+                                         edit_window=self.settings.edit_window))
             refusal = self.gate.refused(m)
             if refusal:
                 self.entrance.close(m, refusal, WS_TRY_LATER)
@@ -3159,6 +3621,41 @@ class WebDoor:
             self.entrance.lines(m, t.inbuf + lines if t.inbuf else lines)
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
+
+    def act(self, m: Member, text: str) -> None:
+        """What m's page asks after ACTION_MARK (page_action): the room does
+        it, or m is told why not.  A reply's further lines are lines of their
+        own; "typing" past its rate (the gate's) is dropped unsaid."""
+        action, room = page_action(text), self.room
+        if action is None:
+            room.tell(m, NOT_UNDERSTOOD)
+            return
+        act, line_id = action["act"], action["id"]
+        if act == "typing":
+            if self.gate.may_act(m, "typing"):
+                room.typing(m)
+        elif act == "react":
+            emoji = {"❤": "❤️"}.get(action["emoji"], action["emoji"])
+            if emoji not in REACTIONS:
+                room.tell(m, NOT_A_REACTION)
+            elif self.gate.may_act(m, "react", line_id):
+                room.react(m, line_id, emoji)
+            else:
+                room.tell(m, REACTING_TOO_FAST)
+        elif act == "delete":
+            room.delete(m, line_id)
+        elif act == "edit":   # one line stays one line
+            words = clean_text(action["text"].replace("\n", " ")).strip()
+            if words:
+                room.edit(m, line_id, words)
+            else:
+                room.tell(m, EDIT_NEEDS_WORDS)
+        else:
+            lines = [line for line in map(clean_text, action["text"].split("\n")) if line.strip()]
+            if lines:
+                room.reply(m, line_id, lines[0], action.get("private") is True)
+            for line in lines[1:]:
+                room.say(m, line)
 
     def _closing(self, m: Member, code: int) -> None:
         """The page closed its socket: a leave, or away (ws_close_is_leave);
@@ -3582,18 +4079,10 @@ class Server:
         if is_leave_line(text, m.forms):
             self.drop(m, "left")
             return False
-        said = said_text(text, m.forms)
-        if said is None:
-            return True
-        command, rest = (said.split(None, 1) + [""])[:2]
-        if command == "/who" and not rest:
-            self.room.who(m)
-        elif command == "/help" and not rest:
-            self.room.tell(m, HELP_TEXT)
-        elif command == "/msg":
-            self.room.private(m, rest)
-        else:
-            self.room.chat(m, said)
+        if text[:1] == ACTION_MARK and m.transport.frame_reader is not None:
+            self.door.act(m, text[1:])   # a page's reply, reaction, edit, deletion or typing
+        elif (said := said_text(text, m.forms)) is not None:
+            self.room.say(m, said)
         return True
 
     def disconnect(self, name: str) -> bool:

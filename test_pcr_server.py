@@ -2653,7 +2653,7 @@ class HistoryTest(ServerCase):
         self.addCleanup(page.close)
         self.assertEqual(page.next()["type"], "welcome")
         self.assertEqual(page.next(), {"type": "history", "lines": [
-            {"name": "tom", "text": text} for text in ("one", "two", "three")]})
+            {"id": n, "name": "tom", "text": text} for n, text in enumerate(("one", "two", "three"), 1)]})
         self.assertEqual(page.next()["names"], ["wendy"])
 
     def test_an_app_gets_them_paced_whole_lines_a_read_at_a_time(self):
@@ -3003,7 +3003,8 @@ class PrivateLineTest(WebCase):
         got = wendy.until("private")
         self.assertEqual({k: v for k, v in got.items() if k != "at"},
                          {"type": "private", "kind": "private", "from": "tom", "to": "wendy",
-                          "text": "hello page"})
+                          "text": "hello page", "id": got["id"]})
+        self.assertIsInstance(got["id"], int)
         self.assertEqual(got["at"], wendy.seen)
         tom.read_until(b"[private] tom to wendy: hello page\n")
         wendy.ws.send("/msg walt psst")
@@ -3825,7 +3826,8 @@ class WebPageTest(WebCase):
         self.start()
         tom = self.member("tom")
         wendy = self.web_member("wendy")
-        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096, "photos": True})
+        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096, "photos": True,
+                                       "edit_window": 900})
         self.assertEqual(wendy.until("welcome")["name"], "wendy")
         wendy.until("join", names=["wendy"])
         self.assertEqual(wendy.until("count")["n"], 2)
@@ -4429,7 +4431,7 @@ class WebGraceTest(WebCase):
         tom.send(b"tom: after\n")
         page = self.back(wendy.token, wendy.seen)
         page.until("welcome")
-        self.assertEqual(page.next(), {"type": "chat", "name": "tom", "text": "after",
+        self.assertEqual(page.next(), {"type": "chat", "id": 2, "name": "tom", "text": "after",
                                        "at": page.seen})
 
 
@@ -4675,14 +4677,14 @@ class PhotoShareTest(WebCase):
                       .encode(), line)
         page = self.web_member("pia")
         self.assertEqual(page.until("history")["lines"], [
-            {"name": "wendy", "url": first, "width": 1024, "height": 1024},
-            {"name": "wendy", "text": "between"}])
+            {"id": 1, "name": "wendy", "url": first, "width": 1024, "height": 1024},
+            {"id": 2, "name": "wendy", "text": "between"}])
         share(wendy, big)   # the album holds one: the first goes, and its line with it
         second = wendy.until("photo")["url"]
         late = self.web_member("lea")
         self.assertEqual(late.until("history")["lines"], [
-            {"name": "wendy", "text": "between"},
-            {"name": "wendy", "url": second, "width": 1024, "height": 1024}])
+            {"id": 2, "name": "wendy", "text": "between"},
+            {"id": 3, "name": "wendy", "url": second, "width": 1024, "height": 1024}])
 
     def test_the_log_says_who_shared_how_much_never_the_bytes_nor_the_token(self):
         wendy, tom = self.wendy_and_tom()
