@@ -7710,6 +7710,42 @@ button:disabled { cursor: default; opacity: 0.55; }
   object-position: left; border-radius: 10px;
 }
 .gone { color: var(--quiet); font-style: italic; }
+.edited { color: var(--quiet); font-weight: 400; font-size: 0.75rem; font-style: italic; }
+.quote {
+  display: block; margin: 4px 0 2px; padding: 2px 8px; border-left: 3px solid var(--accent);
+  border-radius: 4px; background: var(--bg); color: var(--text); font-size: 0.875rem;
+  text-decoration: none; overflow-wrap: anywhere;
+}
+a.quote:hover { text-decoration: underline; }
+.quote-name { font-weight: 700; margin-right: 6px; }
+.quote-text { color: var(--quiet); }
+.log li[data-name] { scroll-margin: 24px; }
+.log li.found .bubble { outline: 3px solid var(--named-line); }
+.reactions, .actions, .picker { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; }
+.actions { display: none; }
+.log li:focus-within .actions { display: flex; }
+.log li.editing .actions { display: none; }
+.chip, .act, .picker button {
+  min-height: 32px; padding: 0 10px; border: 1px solid var(--line); border-radius: 16px;
+  background: var(--panel); font-size: 0.875rem; white-space: nowrap;
+}
+.chip[aria-pressed="true"] { background: var(--own); border-color: var(--accent); font-weight: 700; }
+.act { font-weight: 600; }
+.picker { flex-basis: 100%; }
+.picker button { min-width: 40px; font-size: 1.125rem; }
+.edit-box {
+  width: 100%; min-width: 12em; min-height: 40px; padding: 6px 10px; margin-top: 2px;
+  border: 1px solid var(--accent); border-radius: 10px; background: var(--bg);
+}
+.replying {
+  display: flex; align-items: center; gap: 8px 12px; padding: 6px 8px 6px 16px; font-size: 0.875rem;
+  background: var(--panel); border-top: 1px solid var(--line); border-left: 4px solid var(--accent);
+}
+.replying span { flex: 1; min-width: 0; overflow-wrap: anywhere; }
+.typing {
+  min-height: 1.5em; margin: 0; padding: 0 16px; background: var(--bg); color: var(--quiet);
+  font-size: 0.8125rem; font-style: italic; overflow-wrap: anywhere;
+}
 @media (max-width: 699px) {
   .people {
     position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
@@ -7776,8 +7812,13 @@ button:disabled { cursor: default; opacity: 0.55; }
     </section>
   </div>
   <p id="heard" class="visually-hidden" role="status"></p>
+  <p id="typing" class="typing" role="status"></p>
   <div id="upload" class="upload" role="status" aria-live="polite" hidden>
     <span id="upload-text"></span><progress id="upload-bar" max="100" hidden></progress>
+  </div>
+  <div id="replying" class="replying" hidden>
+    <span id="replying-text"></span>
+    <button id="reply-cancel" class="secondary" type="button" aria-label="Cancel the reply">Cancel</button>
   </div>
   <form id="composer" class="composer" novalidate>
     <button id="photo-button" class="photo-button" type="button" aria-label="Share a photo"
@@ -7806,6 +7847,10 @@ button:disabled { cursor: default; opacity: 0.55; }
   const BUZZ_GAP = 3000;        // ms: a burst of lines for the reader buzzes once
   const REPLAY_QUIET = 1000;    // ms without a line that ends a replay (history, or what was missed)
   const REPLAY_MOST = 5000;     // ms: the longest a replay keeps the log quiet
+  const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];   // the room's, in this order
+  const TYPING_EVERY = 3000;    // ms: the room is told its member is typing at most this often
+  const TYPING_SHOWN = 6000;    // ms: "NAME is typing…" this long after NAME's last notice
+  const QUOTE_CHARS = 40;       // a reply shows about this many of the first characters it answers
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -7818,7 +7863,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     heard: $("heard"), buzz: $("buzz"), notify: $("notify"), notifyRow: $("notify-row"),
     composer: $("composer"), message: $("message"), send: $("send"),
     photoButton: $("photo-button"), photoInput: $("photo-input"), upload: $("upload"),
-    uploadText: $("upload-text"), uploadBar: $("upload-bar")
+    uploadText: $("upload-text"), uploadBar: $("upload-bar"), typing: $("typing"),
+    replying: $("replying"), replyingText: $("replying-text"), replyCancel: $("reply-cancel")
   };
 
   const room = {
@@ -7852,7 +7898,12 @@ button:disabled { cursor: default; opacity: 0.55; }
     buzzedAt: 0, audio: null,
     photos: false,       // the room takes photos
     upload: null,        // the photo being sent: {ws, size, timer}
-    uploadTimer: 0       // hides a failure's sentence
+    uploadTimer: 0,      // hides a failure's sentence
+    editWindow: 900,     // seconds after sending in which one's own line can be edited or deleted
+    replyTo: null,       // the line the text box answers: {id, private}
+    typingSent: 0,       // when the room was last told this member is typing
+    typers: {},          // name -> until when "NAME is typing…" is shown
+    typingTimer: 0
   };
 
   /* ---------- small helpers ---------- */
@@ -7996,8 +8047,9 @@ button:disabled { cursor: default; opacity: 0.55; }
     return button;
   }
 
-  function said(name, content, kind, when, tag) {
-    // A line someone said: the name, a tag (private, names you), when, what was said (text or photo).
+  function said(name, content, kind, when, tag, msg) {
+    // A line someone said: the name, a tag (private, names you), when, the line it answers,
+    // what was said (text or photo); its reactions, and what can be done to it (lineTools).
     const own = name === room.me;
     const item = make("li", kind + (own ? " own" : ""));
     const bubble = make("div", "bubble");
@@ -8010,23 +8062,38 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (tag) { head.appendChild(tag); }
     head.appendChild(make("span", "time", when));
     bubble.appendChild(head);
+    if (msg.reply) { bubble.appendChild(quoteOf(msg.reply)); }
     bubble.appendChild(content);
     item.appendChild(bubble);
+    if (typeof msg.id === "number") { lineTools(item, msg, name, own && kind.indexOf("earlier") < 0); }
     if (room.replay) { room.replay.lines += 1; }
+    stopsTyping(name);
     append(item, !own && kind.indexOf("earlier") < 0);
   }
 
-  function addChat(name, text, earlier) {
-    const named = name !== room.me && mentions(String(text), room.me);
-    said(name, make("div", "text", String(text)), (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
-         named ? make("span", "visually-hidden", "names you") : null);
+  function addChat(name, msg, earlier) {
+    if (msg.deleted) { return addDeleted(name, msg, earlier ? "earlier" : ""); }
+    const text = msg.text == null ? "" : String(msg.text);   // none yet: an edit or a deletion follows
+    const named = name !== room.me && mentions(text, room.me);
+    said(name, make("div", "text", text), (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
+         named ? make("span", "visually-hidden", "names you") : null, msg);
     if (named && !earlier) { heed("named", name); }
   }
 
   function addPrivate(msg) {
     const from = String(msg.from), to = String(msg.to);
-    said(from, make("div", "text", String(msg.text)), "private", clock(), make("span", "tag", from === room.me ? "private to " + to : "private"));
+    if (msg.deleted) { return addDeleted(from, msg, "private"); }
+    said(from, make("div", "text", msg.text == null ? "" : String(msg.text)), "private", clock(),
+         make("span", "tag", from === room.me ? "private to " + to : "private"), msg);
     if (from !== room.me) { heed("private", from); }
+  }
+
+  function addDeleted(name, msg, kind) {
+    // A line taken back: "NAME deleted a line", in its place.
+    const item = make("li", kind + (name === room.me ? " own" : ""));
+    item.appendChild(make("div", "bubble")).appendChild(make("div", "text gone", name + " deleted a line"));
+    if (typeof msg.id === "number") { item.id = "line-" + msg.id; }
+    append(item, false);
   }
 
   function heed(kind, name) {
@@ -8087,8 +8154,14 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function addPhoto(name, msg, earlier) {
     // Scaled to the column; a tap opens it full size; one no longer kept says so.
+    if (msg.deleted) { return addDeleted(name, msg, earlier ? "earlier" : ""); }
     const url = String(msg.url);
-    if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) { return; }
+    if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) {
+      if (msg.url == null && typeof msg.id === "number") {   // taken back while this page was away
+        said(name, make("div", "text"), earlier ? "earlier" : "", earlier ? "earlier" : clock(), null, msg);
+      }
+      return;
+    }
     const link = make("a", "photo");
     link.href = url;
     link.target = "_blank";
@@ -8102,13 +8175,321 @@ button:disabled { cursor: default; opacity: 0.55; }
     });
     img.src = url;
     link.appendChild(img);
-    said(name, link, earlier ? "earlier" : "", earlier ? "earlier" : clock(), null);
+    said(name, link, earlier ? "earlier" : "", earlier ? "earlier" : clock(), null, msg);
     if (name === room.me && !earlier && room.upload) { uploadEnded(""); }
   }
 
   function addLine(text, kind) {
     const t = plain(text);
     if (t) { append(make("li", kind, t), false); }
+  }
+
+  /* ---------- what members do to lines: reply, react, edit, delete; who is typing ---------- */
+
+  function act(action) {
+    // The room is asked with NUL first, so no typed line is ever taken for it.
+    if (!room.inRoom || !room.ws) { return false; }
+    room.ws.send(String.fromCharCode(0) + JSON.stringify(action));
+    return true;
+  }
+
+  function lineOf(id) { return document.getElementById("line-" + (id | 0)); }
+
+  function tool(name, text, label) {
+    const button = make("button", "act", text);
+    button.type = "button";
+    button.setAttribute("data-act", name);
+    button.setAttribute("aria-label", label);
+    return button;
+  }
+
+  function lineTools(item, msg, name, mine) {
+    // Its id, its reactions under it, and its buttons, shown while the line has the focus
+    // (a tap, or the arrow keys in the list): Reply, React; Edit and Delete on one's own.
+    item.id = "line-" + msg.id;
+    item.tabIndex = -1;
+    item.setAttribute("data-name", name);
+    item.reactions = {};
+    Object.keys(msg.reactions || {}).forEach(function (emoji) {
+      const r = msg.reactions[emoji] || {};
+      const names = Array.isArray(r.names) ? r.names.map(String) : [];
+      item.reactions[emoji] = { n: r.n | 0, names: names, mine: names.indexOf(room.me) >= 0 };
+    });
+    const row = item.appendChild(make("div", "reactions"));
+    row.setAttribute("aria-live", "off");
+    showReactions(item);
+    if (msg.edited) { markEdited(item); }
+    const tools = item.appendChild(make("div", "actions"));
+    tools.setAttribute("aria-live", "off");
+    const whose = mine ? "your line" : name + "’s line";
+    tools.appendChild(tool("reply", "Reply", mine ? "Reply to your line" : "Reply to " + name));
+    tools.appendChild(tool("react", "React", "React to " + whose)).setAttribute("aria-expanded", "false");
+    if (mine) {
+      item.setAttribute("data-sent", String(Date.now()));
+      if (!msg.url) { tools.appendChild(tool("edit", "Edit", "Edit your line")); }
+      tools.appendChild(tool("delete", "Delete", "Delete your line"));
+    }
+  }
+
+  function listed(names, more) {
+    // "anna", "anna and you", "anna, bob and 3 others"
+    const all = more > 0 ? names.concat([more + (more === 1 ? " other" : " others")]) : names.slice();
+    return all.length < 2 ? all.join("") : all.slice(0, -1).join(", ") + " and " + all[all.length - 1];
+  }
+
+  function showReactions(item) {
+    // Each reaction with its count; who reacted is in its name and its title.
+    const row = item.querySelector(".reactions");
+    row.textContent = "";
+    REACTIONS.forEach(function (emoji) {
+      const r = item.reactions[emoji];
+      if (!r || r.n <= 0) { return; }
+      const who = listed(r.names.map(function (n) { return n === room.me ? "you" : n; }), r.n - r.names.length);
+      const chip = row.appendChild(make("button", "chip", emoji + " " + r.n));
+      chip.type = "button";
+      chip.setAttribute("data-emoji", emoji);
+      chip.setAttribute("aria-pressed", r.mine ? "true" : "false");
+      chip.setAttribute("aria-label", "React " + emoji + " (" + r.n + "): " + who);
+      chip.title = who;
+    });
+    row.hidden = !row.firstChild;
+  }
+
+  function firstWords(text) {
+    const t = String(text).replace(/[ ]+/g, " ").trim();
+    if (t.length <= QUOTE_CHARS) { return t; }
+    const cut = t.lastIndexOf(" ", QUOTE_CHARS);
+    return t.slice(0, cut > QUOTE_CHARS / 2 ? cut : QUOTE_CHARS) + "…";
+  }
+
+  function quoteWords(reply) {
+    return reply.deleted ? "a deleted line" : reply.photo ? "a photo" : reply.text == null ? "…" : String(reply.text);
+  }
+
+  function quoteOf(reply) {
+    // The line a reply answers, above its words: its author and first words; a tap moves to it.
+    const quote = make("a", "quote");
+    quote.href = "#line-" + (reply.id | 0);
+    quote.setAttribute("data-to", String(reply.id | 0));
+    quote.appendChild(make("span", "visually-hidden", "In reply to "));
+    quote.appendChild(make("span", "quote-name", String(reply.name)));
+    quote.appendChild(make("span", "quote-text", quoteWords(reply)));
+    return quote;
+  }
+
+  function requote(id, words) {
+    document.querySelectorAll('.quote[data-to="' + (id | 0) + '"] .quote-text').forEach(function (q) {
+      q.textContent = words;
+    });
+  }
+
+  function markEdited(item) {
+    const head = item.querySelector(".head");
+    if (head && !head.querySelector(".edited")) { head.appendChild(make("span", "edited", "edited")); }
+  }
+
+  function lineEdited(msg) {
+    if (typeof msg.text !== "string") { return; }   // words since changed again: the next event has them
+    requote(msg.id, firstWords(msg.text));
+    const item = lineOf(msg.id), text = item && item.querySelector(".text");
+    if (!text) { return; }
+    text.textContent = msg.text;
+    markEdited(item);
+  }
+
+  function lineDeleted(msg) {
+    requote(msg.id, "a deleted line");
+    const item = lineOf(msg.id);
+    if (!item) { return; }
+    const name = String(msg.name || item.getAttribute("data-name") || "");
+    const gone = make("li", ["earlier", "private", "own"].filter(function (c) { return item.classList.contains(c); }).join(" "));
+    gone.id = item.id;
+    gone.appendChild(make("div", "bubble")).appendChild(make("div", "text gone", name + " deleted a line"));
+    const focused = item.contains(document.activeElement);
+    item.replaceWith(gone);
+    if (focused) { ui.log.focus(); }
+  }
+
+  function lineReacted(msg) {
+    const item = lineOf(msg.id), emoji = String(msg.emoji);
+    if (!item || !item.reactions || REACTIONS.indexOf(emoji) < 0) { return; }
+    const r = item.reactions[emoji] || { mine: false };
+    r.n = msg.n | 0;
+    r.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
+    if (String(msg.name) === room.me) { r.mine = !!msg.on; }
+    item.reactions[emoji] = r;
+    showReactions(item);
+  }
+
+  function openPicker(button) {
+    // The six reactions, each a button; Escape or a choice closes it.
+    closePicker(false);
+    const picker = make("div", "picker");
+    picker.setAttribute("role", "group");
+    picker.setAttribute("aria-label", "Reactions");
+    REACTIONS.forEach(function (emoji) {
+      const choice = picker.appendChild(make("button", "", emoji));
+      choice.type = "button";
+      choice.setAttribute("data-emoji", emoji);
+      choice.setAttribute("aria-label", "React with " + emoji);
+    });
+    button.parentNode.appendChild(picker);
+    button.setAttribute("aria-expanded", "true");
+    picker.firstChild.focus();
+  }
+
+  function closePicker(refocus) {
+    const picker = ui.lines.querySelector(".picker");
+    if (!picker) { return; }
+    const button = picker.parentNode.querySelector('[data-act="react"]');
+    picker.remove();
+    button.setAttribute("aria-expanded", "false");
+    if (refocus) { button.focus(); }
+  }
+
+  function startReply(item) {
+    // The text box answers this line until it is sent or the reply is cancelled.
+    const text = item.querySelector(".text"), name = item.getAttribute("data-name");
+    const words = item.querySelector(".photo") ? "a photo" : firstWords(text ? text.textContent : "");
+    const secret = item.classList.contains("private");
+    room.replyTo = { id: Number(item.id.slice(5)), private: secret };
+    ui.replyingText.textContent = (secret ? "Replying privately to " : "Replying to ") + name + ": " + words;
+    ui.replying.hidden = false;
+    ui.message.setAttribute("aria-describedby", "replying-text");
+    ui.message.focus();
+  }
+
+  function endReply() {
+    room.replyTo = null;
+    ui.replying.hidden = true;
+    ui.message.removeAttribute("aria-describedby");
+  }
+
+  function startEdit(item) {
+    // The line's words in a box in its place: Enter saves them, Escape (or leaving it) cancels.
+    const text = item.querySelector(".text");
+    if (!text || item.classList.contains("editing")) { return; }
+    const box = make("input", "edit-box");
+    box.type = "text";
+    box.value = text.textContent;
+    box.setAttribute("aria-label", "Edit your line");
+    box.setAttribute("enterkeyhint", "done");
+    item.classList.add("editing");
+    text.hidden = true;
+    text.after(box);
+    let done = false;
+    function finish(save) {
+      if (done) { return; }
+      done = true;
+      const words = box.value.trim();
+      if (save && words && words !== text.textContent.trim()) { act({ act: "edit", id: Number(item.id.slice(5)), text: words }); }
+      box.remove();
+      text.hidden = false;
+      item.classList.remove("editing");
+      if (save !== null) { item.focus(); }
+    }
+    box.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter" && !ev.isComposing && ev.keyCode !== 229) {
+        ev.preventDefault();
+        if (overLimit(box.value)) {
+          banner("These words are too long for the room: up to " + room.maxLine + " bytes.", "warn");
+        } else {
+          finish(true);
+        }
+      }
+      if (ev.key === "Escape") { ev.preventDefault(); ev.stopPropagation(); finish(false); }
+    });
+    box.addEventListener("blur", function () { finish(null); });
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  function expireTools() {
+    // Past the room's window one's own lines can no longer be edited or deleted: the buttons go.
+    document.querySelectorAll("#lines li[data-sent]").forEach(function (item) {
+      if (Date.now() - Number(item.getAttribute("data-sent")) < room.editWindow * 1000 - 2000) { return; }
+      item.removeAttribute("data-sent");
+      item.querySelectorAll('[data-act="edit"], [data-act="delete"]').forEach(function (b) { b.remove(); });
+    });
+  }
+
+  function goTo(quote) {
+    // A tap on a quote moves to the line it answers, while it is on the page.
+    const item = lineOf(quote.getAttribute("data-to"));
+    if (!item) {
+      banner("That line is no longer on this page.", "ok");
+      return;
+    }
+    item.scrollIntoView({ block: "center" });
+    item.classList.add("found");
+    setTimeout(function () { item.classList.remove("found"); }, 1500);
+    item.focus({ preventScroll: true });
+  }
+
+  function onLine(ev) {
+    // One listener for what is tapped in the list: a line's buttons, its reactions, a quote.
+    const target = ev.target.closest("button, a.quote, input");
+    const item = ev.target.closest("li[data-name]");
+    if (!target) {
+      if (item && !window.getSelection().toString()) { item.focus({ preventScroll: true }); }
+      return;
+    }
+    if (target.matches("a.quote")) { ev.preventDefault(); goTo(target); return; }
+    if (!item || target.matches("input, .name")) { return; }
+    const id = Number(item.id.slice(5)), what = target.getAttribute("data-act");
+    const emoji = target.getAttribute("data-emoji");
+    if (emoji) {
+      act({ act: "react", id: id, emoji: emoji });
+      if (target.parentNode.classList.contains("picker")) { closePicker(true); }
+    } else if (what === "reply") {
+      startReply(item);
+    } else if (what === "react") {
+      if (target.getAttribute("aria-expanded") === "true") { closePicker(true); } else { openPicker(target); }
+    } else if (what === "edit") {
+      startEdit(item);
+    } else if (what === "delete" && confirm("Delete this line for everyone?")) {
+      act({ act: "delete", id: id });
+    }
+  }
+
+  function onLineKey(ev) {
+    // In the list, the arrow keys (and Home, End) move from line to line; Escape closes a picker.
+    if (ev.key === "Escape" && ui.lines.querySelector(".picker")) { ev.stopPropagation(); closePicker(true); return; }
+    const moves = { ArrowUp: -1, ArrowDown: 1, Home: -Infinity, End: Infinity };
+    if (!(ev.key in moves) || ev.target.tagName === "INPUT" || ev.altKey || ev.ctrlKey || ev.metaKey) { return; }
+    const items = Array.prototype.slice.call(ui.lines.querySelectorAll("li[data-name]"));
+    if (!items.length) { return; }
+    const here = items.indexOf(ev.target.closest("li[data-name]"));
+    const at = Math.max(0, Math.min(items.length - 1, (here < 0 ? items.length : here) + moves[ev.key]));
+    ev.preventDefault();
+    items[at].focus();
+  }
+
+  function showTyping() {
+    // "anna is typing…": said politely, and only when who is typing changes.
+    clearTimeout(room.typingTimer);
+    const now = Date.now();
+    const names = Object.keys(room.typers).filter(function (n) { return room.typers[n] > now; });
+    Object.keys(room.typers).forEach(function (n) { if (room.typers[n] <= now) { delete room.typers[n]; } });
+    const text = !names.length ? "" : names.length < 4 ? listed(names, 0) + (names.length === 1 ? " is typing…" : " are typing…")
+      : listed(names.slice(0, 2), names.length - 2) + " are typing…";
+    if (ui.typing.textContent !== text) { ui.typing.textContent = text; }
+    if (names.length) {
+      const next = Math.min.apply(null, names.map(function (n) { return room.typers[n]; }));
+      room.typingTimer = setTimeout(showTyping, next - now + 50);
+    }
+  }
+
+  function stopsTyping(name) {
+    if (room.typers[name]) { delete room.typers[name]; showTyping(); }
+  }
+
+  function tellTyping() {
+    // Typing a line (not a command) tells the room, at most once every TYPING_EVERY.
+    const text = ui.message.value;
+    if (text.trim() && text.charAt(0) !== "/" && Date.now() - room.typingSent >= TYPING_EVERY && act({ act: "typing" })) {
+      room.typingSent = Date.now();
+    }
   }
 
   /* ---------- who is online ---------- */
@@ -8310,6 +8691,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.photos = !!msg.photos;
       ui.photoButton.hidden = !room.photos;
       room.maxLine = Number(msg.max_line) || 0;
+      room.editWindow = Number(msg.edit_window) || room.editWindow;
       ui.keyRow.hidden = !room.keyNeeded;
       if (room.token) {
         askSeatBack();   // held or not, the room says which, and why
@@ -8375,9 +8757,18 @@ button:disabled { cursor: default; opacity: 0.55; }
       renderPeople();
       if (room.count !== room.names.length + room.others) { askWho(); }
     },
-    chat: function (msg) { addChat(String(msg.name), msg.text, false); },
+    chat: function (msg) { addChat(String(msg.name), msg, false); },
     private: addPrivate,
     photo: function (msg) { addPhoto(String(msg.name), msg, false); },
+    react: lineReacted,
+    edit: lineEdited,
+    delete: lineDeleted,
+    typing: function (msg) {
+      const name = String(msg.name);
+      if (name === room.me || room.replay) { return; }   // a replay's notices are old news
+      room.typers[name] = Date.now() + TYPING_SHOWN;
+      showTyping();
+    },
     unshared: function (msg) { uploadEnded(sentence(plain(msg.text))); },
     history: function (msg) {
       const lines = Array.isArray(msg.lines) ? msg.lines : [];
@@ -8386,7 +8777,7 @@ button:disabled { cursor: default; opacity: 0.55; }
         addLine("Earlier in the room", "note");
       }
       lines.forEach(function (line) {
-        if (line.url) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line.text, true); }
+        if (line.url) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line, true); }
       });
     },
     lost: function (msg) {
@@ -8401,7 +8792,10 @@ button:disabled { cursor: default; opacity: 0.55; }
         showJoin(text, false, false);
       }
     },
-    note: function (msg) { addLine(msg.text, "note"); },
+    note: function (msg) {
+      addLine(msg.text, "note");
+      if (typeof msg.words === "string" && !ui.message.value) { ui.message.value = msg.words; fitMessage(); }   // it did not go
+    },
     who: function (msg) {
       room.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
       room.others = msg.others | 0;
@@ -8571,15 +8965,22 @@ button:disabled { cursor: default; opacity: 0.55; }
   function sendMessage() {
     const text = ui.message.value;
     if (!text.trim() || !room.inRoom || !room.ws) { return; }
-    const size = overLimit(text);
+    const reply = room.replyTo && { act: "reply", id: room.replyTo.id, text: text, private: room.replyTo.private };
+    const size = overLimit(reply ? String.fromCharCode(0) + JSON.stringify(reply) : text);
     if (size) {
       banner("This message is too long for the room: shorten it or send it in parts (up to " +
              room.maxLine + " bytes at a time; this one has " + size + ").", "warn");
       room.tooLong = true;
       return;
     }
-    if (text.trim() === "/who") { room.whoShown = true; }
-    room.ws.send(text);
+    if (reply) {
+      act(reply);
+      endReply();
+    } else {
+      if (text.trim() === "/who") { room.whoShown = true; }
+      room.ws.send(text);
+    }
+    room.typingSent = 0;   // the line is out: the next one is news again
     ui.message.value = "";
     sayFit();
     fitMessage();
@@ -8604,7 +9005,14 @@ button:disabled { cursor: default; opacity: 0.55; }
       sendMessage();
     }
   });
-  ui.message.addEventListener("input", function () { fitMessage(); sayFit(); });
+  ui.message.addEventListener("input", function () { fitMessage(); sayFit(); tellTyping(); });
+  ui.message.addEventListener("keydown", function (ev) {
+    if (ev.key === "Escape" && room.replyTo) { ev.preventDefault(); endReply(); }
+  });
+  ui.replyCancel.addEventListener("click", function () { endReply(); ui.message.focus(); });
+  ui.lines.addEventListener("click", onLine);
+  ui.log.addEventListener("keydown", onLineKey);
+  setInterval(expireTools, 15000);
 
   ui.photoButton.addEventListener("click", function () { ui.photoInput.click(); });
   ui.photoInput.addEventListener("change", function () {
@@ -8630,6 +9038,9 @@ button:disabled { cursor: default; opacity: 0.55; }
     room.inRoom = room.everIn = room.wantJoin = false;
     uploadEnded("");
     banner("");
+    endReply();
+    room.typers = {};
+    showTyping();
     ui.lines.textContent = "";   // joining again shows the room afresh
     showJoin("You left the room.", false, false);
   });

@@ -615,6 +615,11 @@ class WebMember:
         """The page's request for its seat: a binary message, before any name."""
         self.ws.send(json.dumps({"resume": token, "seen": seen}).encode())
 
+    def act(self, **action) -> None:
+        """What the page does to a line (a reply, a reaction, an edit, a deletion, "typing"):
+        a text with NUL first, then the action as JSON."""
+        self.ws.send("\x00" + json.dumps(action, ensure_ascii=False))
+
     def lose(self) -> None:
         """The connection dies under the page (a reset, no close frame)."""
         self.ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -1962,6 +1967,96 @@ class LookAlikeNamesTest(unittest.TestCase):
         self.assertEqual(pcr.clean_name("e\u202eve\u2066x\u2028y"), "evexy")
 
 
+class MessengerTextTest(unittest.TestCase):
+    """What line readers read of replies, reactions, edits and deletions, what a
+    page's action may say, and names that cannot forge those lines (issue 33)."""
+
+    QUESTION = "are we meeting at five, or would six be better for everyone?"
+
+    def test_the_line_forms_are_the_issues(self):
+        quote = pcr.answered_text("bob", pcr.first_words("are we meeting at five on the 2nd of May, or later?"))
+        self.assertEqual(quote, 'bob: "are we meeting at five on the 2nd of…"')
+        self.assertEqual(pcr.reply_notice("anna", 'bob: "are we meeting at five…"', "yes, at five"),
+                         'anna (to bob: "are we meeting at five…"): yes, at five\n')
+        self.assertEqual(pcr.reaction_notice("anna", "👍", 'bob: "are we meeting at five…"', True),
+                         'anna reacted 👍 to bob: "are we meeting at five…"\n')
+        self.assertEqual(pcr.reaction_notice("anna", "👍", "bob: a photo", False),
+                         "anna took back 👍 from bob: a photo\n")
+        self.assertEqual(pcr.edit_notice("anna", "the cake is in the fridge"),
+                         'anna edited: "the cake is in the fridge"\n')
+        self.assertEqual(pcr.delete_notice("anna"), "anna deleted a line\n")
+        self.assertEqual(pcr.answered_text("bob", ""), "bob: a deleted line")
+
+    def test_a_quote_is_about_forty_characters_cut_after_a_word(self):
+        self.assertEqual(pcr.first_words("yes"), "yes")
+        self.assertEqual(pcr.first_words("x" * 40), "x" * 40)
+        cut = pcr.first_words(self.QUESTION)
+        self.assertEqual(cut, "are we meeting at five, or would six be…")
+        self.assertLessEqual(len(cut), 41)
+        self.assertEqual(pcr.first_words("y" * 100), "y" * 40 + "…")   # one long word
+        self.assertEqual(pcr.first_words("  two\tspaces  "), "two spaces")
+
+    def test_no_line_form_begins_with_a_digit_for_the_app(self):
+        for line in (pcr.reply_notice("_2pac", pcr.answered_text("bob", "5 pm?"), "5"),
+                     pcr.reaction_notice("ann", "😂", pcr.answered_text("_3", "1"), True),
+                     pcr.edit_notice("ann", "3 people are online..."), pcr.delete_notice("ann")):
+            self.assertFalse(line[:1].isdigit(), line)
+            self.assertFalse(line.rstrip("\n").endswith(" online..."), line)
+
+    def test_a_page_action_is_one_json_object_with_a_line_id(self):
+        good = pcr.page_action('{"act": "react", "id": 7, "emoji": "👍"}')
+        self.assertEqual((good["act"], good["id"], good["emoji"], good["text"]), ("react", 7, "👍", ""))
+        self.assertEqual(pcr.page_action('{"act": "typing"}')["id"], 0)
+        for bad in ("", "hello", "[1]", '{"act": "shout", "id": 1}', '{"act": "edit", "id": "1"}',
+                    '{"act": "edit", "id": 0}', '{"act": "edit", "id": -3}', '{"act": "edit", "id": true}',
+                    '{"act": "edit", "id": 1.0}', '{"act": "edit", "id": 1, "text": 5}',
+                    '{"act": "react", "id": 1, "emoji": ["x"]}', "[" * 5000, '{"a":' * 3000):
+            with self.subTest(bad=bad[:40]):
+                self.assertIsNone(pcr.page_action(bad))
+
+    def test_a_scrubbed_frame_keeps_its_length_and_mark_and_loses_only_the_words(self):
+        frame = pcr.ws_marked_event(1000, "chat", id=5, name="anna", text="my PIN is 4711",
+                                    reply={"id": 3, "name": "bob", "text": "what is your PIN?"})
+        begin, stop = pcr.ws_frame_span(frame, 0)
+        scrubbed = frame[:begin] + pcr.ws_scrubbed(frame[begin:stop], 5)
+        self.assertEqual(len(scrubbed), len(frame))
+        self.assertTrue(pcr.ws_marked_at(scrubbed, 0, 1000))
+        event = json.loads(scrubbed[begin:])
+        self.assertEqual(event, {"type": "chat", "id": 5, "name": "anna", "at": 1000 + len(frame),
+                                 "reply": {"id": 3, "name": "bob", "text": "what is your PIN?"}})
+        quoted = json.loads(pcr.ws_scrubbed(frame[begin:stop], 3))   # the line it answers changed
+        self.assertEqual((quoted["text"], quoted["reply"]), ("my PIN is 4711", {"id": 3, "name": "bob"}))
+        long = pcr.ws_marked_event(0, "edit", id=9, name="x", text="é" * 40000)   # a 64-bit length
+        begin, stop = pcr.ws_frame_span(long, 0)
+        self.assertEqual((begin, stop), (10, len(long)))
+        self.assertNotIn("text", json.loads(pcr.ws_scrubbed(long[begin:stop], 9)))
+
+    def test_no_name_can_forge_a_reply_a_reaction_or_an_edit(self):
+        for name in ("anna reacted 👍 to bob", "anna edited", "anna (to bob", "anna took back 👍 from bob",
+                     "ANNA EDITED", "\uff41nna \uff45dited", "anna r\u0435acted x", "anna\u00a8edited",
+                     "anna\u00a0(to bob", "anna  e\u0301dited", "(to bob", "bob shared a photo",
+                     "the very long name of one edited too"):
+            with self.subTest(name=name):
+                cleaned = pcr.clean_name(name)
+                self.assertNotRegex(pcr.name_fold(cleaned), r"(^|\s)\(to\s|\sreacted\s|\stook back\s"
+                                                           r"|\sedited$|\sshared a photo$")
+                self.assertNotIn(" ", cleaned)
+        for name in ("Ted (today)", "alice (2)", "Anna Edith", "Edited Ann", "bob reacts", "Mary Ann"):
+            with self.subTest(name=name):
+                self.assertEqual(pcr.clean_name(name), name)
+        self.assertEqual(pcr.clean_name("anna reacted 👍 to bob"), "anna_reacted_👍_to_bob")
+        self.assertEqual(pcr.clean_name("the very long name of one edited too"),   # cut at 32
+                         "the_very_long_name_of_one_edited")
+
+    def test_the_window_is_said_in_minutes_or_seconds(self):
+        self.assertEqual(pcr.Settings().edit_window, 900)
+        self.assertEqual(pcr.duration_words(900), "15 minutes")
+        self.assertEqual(pcr.duration_words(60), "1 minute")
+        self.assertEqual(pcr.duration_words(1), "1 second")
+        self.assertEqual(pcr.duration_words(0.5), "0.5 seconds")
+        self.assertEqual(pcr.duration_words(90), "90 seconds")
+
+
 class AppPieceTest(unittest.TestCase):
     """app_cut: what one App read may hold (PROTOCOL.md, "The App's reader, exactly")."""
 
@@ -3043,6 +3138,344 @@ class PrivateLineTest(WebCase):
         page.ws.send("/msg tom got it")
         tom.read_until(b"[private] wendy to tom: got it\n")
         self.assertEqual(page.until("private")["text"], "got it")
+
+
+class MessengerTest(WebCase):
+    """Reply, react, edit, delete and who is typing, over the raw protocol
+    (issue 33): ids from the room, each action one line for terminals and
+    the App, the server decides, and what history and a page that is away
+    are given holds only the new words."""
+
+    settings = {"web_port": 0, "web_grace": 5.0}
+    QUESTION = "are we meeting at five, or would six be better for everyone?"
+    QUOTE = '"are we meeting at five, or would six be…"'
+
+    def wendy_tom_and_paul(self, **overrides) -> tuple[WebMember, Client, WebMember]:
+        """tom at a terminal, wendy and paul on pages, all counted."""
+        wendy, tom = self.wendy_and_tom(**overrides)
+        paul = self.web_member("paul")
+        for page in (wendy, paul):
+            page.until("count", n=3)
+        tom.read_until(b"3 people are online...\n")
+        return wendy, tom, paul
+
+    def said_by(self, page: WebMember, text: str) -> int:
+        """page says `text`; the id the room gave that line."""
+        page.ws.send(text)
+        return page.until("chat", text=text)["id"]
+
+    def nothing_more(self, tom: Client, page: WebMember | None = None) -> bytes:
+        """What tom (and the page) got before a line said now: nothing else came meanwhile."""
+        tom.send(b"marker\n")
+        if page is not None:
+            self.assertEqual(page.next()["text"], "marker")
+        return tom.read_until(b"tom: marker\n")[:-len(b"tom: marker\n")]
+
+    def until_quiet(self, page: WebMember, quiet: float = 0.5) -> list[dict]:
+        events = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                events.append(page.next(quiet))
+        return events
+
+    def test_lines_get_small_ids_from_the_room_never_reused_and_the_room_keeps_a_bounded_number(self):
+        wendy, tom = self.wendy_and_tom()
+        ids = [self.said_by(wendy, text) for text in ("one", "two")]
+        tom.send(b"/msg wendy three\n")
+        ids.append(wendy.until("private")["id"])
+        self.assertEqual(ids, [1, 2, 3])
+        with mock.patch.object(pcr, "LINES_KEPT", 3), mock.patch.object(pcr, "REACTIONS_KEPT", 4):
+            ids += [self.said_by(wendy, f"line {k}") for k in range(4)]
+            self.assertEqual(self.on_loop(lambda: list(self.server.room.transcript.lines)), [5, 6, 7])
+            for line, emoji in ((5, "👍"), (5, "😂"), (6, "👍"), (6, "😮"), (7, "🙏")):   # a fifth:
+                wendy.act(act="react", id=line, emoji=emoji)                     # the oldest line goes
+                wendy.until("react", id=line, emoji=emoji)
+            transcript = self.on_loop(lambda: self.server.room.transcript)
+            self.assertEqual((list(transcript.lines), transcript.reactions), ([6, 7], 3))
+        self.assertEqual(ids, list(range(1, 8)))
+        self.assertEqual(self.said_by(wendy, "after"), 8)
+
+    def test_a_reply_reaches_every_kind_of_member_as_one_line(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        amy = self.app("amy")
+        amy.wait_box("4 people are online...\n")
+        tom.send(f"tom: {self.QUESTION}\n".encode())
+        asked = wendy.until("chat", name="tom")["id"]
+        wendy.act(act="reply", id=asked, text="yes, at five")
+        line = f'wendy (to tom: {self.QUOTE}): yes, at five\n'
+        tom.read_until(line.encode())
+        reply = paul.until("chat", name="wendy")
+        self.assertEqual(reply, {"type": "chat", "id": asked + 1, "name": "wendy", "text": "yes, at five",
+                                 "reply": {"id": asked, "name": "tom", "text": self.QUOTE.strip('"')},
+                                 "at": paul.seen})
+        amy.wait_chat(line)
+        self.assertEqual(amy.box, "4 people are online...\n")
+        self.assert_app_shows_well(amy)
+        wendy.act(act="reply", id=asked, text="and a second line\nof more words")   # its next lines are lines
+        tom.read_until(b'wendy (to tom: ' + self.QUOTE.encode() + b'): and a second line\nwendy: of more words\n')
+
+    def test_what_is_done_to_a_private_line_stays_between_its_two(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        tom.send(b"/msg wendy psst, come at six\n")
+        secret = wendy.until("private")["id"]
+        wendy.act(act="reply", id=secret, text="ok")
+        tom.read_until(b'[private] wendy to tom (to tom: "psst, come at six"): ok\n')
+        mine = wendy.until("private", text="ok")
+        self.assertEqual((mine["from"], mine["to"], mine["reply"]["id"]), ("wendy", "tom", secret))
+        wendy.act(act="react", id=secret, emoji="👍")
+        tom.read_until(b'[private] wendy reacted \xf0\x9f\x91\x8d to tom: "psst, come at six"\n')
+        wendy.act(act="edit", id=mine["id"], text="ok, six it is")
+        tom.read_until(b'[private] wendy edited: "ok, six it is"\n')
+        wendy.act(act="delete", id=mine["id"])
+        tom.read_until(b"[private] wendy deleted a line\n")
+        paul.act(act="react", id=secret, emoji="😂")   # paul never saw it: for him it is not there
+        self.assertEqual(paul.until("note")["text"],
+                         "that line is no longer kept in the room, so it cannot be reacted to")
+        self.assertEqual(self.nothing_more(tom, paul), b"")
+
+    def test_reactions_count_who_and_a_second_tap_takes_one_back(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        tom.send(b"hi all\n")
+        line = wendy.until("chat", name="tom")["id"]
+        wendy.act(act="react", id=line, emoji="👍")
+        tom.read_until('wendy reacted 👍 to tom: "hi all"\n'.encode())
+        event = paul.until("react")
+        self.assertEqual({k: v for k, v in event.items() if k != "at"}, {
+            "type": "react", "id": line, "emoji": "👍", "name": "wendy", "on": True, "n": 1, "names": ["wendy"]})
+        paul.act(act="react", id=line, emoji="👍")
+        self.assertEqual(paul.until("react")["names"], ["wendy", "paul"])
+        wendy.act(act="react", id=line, emoji="👍")
+        tom.read_until('wendy took back 👍 from tom: "hi all"\n'.encode())
+        event = paul.until("react", name="wendy")
+        self.assertEqual((event["on"], event["n"], event["names"]), (False, 1, ["paul"]))
+        wendy.act(act="react", id=line, emoji="❤")   # without its variation selector
+        tom.read_until('wendy reacted ❤️ to tom: "hi all"\n'.encode())
+        wendy.act(act="react", id=line, emoji="👎")
+        self.assertEqual(wendy.until("note")["text"], "a reaction is one of 👍 ❤️ 😂 😮 😢 🙏")
+
+    def test_a_flood_of_reactions_and_typing_notices_is_bounded_and_slows_nobody_else(self):
+        wendy, tom, paul = self.wendy_tom_and_paul(line_rate=0)   # only the flood's own limits
+        tom.send(b"react to me\n")
+        line = paul.until("chat", name="tom")["id"]
+        started = time.monotonic()
+        for _ in range(100):
+            wendy.act(act="react", id=line, emoji="😂")
+            wendy.act(act="typing")
+        tom.send(b"tom: still here\n")
+        wendy.ws.send("after the flood")   # said after the flood: the flood is all read by then
+        heard = tom.read_until(b"wendy: after the flood\n")
+        if b"tom: still here\n" not in heard:   # its own line may come after
+            heard += tom.read_until(b"tom: still here\n")
+        elapsed = time.monotonic() - started
+        reactions = heard.count("wendy reacted 😂".encode()) + heard.count("wendy took back 😂".encode())
+        self.assertGreaterEqual(reactions, 2)
+        self.assertLessEqual(reactions, pcr.Gate.REACT_BURST + pcr.Gate.REACT_RATE * elapsed + 1)
+        self.assertNotIn(b"typing", heard)   # terminals are never told
+        events, lines = [], set()
+        while lines != {"still here", "after the flood"}:   # tom's line reaches pages too
+            event = paul.next()
+            events.append(event["type"])
+            lines |= {event["text"]} if event["type"] == "chat" else set()
+        self.assertGreaterEqual(events.count("typing"), 1)
+        self.assertLessEqual(events.count("typing"), pcr.Gate.TYPING_BURST + pcr.Gate.TYPING_RATE * elapsed + 1)
+        self.assertEqual(events.count("react"), reactions)
+        self.assertIn("you are reacting to that line too fast; wait a few seconds",
+                      [e.get("text") for e in self.until_quiet(wendy) if e["type"] == "note"])
+
+    def test_only_the_sender_edits_or_deletes_and_unknown_ids_get_one_sentence(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        line = self.said_by(wendy, "my line")
+        tom.read_until(b"wendy: my line\n")
+        paul.act(act="edit", id=line, text="paul's words")
+        self.assertEqual(paul.until("note")["text"], "only the member who sent a line can edit it")
+        paul.act(act="delete", id=line)
+        self.assertEqual(paul.until("note")["text"], "only the member who sent a line can delete it")
+        for action, sentence in (
+                ({"act": "edit", "id": 99999, "text": "x"}, "that line is no longer kept in the room, so it cannot be edited"),
+                ({"act": "delete", "id": 99999}, "that line is no longer kept in the room, so it cannot be deleted"),
+                ({"act": "react", "id": 99999, "emoji": "👍"}, "that line is no longer kept in the room, so it cannot be reacted to"),
+                ({"act": "edit", "id": line, "text": " \t "}, "an edit needs words: to take a line back, delete it"),
+                ({"act": "shout", "id": line}, "the room did not understand what your page sent; reload the page")):
+            with self.subTest(action=action):
+                wendy.act(**action)
+                self.assertEqual(wendy.until("note")["text"], sentence)
+        wendy.ws.send("\x00not json at all")
+        self.assertEqual(wendy.until("note")["text"], "the room did not understand what your page sent; reload the page")
+        self.assertEqual(self.nothing_more(tom), b"")
+        wendy.act(act="delete", id=line)
+        tom.read_until(b"wendy deleted a line\n")
+        wendy.act(act="delete", id=line)
+        self.assertEqual(wendy.until("note")["text"], "that line was deleted, so it cannot be deleted")
+
+    def test_past_the_window_a_line_can_no_longer_be_edited_or_deleted(self):
+        wendy, tom = self.wendy_and_tom(edit_window=0.4)
+        line = self.said_by(wendy, "the cake is in the frige")
+        wendy.act(act="edit", id=line, text="the cake is in the fridge")
+        tom.read_until(b'wendy edited: "the cake is in the fridge"\n')
+        time.sleep(0.5)   # the window, a setting, runs out
+        wendy.act(act="edit", id=line, text="too late")
+        self.assertEqual(wendy.until("note")["text"], "a line can be edited only within 0.4 seconds of sending it")
+        wendy.act(act="delete", id=line)
+        self.assertEqual(wendy.until("note")["text"], "a line can be deleted only within 0.4 seconds of sending it")
+        wendy.act(act="react", id=line, emoji="🙏")   # reactions and replies have no window
+        tom.read_until('wendy reacted 🙏 to wendy: "the cake is in the fridge"\n'.encode())
+
+    def test_the_window_is_fifteen_minutes(self):
+        wendy, tom = self.wendy_and_tom()
+        line = self.said_by(wendy, "one")
+        said = self.on_loop(lambda: self.server.room.transcript.get(line))
+        self.on_loop(lambda: setattr(said, "at", said.at - 899))   # 14 min 59 s ago
+        wendy.act(act="edit", id=line, text="still mine to change")
+        tom.read_until(b'wendy edited: "still mine to change"\n')
+        self.on_loop(lambda: setattr(said, "at", said.at - 2))     # 15 min 1 s ago
+        wendy.act(act="edit", id=line, text="too late")
+        self.assertEqual(wendy.until("note")["text"], "a line can be edited only within 15 minutes of sending it")
+
+    def test_edits_and_deletions_reach_every_member_as_one_line_and_the_log_never_has_the_words(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        amy = self.app("amy")
+        amy.wait_box("4 people are online...\n")
+        line = self.said_by(wendy, "the cake is in the frige")
+        wendy.act(act="edit", id=line, text="the cake is in the fridge")
+        tom.read_until(b'wendy edited: "the cake is in the fridge"\n')
+        self.assertEqual({k: v for k, v in paul.until("edit").items() if k != "at"},
+                         {"type": "edit", "id": line, "name": "wendy", "text": "the cake is in the fridge"})
+        pin = self.said_by(wendy, "my PIN is 4711")
+        wendy.act(act="delete", id=pin)
+        tom.read_until(b"wendy: my PIN is 4711\nwendy deleted a line\n")
+        self.assertEqual({k: v for k, v in paul.until("delete").items() if k != "at"},
+                         {"type": "delete", "id": pin, "name": "wendy"})
+        amy.wait_chat('wendy edited: "the cake is in the fridge"\n')
+        amy.wait_chat("wendy deleted a line\n")
+        self.assert_app_shows_well(amy)
+        self.assertEqual(amy.box, "4 people are online...\n")
+        log = self.log_text()
+        self.assertNotIn("4711", log)
+        self.assertNotIn("fridge", log)
+
+    def test_a_page_away_and_newcomers_are_given_only_the_new_words(self):
+        self.start(history=10, web_grace=5.0)
+        tom = self.member("tom")
+        wendy, walt, paul = (self.web_member(name) for name in ("wendy", "walt", "paul"))
+        paul.until("count", n=4)
+        token, seen = paul.token, paul.seen
+        paul.lose()
+        self.wait_on_loop(lambda: self.server.room.find("paul").stage is pcr.Stage.AWAY, "paul away")
+        code = self.said_by(wendy, "the door code is 4711")
+        walt.until("chat", text="the door code is 4711")
+        walt.act(act="reply", id=code, text="thanks!")
+        thanks = wendy.until("chat", name="walt")["id"]
+        wendy.act(act="react", id=thanks, emoji="👍")
+        wendy.act(act="edit", id=code, text="the door code is on the fridge")
+        wendy.until("edit")
+        pin = self.said_by(wendy, "oops: my PIN 1234")
+        wendy.act(act="delete", id=pin)
+        wendy.until("delete")
+        tom.read_until(b"wendy deleted a line\n")
+        kept = self.on_loop(lambda: bytes(self.server.webs.stream.buf))
+        for words in (b"4711", b"1234"):
+            self.assertNotIn(words, kept)
+        back = self.web_member(None)
+        back.ask_seat_back(token, seen)
+        self.assertTrue(back.until("welcome")["back"])
+        missed = self.until_quiet(back)
+        told = json.dumps(missed, ensure_ascii=False)
+        self.assertNotIn("4711", told)
+        self.assertNotIn("1234", told)
+        self.assertEqual([(e["type"], e.get("id")) for e in missed],
+                         [("chat", code), ("chat", thanks), ("react", thanks), ("edit", code),
+                          ("chat", pin), ("delete", pin)])
+        self.assertEqual(missed[3]["text"], "the door code is on the fridge")
+        self.assertEqual(missed[1]["reply"], {"id": code, "name": "wendy"})   # its quote: from the edit
+
+        nina = self.web_member("nina")
+        self.assertEqual(nina.until("history")["lines"], [
+            {"id": code, "name": "wendy", "text": "the door code is on the fridge", "edited": True},
+            {"id": thanks, "name": "walt", "text": "thanks!", "reactions": {"👍": {"n": 1, "names": ["wendy"]}},
+             "reply": {"id": code, "name": "wendy", "text": "the door code is on the fridge"}},
+            {"id": pin, "name": "wendy", "deleted": True}])
+        zed = self.connect()
+        zed.answer(b"zed\n")
+        self.assertEqual(zed.read_until(b"zed joined the chat...\n").decode(),
+                         'wendy: the door code is on the fridge\n'
+                         'walt (to wendy: "the door code is on the fridge"): thanks!\n'
+                         'wendy deleted a line\nzed joined the chat...\n')
+
+    def test_a_reply_to_a_line_no_longer_kept_goes_as_a_new_line_or_if_private_comes_back(self):
+        wendy, tom = self.wendy_and_tom()
+        with mock.patch.object(pcr, "LINES_KEPT", 2):
+            first = self.said_by(wendy, "one")
+            for text in ("two", "three"):
+                self.said_by(wendy, text)
+            wendy.act(act="reply", id=first, text="late answer")
+            tom.read_until(b"wendy: late answer\n")   # a new line, whole
+            self.assertEqual(wendy.until("note")["text"],
+                             "the line you answered is no longer kept, so yours was sent as a new line")
+            wendy.act(act="reply", id=first, text="a private answer", private=True)
+            self.assertEqual({k: v for k, v in wendy.until("note").items()},
+                             {"type": "note", "words": "a private answer", "text":
+                              "the private line you answered is no longer kept, so your reply was not sent"})
+            self.assertEqual(self.nothing_more(tom), b"")
+            wendy.act(act="react", id=first, emoji="👍")
+            self.assertEqual(wendy.until("note")["text"],
+                             "that line is no longer kept in the room, so it cannot be reacted to")
+
+    def test_a_private_reply_to_someone_who_left_is_not_sent_and_comes_back(self):
+        wendy, tom = self.wendy_and_tom()
+        ann = self.member("ann")
+        ann.send(b"/msg wendy see you\n")
+        secret = wendy.until("private")["id"]
+        ann.close()
+        tom.read_until(b"ann has left the chat...\n")
+        wendy.act(act="reply", id=secret, text="bye")
+        self.assertEqual(wendy.until("note"), {"type": "note", "words": "bye", "text":
+                                               "ann is not in the room now, so your private reply was not sent"})
+
+    def test_old_style_commands_nul_lines_and_names_forge_nothing(self):
+        wendy, tom = self.wendy_and_tom()
+        tom.send(f"tom: {self.QUESTION}\n".encode())
+        asked = wendy.until("chat", name="tom")["id"]
+        forged = ["/react 1 👍", "/edit 1 hacked", "/delete 1", "/reply 1 hi", "/typing",
+                  '\x00{"act": "delete", "id": 1}']
+        for text in forged:
+            tom.send(f"{text}\n".encode())
+        heard = tom.read_until('tom: {"act": "delete", "id": 1}\n'.encode()).decode()
+        for text in forged:
+            self.assertIn(f"tom: {text.lstrip(chr(0))}\n", heard)
+        self.assertEqual([wendy.until("chat")["text"] for _ in forged], [t.lstrip("\x00") for t in forged])
+        said = self.on_loop(lambda: self.server.room.transcript.get(asked))
+        self.assertEqual((said.text, said.deleted, said.reactions), (self.QUESTION, False, {}))
+        for name, text in (("tom reacted 👍 to tom", self.QUOTE), ("tom edited", '"hacked"'),
+                           ("tom (to tom", self.QUOTE + "): yes"), ("tom took back 👍 from tom", self.QUOTE)):
+            with self.subTest(name=name):
+                forger = self.member(name)
+                forger.send(f"{name}: {text}\n".encode())   # its own name first, as the App writes
+                line = tom.read_until(f": {text}\n".encode()).decode().splitlines()[-1]
+                self.assertEqual(line, f"{name.replace(' ', '_')}: {text}")
+                forger.close()
+
+    def test_a_deleted_photo_is_gone_from_the_room(self):
+        if Image is None:
+            self.skipTest(NO_PIL)
+        wendy, tom = self.wendy_and_tom()
+        share(wendy, picture("JPEG", (64, 48)))
+        photo = wendy.until("photo")
+        link = photo_link(tom.read_until(b".jpg\n"))
+        wendy.act(act="edit", id=photo["id"], text="a caption")
+        self.assertEqual(wendy.until("note")["text"], "a photo cannot be edited: delete it and share another")
+        wendy.act(act="reply", id=photo["id"], text="nice")
+        tom.read_until(b"wendy (to wendy: a photo): nice\n")
+        wendy.act(act="delete", id=photo["id"])
+        tom.read_until(b"wendy deleted a line\n")
+        self.assertTrue(fetch(link)[0].startswith("HTTP/1.1 404"))
+        self.assertEqual(self.on_loop(lambda: self.server.room.album.size), 0)
+
+    def test_typing_reaches_pages_alone(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        wendy.act(act="typing")
+        self.assertEqual({k: v for k, v in paul.until("typing").items() if k != "at"},
+                         {"type": "typing", "name": "wendy"})
+        self.assertEqual(self.nothing_more(tom), b"")
 
 
 # ---------------------------------------------------------------------------
