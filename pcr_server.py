@@ -8130,11 +8130,11 @@ a.quote:hover { text-decoration: underline; }
     } catch (e) { /* no sound here */ }
   }
 
-  function quietly(words) {
+  function quietly(words, missed) {
     // A replay (the history, or what was missed while away) fills the log while it
     // is busy, then one status line sums it up: a screen reader says it once.
     if (!room.replay) {
-      room.replay = { lines: 0, words: words, until: Date.now() + REPLAY_MOST };
+      room.replay = { lines: 0, words: words, until: Date.now() + REPLAY_MOST, missed: !!missed };
       ui.log.setAttribute("aria-busy", "true");
     }
     keepQuiet();
@@ -8240,6 +8240,7 @@ a.quote:hover { text-decoration: underline; }
   function showReactions(item) {
     // Each reaction with its count; who reacted is in its name and its title.
     const row = item.querySelector(".reactions");
+    const pressed = row.contains(document.activeElement) && document.activeElement.getAttribute("data-emoji");
     row.textContent = "";
     REACTIONS.forEach(function (emoji) {
       const r = item.reactions[emoji];
@@ -8249,10 +8250,14 @@ a.quote:hover { text-decoration: underline; }
       chip.type = "button";
       chip.setAttribute("data-emoji", emoji);
       chip.setAttribute("aria-pressed", r.mine ? "true" : "false");
-      chip.setAttribute("aria-label", "React " + emoji + " (" + r.n + "): " + who);
+      chip.setAttribute("aria-label", "React " + emoji + " " + r.n + ": " + who);
       chip.title = who;
     });
     row.hidden = !row.firstChild;
+    if (pressed) {   // the focus stays where it was: on that reaction, or on its line
+      const again = row.querySelector('[data-emoji="' + pressed + '"]');
+      (again || item).focus();
+    }
   }
 
   function firstWords(text) {
@@ -8342,9 +8347,9 @@ a.quote:hover { text-decoration: underline; }
     const picker = ui.lines.querySelector(".picker");
     if (!picker) { return; }
     const button = picker.parentNode.querySelector('[data-act="react"]');
+    if (refocus) { button.focus(); }   // first: while the line has the focus, its buttons show
     picker.remove();
     button.setAttribute("aria-expanded", "false");
-    if (refocus) { button.focus(); }
   }
 
   function startReply(item) {
@@ -8725,7 +8730,7 @@ a.quote:hover { text-decoration: underline; }
       showChat();
       setCanSend(true);
       if (msg.back) {
-        if (msg.missed) { quietly("while you were away"); }
+        if (msg.missed) { quietly("while you were away", true); }
         addLine(msg.missed ? "Back: what was said while you were away" : "Back: you missed nothing", "note mark");
         banner("Reconnected", "ok");
       } else if (back) {
@@ -8765,7 +8770,7 @@ a.quote:hover { text-decoration: underline; }
     delete: lineDeleted,
     typing: function (msg) {
       const name = String(msg.name);
-      if (name === room.me || room.replay) { return; }   // a replay's notices are old news
+      if (name === room.me || room.replay && room.replay.missed) { return; }   // old news
       room.typers[name] = Date.now() + TYPING_SHOWN;
       showTyping();
     },

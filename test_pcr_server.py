@@ -615,6 +615,14 @@ class WebMember:
         """The page's request for its seat: a binary message, before any name."""
         self.ws.send(json.dumps({"resume": token, "seen": seen}).encode())
 
+    def until_quiet(self, quiet: float = 0.5) -> list[dict]:
+        """Every message until none comes for `quiet` seconds."""
+        events = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                events.append(self.next(quiet))
+        return events
+
     def act(self, **action) -> None:
         """What the page does to a line (a reply, a reaction, an edit, a deletion, "typing"):
         a text with NUL first, then the action as JSON."""
@@ -900,8 +908,9 @@ class PhonePageCase(BrowserCase):
         return proxy, tom
 
     def log_lines(self) -> list[str]:
-        """Everything the page's log shows, a line an item."""
-        return [e.get_attribute("textContent")
+        """Everything the page's log shows, a line an item (a line's buttons only
+        show while it has the focus)."""
+        return [e.get_attribute("innerText")
                 for e in self.driver.find_elements(By.CSS_SELECTOR, "#log li")]
 
     def bubbles(self) -> list[str]:
@@ -3171,13 +3180,6 @@ class MessengerTest(WebCase):
             self.assertEqual(page.next()["text"], "marker")
         return tom.read_until(b"tom: marker\n")[:-len(b"tom: marker\n")]
 
-    def until_quiet(self, page: WebMember, quiet: float = 0.5) -> list[dict]:
-        events = []
-        with contextlib.suppress(TimeoutError):
-            while True:
-                events.append(page.next(quiet))
-        return events
-
     def test_lines_get_small_ids_from_the_room_never_reused_and_the_room_keeps_a_bounded_number(self):
         wendy, tom = self.wendy_and_tom()
         ids = [self.said_by(wendy, text) for text in ("one", "two")]
@@ -3280,7 +3282,7 @@ class MessengerTest(WebCase):
         self.assertLessEqual(events.count("typing"), pcr.Gate.TYPING_BURST + pcr.Gate.TYPING_RATE * elapsed + 1)
         self.assertEqual(events.count("react"), reactions)
         self.assertIn("you are reacting to that line too fast; wait a few seconds",
-                      [e.get("text") for e in self.until_quiet(wendy) if e["type"] == "note"])
+                      [e.get("text") for e in wendy.until_quiet() if e["type"] == "note"])
 
     def test_only_the_sender_edits_or_deletes_and_unknown_ids_get_one_sentence(self):
         wendy, tom, paul = self.wendy_tom_and_paul()
@@ -3378,7 +3380,7 @@ class MessengerTest(WebCase):
         back = self.web_member(None)
         back.ask_seat_back(token, seen)
         self.assertTrue(back.until("welcome")["back"])
-        missed = self.until_quiet(back)
+        missed = back.until_quiet()
         told = json.dumps(missed, ensure_ascii=False)
         self.assertNotIn("4711", told)
         self.assertNotIn("1234", told)
@@ -8579,6 +8581,55 @@ class PageForEveryoneTest(BrowserCase):
         found += self.in_both_schemes("lost connection")
         self.assertEqual(found, [])
 
+    def test_axe_core_finds_nothing_with_replies_reactions_edits_deletions_and_typing(self):
+        if not AXE or not os.path.exists(AXE):
+            self.skipTest(NO_AXE)
+        self.start(history=20)
+        tom = self.member("tom")
+        tom.send(b"tom: are we meeting at five, or would six be better?\n")   # history, with a reaction
+        tom.read_until(b"better?\n")
+        paul = WebMember(self.server.web_address[1], "paul")
+        self.addCleanup(paul.close)
+        first = paul.until("history")["lines"][0]["id"]
+        paul.act(act="react", id=first, emoji="😂")
+        paul.until("react")
+        self.open_page()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        self.tom_says(tom, "can you bring the cake?")
+        tap = lambda words, act: self.js("""
+            const li = [...document.querySelectorAll('#lines li[data-name]')].find(
+                li => li.querySelector('.text')?.textContent === arguments[0]);
+            li.querySelector('.text').click(); li.querySelector('[data-act="' + arguments[1] + '"]').click();""",
+            words, act)
+        tap("can you bring the cake?", "reply")
+        self.say("yes, at five")
+        self.wait_for(lambda: "yes, at five" in self.bubbles(), "her reply")
+        tap("can you bring the cake?", "react")
+        self.find(".picker button").click()
+        self.say("the cake is in the frige")
+        self.wait_for(lambda: "the cake is in the frige" in self.bubbles(), "her line")
+        tap("the cake is in the frige", "edit")
+        self.driver.switch_to.active_element.send_keys(Keys.BACKSPACE * 5 + "fridge" + Keys.ENTER)
+        self.say("my PIN is 4711")
+        self.wait_for(lambda: "my PIN is 4711" in self.bubbles(), "the PIN")
+        tap("my PIN is 4711", "delete")
+        self.driver.switch_to.alert.accept()
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
+        mine = paul.until("chat", text="yes, at five")["id"]
+        paul.act(act="reply", id=mine, text="great")
+        paul.act(act="typing")
+        self.wait_for(lambda: "great" in self.bubbles(), "paul's reply")
+        self.wait_for(lambda: self.text("#typing") == "paul is typing…", "paul typing")
+        tap("great", "reply")   # the reply bar, and a line with its buttons and picker showing
+        tap("yes, at five", "react")
+        self.wait_for(lambda: self.find(".picker").is_displayed(), "the picker")
+        found = self.in_both_schemes("messenger")
+        tap("the cake is in the fridge", "edit")
+        self.wait_for(lambda: self.find(".edit-box").is_displayed(), "an edit box")
+        found += self.in_both_schemes("editing")
+        self.assertEqual(found, [])
+
     def test_nothing_is_cut_off_at_200_percent_zoom_on_a_phone(self):
         self.start(web_grace=6.0)
         proxy = CuttableProxy(self.server.web_address[1])
@@ -8614,6 +8665,253 @@ class PageForEveryoneTest(BrowserCase):
             self.assertGreaterEqual(box["x"], 0)
             self.assertLessEqual(box["x"] + box["width"], 180)
         self.find("#banner-button").click()   # selenium clicks only what is in view and not covered
+
+
+class MessengerPageTest(BrowserCase):
+    """Reply, react, edit, delete and who is typing on the page, in real
+    Chromium (issue 33): each seen from a second page (a tab of its own), a
+    terminal and a newcomer with --history; and all of it by keyboard alone."""
+
+    QUESTION = "are we meeting at five, or would six be better for everyone?"
+    QUOTE = '"are we meeting at five, or would six be…"'
+
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(self.close_tabs)
+
+    def close_tabs(self) -> None:
+        for handle in self.driver.window_handles[1:]:
+            self.driver.switch_to.window(handle)
+            self.driver.close()
+        self.driver.switch_to.window(self.driver.window_handles[0])
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def page_for(self, name: str) -> str:
+        """The page joined as `name`, in this tab if it is empty, else in a new one; its tab."""
+        if self.driver.current_url != "about:blank":
+            self.driver.switch_to.new_window("tab")
+        self.open_page()
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        self.find("#name").clear()   # the name kept on this device is the other tab's
+        self.join_as(name)
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        return self.driver.current_window_handle
+
+    def to(self, tab: str) -> None:
+        self.driver.switch_to.window(tab)
+
+    def line(self, words: str):
+        """The list item of the line whose words are `words`, once it is on the page."""
+        find = ("return [...document.querySelectorAll('#lines li[data-name]')].find("
+                "li => li.querySelector('.text')?.textContent === arguments[0]) || null")
+        self.wait_for(lambda: self.js(find, words), f"the line {words!r}")
+        return self.js(find, words)
+
+    def tap(self, item, act: str):
+        """A tap on the line shows its buttons; then a tap on the one for `act`."""
+        item.find_element(By.CSS_SELECTOR, ".text").click()
+        button = item.find_element(By.CSS_SELECTOR, f'[data-act="{act}"]')
+        self.assertTrue(button.is_displayed())
+        button.click()
+
+    def acts(self, item) -> list[str]:
+        """The accessible names of a line's buttons."""
+        return [b.get_attribute("aria-label") for b in item.find_elements(By.CSS_SELECTOR, ".actions button")]
+
+    def active(self) -> str:
+        return self.js("const a = document.activeElement; return a.getAttribute('aria-label') || a.id")
+
+    def test_a_family_replies_reacts_edits_and_deletes_seen_by_a_second_page_a_terminal_and_a_newcomer(self):
+        self.start(history=20)
+        tom = self.member("tom")
+        wendy = self.page_for("Wendy")
+        paul = self.page_for("Paul")
+        tom.read_until(b"Paul joined the chat...\n3 people are online...\n")
+        tom.send(f"tom: {self.QUESTION}\n".encode())
+
+        self.to(wendy)   # a reply: the terminal reads one line, the other page the quote above it
+        question = self.line(self.QUESTION)
+        self.assertEqual(self.acts(question), ["Reply to tom", "React to tom’s line"])
+        self.tap(question, "reply")
+        self.assertEqual(self.active(), "message")
+        self.assertEqual(self.text("#replying-text"), "Replying to tom: " + self.QUOTE.strip('"'))
+        self.say("yes, at five")
+        tom.read_until(f"Wendy (to tom: {self.QUOTE}): yes, at five\n".encode())
+        self.assertFalse(self.find("#replying").is_displayed())
+        self.to(paul)
+        reply = self.line("yes, at five")
+        quote = reply.find_element(By.CSS_SELECTOR, ".bubble .quote")
+        self.assertEqual(quote.get_attribute("textContent"), "In reply to tom" + self.QUOTE.strip('"'))
+        self.assertLess(quote.rect["y"], reply.find_element(By.CSS_SELECTOR, ".text").rect["y"])
+        quote.click()
+        self.assertEqual(self.js("return document.activeElement.id"), self.line(self.QUESTION).get_attribute("id"))
+
+        self.to(wendy)   # a reaction, its count, who; a second tap takes one's own back
+        self.tap(self.line(self.QUESTION), "react")
+        choices = self.driver.find_elements(By.CSS_SELECTOR, ".picker button")
+        self.assertEqual([c.get_attribute("aria-label") for c in choices],
+                         [f"React with {emoji}" for emoji in pcr.REACTIONS])
+        self.assertEqual(self.active(), "React with 👍")
+        choices[0].click()
+        tom.read_until(f"Wendy reacted 👍 to tom: {self.QUOTE}\n".encode())
+        self.to(paul)
+        self.wait_for(lambda: self.line(self.QUESTION).find_elements(By.CSS_SELECTOR, ".chip"), "the 👍")
+        chip = self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip")
+        self.assertEqual((chip.text, chip.get_attribute("title"), chip.get_attribute("aria-label")),
+                         ("👍 1", "Wendy", "React 👍 1: Wendy"))
+        chip.click()
+        tom.read_until(f"Paul reacted 👍 to tom: {self.QUOTE}\n".encode())
+        chip = lambda: self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip")
+        self.wait_for(lambda: chip().get_attribute("title") == "Wendy and you", "two on it")
+        self.assertEqual((chip().text, chip().get_attribute("aria-pressed")), ("👍 2", "true"))
+        chip().click()
+        tom.read_until(f"Paul took back 👍 from tom: {self.QUOTE}\n".encode())
+        self.wait_for(lambda: chip().get_attribute("title") == "Wendy", "Paul's taken back")
+
+        self.to(wendy)   # an edit, in place, and marked
+        self.say("the cake is in the frige")
+        mine = self.line("the cake is in the frige")
+        self.assertEqual(self.acts(mine), ["Reply to your line", "React to your line", "Edit your line",
+                                           "Delete your line"])
+        self.tap(mine, "edit")
+        box = self.driver.switch_to.active_element
+        self.assertEqual((box.get_attribute("aria-label"), box.get_attribute("value")),
+                         ("Edit your line", "the cake is in the frige"))
+        box.send_keys(Keys.BACKSPACE * 5 + "fridge" + Keys.ENTER)
+        tom.read_until(b'Wendy edited: "the cake is in the fridge"\n')
+        self.to(paul)
+        edited = self.line("the cake is in the fridge")
+        self.assertIn("edited", edited.find_element(By.CSS_SELECTOR, ".head").text)
+        self.assertEqual(self.acts(edited), ["Reply to Wendy", "React to Wendy’s line"])   # not hers to change
+
+        self.to(wendy)   # a deletion, after its confirmation
+        self.say("my PIN is 4711")
+        self.tap(self.line("my PIN is 4711"), "delete")
+        self.assertEqual(self.driver.switch_to.alert.text, "Delete this line for everyone?")
+        self.driver.switch_to.alert.accept()
+        tom.read_until(b"Wendy deleted a line\n")
+        self.to(paul)
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
+        self.assertNotIn("4711", self.text("#lines"))
+
+        nina = self.page_for("Nina")   # a newcomer sees it all as the others do
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the history")
+        shown = self.text("#lines")
+        for gone in ("4711", "frige"):
+            self.assertNotIn(gone, shown)
+        self.assertEqual(self.line("yes, at five").find_element(By.CSS_SELECTOR, ".quote").get_attribute("textContent"),
+                         "In reply to tom" + self.QUOTE.strip('"'))
+        self.assertEqual(self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip").get_attribute("title"), "Wendy")
+        self.assertIn("edited", self.line("the cake is in the fridge").find_element(By.CSS_SELECTOR, ".head").text)
+        self.assertEqual(self.acts(self.line("the cake is in the fridge")), ["Reply to Wendy", "React to Wendy’s line"])
+        self.to(nina)
+        self.assert_no_policy_violations()
+
+    def test_all_five_by_keyboard_alone(self):
+        self.start()
+        tom = self.member("tom")
+        self.page_for("Wendy")
+        tom.send(b"tom: can you bring the cake?\n")
+        self.line("can you bring the cake?")
+        keys = webdriver.ActionChains(self.driver)
+
+        def press(*pressed) -> None:
+            for key in pressed:
+                if key == "back":
+                    keys.key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT)
+                else:
+                    keys.send_keys(key)
+            keys.perform()
+
+        def to_the_list() -> None:
+            for _ in range(3):
+                press("back")
+                if self.active() == "Chat messages":
+                    return
+
+        def tab_to(label: str) -> None:
+            """Tab until `label` has the focus (past a quote, say), 5 times at most."""
+            for _ in range(5):
+                press(Keys.TAB)
+                if self.active() == label:
+                    return
+
+        self.assertEqual(self.active(), "message")
+        to_the_list()
+        press(Keys.ARROW_UP)   # the last line
+        self.assertEqual(self.js("return document.activeElement.getAttribute('data-name')"), "tom")
+        press(Keys.TAB)
+        self.assertEqual(self.active(), "Reply to tom")
+        press(Keys.ENTER)
+        self.assertEqual(self.active(), "message")
+        press("yes" + Keys.ENTER)
+        tom.read_until(b'Wendy (to tom: "can you bring the cake?"): yes\n')
+
+        to_the_list()
+        press(Keys.END, Keys.ARROW_UP, Keys.TAB, Keys.TAB)
+        self.assertEqual(self.active(), "React to tom’s line")
+        press(Keys.ENTER)
+        self.assertEqual(self.active(), "React with 👍")
+        press(Keys.TAB, Keys.ENTER)
+        tom.read_until('Wendy reacted ❤️ to tom: "can you bring the cake?"\n'.encode())
+        self.assertEqual(self.active(), "React to tom’s line")
+
+        press(Keys.ARROW_DOWN)   # her reply: its quote, Reply, React, Edit, Delete
+        tab_to("Edit your line")
+        self.assertEqual(self.active(), "Edit your line")
+        press(Keys.ENTER)
+        self.assertEqual((self.active(), self.js("return document.activeElement.value")), ("Edit your line", "yes"))
+        press(Keys.ESCAPE)   # cancelled: nothing goes
+        self.assertEqual(self.js("return document.activeElement.getAttribute('data-name')"), "Wendy")
+        tab_to("Edit your line")
+        press(Keys.ENTER, ", with candles", Keys.ENTER)
+        tom.read_until(b'Wendy edited: "yes, with candles"\n')
+        self.assertEqual(self.js("return document.activeElement.getAttribute('data-name')"), "Wendy")
+        tab_to("Delete your line")
+        self.assertEqual(self.active(), "Delete your line")
+        press(Keys.ENTER)
+        self.driver.switch_to.alert.accept()
+        tom.read_until(b"Wendy deleted a line\n")
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
+        self.assertNotIn(b"edited", tom.read_for(0.2))   # Escape sent nothing
+
+    def test_who_is_typing_is_said_politely_once_never_into_the_log_and_goes(self):
+        self.start()
+        tom = self.member("tom")
+        watcher = WebMember(self.server.web_address[1], "walt")   # counts the notices the room sends
+        self.addCleanup(watcher.close)
+        wendy = self.page_for("Wendy")
+        self.js("""window.typingSaid = [];
+            new MutationObserver(function () {
+              window.typingSaid.push(document.getElementById('typing').textContent);
+            }).observe(document.getElementById('typing'), { childList: true, characterData: true, subtree: true });""")
+        self.assertEqual((self.find("#typing").get_attribute("role"), self.js(
+            "return document.getElementById('log').contains(document.getElementById('typing'))")), ("status", False))
+        paul = self.page_for("Paul")
+        started = time.monotonic()
+        while time.monotonic() - started < 4.0:   # a line typed slowly, over 4 s
+            self.find("#message").send_keys("a")
+            time.sleep(0.4)
+        notices = [e for e in watcher.until_quiet(0.3) if e["type"] == "typing"]
+        self.assertIn(len(notices), (2, 3))   # once every 3 s, not once a key
+        self.to(wendy)
+        self.assertEqual(self.text("#typing"), "Paul is typing…")
+        self.to(paul)
+        self.find("#message").send_keys(Keys.ENTER)
+        self.to(wendy)
+        self.wait_for(lambda: self.text("#typing") == "", "the notice gone with Paul's line", timeout=2.0)
+        self.assertEqual(self.js("return window.typingSaid"), ["Paul is typing…", ""])   # said once
+        self.assertNotIn("typing", self.text("#lines"))
+        self.to(paul)
+        self.find("#message").send_keys("b")
+        self.to(wendy)
+        self.wait_for(lambda: self.text("#typing") == "Paul is typing…", "the notice again")
+        shown = time.monotonic()
+        self.wait_for(lambda: self.text("#typing") == "", "the notice gone 6 s later", timeout=9.0)
+        self.assertGreater(time.monotonic() - shown, 4.0)
+        self.assertNotIn(b"typing", tom.read_for(0.2))   # terminals are never told
 
 
 class PhotoBrowserTest(BrowserCase):
