@@ -32,7 +32,9 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
                               back), AppOutlet (the App's pace: one piece when it is free);
-                              Album (the photos shared, in memory, the oldest go)
+                              Album (the photos shared, in memory, the oldest go);
+                              Said and Transcript (each line by its id: replies,
+                              reactions, edits, deletions, checked and bounded)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
@@ -40,7 +42,8 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
                               in a sentence), WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
-                              seat back), Handshakes (TLS, paced), Server
+                              seat back, a page's actions on lines), Handshakes
+                              (TLS, paced), Server
                               (listening, accepting, each connection to its door,
                               reading, names, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them, private, public
@@ -1914,8 +1917,9 @@ class Transcript:
 class Outlet:
     """The room's events, encoded and delivered for one kind of reader.
 
-    The room calls the event methods (chat, joined, left, count, stop, and
-    note, who and private for one member); an outlet appends what its readers
+    The room calls the event methods (chat, photo, joined, left, count, stop,
+    reacted, edited, deleted, typing, and note, who and private for one
+    member); an outlet appends what its readers
     should get to its own stream, once, and flush() sends it at the end of
     the loop turn.  This base class is the shared stream that terminals
     and web members read: each member is only a position in it, and gets
@@ -3476,8 +3480,9 @@ class WebDoor:
     page, a photo from the album, an error, or the upgrade of /ws to a
     WebSocket (RFC 6455 §4.2); then the WebSocket's frames in (RFC 6455 §5):
     a name, or a request for a seat held by the web outlet (docs/PROTOCOL.md,
-    "Coming back"), then lines, and photos (`NUL photo BYTES`, then one binary
-    message).  The page itself is data, given when the door is made (the last
+    "Coming back"), then lines, photos (`NUL photo BYTES`, then one binary
+    message) and what it does to lines (`NUL {JSON}`, act(), read in the
+    order of its lines by the server).  The page itself is data, given when the door is made (the last
     section); a connection the gate let in only to be told why not hears
     it once its WebSocket is open."""
 
