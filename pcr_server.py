@@ -1839,20 +1839,27 @@ class Said:
     the room keeps it: its id, who said it (name, and the member's number),
     when, its words or photo, for a private line its receiver, the line it
     answers (`re`: id, name, and that line's first words: None for a photo,
-    "" once deleted), who reacted with what, and whether it was edited or
-    deleted (then its words and photo are gone)."""
+    "" once deleted), who reacted with what (None: nobody yet), and whether
+    it was edited or deleted (then its words and photo are gone).  Made for
+    every line said: its making is kept cheap."""
 
     __slots__ = ("id", "name", "author", "at", "text", "photo", "to", "to_number", "re",
                  "reactions", "edited", "deleted")
 
-    def __init__(self, m: Member, at: float, text: str = "", photo: Photo | None = None,
+    def __init__(self, m: Member, at: float, text: str, photo: Photo | None = None,
                  to: Member | None = None, answers: Said | None = None):
         self.id = 0
-        self.name, self.author, self.at, self.text, self.photo = m.name, m.number, at, text, photo
-        self.to, self.to_number = (to.name, to.number) if to else ("", 0)
-        self.re = answers.quoted() if answers else None
-        self.reactions: dict[str, dict[int, str]] = {}   # emoji -> member number -> name
-        self.edited = self.deleted = False
+        self.name = m.name
+        self.author = m.number
+        self.at = at
+        self.text = text
+        self.photo = photo
+        self.to = "" if to is None else to.name
+        self.to_number = 0 if to is None else to.number
+        self.re = None if answers is None else answers.quoted()
+        self.reactions: dict[str, dict[int, str]] | None = None   # emoji -> member number -> name
+        self.edited = False
+        self.deleted = False
 
     def quoted(self) -> tuple[int, str, str | None]:
         """This line as a reply quotes it: (id, name, first words)."""
@@ -1862,35 +1869,44 @@ class Said:
         """m may see this line: everyone, or the two of a private line."""
         return not self.to_number or m.number in (self.author, self.to_number)
 
+    def reaction_count(self) -> int:
+        return sum(map(len, self.reactions.values())) if self.reactions else 0
+
 
 class Transcript:
     """The room's last lines by id, in memory only, for what members do to
     them: ids count from 1 and are never reused in a run of the room; at
     most LINES_KEPT lines and REACTIONS_KEPT reactions on them are kept
-    (the oldest lines go first).  So it holds at most LINES_KEPT times
-    --max-line bytes of words (8 MiB at 4096) and about 2 MiB of reactions."""
+    (the oldest lines go first, so the ids kept run from `oldest` on).  So
+    it holds at most LINES_KEPT times --max-line bytes of words (8 MiB at
+    4096) and about 2 MiB of reactions."""
 
     def __init__(self):
-        self.lines: collections.OrderedDict[int, Said] = collections.OrderedDict()
-        self.next_id = 1
+        self.lines: dict[int, Said] = {}
+        self.next_id = self.oldest = 1
         self.reactions = 0
 
     def keep(self, said: Said) -> Said:
-        said.id, self.next_id = self.next_id, self.next_id + 1
-        self.lines[said.id] = said
-        if len(self.lines) > LINES_KEPT:
-            self._forget_oldest()
+        said.id = line_id = self.next_id
+        self.next_id = line_id + 1
+        self.lines[line_id] = said
+        while line_id - self.oldest >= LINES_KEPT:   # a dict by consecutive ids: the oldest
+            self._forget_oldest()                    # goes by its key, never by a scan
         return said
 
     def _forget_oldest(self) -> None:
-        _, said = self.lines.popitem(last=False)
-        self.reactions -= sum(map(len, said.reactions.values()))
+        said = self.lines.pop(self.oldest)
+        self.oldest += 1
+        if said.reactions:
+            self.reactions -= said.reaction_count()
 
     def get(self, line_id: int) -> Said | None:
         return self.lines.get(line_id)
 
     def react(self, said: Said, m: Member, emoji: str) -> bool:
         """m's reaction on `said`, or taken back if m had it (False)."""
+        if said.reactions is None:
+            said.reactions = {}
         who = said.reactions.setdefault(emoji, {})
         if who.pop(m.number, None) is not None:
             self.reactions -= 1
@@ -1899,15 +1915,15 @@ class Transcript:
             return False
         who[m.number] = m.name
         self.reactions += 1
-        while self.reactions > REACTIONS_KEPT and len(self.lines) > 1:
+        while self.reactions > REACTIONS_KEPT and self.oldest < said.id:
             self._forget_oldest()
         return True
 
     def changed(self, said: Said) -> None:
         """`said` was edited or deleted: the replies that quote it quote it so."""
-        if said.deleted:
-            self.reactions -= sum(map(len, said.reactions.values()))
-            said.reactions.clear()
+        if said.deleted and said.reactions:
+            self.reactions -= said.reaction_count()
+            said.reactions = None
         quoted = said.quoted()
         for line in self.lines.values():
             if line.re is not None and line.re[0] == said.id:
@@ -2118,7 +2134,8 @@ class LineOutlet(Outlet):
     kind = Kind.LINE
 
     def chat(self, said: Said) -> None:
-        self._say(said_notice(said).encode())
+        """A line said in public: a reply, or (the hot path) a plain line."""
+        self._say((said_notice(said) if said.re else chat_notice(said.name, said.text)).encode())
 
     def joined(self, names: list[str], present: int) -> None:
         self._say(joined_notice(names).encode())
@@ -2296,7 +2313,7 @@ class WebOutlet(Outlet):
     def reacted(self, said: Said, name: str, emoji: str, on: bool, only: Member | None = None) -> None:
         """A reaction to `said` (or taken back), with who has it on that line now."""
         self._event("react", only=only, id=said.id, emoji=emoji, name=name, on=on,
-                    **self._reactors(said.reactions.get(emoji, {})))
+                    **self._reactors((said.reactions or {}).get(emoji, {})))
 
     def edited(self, said: Said, only: Member | None = None) -> None:
         """The new words of `said`: they alone are kept from now on."""
@@ -2785,7 +2802,7 @@ class Room:
             self.chat(m, said)
 
     def chat(self, m: Member, text: str, answers: Said | None = None) -> None:
-        said = self.transcript.keep(Said(m, self.loop.now, text, answers=answers))
+        said = self.transcript.keep(Said(m, self.loop.now, text, None, None, answers))
         for outlet in self._listening():
             outlet.chat(said)
         self.history.append(said)
@@ -2795,7 +2812,7 @@ class Room:
         everyone; False if it is larger than the whole album."""
         if not self.album.add(photo):
             return False
-        said = self.transcript.keep(Said(m, self.loop.now, photo=photo))
+        said = self.transcript.keep(Said(m, self.loop.now, "", photo))
         for outlet in self._listening():
             outlet.photo(said)
         self.history.append(said)
@@ -2830,7 +2847,7 @@ class Room:
         self._private(m, receiver, text)
 
     def _private(self, m: Member, receiver: Member, text: str, answers: Said | None = None) -> None:
-        said = self.transcript.keep(Said(m, self.loop.now, text, to=receiver, answers=answers))
+        said = self.transcript.keep(Said(m, self.loop.now, text, None, receiver, answers))
         for x in {receiver: None, m: None}:   # the receiver, then the sender (once if the same)
             self.outlet(x).private(x, said)
 

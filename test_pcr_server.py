@@ -3446,7 +3446,7 @@ class MessengerTest(WebCase):
             self.assertIn(f"tom: {text.lstrip(chr(0))}\n", heard)
         self.assertEqual([wendy.until("chat")["text"] for _ in forged], [t.lstrip("\x00") for t in forged])
         said = self.on_loop(lambda: self.server.room.transcript.get(asked))
-        self.assertEqual((said.text, said.deleted, said.reactions), (self.QUESTION, False, {}))
+        self.assertEqual((said.text, said.deleted, said.reactions), (self.QUESTION, False, None))
         for name, text in (("tom reacted 👍 to tom", self.QUOTE), ("tom edited", '"hacked"'),
                            ("tom (to tom", self.QUOTE + "): yes"), ("tom took back 👍 from tom", self.QUOTE)):
             with self.subTest(name=name):
