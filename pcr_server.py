@@ -702,15 +702,21 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
 
 
+def event_json(event: dict) -> bytes:
+    """An event as the page reads it: JSON, UTF-8, with no space to spare
+    (every byte of it is sent to every page)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def ws_event(kind: str, /, **fields) -> bytes:
     """A message for the page: one text frame holding {"type": kind, ...}."""
-    return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
+    return ws_frame(event_json({"type": kind, **fields}))
 
 
 def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
     """ws_event, written at stream position `start` and marked with `at`, the
     position right after it: where a page that has it picks up again."""
-    body = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode()[:-1] + b', "at": '
+    body = event_json({"type": kind, **fields})[:-1] + b',"at":'
     at = start
     while True:   # `at` counts its own digits: two or three rounds settle it
         frame = ws_frame(b"%s%d}" % (body, at))
@@ -719,31 +725,27 @@ def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
         at = start + len(frame)
 
 
-def ws_marked_at(data: bytes | bytearray, offset: int, start: int) -> bool:
-    """True if `data` holds, at `offset`, a whole event that ws_marked_event()
-    wrote at stream position `start`."""
-    if len(data) < offset + 10 or data[offset] != 0x80 | WS_TEXT:
-        return False
+def ws_frame_span(data: bytes | bytearray, offset: int) -> tuple[int, int]:
+    """Where the payload of the whole frame ws_frame() wrote at `offset` is: (start, stop)."""
     length, at = data[offset + 1], offset + 2
     if length == 126:
         length, at = struct.unpack_from("!H", data, at)[0], at + 2
     elif length == 127:
         length, at = struct.unpack_from("!Q", data, at)[0], at + 8
+    return at, at + length
+
+
+def ws_marked_at(data: bytes | bytearray, offset: int, start: int) -> bool:
+    """True if `data` holds, at `offset`, a whole event that ws_marked_event()
+    wrote at stream position `start`."""
+    if len(data) < offset + 10 or data[offset] != 0x80 | WS_TEXT:
+        return False
+    at, stop = ws_frame_span(data, offset)
     try:
-        event = json.loads(data[at:at + length])
+        event = json.loads(data[at:stop])
     except ValueError:
         return False
-    return isinstance(event, dict) and event.get("at") == start + at + length - offset
-
-
-def ws_frame_span(data: bytes | bytearray, offset: int) -> tuple[int, int]:
-    """Where the payload of the whole frame ws_frame() wrote at `offset` is: (start, stop)."""
-    length, at = data[offset + 1] & 0x7F, offset + 2
-    if length == 126:
-        length, at = struct.unpack_from("!H", data, at)[0], at + 2
-    elif length == 127:
-        length, at = struct.unpack_from("!Q", data, at)[0], at + 8
-    return at, at + length
+    return isinstance(event, dict) and event.get("at") == start + stop - offset
 
 
 def ws_scrubbed(payload: bytes, line_id: int) -> bytes:
@@ -757,7 +759,7 @@ def ws_scrubbed(payload: bytes, line_id: int) -> bytes:
     reply = event.get("reply")
     if isinstance(reply, dict) and reply.get("id") == line_id:
         reply.pop("text", None)
-    body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    body = event_json(event)
     return body[:-1] + b" " * (len(payload) - len(body)) + b"}"
 
 
