@@ -46,11 +46,15 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (TLS, paced), Server
                               (listening, accepting, each connection to its door,
                               reading, names, lines, closing; it asks the gate)
-  7. Host addresses           listen addresses as people type them, private, public
-                              and MAC addresses, the invitation
+  7. Host addresses           listen addresses as people type them (none: every
+                              network, dual-stack), private, public and MAC
+                              addresses, the IPv6 address on the internet (stable,
+                              not temporary), the invitation
   8. The router client        --upnp: the router forwards the room's ports with
                               PCP, NAT-PMP or UPnP-IGD (RouterPorts, ask_router),
-                              and what happened in plain words; then FriendsJoin
+                              and lets them in over IPv6 (Pinholes: IGDv2's
+                              firewall control, or PCP over IPv6), and what
+                              happened in plain words; then FriendsJoin
                               (how friends join, for the banner and the window)
   9. The QR code              qr_code(text): the invitation for a phone's camera
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
@@ -153,7 +157,8 @@ log = logging.getLogger("pcr_server")
 class Settings:
     """Everything the server can be told; the command line maps onto it."""
 
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"             # the command line's default is every_network(): `::`,
+                                      # IPv6 and IPv4 at once, where the system can
     port: int = DEFAULT_PORT
     web_port: int | None = None       # the chat page and its WebSocket; None: no page (the
                                       # command line's default is next_page_port: port + 1)
@@ -1029,7 +1034,10 @@ class ChatPage:
         return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
 
     def headers(self, host: str) -> tuple[tuple[str, str], ...]:
-        return (("Content-Security-Policy", self.csp + f"ws://{host} wss://{host}"),)
+        """For the page as asked for at `host` (its Host header).  A CSP source cannot name
+        an IPv6 address ([2a0f::1]:5051): there 'self' alone allows its socket (CSP 3)."""
+        own = "" if host.startswith("[") else f"ws://{host} wss://{host}"
+        return (("Content-Security-Policy", (self.csp + own).rstrip()),)
 
 
 # -- photos a page shares: only pictures whose own bytes say so ---------------
@@ -3340,11 +3348,13 @@ class StartError(Exception):
 
 # What to change when the address cannot be used, in the words of where it is said.
 FLAG_ADVICE = {
-    "host": "use --host 0.0.0.0 to listen on every network, or one of this machine's addresses",
+    "host": "use --host :: (or --host 0.0.0.0, IPv4 alone) to listen on every network, or one "
+            "of this machine's addresses",
     "port": "choose another port with --port" if WINDOWS else "choose a port above 1023 with --port",
     "in use": "stop that program or choose another port with --port N",
     "page in use": "choose its port with --web-port N, or turn it off with --web-port off",
-    "encrypted": f"{RUN} --connect ADDRESS --tls"}
+    "encrypted": f"{RUN} --connect ADDRESS --tls",
+    "firewall": "--upnp, or by hand on the router"}
 # Why a port is refused: low ports are for administrators on POSIX; on Windows
 # they are not, and a refusal means the port is held or reserved.
 PORT_REFUSED = ("another program holds it for itself, or Windows reserves it; `netsh interface "
@@ -3371,6 +3381,14 @@ def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE
         return f"Cannot find the address of {host!r}: {advice['host']}."
     reason = (e.strerror or str(e)).split(" (while attempting")[0]
     return f"Cannot listen on {host} port {port}: {reason}."
+
+
+def open_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A socket listening on host:port; `::` takes IPv4 too (dual-stack, IPV6_V6ONLY
+    off) where the system can, so one socket serves both families."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    dual = host == "::" and socket.has_dualstack_ipv6()
+    return socket.create_server((host, port), family=family, backlog=backlog, dualstack_ipv6=dual)
 
 
 def tls_context(cert: str, key: str):
@@ -3788,10 +3806,7 @@ class Server:
     def _listen_on(self, port: int, web: bool) -> tuple[str, int]:
         host = self.settings.host
         try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            dual = family == socket.AF_INET6 and host == "::" and socket.has_dualstack_ipv6()
-            sock = socket.create_server((host, port), family=family, backlog=4096,
-                                        dualstack_ipv6=dual)
+            sock = open_listener(host, port)
         except OSError as e:
             raise StartError(bind_error_text(e, host, port, in_use=f"{'page ' * web}in use")) from None
         sock.setblocking(False)
@@ -4244,9 +4259,8 @@ def bind_problem(host: str, port: int, advice: dict = FLAG_ADVICE,
                  held_port: int = 0, in_use: str = "in use") -> str | None:
     """Why this machine cannot listen on host:port, found by binding it for a
     moment; None if it can.  `held_port` is in use by this program: a restart frees it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.create_server((host, port), family=family).close()
+        open_listener(host, port, backlog=1).close()
     except OSError as e:
         if errno_is(e, "EADDRINUSE") and port == held_port:
             return None
@@ -4265,6 +4279,91 @@ def private_ipv4() -> str:
             return socket.gethostbyname(socket.gethostname())
         except OSError:
             return "unknown"
+
+
+def every_network() -> str:
+    """The listen address for every network (no --host given): `::`, IPv6 and IPv4 on
+    one socket, where the system has dual-stack sockets; else 0.0.0.0, IPv4 alone."""
+    return "::" if socket.has_dualstack_ipv6() else "0.0.0.0"
+
+
+IPV6_PROBE = "2000::1"   # global: a UDP connect toward it picks the way out and sends nothing
+# /proc/net/if_inet6's flags of an address not to give out: a temporary (privacy) address,
+# one whose duplicate check failed, one being retired (deprecated), one still being checked
+IFA_F_TEMPORARY, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x01, 0x08, 0x20, 0x40
+NOT_GIVEN_OUT = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
+# IPv6 addresses the internet cannot reach, whatever this Python's ipaddress thinks of them
+NOT_INTERNET6 = tuple(ipaddress.ip_network(n) for n in (
+    "fc00::/7", "fe80::/10", "2001:db8::/32", "::ffff:0:0/96", "::/8", "ff00::/8"))
+
+
+def internet_ipv6_address(ip: str) -> bool:
+    """True for an IPv6 address friends on the internet can reach: global, never
+    link-local, unique-local (fc00::/7), documentation (2001:db8::/32) or IPv4-mapped."""
+    try:
+        address = ipaddress.IPv6Address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_global and not any(address in network for network in NOT_INTERNET6)
+
+
+def if_inet6_rows(text: str) -> list[tuple[str, int, int, int, str]]:
+    """Linux's /proc/net/if_inet6 as (address, interface index, prefix length, flags,
+    interface name) rows."""
+    rows = []
+    for row in text.splitlines():
+        f = row.split()
+        try:
+            rows.append((str(ipaddress.IPv6Address(bytes.fromhex(f[0]))), int(f[1], 16),
+                         int(f[2], 16), int(f[4], 16), f[5]))
+        except (IndexError, ValueError):
+            continue
+    return rows
+
+
+def stable_ipv6(chosen: str, if_inet6: str) -> str | None:
+    """The IPv6 address to give friends, from the one the system chose to reach the
+    internet (`chosen`) and Linux's list of this machine's addresses: that one if it is
+    global and stable; else a stable global one on its interface, in its network
+    first; never a temporary, deprecated or tentative one.  None if there is none."""
+    chosen = chosen.split("%", 1)[0]
+    if not internet_ipv6_address(chosen):   # the way out is not over the internet's IPv6
+        return None
+    rows = if_inet6_rows(if_inet6)
+    mine = next((row for row in rows if row[0] == chosen), None)
+    if mine is None:   # not listed: the system's choice is all there is to go by
+        return chosen
+    usable = [row for row in rows if row[4] == mine[4] and not row[3] & NOT_GIVEN_OUT
+              and internet_ipv6_address(row[0])]
+    network = ipaddress.ip_network(f"{chosen}/{mine[2]}", strict=False)
+    usable.sort(key=lambda row: (row != mine, ipaddress.ip_address(row[0]) not in network))
+    return usable[0][0] if usable else None
+
+
+def internet_ipv6() -> str | None:
+    """This machine's IPv6 address on the internet, for friends to join at: the one
+    the system would use to reach it (nothing is sent), a stable one rather than a
+    temporary one where the system tells them apart (Linux); None if it has none."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.connect((IPV6_PROBE, 9))
+            chosen = s.getsockname()[0]
+    except OSError:   # no IPv6 here, or no way out over it
+        return None
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as f:
+            return stable_ipv6(chosen, f.read())
+    except OSError:   # not Linux: take what the system gives
+        return chosen if internet_ipv6_address(chosen) else None
+
+
+def ipv6_host(host: str, ipv6: str | None) -> str | None:
+    """The IPv6 address friends on the internet join a room listening on `host` at:
+    this machine's `ipv6` on every network (`::`), the listen address when it is one
+    such address itself; None for a room on IPv4 alone (0.0.0.0) or on this machine."""
+    if host == "::":
+        return ipv6
+    return host if internet_ipv6_address(host) else None
 
 
 def mac_address() -> str:
@@ -4286,6 +4385,8 @@ def fetch_public_ip(url: str, timeout: float = 4.0) -> str:
 # the banner and the window say it alike.
 CHAT_FOR = "for the App or a terminal"
 PAGE_FOR = "for a browser or a phone"
+IPV6_CHAT_FOR = "IPv6, for a terminal: the App cannot use it, its address box takes IPv4 only"
+IPV6_FIREWALL = "your router's firewall must let TCP {ports} in ({how})"   # IPv6, without --upnp
 LOOK_UP_FAILED = ("this machine's internet address could not be looked up; "
                   "your router's status page shows it")
 
@@ -4317,13 +4418,19 @@ def look_up_public_ip(url: str, done: Callable[[str | None], None]) -> None:
 # Asking the router to forward the room's ports (--upnp).  Three ways to ask,
 # tried at once; whichever answers first and works is used: PCP (RFC 6887) and
 # NAT-PMP (RFC 6886) on the default gateway's UDP 5351, and UPnP-IGD, found
-# with SSDP.  Pure functions build and read every packet, SOAP
-# body and sentence; RouterPorts does the talking, bounded in time.  Answers
-# are believed only from the gateway or this machine's own network, and only
-# the room's own ports are ever mapped, to this machine's own address.
+# with SSDP.  Over IPv6 nothing is translated, but the router's firewall keeps
+# friends out: Pinholes asks it to let the same ports in (a pinhole each), with
+# UPnP IGDv2's WANIPv6FirewallControl or PCP sent over IPv6 to the router.
+# Pure functions build and read every packet, SOAP body and sentence;
+# RouterPorts does the talking, bounded in time.  Answers are believed only
+# from the gateway or this machine's own network, and only the room's own
+# ports are ever mapped, to this machine's own address.
 
 PORT_CONTROL = 5351                # PCP and NAT-PMP share the gateway's port
 SSDP_GROUP = ("239.255.255.250", 1900)
+SSDP_GROUP6 = ("ff02::c", 1900)    # IPv6: this link's SSDP group
+FIREWALL_SERVICE = "urn:schemas-upnp-org:service:WANIPv6FirewallControl:1"   # IGDv2's pinholes
+PINHOLE_LEASE_MOST = 86400         # seconds: the longest pinhole IGDv2 allows
 IGD_DEVICES = ("urn:schemas-upnp-org:device:InternetGatewayDevice:2",
                "urn:schemas-upnp-org:device:InternetGatewayDevice:1")
 IGD_SERVICES = ("urn:schemas-upnp-org:service:WANIPConnection:2",   # the best first
@@ -4333,6 +4440,8 @@ ROUTER_LEASE = 3600.0              # seconds a mapping lives unless renewed
 ROUTER_WAIT = 3.0                  # "no answer within a few seconds"
 ROUTER_OPEN_TIME = 8.5             # RouterPorts.open(), however many routers answer (+1 s to undo)
 ROUTER_PROTOCOLS = ("PCP", "NAT-PMP", "UPnP")
+PINHOLE_PROTOCOLS = ("PCP", "UPnP")   # the ways to ask for IPv6 pinholes
+LINK_LOCAL = ipaddress.ip_network("fe80::/10")   # IPv6: this link, whoever is on it
 DESCRIPTION_LIMIT = 64 * 1024      # bytes of a UPnP description or SOAP answer
 MAPPING_NAME = "PrivateChatRoom"
 RTF_UP, RTF_GATEWAY = 0x1, 0x2     # /proc/net/route's flags
@@ -4350,7 +4459,7 @@ PCP_RESULTS = {1: "unsupported version", 2: "not authorized", 3: "malformed requ
                10: "user exceeded quota", 11: "cannot provide external address",
                12: "address mismatch", 13: "excessive remote peers"}
 NATPMP_NETWORK_FAILURE, PCP_NETWORK_FAILURE = 3, 7   # what miniupnpd says without a public address
-PCP_UNSUPPORTED_VERSION, PCP_MAP, TCP = 1, 1, 6
+PCP_UNSUPPORTED_VERSION, PCP_ANNOUNCE, PCP_MAP, TCP = 1, 0, 1, 6
 
 
 class RouterRefused(Exception):
@@ -4398,20 +4507,64 @@ def route_print_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str | Non
 
 
 def route_get_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
-    """macOS's `route -n get default`: the default route alone."""
-    found = re.search(r"^\s*gateway:\s*([0-9.]+)\s*$", text, re.MULTILINE)
-    return [(ipaddress.IPv4Network("0.0.0.0/0"), found.group(1), 0)] if found else []
+    """macOS's `route -n get default` (or `-inet6 default`): the default route alone; an
+    IPv6 link-local gateway keeps its interface (fe80::1%en0)."""
+    found = re.search(r"^\s*gateway:\s*([0-9A-Fa-f.:]+(%\w+)?)\s*$", text, re.MULTILINE)
+    if not found:
+        return []
+    gateway = found.group(1)
+    return [(ipaddress.ip_network("::/0" if ":" in gateway else "0.0.0.0/0"), gateway, 0)]
 
 
-def read_routes() -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
-    """This machine's IPv4 routes, read with the standard library; [] where unknown."""
+def proc_routes6(text: str) -> list[tuple[ipaddress.IPv6Network, str | None, int]]:
+    """Linux's /proc/net/ipv6_route in the same form; a link-local gateway keeps its
+    interface (fe80::1%eth0): without it, it cannot be reached."""
+    routes = []
+    for row in text.splitlines():
+        f = row.split()
+        try:
+            network = ipaddress.IPv6Network((bytes.fromhex(f[0]), int(f[1], 16)))
+            gateway = ipaddress.IPv6Address(bytes.fromhex(f[4]))
+            metric, flags = int(f[5], 16), int(f[8], 16)
+        except (IndexError, ValueError):
+            continue
+        if flags & RTF_UP:
+            scope = f"%{f[9]}" if gateway.is_link_local and len(f) > 9 else ""
+            routes.append((network, f"{gateway}{scope}" if flags & RTF_GATEWAY else None, metric))
+    return routes
+
+
+def route_print_routes6(text: str) -> list[tuple[ipaddress.IPv6Network, str | None, int]]:
+    """Windows' `route print -6` (active routes): If, Metric, Network Destination, Gateway."""
+    routes = []
+    for row in text.split("Persistent Routes")[0].splitlines():
+        f = row.split()
+        try:
+            interface, metric, network = int(f[0]), int(f[1]), ipaddress.IPv6Network(f[2])
+            gateway = ipaddress.IPv6Address(f[3]) if f[3] != "On-link" else None
+        except (IndexError, ValueError):
+            continue
+        scope = f"%{interface}" if gateway and gateway.is_link_local else ""
+        routes.append((network, f"{gateway}{scope}" if gateway else None, metric))
+    return routes
+
+
+ROUTE_COMMANDS = {   # (platform, IP version) -> the command that lists its routes, and its reader
+    ("win32", 4): (["route", "print", "-4"], route_print_routes),
+    ("win32", 6): (["route", "print", "-6"], route_print_routes6),
+    ("darwin", 4): (["route", "-n", "get", "default"], route_get_routes),
+    ("darwin", 6): (["route", "-n", "get", "-inet6", "default"], route_get_routes)}
+
+
+def read_routes(version: int = 4) -> list[tuple]:
+    """This machine's IPv4 (or IPv6) routes, read with the standard library; [] where unknown."""
     try:
         if sys.platform.startswith("linux"):
-            with open("/proc/net/route", encoding="ascii") as f:
-                return proc_routes(f.read())
-        command, parse = {"win32": (["route", "print", "-4"], route_print_routes),
-                          "darwin": (["route", "-n", "get", "default"], route_get_routes)
-                          }.get(sys.platform, (None, None))
+            path, parse = (("/proc/net/route", proc_routes) if version == 4
+                           else ("/proc/net/ipv6_route", proc_routes6))
+            with open(path, encoding="ascii") as f:
+                return parse(f.read())
+        command, parse = ROUTE_COMMANDS.get((sys.platform, version), (None, None))
         if command:
             out = subprocess.run(command, capture_output=True, text=True, errors="replace",
                                  timeout=ROUTER_WAIT).stdout
@@ -4429,11 +4582,11 @@ def default_gateway(routes: list) -> str | None:
 
 
 def own_networks(routes: list, lan_ip: str) -> list[ipaddress.IPv4Network]:
-    """The on-link networks holding `lan_ip`; its /24 where the routes do not say."""
-    ip = ipaddress.IPv4Address(lan_ip)
+    """The on-link networks holding `lan_ip`; its /24 (IPv6: /64) where the routes do not say."""
+    ip = ipaddress.ip_address(lan_ip)
     found = [network for network, gateway, _ in routes
              if gateway is None and network.prefixlen > 0 and ip in network]
-    return found or [ipaddress.IPv4Network(f"{lan_ip}/24", strict=False)]
+    return found or [ipaddress.ip_network(f"{lan_ip}/{24 if ip.version == 4 else 64}", strict=False)]
 
 
 def lan_address(gateway: str) -> str:
@@ -4446,18 +4599,20 @@ def lan_address(gateway: str) -> str:
 def answer_allowed(ip: str, gateway: str | None, networks: list) -> bool:
     """May a discovery answer from `ip` be believed: the gateway, or this machine's network?"""
     try:
-        address = ipaddress.IPv4Address(ip)
+        address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    return ip == gateway or any(address in network for network in networks)
+    return ip == (gateway or "").split("%", 1)[0] or any(
+        address in network for network in networks if network.version == address.version)
 
 
 def public_address(ip: str) -> bool:
-    """True for an IPv4 address the internet can reach (not private, shared or empty)."""
+    """True for an address the internet can reach: IPv4 neither private, shared nor
+    empty; IPv6 global (internet_ipv6_address)."""
     try:
         address = ipaddress.IPv4Address(ip)
     except ValueError:
-        return False
+        return internet_ipv6_address(ip)
     return not any(address in network for network in NOT_INTERNET)
 
 
@@ -4495,17 +4650,23 @@ def natpmp_mapping(data: bytes) -> tuple[int, int, int, int]:
     return (result, *struct.unpack("!HHI", body)) if result == 0 else (result, 0, 0, 0)
 
 
-def mapped_v6(ip: str) -> bytes:
-    """An IPv4 address as PCP carries it: IPv4-mapped IPv6, 16 bytes."""
-    return ipaddress.IPv6Address(f"::ffff:{ip}").packed
+def pcp_address(ip: str) -> bytes:
+    """An address as PCP carries it, 16 bytes: IPv6 as it is, IPv4 as IPv4-mapped IPv6."""
+    return ipaddress.IPv6Address(ip if ":" in ip else f"::ffff:{ip}").packed
 
 
 def pcp_map_request(client_ip: str, port: int, external_port: int, lifetime: int,
                     nonce: bytes) -> bytes:
-    """PCP MAP (RFC 6887 11.1): forward TCP to client_ip:port, suggesting `external_port`."""
-    header = struct.pack("!BBHI16s", 2, PCP_MAP, 0, lifetime, mapped_v6(client_ip))
+    """PCP MAP (RFC 6887 11.1): forward TCP to client_ip:port, suggesting `external_port`;
+    for an IPv6 client_ip, a pinhole: the router's firewall lets that port in to it."""
+    header = struct.pack("!BBHI16s", 2, PCP_MAP, 0, lifetime, pcp_address(client_ip))
     return header + struct.pack("!12sB3xHH16s", nonce, TCP, port, external_port,
-                                mapped_v6("0.0.0.0"))
+                                pcp_address("::" if ":" in client_ip else "0.0.0.0"))
+
+
+def pcp_announce_request(client_ip: str) -> bytes:
+    """PCP ANNOUNCE (RFC 6887 14.1): "do you speak PCP?"; maps nothing."""
+    return struct.pack("!BBHI16s", 2, PCP_ANNOUNCE, 0, 0, pcp_address(client_ip))
 
 
 def pcp_mapping(data: bytes, nonce: bytes) -> tuple[int, int, int, int, str]:
@@ -4526,8 +4687,9 @@ def pcp_mapping(data: bytes, nonce: bytes) -> tuple[int, int, int, int, str]:
     _, protocol, port, external_port, external = struct.unpack("!12sB3xHH16s", data[24:60])
     if protocol != TCP:
         raise ValueError("the answer to another request")
-    v4 = ipaddress.IPv6Address(external).ipv4_mapped
-    return result, port, external_port, lifetime, str(v4) if v4 else ""
+    external = ipaddress.IPv6Address(external)
+    shown = external.ipv4_mapped or ("" if external.is_unspecified else external)
+    return result, port, external_port, lifetime, str(shown)
 
 
 def udp_exchange(sock: socket.socket, request: bytes, read: Callable, deadline: float):
@@ -4559,10 +4721,25 @@ class UpnpError(Exception):
         self.code, self.description = code, description
 
 
-def ssdp_search(target: str) -> bytes:
-    """An SSDP M-SEARCH for `target` (UPnP Device Architecture 1.1, 1.3.2)."""
-    return (f"M-SEARCH * HTTP/1.1\r\nHOST: {SSDP_GROUP[0]}:{SSDP_GROUP[1]}\r\n"
+def ssdp_search(target: str, group: tuple = SSDP_GROUP) -> bytes:
+    """An SSDP M-SEARCH for `target` (UPnP Device Architecture 1.1, 1.3.2; 2.0 over IPv6)."""
+    return (f"M-SEARCH * HTTP/1.1\r\nHOST: {host_port(*group[:2])}\r\n"
             f"MAN: \"ssdp:discover\"\r\nMX: 2\r\nST: {target}\r\n\r\n").encode("ascii")
+
+
+def ssdp_group(sock: socket.socket, lan_ip: str, interface: int = 0) -> tuple:
+    """Make `sock` search from `lan_ip` on this network alone (2 hops); the SSDP group
+    to search: IPv4's, or IPv6's link-local one on `interface` (0: the system's choice)."""
+    if ":" in lan_ip:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 2)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, interface)
+        group = (*SSDP_GROUP6, 0, interface)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(lan_ip))
+        group = SSDP_GROUP
+    sock.bind((lan_ip, 0))
+    return group
 
 
 def ssdp_location(data: bytes) -> str | None:
@@ -4586,7 +4763,8 @@ def url_on_host(url: str, host: str) -> tuple[int, str] | None:
         port = parts.port or 80
     except ValueError:
         return None
-    if parts.scheme != "http" or parts.hostname != host or parts.username or parts.password:
+    if parts.scheme != "http" or (parts.hostname or "").split("%", 1)[0] != host.split("%", 1)[0] \
+            or parts.username or parts.password:
         return None
     return port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
@@ -4610,8 +4788,9 @@ def local_name(element: ElementTree.Element) -> str:
     return element.tag.rpartition("}")[2]
 
 
-def igd_service(description: bytes, location: str) -> tuple[str, str] | None:
-    """(service type, control URL) of the best WAN connection service in a
+def igd_service(description: bytes, location: str,
+                services: tuple[str, ...] = IGD_SERVICES) -> tuple[str, str] | None:
+    """(service type, control URL) of the best of `services` (a WAN connection) in a
     device description, or None; URLs resolve against URLBase or `location`."""
     root = xml_root(description)
     base = next((e.text.strip() for e in root.iter() if local_name(e) == "URLBase" and e.text),
@@ -4619,9 +4798,9 @@ def igd_service(description: bytes, location: str) -> tuple[str, str] | None:
     offered = {}
     for service in (e for e in root.iter() if local_name(e) == "service"):
         fields = {local_name(child): (child.text or "").strip() for child in service}
-        if fields.get("serviceType") in IGD_SERVICES and fields.get("controlURL"):
+        if fields.get("serviceType") in services and fields.get("controlURL"):
             offered.setdefault(fields["serviceType"], urllib.parse.urljoin(base, fields["controlURL"]))
-    for service in IGD_SERVICES:
+    for service in services:
         if service in offered:
             return service, offered[service]
     return None
@@ -4656,16 +4835,19 @@ def soap_answer(body: bytes, action: str) -> dict[str, str]:
 
 
 def http_exchange(host: str, port: int, path: str, deadline: float, body: bytes | None = None,
-                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """(status, body) of one HTTP/1.0 GET (or POST of `body`) to host:port: no redirect
-    is followed, at most DESCRIPTION_LIMIT bytes are read (ValueError past that), and
-    TimeoutError comes at `deadline`."""
-    lines = [f"{'GET' if body is None else 'POST'} {path} HTTP/1.0", f"Host: {host_port(host, port)}",
+                  headers: dict[str, str] | None = None, source: str = "") -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.0 GET (or POST of `body`) to host:port from the
+    address `source` (the system's choice if ""): no redirect is followed, at most
+    DESCRIPTION_LIMIT bytes are read (ValueError past that), and TimeoutError comes
+    at `deadline`."""
+    lines = [f"{'GET' if body is None else 'POST'} {path} HTTP/1.0",
+             f"Host: {host_port(host.split('%', 1)[0], port)}",
              "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-    with socket.create_connection((host, port), timeout=time_left(deadline)) as sock:
+    with socket.create_connection((host, port), timeout=time_left(deadline),
+                                  source_address=(source, 0) if source else None) as sock:
         sock.sendall(request)
         reply = b""
         while not http_reply_complete(reply):
@@ -4728,9 +4910,12 @@ class PortControl:
             if port and answer[0] == 0 and answer[1] != port:
                 raise ValueError("the answer about another port")
             return answer
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        family = socket.AF_INET6 if ":" in self.lan_ip else socket.AF_INET
+        gateway = socket.getaddrinfo(self.gateway, PORT_CONTROL, family, socket.SOCK_DGRAM,
+                                     flags=socket.AI_NUMERICHOST)[0][4]   # fe80::1%eth0 too
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.bind((self.lan_ip, 0))
-            sock.connect((self.gateway, PORT_CONTROL))   # only the gateway's answers arrive
+            sock.connect(gateway)   # only the gateway's answers arrive
             return udp_exchange(sock, request, ours, deadline)
 
     def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
@@ -4774,8 +4959,8 @@ class PortControl:
 
 def port_control_probe(data: bytes) -> tuple[int, str | None]:
     """(result, external address: "" if none) of the gateway's answer to
-    natpmp_address_request(); a PCP-only gateway answers in PCP's format, saying
-    no address (None), and PCP will then do."""
+    natpmp_address_request() (or, over IPv6, pcp_announce_request()); a PCP-only
+    gateway answers in PCP's format, saying no address (None), and PCP will then do."""
     if len(data) >= 4 and data[0] == 2:
         return 0, None
     result, external_ip = natpmp_address(data)
@@ -4784,21 +4969,23 @@ def port_control_probe(data: bytes) -> tuple[int, str | None]:
 
 def find_port_control(gateway: str, lan_ip: str, protocols: tuple,
                       deadline: float) -> PortControl | None:
-    """The gateway's PCP/NAT-PMP service, if it answers within ROUTER_WAIT; it maps nothing."""
+    """The gateway's PCP/NAT-PMP service, if it answers within ROUTER_WAIT; it maps nothing.
+    Over IPv6 (`lan_ip` an IPv6 address) only PCP is asked."""
     way = PortControl(gateway, lan_ip, protocols)
     try:
         _, way.external_ip = way.exchange(
-            natpmp_address_request(), port_control_probe,
-            min(deadline, time.monotonic() + ROUTER_WAIT))
+            pcp_announce_request(lan_ip) if ":" in lan_ip else natpmp_address_request(),
+            port_control_probe, min(deadline, time.monotonic() + ROUTER_WAIT))
     except OSError:   # no answer in time, or nothing listens (ICMP port unreachable)
         return None
     return way
 
 
 class UpnpIgd:
-    """A router's WAN connection service (UPnP-IGD), spoken to with SOAP."""
+    """A router's WAN connection service (UPnP-IGD), spoken to with SOAP from lan_ip."""
 
     name = "UPnP"
+    TARGETS, SERVICES = IGD_DEVICES, IGD_SERVICES   # what SSDP searches for; what is used
 
     def __init__(self, host: str, port: int, path: str, service: str, lan_ip: str):
         self.host, self.port, self.path, self.service, self.lan_ip = host, port, path, service, lan_ip
@@ -4809,7 +4996,7 @@ class UpnpIgd:
                    "SOAPAction": f'"{self.service}#{action}"'}
         status, body = http_exchange(self.host, self.port, self.path,
                                      min(deadline, time.monotonic() + ROUTER_WAIT),
-                                     soap_body(self.service, action, arguments), headers)
+                                     soap_body(self.service, action, arguments), headers, self.lan_ip)
         if status not in (200, 500):
             raise ValueError(f"HTTP {status} to {action}")
         return soap_answer(body, action)
@@ -4865,6 +5052,51 @@ class UpnpIgd:
         return self.call("GetExternalIPAddress", {}, deadline).get("NewExternalIPAddress", "")
 
 
+class UpnpFirewall(UpnpIgd):
+    """A router's IPv6 firewall (UPnP IGDv2, WANIPv6FirewallControl): a pinhole lets
+    a TCP port in to lan_ip, this machine's IPv6 address; the router allows it only
+    when asked from that address itself.  The same calls as UpnpIgd, so that
+    RouterPorts keeps and removes pinholes as it keeps and removes mappings."""
+
+    TARGETS = ("urn:schemas-upnp-org:device:InternetGatewayDevice:2", FIREWALL_SERVICE)
+    SERVICES = (FIREWALL_SERVICE,)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.pinholes: dict[int, str] = {}   # our port -> the router's UniqueID for its pinhole
+
+    def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
+        """A pinhole for our `port` (the same port outside: IPv6 needs no translation)."""
+        lease = max(1, min(lease, PINHOLE_LEASE_MOST))
+        try:
+            made = self.call("AddPinhole", {
+                "RemoteHost": "", "RemotePort": 0, "InternalClient": self.lan_ip,
+                "InternalPort": port, "Protocol": TCP, "LeaseTime": lease}, deadline)
+        except UpnpError as e:
+            raise RouterRefused("UPnP", upnp_reason(e)) from None
+        self.pinholes[port] = made.get("UniqueID", "")
+        return port, lease
+
+    def renew(self, port: int, external_port: int, lease: int, deadline: float) -> tuple[int, int]:
+        """A longer life for our pinhole; a new one if the router has lost it (a restart)."""
+        try:
+            self.call("UpdatePinhole", {"UniqueID": self.pinholes.get(port, ""),
+                                        "NewLeaseTime": max(1, min(lease, PINHOLE_LEASE_MOST))},
+                      deadline)
+        except UpnpError:
+            return self.forward(port, external_port, lease, deadline)
+        return port, lease
+
+    def remove(self, port: int, external_port: int, deadline: float) -> None:
+        try:
+            self.call("DeletePinhole", {"UniqueID": self.pinholes.pop(port, "")}, deadline)
+        except UpnpError as e:
+            raise RouterRefused("UPnP", upnp_reason(e)) from None
+
+    def external_address(self, deadline: float) -> str | None:
+        return self.lan_ip   # friends reach this machine at its own address
+
+
 def upnp_reason(e: UpnpError) -> str:
     """A UPnP fault in words a host can act on."""
     if e.code == 718:
@@ -4872,40 +5104,47 @@ def upnp_reason(e: UpnpError) -> str:
     if e.code == 725:
         return ("it only makes mappings that never expire (OnlyPermanentLeasesSupported), "
                 "which would outlive the room")
+    if e.code in (702, 703):
+        return f"its IPv6 firewall takes no pinholes ({e.description or 'error'}, {e.code})"
     return f"{e.description or 'error'} ({e.code})"
 
 
-def find_upnp(gateway: str | None, lan_ip: str, networks: list, deadline: float) -> UpnpIgd | None:
-    """Search with SSDP for ROUTER_WAIT: the first answer from the gateway or this
-    network whose description, on the answering host itself, offers a WAN connection."""
+def find_upnp(gateway: str | None, lan_ip: str, networks: list, deadline: float,
+              way: type = UpnpIgd, interface: int = 0) -> UpnpIgd | None:
+    """Search with SSDP from lan_ip (IPv4, or IPv6 on `interface`) for ROUTER_WAIT: the
+    first answer from the gateway or this network whose description, on the answering
+    host itself, offers `way`'s service (a WAN connection; UpnpFirewall: pinholes)."""
     seen: set[tuple[str, str]] = set()
     searches = [time.monotonic(), time.monotonic() + 1.0]   # once more, in case one got lost
     until = min(deadline, time.monotonic() + ROUTER_WAIT)
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(lan_ip))
-            sock.bind((lan_ip, 0))
+        with socket.socket(socket.AF_INET6 if ":" in lan_ip else socket.AF_INET,
+                           socket.SOCK_DGRAM) as sock:
+            group = ssdp_group(sock, lan_ip, interface)
             while (left := until - time.monotonic()) > 0:
                 if searches and searches[0] <= time.monotonic():
                     searches.pop(0)
-                    for target in IGD_DEVICES:
-                        sock.sendto(ssdp_search(target), SSDP_GROUP)
+                    for target in way.TARGETS:
+                        sock.sendto(ssdp_search(target, group), group)
                 sock.settimeout(min([left] + [max(0.01, t - time.monotonic()) for t in searches]))
                 try:
-                    data, (ip, _) = sock.recvfrom(2048)
+                    data, sender = sock.recvfrom(2048)
                 except socket.timeout:
                     continue
-                if igd := upnp_from_answer(data, ip, gateway, networks, lan_ip, deadline, seen):
+                if igd := upnp_from_answer(data, sender, gateway, networks, lan_ip, deadline, seen,
+                                           way):
                     return igd
     except OSError as e:   # no network to search on
         log.info("router: no UPnP search possible (%s)", e)
     return None
 
 
-def upnp_from_answer(data: bytes, ip: str, gateway: str | None, networks: list, lan_ip: str,
-                     deadline: float, seen: set) -> UpnpIgd | None:
-    """The router behind one SSDP answer, if it may be believed and offers a WAN connection."""
+def upnp_from_answer(data: bytes, sender: tuple, gateway: str | None, networks: list, lan_ip: str,
+                     deadline: float, seen: set, way: type = UpnpIgd) -> UpnpIgd | None:
+    """The router behind one SSDP answer from `sender` (a socket address), if it may be
+    believed and offers `way`'s service."""
+    ip = sender[0]
+    host = f"{ip}%{sender[3]}" if len(sender) > 3 and sender[3] else ip   # fe80:: needs its link
     location = ssdp_location(data)
     if not location or (ip, location) in seen:
         return None
@@ -4918,17 +5157,18 @@ def upnp_from_answer(data: bytes, ip: str, gateway: str | None, networks: list, 
                     ip, location[:200], ip)
         return None
     try:
-        status, description = http_exchange(ip, *where, min(deadline, time.monotonic() + ROUTER_WAIT))
+        until = min(deadline, time.monotonic() + ROUTER_WAIT)
+        status, description = http_exchange(host, *where, until, source=lan_ip)
         if status != 200:
             raise ValueError(f"HTTP {status}")
-        found = igd_service(description, location)
+        found = igd_service(description, location, way.SERVICES)
     except (OSError, ValueError) as e:
         log.warning("ignored the UPnP description at %s (%s)", location[:200], e)
         return None
     control = found and url_on_host(found[1], ip)
     if not control:
         return None
-    return UpnpIgd(ip, control[0], control[1], found[0], lan_ip)
+    return way(host, control[0], control[1], found[0], lan_ip)
 
 
 # -- what happened, in plain words ----------------------------------------------
@@ -4952,6 +5192,8 @@ class RouterResult:
     reason: str = ""                         # a refusal, in the router's words
     tried: tuple[str, ...] = ROUTER_PROTOCOLS
     mac: str = "unknown"
+    ipv6: RouterResult | None = None         # its IPv6 firewall's answer (Pinholes), if this
+                                             # machine has an IPv6 address on the internet
 
     def address(self, port: int) -> str | None:
         """What friends outside connect to for our `port` (host:port), if the router forwards it."""
@@ -4982,21 +5224,38 @@ def by_hand(result: RouterResult) -> str:
             f"(MAC {result.mac})")
 
 
-def router_sentence(result: RouterResult, public_ip: str | None = None) -> str:
+def router_sentence(result: RouterResult, public_ip: str | None = None, ipv6_way: str = "") -> str:
     """One sentence for the host: the address friends use, or why there is none and
-    what to do.  `public_ip` (the web look-up's answer, if any) tells double NAT."""
+    what to do.  `public_ip` (the web look-up's answer, if any) tells double NAT;
+    `ipv6_way` (where friends with IPv6 join, if anywhere) ends the CGNAT sentence."""
     if result.outcome is RouterOutcome.FORWARDED:
         return forwarded_sentence(result)
     if result.outcome is RouterOutcome.NO_PUBLIC:
         if result.needs_public_ip() and public_ip and public_ip != result.external_ip:
             return double_nat_sentence(result, public_ip)
-        return cgnat_sentence(result)
+        return cgnat_sentence(result, ipv6_way)
     if result.outcome is RouterOutcome.REFUSED:
         return (f"the router refused to forward {port_words(result.ports)} "
                 f"({result.protocol}: {result.reason}): {by_hand(result)}")
+    return f"no router answered {tried_words(result)}: {by_hand(result)}"
+
+
+def tried_words(result: RouterResult) -> str:
     names = ", ".join(kind for kind in ("UPnP", "NAT-PMP", "PCP") if kind in result.tried)
-    names = " or ".join(names.rsplit(", ", 1))
-    return f"no router answered {names}: {by_hand(result)}"
+    return " or ".join(names.rsplit(", ", 1))
+
+
+def pinhole_sentence(result: RouterResult) -> str:
+    """One sentence for the host: the router's IPv6 firewall lets the room's ports in
+    to this machine (result.lan_ip), or why not and what to do."""
+    ports = f"TCP {port_words(result.ports)} in to {result.lan_ip}"
+    if result.outcome is RouterOutcome.FORWARDED:
+        return f"your router's IPv6 firewall lets {ports} ({result.protocol})"
+    if result.outcome is RouterOutcome.NO_ANSWER:
+        return (f"no router answered about its IPv6 firewall ({tried_words(result)}): if it "
+                f"keeps friends with IPv6 out, let {ports} by hand on the router")
+    return (f"the router would not open its IPv6 firewall ({result.protocol}: {result.reason}): "
+            f"let {ports} by hand on the router")
 
 
 def forwarded_sentence(result: RouterResult) -> str:
@@ -5015,13 +5274,15 @@ def router_forwards(result: RouterResult) -> str:
     return f"your router forwards {how}: {result.protocol}" + "".join(moved)
 
 
-def cgnat_sentence(result: RouterResult) -> str:
+def cgnat_sentence(result: RouterResult, ipv6_way: str = "") -> str:
     side = f" (its internet side is {result.external_ip})" if result.external_ip else ""
     said = f": {result.reason}" if result.reason else ""
+    ipv6 = f"; friends with IPv6 can join at {ipv6_way}" if ipv6_way else ""
     return (f"your router answered ({result.protocol}{said}) but has no public address to offer"
             f"{side}: probably CGNAT or a second router. Friends outside cannot reach this room "
             f"that way; ask your provider for a public IPv4 address, or set up the outer router "
-            f"to forward TCP {port_words(result.ports)}. Friends on the same network still can join.")
+            f"to forward TCP {port_words(result.ports)}. Friends on the same network still can "
+            f"join{ipv6}.")
 
 
 def double_nat_sentence(result: RouterResult, public_ip: str) -> str:
@@ -5043,14 +5304,19 @@ class RouterPorts:
     runs out, and calls on_change(result) if the router moves a port.  close()
     stops that and removes every mapping this object made, and no other.  Call
     open() once, from a thread of your own; close() from any thread, any time.
+    `pinholes` (Pinholes) asks the router's IPv6 firewall alongside, within the
+    same time: its answer is the result's `ipv6`, and close() closes it too.
     `gateway` and `protocols` are for tests: the default gateway, all three ways.
     """
 
+    DOES = "forwards"   # what the log says a way does with a port
+
     def __init__(self, ports: tuple[int, ...] | list[int], lease: float = ROUTER_LEASE,
                  gateway: str | None = None, protocols: tuple[str, ...] = ROUTER_PROTOCOLS,
-                 on_change: Callable[[RouterResult], None] | None = None):
+                 on_change: Callable[[RouterResult], None] | None = None,
+                 pinholes: RouterPorts | None = None):
         self.ports, self.lease, self.gateway = tuple(ports), lease, gateway
-        self.protocols, self.on_change = tuple(protocols), on_change
+        self.protocols, self.on_change, self.pinholes = tuple(protocols), on_change, pinholes
         self.result: RouterResult | None = None
         self._lock = threading.Lock()        # held while mappings are made, renewed or removed
         self._closed = threading.Event()
@@ -5059,6 +5325,10 @@ class RouterPorts:
 
     def open(self) -> RouterResult:
         deadline = time.monotonic() + ROUTER_OPEN_TIME
+        ipv6: queue.Queue = queue.Queue()
+        if self.pinholes:
+            threading.Thread(target=self._open_pinholes, args=(ipv6,), name="router-ipv6",
+                             daemon=True).start()
         routes = read_routes()
         gateway = self.gateway or default_gateway(routes)
         try:
@@ -5066,9 +5336,19 @@ class RouterPorts:
             networks = own_networks(routes, lan_ip)
         except (OSError, ValueError):   # no route to the gateway, or no address at all
             gateway, lan_ip, networks = None, private_ipv4(), []
-        self.result = self._ask(gateway, lan_ip, networks, deadline)
-        log.info("router: %s", router_sentence(self.result))
-        return self.result
+        result = self._ask(gateway, lan_ip, networks, deadline)
+        log.info("router: %s", router_sentence(result))
+        if self.pinholes:
+            with contextlib.suppress(queue.Empty):   # as bounded in time as this ask
+                result.ipv6 = ipv6.get(timeout=ROUTER_OPEN_TIME + 2.0)
+        self.result = result
+        return result
+
+    def _open_pinholes(self, answer: queue.Queue) -> None:
+        try:
+            answer.put(self.pinholes.open())
+        except Exception as e:   # a bug must not leave open() waiting
+            log_fault("asking the router's IPv6 firewall", e)
 
     def _ask(self, gateway: str | None, lan_ip: str, networks: list,
              deadline: float) -> RouterResult:
@@ -5089,14 +5369,19 @@ class RouterPorts:
         return RouterResult(outcome, lan_ip, self.ports, protocol, tried=self.protocols,
                             mac=mac_address(), **found)
 
-    def _search(self, gateway: str | None, lan_ip: str, networks: list, deadline: float):
-        """The ways to ask, as they answer (each search ends within ROUTER_WAIT or so)."""
-        found: queue.Queue = queue.Queue()
+    def _searches(self, gateway: str | None, lan_ip: str, networks: list, deadline: float) -> list:
+        """The searches for the ways to ask, to run at once."""
         searches = []
         if gateway and {"PCP", "NAT-PMP"} & set(self.protocols):
             searches.append(lambda: find_port_control(gateway, lan_ip, self.protocols, deadline))
         if "UPnP" in self.protocols and networks:
             searches.append(lambda: find_upnp(gateway, lan_ip, networks, deadline))
+        return searches
+
+    def _search(self, gateway: str | None, lan_ip: str, networks: list, deadline: float):
+        """The ways to ask, as they answer (each search ends within ROUTER_WAIT or so)."""
+        found: queue.Queue = queue.Queue()
+        searches = self._searches(gateway, lan_ip, networks, deadline)
 
         def run(search: Callable) -> None:
             try:
@@ -5133,8 +5418,8 @@ class RouterPorts:
             self._way, self._mapped = way, made
         outcome = RouterOutcome.FORWARDED if public_address(external) else RouterOutcome.NO_PUBLIC
         for port, external_port in made.items():
-            log.info("router: %s forwards TCP %s:%d to %s:%d for %d s", way.name, external or "?",
-                     external_port, lan_ip, port, granted)
+            log.info("router: %s %s TCP %s to %s for %d s", way.name, self.DOES,
+                     host_port(external or "?", external_port), host_port(lan_ip, port), granted)
         threading.Thread(target=self._keep, args=(granted,), name="router-renew", daemon=True).start()
         return self._result(outcome, lan_ip, way.name, external_ip=external, forwarded=dict(made))
 
@@ -5191,33 +5476,87 @@ class RouterPorts:
     def close(self) -> None:
         """Stop renewing and remove every mapping this object made (a few seconds at most)."""
         self._closed.set()
+        if self.pinholes:
+            self.pinholes.close()
         with self._lock:
             mapped, self._mapped = self._mapped, {}
             if mapped:
                 self._remove(self._way, mapped, time.monotonic() + ROUTER_WAIT)
 
-    @staticmethod
-    def _remove(way, mapped: dict[int, int], deadline: float) -> None:
+    @classmethod
+    def _remove(cls, way, mapped: dict[int, int], deadline: float) -> None:
         for port, external_port in mapped.items():
             try:
                 way.remove(port, external_port, deadline)
-                log.info("router: %s no longer forwards TCP port %d", way.name, external_port)
+                log.info("router: %s no longer %s TCP port %d", way.name, cls.DOES, external_port)
             except (RouterRefused, OSError, ValueError) as e:
                 log.warning("router: could not remove the mapping of TCP port %d (%s); it ends "
                             "with its lease", external_port, e)
 
 
+class Pinholes(RouterPorts):
+    """RouterPorts for IPv6, where nothing is translated and the router's firewall keeps
+    friends out instead: a pinhole for each of our TCP `ports` to this machine's IPv6
+    `address`, asked for with UPnP IGDv2 (WANIPv6FirewallControl) or PCP MAP sent over
+    IPv6 to the router, kept and removed as RouterPorts keeps and removes mappings.
+    Asked from `address` itself (a router opens only the asker's own address);
+    answers believed only from the IPv6 gateway or this network."""
+
+    DOES = "lets in"
+
+    def __init__(self, ports: tuple[int, ...] | list[int], address: str, lease: float = ROUTER_LEASE,
+                 gateway: str | None = None, protocols: tuple[str, ...] = PINHOLE_PROTOCOLS):
+        super().__init__(ports, lease, gateway, protocols)
+        self.address = address
+
+    def open(self) -> RouterResult:
+        deadline = time.monotonic() + ROUTER_OPEN_TIME
+        routes = read_routes(6)
+        gateway = self.gateway or default_gateway(routes)
+        networks = own_networks(routes, self.address) + [LINK_LOCAL]
+        self.result = self._ask(gateway, self.address, networks, deadline)
+        log.info("router: %s", pinhole_sentence(self.result))
+        return self.result
+
+    def _searches(self, gateway: str | None, address: str, networks: list, deadline: float) -> list:
+        interface = ipv6_interface(address, gateway)
+        searches = []
+        if gateway and "PCP" in self.protocols:
+            searches.append(lambda: find_port_control(gateway, address, ("PCP",), deadline))
+        if "UPnP" in self.protocols:
+            searches.append(lambda: find_upnp(gateway, address, networks, deadline, UpnpFirewall,
+                                              interface))
+        return searches
+
+
+def ipv6_interface(address: str, gateway: str | None) -> int:
+    """The interface IPv6 searches go out on: the gateway's link (fe80::1%eth0), else
+    the one `address` is on (Linux), else 0 (the system's choice)."""
+    zone = (gateway or "").partition("%")[2]
+    try:
+        if zone:
+            return int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+        with open("/proc/net/if_inet6", encoding="ascii") as f:
+            return next((row[1] for row in if_inet6_rows(f.read()) if row[0] == address), 0)
+    except OSError:
+        return 0
+
+
 def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple[str, int] | None,
                heard: Callable[[RouterResult, str | None], None]) -> RouterPorts | None:
     """Ask the router to forward the room's port (and the page's) on a thread of its
-    own; heard(result, public_ip) there once it knows, and again if the router moves
-    a port.  public_ip is the web look-up's answer where only it tells a second router
-    from CGNAT, else None.  close() what it returns when the room stops: that
-    removes the mappings.  A room only this machine reaches asks nothing: None."""
+    own, and, for a room on IPv6 on a machine with an address on the internet, to
+    let them in through its IPv6 firewall (Pinholes); heard(result, public_ip) there
+    once it knows, and again if the router moves a port.  public_ip is the web
+    look-up's answer where only it tells a second router from CGNAT, else None.
+    close() what it returns when the room stops: that removes the mappings and the
+    pinholes.  A room only this machine reaches asks nothing: None."""
     if is_loopback(address[0]):
         return None
-    router = RouterPorts([address[1]] + ([page_address[1]] if page_address else []),
-                         on_change=lambda moved: heard(moved, None))
+    ports = [address[1]] + ([page_address[1]] if page_address else [])
+    ipv6 = ipv6_host(address[0], internet_ipv6())
+    router = RouterPorts(ports, on_change=lambda moved: heard(moved, None),
+                         pinholes=Pinholes(ports, ipv6) if ipv6 else None)
 
     def work() -> None:
         result = router.open()
@@ -5249,25 +5588,36 @@ class FriendsJoin:
     page_port: int | None          # the chat page's port, if it is served
     page_same: str | None          # the page's link on the same network
     page_internet: str | None      # ... and over the internet
+    ipv6: str | None               # [ADDR]:PORT over the internet with IPv6 (not the App's)
+    page_ipv6: str | None          # the page's link there: http://[ADDR]:PORT/
     invite: str | None             # the page's invitation for a phone here (its code), if one can come
     forward: str                   # what to set up on the router
     encrypted: bool                # TLS: the App cannot join (TLS_JOINING)
     keyed: bool                    # friends join as name#KEY
     key_warning: str               # the key is short enough to guess, or ""
     router: str                    # what the router said when asked to forward (--upnp), or ""
+    firewall: str                  # ... and of its IPv6 firewall (pinhole_sentence), or ""
 
 
 def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | None,
                  public_ip: str | None, page_port: int | None,
-                 router: RouterResult | None = None, router_public_ip: str | None = None
-                 ) -> FriendsJoin:
+                 router: RouterResult | None = None, router_public_ip: str | None = None,
+                 ipv6: str | None = None) -> FriendsJoin:
     """How friends join a room listening at `listen`, with what is known of this
-    machine's addresses (None: not known), the page's port (None: no page) and
-    the router's answer to --upnp (None: not asked, or no answer yet).  Where
-    the router forwards the ports, its address is the one friends use."""
+    machine's addresses (None: not known; `ipv6`: internet_ipv6()), the page's port
+    (None: no page) and the router's answer to --upnp (None: not asked, or no answer
+    yet).  Where the router forwards the ports, its address is the one friends use."""
     host, port = listen
     same = same_network_host(host, "" if private_ip == "unknown" else private_ip or "") or None
     tls = bool(settings.tls_cert)
+    six = ipv6_host(host, ipv6)
+    ipv6_chat = host_port(six, port) if six else None
+    page_ipv6 = page_link(six, page_port, tls) if six and page_port else None
+    holes = router.ipv6 if router is not None else None
+    ipv6_way = " or ".join(f"{link} ({whom})" for link, whom in (
+        (page_ipv6, PAGE_FOR), (ipv6_chat, "for a terminal")) if link)
+    if ipv6_way and (holes is None or holes.outcome is not RouterOutcome.FORWARDED):
+        ipv6_way += " once your router's firewall lets them in"
     internet = page_internet = None
     if public_ip:
         internet = host_port(public_ip, port)
@@ -5282,12 +5632,13 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
         same_network=host_port(same, port) if same else None, internet=internet,
         page_port=page_port,
         page_same=page_link(same, page_port, tls) if same and page_port else None,
-        page_internet=page_internet,
+        page_internet=page_internet, ipv6=ipv6_chat, page_ipv6=page_ipv6,
         invite=invitation(page_link(same, page_port, tls), settings.room_key)
         if same and page_port and not is_loopback(same) else None,
         forward=forward, encrypted=tls,
         keyed=bool(settings.room_key), key_warning=short_key_warning(settings.room_key),
-        router=router_sentence(router, router_public_ip) if router is not None else "")
+        router=router_sentence(router, router_public_ip, ipv6_way) if router is not None else "",
+        firewall=pinhole_sentence(holes) if holes is not None else "")
 
 
 # ---------------------------------------------------------------------------
@@ -5610,20 +5961,28 @@ NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
 COPIED_MS = 4000      # how long the window says what was copied
 CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
-    "host": "set the listen address to 0.0.0.0 (every network) or to one of this machine's addresses",
+    "host": "set the listen address to 0.0.0.0 (every IPv4 network), :: (IPv6 too) or one of "
+            "this machine's addresses",
     "port": "choose another port" if WINDOWS else "choose a port above 1023",
     "in use": "stop that program or choose another port with Change port…",
     "page in use": "choose another port for the room with Change port… (the page takes the one "
                    "after it), or untick the web page",
-    "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)"}
+    "encrypted": "the terminal client in pcr_server.py, with encryption on (see its README)",
+    "firewall": "tick the router box below, or set it by hand"}
 ADDRESS_KINDS = {     # kind -> (its title, whom it is for, whose address it is), as listed
     "page": ("Web page", "from a browser or a phone", "this computer's address"),
+    "page6": ("With IPv6", "from a browser or a phone with IPv6", "this computer's IPv6 address"),
     "private": ("Same network", "with the App or a terminal on the same network",
                 "this computer's address on the network"),
     "public": ("Over the internet", "with the App or a terminal over the internet",
-               "this computer's public address")}
+               "this computer's public address"),
+    "public6": ("With IPv6", "with a terminal with IPv6 (the App cannot use it)",
+                "this computer's IPv6 address")}
+ADDRESS_NEEDS = {"page": "private", "page6": "ipv6", "private": "private", "public": "public",
+                 "public6": "ipv6"}   # kind -> the address of this computer it is made of
 ADDRESS_HEADINGS = {"page": PAGE_FOR, "private": CHAT_FOR}   # above the first address for each
-COPY_TEXT = {"private": "Copy", "public": "Copy", "page": "Copy link"}
+COPY_TEXT = {"private": "Copy", "public": "Copy", "public6": "Copy", "page": "Copy link",
+             "page6": "Copy link"}
 UNKNOWN = {           # why an address is not known -> (what the window shows, what Copy says)
     "looking": ("looking up…", "{whose} is still being looked up"),
     "off": ("not looked up", "{whose} was not looked up; your router's status page shows it"),
@@ -5773,6 +6132,16 @@ def page_problem(settings: Settings) -> str | None:
     if settings.web_port is None:
         return None
     return bind_problem(settings.host, settings.web_port, WINDOW_ADVICE, in_use="page in use")
+
+
+def ipv6_note(join: FriendsJoin, upnp: bool) -> str:
+    """What the window says under the IPv6 addresses: not for the App; without the router
+    box, the router's firewall must let the ports in.  "" without them."""
+    if not join.ipv6:
+        return ""
+    return ("The App cannot use IPv6 addresses: its address box takes IPv4 only."
+            + ("" if upnp else f" For IPv6, the router's firewall must let these ports in: "
+                               f"{WINDOW_ADVICE['firewall']}."))
 
 
 def hand_internet_page(server: Server | None, join: FriendsJoin) -> None:
@@ -5963,6 +6332,7 @@ class WindowView:
         rows.columnconfigure(1, weight=1)
         self.addresses: dict[str, ttk.Label] = {}
         self.copy_buttons: dict[str, ttk.Button] = {}
+        self.address_rows_of: dict[str, list] = {}   # kind -> its widgets, heading included
         row = 0
         for kind, (title, _, _) in ADDRESS_KINDS.items():
             heading = ADDRESS_HEADINGS.get(kind)
@@ -5978,11 +6348,13 @@ class WindowView:
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: window.copy_address(kind))
             self.copy_buttons[kind].grid(row=row, column=2, sticky="e", pady=3, padx=(10, 0))
-            if kind == "page":
-                self.page_row = (heading, title_label, self.addresses[kind], self.copy_buttons[kind])
+            self.address_rows_of[kind] = [widget for widget in (
+                heading, title_label, self.addresses[kind], self.copy_buttons[kind]) if widget]
             row += 1
         self.forward_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
         self.forward_note.grid(row=row, column=0, columnspan=3, sticky="w", pady=(0, 3))
+        self.ipv6_note = ttk.Label(rows, style="Note.TLabel", wraplength=NOTE_WRAP)
+        self.ipv6_note.grid(row=row + 1, column=0, columnspan=3, sticky="w", pady=(0, 3))
         self._build_switches(box, window, settings)
         notes = []
         for row, style in enumerate(("Problem", "Note", "Note", "Note", "Problem", "Note"), start=3):
@@ -6001,7 +6373,8 @@ class WindowView:
         self.page_switch.grid(row=1, column=0, sticky="w", pady=(4, 0))
         self.upnp_on = tk.BooleanVar(value=settings.upnp)
         self.upnp_switch = ttk.Checkbutton(box, variable=self.upnp_on, command=window.switch_router,
-                                           text="Let my router forward the port (UPnP / NAT-PMP)")
+                                           text="Let my router forward the port, and let it in "
+                                                "over IPv6 (UPnP / NAT-PMP / PCP)")
         self.upnp_switch.grid(row=2, column=0, sticky="w", pady=(4, 0))
 
     def _build_info(self, side) -> None:
@@ -6076,6 +6449,24 @@ class WindowView:
         if following:
             text.see("end")
 
+    def show_members(self, rows: dict[str, tuple], snapshot: list[tuple[str, str, float, str]]) -> None:
+        """Make the list and `rows` (tree item -> member) match the room: drop who left,
+        add who came.  `snapshot` holds (name, ip, wall-clock join time, kind) per member."""
+        tree = self.tree
+        now_in = {member[0]: tuple(member) for member in snapshot}
+        for item, (name, ip, since, kind) in list(rows.items()):
+            new = now_in.pop(name, None)
+            if new is None:
+                tree.delete(item)
+                del rows[item]
+            elif new[1] != ip or abs(new[2] - since) > 1.0 or new[3] != kind:   # left, came back
+                tree.item(item, values=member_row(*new))
+                rows[item] = new
+        for member in now_in.values():
+            rows[tree.insert("", "end", values=member_row(*member))] = member
+        self.info["online"].configure(text=str(len(rows)))
+        self.members_box.configure(text=f"Online ({len(rows)})")
+
     def copied_gone(self) -> None:
         """What was copied is said no more: the Copy buttons read Copy again."""
         for kind, button in self.copy_buttons.items():
@@ -6118,12 +6509,13 @@ class RouterSwitch:
             self.router = None
 
     def note(self, join: FriendsJoin) -> str:
-        """What the window says of the router (a forwarded port shows as the address)."""
+        """What the window says of the router, for both IPv4 (a forwarded port shows as
+        the address) and its IPv6 firewall."""
         if self.router is not None and self.heard is None:
             return "Asking your router to forward the port…"
-        if self.heard and not self.heard[0].address(join.listen[1]):
-            return join.router[:1].upper() + join.router[1:]
-        return ""
+        said = [join.router] if self.heard and not self.heard[0].address(join.listen[1]) else []
+        said += [join.firewall] if self.heard and join.firewall else []
+        return " ".join(f"{s[:1].upper()}{s[1:]}{'' if s.endswith('.') else '.'}" for s in said)
 
 
 class ServerWindow:
@@ -6151,8 +6543,8 @@ class ServerWindow:
         self.closed = False
         self.inbox: queue.Queue = queue.Queue()   # (kind, ...) from other threads
         self.log_feed = LogFeed()
-        self.ips: dict[str, str | None] = {"private": None, "public": None}   # kind -> IP, once known
-        self.unknown = {"private": "looking",                                 # kind -> why not yet
+        self.ips: dict[str, str | None] = {"private": None, "public": None, "ipv6": None}   # once known
+        self.unknown = {"private": "looking", "ipv6": "looking",              # kind -> why not yet
                         "public": "looking" if settings.public_ip_url else "off"}
         self.mac = "looking up…"
         self.rows: dict[str, tuple] = {}   # tree item -> (name, ip, since, kind)
@@ -6278,6 +6670,7 @@ class ServerWindow:
                 self._learn_ip("public", news[0])
             elif kind == "host":
                 self._learn_ip("private", news[0])
+                self._learn_ip("ipv6", news[2])
                 self.mac = news[1]
             elif news[0] is not self.server:
                 continue   # from a server that has been replaced
@@ -6300,10 +6693,11 @@ class ServerWindow:
             self._show_state()
 
     def _look_up_addresses(self) -> None:
-        """Private IP and MAC on one thread, the public IP on another."""
+        """Private IP, MAC and IPv6 address on one thread, the public IP on another."""
         inbox = self.inbox   # threads hold the queue, never the window (Tk dies on its own thread)
-        threading.Thread(target=lambda: inbox.put(("host", private_ipv4(), mac_address())),
-                         name="host-addresses", daemon=True).start()
+        threading.Thread(target=lambda: inbox.put(
+            ("host", private_ipv4(), mac_address(), internet_ipv6())), name="host-addresses",
+            daemon=True).start()
         if self.settings.public_ip_url:
             look_up_public_ip(self.settings.public_ip_url, lambda ip: inbox.put(("public-ip", ip)))
 
@@ -6315,24 +6709,7 @@ class ServerWindow:
 
     # -- who is online ----------------------------------------------------
     def _show_members(self, snapshot: list[tuple[str, str, float, str]]) -> None:
-        """Make the list match the room: drop who left, add who came.
-
-        `snapshot` holds (name, ip, wall-clock join time, kind) per member.
-        """
-        tree, rows = self.view.tree, self.rows
-        now_in = {member[0]: tuple(member) for member in snapshot}
-        for item, (name, ip, since, kind) in list(rows.items()):
-            new = now_in.pop(name, None)
-            if new is None:
-                tree.delete(item)
-                del rows[item]
-            elif new[1] != ip or abs(new[2] - since) > 1.0 or new[3] != kind:   # left, came back
-                tree.item(item, values=member_row(*new))
-                rows[item] = new
-        for member in now_in.values():
-            rows[tree.insert("", "end", values=member_row(*member))] = member
-        self.view.info["online"].configure(text=str(len(rows)))
-        self.view.members_box.configure(text=f"Online ({len(rows)})")
+        self.view.show_members(self.rows, snapshot)
         self._show_disconnect()
 
     def _show_disconnect(self) -> None:
@@ -6360,9 +6737,9 @@ class ServerWindow:
         self._ask("Change port", [("Port (1 to 65535)", str(self.settings.port))], self._take_port)
 
     def set_listen_address(self) -> None:
-        """Ask for the address and port to listen on (0.0.0.0: every interface)."""
+        """Ask for the address and port to listen on (`::` or 0.0.0.0: every network)."""
         self._ask("Set listen address",
-                  [("Address (0.0.0.0: all)", self.settings.host),
+                  [("Address (:: all, 0.0.0.0 IPv4 alone)", self.settings.host),
                    ("Port (1 to 65535)", str(self.settings.port))], self._take_address)
 
     def _take_port(self, port_text: str) -> str | None:
@@ -6430,14 +6807,14 @@ class ServerWindow:
     def _friends_join(self) -> FriendsJoin:
         return friends_join(self.settings, self._listen_address(), self.ips["private"],
                             self.ips["public"], self._page_port() if self.view.page_on.get() else None,
-                            *(self.router.heard or (None, None)))
+                            *(self.router.heard or (None, None)), ipv6=self.ips["ipv6"])
 
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
         page's link, public when known); None if not known."""
         join = self._friends_join()
-        return {"private": join.same_network, "public": join.internet,
-                "page": join.page_internet or join.page_same}[kind]
+        return {"private": join.same_network, "public": join.internet, "public6": join.ipv6,
+                "page": join.page_internet or join.page_same, "page6": join.page_ipv6}[kind]
 
     def switch_page(self) -> None:
         """The page switch: serve the chat page from the next start, and now if running."""
@@ -6486,10 +6863,10 @@ class ServerWindow:
         if self.state != RoomState.RUNNING:
             said = "Nothing copied: the room is closed. Press Start server first."
         elif address is None:
-            why = self.unknown["private" if kind == "page" else kind]
+            why = self.unknown[ADDRESS_NEEDS[kind]]
             said = "Nothing copied: " + UNKNOWN[why][1].format(whose=whose) + "."
         else:
-            copied = invitation(address, self.settings.room_key) if kind == "page" else address
+            copied = invitation(address, self.settings.room_key) if kind.startswith("page") else address
             self.root.clipboard_clear()
             self.root.clipboard_append(copied)
             self.view.copy_buttons[kind].configure(text="Copied ✓")
@@ -6511,23 +6888,24 @@ class ServerWindow:
         view, join = self.view, self._friends_join()
         hand_internet_page(self.server, join)
         for kind, label in view.addresses.items():
-            why = self.unknown["private" if kind == "page" else kind]
-            label.configure(text=self._address(kind) or UNKNOWN[why][0])
-        for widget in view.page_row:
-            widget.grid() if join.page_port else widget.grid_remove()
+            label.configure(text=self._address(kind) or UNKNOWN[self.unknown[ADDRESS_NEEDS[kind]]][0])
+            shown = {"page": join.page_port, "page6": join.page_ipv6, "public6": join.ipv6}.get(kind, 1)
+            for widget in view.address_rows_of[kind]:
+                widget.grid() if shown else widget.grid_remove()
         served = self.state == RoomState.RUNNING and self.page_listening
         view.invite_code.show(join.invite if served else None)
         view.page_switch.configure(text=f"Web page for phones and browsers (port {self._page_port()})")
         view.page_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         view.forward_note.configure(text=f"Over the internet: {join.forward}.")
+        show_line(view.ipv6_note, ipv6_note(join, self.settings.upnp))
         view.upnp_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         show_line(view.router_note, self.router.note(join))
         view.address_rows.grid_remove() if join.only_here else view.address_rows.grid()
         show_line(view.loopback_warning,
                   f"Only this computer can join: the listen address is {join.listen[0]}. To let "
-                  f"friends in, use Set listen address… and choose 0.0.0.0 (every network)."
+                  f"friends in, use Set listen address… and choose :: (every network) or 0.0.0.0."
                   if join.only_here else "")
         encrypted = TLS_JOINING.format(WINDOW_ADVICE["encrypted"])
         show_line(view.tls_note, f"The room is encrypted: {encrypted}." if join.encrypted else "")
@@ -7203,7 +7581,7 @@ def listen_host(text: str) -> str:
     host = host_from_text(text)
     if host is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host name "
-                                         f"(0.0.0.0 listens on every network)")
+                                         f"(:: or 0.0.0.0 listens on every network)")
     return host
 
 
@@ -7272,7 +7650,8 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
     key.add_argument("--room-key-file", metavar="PATH", help="read the room key from a file")
     room.add_argument("--upnp", action="store_true",
                       help="let friends in from the internet: ask the router to forward the "
-                           "room's port with UPnP / NAT-PMP / PCP (the page's too)")
+                           "room's port with UPnP / NAT-PMP / PCP (the page's too), and to let "
+                           "them in through its IPv6 firewall")
     room.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
                       help="show newcomers the last N chat lines, kept in memory only "
                            "(default: %(default)s, nothing kept)")
@@ -7285,8 +7664,9 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
 def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
     """Everything a host rarely needs: where to listen and log, the page's seats, TLS."""
     network = p.add_argument_group("for experts: network and log")
-    network.add_argument("--host", type=listen_host, default=d.host,
-                         help="address to listen on (default: all IPv4 interfaces; '::' for IPv6)")
+    network.add_argument("--host", type=listen_host, default=every_network(),
+                         help="address to listen on (default: %(default)s, every network: "
+                              "'::' is IPv6 and IPv4 at once, 0.0.0.0 IPv4 alone)")
     network.add_argument("--log-file", default=d.log_file, help=f"log file (default: {LOG_FILE})")
     network.add_argument("--public-ip-url", default=d.public_ip_url,
                          help="service that answers with your public IP ('' turns the look-up off)")
@@ -7390,26 +7770,32 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
     page_off = f"the page is off, since {page_problem[:1].lower()}{page_problem[1:]}"
     if join.only_here:
         lines = [f"The room is open on {host_port(host, port)}, but nobody else can join: only "
-                 f"this machine reaches {host}. Start with --host 0.0.0.0 to let friends in."]
+                 f"this machine reaches {host}. Start without --host (or with --host 0.0.0.0, "
+                 f"IPv4 alone) to let friends in."]
         if join.page_port:
             lines.append(f"  the page, in a browser on this machine: "
                          f"{page_link(host, join.page_port, join.encrypted)}")
         elif page_problem:
             lines.append(f"  {page_off}")
     else:
+        ports = port_words((port, join.page_port) if join.page_port else (port,))
         lines = [f"The room is open on port {port}. How friends join:"]
         if join.page_port:
             lines += [f"  {PAGE_FOR}:", f"    same network:       {join.page_same or 'unknown'}"]
-            if join.page_internet:
-                lines.append(f"    over the internet:  {join.page_internet}")
+            lines += labelled("over the internet:", join.page_internet,
+                              join.page_ipv6 and f"{join.page_ipv6} (IPv6)")
             lines += [code] if code else []
         else:
             lines.append(f"  {PAGE_FOR}: " + (page_off if page_problem
                                               else "the page is off (--web-port off)"))
         lines += [f"  {CHAT_FOR}:", f"    same network:       {join.same_network or 'unknown'}",
-                  f"    over the internet:  asking your router to forward TCP "
-                  f"{port_words((port, join.page_port) if join.page_port else (port,))}…"
+                  f"    over the internet:  asking your router to forward TCP {ports}…"
                   if settings.upnp else internet_line(join, NOT_KNOWN[unknown])]
+        if join.ipv6:
+            lines += labelled("", f"{join.ipv6} ({IPV6_CHAT_FOR})")
+            lines.append("  IPv6:               " + (
+                (join.firewall or f"asking your router's firewall to let TCP {ports} in…")
+                if settings.upnp else IPV6_FIREWALL.format(ports=ports, how=FLAG_ADVICE["firewall"])))
     if join.encrypted:
         lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     if join.keyed:
@@ -7428,6 +7814,12 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
                  else "Log file: none (--log-file '')")
     lines.append("Ctrl+C stops the server.")
     return "\n".join(lines)
+
+
+def labelled(label: str, *texts: str | None) -> list[str]:
+    """The banner's lines under one label (`over the internet:`), on the first line only."""
+    shown = [text for text in texts if text]
+    return [f"    {label if i == 0 else '':<20}{text}" for i, text in enumerate(shown)]
 
 
 def internet_line(join: FriendsJoin, unknown: str) -> str:
@@ -7468,13 +7860,14 @@ def announce(settings: Settings, address: tuple[str, int],
     address is looked up (on the look-up's thread); with --upnp, at once, and
     the router's answer when it comes.  The router's mappings, to close when
     the room stops."""
-    private_ip = private_ipv4()
+    private_ip, ipv6 = private_ipv4(), internet_ipv6()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
+    log.info("IPv6 address on the internet: %s", ipv6 or "none")
     page_port = page_address[1] if page_address else None
-    join = friends_join(settings, address, private_ip, None, page_port)
+    join = friends_join(settings, address, private_ip, None, page_port, ipv6=ipv6)
     if not join.only_here and not settings.upnp and settings.public_ip_url:
         def public_ip_heard(ip: str | None) -> None:
-            known = friends_join(settings, address, private_ip, ip, page_port)
+            known = friends_join(settings, address, private_ip, ip, page_port, ipv6=ipv6)
             internet_page(known.page_internet)
             print_for_host(join_banner(settings, known, "looking" if ip else "failed", page_problem,
                                        console_code(known.invite, sys.stdout)))
@@ -7496,8 +7889,10 @@ def announce(settings: Settings, address: tuple[str, int],
             print_for_host(page_line(known.page_internet))
 
     def router_answered(result: RouterResult, public_ip: str | None) -> None:
-        print_for_host(f"  {router_sentence(result, public_ip)}")
-        known = friends_join(settings, address, private_ip, None, page_port, result)
+        known = friends_join(settings, address, private_ip, None, page_port, result, public_ip, ipv6)
+        print_for_host(f"  {known.router}")
+        if known.firewall:
+            print_for_host(f"  {known.firewall}")
         internet_page(known.page_internet)
         if known.page_internet:
             print_for_host(page_line(known.page_internet))

@@ -17,6 +17,7 @@ import gc
 import hashlib
 import http.server
 import io
+import ipaddress
 import itertools
 import json
 import locale
@@ -284,6 +285,13 @@ class ServerCase(unittest.TestCase):
             server.loop.close()
         self.addCleanup(stop)
         return server
+
+    def start_on_ipv6(self, **overrides) -> pcr.Server:
+        """A room on ::1 alone; the test is skipped where this machine has no IPv6 loopback."""
+        try:
+            return self.start(host="::1", **overrides)
+        except pcr.StartError as e:
+            self.skipTest(f"no IPv6 loopback: {e}")
 
     def connect(self, **kw) -> Client:
         c = Client(self.port, **kw)
@@ -597,8 +605,9 @@ class WebMember:
     """A web member speaking the page's protocol through an independent
     RFC 6455 client (the websockets package)."""
 
-    def __init__(self, port: int, alias: str | None = None, origin: str | None = None):
-        self.ws = ws_connect(f"ws://127.0.0.1:{port}/ws", origin=origin, open_timeout=WAIT)
+    def __init__(self, port: int, alias: str | None = None, origin: str | None = None,
+                 host: str = "127.0.0.1"):
+        self.ws = ws_connect(f"ws://{pcr.host_port(host, port)}/ws", origin=origin, open_timeout=WAIT)
         self.token = ""   # the last welcome's: brings this member back to its seat
         self.seen = 0     # the mark of the last event read: what it missed starts after it
         self.hello = self.next()
@@ -669,9 +678,9 @@ def raw_upgrade(port: int, extra: str = "") -> tuple[socket.socket, bytes]:
     return sock, got
 
 
-def http_get(port: int, request: bytes) -> bytes:
+def http_get(port: int, request: bytes, host: str = "127.0.0.1") -> bytes:
     """Send a raw request; everything the server answers before it closes."""
-    with socket.create_connection(("127.0.0.1", port), WAIT) as sock:
+    with socket.create_connection((host, port), WAIT) as sock:
         sock.sendall(request)
         got = b""
         while data := sock.recv(65536):
@@ -1016,6 +1025,29 @@ Persistent Routes:
 """
 
 
+PROC_IPV6_ROUTE = """2a0f0077000100000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001    wlan0
+fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001    wlan0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003    wlan0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000002 00000800 00000001 00000000 00000003     eth0
+00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000003 00000000 80200001       lo
+"""
+
+
+ROUTE_PRINT6 = """===========================================================================
+IPv6 Route Table
+===========================================================================
+Active Routes:
+ If Metric Network Destination      Gateway
+ 12    281 ::/0                     fe80::1
+  1    331 ::1/128                  On-link
+ 12    281 2a0f:77:1::/64           On-link
+ 12    281 fe80::/64                On-link
+===========================================================================
+Persistent Routes:
+  None
+"""
+
+
 ROUTE_GET = """   route to: default
 destination: default
        mask: default
@@ -1033,7 +1065,25 @@ IGD_DESCRIPTION = b"""<?xml version="1.0"?>
 <controlURL>/ctl/v1</controlURL></service>
 <service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>
 <controlURL>/ctl/IPConn</controlURL></service>
+<service><serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType>
+<controlURL>/ctl/IP6FCtl</controlURL></service>
 </serviceList></device></deviceList></device></deviceList></device></root>"""
+
+
+def soap_reply(action: str, fields: dict[str, str]) -> bytes:
+    """A router's SOAP answer to `action`, with its out-arguments."""
+    inner = "".join(f"<{name}>{value}</{name}>" for name, value in fields.items())
+    return (f'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+            f'<s:Body><u:{action}Response xmlns:u="urn:x">{inner}</u:{action}Response></s:Body>'
+            f'</s:Envelope>').encode()
+
+
+def soap_fault(code: int, description: str) -> bytes:
+    return (f'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault>'
+            f'<faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail>'
+            f'<UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>{code}</errorCode>'
+            f'<errorDescription>{description}</errorDescription></UPnPError></detail></s:Fault>'
+            f'</s:Body></s:Envelope>').encode()
 
 
 def natpmp_answer(opcode: int, result: int, body: bytes = b"") -> bytes:
@@ -1044,7 +1094,7 @@ def pcp_answer(nonce: bytes, result: int = 0, port: int = 5050, external_port: i
                external_ip: str = "203.0.113.7", lifetime: int = 3600) -> bytes:
     header = struct.pack("!BBBBII12x", 2, 128 + 1, 0, result, lifetime, 99)
     return header + struct.pack("!12sB3xHH16s", nonce, 6, port, external_port,
-                                pcr.mapped_v6(external_ip))
+                                pcr.pcp_address(external_ip))
 
 
 class LoopbackHttp:
@@ -1122,6 +1172,39 @@ print(pcr.router_sentence(router.open()), flush=True)
 time.sleep(float(sys.argv[4]))
 router.close()
 print("closed", flush=True)
+"""
+
+
+# The same for the router's IPv6 firewall: argv: the folder of pcr_server.py, this
+# machine's IPv6 address, lease seconds, protocols, seconds to keep.
+MAPPER6 = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+holes = pcr.Pinholes([5050], sys.argv[2], lease=float(sys.argv[3]), protocols=tuple(sys.argv[4].split(",")))
+print(pcr.pinhole_sentence(holes.open()), flush=True)
+time.sleep(float(sys.argv[5]))
+holes.close()
+print("closed", flush=True)
+"""
+
+
+# A phone outside opening the page: joins over its WebSocket at argv[1] (HOST:PORT) as
+# argv[2], says argv[3] and prints "said" once the room has relayed it.
+PAGE_GUEST = """
+import json, sys
+from websockets.sync.client import connect
+where, name, text = sys.argv[1:4]
+with connect(f"ws://{where}/ws", origin=f"http://{where}", open_timeout=5) as ws:
+    ws.recv(5)
+    ws.send(name)
+    while True:
+        event = json.loads(ws.recv(5))
+        if event["type"] == "welcome":
+            ws.send(text)
+        elif event["type"] == "chat" and event["text"] == text:
+            print("said", flush=True)
+            break
 """
 
 
@@ -1231,6 +1314,21 @@ table inet pcr_nat {
 """
 
 
+# The router's IPv6 (issue 34): IGDv2 (its WANIPv6FirewallControl: pinholes) and the WAN
+# side for IPv6; PCP over IPv6 comes with enable_natpmp.
+MINIUPNPD_IPV6 = """ext_ifname6=rwan
+force_igd_desc_v1=no
+"""
+
+
+# A router whose PCP does not answer over IPv6 (miniupnpd answers it even without
+# enable_natpmp): pinholes then come from UPnP alone.
+NO_PCP6 = """table ip6 pcr_no_pcp {
+  chain in { type filter hook input priority 0; udp dport 5351 drop; }
+}
+"""
+
+
 @functools.lru_cache(maxsize=None)
 def namespaces_missing(*tools: str) -> str:
     """Why network namespaces (and `tools`) cannot be had here; "" if they can."""
@@ -1259,12 +1357,17 @@ class HomeNetwork:
     lan (this machine, 192.168.77.20), router (192.168.77.1 inside, `wan_ip`
     outside; nftables NAT, miniupnpd when started), wan (a friend, .2 beside
     the router's WAN address) and, if asked, other (a second LAN host,
-    192.168.77.66).  No namespace is connected to this machine's own network."""
+    192.168.77.66).  With `ipv6`, IPv6 as a home gets it too (_build_ipv6).
+    No namespace is connected to this machine's own network."""
 
     LAN_IP, ROUTER_IP, OTHER_IP = "192.168.77.20", "192.168.77.1", "192.168.77.66"
+    # A global-looking prefix that lives only in the namespaces (miniupnpd refuses
+    # documentation ones): the home's /64 and the link to the friend.
+    LAN_IP6, ROUTER_IP6, FRIEND_IP6 = "2a0f:77:1::20", "2a0f:77:1::1", "2a0f:77:ffff::2"
 
-    def __init__(self, case: unittest.TestCase, wan_ip: str = "11.0.0.1", other_host: bool = False):
-        self.case, self.wan_ip = case, wan_ip
+    def __init__(self, case: unittest.TestCase, wan_ip: str = "11.0.0.1", other_host: bool = False,
+                 ipv6: bool = False):
+        self.case, self.wan_ip, self.ipv6 = case, wan_ip, ipv6
         self.friend_ip = wan_ip.rsplit(".", 1)[0] + ".2"
         tag = f"pcr{os.getpid()}n{next(HOME_NUMBERS)}"
         self.ns = {role: f"{tag}-{role}" for role in ("lan", "router", "wan", "other")
@@ -1324,6 +1427,22 @@ class HomeNetwork:
         with open(rules, "w") as f:
             f.write(ROUTER_RULES)
         self.run("router", "nft", "-f", rules)
+        if self.ipv6:
+            self._build_ipv6()
+
+    def _build_ipv6(self) -> None:
+        """The home's /64 on the LAN with the router's link-local fe80::1 as the way out
+        (as a router's advertisement gives it), the friend's on the WAN side, forwarding
+        on; the router's firewall (ROUTER_RULES, for both families) drops new inbound IPv6."""
+        lan, router, wan = self.ns["lan"], self.ns["router"], self.ns["wan"]
+        for name, device, address in ((router, "br0", f"{self.ROUTER_IP6}/64"), (router, "br0", "fe80::1/64"),
+                                      (router, "rwan", "2a0f:77:ffff::1/64"),
+                                      (lan, "lan0", f"{self.LAN_IP6}/64"), (wan, "wan0", f"{self.FRIEND_IP6}/64")):
+            self.ip("-n", name, "addr", "add", address, "dev", device, "nodad")
+        self.ip("-n", lan, "-6", "route", "add", "default", "via", "fe80::1", "dev", "lan0")
+        self.ip("-n", wan, "-6", "route", "add", "2a0f:77:1::/64", "via", "2a0f:77:ffff::1")
+        self.ip("-n", router, "-6", "route", "add", "default", "via", self.FRIEND_IP6)
+        self.run("router", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 
     def start(self, role: str, *args: str, name: str) -> str:
         """Start a program in `role` that prints to a file; the file's path."""
@@ -1350,7 +1469,12 @@ class HomeNetwork:
         conf = os.path.join(self.dir, "miniupnpd.conf")
         with open(conf, "w") as f:
             f.write(MINIUPNPD_CONF.format(upnp="yes" if upnp else "no",
-                                          natpmp="yes" if natpmp else "no"))
+                                          natpmp="yes" if natpmp else "no") + MINIUPNPD_IPV6 * self.ipv6)
+        if self.ipv6 and not natpmp:
+            rules = os.path.join(self.dir, "no-pcp6.nft")
+            with open(rules, "w") as f:
+                f.write(NO_PCP6)
+            self.run("router", "nft", "-f", rules)
         log_path = self.start("router", "miniupnpd", "-d", "-f", conf, "-P",
                               os.path.join(self.dir, "miniupnpd.pid"), name="miniupnpd")
         text = self.printed(log_path, "HTTP listening on port" if upnp
@@ -1390,9 +1514,18 @@ class HomeNetwork:
         found = re.search(r"Public IP address : ([\d.]+)", said)
         return found.group(1) if found else ""
 
-    def friend(self, port: int, name: str = "friend") -> ClientProcess:
-        """A member on the internet side, joining through the router's WAN address."""
-        c = ClientProcess(f"{self.wan_ip}:{port}", name=name, prefix=self.inside("wan"))
+    def pinholes(self) -> list[int]:
+        """The ports the router's IPv6 firewall lets in to the LAN host: miniupnpd's
+        pinholes, as nftables prints them (the IPv6 destination as raw payload)."""
+        rules = self.run("router", "nft", "list", "chain", "inet", "pcr_filter", "pcr_forward").stdout
+        host = ipaddress.IPv6Address(self.LAN_IP6).packed.hex()
+        return sorted(int(port) for port in re.findall(rf"th dport (\d+) @nh,192,128 0x{host}\b", rules))
+
+    def friend(self, port: int, name: str = "friend", over_ipv6: bool = False) -> ClientProcess:
+        """A member on the internet side, joining through the router's WAN address, or
+        over IPv6 at the LAN host's own address."""
+        where = f"[{self.LAN_IP6}]" if over_ipv6 else self.wan_ip
+        c = ClientProcess(f"{where}:{port}", name=name, prefix=self.inside("wan"))
         self.case.addCleanup(c.close)
         return c
 
@@ -1401,21 +1534,22 @@ class HomeNetwork:
         self.case.addCleanup(c.close)
         return c
 
-    def reaches_from_wan(self, port: int, path: str = "") -> str:
-        """What the friend's side gets from the router's WAN address: "refused",
-        "timeout", or for `path` an HTTP status and size."""
+    def reaches_from_wan(self, port: int, path: str = "", host: str = "", role: str = "wan") -> str:
+        """What the friend's side (or `role`) gets from the router's WAN address (or `host`):
+        "refused", "timeout", or for `path` an HTTP status and size."""
         code = ("import socket, sys, urllib.request\n"
                 "try:\n"
                 "    if sys.argv[3]:\n"
-                "        r = urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}',"
-                " timeout=3)\n"
+                "        h = f'[{sys.argv[1]}]' if ':' in sys.argv[1] else sys.argv[1]\n"
+                "        r = urllib.request.urlopen(f'http://{h}:{sys.argv[2]}{sys.argv[3]}', timeout=3)\n"
                 "        print(r.status, len(r.read()))\n"
                 "    else:\n"
                 "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 3).close()\n"
                 "        print('connected')\n"
                 "except ConnectionRefusedError:\n    print('refused')\n"
                 "except OSError as e:\n    print('timeout' if 'timed out' in str(e) else e)\n")
-        return self.run("wan", sys.executable, "-c", code, self.wan_ip, str(port), path).stdout.strip()
+        return self.run(role, sys.executable, "-c", code, host or self.wan_ip, str(port),
+                        path).stdout.strip()
 
     def tear_down(self) -> None:
         """Kill what was started, then delete the namespaces (and all in them)."""
@@ -1762,9 +1896,10 @@ def photo_link(line: bytes) -> str:
 
 
 def fetch(url: str) -> tuple[str, dict[str, str], bytes]:
-    """GET `url` (http://127.0.0.1:PORT/...): (status line, headers, body)."""
-    port, path = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/.*)", url).groups()
-    got = http_get(int(port), f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    """GET `url` (http://127.0.0.1:PORT/... or http://[::1]:PORT/...): (status line, headers, body)."""
+    host, port, path = re.fullmatch(r"http://(127\.0\.0\.1|\[::1\]):(\d+)(/.*)", url).groups()
+    got = http_get(int(port), f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode(),
+                   host.strip("[]"))
     head, _, body = got.partition(b"\r\n\r\n")
     status, *lines = head.decode("latin-1").split("\r\n")
     return status, dict(line.split(": ", 1) for line in lines), body
@@ -3600,6 +3735,21 @@ class LimitsTest(ServerCase):
         self.addCleanup(c.close)
         c.join("six")
 
+    def test_ipv4_on_a_dual_stack_room_is_ipv4_everywhere(self):
+        """A room on `::` (the default) gets IPv4 as IPv4-mapped IPv6: the log, --allow and
+        the per-address limit see the plain IPv4 address."""
+        if not socket.has_dualstack_ipv6():
+            self.skipTest("no dual-stack IPv6 here")
+        self.start(host="::", allow=("127.0.0.0/8",), max_per_ip=1)
+        self.member("four")
+        self.assertIn('joined: "four" (terminal) from 127.0.0.1\n', self.log_text())
+        self.assertIn(b"too many connections from your address (at most 1)", self.connect().read_to_close())
+        member = self.wait_on_loop(lambda: self.server.room.find("four"), "four in")
+        self.assertEqual((member.ip, member.group), ("127.0.0.1", "127.0.0.1"))
+        six = Client(self.port, host="::1", family=socket.AF_INET6)   # not in --allow
+        self.addCleanup(six.close)
+        self.assertEqual(six.read_to_close(), b"")
+
 
 class HardeningTest(ServerCase):
     """The second security review's findings, each shown and closed (issue 10)."""
@@ -4957,6 +5107,24 @@ class PhotoShareTest(WebCase):
         tom.read_until(b"wendy: /photo 5\n")
         self.assert_chats_on(wendy, tom)
 
+    def test_over_ipv6_the_page_works_and_a_terminal_gets_the_link_at_its_ipv6_address(self):
+        self.start_on_ipv6()
+        tom = self.connect(host="::1", family=socket.AF_INET6).join("tom")
+        wendy = self.web_member("wendy", host="::1")
+        wendy.until("count", n=2)
+        tom.read_until(b"2 people are online...\n")
+        share(wendy, camera_jpeg((640, 480)))
+        url = wendy.until("photo")["url"]
+        line = tom.read_until(b"\n", WAIT)
+        self.assertEqual(line, f"wendy shared a photo: http://[::1]:{self.web}{url}\n".encode())
+        status, headers, body = fetch(photo_link(line))
+        self.assertEqual(status, "HTTP/1.1 200 OK")
+        self.assertEqual(int(headers["Content-Length"]), len(body))
+        status, _, page = fetch(f"http://[::1]:{self.web}/")
+        self.assertEqual(status, "HTTP/1.1 200 OK")
+        self.assertIn(b"<script", page)
+        self.assert_chats_on(wendy, tom)
+
     def test_a_member_from_the_internet_gets_the_pages_internet_link(self):
         self.start()
         self.member("tom")
@@ -5196,6 +5364,74 @@ class PhotoMemoryTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
+# 7. Host addresses: which IPv6 address friends are given, where the room listens
+# ---------------------------------------------------------------------------
+
+# /proc/net/if_inet6 of a laptop with privacy addresses: address, interface index,
+# prefix length, scope, flags (0x01 temporary, 0x20 deprecated, 0x40 tentative,
+# 0x80 permanent), interface.
+IF_INET6 = """fe80000000000000a1b2c3fffed4e5f6 03 40 20 80    wlan0
+2a0f00770001000058e3c1a97bd2f00e 03 40 00 01    wlan0
+2a0f0077000100001122334455667788 03 40 00 21    wlan0
+fd12345678900001a1b2c3fffed4e5f6 03 40 00 00    wlan0
+2a0f0077000100000000000000000020 03 40 00 00    wlan0
+00000000000000000000000000000001 01 80 10 80       lo
+20010db8000000000000000000000005 04 40 00 80     eth0
+2a0f0077000200000000000000000009 05 40 00 c0     usb0
+"""
+TEMPORARY, STABLE = "2a0f:77:1:0:58e3:c1a9:7bd2:f00e", "2a0f:77:1::20"
+
+
+class HostIpv6Test(unittest.TestCase):
+    """The IPv6 address friends on the internet are given (issue 34): global and stable."""
+
+    def test_a_stable_address_is_given_rather_than_the_temporary_one_the_system_chose(self):
+        self.assertEqual(pcr.stable_ipv6(TEMPORARY, IF_INET6), STABLE)
+        self.assertEqual(pcr.stable_ipv6(STABLE, IF_INET6), STABLE)
+
+    def test_never_link_local_unique_local_documentation_deprecated_or_tentative(self):
+        for chosen in ("fe80::a1b2:c3ff:fed4:e5f6", "fd12:3456:7890:1:a1b2:c3ff:fed4:e5f6",
+                       "2001:db8::5", "2a0f:77:2::9", "::1"):
+            with self.subTest(chosen=chosen):
+                self.assertIsNone(pcr.stable_ipv6(chosen, IF_INET6))
+        temporary_only = "\n".join(row for row in IF_INET6.splitlines() if "0020 03" not in row)
+        self.assertIsNone(pcr.stable_ipv6(TEMPORARY, temporary_only))   # deprecated stable: none
+        deprecated = IF_INET6.replace("0000000000000020 03 40 00 00", "0000000000000020 03 40 00 20")
+        self.assertIsNone(pcr.stable_ipv6(TEMPORARY, deprecated))
+
+    def test_unlisted_the_systems_choice_is_taken_if_it_is_global(self):
+        self.assertEqual(pcr.stable_ipv6("2a0f:77:9::1", IF_INET6), "2a0f:77:9::1")
+        self.assertEqual(pcr.stable_ipv6("2a0f:77:9::1", ""), "2a0f:77:9::1")
+        self.assertIsNone(pcr.stable_ipv6("fd00::2", ""))
+
+    def test_which_addresses_the_internet_reaches(self):
+        for ip in ("2a0f:77:1::20", "2001:4860:4860::8888", "2606:4700::1111"):
+            self.assertTrue(pcr.internet_ipv6_address(ip), ip)
+        for ip in ("fe80::1", "fe80::1%eth0", "fd00::2", "fc00::1", "2001:db8::1", "::1", "::",
+                   "::ffff:203.0.113.7", "203.0.113.7", "ff02::c", "not an address"):
+            self.assertFalse(pcr.internet_ipv6_address(ip), ip)
+
+    def test_friends_get_the_ipv6_address_only_of_a_room_listening_on_ipv6(self):
+        self.assertEqual(pcr.ipv6_host("::", STABLE), STABLE)
+        self.assertIsNone(pcr.ipv6_host("::", None))
+        self.assertEqual(pcr.ipv6_host("2a0f:77:1::21", STABLE), "2a0f:77:1::21")
+        for host in ("0.0.0.0", "192.168.1.20", "127.0.0.1", "::1", "localhost", "fd00::2"):
+            self.assertIsNone(pcr.ipv6_host(host, STABLE), host)
+
+    def test_no_host_listens_on_every_network_ipv6_and_ipv4_where_it_can(self):
+        for dual, host in ((True, "::"), (False, "0.0.0.0")):
+            with self.subTest(dual=dual), mock.patch.object(socket, "has_dualstack_ipv6", return_value=dual):
+                self.assertEqual(pcr.every_network(), host)
+                self.assertEqual(pcr.settings_from(pcr.parse_args(["--port", "5050"]))[0].host, host)
+        self.assertEqual(pcr.settings_from(pcr.parse_args(["--host", "0.0.0.0"]))[0].host, "0.0.0.0")
+        self.assertEqual(pcr.Settings().host, "0.0.0.0")   # made here, as ever, and in tests
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            pcr.parse_args(["--help"])
+        self.assertIn("0.0.0.0 IPv4 alone", " ".join(out.getvalue().split()))
+
+
+# ---------------------------------------------------------------------------
 # 8. The router client: the pure parts first, then the real router (miniupnpd)
 # in network namespaces the tests make; nothing is sent anywhere else
 # ---------------------------------------------------------------------------
@@ -5237,6 +5473,27 @@ class RouterPacketTest(unittest.TestCase):
         self.assertEqual(request[36], 6)
         self.assertEqual(struct.unpack("!HH", request[40:44]), (5050, 5050))
         self.assertEqual(request[44:60], b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4)
+
+    def test_pcp_map_request_for_an_ipv6_pinhole_names_this_machines_ipv6_address(self):
+        nonce = bytes(range(12))
+        request = pcr.pcp_map_request("2a0f:77:1::20", 5051, 5051, 7200, nonce)
+        self.assertEqual(request, bytes([2, 1, 0, 0]) + struct.pack("!I", 7200)
+                         + bytes.fromhex("2a0f0077000100000000000000000020") + nonce
+                         + bytes([6, 0, 0, 0]) + struct.pack("!HH", 5051, 5051) + b"\x00" * 16)
+        removal = pcr.pcp_map_request("2a0f:77:1::20", 5051, 5051, 0, nonce)
+        self.assertEqual(removal[4:8], b"\x00" * 4)
+        self.assertEqual(removal[24:36], nonce)   # the same nonce names the same pinhole
+
+    def test_pcp_announce_asks_whether_pcp_is_spoken_and_maps_nothing(self):
+        self.assertEqual(pcr.pcp_announce_request("2a0f:77:1::20"),
+                         bytes([2, 0, 0, 0, 0, 0, 0, 0]) + bytes.fromhex("2a0f0077000100000000000000000020"))
+        self.assertEqual(pcr.port_control_probe(bytes([2, 128, 0, 0]) + b"\x00" * 20), (0, None))
+
+    def test_a_pinhole_answer_names_this_machines_ipv6_address(self):
+        nonce = os.urandom(12)
+        self.assertEqual(pcr.pcp_mapping(pcp_answer(nonce, external_ip="2a0f:77:1::20"), nonce),
+                         (0, 5050, 5050, 3600, "2a0f:77:1::20"))
+        self.assertEqual(pcr.pcp_mapping(pcp_answer(nonce, external_ip="::"), nonce)[4], "")
 
     def test_pcp_answers_are_read_and_matched_by_nonce(self):
         nonce = os.urandom(12)
@@ -5302,6 +5559,64 @@ class UpnpTextTest(unittest.TestCase):
         self.assertIn('MAN: "ssdp:discover"\r\n', text)
         self.assertIn("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:2\r\n", text)
         self.assertTrue(text.endswith("\r\n\r\n"))
+
+    def test_the_ipv6_search_asks_this_links_ssdp_group_for_a_firewall(self):
+        text = pcr.ssdp_search(pcr.FIREWALL_SERVICE, ("ff02::c", 1900, 0, 3)).decode()
+        self.assertIn("HOST: [ff02::c]:1900\r\n", text)
+        self.assertIn("ST: urn:schemas-upnp-org:service:WANIPv6FirewallControl:1\r\n", text)
+        self.assertEqual(pcr.UpnpFirewall.TARGETS,
+                         ("urn:schemas-upnp-org:device:InternetGatewayDevice:2", pcr.FIREWALL_SERVICE))
+
+    def test_an_ipv6_router_is_believed_on_its_own_address_only(self):
+        self.assertEqual(pcr.url_on_host("http://[2a0f:77:1::1]:5000/rootDesc.xml", "2a0f:77:1::1"),
+                         (5000, "/rootDesc.xml"))
+        self.assertEqual(pcr.url_on_host("http://[fe80::1%25eth0]:5000/d.xml", "fe80::1%3"),
+                         (5000, "/d.xml"))
+        for url in ("http://[2a0f:77:1::2]:5000/d.xml", "http://[fe80::2]:5000/d.xml",
+                    "http://192.168.1.1:5000/d.xml"):
+            self.assertIsNone(pcr.url_on_host(url, "2a0f:77:1::1"), url)
+        self.assertEqual(pcr.igd_service(IGD_DESCRIPTION, "http://[2a0f:77:1::1]:5000/rootDesc.xml",
+                                         pcr.UpnpFirewall.SERVICES),
+                         (pcr.FIREWALL_SERVICE, "http://[2a0f:77:1::1]:5000/ctl/IP6FCtl"))
+
+    def test_pinholes_are_asked_for_in_igdv2s_words_from_this_machines_ipv6_address(self):
+        asked = []
+
+        def http_exchange(host, port, path, deadline, body=None, headers=None, source=""):
+            asked.append((host, port, path, source, headers["SOAPAction"], body.decode()))
+            action = headers["SOAPAction"].strip('"').split("#")[1]
+            if action == "UpdatePinhole" and len(asked) == 2:   # the router lost it (a restart)
+                return 500, soap_fault(704, "NoSuchEntry")
+            return 200, soap_reply(action, {"UniqueID": str(len(asked))} if action == "AddPinhole" else {})
+        way = pcr.UpnpFirewall("2a0f:77:1::1", 5000, "/ctl/IP6FCtl", pcr.FIREWALL_SERVICE, STABLE)
+        with mock.patch.object(pcr, "http_exchange", http_exchange):
+            self.assertEqual(way.forward(5050, 5050, 100000, time.monotonic() + WAIT), (5050, 86400))
+            self.assertEqual(way.renew(5050, 5050, 3600, time.monotonic() + WAIT), (5050, 3600))
+            self.assertEqual(way.renew(5050, 5050, 3600, time.monotonic() + WAIT), (5050, 3600))
+            way.remove(5050, 5050, time.monotonic() + WAIT)
+            self.assertEqual(way.external_address(0), STABLE)
+        service = 'xmlns:u="urn:schemas-upnp-org:service:WANIPv6FirewallControl:1"'
+        add = (f"<u:AddPinhole {service}><RemoteHost></RemoteHost><RemotePort>0</RemotePort>"
+               f"<InternalClient>{STABLE}</InternalClient><InternalPort>5050</InternalPort>"
+               f"<Protocol>6</Protocol><LeaseTime>86400</LeaseTime></u:AddPinhole>")
+        self.assertEqual([a[:4] for a in asked], [("2a0f:77:1::1", 5000, "/ctl/IP6FCtl", STABLE)] * 5)
+        self.assertEqual([a[4] for a in asked], [f'"{pcr.FIREWALL_SERVICE}#{action}"' for action in (
+            "AddPinhole", "UpdatePinhole", "AddPinhole", "UpdatePinhole", "DeletePinhole")])
+        self.assertIn(add, asked[0][5])
+        self.assertIn(f"<u:UpdatePinhole {service}><UniqueID>1</UniqueID><NewLeaseTime>3600"
+                      f"</NewLeaseTime></u:UpdatePinhole>", asked[1][5])
+        self.assertIn("<UniqueID>3</UniqueID>", asked[3][5])   # the new pinhole's
+        self.assertIn(f"<u:DeletePinhole {service}><UniqueID>3</UniqueID></u:DeletePinhole>", asked[4][5])
+
+    def test_a_refused_pinhole_says_why(self):
+        way = pcr.UpnpFirewall("2a0f:77:1::1", 5000, "/ctl/IP6FCtl", pcr.FIREWALL_SERVICE, STABLE)
+        answer = (500, soap_fault(606, "Action not authorized"))
+        with mock.patch.object(pcr, "http_exchange", return_value=answer), \
+                self.assertRaises(pcr.RouterRefused) as refused:
+            way.forward(5050, 5050, 3600, time.monotonic() + WAIT)
+        self.assertEqual((refused.exception.protocol, refused.exception.reason),
+                         ("UPnP", "Action not authorized (606)"))
+        self.assertIn("takes no pinholes", pcr.upnp_reason(pcr.UpnpError(703, "InboundPinholeNotAllowed")))
 
     def test_only_a_search_answer_gives_a_location(self):
         answer = b"HTTP/1.1 200 OK\r\nST: x\r\nLocation: http://192.168.1.1:5000/d.xml\r\n\r\n"
@@ -5417,6 +5732,24 @@ class RouterAddressTest(unittest.TestCase):
             with self.subTest(ip=ip):
                 self.assertFalse(pcr.answer_allowed(ip, "10.0.0.1", networks))
 
+    def test_ipv6_routes_give_the_gateway_with_its_link_and_this_machines_network(self):
+        routes = pcr.proc_routes6(PROC_IPV6_ROUTE)
+        self.assertEqual(pcr.default_gateway(routes), "fe80::1%wlan0")
+        self.assertEqual([str(n) for n in pcr.own_networks(routes, STABLE)], ["2a0f:77:1::/64"])
+        self.assertEqual([str(n) for n in pcr.own_networks([], "2a0f:77:9::5")], ["2a0f:77:9::/64"])
+        self.assertEqual(pcr.default_gateway(pcr.route_print_routes6(ROUTE_PRINT6)), "fe80::1%12")
+        self.assertEqual(pcr.default_gateway(pcr.route_get_routes(ROUTE_GET.replace(
+            "192.168.0.254", "fe80::1%en0"))), "fe80::1%en0")
+
+    def test_ipv6_answers_are_believed_from_the_gateway_or_this_network_only(self):
+        networks = pcr.own_networks(pcr.proc_routes6(PROC_IPV6_ROUTE), STABLE) + [pcr.LINK_LOCAL]
+        for ip in ("fe80::1", "2a0f:77:1::1", "fe80::99"):
+            self.assertTrue(pcr.answer_allowed(ip, "fe80::1%wlan0", networks), ip)
+        for ip in ("2a0f:77:2::1", "2001:db8::1", "192.168.1.1", "::1"):
+            self.assertFalse(pcr.answer_allowed(ip, "fe80::1%wlan0", networks), ip)
+        self.assertTrue(pcr.public_address(STABLE))
+        self.assertFalse(pcr.public_address("fd00::2"))
+
     def test_public_addresses_and_the_rest(self):
         for ip in ("11.0.0.1", "203.0.113.7", "81.2.69.160"):
             self.assertTrue(pcr.public_address(ip), ip)
@@ -5490,6 +5823,64 @@ class RouterSentenceTest(unittest.TestCase):
         self.assertEqual(pcr.router_sentence(result),
                          "the router refused to forward port 5050 (UPnP: ConflictInMappingEntry "
                          "(718)): forward TCP port 5050 to 192.168.1.20 by hand (MAC aa:bb:cc:dd:ee:ff)")
+
+
+class Ipv6RouterSentenceTest(unittest.TestCase):
+    """What the host is told of the router's IPv6 firewall, and how friends with IPv6 join."""
+
+    def pinholes(self, outcome, **fields) -> pcr.RouterResult:
+        return router_result(outcome, lan_ip=STABLE, ports=(5050, 5051), tried=pcr.PINHOLE_PROTOCOLS,
+                             **fields)
+
+    def test_the_ipv6_firewall_opened_refused_or_silent_is_one_sentence(self):
+        opened = self.pinholes(pcr.RouterOutcome.FORWARDED, protocol="UPnP", external_ip=STABLE,
+                               forwarded={5050: 5050, 5051: 5051})
+        self.assertEqual(pcr.pinhole_sentence(opened), "your router's IPv6 firewall lets TCP ports "
+                                                       "5050 and 5051 in to 2a0f:77:1::20 (UPnP)")
+        refused = self.pinholes(pcr.RouterOutcome.REFUSED, protocol="UPnP",
+                                reason="Action not authorized (606)")
+        self.assertEqual(pcr.pinhole_sentence(refused),
+                         "the router would not open its IPv6 firewall (UPnP: Action not authorized "
+                         "(606)): let TCP ports 5050 and 5051 in to 2a0f:77:1::20 by hand on the router")
+        silent = self.pinholes(pcr.RouterOutcome.NO_ANSWER)
+        self.assertEqual(pcr.pinhole_sentence(silent),
+                         "no router answered about its IPv6 firewall (UPnP or PCP): if it keeps "
+                         "friends with IPv6 out, let TCP ports 5050 and 5051 in to 2a0f:77:1::20 by "
+                         "hand on the router")
+
+    def join(self, pinholes, ipv6: str | None = STABLE, **kw) -> pcr.FriendsJoin:
+        cgnat = router_result(pcr.RouterOutcome.NO_PUBLIC, protocol="PCP", ports=(5050, 5051),
+                              external_ip="100.64.0.1", reason="no resources", ipv6=pinholes)
+        return pcr.friends_join(pcr.Settings(public_ip_url="", **kw), ("::", 5050), "192.168.1.20",
+                                None, 5051, cgnat, None, ipv6)
+
+    def test_behind_cgnat_the_sentence_ends_with_the_way_that_works_over_ipv6(self):
+        join = self.join(self.pinholes(pcr.RouterOutcome.FORWARDED, protocol="PCP", external_ip=STABLE,
+                                       forwarded={5050: 5050, 5051: 5051}))
+        self.assertIn("probably CGNAT or a second router", join.router)
+        self.assertTrue(join.router.endswith(
+            "Friends on the same network still can join; friends with IPv6 can join at "
+            "http://[2a0f:77:1::20]:5051/ (for a browser or a phone) or [2a0f:77:1::20]:5050 "
+            "(for a terminal)."), join.router)
+        self.assertEqual(join.firewall, "your router's IPv6 firewall lets TCP ports 5050 and 5051 "
+                                        "in to 2a0f:77:1::20 (PCP)")
+        shut = self.join(self.pinholes(pcr.RouterOutcome.NO_ANSWER), tls_cert="cert.pem")
+        self.assertTrue(shut.router.endswith(
+            "friends with IPv6 can join at https://[2a0f:77:1::20]:5051/ (for a browser or a phone) or "
+            "[2a0f:77:1::20]:5050 (for a terminal) once your router's firewall lets them in."), shut.router)
+        self.assertTrue(self.join(None, ipv6=None).router.endswith("same network still can join."))
+
+    def test_friends_get_ipv6_links_for_the_page_and_terminals_and_the_code_stays_on_the_lan(self):
+        join = pcr.friends_join(pcr.Settings(room_key="long-enough-key"), ("::", 5050), "192.168.1.20",
+                                "203.0.113.7", 5051, ipv6=STABLE)
+        self.assertEqual((join.ipv6, join.page_ipv6),
+                         ("[2a0f:77:1::20]:5050", "http://[2a0f:77:1::20]:5051/"))
+        self.assertEqual((join.internet, join.page_internet),
+                         ("203.0.113.7:5050", "http://203.0.113.7:5051/"))
+        self.assertEqual(join.invite, "http://192.168.1.20:5051/#key=long-enough-key")
+        self.assertEqual(join.firewall, "")   # the router was not asked
+        four = pcr.friends_join(pcr.Settings(), ("0.0.0.0", 5050), "192.168.1.20", None, 5051, ipv6=STABLE)
+        self.assertEqual((four.ipv6, four.page_ipv6), (None, None))
 
 
 class RouterHttpTest(unittest.TestCase):
@@ -5588,6 +5979,37 @@ class RouterPortsTest(unittest.TestCase):
         self.assertEqual(told[0].forwarded, {5050: 5099, 5051: 5051})
         router.close()
         self.assertIn(("remove", 5050, 5099), way.asked)
+
+    def test_pinholes_are_asked_alongside_kept_and_removed_with_the_mappings(self):
+        hole, told = FakeWay("PCP", external_ip=STABLE), []
+        pinholes = pcr.Pinholes([5050, 5051], STABLE, lease=2.0, gateway="fe80::1%eth0")
+        for patch in (mock.patch.object(pcr.Pinholes, "_search", lambda *_: iter([hole])),
+                      mock.patch.object(pcr, "read_routes", return_value=[])):
+            patch.start()
+            self.addCleanup(patch.stop)
+        way = FakeWay()
+        router = self.router(way, pinholes=pinholes, on_change=told.append)
+        result = router.open()
+        self.assertEqual((result.outcome, result.ipv6.outcome, result.ipv6.protocol),
+                         (pcr.RouterOutcome.FORWARDED, pcr.RouterOutcome.FORWARDED, "PCP"))
+        self.assertEqual((result.ipv6.lan_ip, result.ipv6.forwarded), (STABLE, {5050: 5050, 5051: 5051}))
+        deadline = time.monotonic() + WAIT
+        while ("renew", 5051, 5051, 2) not in hole.asked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn(("renew", 5051, 5051, 2), hole.asked)   # before the 2 s lease ran out
+        router.close()
+        self.assertEqual([a for a in hole.asked if a[0] == "remove"],
+                         [("remove", 5050, 5050), ("remove", 5051, 5051)])
+        self.assertIn(("remove", 5050, 5050), way.asked)
+
+    def test_a_router_with_no_ipv6_firewall_control_is_said_and_the_ipv4_answer_stands(self):
+        pinholes = pcr.Pinholes([5050, 5051], STABLE, gateway="fe80::1%eth0")
+        with mock.patch.object(pcr.Pinholes, "_search", lambda *_: iter([])), \
+                mock.patch.object(pcr, "read_routes", return_value=[]):
+            result = self.router(FakeWay(), pinholes=pinholes).open()
+        self.assertEqual((result.outcome, result.ipv6.outcome),
+                         (pcr.RouterOutcome.FORWARDED, pcr.RouterOutcome.NO_ANSWER))
+        self.assertIn("no router answered about its IPv6 firewall", pcr.pinhole_sentence(result.ipv6))
 
     def test_closed_before_the_router_answers_maps_nothing(self):
         way = FakeWay()
@@ -5808,6 +6230,98 @@ class RouterForwardingTest(unittest.TestCase):
         room = home.room("--upnp")   # the ear hears, when there is something to hear
         home.printed(ear, "heard on 5351 from 192.168.77.20")
         home.printed(ear, "heard on 1900 from 192.168.77.20")
+
+
+class RouterPinholeTest(unittest.TestCase):
+    """--upnp over IPv6 (issue 34): the router's firewall lets friends with IPv6 in, in a
+    home network with IPv6 the tests build: miniupnpd with IGDv2 and PCP, a stateful
+    firewall dropping new inbound IPv6, a friend outside with IPv6 (needs root and
+    network namespaces)."""
+
+    def setUp(self):
+        if reason := home_network_missing():
+            self.skipTest(reason)
+
+    def home(self, **kw) -> HomeNetwork:
+        return HomeNetwork(self, ipv6=True, **kw)
+
+    def chat_over_ipv6(self, home: HomeNetwork) -> None:
+        """ann at home (over IPv4, on the room's one dual-stack socket) and a friend outside
+        over IPv6 chat; the friend opens the page and speaks from it too."""
+        ann = home.at_home("ann")
+        ann.read_until("[1 person is online]\n")
+        friend = home.friend(5050, over_ipv6=True)
+        friend.read_until("[2 people are online]\n")
+        friend.type("hello over IPv6\n")
+        ann.read_until("friend: hello over IPv6\n")
+        ann.type("welcome in\n")
+        friend.read_until("ann: welcome in\n")
+        self.assertRegex(home.reaches_from_wan(5051, "/", home.LAN_IP6), r"^200 \d{4,}$")
+        if ws_connect is not None:
+            said = home.run("wan", sys.executable, "-c", PAGE_GUEST, f"[{home.LAN_IP6}]:5051",
+                            "phone", "from my phone").stdout
+            self.assertIn("said", said)
+            ann.read_until("phone: from my phone\n")
+
+    def test_without_upnp_the_firewall_keeps_friends_with_ipv6_out_and_the_banner_says_so(self):
+        home = self.home()
+        home.start_router()
+        room = home.room("--web-port", "5051")
+        banner = printed_until(room, "Ctrl+C stops the server.")
+        ip = home.LAN_IP6
+        self.assertIn(f"    over the internet:  http://[{ip}]:5051/ (IPv6)\n", banner)
+        self.assertIn(f"\n                        [{ip}]:5050 (IPv6, for a terminal: the App cannot "
+                      f"use it, its address box takes IPv4 only)\n", banner)
+        self.assertIn("  IPv6:               your router's firewall must let TCP ports 5050 and 5051 "
+                      "in (--upnp, or by hand on the router)\n", banner)
+        self.assertIn("same network:       http://192.168.77.20:5051/", banner)   # the code's link
+        self.assertEqual(home.reaches_from_wan(5050, host=ip), "timeout")
+        self.assertEqual(home.reaches_from_wan(5050, host=ip, role="lan"), "connected")   # it listens
+        home.at_home("ann").read_until("[1 person is online]\n")   # and over IPv4 too
+        four = home.room("--host", "0.0.0.0", "--port", "5060")   # IPv4 alone, as asked
+        self.assertNotIn("IPv6", printed_until(four, "Ctrl+C stops the server."))
+        self.assertEqual(home.reaches_from_wan(5060, host=ip, role="lan"), "refused")
+
+    def test_with_upnp_a_friend_with_ipv6_chats_and_opens_the_page_and_the_pinholes_go_at_the_stop(self):
+        home = self.home()
+        home.start_router()
+        room = home.room("--upnp", "--web-port", "5051")
+        printed_until(room, "your router's IPv6 firewall lets TCP ports 5050 and 5051 in to "
+                            f"{home.LAN_IP6} (PCP)", ROUTER_SAYS)
+        self.assertEqual(home.pinholes(), [5050, 5051])
+        self.chat_over_ipv6(home)
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.pinholes(), [])
+        self.assertEqual(home.reaches_from_wan(5051, host=home.LAN_IP6), "timeout")
+
+    def test_a_router_with_upnp_alone_opens_renews_and_removes_igdv2_pinholes(self):
+        home = self.home()
+        home.start_router(natpmp=False)
+        mapper = home.start("lan", sys.executable, "-c", MAPPER6, HERE, home.LAN_IP6, "3", "UPnP,PCP",
+                            "6", name="mapper")
+        home.printed(mapper, f"your router's IPv6 firewall lets TCP port 5050 in to {home.LAN_IP6} "
+                             f"(UPnP)", ROUTER_SAYS)
+        self.assertEqual(home.pinholes(), [5050])
+        time.sleep(4)   # past the 3 s lease: renewed, or the router would have closed it
+        self.assertEqual(home.pinholes(), [5050])
+        home.printed(mapper, "closed", ROUTER_SAYS)
+        self.assertEqual(home.pinholes(), [])
+
+    def test_behind_cgnat_a_friend_with_ipv6_still_joins(self):
+        home = self.home(wan_ip="100.64.0.1")
+        home.start_router()
+        room = home.room("--upnp", "--web-port", "5051")
+        ip = home.LAN_IP6
+        said = printed_until(room, "(for a terminal).\n", ROUTER_SAYS)
+        self.assertIn("  IPv6:               asking your router's firewall to let TCP ports 5050 and "
+                      "5051 in…\n", said)
+        self.assertIn("probably CGNAT or a second router", said)
+        self.assertIn(f"Friends on the same network still can join; friends with IPv6 can join at "
+                      f"http://[{ip}]:5051/ (for a browser or a phone) or [{ip}]:5050 (for a "
+                      f"terminal).\n", said)
+        self.assertEqual(home.pinholes(), [5050, 5051])
+        self.chat_over_ipv6(home)
 
 
 # ---------------------------------------------------------------------------
@@ -6074,6 +6588,8 @@ class GuiTest(unittest.TestCase):
         return self.window
 
     def close_window(self):
+        if self.window is None:   # closed already, by the test itself
+            return
         if not self.window.closed:
             self.window.close()
             self.pump_until(lambda: self.window.closed, "the window to close")
@@ -6341,6 +6857,11 @@ class GuiTest(unittest.TestCase):
         self.member(port, "a member with a rather long name")
         self.pump_until(lambda: self.info("online") == "1", "the member")
         self.pump_for(0.2)
+        self.assertEqual(self.clipped(), [])
+        self.assertGreaterEqual(self.root.winfo_width(), self.root.minsize()[0])
+
+    def clipped(self) -> list[tuple[str, str]]:
+        """The labels and buttons on screen that are shown smaller than their text needs."""
         widgets, clipped = [self.root], []
         while widgets:
             widget = widgets.pop()
@@ -6350,8 +6871,7 @@ class GuiTest(unittest.TestCase):
                 if (widget.winfo_width() < widget.winfo_reqwidth()
                         or widget.winfo_height() < widget.winfo_reqheight()):
                     clipped.append((str(widget), widget.cget("text")))
-        self.assertEqual(clipped, [])
-        self.assertGreaterEqual(self.root.winfo_width(), self.root.minsize()[0])
+        return clipped
 
     def test_run_gui_opens_the_window_logs_warnings_and_a_terminate_signal_closes_it(self):
         self.run_gui_until_signalled(signal.SIGTERM)
@@ -6517,8 +7037,9 @@ class GuiTest(unittest.TestCase):
         with mock.patch.object(pcr, "ask_router", ask_router):
             w = self.open_window(host="0.0.0.0")
             self.assertFalse(w.view.upnp_on.get())   # off unless asked for
-            self.assertEqual(str(w.view.upnp_switch.cget("text")),
-                             "Let my router forward the port (UPnP / NAT-PMP)")
+            self.assertEqual(str(w.view.upnp_switch.cget("text")),   # both families (issue 34)
+                             "Let my router forward the port, and let it in over IPv6 "
+                             "(UPnP / NAT-PMP / PCP)")
             port = self.start_server()
             self.assertEqual(asked, [])   # nothing asked while the box is not ticked
             w.view.upnp_switch.invoke()
@@ -6535,6 +7056,80 @@ class GuiTest(unittest.TestCase):
             w.view.stop_button.invoke()   # the room stops: the mappings go
             self.pump_until(lambda: w.state == pcr.RoomState.STOPPED and len(closed) == 2,
                             "the mappings removed at the stop")
+
+    def assert_fits_the_screen(self) -> None:
+        """As wide as the screen at most, with nothing clipped (the IPv6 rows and notes wrap)."""
+        self.pump_for(0.2)
+        self.assertLessEqual(self.root.winfo_reqwidth(), 1280)
+        self.assertEqual(self.clipped(), [])
+
+    def test_ipv6_addresses_show_for_the_page_and_terminals_and_say_the_app_cannot_use_them(self):
+        with mock.patch.object(pcr, "internet_ipv6", return_value=STABLE):
+            w = self.open_window(host="::")
+            self.pump_until(lambda: w.ips["ipv6"] == STABLE, "the IPv6 address")
+        port = w.settings.port
+        self.assertEqual(self.shown(w.view.addresses["public6"]), f"[{STABLE}]:{port}")
+        self.assertEqual(self.shown(w.view.addresses["page6"]), "")   # no page, no page link
+        w.view.page_switch.invoke()
+        self.root.update()
+        web = w.settings.web_port
+        self.assertEqual(self.shown(w.view.addresses["page6"]), f"http://[{STABLE}]:{web}/")
+        self.assertIn(f"forward TCP ports {port} and {web}", self.shown(w.view.forward_note))
+        self.assertEqual(self.shown(w.view.ipv6_note),
+                         "The App cannot use IPv6 addresses: its address box takes IPv4 only. For "
+                         "IPv6, the router's firewall must let these ports in: tick the router box "
+                         "below, or set it by hand.")
+        w.view.upnp_switch.invoke()   # the router will be asked: the box says so
+        self.root.update()
+        self.assertEqual(self.shown(w.view.ipv6_note), "The App cannot use IPv6 addresses: its "
+                                                       "address box takes IPv4 only.")
+        self.assert_fits_the_screen()
+        self.assertNotRegex(self.window_texts(), r"(^|\s)--[a-z]")
+
+    def test_a_room_on_ipv4_alone_or_a_machine_without_ipv6_shows_no_ipv6_row(self):
+        for host, ipv6 in (("0.0.0.0", STABLE), ("::", None)):
+            with self.subTest(host=host), mock.patch.object(pcr, "internet_ipv6", return_value=ipv6):
+                w = self.open_window(host=host)
+                self.pump_until(lambda: w.mac != "looking up…", "the host's addresses")
+                for kind in ("public6", "page6"):
+                    self.assertEqual(self.shown(w.view.addresses[kind]), "")
+                    self.assertEqual(self.shown(w.view.copy_buttons[kind]), "")
+                self.assertEqual(self.shown(w.view.ipv6_note), "")
+                self.close_window()
+
+    def test_copy_gives_the_ipv6_links_the_page_with_its_key(self):
+        try:
+            pcr.open_listener("::1", 0).close()
+        except OSError as e:
+            self.skipTest(f"no IPv6 here ({e.strerror})")
+        with mock.patch.object(pcr, "internet_ipv6", return_value=STABLE):
+            w = self.open_window(host="::", room_key="long-enough-key")
+            w.view.page_switch.invoke()
+            port = self.start_server()
+            self.pump_until(lambda: w.page_listening is not None, "the page")
+        web = w.page_listening[1]
+        self.assertEqual(self.copy("public6"), f"[{STABLE}]:{port}")
+        self.assertIn("with a terminal with IPv6 (the App cannot use it)", self.shown(w.view.copied_note))
+        self.assertEqual(self.copy("page6"), f"http://[{STABLE}]:{web}/#key=long-enough-key")
+        self.assertIn("from a browser or a phone with IPv6", self.shown(w.view.copied_note))
+
+    def test_the_router_row_gives_the_ipv6_firewalls_answer_and_the_way_in_behind_cgnat(self):
+        def ask_router(settings, address, page_address, heard):
+            ports = (address[1],)
+            holes = pcr.RouterResult(pcr.RouterOutcome.FORWARDED, STABLE, ports, "UPnP", STABLE,
+                                     {address[1]: address[1]}, tried=pcr.PINHOLE_PROTOCOLS)
+            heard(pcr.RouterResult(pcr.RouterOutcome.NO_PUBLIC, "192.168.1.20", ports, "NAT-PMP",
+                                   "100.64.0.1", reason="network failure", ipv6=holes), None)
+            return mock.Mock()
+        with mock.patch.object(pcr, "ask_router", ask_router), \
+                mock.patch.object(pcr, "internet_ipv6", return_value=STABLE):
+            w = self.open_window(host="::", upnp=True)
+            port = self.start_server()
+            self.pump_until(lambda: "CGNAT" in self.shown(w.view.router_note), "the CGNAT sentence")
+        note = self.shown(w.view.router_note)
+        self.assertIn(f"friends with IPv6 can join at [{STABLE}]:{port} (for a terminal).", note)
+        self.assertIn(f"Your router's IPv6 firewall lets TCP port {port} in to {STABLE} (UPnP).", note)
+        self.assert_fits_the_screen()
 
     def test_a_router_without_a_public_address_is_named_cgnat_in_the_window(self):
         def ask_router(settings, address, page_address, heard):
@@ -7830,6 +8425,40 @@ class CommandLineTest(ProcessCase):
         del cpu0
 
 
+class Ipv6BannerTest(unittest.TestCase):
+    """The banner's IPv6 lines (issue 34), under "over the internet" for each kind of
+    friend, as join_banner writes them."""
+
+    def banner(self, host: str = "::", public_ip: str | None = "203.0.113.7", **settings) -> str:
+        settings = pcr.Settings(log_file="", **settings)
+        join = pcr.friends_join(settings, (host, 5050), "192.168.1.20", public_ip, 5051, ipv6=STABLE)
+        return pcr.join_banner(settings, join)
+
+    def test_the_ipv6_links_come_under_over_the_internet_and_say_the_app_cannot_use_them(self):
+        self.assertIn(
+            "    same network:       http://192.168.1.20:5051/\n"
+            "    over the internet:  http://203.0.113.7:5051/\n"
+            "                        http://[2a0f:77:1::20]:5051/ (IPv6)\n"
+            "  for the App or a terminal:\n"
+            "    same network:       192.168.1.20:5050\n"
+            "    over the internet:  203.0.113.7:5050 (forward TCP ports 5050 and 5051 on your router "
+            "to this machine first)\n"
+            "                        [2a0f:77:1::20]:5050 (IPv6, for a terminal: the App cannot use it, "
+            "its address box takes IPv4 only)\n"
+            "  IPv6:               your router's firewall must let TCP ports 5050 and 5051 in (--upnp, "
+            "or by hand on the router)\n", self.banner())
+
+    def test_without_a_public_ipv4_address_the_ipv6_link_is_the_one_over_the_internet(self):
+        banner = self.banner(public_ip=None, upnp=True)
+        self.assertIn("    same network:       http://192.168.1.20:5051/\n"
+                      "    over the internet:  http://[2a0f:77:1::20]:5051/ (IPv6)\n", banner)
+        self.assertIn("  IPv6:               asking your router's firewall to let TCP ports 5050 and "
+                      "5051 in…\n", banner)
+
+    def test_a_room_on_ipv4_alone_says_nothing_of_ipv6(self):
+        self.assertNotIn("IPv6", self.banner(host="0.0.0.0"))
+
+
 class HostCommandLineTest(ProcessCase):
     """What the host sees and gets from the command line on a first evening (issue 27)."""
 
@@ -7952,6 +8581,17 @@ class BrowserTest(BrowserCase):
         self.assertEqual(self.driver.find_elements(By.CSS_SELECTOR, "#log img"), [])
         with self.assertRaises(NoAlertPresentException):
             self.driver.switch_to.alert.text
+        self.assert_no_policy_violations()
+
+    def test_over_ipv6_a_phone_joins_and_chats(self):
+        self.start_on_ipv6()
+        tom = self.connect(host="::1", family=socket.AF_INET6).join("tom")
+        self.driver.get(f"http://[::1]:{self.server.web_address[1]}/")
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        tom.read_until(b"Wendy joined the chat...\n")
+        self.say("hi over IPv6")
+        tom.read_until(b"Wendy: hi over IPv6\n")
         self.assert_no_policy_violations()
 
     def test_a_wrong_key_is_shown_and_the_right_one_lets_in(self):
