@@ -9541,7 +9541,7 @@ class MessengerPageTest(BrowserCase):
         self.to(paul)
         self.find("#message").send_keys(Keys.ENTER)
         self.to(wendy)
-        self.wait_for(lambda: self.text("#typing") == "", "the notice gone with Paul's line", timeout=2.0)
+        self.wait_for(lambda: self.text("#typing") == "", "the notice gone with Paul's line")
         self.assertEqual(self.js("return window.typingSaid"), ["Paul is typing…", ""])   # said once
         self.assertNotIn("typing", self.text("#lines"))
         self.to(paul)
