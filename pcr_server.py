@@ -2025,12 +2025,12 @@ class Outlet:
         self.stream.add_part(data, m)
         self._flush_soon()
 
-    def _tell(self, data: bytes, only: Member | None) -> None:
-        """`data` for every reader, or in the stream for `only` alone."""
-        if only is None:
+    def _tell(self, data: bytes, only: tuple[Member, ...]) -> None:
+        """`data` for every reader, or in the stream for each of `only` alone."""
+        if not only:
             self._say(data)
-        else:
-            self._say_to(only, data)
+        for m in only:
+            self._say_to(m, data)
 
     def typing(self, name: str) -> None:
         """`name` is typing: only pages are told."""
@@ -2181,18 +2181,18 @@ class LineOutlet(Outlet):
         """A private line, for m (its sender or its receiver) alone."""
         self._say_to(m, said_notice(said).encode())
 
-    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: Member | None = None) -> None:
+    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: tuple[Member, ...] = ()) -> None:
         """`name` reacted to `said` with `emoji` (or took it back): for all, or `only`."""
         answered = answered_text(*said.quoted()[1:])
         self._about(said, reaction_notice(name, emoji, answered, on), only)
 
-    def edited(self, said: Said, only: Member | None = None) -> None:
+    def edited(self, said: Said, only: tuple[Member, ...] = ()) -> None:
         self._about(said, edit_notice(said.name, said.text), only)
 
-    def deleted(self, said: Said, only: Member | None = None) -> None:
+    def deleted(self, said: Said, only: tuple[Member, ...] = ()) -> None:
         self._about(said, delete_notice(said.name), only)
 
-    def _about(self, said: Said, text: str, only: Member | None) -> None:
+    def _about(self, said: Said, text: str, only: tuple[Member, ...]) -> None:
         """A line about `said`: private like it, if it is."""
         self._tell((f"{PRIVATE_TAG} " * bool(said.to) + text).encode(), only)
 
@@ -2263,18 +2263,18 @@ class WebOutlet(Outlet):
     def listening(self) -> bool:
         return bool(self.readers or self.away)   # those away may come back for it
 
-    def _event(self, kind: str, /, only: Member | None = None, **fields) -> int:
-        """An event for every web member, those away too, or for `only` alone;
-        where it begins in the stream (-1: nobody reads it)."""
-        start = self.stream.end
-        if only is not None:
-            self._say_to(only, ws_marked_event(start, kind, **fields))
-        elif self.listening:
-            self.stream.buf += ws_marked_event(start, kind, **fields)
+    def _event(self, kind: str, /, only: tuple[Member, ...] = (), **fields) -> list[int]:
+        """An event for every web member, those away too, or for each of `only`
+        alone; where each copy begins in the stream (none: nobody reads it)."""
+        starts = []
+        for m in only:
+            starts.append(self.stream.end)
+            self._say_to(m, ws_marked_event(self.stream.end, kind, **fields))
+        if not only and self.listening:
+            starts.append(self.stream.end)
+            self.stream.buf += ws_marked_event(self.stream.end, kind, **fields)
             self._flush_soon()
-        else:
-            return -1
-        return start
+        return starts
 
     def chat(self, said: Said) -> None:
         self._hold(said, self._event("chat", **self._line_fields(said)))
@@ -2285,7 +2285,7 @@ class WebOutlet(Outlet):
     def private(self, m: Member, said: Said) -> None:
         """A private line for m alone, marked with its place like every event,
         kept like them for a page that is away."""
-        self._hold(said, self._event("private", only=m, **self._line_fields(said)))
+        self._hold(said, self._event("private", only=(m,), **self._line_fields(said)))
 
     @staticmethod
     def _photo_fields(photo: Photo) -> dict:
@@ -2320,18 +2320,18 @@ class WebOutlet(Outlet):
     def _reactors(who: dict[int, str]) -> dict:
         return {"n": len(who), "names": list(itertools.islice(who.values(), REACTORS_LISTED))}
 
-    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: Member | None = None) -> None:
+    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: tuple[Member, ...] = ()) -> None:
         """A reaction to `said` (or taken back), with who has it on that line now."""
         self._event("react", only=only, id=said.id, emoji=emoji, name=name, on=on,
                     **self._reactors((said.reactions or {}).get(emoji, {})))
 
-    def edited(self, said: Said, only: Member | None = None) -> None:
+    def edited(self, said: Said, only: tuple[Member, ...] = ()) -> None:
         """The new words of `said`: they alone are kept from now on."""
         self._scrub(said.id)
         self._hold(said, self._event("edit", only=only, id=said.id, name=said.name, text=said.text),
                    quoting=False)
 
-    def deleted(self, said: Said, only: Member | None = None) -> None:
+    def deleted(self, said: Said, only: tuple[Member, ...] = ()) -> None:
         self._scrub(said.id)
         self._event("delete", only=only, id=said.id, name=said.name)
 
@@ -2339,12 +2339,12 @@ class WebOutlet(Outlet):
         self._event("typing", name=name)
 
     # -- what the stream keeps of a line: its words go when it is edited or deleted
-    def _hold(self, said: Said, start: int, quoting: bool = True) -> None:
-        """The frame at `start` holds words of `said` (and, a reply's, of the line it quotes)."""
-        if start >= 0:
-            self.holding.setdefault(said.id, []).append(start)
+    def _hold(self, said: Said, starts: list[int], quoting: bool = True) -> None:
+        """The frames at `starts` hold words of `said` (and, a reply's, of the line it quotes)."""
+        if starts:
+            self.holding.setdefault(said.id, []).extend(starts)
             if quoting and said.re is not None:
-                self.holding.setdefault(said.re[0], []).append(start)
+                self.holding.setdefault(said.re[0], []).extend(starts)
 
     def _scrub(self, line_id: int) -> None:
         """The words of line `line_id` leave every frame the stream still
@@ -2936,16 +2936,19 @@ class Room:
             return None
         return said
 
-    def _publish(self, said: Said, event: Callable[[Outlet, Member | None], None]) -> None:
-        """event(outlet, only) to everyone who sees `said`: all, or the two of a private line."""
+    def _publish(self, said: Said, event: Callable[[Outlet, tuple[Member, ...]], None]) -> None:
+        """event(outlet, only) to everyone who sees `said`: every outlet (only
+        empty), or, for a private line, each outlet once with those of its two it serves."""
         if not said.to_number:
             for outlet in self._listening():
-                event(outlet, None)
+                event(outlet, ())
             return
-        pair = {self.find(name): None for name in (said.to, said.name)}
-        for x in pair:
+        pair: dict[Outlet, dict[Member, None]] = {}
+        for x in (self.find(said.to), self.find(said.name)):
             if x in self.members and x.number in (said.author, said.to_number):
-                event(self.outlet(x), x)
+                pair.setdefault(self.outlet(x), {})[x] = None
+        for outlet, members in pair.items():
+            event(outlet, tuple(members))
 
     def arrive(self, m: Member, not_before: float) -> None:
         """A named member enters once its outlet can take it, not before `not_before`."""

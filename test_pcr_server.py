@@ -3370,6 +3370,21 @@ class MessengerTest(WebCase):
                          "that line is no longer kept in the room, so it cannot be reacted to")
         self.assertEqual(self.nothing_more(tom, paul), b"")
 
+    def test_a_private_line_between_two_pages_is_edited_for_both(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        wendy.ws.send("/msg paul the key is under the mat")
+        secret = paul.until("private")["id"]
+        wendy.until("private", id=secret)
+        wendy.act(act="edit", id=secret, text="the key is with the neighbour")
+        for page in (paul, wendy):   # each its own copy, with the new words
+            self.assertEqual(page.until("edit")["text"], "the key is with the neighbour")
+        self.assertNotIn(b"under the mat", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
+        wendy.act(act="delete", id=secret)
+        for page in (paul, wendy):
+            self.assertEqual(page.until("delete")["id"], secret)
+        self.assertNotIn(b"neighbour", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
+        self.assertEqual(self.nothing_more(tom), b"")
+
     def test_reactions_count_who_and_a_second_tap_takes_one_back(self):
         wendy, tom, paul = self.wendy_tom_and_paul()
         tom.send(b"hi all\n")
