@@ -707,10 +707,14 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
 
 
+# One encoder, made once (json.dumps makes one a call when told how to encode).
+EVENT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def event_json(event: dict) -> bytes:
     """An event as the page reads it: JSON, UTF-8, with no space to spare
     (every byte of it is sent to every page)."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    return EVENT_ENCODER.encode(event).encode()
 
 
 def ws_event(kind: str, /, **fields) -> bytes:
@@ -8496,10 +8500,11 @@ a.quote:hover { text-decoration: underline; }
   function addChat(name, msg, earlier) {
     if (msg.deleted) { return addDeleted(name, msg, earlier ? "earlier" : ""); }
     const text = msg.text == null ? "" : String(msg.text);   // none yet: an edit or a deletion follows
-    const named = name !== room.me && mentions(text, room.me);
+    const answers = name !== room.me && !!msg.reply && String(msg.reply.name) === room.me;   // a reply to you
+    const named = answers || name !== room.me && mentions(text, room.me);
     said(name, make("div", "text", text), (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
-         named ? make("span", "visually-hidden", "names you") : null, msg);
-    if (named && !earlier) { heed("named", name); }
+         named ? make("span", "visually-hidden", answers ? "answers you" : "names you") : null, msg);
+    if (named && !earlier) { heed(answers ? "answered" : "named", name); }
   }
 
   function addPrivate(msg) {
@@ -8526,7 +8531,7 @@ a.quote:hover { text-decoration: underline; }
       retitle();
       if (ui.notify.checked && window.isSecureContext && window.Notification && Notification.permission === "granted") {
         try {
-          new Notification(kind === "private" ? name + " wrote to you privately" : name + " named you", { tag: "pcr" });
+          new Notification(kind === "private" ? name + " wrote to you privately" : kind === "answered" ? name + " answered you" : name + " named you", { tag: "pcr" });
         } catch (e) { /* phones show them from a service worker only */ }
       }
     }

@@ -9402,6 +9402,13 @@ class MessengerPageTest(BrowserCase):
         self.assertLess(quote.rect["y"], reply.find_element(By.CSS_SELECTOR, ".text").rect["y"])
         quote.click()
         self.assertEqual(self.js("return document.activeElement.id"), self.line(self.QUESTION).get_attribute("id"))
+        self.tap(reply, "reply")   # Paul answers her: her page shows it is for her
+        self.say("see you there")
+        tom.read_until(b'Paul (to Wendy: "yes, at five"): see you there\n')
+        self.to(wendy)
+        answer = self.line("see you there")
+        self.assertIn("answers you", answer.find_element(By.CSS_SELECTOR, ".head").get_attribute("textContent"))
+        self.assertIn("named", answer.get_attribute("class").split())
 
         self.to(wendy)   # a reaction, its count, who; a second tap takes one's own back
         self.tap(self.line(self.QUESTION), "react")
