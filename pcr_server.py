@@ -15,9 +15,10 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   1. Constants and settings   one dataclass; command line > .pcr_port > defaults
   2. The protocol             pure functions on bytes and strings: names, lines and
                               their texts, App pieces (app_cut), WebSocket frames
-                              (FrameReader: one announced binary message), HTTP,
-                              ChatPage (the page's headers), photos (clean_photo:
-                              JPEG, PNG, WebP by their own bytes, metadata stripped)
+                              (FrameReader: one announced binary message, into an
+                              Upload), HTTP, ChatPage (the page's headers), photos
+                              (photo_parts: JPEG, PNG, WebP by their own bytes,
+                              rebuilt from what decoders need, in bounded pieces)
   3. The event loop and the transport
                               Loop (file events, timers, calls from other threads),
                               Bucket, Tally, Transport (one socket: the one send,
@@ -27,7 +28,7 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               /msg: each event published once, a private line to
                               its two members alone), an outlet per kind of
                               reader, each encoding and delivering the events
-                              (Stream: what an outlet says, parts for one member alone):
+                              (Stream: what an outlet says, parts for some alone):
                               LineOutlet (terminals, the shared stream), WebOutlet
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
@@ -38,14 +39,17 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
-                              the room key's tries, the photo rate, the refusal sentences)
-  6. The server and its doors PhotoDesk (the web door's: photos taken in, or refused
-                              in a sentence), WebDoor (HTTP, photos served, the
+                              the room key's tries, the photo rate and the photo
+                              bytes the room takes in, the refusal sentences)
+  6. The server and its doors PhotoDesk (the web door's: photos taken in, within the
+                              room's bound and pace, or refused in a sentence),
+                              WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
                               seat back, a page's actions on lines), Handshakes
-                              (TLS, paced), Server
-                              (listening, accepting, each connection to its door,
-                              reading, names, lines, closing; it asks the gate)
+                              (TLS, paced), Doorway (a new connection's first bytes
+                              choose its door), Naming (an alias to a place in
+                              line), Server (listening, accepting, each connection
+                              to its door, reading, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them (none: every
                               network, dual-stack), private, public and MAC
                               addresses, the IPv6 address on the internet (stable,
@@ -58,13 +62,16 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (how friends join, for the banner and the window)
   9. The QR code              qr_code(text): the invitation for a phone's camera
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
-  10. Logging                 a rotating file, created readable by its owner only
-  11. The GUI                 WindowView (the widgets, the log panel), RouterSwitch
+  10. Logging                 a rotating file, created readable by its owner only;
+                              the console (text fitted to the terminal's width,
+                              colours only where it takes them)
+  11. The GUI                 WindowView (the widgets, the log panel; ScrollArea:
+                              the part that scrolls on a small screen), RouterSwitch
                               (the router asked while its switch is on),
                               InvitationCode (the code to scan), ServerWindow
                               (the room as the window runs it: RoomState), tkinter
                               imported here
-  12. The terminal client     --connect
+  12. The terminal client     --connect (an address, the page's, or its link)
   13. The command line        main()
   14. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
@@ -86,6 +93,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import functools
 import hashlib
 import heapq
 import hmac
@@ -95,17 +103,20 @@ import json
 import logging
 import logging.handlers
 import math
+import mmap
 import os
 import queue
 import re
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -116,7 +127,7 @@ import uuid
 import xml.etree.ElementTree as ElementTree
 import xml.parsers.expat
 import zlib
-from typing import Callable
+from typing import Callable, Collection
 
 try:
     import resource
@@ -172,7 +183,11 @@ class Settings:
     edit_window: float = 900.0        # seconds in which a member may edit or delete its own line
     photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
     photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
+    photo_pace: int = 4096            # bytes a second: a page sending slower (over a ping
+                                      # interval) is not answering pings, and its photo goes
     handshake_timeout: float = 600.0  # seconds to give an alias: an App's user may still be typing it
+    door_wait: float = 0.1            # the room's port waits this long for a client that speaks
+                                      # first (a browser), then asks for an alias (the App never does)
     max_unnamed: int = 1000           # connections at once that have not given a name yet
     max_line: int = 4096              # bytes in one chat line
     line_rate: float = 10.0           # lines per second per member (4x per address); 0: off
@@ -336,6 +351,8 @@ def console_closing(event: int, request: Callable[[], None], grace: float = CLOS
 
 ALIAS_PROMPT = b"ALIAS"
 HTTP_REQUEST_LINE = re.compile(rb"[A-Z]{3,16} [!-~]+ HTTP/[0-9]\.[0-9]\r?")   # RFC 9112 §3
+# What a request line's first bytes may be while the rest is still on its way
+HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,16}(?: [!-~]*(?: (?:H(?:T(?:T(?:P(?:/[0-9.]{0,3})?)?)?)?)?)?)?")
 STOP_NOTICE = ("\n\t\t\tthe server has been stopped...\n"
                "\t\tplease close the app and relaunch once the server is online..\n")
 MAX_NAME = 32
@@ -361,11 +378,12 @@ ROOM_RESTARTED = "your seat in the room was not kept: the room was restarted; jo
 MISSED_TOO_MUCH = "you missed too much while you were away; joining as new"
 TAKEN_OVER = "this page carries on over a newer connection"   # the older one is closed with this
 HISTORY_KEPT = "newcomers see the last {} chat lines"   # --history
-PHOTOS_KEPT = "photos shared on the page: up to {} MiB, in memory only, gone when the room stops"
+PHOTOS_KEPT = "kept in memory only (up to {} MiB), gone when the room stops"   # photos shared
 PHOTO_BURST = 3.0    # photos a member may share at once, then one each 1 / Settings.photo_rate s
 PRIVATE_TAG = "[private]"   # begins a private line; no name may (clean_name)
 MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
-HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone; "
+HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone "
+             "(a NAME that could be more than one member's, in quotes: /msg \"bob can\" TEXT); "
              "/help shows this\n")
 # What a page does to a line (docs/PROTOCOL.md, "Replies, reactions, edits"): it asks with a
 # text that begins with NUL, which no typed line does; the room answers its sender in a sentence.
@@ -386,6 +404,24 @@ PARTNER_GONE = "{} is not in the room now, so your private reply was not sent\n"
 NOT_A_REACTION = f"a reaction is one of {' '.join(REACTIONS)}\n"
 REACTING_TOO_FAST = "you are reacting to that line too fast; wait a few seconds\n"
 NOT_UNDERSTOOD = "the room did not understand what your page sent; reload the page\n"
+# The room's own lines, by their first words (a member's line is NAME: TEXT): a name that
+# looks like one of these (name_look, from its start) gets a `_` (clean_name), and one that
+# still does (a form inside it, as in `anna reacted 👍 to bob`) has its spaces made `_`, so
+# that no member's line can pass for the room's.  A form either begins the line or holds a
+# space; one that ends where a name would ends at \b, so that a numbered name (`x (2)`) is
+# caught too.  One list: new kinds of lines add theirs here.
+ROOM_FORMS = (
+    re.escape(PRIVATE_TAG),   # [private] ann to bob: TEXT
+    r".* shared a photo\b",   # ann shared a photo: LINK
+    r"in the room now\b",     # the answer to /who
+    r"commands\b",            # the answer to /help
+    r".*\(to\s",              # ann (to bob: "FIRST WORDS…"): TEXT, a reply
+    r".*\sreacted\s",         # ann reacted 👍 to bob: "FIRST WORDS…"
+    r".*\stook back\s",       # ann took back 👍 from bob: "FIRST WORDS…"
+    r".*\sedited$",           # ann edited: "TEXT"
+)
+ROOM_LINE = re.compile("|".join(f"(?:{form})" for form in ROOM_FORMS))
+READABLE_NAME = 4 * MAX_NAME   # the longest words /msg tries as a name (invisible characters too)
 
 # Terminal escape sequences (CSI, OSC, DCS/PM/APC strings, two-byte ESC
 # forms, 8-bit CSI), every C0/C1 control but tab, bidi overrides and
@@ -400,16 +436,15 @@ _INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
     "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-# Cyrillic and Greek letters that look like Latin ones (from Unicode TR39's confusables).
+# Letters that look like Latin ones (Cyrillic, Greek, Armenian, Latin small capitals and
+# variants), and brackets that look like [ ] (from Unicode TR39's confusables).
 _LOOKALIKES = str.maketrans(
-    "аеіјорсухѕԁԛԝһӏαιορυϲϳνıɑɡ"
-    "АВЕІЈКМНОРСТУХЅҮԚԜҺΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
-    "aeijopcyxsdqwhlaiopucjviag"
-    "ABEIJKMHOPCTYXSYQWHABEZHIKMNOPTYX")
-# The line forms the room writes after a member's name (a reply, a reaction or its taking
-# back, an edit, a photo), in a name as name_fold() sees it: a name holding one could make
-# its ordinary line `NAME: TEXT` read as one of them (clean_name breaks it).
-_ROOM_FORMS = re.compile(r"(?:^|\s)\(to\s|\sreacted\s|\stook back\s|\sedited$|\sshared a photo$")
+    "аеіјорсухѕԁԛԝһӏѵαιορυϲϳνıɑɡɩǀȷօսհոզցᴄᴏᴜᴠᴡᴢꜱ"
+    "АВЕІЈКМНОРСТУХЅҮԚԜҺѴΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
+    "⁅⁆❲❳〔〕⟦⟧⦋⦌⦍⦎⦏⦐【】〚〛",
+    "aeijopcyxsdqwhlvaiopucjviagiljouhnqgcouvwzs"
+    "ABEIJKMHOPCTYXSYQWHVABEZHIKMNOPTYX"
+    "[][][][][][][][][]")
 
 
 def joined_notice(names: list[str]) -> str:
@@ -498,15 +533,30 @@ def private_notice(sender: str, receiver: str, text: str) -> str:
 
 def nobody_notice(name: str) -> str:
     """The answer to /msg for a name that is nobody's in the room."""
-    return f"nobody called {name} is in the room; /who lists who is\n"
+    return f'nobody called "{name}" is in the room; /who lists who is\n'
+
+
+def which_notice(names: list[str]) -> str:
+    """The answer to /msg whose words could name each of `names` (the longest
+    first): nothing went, and how to say which."""
+    listed = ", ".join(f'"{name}"' for name in names[:-1]) + f' or "{names[-1]}"'
+    return (f'nothing was sent: that could be for {listed}; say which in quotes, '
+            f'as in /msg "{names[0]}" TEXT\n')
 
 
 def private_readings(request: str) -> list[tuple[str, str]]:
     """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
-    the longest NAME first (a name may hold spaces); none without both."""
+    the longest NAME first: a name may hold spaces, and a NAME in quotes
+    (`"bob can" hi`) is read only as that; none without both, nor a NAME
+    longer than READABLE_NAME."""
     request = request.strip()
-    cuts = [space.start() for space in re.finditer(r"\s+", request)]
-    return [(request[:cut], request[cut:].lstrip()) for cut in reversed(cuts)]
+    if request.startswith('"'):
+        cuts = [(quote.start(), quote.end()) for quote in re.compile(r'"\s+').finditer(request, 1)]
+        readings = [(request[1:start].strip(), request[stop:]) for start, stop in cuts]
+    else:
+        readings = [(request[:space.start()], request[space.end():])
+                    for space in re.finditer(r"\s+", request)]
+    return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
 
 
 def page_action(text: str) -> dict | None:
@@ -539,33 +589,30 @@ def clean_name(text: str) -> str:
 
     Colons go too, so that no name can pose as another's line prefix, and a
     leading digit gets a `_` before it: the App takes any read that starts
-    with a digit for the count.  So does a leading `[private]`, in any look:
-    no chat line can pose as a private one.
+    with a digit for the count.  So does a name that looks like the first
+    words of the room's own lines (ROOM_FORMS, `[private]` in any look), and
+    one that still does (`anna shared a photo`, `anna reacted 👍 to bob`) has
+    its spaces made `_` too: no member's line can pose as the room's.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
-    text = _SPACES.sub(" ", text).strip()
-    if text[:1].isdigit() or name_look(text).startswith(PRIVATE_TAG):
-        text = "_" + text
-    text = text[:MAX_NAME].strip()
-    if _ROOM_FORMS.search(name_fold(text)):   # `anna edited`: its spaces become `_`
-        text = "".join("_" if _SPACES.search(name_fold(c)) else c for c in text)
+    text = _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
+    if text[:1].isdigit() or ROOM_LINE.match(name_look(text)):
+        text = ("_" + text)[:MAX_NAME].strip()
+    if ROOM_LINE.match(name_look(text)):   # a form inside the name: its spaces become `_`
+        text = "".join("_" if _SPACES.search(name_look(c)) else c for c in text)
     return text
 
 
 def name_look(name: str) -> str:
-    """What a name looks like, to tell names apart: `ＡＬＩＣＥ`, `𝖺𝗅𝗂𝖼𝖾` and
-    `аlice` (Cyrillic а) all look like `alice`."""
-    text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", name))
-    return text.translate(_LOOKALIKES).casefold().translate(_LOOKALIKES)
-
-
-def name_fold(name: str) -> str:
-    """A name as a reader might take it: its look, combining marks dropped
-    and every space one space (`Ａnna¨ＥＤＩТЕD` folds to `anna edited`)."""
+    """What a name looks like, to tell names apart and to tell it from the
+    room's own words (ROOM_FORMS): compatibility forms as their letters
+    (NFKC), no invisible characters nor combining marks, look-alikes as the
+    letters they look like, case folded.  `ＡＬＩＣＥ`, `𝖺𝗅𝗂𝖼𝖾`, `аlice`
+    (Cyrillic а) and `álice` all look like `alice`."""
     text = unicodedata.normalize("NFKD", _INVISIBLE.sub("", name))
-    text = "".join(c for c in text if unicodedata.category(c)[0] != "M")
-    return _SPACES.sub(" ", name_look(text))
+    text = unicodedata.normalize("NFKC", "".join(c for c in text if unicodedata.category(c)[0] != "M"))
+    return text.translate(_LOOKALIKES).casefold().translate(_LOOKALIKES)
 
 
 def numbered_name(name: str, n: int) -> str:
@@ -594,6 +641,12 @@ def browser_request(data: bytes) -> bool:
     HTTP/x.y): a browser at the room's port, never a name.  Without its line
     end yet, only bytes that can be nothing else count (an App's alias has none)."""
     return HTTP_REQUEST_LINE.fullmatch(data.split(b"\n", 1)[0]) is not None
+
+
+def request_begun(data: bytes) -> bool:
+    """Whether `data`, with no line end yet, may still become an HTTP request
+    line (browser_request): the first bytes of a request cut short."""
+    return HTTP_REQUEST_START.fullmatch(data) is not None
 
 
 def split_key(alias: str) -> tuple[str, str]:
@@ -786,12 +839,18 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     return seat, secret, seen
 
 
+@functools.lru_cache(maxsize=4)
+def piece_key(mask: bytes) -> int:
+    """A whole piece's mask as one number: a photo's frames come in many pieces with one mask."""
+    return int.from_bytes(mask * (UNMASK_PIECE // 4), "little")
+
+
 def ws_unmask(payload, mask: bytes) -> bytes:
     n = len(payload)
     if n > UNMASK_PIECE:   # a photo: a piece at a time, not four big numbers at once
         return b"".join(ws_unmask(payload[i:i + UNMASK_PIECE], mask) for i in range(0, n, UNMASK_PIECE))
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    key = piece_key(bytes(mask)) if n == UNMASK_PIECE else int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
 
 
 class FrameReader:
@@ -803,13 +862,16 @@ class FrameReader:
     or out of order raises WsError with the RFC's code.  Text is checked with
     one incremental UTF-8 decoder per message, as its bytes come: bad UTF-8
     raises (1007) as soon as it is in, without waiting for the end of its frame
-    or of its message.  One binary message may be announced (announce()) with a
-    limit of its own: it comes out as WS_ANNOUNCED, or, if its frames say it is
-    larger, as (WS_ANNOUNCED, None) while its bytes are skipped unread.
+    or of its message.  One binary message may be announced (announce()) with
+    an Upload of its own: its frames' payloads are unmasked into it as they
+    come, never held here, and it comes out as (WS_ANNOUNCED, upload) once
+    whole, or as soon as a frame's header says it is longer than announced
+    (upload.over: the rest is skipped unread).  Announced with None, or with
+    an upload released meanwhile, it is skipped unread and unsaid.
     """
 
     __slots__ = ("max_message", "drop_up_to", "buf", "parts", "size", "opcode", "text", "checked",
-                 "announced", "skip", "dropping")
+                 "announced", "photo", "streaming", "mask", "fin", "skip", "dropping")
 
     def __init__(self, max_message: int, drop_up_to: int = 0):
         self.max_message = max_message
@@ -820,13 +882,25 @@ class FrameReader:
         self.opcode = 0                # of the message being fragmented; 0: none
         self.text = None               # the UTF-8 check of a text message coming in pieces
         self.checked = -1              # of the data frame under way: bytes checked; -1: none yet
-        self.announced: int | None = None   # the limit of the next binary message, if announced
+        self.announced = False         # the next binary message is announced: photo's
+        self.photo: Upload | None = None
+        self.streaming = 0             # bytes of a photo's frame still to come into it
+        self.mask = b""                # that frame's mask, turned to where it goes on
+        self.fin = 0                   # that frame ends its message
         self.skip = 0                  # bytes of a frame still to be dropped unread
         self.dropping = False          # the message under way is dropped, fragments and all
 
-    def announce(self, limit: int) -> None:
-        """The next binary message may hold `limit` bytes (0: skip it unread, unsaid)."""
-        self.announced = limit
+    def announce(self, photo: Upload | None) -> None:
+        """The next binary message is `photo`'s bytes (None: skip it unread, unsaid);
+        an upload announced before is released."""
+        self.release()
+        self.announced, self.photo = True, photo
+
+    def release(self) -> None:
+        """The announced upload, if any, gives its buffer back (its connection ends)."""
+        if self.photo is not None:
+            self.photo.release()
+            self.photo = None
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
         """(opcode, payload) of each whole message or control frame in `data`;
@@ -848,6 +922,8 @@ class FrameReader:
             self.skip -= dropped
             if self.skip:
                 return None
+        if self.streaming:
+            return self._stream()
         if len(buf) < 2:
             return None
         first, second = buf[0], buf[1]
@@ -867,6 +943,8 @@ class FrameReader:
             if len(buf) < 10:
                 return None
             length, at = struct.unpack_from("!Q", buf, 2)[0], 10
+            if length >> 63:   # RFC 6455 §5.2: its most significant bit MUST be 0
+                raise WsError(WS_PROTOCOL_ERROR, "a 64-bit length with its top bit set")
         end = at + 4 + length
         if opcode >= 0x8:
             if not fin or length > 125:
@@ -874,23 +952,17 @@ class FrameReader:
         else:
             if self.checked < 0:   # a data frame whose head is in: it starts or goes on a message
                 self._start_frame(opcode)
-            if self.opcode == WS_BINARY and self.announced is not None:   # a photo: its own limit
-                keep, most = self.announced, math.inf
-            else:
-                keep, most = self.max_message, self.drop_up_to
-            if self.size + length > most:
+            if self.opcode == WS_BINARY and self.announced:   # a photo: into its upload
+                return self._photo_frame(fin, length, at, end)
+            if self.size + length > self.drop_up_to:
                 raise WsError(WS_TOO_BIG, "message too big")
-            if self.dropping or self.size + length > keep:
+            if self.dropping or self.size + length > self.max_message:
                 return self._drop(fin, length, end)
             if self.opcode == WS_TEXT and at + 4 <= len(buf) < end:   # a frame coming in pieces
                 self._check_text(buf, at, len(buf))
         if len(buf) < end:
             return None
-        if length > UNMASK_PIECE:   # a photo: unmasked from a view, not from a copy
-            with memoryview(buf) as view:
-                payload = ws_unmask(view[at + 4:end], buf[at:at + 4])
-        else:
-            payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
+        payload = ws_unmask(buf[at + 4:end], buf[at:at + 4])
         del buf[:end]
         if opcode >= 0x8:
             return [(opcode, payload)]
@@ -931,24 +1003,63 @@ class FrameReader:
             return []
         message, opcode = b"".join(self.parts), self.opcode
         self.parts, self.size, self.opcode, self.text = [], 0, 0, None
-        if opcode == WS_BINARY and self.announced is not None:
-            self.announced = None
-            return [(WS_ANNOUNCED, message)]
         return [(opcode, message)]
 
     def _drop(self, fin: int, length: int, frame_size: int) -> list[tuple[int, None]]:
         """Skip this data frame unread, and the rest of its message; the message is
-        said once, at its start (an announced one with no room at all, never)."""
-        announced = self.announced if self.opcode == WS_BINARY else None
-        first = not self.dropping and announced != 0
-        said = [(self.opcode if announced is None else WS_ANNOUNCED, None)] if first else []
+        said once, at its start."""
+        said = [] if self.dropping else [(self.opcode, None)]
         self.parts, self.size = [], 0 if fin else self.size + length
         self.text, self.checked, self.dropping, self.skip = None, -1, not fin, frame_size
         if fin:
             self.opcode = 0
-            if announced is not None:
-                self.announced = None
         return said
+
+    # -- the announced binary message: a photo, into its upload as it comes --------
+    def _photo_frame(self, fin: int, length: int, at: int, end: int) -> list | None:
+        """A frame of the photo: its payload goes into the upload as it comes, or the
+        frame is skipped unread (the photo refused, released, or longer than announced)."""
+        photo = self.photo
+        taken = photo is not None and photo.buffer is not None and not self.dropping
+        if taken and self.size + length > photo.size:
+            photo.over = True
+        if not taken or photo.over:
+            self.skip, self.dropping, self.checked = end, not fin, -1
+            if fin:
+                self._photo_done()
+            return [(WS_ANNOUNCED, photo)] if taken else []
+        if len(self.buf) < at + 4:   # its mask is not in yet
+            return None
+        self.mask, self.streaming, self.fin = bytes(self.buf[at:at + 4]), length, fin
+        self.size += length
+        del self.buf[:at + 4]
+        return self._stream()
+
+    def _stream(self) -> list | None:
+        """What came of the photo's frame, unmasked into its upload; the photo once whole."""
+        buf, photo = self.buf, self.photo
+        if photo is None or photo.buffer is None:   # released meanwhile: the rest skipped, unsaid
+            self.skip, self.streaming, self.dropping, self.checked = self.streaming, 0, not self.fin, -1
+            if self.fin:
+                self._photo_done()
+            return []
+        n = min(self.streaming, len(buf))
+        if n:
+            photo.take(ws_unmask(buf[:n], self.mask))
+            del buf[:n]
+            self.mask = self.mask[n % 4:] + self.mask[:n % 4]
+            self.streaming -= n
+        if self.streaming:
+            return None
+        self.checked = -1
+        if not self.fin:
+            return []
+        self._photo_done()
+        return [(WS_ANNOUNCED, photo)]
+
+    def _photo_done(self) -> None:
+        """The announced message is over: the next binary message is not announced."""
+        self.opcode, self.size, self.dropping, self.announced, self.photo = 0, 0, False, False, None
 
 
 def ws_close_is_leave(code: int) -> bool:
@@ -1015,6 +1126,13 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def host_name(host: str) -> str:
+    """A Host header without its port: `[::1]:5050` -> `::1`, `a.example:5050` -> `a.example`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if ":" in host else host
+
+
 def page_link(host: str, port: int, tls: bool) -> str:
     """The chat page's address, as a friend types or taps it."""
     return f"{'https' if tls else 'http'}://{host_port(host, port)}/"
@@ -1044,30 +1162,101 @@ class ChatPage:
         return (("Content-Security-Policy", (self.csp + own).rstrip()),)
 
 
-# -- photos a page shares: only pictures whose own bytes say so ---------------
+# -- photos a page shares: only pictures whose own bytes say so, only what decoders need --
 
 MAX_PHOTO = 8 << 20      # bytes in one photo (the page sends 0.5 to 1.5 MB)
 MAX_PHOTO_SIDE = 2048    # pixels on its long side: the page shrinks it to this
+# A picture's pieces (segments, chunks) are each a step of Python, so there are few of them;
+# the image data between them is walked at C speed (re, slices), never a step per byte.
+HEAD_PIECES = 64         # before the image data (a camera's JPEG has 10 to 25)
+MAX_PIECES = 4096        # in all: a progressive JPEG's scans, a PNG's IDATs, an animation's frames
+MAX_ICC = 1 << 20        # bytes in a colour profile
 PHOTO_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 # The text before a photo's bytes: NUL first, so that no line a member types is taken for it.
 PHOTO_ANNOUNCED = re.compile(rb"\x00photo ([1-9][0-9]{0,9})")
 NOT_SHARED = "your photo was not shared: {}"
 NOT_A_PICTURE = "it is not a JPEG, PNG or WebP picture"
 DAMAGED = "the picture is damaged or cut short"
+TOO_MANY_PIECES = "it is made of more pieces than a picture needs"
+TWO_PICTURES = "it holds more than one picture"
+UNSHOWN_JPEG = "it is a kind of JPEG that browsers do not show"
 TOO_BIG = f"it is larger than {MAX_PHOTO >> 20} MiB"
 TOO_WIDE = f"it is larger than {MAX_PHOTO_SIDE} pixels on its long side"
+ALBUM_TOO_SMALL = "the room keeps only {} MiB of photos"
+LONGER_THAN_ANNOUNCED = "it is longer than the {} bytes announced"
+ANNOUNCED_AGAIN = "another photo was announced before its bytes came"
+ROOM_BUSY = "the room is taking in other photos just now; try again in a moment"
+TOO_SLOW = "it came in slower than {:g} KiB a second"
 SHARING_OFF = "photo sharing is off in this room"
 SHARING_TOO_FAST = "you are sharing photos too fast; wait a few seconds"
+PHOTO_GONE = "This photo is no longer kept."   # a photo line in the history, once the album let it go
+# JPEG: the frame headers (SOFn) browsers show: baseline, extended and progressive (Huffman).
+JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
+JPEG_SHOWN = {0xC0, 0xC1, 0xC2}
+JPEG_MARKER = re.compile(rb"\xff+")   # a marker, after any fill bytes
+# Where a scan's entropy-coded data ends: FF 00 is a data byte, FF D0-D7 a restart, FF FF fill.
+JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+JFIF_APP0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"   # 1.01, 1:1, no thumbnail
+ICC_TAG = b"ICC_PROFILE\x00"   # APP2 chunks of a colour profile
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_DROPPED = {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}             # text and EXIF: who, where, when
-JPEG_DROPPED = {*range(0xE1, 0xF0), 0xFE}                      # APP1-APP15 (EXIF, XMP...) and COM
-JPEG_FRAMES = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}        # SOFn: they say the size
-WEBP_DROPPED = {b"EXIF", b"XMP "}
-WEBP_METADATA_FLAGS = 0x0C                                     # VP8X: "has EXIF", "has XMP"
+# PNG: the critical chunks, and the ancillary ones that say how its colours look.
+PNG_KEPT = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT",
+            b"pHYs"}
+PNG_SIZES = {b"IHDR": 13, b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9}
+WEBP_STILL = {b"ALPH", b"VP8 ", b"VP8L"}   # a still image's chunks, or an animation frame's
+WEBP_ICC, WEBP_ALPHA, WEBP_ANIMATED = 0x20, 0x10, 0x02   # VP8X's flags that stay true
+# A colour profile is kept (colour matters: phones take photos in Display P3, which shown
+# as sRGB look dull), but its header's date, platform, device maker, model and attributes,
+# creator and ID are blanked, and every tag that is not colour data is emptied (descriptions,
+# copyright, device names): what is left says how colours look, not when or with what.
+ICC_BLANKED = ((4, 8), (24, 36), (40, 44), (48, 64), (80, 100))
+ICC_COLOUR = {b"curv", b"para", b"XYZ ", b"sf32", b"mft1", b"mft2", b"mAB ", b"mBA ", b"mpet",
+              b"chrm", b"clro", b"sig ", b"meas", b"view"}
 
 
 class PhotoRefused(ValueError):
     """Bytes that are not a photo the room shares; the message says why, for its sender."""
+
+
+class Upload:
+    """An announced binary message (a photo) as it comes in: its bytes, unmasked as
+    they come, in one buffer of the size announced, an anonymous memory map, whose
+    pages go back to the system when it is released (a heap may keep freed blocks).
+    `released(upload)` is called once, when it is."""
+
+    __slots__ = ("size", "buffer", "filled", "paced", "over", "released")
+
+    def __init__(self, size: int, released: Callable[[Upload], None] = lambda upload: None):
+        self.size, self.released = size, released
+        self.buffer: mmap.mmap | None = mmap.mmap(-1, size)
+        self.filled = 0      # bytes in
+        self.paced = 0       # bytes in when its pace was last looked at
+        self.over = False    # its frames said it is longer than announced
+
+    def take(self, data: bytes) -> None:
+        self.buffer[self.filled:self.filled + len(data)] = data
+        self.filled += len(data)
+
+    def view(self) -> memoryview:
+        return memoryview(self.buffer)[:self.filled]
+
+    def release(self) -> None:
+        if self.buffer is None:
+            return
+        buffer, self.buffer = self.buffer, None
+        try:
+            buffer.close()
+        except BufferError:   # a view of it is still held: unmapped when the last one goes
+            pass
+        self.released(self)
+
+
+def mapped(parts: list) -> mmap.mmap:
+    """`parts` joined in a memory map of their own, given back to the system once dropped."""
+    joined = mmap.mmap(-1, sum(len(part) for part in parts))
+    for part in parts:
+        joined.write(part)
+    return joined
 
 
 def photo_announcement(text: bytes) -> int | None:
@@ -1076,139 +1265,406 @@ def photo_announcement(text: bytes) -> int | None:
     return int(announced.group(1)) if announced else None
 
 
-def jpeg_scan_end(data: bytes, pos: int) -> int:
-    """Where the entropy-coded data starting at `pos` ends: at the next marker
-    (0xFF 0x00 is a data byte, 0xFF 0xD0-0xD7 a restart)."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            raise PhotoRefused(DAMAGED)
-        following = data[pos + 1]
-        if following == 0 or 0xD0 <= following <= 0xD7:
-            pos += 2
-        elif following == 0xFF:   # fill bytes before a marker
-            pos += 1
+def photo_size(width: int, height: int) -> tuple[int, int]:
+    """A frame header's size, if the room shows it: read before any image data, as decoders do."""
+    if not (width and height):
+        raise PhotoRefused(DAMAGED)
+    if max(width, height) > MAX_PHOTO_SIDE:
+        raise PhotoRefused(TOO_WIDE)
+    return width, height
+
+
+def counted(pieces: int, in_image: bool) -> int:
+    """One more piece of a picture (`in_image`: its image data has begun); refused past the bounds."""
+    if pieces >= MAX_PIECES or pieces >= HEAD_PIECES and not in_image:
+        raise PhotoRefused(TOO_MANY_PIECES)
+    return pieces + 1
+
+
+def icc_clean(profile) -> bytes | None:
+    """A colour profile with only its colours left (ICC_BLANKED, ICC_COLOUR); None if it
+    is not one (it is then left out)."""
+    profile = bytes(profile)
+    size = len(profile)
+    if not 132 <= size <= MAX_ICC or int.from_bytes(profile[:4], "big") != size \
+            or profile[36:40] != b"acsp":
+        return None
+    tags = int.from_bytes(profile[128:132], "big")
+    if tags > 100 or 132 + 12 * tags > size:
+        return None
+    clean = bytearray(profile)
+    for start, stop in ICC_BLANKED:
+        clean[start:stop] = bytes(stop - start)
+    for n in range(tags):
+        offset, length = struct.unpack_from("!II", profile, 136 + 12 * n)
+        if length < 8 or offset + length > size:
+            return None
+        if profile[offset:offset + 4] not in ICC_COLOUR:
+            clean[offset + 8:offset + length] = bytes(length - 8)
+    return bytes(clean)
+
+
+def jpeg_segment(marker: int, body) -> bytes:
+    return b"\xff" + bytes((marker,)) + struct.pack("!H", len(body) + 2) + bytes(body)
+
+
+def jpeg_scan_end(data, pos: int) -> int:
+    """Where the entropy-coded data starting at `pos` ends: at the next marker,
+    found at C speed."""
+    found = JPEG_SCAN_END.search(data, pos)
+    if found is None:
+        raise PhotoRefused(DAMAGED)
+    return found.start()
+
+
+def jpeg_frame(body) -> tuple[tuple[int, int], dict[int, int]]:
+    """A frame header's (SOF) size, and its components' quantization tables; every byte
+    of it is a field, checked here."""
+    if len(body) < 6:
+        raise PhotoRefused(DAMAGED)
+    height, width, count = struct.unpack_from("!HHB", body, 1)
+    size = photo_size(width, height)
+    tables = {body[6 + 3 * n]: body[8 + 3 * n] for n in range(count)} if len(body) == 6 + 3 * count \
+        else {}
+    if not 1 <= len(tables) == count <= 4 or max(tables.values()) > 3:
+        raise PhotoRefused(DAMAGED)
+    return size, tables
+
+
+def jpeg_tables(body, huffman: bool) -> dict:
+    """The tables a DHT (huffman) or DQT segment defines, by what names them ((class, id),
+    or id); what does not read as a table is left out."""
+    tables, at = {}, 0
+    for _ in range(8 if huffman else 4):   # more would only redefine these
+        if at >= len(body):
+            break
+        head = body[at]
+        if huffman:
+            end = at + 17 + (sum(body[at + 1:at + 17]) if at + 17 <= len(body) else len(body))
         else:
-            return pos
+            end = at + 1 + 64 * (1 + (head >> 4))
+        if head >> 4 > 1 or head & 15 > 3 or end > len(body) or huffman and end - at > 17 + 256:
+            break
+        tables[(head >> 4, head & 15) if huffman else head & 15] = bytes(body[at:end])
+        at = end
+    return tables
 
 
-def jpeg_clean(data: bytes) -> tuple[bytes, int, int]:
-    """A JPEG without its APP1-APP15 and COM segments (or anything after its
-    end), and its width and height; PhotoRefused unless it is whole and well formed."""
-    view, kept, pos, size, scanned = memoryview(data), [b"\xff\xd8"], 2, None, False
-    while True:
-        if pos + 2 > len(data) or data[pos] != 0xFF:
-            raise PhotoRefused(DAMAGED)
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker == 0xD9 and scanned:
-            kept.append(b"\xff\xd9")
-            return b"".join(kept), size[0], size[1]
-        if pos + 4 > len(data) or marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
-            raise PhotoRefused(DAMAGED)
-        end = pos + 2 + struct.unpack_from("!H", data, pos + 2)[0]
-        if end > len(data) or end < pos + 4:
-            raise PhotoRefused(DAMAGED)
+class JpegRebuild:
+    """A JPEG rebuilt, as its segments are read, from what a decoder needs and nothing
+    else: a minimal JFIF APP0 of our own (where it had one, for its colours' sake), its
+    colour profile (icc_clean), the Adobe APP14's colour transform, the frame header
+    (exactly one, before any scan), each scan's header and data, and before each scan
+    the quantization and Huffman tables and restart interval it uses that the output
+    does not have yet.  Everything else goes (APPn, COM, tables no scan uses, bytes
+    hidden in a segment past its fields, anything after the end)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.parts: list = [b"\xff\xd8"]
+        self.marker = 0                  # the frame header's
+        self.frame = b""                 # its segment
+        self.size = (0, 0)
+        self.components: dict[int, int] = {}   # component -> its quantization table
+        self.jfif, self.adobe = False, -1        # what its APP0 and APP14 said
+        self.profile: dict[int, tuple] = {}      # ICC chunk number -> (chunks, bytes)
+        self.huffman: dict = {}          # the tables defined so far
+        self.quant: dict = {}
+        self.restart = b""
+        self.sent: dict = {}             # what the output has defined: table (or "DRI") -> bytes
+        self.latched: set[int] = set()   # components a scan has used (their quantization is fixed)
+        self.scans = 0
+
+    def rebuilt(self) -> tuple[list, int, int]:
+        data, pos, pieces = self.data, 2, 0
+        while True:
+            pieces = counted(pieces, self.scans > 0)
+            fill = JPEG_MARKER.match(data, pos)
+            if fill is None or fill.end() >= len(data):
+                raise PhotoRefused(DAMAGED)
+            marker, pos = data[fill.end()], fill.end() + 1
+            if marker == 0xD9 and self.scans:
+                self.parts.append(b"\xff\xd9")
+                return self.parts, *self.size
+            if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+                raise PhotoRefused(DAMAGED)
+            end = pos + struct.unpack_from("!H", data, pos)[0]
+            if end > len(data) or end < pos + 2:
+                raise PhotoRefused(DAMAGED)
+            if marker == 0xDA:
+                end = self._scan(data[pos + 2:end], end)
+            else:
+                self._segment(marker, data[pos + 2:end])
+            pos = end
+
+    def _segment(self, marker: int, body) -> None:
         if marker in JPEG_FRAMES:
-            if end < pos + 9:
-                raise PhotoRefused(DAMAGED)
-            height, width = struct.unpack_from("!HH", data, pos + 5)
-            size = (width, height)
-        if marker == 0xDA:   # a scan: its header, then its data up to the next marker
-            if size is None:
-                raise PhotoRefused(DAMAGED)
-            end, scanned = jpeg_scan_end(data, end), True
-        if marker not in JPEG_DROPPED:
-            kept.append(view[pos:end])
-        pos = end
+            if self.marker:
+                raise PhotoRefused(TWO_PICTURES)
+            if marker not in JPEG_SHOWN:
+                raise PhotoRefused(UNSHOWN_JPEG)
+            self.size, self.components = jpeg_frame(body)
+            self.marker, self.frame = marker, jpeg_segment(marker, body)
+        elif marker in (0xC4, 0xDB):
+            (self.huffman if marker == 0xC4 else self.quant).update(jpeg_tables(body, marker == 0xC4))
+        elif marker == 0xDD and len(body) >= 2:
+            self.restart = bytes(body[:2])
+        elif self.scans:   # what an APPn says after the first scan, no decoder reads
+            return
+        elif marker == 0xE0 and body[:5] == b"JFIF\x00":
+            self.jfif = True
+        elif marker == 0xEE and len(body) >= 12 and body[:5] == b"Adobe" and body[11] <= 2:
+            self.adobe = body[11]
+        elif marker == 0xE2 and len(body) > 14 and body[:12] == ICC_TAG:
+            self.profile[body[12]] = (body[13], body[14:])
+
+    def _scan(self, body, end: int) -> int:
+        """A scan: what it needs first, its header, its data; where its data ends."""
+        count = body[0] if body else 0
+        if not self.marker or not 1 <= count <= 4 or len(body) != 4 + 2 * count:
+            raise PhotoRefused(DAMAGED)
+        used = [(body[1 + 2 * n], body[2 + 2 * n]) for n in range(count)]
+        if any(c not in self.components for c, _ in used):
+            raise PhotoRefused(DAMAGED)
+        first_dc = body[1 + 2 * count] == 0 and body[3 + 2 * count] >> 4 == 0
+        progressive = self.marker == 0xC2   # a DC scan uses DC tables (its first only), an AC scan AC ones
+        huffman = [(0, t >> 4) for _, t in used if first_dc or not progressive]
+        huffman += [(1, t & 15) for _, t in used if body[1 + 2 * count] or not progressive]
+        new = {c for c, _ in used} - self.latched
+        self.latched |= new
+        if not self.scans:
+            self.parts += self._heads()
+            new = self.components   # the usual way: all of them before the frame header
+        tables = self._unsent(sorted({self.components[c] for c in new}), self.quant)
+        self.parts += [jpeg_segment(0xDB, tables)] if tables else []
+        self.parts += [] if self.scans else [self.frame]
+        tables = self._unsent(huffman, self.huffman)
+        self.parts += [jpeg_segment(0xC4, tables)] if tables else []
+        if self.restart and self._unsent(["DRI"], {"DRI": self.restart}):
+            self.parts.append(jpeg_segment(0xDD, self.restart))
+        stop = jpeg_scan_end(self.data, end)
+        self.parts += [jpeg_segment(0xDA, body), self.data[end:stop]]
+        self.scans += 1
+        return stop
+
+    def _unsent(self, wanted: list, tables: dict) -> bytes:
+        """The tables among `wanted` that the output lacks or has otherwise (sent now)."""
+        new = []
+        for key in dict.fromkeys(wanted):
+            if key in tables and self.sent.get(key) != tables[key]:
+                self.sent[key] = tables[key]
+                new.append(tables[key])
+        return b"".join(new)
+
+    def _heads(self) -> list:
+        """Before the first scan: our own JFIF APP0, the colour profile and the Adobe
+        colour transform, where the picture had them."""
+        heads = [JFIF_APP0] if self.jfif else []
+        chunks = self.profile
+        if chunks and sorted(chunks) == list(range(1, len(chunks) + 1)) \
+                and {count for count, _ in chunks.values()} == {len(chunks)} \
+                and sum(len(chunk) for _, chunk in chunks.values()) <= MAX_ICC:
+            profile = icc_clean(b"".join(chunks[n][1] for n in sorted(chunks)))
+            step = 0xFFFF - 2 - len(ICC_TAG) - 2
+            count = -(-len(profile or b"") // step)
+            heads += [jpeg_segment(0xE2, ICC_TAG + bytes((n + 1, count)) + profile[n * step:(n + 1) * step])
+                      for n in range(count)]
+        if self.adobe >= 0:
+            heads.append(jpeg_segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00" + bytes((self.adobe,))))
+        return heads
 
 
-def png_clean(data: bytes) -> tuple[bytes, int, int]:
-    """A PNG without its tEXt, zTXt, iTXt and eXIf chunks, and its width and
-    height; PhotoRefused unless each chunk is whole with its CRC, IHDR first, IEND last."""
-    view, kept, pos, size = memoryview(data), [PNG_SIGNATURE], len(PNG_SIGNATURE), None
+def jpeg_parts(data) -> tuple[list, int, int]:
+    """A JPEG's parts as JpegRebuild makes them, and its width and height."""
+    return JpegRebuild(data).rebuilt()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + kind + payload + struct.pack("!I", zlib.crc32(kind + payload))
+
+
+def png_fits(kind: bytes, length: int, colour: int) -> bool:
+    """Whether a kept chunk has the length its kind and the picture's colour type allow."""
+    if kind == b"IDAT":
+        return True
+    if kind == b"PLTE":
+        return length % 3 == 0 and 0 < length <= 768 and colour in (2, 3, 6)
+    if kind == b"tRNS":
+        return 0 < length <= 256 if colour == 3 else length == {0: 2, 2: 6}.get(colour)
+    if kind == b"sBIT":
+        return length == {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}[colour]
+    return length == PNG_SIZES.get(kind)
+
+
+def png_profile(payload) -> bytes | None:
+    """An iCCP chunk with its profile cleaned (icc_clean) and a plain name; None to leave it out."""
+    named = bytes(payload[:81]).find(b"\x00")
+    if named < 1 or len(payload) < named + 2 or payload[named + 1] != 0:
+        return None
+    unzip = zlib.decompressobj()
+    try:
+        profile = unzip.decompress(payload[named + 2:], MAX_ICC + 1)
+    except zlib.error:
+        return None
+    profile = icc_clean(profile) if unzip.eof else None
+    return png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(profile)) if profile else None
+
+
+def png_parts(data) -> tuple[list, int, int]:
+    """A PNG's kept chunks (PNG_KEPT, each with the length it allows; its profile cleaned),
+    and its width and height; PhotoRefused unless each chunk is whole with its CRC,
+    exactly one IHDR first, image data, IEND last (nothing after it is kept)."""
+    parts, pos, pieces, size, colour, image = [PNG_SIGNATURE], len(PNG_SIGNATURE), 0, None, 0, False
+    profiled = False   # one colour profile at most
     while True:
+        pieces = counted(pieces, image)
         if pos + 12 > len(data):
             raise PhotoRefused(DAMAGED)
         length, kind = struct.unpack_from("!I4s", data, pos)
         end = pos + 12 + length
-        if end > len(data) or zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from("!I", data, end - 4)[0]:
+        if end > len(data) or zlib.crc32(data[pos + 4:end - 4]) != struct.unpack_from("!I", data, end - 4)[0]:
             raise PhotoRefused(DAMAGED)
-        if size is None:
-            if kind != b"IHDR" or length != 13:
+        if (kind == b"IHDR") != (size is None) or size is None and length != 13:
+            raise PhotoRefused(DAMAGED if size is None else TWO_PICTURES)
+        if kind == b"IHDR":
+            size = photo_size(*struct.unpack_from("!II", data, pos + 8))
+            colour = data[pos + 17]
+            if colour not in (0, 2, 3, 4, 6):
                 raise PhotoRefused(DAMAGED)
-            size = struct.unpack_from("!II", data, pos + 8)
-        if kind not in PNG_DROPPED:
-            kept.append(view[pos:end])
-        pos = end
+        image = image or kind == b"IDAT"
         if kind == b"IEND":
-            return b"".join(kept), size[0], size[1]
+            if not image:
+                raise PhotoRefused(DAMAGED)
+            return parts + [png_chunk(b"IEND", b"")], *size
+        if kind == b"iCCP" and not profiled:
+            parts.append(png_profile(data[pos + 8:end - 4]) or b"")
+            profiled = True
+        elif kind in PNG_KEPT - {b"iCCP"} and png_fits(kind, length, colour):
+            parts.append(data[pos:end])
+        pos = end
 
 
-def webp_size(kind: bytes, body: bytes) -> tuple[int, int] | None:
-    """The width and height a WebP chunk gives (VP8X, VP8 or VP8L), or None."""
-    if kind == b"VP8X" and len(body) >= 10:
-        return (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
-    if kind == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+def webp_chunk(kind: bytes, *payload) -> list:
+    """A RIFF chunk: its kind, its size, its payload (in parts) and the pad to an even size."""
+    size = sum(len(part) for part in payload)
+    return [kind + struct.pack("<I", size), *payload] + ([b"\x00"] if size & 1 else [])
+
+
+def webp_chunks(data, start: int, stop: int, pieces: list[int],
+                image: bool = False) -> list[tuple[bytes, int, int]]:
+    """(kind, payload start, payload stop) of the chunks from `start` to `stop`, counted in
+    pieces[0] (`image`: the image data has begun); PhotoRefused unless each is whole."""
+    chunks = []
+    while start < stop:
+        pieces[0] = counted(pieces[0], image)
+        if start + 8 > stop:
+            raise PhotoRefused(DAMAGED)
+        kind, length = struct.unpack_from("<4sI", data, start)
+        if start + 8 + length > stop:
+            raise PhotoRefused(DAMAGED)
+        chunks.append((kind, start + 8, start + 8 + length))
+        image = image or kind in WEBP_STILL or kind == b"ANMF"
+        start += 8 + length + (length & 1)
+    return chunks
+
+
+def webp_size(kind: bytes, body) -> tuple[int, int] | None:
+    """The width and height a VP8 (a key frame) or VP8L bitstream's header gives, or None."""
+    if kind == b"VP8 " and len(body) >= 10 and not body[0] & 1 and body[3:6] == b"\x9d\x01\x2a":
         width, height = struct.unpack_from("<HH", body, 6)
         return width & 0x3FFF, height & 0x3FFF
-    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+    if kind == b"VP8L" and len(body) >= 5 and body[0] == 0x2F and not body[4] >> 5:
         bits = int.from_bytes(body[1:5], "little")
         return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
     return None
 
 
-def webp_clean(data: bytes) -> tuple[bytes, int, int]:
-    """A WebP without its EXIF and XMP chunks (VP8X's flags and the RIFF size
-    made to match), and its width and height; PhotoRefused unless its chunks are whole."""
+def webp_still(data, chunks: list, canvas: tuple[int, int]) -> list:
+    """A still image's chunks (VP8 with its ALPH before it, or VP8L): exactly one
+    bitstream, as large as the canvas it fills."""
+    images = [(kind, a, b) for kind, a, b in chunks if kind != b"ALPH"]
+    if len(images) != 1:
+        raise PhotoRefused(TWO_PICTURES if images else DAMAGED)
+    kind, a, b = images[0]
+    if webp_size(kind, data[a:b]) != canvas:
+        raise PhotoRefused(DAMAGED)
+    alpha = chunks[:1] if kind == b"VP8 " and chunks[0][0] == b"ALPH" else []
+    return [part for kind, a, b in alpha + images for part in webp_chunk(kind, data[a:b])]
+
+
+def webp_frame(data, a: int, b: int, canvas: tuple[int, int], pieces: list[int]) -> list:
+    """An ANMF chunk with its frame cleaned as a still image is, within the canvas."""
+    if b - a < 16:
+        raise PhotoRefused(DAMAGED)
+    x, y, width, height = (int.from_bytes(data[a + n:a + n + 3], "little") for n in range(0, 12, 3))
+    if 2 * x + width + 1 > canvas[0] or 2 * y + height + 1 > canvas[1]:
+        raise PhotoRefused(DAMAGED)
+    frame = [chunk for chunk in webp_chunks(data, a + 16, b, pieces, True) if chunk[0] in WEBP_STILL]
+    head = bytes(data[a:a + 15]) + bytes((data[a + 15] & 0x03,))   # blending and disposal
+    return webp_chunk(b"ANMF", head, *webp_still(data, frame, (width + 1, height + 1)))
+
+
+def webp_parts(data) -> tuple[list, int, int]:
+    """A WebP's kept chunks (VP8X with the flags of what is left, a cleaned ICCP, ANIM,
+    ANMF frames cleaned alike, ALPH, VP8, VP8L: one bitstream, consistent with the
+    canvas), the RIFF size to match, and its width and height."""
     end = 8 + struct.unpack_from("<I", data, 4)[0]
     if end > len(data) or end < 20:
         raise PhotoRefused(DAMAGED)
-    kept, pos, size = [], 12, None
-    while pos < end:
-        if pos + 8 > end:
-            raise PhotoRefused(DAMAGED)
-        kind, length = struct.unpack_from("<4sI", data, pos)
-        stop = pos + 8 + length + (length & 1)
-        if stop > end:
-            raise PhotoRefused(DAMAGED)
-        chunk = data[pos:stop]
-        if kind == b"VP8X" and pos == 12:
-            chunk = chunk[:8] + bytes([chunk[8] & ~WEBP_METADATA_FLAGS]) + chunk[9:]
-        if size is None:
-            size = webp_size(kind, chunk[8:8 + length])
-        if kind not in WEBP_DROPPED:
-            kept.append(chunk)
-        pos = stop
-    if size is None:
+    pieces = [0]
+    chunks = webp_chunks(data, 12, end, pieces)
+    kind, a, b = chunks[0]
+    if kind != b"VP8X":
+        canvas = webp_size(kind, data[a:b]) or (0, 0)
+        photo_size(*canvas)
+        kept = webp_still(data, [c for c in chunks if c[0] in (b"VP8 ", b"VP8L")], canvas)
+    elif b - a < 10:
         raise PhotoRefused(DAMAGED)
-    chunks = b"".join(kept)
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks, size[0], size[1]
+    else:
+        canvas = photo_size(*(int.from_bytes(data[a + n:a + n + 3], "little") + 1 for n in (4, 7)))
+        animated, profile, kept = data[a] & WEBP_ANIMATED, None, []
+        for kind, a2, b2 in chunks[1:]:
+            if kind == b"ICCP" and profile is None and not kept:
+                profile = icc_clean(data[a2:b2]) or b""
+                kept += webp_chunk(kind, profile) if profile else []
+            elif kind == b"ANIM" and animated and b2 - a2 == 6:
+                kept += webp_chunk(kind, data[a2:b2])
+            elif kind == b"ANMF" and animated:
+                kept += webp_frame(data, a2, b2, canvas, pieces)
+        if not animated:
+            kept += webp_still(data, [c for c in chunks if c[0] in WEBP_STILL], canvas)
+        elif not any(c[0] == b"ANMF" for c in chunks):
+            raise PhotoRefused(DAMAGED)
+        flags = data[a] & (WEBP_ALPHA | WEBP_ANIMATED) | (WEBP_ICC if profile else 0)
+        kept = webp_chunk(b"VP8X", bytes((flags, 0, 0, 0)) + bytes(data[a + 4:a + 10])) + kept
+    return [b"RIFF" + struct.pack("<I", 4 + sum(len(part) for part in kept)) + b"WEBP", *kept], *canvas
 
 
-def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
-    """(extension, bytes without metadata, width, height) of a JPEG, PNG or
-    WebP that says so in its own bytes and measures at most MAX_PHOTO_SIDE;
-    PhotoRefused, saying why, for anything else."""
-    if data.startswith(b"\xff\xd8\xff"):
-        ext, clean = "jpg", jpeg_clean
-    elif data.startswith(PNG_SIGNATURE):
-        ext, clean = "png", png_clean
+def photo_parts(data) -> tuple[str, list, int, int]:
+    """(extension, the parts of the picture without its metadata, width, height) of a
+    JPEG, PNG or WebP that says so in its own bytes (a bytes-like object) and measures
+    at most MAX_PHOTO_SIDE; PhotoRefused, saying why, for anything else.  Its cost is
+    bounded by its pieces (HEAD_PIECES, MAX_PIECES), and its image data is only sliced."""
+    data = memoryview(data)   # sliced without copies
+    if data[:3] == b"\xff\xd8\xff":
+        ext, parts_of = "jpg", jpeg_parts
+    elif data[:8] == PNG_SIGNATURE:
+        ext, parts_of = "png", png_parts
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        ext, clean = "webp", webp_clean
+        ext, parts_of = "webp", webp_parts
     else:
         raise PhotoRefused(NOT_A_PICTURE)
     try:
-        body, width, height = clean(data)
+        parts, width, height = parts_of(data)
     except (struct.error, IndexError):
         raise PhotoRefused(DAMAGED) from None
-    if not (width and height):
-        raise PhotoRefused(DAMAGED)
-    if max(width, height) > MAX_PHOTO_SIDE:
-        raise PhotoRefused(TOO_WIDE)
-    return ext, body, width, height
+    return ext, parts, width, height
+
+
+def clean_photo(data) -> tuple[str, bytes, int, int]:
+    """photo_parts(), the picture's parts joined."""
+    ext, parts, width, height = photo_parts(data)
+    return ext, b"".join(parts), width, height
 
 
 # ---------------------------------------------------------------------------
@@ -1217,6 +1673,7 @@ def clean_photo(data: bytes) -> tuple[str, bytes, int, int]:
 
 EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
+UPLOAD_READ = 1 << 16   # one read from a page sending a photo: it goes into the photo's buffer
 WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
@@ -1403,29 +1860,37 @@ class Bucket:
 class Tally:
     """Warnings that repeat, summed up so that a flood cannot rotate the log
     away: the first of a kind is logged at once, the rest as one line with
-    a count per `interval`."""
+    a count per `interval`.  What a browser does is counted in tries: the
+    connections it opens for one (retries, spares) come in a burst, each
+    within TRY_BURST s of the last, and count once."""
+
+    TRY_BURST = 1.0
 
     def __init__(self, interval: float = 60.0):
         self.interval = interval
-        self.seen: dict[str, list] = {}   # warning -> [times since logged, since]
+        self.seen: dict[str, list] = {}   # warning -> [count since logged, since, last, in tries]
 
-    def add(self, now: float, warning: str) -> None:
+    def add(self, now: float, warning: str, tries: bool = False) -> None:
         entry = self.seen.get(warning)
         if entry is None:
-            self.seen[warning] = [0, now]
+            self.seen[warning] = [0, now, now, tries]
             log.warning("%s", warning)
-        else:
+            return
+        if not tries or now - entry[2] > self.TRY_BURST:
             entry[0] += 1
+        entry[2] = now
 
     def flush(self, now: float, everything: bool = False) -> None:
         """Log the sums whose interval is over (called every second), or all
         of them (at the end)."""
-        for warning, (count, since) in list(self.seen.items()):
+        for warning, (count, since, last, tries) in list(self.seen.items()):
             if now - since < self.interval and not everything:
                 continue
             if count:
-                log.warning("%s (%d more times in %d s)", warning, count, round(now - since))
-                self.seen[warning] = [0, now]
+                what = ("try" if count == 1 else "tries") if tries else \
+                    ("time" if count == 1 else "times")
+                log.warning("%s (%d more %s in %d s)", warning, count, what, round(now - since))
+                self.seen[warning] = [0, now, last, tries]
             else:
                 del self.seen[warning]
 
@@ -1491,7 +1956,7 @@ class Transport:
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
-                 "reading", "blocked", "events", "closed", "pos")
+                 "reading", "blocked", "events", "closed", "pos", "received", "unread")
 
     def __init__(self, sock, loop: Loop, handler: Callable | None = None, owner=None):
         self.sock, self.loop, self.handler, self.owner = sock, loop, handler, owner
@@ -1504,6 +1969,8 @@ class Transport:
         self.events = 0
         self.closed = False
         self.pos = 0            # how far it has been sent its outlet's stream (the outlet's to write)
+        self.received = 0       # bytes read from it: life, for a page too busy sending to pong
+        self.unread = b""       # decrypted while its door was chosen (peek), and not read yet
         self._interest()
 
     def _interest(self) -> None:
@@ -1591,10 +2058,33 @@ class Transport:
         """One read: b"" if nothing is there now, None if the peer closed or
         reset the connection.  TLS may hold decrypted bytes the selector
         cannot see: more_held() says so."""
+        if self.unread:
+            data, self.unread = self.unread, b""
+            self.received += len(data)
+            return data
+        reader = self.frame_reader
         try:
-            return self.sock.recv(READ_SIZE) or None
+            data = self.sock.recv(UPLOAD_READ if reader is not None and reader.streaming else READ_SIZE)
         except WOULD_BLOCK:
             return b""
+        except OSError:
+            return None
+        self.received += len(data)
+        return data or None
+
+    def peek(self) -> bytes | None:
+        """What the peer has sent and nobody has read yet, left for receive():
+        b"" if nothing yet, None if the peer closed or reset the connection.
+        A plain socket is only peeked at (so a door may still wrap it in
+        TLS); a TLS socket cannot be, so what it decrypts is kept (`unread`)."""
+        try:
+            if ssl is None or not isinstance(self.sock, ssl.SSLSocket):
+                return self.sock.recv(READ_SIZE, socket.MSG_PEEK) or None
+            data = self.sock.recv(READ_SIZE)
+            self.unread += data
+            return self.unread or None   # nothing came, and the peer closed
+        except WOULD_BLOCK:
+            return self.unread
         except OSError:
             return None
 
@@ -1635,6 +2125,8 @@ class Transport:
         if self.events:
             self.loop.unwatch(self.sock)
         self.closed, self.events = True, 0
+        if self.frame_reader is not None:   # a photo coming in on it goes, at once
+            self.frame_reader.release()
         data, self.out = b"".join((self.out, last_words)), b""
         if at > self.loop.now:
             self.loop.call_at(at, self._close_now, data, drain)
@@ -1669,6 +2161,7 @@ TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
 class Stage(enum.Enum):
     """Where a connection is in its life."""
+    OPENING = "opening"         # its first bytes (or none, in time) choose its door: Doorway
     SECURING = "securing"       # TLS handshake
     REQUESTING = "requesting"   # web port: reading the HTTP request
     ANSWERED = "answered"       # web port: an HTTP answer goes out, then the close
@@ -1743,14 +2236,15 @@ def address_group(ip: str) -> str:
 class Stream:
     """What an outlet says, appended once, read by many members each at its
     own position; trimmed once everyone has had it.  A part of it may be for
-    one member alone (a private line): the others step over it (run)."""
+    some members alone (a private line for one, a photo's link for those who
+    reached the room at one address): the others step over it (run)."""
 
     __slots__ = ("buf", "base", "parts")
 
     def __init__(self):
         self.buf = bytearray()
         self.base = 0    # stream position of buf[0]
-        self.parts: list[tuple[int, int, Member]] = []   # (start, stop, for whom), in order
+        self.parts: list[tuple[int, int, Collection[Member]]] = []   # (start, stop, for whom), in order
 
     @property
     def end(self) -> int:
@@ -1765,11 +2259,11 @@ class Stream:
     def between(self, start: int, stop: int) -> bytes:
         return bytes(self.buf[start - self.base:stop - self.base])
 
-    def add_part(self, data: bytes, m: Member) -> None:
-        """`data` at the end, for m alone."""
+    def add_part(self, data: bytes, readers: Collection[Member]) -> None:
+        """`data` at the end, for `readers` alone (a set, or one member's tuple)."""
         start = self.end
         self.buf += data
-        self.parts.append((start, self.end, m))
+        self.parts.append((start, self.end, readers))
 
     def run(self, m: Member, pos: int) -> tuple[int, int]:
         """What m reads next from `pos`: (start, stop), past the parts for
@@ -1779,10 +2273,10 @@ class Stream:
             return pos, self.end
         i = max(0, bisect.bisect_right(parts, (pos, math.inf)) - 1)
         while i < len(parts) and parts[i][0] <= pos:
-            if parts[i][2] is not m and parts[i][1] > pos:
+            if m not in parts[i][2] and parts[i][1] > pos:
                 pos = parts[i][1]
             i += 1
-        while i < len(parts) and parts[i][2] is m:
+        while i < len(parts) and m in parts[i][2]:
             i += 1
         return pos, parts[i][0] if i < len(parts) else self.end
 
@@ -1798,18 +2292,24 @@ class Stream:
 
 class Photo:
     """A shared photo: its file name (`TOKEN.EXT`, 128 random bits), its
-    bytes without metadata, served to every page from this one copy, and its size."""
+    bytes without metadata, served to every page from this one copy (in a
+    memory map of its own), and its size.  Once the album lets it go, only
+    its line's facts are left: its bytes go back to the system."""
 
     __slots__ = ("file", "body", "content_type", "width", "height")
 
-    def __init__(self, ext: str, body: bytes, width: int, height: int):
+    def __init__(self, ext: str, body, width: int, height: int):
         self.file = f"{secrets.token_hex(16)}.{ext}"
-        self.body, self.content_type = memoryview(body), PHOTO_TYPES[ext]
-        self.width, self.height = width, height
+        self.body: memoryview | None = memoryview(body)
+        self.content_type, self.width, self.height = PHOTO_TYPES[ext], width, height
 
     @property
     def url(self) -> str:
         return f"/p/{self.file}"
+
+    @property
+    def kept(self) -> bool:
+        return self.body is not None
 
 
 class Album:
@@ -1826,7 +2326,7 @@ class Album:
         if len(photo.body) > self.capacity:
             return False
         while self.size + len(photo.body) > self.capacity:
-            self.size -= len(self.photos.pop(next(iter(self.photos))).body)
+            self._let_go(next(iter(self.photos)))
         self.photos[photo.file] = photo
         self.size += len(photo.body)
         return True
@@ -1834,18 +2334,19 @@ class Album:
     def get(self, file: str) -> Photo | None:
         return self.photos.get(file)
 
-    def kept(self, photo: Photo) -> bool:
-        return self.photos.get(photo.file) is photo
+    def _let_go(self, file: str) -> None:
+        photo = self.photos.pop(file)
+        self.size -= len(photo.body)
+        photo.body = None   # its line stays (history), its bytes go
 
     def remove(self, photo: Photo) -> None:
-        """Its sender took it back: its address is nothing from now on."""
-        if self.kept(photo):
-            del self.photos[photo.file]
-            self.size -= len(photo.body)
+        """Its sender took it back: its address is nothing from now on, its bytes go."""
+        if self.photos.get(photo.file) is photo:
+            self._let_go(photo.file)
 
     def clear(self) -> None:
-        self.photos.clear()
-        self.size = 0
+        for file in list(self.photos):
+            self._let_go(file)
 
 
 class Said:
@@ -1853,12 +2354,13 @@ class Said:
     the room keeps it: its id, who said it (name, and the member's number),
     when, its words or photo, for a private line its receiver, the line it
     answers (`re`: id, name, and that line's first words: None for a photo,
-    "" once deleted), who reacted with what (None: nobody yet), and whether
-    it was edited or deleted (then its words and photo are gone).  Made for
-    every line said: its making is kept cheap."""
+    "" once deleted), who reacted with what (None: nobody yet), whether it
+    was edited or deleted (then its words and photo are gone), and where in
+    the web stream the frames that hold its words begin (`framed`, the web
+    outlet's to write).  Made for every line said: its making is kept cheap."""
 
     __slots__ = ("id", "name", "author", "at", "text", "photo", "to", "to_number", "re",
-                 "reactions", "edited", "deleted")
+                 "reactions", "edited", "deleted", "framed")
 
     def __init__(self, m: Member, at: float, text: str, photo: Photo | None = None,
                  to: Member | None = None, answers: Said | None = None):
@@ -1874,6 +2376,7 @@ class Said:
         self.reactions: dict[str, dict[int, str]] | None = None   # emoji -> member number -> name
         self.edited = False
         self.deleted = False
+        self.framed: list[int] | None = None
 
     def quoted(self) -> tuple[int, str, str | None]:
         """This line as a reply quotes it: (id, name, first words)."""
@@ -1933,15 +2436,18 @@ class Transcript:
             self._forget_oldest()
         return True
 
-    def changed(self, said: Said) -> None:
-        """`said` was edited or deleted: the replies that quote it quote it so."""
+    def changed(self, said: Said) -> list[Said]:
+        """`said` was edited or deleted: the replies that quote it (they are
+        newer, so kept while it is) quote it so; they are returned."""
         if said.deleted and said.reactions:
             self.reactions -= said.reaction_count()
             said.reactions = None
-        quoted = said.quoted()
+        quoted, answering = said.quoted(), []
         for line in self.lines.values():
             if line.re is not None and line.re[0] == said.id:
                 line.re = quoted
+                answering.append(line)
+        return answering
 
 
 class Outlet:
@@ -2024,17 +2530,17 @@ class Outlet:
             self.stream.buf += data
             self._flush_soon()
 
-    def _say_to(self, m: Member, data: bytes) -> None:
-        """`data` for m alone, in the stream: kept and paced like the rest."""
-        self.stream.add_part(data, m)
+    def _say_to(self, readers: Collection[Member], data: bytes) -> None:
+        """`data` for `readers` alone, in the stream: kept and paced like the rest."""
+        self.stream.add_part(data, readers)
         self._flush_soon()
 
     def _tell(self, data: bytes, only: tuple[Member, ...]) -> None:
-        """`data` for every reader, or in the stream for each of `only` alone."""
-        if not only:
+        """`data` for every reader, or in the stream for `only` alone."""
+        if only:
+            self._say_to(only, data)
+        else:
             self._say(data)
-        for m in only:
-            self._say_to(m, data)
 
     def typing(self, name: str) -> None:
         """`name` is typing: only pages are told."""
@@ -2167,9 +2673,14 @@ class LineOutlet(Outlet):
         self._note(m, text.encode())
 
     def photo(self, said: Said) -> None:
-        """A line with a link to it for each reader, at the address it reached the room at."""
-        for m in self.readers:   # in the stream, paced and kept like a private line
-            self._say_to(m, photo_notice(said.name, self._link(m, said.photo)).encode())
+        """A line with a link to it for each reader, at the address it reached the room
+        at: one part of the stream per link, for the readers it is for (most often one
+        for all), paced and kept like a private line."""
+        links: dict[str, set[Member]] = {}
+        for m in self.readers:
+            links.setdefault(self._link(m, said.photo), set()).add(m)
+        for link, readers in links.items():
+            self._say_to(readers, photo_notice(said.name, link).encode())
 
     def _link(self, m: Member, photo: Photo) -> str:
         return self.page_at(m) + photo.url[1:]
@@ -2183,17 +2694,18 @@ class LineOutlet(Outlet):
 
     def private(self, m: Member, said: Said) -> None:
         """A private line, for m (its sender or its receiver) alone."""
-        self._say_to(m, said_notice(said).encode())
+        self._say_to((m,), said_notice(said).encode())
 
     def reacted(self, said: Said, name: str, emoji: str, on: bool, only: tuple[Member, ...] = ()) -> None:
         """`name` reacted to `said` with `emoji` (or took it back): for all, or `only`."""
         answered = answered_text(*said.quoted()[1:])
         self._about(said, reaction_notice(name, emoji, answered, on), only)
 
-    def edited(self, said: Said, only: tuple[Member, ...] = ()) -> None:
+    def edited(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
+        """`said` has new words (`answering`: the replies that quote it)."""
         self._about(said, edit_notice(said.name, said.text), only)
 
-    def deleted(self, said: Said, only: tuple[Member, ...] = ()) -> None:
+    def deleted(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
         self._about(said, delete_notice(said.name), only)
 
     def _about(self, said: Said, text: str, only: tuple[Member, ...]) -> None:
@@ -2202,8 +2714,9 @@ class LineOutlet(Outlet):
 
     def history(self, m: Member, lines: list[Said]) -> None:
         """What was said before m came (--history), before its own join line: each line as it reads now."""
-        self._note(m, "".join(photo_notice(said.name, self._link(m, said.photo)) if said.photo
-                              else said_notice(said) for said in lines).encode())
+        self._note(m, "".join(
+            photo_notice(said.name, self._link(m, said.photo) if said.photo.kept else PHOTO_GONE)
+            if said.photo else said_notice(said) for said in lines).encode())
 
 
 class WebSeat:
@@ -2246,7 +2759,7 @@ class WebOutlet(Outlet):
     def __init__(self, loop: Loop, settings: Settings, drop: Callable[..., None],
                  lose: Callable[[Member, str], None]):
         super().__init__(loop, settings, drop, lose)
-        self.unanswered: dict[Member, None] = {}   # pinged, no pong yet
+        self.unanswered: dict[Member, int] = {}    # pinged, no pong yet: -> bytes it had sent then
         self.ping_timer: Timer | None = None
         self.away: dict[Member, int] = {}          # its connection lost: the position it was sent to
         self.seats: dict[str, WebSeat] = {}        # number -> seat held
@@ -2254,8 +2767,6 @@ class WebOutlet(Outlet):
         self.seat_of: dict[Member, WebSeat] = {}
         self.first_number = 1 + secrets.randbelow(10 ** 9) * 10 ** 9   # this run's first seat
         self.next_number = self.first_number
-        # line id -> where the frames in the stream that hold its words begin (_scrub)
-        self.holding: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
 
     def greet(self, m: Member) -> bool:
         """m's connection is ready: the web door reads its HTTP request first."""
@@ -2267,29 +2778,29 @@ class WebOutlet(Outlet):
     def listening(self) -> bool:
         return bool(self.readers or self.away)   # those away may come back for it
 
-    def _event(self, kind: str, /, only: tuple[Member, ...] = (), **fields) -> list[int]:
-        """An event for every web member, those away too, or for each of `only`
-        alone; where each copy begins in the stream (none: nobody reads it)."""
-        starts = []
-        for m in only:
-            starts.append(self.stream.end)
-            self._say_to(m, ws_marked_event(self.stream.end, kind, **fields))
-        if not only and self.listening:
-            starts.append(self.stream.end)
-            self.stream.buf += ws_marked_event(self.stream.end, kind, **fields)
+    def _event(self, kind: str, /, only: tuple[Member, ...] = (), **fields) -> int:
+        """An event for every web member, those away too, or for `only` alone;
+        where it begins in the stream (-1: nobody reads it)."""
+        start = self.stream.end
+        if only:
+            self._say_to(only, ws_marked_event(start, kind, **fields))
+        elif self.listening:
+            self.stream.buf += ws_marked_event(start, kind, **fields)
             self._flush_soon()
-        return starts
+        else:
+            return -1
+        return start
 
     def chat(self, said: Said) -> None:
-        self._hold(said, self._event("chat", **self._line_fields(said)))
+        self._framed(said, self._event("chat", **self._line_fields(said)))
 
     def photo(self, said: Said) -> None:
-        self._hold(said, self._event("photo", **self._line_fields(said)))
+        self._framed(said, self._event("photo", **self._line_fields(said)))
 
     def private(self, m: Member, said: Said) -> None:
         """A private line for m alone, marked with its place like every event,
         kept like them for a page that is away."""
-        self._hold(said, self._event("private", only=(m,), **self._line_fields(said)))
+        self._framed(said, self._event("private", only=(m,), **self._line_fields(said)))
 
     @staticmethod
     def _photo_fields(photo: Photo) -> dict:
@@ -2306,8 +2817,8 @@ class WebOutlet(Outlet):
             fields["name"] = said.name
         if said.deleted:
             fields["deleted"] = True
-        elif said.photo:
-            fields.update(self._photo_fields(said.photo))
+        elif said.photo:   # one the album has let go since: no longer kept
+            fields.update(self._photo_fields(said.photo) if said.photo.kept else {"gone": True})
         else:
             fields["text"] = said.text
             if said.edited:
@@ -2329,34 +2840,43 @@ class WebOutlet(Outlet):
         self._event("react", only=only, id=said.id, emoji=emoji, name=name, on=on,
                     **self._reactors((said.reactions or {}).get(emoji, {})))
 
-    def edited(self, said: Said, only: tuple[Member, ...] = ()) -> None:
+    def edited(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
         """The new words of `said`: they alone are kept from now on."""
-        self._scrub(said.id)
-        self._hold(said, self._event("edit", only=only, id=said.id, name=said.name, text=said.text),
-                   quoting=False)
+        self._forget_words(said, answering)
+        self._framed(said, self._event("edit", only=only, id=said.id, name=said.name, text=said.text))
 
-    def deleted(self, said: Said, only: tuple[Member, ...] = ()) -> None:
-        self._scrub(said.id)
+    def deleted(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
+        self._forget_words(said, answering)
         self._event("delete", only=only, id=said.id, name=said.name)
 
     def typing(self, name: str) -> None:
         self._event("typing", name=name)
 
     # -- what the stream keeps of a line: its words go when it is edited or deleted
-    def _hold(self, said: Said, starts: list[int], quoting: bool = True) -> None:
-        """The frames at `starts` hold words of `said` (and, a reply's, of the line it quotes)."""
-        if starts:
-            self.holding.setdefault(said.id, []).extend(starts)
-            if quoting and said.re is not None:
-                self.holding.setdefault(said.re[0], []).extend(starts)
+    @staticmethod
+    def _framed(said: Said, start: int) -> None:
+        """The frame at `start` (-1: none was written) holds words of `said`."""
+        if start >= 0:
+            if said.framed is None:
+                said.framed = [start]
+            else:
+                said.framed.append(start)
 
-    def _scrub(self, line_id: int) -> None:
-        """The words of line `line_id` leave every frame the stream still
-        keeps (what a page that is away will be given): each is rewritten
-        as long as it was, without them (ws_scrubbed).  A reader in the
-        middle of one is given the rest of it first, as it was."""
+    def _forget_words(self, said: Said, answering: list[Said]) -> None:
+        """The words of `said` leave every frame the stream still keeps (what
+        a page that is away will be given): its own, and the replies' quotes of it."""
+        self._scrub(said, said.id)
+        said.framed = None
+        for reply in answering:
+            self._scrub(reply, said.id)
+
+    def _scrub(self, said: Said, line_id: int) -> None:
+        """The words of line `line_id` leave the frames of `said` that the
+        stream still keeps: each is rewritten as long as it was, without
+        them (ws_scrubbed).  A reader in the middle of one is given the
+        rest of it first, as it was."""
         stream = self.stream
-        for start in self.holding.pop(line_id, ()):
+        for start in said.framed or ():
             if start < stream.base:
                 continue
             begin, stop = ws_frame_span(stream.buf, start - stream.base)
@@ -2484,9 +3004,6 @@ class WebOutlet(Outlet):
                     self.drop(m, f"missed over {self.settings.max_backlog} bytes while away")
             low = min(low, keep)
         self.stream.trim(low)
-        holding = self.holding
-        while holding and holding[next(iter(holding))][-1] < self.stream.base:
-            holding.popitem(last=False)
 
     # -- pings: a page whose connection is gone leaves ---------------------
     def add(self, m: Member, present: int) -> None:
@@ -2516,13 +3033,16 @@ class WebOutlet(Outlet):
         self.unanswered.pop(m, None)
 
     def _ping(self) -> None:
-        """Every web_ping: a ping to each web member; one that has not
-        answered the last ping by now is gone."""
-        gone = [m for m in self.unanswered if m in self.readers]
+        """Every web_ping: a ping to each web member; one that has not answered
+        the last ping by now is gone, unless bytes came from it at photo_pace or
+        faster since (a long frame coming in, which no pong can interrupt)."""
+        least = self.settings.photo_pace * self.settings.web_ping
+        gone = [m for m, heard in self.unanswered.items()
+                if m in self.readers and m.transport.received - heard < least]
         for m in gone:
             self.lose(m, f"no answer to a ping within {self.settings.web_ping:g} s")
         for m in self.readers:
-            self.unanswered[m] = None
+            self.unanswered[m] = m.transport.received
             self._note(m, WS_PING_FRAME)
         self.ping_timer = (self.loop.call_later(self.settings.web_ping, self._ping)
                            if self.readers else None)
@@ -2737,12 +3257,13 @@ class Room:
     (ready_at); joins and leaves within count_interval share one count.  A
     member whose outlet holds its seat through a lost connection stays in,
     away (away, back).  The last `history` chat lines are kept, in memory
-    only, for newcomers, and the photos shared (the album), photo lines in
-    the history while their photos are kept.  Each line said gets an id
-    (the transcript), by which it can be answered, reacted to, and, by its
+    only, for newcomers, and the photos shared (the album); a photo's line in
+    the history keeps its token, never its bytes (once the album lets the
+    photo go, the line says so).  Each line said gets an id (the
+    transcript), by which it can be answered, reacted to, and, by its
     sender within edit_window, edited or deleted; what is done to a private
-    line stays between its two members.  `entered(m)` is the one call
-    back up: m is in, read what it says.
+    line stays between its two members.  `entered(m)` is the one call back
+    up: m is in, read what it says.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
@@ -2846,18 +3367,23 @@ class Room:
     def private(self, m: Member, request: str) -> None:
         """/msg NAME TEXT from m: TEXT for the member called NAME alone (as
         the room matches names), and m sees what went; or m alone is told
-        why not.  Never kept for newcomers, never logged."""
+        why not: nobody is called NAME, or the words could name two or more
+        members (then nothing goes: m is told their names and how to quote
+        one).  Never kept for newcomers, never logged."""
         readings = private_readings(request)
         if not readings:
             self.tell(m, MSG_USAGE)
             return
+        found: dict[Member, str] = {}   # each member the words could name -> the text then
         for name, text in readings:
             receiver = self.find(name)
             if receiver in self.members:
-                break
-        else:
-            self.tell(m, nobody_notice(clean_name(readings[-1][0])))
+                found.setdefault(receiver, text)
+        if len(found) != 1:
+            self.tell(m, which_notice([x.name for x in found]) if found
+                      else nobody_notice(clean_name(readings[-1][0])))
             return
+        (receiver, text), = found.items()
         self._private(m, receiver, text)
 
     def _private(self, m: Member, receiver: Member, text: str, answers: Said | None = None) -> None:
@@ -2901,8 +3427,8 @@ class Room:
         if said is None or said.text == text:
             return
         said.text, said.edited = text, True
-        self.transcript.changed(said)
-        self._publish(said, lambda outlet, only: outlet.edited(said, only))
+        answering = self.transcript.changed(said)
+        self._publish(said, lambda outlet, only: outlet.edited(said, answering, only))
 
     def delete(self, m: Member, line_id: int) -> None:
         """m takes its own line back (edit_window after it was said at most):
@@ -2913,8 +3439,8 @@ class Room:
         if said.photo is not None:
             self.album.remove(said.photo)
         said.text, said.photo, said.deleted = "", None, True
-        self.transcript.changed(said)
-        self._publish(said, lambda outlet, only: outlet.deleted(said, only))
+        answering = self.transcript.changed(said)
+        self._publish(said, lambda outlet, only: outlet.deleted(said, answering, only))
 
     def typing(self, m: Member) -> None:
         for outlet in self._listening():
@@ -3052,7 +3578,7 @@ class Room:
             self.members[m] = None
         present = len(self.members)
         folded = len(newcomers) > self.settings.fold_joins
-        history = [said for said in self.history if said.photo is None or self.album.kept(said.photo)]
+        history = list(self.history)
         if folded:
             self._publish_joined([m.name for m in newcomers], present)
         for m in newcomers:
@@ -3287,12 +3813,15 @@ class Gate:
         return now + self._bucket("join", m.group, burst / s.churn_period, burst).book(now)
 
     # -- a photo ----------------------------------------------------------
-    def photo_refusal(self, m: Member, size: int) -> str:
-        """Why m may not send a photo of `size` bytes now, or "" (its photo
-        rate then gives one: PHOTO_BURST at once, then Settings.photo_rate a second)."""
+    def photo_refusal(self, m: Member, size: int, room: int) -> str:
+        """Why m may not send a photo of `size` bytes now, `room` bytes being left for
+        photos coming in, or "" (its photo rate then gives one: PHOTO_BURST at once,
+        then Settings.photo_rate a second)."""
         s = self.settings
         rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
         why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
+               else ALBUM_TOO_SMALL.format(s.photos) if size > s.photos << 20
+               else ROOM_BUSY if size > room
                else SHARING_TOO_FAST if rate.wait(self.loop.now) else "")
         if not why:
             rate.take()
@@ -3329,13 +3858,18 @@ class Gate:
 # ---------------------------------------------------------------------------
 
 TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
+PLAIN_ROOM = "it speaks TLS to a room that is not encrypted"   # why such a client is closed
+ROOM_PATH = "/room"   # the web door says where the room is (a line client at the page's port)
+REDIRECT_KEPT = 600   # seconds a browser keeps the room's port's redirect to the page's
+PAGE_IS_OFF = ("this room's chat page is off; join with PrivateChatRoom-App or a terminal at "
+               "this address\n")
 
 
 def not_a_name(data: bytes, page: tuple[str, int] | None) -> str | None:
-    """Why the first bytes at the room's port are no alias (a TLS client, a
-    browser: then where the page is), for the log; None if they may be one."""
+    """Why what came after ALIAS at the room's port is no alias (a TLS client, a
+    browser: then where the page is), for the log; None if it may be one."""
     if data.startswith(TLS_HELLO):
-        return "it speaks TLS to a room that is not encrypted"
+        return PLAIN_ROOM
     if browser_request(data):
         return "a browser came to the room's port; " + (
             f"the page is on port {page[1]}" if page else "the page is off (--web-port N serves it)")
@@ -3373,19 +3907,25 @@ NAME_ERRORS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_AGAIN", "EA
                if hasattr(socket, name)}
 
 
+def full_stop(text: str) -> str:
+    """`text` ending a sentence: a full stop after it, but not after a label that
+    ends in "…" (the window's Change port…)."""
+    return text if text.endswith(("…", ".")) else text + "."
+
+
 def bind_error_text(e: OSError, host: str, port: int, advice: dict = FLAG_ADVICE,
                     in_use: str = "in use") -> str:
     """One sentence: why `host` port `port` cannot be listened on, and what to do
     (advice[in_use] when another program holds the port)."""
     if errno_is(e, "EADDRINUSE"):
         return (f"Port {port} is already in use (is another server running?): "
-                f"{advice[in_use]}.")
+                f"{full_stop(advice[in_use])}")
     if errno_is(e, "EADDRNOTAVAIL"):
-        return f"The address {host} is not on this machine: {advice['host']}."
+        return f"The address {host} is not on this machine: {full_stop(advice['host'])}"
     if errno_is(e, "EACCES"):
-        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {advice['port']}."
+        return f"Not allowed to listen on port {port} ({PORT_REFUSED}): {full_stop(advice['port'])}"
     if isinstance(e, socket.gaierror) or e.errno in NAME_ERRORS:
-        return f"Cannot find the address of {host!r}: {advice['host']}."
+        return f"Cannot find the address of {host!r}: {full_stop(advice['host'])}"
     reason = (e.strerror or str(e)).split(" (while attempting")[0]
     return f"Cannot listen on {host} port {port}: {reason}."
 
@@ -3441,38 +3981,80 @@ def tls_files_problem(cert: str, key: str) -> str | None:
 
 class PhotoDesk:
     """Photos as pages share them: the gate's yes or no to an announced
-    photo, then its bytes cleaned and kept in the room's album and shown,
-    or one sentence to the page saying why not; and the page's address as
-    each member reached the room, for the links line clients get."""
+    photo, then a buffer for its bytes (Upload), then its bytes cleaned and
+    kept in the room's album and shown, or one sentence to the page saying
+    why not; and the page's address as each member reached the room, for the
+    links line clients get.
+
+    The room's photo bytes are bounded: those coming in (as announced) stay
+    within --photos MiB, and the album within as much again.  A new
+    announcement past that is refused at once; an upload slower than
+    photo_pace over a ping interval is dropped; one whose connection ends
+    goes with it (Transport.close).  Buffers are memory maps: what is let go
+    goes back to the system."""
 
     def __init__(self, settings: Settings, tally: Tally, gate: Gate, room: Room, webs: WebOutlet):
         self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
         self.loop, self.album = room.loop, room.album
         self.web_port: int | None = None   # the page's, while it is served
         self.internet_page: str | None = None   # the page's link over the internet, once known
+        self.uploads: dict[Upload, Member] = {}   # photos coming in, and whose
+        self.coming = 0                           # their bytes, as announced
+        self.pace_every = settings.web_ping or 30.0
         for outlet in room.outlets.values():   # line readers get links to the page
             outlet.page_at = self.page_at
 
-    def may_share(self, m: Member, size: int) -> int:
-        """m announced a photo of `size` bytes: the bytes it may send, or 0,
-        and it is told why not."""
-        why = self.gate.photo_refusal(m, size)
+    def announced(self, m: Member, size: int) -> None:
+        """m announced a photo of `size` bytes: its bytes go into a buffer of
+        that size, or are skipped unread while m is told why not.  An earlier
+        announcement whose bytes never came goes (m is told)."""
+        reader = m.transport.frame_reader
+        if reader.photo is not None:
+            self._unshared(m, ANNOUNCED_AGAIN)
+            reader.release()
+        why = self.gate.photo_refusal(m, size, (self.settings.photos << 20) - self.coming)
         if why:
             self._unshared(m, why)
-            return 0
-        return size
-
-    def share(self, m: Member, payload: bytes | None) -> None:
-        """The photo m announced: cleaned and shared, or m is told why not."""
-        if m.stage is not Stage.IN_ROOM:
+            reader.announce(None)
             return
+        upload = Upload(size, self._gone)
+        self.uploads[upload] = m
+        self.coming += size
+        reader.announce(upload)
+        self.loop.call_later(self.pace_every, self._pace, upload)
+
+    def _gone(self, upload: Upload) -> None:
+        """An upload gave its buffer back."""
+        self.coming -= upload.size
+        del self.uploads[upload]
+
+    def _pace(self, upload: Upload) -> None:
+        """An upload still coming in: dropped if slower than photo_pace since the last look."""
+        m = self.uploads.get(upload)
+        if m is None:
+            return
+        if upload.filled - upload.paced < self.settings.photo_pace * self.pace_every:
+            upload.release()
+            self._unshared(m, TOO_SLOW.format(self.settings.photo_pace / 1024))
+        else:
+            upload.paced = upload.filled
+            self.loop.call_later(self.pace_every, self._pace, upload)
+
+    def share(self, m: Member, upload: Upload) -> None:
+        """The photo m announced, whole or longer than announced: cleaned and
+        shared, or m is told why not; its buffer goes back either way."""
         try:
-            if payload is None:
-                raise PhotoRefused(TOO_BIG)
-            if not self.room.photo(m, Photo(*clean_photo(payload))):
-                raise PhotoRefused(f"the room keeps only {self.settings.photos} MiB of photos")
+            if upload.over:
+                raise PhotoRefused(LONGER_THAN_ANNOUNCED.format(upload.size))
+            if m.stage is Stage.IN_ROOM:
+                ext, parts, width, height = photo_parts(upload.view())
+                photo, parts = Photo(ext, mapped(parts), width, height), None
+                if not self.room.photo(m, photo):
+                    raise PhotoRefused(ALBUM_TOO_SMALL.format(self.settings.photos))
         except PhotoRefused as e:
             self._unshared(m, str(e))
+        finally:
+            upload.release()
 
     def _unshared(self, m: Member, why: str) -> None:
         self.tally.add(self.loop.now, f"refused a photo from {m.ip}: {why}")
@@ -3485,7 +4067,8 @@ class PhotoDesk:
             self.album.clear()
             log.info("the chat page is off")
         else:
-            log.info("the chat page is on port %d; %s", port, PHOTOS_KEPT.format(self.settings.photos)
+            log.info("the chat page is on port %d; %s", port, "photos shared on it are "
+                     + PHOTOS_KEPT.format(self.settings.photos)
                      if self.settings.photos else "photo sharing is off")
 
     def heard_internet_page(self, link: str | None) -> None:
@@ -3535,17 +4118,27 @@ class WebDoor:
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
         self.gate, self.page, self.room = gate, page, room
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
+        self.room_port = 0   # where the App and terminals join
+
+    def room_listens(self, port: int) -> None:
+        self.room_port = port
 
     def request(self, m: Member, data: bytes) -> None:
-        """Read an HTTP request head; answer with the page, a WebSocket or an error."""
+        """Read an HTTP request head; answer with the page (at the room's port:
+        the way to it), a WebSocket, where the room is (ROOM_PATH: for the
+        terminal client), or an error."""
         t = m.transport
         t.inbuf += data
         if t.inbuf.startswith(TLS_HELLO) and not self.settings.tls_cert:
             self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
-                                    f"start with --tls-cert for https")
+                                    f"start with --tls-cert for https", tries=True)
             self.entrance.close(m)
             return
         end = t.inbuf.find(b"\r\n\r\n")
+        if end < 0 and b"\n" in t.inbuf and not browser_request(t.inbuf):   # a line client
+            self._answer(m, "", f"this port is the chat page's, for a browser; the App and "
+                                f"terminals join at port {self.room_port}\n".encode())
+            return
         if end < 0 and len(t.inbuf) <= MAX_REQUEST:
             return
         if end < 0 or end + 4 > MAX_REQUEST:
@@ -3562,6 +4155,13 @@ class WebDoor:
             self._answer(m, "400 Bad Request", b"no valid Host header\n")
         elif method != "GET":
             self._answer(m, "405 Method Not Allowed", b"only GET\n", headers=(("Allow", "GET"),))
+        elif path == ROOM_PATH:
+            self._answer(m, "200 OK", json.dumps({"port": self.room_port}).encode(),
+                         "application/json")
+        elif self.photos.web_port is None:   # a browser at the room's port
+            self._answer(m, "404 Not Found", PAGE_IS_OFF.encode())
+        elif path == "/" and m.transport.sock.getsockname()[1] == self.room_port:
+            self._to_page_port(m, host)
         elif path == "/":
             self._answer(m, "200 OK", self.page.body, "text/html; charset=utf-8",
                          self.page.headers(host))
@@ -3573,16 +4173,29 @@ class WebDoor:
         else:
             self._answer(m, "404 Not Found", b"not found\n")
 
+    def _to_page_port(self, m: Member, host: str) -> None:
+        """A browser at the room's port is sent on to the page's, on the host it asked
+        for (over the internet, the port the router forwards to the page's), with a
+        redirect it keeps a while: it never comes back to the room's port for the
+        page, where a spare connection it opened ahead has been asked for a name."""
+        port = self.photos.web_port
+        if self.photos.internet_page and global_ip(m.ip):
+            port = urllib.parse.urlsplit(self.photos.internet_page).port or port
+        link = page_link(host_name(host), port, bool(self.settings.tls_cert))
+        self._answer(m, "301 Moved Permanently", f"the chat page is at {link}\n".encode(),
+                     headers=(("Location", link),), cache=f"max-age={REDIRECT_KEPT}")
+
     def _answer(self, m: Member, status: str, body: bytes | memoryview, content_type: str =
                 "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = (),
                 cache: str = "no-store") -> None:
-        """The answer, then the close once it is out.  A photo's bytes are
+        """The answer (without a status, the body alone: for a client that
+        speaks no HTTP), then the close once it is out.  A photo's bytes are
         sent from the album's one copy, as the socket takes them."""
         m.stage = Stage.ANSWERED
         t = m.transport
         t.pause_reading()
-        if not (t.write(http_head(status, len(body), content_type, headers, cache))
-                and t.write(body)) or not t.blocked:
+        head = http_head(status, len(body), content_type, headers, cache) if status else b""
+        if not (t.write(head) and t.write(body)) or not t.blocked:
             self.entrance.close(m)   # else once the rest is out
 
     def _upgrade(self, m: Member, headers: dict[str, str], host: str) -> None:
@@ -3629,8 +4242,14 @@ class WebDoor:
             for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
                     return
-                if opcode == WS_ANNOUNCED:   # a photo's bytes, or None: more than it said
+                if opcode == WS_ANNOUNCED:   # a photo's bytes (or more than it said)
                     self.photos.share(m, payload)
+                elif opcode == WS_BINARY and payload and m.stage is Stage.NAMING \
+                        and (request := resume_request(payload)):
+                    m = self._come_back(m, *request)
+                elif opcode == WS_BINARY:
+                    raise WsError(WS_UNSUPPORTED, "a photo's bytes without their announcement"
+                                  if m.stage is Stage.IN_ROOM else "binary messages are not taken")
                 elif payload is None:   # past --max-line: only a member in the room is told
                     if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
                         raise WsError(WS_TOO_BIG, "message too big")
@@ -3640,7 +4259,7 @@ class WebDoor:
                     if size is None:
                         self._text(m, payload)
                     else:   # a photo's bytes come next, as one binary message
-                        m.transport.frame_reader.announce(self.photos.may_share(m, size))
+                        self.photos.announced(m, size)
                 elif opcode == WS_PING:
                     if m.stage is Stage.IN_ROOM:
                         self.outlet.pong(m, payload)
@@ -3650,11 +4269,6 @@ class WebDoor:
                     self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
                     self._closing(m, ws_close_code(payload))
-                elif opcode == WS_BINARY and m.stage is Stage.NAMING \
-                        and (request := resume_request(payload)):
-                    m = self._come_back(m, *request)
-                elif opcode == WS_BINARY:
-                    raise WsError(WS_UNSUPPORTED, "binary messages are not taken")
         except WsError as e:
             log.info("closed the web member from %s: %s", m.ip, e)
             self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
@@ -3757,6 +4371,138 @@ class Handshakes:
             self.loop.call_soon(self._steps)
 
 
+class Doorway:
+    """Where a new connection waits for its first bytes, which choose its door
+    (docs/PROTOCOL.md): a browser speaks first, with its request, and a TLS
+    client with its hello; the App never speaks first.
+
+    admit(m, choose) keeps m here.  Each time m's socket has bytes,
+    choose(first, final) is asked for its door: a call that takes m in, or
+    None while more bytes may still tell.  The bytes are looked at, not
+    taken (Transport.peek): the door reads them as its own, so a door may
+    still wrap a plain socket in TLS; bytes that did not tell are looked
+    at again every AGAIN seconds.  A timed wait ends after `wait` seconds
+    with choose(what came, final=True), which names the door for silence or
+    for bytes that did not tell; an untimed one waits for bytes (the gate
+    closes a connection silent for too long), and its choose must decide
+    on any.  Every timed wait is as long, so those waiting are in arrival
+    order and one timer, at the oldest one's end, serves them all."""
+
+    AGAIN = 0.01   # seconds until bytes that did not tell are looked at again
+
+    def __init__(self, loop: Loop, wait: float):
+        self.loop, self.wait = loop, wait
+        self.choosers: dict[Member, Callable] = {}   # waiting here -> its port's choose
+        self.ends: dict[Member, float] = {}          # timed -> when its wait ends, oldest first
+        self.timer: Timer | None = None
+
+    def admit(self, m: Member, choose: Callable[[bytes, bool], Callable[[Member], None] | None],
+              timed: bool = True) -> None:
+        """m waits here for its first bytes (for `wait` seconds at most, if `timed`)."""
+        m.stage = Stage.OPENING
+        self.choosers[m] = choose
+        if timed:
+            self.ends[m] = self.loop.now + self.wait
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.ends[m], self._time_up)
+        if m.transport.more_held():   # TLS decrypted them already: no event will say so
+            self.look(m)
+
+    def look(self, m: Member) -> None:
+        """m's socket has something: its door, if what came tells."""
+        if m in self.choosers:
+            self._choose(m, False)
+
+    def forget(self, m: Member) -> None:
+        """m is closed: it waits no more."""
+        self.choosers.pop(m, None)
+        self.ends.pop(m, None)
+
+    def _choose(self, m: Member, final: bool) -> None:
+        first = m.transport.peek()
+        door = self.choosers[m](first or b"", final or first is None)
+        if door is None:   # more may tell: look again soon (peeked bytes leave it readable)
+            m.transport.pause_reading()
+            self.loop.call_later(self.AGAIN, self.look, m)
+            return
+        self.forget(m)
+        m.transport.resume_reading()
+        door(m)
+
+    def _time_up(self) -> None:
+        self.timer = None
+        try:
+            while self.ends:
+                m, end = next(iter(self.ends.items()))
+                if end > self.loop.now + TIMER_SLACK:
+                    break
+                del self.ends[m]
+                self._choose(m, True)
+        finally:   # the next one's end, even if a door failed
+            if self.ends:
+                self.timer = self.loop.call_at(next(iter(self.ends.values())), self._time_up)
+
+
+class Naming:
+    """From an alias to a place in line for the welcome: the kind of reader
+    its answer shows (at the room's port), the room key checked in its
+    address's turn (the gate's key_turn), the name the room gives it.
+    keep(m, rest) keeps what it sent after its alias until it is in;
+    close(m, farewell="", code=None) turns away what is no alias, or a
+    wrong key; page() is where the page is served (None: off), for the log."""
+
+    def __init__(self, loop: Loop, settings: Settings, tally: Tally, gate: Gate, room: Room,
+                 keep: Callable[[Member, bytes], None], close: Callable[..., None],
+                 page: Callable[[], tuple[str, int] | None]):
+        self.loop, self.settings, self.tally, self.gate, self.room = loop, settings, tally, gate, room
+        self.keep, self.close, self.page = keep, close, page
+
+    def alias(self, m: Member, data: bytes) -> None:
+        """The alias came to the room's port: it says the kind of reader."""
+        if wrong := not_a_name(data, self.page()):
+            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
+            self.close(m)
+            return
+        raw, rest, line_end = split_alias(data)
+        m.kind = Kind.LINE if line_end else Kind.APP
+        self.named(m, raw, rest)
+
+    def named(self, m: Member, raw: bytes, rest: bytes) -> None:
+        """m's alias is `raw`: then the key, the name, the welcome."""
+        m.claimed = decode_line(raw)
+        m.named_at = self.loop.now
+        self.gate.named(m)
+        self.keep(m, rest)   # typed ahead: it waits for the welcome
+        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
+        if self.settings.room_key:
+            self._check_key(m)
+        else:
+            self._enter(m)
+
+    def _check_key(self, m: Member) -> None:
+        """Check m's room key in its address's turn (the gate's key_turn)."""
+        m.stage = Stage.CHECKING
+        at = self.gate.key_turn(m.group)
+        if at <= self.loop.now:
+            self._key_turn(m)
+        else:
+            self.loop.call_at(at, self._key_turn, m)
+
+    def _key_turn(self, m: Member) -> None:
+        if m.stage is not Stage.CHECKING:
+            return
+        if self.gate.key_right(m):
+            self._enter(m)
+        else:
+            self.close(m, key_refusal(m), WS_POLICY)
+
+    def _enter(self, m: Member) -> None:
+        """Name m and put it in line for its welcome."""
+        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
+        m.forms = alias_forms(m.claimed, m.name)
+        self.room.arrive(m, self.gate.welcome_at(m))
+
+
 class Server:
     """Listens, accepts, hands each connection to its door, reads members and
     dispatches what they say; the gate says who may come in, name
@@ -3773,9 +4519,13 @@ class Server:
                          entered=self._listen_again)
         self.tally = Tally(settings.log_summary)
         self.gate = Gate(self.loop, settings, self.tally, self._close)
+        self.naming = Naming(self.loop, settings, self.tally, self.gate, self.room, self._keep,
+                             self._close, lambda: self.web_address)
         self.door = WebDoor(settings, self.tally, Entrance(
-            self._named, self._take_lines, self._too_long, self.drop, self.lose, self.room.find,
-            self._close, self._take_over), self.webs, self.gate, ChatPage(PAGE_HTML), self.room)
+            self.naming.named, self._take_lines, self._too_long, self.drop, self.lose,
+            self.room.find, self._close, self._take_over), self.webs, self.gate,
+            ChatPage(PAGE_HTML), self.room)
+        self.doorway = Doorway(self.loop, settings.door_wait)
         self.connections: set[Member] = set()
         self.listeners: list[tuple[socket.socket, bool]] = []     # (socket, serves the web page)
         self.address: tuple[str, int] = ("", 0)
@@ -3794,6 +4544,7 @@ class Server:
         if s.tls_cert:
             self.tls = tls_context(s.tls_cert, s.tls_key)
         self.address = self._listen_on(s.port, web=False)
+        self.door.room_listens(self.address[1])
         log.info("listening on %s port %d (up to %d members)", self.address[0],
                  self.address[1], self.gate.fit())
         if s.web_port is not None:
@@ -3939,20 +4690,50 @@ class Server:
             m.stage = Stage.SECURING
             self.handshakes.step_soon(m)
         else:
-            self._greet(m)
+            self._ready(m)
 
     def _secured(self, m: Member, failed: str | None) -> None:
-        """m's TLS handshake has ended: then the ALIAS prompt (or the HTTP request)."""
+        """m's TLS handshake has ended: then its door."""
         if failed:
-            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})")
+            self.tally.add(self.loop.now, f"closed {m.ip}: TLS handshake failed ({failed})", tries=True)
             self._close(m)
         else:
+            self._ready(m)
+
+    def _ready(self, m: Member) -> None:
+        """m's connection is ready (encrypted, if the room is): at the page's port the
+        web door reads its request; at the room's its first bytes choose its door."""
+        if m.kind is self.webs.kind:
             self._greet(m)
+        else:
+            self.doorway.admit(m, self._room_door)
+
+    def _room_door(self, first: bytes, final: bool) -> Callable[[Member], None] | None:
+        """Where the first bytes at the room's port lead: a browser's request to the
+        web door (which sends it on to the page's port: the address the host gave
+        out works), a TLS hello to a plain room nowhere; anything else, or nothing
+        in time, to the ALIAS prompt."""
+        if first.startswith(TLS_HELLO) and not self.tls:
+            return self._not_tls
+        if browser_request(first):
+            return self._to_page
+        return None if not final and request_begun(first) else self._greet
+
+    def _to_page(self, m: Member) -> None:
+        m.kind = self.webs.kind
+        self._greet(m)
+
+    def _not_tls(self, m: Member) -> None:
+        self.tally.add(self.loop.now, f"closed {m.ip}: {PLAIN_ROOM}", tries=True)
+        self._close(m)
 
     def _greet(self, m: Member) -> None:
-        """m's connection is ready (encrypted, if the room is): its outlet greets it."""
+        """m's outlet greets it (ALIAS, or the web door reads its request); what
+        came before is read now if TLS decrypted it, else when the socket says so."""
         if not self.room.outlet(m).greet(m):
             self._close(m)
+        elif m.transport.unread:
+            self._read(m)
 
     def _sweep(self) -> None:
         """Every second: the gate's sweep, then a sum of repeated warnings."""
@@ -3968,6 +4749,9 @@ class Server:
         try:
             if m.stage is Stage.SECURING:
                 self.handshakes.step_soon(m)
+                return
+            if m.stage is Stage.OPENING:
+                self.doorway.look(m)
                 return
             if mask & EVENT_WRITE:
                 self._writable(m)
@@ -4006,57 +4790,11 @@ class Server:
                 self.door.frames(m, data)
                 m = t.owner   # a page back for its seat: its member reads on
             elif m.stage is Stage.NAMING:
-                self._name(m, data)
+                self.naming.alias(m, data)
             else:
                 self._take_lines(m, t.inbuf + data if t.inbuf else data)
             if not t.more_held():
                 return
-
-    # -- naming ---------------------------------------------------------
-    def _name(self, m: Member, data: bytes) -> None:
-        """The alias came to the room's port: it says the kind of reader."""
-        if wrong := not_a_name(data, self.web_address):
-            self.tally.add(self.loop.now, f"closed {m.ip}: {wrong}")
-            self._close(m)
-            return
-        raw, rest, line_end = split_alias(data)
-        m.kind = Kind.LINE if line_end else Kind.APP
-        self._named(m, raw, rest)
-
-    def _named(self, m: Member, raw: bytes, rest: bytes) -> None:
-        """m's alias is `raw`: then the key, the name, the welcome."""
-        m.claimed = decode_line(raw)
-        m.named_at = self.loop.now
-        self.gate.named(m)
-        self._keep(m, rest)   # typed ahead: it waits for the welcome
-        m.transport.pause_reading()   # until welcomed: what it types waits in the kernel
-        if self.settings.room_key:
-            self._check_key(m)
-        else:
-            self._enter(m)
-
-    def _check_key(self, m: Member) -> None:
-        """Check m's room key in its address's turn (the gate's key_turn)."""
-        m.stage = Stage.CHECKING
-        at = self.gate.key_turn(m.group)
-        if at <= self.loop.now:
-            self._key_turn(m)
-        else:
-            self.loop.call_at(at, self._key_turn, m)
-
-    def _key_turn(self, m: Member) -> None:
-        if m.stage is not Stage.CHECKING:
-            return
-        if self.gate.key_right(m):
-            self._enter(m)
-        else:
-            self._close(m, key_refusal(m), WS_POLICY)
-
-    def _enter(self, m: Member) -> None:
-        """Name m and put it in line for its welcome."""
-        self.room.reserve_name(m, clean_name(split_key(m.claimed)[0]))
-        m.forms = alias_forms(m.claimed, m.name)
-        self.room.arrive(m, self.gate.welcome_at(m))
 
     # -- lines ----------------------------------------------------------
     def _listen_again(self, m: Member) -> None:
@@ -4194,6 +4932,7 @@ class Server:
             m.resume.cancel()
             m.resume = None
         self.gate.let_go(m)
+        self.doorway.forget(m)
         m.transport.close(last_words, 0.0 if self.stopping else at)
         self.connections.discard(m)
 
@@ -5691,6 +6430,7 @@ QR_MASKS = (                  # (row, column) -> flip this data module
     lambda r, c: ((r + c) % 2 + r * c % 3) % 2 == 0)
 QR_FINDER_LIKE = re.compile(r"(?=10111010000|00001011101)")   # penalty rule 3, in a line
 QR_QUIET = 4                  # light modules around the code
+QR_COLOURS = "\x1b[97;40m"    # SGR: bright white blocks (light) on black (dark), whatever the theme
 
 
 def gf_powers() -> tuple[list[int], list[int]]:
@@ -5894,22 +6634,102 @@ def qr_code(text: str) -> list[list[bool]]:
     return min((qr_masked(dark, fixed, mask) for mask in range(8)), key=qr_penalty)
 
 
-def qr_console_text(modules: list[list[bool]]) -> str:
-    """The code in block characters with its quiet zone, for light text on a dark
-    background: a light module is a block, a dark one a space; two rows a line."""
+def qr_console_text(modules: list[list[bool]], colours: bool = False) -> str:
+    """The code in block characters with its quiet zone, as light text on a dark
+    background: a light module is a block, a dark one a space; two rows a line.
+    With `colours`, each line sets its own (QR_COLOURS) and resets them after:
+    a light theme's dark text on white would show the code inverted."""
     size = len(modules)
     light = [[not (0 <= r - QR_QUIET < size and 0 <= c - QR_QUIET < size
                    and modules[r - QR_QUIET][c - QR_QUIET])
               for c in range(size + 2 * QR_QUIET)] for r in range(size + 2 * QR_QUIET)]
     light.append([False] * len(light[0]))   # below the last line: the background
     blocks = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
-    return "\n".join("".join(blocks[pair] for pair in zip(top, bottom))
+    start, end = (QR_COLOURS, "\x1b[0m") if colours else ("", "")
+    return "\n".join(start + "".join(blocks[pair] for pair in zip(top, bottom)) + end
                      for top, bottom in zip(light[::2], light[1::2]))
 
 
 # ---------------------------------------------------------------------------
 # 10. Logging
 # ---------------------------------------------------------------------------
+
+# -- the console: what the host reads, fitted to the terminal ------------------
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")      # a colour: it takes no room on the screen
+HANGING_ROW = re.compile(r"\s*[^\s:][^:]*:\s{2,}(?=\S)")   # "    label:   " before a value
+
+
+def console_width(stream) -> int | None:
+    """The columns a line printed to `stream` may take: the terminal's, or None
+    where it is no terminal (a pipe or a file keeps each line whole)."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError, OSError):
+        return None
+    return shutil.get_terminal_size().columns - WINDOWS   # Windows' console wraps at its last column
+
+
+def fit_console(text: str, width: int | None) -> str:
+    """`text` with each line longer than `width` wrapped at words, the rest of it
+    indented under its value (a "label:   value" row) or two spaces in; a word
+    longer than the width (a link) stays whole."""
+    if not width:
+        return text
+    lines = []
+    for line in text.split("\n"):
+        if len(SGR.sub("", line)) <= width:
+            lines.append(line)
+            continue
+        lead = len(line) - len(line.lstrip(" "))
+        row = HANGING_ROW.match(line)
+        hang = row.end() if row and row.end() <= width // 2 else lead + 2
+        lines += textwrap.wrap(line, width, initial_indent="", subsequent_indent=" " * hang,
+                               break_long_words=False, break_on_hyphens=False,
+                               drop_whitespace=True) or [line]
+    return "\n".join(lines)
+
+
+def console_colours(stream) -> bool:
+    """Whether `stream` takes colours (SGR codes): a terminal, TERM not dumb,
+    NO_COLOR not set (https://no-color.org), and on Windows a console whose
+    virtual-terminal processing is on (turned on here if it can be)."""
+    try:
+        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
+            return False
+    except (AttributeError, ValueError, OSError):
+        return False
+    return not WINDOWS or windows_terminal_codes(stream)
+
+
+def windows_terminal_codes(stream) -> bool:
+    """Turn on the Windows console's virtual-terminal processing for `stream`; whether it is on."""
+    import ctypes   # Windows' console API
+    import msvcrt
+    vt_processing = 0x0004   # ENABLE_VIRTUAL_TERMINAL_PROCESSING
+    try:
+        kernel32 = ctypes.windll.kernel32
+        handle = msvcrt.get_osfhandle(stream.fileno())
+        mode = ctypes.c_uint32()
+        if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
+            return False
+        return bool(mode.value & vt_processing
+                    or kernel32.SetConsoleMode(handle, mode.value | vt_processing))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class ConsoleLog(logging.Formatter):
+    """A log record as the console shows it: its time, level and message, fitted to the terminal."""
+
+    def __init__(self, stream):
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+        self.stream = stream
+
+    def format(self, record: logging.LogRecord) -> str:
+        return fit_console(super().format(record), console_width(self.stream))
+
 
 class PrivateLogFile(logging.handlers.RotatingFileHandler):
     """The rotating log, each file created readable by its owner only: it holds addresses."""
@@ -5930,7 +6750,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
     if console:   # the console is the host's: warnings and errors only, the rest in the file
         stream = logging.StreamHandler()
         stream.setLevel(logging.WARNING)
-        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        stream.setFormatter(ConsoleLog(stream.stream))
         log.addHandler(stream)
     if log_file:
         try:
@@ -5965,6 +6785,11 @@ class RoomState(enum.Enum):
 
 WINDOW_BG = "#f3f4f6"
 NOTE_WRAP = 440       # pixels: the notes under the addresses wrap here
+ADDRESS_WRAP = 300    # pixels: a long address wraps rather than widen the window
+TASKBAR = 40          # pixels a laptop's taskbar takes off the screen's height
+TITLE_BAR = 32        # ... and the window manager's title bar and frame
+WINDOW_TALL = 760     # pixels: the window's height where the screen has room for it
+LISTS_GAP = 10        # pixels above who is online and the log
 COPIED_MS = 4000      # how long the window says what was copied
 CODE_PIXELS = 4       # a module of the invitation's code, on screen: it scans from arm's length
 WINDOW_ADVICE = {     # bind_error_text's advice, in the window's own words
@@ -6012,12 +6837,20 @@ def privacy_text(settings: Settings) -> str:
     text = f"{encrypted}, {'room key' if settings.room_key else 'no room key'}"
     text += f",\n{HISTORY_KEPT.format(settings.history)}" if settings.history else ""
     photos = settings.photos and settings.web_port is not None   # shared on the page alone
-    return text + (f",\n{PHOTOS_KEPT.format(settings.photos)}" if photos else "")
+    return text + (f",\nphotos shared on the page: {PHOTOS_KEPT.format(settings.photos)}"
+                   if photos else "")
 
 
 def member_row(name: str, ip: str, since: float, kind: str) -> tuple[str, str, str, str]:
     """A member as the list shows it: alias, kind, IP address, online since."""
     return name, kind, ip, since_text(since)
+
+
+def window_size(wants: tuple[int, int], screen: tuple[int, int]) -> tuple[int, int]:
+    """The window's size, set once (it never changes by itself): as wide as it
+    asks, as tall as WINDOW_TALL, both within the screen above a taskbar."""
+    return (min(wants[0], screen[0]),
+            min(max(wants[1], WINDOW_TALL), screen[1] - TASKBAR - TITLE_BAR))
 
 
 def show_line(label, text: str) -> None:
@@ -6232,10 +7065,52 @@ class InvitationCode:
         self.box.grid()
 
 
+class ScrollArea:
+    """A frame (`inner`) that scrolls up and down where the window is too short
+    for it (a laptop's screen): as wide as the area, as tall as what it holds.
+    The scroll bar shows only while something is out of sight; the wheel
+    scrolls it while the pointer is over it."""
+
+    def __init__(self, parent, row: int):
+        import tkinter as tk
+        from tkinter import ttk
+        self.canvas = tk.Canvas(parent, background=WINDOW_BG, highlightthickness=0, borderwidth=0)
+        self.canvas.grid(row=row, column=0, sticky="nsew")
+        self.bar = ttk.Scrollbar(parent, orient="vertical", command=self.canvas.yview)
+        self.bar.grid(row=row, column=1, sticky="ns", padx=(6, 0))
+        parent.columnconfigure(1, minsize=self.bar.winfo_reqwidth() + 6)   # the bar's, shown or not
+        self.canvas.configure(yscrollcommand=self.bar.set)
+        self.inner = ttk.Frame(self.canvas)
+        self.item = self.canvas.create_window(0, 0, window=self.inner, anchor="nw")
+        self.inner.bind("<Configure>", self._fit)
+        self.canvas.bind("<Configure>", self._fit)
+        for wheel in ("<MouseWheel>", "<Button-4>", "<Button-5>"):   # Windows and macOS; X11
+            self.canvas.bind_all(wheel, self._scroll, add="+")
+
+    def _fit(self, _event=None) -> None:
+        """Ask for room for all it holds; show what fits, the bar if not all does."""
+        wide, tall = self.inner.winfo_reqwidth(), self.inner.winfo_reqheight()
+        self.canvas.configure(width=wide, height=tall, scrollregion=(0, 0, wide, tall))
+        self.canvas.itemconfigure(self.item, width=max(wide, self.canvas.winfo_width()))
+        if tall > self.canvas.winfo_height() > 1:
+            self.bar.grid()
+        else:
+            self.bar.grid_remove()
+            self.canvas.yview_moveto(0)
+
+    def _scroll(self, event) -> None:
+        """The wheel turned: scroll, if the pointer is over this area and not all of it shows."""
+        over, area = str(self.canvas.winfo_containing(event.x_root, event.y_root)), str(self.canvas)
+        if self.bar.winfo_ismapped() and (over == area or over.startswith(area + ".")):
+            up = event.num == 4 or event.delta > 0
+            self.canvas.yview_scroll(-1 if up else 1, "units")
+
+
 class WindowView:
-    """The window's widgets, built once: the bar, how friends join, this
-    server, who is online, the log.  It holds no state of the room; its
-    buttons call the ServerWindow that made it."""
+    """The window's widgets, built once: the bar; how friends join, the
+    invitation's code and this server (in a ScrollArea); who is online and
+    the log.  It holds no state of the room; its buttons call the
+    ServerWindow that made it."""
 
     def __init__(self, root, window: "ServerWindow", settings: Settings):
         self.root = root
@@ -6289,21 +7164,27 @@ class WindowView:
         self.root.rowconfigure(0, weight=1)
         frame = ttk.Frame(self.root, padding=12)
         frame.grid(sticky="nsew")
-        frame.columnconfigure(1, weight=1)
-        frame.rowconfigure(2, weight=1)
-        frame.rowconfigure(3, weight=2)
+        frame.columnconfigure(0, weight=1)
+        frame.rowconfigure(2, weight=1)   # it scrolls once the lists below are at their least
+        frame.rowconfigure(3, weight=100)   # at least what they ask (fit_screen)
+        self.frame = frame
         self._build_bar(frame, window)
-        side = ttk.Frame(frame)
-        side.grid(row=2, column=0, sticky="nsew", padx=(0, 10))
-        self._build_join(side, window, settings)
-        self._build_info(side)
-        side = ttk.Frame(frame)
-        side.grid(row=2, column=1, sticky="nsew")
+        self.upper = ScrollArea(frame, row=2)
+        top = self.upper.inner
+        top.columnconfigure(1, weight=1)
+        self._build_join(top, window, settings)
+        side = ttk.Frame(top)
+        side.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         side.columnconfigure(0, weight=1)
-        side.rowconfigure(1, weight=1)
         self.invite_code = InvitationCode(side)
-        self._build_members(side, window)
-        self._build_log(frame)
+        self._build_info(side)
+        self.lists = lists = ttk.Frame(frame)
+        lists.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(LISTS_GAP, 0))
+        lists.columnconfigure(0, weight=1)
+        lists.columnconfigure(1, weight=2)
+        lists.rowconfigure(0, weight=1)
+        self._build_members(lists, window)
+        self._build_log(lists)
 
     def _build_bar(self, frame, window: "ServerWindow") -> None:
         import tkinter as tk
@@ -6350,7 +7231,8 @@ class WindowView:
                 row += 1
             title_label = ttk.Label(rows, text=title, style="Key.TLabel")
             title_label.grid(row=row, column=0, sticky="w", pady=3, padx=(12, 14))
-            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21)
+            self.addresses[kind] = ttk.Label(rows, style="Value.TLabel", width=-21,
+                                             wraplength=ADDRESS_WRAP)
             self.addresses[kind].grid(row=row, column=1, sticky="w", pady=3)
             self.copy_buttons[kind] = ttk.Button(rows, text=COPY_TEXT[kind], width=9,
                                                  command=lambda kind=kind: window.copy_address(kind))
@@ -6397,16 +7279,16 @@ class WindowView:
             self.info[key] = ttk.Label(box, style="Value.TLabel")
             self.info[key].grid(row=row, column=1, sticky="w", pady=3)
         self.info["listen"].configure(width=-24)   # at least: keeps the panel steady
-        self.info["privacy"].configure(wraplength=NOTE_WRAP)   # the photos' words wrap: the window stays narrow
+        self.info["privacy"].configure(wraplength=NOTE_WRAP * 3 // 4)   # the photos' words wrap
 
     def _build_members(self, side, window: "ServerWindow") -> None:
         from tkinter import ttk
         self.members_box = box = ttk.Labelframe(side, text="Online (0)", padding=(10, 8))
-        box.grid(row=1, column=0, sticky="nsew")
+        box.grid(row=0, column=0, sticky="nsew")
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
         self.tree = ttk.Treeview(box, columns=("alias", "kind", "ip", "since"), show="headings",
-                                 height=5, selectmode="extended")
+                                 height=3, selectmode="extended")   # more where the screen has room
         for column, title, width, stretch in (("alias", "Alias", 150, True),
                                               ("kind", "Kind", 80, False),
                                               ("ip", "IP address", 120, False),
@@ -6426,10 +7308,10 @@ class WindowView:
         import tkinter as tk
         from tkinter import ttk
         box = ttk.Labelframe(frame, text="Server log", padding=(10, 8))
-        box.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(10, 0))
+        box.grid(row=0, column=1, sticky="nsew", padx=(10, 0))
         box.columnconfigure(0, weight=1)
         box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(box, height=8, width=90, wrap="word", font="TkFixedFont",
+        self.log_text = tk.Text(box, height=5, width=60, wrap="word", font="TkFixedFont",
                                 background="white", foreground="#212529", relief="flat",
                                 borderwidth=0, highlightthickness=1, highlightcolor="#ced4da",
                                 highlightbackground="#ced4da", padx=8, pady=6, state="disabled")
@@ -6439,6 +7321,18 @@ class WindowView:
         self.log_text.configure(yscrollcommand=scroll.set)
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
+
+    def fit_screen(self) -> None:
+        """Give the window its size, once (window_size): nothing shown later makes it
+        grow.  Who is online and the log keep what they ask; the part above scrolls."""
+        root = self.root
+        root.update_idletasks()
+        least = self.lists.winfo_reqheight() + LISTS_GAP
+        self.frame.rowconfigure(3, minsize=least)
+        wide, tall = window_size((root.winfo_reqwidth(), root.winfo_reqheight()),
+                                 (root.winfo_screenwidth(), root.winfo_screenheight()))
+        root.geometry(f"{wide}x{tall}")
+        root.minsize(wide, min(tall, least * 2))
 
     def show_log(self, lines: list[tuple[int, str]]) -> None:
         """Add (levelno, text) lines to the log panel; it keeps the last LOG_LINES."""
@@ -6565,8 +7459,7 @@ class ServerWindow:
         self._look_up_addresses()
         self._show_members([])
         self._show_state()
-        root.update_idletasks()
-        root.minsize(root.winfo_reqwidth(), root.winfo_reqheight())
+        self.view.fit_screen()
         root.protocol("WM_DELETE_WINDOW", self.close)
         self.tick_id = root.after(TICK_MS, self._tick)
 
@@ -7000,13 +7893,17 @@ CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a nam
 LEAVE_WAIT = 2.0         # seconds for the goodbye to go out before closing anyway
 MAX_REFUSAL = 4096       # bytes of a refusal worth showing
 HELD_LINES = 16          # lines kept from before the welcome (a refusal is one or two)
-TLS_GUESS = 1.5          # seconds of silence before a plain client asks whether the room speaks TLS
+SILENCE = 1.5            # seconds without ALIAS before the client asks whether it reached a
+                         # page's port (ROOM_PATH), or (plain) a room that speaks TLS
 TLS_ASKING = 10.0        # seconds that asking may take (a busy room paces its handshakes)
+PAGE_ASKING = 3.0        # seconds a page's port has to say where its room is
+LINK_PORTS = {"http": 80, "https": 443}   # a link to the page without a port
 STOP_LINE = STOP_NOTICE.strip("\n").split("\n")[0]   # the first of the stop lines
 STOP_LINES = set(STOP_NOTICE.split("\n"))             # all of them, and the blank ones
 STOP_SAID = "the server has been stopped; join again once it is back online"
 # OpenSSL's verify codes for a certificate that does not list the name or address used
 NAME_MISMATCH = {62, 64}
+PLAIN_TEXT = "{} is not an encrypted room: connect without --tls (and without --ca or --insecure)."
 
 
 class ClientError(Exception):
@@ -7107,6 +8004,21 @@ def server_address(text: str) -> tuple[str, int]:
     return host, DEFAULT_PORT if port is None else port_number(port)
 
 
+def link_parts(text: str) -> tuple[str, bool | None, str]:
+    """What --connect was given: a link to the page (http(s)://HOST[:PORT]/...,
+    an invitation with #key=KEY too) as (HOST:PORT, True for https, KEY), the
+    scheme and path dropped; anything else as (it, None, "")."""
+    parts = urllib.parse.urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in LINK_PORTS or not parts.netloc:
+        return text, None, ""
+    address = parts.netloc.rpartition("@")[2]
+    if not re.search(r"(^[^:]*|\]):\d+$", address):
+        address += f":{LINK_PORTS[scheme]}"
+    key = parts.fragment[4:] if parts.fragment.startswith("key=") else ""
+    return address, scheme == "https", urllib.parse.unquote(key)
+
+
 def alias_text(name: str) -> str:
     """The alias to send, which is also every line's prefix: one line, valid UTF-8."""
     return " ".join(name.encode("utf-8", "replace").decode().splitlines()).strip()
@@ -7160,13 +8072,14 @@ def open_connection(host: str, port: int, context: ssl.SSLContext | None) -> soc
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as e:
         raise ClientError(unproven_text(e, host, port, context)) from None
-    except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away
+    except (ssl.SSLEOFError, ConnectionError):   # how a TLS server turns people away, and a plain
+        if speaks_plain(host, port):              # one closes a TLS client at once
+            raise ClientError(PLAIN_TEXT.format(where)) from None
         raise ClientError(f"{where} closed the connection during the TLS handshake "
                           f"(the room may be full, or not open to your address).") from None
     except ssl.SSLError as e:
         if e.reason == "WRONG_VERSION_NUMBER":   # it answered in plain text
-            raise ClientError(f"{where} is not an encrypted room: connect without --tls "
-                              f"(and without --ca or --insecure).") from None
+            raise ClientError(PLAIN_TEXT.format(where)) from None
         raise ClientError(f"No encrypted connection with {where} ({e.reason or e}); "
                           f"is the server using TLS?") from None
     except OSError as e:
@@ -7201,6 +8114,14 @@ def certificate_names(host: str, port: int, context: ssl.SSLContext) -> list[str
             for kind, value in listed if kind in ("DNS", "IP Address")]
 
 
+def speaks_plain(host: str, port: int) -> bool:
+    """True if host:port answers in plain text where its room is (a room or a page's port)."""
+    try:
+        return page_room_port(host, port, None) is not None
+    except ClientError:
+        return False
+
+
 def speaks_tls(host: str, port: int) -> bool:
     """True if host:port completes a TLS handshake (nothing is checked: this only asks)."""
     if ssl is None:
@@ -7215,8 +8136,31 @@ def speaks_tls(host: str, port: int) -> bool:
         return False
 
 
+def page_room_port(host: str, port: int, context: ssl.SSLContext | None) -> int | None:
+    """The room's port, as host:port says it if it is a page's port (ROOM_PATH);
+    None if it does not say.  ClientError if it cannot be reached."""
+    with open_connection(host, port, context) as sock:
+        sock.settimeout(PAGE_ASKING)
+        reply = b""
+        try:
+            sock.sendall(f"GET {ROOM_PATH} HTTP/1.1\r\nHost: {host_port(host, port)}\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            while len(reply) < MAX_REFUSAL and (data := sock.recv(RECV_SIZE)):
+                reply += data
+        except OSError:   # a room that speaks TLS, or a slow one: it did not say
+            pass
+    try:
+        status, body = http_reply(reply)
+        room = json.loads(body)["port"] if status == 200 else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return room if isinstance(room, int) and 1 <= room <= 65535 else None
+
+
 def quiet_for(sock: socket.socket, seconds: float) -> bool:
-    """True if nothing arrives on `sock` (plain) within `seconds`."""
+    """True if nothing arrives on `sock` within `seconds`."""
+    if ssl is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
     with selectors.DefaultSelector() as selector:
         selector.register(sock, EVENT_READ)
         return not selector.select(seconds)
@@ -7226,13 +8170,9 @@ def answer_prompt(sock: socket.socket, alias: str, host: str, port: int, tls: bo
     """Wait for ALIAS and answer with the alias; returns what came after ALIAS.
 
     ClientError if the server said something else instead (a refusal, shown
-    as it is), nothing in time, or closed; or, for a plain connection that
-    hears nothing at first, if the room turns out to speak TLS.
+    as it is), nothing in time, or closed.
     """
     where = host_port(host, port)
-    if not tls and quiet_for(sock, TLS_GUESS) and speaks_tls(host, port):
-        raise ClientError(f"{where} is an encrypted room: add --tls "
-                          f"(and --ca FILE with the host's certificate).")
     got = b""
     try:
         while len(got) < len(ALIAS_PROMPT) and ALIAS_PROMPT.startswith(got):
@@ -7480,10 +8420,30 @@ class ClientSession:
 
 
 def join_room(host: str, port: int, context: ssl.SSLContext | None, alias: str,
-              out, typed_shows: bool = False) -> ClientSession:
-    """Connect, answer the prompt, and hand back the stay; ClientError if not let in."""
-    sock = open_connection(host, port, context)
+              out, typed_shows: bool = False, page: bool = False) -> ClientSession:
+    """Connect, answer the prompt, and hand back the stay; ClientError if not let in.
+    The page's port (`page`: a link to it) is asked where its room is first; so is
+    an address that does not ask for a name at once, and a plain one then whether it
+    is an encrypted room."""
+    where = host_port(host, port)
+    room = page_room_port(host, port, context) if page else None
+    if page and room is None:
+        raise ClientError(f"{where} did not say where its room is (is it the chat page of a "
+                          f"PrivateChatRoom server?).")
+    sock = open_connection(host, room or port, context)
     try:
+        if not page and quiet_for(sock, SILENCE):
+            room = page_room_port(host, port, context)
+            if room is None and context is None and speaks_tls(host, port):
+                raise ClientError(f"{where} is an encrypted room: add --tls "
+                                  f"(and --ca FILE with the host's certificate).")
+            if room is not None:
+                sock.close()
+                sock = open_connection(host, room, context)
+        if room is not None and room != port:
+            print(f"{where} is the room's chat page: joining its room at {host_port(host, room)}",
+                  file=sys.stderr, flush=True)
+            port = room
         early = answer_prompt(sock, alias, host, port, tls=context is not None)
     except BaseException:   # Ctrl+C too
         sock.close()
@@ -7518,17 +8478,18 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
     0: the person left (end of input, Ctrl+C), or the server stopped and said so;
     1: the server could not be reached, refused, went away, or TLS failed;
     2: the address or the --ca file cannot be used.
-    --ca and --insecure imply --tls.
+    --ca and --insecure imply --tls, and so does an https link.
     """
     stdin = lenient(sys.stdin) if stdin is None else stdin
     stdout = lenient(sys.stdout) if stdout is None else stdout
+    address, https, key = link_parts(address)
     try:
         host, port = server_address(address)
     except argparse.ArgumentTypeError as e:
         print(f"--connect: {e}.", file=sys.stderr)
         return 2
     context = None
-    if tls or ca is not None or insecure:
+    if tls or https or ca is not None or insecure:
         if ssl is None:
             print("This Python has no ssl module, so it cannot encrypt; run without --tls.",
                   file=sys.stderr)
@@ -7548,7 +8509,10 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
             if name is None:
                 return 0
         typed_shows = stdin.isatty() and stdout.isatty()   # one terminal shows both
-        session = join_room(host, port, context, alias_text(name), stdout, typed_shows)
+        if key and "#" not in name:   # an invitation's key
+            name = f"{name.strip()}#{key}"
+        session = join_room(host, port, context, alias_text(name), stdout, typed_shows,
+                            page=https is not None)
         return session.stay(stdin)
     except ClientError as e:
         print(e, file=sys.stderr, flush=True)
@@ -7664,8 +8628,9 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
                            "(default: %(default)s, nothing kept)")
     room.add_argument("--photos", type=at_least(0), default=d.photos, metavar="MB",
                       help="memory for photos shared on the page (MiB), the oldest go when it is "
-                           "full; nothing is written to disk and they are gone when the room "
-                           "stops (0: no photo sharing; default: %(default)s)")
+                           "full (photos on their way in take as much again at most); nothing is "
+                           "written to disk and they are gone when the room stops (0: no photo "
+                           "sharing; default: %(default)s)")
 
 
 def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
@@ -7695,7 +8660,8 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     client = p.add_argument_group("joining a room from a terminal")
     client.add_argument("--connect", metavar="HOST[:PORT]",
                         help=f"join the room at HOST instead of running one (port {DEFAULT_PORT} "
-                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT})")
+                             f"unless given; IPv6 as [::1]:{DEFAULT_PORT}); the page's address "
+                             f"or an invitation's link works too")
     client.add_argument("--name", help="your name in the room, NAME#KEY if it needs a key "
                                        "(asked for if not given)")
     client.add_argument("--tls", action="store_true",
@@ -7760,6 +8726,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     return Settings(**given), warnings
 
 
+QR_CAPTION = "scan with a phone's camera to open the page"   # above the banner's code
 # What the banner says of the internet address while it is not known (FriendsJoin)
 NOT_KNOWN = {"looking": "looking up this machine's public address…",
              "off": "not looked up: your router's status page shows this machine's public address",
@@ -7814,9 +8781,10 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
                      f"(kept in memory only)")
     if join.page_port and settings.photos:
         lines.append(f"  photos:             {PHOTOS_KEPT.format(settings.photos)}")
-    if settings.public_ip_url:
-        lines.append(f"At start the server asks {settings.public_ip_url} for this machine's "
-                     f"public address; --public-ip-url '' turns that off.")
+    if settings.public_ip_url and not join.only_here:   # a room on loopback asks nothing
+        when = "If your router cannot tell it, the server" if settings.upnp else "At start the server"
+        lines.append(f"{when} asks {settings.public_ip_url} for this machine's public address; "
+                     f"--public-ip-url '' turns that off.")
     lines.append(f"Log file: {os.path.abspath(settings.log_file)}" if settings.log_file
                  else "Log file: none (--log-file '')")
     lines.append("Ctrl+C stops the server.")
@@ -7838,26 +8806,39 @@ def page_line(link: str) -> str:
 
 
 def console_code(link: str | None, stream) -> str:
-    """The code of `link` to scan off `stream` (a console with light text on dark), a
-    sentence where the console's encoding has no block characters, or "" with no link."""
+    """The code of `link` to scan off `stream`, under its caption: in colours of its
+    own where the console takes them, else as light text on a dark background
+    (qr_console_text); a sentence where the console has no block characters or
+    is too narrow for it; "" with no link."""
     if not link:
         return ""
     try:
         "█▀▄".encode(getattr(stream, "encoding", None) or "ascii")
+        modules = qr_code(link)
     except (UnicodeEncodeError, LookupError):
         return "  (this console cannot draw the link's QR code to scan; --gui shows it)"
-    try:
-        return qr_console_text(qr_code(link))
     except ValueError:   # a room key too long for any code
         return ""
+    side, width = len(modules) + 2 * QR_QUIET, console_width(stream)
+    if width and width < side:
+        return (f"  (the link's QR code needs a console {side} characters wide; widen this one "
+                f"and start again, or --gui shows it)")
+    return f"    {QR_CAPTION}\n{qr_console_text(modules, console_colours(stream))}"
 
 
-def print_for_host(text: str) -> None:
-    """Print for the host; a terminal that has gone away (hang-up) is no error."""
+def print_for_host(text: str, at_line_start: bool = False) -> None:
+    """Print for the host, each line fitted to the terminal (fit_console); a
+    terminal that has gone away (hang-up) is no error.  `at_line_start`: from
+    the line's start, over what the terminal echoed (Ctrl+C's ^C)."""
     try:
-        print(text, flush=True)
+        text = fit_console(text, console_width(sys.stdout))
+        print("\r" + text if at_line_start and sys.stdout.isatty() else text, flush=True)
     except (OSError, ValueError):
         pass
+
+
+def members_text(n: int) -> str:
+    return f"{n} member" if n == 1 else f"{n} members"
 
 
 def announce(settings: Settings, address: tuple[str, int],
@@ -7917,8 +8898,13 @@ def run_headless(settings: Settings) -> int:
     except StartError as e:
         log.error("%s", e)
         return 1
+    def stop() -> None:   # on the loop's thread: the host hears it begin, then end
+        if not server.stopping:
+            told = sum(m.stage is Stage.IN_ROOM for m in server.room.members)
+            print_for_host(f"stopping: telling {members_text(told)}…", at_line_start=True)
+        server.stop()
     # Ctrl+C while the banner is printed (or the router asked) stops the room as ever
-    on_stop_signals(lambda: server.loop.call_soon_threadsafe(server.stop))
+    on_stop_signals(lambda: server.loop.call_soon_threadsafe(stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     photos = server.door.photos   # photo links for members from the internet
     router = announce(settings, address, server.web_address, server.page_problem,
@@ -7927,6 +8913,7 @@ def run_headless(settings: Settings) -> int:
     if router:
         router.close()
     server.loop.close()
+    print_for_host("stopped")
     return 0
 
 
@@ -8306,6 +9293,7 @@ a.quote:hover { text-decoration: underline; }
     everIn: false,       // welcomed once: after a drop, re-join by itself
     wantJoin: false,     // send the alias as soon as hello comes
     name: "", key: "",   // what the member typed
+    invited: false,      // the key field was filled in from an invitation's link (#key=)
     me: "",              // the name the room gave
     attempt: 0, retryTimer: 0, tickTimer: 0, retryAt: 0, retryText: "",
     everOpen: false,     // a socket was open once (the room was reachable)
@@ -8582,6 +9570,10 @@ a.quote:hover { text-decoration: underline; }
   function addPhoto(name, msg, earlier) {
     // Scaled to the column; a tap opens it full size; one no longer kept says so.
     if (msg.deleted) { return addDeleted(name, msg, earlier ? "earlier" : ""); }
+    if (msg.gone) {
+      said(name, make("div", "text gone", "This photo is no longer kept."), earlier ? "earlier" : "", earlier ? "earlier" : clock(), null, msg);
+      return;
+    }
     const url = String(msg.url);
     if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) {
       if (msg.url == null && typeof msg.id === "number") {   // taken back while this page was away
@@ -9130,7 +10122,10 @@ a.quote:hover { text-decoration: underline; }
       } else if (room.wantJoin || room.everIn) {
         sendAlias();
       } else if (ui.chat.hidden) {
-        ui.joinStatus.textContent = room.keyNeeded ? "This room needs a key: ask the host for it." : "";
+        ui.joinStatus.textContent = !room.keyNeeded ? "" : room.invited
+          ? "This room needs a key: the key from your invitation is filled in."
+          : ui.key.value ? "This room needs a key: it is filled in."
+            : "This room needs a key: ask the host for it.";
         ui.joinStatus.classList.remove("error");
       }
     },
@@ -9209,7 +10204,7 @@ a.quote:hover { text-decoration: underline; }
         addLine("Earlier in the room", "note");
       }
       lines.forEach(function (line) {
-        if (line.url) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line, true); }
+        if (line.url || line.gone) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line, true); }
       });
     },
     lost: function (msg) {
@@ -9484,12 +10479,14 @@ a.quote:hover { text-decoration: underline; }
   });
 
   function startPrivate(ev) {
-    // "/msg name " in front of what is typed (in place of the last such start).
+    // "/msg name " in front of what is typed (in place of the last such start); a name
+    // with a space in quotes, as it may begin with another member's name.
     const button = ev.target.closest("button.name");
     if (!button) { return; }
     const text = ui.message.value;
     const rest = room.prefix && text.indexOf(room.prefix) === 0 ? text.slice(room.prefix.length) : text;
-    room.prefix = "/msg " + button.getAttribute("data-name") + " ";
+    const name = button.getAttribute("data-name");
+    room.prefix = "/msg " + (name.indexOf(" ") < 0 ? name : '"' + name + '"') + " ";
     ui.message.value = room.prefix + rest;
     fitMessage();
     setPeopleOpen(false);
@@ -9596,6 +10593,7 @@ a.quote:hover { text-decoration: underline; }
     const found = /^#key=(.*)$/.exec(location.hash);
     if (!found) { return; }
     try { ui.key.value = decodeURIComponent(found[1]); } catch (e) { /* a broken link: type it */ }
+    room.invited = ui.key.value !== "";
     keepKey(ui.key.value);
     history.replaceState(history.state, "", location.pathname + location.search);
   }

@@ -41,6 +41,7 @@ import heapq
 import ipaddress
 import itertools
 import json
+import math
 import multiprocessing
 import operator
 import os
@@ -118,6 +119,8 @@ class Flood:
     pages: int = 50              # pages fetching the photo, each once every photo_every s
     photo_bytes: int = 1500000   # the photo's size
     photo_every: float = 1.0
+    uploaders: int = 50          # then: pages sharing photos, all at once
+    upload_every: float = 5.0    # each again this long after its last was answered (the room's rate)
 
 
 def source_address(n: int, skip: str = "") -> str:
@@ -955,7 +958,7 @@ class Crowd:
         """Open every member (a batch at a time, never waiting while the
         door has room) and wait until each is in, or the timeout."""
         w = self.work
-        start = time.monotonic()
+        start, cpu0 = time.monotonic(), self.gauge.cpu_s()
         deadline = start + w.timeout
         opened = 0
         while time.monotonic() < deadline:
@@ -971,6 +974,9 @@ class Crowd:
         ok = self.inside == len(self.members)
         figures = {"connect_ok": ok, "joined": self.inside,
                    "connect_s": round((self.last_in if ok else time.monotonic()) - start, 3)}
+        cpu1 = self.gauge.cpu_s()
+        if cpu0 is not None and cpu1 is not None:
+            figures["server_cpu_s_join"] = round(cpu1 - cpu0, 3)
         self._wait_for_app_windows(deadline)
         return figures
 
@@ -1293,6 +1299,7 @@ def latency_figures(latencies_ns: list[int]) -> dict:
 TABLE = (
     ("joined", "members in", False),
     ("connect_s", "connect s (all in)", True),
+    ("server_cpu_s_join", "server CPU s (join)", True),
     ("server_kib_per_member", "server KiB per member", True),
     ("deliveries_per_s", "deliveries/s", True),
     ("server_cpu_s_per_1M_deliveries", "server CPU s per 1M deliveries", True),
@@ -1548,8 +1555,8 @@ def synthetic_jpeg(size: int, width: int = 2048, height: int = 1536) -> bytes:
     """A photo of about `size` bytes shaped as a JPEG (SOF0, SOS, random scan
     data with its 0xFF bytes stuffed, the end marker): the server checks the
     shape and serves the bytes; it never decodes the picture."""
-    frame = b"\xff\xc0" + struct.pack("!HBHHB", 17, 8, height, width, 3) + bytes(9)
-    scan = b"\xff\xda" + struct.pack("!HB", 12, 3) + bytes(6) + b"\x00\x3f\x00"
+    frame = b"\xff\xc0" + struct.pack("!HBHHB", 17, 8, height, width, 3) + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    scan = b"\xff\xda" + struct.pack("!HB", 12, 3) + b"\x01\x00\x02\x00\x03\x00" + b"\x00\x3f\x00"
     return b"\xff\xd8" + frame + scan + random.randbytes(size).replace(b"\xff", b"\xff\x00") + b"\xff\xd9"
 
 
@@ -1641,10 +1648,96 @@ def fetch_photo(address: tuple[str, int], path: str, pages: int, every: float, s
     PhotoPages(address, path, pages, every).run(stop, results)
 
 
+class PhotoUploads:
+    """Pages sharing photos, in a process of their own (issue 30): `pages`
+    WebSocket members join; once `go` is set each shares `photo` at once
+    (`NUL photo BYTES`, then one binary message, written as the socket
+    takes it), and again `every` s after the room answered (shown, or
+    refused with why), until `stop` is set.  Each reads all the room sends
+    it.  Counts photos shared, refusals by their words,
+    and the bytes sent."""
+
+    def __init__(self, address: tuple[str, int], photo: bytes, pages: int, every: float):
+        self.address, self.every = address, every
+        self.frames = client_frame(0x1, b"\x00photo %d" % len(photo)) + client_frame(0x2, photo)
+        self.sel = selectors.DefaultSelector()
+        self.names = [f"uploader{n}".encode() for n in range(pages)]
+        self.counts: dict = {"shared": 0, "bytes": 0, "refused": {}}
+
+    def run(self, go, stop, results) -> None:
+        pages = [self._join(name) for name in self.names]
+        results.send("joined")
+        go.wait()
+        t0 = time.monotonic()
+        for page in pages:
+            page["due"] = t0
+        while not stop.is_set():
+            now = time.monotonic()
+            for page in pages:
+                if page["due"] <= now:
+                    page["due"], page["out"] = math.inf, memoryview(self.frames)
+                    self.sel.modify(page["sock"], READ | WRITE, page)
+            for key, events in self.sel.select(0.01):
+                self._serve(key.data, events)
+        self.counts["seconds"] = round(time.monotonic() - t0, 3)
+        results.send(self.counts)
+
+    def _join(self, name: bytes) -> dict:
+        key = base64.b64encode(random.randbytes(16)).decode()
+        sock = socket.create_connection(self.address, 10.0)
+        sock.sendall(upgrade_request(self.address[0], self.address[1], key, False))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536) or b"!"
+        sock.sendall(client_frame(0x1, name))
+        page = {"sock": sock, "name": name, "buf": buf[buf.index(b"\r\n\r\n") + 4:], "out": None,
+                "due": math.inf}
+        while b'"welcome"' not in page["buf"]:
+            page["buf"] += sock.recv(65536) or b"!"
+        sock.setblocking(False)
+        self.sel.register(sock, READ, page)
+        return page
+
+    def _serve(self, page: dict, events: int) -> None:
+        sock = page["sock"]
+        if events & WRITE and page["out"] is not None:
+            try:
+                n = sock.send(page["out"][:1 << 18])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            self.counts["bytes"] += n
+            page["out"] = page["out"][n:] or None
+            if page["out"] is None:
+                self.sel.modify(sock, READ, page)
+        if events & READ:
+            try:
+                data = sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                return
+            page["buf"] += data
+            frames, used = server_frames(page["buf"])
+            page["buf"] = page["buf"][used:]
+            for _, payload in frames:   # (a phase is shorter than two pings: none answered)
+                if b'"unshared"' in payload[:20]:
+                    why = json.loads(payload)["text"]
+                    self.counts["refused"][why] = self.counts["refused"].get(why, 0) + 1
+                    page["due"] = time.monotonic() + self.every
+                elif b'"photo"' in payload[:20] and json.loads(payload)["name"] == page["name"].decode():
+                    self.counts["shared"] += 1
+                    page["due"] = time.monotonic() + self.every
+
+
+def upload_photos(address: tuple[str, int], photo: bytes, pages: int, every: float,
+                  go, stop, results) -> None:
+    """The uploading pages' process body."""
+    PhotoUploads(address, photo, pages, every).run(go, stop, results)
+
+
 def photo_flood(flood: Flood, target: Target, host: str, timeout: float) -> dict:
     """Issue 23: members chat (probes time their lines) in a full room, first
-    alone, then while `pages` pages keep fetching a shared photo."""
-    lines = int((flood.quiet_s + flood.flood_s) * 1000 / flood.probe_ms) + 16
+    alone, then while `pages` pages keep fetching a shared photo; issue 30:
+    then while `uploaders` pages share photos, all at once."""
+    lines = int((flood.quiet_s + 2 * flood.flood_s) * 1000 / flood.probe_ms) + 16
     work = Workload(host=host, clients=flood.members, senders=flood.probes, messages=lines,
                     probes=flood.probes, lazy_ms=100.0, timeout=timeout)
     port, gauge = started(target)
@@ -1679,9 +1772,44 @@ def photo_flood(flood: Flood, target: Target, host: str, timeout: float) -> dict
         result["photo_fetches_per_s"] = round(counts.get("fetches", 0) / seconds, 1)
         result["photo_mb_per_s"] = round(counts.get("bytes", 0) / seconds / 1e6, 1)
         result["photo_fetches_failed"] = counts.get("failed")
+        if flood.uploaders:
+            result.update(photo_uploads(flood, crowd, (host, web_port)))
+            if result["latency_quiet_p99_ms"] and result["latency_uploads_p99_ms"] is not None:
+                result["upload_p99_ratio"] = round(result["latency_uploads_p99_ms"]
+                                                   / result["latency_quiet_p99_ms"], 2)
         result.update(flood_counts(crowd))
     finally:
         stopped(target, crowd)
+    return result
+
+
+def photo_uploads(flood: Flood, crowd: Crowd, address: tuple[str, int]) -> dict:
+    """The photo flood's third phase: chat timed while `uploaders` pages share photos."""
+    context = multiprocessing.get_context("fork")
+    go, stop, (results, sender) = context.Event(), context.Event(), context.Pipe(duplex=False)
+    uploads = context.Process(target=upload_photos, daemon=True, args=(
+        address, synthetic_jpeg(flood.photo_bytes), flood.uploaders, flood.upload_every, go, stop, sender))
+    uploads.start()
+    try:
+        while not results.poll(0.05):   # they join: the room hears it, then settles
+            crowd.idle(0.05)
+        results.recv()
+        crowd.idle(1.0)
+        rss_before = crowd.gauge.rss_kib()
+        go.set()
+        during = crowd.pace(flood.flood_s, flood.probe_ms / 1000)
+    finally:
+        stop.set()
+        counts = results.recv() if results.poll(5.0) else {}
+        uploads.join(5.0)
+    seconds = counts.get("seconds") or 1.0
+    result = phase_latency(during["latencies"], "uploads")
+    result.update(server_cpu_pct_uploads=during["cpu_pct"], server_rss_kib_before_uploads=rss_before,
+                  server_rss_kib_after_uploads=crowd.gauge.rss_kib(),
+                  photos_shared_per_s=round(counts.get("shared", 0) / seconds, 1),
+                  upload_mb_per_s=round(counts.get("bytes", 0) / seconds / 1e6, 1),
+                  uploads_refused=sum(counts.get("refused", {}).values()),
+                  uploads_refused_why=counts.get("refused"))
     return result
 
 
@@ -1915,10 +2043,19 @@ PHOTO_FLOOD_TABLE = (
     ("photo_fetches_per_s", "photo fetches/s", True),
     ("photo_mb_per_s", "photo MB/s served", True),
     ("photo_fetches_failed", "photo fetches failed", False),
+    ("uploads_refused", "uploads refused (JSON: why)", False),
+    ("latency_uploads_p50_ms", "chat p50 ms, photos uploaded", True),
+    ("latency_uploads_p99_ms", "chat p99 ms, photos uploaded", True),
+    ("upload_p99_ratio", "p99 uploading / without photos", True),
+    ("photos_shared_per_s", "photos shared/s", True),
+    ("upload_mb_per_s", "photo MB/s uploaded", True),
     ("server_cpu_pct_quiet", "server CPU % no photos", True),
     ("server_cpu_pct_photos", "server CPU % photos", True),
+    ("server_cpu_pct_uploads", "server CPU % uploads", True),
     ("server_rss_kib_before", "server RSS KiB before", True),
     ("server_rss_kib_after", "server RSS KiB after", True),
+    ("server_rss_kib_before_uploads", "server RSS KiB before uploads", True),
+    ("server_rss_kib_after_uploads", "server RSS KiB after uploads", True),
     ("closed_by_server", "members closed by server", False),
 )
 FLOODS = {"flood-lines": (flood_lines, FLOOD_LINES_TABLE),
@@ -2002,7 +2139,8 @@ checks: every member tallies each sender's numbers (lost, duplicates, order_erro
   on events, one recv(1024) per App read.  closed_by_server: non-stalled members the
   server closed; stalled_closed: stalled ones (read dry at the end to find out).
 
-figures: connect_s, server_kib_per_member (RSS growth over the join / members),
+figures: connect_s, server_cpu_s_join (the server's CPU until all are in),
+  server_kib_per_member (RSS growth over the join / members),
   server CPU s per 1M deliveries and CPU % over the talk (from /proc/PID/stat,
   all threads), server_cpu_pct_run (join + talk), deliveries/s, latency
   p50/p99/p99.9/max (probes; with --app-type-ms an App probe's includes its typing),
@@ -2133,7 +2271,8 @@ def add_flood_options(p: argparse.ArgumentParser) -> None:
                             "lines at once: the server's memory per connection")
     which.add_argument("--photo-flood", action="store_true",
                        help="issue 23: --photo-members chat (probes time their lines), first "
-                            "alone, then while --photo-pages keep fetching a shared photo; "
+                            "alone, then while --photo-pages keep fetching a shared photo, then "
+                            "(issue 30) while --photo-uploaders share photos at once; "
                             "{web_port} in --server-cmd")
     which.add_argument("--tls-flood", action="store_true",
                        help="TLS probes time their lines, quiet and then while one address "
@@ -2174,6 +2313,11 @@ def add_flood_options(p: argparse.ArgumentParser) -> None:
                    help="the photo's size (default: %(default)s)")
     f.add_argument("--photo-every", type=positive(float), default=d.photo_every,
                    help="each page fetches it again this long after it began (default: %(default)s)")
+    f.add_argument("--photo-uploaders", type=int, default=d.uploaders,
+                   help="pages sharing photos in the third phase; 0: none (default: %(default)s)")
+    f.add_argument("--upload-every", type=positive(float), default=d.upload_every,
+                   help="each shares again this long after its last was answered "
+                        "(default: %(default)s, the room's photo rate)")
 
 
 def workload_from(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[Workload, list[dict]]:
@@ -2321,7 +2465,8 @@ def flood_from(a: argparse.Namespace) -> Flood:
                  settle=a.flood_settle, probes=a.flood_probes, probe_from=a.probe_from or "",
                  probe_ms=a.probe_ms, quiet_s=a.quiet_s, flood_s=a.flood_s, flooder=a.flooder,
                  parallel=max(1, a.flood_parallel), members=a.photo_members, pages=a.photo_pages,
-                 photo_bytes=a.photo_bytes, photo_every=a.photo_every)
+                 photo_bytes=a.photo_bytes, photo_every=a.photo_every, uploaders=a.photo_uploaders,
+                 upload_every=a.upload_every)
 
 
 def flood_main(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
@@ -2334,7 +2479,8 @@ def flood_main(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             a.server_cmd = [c.replace("{cert}", cert).replace("{key}", key) for c in a.server_cmd]
         targets = targets_from(a, p)
         needed = (flood.addresses * flood.per_address if a.flood_lines
-                  else flood.members + flood.pages if a.photo_flood else flood.probes)
+                  else flood.members + flood.pages + flood.uploaders if a.photo_flood
+                  else flood.probes)
         if needed + 64 > raise_open_files_limit():
             p.error(f"{needed} connections need more open files (raise ulimit -n -H)")
         runs = []
