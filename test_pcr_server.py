@@ -6213,7 +6213,7 @@ class PhotoUploadTest(WebCase):
         for data in photos:   # about 400 KB each: the album keeps two
             share(wendy, data)
             wendy.until("photo")
-        history = self.on_loop(lambda: [(photo, photo.kept) for _, _, photo in self.server.room.history])
+        history = self.on_loop(lambda: [(said.photo, said.photo.kept) for said in self.server.room.history])
         self.assertEqual([kept for _, kept in history], [False, False, False, True, True])
         self.assertEqual([photo.body is None for photo, _ in history], [True, True, True, False, False])
         self.assertEqual(len({photo.file for photo, _ in history}), 5)   # their tokens stay
