@@ -3219,11 +3219,11 @@ class PresenceTest(ServerCase):
     def test_join_storm_is_folded_and_each_newcomer_sees_its_own_line(self):
         self.start(welcome_delay=0.3, fold_joins=3, count_interval=0.3)
         host = self.member("host")
-        crowd = []
-        for i in range(6):
-            c = self.connect()
-            c.answer(f"p{i}".encode())
-            crowd.append(c)
+        crowd = [self.connect() for _ in range(6)]
+        for c in crowd:   # each is asked after the door's wait: all asked first, then all answer
+            c.read_until(b"ALIAS")
+        for i, c in enumerate(crowd):
+            c.send(f"p{i}".encode())
         got = host.read_until(b"7 people are online...\n")
         self.assertRegex(got, rb"p\d, p\d, p\d and \d others? joined the chat...\n")
         self.assertLess(got.count(b"joined the chat"), 6)
