@@ -33,7 +33,9 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               (frames marked with their place; WebSeat: a seat held
                               through a lost connection, away, until the page is
                               back), AppOutlet (the App's pace: one piece when it is free);
-                              Album (the photos shared, in memory, the oldest go)
+                              Album (the photos shared, in memory, the oldest go);
+                              Said and Transcript (each line by its id: replies,
+                              reactions, edits, deletions, checked and bounded)
   5. The gate                 yes or no, and why, to a connection, a name, a line:
                               Gate (--allow, connections per address and in all,
                               the silent ones and which makes room, the rates,
@@ -43,14 +45,14 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               room's bound and pace, or refused in a sentence),
                               WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
-                              seat back), SecurePage (--https on the page's port:
-                              its certificate, a CA's answers, the 308 to https),
-                              Handshakes (TLS, paced), Doorway (a new connection's
-                              first bytes choose its door: at the room's port, and
-                              at the page's with --https, TLS or http), Naming (an
-                              alias to a place in line), Server (listening,
-                              accepting, each connection to its door, reading,
-                              lines, closing; it asks the gate)
+                              seat back, a page's actions on lines), SecurePage
+                              (--https on the page's port: its certificate, a CA's
+                              answers, the 308 to https), Handshakes (TLS, paced),
+                              Doorway (a new connection's first bytes choose its
+                              door: at the room's port, and at the page's with
+                              --https, TLS or http), Naming (an alias to a place in
+                              line), Server (listening, accepting, each connection
+                              to its door, reading, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them (none: every
                               network, dual-stack), private, public and MAC
                               addresses, the IPv6 address on the internet (stable,
@@ -196,6 +198,7 @@ class Settings:
     web_ping: float = 30.0            # a web member is pinged this often; no pong by the next: gone
     web_grace: float = 120.0          # a web member whose connection is lost keeps its seat this long
     history: int = 0                  # chat lines kept in memory for newcomers; 0: none
+    edit_window: float = 900.0        # seconds in which a member may edit or delete its own line
     photos: int = 64                  # MiB of photos shared on the page, kept in memory; 0: none
     photo_rate: float = 0.2           # photos a second per member (above 0), bursts of PHOTO_BURST
     photo_pace: int = 4096            # bytes a second: a page sending slower (over a ping
@@ -403,15 +406,40 @@ MSG_USAGE = "to send a line to one member alone, type /msg NAME TEXT\n"
 HELP_TEXT = ("commands: /who lists who is in the room; /msg NAME TEXT sends TEXT to NAME alone "
              "(a NAME that could be more than one member's, in quotes: /msg \"bob can\" TEXT); "
              "/help shows this\n")
+# What a page does to a line (docs/PROTOCOL.md, "Replies, reactions, edits"): it asks with a
+# text that begins with NUL, which no typed line does; the room answers its sender in a sentence.
+ACTION_MARK = "\x00"
+PAGE_ACTS = ("reply", "react", "edit", "delete", "typing")
+REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")
+QUOTE_CHARS = 40     # a reply or a reaction quotes about this many of a line's first characters
+LINE_ACTS_DONE = {"react": "reacted to", "edit": "edited", "delete": "deleted"}   # in sentences
+LINE_NOT_KEPT = "that line is no longer kept in the room, so it cannot be {}\n"
+LINE_DELETED = "that line was deleted, so it cannot be {}\n"
+NOT_YOURS = "only the member who sent a line can {} it\n"
+TOO_LATE = "a line can be {} only within {} of sending it\n"
+PHOTO_NOT_EDITED = "a photo cannot be edited: delete it and share another\n"
+EDIT_NEEDS_WORDS = "an edit needs words: to take a line back, delete it\n"
+ANSWERED_NOT_KEPT = "the line you answered is no longer kept, so yours was sent as a new line\n"
+PRIVATE_NOT_KEPT = "the private line you answered is no longer kept, so your reply was not sent\n"
+PARTNER_GONE = "{} is not in the room now, so your private reply was not sent\n"
+NOT_A_REACTION = f"a reaction is one of {' '.join(REACTIONS)}\n"
+REACTING_TOO_FAST = "you are reacting to that line too fast; wait a few seconds\n"
+NOT_UNDERSTOOD = "the room did not understand what your page sent; reload the page\n"
 # The room's own lines, by their first words (a member's line is NAME: TEXT): a name that
-# looks like one of these (name_look, from its start) gets a `_` (clean_name), so that no
-# member's line can pass for the room's.  A form ends where a name would, at \b, so that a
-# numbered name (`x (2)`) is caught too.  One list: new kinds of lines add theirs here.
+# looks like one of these (name_look, from its start) gets a `_` (clean_name), and one that
+# still does (a form inside it, as in `anna reacted 👍 to bob`) has its spaces made `_`, so
+# that no member's line can pass for the room's.  A form either begins the line or holds a
+# space; one that ends where a name would ends at \b, so that a numbered name (`x (2)`) is
+# caught too.  One list: new kinds of lines add theirs here.
 ROOM_FORMS = (
     re.escape(PRIVATE_TAG),   # [private] ann to bob: TEXT
     r".* shared a photo\b",   # ann shared a photo: LINK
     r"in the room now\b",     # the answer to /who
     r"commands\b",            # the answer to /help
+    r".*\(to\s",              # ann (to bob: "FIRST WORDS…"): TEXT, a reply
+    r".*\sreacted\s",         # ann reacted 👍 to bob: "FIRST WORDS…"
+    r".*\stook back\s",       # ann took back 👍 from bob: "FIRST WORDS…"
+    r".*\sedited$",           # ann edited: "TEXT"
 )
 ROOM_LINE = re.compile("|".join(f"(?:{form})" for form in ROOM_FORMS))
 READABLE_NAME = 4 * MAX_NAME   # the longest words /msg tries as a name (invisible characters too)
@@ -460,6 +488,52 @@ def photo_notice(name: str, link: str) -> str:
     return f"{name} shared a photo: {link}\n"
 
 
+def first_words(text: str, most: int = QUOTE_CHARS) -> str:
+    """About the first `most` characters of `text`, cut after a word and
+    ended with … when anything was cut: how a reply or a reaction quotes it."""
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) <= most:
+        return text
+    cut = text.rfind(" ", 0, most + 1)
+    return text[:cut if cut > most // 2 else most].rstrip(" ,;:.!?-") + "…"
+
+
+def answered_text(name: str, words: str | None) -> str:
+    """A line as a reply or a reaction names it: `bob: "are we meeting at five…"`
+    (its first words), `bob: a photo`, or `bob: a deleted line` (words "")."""
+    if words:
+        return f'{name}: "{words}"'
+    return f"{name}: {'a photo' if words is None else 'a deleted line'}"
+
+
+def reply_notice(speaker: str, answered: str, text: str) -> str:
+    """A reply: `anna (to bob: "are we meeting at five…"): yes, at five`; the
+    speaker of a private one is `[private] anna to bob`."""
+    return f"{speaker} (to {answered}): {text}\n"
+
+
+def reaction_notice(name: str, emoji: str, answered: str, on: bool) -> str:
+    """`anna reacted 👍 to bob: "…"`, or `anna took back 👍 from bob: "…"`."""
+    if on:
+        return f"{name} reacted {emoji} to {answered}\n"
+    return f"{name} took back {emoji} from {answered}\n"
+
+
+def edit_notice(name: str, text: str) -> str:
+    return f'{name} edited: "{text}"\n'
+
+
+def delete_notice(name: str) -> str:
+    """A line taken back: who, never its words."""
+    return f"{name} deleted a line\n"
+
+
+def duration_words(seconds: float) -> str:
+    """A time as a sentence says it: `15 minutes`, `1 minute`, `90 seconds`."""
+    n, unit = (seconds // 60, "minute") if seconds >= 60 and seconds % 60 == 0 else (seconds, "second")
+    return f"{n:g} {unit}{'' if n == 1 else 's'}"
+
+
 def count_notice(n: int) -> str:
     return "1 person is online...\n" if n == 1 else f"{n} people are online...\n"
 
@@ -506,6 +580,25 @@ def private_readings(request: str) -> list[tuple[str, str]]:
     return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
 
 
+def page_action(text: str) -> dict | None:
+    """What a page asks of the room after ACTION_MARK: one JSON object,
+    {"act": "reply" | "react" | "edit" | "delete" | "typing", "id": LINE,
+    "text": ..., "emoji": ..., "private": ...}; None if it is not one."""
+    try:
+        action = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(action, dict) or action.get("act") not in PAGE_ACTS:
+        return None
+    line_id = action.setdefault("id", 0)
+    if action["act"] != "typing" and not (type(line_id) is int and line_id > 0):
+        return None
+    if not (isinstance(action.setdefault("text", ""), str)
+            and isinstance(action.setdefault("emoji", ""), str)):
+        return None
+    return action
+
+
 def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
     overrides and line separators removed."""
@@ -519,16 +612,16 @@ def clean_name(text: str) -> str:
     leading digit gets a `_` before it: the App takes any read that starts
     with a digit for the count.  So does a name that looks like the first
     words of the room's own lines (ROOM_FORMS, `[private]` in any look), and
-    one that still does (`anna shared a photo`) gets one after it too: no
-    member's line can pose as the room's.
+    one that still does (`anna shared a photo`, `anna reacted 👍 to bob`) has
+    its spaces made `_` too: no member's line can pose as the room's.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
     text = _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
     if text[:1].isdigit() or ROOM_LINE.match(name_look(text)):
         text = ("_" + text)[:MAX_NAME].strip()
-    if ROOM_LINE.match(name_look(text)):   # a form that ends where the name does: a `_` there too
-        text = text[:MAX_NAME - 1] + "_"
+    if ROOM_LINE.match(name_look(text)):   # a form inside the name: its spaces become `_`
+        text = "".join("_" if _SPACES.search(name_look(c)) else c for c in text)
     return text
 
 
@@ -688,15 +781,25 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], WS_CLOSE)
 
 
+# One encoder, made once (json.dumps makes one a call when told how to encode).
+EVENT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def event_json(event: dict) -> bytes:
+    """An event as the page reads it: JSON, UTF-8, with no space to spare
+    (every byte of it is sent to every page)."""
+    return EVENT_ENCODER.encode(event).encode()
+
+
 def ws_event(kind: str, /, **fields) -> bytes:
     """A message for the page: one text frame holding {"type": kind, ...}."""
-    return ws_frame(json.dumps({"type": kind, **fields}, ensure_ascii=False).encode())
+    return ws_frame(event_json({"type": kind, **fields}))
 
 
 def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
     """ws_event, written at stream position `start` and marked with `at`, the
     position right after it: where a page that has it picks up again."""
-    body = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode()[:-1] + b', "at": '
+    body = event_json({"type": kind, **fields})[:-1] + b',"at":'
     at = start
     while True:   # `at` counts its own digits: two or three rounds settle it
         frame = ws_frame(b"%s%d}" % (body, at))
@@ -705,21 +808,42 @@ def ws_marked_event(start: int, kind: str, /, **fields) -> bytes:
         at = start + len(frame)
 
 
-def ws_marked_at(data: bytes | bytearray, offset: int, start: int) -> bool:
-    """True if `data` holds, at `offset`, a whole event that ws_marked_event()
-    wrote at stream position `start`."""
-    if len(data) < offset + 10 or data[offset] != 0x80 | WS_TEXT:
-        return False
+def ws_frame_span(data: bytes | bytearray, offset: int) -> tuple[int, int]:
+    """Where the payload of the whole frame ws_frame() wrote at `offset` is: (start, stop)."""
     length, at = data[offset + 1], offset + 2
     if length == 126:
         length, at = struct.unpack_from("!H", data, at)[0], at + 2
     elif length == 127:
         length, at = struct.unpack_from("!Q", data, at)[0], at + 8
+    return at, at + length
+
+
+def ws_marked_at(data: bytes | bytearray, offset: int, start: int) -> bool:
+    """True if `data` holds, at `offset`, a whole event that ws_marked_event()
+    wrote at stream position `start`."""
+    if len(data) < offset + 10 or data[offset] != 0x80 | WS_TEXT:
+        return False
+    at, stop = ws_frame_span(data, offset)
     try:
-        event = json.loads(data[at:at + length])
+        event = json.loads(data[at:stop])
     except ValueError:
         return False
-    return isinstance(event, dict) and event.get("at") == start + at + length - offset
+    return isinstance(event, dict) and event.get("at") == start + stop - offset
+
+
+def ws_scrubbed(payload: bytes, line_id: int) -> bytes:
+    """An event's JSON `payload` without the words of line `line_id` (its
+    text or photo, an edit's text, a reply's quote of it), as long as it
+    was: everything else, `at` too, is kept, so the stream's marks hold."""
+    event = json.loads(payload)
+    if event.get("id") == line_id:
+        for words in ("text", "url", "width", "height"):
+            event.pop(words, None)
+    reply = event.get("reply")
+    if isinstance(reply, dict) and reply.get("id") == line_id:
+        reply.pop("text", None)
+    body = event_json(event)
+    return body[:-1] + b" " * (len(payload) - len(body)) + b"}"
 
 
 def resume_request(payload: bytes) -> tuple[str, str, int] | None:
@@ -2057,6 +2181,9 @@ class Transport:
 # ---------------------------------------------------------------------------
 
 MAX_NOTES = 16      # lines for one member alone waiting to be sent
+LINES_KEPT = 2000   # lines the room keeps by id, to be answered, reacted to, edited, deleted
+REACTIONS_KEPT = 20000   # reactions on them, all told: past that the oldest lines go
+REACTORS_LISTED = 20     # names a page is given for one reaction on one line; the rest are counted
 ENDED_SEATS = 1000  # web seats that ended while away, remembered to tell their pages why
 TIMER_SLACK = 0.01  # a member's turn this close is taken now
 
@@ -2090,7 +2217,7 @@ class Member:
     transport's."""
 
     __slots__ = ("transport", "ip", "group", "stage", "kind", "claimed", "name", "look", "forms",
-                 "since", "named_at", "ready_at", "bucket", "resume")
+                 "since", "named_at", "ready_at", "bucket", "resume", "number")
 
     def __init__(self, ip: str, group: str, now: float, kind: Kind = Kind.LINE):
         self.transport: Transport | None = None
@@ -2106,6 +2233,7 @@ class Member:
         self.ready_at = 0.0      # when it is (to be) welcomed
         self.bucket: Bucket | None = None   # its line rate, once in
         self.resume: Timer | None = None    # lets it speak again after its rate held it back
+        self.number = 0          # once in: its number in this run of the room, on what it says
 
     def __repr__(self) -> str:
         return f"<Member {self.name or '?'} {self.ip} {self.stage.value}>"
@@ -2240,16 +2368,123 @@ class Album:
         self.size -= len(photo.body)
         photo.body = None   # its line stays (history), its bytes go
 
+    def remove(self, photo: Photo) -> None:
+        """Its sender took it back: its address is nothing from now on, its bytes go."""
+        if self.photos.get(photo.file) is photo:
+            self._let_go(photo.file)
+
     def clear(self) -> None:
         for file in list(self.photos):
             self._let_go(file)
 
 
+class Said:
+    """A line said in the room (a chat line, a private line, a photo), as
+    the room keeps it: its id, who said it (name, and the member's number),
+    when, its words or photo, for a private line its receiver, the line it
+    answers (`re`: id, name, and that line's first words: None for a photo,
+    "" once deleted), who reacted with what (None: nobody yet), whether it
+    was edited or deleted (then its words and photo are gone), and where in
+    the web stream the frames that hold its words begin (`framed`, the web
+    outlet's to write).  Made for every line said: its making is kept cheap."""
+
+    __slots__ = ("id", "name", "author", "at", "text", "photo", "to", "to_number", "re",
+                 "reactions", "edited", "deleted", "framed")
+
+    def __init__(self, m: Member, at: float, text: str, photo: Photo | None = None,
+                 to: Member | None = None, answers: Said | None = None):
+        self.id = 0
+        self.name = m.name
+        self.author = m.number
+        self.at = at
+        self.text = text
+        self.photo = photo
+        self.to = "" if to is None else to.name
+        self.to_number = 0 if to is None else to.number
+        self.re = None if answers is None else answers.quoted()
+        self.reactions: dict[str, dict[int, str]] | None = None   # emoji -> member number -> name
+        self.edited = False
+        self.deleted = False
+        self.framed: list[int] | None = None
+
+    def quoted(self) -> tuple[int, str, str | None]:
+        """This line as a reply quotes it: (id, name, first words)."""
+        return self.id, self.name, "" if self.deleted else None if self.photo else first_words(self.text)
+
+    def heard_by(self, m: Member) -> bool:
+        """m may see this line: everyone, or the two of a private line."""
+        return not self.to_number or m.number in (self.author, self.to_number)
+
+    def reaction_count(self) -> int:
+        return sum(map(len, self.reactions.values())) if self.reactions else 0
+
+
+class Transcript:
+    """The room's last lines by id, in memory only, for what members do to
+    them: ids count from 1 and are never reused in a run of the room; at
+    most LINES_KEPT lines and REACTIONS_KEPT reactions on them are kept
+    (the oldest lines go first, so the ids kept run from `oldest` on).  So
+    it holds at most LINES_KEPT times --max-line bytes of words (8 MiB at
+    4096) and about 2 MiB of reactions."""
+
+    def __init__(self):
+        self.lines: dict[int, Said] = {}
+        self.next_id = self.oldest = 1
+        self.reactions = 0
+
+    def keep(self, said: Said) -> Said:
+        said.id = line_id = self.next_id
+        self.next_id = line_id + 1
+        self.lines[line_id] = said
+        while line_id - self.oldest >= LINES_KEPT:   # a dict by consecutive ids: the oldest
+            self._forget_oldest()                    # goes by its key, never by a scan
+        return said
+
+    def _forget_oldest(self) -> None:
+        said = self.lines.pop(self.oldest)
+        self.oldest += 1
+        if said.reactions:
+            self.reactions -= said.reaction_count()
+
+    def get(self, line_id: int) -> Said | None:
+        return self.lines.get(line_id)
+
+    def react(self, said: Said, m: Member, emoji: str) -> bool:
+        """m's reaction on `said`, or taken back if m had it (False)."""
+        if said.reactions is None:
+            said.reactions = {}
+        who = said.reactions.setdefault(emoji, {})
+        if who.pop(m.number, None) is not None:
+            self.reactions -= 1
+            if not who:
+                del said.reactions[emoji]
+            return False
+        who[m.number] = m.name
+        self.reactions += 1
+        while self.reactions > REACTIONS_KEPT and self.oldest < said.id:
+            self._forget_oldest()
+        return True
+
+    def changed(self, said: Said) -> list[Said]:
+        """`said` was edited or deleted: the replies that quote it (they are
+        newer, so kept while it is) quote it so; they are returned."""
+        if said.deleted and said.reactions:
+            self.reactions -= said.reaction_count()
+            said.reactions = None
+        quoted, answering = said.quoted(), []
+        for line in self.lines.values():
+            if line.re is not None and line.re[0] == said.id:
+                line.re = quoted
+                answering.append(line)
+        return answering
+
+
 class Outlet:
     """The room's events, encoded and delivered for one kind of reader.
 
-    The room calls the event methods (chat, joined, left, count, stop, and
-    note, who and private for one member); an outlet appends what its readers
+    The room calls the event methods (chat, photo, joined, left, count, stop,
+    reacted, edited, deleted, typing, and note, who and private for one
+    member); an outlet appends what its readers
     should get to its own stream, once, and flush() sends it at the end of
     the loop turn.  This base class is the shared stream that terminals
     and web members read: each member is only a position in it, and gets
@@ -2328,6 +2563,16 @@ class Outlet:
         """`data` for `readers` alone, in the stream: kept and paced like the rest."""
         self.stream.add_part(data, readers)
         self._flush_soon()
+
+    def _tell(self, data: bytes, only: tuple[Member, ...]) -> None:
+        """`data` for every reader, or in the stream for `only` alone."""
+        if only:
+            self._say_to(only, data)
+        else:
+            self._say(data)
+
+    def typing(self, name: str) -> None:
+        """`name` is typing: only pages are told."""
 
     def _note(self, m: Member, data: bytes, at: int | None = None) -> None:
         """`data` for m alone, at stream position `at`: after what it has been sent so far."""
@@ -2420,13 +2665,26 @@ class Outlet:
             t.pos = pos
 
 
+def said_notice(said: Said) -> str:
+    """A line as line readers read it: `anna: hi`, `[private] anna to bob: hi`,
+    a reply (reply_notice), or `anna deleted a line`."""
+    if said.deleted:
+        return f"{PRIVATE_TAG} " * bool(said.to) + delete_notice(said.name)
+    if said.re is not None:
+        speaker = f"{PRIVATE_TAG} {said.name} to {said.to}" if said.to else said.name
+        return reply_notice(speaker, answered_text(*said.re[1:]), said.text)
+    return private_notice(said.name, said.to, said.text) if said.to else chat_notice(said.name, said.text)
+
+
 class LineOutlet(Outlet):
-    """Terminals: the room's lines, as they are said."""
+    """Terminals: the room's lines, as they are said; what is done to a line
+    (a reaction, an edit, a deletion), as one more line."""
 
     kind = Kind.LINE
 
-    def chat(self, name: str, text: str) -> None:
-        self._say(chat_notice(name, text).encode())
+    def chat(self, said: Said) -> None:
+        """A line said in public: a reply, or (the hot path) a plain line."""
+        self._say((said_notice(said) if said.re else chat_notice(said.name, said.text)).encode())
 
     def joined(self, names: list[str], present: int) -> None:
         self._say(joined_notice(names).encode())
@@ -2440,18 +2698,18 @@ class LineOutlet(Outlet):
     def stop(self) -> None:
         self._say(STOP_NOTICE.encode())
 
-    def note(self, m: Member, text: str) -> None:
+    def note(self, m: Member, text: str, words: str = "") -> None:
         self._note(m, text.encode())
 
-    def photo(self, name: str, photo: Photo) -> None:
+    def photo(self, said: Said) -> None:
         """A line with a link to it for each reader, at the address it reached the room
         at: one part of the stream per link, for the readers it is for (most often one
         for all), paced and kept like a private line."""
         links: dict[str, set[Member]] = {}
         for m in self.readers:
-            links.setdefault(self._link(m, photo), set()).add(m)
+            links.setdefault(self._link(m, said.photo), set()).add(m)
         for link, readers in links.items():
-            self._say_to(readers, photo_notice(name, link).encode())
+            self._say_to(readers, photo_notice(said.name, link).encode())
 
     def _link(self, m: Member, photo: Photo) -> str:
         return self.page_at(m) + photo.url[1:]
@@ -2463,15 +2721,31 @@ class LineOutlet(Outlet):
     def who(self, m: Member, names: list[str]) -> None:
         self._note(m, who_notice(names).encode())
 
-    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
-        """A private line from `sender` to `receiver`, for m (one of the two) alone."""
-        self._say_to((m,), private_notice(sender, receiver, text).encode())
+    def private(self, m: Member, said: Said) -> None:
+        """A private line, for m (its sender or its receiver) alone."""
+        self._say_to((m,), said_notice(said).encode())
 
-    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
-        """What was said before m came (--history), before its own join line."""
+    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: tuple[Member, ...] = ()) -> None:
+        """`name` reacted to `said` with `emoji` (or took it back): for all, or `only`."""
+        answered = answered_text(*said.quoted()[1:])
+        self._about(said, reaction_notice(name, emoji, answered, on), only)
+
+    def edited(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
+        """`said` has new words (`answering`: the replies that quote it)."""
+        self._about(said, edit_notice(said.name, said.text), only)
+
+    def deleted(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
+        self._about(said, delete_notice(said.name), only)
+
+    def _about(self, said: Said, text: str, only: tuple[Member, ...]) -> None:
+        """A line about `said`: private like it, if it is."""
+        self._tell((f"{PRIVATE_TAG} " * bool(said.to) + text).encode(), only)
+
+    def history(self, m: Member, lines: list[Said]) -> None:
+        """What was said before m came (--history), before its own join line: each line as it reads now."""
         self._note(m, "".join(
-            photo_notice(name, self._link(m, photo) if photo.kept else PHOTO_GONE) if photo
-            else chat_notice(name, text) for name, text, photo in lines).encode())
+            photo_notice(said.name, self._link(m, said.photo) if said.photo.kept else PHOTO_GONE)
+            if said.photo else said_notice(said) for said in lines).encode())
 
 
 class WebSeat:
@@ -2533,22 +2807,114 @@ class WebOutlet(Outlet):
     def listening(self) -> bool:
         return bool(self.readers or self.away)   # those away may come back for it
 
-    def _event(self, kind: str, **fields) -> None:
-        """An event for every web member, those away too."""
-        if self.listening:
-            self.stream.buf += ws_marked_event(self.stream.end, kind, **fields)
+    def _event(self, kind: str, /, only: tuple[Member, ...] = (), **fields) -> int:
+        """An event for every web member, those away too, or for `only` alone;
+        where it begins in the stream (-1: nobody reads it)."""
+        start = self.stream.end
+        if only:
+            self._say_to(only, ws_marked_event(start, kind, **fields))
+        elif self.listening:
+            self.stream.buf += ws_marked_event(start, kind, **fields)
             self._flush_soon()
+        else:
+            return -1
+        return start
 
-    def chat(self, name: str, text: str) -> None:
-        self._event("chat", name=name, text=text)
+    def chat(self, said: Said) -> None:
+        self._framed(said, self._event("chat", **self._line_fields(said)))
 
-    def photo(self, name: str, photo: Photo) -> None:
-        self._event("photo", name=name, **self._photo_fields(photo))
+    def photo(self, said: Said) -> None:
+        self._framed(said, self._event("photo", **self._line_fields(said)))
+
+    def private(self, m: Member, said: Said) -> None:
+        """A private line for m alone, marked with its place like every event,
+        kept like them for a page that is away."""
+        self._framed(said, self._event("private", only=(m,), **self._line_fields(said)))
 
     @staticmethod
     def _photo_fields(photo: Photo) -> dict:
         """A photo as the page finds it: its address on the page's own server, and its size."""
         return {"url": photo.url, "width": photo.width, "height": photo.height}
+
+    def _line_fields(self, said: Said, reactions: bool = False) -> dict:
+        """A line as a page shows it: its id, who said it, its words or photo
+        (none once deleted), edited, the line it answers; and its reactions."""
+        fields: dict = {"id": said.id}
+        if said.to:
+            fields.update({"kind": "private", "from": said.name, "to": said.to})
+        else:
+            fields["name"] = said.name
+        if said.deleted:
+            fields["deleted"] = True
+        elif said.photo:   # one the album has let go since: no longer kept
+            fields.update(self._photo_fields(said.photo) if said.photo.kept else {"gone": True})
+        else:
+            fields["text"] = said.text
+            if said.edited:
+                fields["edited"] = True
+        if said.re is not None:
+            line_id, name, words = said.re
+            fields["reply"] = {"id": line_id, "name": name, **(
+                {"text": words} if words else {"photo": True} if words is None else {"deleted": True})}
+        if reactions and said.reactions:
+            fields["reactions"] = {emoji: self._reactors(who) for emoji, who in said.reactions.items()}
+        return fields
+
+    @staticmethod
+    def _reactors(who: dict[int, str]) -> dict:
+        return {"n": len(who), "names": list(itertools.islice(who.values(), REACTORS_LISTED))}
+
+    def reacted(self, said: Said, name: str, emoji: str, on: bool, only: tuple[Member, ...] = ()) -> None:
+        """A reaction to `said` (or taken back), with who has it on that line now."""
+        self._event("react", only=only, id=said.id, emoji=emoji, name=name, on=on,
+                    **self._reactors((said.reactions or {}).get(emoji, {})))
+
+    def edited(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
+        """The new words of `said`: they alone are kept from now on."""
+        self._forget_words(said, answering)
+        self._framed(said, self._event("edit", only=only, id=said.id, name=said.name, text=said.text))
+
+    def deleted(self, said: Said, answering: list[Said], only: tuple[Member, ...] = ()) -> None:
+        self._forget_words(said, answering)
+        self._event("delete", only=only, id=said.id, name=said.name)
+
+    def typing(self, name: str) -> None:
+        self._event("typing", name=name)
+
+    # -- what the stream keeps of a line: its words go when it is edited or deleted
+    @staticmethod
+    def _framed(said: Said, start: int) -> None:
+        """The frame at `start` (-1: none was written) holds words of `said`."""
+        if start >= 0:
+            if said.framed is None:
+                said.framed = [start]
+            else:
+                said.framed.append(start)
+
+    def _forget_words(self, said: Said, answering: list[Said]) -> None:
+        """The words of `said` leave every frame the stream still keeps (what
+        a page that is away will be given): its own, and the replies' quotes of it."""
+        self._scrub(said, said.id)
+        said.framed = None
+        for reply in answering:
+            self._scrub(reply, said.id)
+
+    def _scrub(self, said: Said, line_id: int) -> None:
+        """The words of line `line_id` leave the frames of `said` that the
+        stream still keeps: each is rewritten as long as it was, without
+        them (ws_scrubbed).  A reader in the middle of one is given the
+        rest of it first, as it was."""
+        stream = self.stream
+        for start in said.framed or ():
+            if start < stream.base:
+                continue
+            begin, stop = ws_frame_span(stream.buf, start - stream.base)
+            end = stream.base + stop
+            for t in self.readers.values():
+                if start < t.pos < end:
+                    t.write(stream.between(t.pos, end))
+                    t.pos = end
+            stream.buf[begin:stop] = ws_scrubbed(bytes(stream.buf[begin:stop]), line_id)
 
     def unshared(self, m: Member, text: str) -> None:
         """m's photo was not shared: why."""
@@ -2567,8 +2933,9 @@ class WebOutlet(Outlet):
     def stop(self) -> None:
         self._say(ws_event("stop", text=STOPPED_TEXT) + ws_close(WS_GOING_AWAY, STOPPED_TEXT))
 
-    def note(self, m: Member, text: str) -> None:
-        self._note(m, ws_event("note", text=text.rstrip("\n")))
+    def note(self, m: Member, text: str, words: str = "") -> None:
+        """A line for m alone; `words`: what m sent that did not go, back for its text box."""
+        self._note(m, ws_event("note", text=text.rstrip("\n"), **({"words": words} if words else {})))
 
     def joined_note(self, m: Member) -> None:
         self._note(m, ws_event("join", names=[m.name], others=0,
@@ -2578,17 +2945,10 @@ class WebOutlet(Outlet):
         self._note(m, ws_event("who", names=names[:self.WHO_LISTED],
                                others=max(0, len(names) - self.WHO_LISTED)))
 
-    def private(self, m: Member, sender: str, receiver: str, text: str) -> None:
-        """A private line for m alone, marked with its place like every event,
-        kept like them for a page that is away."""
-        self._say_to((m,), ws_marked_event(self.stream.end, "private", **{
-            "kind": "private", "from": sender, "to": receiver, "text": text}))
-
-    def history(self, m: Member, lines: list[tuple[str, str, Photo | None]]) -> None:
-        self._note(m, ws_event("history", lines=[
-            {"name": name, **({"text": text} if not photo else self._photo_fields(photo)
-                              if photo.kept else {"gone": True})}
-            for name, text, photo in lines]))
+    def history(self, m: Member, lines: list[Said]) -> None:
+        """What was said before m came, each line as the other pages show it now."""
+        self._note(m, ws_event("history", lines=[self._line_fields(said, reactions=True)
+                                                 for said in lines]))
 
     def welcome(self, m: Member) -> None:
         """The page learns its name in the room, and the token that brings it back."""
@@ -2928,8 +3288,11 @@ class Room:
     away (away, back).  The last `history` chat lines are kept, in memory
     only, for newcomers, and the photos shared (the album); a photo's line in
     the history keeps its token, never its bytes (once the album lets the
-    photo go, the line says so).  `entered(m)` is the one call back up: m is
-    in, read what it says.
+    photo go, the line says so).  Each line said gets an id (the
+    transcript), by which it can be answered, reacted to, and, by its
+    sender within edit_window, edited or deleted; what is done to a private
+    line stays between its two members.  `entered(m)` is the one call back
+    up: m is in, read what it says.
     """
 
     def __init__(self, loop: Loop, settings: Settings, outlets: list[Outlet],
@@ -2945,8 +3308,10 @@ class Room:
         self.presence_timer: Timer | None = None
         self.closing = False
         self.guests = 0
-        self.history: collections.deque = collections.deque(maxlen=settings.history)   # (name, text, photo)
+        self.history: collections.deque[Said] = collections.deque(maxlen=settings.history)
         self.album = Album(settings.photos << 20)
+        self.transcript = Transcript()
+        self.numbers = itertools.count(1)   # each member's, as it comes in
 
     def outlet(self, m: Member) -> Outlet:
         return self.outlets[m.kind]
@@ -2988,25 +3353,40 @@ class Room:
         """The outlets anyone reads from: only they encode what happens."""
         return [outlet for outlet in self.outlets.values() if outlet.listening]
 
-    def chat(self, m: Member, said: str) -> None:
+    def say(self, m: Member, said: str) -> None:
+        """What m's line says: a command (/who, /help, /msg) or a chat line."""
+        command, rest = (said.split(None, 1) + [""])[:2]
+        if command == "/who" and not rest:
+            self.who(m)
+        elif command == "/help" and not rest:
+            self.tell(m, HELP_TEXT)
+        elif command == "/msg":
+            self.private(m, rest)
+        else:
+            self.chat(m, said)
+
+    def chat(self, m: Member, text: str, answers: Said | None = None) -> None:
+        said = self.transcript.keep(Said(m, self.loop.now, text, None, None, answers))
         for outlet in self._listening():
-            outlet.chat(m.name, said)
-        self.history.append((m.name, said, None))
+            outlet.chat(said)
+        self.history.append(said)
 
     def photo(self, m: Member, photo: Photo) -> bool:
         """m shares a photo: kept in the album (the oldest may go) and shown to
         everyone; False if it is larger than the whole album."""
         if not self.album.add(photo):
             return False
+        said = self.transcript.keep(Said(m, self.loop.now, "", photo))
         for outlet in self._listening():
-            outlet.photo(m.name, photo)
-        self.history.append((m.name, "", photo))
+            outlet.photo(said)
+        self.history.append(said)
         log.info("%s shared a photo (%d KiB)", quoted(m.name), -(-len(photo.body) // 1024))
         return True
 
-    def tell(self, m: Member, text: str) -> None:
-        """A line for m alone, after what it has been sent so far."""
-        self.outlet(m).note(m, text)
+    def tell(self, m: Member, text: str, words: str = "") -> None:
+        """A line for m alone, after what it has been sent so far (and what
+        it sent that did not go, back, for a page)."""
+        self.outlet(m).note(m, text, words)
 
     def who(self, m: Member) -> None:
         """Answer /who to m alone: who is in the room (`NAME (away)`: its seat is held)."""
@@ -3033,8 +3413,101 @@ class Room:
                       else nobody_notice(clean_name(readings[-1][0])))
             return
         (receiver, text), = found.items()
+        self._private(m, receiver, text)
+
+    def _private(self, m: Member, receiver: Member, text: str, answers: Said | None = None) -> None:
+        said = self.transcript.keep(Said(m, self.loop.now, text, None, receiver, answers))
         for x in {receiver: None, m: None}:   # the receiver, then the sender (once if the same)
-            self.outlet(x).private(x, m.name, receiver.name, text)
+            self.outlet(x).private(x, said)
+
+    # -- what members do to lines ----------------------------------------
+    def reply(self, m: Member, line_id: int, text: str, private: bool = False) -> None:
+        """m answers line `line_id` with `text`: in public, or, to a private
+        line, to the other of its two.  A line no longer kept is answered
+        with a new line, unless m's page says it was private (then m is
+        told, and given its words back)."""
+        answered = self.transcript.get(line_id)
+        if answered is None or not answered.heard_by(m):
+            if private:
+                self.tell(m, PRIVATE_NOT_KEPT, text)
+            else:
+                self.tell(m, ANSWERED_NOT_KEPT)
+                self.chat(m, text)
+        elif not answered.to:
+            self.chat(m, text, answered)
+        else:
+            other = answered.to if m.number == answered.author else answered.name
+            receiver = self.find(other)
+            if receiver in self.members and receiver.number in (answered.author, answered.to_number):
+                self._private(m, receiver, text, answered)
+            else:
+                self.tell(m, PARTNER_GONE.format(other), text)
+
+    def react(self, m: Member, line_id: int, emoji: str) -> None:
+        """m's reaction to a line, or taken back if m had it already."""
+        said = self._line_for(m, line_id, "react")
+        if said is not None:
+            on = self.transcript.react(said, m, emoji)
+            self._publish(said, lambda outlet, only: outlet.reacted(said, m.name, emoji, on, only))
+
+    def edit(self, m: Member, line_id: int, text: str) -> None:
+        """m's own line gets new words (edit_window after it was said at most)."""
+        said = self._line_for(m, line_id, "edit")
+        if said is None or said.text == text:
+            return
+        said.text, said.edited = text, True
+        answering = self.transcript.changed(said)
+        self._publish(said, lambda outlet, only: outlet.edited(said, answering, only))
+
+    def delete(self, m: Member, line_id: int) -> None:
+        """m takes its own line back (edit_window after it was said at most):
+        its words (or photo) are gone from the room; who said it stays."""
+        said = self._line_for(m, line_id, "delete")
+        if said is None:
+            return
+        if said.photo is not None:
+            self.album.remove(said.photo)
+        said.text, said.photo, said.deleted = "", None, True
+        answering = self.transcript.changed(said)
+        self._publish(said, lambda outlet, only: outlet.deleted(said, answering, only))
+
+    def typing(self, m: Member) -> None:
+        for outlet in self._listening():
+            outlet.typing(m.name)
+
+    def _line_for(self, m: Member, line_id: int, act: str) -> Said | None:
+        """The line m may `act` on ("react", "edit", "delete"); or None, and m
+        is told why not in a sentence."""
+        said, done, why = self.transcript.get(line_id), LINE_ACTS_DONE[act], ""
+        if said is None or not said.heard_by(m):
+            why = LINE_NOT_KEPT.format(done)
+        elif said.deleted:
+            why = LINE_DELETED.format(done)
+        elif act != "react":
+            if said.author != m.number:
+                why = NOT_YOURS.format(act)
+            elif self.loop.now - said.at > self.settings.edit_window:
+                why = TOO_LATE.format(done, duration_words(self.settings.edit_window))
+            elif act == "edit" and said.photo is not None:
+                why = PHOTO_NOT_EDITED
+        if why:
+            self.tell(m, why)
+            return None
+        return said
+
+    def _publish(self, said: Said, event: Callable[[Outlet, tuple[Member, ...]], None]) -> None:
+        """event(outlet, only) to everyone who sees `said`: every outlet (only
+        empty), or, for a private line, each outlet once with those of its two it serves."""
+        if not said.to_number:
+            for outlet in self._listening():
+                event(outlet, ())
+            return
+        pair: dict[Outlet, dict[Member, None]] = {}
+        for x in (self.find(said.to), self.find(said.name)):
+            if x in self.members and x.number in (said.author, said.to_number):
+                pair.setdefault(self.outlet(x), {})[x] = None
+        for outlet, members in pair.items():
+            event(outlet, tuple(members))
 
     def arrive(self, m: Member, not_before: float) -> None:
         """A named member enters once its outlet can take it, not before `not_before`."""
@@ -3130,6 +3603,7 @@ class Room:
         make one folded line for those already in."""
         for m in newcomers:
             m.stage = Stage.IN_ROOM
+            m.number = next(self.numbers)
             self.members[m] = None
         present = len(self.members)
         folded = len(newcomers) > self.settings.fold_joins
@@ -3208,6 +3682,8 @@ class Gate:
     KEY_MEMORY = 600.0          # seconds after which an address's wrong keys are forgotten
     LINES_PER_ADDRESS = 4.0     # an address may say this many times --line-rate
     REFUSING = 32               # web connections let in at once only to be told why not
+    REACT_RATE, REACT_BURST = 0.5, 4.0    # reactions a second by a member to one line, at once
+    TYPING_RATE, TYPING_BURST = 0.5, 2.0  # "typing" notices a second by a member (pages: 1 / 3 s)
 
     def __init__(self, loop: Loop, settings: Settings, tally: Tally,
                  close: Callable[[Member], None]):
@@ -3379,6 +3855,19 @@ class Gate:
         if not why:
             rate.take()
         return why
+
+    # -- what a page does to lines ----------------------------------------
+    def may_act(self, m: Member, what: str, line_id: int = 0) -> bool:
+        """m may react to line `line_id` now ("react": REACT_BURST at once, then
+        one each 1 / REACT_RATE s), or tell it is typing ("typing": TYPING_BURST,
+        then one each 1 / TYPING_RATE s); taken from its rate if so."""
+        rate, burst = (self.REACT_RATE, self.REACT_BURST) if what == "react" else \
+            (self.TYPING_RATE, self.TYPING_BURST)
+        bucket = self._bucket(what, f"{m.number} {line_id}", rate, burst)
+        if bucket.wait(self.loop.now):
+            return False
+        bucket.take()
+        return True
 
     # -- a line -----------------------------------------------------------
     def line_wait(self, m: Member) -> float:
@@ -3704,15 +4193,16 @@ class WebDoor:
     page, a photo from the album, an error, or the upgrade of /ws to a
     WebSocket (RFC 6455 §4.2); then the WebSocket's frames in (RFC 6455 §5):
     a name, or a request for a seat held by the web outlet (docs/PROTOCOL.md,
-    "Coming back"), then lines, and photos (`NUL photo BYTES`, then one binary
-    message).  The page itself is data, given when the door is made (the last
+    "Coming back"), then lines, photos (`NUL photo BYTES`, then one binary
+    message) and what it does to lines (`NUL {JSON}`, act(), read in the
+    order of its lines by the server).  The page itself is data, given when the door is made (the last
     section); a connection the gate let in only to be told why not hears
     it once its WebSocket is open."""
 
     def __init__(self, settings: Settings, tally: Tally, entrance: Entrance, outlet: WebOutlet,
                  gate: Gate, page: ChatPage, room: Room):
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
-        self.gate, self.page = gate, page
+        self.gate, self.page, self.room = gate, page, room
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
         self.secure = SecurePage(settings.https)
         self.room_port = 0   # where the App and terminals join
@@ -3833,7 +4323,8 @@ class WebDoor:
                                f"\r\n\r\n").encode()
                               + ws_event("hello", key=bool(self.settings.room_key),
                                          max_line=self.settings.max_line,
-                                         photos=bool(self.settings.photos)))
+                                         photos=bool(self.settings.photos),
+                                         edit_window=self.settings.edit_window))
             refusal = self.gate.refused(m)
             if refusal:
                 self.entrance.close(m, refusal, WS_TRY_LATER)
@@ -3890,6 +4381,41 @@ class WebDoor:
             self.entrance.lines(m, t.inbuf + lines if t.inbuf else lines)
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
+
+    def act(self, m: Member, text: str) -> None:
+        """What m's page asks after ACTION_MARK (page_action): the room does
+        it, or m is told why not.  A reply's further lines are lines of their
+        own; "typing" past its rate (the gate's) is dropped unsaid."""
+        action, room = page_action(text), self.room
+        if action is None:
+            room.tell(m, NOT_UNDERSTOOD)
+            return
+        act, line_id = action["act"], action["id"]
+        if act == "typing":
+            if self.gate.may_act(m, "typing"):
+                room.typing(m)
+        elif act == "react":
+            emoji = {"❤": "❤️"}.get(action["emoji"], action["emoji"])
+            if emoji not in REACTIONS:
+                room.tell(m, NOT_A_REACTION)
+            elif self.gate.may_act(m, "react", line_id):
+                room.react(m, line_id, emoji)
+            else:
+                room.tell(m, REACTING_TOO_FAST)
+        elif act == "delete":
+            room.delete(m, line_id)
+        elif act == "edit":   # one line stays one line
+            words = clean_text(action["text"].replace("\n", " ")).strip()
+            if words:
+                room.edit(m, line_id, words)
+            else:
+                room.tell(m, EDIT_NEEDS_WORDS)
+        else:
+            lines = [line for line in map(clean_text, action["text"].split("\n")) if line.strip()]
+            if lines:
+                room.reply(m, line_id, lines[0], action.get("private") is True)
+            for line in lines[1:]:
+                room.say(m, line)
 
     def _closing(self, m: Member, code: int) -> None:
         """The page closed its socket: a leave, or away (ws_close_is_leave);
@@ -4451,18 +4977,10 @@ class Server:
         if is_leave_line(text, m.forms):
             self.drop(m, "left")
             return False
-        said = said_text(text, m.forms)
-        if said is None:
-            return True
-        command, rest = (said.split(None, 1) + [""])[:2]
-        if command == "/who" and not rest:
-            self.room.who(m)
-        elif command == "/help" and not rest:
-            self.room.tell(m, HELP_TEXT)
-        elif command == "/msg":
-            self.room.private(m, rest)
-        else:
-            self.room.chat(m, said)
+        if text[:1] == ACTION_MARK and m.transport.frame_reader is not None:
+            self.door.act(m, text[1:])   # a page's reply, reaction, edit, deletion or typing
+        elif (said := said_text(text, m.forms)) is not None:
+            self.room.say(m, said)
         return True
 
     def disconnect(self, name: str) -> bool:
@@ -9707,6 +10225,42 @@ button:disabled { cursor: default; opacity: 0.55; }
   object-position: left; border-radius: 10px;
 }
 .gone { color: var(--quiet); font-style: italic; }
+.edited { color: var(--quiet); font-weight: 400; font-size: 0.75rem; font-style: italic; }
+.quote {
+  display: block; margin: 4px 0 2px; padding: 2px 8px; border-left: 3px solid var(--accent);
+  border-radius: 4px; background: var(--bg); color: var(--text); font-size: 0.875rem;
+  text-decoration: none; overflow-wrap: anywhere;
+}
+a.quote:hover { text-decoration: underline; }
+.quote-name { font-weight: 700; margin-right: 6px; }
+.quote-text { color: var(--quiet); }
+.log li[data-name] { scroll-margin: 24px; }
+.log li.found .bubble { outline: 3px solid var(--named-line); }
+.reactions, .actions, .picker { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; }
+.actions { display: none; }
+.log li:focus-within .actions { display: flex; }
+.log li.editing .actions { display: none; }
+.chip, .act, .picker button {
+  min-height: 32px; padding: 0 10px; border: 1px solid var(--line); border-radius: 16px;
+  background: var(--panel); font-size: 0.875rem; white-space: nowrap;
+}
+.chip[aria-pressed="true"] { background: var(--own); border-color: var(--accent); font-weight: 700; }
+.act { font-weight: 600; }
+.picker { flex-basis: 100%; }
+.picker button { min-width: 40px; font-size: 1.125rem; }
+.edit-box {
+  width: 100%; min-width: 12em; min-height: 40px; padding: 6px 10px; margin-top: 2px;
+  border: 1px solid var(--accent); border-radius: 10px; background: var(--bg);
+}
+.replying {
+  display: flex; align-items: center; gap: 8px 12px; padding: 6px 8px 6px 16px; font-size: 0.875rem;
+  background: var(--panel); border-top: 1px solid var(--line); border-left: 4px solid var(--accent);
+}
+.replying span { flex: 1; min-width: 0; overflow-wrap: anywhere; }
+.typing {
+  min-height: 1.5em; margin: 0; padding: 0 16px; background: var(--bg); color: var(--quiet);
+  font-size: 0.8125rem; font-style: italic; overflow-wrap: anywhere;
+}
 @media (max-width: 699px) {
   .people {
     position: absolute; top: 0; right: 0; z-index: 2; width: min(300px, 88%); max-height: 75%;
@@ -9773,8 +10327,13 @@ button:disabled { cursor: default; opacity: 0.55; }
     </section>
   </div>
   <p id="heard" class="visually-hidden" role="status"></p>
+  <p id="typing" class="typing" role="status"></p>
   <div id="upload" class="upload" role="status" aria-live="polite" hidden>
     <span id="upload-text"></span><progress id="upload-bar" max="100" hidden></progress>
+  </div>
+  <div id="replying" class="replying" hidden>
+    <span id="replying-text"></span>
+    <button id="reply-cancel" class="secondary" type="button" aria-label="Cancel the reply">Cancel</button>
   </div>
   <form id="composer" class="composer" novalidate>
     <button id="photo-button" class="photo-button" type="button" aria-label="Share a photo"
@@ -9803,6 +10362,10 @@ button:disabled { cursor: default; opacity: 0.55; }
   const BUZZ_GAP = 3000;        // ms: a burst of lines for the reader buzzes once
   const REPLAY_QUIET = 1000;    // ms without a line that ends a replay (history, or what was missed)
   const REPLAY_MOST = 5000;     // ms: the longest a replay keeps the log quiet
+  const REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];   // the room's, in this order
+  const TYPING_EVERY = 3000;    // ms: the room is told its member is typing at most this often
+  const TYPING_SHOWN = 6000;    // ms: "NAME is typing…" this long after NAME's last notice
+  const QUOTE_CHARS = 40;       // a reply shows about this many of the first characters it answers
 
   const $ = function (id) { return document.getElementById(id); };
   const ui = {
@@ -9815,7 +10378,8 @@ button:disabled { cursor: default; opacity: 0.55; }
     heard: $("heard"), buzz: $("buzz"), notify: $("notify"), notifyRow: $("notify-row"),
     composer: $("composer"), message: $("message"), send: $("send"),
     photoButton: $("photo-button"), photoInput: $("photo-input"), upload: $("upload"),
-    uploadText: $("upload-text"), uploadBar: $("upload-bar")
+    uploadText: $("upload-text"), uploadBar: $("upload-bar"), typing: $("typing"),
+    replying: $("replying"), replyingText: $("replying-text"), replyCancel: $("reply-cancel")
   };
 
   const room = {
@@ -9850,7 +10414,12 @@ button:disabled { cursor: default; opacity: 0.55; }
     buzzedAt: 0, audio: null,
     photos: false,       // the room takes photos
     upload: null,        // the photo being sent: {ws, size, timer}
-    uploadTimer: 0       // hides a failure's sentence
+    uploadTimer: 0,      // hides a failure's sentence
+    editWindow: 900,     // seconds after sending in which one's own line can be edited or deleted
+    replyTo: null,       // the line the text box answers: {id, private}
+    typingSent: 0,       // when the room was last told this member is typing
+    typers: {},          // name -> until when "NAME is typing…" is shown
+    typingTimer: 0
   };
 
   /* ---------- small helpers ---------- */
@@ -9994,8 +10563,9 @@ button:disabled { cursor: default; opacity: 0.55; }
     return button;
   }
 
-  function said(name, content, kind, when, tag) {
-    // A line someone said: the name, a tag (private, names you), when, what was said (text or photo).
+  function said(name, content, kind, when, tag, msg) {
+    // A line someone said: the name, a tag (private, names you), when, the line it answers,
+    // what was said (text or photo); its reactions, and what can be done to it (lineTools).
     const own = name === room.me;
     const item = make("li", kind + (own ? " own" : ""));
     const bubble = make("div", "bubble");
@@ -10008,23 +10578,39 @@ button:disabled { cursor: default; opacity: 0.55; }
     if (tag) { head.appendChild(tag); }
     head.appendChild(make("span", "time", when));
     bubble.appendChild(head);
+    if (msg.reply) { bubble.appendChild(quoteOf(msg.reply)); }
     bubble.appendChild(content);
     item.appendChild(bubble);
+    if (typeof msg.id === "number") { lineTools(item, msg, name, own && kind.indexOf("earlier") < 0); }
     if (room.replay) { room.replay.lines += 1; }
+    stopsTyping(name);
     append(item, !own && kind.indexOf("earlier") < 0);
   }
 
-  function addChat(name, text, earlier) {
-    const named = name !== room.me && mentions(String(text), room.me);
-    said(name, make("div", "text", String(text)), (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
-         named ? make("span", "visually-hidden", "names you") : null);
-    if (named && !earlier) { heed("named", name); }
+  function addChat(name, msg, earlier) {
+    if (msg.deleted) { return addDeleted(name, msg, earlier ? "earlier" : ""); }
+    const text = msg.text == null ? "" : String(msg.text);   // none yet: an edit or a deletion follows
+    const answers = name !== room.me && !!msg.reply && String(msg.reply.name) === room.me;   // a reply to you
+    const named = answers || name !== room.me && mentions(text, room.me);
+    said(name, make("div", "text", text), (earlier ? "earlier" : "") + (named ? " named" : ""), earlier ? "earlier" : clock(),
+         named ? make("span", "visually-hidden", answers ? "answers you" : "names you") : null, msg);
+    if (named && !earlier) { heed(answers ? "answered" : "named", name); }
   }
 
   function addPrivate(msg) {
     const from = String(msg.from), to = String(msg.to);
-    said(from, make("div", "text", String(msg.text)), "private", clock(), make("span", "tag", from === room.me ? "private to " + to : "private"));
+    if (msg.deleted) { return addDeleted(from, msg, "private"); }
+    said(from, make("div", "text", msg.text == null ? "" : String(msg.text)), "private", clock(),
+         make("span", "tag", from === room.me ? "private to " + to : "private"), msg);
     if (from !== room.me) { heed("private", from); }
+  }
+
+  function addDeleted(name, msg, kind) {
+    // A line taken back: "NAME deleted a line", in its place.
+    const item = make("li", kind + (name === room.me ? " own" : ""));
+    item.appendChild(make("div", "bubble")).appendChild(make("div", "text gone", name + " deleted a line"));
+    if (typeof msg.id === "number") { item.id = "line-" + msg.id; }
+    append(item, false);
   }
 
   function heed(kind, name) {
@@ -10035,7 +10621,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       retitle();
       if (ui.notify.checked && window.isSecureContext && window.Notification && Notification.permission === "granted") {
         try {
-          new Notification(kind === "private" ? name + " wrote to you privately" : name + " named you", { tag: "pcr" });
+          new Notification(kind === "private" ? name + " wrote to you privately" : kind === "answered" ? name + " answered you" : name + " named you", { tag: "pcr" });
         } catch (e) { /* phones show them from a service worker only */ }
       }
     }
@@ -10061,11 +10647,11 @@ button:disabled { cursor: default; opacity: 0.55; }
     } catch (e) { /* no sound here */ }
   }
 
-  function quietly(words) {
+  function quietly(words, missed) {
     // A replay (the history, or what was missed while away) fills the log while it
     // is busy, then one status line sums it up: a screen reader says it once.
     if (!room.replay) {
-      room.replay = { lines: 0, words: words, until: Date.now() + REPLAY_MOST };
+      room.replay = { lines: 0, words: words, until: Date.now() + REPLAY_MOST, missed: !!missed };
       ui.log.setAttribute("aria-busy", "true");
     }
     keepQuiet();
@@ -10085,12 +10671,18 @@ button:disabled { cursor: default; opacity: 0.55; }
 
   function addPhoto(name, msg, earlier) {
     // Scaled to the column; a tap opens it full size; one no longer kept says so.
+    if (msg.deleted) { return addDeleted(name, msg, earlier ? "earlier" : ""); }
     if (msg.gone) {
-      said(name, make("div", "text gone", "This photo is no longer kept."), earlier ? "earlier" : "", earlier ? "earlier" : clock(), null);
+      said(name, make("div", "text gone", "This photo is no longer kept."), earlier ? "earlier" : "", earlier ? "earlier" : clock(), null, msg);
       return;
     }
     const url = String(msg.url);
-    if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) { return; }
+    if (!/^[/]p[/][0-9a-f]+[.](jpg|png|webp)$/.test(url)) {
+      if (msg.url == null && typeof msg.id === "number") {   // taken back while this page was away
+        said(name, make("div", "text"), earlier ? "earlier" : "", earlier ? "earlier" : clock(), null, msg);
+      }
+      return;
+    }
     const link = make("a", "photo");
     link.href = url;
     link.target = "_blank";
@@ -10104,13 +10696,326 @@ button:disabled { cursor: default; opacity: 0.55; }
     });
     img.src = url;
     link.appendChild(img);
-    said(name, link, earlier ? "earlier" : "", earlier ? "earlier" : clock(), null);
+    said(name, link, earlier ? "earlier" : "", earlier ? "earlier" : clock(), null, msg);
     if (name === room.me && !earlier && room.upload) { uploadEnded(""); }
   }
 
   function addLine(text, kind) {
     const t = plain(text);
     if (t) { append(make("li", kind, t), false); }
+  }
+
+  /* ---------- what members do to lines: reply, react, edit, delete; who is typing ---------- */
+
+  function act(action) {
+    // The room is asked with NUL first, so no typed line is ever taken for it.
+    if (!room.inRoom || !room.ws) { return false; }
+    room.ws.send(String.fromCharCode(0) + JSON.stringify(action));
+    return true;
+  }
+
+  function lineOf(id) { return document.getElementById("line-" + (id | 0)); }
+
+  function tool(name, text, label) {
+    const button = make("button", "act", text);
+    button.type = "button";
+    button.setAttribute("data-act", name);
+    button.setAttribute("aria-label", label);
+    return button;
+  }
+
+  function lineTools(item, msg, name, mine) {
+    // Its id, its reactions under it, and its buttons, shown while the line has the focus
+    // (a tap, or the arrow keys in the list): Reply, React; Edit and Delete on one's own.
+    item.id = "line-" + msg.id;
+    item.tabIndex = -1;
+    item.setAttribute("data-name", name);
+    item.reactions = {};
+    Object.keys(msg.reactions || {}).forEach(function (emoji) {
+      const r = msg.reactions[emoji] || {};
+      const names = Array.isArray(r.names) ? r.names.map(String) : [];
+      item.reactions[emoji] = { n: r.n | 0, names: names, mine: names.indexOf(room.me) >= 0 };
+    });
+    const row = item.appendChild(make("div", "reactions"));
+    row.setAttribute("aria-live", "off");
+    showReactions(item);
+    if (msg.edited) { markEdited(item); }
+    const tools = item.appendChild(make("div", "actions"));
+    tools.setAttribute("aria-live", "off");
+    const whose = mine ? "your line" : name + "’s line";
+    tools.appendChild(tool("reply", "Reply", mine ? "Reply to your line" : "Reply to " + name));
+    tools.appendChild(tool("react", "React", "React to " + whose)).setAttribute("aria-expanded", "false");
+    if (mine) {
+      item.setAttribute("data-sent", String(Date.now()));
+      if (!msg.url) { tools.appendChild(tool("edit", "Edit", "Edit your line")); }
+      tools.appendChild(tool("delete", "Delete", "Delete your line"));
+    }
+  }
+
+  function listed(names, more) {
+    // "anna", "anna and you", "anna, bob and 3 others"
+    const all = more > 0 ? names.concat([more + (more === 1 ? " other" : " others")]) : names.slice();
+    return all.length < 2 ? all.join("") : all.slice(0, -1).join(", ") + " and " + all[all.length - 1];
+  }
+
+  function showReactions(item) {
+    // Each reaction with its count; who reacted is in its name and its title.
+    const row = item.querySelector(".reactions");
+    const pressed = row.contains(document.activeElement) && document.activeElement.getAttribute("data-emoji");
+    row.textContent = "";
+    REACTIONS.forEach(function (emoji) {
+      const r = item.reactions[emoji];
+      if (!r || r.n <= 0) { return; }
+      const who = listed(r.names.map(function (n) { return n === room.me ? "you" : n; }), r.n - r.names.length);
+      const chip = row.appendChild(make("button", "chip", emoji + " " + r.n));
+      chip.type = "button";
+      chip.setAttribute("data-emoji", emoji);
+      chip.setAttribute("aria-pressed", r.mine ? "true" : "false");
+      chip.setAttribute("aria-label", "React " + emoji + " " + r.n + ": " + who);
+      chip.title = who;
+    });
+    row.hidden = !row.firstChild;
+    if (pressed) {   // the focus stays where it was: on that reaction, or on its line
+      const again = row.querySelector('[data-emoji="' + pressed + '"]');
+      (again || item).focus();
+    }
+  }
+
+  function firstWords(text) {
+    const t = String(text).replace(/[ ]+/g, " ").trim();
+    if (t.length <= QUOTE_CHARS) { return t; }
+    const cut = t.lastIndexOf(" ", QUOTE_CHARS);
+    return t.slice(0, cut > QUOTE_CHARS / 2 ? cut : QUOTE_CHARS) + "…";
+  }
+
+  function quoteWords(reply) {
+    return reply.deleted ? "a deleted line" : reply.photo ? "a photo" : reply.text == null ? "…" : String(reply.text);
+  }
+
+  function quoteOf(reply) {
+    // The line a reply answers, above its words: its author and first words; a tap moves to it.
+    const quote = make("a", "quote");
+    quote.href = "#line-" + (reply.id | 0);
+    quote.setAttribute("data-to", String(reply.id | 0));
+    quote.appendChild(make("span", "visually-hidden", "In reply to "));
+    quote.appendChild(make("span", "quote-name", String(reply.name)));
+    quote.appendChild(make("span", "quote-text", quoteWords(reply)));
+    return quote;
+  }
+
+  function requote(id, words) {
+    document.querySelectorAll('.quote[data-to="' + (id | 0) + '"] .quote-text').forEach(function (q) {
+      q.textContent = words;
+    });
+  }
+
+  function markEdited(item) {
+    const head = item.querySelector(".head");
+    if (head && !head.querySelector(".edited")) { head.appendChild(make("span", "edited", "edited")); }
+  }
+
+  function lineEdited(msg) {
+    if (typeof msg.text !== "string") { return; }   // words since changed again: the next event has them
+    requote(msg.id, firstWords(msg.text));
+    const item = lineOf(msg.id), text = item && item.querySelector(".text");
+    if (!text) { return; }
+    text.textContent = msg.text;
+    markEdited(item);
+  }
+
+  function lineDeleted(msg) {
+    requote(msg.id, "a deleted line");
+    const item = lineOf(msg.id);
+    if (!item) { return; }
+    const name = String(msg.name || item.getAttribute("data-name") || "");
+    const gone = make("li", ["earlier", "private", "own"].filter(function (c) { return item.classList.contains(c); }).join(" "));
+    gone.id = item.id;
+    gone.appendChild(make("div", "bubble")).appendChild(make("div", "text gone", name + " deleted a line"));
+    const focused = item.contains(document.activeElement);
+    item.replaceWith(gone);
+    if (focused) { ui.log.focus(); }
+  }
+
+  function lineReacted(msg) {
+    const item = lineOf(msg.id), emoji = String(msg.emoji);
+    if (!item || !item.reactions || REACTIONS.indexOf(emoji) < 0) { return; }
+    const r = item.reactions[emoji] || { mine: false };
+    r.n = msg.n | 0;
+    r.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
+    if (String(msg.name) === room.me) { r.mine = !!msg.on; }
+    item.reactions[emoji] = r;
+    showReactions(item);
+  }
+
+  function openPicker(button) {
+    // The six reactions, each a button; Escape or a choice closes it.
+    closePicker(false);
+    const picker = make("div", "picker");
+    picker.setAttribute("role", "group");
+    picker.setAttribute("aria-label", "Reactions");
+    REACTIONS.forEach(function (emoji) {
+      const choice = picker.appendChild(make("button", "", emoji));
+      choice.type = "button";
+      choice.setAttribute("data-emoji", emoji);
+      choice.setAttribute("aria-label", "React with " + emoji);
+    });
+    button.parentNode.appendChild(picker);
+    button.setAttribute("aria-expanded", "true");
+    picker.firstChild.focus();
+  }
+
+  function closePicker(refocus) {
+    const picker = ui.lines.querySelector(".picker");
+    if (!picker) { return; }
+    const button = picker.parentNode.querySelector('[data-act="react"]');
+    if (refocus) { button.focus(); }   // first: while the line has the focus, its buttons show
+    picker.remove();
+    button.setAttribute("aria-expanded", "false");
+  }
+
+  function startReply(item) {
+    // The text box answers this line until it is sent or the reply is cancelled.
+    const text = item.querySelector(".text"), name = item.getAttribute("data-name");
+    const words = item.querySelector(".photo") ? "a photo" : firstWords(text ? text.textContent : "");
+    const secret = item.classList.contains("private");
+    room.replyTo = { id: Number(item.id.slice(5)), private: secret };
+    ui.replyingText.textContent = (secret ? "Replying privately to " : "Replying to ") + name + ": " + words;
+    ui.replying.hidden = false;
+    ui.message.setAttribute("aria-describedby", "replying-text");
+    ui.message.focus();
+  }
+
+  function endReply() {
+    room.replyTo = null;
+    ui.replying.hidden = true;
+    ui.message.removeAttribute("aria-describedby");
+  }
+
+  function startEdit(item) {
+    // The line's words in a box in its place: Enter saves them, Escape (or leaving it) cancels.
+    const text = item.querySelector(".text");
+    if (!text || item.classList.contains("editing")) { return; }
+    const box = make("input", "edit-box");
+    box.type = "text";
+    box.value = text.textContent;
+    box.setAttribute("aria-label", "Edit your line");
+    box.setAttribute("enterkeyhint", "done");
+    item.classList.add("editing");
+    text.hidden = true;
+    text.after(box);
+    let done = false;
+    function finish(save) {
+      if (done) { return; }
+      done = true;
+      const words = box.value.trim();
+      if (save && words && words !== text.textContent.trim()) { act({ act: "edit", id: Number(item.id.slice(5)), text: words }); }
+      box.remove();
+      text.hidden = false;
+      item.classList.remove("editing");
+      if (save !== null) { item.focus(); }
+    }
+    box.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter" && !ev.isComposing && ev.keyCode !== 229) {
+        ev.preventDefault();
+        if (overLimit(box.value)) {
+          banner("These words are too long for the room: up to " + room.maxLine + " bytes.", "warn");
+        } else {
+          finish(true);
+        }
+      }
+      if (ev.key === "Escape") { ev.preventDefault(); ev.stopPropagation(); finish(false); }
+    });
+    box.addEventListener("blur", function () { finish(null); });
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  function expireTools() {
+    // Past the room's window one's own lines can no longer be edited or deleted: the buttons go.
+    document.querySelectorAll("#lines li[data-sent]").forEach(function (item) {
+      if (Date.now() - Number(item.getAttribute("data-sent")) < room.editWindow * 1000 - 2000) { return; }
+      item.removeAttribute("data-sent");
+      item.querySelectorAll('[data-act="edit"], [data-act="delete"]').forEach(function (b) { b.remove(); });
+    });
+  }
+
+  function goTo(quote) {
+    // A tap on a quote moves to the line it answers, while it is on the page.
+    const item = lineOf(quote.getAttribute("data-to"));
+    if (!item) {
+      banner("That line is no longer on this page.", "ok");
+      return;
+    }
+    item.scrollIntoView({ block: "center" });
+    item.classList.add("found");
+    setTimeout(function () { item.classList.remove("found"); }, 1500);
+    item.focus({ preventScroll: true });
+  }
+
+  function onLine(ev) {
+    // One listener for what is tapped in the list: a line's buttons, its reactions, a quote.
+    const target = ev.target.closest("button, a.quote, input");
+    const item = ev.target.closest("li[data-name]");
+    if (!target) {
+      if (item && !window.getSelection().toString()) { item.focus({ preventScroll: true }); }
+      return;
+    }
+    if (target.matches("a.quote")) { ev.preventDefault(); goTo(target); return; }
+    if (!item || target.matches("input, .name")) { return; }
+    const id = Number(item.id.slice(5)), what = target.getAttribute("data-act");
+    const emoji = target.getAttribute("data-emoji");
+    if (emoji) {
+      act({ act: "react", id: id, emoji: emoji });
+      if (target.parentNode.classList.contains("picker")) { closePicker(true); }
+    } else if (what === "reply") {
+      startReply(item);
+    } else if (what === "react") {
+      if (target.getAttribute("aria-expanded") === "true") { closePicker(true); } else { openPicker(target); }
+    } else if (what === "edit") {
+      startEdit(item);
+    } else if (what === "delete" && confirm("Delete this line for everyone?")) {
+      act({ act: "delete", id: id });
+    }
+  }
+
+  function onLineKey(ev) {
+    // In the list, the arrow keys (and Home, End) move from line to line; Escape closes a picker.
+    if (ev.key === "Escape" && ui.lines.querySelector(".picker")) { ev.stopPropagation(); closePicker(true); return; }
+    const moves = { ArrowUp: -1, ArrowDown: 1, Home: -Infinity, End: Infinity };
+    if (!(ev.key in moves) || ev.target.tagName === "INPUT" || ev.altKey || ev.ctrlKey || ev.metaKey) { return; }
+    const items = Array.prototype.slice.call(ui.lines.querySelectorAll("li[data-name]"));
+    if (!items.length) { return; }
+    const here = items.indexOf(ev.target.closest("li[data-name]"));
+    const at = Math.max(0, Math.min(items.length - 1, (here < 0 ? items.length : here) + moves[ev.key]));
+    ev.preventDefault();
+    items[at].focus();
+  }
+
+  function showTyping() {
+    // "anna is typing…": said politely, and only when who is typing changes.
+    clearTimeout(room.typingTimer);
+    const now = Date.now();
+    const names = Object.keys(room.typers).filter(function (n) { return room.typers[n] > now; });
+    Object.keys(room.typers).forEach(function (n) { if (room.typers[n] <= now) { delete room.typers[n]; } });
+    const text = !names.length ? "" : names.length < 4 ? listed(names, 0) + (names.length === 1 ? " is typing…" : " are typing…")
+      : listed(names.slice(0, 2), names.length - 2) + " are typing…";
+    if (ui.typing.textContent !== text) { ui.typing.textContent = text; }
+    if (names.length) {
+      const next = Math.min.apply(null, names.map(function (n) { return room.typers[n]; }));
+      room.typingTimer = setTimeout(showTyping, next - now + 50);
+    }
+  }
+
+  function stopsTyping(name) {
+    if (room.typers[name]) { delete room.typers[name]; showTyping(); }
+  }
+
+  function tellTyping() {
+    // Typing a line (not a command) tells the room, at most once every TYPING_EVERY.
+    const text = ui.message.value;
+    if (text.trim() && text.charAt(0) !== "/" && Date.now() - room.typingSent >= TYPING_EVERY && act({ act: "typing" })) {
+      room.typingSent = Date.now();
+    }
   }
 
   /* ---------- who is online ---------- */
@@ -10312,6 +11217,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       room.photos = !!msg.photos;
       ui.photoButton.hidden = !room.photos;
       room.maxLine = Number(msg.max_line) || 0;
+      room.editWindow = Number(msg.edit_window) || room.editWindow;
       ui.keyRow.hidden = !room.keyNeeded;
       if (room.token) {
         askSeatBack();   // held or not, the room says which, and why
@@ -10348,7 +11254,7 @@ button:disabled { cursor: default; opacity: 0.55; }
       showChat();
       setCanSend(true);
       if (msg.back) {
-        if (msg.missed) { quietly("while you were away"); }
+        if (msg.missed) { quietly("while you were away", true); }
         addLine(msg.missed ? "Back: what was said while you were away" : "Back: you missed nothing", "note mark");
         banner("Reconnected", "ok");
       } else if (back) {
@@ -10380,9 +11286,18 @@ button:disabled { cursor: default; opacity: 0.55; }
       renderPeople();
       if (room.count !== room.names.length + room.others) { askWho(); }
     },
-    chat: function (msg) { addChat(String(msg.name), msg.text, false); },
+    chat: function (msg) { addChat(String(msg.name), msg, false); },
     private: addPrivate,
     photo: function (msg) { addPhoto(String(msg.name), msg, false); },
+    react: lineReacted,
+    edit: lineEdited,
+    delete: lineDeleted,
+    typing: function (msg) {
+      const name = String(msg.name);
+      if (name === room.me || room.replay && room.replay.missed) { return; }   // old news
+      room.typers[name] = Date.now() + TYPING_SHOWN;
+      showTyping();
+    },
     unshared: function (msg) { uploadEnded(sentence(plain(msg.text))); },
     history: function (msg) {
       const lines = Array.isArray(msg.lines) ? msg.lines : [];
@@ -10391,7 +11306,7 @@ button:disabled { cursor: default; opacity: 0.55; }
         addLine("Earlier in the room", "note");
       }
       lines.forEach(function (line) {
-        if (line.url || line.gone) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line.text, true); }
+        if (line.url || line.gone) { addPhoto(String(line.name), line, true); } else { addChat(String(line.name), line, true); }
       });
     },
     lost: function (msg) {
@@ -10406,7 +11321,10 @@ button:disabled { cursor: default; opacity: 0.55; }
         showJoin(text, false, false);
       }
     },
-    note: function (msg) { addLine(msg.text, "note"); },
+    note: function (msg) {
+      addLine(msg.text, "note");
+      if (typeof msg.words === "string" && !ui.message.value) { ui.message.value = msg.words; fitMessage(); }   // it did not go
+    },
     who: function (msg) {
       room.names = Array.isArray(msg.names) ? msg.names.map(String) : [];
       room.others = msg.others | 0;
@@ -10576,15 +11494,22 @@ button:disabled { cursor: default; opacity: 0.55; }
   function sendMessage() {
     const text = ui.message.value;
     if (!text.trim() || !room.inRoom || !room.ws) { return; }
-    const size = overLimit(text);
+    const reply = room.replyTo && { act: "reply", id: room.replyTo.id, text: text, private: room.replyTo.private };
+    const size = overLimit(reply ? String.fromCharCode(0) + JSON.stringify(reply) : text);
     if (size) {
       banner("This message is too long for the room: shorten it or send it in parts (up to " +
              room.maxLine + " bytes at a time; this one has " + size + ").", "warn");
       room.tooLong = true;
       return;
     }
-    if (text.trim() === "/who") { room.whoShown = true; }
-    room.ws.send(text);
+    if (reply) {
+      act(reply);
+      endReply();
+    } else {
+      if (text.trim() === "/who") { room.whoShown = true; }
+      room.ws.send(text);
+    }
+    room.typingSent = 0;   // the line is out: the next one is news again
     ui.message.value = "";
     sayFit();
     fitMessage();
@@ -10609,7 +11534,14 @@ button:disabled { cursor: default; opacity: 0.55; }
       sendMessage();
     }
   });
-  ui.message.addEventListener("input", function () { fitMessage(); sayFit(); });
+  ui.message.addEventListener("input", function () { fitMessage(); sayFit(); tellTyping(); });
+  ui.message.addEventListener("keydown", function (ev) {
+    if (ev.key === "Escape" && room.replyTo) { ev.preventDefault(); endReply(); }
+  });
+  ui.replyCancel.addEventListener("click", function () { endReply(); ui.message.focus(); });
+  ui.lines.addEventListener("click", onLine);
+  ui.log.addEventListener("keydown", onLineKey);
+  setInterval(expireTools, 15000);
 
   ui.photoButton.addEventListener("click", function () { ui.photoInput.click(); });
   ui.photoInput.addEventListener("change", function () {
@@ -10635,6 +11567,9 @@ button:disabled { cursor: default; opacity: 0.55; }
     room.inRoom = room.everIn = room.wantJoin = false;
     uploadEnded("");
     banner("");
+    endReply();
+    room.typers = {};
+    showTyping();
     ui.lines.textContent = "";   // joining again shows the room afresh
     showJoin("You left the room.", false, false);
   });

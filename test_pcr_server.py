@@ -644,6 +644,19 @@ class WebMember:
         """The page's request for its seat: a binary message, before any name."""
         self.ws.send(json.dumps({"resume": token, "seen": seen}).encode())
 
+    def until_quiet(self, quiet: float = 0.5) -> list[dict]:
+        """Every message until none comes for `quiet` seconds."""
+        events = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                events.append(self.next(quiet))
+        return events
+
+    def act(self, **action) -> None:
+        """What the page does to a line (a reply, a reaction, an edit, a deletion, "typing"):
+        a text with NUL first, then the action as JSON."""
+        self.ws.send("\x00" + json.dumps(action, ensure_ascii=False))
+
     def lose(self) -> None:
         """The connection dies under the page (a reset, no close frame)."""
         self.ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -930,8 +943,9 @@ class PhonePageCase(BrowserCase):
         return proxy, tom
 
     def log_lines(self) -> list[str]:
-        """Everything the page's log shows, a line an item."""
-        return [e.get_attribute("textContent")
+        """Everything the page's log shows, a line an item (a line's buttons only
+        show while it has the focus)."""
+        return [e.get_attribute("innerText")
                 for e in self.driver.find_elements(By.CSS_SELECTOR, "#log li")]
 
     def bubbles(self) -> list[str]:
@@ -2502,6 +2516,98 @@ class LookAlikeNamesTest(unittest.TestCase):
             self.assertTrue(pcr.clean_name(name).startswith("_"))
 
 
+class MessengerTextTest(unittest.TestCase):
+    """What line readers read of replies, reactions, edits and deletions, what a
+    page's action may say, and names that cannot forge those lines (issue 33)."""
+
+    QUESTION = "are we meeting at five, or would six be better for everyone?"
+
+    def test_the_line_forms_are_the_issues(self):
+        quote = pcr.answered_text("bob", pcr.first_words("are we meeting at five on the 2nd of May, or later?"))
+        self.assertEqual(quote, 'bob: "are we meeting at five on the 2nd of…"')
+        self.assertEqual(pcr.reply_notice("anna", 'bob: "are we meeting at five…"', "yes, at five"),
+                         'anna (to bob: "are we meeting at five…"): yes, at five\n')
+        self.assertEqual(pcr.reaction_notice("anna", "👍", 'bob: "are we meeting at five…"', True),
+                         'anna reacted 👍 to bob: "are we meeting at five…"\n')
+        self.assertEqual(pcr.reaction_notice("anna", "👍", "bob: a photo", False),
+                         "anna took back 👍 from bob: a photo\n")
+        self.assertEqual(pcr.edit_notice("anna", "the cake is in the fridge"),
+                         'anna edited: "the cake is in the fridge"\n')
+        self.assertEqual(pcr.delete_notice("anna"), "anna deleted a line\n")
+        self.assertEqual(pcr.answered_text("bob", ""), "bob: a deleted line")
+
+    def test_a_quote_is_about_forty_characters_cut_after_a_word(self):
+        self.assertEqual(pcr.first_words("yes"), "yes")
+        self.assertEqual(pcr.first_words("x" * 40), "x" * 40)
+        cut = pcr.first_words(self.QUESTION)
+        self.assertEqual(cut, "are we meeting at five, or would six be…")
+        self.assertLessEqual(len(cut), 41)
+        self.assertEqual(pcr.first_words("y" * 100), "y" * 40 + "…")   # one long word
+        self.assertEqual(pcr.first_words("  two\tspaces  "), "two spaces")
+
+    def test_no_line_form_begins_with_a_digit_for_the_app(self):
+        for line in (pcr.reply_notice("_2pac", pcr.answered_text("bob", "5 pm?"), "5"),
+                     pcr.reaction_notice("ann", "😂", pcr.answered_text("_3", "1"), True),
+                     pcr.edit_notice("ann", "3 people are online..."), pcr.delete_notice("ann")):
+            self.assertFalse(line[:1].isdigit(), line)
+            self.assertFalse(line.rstrip("\n").endswith(" online..."), line)
+
+    def test_a_page_action_is_one_json_object_with_a_line_id(self):
+        good = pcr.page_action('{"act": "react", "id": 7, "emoji": "👍"}')
+        self.assertEqual((good["act"], good["id"], good["emoji"], good["text"]), ("react", 7, "👍", ""))
+        self.assertEqual(pcr.page_action('{"act": "typing"}')["id"], 0)
+        for bad in ("", "hello", "[1]", '{"act": "shout", "id": 1}', '{"act": "edit", "id": "1"}',
+                    '{"act": "edit", "id": 0}', '{"act": "edit", "id": -3}', '{"act": "edit", "id": true}',
+                    '{"act": "edit", "id": 1.0}', '{"act": "edit", "id": 1, "text": 5}',
+                    '{"act": "react", "id": 1, "emoji": ["x"]}', "[" * 5000, '{"a":' * 3000):
+            with self.subTest(bad=bad[:40]):
+                self.assertIsNone(pcr.page_action(bad))
+
+    def test_a_scrubbed_frame_keeps_its_length_and_mark_and_loses_only_the_words(self):
+        frame = pcr.ws_marked_event(1000, "chat", id=5, name="anna", text="my PIN is 4711",
+                                    reply={"id": 3, "name": "bob", "text": "what is your PIN?"})
+        begin, stop = pcr.ws_frame_span(frame, 0)
+        scrubbed = frame[:begin] + pcr.ws_scrubbed(frame[begin:stop], 5)
+        self.assertEqual(len(scrubbed), len(frame))
+        self.assertTrue(pcr.ws_marked_at(scrubbed, 0, 1000))
+        event = json.loads(scrubbed[begin:])
+        self.assertEqual(event, {"type": "chat", "id": 5, "name": "anna", "at": 1000 + len(frame),
+                                 "reply": {"id": 3, "name": "bob", "text": "what is your PIN?"}})
+        quoted = json.loads(pcr.ws_scrubbed(frame[begin:stop], 3))   # the line it answers changed
+        self.assertEqual((quoted["text"], quoted["reply"]), ("my PIN is 4711", {"id": 3, "name": "bob"}))
+        long = pcr.ws_marked_event(0, "edit", id=9, name="x", text="é" * 40000)   # a 64-bit length
+        begin, stop = pcr.ws_frame_span(long, 0)
+        self.assertEqual((begin, stop), (10, len(long)))
+        self.assertNotIn("text", json.loads(pcr.ws_scrubbed(long[begin:stop], 9)))
+
+    def test_no_name_can_forge_a_reply_a_reaction_or_an_edit(self):
+        """The room's line forms about lines are in the one list of its own forms (ROOM_FORMS)."""
+        for name in ("anna reacted 👍 to bob", "anna edited", "anna (to bob", "anna took back 👍 from bob",
+                     "ANNA EDITED", "\uff41nna \uff45dited", "anna r\u0435acted x", "anna\u00a8edited",
+                     "anna\u00a0(to bob", "anna  e\u0301dited", "(to bob", "bob shared a photo"):
+            with self.subTest(name=name):
+                cleaned = pcr.clean_name(name)
+                self.assertIsNone(pcr.ROOM_LINE.match(pcr.name_look(cleaned)), cleaned)
+                self.assertNotIn(" ", cleaned)
+                self.assertTrue(cleaned.startswith("_"), cleaned)
+        for name in ("Ted (today)", "alice (2)", "Anna Edith", "Edited Ann", "bob reacts", "Mary Ann"):
+            with self.subTest(name=name):
+                self.assertEqual(pcr.clean_name(name), name)
+        self.assertEqual(pcr.clean_name("anna reacted 👍 to bob"), "_anna_reacted_👍_to_bob")
+        self.assertEqual(pcr.clean_name("the very long name of one edited too"),   # cut at 32: a form,
+                         "_the very long name of one edite")                       # broken by the `_`
+        for form in (r".*\(to\s", r".*\sreacted\s", r".*\stook back\s", r".*\sedited$"):
+            self.assertIn(form, pcr.ROOM_FORMS)
+
+    def test_the_window_is_said_in_minutes_or_seconds(self):
+        self.assertEqual(pcr.Settings().edit_window, 900)
+        self.assertEqual(pcr.duration_words(900), "15 minutes")
+        self.assertEqual(pcr.duration_words(60), "1 minute")
+        self.assertEqual(pcr.duration_words(1), "1 second")
+        self.assertEqual(pcr.duration_words(0.5), "0.5 seconds")
+        self.assertEqual(pcr.duration_words(90), "90 seconds")
+
+
 class AppPieceTest(unittest.TestCase):
     """app_cut: what one App read may hold (PROTOCOL.md, "The App's reader, exactly")."""
 
@@ -3168,11 +3274,11 @@ class PresenceTest(ServerCase):
     def test_join_storm_is_folded_and_each_newcomer_sees_its_own_line(self):
         self.start(welcome_delay=0.3, fold_joins=3, count_interval=0.3)
         host = self.member("host")
-        crowd = []
-        for i in range(6):
-            c = self.connect()
-            c.answer(f"p{i}".encode())
-            crowd.append(c)
+        crowd = [self.connect() for _ in range(6)]
+        for c in crowd:   # each is asked after the door's wait: all asked first, then all answer
+            c.read_until(b"ALIAS")
+        for i, c in enumerate(crowd):
+            c.send(f"p{i}".encode())
         got = host.read_until(b"7 people are online...\n")
         self.assertRegex(got, rb"p\d, p\d, p\d and \d others? joined the chat...\n")
         self.assertLess(got.count(b"joined the chat"), 6)
@@ -3435,7 +3541,7 @@ class HistoryTest(ServerCase):
         self.addCleanup(page.close)
         self.assertEqual(page.next()["type"], "welcome")
         self.assertEqual(page.next(), {"type": "history", "lines": [
-            {"name": "tom", "text": text} for text in ("one", "two", "three")]})
+            {"id": n, "name": "tom", "text": text} for n, text in enumerate(("one", "two", "three"), 1)]})
         self.assertEqual(page.next()["names"], ["wendy"])
 
     def test_an_app_gets_them_paced_whole_lines_a_read_at_a_time(self):
@@ -3806,7 +3912,8 @@ class PrivateLineTest(WebCase):
         got = wendy.until("private")
         self.assertEqual({k: v for k, v in got.items() if k != "at"},
                          {"type": "private", "kind": "private", "from": "tom", "to": "wendy",
-                          "text": "hello page"})
+                          "text": "hello page", "id": got["id"]})
+        self.assertIsInstance(got["id"], int)
         self.assertEqual(got["at"], wendy.seen)
         tom.read_until(b"[private] tom to wendy: hello page\n")
         wendy.ws.send("/msg walt psst")
@@ -3845,6 +3952,352 @@ class PrivateLineTest(WebCase):
         page.ws.send("/msg tom got it")
         tom.read_until(b"[private] wendy to tom: got it\n")
         self.assertEqual(page.until("private")["text"], "got it")
+
+
+class MessengerTest(WebCase):
+    """Reply, react, edit, delete and who is typing, over the raw protocol
+    (issue 33): ids from the room, each action one line for terminals and
+    the App, the server decides, and what history and a page that is away
+    are given holds only the new words."""
+
+    settings = {"web_port": 0, "web_grace": 5.0}
+    QUESTION = "are we meeting at five, or would six be better for everyone?"
+    QUOTE = '"are we meeting at five, or would six be…"'
+
+    def wendy_tom_and_paul(self, **overrides) -> tuple[WebMember, Client, WebMember]:
+        """tom at a terminal, wendy and paul on pages, all counted."""
+        wendy, tom = self.wendy_and_tom(**overrides)
+        paul = self.web_member("paul")
+        for page in (wendy, paul):
+            page.until("count", n=3)
+        tom.read_until(b"3 people are online...\n")
+        return wendy, tom, paul
+
+    def said_by(self, page: WebMember, text: str) -> int:
+        """page says `text`; the id the room gave that line."""
+        page.ws.send(text)
+        return page.until("chat", text=text)["id"]
+
+    def nothing_more(self, tom: Client, page: WebMember | None = None) -> bytes:
+        """What tom (and the page) got before a line said now: nothing else came meanwhile."""
+        tom.send(b"marker\n")
+        if page is not None:
+            self.assertEqual(page.next()["text"], "marker")
+        return tom.read_until(b"tom: marker\n")[:-len(b"tom: marker\n")]
+
+    def test_lines_get_small_ids_from_the_room_never_reused_and_the_room_keeps_a_bounded_number(self):
+        wendy, tom = self.wendy_and_tom()
+        ids = [self.said_by(wendy, text) for text in ("one", "two")]
+        tom.send(b"/msg wendy three\n")
+        ids.append(wendy.until("private")["id"])
+        self.assertEqual(ids, [1, 2, 3])
+        with mock.patch.object(pcr, "LINES_KEPT", 3), mock.patch.object(pcr, "REACTIONS_KEPT", 4):
+            ids += [self.said_by(wendy, f"line {k}") for k in range(4)]
+            self.assertEqual(self.on_loop(lambda: list(self.server.room.transcript.lines)), [5, 6, 7])
+            for line, emoji in ((5, "👍"), (5, "😂"), (6, "👍"), (6, "😮"), (7, "🙏")):   # a fifth:
+                wendy.act(act="react", id=line, emoji=emoji)                     # the oldest line goes
+                wendy.until("react", id=line, emoji=emoji)
+            transcript = self.on_loop(lambda: self.server.room.transcript)
+            self.assertEqual((list(transcript.lines), transcript.reactions), ([6, 7], 3))
+        self.assertEqual(ids, list(range(1, 8)))
+        self.assertEqual(self.said_by(wendy, "after"), 8)
+
+    def test_a_reply_reaches_every_kind_of_member_as_one_line(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        amy = self.app("amy")
+        amy.wait_box("4 people are online...\n")
+        tom.send(f"tom: {self.QUESTION}\n".encode())
+        asked = wendy.until("chat", name="tom")["id"]
+        wendy.act(act="reply", id=asked, text="yes, at five")
+        line = f'wendy (to tom: {self.QUOTE}): yes, at five\n'
+        tom.read_until(line.encode())
+        reply = paul.until("chat", name="wendy")
+        self.assertEqual(reply, {"type": "chat", "id": asked + 1, "name": "wendy", "text": "yes, at five",
+                                 "reply": {"id": asked, "name": "tom", "text": self.QUOTE.strip('"')},
+                                 "at": paul.seen})
+        amy.wait_chat(line)
+        self.assertEqual(amy.box, "4 people are online...\n")
+        self.assert_app_shows_well(amy)
+        wendy.act(act="reply", id=asked, text="and a second line\nof more words")   # its next lines are lines
+        tom.read_until(b'wendy (to tom: ' + self.QUOTE.encode() + b'): and a second line\nwendy: of more words\n')
+
+    def test_what_is_done_to_a_private_line_stays_between_its_two(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        tom.send(b"/msg wendy psst, come at six\n")
+        secret = wendy.until("private")["id"]
+        wendy.act(act="reply", id=secret, text="ok")
+        tom.read_until(b'[private] wendy to tom (to tom: "psst, come at six"): ok\n')
+        mine = wendy.until("private", text="ok")
+        self.assertEqual((mine["from"], mine["to"], mine["reply"]["id"]), ("wendy", "tom", secret))
+        wendy.act(act="react", id=secret, emoji="👍")
+        tom.read_until(b'[private] wendy reacted \xf0\x9f\x91\x8d to tom: "psst, come at six"\n')
+        wendy.act(act="edit", id=mine["id"], text="ok, six it is")
+        tom.read_until(b'[private] wendy edited: "ok, six it is"\n')
+        wendy.act(act="delete", id=mine["id"])
+        tom.read_until(b"[private] wendy deleted a line\n")
+        paul.act(act="react", id=secret, emoji="😂")   # paul never saw it: for him it is not there
+        self.assertEqual(paul.until("note")["text"],
+                         "that line is no longer kept in the room, so it cannot be reacted to")
+        self.assertEqual(self.nothing_more(tom, paul), b"")
+
+    def test_a_private_line_between_two_pages_is_edited_for_both(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        wendy.ws.send("/msg paul the key is under the mat")
+        secret = paul.until("private")["id"]
+        wendy.until("private", id=secret)
+        wendy.act(act="edit", id=secret, text="the key is with the neighbour")
+        for page in (paul, wendy):   # each its own copy, with the new words
+            self.assertEqual(page.until("edit")["text"], "the key is with the neighbour")
+        self.assertNotIn(b"under the mat", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
+        wendy.act(act="delete", id=secret)
+        for page in (paul, wendy):
+            self.assertEqual(page.until("delete")["id"], secret)
+        self.assertNotIn(b"neighbour", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
+        self.assertEqual(self.nothing_more(tom), b"")
+
+    def test_reactions_count_who_and_a_second_tap_takes_one_back(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        tom.send(b"hi all\n")
+        line = wendy.until("chat", name="tom")["id"]
+        wendy.act(act="react", id=line, emoji="👍")
+        tom.read_until('wendy reacted 👍 to tom: "hi all"\n'.encode())
+        event = paul.until("react")
+        self.assertEqual({k: v for k, v in event.items() if k != "at"}, {
+            "type": "react", "id": line, "emoji": "👍", "name": "wendy", "on": True, "n": 1, "names": ["wendy"]})
+        paul.act(act="react", id=line, emoji="👍")
+        self.assertEqual(paul.until("react")["names"], ["wendy", "paul"])
+        wendy.act(act="react", id=line, emoji="👍")
+        tom.read_until('wendy took back 👍 from tom: "hi all"\n'.encode())
+        event = paul.until("react", name="wendy")
+        self.assertEqual((event["on"], event["n"], event["names"]), (False, 1, ["paul"]))
+        wendy.act(act="react", id=line, emoji="❤")   # without its variation selector
+        tom.read_until('wendy reacted ❤️ to tom: "hi all"\n'.encode())
+        wendy.act(act="react", id=line, emoji="👎")
+        self.assertEqual(wendy.until("note")["text"], "a reaction is one of 👍 ❤️ 😂 😮 😢 🙏")
+
+    def test_a_flood_of_reactions_and_typing_notices_is_bounded_and_slows_nobody_else(self):
+        wendy, tom, paul = self.wendy_tom_and_paul(line_rate=0)   # only the flood's own limits
+        tom.send(b"react to me\n")
+        line = paul.until("chat", name="tom")["id"]
+        started = time.monotonic()
+        for _ in range(100):
+            wendy.act(act="react", id=line, emoji="😂")
+            wendy.act(act="typing")
+        tom.send(b"tom: still here\n")
+        wendy.ws.send("after the flood")   # said after the flood: the flood is all read by then
+        heard = tom.read_until(b"wendy: after the flood\n")
+        if b"tom: still here\n" not in heard:   # its own line may come after
+            heard += tom.read_until(b"tom: still here\n")
+        elapsed = time.monotonic() - started
+        reactions = heard.count("wendy reacted 😂".encode()) + heard.count("wendy took back 😂".encode())
+        self.assertGreaterEqual(reactions, 2)
+        self.assertLessEqual(reactions, pcr.Gate.REACT_BURST + pcr.Gate.REACT_RATE * elapsed + 1)
+        self.assertNotIn(b"typing", heard)   # terminals are never told
+        events, lines = [], set()
+        while lines != {"still here", "after the flood"}:   # tom's line reaches pages too
+            event = paul.next()
+            events.append(event["type"])
+            lines |= {event["text"]} if event["type"] == "chat" else set()
+        self.assertGreaterEqual(events.count("typing"), 1)
+        self.assertLessEqual(events.count("typing"), pcr.Gate.TYPING_BURST + pcr.Gate.TYPING_RATE * elapsed + 1)
+        self.assertEqual(events.count("react"), reactions)
+        self.assertIn("you are reacting to that line too fast; wait a few seconds",
+                      [e.get("text") for e in wendy.until_quiet() if e["type"] == "note"])
+
+    def test_only_the_sender_edits_or_deletes_and_unknown_ids_get_one_sentence(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        line = self.said_by(wendy, "my line")
+        tom.read_until(b"wendy: my line\n")
+        paul.act(act="edit", id=line, text="paul's words")
+        self.assertEqual(paul.until("note")["text"], "only the member who sent a line can edit it")
+        paul.act(act="delete", id=line)
+        self.assertEqual(paul.until("note")["text"], "only the member who sent a line can delete it")
+        for action, sentence in (
+                ({"act": "edit", "id": 99999, "text": "x"}, "that line is no longer kept in the room, so it cannot be edited"),
+                ({"act": "delete", "id": 99999}, "that line is no longer kept in the room, so it cannot be deleted"),
+                ({"act": "react", "id": 99999, "emoji": "👍"}, "that line is no longer kept in the room, so it cannot be reacted to"),
+                ({"act": "edit", "id": line, "text": " \t "}, "an edit needs words: to take a line back, delete it"),
+                ({"act": "shout", "id": line}, "the room did not understand what your page sent; reload the page")):
+            with self.subTest(action=action):
+                wendy.act(**action)
+                self.assertEqual(wendy.until("note")["text"], sentence)
+        wendy.ws.send("\x00not json at all")
+        self.assertEqual(wendy.until("note")["text"], "the room did not understand what your page sent; reload the page")
+        self.assertEqual(self.nothing_more(tom), b"")
+        wendy.act(act="delete", id=line)
+        tom.read_until(b"wendy deleted a line\n")
+        wendy.act(act="delete", id=line)
+        self.assertEqual(wendy.until("note")["text"], "that line was deleted, so it cannot be deleted")
+
+    def test_past_the_window_a_line_can_no_longer_be_edited_or_deleted(self):
+        wendy, tom = self.wendy_and_tom(edit_window=0.4)
+        line = self.said_by(wendy, "the cake is in the frige")
+        wendy.act(act="edit", id=line, text="the cake is in the fridge")
+        tom.read_until(b'wendy edited: "the cake is in the fridge"\n')
+        time.sleep(0.5)   # the window, a setting, runs out
+        wendy.act(act="edit", id=line, text="too late")
+        self.assertEqual(wendy.until("note")["text"], "a line can be edited only within 0.4 seconds of sending it")
+        wendy.act(act="delete", id=line)
+        self.assertEqual(wendy.until("note")["text"], "a line can be deleted only within 0.4 seconds of sending it")
+        wendy.act(act="react", id=line, emoji="🙏")   # reactions and replies have no window
+        tom.read_until('wendy reacted 🙏 to wendy: "the cake is in the fridge"\n'.encode())
+
+    def test_the_window_is_fifteen_minutes(self):
+        wendy, tom = self.wendy_and_tom()
+        line = self.said_by(wendy, "one")
+        said = self.on_loop(lambda: self.server.room.transcript.get(line))
+        self.on_loop(lambda: setattr(said, "at", said.at - 899))   # 14 min 59 s ago
+        wendy.act(act="edit", id=line, text="still mine to change")
+        tom.read_until(b'wendy edited: "still mine to change"\n')
+        self.on_loop(lambda: setattr(said, "at", said.at - 2))     # 15 min 1 s ago
+        wendy.act(act="edit", id=line, text="too late")
+        self.assertEqual(wendy.until("note")["text"], "a line can be edited only within 15 minutes of sending it")
+
+    def test_edits_and_deletions_reach_every_member_as_one_line_and_the_log_never_has_the_words(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        amy = self.app("amy")
+        amy.wait_box("4 people are online...\n")
+        line = self.said_by(wendy, "the cake is in the frige")
+        wendy.act(act="edit", id=line, text="the cake is in the fridge")
+        tom.read_until(b'wendy edited: "the cake is in the fridge"\n')
+        self.assertEqual({k: v for k, v in paul.until("edit").items() if k != "at"},
+                         {"type": "edit", "id": line, "name": "wendy", "text": "the cake is in the fridge"})
+        pin = self.said_by(wendy, "my PIN is 4711")
+        wendy.act(act="delete", id=pin)
+        tom.read_until(b"wendy: my PIN is 4711\nwendy deleted a line\n")
+        self.assertEqual({k: v for k, v in paul.until("delete").items() if k != "at"},
+                         {"type": "delete", "id": pin, "name": "wendy"})
+        amy.wait_chat('wendy edited: "the cake is in the fridge"\n')
+        amy.wait_chat("wendy deleted a line\n")
+        self.assert_app_shows_well(amy)
+        self.assertEqual(amy.box, "4 people are online...\n")
+        log = self.log_text()
+        self.assertNotIn("4711", log)
+        self.assertNotIn("fridge", log)
+
+    def test_a_page_away_and_newcomers_are_given_only_the_new_words(self):
+        self.start(history=10, web_grace=5.0)
+        tom = self.member("tom")
+        wendy, walt, paul = (self.web_member(name) for name in ("wendy", "walt", "paul"))
+        paul.until("count", n=4)
+        token, seen = paul.token, paul.seen
+        paul.lose()
+        self.wait_on_loop(lambda: self.server.room.find("paul").stage is pcr.Stage.AWAY, "paul away")
+        code = self.said_by(wendy, "the door code is 4711")
+        walt.until("chat", text="the door code is 4711")
+        walt.act(act="reply", id=code, text="thanks!")
+        thanks = wendy.until("chat", name="walt")["id"]
+        wendy.act(act="react", id=thanks, emoji="👍")
+        wendy.act(act="edit", id=code, text="the door code is on the fridge")
+        wendy.until("edit")
+        pin = self.said_by(wendy, "oops: my PIN 1234")
+        wendy.act(act="delete", id=pin)
+        wendy.until("delete")
+        tom.read_until(b"wendy deleted a line\n")
+        kept = self.on_loop(lambda: bytes(self.server.webs.stream.buf))
+        for words in (b"4711", b"1234"):
+            self.assertNotIn(words, kept)
+        back = self.web_member(None)
+        back.ask_seat_back(token, seen)
+        self.assertTrue(back.until("welcome")["back"])
+        missed = back.until_quiet()
+        told = json.dumps(missed, ensure_ascii=False)
+        self.assertNotIn("4711", told)
+        self.assertNotIn("1234", told)
+        self.assertEqual([(e["type"], e.get("id")) for e in missed],
+                         [("chat", code), ("chat", thanks), ("react", thanks), ("edit", code),
+                          ("chat", pin), ("delete", pin)])
+        self.assertEqual(missed[3]["text"], "the door code is on the fridge")
+        self.assertEqual(missed[1]["reply"], {"id": code, "name": "wendy"})   # its quote: from the edit
+
+        nina = self.web_member("nina")
+        self.assertEqual(nina.until("history")["lines"], [
+            {"id": code, "name": "wendy", "text": "the door code is on the fridge", "edited": True},
+            {"id": thanks, "name": "walt", "text": "thanks!", "reactions": {"👍": {"n": 1, "names": ["wendy"]}},
+             "reply": {"id": code, "name": "wendy", "text": "the door code is on the fridge"}},
+            {"id": pin, "name": "wendy", "deleted": True}])
+        zed = self.connect()
+        zed.answer(b"zed\n")
+        self.assertEqual(zed.read_until(b"zed joined the chat...\n").decode(),
+                         'wendy: the door code is on the fridge\n'
+                         'walt (to wendy: "the door code is on the fridge"): thanks!\n'
+                         'wendy deleted a line\nzed joined the chat...\n')
+
+    def test_a_reply_to_a_line_no_longer_kept_goes_as_a_new_line_or_if_private_comes_back(self):
+        wendy, tom = self.wendy_and_tom()
+        with mock.patch.object(pcr, "LINES_KEPT", 2):
+            first = self.said_by(wendy, "one")
+            for text in ("two", "three"):
+                self.said_by(wendy, text)
+            wendy.act(act="reply", id=first, text="late answer")
+            tom.read_until(b"wendy: late answer\n")   # a new line, whole
+            self.assertEqual(wendy.until("note")["text"],
+                             "the line you answered is no longer kept, so yours was sent as a new line")
+            wendy.act(act="reply", id=first, text="a private answer", private=True)
+            self.assertEqual({k: v for k, v in wendy.until("note").items()},
+                             {"type": "note", "words": "a private answer", "text":
+                              "the private line you answered is no longer kept, so your reply was not sent"})
+            self.assertEqual(self.nothing_more(tom), b"")
+            wendy.act(act="react", id=first, emoji="👍")
+            self.assertEqual(wendy.until("note")["text"],
+                             "that line is no longer kept in the room, so it cannot be reacted to")
+
+    def test_a_private_reply_to_someone_who_left_is_not_sent_and_comes_back(self):
+        wendy, tom = self.wendy_and_tom()
+        ann = self.member("ann")
+        ann.send(b"/msg wendy see you\n")
+        secret = wendy.until("private")["id"]
+        ann.close()
+        tom.read_until(b"ann has left the chat...\n")
+        wendy.act(act="reply", id=secret, text="bye")
+        self.assertEqual(wendy.until("note"), {"type": "note", "words": "bye", "text":
+                                               "ann is not in the room now, so your private reply was not sent"})
+
+    def test_old_style_commands_nul_lines_and_names_forge_nothing(self):
+        wendy, tom = self.wendy_and_tom()
+        tom.send(f"tom: {self.QUESTION}\n".encode())
+        asked = wendy.until("chat", name="tom")["id"]
+        forged = ["/react 1 👍", "/edit 1 hacked", "/delete 1", "/reply 1 hi", "/typing",
+                  '\x00{"act": "delete", "id": 1}']
+        for text in forged:
+            tom.send(f"{text}\n".encode())
+        heard = tom.read_until('tom: {"act": "delete", "id": 1}\n'.encode()).decode()
+        for text in forged:
+            self.assertIn(f"tom: {text.lstrip(chr(0))}\n", heard)
+        self.assertEqual([wendy.until("chat")["text"] for _ in forged], [t.lstrip("\x00") for t in forged])
+        said = self.on_loop(lambda: self.server.room.transcript.get(asked))
+        self.assertEqual((said.text, said.deleted, said.reactions), (self.QUESTION, False, None))
+        for name, text in (("tom reacted 👍 to tom", self.QUOTE), ("tom edited", '"hacked"'),
+                           ("tom (to tom", self.QUOTE + "): yes"), ("tom took back 👍 from tom", self.QUOTE)):
+            with self.subTest(name=name):
+                forger = self.member(name)
+                forger.send(f"{name}: {text}\n".encode())   # its own name first, as the App writes
+                line = tom.read_until(f": {text}\n".encode()).decode().splitlines()[-1]
+                self.assertEqual(line, f"_{name.replace(' ', '_')}: {text}")
+                forger.close()
+
+    def test_a_deleted_photo_is_gone_from_the_room(self):
+        if Image is None:
+            self.skipTest(NO_PIL)
+        wendy, tom = self.wendy_and_tom()
+        share(wendy, picture("JPEG", (64, 48)))
+        photo = wendy.until("photo")
+        link = photo_link(tom.read_until(b".jpg\n"))
+        wendy.act(act="edit", id=photo["id"], text="a caption")
+        self.assertEqual(wendy.until("note")["text"], "a photo cannot be edited: delete it and share another")
+        wendy.act(act="reply", id=photo["id"], text="nice")
+        tom.read_until(b"wendy (to wendy: a photo): nice\n")
+        wendy.act(act="delete", id=photo["id"])
+        tom.read_until(b"wendy deleted a line\n")
+        self.assertTrue(fetch(link)[0].startswith("HTTP/1.1 404"))
+        self.assertEqual(self.on_loop(lambda: self.server.room.album.size), 0)
+
+    def test_typing_reaches_pages_alone(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        wendy.act(act="typing")
+        self.assertEqual({k: v for k, v in paul.until("typing").items() if k != "at"},
+                         {"type": "typing", "name": "wendy"})
+        self.assertEqual(self.nothing_more(tom), b"")
 
 
 # ---------------------------------------------------------------------------
@@ -4912,7 +5365,8 @@ class WebPageTest(WebCase):
         self.start()
         tom = self.member("tom")
         wendy = self.web_member("wendy")
-        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096, "photos": True})
+        self.assertEqual(wendy.hello, {"type": "hello", "key": False, "max_line": 4096, "photos": True,
+                                       "edit_window": 900})
         self.assertEqual(wendy.until("welcome")["name"], "wendy")
         wendy.until("join", names=["wendy"])
         self.assertEqual(wendy.until("count")["n"], 2)
@@ -5516,7 +5970,7 @@ class WebGraceTest(WebCase):
         tom.send(b"tom: after\n")
         page = self.back(wendy.token, wendy.seen)
         page.until("welcome")
-        self.assertEqual(page.next(), {"type": "chat", "name": "tom", "text": "after",
+        self.assertEqual(page.next(), {"type": "chat", "id": 2, "name": "tom", "text": "after",
                                        "at": page.seen})
 
 
@@ -5774,15 +6228,15 @@ class PhotoShareTest(WebCase):
                       .encode(), line)
         page = self.web_member("pia")
         self.assertEqual(page.until("history")["lines"], [
-            {"name": "wendy", "url": first, "width": 1024, "height": 1024},
-            {"name": "wendy", "text": "between"}])
+            {"id": 1, "name": "wendy", "url": first, "width": 1024, "height": 1024},
+            {"id": 2, "name": "wendy", "text": "between"}])
         share(wendy, big)   # the album holds one: the first goes, its line stays and says so
         second = wendy.until("photo")["url"]
         late = self.web_member("lea")
         self.assertEqual(late.until("history")["lines"], [
-            {"name": "wendy", "gone": True},
-            {"name": "wendy", "text": "between"},
-            {"name": "wendy", "url": second, "width": 1024, "height": 1024}])
+            {"id": 1, "name": "wendy", "gone": True},
+            {"id": 2, "name": "wendy", "text": "between"},
+            {"id": 3, "name": "wendy", "url": second, "width": 1024, "height": 1024}])
         newest = self.connect()
         newest.answer(b"ned\n")
         self.assertIn(f"wendy shared a photo: This photo is no longer kept.\nwendy: between\n"
@@ -5933,7 +6387,7 @@ class PhotoUploadTest(WebCase):
         for data in photos:   # about 400 KB each: the album keeps two
             share(wendy, data)
             wendy.until("photo")
-        history = self.on_loop(lambda: [(photo, photo.kept) for _, _, photo in self.server.room.history])
+        history = self.on_loop(lambda: [(said.photo, said.photo.kept) for said in self.server.room.history])
         self.assertEqual([kept for _, kept in history], [False, False, False, True, True])
         self.assertEqual([photo.body is None for photo, _ in history], [True, True, True, False, False])
         self.assertEqual(len({photo.file for photo, _ in history}), 5)   # their tokens stay
@@ -10896,7 +11350,8 @@ class PageForEveryoneTest(BrowserCase):
             const style = getComputedStyle(line.querySelector('.bubble'));
             return { background: style.backgroundColor,
                      border: [style.borderTopStyle, style.borderTopWidth, style.borderTopColor].join(' '),
-                     head: line.querySelector('.head').textContent };
+                     head: line.querySelector('.head').textContent   // without its clock:
+                         .replace(/[0-9]{1,2}:[0-9]{2}( ?[AaPp][Mm])?/, '') };   // a minute may turn
             """, text)
 
     def hide_page(self, hidden: bool) -> None:
@@ -11151,6 +11606,55 @@ class PageForEveryoneTest(BrowserCase):
         found += self.in_both_schemes("lost connection")
         self.assertEqual(found, [])
 
+    def test_axe_core_finds_nothing_with_replies_reactions_edits_deletions_and_typing(self):
+        if not AXE or not os.path.exists(AXE):
+            self.skipTest(NO_AXE)
+        self.start(history=20)
+        tom = self.member("tom")
+        tom.send(b"tom: are we meeting at five, or would six be better?\n")   # history, with a reaction
+        tom.read_until(b"better?\n")
+        paul = WebMember(self.server.web_address[1], "paul")
+        self.addCleanup(paul.close)
+        first = paul.until("history")["lines"][0]["id"]
+        paul.act(act="react", id=first, emoji="😂")
+        paul.until("react")
+        self.open_page()
+        self.join_as("Wendy")
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        self.tom_says(tom, "can you bring the cake?")
+        tap = lambda words, act: self.js("""
+            const li = [...document.querySelectorAll('#lines li[data-name]')].find(
+                li => li.querySelector('.text')?.textContent === arguments[0]);
+            li.querySelector('.text').click(); li.querySelector('[data-act="' + arguments[1] + '"]').click();""",
+            words, act)
+        tap("can you bring the cake?", "reply")
+        self.say("yes, at five")
+        self.wait_for(lambda: "yes, at five" in self.bubbles(), "her reply")
+        tap("can you bring the cake?", "react")
+        self.find(".picker button").click()
+        self.say("the cake is in the frige")
+        self.wait_for(lambda: "the cake is in the frige" in self.bubbles(), "her line")
+        tap("the cake is in the frige", "edit")
+        self.driver.switch_to.active_element.send_keys(Keys.BACKSPACE * 5 + "fridge" + Keys.ENTER)
+        self.say("my PIN is 4711")
+        self.wait_for(lambda: "my PIN is 4711" in self.bubbles(), "the PIN")
+        tap("my PIN is 4711", "delete")
+        self.driver.switch_to.alert.accept()
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
+        mine = paul.until("chat", text="yes, at five")["id"]
+        paul.act(act="reply", id=mine, text="great")
+        paul.act(act="typing")
+        self.wait_for(lambda: "great" in self.bubbles(), "paul's reply")
+        self.wait_for(lambda: self.text("#typing") == "paul is typing…", "paul typing")
+        tap("great", "reply")   # the reply bar, and a line with its buttons and picker showing
+        tap("yes, at five", "react")
+        self.wait_for(lambda: self.find(".picker").is_displayed(), "the picker")
+        found = self.in_both_schemes("messenger")
+        tap("the cake is in the fridge", "edit")
+        self.wait_for(lambda: self.find(".edit-box").is_displayed(), "an edit box")
+        found += self.in_both_schemes("editing")
+        self.assertEqual(found, [])
+
     def test_nothing_is_cut_off_at_200_percent_zoom_on_a_phone(self):
         self.start(web_grace=6.0)
         proxy = CuttableProxy(self.server.web_address[1])
@@ -11186,6 +11690,260 @@ class PageForEveryoneTest(BrowserCase):
             self.assertGreaterEqual(box["x"], 0)
             self.assertLessEqual(box["x"] + box["width"], 180)
         self.find("#banner-button").click()   # selenium clicks only what is in view and not covered
+
+
+class MessengerPageTest(BrowserCase):
+    """Reply, react, edit, delete and who is typing on the page, in real
+    Chromium (issue 33): each seen from a second page (a tab of its own), a
+    terminal and a newcomer with --history; and all of it by keyboard alone."""
+
+    QUESTION = "are we meeting at five, or would six be better for everyone?"
+    QUOTE = '"are we meeting at five, or would six be…"'
+
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(self.close_tabs)
+
+    def close_tabs(self) -> None:
+        for handle in self.driver.window_handles[1:]:
+            self.driver.switch_to.window(handle)
+            self.driver.close()
+        self.driver.switch_to.window(self.driver.window_handles[0])
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def page_for(self, name: str) -> str:
+        """The page joined as `name`, in this tab if it is empty, else in a new one; its tab."""
+        if self.driver.current_url != "about:blank":
+            self.driver.switch_to.new_window("tab")
+        self.open_page()
+        self.wait_for(lambda: self.find("#name").is_displayed(), "name form")
+        self.find("#name").clear()   # the name kept on this device is the other tab's
+        self.join_as(name)
+        self.wait_for(lambda: self.find("#chat").is_displayed(), "chat view")
+        return self.driver.current_window_handle
+
+    def to(self, tab: str) -> None:
+        self.driver.switch_to.window(tab)
+
+    def line(self, words: str):
+        """The list item of the line whose words are `words`, once it is on the page."""
+        find = ("return [...document.querySelectorAll('#lines li[data-name]')].find("
+                "li => li.querySelector('.text')?.textContent === arguments[0]) || null")
+        self.wait_for(lambda: self.js(find, words), f"the line {words!r}")
+        return self.js(find, words)
+
+    def tap(self, item, act: str):
+        """A tap on the line shows its buttons; then a tap on the one for `act`."""
+        item.find_element(By.CSS_SELECTOR, ".text").click()
+        button = item.find_element(By.CSS_SELECTOR, f'[data-act="{act}"]')
+        self.assertTrue(button.is_displayed())
+        button.click()
+
+    def acts(self, item) -> list[str]:
+        """The accessible names of a line's buttons."""
+        return [b.get_attribute("aria-label") for b in item.find_elements(By.CSS_SELECTOR, ".actions button")]
+
+    def active(self) -> str:
+        return self.js("const a = document.activeElement; return a.getAttribute('aria-label') || a.id")
+
+    def test_a_family_replies_reacts_edits_and_deletes_seen_by_a_second_page_a_terminal_and_a_newcomer(self):
+        self.start(history=20)
+        tom = self.member("tom")
+        wendy = self.page_for("Wendy")
+        paul = self.page_for("Paul")
+        tom.read_until(b"Paul joined the chat...\n3 people are online...\n")
+        tom.send(f"tom: {self.QUESTION}\n".encode())
+
+        self.to(wendy)   # a reply: the terminal reads one line, the other page the quote above it
+        question = self.line(self.QUESTION)
+        self.assertEqual(self.acts(question), ["Reply to tom", "React to tom’s line"])
+        self.tap(question, "reply")
+        self.assertEqual(self.active(), "message")
+        self.assertEqual(self.text("#replying-text"), "Replying to tom: " + self.QUOTE.strip('"'))
+        self.say("yes, at five")
+        tom.read_until(f"Wendy (to tom: {self.QUOTE}): yes, at five\n".encode())
+        self.assertFalse(self.find("#replying").is_displayed())
+        self.to(paul)
+        reply = self.line("yes, at five")
+        quote = reply.find_element(By.CSS_SELECTOR, ".bubble .quote")
+        self.assertEqual(quote.get_attribute("textContent"), "In reply to tom" + self.QUOTE.strip('"'))
+        self.assertLess(quote.rect["y"], reply.find_element(By.CSS_SELECTOR, ".text").rect["y"])
+        quote.click()
+        self.assertEqual(self.js("return document.activeElement.id"), self.line(self.QUESTION).get_attribute("id"))
+        self.tap(reply, "reply")   # Paul answers her: her page shows it is for her
+        self.say("see you there")
+        tom.read_until(b'Paul (to Wendy: "yes, at five"): see you there\n')
+        self.to(wendy)
+        answer = self.line("see you there")
+        self.assertIn("answers you", answer.find_element(By.CSS_SELECTOR, ".head").get_attribute("textContent"))
+        self.assertIn("named", answer.get_attribute("class").split())
+
+        self.to(wendy)   # a reaction, its count, who; a second tap takes one's own back
+        self.tap(self.line(self.QUESTION), "react")
+        choices = self.driver.find_elements(By.CSS_SELECTOR, ".picker button")
+        self.assertEqual([c.get_attribute("aria-label") for c in choices],
+                         [f"React with {emoji}" for emoji in pcr.REACTIONS])
+        self.assertEqual(self.active(), "React with 👍")
+        choices[0].click()
+        tom.read_until(f"Wendy reacted 👍 to tom: {self.QUOTE}\n".encode())
+        self.to(paul)
+        self.wait_for(lambda: self.line(self.QUESTION).find_elements(By.CSS_SELECTOR, ".chip"), "the 👍")
+        chip = self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip")
+        self.assertEqual((chip.text, chip.get_attribute("title"), chip.get_attribute("aria-label")),
+                         ("👍 1", "Wendy", "React 👍 1: Wendy"))
+        chip.click()
+        tom.read_until(f"Paul reacted 👍 to tom: {self.QUOTE}\n".encode())
+        chip = lambda: self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip")
+        self.wait_for(lambda: chip().get_attribute("title") == "Wendy and you", "two on it")
+        self.assertEqual((chip().text, chip().get_attribute("aria-pressed")), ("👍 2", "true"))
+        chip().click()
+        tom.read_until(f"Paul took back 👍 from tom: {self.QUOTE}\n".encode())
+        self.wait_for(lambda: chip().get_attribute("title") == "Wendy", "Paul's taken back")
+
+        self.to(wendy)   # an edit, in place, and marked
+        self.say("the cake is in the frige")
+        mine = self.line("the cake is in the frige")
+        self.assertEqual(self.acts(mine), ["Reply to your line", "React to your line", "Edit your line",
+                                           "Delete your line"])
+        self.tap(mine, "edit")
+        box = self.driver.switch_to.active_element
+        self.assertEqual((box.get_attribute("aria-label"), box.get_attribute("value")),
+                         ("Edit your line", "the cake is in the frige"))
+        box.send_keys(Keys.BACKSPACE * 5 + "fridge" + Keys.ENTER)
+        tom.read_until(b'Wendy edited: "the cake is in the fridge"\n')
+        self.to(paul)
+        edited = self.line("the cake is in the fridge")
+        self.assertIn("edited", edited.find_element(By.CSS_SELECTOR, ".head").text)
+        self.assertEqual(self.acts(edited), ["Reply to Wendy", "React to Wendy’s line"])   # not hers to change
+
+        self.to(wendy)   # a deletion, after its confirmation
+        self.say("my PIN is 4711")
+        self.tap(self.line("my PIN is 4711"), "delete")
+        self.assertEqual(self.driver.switch_to.alert.text, "Delete this line for everyone?")
+        self.driver.switch_to.alert.accept()
+        tom.read_until(b"Wendy deleted a line\n")
+        self.to(paul)
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
+        self.assertNotIn("4711", self.text("#lines"))
+
+        nina = self.page_for("Nina")   # a newcomer sees it all as the others do
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the history")
+        shown = self.text("#lines")
+        for gone in ("4711", "frige"):
+            self.assertNotIn(gone, shown)
+        self.assertEqual(self.line("yes, at five").find_element(By.CSS_SELECTOR, ".quote").get_attribute("textContent"),
+                         "In reply to tom" + self.QUOTE.strip('"'))
+        self.assertEqual(self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip").get_attribute("title"), "Wendy")
+        self.assertIn("edited", self.line("the cake is in the fridge").find_element(By.CSS_SELECTOR, ".head").text)
+        self.assertEqual(self.acts(self.line("the cake is in the fridge")), ["Reply to Wendy", "React to Wendy’s line"])
+        self.to(nina)
+        self.assert_no_policy_violations()
+
+    def test_all_five_by_keyboard_alone(self):
+        self.start()
+        tom = self.member("tom")
+        self.page_for("Wendy")
+        tom.send(b"tom: can you bring the cake?\n")
+        self.line("can you bring the cake?")
+        keys = webdriver.ActionChains(self.driver)
+
+        def press(*pressed) -> None:
+            for key in pressed:
+                if key == "back":
+                    keys.key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT)
+                else:
+                    keys.send_keys(key)
+            keys.perform()
+
+        def to_the_list() -> None:
+            for _ in range(3):
+                press("back")
+                if self.active() == "Chat messages":
+                    return
+
+        def tab_to(label: str) -> None:
+            """Tab until `label` has the focus (past a quote, say), 5 times at most."""
+            for _ in range(5):
+                press(Keys.TAB)
+                if self.active() == label:
+                    return
+
+        self.assertEqual(self.active(), "message")
+        to_the_list()
+        press(Keys.ARROW_UP)   # the last line
+        self.assertEqual(self.js("return document.activeElement.getAttribute('data-name')"), "tom")
+        press(Keys.TAB)
+        self.assertEqual(self.active(), "Reply to tom")
+        press(Keys.ENTER)
+        self.assertEqual(self.active(), "message")
+        press("yes" + Keys.ENTER)
+        tom.read_until(b'Wendy (to tom: "can you bring the cake?"): yes\n')
+
+        to_the_list()
+        press(Keys.END, Keys.ARROW_UP, Keys.TAB, Keys.TAB)
+        self.assertEqual(self.active(), "React to tom’s line")
+        press(Keys.ENTER)
+        self.assertEqual(self.active(), "React with 👍")
+        press(Keys.TAB, Keys.ENTER)
+        tom.read_until('Wendy reacted ❤️ to tom: "can you bring the cake?"\n'.encode())
+        self.assertEqual(self.active(), "React to tom’s line")
+
+        press(Keys.ARROW_DOWN)   # her reply: its quote, Reply, React, Edit, Delete
+        tab_to("Edit your line")
+        self.assertEqual(self.active(), "Edit your line")
+        press(Keys.ENTER)
+        self.assertEqual((self.active(), self.js("return document.activeElement.value")), ("Edit your line", "yes"))
+        press(Keys.ESCAPE)   # cancelled: nothing goes
+        self.assertEqual(self.js("return document.activeElement.getAttribute('data-name')"), "Wendy")
+        tab_to("Edit your line")
+        press(Keys.ENTER, ", with candles", Keys.ENTER)
+        tom.read_until(b'Wendy edited: "yes, with candles"\n')
+        self.assertEqual(self.js("return document.activeElement.getAttribute('data-name')"), "Wendy")
+        tab_to("Delete your line")
+        self.assertEqual(self.active(), "Delete your line")
+        press(Keys.ENTER)
+        self.driver.switch_to.alert.accept()
+        tom.read_until(b"Wendy deleted a line\n")
+        self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
+        self.assertNotIn(b"edited", tom.read_for(0.2))   # Escape sent nothing
+
+    def test_who_is_typing_is_said_politely_once_never_into_the_log_and_goes(self):
+        self.start()
+        tom = self.member("tom")
+        watcher = WebMember(self.server.web_address[1], "walt")   # counts the notices the room sends
+        self.addCleanup(watcher.close)
+        wendy = self.page_for("Wendy")
+        self.js("""window.typingSaid = [];
+            new MutationObserver(function () {
+              window.typingSaid.push(document.getElementById('typing').textContent);
+            }).observe(document.getElementById('typing'), { childList: true, characterData: true, subtree: true });""")
+        self.assertEqual((self.find("#typing").get_attribute("role"), self.js(
+            "return document.getElementById('log').contains(document.getElementById('typing'))")), ("status", False))
+        paul = self.page_for("Paul")
+        started = time.monotonic()
+        while time.monotonic() - started < 4.0:   # a line typed slowly, over 4 s
+            self.find("#message").send_keys("a")
+            time.sleep(0.4)
+        notices = [e for e in watcher.until_quiet(0.3) if e["type"] == "typing"]
+        self.assertIn(len(notices), (2, 3))   # once every 3 s, not once a key
+        self.to(wendy)
+        self.assertEqual(self.text("#typing"), "Paul is typing…")
+        self.to(paul)
+        self.find("#message").send_keys(Keys.ENTER)
+        self.to(wendy)
+        self.wait_for(lambda: self.text("#typing") == "", "the notice gone with Paul's line")
+        self.assertEqual(self.js("return window.typingSaid"), ["Paul is typing…", ""])   # said once
+        self.assertNotIn("typing", self.text("#lines"))
+        self.to(paul)
+        self.find("#message").send_keys("b")
+        self.to(wendy)
+        self.wait_for(lambda: self.text("#typing") == "Paul is typing…", "the notice again")
+        shown = time.monotonic()
+        self.wait_for(lambda: self.text("#typing") == "", "the notice gone 6 s later", timeout=9.0)
+        self.assertGreater(time.monotonic() - shown, 4.0)
+        self.assertNotIn(b"typing", tom.read_for(0.2))   # terminals are never told
 
 
 class PhotoBrowserTest(BrowserCase):
