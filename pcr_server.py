@@ -10402,7 +10402,7 @@ a.quote:hover { text-decoration: underline; }
     names: [], others: 0, count: 0,
     whoPending: false, whoTimer: 0, whoShown: false,
     lastHeard: 0, hiddenAt: 0, probeTimer: 0,
-    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0,
+    unread: 0, stuck: true, lastTop: 0, logHeight: 0, unseen: 0, okTimer: 0,
     token: "",           // brings this page back to its seat after a lost connection
     seen: 0,             // the mark of the last event shown: what it missed starts there
     grace: 0,            // seconds the room holds the seat of a lost connection
@@ -11626,8 +11626,14 @@ a.quote:hover { text-decoration: underline; }
     if (room.stuck) { room.unseen = 0; ui.newest.hidden = true; }
   });
   if (window.ResizeObserver) {
-    // The phone keyboard shrinks the list: keep the newest line in view.
-    new ResizeObserver(function () { if (room.stuck) { toBottom(); } }).observe(ui.log);
+    // The phone keyboard shrinks the list: keep the newest line in view. Only its
+    // height counts: a scroll bar coming (a line's buttons shown) must not move the
+    // list under a finger that is pressing a quote.
+    new ResizeObserver(function () {
+      if (ui.log.clientHeight === room.logHeight) { return; }
+      room.logHeight = ui.log.clientHeight;
+      if (room.stuck) { toBottom(); }
+    }).observe(ui.log);
   }
 
   document.addEventListener("visibilitychange", function () {

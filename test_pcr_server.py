@@ -11727,10 +11727,9 @@ class MessengerPageTest(BrowserCase):
     def to(self, tab: str) -> None:
         self.driver.switch_to.window(tab)
 
-    def click_still(self, element) -> None:
-        """A click on `element` once it stands still where a finger would land: a page
-        that has just come to the front may still be moving its list (a click then
-        lands on the line below)."""
+    def press(self, element) -> None:
+        """A press on `element` as a hand makes it, a moment between down and up
+        (the page lays itself out in between), once it stands still where the finger lands."""
         where = ("const r = arguments[0].getBoundingClientRect(), x = r.left + r.width / 2, "
                  "y = r.top + r.height / 2; const hit = document.elementFromPoint(x, y); "
                  "return hit && arguments[0].contains(hit) ? [x, y] : null")
@@ -11741,8 +11740,8 @@ class MessengerPageTest(BrowserCase):
             seen.append(self.js(where, element))
             return seen[-1] is not None and seen[-2:] == seen[-1:] * 2
 
-        self.wait_for(still, "a still element to click")
-        element.click()
+        self.wait_for(still, "a still element to press")
+        webdriver.ActionChains(self.driver).move_to_element(element).click_and_hold().pause(0.3).release().perform()
 
     def line(self, words: str):
         """The list item of the line whose words are `words`, once it is on the page."""
@@ -11787,7 +11786,7 @@ class MessengerPageTest(BrowserCase):
         quote = reply.find_element(By.CSS_SELECTOR, ".bubble .quote")
         self.assertEqual(quote.get_attribute("textContent"), "In reply to tom" + self.QUOTE.strip('"'))
         self.assertLess(quote.rect["y"], reply.find_element(By.CSS_SELECTOR, ".text").rect["y"])
-        self.click_still(quote)
+        self.press(quote)   # its line's buttons show at the press: the quote stays put
         self.assertEqual(self.js("return document.activeElement.id"), self.line(self.QUESTION).get_attribute("id"))
         self.tap(reply, "reply")   # Paul answers her: her page shows it is for her
         self.say("see you there")
@@ -11925,6 +11924,23 @@ class MessengerPageTest(BrowserCase):
         tom.read_until(b"Wendy deleted a line\n")
         self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
         self.assertNotIn(b"edited", tom.read_for(0.2))   # Escape sent nothing
+
+    def test_the_newest_line_stays_in_view_when_a_keyboard_shrinks_the_list(self):
+        self.start()
+        tom = self.member("tom")
+        self.page_for("Wendy")
+        tom.read_until(b"Wendy joined the chat...\n")
+        for i in range(30):
+            tom.send(f"tom: line {i}\n".encode())
+        self.line("line 29")
+        at_bottom = ("const log = document.getElementById('log'); "
+                     "return log.scrollHeight - log.scrollTop - log.clientHeight < 2")
+        self.wait_for(lambda: self.js(at_bottom), "the newest line in view")
+        self.addCleanup(self.driver.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride",
+                        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",   # a phone's keyboard comes up
+                                    {"width": 360, "height": 440, "deviceScaleFactor": 1, "mobile": True})
+        self.wait_for(lambda: self.js(at_bottom), "the newest line in view above the keyboard")
 
     def test_who_is_typing_is_said_politely_once_never_into_the_log_and_goes(self):
         self.start()
