@@ -559,14 +559,27 @@ def private_readings(request: str) -> list[tuple[str, str]]:
     return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
 
 
+def page_json(text: str | bytes):
+    """The JSON value a page sent (an action, a request for its seat); None
+    if it is not JSON.  JSON may escape a lone surrogate (`"\\ud800"`), which
+    no UTF-8 can hold: each comes in as U+FFFD, as bad UTF-8 does in a line,
+    so that nothing a page sends can make a line the room cannot send."""
+    try:
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:   # a ValueError too: so first
+        held = json.dumps(value, ensure_ascii=False).encode("utf-16-le", "surrogatepass")
+        return json.loads(held.decode("utf-16-le", "replace"))   # pairs whole, lone ones U+FFFD
+    except (ValueError, RecursionError):
+        return None
+    return value
+
+
 def page_action(text: str) -> dict | None:
     """What a page asks of the room after ACTION_MARK: one JSON object,
     {"act": "reply" | "react" | "edit" | "delete" | "typing", "id": LINE,
     "text": ..., "emoji": ..., "private": ...}; None if it is not one."""
-    try:
-        action = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+    action = page_json(text)
     if not isinstance(action, dict) or action.get("act") not in PAGE_ACTS:
         return None
     line_id = action.setdefault("id", 0)
@@ -829,7 +842,7 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     """(seat, secret, seen) of a page's request for its seat back: a binary
     message holding {"resume": "SEAT.SECRET", "seen": POSITION}; None if it is not one."""
     try:
-        request = json.loads(payload)
+        request = page_json(payload)
         seat, secret = request["resume"].split(".")
         seen = request["seen"]
     except (ValueError, TypeError, KeyError, AttributeError):

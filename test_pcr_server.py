@@ -2508,6 +2508,16 @@ class MessengerTextTest(unittest.TestCase):
             with self.subTest(bad=bad[:40]):
                 self.assertIsNone(pcr.page_action(bad))
 
+    def test_what_a_page_sends_as_json_is_always_utf8(self):
+        """JSON may escape a lone surrogate, which no UTF-8 can hold: it comes in as U+FFFD,
+        as bad UTF-8 in a line does; a pair stays the character it makes."""
+        action = pcr.page_action('{"act": "edit", "id": 1, "text": "six \\ud800 \\ud83d\\ude00 \\udfff"}')
+        self.assertEqual(action["text"], "six \ufffd \U0001f600 \ufffd")
+        self.assertEqual(pcr.page_action('{"act": "react", "id": 1, "emoji": "\\ud83d"}')["emoji"], "\ufffd")
+        self.assertIsNone(pcr.page_action('{"act\\udc00": "edit", "id": 1}'))
+        self.assertEqual(pcr.resume_request(b'{"resume": "12.\\ud800", "seen": 0}'), ("12", "\ufffd", 0))
+        self.assertIsNone(pcr.resume_request(b'{"resume": "1\\udc002.ab", "seen": 0}'))
+
     def test_a_scrubbed_frame_keeps_its_length_and_mark_and_loses_only_the_words(self):
         frame = pcr.ws_marked_event(1000, "chat", id=5, name="anna", text="my PIN is 4711",
                                     reply={"id": 3, "name": "bob", "text": "what is your PIN?"})
@@ -4167,6 +4177,43 @@ class MessengerTest(WebCase):
                          'wendy: the door code is on the fridge\n'
                          'walt (to wendy: "the door code is on the fridge"): thanks!\n'
                          'wendy deleted a line\nzed joined the chat...\n')
+
+    def test_a_lone_surrogate_from_a_page_harms_nobody(self):
+        """An edit (or a reply) whose JSON escapes a lone surrogate ("\\ud800") can
+        never make a line the room cannot send: an innocent page reacting to it, a
+        newcomer terminal and a newcomer page given it in --history all read it, with
+        U+FFFD in its place; nor can a request for a seat back."""
+        self.start(history=10, web_grace=5.0)
+        tom = self.member("tom")
+        wendy, paul = self.web_member("wendy"), self.web_member("paul")
+        paul.until("count", n=3)
+        line = self.said_by(wendy, "see you at five")
+        wendy.ws.send("\x00" + json.dumps({"act": "edit", "id": line, "text": "see you at six \ud800"}))
+        tom.read_until('wendy edited: "see you at six \ufffd"\n'.encode())
+        paul.act(act="react", id=line, emoji="👍")
+        self.assertEqual(paul.until("react")["id"], line)
+        tom.read_until('paul reacted 👍 to wendy: "see you at six \ufffd"\n'.encode())
+        paul.ws.send("\x00" + json.dumps({"act": "reply", "id": line, "text": "ok \udfff"}))
+        tom.read_until('paul (to wendy: "see you at six \ufffd"): ok \ufffd\n'.encode())
+        zed = self.connect()
+        zed.answer(b"zed\n")
+        heard = zed.read_until(b"zed joined the chat...\n").decode()
+        self.assertIn("wendy: see you at six \ufffd", heard)
+        self.assertIn('paul (to wendy: "see you at six \ufffd"): ok \ufffd\n', heard)
+        zed.send(b"zed is here\n")
+        tom.read_until(b"zed: zed is here\n")
+        nina = self.web_member("nina")
+        self.assertEqual([said.get("text") for said in nina.until("history")["lines"]],
+                         ["see you at six \ufffd", "ok \ufffd", "zed is here"])
+        nina.ws.send("nina is here")
+        tom.read_until(b"nina: nina is here\n")
+        back = self.web_member(None)   # a request for wendy's seat with such a secret
+        back.ws.send(json.dumps({"resume": wendy.token.split(".")[0] + ".\ud800", "seen": 0}).encode())
+        self.assertEqual(back.until("lost")["text"], pcr.SEAT_GONE)
+        back.ws.send("walt")
+        back.until("welcome")
+        self.assert_chats_on(wendy, tom)
+        self.assertNotIn("internal error", self.log_text())
 
     def test_a_reply_to_a_line_no_longer_kept_goes_as_a_new_line_or_if_private_comes_back(self):
         wendy, tom = self.wendy_and_tom()
