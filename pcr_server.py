@@ -2369,11 +2369,12 @@ class Said:
     answers (`re`: id, name, and that line's first words: None for a photo,
     "" once deleted), who reacted with what (None: nobody yet), whether it
     was edited or deleted (then its words and photo are gone), and where in
-    the web stream the frames that hold its words begin (`framed`, the web
-    outlet's to write).  Made for every line said: its making is kept cheap."""
+    the web stream the frames that hold its words begin (`framed`) and those
+    that hold its quote of the line it answers (`quoting`: the web outlet's
+    to write).  Made for every line said: its making is kept cheap."""
 
     __slots__ = ("id", "name", "author", "at", "text", "photo", "to", "to_number", "re",
-                 "reactions", "edited", "deleted", "framed")
+                 "reactions", "edited", "deleted", "framed", "quoting")
 
     def __init__(self, m: Member, at: float, text: str, photo: Photo | None = None,
                  to: Member | None = None, answers: Said | None = None):
@@ -2390,6 +2391,7 @@ class Said:
         self.edited = False
         self.deleted = False
         self.framed: list[int] | None = None
+        self.quoting: list[int] | None = None
 
     def quoted(self) -> tuple[int, str, str | None]:
         """This line as a reply quotes it: (id, name, first words)."""
@@ -2805,7 +2807,7 @@ class WebOutlet(Outlet):
         return start
 
     def chat(self, said: Said) -> None:
-        self._framed(said, self._event("chat", **self._line_fields(said)))
+        self._framed(said, self._event("chat", **self._line_fields(said)), quote=True)
 
     def photo(self, said: Said) -> None:
         self._framed(said, self._event("photo", **self._line_fields(said)))
@@ -2813,7 +2815,7 @@ class WebOutlet(Outlet):
     def private(self, m: Member, said: Said) -> None:
         """A private line for m alone, marked with its place like every event,
         kept like them for a page that is away."""
-        self._framed(said, self._event("private", only=(m,), **self._line_fields(said)))
+        self._framed(said, self._event("private", only=(m,), **self._line_fields(said)), quote=True)
 
     @staticmethod
     def _photo_fields(photo: Photo) -> dict:
@@ -2867,29 +2869,34 @@ class WebOutlet(Outlet):
 
     # -- what the stream keeps of a line: its words go when it is edited or deleted
     @staticmethod
-    def _framed(said: Said, start: int) -> None:
-        """The frame at `start` (-1: none was written) holds words of `said`."""
+    def _framed(said: Said, start: int, quote: bool = False) -> None:
+        """The frame at `start` (-1: none was written) holds words of `said`
+        (with `quote`, and of a reply its quote of the line it answers)."""
         if start >= 0:
             if said.framed is None:
                 said.framed = [start]
             else:
                 said.framed.append(start)
+            if quote and said.re is not None:
+                said.quoting = [start] if said.quoting is None else said.quoting + [start]
 
     def _forget_words(self, said: Said, answering: list[Said]) -> None:
         """The words of `said` leave every frame the stream still keeps (what
-        a page that is away will be given): its own, and the replies' quotes of it."""
-        self._scrub(said, said.id)
+        a page that is away will be given): its own, and the replies' quotes
+        of it.  Each frame loses them once: the frames are forgotten then."""
+        self._scrub(said.framed, said.id)
         said.framed = None
         for reply in answering:
-            self._scrub(reply, said.id)
+            self._scrub(reply.quoting, said.id)
+            reply.quoting = None
 
-    def _scrub(self, said: Said, line_id: int) -> None:
-        """The words of line `line_id` leave the frames of `said` that the
-        stream still keeps: each is rewritten as long as it was, without
-        them (ws_scrubbed).  A reader in the middle of one is given the
-        rest of it first, as it was."""
+    def _scrub(self, frames: list[int] | None, line_id: int) -> None:
+        """The words of line `line_id` leave the `frames` that the stream
+        still keeps: each is rewritten as long as it was, without them
+        (ws_scrubbed).  A reader in the middle of one is given the rest of
+        it first, as it was."""
         stream = self.stream
-        for start in said.framed or ():
+        for start in frames or ():
             if start < stream.base:
                 continue
             begin, stop = ws_frame_span(stream.buf, start - stream.base)
@@ -4298,14 +4305,16 @@ class WebDoor:
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
 
-    def act(self, m: Member, text: str) -> None:
+    def act(self, m: Member, text: str) -> bytes:
         """What m's page asks after ACTION_MARK (page_action): the room does
         it, or m is told why not.  A reply's further lines are lines of their
-        own; "typing" past its rate (the gate's) is dropped unsaid."""
+        own: returned, for the server to take as m's next lines, each through
+        the gate like any other; "typing" past its rate (the gate's) is
+        dropped unsaid."""
         action, room = page_action(text), self.room
         if action is None:
             room.tell(m, NOT_UNDERSTOOD)
-            return
+            return b""
         act, line_id = action["act"], action["id"]
         if act == "typing":
             if self.gate.may_act(m, "typing"):
@@ -4330,8 +4339,8 @@ class WebDoor:
             lines = [line for line in map(clean_text, action["text"].split("\n")) if line.strip()]
             if lines:
                 room.reply(m, line_id, lines[0], action.get("private") is True)
-            for line in lines[1:]:
-                room.say(m, line)
+            return "".join(f"{line}\n" for line in lines[1:]).encode()
+        return b""
 
     def _closing(self, m: Member, code: int) -> None:
         """The page closed its socket: a leave, or away (ws_close_is_leave);
@@ -4835,8 +4844,10 @@ class Server:
                 t.skipping = False
             elif len(line) - line.endswith(b"\r") > s.max_line:
                 self._too_long(m)
-            elif not self._say(m, line):
+            elif (further := self._say(m, line)) is None:
                 return
+            elif further:   # a page's reply's further lines: next, each through the gate
+                buf, start = further + buf[start:], 0
         rest = buf[start:]
         if len(rest) > s.max_line + 1:
             if not t.skipping:
@@ -4870,17 +4881,18 @@ class Server:
         if m.stage is Stage.IN_ROOM and not self.stopping:
             self._listen_again(m)
 
-    def _say(self, m: Member, raw: bytes) -> bool:
-        """Relay one line from m; False if the line was m's goodbye."""
+    def _say(self, m: Member, raw: bytes) -> bytes | None:
+        """Relay one line from m; None if the line was m's goodbye, else the lines
+        it hands on as m's next (a page's reply's further lines: WebDoor.act)."""
         text = decode_line(raw)
         if is_leave_line(text, m.forms):
             self.drop(m, "left")
-            return False
+            return None
         if text[:1] == ACTION_MARK and m.transport.frame_reader is not None:
-            self.door.act(m, text[1:])   # a page's reply, reaction, edit, deletion or typing
-        elif (said := said_text(text, m.forms)) is not None:
+            return self.door.act(m, text[1:])   # a page's reply, reaction, edit, deletion, typing
+        if (said := said_text(text, m.forms)) is not None:
             self.room.say(m, said)
-        return True
+        return b""
 
     def disconnect(self, name: str) -> bool:
         """The host removes a member by name; False if nobody has that name."""

@@ -3976,6 +3976,29 @@ class MessengerTest(WebCase):
         wendy.act(act="reply", id=asked, text="and a second line\nof more words")   # its next lines are lines
         tom.read_until(b'wendy (to tom: ' + self.QUOTE.encode() + b'): and a second line\nwendy: of more words\n')
 
+    def test_a_replys_further_lines_keep_to_the_line_rate_like_any_other_line(self):
+        """One reply of 600 lines far over --line-rate (10 a second, 20 at once; QA
+        finding 2): a terminal gets only what the rate allows, in order, and the
+        room stays responsive; the rest waits its turn, it is not lost."""
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        rate = self.server.settings.line_rate
+        tom.send(b"ask me\n")
+        asked = wendy.until("chat", name="tom")["id"]
+        started = time.monotonic()
+        wendy.act(act="reply", id=asked, text="\n".join(str(k) for k in range(1, 601)))
+        heard = tom.read_until(b'wendy (to tom: "ask me"): 1\n')
+        tom.send(b"tom: still heard\n")
+        heard += tom.read_until(b"tom: still heard\n")
+        paul.ws.send("paul too")
+        heard += tom.read_until(b"paul: paul too\n") + tom.read_for(0.5)
+        elapsed = time.monotonic() - started
+        numbers = [int(line[len(b"wendy: "):]) for line in heard.splitlines() if line.startswith(b"wendy: ")]
+        self.assertEqual(numbers, list(range(2, 2 + len(numbers))))   # in order, none skipped
+        self.assertGreater(len(numbers), 2 * rate)   # the burst at once, then at the rate
+        self.assertLessEqual(1 + len(numbers), 2 * rate + rate * elapsed + 1)
+        paul.until("chat", name="wendy", text=str(len(numbers) + 1))   # pages get them too
+        wendy.lose()   # the rest would take a minute: the server reads no goodbye before it
+
     def test_what_is_done_to_a_private_line_stays_between_its_two(self):
         wendy, tom, paul = self.wendy_tom_and_paul()
         tom.send(b"/msg wendy psst, come at six\n")
@@ -4177,6 +4200,35 @@ class MessengerTest(WebCase):
                          'wendy: the door code is on the fridge\n'
                          'walt (to wendy: "the door code is on the fridge"): thanks!\n'
                          'wendy deleted a line\nzed joined the chat...\n')
+
+    def test_a_replys_quote_is_scrubbed_once_not_at_every_edit(self):
+        """A line answered 20 times, edited twice while a page is away (the stream keeps
+        every frame for it): the first edit takes its words out of the 20 replies'
+        quotes, the second has only the line's own frame left to rewrite (QA finding 12:
+        each edit rewrote every reply's frame again).  A reply edited first still has
+        the quote in its first frame: that goes too."""
+        wendy, tom, paul = self.wendy_tom_and_paul(line_rate=0)
+        paul.lose()
+        self.wait_on_loop(lambda: self.server.room.find("paul").stage is pcr.Stage.AWAY, "paul away")
+        line = self.said_by(wendy, "the first words")
+        for k in range(20):
+            wendy.act(act="reply", id=line, text=f"answer {k}")
+        first = wendy.until("chat", text="answer 0")["id"]
+        wendy.until("chat", text="answer 19")
+        wendy.act(act="edit", id=first, text="answer zero")
+        wendy.until("edit", text="answer zero")
+        for words, frames in (("second words", 21), ("third words", 1)):
+            with mock.patch.object(pcr, "ws_scrubbed", wraps=pcr.ws_scrubbed) as scrubbed:
+                wendy.act(act="edit", id=line, text=words)
+                wendy.until("edit", text=words)
+                self.assertEqual(scrubbed.call_count, frames, words)
+        kept = self.on_loop(lambda: bytes(self.server.webs.stream.buf))
+        self.assertNotIn(b"first words", kept)
+        self.assertNotIn(b"second words", kept)
+        self.assertEqual(kept.count(b"answer "), 20)   # 19 replies and the edit
+        wendy.act(act="delete", id=line)
+        wendy.until("delete", id=line)
+        self.assertNotIn(b"third words", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
 
     def test_a_lone_surrogate_from_a_page_harms_nobody(self):
         """An edit (or a reply) whose JSON escapes a lone surrogate ("\\ud800") can
