@@ -391,6 +391,7 @@ ACTION_MARK = "\x00"
 PAGE_ACTS = ("reply", "react", "edit", "delete", "typing")
 REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")
 QUOTE_CHARS = 40     # a reply or a reaction quotes about this many of a line's first characters
+EDITED_MARK = " (edited)"   # after an edited line's words, and a quote of them, for line readers
 LINE_ACTS_DONE = {"react": "reacted to", "edit": "edited", "delete": "deleted"}   # in sentences
 LINE_NOT_KEPT = "that line is no longer kept in the room, so it cannot be {}\n"
 LINE_DELETED = "that line was deleted, so it cannot be {}\n"
@@ -477,11 +478,12 @@ def first_words(text: str, most: int = QUOTE_CHARS) -> str:
     return text[:cut if cut > most // 2 else most].rstrip(" ,;:.!?-") + "…"
 
 
-def answered_text(name: str, words: str | None) -> str:
+def answered_text(name: str, words: str | None, edited: bool = False) -> str:
     """A line as a reply or a reaction names it: `bob: "are we meeting at five…"`
-    (its first words), `bob: a photo`, or `bob: a deleted line` (words "")."""
+    (its first words; `bob: "…" (edited)` once edited), `bob: a photo`, or
+    `bob: a deleted line` (words "")."""
     if words:
-        return f'{name}: "{words}"'
+        return f'{name}: "{words}"' + EDITED_MARK * edited
     return f"{name}: {'a photo' if words is None else 'a deleted line'}"
 
 
@@ -2393,9 +2395,11 @@ class Said:
         self.framed: list[int] | None = None
         self.quoting: list[int] | None = None
 
-    def quoted(self) -> tuple[int, str, str | None]:
-        """This line as a reply quotes it: (id, name, first words)."""
-        return self.id, self.name, "" if self.deleted else None if self.photo else first_words(self.text)
+    def quoted(self) -> tuple[int, str, str | None, bool]:
+        """This line as a reply quotes it: (id, name, first words, edited)."""
+        if self.deleted:
+            return self.id, self.name, "", False
+        return self.id, self.name, None if self.photo else first_words(self.text), self.edited
 
     def heard_by(self, m: Member) -> bool:
         """m may see this line: everyone, or the two of a private line."""
@@ -2653,13 +2657,15 @@ class Outlet:
 
 def said_notice(said: Said) -> str:
     """A line as line readers read it: `anna: hi`, `[private] anna to bob: hi`,
-    a reply (reply_notice), or `anna deleted a line`."""
+    a reply (reply_notice), or `anna deleted a line`; an edited one's new
+    words with EDITED_MARK after them."""
     if said.deleted:
         return f"{PRIVATE_TAG} " * bool(said.to) + delete_notice(said.name)
+    text = said.text + EDITED_MARK * said.edited
     if said.re is not None:
         speaker = f"{PRIVATE_TAG} {said.name} to {said.to}" if said.to else said.name
-        return reply_notice(speaker, answered_text(*said.re[1:]), said.text)
-    return private_notice(said.name, said.to, said.text) if said.to else chat_notice(said.name, said.text)
+        return reply_notice(speaker, answered_text(*said.re[1:]), text)
+    return private_notice(said.name, said.to, text) if said.to else chat_notice(said.name, text)
 
 
 class LineOutlet(Outlet):
@@ -2839,9 +2845,10 @@ class WebOutlet(Outlet):
             if said.edited:
                 fields["edited"] = True
         if said.re is not None:
-            line_id, name, words = said.re
+            line_id, name, words, edited = said.re
             fields["reply"] = {"id": line_id, "name": name, **(
-                {"text": words} if words else {"photo": True} if words is None else {"deleted": True})}
+                {"text": words} if words else {"photo": True} if words is None else {"deleted": True}),
+                **({"edited": True} if edited else {})}
         if reactions and said.reactions:
             fields["reactions"] = {emoji: self._reactors(who) for emoji, who in said.reactions.items()}
         return fields
@@ -9157,6 +9164,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 a.quote:hover { text-decoration: underline; }
 .quote-name { font-weight: 700; margin-right: 6px; }
 .quote-text { color: var(--quiet); }
+.quote .edited { margin-left: 6px; }
 .log li[data-name] { scroll-margin: 24px; }
 .log li.found .bubble { outline: 3px solid var(--named-line); }
 .reactions, .actions, .picker { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; }
@@ -9723,12 +9731,17 @@ a.quote:hover { text-decoration: underline; }
     quote.appendChild(make("span", "visually-hidden", "In reply to "));
     quote.appendChild(make("span", "quote-name", String(reply.name)));
     quote.appendChild(make("span", "quote-text", quoteWords(reply)));
+    if (reply.edited && !reply.deleted) { quote.appendChild(make("span", "edited", "edited")); }
     return quote;
   }
 
-  function requote(id, words) {
-    document.querySelectorAll('.quote[data-to="' + (id | 0) + '"] .quote-text').forEach(function (q) {
-      q.textContent = words;
+  function requote(id, words, edited) {
+    // The quotes of line id take its new words; an edited line's are marked, a deleted one's not.
+    document.querySelectorAll('.quote[data-to="' + (id | 0) + '"]').forEach(function (quote) {
+      quote.querySelector(".quote-text").textContent = words;
+      const mark = quote.querySelector(".edited");
+      if (edited && !mark) { quote.appendChild(make("span", "edited", "edited")); }
+      if (!edited && mark) { mark.remove(); }
     });
   }
 
@@ -9739,7 +9752,7 @@ a.quote:hover { text-decoration: underline; }
 
   function lineEdited(msg) {
     if (typeof msg.text !== "string") { return; }   // words since changed again: the next event has them
-    requote(msg.id, firstWords(msg.text));
+    requote(msg.id, firstWords(msg.text), true);
     const item = lineOf(msg.id), text = item && item.querySelector(".text");
     if (!text) { return; }
     text.textContent = msg.text;
@@ -9747,7 +9760,7 @@ a.quote:hover { text-decoration: underline; }
   }
 
   function lineDeleted(msg) {
-    requote(msg.id, "a deleted line");
+    requote(msg.id, "a deleted line", false);
     const item = lineOf(msg.id);
     if (!item) { return; }
     const name = String(msg.name || item.getAttribute("data-name") || "");

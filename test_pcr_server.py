@@ -2480,6 +2480,9 @@ class MessengerTextTest(unittest.TestCase):
                          'anna edited: "the cake is in the fridge"\n')
         self.assertEqual(pcr.delete_notice("anna"), "anna deleted a line\n")
         self.assertEqual(pcr.answered_text("bob", ""), "bob: a deleted line")
+        self.assertEqual(pcr.answered_text("bob", "the cake is in the fridge", edited=True),
+                         'bob: "the cake is in the fridge" (edited)')
+        self.assertEqual(pcr.answered_text("bob", "", edited=True), "bob: a deleted line")
 
     def test_a_quote_is_about_forty_characters_cut_after_a_word(self):
         self.assertEqual(pcr.first_words("yes"), "yes")
@@ -4118,7 +4121,7 @@ class MessengerTest(WebCase):
         wendy.act(act="delete", id=line)
         self.assertEqual(wendy.until("note")["text"], "a line can be deleted only within 0.4 seconds of sending it")
         wendy.act(act="react", id=line, emoji="🙏")   # reactions and replies have no window
-        tom.read_until('wendy reacted 🙏 to wendy: "the cake is in the fridge"\n'.encode())
+        tom.read_until('wendy reacted 🙏 to wendy: "the cake is in the fridge" (edited)\n'.encode())
 
     def test_the_window_is_fifteen_minutes(self):
         wendy, tom = self.wendy_and_tom()
@@ -4192,13 +4195,13 @@ class MessengerTest(WebCase):
         self.assertEqual(nina.until("history")["lines"], [
             {"id": code, "name": "wendy", "text": "the door code is on the fridge", "edited": True},
             {"id": thanks, "name": "walt", "text": "thanks!", "reactions": {"👍": {"n": 1, "names": ["wendy"]}},
-             "reply": {"id": code, "name": "wendy", "text": "the door code is on the fridge"}},
+             "reply": {"id": code, "name": "wendy", "text": "the door code is on the fridge", "edited": True}},
             {"id": pin, "name": "wendy", "deleted": True}])
         zed = self.connect()
         zed.answer(b"zed\n")
         self.assertEqual(zed.read_until(b"zed joined the chat...\n").decode(),
-                         'wendy: the door code is on the fridge\n'
-                         'walt (to wendy: "the door code is on the fridge"): thanks!\n'
+                         'wendy: the door code is on the fridge (edited)\n'
+                         'walt (to wendy: "the door code is on the fridge" (edited)): thanks!\n'
                          'wendy deleted a line\nzed joined the chat...\n')
 
     def test_a_replys_quote_is_scrubbed_once_not_at_every_edit(self):
@@ -4230,6 +4233,39 @@ class MessengerTest(WebCase):
         wendy.until("delete", id=line)
         self.assertNotIn(b"third words", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
 
+    def test_a_quote_of_an_edited_line_says_it_was_edited(self):
+        """A reply keeps quoting the line it answered, in that line's new words once
+        it is edited: a line reader (live, or a newcomer given --history) reads
+        `(edited)` after the quote, and a page `edited: true` in `reply` (QA finding
+        13: `bob (to mallory: "do you agree that you owe me 500 euros?"): yes`)."""
+        wendy, tom, paul = self.wendy_tom_and_paul(history=10)
+        asked = self.said_by(wendy, "shall we meet at five?")
+        paul.act(act="reply", id=asked, text="yes")
+        tom.read_until(b'paul (to wendy: "shall we meet at five?"): yes\n')
+        wendy.act(act="edit", id=asked, text="do you agree that you owe me 500 euros?")
+        tom.read_until(b'wendy edited: "do you agree that you owe me 500 euros?"\n')
+        paul.act(act="react", id=asked, emoji="👍")
+        tom.read_until('paul reacted 👍 to wendy: "do you agree that you owe me 500 euros?" (edited)\n'.encode())
+        wendy.act(act="reply", id=asked, text="you do")
+        tom.read_until(b'wendy (to wendy: "do you agree that you owe me 500 euros?" (edited)): you do\n')
+        self.assertEqual(paul.until("chat", text="you do")["reply"], {
+            "id": asked, "name": "wendy", "text": "do you agree that you owe me 500 euros?", "edited": True})
+        zed = self.connect()
+        zed.answer(b"zed\n")
+        self.assertEqual(zed.read_until(b"zed joined the chat...\n").decode(),
+                         "wendy: do you agree that you owe me 500 euros? (edited)\n"
+                         'paul (to wendy: "do you agree that you owe me 500 euros?" (edited)): yes\n'
+                         'wendy (to wendy: "do you agree that you owe me 500 euros?" (edited)): you do\n'
+                         "zed joined the chat...\n")
+        nina = self.web_member("nina")
+        quotes = [said.get("reply") for said in nina.until("history")["lines"]]
+        self.assertEqual(quotes[1], {"id": asked, "name": "wendy", "edited": True,
+                                     "text": "do you agree that you owe me 500 euros?"})
+        wendy.act(act="delete", id=asked)   # a deleted line's quote: deleted, no longer edited
+        tom.read_until(b"wendy deleted a line\n")
+        paul.act(act="reply", id=asked, text="gone")
+        tom.read_until(b"paul (to wendy: a deleted line): gone\n")
+
     def test_a_lone_surrogate_from_a_page_harms_nobody(self):
         """An edit (or a reply) whose JSON escapes a lone surrogate ("\\ud800") can
         never make a line the room cannot send: an innocent page reacting to it, a
@@ -4244,14 +4280,14 @@ class MessengerTest(WebCase):
         tom.read_until('wendy edited: "see you at six \ufffd"\n'.encode())
         paul.act(act="react", id=line, emoji="👍")
         self.assertEqual(paul.until("react")["id"], line)
-        tom.read_until('paul reacted 👍 to wendy: "see you at six \ufffd"\n'.encode())
+        tom.read_until('paul reacted 👍 to wendy: "see you at six \ufffd" (edited)\n'.encode())
         paul.ws.send("\x00" + json.dumps({"act": "reply", "id": line, "text": "ok \udfff"}))
-        tom.read_until('paul (to wendy: "see you at six \ufffd"): ok \ufffd\n'.encode())
+        tom.read_until('paul (to wendy: "see you at six \ufffd" (edited)): ok \ufffd\n'.encode())
         zed = self.connect()
         zed.answer(b"zed\n")
         heard = zed.read_until(b"zed joined the chat...\n").decode()
         self.assertIn("wendy: see you at six \ufffd", heard)
-        self.assertIn('paul (to wendy: "see you at six \ufffd"): ok \ufffd\n', heard)
+        self.assertIn('paul (to wendy: "see you at six \ufffd" (edited)): ok \ufffd\n', heard)
         zed.send(b"zed is here\n")
         tom.read_until(b"zed: zed is here\n")
         nina = self.web_member("nina")
@@ -10820,8 +10856,14 @@ class MessengerPageTest(BrowserCase):
         tom.read_until(f"Paul took back 👍 from tom: {self.QUOTE}\n".encode())
         self.wait_for(lambda: chip().get_attribute("title") == "Wendy", "Paul's taken back")
 
-        self.to(wendy)   # an edit, in place, and marked
+        self.to(wendy)   # an edit, in place, and marked, in the quotes of it too
         self.say("the cake is in the frige")
+        tom.read_until(b"Wendy: the cake is in the frige\n")
+        self.to(paul)
+        self.tap(self.line("the cake is in the frige"), "reply")
+        self.say("thanks")
+        tom.read_until(b'Paul (to Wendy: "the cake is in the frige"): thanks\n')
+        self.to(wendy)
         mine = self.line("the cake is in the frige")
         self.assertEqual(self.acts(mine), ["Reply to your line", "React to your line", "Edit your line",
                                            "Delete your line"])
@@ -10835,6 +10877,8 @@ class MessengerPageTest(BrowserCase):
         edited = self.line("the cake is in the fridge")
         self.assertIn("edited", edited.find_element(By.CSS_SELECTOR, ".head").text)
         self.assertEqual(self.acts(edited), ["Reply to Wendy", "React to Wendy’s line"])   # not hers to change
+        thanks = lambda: self.line("thanks").find_element(By.CSS_SELECTOR, ".quote").get_attribute("textContent")
+        self.wait_for(lambda: thanks() == "In reply to Wendythe cake is in the fridgeedited", "the quote marked")
 
         self.to(wendy)   # a deletion, after its confirmation
         self.say("my PIN is 4711")
@@ -10856,6 +10900,7 @@ class MessengerPageTest(BrowserCase):
         self.assertEqual(self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip").get_attribute("title"), "Wendy")
         self.assertIn("edited", self.line("the cake is in the fridge").find_element(By.CSS_SELECTOR, ".head").text)
         self.assertEqual(self.acts(self.line("the cake is in the fridge")), ["Reply to Wendy", "React to Wendy’s line"])
+        self.assertEqual(thanks(), "In reply to Wendythe cake is in the fridgeedited")
         self.to(nina)
         self.assert_no_policy_violations()
 
