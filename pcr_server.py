@@ -744,11 +744,17 @@ WS_DROP_UP_TO = 1 << 20   # a member's message past --max-line is dropped with a
 
 
 class WsError(Exception):
-    """A client broke RFC 6455: close the connection with `code`."""
+    """A client broke RFC 6455 (or the room's use of it, docs/PROTOCOL.md):
+    close the connection with `code`, and the sentence as its reason."""
 
     def __init__(self, code: int, reason: str):
         super().__init__(reason)
         self.code = code
+
+    @property
+    def sentence(self) -> str:
+        """Why, for the person: within a close frame's 123 bytes for every reason raised."""
+        return f"this connection broke the room's WebSocket protocol ({self}); reload the page"
 
 
 def ws_accept(key: str) -> str:
@@ -970,7 +976,7 @@ class FrameReader:
             if self.opcode == WS_BINARY and self.announced:   # a photo: into its upload
                 return self._photo_frame(fin, length, at, end)
             if self.size + length > self.drop_up_to:
-                raise WsError(WS_TOO_BIG, "message too big")
+                raise WsError(WS_TOO_BIG, f"a message over {self.drop_up_to} bytes")
             if self.dropping or self.size + length > self.max_message:
                 return self._drop(fin, length, end)
             if self.opcode == WS_TEXT and at + 4 <= len(buf) < end:   # a frame coming in pieces
@@ -3888,6 +3894,7 @@ TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
 PLAIN_ROOM = "it speaks TLS to a room that is not encrypted"   # why such a client is closed
 ROOM_PATH = "/room"   # the web door says where the room is (a line client at the page's port)
 REDIRECT_KEPT = 600   # seconds a browser keeps the room's port's redirect to the page's
+INTERNAL_ERROR = "the room met an error serving you and closed your connection; please join again\n"
 PAGE_IS_OFF = ("this room's chat page is off; join with PrivateChatRoom-App or a terminal at "
                "this address\n")
 
@@ -4122,7 +4129,7 @@ class Entrance:
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     too_long: Callable[[Member], None]             # a message from a member in the room, dropped
-    leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    leave: Callable[..., None]                     # leave(m, reason, farewell, code): it closed or broke
     lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
     find: Callable[[str], Member | None]           # find(name): who in the room has that name
     close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
@@ -4271,15 +4278,16 @@ class WebDoor:
                     return
                 if opcode == WS_ANNOUNCED:   # a photo's bytes (or more than it said)
                     self.photos.share(m, payload)
+                elif payload is None and m.stage is not Stage.IN_ROOM:   # past --max-line
+                    raise WsError(WS_TOO_BIG, f"a message over {self.settings.max_line} bytes "
+                                              f"before the name")
                 elif opcode == WS_BINARY and payload and m.stage is Stage.NAMING \
                         and (request := resume_request(payload)):
                     m = self._come_back(m, *request)
                 elif opcode == WS_BINARY:
                     raise WsError(WS_UNSUPPORTED, "a photo's bytes without their announcement"
                                   if m.stage is Stage.IN_ROOM else "binary messages are not taken")
-                elif payload is None:   # past --max-line: only a member in the room is told
-                    if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
-                        raise WsError(WS_TOO_BIG, "message too big")
+                elif payload is None:   # a text past --max-line from a member in the room: told
                     self.entrance.too_long(m)
                 elif opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
                     size = photo_announcement(payload) if m.stage is Stage.IN_ROOM else None
@@ -4298,7 +4306,7 @@ class WebDoor:
                     self._closing(m, ws_close_code(payload))
         except WsError as e:
             log.info("closed the web member from %s: %s", m.ip, e)
-            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
+            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", e.sentence, e.code)
 
     def _text(self, m: Member, payload: bytes) -> None:
         """A text message: its alias, then lines."""
@@ -4788,7 +4796,7 @@ class Server:
                 self._read(m)
         except Exception as e:   # a bug met by one member costs that member only
             log_fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
-            self.drop(m, "internal error", code=WS_INTERNAL)
+            self.drop(m, "internal error", INTERNAL_ERROR, WS_INTERNAL)
 
     def _writable(self, m: Member) -> None:
         t = m.transport

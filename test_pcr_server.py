@@ -3099,6 +3099,7 @@ class FaultTest(ServerCase):
             return say(m, raw)
         server._say = broken
         bob.send(b"bob: this meets the bug\n")
+        self.assertTrue(bob.read_to_close().endswith(pcr.INTERNAL_ERROR.encode()))   # told, then closed
         got = ann.read_until(b"1 person is online...\n")
         self.assertEqual(got.count(b"bob has left the chat...\n"), 1)
         ann.send(b"ann: still here\n")
@@ -5588,6 +5589,34 @@ class StrictWebSocketTest(WebCase):
         self.assertIn({"type": "welcome", "name": "an\u03baa"},
                       [{k: v for k, v in json.loads(p).items() if k in ("type", "name")}
                        for opcode, p in frames if opcode == pcr.WS_TEXT])
+
+    def test_a_close_for_a_broken_protocol_says_why_in_a_sentence(self):
+        """1002, 1003, 1007, 1009 and 1011 each close with a short sentence as the
+        reason (QA finding 14: they came with none), and a binary message over
+        --max-line before the name closes with 1009, as a text does (it was 1003)."""
+        self.start(max_line=100)
+        for frames, code, words in (
+                ((self.masked(b"x", 0x3),), pcr.WS_PROTOCOL_ERROR, "reserved opcode 0x3"),
+                ((self.masked(b"abc", pcr.WS_BINARY),), pcr.WS_UNSUPPORTED, "binary messages"),
+                ((self.masked(b"\xff\xfe"),), pcr.WS_BAD_DATA, "not UTF-8"),
+                ((self.masked(b"x" * 500),), pcr.WS_TOO_BIG, "over 100 bytes before the name"),
+                ((self.masked(b"x" * 500, pcr.WS_BINARY),), pcr.WS_TOO_BIG, "over 100 bytes before the name"),
+                ((self.masked(b"ann"),), pcr.WS_BAD_DATA, "not UTF-8")):   # in the room: then bad text
+            with self.subTest(code=code, words=words):
+                closed, sent = self.close_after(*frames, then=(b'"welcome"', self.masked(b"\xff")))
+                reason = [p for opcode, p in sent if opcode == pcr.WS_CLOSE][0][2:].decode()
+                self.assertEqual(closed, code)
+                self.assertIn(words, reason)
+                self.assertTrue(reason.endswith("; reload the page"), reason)
+                self.assertLessEqual(len(reason.encode()), 123)
+                told = json.loads([p for opcode, p in sent if opcode == pcr.WS_TEXT][-1])   # first, as an event
+                in_room = frames == (self.masked(b"ann"),)
+                self.assertEqual((told["type"], told["text"]), ("note" if in_room else "refused", reason))
+        with mock.patch.object(self.server.door, "act", side_effect=RuntimeError("a bug")):
+            closed, sent = self.close_after(self.masked(b"bob"), then=(b'"welcome"', self.masked(b'\x00{"act": "typing"}')))
+        reason = [p for opcode, p in sent if opcode == pcr.WS_CLOSE][0][2:].decode()
+        self.assertEqual((closed, reason), (pcr.WS_INTERNAL, pcr.INTERNAL_ERROR.strip()))
+        self.member("cy")   # and the room goes on
 
     def test_the_frame_reader_checks_text_fragment_by_fragment(self):
         reader = pcr.FrameReader(100)
