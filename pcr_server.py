@@ -1696,6 +1696,7 @@ EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
 UPLOAD_READ = 1 << 16   # one read from a page sending a photo: it goes into the photo's buffer
 WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
+KEEP_MOST = 1 << 16     # kept bytes past which a write is refused: the peer reads nothing it is sent
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
@@ -1970,8 +1971,10 @@ class Transport:
     last words.  Nothing else calls send() or changes the interest.
 
     Two ways out: write() keeps what the kernel does not take (a response,
-    an App's piece); send() keeps nothing, for a stream that is its own
-    buffer.  While anything waits, `blocked` is true; the loop then calls
+    an App's piece), up to KEEP_MOST bytes beyond one write; send() keeps
+    nothing, for a stream that is its own buffer (so a member in the room,
+    served from its outlet's stream, is kept one piece at most, and the cap
+    bounds those with no seat yet).  While anything waits, `blocked` is true; the loop then calls
     `handler(owner, EVENT_WRITE)` when the socket takes more, and flush()
     sends what was kept.
     """
@@ -2043,14 +2046,23 @@ class Transport:
 
     def write(self, data: bytes | memoryview) -> bool:
         """Send `data` after what waits, keeping what the kernel does not
-        take (a memoryview is kept as a view, not copied: a photo served to
-        many); False if the connection is lost."""
+        take (as a view, not a copy: a photo served to many, the page);
+        False if the connection is lost, or if over KEEP_MOST bytes wait
+        already: a peer that reads none of what it makes the server write
+        (pongs to its pings before its name) is closed by the caller."""
         if self.blocked:
-            self.out = b"".join((self.out, data)) if self.out else data
+            if len(self.out) > KEEP_MOST:
+                return False
+            if not self.out:
+                self.out = memoryview(data)
+            else:   # appended in place from now on, not copied whole at each write
+                if not isinstance(self.out, bytearray):
+                    self.out = bytearray(self.out)
+                self.out += data
             return True
         n = self.send(data[:WRITE_PIECE] if len(data) > WRITE_PIECE else data)
         if 0 <= n < len(data):
-            self.out = data[n:]
+            self.out = memoryview(data)[n:]
             self._more_next_turn()
         return n >= 0
 
@@ -2068,7 +2080,10 @@ class Transport:
             n = self.send(self.out[:WRITE_PIECE])
             if n < 0:
                 return False
-            self.out = self.out[n:]
+            if isinstance(self.out, bytearray):
+                del self.out[:n]   # from the front of a bytearray: no copy of the rest
+            else:   # a view: an empty one would still hold what it viewed
+                self.out = self.out[n:] if n < len(self.out) else b""
             if self.out:
                 self.blocked = True
         self._interest()
@@ -4181,6 +4196,7 @@ class Entrance:
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     too_long: Callable[[Member], None]             # a message from a member in the room, dropped
+    may_say: Callable[[Member], bool]              # m's line rate takes one more (else it waits)
     leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
     lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
     find: Callable[[str], Member | None]           # find(name): who in the room has that name
@@ -4334,7 +4350,11 @@ class WebDoor:
 
     def frames(self, m: Member, data: bytes) -> None:
         """What a web member sent: its alias (or its request for its seat
-        back), its lines, pings, its goodbye."""
+        back), its lines, pings, its goodbye.  Pings read together get one
+        pong, for the most recent (RFC 6455 §5.5.3); in the room each ping
+        or pong is taken from the line rate, so a flood of them waits as one
+        of lines does (what came after it is read when the rate allows)."""
+        ping = None
         try:
             for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
@@ -4357,18 +4377,33 @@ class WebDoor:
                         self._text(m, payload)
                     else:   # a photo's bytes come next, as one binary message
                         self.photos.announced(m, size)
-                elif opcode == WS_PING:
-                    if m.stage is Stage.IN_ROOM:
-                        self.outlet.pong(m, payload)
-                    else:
-                        m.transport.write(ws_frame(payload, WS_PONG))
-                elif opcode == WS_PONG:
-                    self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
                     self._closing(m, ws_close_code(payload))
+                else:   # a ping or a pong; past the rate, the frames after it wait unread
+                    if opcode == WS_PING:
+                        ping = payload
+                    else:
+                        self.outlet.ponged(m)
+                    if m.stage is Stage.IN_ROOM and not self.entrance.may_say(m):
+                        break
         except WsError as e:
             log.info("closed the web member from %s: %s", m.ip, e)
             self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
+            return
+        if ping is None or m.stage is Stage.GONE or m.transport.closed:
+            return
+        if m.stage is Stage.IN_ROOM:
+            self.outlet.pong(m, ping)
+        else:
+            self._tell_unseated(m, ws_frame(ping, WS_PONG))
+
+    def _tell_unseated(self, m: Member, data: bytes) -> None:
+        """Write to m, which has no seat in the room yet: if it reads none of
+        what it makes the server keep for it (Transport.write), it is closed."""
+        if not m.transport.write(data):
+            self.tally.add(self.room.loop.now, f"closed {m.ip}: its page read nothing it was "
+                                               f"sent (over {KEEP_MOST} bytes waiting)")
+            self.entrance.close(m)
 
     def _text(self, m: Member, payload: bytes) -> None:
         """A text message: its alias, then lines."""
@@ -4432,7 +4467,7 @@ class WebDoor:
         itself as new.  The member this connection now serves."""
         member, why = self.outlet.claim(number, secret, seen, self.entrance.find)
         if member is None:
-            m.transport.write(ws_event("lost", text=why))
+            self._tell_unseated(m, ws_event("lost", text=why))
             return m
         self.entrance.resume(m, member)
         self.outlet.back(member, seen)
@@ -4633,7 +4668,7 @@ class Server:
         self.naming = Naming(self.loop, settings, self.tally, self.gate, self.room, self._keep,
                              self._close, lambda: self.web_address)
         self.door = WebDoor(settings, self.tally, Entrance(
-            self.naming.named, self._take_lines, self._too_long, self.drop, self.lose,
+            self.naming.named, self._take_lines, self._too_long, self._may_say, self.drop, self.lose,
             self.room.find, self._close, self._take_over), self.webs, self.gate,
             ChatPage(PAGE_HTML), self.room)
         self.doorway = Doorway(self.loop, settings.door_wait)
@@ -4918,6 +4953,8 @@ class Server:
         if t.inbuf:
             data, t.inbuf = t.inbuf, b""
             self._take_lines(m, data)
+        if t.reading and t.frame_reader is not None and t.frame_reader.buf:   # frames past the rate
+            self.door.frames(m, b"")
 
     def _take_lines(self, m: Member, buf: bytes) -> None:
         """Relay each whole line in buf; keep the rest; honour the limits."""
@@ -4927,7 +4964,7 @@ class Server:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if m.bucket is not None and not self._may_say(m):
+            if not self._may_say(m):
                 self._keep(m, buf[start:])
                 return
             line = buf[start:nl]
@@ -4958,9 +4995,9 @@ class Server:
                           f"and was not sent\n")
 
     def _may_say(self, m: Member) -> bool:
-        """The gate takes a line from m's rate; if it has none left, stop
-        reading m until it may speak again."""
-        wait = self.gate.line_wait(m)
+        """The gate takes a line from m's rate (if it has one); if it has none
+        left, stop reading m until it may speak again."""
+        wait = m.bucket is not None and self.gate.line_wait(m)
         if wait and m.resume is None:
             m.transport.pause_reading()
             m.resume = self.loop.call_later(wait, self._resume_reading, m)

@@ -5654,6 +5654,77 @@ class StrictWebSocketTest(WebCase):
             self.assertEqual(got, [(pcr.WS_TEXT, text)], mask)
 
 
+class ControlFrameFloodTest(WebCase):
+    """Pings and pongs cannot flood the room (QA finding 3): before a name, a
+    page that never reads what it asks for is closed once the server keeps
+    64 KiB for it; pings are answered with one pong for the most recent of
+    those read together (RFC 6455 §5.5.3), and in the room each ping or pong
+    is taken from the line rate, so a flood waits as a flood of lines does."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def setUp(self):   # raw sockets: no websockets package needed
+        pass
+
+    def test_a_page_that_pings_before_its_name_and_never_reads_is_closed_at_64_kib_kept(self):
+        server = self.start()
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", self.web))
+        sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        page = lambda: [m for m in server.connections if m.transport.frame_reader is not None]
+        self.wait_on_loop(page, "the page's WebSocket")
+        self.on_loop(lambda: page()[0].transport.sock.setsockopt(   # the kernel keeps little
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096))
+        pings, most = self.masked(b"p" * 125, pcr.WS_PING) * 500, 0
+        deadline = time.monotonic() + WAIT * 4
+        while True:
+            try:
+                sock.sendall(pings)
+            except OSError:   # closed by the server
+                break
+            kept = self.on_loop(lambda: [len(m.transport.out) for m in page()])
+            if not kept:
+                break
+            most = max(most, kept[0])
+            self.assertLessEqual(most, (64 << 10) + 127, "kept without bound for a page that reads nothing")
+            self.assertLess(time.monotonic(), deadline, f"still open, {most} bytes kept")
+        self.wait_on_loop(lambda: not page(), "the page closed")
+        self.assertGreater(most, 32 << 10)   # it was closed for what it made the server keep
+        self.member("ann")   # the room goes on
+
+    def test_pings_read_together_get_one_pong_for_the_most_recent(self):
+        self.start()
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        got = got.partition(b"\r\n\r\n")[2]
+        sock.sendall(b"".join(self.masked(b"%d" % i, pcr.WS_PING) for i in range(600))
+                     + self.masked(b"wendy"))   # 5.4 KB: in one or two reads
+        while b'"welcome"' not in got:   # after every pong
+            data = sock.recv(65536)
+            self.assertTrue(data, "closed before its welcome")
+            got += data
+        pongs = [payload for opcode, payload in server_frames(got) if opcode == pcr.WS_PONG]
+        self.assertTrue(1 <= len(pongs) <= 3, pongs)
+        self.assertEqual(pongs[-1], b"599")
+
+    def test_pings_and_pongs_in_the_room_are_taken_from_the_line_rate(self):
+        server = self.start(line_rate=10)   # a burst of 20, then 10 a second
+        tom = self.member("tom")
+        page = RawPage(self, self.web, "wendy")
+        for opcode in (pcr.WS_PING, pcr.WS_PONG):
+            with self.subTest(opcode=opcode):
+                page.sock.sendall(self.masked(b"", opcode) * 30)
+                self.wait_on_loop(lambda: [m for m in server.connections if m.name == "wendy"
+                                           and not m.transport.reading], "the page held back")
+                page.send(b"after the flood")   # comes after them, when its rate allows
+                tom.read_until(b"wendy: after the flood\n", timeout=WAIT * 2)
+
+
 class CloseMeaningTest(WebCase):
     """What a page's closing means (issue 26): only a close with 1000 (or no
     code) is a leave; any other close, or none, is away and keeps the seat;
