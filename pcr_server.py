@@ -425,6 +425,7 @@ PARTNER_GONE = "{} is not in the room now, so your private reply was not sent\n"
 NOT_A_REACTION = f"a reaction is one of {' '.join(REACTIONS)}\n"
 REACTING_TOO_FAST = "you are reacting to that line too fast; wait a few seconds\n"
 NOT_UNDERSTOOD = "the room did not understand what your page sent; reload the page\n"
+BROKE_PROTOCOL = "the server could not read what your page sent ({}); reload the page"   # close reason
 # The room's own lines, by their first words (a member's line is NAME: TEXT): a name that
 # looks like one of these (name_look, from its start) gets a `_` (clean_name), and one that
 # still does (a form inside it, as in `anna reacted 👍 to bob`) has its spaces made `_`, so
@@ -853,7 +854,7 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
         request = json.loads(payload)
         seat, secret = request["resume"].split(".")
         seen = request["seen"]
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):   # nested too deep
         return None
     if not (isinstance(seen, int) and seen >= 0 and seat.isascii() and seat.isdigit() and secret):
         return None
@@ -1702,11 +1703,18 @@ WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
 
-def log_fault(doing: str, error: Exception) -> None:
+def log_fault(doing: str, error: Exception, tally: "Tally | None" = None, now: float = 0.0) -> None:
     """Log an unexpected error for the operator: its type and where it
-    happened, not its message, which could quote what a member wrote."""
-    where = "".join(traceback.format_tb(error.__traceback__))
-    log.error("internal error while %s: %s\n%s", doing, type(error).__name__, where.rstrip())
+    happened, not its message, which could quote what a member wrote.  With
+    a tally, the same error at the same place again is only counted, and
+    summed up by the tally: a bug met again and again cannot flood the log."""
+    stack = traceback.extract_tb(error.__traceback__)
+    if tally is not None and stack and not tally.first(
+            now, f"internal error: {type(error).__name__} in {stack[-1].name} "
+                 f"({os.path.basename(stack[-1].filename)} line {stack[-1].lineno})"):
+        return
+    log.error("internal error while %s: %s\n%s", doing, type(error).__name__,
+              "".join(stack.format()).rstrip())
 
 
 class Timer:
@@ -1728,7 +1736,7 @@ class Loop:
     function(object, mask), so nothing per connection is allocated here.
     `now` is the time of this turn, read once before its events and again
     before its timers.  An error escaping a handler, timer or call is
-    logged and the loop goes on.
+    logged (fault(): the same again is summed up) and the loop goes on.
     """
 
     def __init__(self):
@@ -1739,6 +1747,7 @@ class Loop:
         self.now = time.monotonic()
         self.running = False
         self.failure_logged = -60.0
+        self.faults = Tally()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -1814,7 +1823,7 @@ class Loop:
                 try:
                     handler(obj, mask)
                 except Exception as e:
-                    log_fault(f"handling {handler.__name__}", e)
+                    self.fault(f"handling {handler.__name__}", e)
             if timers:
                 self.now = time.monotonic()
             while timers and timers[0][0] <= self.now:
@@ -1823,6 +1832,9 @@ class Loop:
                     self._call(timer.fn, timer.args)
             for _ in range(len(soon)):
                 self._call(*soon.popleft())
+            if self.faults.seen:
+                self.faults.flush(self.now)
+        self.faults.flush(time.monotonic(), everything=True)
 
     def stop(self) -> None:
         """End run() after this turn."""
@@ -1837,12 +1849,15 @@ class Loop:
                       type(error).__name__, error)
         time.sleep(0.05)   # not a busy loop if it fails again at once
 
-    @staticmethod
-    def _call(fn: Callable, args: tuple) -> None:
+    def _call(self, fn: Callable, args: tuple) -> None:
         try:
             fn(*args)
         except Exception as e:
-            log_fault(f"running {getattr(fn, '__name__', fn)}", e)
+            self.fault(f"running {getattr(fn, '__name__', fn)}", e)
+
+    def fault(self, doing: str, error: Exception) -> None:
+        """An unexpected error: logged the first time (log_fault), summed up after."""
+        log_fault(doing, error, self.faults, self.now)
 
     def close(self) -> None:
         self.selector.close()
@@ -1893,14 +1908,20 @@ class Tally:
         self.seen: dict[str, list] = {}   # warning -> [count since logged, since, last, in tries]
 
     def add(self, now: float, warning: str, tries: bool = False) -> None:
+        if self.first(now, warning, tries):
+            log.warning("%s", warning)
+
+    def first(self, now: float, warning: str, tries: bool = False) -> bool:
+        """Count `warning`: True if it is the first of its kind (the caller
+        logs it now), False if it is only summed up."""
         entry = self.seen.get(warning)
         if entry is None:
             self.seen[warning] = [0, now, now, tries]
-            log.warning("%s", warning)
-            return
+            return True
         if not tries or now - entry[2] > self.TRY_BURST:
             entry[0] += 1
         entry[2] = now
+        return False
 
     def flush(self, now: float, everything: bool = False) -> None:
         """Log the sums whose interval is over (called every second), or all
@@ -4387,8 +4408,9 @@ class WebDoor:
                     if m.stage is Stage.IN_ROOM and not self.entrance.may_say(m):
                         break
         except WsError as e:
-            log.info("closed the web member from %s: %s", m.ip, e)
-            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
+            self.tally.add(self.room.loop.now, f"closed the web member from {m.ip}: {e}")
+            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", BROKE_PROTOCOL.format(e),
+                                code=e.code)
             return
         if ping is None or m.stage is Stage.GONE or m.transport.closed:
             return
@@ -4907,7 +4929,7 @@ class Server:
             if mask & EVENT_READ and m.stage is not Stage.GONE and m.transport.reading:
                 self._read(m)
         except Exception as e:   # a bug met by one member costs that member only
-            log_fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
+            self.loop.fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
             self.drop(m, "internal error", code=WS_INTERNAL)
 
     def _writable(self, m: Member) -> None:
@@ -4990,7 +5012,8 @@ class Server:
         m.transport.inbuf = buf[:whole] + buf[whole:whole + self.settings.max_line + 2]
 
     def _too_long(self, m: Member) -> None:
-        log.info("%s sent a line over %d bytes; not relayed", quoted(m.name), self.settings.max_line)
+        self.tally.add(self.loop.now, f"{quoted(m.name)} sent a line over {self.settings.max_line} "
+                                      f"bytes; not relayed")
         self.room.tell(m, f"your line was longer than {self.settings.max_line} bytes "
                           f"and was not sent\n")
 

@@ -3148,6 +3148,32 @@ class FaultTest(ServerCase):
         self.assertIn('internal error while serving "bob": RuntimeError', self.log_text())
         self.assertNotIn("this meets the bug", self.log_text())
 
+    def test_a_bug_met_again_and_again_is_logged_once_then_summed(self):
+        server = self.start()
+        ann = self.member("ann")
+        say = server._say
+
+        def broken(m, raw):
+            if m.name == "bob":   # a bug that many members can meet, one after the other
+                raise RuntimeError(raw.decode())
+            return say(m, raw)
+        server._say = broken
+        for _ in range(20):
+            bob = self.member("bob")
+            bob.send(b"bob: this meets the bug\n")
+            bob.read_to_close()
+        ann.send(b"ann: still here\n")
+        ann.read_until(b"ann: still here\n")
+        self.assertEqual(self.log_text().count("internal error while serving"), 1)
+        server.loop.call_soon_threadsafe(server.stop)
+        deadline = time.monotonic() + WAIT
+        while "more times in" not in self.log_text():
+            self.assertLess(time.monotonic(), deadline, "no summed line")
+            time.sleep(0.02)
+        self.assertRegex(self.log_text(), r"internal error: RuntimeError in broken \(test_pcr_server\.py "
+                                          r"line \d+\) \(19 more times in \d+ s\)")
+        self.assertNotIn("this meets the bug", self.log_text())
+
     def test_an_unexpected_error_in_a_timer_is_logged_and_the_loop_goes_on(self):
         server = self.start()
         server.loop.call_soon_threadsafe(lambda: 1 / 0)
@@ -5723,6 +5749,66 @@ class ControlFrameFloodTest(WebCase):
                                            and not m.transport.reading], "the page held back")
                 page.send(b"after the flood")   # comes after them, when its rate allows
                 tom.read_until(b"wendy: after the flood\n", timeout=WAIT * 2)
+
+
+class LogFloodTest(WebCase):
+    """The log cannot be flooded away (QA finding 4): what a page or a
+    member can repeat (a request for a seat nested past Python's limit, a
+    message over --max-line) is logged once and summed up, without a
+    traceback, and a page is told in a sentence why it was closed."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def setUp(self):   # raw sockets: no websockets package needed
+        pass
+
+    def closed_after(self, frame: bytes) -> list[tuple[int, bytes]]:
+        """Every frame the server sends a fresh WebSocket after `frame`, until it closes the connection."""
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        got = got.partition(b"\r\n\r\n")[2]
+        sock.sendall(frame)
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):
+                got += data
+        return server_frames(got)
+
+    def stopped_log(self, server: pcr.Server, summed: str) -> str:
+        """The log once the server has stopped and said `summed`."""
+        server.loop.call_soon_threadsafe(server.stop)
+        deadline = time.monotonic() + WAIT
+        while summed not in self.log_text():
+            self.assertLess(time.monotonic(), deadline, f"no {summed!r} in the log")
+            time.sleep(0.02)
+        return self.log_text()
+
+    def test_nested_requests_for_a_seat_close_with_1003_and_a_sentence_and_are_summed(self):
+        server = self.start()
+        before = len(self.log_text().splitlines())
+        for _ in range(30):
+            frames = self.closed_after(self.masked(b"[" * 4000, pcr.WS_BINARY))
+            self.assertEqual(frames[-1][0], pcr.WS_CLOSE, frames)
+            code, reason = struct.unpack("!H", frames[-1][1][:2])[0], frames[-1][1][2:].decode()
+            self.assertEqual(code, pcr.WS_UNSUPPORTED)
+            self.assertRegex(reason, r"^the server could not read what your page sent .*; reload the page$")
+        log = self.log_text()
+        self.assertNotIn("RecursionError", log)
+        self.assertNotIn("internal error", log)
+        self.assertLessEqual(len(log.splitlines()) - before, 2, log.splitlines()[before:])
+        self.assertIn("(29 more times in", self.stopped_log(server, "more times in"))
+
+    def test_messages_over_max_line_from_a_page_are_summed_in_the_log(self):
+        server = self.start(max_line=100)
+        page = RawPage(self, self.web, "wendy")
+        for _ in range(200):
+            page.send(b"x" * 101)
+        page.send(b"still here")
+        while page.until("chat").get("text") != "still here":
+            pass
+        told = [line for line in self.log_text().splitlines() if "sent a line over" in line]
+        self.assertEqual(len(told), 1, told[:5])
+        self.assertIn('"wendy" sent a line over 100 bytes; not relayed (199 more times in',
+                      self.stopped_log(server, "(199 more times"))
 
 
 class CloseMeaningTest(WebCase):
