@@ -4243,6 +4243,7 @@ class WebDoor:
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
         self.secure = SecurePage(settings.https)
         self.room_port = 0   # where the App and terminals join
+        self.sending: dict[Member, Photo] = {}   # answers with a photo's bytes still to send
 
     def room_listens(self, port: int) -> None:
         self.room_port = port
@@ -4302,8 +4303,22 @@ class WebDoor:
         elif path.startswith("/p/") and (photo := self.photos.album.get(path[3:])):
             self._answer(m, "200 OK", photo.body, photo.content_type,
                          (("Content-Security-Policy", "default-src 'none'"),), cache="private")
+            if m.transport.blocked:   # what waits is a view of the album's copy
+                self.sending[m] = photo
         else:
             self._answer(m, "404 Not Found", b"not found\n")
+
+    def sweep(self) -> None:
+        """Every second: an answer still sending a photo the album has let go
+        is cut, so that no reader keeps the photo's memory past the album's
+        bound (what waits for it is a view of that memory)."""
+        for m, photo in list(self.sending.items()):
+            if m.stage is Stage.GONE or not photo.kept:
+                del self.sending[m]
+                if m.stage is not Stage.GONE:
+                    self.tally.add(self.room.loop.now, f"cut a photo's answer to {m.ip}: "
+                                                       f"the album let the photo go before it was read")
+                    self.entrance.close(m)
 
     def _to_page_port(self, m: Member, host: str) -> None:
         """A browser at the room's port is sent on to the page's, on the host it asked
@@ -4907,8 +4922,9 @@ class Server:
             self._read(m)
 
     def _sweep(self) -> None:
-        """Every second: the gate's sweep, then a sum of repeated warnings."""
+        """Every second: the gate's sweep and the web door's, then a sum of repeated warnings."""
         self.gate.sweep()
+        self.door.sweep()
         self.tally.flush(self.loop.now)
         if not self.stopping:
             self.loop.call_later(1.0, self._sweep)

@@ -6206,6 +6206,31 @@ class PhotoShareTest(WebCase):
             self.assertTrue(got.endswith(bytes(photo.body)))
         self.assert_chats_on(wendy, tom)
 
+    def test_an_answer_still_sending_a_photo_the_album_lets_go_is_cut(self):
+        wendy, tom = self.wendy_and_tom(photos=4)
+        share(wendy, picture("JPEG", (2048, 1600), noise=True, quality=92))
+        url = wendy.until("photo")["url"]
+        first = self.on_loop(lambda: self.server.room.album.get(url[3:]).body.obj)
+        sock = socket.socket()   # asks for it and reads nothing
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", self.web))
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        holding = lambda: [m for m in self.server.connections
+                           if isinstance(m.transport.out, memoryview) and m.transport.out.obj is first]
+        self.wait_on_loop(holding, "the answer waiting for its reader")
+        while self.on_loop(lambda: self.server.room.album.get(url[3:])):   # more photos: it goes
+            share(wendy, picture("JPEG", (2048, 1600), noise=True, quality=92))
+            wendy.until("photo")
+        self.wait_on_loop(lambda: not holding(), "the answer cut")   # its memory goes back
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(1 << 20):
+                got += data
+        self.assertLess(len(got), len(first))   # cut short: the reader knows it from its length
+        self.assert_chats_on(wendy, tom)
+
     def test_a_page_member_typing_slash_photo_says_it_like_any_line(self):
         wendy, tom = self.wendy_and_tom()
         wendy.ws.send("/photo 5")   # typed: only the page's own NUL-led text announces a photo
