@@ -4218,7 +4218,7 @@ class Entrance:
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     too_long: Callable[[Member], None]             # a message from a member in the room, dropped
     may_say: Callable[[Member], bool]              # m's line rate takes one more (else it waits)
-    leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    leave: Callable[..., None]                     # leave(m, reason, farewell="", code=...): it closed, broke
     lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
     find: Callable[[str], Member | None]           # find(name): who in the room has that name
     close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
