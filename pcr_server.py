@@ -1995,9 +1995,9 @@ class Transport:
     an App's piece), up to KEEP_MOST bytes beyond one write; send() keeps
     nothing, for a stream that is its own buffer (so a member in the room,
     served from its outlet's stream, is kept one piece at most, and the cap
-    bounds those with no seat yet).  While anything waits, `blocked` is true; the loop then calls
-    `handler(owner, EVENT_WRITE)` when the socket takes more, and flush()
-    sends what was kept.
+    bounds those with no seat yet).  While anything waits, `blocked` is
+    true; the loop then calls `handler(owner, EVENT_WRITE)` when the socket
+    takes more, and flush() sends what was kept.
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
