@@ -5729,13 +5729,13 @@ class ControlFrameFloodTest(WebCase):
         self.addCleanup(sock.close)
         got = got.partition(b"\r\n\r\n")[2]
         sock.sendall(b"".join(self.masked(b"%d" % i, pcr.WS_PING) for i in range(600))
-                     + self.masked(b"wendy"))   # 5.4 KB: in one or two reads
+                     + self.masked(b"wendy"))   # 5.4 KB: two reads, or a few
         while b'"welcome"' not in got:   # after every pong
             data = sock.recv(65536)
             self.assertTrue(data, "closed before its welcome")
             got += data
         pongs = [payload for opcode, payload in server_frames(got) if opcode == pcr.WS_PONG]
-        self.assertTrue(1 <= len(pongs) <= 3, pongs)
+        self.assertTrue(1 <= len(pongs) <= 6, pongs)   # one a read, not one a ping
         self.assertEqual(pongs[-1], b"599")
 
     def test_pings_and_pongs_in_the_room_are_taken_from_the_line_rate(self):
@@ -5744,7 +5744,7 @@ class ControlFrameFloodTest(WebCase):
         page = RawPage(self, self.web, "wendy")
         for opcode in (pcr.WS_PING, pcr.WS_PONG):
             with self.subTest(opcode=opcode):
-                page.sock.sendall(self.masked(b"", opcode) * 30)
+                page.sock.sendall(self.masked(b"", opcode) * 40)   # 20 at once, 20 in 2 s
                 self.wait_on_loop(lambda: [m for m in server.connections if m.name == "wendy"
                                            and not m.transport.reading], "the page held back")
                 page.send(b"after the flood")   # comes after them, when its rate allows
