@@ -3907,13 +3907,14 @@ class Gate:
 
     # -- a line -----------------------------------------------------------
     def line_wait(self, m: Member) -> float:
-        """0 if m may say a line now (taken from its rate and its address's),
-        else how long until it may."""
+        """0 if m may say a line now (taken from its rate and its address's;
+        before its welcome it has only its address's), else how long until it may."""
         now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
         address = self._bucket("lines", m.group, rate, 2.0 * rate)
-        wait = max(m.bucket.wait(now), address.wait(now))
+        wait = max(m.bucket.wait(now) if m.bucket else 0.0, address.wait(now))
         if not wait:
-            m.bucket.take()
+            if m.bucket:
+                m.bucket.take()
             address.take()
         return wait
 
@@ -4387,9 +4388,10 @@ class WebDoor:
     def frames(self, m: Member, data: bytes) -> None:
         """What a web member sent: its alias (or its request for its seat
         back), its lines, pings, its goodbye.  Pings read together get one
-        pong, for the most recent (RFC 6455 §5.5.3); in the room each ping
-        or pong is taken from the line rate, so a flood of them waits as one
-        of lines does (what came after it is read when the rate allows)."""
+        pong, for the most recent (RFC 6455 §5.5.3); each ping or pong is
+        taken from the line rate (before the welcome, the address's), so a
+        flood of them waits as one of lines does (what came after it is read
+        when the rate allows)."""
         ping = None
         try:
             for opcode, payload in m.transport.frame_reader.messages(data):
@@ -4420,7 +4422,7 @@ class WebDoor:
                         ping = payload
                     else:
                         self.outlet.ponged(m)
-                    if m.stage is Stage.IN_ROOM and not self.entrance.may_say(m):
+                    if not self.entrance.may_say(m):
                         break
         except WsError as e:
             self.tally.add(self.room.loop.now, f"closed the web member from {m.ip}: {e}")
@@ -5034,9 +5036,9 @@ class Server:
                           f"and was not sent\n")
 
     def _may_say(self, m: Member) -> bool:
-        """The gate takes a line from m's rate (if it has one); if it has none
-        left, stop reading m until it may speak again."""
-        wait = m.bucket is not None and self.gate.line_wait(m)
+        """The gate takes a line from m's rate (with --line-rate); if it has
+        none left, stop reading m until it may speak again."""
+        wait = self.settings.line_rate and self.gate.line_wait(m)
         if wait and m.resume is None:
             m.transport.pause_reading()
             m.resume = self.loop.call_later(wait, self._resume_reading, m)
@@ -5044,7 +5046,7 @@ class Server:
 
     def _resume_reading(self, m: Member) -> None:
         m.resume = None
-        if m.stage is Stage.IN_ROOM and not self.stopping:
+        if m.stage in (Stage.IN_ROOM, Stage.NAMING) and not self.stopping:
             self._listen_again(m)
 
     def _say(self, m: Member, raw: bytes) -> bool:

@@ -5684,8 +5684,9 @@ class ControlFrameFloodTest(WebCase):
     """Pings and pongs cannot flood the room (QA finding 3): before a name, a
     page that never reads what it asks for is closed once the server keeps
     64 KiB for it; pings are answered with one pong for the most recent of
-    those read together (RFC 6455 §5.5.3), and in the room each ping or pong
-    is taken from the line rate, so a flood waits as a flood of lines does."""
+    those read together (RFC 6455 §5.5.3), and each ping or pong is taken
+    from the line rate (before a name, its address's), so a flood waits as a
+    flood of lines does."""
 
     masked = staticmethod(WebSocketFramesTest.masked)
 
@@ -5693,7 +5694,7 @@ class ControlFrameFloodTest(WebCase):
         pass
 
     def test_a_page_that_pings_before_its_name_and_never_reads_is_closed_at_64_kib_kept(self):
-        server = self.start()
+        server = self.start(line_rate=0)   # no rate: the cap alone holds it
         sock = socket.socket()
         self.addCleanup(sock.close)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -5724,7 +5725,7 @@ class ControlFrameFloodTest(WebCase):
         self.member("ann")   # the room goes on
 
     def test_pings_read_together_get_one_pong_for_the_most_recent(self):
-        self.start()
+        self.start(line_rate=0)   # no rate: all read at once
         sock, got = raw_upgrade(self.web)
         self.addCleanup(sock.close)
         got = got.partition(b"\r\n\r\n")[2]
@@ -5737,6 +5738,19 @@ class ControlFrameFloodTest(WebCase):
         pongs = [payload for opcode, payload in server_frames(got) if opcode == pcr.WS_PONG]
         self.assertTrue(1 <= len(pongs) <= 6, pongs)   # one a read, not one a ping
         self.assertEqual(pongs[-1], b"599")
+
+    def test_pings_before_a_name_are_taken_from_the_address_line_rate(self):
+        server = self.start(line_rate=10)   # an address: a burst of 80, then 40 a second
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        sock.sendall(self.masked(b"", pcr.WS_PING) * 100)
+        self.wait_on_loop(lambda: [m for m in server.connections if m.stage is pcr.Stage.NAMING
+                                   and not m.transport.reading], "the page held back")
+        sock.sendall(self.masked(b"wendy"))   # read after the pings, when the rate allows
+        while b'"welcome"' not in got:
+            data = sock.recv(65536)
+            self.assertTrue(data, "closed before its welcome")
+            got += data
 
     def test_pings_and_pongs_in_the_room_are_taken_from_the_line_rate(self):
         server = self.start(line_rate=10)   # a burst of 20, then 10 a second
