@@ -874,7 +874,7 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
         request = page_json(payload)
         seat, secret = request["resume"].split(".")
         seen = request["seen"]
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):   # nested too deep
         return None
     if not (isinstance(seen, int) and seen >= 0 and seat.isascii() and seat.isdigit() and secret):
         return None
@@ -1717,16 +1717,24 @@ EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 READ_SIZE = 4096    # one read from a member: all it can make the server hold beyond a line
 UPLOAD_READ = 1 << 16   # one read from a page sending a photo: it goes into the photo's buffer
 WRITE_PIECE = 1 << 16   # kept bytes handed to the kernel at once: a photo goes out a piece a turn
+KEEP_MOST = 1 << 16     # kept bytes past which a write is refused: the peer reads nothing it is sent
 SELECT_LIMIT = 512  # sockets select() can watch where it is the selector (Windows' FD_SETSIZE)
 WOULD_BLOCK = (BlockingIOError,) + (
     (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl else ())
 
 
-def log_fault(doing: str, error: Exception) -> None:
+def log_fault(doing: str, error: Exception, tally: "Tally | None" = None, now: float = 0.0) -> None:
     """Log an unexpected error for the operator: its type and where it
-    happened, not its message, which could quote what a member wrote."""
-    where = "".join(traceback.format_tb(error.__traceback__))
-    log.error("internal error while %s: %s\n%s", doing, type(error).__name__, where.rstrip())
+    happened, not its message, which could quote what a member wrote.  With
+    a tally, the same error at the same place again is only counted, and
+    summed up by the tally: a bug met again and again cannot flood the log."""
+    stack = traceback.extract_tb(error.__traceback__)
+    if tally is not None and stack and not tally.first(
+            now, f"internal error: {type(error).__name__} in {stack[-1].name} "
+                 f"({os.path.basename(stack[-1].filename)} line {stack[-1].lineno})"):
+        return
+    log.error("internal error while %s: %s\n%s", doing, type(error).__name__,
+              "".join(stack.format()).rstrip())
 
 
 class Timer:
@@ -1748,7 +1756,7 @@ class Loop:
     function(object, mask), so nothing per connection is allocated here.
     `now` is the time of this turn, read once before its events and again
     before its timers.  An error escaping a handler, timer or call is
-    logged and the loop goes on.
+    logged (fault(): the same again is summed up) and the loop goes on.
     """
 
     def __init__(self):
@@ -1759,6 +1767,7 @@ class Loop:
         self.now = time.monotonic()
         self.running = False
         self.failure_logged = -60.0
+        self.faults = Tally()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -1834,7 +1843,7 @@ class Loop:
                 try:
                     handler(obj, mask)
                 except Exception as e:
-                    log_fault(f"handling {handler.__name__}", e)
+                    self.fault(f"handling {handler.__name__}", e)
             if timers:
                 self.now = time.monotonic()
             while timers and timers[0][0] <= self.now:
@@ -1843,6 +1852,9 @@ class Loop:
                     self._call(timer.fn, timer.args)
             for _ in range(len(soon)):
                 self._call(*soon.popleft())
+            if self.faults.seen:
+                self.faults.flush(self.now)
+        self.faults.flush(time.monotonic(), everything=True)
 
     def stop(self) -> None:
         """End run() after this turn."""
@@ -1857,12 +1869,15 @@ class Loop:
                       type(error).__name__, error)
         time.sleep(0.05)   # not a busy loop if it fails again at once
 
-    @staticmethod
-    def _call(fn: Callable, args: tuple) -> None:
+    def _call(self, fn: Callable, args: tuple) -> None:
         try:
             fn(*args)
         except Exception as e:
-            log_fault(f"running {getattr(fn, '__name__', fn)}", e)
+            self.fault(f"running {getattr(fn, '__name__', fn)}", e)
+
+    def fault(self, doing: str, error: Exception) -> None:
+        """An unexpected error: logged the first time (log_fault), summed up after."""
+        log_fault(doing, error, self.faults, self.now)
 
     def close(self) -> None:
         self.selector.close()
@@ -1913,14 +1928,20 @@ class Tally:
         self.seen: dict[str, list] = {}   # warning -> [count since logged, since, last, in tries]
 
     def add(self, now: float, warning: str, tries: bool = False) -> None:
+        if self.first(now, warning, tries):
+            log.warning("%s", warning)
+
+    def first(self, now: float, warning: str, tries: bool = False) -> bool:
+        """Count `warning`: True if it is the first of its kind (the caller
+        logs it now), False if it is only summed up."""
         entry = self.seen.get(warning)
         if entry is None:
             self.seen[warning] = [0, now, now, tries]
-            log.warning("%s", warning)
-            return
+            return True
         if not tries or now - entry[2] > self.TRY_BURST:
             entry[0] += 1
         entry[2] = now
+        return False
 
     def flush(self, now: float, everything: bool = False) -> None:
         """Log the sums whose interval is over (called every second), or all
@@ -1991,10 +2012,12 @@ class Transport:
     last words.  Nothing else calls send() or changes the interest.
 
     Two ways out: write() keeps what the kernel does not take (a response,
-    an App's piece); send() keeps nothing, for a stream that is its own
-    buffer.  While anything waits, `blocked` is true; the loop then calls
-    `handler(owner, EVENT_WRITE)` when the socket takes more, and flush()
-    sends what was kept.
+    an App's piece), up to KEEP_MOST bytes beyond one write; send() keeps
+    nothing, for a stream that is its own buffer (so a member in the room,
+    served from its outlet's stream, is kept one piece at most, and the cap
+    bounds those with no seat yet).  While anything waits, `blocked` is
+    true; the loop then calls `handler(owner, EVENT_WRITE)` when the socket
+    takes more, and flush() sends what was kept.
     """
 
     __slots__ = ("sock", "loop", "handler", "owner", "inbuf", "frame_reader", "skipping", "out",
@@ -2064,14 +2087,23 @@ class Transport:
 
     def write(self, data: bytes | memoryview) -> bool:
         """Send `data` after what waits, keeping what the kernel does not
-        take (a memoryview is kept as a view, not copied: a photo served to
-        many); False if the connection is lost."""
+        take (as a view, not a copy: a photo served to many, the page);
+        False if the connection is lost, or if over KEEP_MOST bytes wait
+        already: a peer that reads none of what it makes the server write
+        (pongs to its pings before its name) is closed by the caller."""
         if self.blocked:
-            self.out = b"".join((self.out, data)) if self.out else data
+            if len(self.out) > KEEP_MOST:
+                return False
+            if not self.out:
+                self.out = memoryview(data)
+            else:   # appended in place from now on, not copied whole at each write
+                if not isinstance(self.out, bytearray):
+                    self.out = bytearray(self.out)
+                self.out += data
             return True
         n = self.send(data[:WRITE_PIECE] if len(data) > WRITE_PIECE else data)
         if 0 <= n < len(data):
-            self.out = data[n:]
+            self.out = memoryview(data)[n:]
             self._more_next_turn()
         return n >= 0
 
@@ -2089,7 +2121,10 @@ class Transport:
             n = self.send(self.out[:WRITE_PIECE])
             if n < 0:
                 return False
-            self.out = self.out[n:]
+            if isinstance(self.out, bytearray):
+                del self.out[:n]   # from the front of a bytearray: no copy of the rest
+            else:   # a view: an empty one would still hold what it viewed
+                self.out = self.out[n:] if n < len(self.out) else b""
             if self.out:
                 self.blocked = True
         self._interest()
@@ -3904,13 +3939,14 @@ class Gate:
 
     # -- a line -----------------------------------------------------------
     def line_wait(self, m: Member) -> float:
-        """0 if m may say a line now (taken from its rate and its address's),
-        else how long until it may."""
+        """0 if m may say a line now (taken from its rate and its address's;
+        before its welcome it has only its address's), else how long until it may."""
         now, rate = self.loop.now, self.settings.line_rate * self.LINES_PER_ADDRESS
         address = self._bucket("lines", m.group, rate, 2.0 * rate)
-        wait = max(m.bucket.wait(now), address.wait(now))
+        wait = max(m.bucket.wait(now) if m.bucket else 0.0, address.wait(now))
         if not wait:
-            m.bucket.take()
+            if m.bucket:
+                m.bucket.take()
             address.take()
         return wait
 
@@ -4215,6 +4251,7 @@ class Entrance:
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     too_long: Callable[[Member], None]             # a message from a member in the room, dropped
+    may_say: Callable[[Member], bool]              # m's line rate takes one more (else it waits)
     leave: Callable[..., None]                     # leave(m, reason, farewell, code): it closed or broke
     lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
     find: Callable[[str], Member | None]           # find(name): who in the room has that name
@@ -4240,6 +4277,7 @@ class WebDoor:
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
         self.secure = SecurePage(settings.https)
         self.room_port = 0   # where the App and terminals join
+        self.sending: dict[Member, Photo] = {}   # answers with a photo's bytes still to send
 
     def room_listens(self, port: int) -> None:
         self.room_port = port
@@ -4299,8 +4337,22 @@ class WebDoor:
         elif path.startswith("/p/") and (photo := self.photos.album.get(path[3:])):
             self._answer(m, "200 OK", photo.body, photo.content_type,
                          (("Content-Security-Policy", "default-src 'none'"),), cache="private")
+            if m.transport.blocked:   # what waits is a view of the album's copy
+                self.sending[m] = photo
         else:
             self._answer(m, "404 Not Found", b"not found\n")
+
+    def sweep(self) -> None:
+        """Every second: an answer still sending a photo the album has let go
+        is cut, so that no reader keeps the photo's memory past the album's
+        bound (what waits for it is a view of that memory)."""
+        for m, photo in list(self.sending.items()):
+            if m.stage is Stage.GONE or not photo.kept:
+                del self.sending[m]
+                if m.stage is not Stage.GONE:
+                    self.tally.add(self.room.loop.now, f"cut a photo's answer to {m.ip}: "
+                                                       f"the album let the photo go before it was read")
+                    self.entrance.close(m)
 
     def _to_page_port(self, m: Member, host: str) -> None:
         """A browser at the room's port is sent on to the page's, on the host it asked
@@ -4368,7 +4420,12 @@ class WebDoor:
 
     def frames(self, m: Member, data: bytes) -> None:
         """What a web member sent: its alias (or its request for its seat
-        back), its lines, pings, its goodbye."""
+        back), its lines, pings, its goodbye.  Pings read together get one
+        pong, for the most recent (RFC 6455 §5.5.3); each ping or pong is
+        taken from the line rate (before the welcome, the address's), so a
+        flood of them waits as one of lines does (what came after it is read
+        when the rate allows)."""
+        ping = None
         try:
             for opcode, payload in m.transport.frame_reader.messages(data):
                 if m.stage is Stage.GONE:
@@ -4392,18 +4449,33 @@ class WebDoor:
                         self._text(m, payload)
                     else:   # a photo's bytes come next, as one binary message
                         self.photos.announced(m, size)
-                elif opcode == WS_PING:
-                    if m.stage is Stage.IN_ROOM:
-                        self.outlet.pong(m, payload)
-                    else:
-                        m.transport.write(ws_frame(payload, WS_PONG))
-                elif opcode == WS_PONG:
-                    self.outlet.ponged(m)
                 elif opcode == WS_CLOSE:
                     self._closing(m, ws_close_code(payload))
+                else:   # a ping or a pong; past the rate, the frames after it wait unread
+                    if opcode == WS_PING:
+                        ping = payload
+                    else:
+                        self.outlet.ponged(m)
+                    if not self.entrance.may_say(m):
+                        break
         except WsError as e:
-            log.info("closed the web member from %s: %s", m.ip, e)
+            self.tally.add(self.room.loop.now, f"closed the web member from {m.ip}: {e}")
             self.entrance.leave(m, f"broke the WebSocket protocol ({e})", e.sentence, e.code)
+            return
+        if ping is None or m.stage is Stage.GONE or m.transport.closed:
+            return
+        if m.stage is Stage.IN_ROOM:
+            self.outlet.pong(m, ping)
+        else:
+            self._tell_unseated(m, ws_frame(ping, WS_PONG))
+
+    def _tell_unseated(self, m: Member, data: bytes) -> None:
+        """Write to m, which has no seat in the room yet: if it reads none of
+        what it makes the server keep for it (Transport.write), it is closed."""
+        if not m.transport.write(data):
+            self.tally.add(self.room.loop.now, f"closed {m.ip}: its page read nothing it was "
+                                               f"sent (over {KEEP_MOST} bytes waiting)")
+            self.entrance.close(m)
 
     def _text(self, m: Member, payload: bytes) -> None:
         """A text message: its alias, then lines."""
@@ -4469,7 +4541,7 @@ class WebDoor:
         itself as new.  The member this connection now serves."""
         member, why = self.outlet.claim(number, secret, seen, self.entrance.find)
         if member is None:
-            m.transport.write(ws_event("lost", text=why))
+            self._tell_unseated(m, ws_event("lost", text=why))
             return m
         self.entrance.resume(m, member)
         self.outlet.back(member, seen)
@@ -4670,7 +4742,7 @@ class Server:
         self.naming = Naming(self.loop, settings, self.tally, self.gate, self.room, self._keep,
                              self._close, lambda: self.web_address)
         self.door = WebDoor(settings, self.tally, Entrance(
-            self.naming.named, self._take_lines, self._too_long, self.drop, self.lose,
+            self.naming.named, self._take_lines, self._too_long, self._may_say, self.drop, self.lose,
             self.room.find, self._close, self._take_over), self.webs, self.gate,
             ChatPage(PAGE_HTML), self.room)
         self.doorway = Doorway(self.loop, settings.door_wait)
@@ -4887,8 +4959,9 @@ class Server:
             self._read(m)
 
     def _sweep(self) -> None:
-        """Every second: the gate's sweep, then a sum of repeated warnings."""
+        """Every second: the gate's sweep and the web door's, then a sum of repeated warnings."""
         self.gate.sweep()
+        self.door.sweep()
         self.tally.flush(self.loop.now)
         if not self.stopping:
             self.loop.call_later(1.0, self._sweep)
@@ -4909,7 +4982,7 @@ class Server:
             if mask & EVENT_READ and m.stage is not Stage.GONE and m.transport.reading:
                 self._read(m)
         except Exception as e:   # a bug met by one member costs that member only
-            log_fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
+            self.loop.fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
             self.drop(m, "internal error", INTERNAL_ERROR, WS_INTERNAL)
 
     def _writable(self, m: Member) -> None:
@@ -4955,6 +5028,8 @@ class Server:
         if t.inbuf:
             data, t.inbuf = t.inbuf, b""
             self._take_lines(m, data)
+        if t.reading and t.frame_reader is not None and t.frame_reader.buf:   # frames past the rate
+            self.door.frames(m, b"")
 
     def _take_lines(self, m: Member, buf: bytes) -> None:
         """Relay each whole line in buf; keep the rest; honour the limits."""
@@ -4964,7 +5039,7 @@ class Server:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if m.bucket is not None and not self._may_say(m):
+            if not self._may_say(m):
                 self._keep(m, buf[start:])
                 return
             line = buf[start:nl]
@@ -4992,14 +5067,15 @@ class Server:
         m.transport.inbuf = buf[:whole] + buf[whole:whole + self.settings.max_line + 2]
 
     def _too_long(self, m: Member) -> None:
-        log.info("%s sent a line over %d bytes; not relayed", quoted(m.name), self.settings.max_line)
+        self.tally.add(self.loop.now, f"{quoted(m.name)} sent a line over {self.settings.max_line} "
+                                      f"bytes; not relayed")
         self.room.tell(m, f"your line was longer than {self.settings.max_line} bytes "
                           f"and was not sent\n")
 
     def _may_say(self, m: Member) -> bool:
-        """The gate takes a line from m's rate; if it has none left, stop
-        reading m until it may speak again."""
-        wait = self.gate.line_wait(m)
+        """The gate takes a line from m's rate (with --line-rate); if it has
+        none left, stop reading m until it may speak again."""
+        wait = self.settings.line_rate and self.gate.line_wait(m)
         if wait and m.resume is None:
             m.transport.pause_reading()
             m.resume = self.loop.call_later(wait, self._resume_reading, m)
@@ -5007,7 +5083,7 @@ class Server:
 
     def _resume_reading(self, m: Member) -> None:
         m.resume = None
-        if m.stage is Stage.IN_ROOM and not self.stopping:
+        if m.stage in (Stage.IN_ROOM, Stage.NAMING) and not self.stopping:
             self._listen_again(m)
 
     def _say(self, m: Member, raw: bytes) -> bytes | None:

@@ -3162,6 +3162,32 @@ class FaultTest(ServerCase):
         self.assertIn('internal error while serving "bob": RuntimeError', self.log_text())
         self.assertNotIn("this meets the bug", self.log_text())
 
+    def test_a_bug_met_again_and_again_is_logged_once_then_summed(self):
+        server = self.start()
+        ann = self.member("ann")
+        say = server._say
+
+        def broken(m, raw):
+            if m.name == "bob":   # a bug that many members can meet, one after the other
+                raise RuntimeError(raw.decode())
+            return say(m, raw)
+        server._say = broken
+        for _ in range(20):
+            bob = self.member("bob")
+            bob.send(b"bob: this meets the bug\n")
+            bob.read_to_close()
+        ann.send(b"ann: still here\n")
+        ann.read_until(b"ann: still here\n")
+        self.assertEqual(self.log_text().count("internal error while serving"), 1)
+        server.loop.call_soon_threadsafe(server.stop)
+        deadline = time.monotonic() + WAIT
+        while "more times in" not in self.log_text():
+            self.assertLess(time.monotonic(), deadline, "no summed line")
+            time.sleep(0.02)
+        self.assertRegex(self.log_text(), r"internal error: RuntimeError in broken \(test_pcr_server\.py "
+                                          r"line \d+\) \(19 more times in \d+ s\)")
+        self.assertNotIn("this meets the bug", self.log_text())
+
     def test_an_unexpected_error_in_a_timer_is_logged_and_the_loop_goes_on(self):
         server = self.start()
         server.loop.call_soon_threadsafe(lambda: 1 / 0)
@@ -5818,6 +5844,153 @@ class StrictWebSocketTest(WebCase):
             self.assertEqual(got, [(pcr.WS_TEXT, text)], mask)
 
 
+class ControlFrameFloodTest(WebCase):
+    """Pings and pongs cannot flood the room (QA finding 3): before a name, a
+    page that never reads what it asks for is closed once the server keeps
+    64 KiB for it; pings are answered with one pong for the most recent of
+    those read together (RFC 6455 §5.5.3), and each ping or pong is taken
+    from the line rate (before a name, its address's), so a flood waits as a
+    flood of lines does."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def setUp(self):   # raw sockets: no websockets package needed
+        pass
+
+    def test_a_page_that_pings_before_its_name_and_never_reads_is_closed_at_64_kib_kept(self):
+        server = self.start(line_rate=0)   # no rate: the cap alone holds it
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", self.web))
+        sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.web}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        page = lambda: [m for m in server.connections if m.transport.frame_reader is not None]
+        self.wait_on_loop(page, "the page's WebSocket")
+        self.on_loop(lambda: page()[0].transport.sock.setsockopt(   # the kernel keeps little
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096))
+        pings, most = self.masked(b"p" * 125, pcr.WS_PING) * 500, 0
+        deadline = time.monotonic() + WAIT * 4
+        while True:
+            try:
+                sock.sendall(pings)
+            except OSError:   # closed by the server
+                break
+            kept = self.on_loop(lambda: [len(m.transport.out) for m in page()])
+            if not kept:
+                break
+            most = max(most, kept[0])
+            self.assertLessEqual(most, (64 << 10) + 127, "kept without bound for a page that reads nothing")
+            self.assertLess(time.monotonic(), deadline, f"still open, {most} bytes kept")
+        self.wait_on_loop(lambda: not page(), "the page closed")
+        self.assertGreater(most, 32 << 10)   # it was closed for what it made the server keep
+        self.member("ann")   # the room goes on
+
+    def test_pings_read_together_get_one_pong_for_the_most_recent(self):
+        self.start(line_rate=0)   # no rate: all read at once
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        got = got.partition(b"\r\n\r\n")[2]
+        sock.sendall(b"".join(self.masked(b"%d" % i, pcr.WS_PING) for i in range(600))
+                     + self.masked(b"wendy"))   # 5.4 KB: two reads, or a few
+        while b'"welcome"' not in got:   # after every pong
+            data = sock.recv(65536)
+            self.assertTrue(data, "closed before its welcome")
+            got += data
+        pongs = [payload for opcode, payload in server_frames(got) if opcode == pcr.WS_PONG]
+        self.assertTrue(1 <= len(pongs) <= 6, pongs)   # one a read, not one a ping
+        self.assertEqual(pongs[-1], b"599")
+
+    def test_pings_before_a_name_are_taken_from_the_address_line_rate(self):
+        server = self.start(line_rate=10)   # an address: a burst of 80, then 40 a second
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        sock.sendall(self.masked(b"", pcr.WS_PING) * 100)
+        self.wait_on_loop(lambda: [m for m in server.connections if m.stage is pcr.Stage.NAMING
+                                   and not m.transport.reading], "the page held back")
+        sock.sendall(self.masked(b"wendy"))   # read after the pings, when the rate allows
+        while b'"welcome"' not in got:
+            data = sock.recv(65536)
+            self.assertTrue(data, "closed before its welcome")
+            got += data
+
+    def test_pings_and_pongs_in_the_room_are_taken_from_the_line_rate(self):
+        server = self.start(line_rate=10)   # a burst of 20, then 10 a second
+        tom = self.member("tom")
+        page = RawPage(self, self.web, "wendy")
+        for opcode in (pcr.WS_PING, pcr.WS_PONG):
+            with self.subTest(opcode=opcode):
+                page.sock.sendall(self.masked(b"", opcode) * 40)   # 20 at once, 20 in 2 s
+                self.wait_on_loop(lambda: [m for m in server.connections if m.name == "wendy"
+                                           and not m.transport.reading], "the page held back")
+                page.send(b"after the flood")   # comes after them, when its rate allows
+                tom.read_until(b"wendy: after the flood\n", timeout=WAIT * 2)
+
+
+class LogFloodTest(WebCase):
+    """The log cannot be flooded away (QA finding 4): what a page or a
+    member can repeat (a request for a seat nested past Python's limit, a
+    message over --max-line) is logged once and summed up, without a
+    traceback, and a page is told in a sentence why it was closed."""
+
+    masked = staticmethod(WebSocketFramesTest.masked)
+
+    def setUp(self):   # raw sockets: no websockets package needed
+        pass
+
+    def closed_after(self, frame: bytes) -> list[tuple[int, bytes]]:
+        """Every frame the server sends a fresh WebSocket after `frame`, until it closes the connection."""
+        sock, got = raw_upgrade(self.web)
+        self.addCleanup(sock.close)
+        got = got.partition(b"\r\n\r\n")[2]
+        sock.sendall(frame)
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):
+                got += data
+        return server_frames(got)
+
+    def stopped_log(self, server: pcr.Server, summed: str) -> str:
+        """The log once the server has stopped and said `summed`."""
+        server.loop.call_soon_threadsafe(server.stop)
+        deadline = time.monotonic() + WAIT
+        while summed not in self.log_text():
+            self.assertLess(time.monotonic(), deadline, f"no {summed!r} in the log")
+            time.sleep(0.02)
+        return self.log_text()
+
+    def test_nested_requests_for_a_seat_close_with_1003_and_a_sentence_and_are_summed(self):
+        server = self.start()
+        before = len(self.log_text().splitlines())
+        for _ in range(30):
+            frames = self.closed_after(self.masked(b"[" * 4000, pcr.WS_BINARY))
+            self.assertEqual(frames[-1][0], pcr.WS_CLOSE, frames)
+            code, reason = struct.unpack("!H", frames[-1][1][:2])[0], frames[-1][1][2:].decode()
+            self.assertEqual(code, pcr.WS_UNSUPPORTED)
+            said = [json.loads(p) for opcode, p in frames if opcode == pcr.WS_TEXT]
+            self.assertTrue(reason.strip(), "a close with no reason")   # said first, as the refusal
+            self.assertEqual([e["text"] for e in said if e["type"] == "refused"], [reason])
+        log = self.log_text()
+        self.assertNotIn("RecursionError", log)
+        self.assertNotIn("internal error", log)
+        self.assertLessEqual(len(log.splitlines()) - before, 2, log.splitlines()[before:])
+        self.assertIn("(29 more times in", self.stopped_log(server, "more times in"))
+
+    def test_messages_over_max_line_from_a_page_are_summed_in_the_log(self):
+        server = self.start(max_line=100)
+        page = RawPage(self, self.web, "wendy")
+        for _ in range(200):
+            page.send(b"x" * 101)
+        page.send(b"still here")
+        while page.until("chat").get("text") != "still here":
+            pass
+        told = [line for line in self.log_text().splitlines() if "sent a line over" in line]
+        self.assertEqual(len(told), 1, told[:5])
+        self.assertIn('"wendy" sent a line over 100 bytes; not relayed (199 more times in',
+                      self.stopped_log(server, "(199 more times"))
+
+
 class CloseMeaningTest(WebCase):
     """What a page's closing means (issue 26): only a close with 1000 (or no
     code) is a leave; any other close, or none, is away and keeps the seat;
@@ -6211,6 +6384,31 @@ class PhotoShareTest(WebCase):
             while data := sock.recv(1 << 20):
                 got += data
             self.assertTrue(got.endswith(bytes(photo.body)))
+        self.assert_chats_on(wendy, tom)
+
+    def test_an_answer_still_sending_a_photo_the_album_lets_go_is_cut(self):
+        wendy, tom = self.wendy_and_tom(photos=4)
+        share(wendy, picture("JPEG", (2048, 1600), noise=True, quality=92))
+        url = wendy.until("photo")["url"]
+        first = self.on_loop(lambda: self.server.room.album.get(url[3:]).body.obj)
+        sock = socket.socket()   # asks for it and reads nothing
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", self.web))
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        holding = lambda: [m for m in self.server.connections
+                           if isinstance(m.transport.out, memoryview) and m.transport.out.obj is first]
+        self.wait_on_loop(holding, "the answer waiting for its reader")
+        while self.on_loop(lambda: self.server.room.album.get(url[3:])):   # more photos: it goes
+            share(wendy, picture("JPEG", (2048, 1600), noise=True, quality=92))
+            wendy.until("photo")
+        self.wait_on_loop(lambda: not holding(), "the answer cut")   # its memory goes back
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(1 << 20):
+                got += data
+        self.assertLess(len(got), len(first))   # cut short: the reader knows it from its length
         self.assert_chats_on(wendy, tom)
 
     def test_a_page_member_typing_slash_photo_says_it_like_any_line(self):
