@@ -3489,12 +3489,21 @@ class Room:
             self.outlet(x).private(x, said)
 
     # -- what members do to lines ----------------------------------------
-    def reply(self, m: Member, line_id: int, text: str, private: bool = False) -> None:
-        """m answers line `line_id` with `text`: in public, or, to a private
-        line, to the other of its two.  A line no longer kept is answered
-        with a new line, unless m's page says it was private (then m is
-        told, and given its words back)."""
+    def reply(self, m: Member, line_id: int, lines: list[str], private: bool = False) -> list[str]:
+        """m answers line `line_id` with its first line: in public, or, to a
+        private line, to the other of its two.  A line no longer kept is
+        answered with a new line, unless m's page says it was private (then m
+        is told, and given its words back).  The lines left for m to say in
+        public: none when the reply is private, which goes whole, as one line."""
         answered = self.transcript.get(line_id)
+        if private or answered is not None and answered.heard_by(m) and answered.to:
+            text, rest = " ".join(lines), []
+        else:
+            text, rest = lines[0], lines[1:]
+        self._reply(m, answered, text, private)
+        return rest
+
+    def _reply(self, m: Member, answered: Said | None, text: str, private: bool) -> None:
         if answered is None or not answered.heard_by(m):
             if private:
                 self.tell(m, PRIVATE_NOT_KEPT, text)
@@ -4522,8 +4531,8 @@ class WebDoor:
         else:
             lines = [line for line in map(clean_text, action["text"].split("\n")) if line.strip()]
             if lines:
-                room.reply(m, line_id, lines[0], action.get("private") is True)
-            return "".join(f"{line}\n" for line in lines[1:]).encode()
+                rest = room.reply(m, line_id, lines, action.get("private") is True)
+                return "".join(f"{line}\n" for line in rest).encode()
         return b""
 
     def _closing(self, m: Member, code: int) -> None:

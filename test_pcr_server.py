@@ -4103,6 +4103,15 @@ class MessengerTest(WebCase):
                          "that line is no longer kept in the room, so it cannot be reacted to")
         self.assertEqual(self.nothing_more(tom, paul), b"")
 
+    def test_a_reply_of_several_lines_to_a_private_line_stays_between_its_two_as_one_line(self):
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        tom.send(b"/msg wendy psst, come at six\n")
+        secret = wendy.until("private")["id"]
+        wendy.act(act="reply", id=secret, text="ok\nmy second line\nand a third")
+        tom.read_until(b'[private] wendy to tom (to tom: "psst, come at six"): ok my second line and a third\n')
+        self.assertEqual(wendy.until("private")["text"], "ok my second line and a third")
+        self.assertEqual(self.nothing_more(tom, paul), b"")   # nothing of it went to the room
+
     def test_a_private_line_between_two_pages_is_edited_for_both(self):
         wendy, tom, paul = self.wendy_tom_and_paul()
         wendy.ws.send("/msg paul the key is under the mat")
