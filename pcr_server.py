@@ -3223,9 +3223,9 @@ class AppOutlet(LineOutlet):
             return count_notice(self.present).encode()
         if note_due:
             at, data = notes[0]
-            piece = data[:app_cut(data)]
-            if len(piece) < len(data):
-                notes[0] = (at, data[len(piece):])
+            piece, n = self._piece_of(seat, data)
+            if n < len(data):
+                notes[0] = (at, data[n:])
             else:
                 notes.popleft()
                 if not notes:
@@ -3237,14 +3237,22 @@ class AppOutlet(LineOutlet):
                 stop = min(stop, notes[0][0])
             if pos >= stop:
                 return b""
-            data = self.stream.between(pos, min(stop, pos + APP_READ + 4))
-            n = app_cut(data, APP_READ - seat.new_line)
+            piece, n = self._piece_of(seat, self.stream.between(pos, min(stop, pos + APP_READ + 4)))
             seat.pos += n
-            piece = b"\n" * seat.new_line + data[:n]
-            seat.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
         typing = len(piece.decode("utf-8", "replace")) * settings.app_char_time * (1 + APP_SLACK)
         seat.free_at = now + typing + settings.app_margin
         return piece
+
+    @staticmethod
+    def _piece_of(seat: AppSeat, data: bytes) -> tuple[bytes, int]:
+        """One read from the start of `data` (the stream's, or a note's: whole
+        lines) and how many of its bytes it takes.  It is cut by app_cut; a run
+        of digits that goes on past it (longer than a read) goes on after a line
+        end, so that no read begins with a digit, wherever its bytes come from."""
+        n = app_cut(data, APP_READ - seat.new_line)
+        piece = b"\n" * seat.new_line + data[:n]
+        seat.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
+        return piece, n
 
 
 class Room:

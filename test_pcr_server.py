@@ -3386,6 +3386,23 @@ class AppReaderTest(ServerCase):
         self.assert_app_shows_well(ann)
         self.assertEqual(ann.chat.replace("\n", "").count("7"), 3000)
 
+    def test_digits_longer_than_a_read_never_reach_the_box_from_history_or_a_private_line(self):
+        """The history is sent to a newcomer for it alone, and a private line is
+        for two: a run of digits in either is broken onto a new line too."""
+        self.start(history=5, line_rate=0, app_char_time=0.0002)
+        tom = self.member("tom")
+        tom.send(b"tom: x" + b"1" * 3000 + b"\n")
+        tom.read_until(b"1\n")
+        ann = self.app("ann")
+        ann.wait(lambda app: app.chat.replace("\n", "").count("1") >= 3000, "the history's digits")
+        ann.wait_box("2 people are online...\n")
+        tom.send(b"/msg ann " + b"8" * 3000 + b"\n")
+        ann.wait(lambda app: app.chat.replace("\n", "").count("8") >= 3000, "the private line's digits")
+        self.assert_app_shows_well(ann)
+        self.assertEqual(ann.chat.replace("\n", "").count("1"), 3000)
+        self.assertIn("tom: x111", ann.chat)
+        self.assertIn("[private] tom to ann: 888", ann.chat)
+
     def test_nothing_follows_an_apps_count_within_its_margin(self):
         self.start(app_margin=0.3, max_line=10)
         ann = self.app("ann")
