@@ -9652,7 +9652,7 @@ class HostCommandLineTest(ProcessCase):
         interrupt(proc)
         _, err = proc.communicate(timeout=WAIT)
         self.assertEqual(proc.returncode, 0, err)
-        return bytes(proc.printed).decode(), err
+        return bytes(proc.printed).decode(locale.getpreferredencoding(False)), err   # as printed_until
 
     def test_the_page_is_served_at_the_rooms_port_plus_one(self):
         port = free_port_and_the_next()
@@ -10646,6 +10646,23 @@ class MessengerPageTest(BrowserCase):
     def to(self, tab: str) -> None:
         self.driver.switch_to.window(tab)
 
+    def click_still(self, element) -> None:
+        """A click on `element` once it stands still where a finger would land: a page
+        that has just come to the front may still be moving its list (a click then
+        lands on the line below)."""
+        where = ("const r = arguments[0].getBoundingClientRect(), x = r.left + r.width / 2, "
+                 "y = r.top + r.height / 2; const hit = document.elementFromPoint(x, y); "
+                 "return hit && arguments[0].contains(hit) ? [x, y] : null")
+        self.js("arguments[0].scrollIntoView({block: 'center'})", element)
+        seen = []
+
+        def still() -> bool:
+            seen.append(self.js(where, element))
+            return seen[-1] is not None and seen[-2:] == seen[-1:] * 2
+
+        self.wait_for(still, "a still element to click")
+        element.click()
+
     def line(self, words: str):
         """The list item of the line whose words are `words`, once it is on the page."""
         find = ("return [...document.querySelectorAll('#lines li[data-name]')].find("
@@ -10689,7 +10706,7 @@ class MessengerPageTest(BrowserCase):
         quote = reply.find_element(By.CSS_SELECTOR, ".bubble .quote")
         self.assertEqual(quote.get_attribute("textContent"), "In reply to tom" + self.QUOTE.strip('"'))
         self.assertLess(quote.rect["y"], reply.find_element(By.CSS_SELECTOR, ".text").rect["y"])
-        quote.click()
+        self.click_still(quote)
         self.assertEqual(self.js("return document.activeElement.id"), self.line(self.QUESTION).get_attribute("id"))
         self.tap(reply, "reply")   # Paul answers her: her page shows it is for her
         self.say("see you there")
