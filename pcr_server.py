@@ -548,14 +548,13 @@ def private_readings(request: str) -> list[tuple[str, str]]:
     """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
     the longest NAME first: a name may hold spaces, and a NAME in quotes
     (`"bob can" hi`) is read only as that; none without both, nor a NAME
-    longer than READABLE_NAME."""
+    longer than READABLE_NAME.  The words are read no further than that
+    (the rest is the TEXT of each reading, copied once per reading)."""
     request = request.strip()
-    if request.startswith('"'):
-        cuts = [(quote.start(), quote.end()) for quote in re.compile(r'"\s+').finditer(request, 1)]
-        readings = [(request[1:start].strip(), request[stop:]) for start, stop in cuts]
-    else:
-        readings = [(request[:space.start()], request[space.end():])
-                    for space in re.finditer(r"\s+", request)]
+    quoted = request.startswith('"')
+    cuts = re.compile(r'"\s+' if quoted else r"\s+").finditer(request, int(quoted))
+    readings = [(request[quoted:cut.start()].strip(), request[cut.end():])
+                for cut in itertools.takewhile(lambda cut: cut.start() <= quoted + READABLE_NAME, cuts)]
     return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
 
 

@@ -3743,6 +3743,22 @@ class PrivateLineTest(WebCase):
         self.assertEqual(pcr.private_notice("ann", "bob", "meet at six"),
                          "[private] ann to bob: meet at six\n")
 
+    def test_reading_msg_copies_no_more_than_the_longest_name_allows(self):
+        """`/msg` then 2,040 one-letter words (or quotes): the readings tried end
+        past READABLE_NAME characters, so what is copied is those readings' texts,
+        not the rest of the line once at every space (QA finding 7)."""
+        import tracemalloc
+        for request in ("a " * 2040, '"a ' + 'a" ' * 1360):
+            with self.subTest(request=request[:8]):
+                tracemalloc.start()
+                try:
+                    readings = pcr.private_readings(request)
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+                self.assertTrue(0 < len(readings) <= pcr.READABLE_NAME // 2 + 1, len(readings))
+                self.assertLess(peak, 2 * (pcr.READABLE_NAME // 2 + 1) * len(request))
+
     def test_no_name_can_pose_as_a_private_line(self):
         for name in ("[private] ann to bob", "[PRIVATE] ann", "\uff3bprivate\uff3d ann", "[pr\u0456vate]"):
             with self.subTest(name=name):
