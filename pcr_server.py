@@ -3994,11 +3994,14 @@ class PhotoDesk:
     links line clients get.
 
     The room's photo bytes are bounded: those coming in (as announced) stay
-    within --photos MiB, and the album within as much again.  A new
-    announcement past that is refused at once; an upload slower than
+    within --photos MiB, those from one address (Member.group) within its
+    share of them, and the album within as much again.  A new announcement
+    past that is refused at once; an upload slower than
     photo_pace over a ping interval is dropped; one whose connection ends
     goes with it (Transport.close).  Buffers are memory maps: what is let go
     goes back to the system."""
+
+    ADDRESS_SHARE = 4   # an address may announce a quarter of the photos coming in at once
 
     def __init__(self, settings: Settings, tally: Tally, gate: Gate, room: Room, webs: WebOutlet):
         self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
@@ -4007,6 +4010,8 @@ class PhotoDesk:
         self.internet_page: str | None = None   # the page's link over the internet, once known
         self.uploads: dict[Upload, Member] = {}   # photos coming in, and whose
         self.coming = 0                           # their bytes, as announced
+        self.coming_from: collections.Counter[str] = collections.Counter()   # by address (group)
+        self.groups: dict[Upload, str] = {}       # each upload's address, as it was announced
         self.pace_every = settings.web_ping or 30.0
         for outlet in room.outlets.values():   # line readers get links to the page
             outlet.page_at = self.page_at
@@ -4019,20 +4024,33 @@ class PhotoDesk:
         if reader.photo is not None:
             self._unshared(m, ANNOUNCED_AGAIN)
             reader.release()
-        why = self.gate.photo_refusal(m, size, (self.settings.photos << 20) - self.coming)
+        why = self.gate.photo_refusal(m, size, self._room_for(m.group))
         if why:
             self._unshared(m, why)
             reader.announce(None)
             return
         upload = Upload(size, self._gone)
-        self.uploads[upload] = m
+        self.uploads[upload], self.groups[upload] = m, m.group
         self.coming += size
+        self.coming_from[m.group] += size
         reader.announce(upload)
         self.loop.call_later(self.pace_every, self._pace, upload)
+
+    def _room_for(self, group: str) -> int:
+        """The bytes an address may still announce: what is left of the room's
+        photos coming in, and of the address's share of them (a quarter, and at
+        least a photo of MAX_PHOTO), so that no one address can hold them all."""
+        budget = self.settings.photos << 20
+        share = max(budget // self.ADDRESS_SHARE, min(budget, MAX_PHOTO))
+        return min(budget - self.coming, share - self.coming_from[group])
 
     def _gone(self, upload: Upload) -> None:
         """An upload gave its buffer back."""
         self.coming -= upload.size
+        group = self.groups.pop(upload)
+        self.coming_from[group] -= upload.size
+        if not self.coming_from[group]:
+            del self.coming_from[group]
         del self.uploads[upload]
 
     def _pace(self, upload: Upload) -> None:

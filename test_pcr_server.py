@@ -668,9 +668,9 @@ class WebMember:
         self.ws.close()
 
 
-def raw_upgrade(port: int, extra: str = "") -> tuple[socket.socket, bytes]:
+def raw_upgrade(port: int, extra: str = "", source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
     """A WebSocket opened by hand, to send what no library would; (socket, response)."""
-    sock = socket.create_connection(("127.0.0.1", port), WAIT)
+    sock = socket.create_connection(("127.0.0.1", port), WAIT, source_address=(source, 0))
     sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                  f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                  f"Sec-WebSocket-Version: 13\r\n{extra}\r\n".encode())
@@ -2157,8 +2157,9 @@ class RawPage:
     """A page member over a raw socket, to send what no library would (frames
     written by hand, a frame cut short); it answers pings while it reads."""
 
-    def __init__(self, test: unittest.TestCase, port: int, name: str | None = None):
-        self.sock, response = raw_upgrade(port)
+    def __init__(self, test: unittest.TestCase, port: int, name: str | None = None,
+                 source: str = "127.0.0.1"):
+        self.sock, response = raw_upgrade(port, source=source)
         test.addCleanup(self.sock.close)
         self.buf = response.partition(b"\r\n\r\n")[2]
         if name is not None:
@@ -6191,6 +6192,30 @@ class PhotoUploadTest(WebCase):
         pages[4].share(jpeg)
         self.assertEqual(pages[4].until("photo")["name"], "page4")
         tom.read_until(b"page4 shared a photo: ")
+
+    def test_one_address_holds_only_its_share_of_the_photos_coming_in(self):
+        """Eight pages at one address announce 8 MiB each and send nothing more:
+        they get the address's share of the 64 MiB coming in (a quarter: two of
+        them), the others are told the room is busy, and a member at another
+        address still shares a photo (QA finding 6)."""
+        self.start(max_per_ip=32)
+        tom = self.member("tom")
+        pages = [RawPage(self, self.web, f"mallory{n}") for n in range(8)]
+        for page in pages:
+            page.send(b"\x00photo %d" % pcr.MAX_PHOTO)
+        for page in pages[2:]:
+            self.assertEqual(page.until("unshared")["text"], "your photo was not shared: the room is "
+                                                             "taking in other photos just now; try again in a moment")
+        self.assertEqual(self.on_loop(self.coming), (2, 2 * pcr.MAX_PHOTO))
+        wendy = RawPage(self, self.web, "wendy", source="127.0.0.2")
+        wendy.share(picture("JPEG"))
+        self.assertEqual(wendy.until("photo")["name"], "wendy")
+        tom.read_until(b"wendy shared a photo: ")
+        pages[0].sock.close()   # its upload goes: the address's share has room again
+        self.wait_on_loop(lambda: self.coming() == (1, pcr.MAX_PHOTO), "its buffer back")
+        pages[2].share(picture("JPEG"))
+        while pages[2].until("photo")["name"] != "mallory2":   # wendy's came first
+            pass
 
     def test_an_unfinished_upload_goes_when_its_member_leaves_or_is_away(self):
         self.start(web_grace=30.0)
