@@ -436,15 +436,44 @@ _INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
     "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-# Letters that look like Latin ones (Cyrillic, Greek, Armenian, Latin small capitals and
-# variants), and brackets that look like [ ] (from Unicode TR39's confusables).
-_LOOKALIKES = str.maketrans(
-    "аеіјорсухѕԁԛԝһӏѵαιορυϲϳνıɑɡɩǀȷօսհոզցᴄᴏᴜᴠᴡᴢꜱ"
-    "АВЕІЈКМНОРСТУХЅҮԚԜҺѴΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
-    "⁅⁆❲❳〔〕⟦⟧⦋⦌⦍⦎⦏⦐【】〚〛",
-    "aeijopcyxsdqwhlvaiopucjviagiljouhnqgcouvwzs"
-    "ABEIJKMHOPCTYXSYQWHVABEZHIKMNOPTYX"
-    "[][][][][][][][][]")
+# Look-alikes as the letters and marks they look like (Unicode TR39's confusables: Cyrillic,
+# Greek, Armenian, Cherokee, Lisu, Canadian syllabics, small capitals, some symbols; never
+# digits), both cases, as case is ignored; what NFKC folds already is not listed.  Colons
+# and their look-alikes go from names (clean_name): none can pose as another's line prefix.
+_COLONS = ":ː˸։᛬᠃᠉⁚∶ꓽ꞉︓︰﹕："
+_LOOKALIKES = str.maketrans({look_alike: letter for letter, look_alikes in (
+    ("a", "аαɑАΑᎪᗅ⍺ꓮ𐊠𖽀"),
+    ("b", "ВΒƄЬᏏᏴᑲᖯᗷꓐꞴ𐊂𐊡𐌁"),
+    ("c", "сϲᴄСᏟⲤⲥꓚꮯ𐊢𐌂𐐕𐐽𐔜𑣲🝌"),
+    ("d", "ԁᎠᏧᑯᗞᗪꓒꓓ"),
+    ("e", "еЕΕҽᎬ℮⋿ⴹꓰꬲ𐊆𑢦𑢮"),
+    ("f", "ϜքᖴẝꓝꞘꞙꬵ𐊇𐊥𐔥𑢢𑣂𝈓"),
+    ("g", "ɡցƍԌᏀᏳᶃꓖ"),
+    ("h", "һհНҺΗᎻᏂᕼⲎꓧ𐋏"),
+    ("i", "іιıɩІΙɪӀᎥᛁ∣⍳⏽Ⲓⵏꓲꙇꭵ𐊊𐌉𐌠𑣃𖼨"),
+    ("j", "јϳȷЈᎫᒍꓙꞲ"),
+    ("k", "КΚᏦᛕⲔꓗ𐔘"),
+    ("l", "ӏǀᏞᒪⳐꓡ𐐛𐔦𑢣𑢲𖼖𝈪"),
+    ("m", "МΜϺᎷᗰᛖⲘꓟ𐊰𐌑"),
+    ("n", "ոΝռⲚꓠ𐔓"),
+    ("o", "оοօᴏОΟσଠഠဝჿዐᴑⲞⲟⵔ〇ꓳꬽ𐊒𐊫𐐄𐐬𐓂𐓪𐔖𑢵𑣈𑣗"),
+    ("p", "рρРΡᏢᑭ⍴Ⲣⲣꓑ𐊕"),
+    ("q", "ԛզԚգⵕ"),
+    ("r", "ƦгᎡᏒᖇᴦⲅꓣꭇꭈꮁ𐒴𖼵𝈖"),
+    ("s", "ѕꜱЅƽՏᏕᏚꓢꮪ𐊖𐐠𐑈𑣁𖼺"),
+    ("t", "ТΤᎢ⊤⟙Ⲧꓔ𐊗𐊱𐌕𑢼𖼊🝨"),
+    ("u", "υսᴜʋሀᑌ∪⋃ꓴꞟꭎꭒ𐓎𐓶𑢸𑣘𖽂"),
+    ("v", "ѵνᴠѴᏙᐯ∨⋁ⴸꓦꛟꮩ𐔝𑜆𑢠𑣀𖼈𝈍"),
+    ("w", "ԝᴡԜɯѡաᎳᏔꓪꮃ𑜊𑜎𑜏𑣯"),
+    ("x", "хХΧ×ᕁᕽ᙭᙮ᚷ╳⤫⤬⨯ⲬⵝꓫꞳ𐊐𐊴𐌗𐌢𐔧𑣬"),
+    ("y", "уУҮΥɣʏγүყᎩᎽᶌỿⲨꓬꭚ𐊲𑢤𑣜𖽃"),
+    ("z", "ᴢΖᏃꓜꮓ𐋵𑢩𑣄"),
+    ("(", "❨﴾"),
+    (")", "❩﴿"),
+    ("[", "⁅❲〔⟦⦋⦍⦏【〚"),
+    ("]", "⁆❳〕⟧⦌⦎⦐】〛"),
+    (":", _COLONS),
+) for look_alike in look_alikes})
 
 
 def joined_notice(names: list[str]) -> str:
@@ -586,15 +615,16 @@ def clean_text(text: str) -> str:
 def clean_name(text: str) -> str:
     """A name as the room shows it: visible, one line, trimmed, short.
 
-    Colons go too, so that no name can pose as another's line prefix, and a
-    leading digit gets a `_` before it: the App takes any read that starts
-    with a digit for the count.  So does a name that looks like the first
-    words of the room's own lines (ROOM_FORMS, `[private]` in any look), and
+    Colons and their look-alikes go too, so that no name can pose as
+    another's line prefix, and a leading digit gets a `_` before it: the App
+    takes any read that starts with a digit for the count.  So does a name
+    that looks like the first words of the room's own lines (ROOM_FORMS,
+    `[private]` in any look), and
     one that still does (`anna shared a photo`, `anna reacted 👍 to bob`) has
     its spaces made `_` too: no member's line can pose as the room's.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
-    text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c not in _COLONS)
     text = _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
     if text[:1].isdigit() or ROOM_LINE.match(name_look(text)):
         text = ("_" + text)[:MAX_NAME].strip()

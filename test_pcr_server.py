@@ -2456,6 +2456,30 @@ class LookAlikeNamesTest(unittest.TestCase):
             self.assertEqual(pcr.clean_name(name), name)
         self.assertIn(re.escape(pcr.PRIVATE_TAG), pcr.ROOM_FORMS)   # one list, for every kind of line
 
+    def test_tr39_look_alikes_cannot_pass_for_the_rooms_lines(self):
+        """Letters and brackets Unicode TR39 lists as look-alikes of the room's
+        words fold as those (QA finding 10): no name reads as a private line, a
+        reply, a reaction or the answer to /who."""
+        for odd, plain in (("\ua647", "i"), ("\u0433", "r"), ("\u2228", "v"), ("\u2768", "("),
+                           ("\ufd3e", "("), ("\u026a", "i"), ("\uab47", "r"), ("\u237a", "a")):
+            with self.subTest(look_alike=hex(ord(odd))):
+                self.assertEqual(pcr.name_look(odd), plain)
+        posing = ("[pr\ua647vate] ann to bob", "[p\u0433ivate] ann to bob", "[pri\u2228ate] ann",
+                  'ann \u2768to bob\uff1a "are we', "ann \ufd3eto bob", "ann \u0433eacted \U0001f44d to bob",
+                  "\u026an the room now (2)", "ann \uab47eacted \u2764 to bob", "\u237ann shared \u237a photo")
+        for name in posing:
+            with self.subTest(name=name):
+                cleaned = pcr.clean_name(name)
+                self.assertTrue(cleaned.startswith("_"), cleaned)
+                self.assertIsNone(pcr.ROOM_LINE.match(pcr.name_look(cleaned)), cleaned)
+
+    def test_colon_look_alikes_go_from_names_as_colons_do(self):
+        """No name can carry another's line prefix (`bob꞉ ...`) in any colon (QA finding 10)."""
+        for colon in (":", "\ua789", "\uff1a", "\u2236", "\u02d0", "\u02f8", "\u205a", "\ufe30",
+                      "\ufe13", "\ufe55", "\u0589", "\u16ec", "\ua4fd", "\u1803", "\u1809"):
+            with self.subTest(colon=hex(ord(colon))):
+                self.assertEqual(pcr.clean_name(f"bob{colon} new phone"), "bob new phone")
+
     def test_a_numbered_name_cannot_pass_for_the_rooms_lines_either(self):
         for name in ("anna shared a photo", "in the room now"):
             self.assertTrue(pcr.ROOM_LINE.match(pcr.name_look(pcr.numbered_name(name, 2))))
@@ -3663,6 +3687,22 @@ class NamesTest(ServerCase):
         self.assertIn(b"bob joined the chat...\n", got)
         self.assertNotIn(b"famkey", got)
         self.assertNotIn("famkey", self.log_text())
+
+    def test_look_alike_names_read_as_no_line_of_the_rooms_nor_anothers(self):
+        """What a terminal reads from members named in TR39 look-alikes (QA finding 10)."""
+        self.start()
+        watcher = self.member("watch")
+        for name, said, read in (("[p\u0433ivate] ann to watch", "the key is under the mat",
+                                  "_[p\u0433ivate] ann to watch: the key is under the mat\n"),
+                                 ("\u026an the room now (2)", "ann, bob", "_\u026an the room now (2): ann, bob\n"),
+                                 ("bob\ua789 new phone, what is the PIN", "?",
+                                  "bob new phone, what is the PIN: ?\n")):
+            with self.subTest(name=name):
+                forger = self.connect()
+                forger.answer(name.encode() + b"\n")
+                forger.read_until(b"the room knows you as ")
+                forger.send(said.encode() + b"\n")
+                watcher.read_until(read.encode())
 
     def test_empty_alias_becomes_guest(self):
         self.start()
