@@ -432,10 +432,16 @@ _UNSAFE = re.compile(
     r"|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
 # Code points that show nothing, or a blank: Unicode's default-ignorables and the fillers.
-_INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+_INVISIBLE_CHARS = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
     "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+# A run of blanks longer than BLANK_RUN (spaces, tabs, blank and invisible characters) is
+# made BLANK_RUN spaces: padding could push a line's last words to the start of a row of
+# a terminal (or the App), where they would read as another member's line.
+BLANK_RUN = 4
+_BLANKS = re.compile(rf"[\s{_INVISIBLE_CHARS}]{{{BLANK_RUN + 1},}}")
 # Look-alikes as the letters and marks they look like (Unicode TR39's confusables: Cyrillic,
 # Greek, Armenian, Cherokee, Lisu, Canadian syllabics, small capitals, some symbols; never
 # digits), both cases, as case is ignored; what NFKC folds already is not listed.  Colons
@@ -608,8 +614,9 @@ def page_action(text: str) -> dict | None:
 
 def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
-    overrides and line separators removed."""
-    return _UNSAFE.sub("", text)
+    overrides and line separators removed, and each run of more than
+    BLANK_RUN blanks made BLANK_RUN spaces."""
+    return _BLANKS.sub(" " * BLANK_RUN, _UNSAFE.sub("", text))
 
 
 def clean_name(text: str) -> str:
@@ -8096,6 +8103,40 @@ def shown_line(text: str) -> str:
     return text
 
 
+ROW_INDENT = "  "   # how a line's further rows begin on a terminal (terminal_rows)
+
+
+def cell_width(c: str) -> int:
+    """The columns a terminal gives `c`, counted high where terminals differ:
+    wide (East Asian) characters two, an emoji's VS16 one more, each half of a
+    flag two; marks and format characters none."""
+    if c == "\ufe0f":
+        return 1
+    if "\U0001f1e6" <= c <= "\U0001f1ff" or unicodedata.east_asian_width(c) in "WF":
+        return 2
+    return 0 if unicodedata.category(c) in ("Mn", "Me", "Cf") else 1
+
+
+def terminal_rows(line: str, width: int | None) -> str:
+    """`line` in rows of at most `width` columns (None: whole), broken at the
+    last space that fits (else inside a word), each further row indented:
+    the terminal's own wrap would begin a row with whatever comes there, and
+    words at a row's start (`bob: ...`) read as a line of their own."""
+    line = line.expandtabs()
+    if not width or width < 20 or 2 * len(line) <= width:
+        return line
+    rows, start, indent = [], 0, ""
+    while start < len(line):
+        room, used, end, cut = width - len(indent), 0, start, start
+        while end < len(line) and used + (columns := cell_width(line[end])) <= room:
+            cut = end if line[end] == " " else cut
+            used, end = used + columns, end + 1
+        cut = end if end == len(line) or line[end] == " " or cut <= start else cut
+        rows.append(indent + line[start:cut].rstrip(" "))
+        start, indent = len(line) - len(line[cut:].lstrip(" ")), ROW_INDENT
+    return "\n".join(rows)
+
+
 def client_tls_context(ca: str | None, insecure: bool) -> ssl.SSLContext:
     """Checks the server's certificate and name against `ca` (else the system's
     store), unless `insecure`; raises OSError if `ca` cannot be used."""
@@ -8406,13 +8447,14 @@ class ClientSession:
             self.leave()
 
     def _print(self, line: str) -> None:
-        """Print a line; on a terminal, above what is being typed, which is drawn again."""
+        """Print a line; on a terminal in rows of its width (terminal_rows), above
+        what is being typed, which is drawn again."""
         try:
             if self.typed is None:
                 self.out.write(line + "\n")
                 self.out.flush()
             else:
-                self.typed.show(line)
+                self.typed.show(terminal_rows(line, console_width(self.out)))
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)
 

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import unittest
 import urllib.parse
 import urllib.request
@@ -3737,6 +3738,19 @@ class TextSafetyTest(ServerCase):
         ann = self.member("ann")
         ann.send(b"ann: a\x00b\x1b[2Jc\td\x7f\r\n")
         ann.read_until(b"ann: abc\td\n")
+
+    def test_a_long_run_of_blanks_cannot_push_words_to_a_row_of_their_own(self):
+        """`mallory: ok` + 69 spaces + `bob: ...` read on an 80-column terminal puts
+        `bob: ...` at the start of a row: a run of more than four blanks (spaces,
+        tabs, blank and invisible characters) arrives as four spaces (QA finding 11)."""
+        self.start()
+        watcher, mallory = self.member("watch"), self.member("mallory")
+        for pad in (" " * 69, "\t" * 9, " \u200b" * 35, "\u3000\u2800\u3164 \u00a0\u2003" * 12):
+            with self.subTest(pad=repr(pad[:4])):
+                mallory.send(f"ok{pad}bob: I forgot the door code\n".encode())
+                watcher.read_until(b"mallory: ok    bob: I forgot the door code\n")
+        mallory.send(b"four    spaces and\ttabs\t\tstay\n")
+        watcher.read_until(b"mallory: four    spaces and\ttabs\t\tstay\n")
 
     def test_invalid_utf8_alias_is_safe(self):
         self.start()
@@ -8875,6 +8889,31 @@ class ClientModeTest(ServerCase):
         self.assertEqual(screen.count(b"hello there"), 1, bytes(screen))
         os.write(controller, b"\x04")   # Ctrl+D
         self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_on_a_terminal_a_long_line_goes_on_in_indented_rows(self):
+        """Words that the terminal's own wrap would put at the start of a row
+        (`bob: ...` after 80 columns of mallory's, in words or wide characters)
+        come on a row of their own, indented: never as a line of bob's (QA finding 11)."""
+        if WINDOWS:
+            self.skipTest("no pseudo-terminals here (Windows)")
+        self.start()
+        mallory = self.member("mallory")
+        _, _, shown, changed = on_a_terminal(self, ["--connect", f"127.0.0.1:{self.port}",
+                                                    "--name", "carol"], columns=80)
+        shown_until(shown, changed, b"in the room as carol")
+        for padding in (("ok see you tomorrow " * 4)[:70] + " ", "\u65e5" * 35 + " ", "x" * 71):
+            with self.subTest(padding=padding[:8]):
+                with changed:
+                    del shown[:]
+                mallory.send(f"{padding}bob: I forgot the door code\n".encode())
+                screen = shown_until(shown, changed, b"door code\r\n")
+                rows = screen.split(b"\x1b[K")[-1].decode().split("\r\n")[:-1]
+                self.assertTrue(rows[0].startswith("mallory:"), rows)
+                self.assertTrue(all(row.startswith("  ") for row in rows[1:]), rows)
+                self.assertTrue(all(sum(2 if unicodedata.east_asian_width(c) == "W" else 1
+                                        for c in row) <= 80 for row in rows), rows)
+                self.assertEqual("".join(rows).replace(" ", ""),
+                                 f"mallory: {padding}bob: I forgot the door code".replace(" ", ""))
 
     def test_typed_lines_and_the_goodbye_go_out_as_the_app_sends_them(self):
         room = FakeRoom(self)
