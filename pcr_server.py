@@ -45,9 +45,12 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               room's bound and pace, or refused in a sentence),
                               WebDoor (HTTP, photos served, the
                               WebSocket upgrade, frames in, a page asking for its
-                              seat back, a page's actions on lines), Handshakes
-                              (TLS, paced), Doorway (a new connection's first bytes
-                              choose its door), Naming (an alias to a place in
+                              seat back, a page's actions on lines), SecurePage
+                              (--https on the page's port: its certificate, a CA's
+                              answers, the 308 to https), Handshakes (TLS, paced),
+                              Doorway (a new connection's first bytes choose its
+                              door: at the room's port, and at the page's with
+                              --https, TLS or http), Naming (an alias to a place in
                               line), Server (listening, accepting, each connection
                               to its door, reading, lines, closing; it asks the gate)
   7. Host addresses           listen addresses as people type them (none: every
@@ -60,26 +63,35 @@ The file, top to bottom (each part uses only those above it; a test keeps it so)
                               firewall control, or PCP over IPv6), and what
                               happened in plain words; then FriendsJoin
                               (how friends join, for the banner and the window)
-  9. The QR code              qr_code(text): the invitation for a phone's camera
+  9. HTTPS for the page (ACME)
+                              --https: P-256, ECDSA (RFC 6979), DER, the CSR, JWS,
+                              AcmeClient (RFC 8555: the CA asked, IP identifiers),
+                              CertificateStore (the folder beside .pcr_port),
+                              PageCertificate (gets, puts in place and renews the
+                              page's certificate, on a thread of its own)
+  10. The QR code             qr_code(text): the invitation for a phone's camera
                               (ISO/IEC 18004, byte mode, level M), drawn for a console
-  10. Logging                 a rotating file, created readable by its owner only;
+  11. Logging                 a rotating file, created readable by its owner only;
                               the console (text fitted to the terminal's width,
                               colours only where it takes them)
-  11. The GUI                 WindowView (the widgets, the log panel; ScrollArea:
+  12. The GUI                 WindowView (the widgets, the log panel; ScrollArea:
                               the part that scrolls on a small screen), RouterSwitch
-                              (the router asked while its switch is on),
+                              (the router asked while its switch is on), HttpsSwitch
+                              (the page's certificate kept while its box is ticked),
                               InvitationCode (the code to scan), ServerWindow
                               (the room as the window runs it: RoomState), tkinter
                               imported here
-  12. The terminal client     --connect (an address, the page's, or its link)
-  13. The command line        main()
-  14. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
+  13. The terminal client     --connect (an address, the page's, or its link)
+  14. The command line        main()
+  15. The chat page (data)    PAGE_HTML, handed to WebDoor when a Server is built
 
 Threads: the loop's thread owns every socket and all room and server state.
 The GUI runs on the main thread and reaches the room only through
 Loop.call_soon_threadsafe; look-ups of addresses run on threads of their own
 and hand their answers back through queues.  RouterPorts asks the router on
 the caller's thread and renews on one of its own; its state is behind its lock.
+PageCertificate talks to the CA on a thread of its own and hands the
+certificate to the loop (SecurePage) through call_soon_threadsafe.
 """
 
 from __future__ import annotations
@@ -87,16 +99,19 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import calendar
 import codecs
 import collections
 import contextlib
 import dataclasses
+import email.utils
 import enum
 import errno
 import functools
 import hashlib
 import heapq
 import hmac
+import http.client
 import ipaddress
 import itertools
 import json
@@ -121,6 +136,7 @@ import threading
 import time
 import traceback
 import unicodedata
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -153,6 +169,8 @@ PORT_FILE = ".pcr_port"
 LOG_FILE = ".privateChat_server.log"
 LOG_FORMAT = "%(asctime)s:%(levelname)s:%(name)s:%(message)s"
 DEFAULT_PUBLIC_IP_URL = "https://api.ipify.org"
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"   # --https's CA unless told
+HTTPS_FOLDER = ".pcr_https"   # beside PORT_FILE: --https's keys and certificate, one folder per CA
 RECV_SIZE = 65536   # the terminal client's reads
 # Ctrl+C, a terminate, the terminal going away (SSH dropped) and Windows' Ctrl+Break all
 # stop the room cleanly; so does closing the console window (see on_stop_signals).
@@ -208,6 +226,9 @@ class Settings:
     room_key: str = ""                # members join as name#KEY; empty: no key
     tls_cert: str = ""                # PEM files; empty: plain text
     tls_key: str = ""
+    https: bool = False               # the page gets a certificate for the public address (ACME)
+    acme_directory: str = LETS_ENCRYPT
+    acme_ca_file: str = ""            # PEM: trusted for the ACME directory, beside the system's roots
 
 
 def parse_port(text: str) -> int | None:
@@ -2125,8 +2146,16 @@ class Transport:
             return None
 
     def more_held(self) -> bool:
-        return self.reading and not self.closed and ssl is not None \
-            and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+        return self.reading and not self.closed and self.encrypted and self.sock.pending() > 0
+
+    @property
+    def encrypted(self) -> bool:
+        return ssl is not None and isinstance(self.sock, ssl.SSLSocket)
+
+    def secure(self, context) -> None:
+        """Encrypt with `context` from here on: the server's side of a TLS handshake comes next."""
+        self.hold()
+        self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
 
     def handshake(self) -> str | None:
         """One step of the TLS handshake: None when done, "" while under way
@@ -4000,7 +4029,7 @@ def tls_context(cert: str, key: str):
                              f"give the matching key with --tls-key FILE.") from None
         raise StartError(f"Cannot use the certificate {cert} with the key {key or cert}: one of "
                          f"them is damaged or locked with a passphrase; make a new pair "
-                         f"(README, Privacy).") from None
+                         f"(docs/TLS.md).") from None
     return context
 
 
@@ -4021,6 +4050,63 @@ def tls_files_problem(cert: str, key: str) -> str | None:
             return f"{key} holds no private key: give the certificate's key with --tls-key FILE."
         return f"{cert} holds no private key; give it with --tls-key FILE."
     return None
+
+
+ACME_CHALLENGE = "/.well-known/acme-challenge/"   # http-01 (RFC 8555 §8.3): where a CA looks
+
+
+class SecurePage:
+    """The page's https with --https, on the loop's thread: the TLS context of its
+    certificate (None until one is in place), which new connections to the page's
+    port get when their first byte says TLS (those open keep theirs); the address it
+    names; a CA's http-01 answers; and the redirect (308) of a plain request from
+    outside this machine's networks to https.  Its certificate comes from
+    PageCertificate, through the loop."""
+
+    def __init__(self, on: bool):
+        self.on = on                        # --https: the page's port tells TLS from http
+        self.context = None                 # ssl.SSLContext, once a certificate is in place
+        self.ip: str | None = None          # the address it names
+        self.answers: dict[str, str] = {}   # http-01: token -> key authorization
+
+    def certified(self, context, ip: str | None) -> None:
+        self.context, self.ip = context, ip
+        log.info("https: the page's port %s", f"serves https for {ip} and http" if ip
+                 else "serves http alone")
+
+    def switch(self, on: bool) -> None:
+        """--https on or off while the room runs (the window's box); off: plain http alone."""
+        self.on = on
+        if not on:
+            self.context = self.ip = None
+            self.answers.clear()
+
+    def answer(self, token: str, key_authorization: str | None) -> None:
+        """Answer the CA's look at `token` (None: no more)."""
+        if key_authorization is None:
+            self.answers.pop(token, None)
+        else:
+            self.answers[token] = key_authorization
+
+    def redirect(self, m: Member, host: str, target: str) -> str | None:
+        """Where a request for `target` that came as plain http is sent instead: the same
+        at https, for a member from outside once the certificate is in place; else None."""
+        if self.ip is None or m.transport.encrypted or not self.outside(m):
+            return None
+        port = re.search(r":(\d+)$", host)   # as the member reached it; else the page's own
+        port = int(port[1]) if port else m.transport.sock.getsockname()[1]
+        path = target if re.fullmatch("/[!-~]*", target) else "/"   # nothing else in a header
+        return f"https://{host_port(self.ip, port)}{path}"
+
+    @staticmethod
+    def outside(m: Member) -> bool:
+        """From the internet: a global address, not in this machine's own IPv6 /64."""
+        if not global_ip(m.ip):
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            here = plain_ip(m.transport.sock.getsockname()[0])
+            return ":" not in m.ip or address_group(here) != address_group(m.ip)
+        return True
 
 
 class PhotoDesk:
@@ -4180,6 +4266,7 @@ class WebDoor:
         self.settings, self.tally, self.entrance, self.outlet = settings, tally, entrance, outlet
         self.gate, self.page, self.room = gate, page, room
         self.photos = PhotoDesk(settings, tally, gate, room, outlet)
+        self.secure = SecurePage(settings.https)
         self.room_port = 0   # where the App and terminals join
 
     def room_listens(self, port: int) -> None:
@@ -4191,9 +4278,10 @@ class WebDoor:
         terminal client), or an error."""
         t = m.transport
         t.inbuf += data
-        if t.inbuf.startswith(TLS_HELLO) and not self.settings.tls_cert:
+        if t.inbuf.startswith(TLS_HELLO) and not t.encrypted:
             self.tally.add(m.since, f"closed {m.ip}: a browser asked for https on the page's port; "
-                                    f"start with --tls-cert for https", tries=True)
+                           + ("its certificate is not in place yet" if self.secure.on
+                              else "start with --https or --tls-cert for https"), tries=True)
             self.entrance.close(m)
             return
         end = t.inbuf.find(b"\r\n\r\n")
@@ -4217,6 +4305,9 @@ class WebDoor:
             self._answer(m, "400 Bad Request", b"no valid Host header\n")
         elif method != "GET":
             self._answer(m, "405 Method Not Allowed", b"only GET\n", headers=(("Allow", "GET"),))
+        elif path.startswith(ACME_CHALLENGE) and (said := self.secure.answers.get(
+                path[len(ACME_CHALLENGE):])):
+            self._answer(m, "200 OK", said.encode(), "application/octet-stream")
         elif path == ROOM_PATH:
             self._answer(m, "200 OK", json.dumps({"port": self.room_port}).encode(),
                          "application/json")
@@ -4224,6 +4315,10 @@ class WebDoor:
             self._answer(m, "404 Not Found", PAGE_IS_OFF.encode())
         elif path == "/" and m.transport.sock.getsockname()[1] == self.room_port:
             self._to_page_port(m, host)
+        elif m.transport.sock.getsockname()[1] != self.room_port and (
+                location := self.secure.redirect(m, host, target)):
+            self._answer(m, "308 Permanent Redirect", b"this page is at https\n",
+                         headers=(("Location", location),))
         elif path == "/":
             self._answer(m, "200 OK", self.page.body, "text/html; charset=utf-8",
                          self.page.headers(host))
@@ -4243,7 +4338,9 @@ class WebDoor:
         port = self.photos.web_port
         if self.photos.internet_page and global_ip(m.ip):
             port = urllib.parse.urlsplit(self.photos.internet_page).port or port
-        link = page_link(host_name(host), port, bool(self.settings.tls_cert))
+        secure = self.secure.ip is not None and self.secure.outside(m)   # --https: straight there
+        link = page_link(self.secure.ip if secure else host_name(host), port,
+                         bool(self.settings.tls_cert) or secure)
         self._answer(m, "301 Moved Permanently", f"the chat page is at {link}\n".encode(),
                      headers=(("Location", link),), cache=f"max-age={REDIRECT_KEPT}")
 
@@ -4269,7 +4366,7 @@ class WebDoor:
         except ValueError:
             valid_key = False
         origin = headers.get("origin")
-        scheme = "https" if self.settings.tls_cert else "http"   # the server encrypts it all
+        scheme = "https" if m.transport.encrypted else "http"
         if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in tokens \
                 or not valid_key:
             self._answer(m, "400 Bad Request", b"not a WebSocket request\n")
@@ -4407,12 +4504,15 @@ class WebDoor:
 class Handshakes:
     """TLS handshakes, paced: a few steps a loop turn, so that a burst of
     them (each a millisecond or more) never holds members' lines up.
-    done(m, failed) once m's handshake has ended: failed is why, or None."""
+    done(m, failed) once m's handshake has ended: failed is why, or None.
+    With --https, page_door is the Doorway's choice at the page's port: TLS
+    with the certificate in place, or plain http (`plain`, the server's greet)."""
 
     PER_TURN = 2
 
-    def __init__(self, loop: Loop, done: Callable[[Member, str | None], None]):
-        self.loop, self.done = loop, done
+    def __init__(self, loop: Loop, done: Callable[[Member, str | None], None], secure: SecurePage,
+                 plain: Callable[[Member], None]):
+        self.loop, self.done, self.secure, self.plain = loop, done, secure, plain
         self.waiting: collections.deque = collections.deque()   # members waiting for a step
 
     def step_soon(self, m: Member) -> None:
@@ -4431,6 +4531,17 @@ class Handshakes:
                     self.done(m, failed)
         if self.waiting:   # the rest after the next turn's events
             self.loop.call_soon(self._steps)
+
+    def page_door(self, first: bytes, final: bool) -> Callable[[Member], None]:
+        """Where the first bytes at the page's port lead with --https (the Doorway
+        asks, untimed): a TLS hello (0x16) to a handshake with the certificate in
+        place; anything else, or TLS before it is in place, to plain http."""
+        return self._secure if first[:1] == TLS_HELLO[:1] and self.secure.context else self.plain
+
+    def _secure(self, m: Member) -> None:
+        m.stage = Stage.SECURING
+        m.transport.secure(self.secure.context)
+        self.step_soon(m)
 
 
 class Doorway:
@@ -4595,7 +4706,7 @@ class Server:
         self.page_problem = ""   # why the page asked for is off (the room opens all the same)
         self.accept_error_logged = False
         self.stopping = False
-        self.handshakes = Handshakes(self.loop, self._secured)
+        self.handshakes = Handshakes(self.loop, self._secured, self.door.secure, self._greet)
         self.tls = None                                  # ssl.SSLContext when encrypting
 
     # -- start and stop -------------------------------------------------
@@ -4764,11 +4875,14 @@ class Server:
 
     def _ready(self, m: Member) -> None:
         """m's connection is ready (encrypted, if the room is): at the page's port the
-        web door reads its request; at the room's its first bytes choose its door."""
-        if m.kind is self.webs.kind:
-            self._greet(m)
-        else:
+        web door reads its request (with --https, once its first bytes chose TLS or
+        http); at the room's its first bytes choose its door."""
+        if m.kind is not self.webs.kind:
             self.doorway.admit(m, self._room_door)
+        elif self.door.secure.on and not m.transport.encrypted:
+            self.doorway.admit(m, self.handshakes.page_door, timed=False)
+        else:
+            self._greet(m)
 
     def _room_door(self, first: bytes, final: bool) -> Callable[[Member], None] | None:
         """Where the first bytes at the room's port lead: a browser's request to the
@@ -5464,12 +5578,14 @@ def pcp_address(ip: str) -> bytes:
 
 
 def pcp_map_request(client_ip: str, port: int, external_port: int, lifetime: int,
-                    nonce: bytes) -> bytes:
-    """PCP MAP (RFC 6887 11.1): forward TCP to client_ip:port, suggesting `external_port`;
-    for an IPv6 client_ip, a pinhole: the router's firewall lets that port in to it."""
+                    nonce: bytes, exact: bool = False) -> bytes:
+    """PCP MAP (RFC 6887 11.1): forward TCP to client_ip:port, suggesting `external_port`
+    (`exact`: that port or none, with the PREFER_FAILURE option, 13.2); for an IPv6
+    client_ip, a pinhole: the router's firewall lets that port in to it."""
     header = struct.pack("!BBHI16s", 2, PCP_MAP, 0, lifetime, pcp_address(client_ip))
     return header + struct.pack("!12sB3xHH16s", nonce, TCP, port, external_port,
-                                pcp_address("::" if ":" in client_ip else "0.0.0.0"))
+                                pcp_address("::" if ":" in client_ip else "0.0.0.0")) + (
+        b"\x02\x00\x00\x00" if exact else b"")
 
 
 def pcp_announce_request(client_ip: str) -> bytes:
@@ -5726,11 +5842,13 @@ class PortControl:
             sock.connect(gateway)   # only the gateway's answers arrive
             return udp_exchange(sock, request, ours, deadline)
 
-    def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
-        """(external port, seconds granted) of a mapping to our `port`; RouterRefused if not."""
+    def forward(self, port: int, wanted: int, lease: int, deadline: float,
+                exact: bool = False) -> tuple[int, int]:
+        """(external port, seconds granted) of a mapping to our `port`; RouterRefused if not.
+        `exact`: PCP maps `wanted` or nothing (NAT-PMP cannot say so)."""
         if self.name == "PCP":
             result, _, external_port, lifetime, external_ip = self.exchange(
-                pcp_map_request(self.lan_ip, port, wanted, lease, self.nonce),
+                pcp_map_request(self.lan_ip, port, wanted, lease, self.nonce, exact),
                 lambda data: pcp_mapping(data, self.nonce), deadline, port)
             if result == PCP_UNSUPPORTED_VERSION and "NAT-PMP" in self.kinds:
                 self.name = "NAT-PMP"
@@ -5823,15 +5941,17 @@ class UpnpIgd:
             return None
         return f"{entry.get('NewInternalClient', '?')}:{entry.get('NewInternalPort', '?')}"
 
-    def forward(self, port: int, wanted: int, lease: int, deadline: float) -> tuple[int, int]:
+    def forward(self, port: int, wanted: int, lease: int, deadline: float,
+                exact: bool = False) -> tuple[int, int]:
         """(external port, lease) of a new mapping to our `port`.  A port the router
-        already forwards (to anyone) is left alone: IGDv2 picks another, v1 refuses."""
+        already forwards (to anyone) is left alone: IGDv2 picks another (unless `exact`),
+        v1 refuses."""
         try:
             holder = self.holder(wanted, deadline)
             if holder is None:
                 self.call("AddPortMapping", self.mapping(port, wanted, lease), deadline)
                 return wanted, lease
-            if not self.service.endswith(":2"):
+            if exact or not self.service.endswith(":2"):
                 raise RouterRefused("UPnP", f"its port {wanted} already goes to {holder}; "
                                             f"that mapping is not ours and is left alone")
             got = self.call("AddAnyPortMapping", self.mapping(port, wanted % 65535 + 1, lease), deadline)
@@ -6002,6 +6122,7 @@ class RouterResult:
     mac: str = "unknown"
     ipv6: RouterResult | None = None         # its IPv6 firewall's answer (Pinholes), if this
                                              # machine has an IPv6 address on the internet
+    port_80: str = ""                        # --https: "forwarded" to the page, or why not ("": not asked)
 
     def address(self, port: int) -> str | None:
         """What friends outside connect to for our `port` (host:port), if the router forwards it."""
@@ -6071,7 +6192,9 @@ def forwarded_sentence(result: RouterResult) -> str:
     text = f"over the internet:  {result.address(room)}"
     if page:
         text += f", the page on port {result.forwarded[page[0]]}"
-    return f"{text} ({router_forwards(result)})"
+    port_80 = {"": "", "forwarded": "; and its port 80 to the page, for https"}.get(
+        result.port_80, f"; not its port 80 ({result.port_80})")
+    return f"{text} ({router_forwards(result)}{port_80})"
 
 
 def router_forwards(result: RouterResult) -> str:
@@ -6115,6 +6238,8 @@ class RouterPorts:
     `pinholes` (Pinholes) asks the router's IPv6 firewall alongside, within the
     same time: its answer is the result's `ipv6`, and close() closes it too.
     `gateway` and `protocols` are for tests: the default gateway, all three ways.
+    `challenge`: our port that the router's port 80 should lead to as well (the
+    page's, for --https), asked once the others are forwarded, and not needed for them.
     """
 
     DOES = "forwards"   # what the log says a way does with a port
@@ -6122,9 +6247,11 @@ class RouterPorts:
     def __init__(self, ports: tuple[int, ...] | list[int], lease: float = ROUTER_LEASE,
                  gateway: str | None = None, protocols: tuple[str, ...] = ROUTER_PROTOCOLS,
                  on_change: Callable[[RouterResult], None] | None = None,
-                 pinholes: RouterPorts | None = None):
+                 pinholes: RouterPorts | None = None, challenge: int | None = None):
         self.ports, self.lease, self.gateway = tuple(ports), lease, gateway
         self.protocols, self.on_change, self.pinholes = tuple(protocols), on_change, pinholes
+        self.challenge = challenge
+        self._port_80: dict[int, int] = {}   # the page's port -> 80, while the router forwards it
         self.result: RouterResult | None = None
         self._lock = threading.Lock()        # held while mappings are made, renewed or removed
         self._closed = threading.Event()
@@ -6224,12 +6351,31 @@ class RouterPorts:
                 return self._refused(way, lan_ip, e, deadline)
             external = self._external(way, deadline) or ""
             self._way, self._mapped = way, made
-        outcome = RouterOutcome.FORWARDED if public_address(external) else RouterOutcome.NO_PUBLIC
-        for port, external_port in made.items():
+            outcome = RouterOutcome.FORWARDED if public_address(external) else RouterOutcome.NO_PUBLIC
+            port_80 = self._forward_80(way, deadline) if self.challenge and \
+                outcome is RouterOutcome.FORWARDED else ""
+        for port, external_port in {**made, **self._port_80}.items():
             log.info("router: %s %s TCP %s to %s for %d s", way.name, self.DOES,
                      host_port(external or "?", external_port), host_port(lan_ip, port), granted)
         threading.Thread(target=self._keep, args=(granted,), name="router-renew", daemon=True).start()
-        return self._result(outcome, lan_ip, way.name, external_ip=external, forwarded=dict(made))
+        return self._result(outcome, lan_ip, way.name, external_ip=external, forwarded=dict(made),
+                            port_80=port_80)
+
+    def _forward_80(self, way, deadline: float) -> str:
+        """Ask for the router's port 80 to lead to `challenge` (a CA's http-01 looks there):
+        "forwarded", or why not."""
+        try:
+            got, _ = way.forward(self.challenge, 80, int(self.lease), deadline, exact=True)
+        except (RouterRefused, OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or str(e)
+            log.info("router: %s would not forward its port 80 (%s)", way.name, why)
+            return why
+        if got != 80:   # NAT-PMP's other port is of no use to a CA.  It is left to its lease:
+            # NAT-PMP removes by our port, which could remove the page's own mapping instead.
+            log.info("router: %s offered its port %d instead of 80; left to its lease", way.name, got)
+            return f"it offered port {got} instead"
+        self._port_80 = {self.challenge: 80}
+        return "forwarded"
 
     def _refused(self, way, lan_ip: str, e: Exception, deadline: float) -> RouterResult:
         """The result of a refusal that comes of having no public address; else RouterRefused."""
@@ -6268,9 +6414,19 @@ class RouterPorts:
             except (RouterRefused, OSError, ValueError) as e:
                 log.warning("router: could not renew the room's ports (%s); trying again soon", e)
                 return max(1.0, min(60.0, lifetime / 8))
-            moved = self.result and self.result.forwarded != self._mapped
+            for port in self._port_80:   # for --https alone: the room does without it
+                try:
+                    self._way.renew(port, 80, int(self.lease), deadline)
+                except (RouterRefused, OSError, ValueError) as e:
+                    log.info("router: could not renew its port 80 for https (%s)", e)
+            external = self._external(self._way, deadline) or ""   # a home's address changes
+            readdressed = bool(self.result and public_address(external)
+                               and external != self.result.external_ip)
+            moved = self.result and (self.result.forwarded != self._mapped or readdressed)
             if moved:
-                self.result = dataclasses.replace(self.result, forwarded=dict(self._mapped))
+                self.result = dataclasses.replace(self.result, forwarded=dict(self._mapped),
+                                                  external_ip=external if readdressed
+                                                  else self.result.external_ip)
         if moved:
             log.info("router: %s", router_sentence(self.result))
             if self.on_change:
@@ -6290,6 +6446,9 @@ class RouterPorts:
             mapped, self._mapped = self._mapped, {}
             if mapped:
                 self._remove(self._way, mapped, time.monotonic() + ROUTER_WAIT)
+            port_80, self._port_80 = self._port_80, {}
+            if port_80:
+                self._remove(self._way, port_80, time.monotonic() + ROUTER_WAIT)
 
     @classmethod
     def _remove(cls, way, mapped: dict[int, int], deadline: float) -> None:
@@ -6364,7 +6523,8 @@ def ask_router(settings: Settings, address: tuple[str, int], page_address: tuple
     ports = [address[1]] + ([page_address[1]] if page_address else [])
     ipv6 = ipv6_host(address[0], internet_ipv6())
     router = RouterPorts(ports, on_change=lambda moved: heard(moved, None),
-                         pinholes=Pinholes(ports, ipv6) if ipv6 else None)
+                         pinholes=Pinholes(ports, ipv6) if ipv6 else None,
+                         challenge=page_address[1] if page_address and settings.https else None)
 
     def work() -> None:
         result = router.open()
@@ -6410,11 +6570,13 @@ class FriendsJoin:
 def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | None,
                  public_ip: str | None, page_port: int | None,
                  router: RouterResult | None = None, router_public_ip: str | None = None,
-                 ipv6: str | None = None) -> FriendsJoin:
+                 ipv6: str | None = None, certified: bool = False) -> FriendsJoin:
     """How friends join a room listening at `listen`, with what is known of this
     machine's addresses (None: not known; `ipv6`: internet_ipv6()), the page's port
     (None: no page) and the router's answer to --upnp (None: not asked, or no answer
-    yet).  Where the router forwards the ports, its address is the one friends use."""
+    yet).  Where the router forwards the ports, its address is the one friends use.
+    `certified`: the page's certificate is in place (--https): its link over the
+    internet is https."""
     host, port = listen
     same = same_network_host(host, "" if private_ip == "unknown" else private_ip or "") or None
     tls = bool(settings.tls_cert)
@@ -6429,11 +6591,11 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
     internet = page_internet = None
     if public_ip:
         internet = host_port(public_ip, port)
-        page_internet = page_link(public_ip, page_port, tls) if page_port else None
+        page_internet = page_link(public_ip, page_port, tls or certified) if page_port else None
     forward = forward_advice(port, page_port)
     if router is not None and router.address(port):
         internet, forward = router.address(port), router_forwards(router)
-        page_internet = (page_link(router.external_ip, router.forwarded[page_port], tls)
+        page_internet = (page_link(router.external_ip, router.forwarded[page_port], tls or certified)
                          if page_port in router.forwarded else page_internet)
     return FriendsJoin(
         listen=listen, only_here=is_loopback(host),
@@ -6450,7 +6612,788 @@ def friends_join(settings: Settings, listen: tuple[str, int], private_ip: str | 
 
 
 # ---------------------------------------------------------------------------
-# 9. The QR code
+# 9. HTTPS for the page (ACME)
+# ---------------------------------------------------------------------------
+# --https: a certificate every phone trusts, for this machine's public address,
+# from an ACME CA (RFC 8555, with IP identifiers: RFC 8738), with no openssl and
+# no domain.  Each part from its standard, small and pure: P-256 and ECDSA with
+# deterministic nonces (FIPS 186-4, RFC 6979), DER (X.690) for the CSR (PKCS #10,
+# RFC 2986) and the key's PEM (SEC 1, RFC 5915), JWS ES256 (RFC 7515, 7518) and
+# the JWK thumbprint (RFC 7638).  Then AcmeClient (the conversation with the CA),
+# CertificateStore (the folder) and PageCertificate (getting, putting in place and
+# renewing, on a thread of its own).  TLS itself stays the ssl module's.
+
+P256_P = 2 ** 256 - 2 ** 224 + 2 ** 192 + 2 ** 96 - 1   # the field; the curve is y² = x³ - 3x + b
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551   # the group's order
+P256_G = (0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+          0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
+OID_EC_KEY, OID_P256 = "1.2.840.10045.2.1", "1.2.840.10045.3.1.7"
+OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+OID_EXTENSION_REQUEST, OID_ALT_NAMES = "1.2.840.113549.1.9.14", "2.5.29.17"
+DER_BOOLEAN, DER_INTEGER, DER_BITS, DER_OCTETS, DER_OID = 0x01, 0x02, 0x03, 0x04, 0x06
+DER_UTC_TIME, DER_TIME, DER_SEQUENCE, DER_SET = 0x17, 0x18, 0x30, 0x31
+DER_IP_NAME = 0x87                 # [7] iPAddress in GeneralNames
+PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----\s*([A-Za-z0-9+/=\s]+?)-----END \1-----")
+ACME_ERROR = "urn:ietf:params:acme:error:"
+ACME_PROFILE = "shortlived"        # Let's Encrypt's profile for IP addresses (about 160 hours)
+ACME_TIMEOUT = 15.0                # seconds for one request to the CA, however slowly it answers
+ACME_POLL_TIME = 120.0             # seconds for a validation or an issuance to finish
+ACME_POLL_FIRST = 0.5              # seconds before the first look at a validation, doubling
+ACME_POLL_MOST = 10.0              # seconds between two looks, whatever Retry-After says
+ACME_NONCE_TRIES = 16              # a refused nonce is tried again (RFC 8555 §6.5)
+ACME_ANSWER_LIMIT = 1 << 20        # bytes of one answer
+ACME_USER_AGENT = f"PrivateChatRoom-Server/{VERSION} (Python urllib)"
+ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")   # base64url: safe in a path
+RENEW_AT = 2 / 3                   # of a certificate's life; before that a saved one is reused
+RETRY_FIRST, RETRY_MOST = 300.0, 7200.0   # after a failure: 5 minutes, doubling up to 2 hours
+CERTIFICATE_CHECK = 3600.0         # the keeper looks at least this often (a laptop that slept)
+# What a CA's problem types mean (RFC 8555 §6.7), for the host; any other is "it refused".
+ACME_PROBLEMS = {
+    "rateLimited": "it has given this address or account too many certificates lately",
+    "rejectedIdentifier": "it does not certify this address",
+    "unsupportedIdentifier": "it does not certify IP addresses",
+    "caa": "it is not allowed to certify this address",
+    "serverInternal": "it had a problem of its own",
+    "userActionRequired": "its terms of service need the host's agreement on its website",
+    "externalAccountRequired": "it needs an account made on its website first",
+    "badCSR": "it did not accept the certificate request",
+    "malformed": "it did not understand a request"}
+# Challenge failures that mean the CA did not get this room's answer on port 80.
+UNREACHED = {"connection", "unauthorized", "incorrectResponse", "dns", "tls"}
+
+
+# -- P-256 and ECDSA ------------------------------------------------------------
+def p256_add(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The sum of two points of P-256 (None: the point at infinity)."""
+    if a is None or b is None:
+        return a or b
+    (x1, y1), (x2, y2) = a, b
+    if x1 == x2:
+        if (y1 + y2) % P256_P == 0:
+            return None
+        slope = (3 * x1 * x1 - 3) * pow(2 * y1, -1, P256_P)
+    else:
+        slope = (y2 - y1) * pow(x2 - x1, -1, P256_P)
+    x3 = (slope * slope - x1 - x2) % P256_P
+    return x3, (slope * (x1 - x3) - y1) % P256_P
+
+
+def p256_times(k: int, point: tuple[int, int] = P256_G) -> tuple[int, int] | None:
+    """k × point, by a Montgomery ladder: the same two steps for every bit of k."""
+    r0, r1 = None, point
+    for i in reversed(range(256)):
+        if k >> i & 1:
+            r0, r1 = p256_add(r0, r1), p256_add(r1, r1)
+        else:
+            r0, r1 = p256_add(r0, r0), p256_add(r0, r1)
+    return r0
+
+
+def p256_key() -> int:
+    """A new private key: a secret number from 1 to n - 1."""
+    return secrets.randbelow(P256_N - 1) + 1
+
+
+def p256_public(key: int) -> bytes:
+    """The public key of `key`: x and y, 32 bytes each."""
+    x, y = p256_times(key)
+    return x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+def rfc6979_nonces(key: int, digest: bytes):
+    """ECDSA's per-signature secrets k for `key` and a SHA-256 `digest`, made from
+    them both with HMAC-SHA256 (RFC 6979 §3.2): no random number can leak the key."""
+    def mac(k: bytes, data: bytes) -> bytes:
+        return hmac.new(k, data, hashlib.sha256).digest()
+    secret = key.to_bytes(32, "big") + (int.from_bytes(digest, "big") % P256_N).to_bytes(32, "big")
+    v, k = b"\x01" * 32, b"\x00" * 32
+    k = mac(k, v + b"\x00" + secret)
+    v = mac(k, v)
+    k = mac(k, v + b"\x01" + secret)
+    v = mac(k, v)
+    while True:
+        v = mac(k, v)
+        candidate = int.from_bytes(v, "big")
+        if 1 <= candidate < P256_N:
+            yield candidate
+        k = mac(k, v + b"\x00")
+        v = mac(k, v)
+
+
+def ecdsa_sign(key: int, message: bytes) -> tuple[int, int]:
+    """(r, s): ECDSA with P-256 and SHA-256 (FIPS 186-4 §6.4), k as RFC 6979 makes it."""
+    digest = hashlib.sha256(message).digest()
+    e = int.from_bytes(digest, "big")
+    for k in rfc6979_nonces(key, digest):   # they never end; the first almost always does
+        r = p256_times(k)[0] % P256_N
+        s = pow(k, -1, P256_N) * (e + r * key) % P256_N
+        if r and s:
+            return r, s
+
+
+# -- DER and PEM ---------------------------------------------------------------
+def der(tag: int, *parts: bytes) -> bytes:
+    """One DER value: its tag, its length, its contents (`parts`, joined)."""
+    body = b"".join(parts)
+    size = len(body)
+    if size < 0x80:
+        return bytes((tag, size)) + body
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + body
+
+
+def der_int(n: int) -> bytes:
+    """A non-negative INTEGER (a leading zero byte where the top bit is set)."""
+    return der(DER_INTEGER, n.to_bytes(n.bit_length() // 8 + 1, "big"))
+
+
+def der_oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER from its dotted form."""
+    first, second, *rest = map(int, dotted.split("."))
+    body = bytearray([40 * first + second])
+    for n in rest:
+        chunk = [n & 0x7F]
+        while n := n >> 7:
+            chunk.append(0x80 | n & 0x7F)
+        body += bytes(reversed(chunk))
+    return der(DER_OID, bytes(body))
+
+
+def der_read(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, contents) of each DER value in `data`, in order; ValueError if cut or bent."""
+    values, i = [], 0
+    while i < len(data):
+        if i + 2 > len(data):
+            raise ValueError("a DER value cut short")
+        tag, size = data[i], data[i + 1]
+        i += 2
+        if size & 0x80:
+            n = size & 0x7F
+            if not 1 <= n <= 4 or i + n > len(data):
+                raise ValueError("a DER length out of bounds")
+            size, i = int.from_bytes(data[i:i + n], "big"), i + n
+        if i + size > len(data):
+            raise ValueError("a DER value cut short")
+        values.append((tag, data[i:i + size]))
+        i += size
+    return values
+
+
+def der_time(tag: int, body: bytes) -> float:
+    """A UTCTime or GeneralizedTime (RFC 5280 §4.1.2.5) as seconds since the epoch."""
+    text = body.decode("ascii")
+    if tag == DER_UTC_TIME:
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    return float(calendar.timegm(time.strptime(text, "%Y%m%d%H%M%SZ")))
+
+
+def pem(kind: str, data: bytes) -> str:
+    """`data` as a PEM block of `kind` (RFC 7468)."""
+    text = base64.b64encode(data).decode()
+    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
+    return "\n".join([f"-----BEGIN {kind}-----", *lines, f"-----END {kind}-----"]) + "\n"
+
+
+def pem_blocks(text: str, kind: str) -> list[bytes]:
+    """The DER of each PEM block of `kind` in `text`."""
+    return [base64.b64decode(body) for found, body in PEM_BLOCK.findall(text) if found == kind]
+
+
+def key_pem(key: int) -> str:
+    """A P-256 private key as SEC 1 PEM (RFC 5915), which ssl's load_cert_chain reads."""
+    return pem("EC PRIVATE KEY", der(
+        DER_SEQUENCE, der_int(1), der(DER_OCTETS, key.to_bytes(32, "big")),
+        der(0xA0, der_oid(OID_P256)), der(0xA1, der(DER_BITS, b"\x00\x04" + p256_public(key)))))
+
+
+def key_from_pem(text: str) -> int:
+    """The private key in key_pem()'s form; ValueError if there is none."""
+    for block in pem_blocks(text, "EC PRIVATE KEY"):
+        [(tag, body)] = der_read(block)
+        fields = der_read(body)
+        if tag == DER_SEQUENCE and len(fields) >= 2 and fields[1][0] == DER_OCTETS:
+            key = int.from_bytes(fields[1][1], "big")
+            if 1 <= key < P256_N:
+                return key
+    raise ValueError("no P-256 private key")
+
+
+# -- JWS, the certificate request, the certificate -----------------------------
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwk(key: int) -> dict[str, str]:
+    """The public half of `key` as a JWK (RFC 7518 §6.2)."""
+    public = p256_public(key)
+    return {"crv": "P-256", "kty": "EC", "x": b64url(public[:32]), "y": b64url(public[32:])}
+
+
+def jwk_thumbprint(public: dict[str, str]) -> str:
+    """RFC 7638: SHA-256 of the required members, sorted, without white space."""
+    text = json.dumps({name: public[name] for name in ("crv", "kty", "x", "y")},
+                      sort_keys=True, separators=(",", ":"))
+    return b64url(hashlib.sha256(text.encode()).digest())
+
+
+def jws(key: int, protected: dict, payload: dict | None) -> bytes:
+    """A flattened JWS signed with ES256 (RFC 7515 §7.2.2; RFC 7518 §3.4: r and s,
+    32 bytes each); payload None is ACME's POST-as-GET (an empty payload)."""
+    head = b64url(json.dumps({"alg": "ES256", **protected}).encode())
+    body = "" if payload is None else b64url(json.dumps(payload).encode())
+    r, s = ecdsa_sign(key, f"{head}.{body}".encode("ascii"))
+    return json.dumps({"protected": head, "payload": body,
+                       "signature": b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))}).encode()
+
+
+def certificate_request(key: int, ip: str) -> bytes:
+    """The DER of a PKCS #10 request for a certificate naming the address `ip` alone
+    (an iPAddress subjectAltName, critical: the subject is empty), signed by `key`."""
+    public = der(DER_SEQUENCE, der(DER_SEQUENCE, der_oid(OID_EC_KEY), der_oid(OID_P256)),
+                 der(DER_BITS, b"\x00\x04" + p256_public(key)))
+    names = der(DER_SEQUENCE, der(DER_IP_NAME, ipaddress.ip_address(ip).packed))
+    extension = der(DER_SEQUENCE, der_oid(OID_ALT_NAMES), der(DER_BOOLEAN, b"\xff"),
+                    der(DER_OCTETS, names))
+    asked = der(0xA0, der(DER_SEQUENCE, der_oid(OID_EXTENSION_REQUEST),
+                          der(DER_SET, der(DER_SEQUENCE, extension))))
+    info = der(DER_SEQUENCE, der_int(0), der(DER_SEQUENCE), public, asked)
+    r, s = ecdsa_sign(key, info)
+    return der(DER_SEQUENCE, info, der(DER_SEQUENCE, der_oid(OID_ECDSA_SHA256)),
+               der(DER_BITS, b"\x00" + der(DER_SEQUENCE, der_int(r), der_int(s))))
+
+
+@dataclasses.dataclass(frozen=True)
+class CertificateFacts:
+    """What a certificate says that the room acts on."""
+    addresses: tuple[str, ...]   # the IP addresses it names
+    not_before: float            # seconds since the epoch
+    not_after: float
+
+    @property
+    def renew_at(self) -> float:
+        """Two thirds into its life: renewed then; a saved one is reused until then."""
+        return self.not_before + RENEW_AT * (self.not_after - self.not_before)
+
+
+def certificate_facts(data: bytes) -> CertificateFacts:
+    """The addresses and validity of an X.509 certificate's DER (RFC 5280 §4.1);
+    ValueError if it is not one."""
+    try:
+        [(_, certificate)] = der_read(data)
+        fields = der_read(der_read(certificate)[0][1])
+        if fields[0][0] == 0xA0:   # [0] version
+            fields = fields[1:]
+        validity, extras = der_read(fields[3][1]), fields[6:]
+        addresses = []
+        for tag, body in extras:
+            if tag != 0xA3:   # [3] extensions
+                continue
+            for _, extension in der_read(der_read(body)[0][1]):
+                parts = der_read(extension)
+                if der(*parts[0]) == der_oid(OID_ALT_NAMES):
+                    names = der_read(der_read(parts[-1][1])[0][1])
+                    addresses += [str(ipaddress.ip_address(name)) for tag, name in names
+                                  if tag == DER_IP_NAME]
+        return CertificateFacts(tuple(addresses), der_time(*validity[0]), der_time(*validity[1]))
+    except (IndexError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"not a certificate ({e})") from None
+
+
+# -- the conversation with the CA ------------------------------------------------
+class AcmeError(Exception):
+    """The CA, or the way to it, failed: str() is one sentence for the host; `kind`
+    the problem's type ("rateLimited", "connection", ...; "" if there was none),
+    `retry_after` the seconds the CA asked to wait (0: it did not say), and
+    `unreached` true when the CA could not get this room's answer on port 80
+    (`detail`: the CA's words for it)."""
+
+    def __init__(self, sentence: str, kind: str = "", retry_after: float = 0.0,
+                 unreached: bool = False, detail: str = ""):
+        super().__init__(sentence)
+        self.kind, self.retry_after, self.unreached, self.detail = kind, retry_after, unreached, detail
+
+
+def ca_name(directory: str) -> str:
+    """The CA as a host would call it: Let's Encrypt, or its host's name."""
+    host = urllib.parse.urlsplit(directory).netloc
+    return "Let's Encrypt" if host.endswith(".letsencrypt.org") else host
+
+
+def problem_text(problem) -> tuple[str, str]:
+    """(kind, "kind: detail, and its subproblems' details") of an ACME problem
+    document (RFC 8555 §6.7), cleaned for a log line; anything else is no reason."""
+    problem = problem if isinstance(problem, dict) else {}
+    kind = str(problem.get("type", "")).removeprefix(ACME_ERROR)
+    details = [str(problem.get("detail", ""))] + [
+        str(sub.get("detail", "")) for sub in problem.get("subproblems") or () if isinstance(sub, dict)]
+    detail = clean_text("; ".join(d for d in details if d))[:400]
+    return kind, f"{kind}: {detail}" if detail else kind or "no reason given"
+
+
+def retry_after(headers) -> float:
+    """Retry-After (seconds, or an HTTP date) as seconds from now; 0 if absent."""
+    value = (headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+
+
+def json_object(data: bytes) -> dict:
+    try:
+        found = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+class AcmeClient:
+    """One account's conversation with an ACME CA (RFC 8555), on the caller's thread.
+    Every request is bounded in time (ACME_TIMEOUT); a badNonce is tried again with
+    the nonce it came with; waits honour Retry-After and end when `stopped` is set;
+    whatever goes wrong is an AcmeError with its sentence."""
+
+    def __init__(self, directory: str, ca_file: str, account_key: int,
+                 stopped: threading.Event | None = None):
+        self.directory_url, self.key, self.stopped = directory, account_key, stopped or threading.Event()
+        self.ca = ca_name(directory)
+        context = ssl.create_default_context()
+        if ca_file:
+            context.load_verify_locations(ca_file)
+        self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        self.directory: dict = {}
+        self.nonce: str | None = None
+        self.account: str | None = None   # its URL, the kid of every request after the first
+
+    def _request(self, url: str, body: bytes | None = None, method: str = "",
+                 accept: str = "application/json") -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One HTTP exchange: status, headers, body (at most ACME_ANSWER_LIMIT bytes, within
+        ACME_TIMEOUT in all); its Replay-Nonce is kept for the next request."""
+        headers = {"User-Agent": ACME_USER_AGENT, "Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = "application/jose+json"
+        request = urllib.request.Request(url, body, headers, method=method or None)
+        deadline = time.monotonic() + ACME_TIMEOUT
+        try:
+            try:
+                reply = self.opener.open(request, timeout=ACME_TIMEOUT)
+            except urllib.error.HTTPError as e:   # a problem document comes with these
+                reply = e
+            with reply:
+                data = b""
+                while chunk := getattr(reply, "read1", reply.read)(65536):
+                    data += chunk
+                    if len(data) > ACME_ANSWER_LIMIT or time.monotonic() > deadline:
+                        raise ValueError("its answer was too long or too slow")
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise AcmeError(self._unreachable(e)) from None
+        if reply.headers.get("Replay-Nonce"):
+            self.nonce = reply.headers["Replay-Nonce"]
+        return reply.status, reply.headers, data
+
+    def _unreachable(self, e: Exception) -> str:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (f"the certificate authority at {self.ca} could not be trusted "
+                    f"({reason.verify_message}); --acme-ca-file PEM trusts another CA's certificate")
+        why = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        return f"the certificate authority at {self.ca} could not be reached ({why})"
+
+    def _directory(self) -> dict:
+        if not self.directory:
+            status, _, body = self._request(self.directory_url)
+            self.directory = json_object(body)
+            if status != 200 or not all(isinstance(self.directory.get(k), str)
+                                        for k in ("newNonce", "newAccount", "newOrder")):
+                raise AcmeError(f"{self.directory_url} is not an ACME directory (HTTP {status})")
+        return self.directory
+
+    def post(self, url: str, payload: dict | None,
+             accept: str = "application/json") -> tuple[http.client.HTTPMessage, bytes]:
+        """A signed POST (payload None: POST-as-GET): headers and body; AcmeError for a problem."""
+        for _ in range(ACME_NONCE_TRIES):
+            nonce, self.nonce = self.nonce, None
+            if nonce is None:
+                self._request(self._directory()["newNonce"], method="HEAD")
+                nonce, self.nonce = self.nonce, None
+            who = {"kid": self.account} if self.account else {"jwk": jwk(self.key)}
+            status, headers, body = self._request(
+                url, jws(self.key, {"nonce": nonce, "url": url, **who}, payload), accept=accept)
+            if status < 400:
+                return headers, body
+            kind, text = problem_text(json_object(body))
+            if kind != "badNonce":
+                words = ACME_PROBLEMS.get(kind, "it refused")
+                raise AcmeError(f"the certificate authority at {self.ca} said no: {words} ({text})",
+                                kind, retry_after(headers))
+            log.info("https: %s refused a nonce (badNonce); trying again", self.ca)
+        raise AcmeError(f"the certificate authority at {self.ca} refused every nonce (badNonce)",
+                        "badNonce")
+
+    def _post_json(self, url: str, payload: dict | None) -> tuple[http.client.HTTPMessage, dict]:
+        headers, body = self.post(url, payload)
+        return headers, json_object(body)
+
+    def certificate(self, ip: str, key: int, answer: Callable[[str, str | None], None]) -> str:
+        """The PEM chain of a new certificate for `ip` and `key`, shortlived where the CA
+        offers it.  answer(token, key authorization) publishes an http-01 answer
+        (answer(token, None) withdraws it)."""
+        directory = self._directory()
+        if self.account is None:
+            headers, _ = self.post(directory["newAccount"], {"termsOfServiceAgreed": True})
+            self.account = headers.get("Location")
+        wanted = {"identifiers": [{"type": "ip", "value": ip}]}
+        meta = directory.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("profiles"), dict) \
+                and ACME_PROFILE in meta["profiles"]:
+            wanted["profile"] = ACME_PROFILE
+        headers, order = self._post_json(directory["newOrder"], wanted)
+        order_url = headers.get("Location", "")
+        for url in order.get("authorizations") or ():
+            self._authorize(str(url), ip, answer)
+        order = self._until_done(order_url, order)
+        if order.get("status") == "ready":
+            _, order = self._post_json(str(order.get("finalize")),
+                                       {"csr": b64url(certificate_request(key, ip))})
+            order = self._until_done(order_url, order)
+        if order.get("status") != "valid" or not order.get("certificate"):
+            why = problem_text(order.get("error") or {})[1]
+            raise AcmeError(f"the certificate authority at {self.ca} did not issue the "
+                            f"certificate (order {order.get('status')}: {why})")
+        _, chain = self.post(str(order["certificate"]), None, "application/pem-certificate-chain")
+        return chain.decode("ascii", "replace")
+
+    def _authorize(self, url: str, ip: str, answer: Callable[[str, str | None], None]) -> None:
+        """Prove this room holds `ip`: the http-01 answer, published while the CA looks."""
+        _, authorization = self._post_json(url, None)
+        if authorization.get("status") == "valid":
+            return
+        challenge = next((c for c in authorization.get("challenges") or ()
+                          if isinstance(c, dict) and c.get("type") == "http-01"), {})
+        token = str(challenge.get("token", ""))
+        if not ACME_TOKEN.fullmatch(token):
+            raise AcmeError(f"the certificate authority at {self.ca} offers no http-01 "
+                            f"challenge for {ip}")
+        answer(token, f"{token}.{jwk_thumbprint(jwk(self.key))}")
+        try:
+            self.post(str(challenge.get("url")), {})
+            authorization = self._until_done(url, authorization)
+        finally:
+            answer(token, None)
+        if authorization.get("status") != "valid":
+            tried = next((c for c in authorization.get("challenges") or ()
+                          if isinstance(c, dict) and c.get("token") == token), {})
+            kind, text = problem_text(tried.get("error") or authorization.get("error") or {})
+            raise AcmeError(f"the certificate authority at {self.ca} could not check this room "
+                            f"at {ip} ({text})", kind, unreached=kind in UNREACHED, detail=text)
+
+    def _until_done(self, url: str, thing: dict) -> dict:
+        """Look at an order or authorization (POST-as-GET) until it is neither pending nor
+        processing, as often as Retry-After says (within ACME_POLL_MOST), ACME_POLL_TIME at most."""
+        deadline, pause = time.monotonic() + ACME_POLL_TIME, ACME_POLL_FIRST
+        while thing.get("status") in ("pending", "processing"):
+            if time.monotonic() + pause > deadline:
+                raise AcmeError(f"the certificate authority at {self.ca} did not finish within "
+                                f"{ACME_POLL_TIME:g} s")
+            if self.stopped.wait(pause):
+                raise AcmeError("the room stopped before the certificate came")
+            headers, thing = self._post_json(url, None)
+            pause = min(ACME_POLL_MOST, retry_after(headers) or pause * 2)
+        return thing
+
+
+# -- the folder, and the keeper ----------------------------------------------------
+class CertificateStore:
+    """What --https keeps beside PORT_FILE: a folder (0700) with one folder per CA,
+    holding account.key (the account's key) and certificate.pem (the chain, then
+    the certificate's key, written whole or not at all), each 0600.  Their
+    contents are never logged."""
+
+    def __init__(self, directory: str, root: str = HTTPS_FOLDER):
+        place = re.sub(r"[^A-Za-z0-9.-]", "_", urllib.parse.urlsplit(directory).netloc) or "ca"
+        self.folder = os.path.join(root, place)
+        self.root = root
+
+    def _write(self, name: str, text: str) -> str:
+        """Write `text` to `name` in the folder by a new file put in its place; its path."""
+        for folder in (self.root, self.folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+        path = os.path.join(self.folder, name)
+        part = path + ".new"
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(part)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with open(os.open(part, flags, 0o600), "w", encoding="ascii") as f:
+            f.write(text)
+        os.replace(part, path)
+        return path
+
+    def _read(self, name: str) -> str:
+        with open(os.path.join(self.folder, name), encoding="ascii") as f:
+            return f.read(ACME_ANSWER_LIMIT)
+
+    def account_key(self) -> int:
+        """The account's key, made and kept the first time it is needed."""
+        try:
+            return key_from_pem(self._read("account.key"))
+        except (OSError, ValueError):
+            key = p256_key()
+            self._write("account.key", key_pem(key))
+            return key
+
+    def saved(self) -> tuple[str, CertificateFacts] | None:
+        """The kept certificate's file and what it says, if there is a readable one."""
+        try:
+            text = self._read("certificate.pem")
+            return os.path.join(self.folder, "certificate.pem"), certificate_facts(
+                pem_blocks(text, "CERTIFICATE")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def keep(self, chain: str, key: int) -> tuple[str, CertificateFacts]:
+        """Keep a new certificate with its key (the old one goes); its file and facts."""
+        facts = certificate_facts(pem_blocks(chain, "CERTIFICATE")[0])
+        return self._write("certificate.pem", chain.rstrip("\n") + "\n" + key_pem(key)), facts
+
+
+def when_text(at: float) -> str:
+    """A moment as the host reads it, in local time: `Sat 7 Mar 14:05`."""
+    t = time.localtime(at)
+    return time.strftime(f"%a {t.tm_mday} %b %H:%M", t)
+
+
+def wait_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} seconds"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} minutes"
+    return f"{round(seconds / 3600)} hours"
+
+
+def certificate_address(router: RouterResult | None, router_public_ip: str | None,
+                        looked_up: str | None) -> tuple[str | None, str]:
+    """The address to ask a certificate for, and why there is none ("" if there is one):
+    the router's internet side where it forwards the room, the look-up's answer where it
+    does not (or where a second router stands in front), never a private or shared one."""
+    if router is not None and router.outcome is RouterOutcome.FORWARDED:
+        return router.external_ip, ""
+    if router is not None and router.outcome is RouterOutcome.NO_PUBLIC:
+        if not (router_public_ip and router.needs_public_ip() and public_address(router_public_ip)):
+            return None, HTTPS_NO_PUBLIC
+        looked_up = router_public_ip
+    if looked_up is None:
+        return None, HTTPS_UNKNOWN
+    if not (global_ip(looked_up) if ":" in looked_up else public_address(looked_up)):
+        return None, f"{looked_up} is not an address on the internet; {HTTPS_NOTHING_SENT}"
+    return looked_up, ""
+
+
+HTTPS_NOTHING_SENT = "nothing was sent to a certificate authority, and the page stays on http"
+HTTPS_NO_PUBLIC = ("your router has no public address to offer (probably CGNAT), so no "
+                   f"certificate authority can reach this room; {HTTPS_NOTHING_SENT}")
+HTTPS_UNKNOWN = ("this machine's public address is not known (no look-up answered and no router "
+                 f"said it); {HTTPS_NOTHING_SENT}")
+HTTPS_ONLY_HERE = "the room listens on {} only, so no certificate is asked for"
+# What the banner and the README say once: who gets https, and who cannot.
+HTTPS_WHO = ("the page over the internet, once its certificate is in place; on the same network it "
+             "stays http, since no certificate authority certifies a private address")
+APP_IN_CLEAR = "its lines cross the internet unencrypted; phones and browsers use https"
+
+
+def https_problem(settings: Settings) -> str | None:
+    """Why --https cannot work with these settings, in a sentence; None if it can."""
+    if ssl is None:
+        return "This Python has no ssl module, so it cannot serve https; run without --https."
+    if not settings.acme_directory.lower().startswith("https://"):
+        return (f"--acme-directory {settings.acme_directory[:100]!r} is not an https:// address: "
+                f"an ACME directory is always one.")
+    if settings.acme_ca_file:
+        try:
+            ssl.create_default_context().load_verify_locations(settings.acme_ca_file)
+        except (OSError, ssl.SSLError) as e:
+            why = getattr(e, "strerror", None) or getattr(e, "reason", None) or e
+            return (f"Cannot use {settings.acme_ca_file} for --acme-ca-file ({why}): give a PEM "
+                    f"file holding the certificate authority's certificate.")
+    return None
+
+
+class PageCertificate:
+    """--https at work, on a thread of its own: once told the public address
+    (address()), a certificate for it, the kept one if it still names that address
+    and has more than a third of its life left, else a new one from the CA;
+    put in place on the page's port for new connections (through the loop: those
+    open keep theirs), renewed at two thirds of its life, tried again with
+    backoff after a failure, and a new one for a new address.
+
+    What happens is logged and said in one sentence: said(sentence, warning).
+    certified(ip or None, link) whenever the page's https starts or stops working:
+    `link` is its link over the internet then (https while certified).
+    address() and close() may be called from any thread."""
+
+    def __init__(self, settings: Settings, server: Server, lan: str,
+                 said: Callable[[str, bool], None],
+                 certified: Callable[[str | None, str | None], None],
+                 store: CertificateStore | None = None, clock: Callable[[], float] = time.time):
+        self.settings, self.server, self.lan, self.clock = settings, server, lan, clock
+        self.said, self.certified = said, certified
+        self.store = store or CertificateStore(settings.acme_directory)
+        self.ca = ca_name(settings.acme_directory)
+        self._lock = threading.Lock()
+        self._news, self._closed = threading.Event(), threading.Event()
+        self._wanted: tuple[str | None, str] | None = None   # (address, why none), once known
+        self.link: str | None = None    # the page's link over the internet, as http
+        self.recheck_at = 0.0           # when a looked-up address is looked up again (0: never)
+        self.facts: CertificateFacts | None = None   # the certificate in place
+        self.asked_for: str | None = None   # the address tried for (a new one is tried at once)
+        self.failures, self.retry_at, self.last_said = 0, 0.0, ""
+        self.thread = threading.Thread(target=self._run, name="https", daemon=True)
+        self.thread.start()
+
+    def address(self, ip: str | None, why: str = "", link: str | None = None,
+                recheck: bool = False) -> None:
+        """The public address to certify (None: there is none, and `why`); `link`: the
+        page's link over the internet.  `recheck`: it came from the look-up, which is
+        asked again every CERTIFICATE_CHECK (a home's address changes now and then)."""
+        with self._lock:
+            self._wanted, self.link = (ip, why), link
+            self.recheck_at = time.monotonic() + CERTIFICATE_CHECK if recheck else 0.0
+        self._news.set()
+
+    def close(self) -> None:
+        """Stop (a request under way ends within ACME_TIMEOUT)."""
+        self._closed.set()
+        self._news.set()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._news.clear()
+            if self.recheck_at and time.monotonic() >= self.recheck_at:
+                self._recheck()
+            with self._lock:
+                wanted = self._wanted
+            try:
+                wait = self._step(*wanted) if wanted else None
+            except Exception as e:   # a bug must not end https for good
+                log_fault("keeping the page's certificate", e)
+                wait = RETRY_MOST
+            self._news.wait(CERTIFICATE_CHECK if wait is None else min(wait, CERTIFICATE_CHECK))
+
+    def _step(self, ip: str | None, why: str) -> float | None:
+        """Do what is due for the address `ip`: the seconds until the next step (None: news)."""
+        now = self.clock()
+        if ip != self.asked_for:   # a new address is tried at once
+            self.asked_for, self.failures, self.retry_at = ip, 0, 0.0
+        if self.facts and (ip not in self.facts.addresses or now >= self.facts.not_after):
+            if ip in self.facts.addresses:
+                self._say("the page's certificate has run out; the page is on http until a "
+                          "new one is in place", True)
+            self.facts = None
+            self._in_place(None, None)
+        if ip is None:
+            self._say(why)
+            return None
+        if self.facts and now < self.facts.renew_at:
+            return self.facts.renew_at - now
+        if now < self.retry_at:
+            return self.retry_at - now
+        saved = self.store.saved() if self.facts is None else None
+        if saved and ip in saved[1].addresses and now < saved[1].renew_at:
+            try:
+                return self._use(*saved, "kept from before")
+            except StartError as e:   # a damaged file: a new certificate replaces it
+                log.warning("https: the kept certificate cannot be used (%s)", e)
+        self._say(f"asking {self.ca} for a certificate for {ip}…")
+        try:
+            key = p256_key()
+            client = AcmeClient(self.settings.acme_directory, self.settings.acme_ca_file,
+                                self.store.account_key(), self._closed)
+            chain = client.certificate(ip, key, self._answer)
+            return self._use(*self.store.keep(chain, key), f"new from {self.ca}")
+        except AcmeError as e:
+            return self._failed(ip, e)
+        except (OSError, ValueError, StartError) as e:
+            return self._failed(ip, AcmeError(f"the certificate could not be kept or used ({e})"))
+
+    def _recheck(self) -> None:
+        """Look the public address up again; a new one gets a certificate of its own."""
+        try:
+            ip = fetch_public_ip(self.settings.public_ip_url)
+        except (OSError, ValueError) as e:
+            log.info("https: public IP not looked up again (%s)", look_up_failure(e))
+            ip = None
+        with self._lock:
+            self.recheck_at = time.monotonic() + CERTIFICATE_CHECK
+            if ip and self._wanted and ip != self._wanted[0]:
+                log.info("https: this machine's public address is %s now", ip)
+                port = urllib.parse.urlsplit(self.link or "").port
+                self._wanted = certificate_address(None, None, ip)
+                self.link = page_link(ip, port, False) if port else None
+
+    def _use(self, path: str, facts: CertificateFacts, how: str) -> float:
+        """Put the certificate in `path` in place (StartError if ssl will not take it)."""
+        context = tls_context(path, "")
+        self.facts, self.failures, self.retry_at = facts, 0, 0.0
+        self._in_place(context, facts.addresses[0], (
+            f"the page's certificate for {', '.join(facts.addresses)} is in place ({how}, valid "
+            f"until {when_text(facts.not_after)}; renewed from {when_text(facts.renew_at)})"))
+        return max(1.0, facts.renew_at - self.clock())
+
+    def _failed(self, ip: str, e: AcmeError) -> float:
+        """Say why, and when the next try comes (backoff, or what the CA asked)."""
+        self.failures += 1
+        wait = max(e.retry_after, min(RETRY_MOST, RETRY_FIRST * 2 ** (self.failures - 1)))
+        self.retry_at = self.clock() + wait
+        again = f"trying again in {wait_text(wait)}"
+        if e.unreached:
+            why = (f"the certificate authority could not reach port 80 of {ip} ({e.detail}): "
+                   f"forward TCP port 80 to {self.lan} on your router; {again}")
+        else:
+            why = f"no certificate for {ip}: {e}; {again}"
+        if self.facts:   # the one in place still serves: a warning, well before it runs out
+            self._say(f"the page's certificate could not be renewed ({why}); it is valid "
+                      f"until {when_text(self.facts.not_after)}", True)
+        else:
+            self._say(f"{why}; the page stays on http until then")
+        return wait
+
+    def _in_place(self, context, ip: str | None, sentence: str = "") -> None:
+        """New TLS connections to the page get `context` (None: plain http for everyone);
+        then `sentence` is said and the link told."""
+        if self._closed.is_set():
+            return
+        self._on_loop(self.server.door.secure.certified, context, ip)
+        if sentence:
+            self._say(sentence)
+        link = self.link
+        self.certified(ip, f"https:{link[5:]}" if ip and link and link.startswith("http:") else link)
+
+    def _answer(self, token: str, key_authorization: str | None) -> None:
+        self._on_loop(self.server.door.secure.answer, token, key_authorization)
+
+    def _on_loop(self, fn: Callable, *args) -> None:
+        """Run fn(*args) on the server's loop and wait (boundedly) until it has run."""
+        done = threading.Event()
+
+        def call() -> None:
+            fn(*args)
+            done.set()
+        self.server.loop.call_soon_threadsafe(call)
+        done.wait(ACME_TIMEOUT)
+
+    def _say(self, sentence: str, warning: bool = False) -> None:
+        """Log it and say it, once (a sentence said last time is not said again)."""
+        if sentence == self.last_said or self._closed.is_set():
+            return
+        self.last_said = sentence
+        log.log(logging.WARNING if warning else logging.INFO, "https: %s", sentence)
+        self.said(sentence, warning)
+
+
+# ---------------------------------------------------------------------------
+# 10. The QR code
 # ---------------------------------------------------------------------------
 # The invitation drawn for a phone's camera, written from ISO/IEC 18004: byte
 # mode, error correction level M, versions 1 to 40 (up to 2331 bytes).  The
@@ -6713,7 +7656,7 @@ def qr_console_text(modules: list[list[bool]], colours: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------
-# 10. Logging
+# 11. Logging
 # ---------------------------------------------------------------------------
 
 # -- the console: what the host reads, fitted to the terminal ------------------
@@ -6826,7 +7769,7 @@ def setup_logging(log_file: str, console: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 11. The GUI
+# 12. The GUI
 # ---------------------------------------------------------------------------
 
 TICK_MS = 100         # how often the window reads news from other threads
@@ -7308,15 +8251,16 @@ class WindowView:
         self.ipv6_note.grid(row=row + 1, column=0, columnspan=3, sticky="w", pady=(0, 3))
         self._build_switches(box, window, settings)
         notes = []
-        for row, style in enumerate(("Problem", "Note", "Note", "Note", "Problem", "Note"), start=3):
+        for row, style in enumerate(("Problem", "Note", "Note", "Note", "Note", "Problem", "Note"),
+                                    start=4):
             notes.append(ttk.Label(box, style=f"{style}.TLabel", wraplength=NOTE_WRAP))
             notes[-1].grid(row=row, column=0, sticky="w", pady=(4, 0))
-        (self.loopback_warning, self.router_note, self.tls_note, self.key_note, self.key_warning,
-         self.copied_note) = notes
+        (self.loopback_warning, self.router_note, self.https_note, self.tls_note, self.key_note,
+         self.key_warning, self.copied_note) = notes
         self.copied_note.grid_remove()
 
     def _build_switches(self, box, window: "ServerWindow", settings: Settings) -> None:
-        """The page switch and the router switch: each works while the room runs."""
+        """The page switch, the router switch and the https box: each works while the room runs."""
         import tkinter as tk
         from tkinter import ttk
         self.page_on = tk.BooleanVar(value=settings.web_port is not None)
@@ -7327,6 +8271,10 @@ class WindowView:
                                            text="Let my router forward the port, and let it in "
                                                 "over IPv6 (UPnP / NAT-PMP / PCP)")
         self.upnp_switch.grid(row=2, column=0, sticky="w", pady=(4, 0))
+        self.https_on = tk.BooleanVar(value=settings.https)
+        self.https_switch = ttk.Checkbutton(box, variable=self.https_on, command=window.switch_https,
+                                            text="HTTPS for the page over the internet")
+        self.https_switch.grid(row=3, column=0, sticky="w", pady=(4, 0))
 
     def _build_info(self, side) -> None:
         from tkinter import ttk
@@ -7481,6 +8429,92 @@ class RouterSwitch:
         return " ".join(f"{s[:1].upper()}{s[1:]}{'' if s.endswith('.') else '.'}" for s in said)
 
 
+class HttpsSwitch:
+    """The window's https box at work: while it is ticked and the room serves its page,
+    a PageCertificate keeps the page's certificate, told the public address once the
+    look-up or the router has said it.  On the Tk thread; what the keeper says comes
+    through the inbox (hear)."""
+
+    def __init__(self):
+        self.keeper: PageCertificate | None = None
+        self.told: tuple[str | None, str] | None = None   # the address last told to the keeper
+        self.said: tuple[str, bool] = ("", False)         # its last sentence, and if a warning
+        self.certified: str | None = None                 # the address its certificate names
+
+    def start(self, settings: Settings, server: Server | None, listening: tuple[str, int] | None,
+              page_listening: tuple[str, int] | None, private_ip: str | None,
+              news: Callable) -> None:
+        """Keep a certificate for the page (again: a port changed) if the box is ticked and
+        friends elsewhere could open it; news(kind, ...) on the keeper's thread."""
+        self.stop(server)
+        if not (settings.https and server and listening and page_listening):
+            return
+        if is_loopback(listening[0]) or https_problem(settings):   # a Python without ssl, say
+            self.said = (https_problem(settings) or HTTPS_ONLY_HERE.format(listening[0]), False)
+            return
+        server.loop.call_soon_threadsafe(server.door.secure.switch, True)
+        lan = host_port(same_network_host(listening[0], private_ip or "?"), page_listening[1])
+        self.keeper = PageCertificate(settings, server, lan, lambda *said: news("https-said", *said),
+                                      lambda ip, _: news("https-certified", ip))
+
+    def stop(self, server: Server | None = None) -> None:
+        """No certificate kept any more; the page's port serves http alone."""
+        keeper, self.keeper, self.told, self.certified, self.said = self.keeper, None, None, None, (
+            "", False)
+        if keeper is not None:
+            keeper.close()
+        if server is not None:
+            server.loop.call_soon_threadsafe(server.door.secure.switch, False)
+
+    def hear(self, kind: str, *news) -> None:
+        if self.keeper is not None:
+            if kind == "https-said":
+                self.said = news[0], news[1]
+            else:
+                self.certified = news[0]
+
+    def tell(self, router: RouterSwitch, public_ip: str | None, looking: bool) -> None:
+        """Tell the keeper the address to certify once it is known: the router's where it
+        forwards the room (or has none), else the look-up's."""
+        result, router_public_ip = router.heard or (None, None)
+        if result and result.outcome in (RouterOutcome.FORWARDED, RouterOutcome.NO_PUBLIC):
+            address = certificate_address(result, router_public_ip, None)
+        elif (router.router is not None and result is None) or (looking and not public_ip):
+            return   # not known yet
+        else:
+            address = certificate_address(None, None, public_ip)
+        if self.keeper is not None and address != self.told:
+            self.told = address
+            self.keeper.address(*address)
+
+    def show(self, view: WindowView, page: bool) -> None:
+        """What the window says of https (a warning as a problem); the box works with the page."""
+        text, warning = self.said
+        text = text[:1].upper() + text[1:]
+        show_line(view.https_note, f"HTTPS: {text}" + ("" if text.endswith(("…", ".")) else ".")
+                  if text else "")
+        view.https_note.configure(style="Problem.TLabel" if warning else "Note.TLabel")
+        view.https_switch.state(["!disabled"] if page and view.upnp_switch.instate(["!disabled"])
+                                else ["disabled"])
+
+
+def status_sentence(state: RoomState, listen: tuple[str, int], quitting: bool, problem: str) -> str:
+    """The window's status line for the room in `state`, listening at `listen`."""
+    host, port = listen
+    where = host_port(host, port)
+    if quitting:
+        return "Stopping the server before closing…"
+    if state == RoomState.RUNNING and is_loopback(host):
+        return f"The room is open, but only this computer can join it ({where})."
+    return {
+        RoomState.STOPPED: f"The room is closed. Start server opens it on {where}.",
+        RoomState.STARTING: f"Starting on {where}…",
+        RoomState.RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
+        RoomState.STOPPING: "Stopping: members are being told the server stops…",
+        RoomState.ERROR: problem,
+    }[state]
+
+
 class ServerWindow:
     """The server's window: start and stop, addresses, who is in, the log.
 
@@ -7516,6 +8550,7 @@ class ServerWindow:
         self.flash_id = None
         self.copied_ms = COPIED_MS   # how long "Copied ✓" and what was copied stay
         self.router = RouterSwitch()
+        self.https = HttpsSwitch()
         self.view = WindowView(root, self, settings)
         log.addHandler(self.log_feed)
         self._look_up_addresses()
@@ -7562,6 +8597,7 @@ class ServerWindow:
         """The server thread is gone: show why, then restart or close if asked."""
         self.server = self.thread = self.listening = self.page_listening = None
         self.router.forget()
+        self.https.stop()
         self._show_members([])
         problem, self.start_error = self.start_error, None
         restart, self.restart_pending = self.restart_pending, False
@@ -7592,6 +8628,7 @@ class ServerWindow:
         if self.thread is not None:
             log.warning("the server did not stop in time; closing anyway")
         self.router.close()
+        self.https.stop()
         self.closed = True
         self.dialog = None
         log.removeHandler(self.log_feed)
@@ -7646,6 +8683,8 @@ class ServerWindow:
                 self._ask_router()   # the page's port too
             elif kind == "router":
                 self.router.hear(news[1], news[2])
+            elif kind.startswith("https"):
+                self.https.hear(kind, *news[1:])
             elif kind == "page-failed":
                 self._page_refused(news[1])
             elif kind == "failed":
@@ -7769,7 +8808,8 @@ class ServerWindow:
     def _friends_join(self) -> FriendsJoin:
         return friends_join(self.settings, self._listen_address(), self.ips["private"],
                             self.ips["public"], self._page_port() if self.view.page_on.get() else None,
-                            *(self.router.heard or (None, None)), ipv6=self.ips["ipv6"])
+                            *(self.router.heard or (None, None)), ipv6=self.ips["ipv6"],
+                            certified=self.https.certified is not None)
 
     def _address(self, kind: str) -> str | None:
         """The address friends join at, for `kind` ("private", "public", or "page": the
@@ -7812,6 +8852,15 @@ class ServerWindow:
         server, inbox = self.server, self.inbox
         self.router.ask(self.settings, self.listening, self.page_listening,
                         lambda result, ip: inbox.put(("router", server, result, ip)))
+        self.https.start(self.settings, server, self.listening, self.page_listening,   # if ticked
+                         self.ips["private"], lambda kind, *news: inbox.put((kind, server, *news)))
+
+    def switch_https(self) -> None:
+        """The https box: from the next start, and now if the room runs with its page."""
+        self.settings = dataclasses.replace(self.settings, https=self.view.https_on.get())
+        if self.state == RoomState.RUNNING:
+            self._ask_router()   # the router's port 80 too, and the keeper
+        self._show_state()
 
     def _page_refused(self, problem: str) -> None:
         self.view.page_on.set(False)
@@ -7864,6 +8913,8 @@ class ServerWindow:
         view.upnp_switch.state(["!disabled"] if self.state in (
             RoomState.STOPPED, RoomState.ERROR, RoomState.RUNNING) else ["disabled"])
         show_line(view.router_note, self.router.note(join))
+        self.https.tell(self.router, self.ips["public"], self.unknown["public"] == "looking")
+        self.https.show(view, bool(join.page_port))
         view.address_rows.grid_remove() if join.only_here else view.address_rows.grid()
         show_line(view.loopback_warning,
                   f"Only this computer can join: the listen address is {join.listen[0]}. To let "
@@ -7890,7 +8941,8 @@ class ServerWindow:
         self.view.stop_button.state(["!disabled"] if can_stop else ["disabled"])
         colour, word = state.value
         self.view.badge.configure(text=f"● {word}", background=colour)
-        self.view.status_line.configure(text=self._status_sentence(),
+        self.view.status_line.configure(text=status_sentence(state, self._listen_address(),
+                                                             self.quitting, self.problem),
                                    style="Problem.TLabel" if state == RoomState.ERROR else "Note.TLabel")
         next_address = host_port(self.settings.host, self.settings.port)
         self._show_join()
@@ -7900,20 +8952,6 @@ class ServerWindow:
         self.view.info["privacy"].configure(text=privacy_text(self.settings))
         self._show_disconnect()
 
-    def _status_sentence(self) -> str:
-        host, port = self._listen_address()
-        listen = host_port(host, port)
-        if self.quitting:
-            return "Stopping the server before closing…"
-        if self.state == RoomState.RUNNING and is_loopback(host):
-            return f"The room is open, but only this computer can join it ({listen})."
-        return {
-            RoomState.STOPPED: f"The room is closed. Start server opens it on {listen}.",
-            RoomState.STARTING: f"Starting on {listen}…",
-            RoomState.RUNNING: f"The room is open on port {port}. Give friends one of the addresses below.",
-            RoomState.STOPPING: "Stopping: members are being told the server stops…",
-            RoomState.ERROR: self.problem,
-        }[self.state]
 
 
 def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
@@ -7948,7 +8986,7 @@ def run_gui(settings: Settings, warnings: list[str] | tuple = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 12. The terminal client
+# 13. The terminal client
 # ---------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10.0   # seconds to reach the server and to be asked for a name
@@ -8619,7 +9657,7 @@ def run_client(address: str, name: str | None, tls: bool, ca: str | None, insecu
 
 
 # ---------------------------------------------------------------------------
-# 13. The command line
+# 14. The command line
 # ---------------------------------------------------------------------------
 
 PAGE_OFF = "off"   # --web-port off
@@ -8720,6 +9758,11 @@ def add_room_options(p: argparse.ArgumentParser, d: Settings) -> None:
                       help="let friends in from the internet: ask the router to forward the "
                            "room's port with UPnP / NAT-PMP / PCP (the page's too), and to let "
                            "them in through its IPv6 firewall")
+    room.add_argument("--https", action="store_true",
+                      help="HTTPS for the page over the internet: the room gets a certificate "
+                           "every phone trusts for its public address, from Let's Encrypt, and "
+                           "renews it; its check comes to port 80, so forward TCP port 80 to the "
+                           "page's port (--upnp asks the router)")
     room.add_argument("--history", type=at_least(0), default=d.history, metavar="N",
                       help="show newcomers the last N chat lines, kept in memory only "
                            "(default: %(default)s, nothing kept)")
@@ -8751,6 +9794,12 @@ def add_expert_options(p: argparse.ArgumentParser, d: Settings) -> None:
                           + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
     tls.add_argument("--tls-key", default="", metavar="FILE",
                      help="the certificate's private key (PEM), if not in --tls-cert")
+    tls.add_argument("--acme-directory", default=d.acme_directory, metavar="URL",
+                     help="the ACME certificate authority --https asks (a company's own, or a "
+                          "test CA; default: Let's Encrypt, %(default)s)")
+    tls.add_argument("--acme-ca-file", default="", metavar="PEM",
+                     help="trust this CA certificate for --acme-directory's https, beside the "
+                          "system's")
 
 
 def add_client_options(p: argparse.ArgumentParser) -> None:
@@ -8789,6 +9838,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--gui runs a room; it does not go with --connect")
     if args.tls_key and not args.tls_cert:
         p.error("--tls-key needs --tls-cert")
+    if not args.https and (args.acme_ca_file or args.acme_directory != d.acme_directory):
+        p.error("--acme-directory and --acme-ca-file go with --https")
+    if args.https and args.tls_cert:
+        p.error("--https gets the page a certificate of its own; it does not go with --tls-cert, "
+                "which encrypts every port with yours")
+    if args.https and args.web_port == PAGE_OFF:
+        p.error("--https is for the page; it does not go with --web-port off")
     if args.room_key_file:
         args.room_key = read_room_key(p, args.room_key_file)
     args.room_key = args.room_key or ""
@@ -8853,7 +9909,10 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
         lines = [f"The room is open on port {port}. How friends join:"]
         if join.page_port:
             lines += [f"  {PAGE_FOR}:", f"    same network:       {join.page_same or 'unknown'}"]
-            lines += labelled("over the internet:", join.page_internet,
+            page = join.page_internet
+            if page and settings.https and page.startswith("http:"):
+                page += " (https once its certificate is in place)"
+            lines += labelled("over the internet:", page,
                               join.page_ipv6 and f"{join.page_ipv6} (IPv6)")
             lines += [code] if code else []
         else:
@@ -8869,6 +9928,8 @@ def join_banner(settings: Settings, join: FriendsJoin, unknown: str = "looking",
                 if settings.upnp else IPV6_FIREWALL.format(ports=ports, how=FLAG_ADVICE["firewall"])))
     if join.encrypted:
         lines.append("  encrypted:          " + TLS_JOINING.format(FLAG_ADVICE["encrypted"]))
+    if settings.https and join.page_port and not join.only_here:
+        lines += [f"  https:              {HTTPS_WHO}", f"  the App:            {APP_IN_CLEAR}"]
     if join.keyed:
         lines.append("  with the room key:  friends type it on the page, or join as name#KEY")
         if join.key_warning:
@@ -8940,22 +10001,26 @@ def members_text(n: int) -> str:
 
 def announce(settings: Settings, address: tuple[str, int],
              page_address: tuple[str, int] | None = None, page_problem: str = "",
-             internet_page: Callable[[str | None], None] = lambda link: None) -> RouterPorts | None:
+             internet_page: Callable[[str | None], None] = lambda link: None,
+             https: PageCertificate | None = None) -> RouterPorts | None:
     """Log this machine's addresses and print the banner, once the public
     address is looked up (on the look-up's thread); with --upnp, at once, and
-    the router's answer when it comes.  The router's mappings, to close when
-    the room stops."""
+    the router's answer when it comes.  With --https, tell `https` the address
+    to certify once it is known.  The router's mappings, to close when the room
+    stops."""
     private_ip, ipv6 = private_ipv4(), internet_ipv6()
     log.info("private IPv4: %s, MAC: %s", private_ip, mac_address())
     log.info("IPv6 address on the internet: %s", ipv6 or "none")
     page_port = page_address[1] if page_address else None
     join = friends_join(settings, address, private_ip, None, page_port, ipv6=ipv6)
+    tell = https.address if https else lambda *_, **__: None
     if not join.only_here and not settings.upnp and settings.public_ip_url:
         def public_ip_heard(ip: str | None) -> None:
             known = friends_join(settings, address, private_ip, ip, page_port, ipv6=ipv6)
             internet_page(known.page_internet)
             print_for_host(join_banner(settings, known, "looking" if ip else "failed", page_problem,
                                        console_code(known.invite, sys.stdout)))
+            tell(*certificate_address(None, None, ip), known.page_internet, recheck=True)
         look_up_public_ip(settings.public_ip_url, public_ip_heard)
         return None
     print_for_host(join_banner(settings, join, "looking" if settings.public_ip_url else "off",
@@ -8964,14 +10029,20 @@ def announce(settings: Settings, address: tuple[str, int],
         if settings.upnp:
             print_for_host(f"  the room listens on {address[0]} only, so the router was not "
                            f"asked to forward it")
+        if settings.https and page_address:
+            print_for_host(f"  https: {HTTPS_ONLY_HERE.format(address[0])}")
         return None
+    if not settings.upnp:
+        tell(None, HTTPS_UNKNOWN)
 
-    def public_ip_known(ip: str | None) -> None:
+    def public_ip_known(ip: str | None, result: RouterResult) -> None:
         known = friends_join(settings, address, private_ip, ip, page_port)
         internet_page(known.page_internet)
         print_for_host(internet_line(known, LOOK_UP_FAILED))
         if known.page_internet:
             print_for_host(page_line(known.page_internet))
+        if result.outcome is not RouterOutcome.NO_PUBLIC:   # CGNAT: its look-up is not ours
+            tell(*certificate_address(None, None, ip), known.page_internet, recheck=True)
 
     def router_answered(result: RouterResult, public_ip: str | None) -> None:
         known = friends_join(settings, address, private_ip, None, page_port, result, public_ip, ipv6)
@@ -8982,7 +10053,10 @@ def announce(settings: Settings, address: tuple[str, int],
         if known.page_internet:
             print_for_host(page_line(known.page_internet))
         elif known.internet is None and settings.public_ip_url and public_ip is None:
-            look_up_public_ip(settings.public_ip_url, public_ip_known)   # for the manual way
+            look_up_public_ip(settings.public_ip_url, lambda ip: public_ip_known(ip, result))
+            if result.outcome is not RouterOutcome.NO_PUBLIC:
+                return   # the look-up's answer is the address to certify
+        tell(*certificate_address(result, public_ip, None), known.page_internet)
     if settings.upnp:
         return ask_router(settings, address, page_address, router_answered)
     return None
@@ -9004,14 +10078,39 @@ def run_headless(settings: Settings) -> int:
     on_stop_signals(lambda: server.loop.call_soon_threadsafe(stop))
     lenient(sys.stdout)   # an ASCII console shows the banner with a ? for what it lacks
     photos = server.door.photos   # photo links for members from the internet
-    router = announce(settings, address, server.web_address, server.page_problem,
-                      lambda link: server.loop.call_soon_threadsafe(photos.heard_internet_page, link))
+
+    def internet_page(link: str | None) -> None:
+        server.loop.call_soon_threadsafe(photos.heard_internet_page, link)
+    https = page_certificate(settings, server, address, internet_page)
+    router = announce(settings, address, server.web_address, server.page_problem, internet_page,
+                      https)
     server.serve()
+    if https:
+        https.close()
     if router:
         router.close()
     server.loop.close()
     print_for_host("stopped")
     return 0
+
+
+def page_certificate(settings: Settings, server: Server, address: tuple[str, int],
+                     internet_page: Callable[[str | None], None]) -> PageCertificate | None:
+    """--https on a console: what it says is printed (warnings, by the log), and the
+    page's link over the internet, https once its certificate is in place."""
+    if not (settings.https and server.web_address) or is_loopback(address[0]):
+        return None
+
+    def said(sentence: str, warning: bool) -> None:
+        if not warning:   # a warning reaches the console through the log
+            print_for_host(f"  https: {sentence}")
+
+    def certified(ip: str | None, link: str | None) -> None:
+        internet_page(link)
+        if ip and link:
+            print_for_host(page_line(link))
+    lan = host_port(same_network_host(address[0], private_ipv4()), server.web_address[1])
+    return PageCertificate(settings, server, lan, said, certified)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -9027,6 +10126,9 @@ def main(argv: list[str] | None = None) -> int:
         except StartError as e:
             log.error("%s", e)
             return 1
+    if settings.https and (problem := https_problem(settings)):
+        log.error("%s", problem)
+        return 1
     if args.gui:
         return run_gui(settings, warnings)
     for warning in warnings:
@@ -9035,7 +10137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------
-# 14. The chat page (data)
+# 15. The chat page (data)
 # ---------------------------------------------------------------------------
 
 # One document, nothing loaded from anywhere else.  A raw string with no

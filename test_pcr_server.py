@@ -12,6 +12,7 @@ import ast
 import asyncio
 import base64
 import contextlib
+import email.utils
 import errno
 import functools
 import gc
@@ -30,6 +31,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -466,6 +468,20 @@ def make_certificate(directory: str, names: str = CERTIFICATE_NAMES[0]) -> tuple
     return cert, key
 
 
+def class_certificates(cls, n: int = 1) -> list[tuple[str, str]]:
+    """`n` certificates (make_certificate's) for a test class, removed after its tests;
+    SkipTest without the ssl module."""
+    if pcr.ssl is None:
+        raise unittest.SkipTest("no ssl module")
+    folder = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, folder, True)
+    made = []
+    for i in range(n):
+        os.makedirs(os.path.join(folder, str(i)))
+        made.append(make_certificate(os.path.join(folder, str(i))))
+    return made
+
+
 def make_certificates_ahead(folder: str) -> None:
     """Fill `folder` for PCR_TEST_CERTIFICATES, where openssl runs (.ci/run does)."""
     for i, names in enumerate(CERTIFICATE_NAMES):
@@ -609,8 +625,10 @@ class WebMember:
     RFC 6455 client (the websockets package)."""
 
     def __init__(self, port: int, alias: str | None = None, origin: str | None = None,
-                 host: str = "127.0.0.1"):
-        self.ws = ws_connect(f"ws://{pcr.host_port(host, port)}/ws", origin=origin, open_timeout=WAIT)
+                 host: str = "127.0.0.1", secure=None):
+        """`secure`: an ssl client context for wss (--https, --tls-cert)."""
+        self.ws = ws_connect(f"{'wss' if secure else 'ws'}://{pcr.host_port(host, port)}/ws",
+                             origin=origin, open_timeout=WAIT, ssl=secure)
         self.token = ""   # the last welcome's: brings this member back to its seat
         self.seen = 0     # the mark of the last event read: what it missed starts after it
         self.hello = self.next()
@@ -1146,9 +1164,9 @@ class FakeWay:
         self.moved = moved or {}
         self.asked: list[tuple] = []
 
-    def forward(self, port, wanted, lease, deadline):
-        self.asked.append(("forward", port, wanted, lease))
-        if port in self.refuse:
+    def forward(self, port, wanted, lease, deadline, exact=False):
+        self.asked.append(("forward", port, wanted, lease) + (("exact",) if exact else ()))
+        if port in self.refuse or wanted in self.refuse:
             raise pcr.RouterRefused(self.name, "port taken", no_public=self.no_public)
         return self.moved.get(port, wanted), lease
 
@@ -1297,8 +1315,9 @@ upnp_forward_chain=pcr_forward
 upnp_nat_chain=pcr_prerouting
 upnp_nat_postrouting_chain=pcr_postrouting
 allow 1024-65535 192.168.77.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
+{port_80}deny 0-65535 0.0.0.0/0 0-65535
 """
+PORT_80_RULE = "allow 80 192.168.77.0/24 1024-65535\n"
 
 
 # The router's firewall: LAN out, replies back in; in from the WAN only what
@@ -1472,12 +1491,15 @@ class HomeNetwork:
                 raise AssertionError(f"no {needle!r} in {os.path.basename(path)}: {text[-2000:]!r}")
             time.sleep(0.05)
 
-    def start_router(self, upnp: bool = True, natpmp: bool = True) -> str:
-        """miniupnpd in the router namespace; its log's path."""
+    def start_router(self, upnp: bool = True, natpmp: bool = True, port_80: bool = False) -> str:
+        """miniupnpd in the router namespace; its log's path.  `port_80`: it may forward
+        its port 80 too (--https), which the default rules keep for the router's own."""
         conf = os.path.join(self.dir, "miniupnpd.conf")
         with open(conf, "w") as f:
             f.write(MINIUPNPD_CONF.format(upnp="yes" if upnp else "no",
-                                          natpmp="yes" if natpmp else "no") + MINIUPNPD_IPV6 * self.ipv6)
+                                          natpmp="yes" if natpmp else "no",
+                                          port_80=PORT_80_RULE if port_80 else "")
+                    + MINIUPNPD_IPV6 * self.ipv6)
         if self.ipv6 and not natpmp:
             rules = os.path.join(self.dir, "no-pcp6.nft")
             with open(rules, "w") as f:
@@ -1493,6 +1515,39 @@ class HomeNetwork:
             if natpmp:
                 self.printed(log_path, "Listening for NAT-PMP/PCP traffic")
         return log_path
+
+    def start_ca(self, nonce_reject: int = 5, validity: int = 0) -> str:
+        """pebble, Let's Encrypt's test CA, on the friend's side (the internet): its
+        validator checks port 80 of the router's WAN address.  `nonce_reject`: the
+        percentage of nonces it refuses (badNonce); `validity`: its certificates'
+        seconds (0: its own default, years).  Sets `acme` (its directory) and `ca_file`
+        (its https certificate: --acme-ca-file); its log's path."""
+        self.ca_file, key = os.path.join(self.dir, "pebble.pem"), os.path.join(self.dir, "pebble.key")
+        made = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                       "-nodes", "-keyout", key, "-out", self.ca_file, "-days", "2", "-subj",
+                       "/CN=pebble", "-addext", f"subjectAltName=IP:{self.friend_ip}")
+        assert made.returncode == 0, made.stderr
+        conf = os.path.join(self.dir, "pebble.json")
+        with open(conf, "w") as f:
+            json.dump({"pebble": {
+                "listenAddress": f"{self.friend_ip}:14000",
+                "managementListenAddress": f"{self.friend_ip}:15000",
+                "certificate": self.ca_file, "privateKey": key, "httpPort": 80, "tlsPort": 443,
+                "ocspResponderURL": "", "externalAccountBindingRequired": False,
+                **({"certificateValidityPeriod": validity} if validity else {})}}, f)
+        log_path = self.start("wan", "env", "PEBBLE_VA_NOSLEEP=1",
+                              f"PEBBLE_WFE_NONCEREJECT={nonce_reject}", "pebble", "-config", conf,
+                              name="pebble")
+        self.printed(log_path, "ACME directory available at")
+        self.acme = f"https://{self.friend_ip}:14000/dir"
+        return log_path
+
+    def ca_root(self) -> str:
+        """The PEM of the root that signs pebble's certificates (a new one at each start)."""
+        return self.run("wan", sys.executable, "-c", (
+            "import ssl, sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], "
+            "context=ssl.create_default_context(cafile=sys.argv[2]), timeout=5).read().decode())"),
+            f"https://{self.friend_ip}:15000/roots/0", self.ca_file).stdout
 
     def room(self, *args: str) -> subprocess.Popen:
         """pcr_server.py on the LAN host, port 5050 (and no page, unless --web-port is
@@ -4954,8 +5009,8 @@ class HostDoorsTest(ServerCase):
             with self.assertRaises((pcr.ssl.SSLError, ConnectionError)):
                 context.wrap_socket(raw)
         self.assertLess(time.monotonic() - t0, 3.0)
-        self.assertIn("a browser asked for https on the page's port; start with --tls-cert for https",
-                      self.log_text())
+        self.assertIn("a browser asked for https on the page's port; start with --https or "
+                      "--tls-cert for https", self.log_text())
 
 
 class RoomDoorTest(WebCase):
@@ -5229,6 +5284,125 @@ class TlsTest(ServerCase):
             super().start(tls_cert=os.path.join(self.dir, "missing.pem"))
         self.assertIn("Cannot read", str(e.exception))
         self.assertIn("missing.pem (No such file or directory)", str(e.exception))
+
+
+class HttpsDoorTest(WebCase):
+    """--https on the page's port: TLS with the certificate in place, or plain http,
+    told apart by the first byte; the CA's http-01 answers; https for members from
+    outside (308); a new certificate for new connections, nobody dropped."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certificates = class_certificates(cls, 2)
+
+    def start(self, **overrides):
+        return super().start(https=True, **overrides)
+
+    def certify(self, n: int = 0) -> None:
+        context = pcr.tls_context(*self.certificates[n])
+        self.on_loop(self.server.door.secure.certified, context, "127.0.0.1")
+
+    def client(self, n: int = 0):
+        return pcr.ssl.create_default_context(cafile=self.certificates[n][0])
+
+    def https(self, request: bytes, n: int = 0) -> tuple[bytes, bytes]:
+        """(the certificate the page's port showed, what it answered) over TLS."""
+        with socket.create_connection(("127.0.0.1", self.web), WAIT) as raw, \
+                self.client(n).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            shown = tls.getpeercert(binary_form=True)
+            tls.sendall(request)
+            got = b""
+            while data := tls.recv(65536):
+                got += data
+            return shown, got
+
+    def get(self, path: str = "/", host: str = "") -> bytes:
+        return (f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{self.web}'}\r\n\r\n").encode()
+
+    def test_one_port_serves_https_and_http_and_the_rooms_port_stays_plain(self):
+        self.start()
+        self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200 OK"))
+        with self.assertRaises((pcr.ssl.SSLError, OSError)):   # before its certificate: http alone
+            self.https(self.get())
+        self.wait_on_loop(lambda: "its certificate is not in place yet" in self.log_text(), "log")
+        self.certify()
+        shown, page = self.https(self.get())
+        self.assertTrue(page.startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(pcr.PAGE_HTML.encode()[:200], page)
+        self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200 OK"))   # same network
+        tom = self.member("tom")   # the App's port speaks no TLS
+        wendy = WebMember(self.web, "wendy", origin=f"https://127.0.0.1:{self.web}",
+                          secure=self.client())
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        tom.send(b"over https, wendy?\n")
+        wendy.until("chat", name="tom", text="over https, wendy?")
+        wendy.ws.send("yes")
+        tom.read_until(b"wendy: yes\n")
+
+    def test_the_cas_look_is_answered_over_http_while_it_is_asked(self):
+        self.start()
+        path = f"{pcr.ACME_CHALLENGE}tok3n_-A"
+        self.on_loop(self.server.door.secure.answer, "tok3n_-A", "tok3n_-A.thumbprint")
+        answer = http_get(self.web, self.get(path))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(answer.endswith(b"\r\n\r\ntok3n_-A.thumbprint"))
+        self.assertIn(b"404", http_get(self.web, self.get(f"{pcr.ACME_CHALLENGE}other")).split(b"\r\n")[0])
+        self.on_loop(self.server.door.secure.answer, "tok3n_-A", None)
+        self.assertIn(b"404", http_get(self.web, self.get(path)).split(b"\r\n")[0])
+
+    def test_a_member_from_outside_is_sent_to_https_but_the_cas_look_is_not(self):
+        self.start()
+        self.on_loop(self.server.door.secure.answer, "tok", "tok.thumb")
+        with mock.patch.object(pcr.SecurePage, "outside", staticmethod(lambda m: True)):
+            self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200"))   # no certificate yet
+            self.certify()
+            for host, location in ((f"11.0.0.1:5051", "https://127.0.0.1:5051/p/x.jpg?a=1"),
+                                   ("11.0.0.1", f"https://127.0.0.1:{self.web}/p/x.jpg?a=1")):
+                with self.subTest(host=host):
+                    moved = http_get(self.web, self.get("/p/x.jpg?a=1", host)).decode()
+                    self.assertTrue(moved.startswith("HTTP/1.1 308 Permanent Redirect\r\n"), moved)
+                    self.assertIn(f"\r\nLocation: {location}\r\n", moved)
+            at_the_rooms = http_get(self.port, self.get("/", f"11.0.0.1:{self.port}")).decode()
+            self.assertIn(f"\r\nLocation: https://127.0.0.1:{self.web}/\r\n", at_the_rooms)   # not 5050
+            self.assertTrue(http_get(self.web, self.get(f"{pcr.ACME_CHALLENGE}tok")).endswith(b"tok.thumb"))
+            self.assertTrue(self.https(self.get())[1].startswith(b"HTTP/1.1 200 OK"))   # already https
+            bent = http_get(self.web, b"GET /a\nSet-Cookie:x HTTP/1.1\r\nHost: h:1\r\n\r\n").decode()
+            self.assertIn("\r\nLocation: https://127.0.0.1:1/\r\n", bent)   # nothing of it in a header
+            self.on_loop(self.server.door.secure.certified, None, None)   # it ran out, say
+            self.assertTrue(http_get(self.web, self.get()).startswith(b"HTTP/1.1 200 OK"))
+
+    def test_outside_is_a_global_address_not_in_this_machines_ipv6_network(self):
+        def member(ip: str, here: str):
+            sock = mock.Mock()
+            sock.getsockname.return_value = (here, 5051)
+            return mock.Mock(ip=ip, transport=mock.Mock(sock=sock))
+        outside = pcr.SecurePage.outside
+        self.assertTrue(outside(member("11.0.0.2", "192.168.77.20")))
+        self.assertFalse(outside(member("192.168.77.30", "192.168.77.20")))
+        self.assertFalse(outside(member("127.0.0.1", "127.0.0.1")))
+        self.assertFalse(outside(member("100.64.1.2", "192.168.77.20")))   # a carrier's own
+        self.assertFalse(outside(member("2a0f:77::30", "2a0f:77::20")))     # the same /64: home
+        self.assertTrue(outside(member("2a0f:78::30", "2a0f:77::20")))
+
+    def test_a_new_certificate_reaches_new_connections_and_nobody_is_dropped(self):
+        self.start()
+        self.certify(0)
+        tom = self.member("tom")
+        wendy = WebMember(self.web, "wendy", origin=f"https://127.0.0.1:{self.web}",
+                          secure=self.client(0))
+        self.addCleanup(wendy.close)
+        wendy.until("count", n=2)
+        first = self.https(self.get(), 0)[0]
+        self.certify(1)
+        second = self.https(self.get(), 1)[0]
+        self.assertNotEqual(first, second)
+        with open(self.certificates[1][0]) as f:
+            self.assertEqual(second, pcr.pem_blocks(f.read(), "CERTIFICATE")[0])
+        tom.send(b"still there?\n")
+        wendy.until("chat", name="tom", text="still there?")
+        wendy.ws.send("yes, on the old one")
+        tom.read_until(b"wendy: yes, on the old one\n")
 
 
 class WebPageTest(WebCase):
@@ -7094,6 +7268,30 @@ class RouterPortsTest(unittest.TestCase):
         router.close()
         self.assertIn(("remove", 5050, 5099), way.asked)
 
+    def test_with_https_the_routers_port_80_leads_to_the_page_and_goes_with_the_rest(self):
+        way = FakeWay()
+        router = self.router(way, lease=1234, challenge=5051)
+        result = router.open()
+        self.assertEqual((result.outcome, result.port_80), (pcr.RouterOutcome.FORWARDED, "forwarded"))
+        self.assertEqual(way.asked[2], ("forward", 5051, 80, 1234, "exact"))   # that port, or none
+        self.assertEqual(result.forwarded, {5050: 5050, 5051: 5051})
+        self.assertIn("; and its port 80 to the page, for https)", pcr.router_sentence(result))
+        router.close()
+        self.assertIn(("remove", 5051, 80), way.asked)
+        refused = self.router(FakeWay(refuse=(80,)), challenge=5051).open()
+        self.assertEqual((refused.outcome, refused.port_80), (pcr.RouterOutcome.FORWARDED, "port taken"))
+        self.assertIn("; not its port 80 (port taken))", pcr.router_sentence(refused))
+
+    def test_a_new_address_on_the_routers_internet_side_is_told(self):
+        way, told = FakeWay(external_ip="11.0.0.1"), []
+        router = self.router(way, lease=2.0, on_change=told.append)
+        router.open()
+        way.external_ip = "11.0.0.9"   # the provider gave the home another address
+        deadline = time.monotonic() + WAIT
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual((told[0].external_ip, told[0].forwarded), ("11.0.0.9", {5050: 5050, 5051: 5051}))
+
     def test_pinholes_are_asked_alongside_kept_and_removed_with_the_mappings(self):
         hole, told = FakeWay("PCP", external_ip=STABLE), []
         pinholes = pcr.Pinholes([5050, 5051], STABLE, lease=2.0, gateway="fe80::1%eth0")
@@ -7439,7 +7637,834 @@ class RouterPinholeTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 9. The QR code: read back by decoders of others, never by our own
+# 9. HTTPS for the page (ACME): the pure parts against published vectors and
+#    openssl, the keeper with a stand-in CA, then the whole path against pebble
+# ---------------------------------------------------------------------------
+
+# RFC 6979 A.2.5: the P-256 key, its public key, and ECDSA-SHA256 of "sample" and "test".
+RFC6979_KEY = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
+RFC6979_PUBLIC = ("60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6"
+                  "7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299")
+RFC6979_SIGNATURES = {
+    b"sample": ("EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716",
+                "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8"),
+    b"test": ("F1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367",
+              "019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083")}
+NO_OPENSSL = "openssl is not on PATH (tests only use it, to check the room's own code)"
+
+
+def openssl(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
+    """openssl with `args`, bounded; SkipTest where there is none."""
+    if not shutil.which("openssl"):
+        raise unittest.SkipTest(NO_OPENSSL)
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, timeout=60)
+
+
+def der_signature(raw: bytes) -> bytes:
+    """A JWS signature (r and s, 32 bytes each) as openssl reads ECDSA: DER (r, s)."""
+    return pcr.der(0x30, pcr.der_int(int.from_bytes(raw[:32], "big")),
+                   pcr.der_int(int.from_bytes(raw[32:], "big")))
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class HttpsPartsTest(unittest.TestCase):
+    """The key, ECDSA, JWS, DER, the CSR and the PEM key: the room's own code,
+    checked against RFC 6979's vectors and against openssl."""
+
+    def setUp(self):
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def read(self, name: str) -> str:
+        with open(self.path(name)) as f:
+            return f.read()
+
+    def write(self, name: str, data: bytes | str) -> str:
+        with open(self.path(name), "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        return self.path(name)
+
+    def test_the_public_key_and_signatures_are_rfc_6979_a_2_5s(self):
+        self.assertEqual(pcr.p256_public(RFC6979_KEY).hex().upper(), RFC6979_PUBLIC)
+        for message, (r, s) in RFC6979_SIGNATURES.items():
+            with self.subTest(message=message):
+                self.assertEqual(pcr.ecdsa_sign(RFC6979_KEY, message), (int(r, 16), int(s, 16)))
+        public = pcr.jwk(RFC6979_KEY)
+        self.assertEqual((unb64url(public["x"]) + unb64url(public["y"])).hex().upper(),
+                         RFC6979_PUBLIC)
+        canonical = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (public["x"], public["y"])
+        self.assertEqual(pcr.jwk_thumbprint(public),   # RFC 7638 §3: members sorted, no spaces
+                         pcr.b64url(hashlib.sha256(canonical.encode()).digest()))
+
+    def test_new_keys_are_on_the_curve_and_differ(self):
+        keys = {pcr.p256_key() for _ in range(3)}
+        self.assertEqual(len(keys), 3)
+        b = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+        for key in keys:
+            self.assertTrue(1 <= key < pcr.P256_N)
+            x, y = (int.from_bytes(half, "big") for half in (pcr.p256_public(key)[:32],
+                                                             pcr.p256_public(key)[32:]))
+            self.assertEqual(y * y % pcr.P256_P, (x ** 3 - 3 * x + b) % pcr.P256_P)
+
+    def test_a_jws_verifies_with_openssl(self):
+        key = pcr.p256_key()
+        self.write("key.pem", pcr.key_pem(key))
+        public = openssl("ec", "-in", self.path("key.pem"), "-pubout")
+        self.assertEqual(public.returncode, 0, public.stderr)
+        self.write("public.pem", public.stdout)
+        signed = json.loads(pcr.jws(key, {"nonce": "n0nce", "url": "https://ca.example/x"},
+                                    {"termsOfServiceAgreed": True}))
+        self.assertEqual(json.loads(unb64url(signed["protected"])),
+                         {"alg": "ES256", "nonce": "n0nce", "url": "https://ca.example/x"})
+        self.assertEqual(json.loads(unb64url(signed["payload"])), {"termsOfServiceAgreed": True})
+        raw = unb64url(signed["signature"])
+        self.assertEqual(len(raw), 64)   # RFC 7518 §3.4: r and s, 32 bytes each
+        message = f"{signed['protected']}.{signed['payload']}".encode()
+        self.write("signature.der", der_signature(raw))
+        checked = openssl("dgst", "-sha256", "-verify", self.path("public.pem"), "-signature",
+                          self.path("signature.der"), data=message)
+        self.assertEqual(checked.stdout.strip(), b"Verified OK", checked.stderr)
+        wrong = openssl("dgst", "-sha256", "-verify", self.path("public.pem"), "-signature",
+                        self.path("signature.der"), data=message + b"!")
+        self.assertNotEqual(wrong.returncode, 0)
+        self.assertEqual(json.loads(pcr.jws(key, {"kid": "k"}, None))["payload"], "")   # POST-as-GET
+
+    def test_the_certificate_request_verifies_with_openssl_and_names_the_address_alone(self):
+        for ip, shown in (("11.0.0.1", "IP Address:11.0.0.1"),
+                          ("2a0f:77::20", "IP Address:2A0F:77:0:0:0:0:0:20")):
+            with self.subTest(ip=ip):
+                key = pcr.p256_key()
+                self.write("csr.der", pcr.certificate_request(key, ip))
+                checked = openssl("req", "-inform", "DER", "-in", self.path("csr.der"), "-verify",
+                                  "-noout", "-text")
+                self.assertEqual(checked.returncode, 0, checked.stderr)
+                self.assertIn(b"verify OK", checked.stderr)
+                text = checked.stdout.decode()
+                self.assertIn("X509v3 Subject Alternative Name: critical", text)
+                self.assertEqual(re.findall(r"(?:IP Address|DNS):\S+", text), [shown])
+                self.assertRegex(text, r"Subject: *\n")   # empty: the address is the name
+                self.assertIn("ASN1 OID: prime256v1", text)
+                self.assertIn(pcr.p256_public(key)[:8].hex(":"), text.replace("\n", "").replace(" ", ""))
+
+    def test_the_pem_key_loads_in_ssl_and_comes_back(self):
+        key = pcr.p256_key()
+        self.write("key.pem", pcr.key_pem(key))
+        self.assertEqual(pcr.key_from_pem(self.read("key.pem")), key)
+        made = openssl("req", "-x509", "-key", self.path("key.pem"), "-out", self.path("cert.pem"),
+                       "-days", "1", "-subj", "/CN=room", "-addext", "subjectAltName=IP:11.0.0.1")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        context = pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.path("cert.pem"), self.path("key.pem"))
+        both = self.write("both.pem", self.read("cert.pem") + pcr.key_pem(key))
+        pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER).load_cert_chain(both)   # as CertificateStore keeps it
+        with self.assertRaises(ValueError):
+            pcr.key_from_pem(self.read("cert.pem"))
+
+    def test_der_as_x690_writes_it(self):
+        self.assertEqual(pcr.der(0x04, b"x" * 127)[:2], b"\x04\x7f")
+        self.assertEqual(pcr.der(0x04, b"x" * 128)[:3], b"\x04\x81\x80")
+        self.assertEqual(pcr.der(0x04, b"x" * 300)[:4], b"\x04\x82\x01\x2c")
+        self.assertEqual(pcr.der_int(0), b"\x02\x01\x00")
+        self.assertEqual(pcr.der_int(0x7F), b"\x02\x01\x7f")
+        self.assertEqual(pcr.der_int(0x80), b"\x02\x02\x00\x80")
+        self.assertEqual(pcr.der_oid("1.2.840.10045.2.1"), bytes.fromhex("06072a8648ce3d0201"))
+        self.assertEqual(pcr.der_read(pcr.der(0x30, pcr.der_int(5), pcr.der(0x04, b"x" * 200))),
+                         [(0x30, pcr.der_int(5) + pcr.der(0x04, b"x" * 200))])
+        for bent in (b"\x30", b"\x30\x05abc", b"\x30\x85\x01\x02\x03\x04\x05"):
+            with self.assertRaises(ValueError):
+                pcr.der_read(bent)
+
+    def test_what_a_certificate_says_is_read_as_openssl_reads_it(self):
+        cert = self.path("cert.pem")
+        made = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                       "-nodes", "-keyout", self.path("key.pem"), "-out", cert, "-days", "2",
+                       "-subj", "/CN=room", "-addext",
+                       "subjectAltName=IP:11.0.0.1,DNS:room.example,IP:2a0f:77::20")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        with open(cert) as f:
+            facts = pcr.certificate_facts(pcr.pem_blocks(f.read(), "CERTIFICATE")[0])
+        self.assertEqual(facts.addresses, ("11.0.0.1", "2a0f:77::20"))
+        dates = openssl("x509", "-in", cert, "-noout", "-startdate", "-enddate").stdout.decode()
+        start, end = (pcr.ssl.cert_time_to_seconds(line.split("=", 1)[1]) for line in dates.split("\n")[:2])
+        self.assertEqual((facts.not_before, facts.not_after), (start, end))
+        self.assertEqual(facts.renew_at, start + (end - start) * 2 / 3)
+        with self.assertRaises(ValueError):
+            pcr.certificate_facts(b"\x30\x03\x02\x01\x00")
+
+    def test_a_problem_document_is_one_sentence_with_its_detail(self):
+        kind, text = pcr.problem_text({
+            "type": "urn:ietf:params:acme:error:rateLimited",
+            "detail": "too many certificates (5) already issued\x1b[31m for this exact set",
+            "subproblems": [{"detail": "see https://letsencrypt.org/docs/rate-limits/"}, "bent"]})
+        self.assertEqual(kind, "rateLimited")
+        self.assertEqual(text, "rateLimited: too many certificates (5) already issued for this exact "
+                               "set; see https://letsencrypt.org/docs/rate-limits/")
+        self.assertEqual(pcr.problem_text({}), ("", "no reason given"))
+        self.assertEqual(pcr.retry_after({"Retry-After": "120"}), 120.0)
+        later = email.utils.formatdate(time.time() + 3600, usegmt=True)
+        self.assertAlmostEqual(pcr.retry_after({"Retry-After": later}), 3600, delta=5)
+        self.assertEqual(pcr.retry_after({"Retry-After": "soon"}), 0.0)
+        self.assertEqual(pcr.retry_after({}), 0.0)
+
+    def test_the_address_to_certify_is_public_and_the_routers_when_it_forwards(self):
+        forwarded = router_result(pcr.RouterOutcome.FORWARDED, external_ip="11.0.0.1",
+                                  forwarded={5050: 5050})
+        cgnat = router_result(pcr.RouterOutcome.NO_PUBLIC, external_ip="100.64.0.1")
+        double = router_result(pcr.RouterOutcome.NO_PUBLIC, external_ip="192.168.1.1")
+        refused = router_result(pcr.RouterOutcome.REFUSED, reason="no")
+        self.assertEqual(pcr.certificate_address(forwarded, None, "11.9.9.9"), ("11.0.0.1", ""))
+        self.assertEqual(pcr.certificate_address(cgnat, None, "11.9.9.9"), (None, pcr.HTTPS_NO_PUBLIC))
+        self.assertEqual(pcr.certificate_address(double, "11.9.9.9", None), ("11.9.9.9", ""))
+        self.assertEqual(pcr.certificate_address(refused, None, "11.9.9.9"), ("11.9.9.9", ""))
+        self.assertEqual(pcr.certificate_address(None, None, None), (None, pcr.HTTPS_UNKNOWN))
+        self.assertEqual(pcr.certificate_address(None, None, "2a0f:77::20"), ("2a0f:77::20", ""))
+        self.assertIsNone(pcr.certificate_address(None, None, "fd00::20")[0])   # a ULA: private
+        ip, why = pcr.certificate_address(None, None, "192.168.1.20")
+        self.assertIsNone(ip)
+        self.assertEqual(why, "192.168.1.20 is not an address on the internet; nothing was sent to a "
+                              "certificate authority, and the page stays on http")
+        self.assertIn("probably CGNAT", pcr.HTTPS_NO_PUBLIC)
+
+    @unittest.skipIf(WINDOWS, "Windows keeps no POSIX modes")
+    def test_the_folder_is_0700_its_files_0600_and_a_certificate_is_kept_whole(self):
+        store = pcr.CertificateStore("https://acme.example:14000/dir", self.path("kept"))
+        key = store.account_key()
+        self.assertEqual(store.account_key(), key)   # made once, then read
+        self.assertIsNone(store.saved())
+        cert_key = pcr.p256_key()
+        self.write("key.pem", pcr.key_pem(cert_key))
+        openssl("req", "-x509", "-key", self.path("key.pem"), "-out", self.path("cert.pem"), "-days",
+                "1", "-subj", "/CN=room", "-addext", "subjectAltName=IP:11.0.0.1")
+        path, facts = store.keep(self.read("cert.pem"), cert_key)
+        self.assertEqual(store.saved(), (path, facts))
+        self.assertEqual(facts.addresses, ("11.0.0.1",))
+        self.assertEqual(os.path.dirname(path), os.path.join(self.path("kept"), "acme.example_14000"))
+        for folder in (self.path("kept"), os.path.dirname(path)):
+            self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o700)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(path))), ["account.key", "certificate.pem"])
+        for name in os.listdir(os.path.dirname(path)):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(os.path.dirname(path), name)).st_mode),
+                             0o600)
+        pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER).load_cert_chain(path)
+
+
+class StandInCa:
+    """AcmeClient.certificate() as a CA would answer it, signed by openssl with a CA of
+    the test's own, for `days` from now; or each of `problems` (AcmeError) in turn
+    first.  then() is called as a certificate is handed over."""
+
+    def __init__(self, folder: str, days: int = 3):
+        self.folder, self.days, self.orders, self.problems = folder, days, [], []
+        self.then: Callable[[], None] = lambda: None
+        self.ca, self.ca_key = os.path.join(folder, "ca.pem"), os.path.join(folder, "ca.key")
+        made = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                       "-nodes", "-keyout", self.ca_key, "-out", self.ca, "-days", "9",
+                       "-subj", "/CN=stand-in CA")
+        assert made.returncode == 0, made.stderr
+
+    def certificate(self, client, ip: str, key: int, answer) -> str:
+        self.orders.append(ip)
+        answer("t0ken", "t0ken.thumbprint")
+        answer("t0ken", None)
+        if self.problems:
+            raise self.problems.pop(0)
+        request = os.path.join(self.folder, "request.der")
+        with open(request, "wb") as f:
+            f.write(pcr.certificate_request(key, ip))
+        signed = openssl("x509", "-req", "-inform", "DER", "-in", request, "-CA", self.ca,
+                         "-CAkey", self.ca_key, "-days", str(self.days), "-copy_extensions", "copy",
+                         "-set_serial", str(len(self.orders)))
+        assert signed.returncode == 0, signed.stderr
+        self.then()
+        with open(self.ca) as f:
+            return signed.stdout.decode() + f.read()
+
+
+class PageCertificateTest(WebCase):
+    """PageCertificate with a stand-in CA and a clock of the test's: got, put in place,
+    kept and reused, renewed at two thirds, failures said and tried again with backoff,
+    a new address, a certificate that runs out."""
+
+    LAN = "192.168.1.20:5051"
+
+    def setUp(self):
+        super().setUp()
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.ca = StandInCa(self.dir)
+        patch = mock.patch.object(pcr.AcmeClient, "certificate",
+                                  lambda client, *args: self.ca.certificate(client, *args))
+        patch.start()
+        self.addCleanup(patch.stop)
+        self.now = time.time()
+        self.said: list[tuple[str, bool]] = []
+        self.links: list[tuple[str | None, str | None]] = []
+        self.changed = threading.Condition()
+        self.start(https=True, acme_directory="https://ca.test/dir")
+
+    def keeper(self) -> pcr.PageCertificate:
+        def said(sentence: str, warning: bool) -> None:
+            with self.changed:
+                self.said.append((sentence, warning))
+                self.changed.notify_all()
+
+        def certified(ip: str | None, link: str | None) -> None:
+            with self.changed:
+                self.links.append((ip, link))
+                self.changed.notify_all()
+        keeper = pcr.PageCertificate(self.server.settings, self.server, self.LAN, said, certified,
+                                     pcr.CertificateStore("https://ca.test/dir", self.dir),
+                                     lambda: self.now)
+        self.addCleanup(keeper.close)
+        return keeper
+
+    def until(self, done: Callable[[], bool], what: str) -> None:
+        with self.changed:
+            self.assertTrue(self.changed.wait_for(done, WAIT), f"no {what}: {self.said}")
+
+    def said_with(self, words: str, warning: bool = False) -> str:
+        self.until(lambda: any(words in text and w == warning for text, w in self.said), words)
+        return next(text for text, w in self.said if words in text)
+
+    def served(self) -> bytes:
+        """The certificate the page's port shows over TLS (checked against the stand-in CA)."""
+        context = pcr.ssl.create_default_context(cafile=self.ca.ca)
+        with socket.create_connection(("127.0.0.1", self.web), WAIT) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.getpeercert(binary_form=True)
+
+    def test_a_certificate_is_got_put_in_place_kept_and_reused_after_a_restart(self):
+        link = f"http://127.0.0.1:{self.web}/"
+        self.keeper().address("127.0.0.1", link=link)
+        said = self.said_with("is in place")
+        self.assertRegex(said, r"^the page's certificate for 127\.0\.0\.1 is in place \(new from "
+                               r"ca\.test, valid until .+; renewed from .+\)$")
+        self.assertIn(("asking ca.test for a certificate for 127.0.0.1…", False), self.said)
+        self.until(lambda: ("127.0.0.1", f"https://127.0.0.1:{self.web}/") in self.links, "https link")
+        first = self.served()
+        self.assertEqual(self.ca.orders, ["127.0.0.1"])
+        self.assertEqual(self.on_loop(lambda: self.server.door.secure.answers), {})   # withdrawn
+        self.said.clear()
+        self.keeper().address("127.0.0.1", link=link)   # the room started again
+        self.said_with("is in place (kept from before")
+        self.assertEqual(self.ca.orders, ["127.0.0.1"])   # no new order
+        self.assertEqual(self.served(), first)
+
+    def test_renewal_at_two_thirds_and_failures_warn_and_back_off(self):
+        keeper = self.keeper()
+        keeper.address("127.0.0.1")
+        self.said_with("is in place")
+        first = self.served()
+        self.ca.then = lambda: setattr(self, "now", time.time())   # its dates are the real clock's
+        self.now = time.time() + 2 * 86400 + 60   # past two thirds of 3 days
+        keeper.address("127.0.0.1")
+        self.until(lambda: len(self.ca.orders) == 2, "renewal")
+        self.until(lambda: self.served() != first, "the new certificate served")
+        self.said_with("in place (new from ca.test")
+        self.ca.then = lambda: None
+        self.now = time.time() + 2 * 86400 + 120
+        self.ca.problems = [pcr.AcmeError("the certificate authority at ca.test said no: it has "
+                                          "given this address or account too many certificates "
+                                          "lately (rateLimited: slow down)", "rateLimited")] * 3
+        keeper.address("127.0.0.1")
+        warning = self.said_with("could not be renewed", warning=True)
+        self.assertRegex(warning, r"^the page's certificate could not be renewed \(no certificate "
+                                  r"for 127\.0\.0\.1: the certificate authority at ca\.test said no: "
+                                  r".+ \(rateLimited: slow down\); trying again in 5 minutes\); it is "
+                                  r"valid until .+$")
+        self.now += 200   # before the next try: nothing asked
+        keeper.address("127.0.0.1")
+        time.sleep(0.3)
+        self.assertEqual(len(self.ca.orders), 3)
+        self.now += 101
+        keeper.address("127.0.0.1")
+        self.said_with("trying again in 10 minutes", warning=True)
+        self.ca.problems = [pcr.AcmeError("busy", "rateLimited", retry_after=3 * 3600)]
+        self.now += 601
+        keeper.address("127.0.0.1")
+        self.said_with("trying again in 3 hours", warning=True)   # Retry-After over backoff
+        self.now += 86400   # past the end of its life
+        keeper.address("127.0.0.1")
+        self.said_with("has run out; the page is on http", warning=True)
+        self.until(lambda: self.links[-1] == (None, None), "https withdrawn")
+        self.assertIsNone(self.on_loop(lambda: self.server.door.secure.context))
+
+    def test_the_ca_not_reaching_port_80_says_what_to_forward(self):
+        self.ca.problems = [pcr.AcmeError("the certificate authority at ca.test could not check this "
+                                          "room at 11.0.0.1 (connection: refused)", "connection",
+                                          unreached=True, detail="connection: refused")]
+        self.keeper().address("11.0.0.1")
+        self.assertEqual(self.said_with("forward TCP port 80"),
+                         "the certificate authority could not reach port 80 of 11.0.0.1 (connection: "
+                         "refused): forward TCP port 80 to 192.168.1.20:5051 on your router; trying "
+                         "again in 5 minutes; the page stays on http until then")
+        self.assertEqual(self.links, [])
+
+    def test_a_new_address_gets_a_new_certificate_and_no_address_gets_its_sentence(self):
+        keeper = self.keeper()
+        keeper.address(None, pcr.HTTPS_NO_PUBLIC)
+        self.said_with("probably CGNAT")
+        keeper.address("127.0.0.1")
+        self.said_with("for 127.0.0.1 is in place")
+        keeper.address("127.0.0.2")
+        self.said_with("for 127.0.0.2 is in place")
+        self.assertEqual(self.ca.orders, ["127.0.0.1", "127.0.0.2"])
+        self.assertEqual(self.on_loop(lambda: self.server.door.secure.ip), "127.0.0.2")
+        self.assertIn((None, None), self.links)   # the first withdrawn before the second came
+
+
+class ScriptedCa:
+    """An ACME CA of the test's own on 127.0.0.1, over https with `cert`: just enough of
+    RFC 8555 to issue `chain`; it offers `profiles`, refuses the first `bad_nonces`
+    POSTs with badNonce, says Retry-After: `wait` while it processes, answers a path in
+    `problems` with that (status, problem, headers), and never answers one in `stall`.
+    It records each POST: (path, protected header, payload)."""
+
+    def __init__(self, case: unittest.TestCase, cert: str, key: str, chain: str,
+                 profiles: dict | None = None, bad_nonces: int = 0, wait: str = "0"):
+        self.chain, self.profiles, self.bad_nonces, self.wait = chain, profiles, bad_nonces, wait
+        self.problems: dict[str, tuple] = {}
+        self.stall: set[str] = set()
+        self.posts: list[tuple[str, dict, object, float]] = []
+        self.nonces = itertools.count(1)
+        self.state = {"challenged": False, "finalized": 0}
+        ca = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def answer(self, status: int, body: object = b"", **headers) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Replay-Nonce", f"nonce-{next(ca.nonces)}")
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def do_HEAD(self):
+                self.answer(200)
+
+            def do_GET(self):
+                meta = {"profiles": ca.profiles} if ca.profiles else {}
+                self.answer(200, {"newNonce": ca.url("/nonce"), "newAccount": ca.url("/account"),
+                                  "newOrder": ca.url("/order"), "meta": meta})
+
+            def do_POST(self):
+                signed = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                payload = unb64url(signed["payload"]) if signed["payload"] else None
+                ca.posts.append((self.path, json.loads(unb64url(signed["protected"])),
+                                 json.loads(payload) if payload else None, time.monotonic()))
+                if self.path in ca.stall:
+                    time.sleep(1.5)
+                    return
+                if ca.bad_nonces:
+                    ca.bad_nonces -= 1
+                    return self.answer(400, {"type": pcr.ACME_ERROR + "badNonce", "detail": "stale"})
+                if self.path in ca.problems:
+                    status, problem, headers = ca.problems[self.path]
+                    return self.answer(status, problem, **headers)
+                status, body, headers = ca.reply(self.path)
+                self.answer(status, body, **headers)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True   # a stalled answer does not hold the test's end
+        context = pcr.ssl.SSLContext(pcr.ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        case.addCleanup(self.server.server_close)
+        case.addCleanup(self.server.shutdown)
+        self.directory = self.url("/dir")
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def reply(self, path: str) -> tuple:
+        """(status, body, headers) for a POST to `path`."""
+        state = self.state
+        if path == "/account":
+            return 201, {"status": "valid"}, {"Location": self.url("/account/1")}
+        if path == "/order":
+            return 201, {"status": "pending", "authorizations": [self.url("/authz/1")],
+                         "finalize": self.url("/finalize")}, {"Location": self.url("/order/1")}
+        if path == "/authz/1":
+            challenge = {"type": "http-01", "url": self.url("/chall/1"), "token": "t0k3n"}
+            return 200, {"status": "valid" if state["challenged"] else "pending",
+                         "challenges": [{"type": "dns-01", "token": "x"}, challenge]}, {}
+        if path == "/chall/1":
+            state["challenged"] = True
+            return 200, {"status": "processing"}, {}
+        if path == "/finalize":
+            state["finalized"] = 1
+            return 200, {"status": "processing"}, {"Retry_After": self.wait}
+        if path == "/order/1":
+            if not state["finalized"]:
+                return 200, {"status": "ready", "finalize": self.url("/finalize")}, {}
+            state["finalized"] += 1
+            if state["finalized"] < 3:
+                return 200, {"status": "processing"}, {"Retry_After": self.wait}
+            return 200, {"status": "valid", "certificate": self.url("/cert/1")}, {}
+        if path == "/cert/1":
+            return 200, self.chain.encode(), {"Content_Type": "application/pem-certificate-chain"}
+        return 404, {"type": pcr.ACME_ERROR + "malformed", "detail": "no such thing"}, {}
+
+
+class AcmeClientTest(unittest.TestCase):
+    """AcmeClient against a CA of the test's own: what it asks for and how it lives
+    with the CA's answers (pebble, below, checks the signatures and the whole path)."""
+
+    @classmethod
+    def setUpClass(cls):
+        [(cls.cert, cls.key)] = class_certificates(cls)
+        with open(cls.cert) as f:
+            cls.chain = f.read()
+
+    def ca(self, **kw) -> ScriptedCa:
+        patch = mock.patch.object(pcr, "ACME_POLL_FIRST", 0.05)   # Retry-After still holds
+        patch.start()
+        self.addCleanup(patch.stop)
+        return ScriptedCa(self, self.cert, self.key, self.chain, **kw)
+
+    def client(self, ca: ScriptedCa, ca_file: str | None = None) -> pcr.AcmeClient:
+        return pcr.AcmeClient(ca.directory, self.cert if ca_file is None else ca_file, pcr.p256_key())
+
+    def test_an_order_for_the_address_with_the_shortlived_profile_where_it_is_offered(self):
+        ca = self.ca(profiles={"classic": "90 days", "shortlived": "160 hours"}, bad_nonces=2,
+                     wait="1")
+        answers = []
+        client = self.client(ca)
+        chain = client.certificate("11.0.0.1", pcr.p256_key(),
+                                   lambda token, said: answers.append((token, said, ca.state["challenged"])))
+        self.assertEqual(chain, self.chain)
+        paths = [path for path, *_ in ca.posts]
+        self.assertEqual(paths[:3], ["/account"] * 3)   # two badNonces survived
+        order = next(payload for path, _, payload, _ in ca.posts if path == "/order")
+        self.assertEqual(order, {"identifiers": [{"type": "ip", "value": "11.0.0.1"}],
+                                 "profile": "shortlived"})
+        first, *rest = [header for _, header, _, _ in ca.posts]
+        self.assertIn("jwk", first)
+        self.assertEqual({h.get("kid") for h in rest[2:]}, {ca.url("/account/1")})   # then kid
+        self.assertEqual({h["alg"] for h in rest}, {"ES256"})
+        self.assertEqual([h["nonce"] for h in rest], [f"nonce-{n}" for n in range(2, 2 + len(rest))])
+        thumbprint = pcr.jwk_thumbprint(first["jwk"])
+        self.assertEqual(answers, [("t0k3n", f"t0k3n.{thumbprint}", False), ("t0k3n", None, True)])
+        finalize = next(payload for path, _, payload, _ in ca.posts if path == "/finalize")
+        request = self.write_der(unb64url(finalize["csr"]))
+        checked = openssl("req", "-inform", "DER", "-in", request, "-verify", "-noout", "-text")
+        self.assertIn(b"IP Address:11.0.0.1", checked.stdout)
+        polls = [at for path, _, _, at in ca.posts if path == "/order/1"][-3:]
+        self.assertGreaterEqual(polls[2] - polls[1], 0.9)   # Retry-After: 1 honoured
+
+    def write_der(self, data: bytes) -> str:
+        path = os.path.join(os.path.dirname(self.cert), "request.der")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_without_profiles_no_profile_is_asked_for(self):
+        ca = self.ca()
+        self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        order = next(payload for path, _, payload, _ in ca.posts if path == "/order")
+        self.assertNotIn("profile", order)
+
+    def test_a_problem_is_one_sentence_with_its_detail_and_its_retry_after(self):
+        ca = self.ca()
+        ca.problems["/order"] = (429, {"type": pcr.ACME_ERROR + "rateLimited",
+                                       "detail": "too many new orders recently"},
+                                 {"Retry_After": "3600", "Content_Type": "application/problem+json"})
+        with self.assertRaises(pcr.AcmeError) as caught:
+            self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        e = caught.exception
+        self.assertEqual((e.kind, e.retry_after, e.unreached), ("rateLimited", 3600.0, False))
+        self.assertEqual(str(e), "the certificate authority at 127.0.0.1:%d said no: it has given this "
+                                 "address or account too many certificates lately (rateLimited: too "
+                                 "many new orders recently)" % ca.server.server_address[1])
+
+    def test_a_failed_check_of_port_80_is_told_as_unreached(self):
+        ca = self.ca()
+        original = ca.reply
+
+        def reply(path):
+            if path == "/authz/1" and ca.state["challenged"]:
+                return 200, {"status": "invalid", "challenges": [
+                    {"type": "http-01", "token": "t0k3n", "status": "invalid", "error": {
+                        "type": pcr.ACME_ERROR + "connection",
+                        "detail": "11.0.0.1: Fetching http://11.0.0.1/.well-known/acme-challenge/"
+                                  "t0k3n: Connection refused"}}]}, {}
+            return original(path)
+        ca.reply = reply
+        with self.assertRaises(pcr.AcmeError) as caught:
+            self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        self.assertTrue(caught.exception.unreached)
+        self.assertEqual(caught.exception.detail, "connection: 11.0.0.1: Fetching http://11.0.0.1/"
+                                                  ".well-known/acme-challenge/t0k3n: Connection refused")
+
+    def test_every_request_has_a_time_out(self):
+        ca = self.ca()
+        ca.stall.add("/account")
+        with mock.patch.object(pcr, "ACME_TIMEOUT", 0.3):
+            started = time.monotonic()
+            with self.assertRaises(pcr.AcmeError) as caught:
+                self.client(ca).certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        self.assertLess(time.monotonic() - started, 1.4)   # not the CA's 1.5 s
+        self.assertRegex(str(caught.exception), r"^the certificate authority at 127\.0\.0\.1:\d+ "
+                                                r"could not be reached \(.*timed out.*\)$")
+
+    def test_a_ca_whose_certificate_is_not_trusted_says_so_and_how_to_trust_it(self):
+        ca = self.ca()
+        with self.assertRaises(pcr.AcmeError) as caught:
+            self.client(ca, ca_file="").certificate("11.0.0.1", pcr.p256_key(), lambda *_: None)
+        self.assertRegex(str(caught.exception), r"could not be trusted \(.+\); --acme-ca-file PEM "
+                                                r"trusts another CA's certificate$")
+        self.assertEqual(ca.posts, [])
+
+
+# The friend's browser, run inside the friend's namespace (a program of its own: selenium
+# drives Chromium there, with HOME's NSS database).  argv: the page's link, a profile
+# folder, the name to join as, a photo to share.  It prints one line a step, then "done"
+# and what it saw as JSON.
+FRIEND_BROWSER = """
+import json, shutil, sys, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+link, profile, name, photo = sys.argv[1:5]
+options = webdriver.ChromeOptions()
+options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            f"--user-data-dir={profile}"):
+    options.add_argument(arg)
+driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+seen = {}
+try:
+    driver.set_page_load_timeout(20)
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": link.rstrip("/"),
+                                                        "permissions": ["notifications"]})
+    driver.get(link)
+    seen["title"], seen["secure"] = driver.title, driver.execute_script("return window.isSecureContext")
+    wait = WebDriverWait(driver, 15)
+    wait.until(lambda d: d.find_element(By.ID, "name").is_displayed())
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "join-button").click()
+    wait.until(lambda d: "joined the chat" in d.find_element(By.ID, "log").text)
+    seen["notify_offered"] = driver.execute_script("return !document.getElementById('notify-row').hidden")
+    driver.execute_script(
+        "const box = document.getElementById('notify'); if (!box.checked) { box.click(); }"
+        "window.shown = []; const real = window.Notification;"
+        "window.Notification = new Proxy(real, {construct(target, args) {"
+        "  window.shown.push(args[0]); return new target(...args); }});"
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});"
+        "document.dispatchEvent(new Event('visibilitychange'));")
+    print("in the room, hidden", flush=True)
+    wait.until(lambda d: d.execute_script("return window.shown.length"))
+    seen["notified"] = driver.execute_script("return window.shown")
+    driver.execute_script("delete document.hidden; document.dispatchEvent(new Event('visibilitychange'));")
+    driver.find_element(By.ID, "message").send_keys("hello from outside" + Keys.ENTER)
+    wait.until(lambda d: "hello from outside" in d.find_element(By.ID, "log").text)
+    driver.find_element(By.ID, "photo-input").send_keys(photo)
+    wait.until(lambda d: d.execute_script(
+        "const i = document.querySelector('#log .photo img'); return i && i.complete && i.naturalWidth"))
+    seen["loaded"] = driver.execute_script(
+        "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))")
+finally:
+    seen["log"] = driver.find_element(By.TAG_NAME, "body").text[-2000:] if driver else ""
+    driver.quit()
+    print("done " + json.dumps(seen), flush=True)
+"""
+
+
+# Run in a namespace: what a plain http GET of argv[1] answers (status and Location, no
+# redirect followed), and whether a TLS handshake with argv[2]:argv[3] verifies with the
+# CA file argv[4] (and with the system's roots alone).
+HTTP_AND_TLS = """
+import http.client, json, socket, ssl, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+plain = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+plain.request("GET", url.path)
+answer = plain.getresponse()
+seen = {"status": answer.status, "location": answer.getheader("Location")}
+for name, context in (("with_root", ssl.create_default_context(cafile=sys.argv[4])),
+                      ("system_roots", ssl.create_default_context())):
+    try:
+        with socket.create_connection((sys.argv[2], int(sys.argv[3])), 5) as raw, \\
+                context.wrap_socket(raw, server_hostname=sys.argv[2]) as tls:
+            seen[name] = tls.getpeercert()["subjectAltName"]
+    except ssl.SSLError as e:
+        seen[name] = e.reason
+print(json.dumps(seen))
+"""
+
+
+# Run in the LAN's namespace: the room's own ACME client, sent to pebble (argv[2], trusting
+# argv[3]) with a nonce pebble never gave, so that its first answer is badNonce for sure.
+STALE_NONCE = """
+import logging, sys
+sys.path.insert(0, sys.argv[1])
+import pcr_server as pcr
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+client = pcr.AcmeClient(sys.argv[2], sys.argv[3], pcr.p256_key())
+client.nonce = "bm90LWEtbm9uY2UtcGViYmxlLWdhdmU"
+headers, _ = client.post(client._directory()["newAccount"], {"termsOfServiceAgreed": True})
+print("account:", headers.get("Location"), flush=True)
+"""
+
+
+def https_lab_missing() -> str:
+    """Why the home network with its router and a CA (pebble) cannot be had here; "" if it can."""
+    return home_network_missing() or namespaces_missing("pebble", "openssl")
+
+
+class HttpsOverTheInternetTest(unittest.TestCase):
+    """--https against pebble, Let's Encrypt's test CA, on the internet side of the home
+    network the --upnp tests build (its validator comes to the router's port 80); the
+    friend's Chromium in the friend's namespace trusts pebble's root from its NSS database."""
+
+    def setUp(self):
+        if reason := https_lab_missing():
+            self.skipTest(reason)
+
+    def room(self, home: HomeNetwork) -> subprocess.Popen:
+        return home.room("--upnp", "--https", "--web-port", "5051", "--acme-directory", home.acme,
+                         "--acme-ca-file", home.ca_file, "--log-file", os.path.join(home.dir, "room.log"))
+
+    def room_log(self, home: HomeNetwork) -> str:
+        with open(os.path.join(home.dir, "room.log"), encoding="utf-8") as f:
+            return f.read()
+
+    def friend_browser(self, home: HomeNetwork, link: str) -> str:
+        """Chromium in the friend's namespace, with pebble's root in its NSS database; the
+        path of what it prints."""
+        if webdriver is None or not shutil.which("chromedriver") or not shutil.which("certutil"):
+            self.skipTest(f"{NO_BROWSER}; and certutil (apt install libnss3-tools)")
+        if Image is None:
+            self.skipTest(NO_PIL)
+        photo = os.path.join(home.dir, "photo.jpg")
+        with open(photo, "wb") as f:
+            f.write(picture())
+        browser_home = os.path.join(home.dir, "friend")
+        nss = os.path.join(browser_home, ".pki", "nssdb")
+        os.makedirs(nss)
+        root = os.path.join(home.dir, "pebble-root.pem")
+        with open(root, "w") as f:
+            f.write(home.ca_root())
+        for args in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "pebble", "-i", root]):
+            done = subprocess.run(["certutil", "-d", f"sql:{nss}", *args], capture_output=True,
+                                  text=True, timeout=WAIT)
+            self.assertEqual(done.returncode, 0, done.stderr)
+        return home.start("wan", "env", f"HOME={browser_home}", sys.executable, "-c", FRIEND_BROWSER,
+                          link, os.path.join(home.dir, "profile"), "friend", photo, name="browser")
+
+    def test_a_friend_outside_opens_the_https_link_with_no_warning_and_chats(self):
+        home = HomeNetwork(self)
+        home.start_router(port_80=True)
+        ca_log = home.start_ca(nonce_reject=50)   # pebble's 5% made 50%: badNonces come often
+        room = self.room(home)
+        said = printed_until(room, "over the internet:  https://11.0.0.1:5051/", ROUTER_SAYS)
+        self.assertIn("(your router forwards both: PCP; and its port 80 to the page, for https)", said)
+        self.assertRegex(said, r"  https: the page's certificate for 11\.0\.0\.1 is in place \(new "
+                               r"from 11\.0\.0\.2:14000, valid until")
+        self.assertIn("  the App:            its lines cross the internet unencrypted; phones and "
+                      "browsers use https", said)
+        self.assertIn((80, home.LAN_IP, 5051), home.mappings())
+        stale = home.run("lan", sys.executable, "-c", STALE_NONCE, HERE, home.acme, home.ca_file)
+        self.assertIn("https: 11.0.0.2:14000 refused a nonce (badNonce); trying again", stale.stderr)
+        self.assertRegex(stale.stdout, r"^account: https://11\.0\.0\.2:14000/my-account/\S+\n$")
+        self.assertEqual(len(re.findall("Added order", home.printed(ca_log, "Issued certificate"))), 1)
+        root = os.path.join(home.dir, "root.pem")
+        with open(root, "w") as f:
+            f.write(home.ca_root())
+        seen = json.loads(home.run("wan", sys.executable, "-c", HTTP_AND_TLS, "http://11.0.0.1:5051/p/x",
+                                   "11.0.0.1", "5051", root).stdout)
+        self.assertEqual(seen["status"], 308)   # plain http from the internet: to https
+        self.assertEqual(seen["location"], "https://11.0.0.1:5051/p/x")
+        self.assertEqual(seen["with_root"], [["IP Address", "11.0.0.1"]])
+        self.assertEqual(seen["system_roots"], "CERTIFICATE_VERIFY_FAILED")
+        at_home = home.run("lan", sys.executable, "-c", HTTP_AND_TLS, "http://192.168.77.20:5051/",
+                           "192.168.77.20", "5051", root).stdout
+        self.assertEqual(json.loads(at_home)["status"], 200)   # the same network keeps http
+        ann = home.at_home("ann")
+        ann.read_until("[1 person is online]\n")
+        tom = home.friend(5050, "tom")   # a terminal on the internet: photo links in https
+        tom.read_until("[2 people are online]\n")
+        browser = self.friend_browser(home, "https://11.0.0.1:5051/")
+        home.printed(browser, "in the room, hidden", 40)
+        ann.type("hello friend, can you read me?\n")
+        seen = json.loads(home.printed(browser, "done ", 30).split("done ", 1)[1])
+        self.assertEqual((seen["title"], seen["secure"]), ("PrivateChatRoom", True), seen)
+        self.assertTrue(seen["notify_offered"])
+        self.assertEqual(seen["notified"], ["ann named you"])
+        self.assertGreaterEqual(len(seen["loaded"]), 2)   # the page and the photo
+        self.assertEqual([url for url in seen["loaded"] if not url.startswith(
+            ("https://11.0.0.1:5051/", "data:", "blob:"))], [])   # nothing over http
+        ann.read_until("friend: hello from outside\n")
+        ann.read_until("friend shared a photo: http://127.0.0.1:5051/p/")   # as ann reached it
+        tom.read_until("friend shared a photo: https://11.0.0.1:5051/p/")
+        room.send_signal(signal.SIGTERM)
+        self.assertEqual(room.wait(WAIT * 2), 0)
+        self.assertEqual(home.mappings(), [])   # port 80 too
+        orders = home.printed(ca_log, "").count("POST /order-plz")
+        room = self.room(home)   # a restart reuses the certificate: no order
+        said = printed_until(room, "over the internet:  https://11.0.0.1:5051/", ROUTER_SAYS)
+        self.assertIn("is in place (kept from before", said)
+        self.assertEqual(home.printed(ca_log, "").count("POST /order-plz"), orders)
+        kept = os.path.join(home.dir, ".pcr_https", "11.0.0.2_14000")
+        self.assertEqual(sorted(os.listdir(kept)), ["account.key", "certificate.pem"])
+        for secret in ("PRIVATE KEY", "BEGIN"):
+            self.assertNotIn(secret, self.room_log(home))
+
+    def test_port_80_not_forwarded_gives_its_sentence_and_the_page_stays_open_on_http(self):
+        home = HomeNetwork(self)
+        home.start_router()   # its rules keep port 80 for the router itself
+        home.start_ca()
+        room = self.room(home)
+        said = printed_until(room, "the page stays on http until then\n", ROUTER_SAYS)
+        self.assertIn("(your router forwards both: PCP; not its port 80 (", said)
+        self.assertRegex(said, r"  https: the certificate authority could not reach port 80 of "
+                               r"11\.0\.0\.1 \(connection: .+\): forward TCP port 80 to "
+                               r"192\.168\.77\.20:5051 on your router; trying again in 5 minutes; "
+                               r"the page stays on http until then\n")
+        self.assertRegex(home.reaches_from_wan(5051, "/"), r"^200 \d{4,}$")   # plain, not moved
+        home.at_home("ann").read_until("[1 person is online]\n")
+        self.assertIn("forward TCP port 80 to 192.168.77.20:5051 on your router", self.room_log(home))
+
+    def test_without_a_known_public_address_https_says_why_and_asks_no_ca(self):
+        home = HomeNetwork(self)   # no --upnp, no look-up: nothing says the address
+        room = home.room("--https", "--web-port", "5051", "--acme-directory", "https://11.0.0.2/dir")
+        said = printed_until(room, f"  https: {pcr.HTTPS_UNKNOWN}\n", ROUTER_SAYS)
+        self.assertIn("  https:              the page over the internet, once its certificate is in "
+                      "place", said)
+        self.assertFalse(os.path.exists(os.path.join(home.dir, ".pcr_https")))   # no account made
+
+    def test_cgnat_gives_its_sentence_and_the_ca_hears_nothing(self):
+        home = HomeNetwork(self, wan_ip="100.64.0.1")
+        home.start_router(port_80=True)
+        ca_log = home.start_ca()
+        room = self.room(home)
+        said = printed_until(room, f"  https: {pcr.HTTPS_NO_PUBLIC}\n", ROUTER_SAYS)
+        self.assertIn("probably CGNAT or a second router", said)   # the router's sentence, and https's
+        home.at_home("ann").read_until("[1 person is online]\n")
+        self.assertNotIn("calling handler", home.printed(ca_log, ""))
+
+
+# ---------------------------------------------------------------------------
+# 10. The QR code: read back by decoders of others, never by our own
 # ---------------------------------------------------------------------------
 
 
@@ -7699,7 +8724,7 @@ class InvitationOnANetworkTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 10. Logging, and the console the host reads
+# 11. Logging, and the console the host reads
 # ---------------------------------------------------------------------------
 
 
@@ -7764,7 +8789,7 @@ class ConsoleTextTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
-# 11. The GUI
+# 12. The GUI
 # ---------------------------------------------------------------------------
 
 
@@ -8651,6 +9676,7 @@ class HostWindowTest(unittest.TestCase):
     start_server, member, info, address = (GuiTest.start_server, GuiTest.member, GuiTest.info,
                                            GuiTest.address)
     shown, status, fill = GuiTest.shown, GuiTest.status, GuiTest.fill
+    room_with_public_address = GuiTest.room_with_public_address
 
     def test_the_page_is_ticked_from_the_command_line_and_served_at_port_plus_one(self):
         import tkinter
@@ -8730,9 +9756,42 @@ class HostWindowTest(unittest.TestCase):
                         "Copied ✓ to fade")
         self.assertEqual(self.shown(w.view.copied_note), "")
 
+    def test_the_https_box_gets_the_page_a_certificate_or_says_what_to_forward(self):
+        if pcr.ssl is None:
+            self.skipTest("no ssl module")
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        ca = StandInCa(folder)
+        ca.problems = [pcr.AcmeError("unreached", "connection", unreached=True,
+                                     detail="connection: refused")]
+        patch = mock.patch.object(pcr.AcmeClient, "certificate",
+                                  lambda client, *args: ca.certificate(client, *args))
+        patch.start()
+        self.addCleanup(patch.stop)
+        self.room_with_public_address(https=True, web_port=0)
+        page = self.window.page_listening[1]
+        note = self.window.view.https_note
+        self.pump_until(lambda: "on your router" in self.shown(note), "the port 80 sentence")
+        self.assertRegex(self.shown(note), rf"^HTTPS: The certificate authority could not reach port "
+                                           rf"80 of 203\.0\.113\.7 \(connection: refused\): forward "
+                                           rf"TCP port 80 to [\d.]+:{page} on your router; .+\.$")
+        self.assertEqual(self.address("page"), f"http://203.0.113.7:{page}/")
+        for _ in range(2):   # off, and on again: asked again, and this time it comes
+            self.window.view.https_switch.invoke()
+        self.pump_until(lambda: self.address("page") == f"https://203.0.113.7:{page}/",
+                        "the https link")
+        self.assertRegex(self.shown(note), r"^HTTPS: The page's certificate for 203\.0\.113\.7 is in "
+                                           r"place \(new from Let's Encrypt, valid until .+\)\.$")
+        self.assertEqual(ca.orders, ["203.0.113.7", "203.0.113.7"])
+        self.window.view.https_switch.invoke()   # off: plain http for everyone again
+        self.pump_until(lambda: self.address("page").startswith("http://"), "the http link")
+        self.assertEqual(self.shown(note), "")
+        self.assertIsNone(self.window.server.door.secure.context)
+
+
 
 # ---------------------------------------------------------------------------
-# 12. The terminal client
+# 13. The terminal client
 # ---------------------------------------------------------------------------
 
 
@@ -9225,7 +10284,7 @@ class ClientDoorTest(ServerCase):
 
 
 # ---------------------------------------------------------------------------
-# 13. The command line
+# 14. The command line
 # ---------------------------------------------------------------------------
 
 
@@ -9595,6 +10654,45 @@ class CommandLineTest(ProcessCase):
         self.assertEqual(exit.exception.code, 2)
         self.assertIn("holds no room key", err.getvalue())
 
+    def test_the_https_flags_go_with_https_and_not_with_tls_cert(self):
+        for args, said in ((["--acme-directory", "https://ca.example/dir"], "--acme-directory and "
+                            "--acme-ca-file go with --https"),
+                           (["--acme-ca-file", "ca.pem"], "go with --https"),
+                           (["--https", "--tls-cert", "c.pem"], "it does not go with --tls-cert"),
+                           (["--https", "--web-port", "off"], "does not go with --web-port off")):
+            with self.subTest(args=args), contextlib.redirect_stderr(io.StringIO()) as err, \
+                    self.assertRaises(SystemExit) as exit:
+                pcr.parse_args(args)
+            self.assertEqual(exit.exception.code, 2)
+            self.assertIn(said, err.getvalue())
+        args = pcr.parse_args(["--https", "--acme-directory", "https://ca.example/dir"])
+        self.assertEqual((args.https, args.acme_directory, args.acme_ca_file),
+                         (True, "https://ca.example/dir", ""))
+        self.assertEqual(pcr.Settings().acme_directory, "https://acme-v02.api.letsencrypt.org/directory")
+
+    def test_a_ca_file_that_cannot_be_used_or_a_plain_directory_is_one_sentence(self):
+        for args, said in ((["--acme-ca-file", "missing.pem"], "Cannot use missing.pem for "
+                            "--acme-ca-file (No such file or directory): give a PEM file holding "
+                            "the certificate authority's certificate."),
+                           (["--acme-directory", "http://ca.example/dir"], "--acme-directory "
+                            "'http://ca.example/dir' is not an https:// address: an ACME directory "
+                            "is always one.")):
+            with self.subTest(args=args):
+                proc = self.server("--https", "--log-file", "", *args)
+                _, err = proc.communicate(timeout=WAIT)
+                self.assertEqual(proc.returncode, 1)
+                self.assertIn(said, err)
+                self.assertNotIn("Traceback", err)
+
+    def test_https_on_loopback_asks_for_no_certificate(self):
+        port = free_port_and_the_next()
+        proc = self.server("--https", "--port", str(port), "--log-file", "")
+        said = printed_until(proc, "Ctrl+C stops the server.")
+        said += printed_until(proc, "so no certificate is asked for")
+        self.assertIn("  https: the room listens on 127.0.0.1 only, so no certificate is asked for",
+                      said)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, ".pcr_https")))
+
     def test_nonsense_limits_are_refused(self):
         for args in (["--max-line", "-5"], ["--line-rate", "x"], ["--max-clients", "0"],
                      ["--handshake-timeout", "nan"]):
@@ -9917,7 +11015,7 @@ class HostConsoleTest(ProcessCase):
 
 
 # ---------------------------------------------------------------------------
-# 14. The chat page, in a real browser
+# 15. The chat page, in a real browser
 # ---------------------------------------------------------------------------
 
 
