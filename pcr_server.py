@@ -600,18 +600,24 @@ def which_notice(names: list[str]) -> str:
             f'as in /msg "{names[0]}" TEXT\n')
 
 
-def private_readings(request: str) -> list[tuple[str, str]]:
-    """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
-    the longest NAME first: a name may hold spaces, and a NAME in quotes
-    (`"bob can" hi`) is read only as that; none without both, nor a NAME
-    longer than READABLE_NAME.  The words are read no further than that
-    (the rest is the TEXT of each reading, copied once per reading)."""
+def private_readings(request: str) -> list[tuple[str, str, str]]:
+    """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, its
+    name_look, TEXT), the longest NAME first: a name may hold spaces, and a
+    NAME in quotes (`"bob can" hi`) is read only as that; none without both,
+    nor a NAME longer than READABLE_NAME.  The words are read no further than
+    that, and each once: a NAME's look is the one before it and the words it
+    adds (no look joins across a space or a quote)."""
     request = request.strip()
     quoted = request.startswith('"')
-    cuts = re.compile(r'"\s+' if quoted else r"\s+").finditer(request, int(quoted))
-    readings = [(request[quoted:cut.start()].strip(), request[cut.end():])
-                for cut in itertools.takewhile(lambda cut: cut.start() <= quoted + READABLE_NAME, cuts)]
-    return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
+    first = len(request) - len(request[1:].lstrip()) if quoted else 0   # after `"` and its spaces
+    cuts = re.compile(r'"\s+' if quoted else r"\s+").finditer(request, first)
+    readings, look, looked = [], "", first
+    for cut in itertools.takewhile(lambda cut: cut.start() <= quoted + READABLE_NAME, cuts):
+        end = len(request[:cut.start()].rstrip())
+        if end > looked:
+            look, looked = look + name_look(request[looked:end]), end
+        readings.append((request[first:end], look, request[cut.end():]))
+    return [reading for reading in reversed(readings) if reading[0] and len(reading[0]) <= READABLE_NAME]
 
 
 def page_action(text: str) -> dict | None:
@@ -3448,8 +3454,8 @@ class Room:
             self.tell(m, MSG_USAGE)
             return
         found: dict[Member, str] = {}   # each member the words could name -> the text then
-        for name, text in readings:
-            receiver = self.find(name)
+        for _, look, text in readings:
+            receiver = self.names.get(look)
             if receiver in self.members:
                 found.setdefault(receiver, text)
         if len(found) != 1:

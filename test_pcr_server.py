@@ -3843,12 +3843,14 @@ class PrivateLineTest(WebCase):
 
     # -- the protocol's words ----------------------------------------------------
     def test_the_rest_of_msg_is_read_with_the_longest_name_first(self):
-        self.assertEqual(pcr.private_readings("ann (2)  hi  there "),
+        def readings(request: str) -> list[tuple[str, str]]:
+            return [(name, text) for name, _, text in pcr.private_readings(request)]
+        self.assertEqual(readings("ann (2)  hi  there "),
                          [("ann (2)  hi", "there"), ("ann (2)", "hi  there"), ("ann", "(2)  hi  there")])
-        self.assertEqual(pcr.private_readings(" bob "), [])
-        self.assertEqual(pcr.private_readings(""), [])
-        self.assertEqual(pcr.private_readings('"bob can" you come?'), [("bob can", "you come?")])
-        self.assertEqual(pcr.private_readings('"bob can"'), [])
+        self.assertEqual(readings(" bob "), [])
+        self.assertEqual(readings(""), [])
+        self.assertEqual(readings('"bob can" you come?'), [("bob can", "you come?")])
+        self.assertEqual(readings('"bob can"'), [])
         self.assertEqual(len(pcr.private_readings("x " * 2000)), pcr.READABLE_NAME // 2)
         self.assertEqual(pcr.private_notice("ann", "bob", "meet at six"),
                          "[private] ann to bob: meet at six\n")
@@ -3868,6 +3870,28 @@ class PrivateLineTest(WebCase):
                     tracemalloc.stop()
                 self.assertTrue(0 < len(readings) <= pcr.READABLE_NAME // 2 + 1, len(readings))
                 self.assertLess(peak, 2 * (pcr.READABLE_NAME // 2 + 1) * len(request))
+
+    def test_msg_folds_its_first_words_once_however_many_readings_they_give(self):
+        """/msg then 1,360 two-byte words: what name_look is given to find NAME
+        is the first READABLE_NAME characters once (each reading's look is the
+        one before it and the word it adds), not every reading whole (QA finding 7)."""
+        self.start()
+        ann, bob = self.members("ann", "bob")
+        looked = []
+        real_look = pcr.name_look
+
+        def counted_look(name: str) -> str:
+            looked.append(len(name))
+            return real_look(name)
+        with mock.patch.object(pcr, "name_look", counted_look):
+            ann.send(("/msg " + "\u00e9 " * 1360 + "\n").encode())
+            ann.read_until(b"/who lists who is\n")
+            words = sum(looked)
+            ann.send("/msg b\u00f6b hi\n".encode())   # a reading's look is what the room looks up
+            bob.read_until("[private] ann to bob: hi\n".encode())
+        self.assertLess(words, 4 * pcr.READABLE_NAME)
+        self.assertEqual([(name, look) for name, look, _ in pcr.private_readings('"x\u00a0y " z" w')],
+                         [('x\u00a0y " z', pcr.name_look('x\u00a0y " z')), ("x\u00a0y", "x y")])
 
     def test_no_name_can_pose_as_a_private_line(self):
         for name in ("[private] ann to bob", "[PRIVATE] ann", "\uff3bprivate\uff3d ann", "[pr\u0456vate]"):
