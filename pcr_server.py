@@ -643,7 +643,10 @@ def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
     overrides and line separators removed, and each run of more than
     BLANK_RUN blanks made BLANK_RUN spaces."""
-    return _BLANKS.sub(" " * BLANK_RUN, _UNSAFE.sub("", text))
+    text = _UNSAFE.sub("", text)
+    if text.isascii() and "  " not in text and "\t" not in text:   # no run of blanks: most lines
+        return text
+    return _BLANKS.sub(" " * BLANK_RUN, text)
 
 
 def clean_name(text: str) -> str:
