@@ -3897,8 +3897,8 @@ class Gate:
     # -- a photo ----------------------------------------------------------
     def photo_refusal(self, m: Member, size: int, room: int) -> str:
         """Why m may not send a photo of `size` bytes now, `room` bytes being left for
-        photos coming in, or "" (its photo rate then gives one: PHOTO_BURST at once,
-        then Settings.photo_rate a second)."""
+        its photos coming in (the room's, within its address's share: PhotoDesk), or ""
+        (its photo rate then gives one: PHOTO_BURST at once, then Settings.photo_rate a second)."""
         s = self.settings
         rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
         why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
