@@ -412,6 +412,7 @@ ACTION_MARK = "\x00"
 PAGE_ACTS = ("reply", "react", "edit", "delete", "typing")
 REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")
 QUOTE_CHARS = 40     # a reply or a reaction quotes about this many of a line's first characters
+EDITED_MARK = " (edited)"   # after an edited line's words, and a quote of them, for line readers
 LINE_ACTS_DONE = {"react": "reacted to", "edit": "edited", "delete": "deleted"}   # in sentences
 LINE_NOT_KEPT = "that line is no longer kept in the room, so it cannot be {}\n"
 LINE_DELETED = "that line was deleted, so it cannot be {}\n"
@@ -533,11 +534,12 @@ def first_words(text: str, most: int = QUOTE_CHARS) -> str:
     return text[:cut if cut > most // 2 else most].rstrip(" ,;:.!?-") + "…"
 
 
-def answered_text(name: str, words: str | None) -> str:
+def answered_text(name: str, words: str | None, edited: bool = False) -> str:
     """A line as a reply or a reaction names it: `bob: "are we meeting at five…"`
-    (its first words), `bob: a photo`, or `bob: a deleted line` (words "")."""
+    (its first words; `bob: "…" (edited)` once edited), `bob: a photo`, or
+    `bob: a deleted line` (words "")."""
     if words:
-        return f'{name}: "{words}"'
+        return f'{name}: "{words}"' + EDITED_MARK * edited
     return f"{name}: {'a photo' if words is None else 'a deleted line'}"
 
 
@@ -620,14 +622,27 @@ def private_readings(request: str) -> list[tuple[str, str, str]]:
     return [reading for reading in reversed(readings) if reading[0] and len(reading[0]) <= READABLE_NAME]
 
 
+def page_json(text: str | bytes):
+    """The JSON value a page sent (an action, a request for its seat); None
+    if it is not JSON.  JSON may escape a lone surrogate (`"\\ud800"`), which
+    no UTF-8 can hold: each comes in as U+FFFD, as bad UTF-8 does in a line,
+    so that nothing a page sends can make a line the room cannot send."""
+    try:
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:   # a ValueError too: so first
+        held = json.dumps(value, ensure_ascii=False).encode("utf-16-le", "surrogatepass")
+        return json.loads(held.decode("utf-16-le", "replace"))   # pairs whole, lone ones U+FFFD
+    except (ValueError, RecursionError):
+        return None
+    return value
+
+
 def page_action(text: str) -> dict | None:
     """What a page asks of the room after ACTION_MARK: one JSON object,
     {"act": "reply" | "react" | "edit" | "delete" | "typing", "id": LINE,
     "text": ..., "emoji": ..., "private": ...}; None if it is not one."""
-    try:
-        action = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+    action = page_json(text)
     if not isinstance(action, dict) or action.get("act") not in PAGE_ACTS:
         return None
     line_id = action.setdefault("id", 0)
@@ -795,11 +810,17 @@ WS_DROP_UP_TO = 1 << 20   # a member's message past --max-line is dropped with a
 
 
 class WsError(Exception):
-    """A client broke RFC 6455: close the connection with `code`."""
+    """A client broke RFC 6455 (or the room's use of it, docs/PROTOCOL.md):
+    close the connection with `code`, and the sentence as its reason."""
 
     def __init__(self, code: int, reason: str):
         super().__init__(reason)
         self.code = code
+
+    @property
+    def sentence(self) -> str:
+        """Why, for the person: within a close frame's 123 bytes for every reason raised."""
+        return f"this connection broke the room's WebSocket protocol ({self}); reload the page"
 
 
 def ws_accept(key: str) -> str:
@@ -895,7 +916,7 @@ def resume_request(payload: bytes) -> tuple[str, str, int] | None:
     """(seat, secret, seen) of a page's request for its seat back: a binary
     message holding {"resume": "SEAT.SECRET", "seen": POSITION}; None if it is not one."""
     try:
-        request = json.loads(payload)
+        request = page_json(payload)
         seat, secret = request["resume"].split(".")
         seen = request["seen"]
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -1021,7 +1042,7 @@ class FrameReader:
             if self.opcode == WS_BINARY and self.announced:   # a photo: into its upload
                 return self._photo_frame(fin, length, at, end)
             if self.size + length > self.drop_up_to:
-                raise WsError(WS_TOO_BIG, "message too big")
+                raise WsError(WS_TOO_BIG, f"a message over {self.drop_up_to} bytes")
             if self.dropping or self.size + length > self.max_message:
                 return self._drop(fin, length, end)
             if self.opcode == WS_TEXT and at + 4 <= len(buf) < end:   # a frame coming in pieces
@@ -2430,11 +2451,12 @@ class Said:
     answers (`re`: id, name, and that line's first words: None for a photo,
     "" once deleted), who reacted with what (None: nobody yet), whether it
     was edited or deleted (then its words and photo are gone), and where in
-    the web stream the frames that hold its words begin (`framed`, the web
-    outlet's to write).  Made for every line said: its making is kept cheap."""
+    the web stream the frames that hold its words begin (`framed`) and those
+    that hold its quote of the line it answers (`quoting`: the web outlet's
+    to write).  Made for every line said: its making is kept cheap."""
 
     __slots__ = ("id", "name", "author", "at", "text", "photo", "to", "to_number", "re",
-                 "reactions", "edited", "deleted", "framed")
+                 "reactions", "edited", "deleted", "framed", "quoting")
 
     def __init__(self, m: Member, at: float, text: str, photo: Photo | None = None,
                  to: Member | None = None, answers: Said | None = None):
@@ -2451,10 +2473,13 @@ class Said:
         self.edited = False
         self.deleted = False
         self.framed: list[int] | None = None
+        self.quoting: list[int] | None = None
 
-    def quoted(self) -> tuple[int, str, str | None]:
-        """This line as a reply quotes it: (id, name, first words)."""
-        return self.id, self.name, "" if self.deleted else None if self.photo else first_words(self.text)
+    def quoted(self) -> tuple[int, str, str | None, bool]:
+        """This line as a reply quotes it: (id, name, first words, edited)."""
+        if self.deleted:
+            return self.id, self.name, "", False
+        return self.id, self.name, None if self.photo else first_words(self.text), self.edited
 
     def heard_by(self, m: Member) -> bool:
         """m may see this line: everyone, or the two of a private line."""
@@ -2712,13 +2737,15 @@ class Outlet:
 
 def said_notice(said: Said) -> str:
     """A line as line readers read it: `anna: hi`, `[private] anna to bob: hi`,
-    a reply (reply_notice), or `anna deleted a line`."""
+    a reply (reply_notice), or `anna deleted a line`; an edited one's new
+    words with EDITED_MARK after them."""
     if said.deleted:
         return f"{PRIVATE_TAG} " * bool(said.to) + delete_notice(said.name)
+    text = said.text + EDITED_MARK * said.edited
     if said.re is not None:
         speaker = f"{PRIVATE_TAG} {said.name} to {said.to}" if said.to else said.name
-        return reply_notice(speaker, answered_text(*said.re[1:]), said.text)
-    return private_notice(said.name, said.to, said.text) if said.to else chat_notice(said.name, said.text)
+        return reply_notice(speaker, answered_text(*said.re[1:]), text)
+    return private_notice(said.name, said.to, text) if said.to else chat_notice(said.name, text)
 
 
 class LineOutlet(Outlet):
@@ -2866,7 +2893,7 @@ class WebOutlet(Outlet):
         return start
 
     def chat(self, said: Said) -> None:
-        self._framed(said, self._event("chat", **self._line_fields(said)))
+        self._framed(said, self._event("chat", **self._line_fields(said)), quote=True)
 
     def photo(self, said: Said) -> None:
         self._framed(said, self._event("photo", **self._line_fields(said)))
@@ -2874,7 +2901,7 @@ class WebOutlet(Outlet):
     def private(self, m: Member, said: Said) -> None:
         """A private line for m alone, marked with its place like every event,
         kept like them for a page that is away."""
-        self._framed(said, self._event("private", only=(m,), **self._line_fields(said)))
+        self._framed(said, self._event("private", only=(m,), **self._line_fields(said)), quote=True)
 
     @staticmethod
     def _photo_fields(photo: Photo) -> dict:
@@ -2898,9 +2925,10 @@ class WebOutlet(Outlet):
             if said.edited:
                 fields["edited"] = True
         if said.re is not None:
-            line_id, name, words = said.re
+            line_id, name, words, edited = said.re
             fields["reply"] = {"id": line_id, "name": name, **(
-                {"text": words} if words else {"photo": True} if words is None else {"deleted": True})}
+                {"text": words} if words else {"photo": True} if words is None else {"deleted": True}),
+                **({"edited": True} if edited else {})}
         if reactions and said.reactions:
             fields["reactions"] = {emoji: self._reactors(who) for emoji, who in said.reactions.items()}
         return fields
@@ -2928,29 +2956,34 @@ class WebOutlet(Outlet):
 
     # -- what the stream keeps of a line: its words go when it is edited or deleted
     @staticmethod
-    def _framed(said: Said, start: int) -> None:
-        """The frame at `start` (-1: none was written) holds words of `said`."""
+    def _framed(said: Said, start: int, quote: bool = False) -> None:
+        """The frame at `start` (-1: none was written) holds words of `said`
+        (with `quote`, and of a reply its quote of the line it answers)."""
         if start >= 0:
             if said.framed is None:
                 said.framed = [start]
             else:
                 said.framed.append(start)
+            if quote and said.re is not None:
+                said.quoting = [start] if said.quoting is None else said.quoting + [start]
 
     def _forget_words(self, said: Said, answering: list[Said]) -> None:
         """The words of `said` leave every frame the stream still keeps (what
-        a page that is away will be given): its own, and the replies' quotes of it."""
-        self._scrub(said, said.id)
+        a page that is away will be given): its own, and the replies' quotes
+        of it.  Each frame loses them once: the frames are forgotten then."""
+        self._scrub(said.framed, said.id)
         said.framed = None
         for reply in answering:
-            self._scrub(reply, said.id)
+            self._scrub(reply.quoting, said.id)
+            reply.quoting = None
 
-    def _scrub(self, said: Said, line_id: int) -> None:
-        """The words of line `line_id` leave the frames of `said` that the
-        stream still keeps: each is rewritten as long as it was, without
-        them (ws_scrubbed).  A reader in the middle of one is given the
-        rest of it first, as it was."""
+    def _scrub(self, frames: list[int] | None, line_id: int) -> None:
+        """The words of line `line_id` leave the `frames` that the stream
+        still keeps: each is rewritten as long as it was, without them
+        (ws_scrubbed).  A reader in the middle of one is given the rest of
+        it first, as it was."""
         stream = self.stream
-        for start in said.framed or ():
+        for start in frames or ():
             if start < stream.base:
                 continue
             begin, stop = ws_frame_span(stream.buf, start - stream.base)
@@ -3943,6 +3976,7 @@ TLS_HELLO = b"\x16\x03"   # how a TLS client begins: not a name
 PLAIN_ROOM = "it speaks TLS to a room that is not encrypted"   # why such a client is closed
 ROOM_PATH = "/room"   # the web door says where the room is (a line client at the page's port)
 REDIRECT_KEPT = 600   # seconds a browser keeps the room's port's redirect to the page's
+INTERNAL_ERROR = "the room met an error serving you and closed your connection; please join again\n"
 PAGE_IS_OFF = ("this room's chat page is off; join with PrivateChatRoom-App or a terminal at "
                "this address\n")
 
@@ -4252,7 +4286,7 @@ class Entrance:
     name: Callable[[Member, bytes, bytes], None]   # name(m, alias, what came after it)
     lines: Callable[[Member, bytes], None]         # lines(m, what it said, and kept before)
     too_long: Callable[[Member], None]             # a message from a member in the room, dropped
-    leave: Callable[..., None]                     # leave(m, reason, code=...): it closed or broke
+    leave: Callable[..., None]                     # leave(m, reason, farewell, code): it closed or broke
     lose: Callable[[Member, str], None]            # lose(m, reason): it went away, may come back
     find: Callable[[str], Member | None]           # find(name): who in the room has that name
     close: Callable[..., None]                     # close(m, farewell="", code=None): done with it
@@ -4412,15 +4446,16 @@ class WebDoor:
                     return
                 if opcode == WS_ANNOUNCED:   # a photo's bytes (or more than it said)
                     self.photos.share(m, payload)
+                elif payload is None and m.stage is not Stage.IN_ROOM:   # past --max-line
+                    raise WsError(WS_TOO_BIG, f"a message over {self.settings.max_line} bytes "
+                                              f"before the name")
                 elif opcode == WS_BINARY and payload and m.stage is Stage.NAMING \
                         and (request := resume_request(payload)):
                     m = self._come_back(m, *request)
                 elif opcode == WS_BINARY:
                     raise WsError(WS_UNSUPPORTED, "a photo's bytes without their announcement"
                                   if m.stage is Stage.IN_ROOM else "binary messages are not taken")
-                elif payload is None:   # past --max-line: only a member in the room is told
-                    if opcode != WS_TEXT or m.stage is not Stage.IN_ROOM:
-                        raise WsError(WS_TOO_BIG, "message too big")
+                elif payload is None:   # a text past --max-line from a member in the room: told
                     self.entrance.too_long(m)
                 elif opcode == WS_TEXT:   # its UTF-8 was checked by the frame reader
                     size = photo_announcement(payload) if m.stage is Stage.IN_ROOM else None
@@ -4439,7 +4474,7 @@ class WebDoor:
                     self._closing(m, ws_close_code(payload))
         except WsError as e:
             log.info("closed the web member from %s: %s", m.ip, e)
-            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", code=e.code)
+            self.entrance.leave(m, f"broke the WebSocket protocol ({e})", e.sentence, e.code)
 
     def _text(self, m: Member, payload: bytes) -> None:
         """A text message: its alias, then lines."""
@@ -4453,14 +4488,16 @@ class WebDoor:
         else:   # waiting for its welcome or its rate: no more reads come until then
             t.inbuf += lines
 
-    def act(self, m: Member, text: str) -> None:
+    def act(self, m: Member, text: str) -> bytes:
         """What m's page asks after ACTION_MARK (page_action): the room does
         it, or m is told why not.  A reply's further lines are lines of their
-        own; "typing" past its rate (the gate's) is dropped unsaid."""
+        own: returned, for the server to take as m's next lines, each through
+        the gate like any other; "typing" past its rate (the gate's) is
+        dropped unsaid."""
         action, room = page_action(text), self.room
         if action is None:
             room.tell(m, NOT_UNDERSTOOD)
-            return
+            return b""
         act, line_id = action["act"], action["id"]
         if act == "typing":
             if self.gate.may_act(m, "typing"):
@@ -4485,8 +4522,8 @@ class WebDoor:
             lines = [line for line in map(clean_text, action["text"].split("\n")) if line.strip()]
             if lines:
                 room.reply(m, line_id, lines[0], action.get("private") is True)
-            for line in lines[1:]:
-                room.say(m, line)
+            return "".join(f"{line}\n" for line in lines[1:]).encode()
+        return b""
 
     def _closing(self, m: Member, code: int) -> None:
         """The page closed its socket: a leave, or away (ws_close_is_leave);
@@ -4944,7 +4981,7 @@ class Server:
                 self._read(m)
         except Exception as e:   # a bug met by one member costs that member only
             log_fault(f"serving {quoted(m.name) if m.name else m.ip}", e)
-            self.drop(m, "internal error", code=WS_INTERNAL)
+            self.drop(m, "internal error", INTERNAL_ERROR, WS_INTERNAL)
 
     def _writable(self, m: Member) -> None:
         t = m.transport
@@ -5007,8 +5044,10 @@ class Server:
                 t.skipping = False
             elif len(line) - line.endswith(b"\r") > s.max_line:
                 self._too_long(m)
-            elif not self._say(m, line):
+            elif (further := self._say(m, line)) is None:
                 return
+            elif further:   # a page's reply's further lines: next, each through the gate
+                buf, start = further + buf[start:], 0
         rest = buf[start:]
         if len(rest) > s.max_line + 1:
             if not t.skipping:
@@ -5042,17 +5081,18 @@ class Server:
         if m.stage is Stage.IN_ROOM and not self.stopping:
             self._listen_again(m)
 
-    def _say(self, m: Member, raw: bytes) -> bool:
-        """Relay one line from m; False if the line was m's goodbye."""
+    def _say(self, m: Member, raw: bytes) -> bytes | None:
+        """Relay one line from m; None if the line was m's goodbye, else the lines
+        it hands on as m's next (a page's reply's further lines: WebDoor.act)."""
         text = decode_line(raw)
         if is_leave_line(text, m.forms):
             self.drop(m, "left")
-            return False
+            return None
         if text[:1] == ACTION_MARK and m.transport.frame_reader is not None:
-            self.door.act(m, text[1:])   # a page's reply, reaction, edit, deletion or typing
-        elif (said := said_text(text, m.forms)) is not None:
+            return self.door.act(m, text[1:])   # a page's reply, reaction, edit, deletion, typing
+        if (said := said_text(text, m.forms)) is not None:
             self.room.say(m, said)
-        return True
+        return b""
 
     def disconnect(self, name: str) -> bool:
         """The host removes a member by name; False if nobody has that name."""
@@ -10340,6 +10380,7 @@ button:disabled { cursor: default; opacity: 0.55; }
 a.quote:hover { text-decoration: underline; }
 .quote-name { font-weight: 700; margin-right: 6px; }
 .quote-text { color: var(--quiet); }
+.quote .edited { margin-left: 6px; }
 .log li[data-name] { scroll-margin: 24px; }
 .log li.found .bubble { outline: 3px solid var(--named-line); }
 .reactions, .actions, .picker { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; }
@@ -10508,7 +10549,7 @@ a.quote:hover { text-decoration: underline; }
     names: [], others: 0, count: 0,
     whoPending: false, whoTimer: 0, whoShown: false,
     lastHeard: 0, hiddenAt: 0, probeTimer: 0,
-    unread: 0, stuck: true, lastTop: 0, unseen: 0, okTimer: 0,
+    unread: 0, stuck: true, lastTop: 0, logHeight: 0, unseen: 0, okTimer: 0,
     token: "",           // brings this page back to its seat after a lost connection
     seen: 0,             // the mark of the last event shown: what it missed starts there
     grace: 0,            // seconds the room holds the seat of a lost connection
@@ -10906,12 +10947,17 @@ a.quote:hover { text-decoration: underline; }
     quote.appendChild(make("span", "visually-hidden", "In reply to "));
     quote.appendChild(make("span", "quote-name", String(reply.name)));
     quote.appendChild(make("span", "quote-text", quoteWords(reply)));
+    if (reply.edited && !reply.deleted) { quote.appendChild(make("span", "edited", "edited")); }
     return quote;
   }
 
-  function requote(id, words) {
-    document.querySelectorAll('.quote[data-to="' + (id | 0) + '"] .quote-text').forEach(function (q) {
-      q.textContent = words;
+  function requote(id, words, edited) {
+    // The quotes of line id take its new words; an edited line's are marked, a deleted one's not.
+    document.querySelectorAll('.quote[data-to="' + (id | 0) + '"]').forEach(function (quote) {
+      quote.querySelector(".quote-text").textContent = words;
+      const mark = quote.querySelector(".edited");
+      if (edited && !mark) { quote.appendChild(make("span", "edited", "edited")); }
+      if (!edited && mark) { mark.remove(); }
     });
   }
 
@@ -10922,7 +10968,7 @@ a.quote:hover { text-decoration: underline; }
 
   function lineEdited(msg) {
     if (typeof msg.text !== "string") { return; }   // words since changed again: the next event has them
-    requote(msg.id, firstWords(msg.text));
+    requote(msg.id, firstWords(msg.text), true);
     const item = lineOf(msg.id), text = item && item.querySelector(".text");
     if (!text) { return; }
     text.textContent = msg.text;
@@ -10930,7 +10976,7 @@ a.quote:hover { text-decoration: underline; }
   }
 
   function lineDeleted(msg) {
-    requote(msg.id, "a deleted line");
+    requote(msg.id, "a deleted line", false);
     const item = lineOf(msg.id);
     if (!item) { return; }
     const name = String(msg.name || item.getAttribute("data-name") || "");
@@ -11732,8 +11778,14 @@ a.quote:hover { text-decoration: underline; }
     if (room.stuck) { room.unseen = 0; ui.newest.hidden = true; }
   });
   if (window.ResizeObserver) {
-    // The phone keyboard shrinks the list: keep the newest line in view.
-    new ResizeObserver(function () { if (room.stuck) { toBottom(); } }).observe(ui.log);
+    // The phone keyboard shrinks the list: keep the newest line in view. Only its
+    // height counts: a scroll bar coming (a line's buttons shown) must not move the
+    // list under a finger that is pressing a quote.
+    new ResizeObserver(function () {
+      if (ui.log.clientHeight === room.logHeight) { return; }
+      room.logHeight = ui.log.clientHeight;
+      if (room.stuck) { toBottom(); }
+    }).observe(ui.log);
   }
 
   document.addEventListener("visibilitychange", function () {

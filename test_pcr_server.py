@@ -2561,6 +2561,9 @@ class MessengerTextTest(unittest.TestCase):
                          'anna edited: "the cake is in the fridge"\n')
         self.assertEqual(pcr.delete_notice("anna"), "anna deleted a line\n")
         self.assertEqual(pcr.answered_text("bob", ""), "bob: a deleted line")
+        self.assertEqual(pcr.answered_text("bob", "the cake is in the fridge", edited=True),
+                         'bob: "the cake is in the fridge" (edited)')
+        self.assertEqual(pcr.answered_text("bob", "", edited=True), "bob: a deleted line")
 
     def test_a_quote_is_about_forty_characters_cut_after_a_word(self):
         self.assertEqual(pcr.first_words("yes"), "yes")
@@ -2588,6 +2591,16 @@ class MessengerTextTest(unittest.TestCase):
                     '{"act": "react", "id": 1, "emoji": ["x"]}', "[" * 5000, '{"a":' * 3000):
             with self.subTest(bad=bad[:40]):
                 self.assertIsNone(pcr.page_action(bad))
+
+    def test_what_a_page_sends_as_json_is_always_utf8(self):
+        """JSON may escape a lone surrogate, which no UTF-8 can hold: it comes in as U+FFFD,
+        as bad UTF-8 in a line does; a pair stays the character it makes."""
+        action = pcr.page_action('{"act": "edit", "id": 1, "text": "six \\ud800 \\ud83d\\ude00 \\udfff"}')
+        self.assertEqual(action["text"], "six \ufffd \U0001f600 \ufffd")
+        self.assertEqual(pcr.page_action('{"act": "react", "id": 1, "emoji": "\\ud83d"}')["emoji"], "\ufffd")
+        self.assertIsNone(pcr.page_action('{"act\\udc00": "edit", "id": 1}'))
+        self.assertEqual(pcr.resume_request(b'{"resume": "12.\\ud800", "seen": 0}'), ("12", "\ufffd", 0))
+        self.assertIsNone(pcr.resume_request(b'{"resume": "1\\udc002.ab", "seen": 0}'))
 
     def test_a_scrubbed_frame_keeps_its_length_and_mark_and_loses_only_the_words(self):
         frame = pcr.ws_marked_event(1000, "chat", id=5, name="anna", text="my PIN is 4711",
@@ -3167,6 +3180,7 @@ class FaultTest(ServerCase):
             return say(m, raw)
         server._say = broken
         bob.send(b"bob: this meets the bug\n")
+        self.assertTrue(bob.read_to_close().endswith(pcr.INTERNAL_ERROR.encode()))   # told, then closed
         got = ann.read_until(b"1 person is online...\n")
         self.assertEqual(got.count(b"bob has left the chat...\n"), 1)
         ann.send(b"ann: still here\n")
@@ -4133,6 +4147,29 @@ class MessengerTest(WebCase):
         wendy.act(act="reply", id=asked, text="and a second line\nof more words")   # its next lines are lines
         tom.read_until(b'wendy (to tom: ' + self.QUOTE.encode() + b'): and a second line\nwendy: of more words\n')
 
+    def test_a_replys_further_lines_keep_to_the_line_rate_like_any_other_line(self):
+        """One reply of 600 lines far over --line-rate (10 a second, 20 at once; QA
+        finding 2): a terminal gets only what the rate allows, in order, and the
+        room stays responsive; the rest waits its turn, it is not lost."""
+        wendy, tom, paul = self.wendy_tom_and_paul()
+        rate = self.server.settings.line_rate
+        tom.send(b"ask me\n")
+        asked = wendy.until("chat", name="tom")["id"]
+        started = time.monotonic()
+        wendy.act(act="reply", id=asked, text="\n".join(str(k) for k in range(1, 601)))
+        heard = tom.read_until(b'wendy (to tom: "ask me"): 1\n')
+        tom.send(b"tom: still heard\n")
+        heard += tom.read_until(b"tom: still heard\n")
+        paul.ws.send("paul too")
+        heard += tom.read_until(b"paul: paul too\n") + tom.read_for(0.5)
+        elapsed = time.monotonic() - started
+        numbers = [int(line[len(b"wendy: "):]) for line in heard.splitlines() if line.startswith(b"wendy: ")]
+        self.assertEqual(numbers, list(range(2, 2 + len(numbers))))   # in order, none skipped
+        self.assertGreater(len(numbers), 2 * rate)   # the burst at once, then at the rate
+        self.assertLessEqual(1 + len(numbers), 2 * rate + rate * elapsed + 1)
+        paul.until("chat", name="wendy", text=str(len(numbers) + 1))   # pages get them too
+        wendy.lose()   # the rest would take a minute: the server reads no goodbye before it
+
     def test_what_is_done_to_a_private_line_stays_between_its_two(self):
         wendy, tom, paul = self.wendy_tom_and_paul()
         tom.send(b"/msg wendy psst, come at six\n")
@@ -4252,7 +4289,7 @@ class MessengerTest(WebCase):
         wendy.act(act="delete", id=line)
         self.assertEqual(wendy.until("note")["text"], "a line can be deleted only within 0.4 seconds of sending it")
         wendy.act(act="react", id=line, emoji="🙏")   # reactions and replies have no window
-        tom.read_until('wendy reacted 🙏 to wendy: "the cake is in the fridge"\n'.encode())
+        tom.read_until('wendy reacted 🙏 to wendy: "the cake is in the fridge" (edited)\n'.encode())
 
     def test_the_window_is_fifteen_minutes(self):
         wendy, tom = self.wendy_and_tom()
@@ -4326,14 +4363,113 @@ class MessengerTest(WebCase):
         self.assertEqual(nina.until("history")["lines"], [
             {"id": code, "name": "wendy", "text": "the door code is on the fridge", "edited": True},
             {"id": thanks, "name": "walt", "text": "thanks!", "reactions": {"👍": {"n": 1, "names": ["wendy"]}},
-             "reply": {"id": code, "name": "wendy", "text": "the door code is on the fridge"}},
+             "reply": {"id": code, "name": "wendy", "text": "the door code is on the fridge", "edited": True}},
             {"id": pin, "name": "wendy", "deleted": True}])
         zed = self.connect()
         zed.answer(b"zed\n")
         self.assertEqual(zed.read_until(b"zed joined the chat...\n").decode(),
-                         'wendy: the door code is on the fridge\n'
-                         'walt (to wendy: "the door code is on the fridge"): thanks!\n'
+                         'wendy: the door code is on the fridge (edited)\n'
+                         'walt (to wendy: "the door code is on the fridge" (edited)): thanks!\n'
                          'wendy deleted a line\nzed joined the chat...\n')
+
+    def test_a_replys_quote_is_scrubbed_once_not_at_every_edit(self):
+        """A line answered 20 times, edited twice while a page is away (the stream keeps
+        every frame for it): the first edit takes its words out of the 20 replies'
+        quotes, the second has only the line's own frame left to rewrite (QA finding 12:
+        each edit rewrote every reply's frame again).  A reply edited first still has
+        the quote in its first frame: that goes too."""
+        wendy, tom, paul = self.wendy_tom_and_paul(line_rate=0)
+        paul.lose()
+        self.wait_on_loop(lambda: self.server.room.find("paul").stage is pcr.Stage.AWAY, "paul away")
+        line = self.said_by(wendy, "the first words")
+        for k in range(20):
+            wendy.act(act="reply", id=line, text=f"answer {k}")
+        first = wendy.until("chat", text="answer 0")["id"]
+        wendy.until("chat", text="answer 19")
+        wendy.act(act="edit", id=first, text="answer zero")
+        wendy.until("edit", text="answer zero")
+        for words, frames in (("second words", 21), ("third words", 1)):
+            with mock.patch.object(pcr, "ws_scrubbed", wraps=pcr.ws_scrubbed) as scrubbed:
+                wendy.act(act="edit", id=line, text=words)
+                wendy.until("edit", text=words)
+                self.assertEqual(scrubbed.call_count, frames, words)
+        kept = self.on_loop(lambda: bytes(self.server.webs.stream.buf))
+        self.assertNotIn(b"first words", kept)
+        self.assertNotIn(b"second words", kept)
+        self.assertEqual(kept.count(b"answer "), 20)   # 19 replies and the edit
+        wendy.act(act="delete", id=line)
+        wendy.until("delete", id=line)
+        self.assertNotIn(b"third words", self.on_loop(lambda: bytes(self.server.webs.stream.buf)))
+
+    def test_a_quote_of_an_edited_line_says_it_was_edited(self):
+        """A reply keeps quoting the line it answered, in that line's new words once
+        it is edited: a line reader (live, or a newcomer given --history) reads
+        `(edited)` after the quote, and a page `edited: true` in `reply` (QA finding
+        13: `bob (to mallory: "do you agree that you owe me 500 euros?"): yes`)."""
+        wendy, tom, paul = self.wendy_tom_and_paul(history=10)
+        asked = self.said_by(wendy, "shall we meet at five?")
+        paul.act(act="reply", id=asked, text="yes")
+        tom.read_until(b'paul (to wendy: "shall we meet at five?"): yes\n')
+        wendy.act(act="edit", id=asked, text="do you agree that you owe me 500 euros?")
+        tom.read_until(b'wendy edited: "do you agree that you owe me 500 euros?"\n')
+        paul.act(act="react", id=asked, emoji="👍")
+        tom.read_until('paul reacted 👍 to wendy: "do you agree that you owe me 500 euros?" (edited)\n'.encode())
+        wendy.act(act="reply", id=asked, text="you do")
+        tom.read_until(b'wendy (to wendy: "do you agree that you owe me 500 euros?" (edited)): you do\n')
+        self.assertEqual(paul.until("chat", text="you do")["reply"], {
+            "id": asked, "name": "wendy", "text": "do you agree that you owe me 500 euros?", "edited": True})
+        zed = self.connect()
+        zed.answer(b"zed\n")
+        self.assertEqual(zed.read_until(b"zed joined the chat...\n").decode(),
+                         "wendy: do you agree that you owe me 500 euros? (edited)\n"
+                         'paul (to wendy: "do you agree that you owe me 500 euros?" (edited)): yes\n'
+                         'wendy (to wendy: "do you agree that you owe me 500 euros?" (edited)): you do\n'
+                         "zed joined the chat...\n")
+        nina = self.web_member("nina")
+        quotes = [said.get("reply") for said in nina.until("history")["lines"]]
+        self.assertEqual(quotes[1], {"id": asked, "name": "wendy", "edited": True,
+                                     "text": "do you agree that you owe me 500 euros?"})
+        wendy.act(act="delete", id=asked)   # a deleted line's quote: deleted, no longer edited
+        tom.read_until(b"wendy deleted a line\n")
+        paul.act(act="reply", id=asked, text="gone")
+        tom.read_until(b"paul (to wendy: a deleted line): gone\n")
+
+    def test_a_lone_surrogate_from_a_page_harms_nobody(self):
+        """An edit (or a reply) whose JSON escapes a lone surrogate ("\\ud800") can
+        never make a line the room cannot send: an innocent page reacting to it, a
+        newcomer terminal and a newcomer page given it in --history all read it, with
+        U+FFFD in its place; nor can a request for a seat back."""
+        self.start(history=10, web_grace=5.0)
+        tom = self.member("tom")
+        wendy, paul = self.web_member("wendy"), self.web_member("paul")
+        paul.until("count", n=3)
+        line = self.said_by(wendy, "see you at five")
+        wendy.ws.send("\x00" + json.dumps({"act": "edit", "id": line, "text": "see you at six \ud800"}))
+        tom.read_until('wendy edited: "see you at six \ufffd"\n'.encode())
+        paul.act(act="react", id=line, emoji="👍")
+        self.assertEqual(paul.until("react")["id"], line)
+        tom.read_until('paul reacted 👍 to wendy: "see you at six \ufffd" (edited)\n'.encode())
+        paul.ws.send("\x00" + json.dumps({"act": "reply", "id": line, "text": "ok \udfff"}))
+        tom.read_until('paul (to wendy: "see you at six \ufffd" (edited)): ok \ufffd\n'.encode())
+        zed = self.connect()
+        zed.answer(b"zed\n")
+        heard = zed.read_until(b"zed joined the chat...\n").decode()
+        self.assertIn("wendy: see you at six \ufffd", heard)
+        self.assertIn('paul (to wendy: "see you at six \ufffd" (edited)): ok \ufffd\n', heard)
+        zed.send(b"zed is here\n")
+        tom.read_until(b"zed: zed is here\n")
+        nina = self.web_member("nina")
+        self.assertEqual([said.get("text") for said in nina.until("history")["lines"]],
+                         ["see you at six \ufffd", "ok \ufffd", "zed is here"])
+        nina.ws.send("nina is here")
+        tom.read_until(b"nina: nina is here\n")
+        back = self.web_member(None)   # a request for wendy's seat with such a secret
+        back.ws.send(json.dumps({"resume": wendy.token.split(".")[0] + ".\ud800", "seen": 0}).encode())
+        self.assertEqual(back.until("lost")["text"], pcr.SEAT_GONE)
+        back.ws.send("walt")
+        back.until("welcome")
+        self.assert_chats_on(wendy, tom)
+        self.assertNotIn("internal error", self.log_text())
 
     def test_a_reply_to_a_line_no_longer_kept_goes_as_a_new_line_or_if_private_comes_back(self):
         wendy, tom = self.wendy_and_tom()
@@ -5739,6 +5875,34 @@ class StrictWebSocketTest(WebCase):
         self.assertIn({"type": "welcome", "name": "an\u03baa"},
                       [{k: v for k, v in json.loads(p).items() if k in ("type", "name")}
                        for opcode, p in frames if opcode == pcr.WS_TEXT])
+
+    def test_a_close_for_a_broken_protocol_says_why_in_a_sentence(self):
+        """1002, 1003, 1007, 1009 and 1011 each close with a short sentence as the
+        reason (QA finding 14: they came with none), and a binary message over
+        --max-line before the name closes with 1009, as a text does (it was 1003)."""
+        self.start(max_line=100)
+        for frames, code, words in (
+                ((self.masked(b"x", 0x3),), pcr.WS_PROTOCOL_ERROR, "reserved opcode 0x3"),
+                ((self.masked(b"abc", pcr.WS_BINARY),), pcr.WS_UNSUPPORTED, "binary messages"),
+                ((self.masked(b"\xff\xfe"),), pcr.WS_BAD_DATA, "not UTF-8"),
+                ((self.masked(b"x" * 500),), pcr.WS_TOO_BIG, "over 100 bytes before the name"),
+                ((self.masked(b"x" * 500, pcr.WS_BINARY),), pcr.WS_TOO_BIG, "over 100 bytes before the name"),
+                ((self.masked(b"ann"),), pcr.WS_BAD_DATA, "not UTF-8")):   # in the room: then bad text
+            with self.subTest(code=code, words=words):
+                closed, sent = self.close_after(*frames, then=(b'"welcome"', self.masked(b"\xff")))
+                reason = [p for opcode, p in sent if opcode == pcr.WS_CLOSE][0][2:].decode()
+                self.assertEqual(closed, code)
+                self.assertIn(words, reason)
+                self.assertTrue(reason.endswith("; reload the page"), reason)
+                self.assertLessEqual(len(reason.encode()), 123)
+                told = json.loads([p for opcode, p in sent if opcode == pcr.WS_TEXT][-1])   # first, as an event
+                in_room = frames == (self.masked(b"ann"),)
+                self.assertEqual((told["type"], told["text"]), ("note" if in_room else "refused", reason))
+        with mock.patch.object(self.server.door, "act", side_effect=RuntimeError("a bug")):
+            closed, sent = self.close_after(self.masked(b"bob"), then=(b'"welcome"', self.masked(b'\x00{"act": "typing"}')))
+        reason = [p for opcode, p in sent if opcode == pcr.WS_CLOSE][0][2:].decode()
+        self.assertEqual((closed, reason), (pcr.WS_INTERNAL, pcr.INTERNAL_ERROR.strip()))
+        self.member("cy")   # and the room goes on
 
     def test_the_frame_reader_checks_text_fragment_by_fragment(self):
         reader = pcr.FrameReader(100)
@@ -11888,10 +12052,9 @@ class MessengerPageTest(BrowserCase):
     def to(self, tab: str) -> None:
         self.driver.switch_to.window(tab)
 
-    def click_still(self, element) -> None:
-        """A click on `element` once it stands still where a finger would land: a page
-        that has just come to the front may still be moving its list (a click then
-        lands on the line below)."""
+    def press(self, element) -> None:
+        """A press on `element` as a hand makes it, a moment between down and up
+        (the page lays itself out in between), once it stands still where the finger lands."""
         where = ("const r = arguments[0].getBoundingClientRect(), x = r.left + r.width / 2, "
                  "y = r.top + r.height / 2; const hit = document.elementFromPoint(x, y); "
                  "return hit && arguments[0].contains(hit) ? [x, y] : null")
@@ -11902,8 +12065,8 @@ class MessengerPageTest(BrowserCase):
             seen.append(self.js(where, element))
             return seen[-1] is not None and seen[-2:] == seen[-1:] * 2
 
-        self.wait_for(still, "a still element to click")
-        element.click()
+        self.wait_for(still, "a still element to press")
+        webdriver.ActionChains(self.driver).move_to_element(element).click_and_hold().pause(0.3).release().perform()
 
     def line(self, words: str):
         """The list item of the line whose words are `words`, once it is on the page."""
@@ -11948,7 +12111,7 @@ class MessengerPageTest(BrowserCase):
         quote = reply.find_element(By.CSS_SELECTOR, ".bubble .quote")
         self.assertEqual(quote.get_attribute("textContent"), "In reply to tom" + self.QUOTE.strip('"'))
         self.assertLess(quote.rect["y"], reply.find_element(By.CSS_SELECTOR, ".text").rect["y"])
-        self.click_still(quote)
+        self.press(quote)   # its line's buttons show at the press: the quote stays put
         self.assertEqual(self.js("return document.activeElement.id"), self.line(self.QUESTION).get_attribute("id"))
         self.tap(reply, "reply")   # Paul answers her: her page shows it is for her
         self.say("see you there")
@@ -11980,8 +12143,14 @@ class MessengerPageTest(BrowserCase):
         tom.read_until(f"Paul took back 👍 from tom: {self.QUOTE}\n".encode())
         self.wait_for(lambda: chip().get_attribute("title") == "Wendy", "Paul's taken back")
 
-        self.to(wendy)   # an edit, in place, and marked
+        self.to(wendy)   # an edit, in place, and marked, in the quotes of it too
         self.say("the cake is in the frige")
+        tom.read_until(b"Wendy: the cake is in the frige\n")
+        self.to(paul)
+        self.tap(self.line("the cake is in the frige"), "reply")
+        self.say("thanks")
+        tom.read_until(b'Paul (to Wendy: "the cake is in the frige"): thanks\n')
+        self.to(wendy)
         mine = self.line("the cake is in the frige")
         self.assertEqual(self.acts(mine), ["Reply to your line", "React to your line", "Edit your line",
                                            "Delete your line"])
@@ -11995,6 +12164,8 @@ class MessengerPageTest(BrowserCase):
         edited = self.line("the cake is in the fridge")
         self.assertIn("edited", edited.find_element(By.CSS_SELECTOR, ".head").text)
         self.assertEqual(self.acts(edited), ["Reply to Wendy", "React to Wendy’s line"])   # not hers to change
+        thanks = lambda: self.line("thanks").find_element(By.CSS_SELECTOR, ".quote").get_attribute("textContent")
+        self.wait_for(lambda: thanks() == "In reply to Wendythe cake is in the fridgeedited", "the quote marked")
 
         self.to(wendy)   # a deletion, after its confirmation
         self.say("my PIN is 4711")
@@ -12016,6 +12187,7 @@ class MessengerPageTest(BrowserCase):
         self.assertEqual(self.line(self.QUESTION).find_element(By.CSS_SELECTOR, ".chip").get_attribute("title"), "Wendy")
         self.assertIn("edited", self.line("the cake is in the fridge").find_element(By.CSS_SELECTOR, ".head").text)
         self.assertEqual(self.acts(self.line("the cake is in the fridge")), ["Reply to Wendy", "React to Wendy’s line"])
+        self.assertEqual(thanks(), "In reply to Wendythe cake is in the fridgeedited")
         self.to(nina)
         self.assert_no_policy_violations()
 
@@ -12086,6 +12258,23 @@ class MessengerPageTest(BrowserCase):
         tom.read_until(b"Wendy deleted a line\n")
         self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
         self.assertNotIn(b"edited", tom.read_for(0.2))   # Escape sent nothing
+
+    def test_the_newest_line_stays_in_view_when_a_keyboard_shrinks_the_list(self):
+        self.start()
+        tom = self.member("tom")
+        self.page_for("Wendy")
+        tom.read_until(b"Wendy joined the chat...\n")
+        for i in range(30):
+            tom.send(f"tom: line {i}\n".encode())
+        self.line("line 29")
+        at_bottom = ("const log = document.getElementById('log'); "
+                     "return log.scrollHeight - log.scrollTop - log.clientHeight < 2")
+        self.wait_for(lambda: self.js(at_bottom), "the newest line in view")
+        self.addCleanup(self.driver.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride",
+                        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",   # a phone's keyboard comes up
+                                    {"width": 360, "height": 440, "deviceScaleFactor": 1, "mobile": True})
+        self.wait_for(lambda: self.js(at_bottom), "the newest line in view above the keyboard")
 
     def test_who_is_typing_is_said_politely_once_never_into_the_log_and_goes(self):
         self.start()
