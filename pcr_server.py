@@ -454,19 +454,54 @@ _UNSAFE = re.compile(
     r"|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
 # Code points that show nothing, or a blank: Unicode's default-ignorables and the fillers.
-_INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+_INVISIBLE_CHARS = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
     "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-# Letters that look like Latin ones (Cyrillic, Greek, Armenian, Latin small capitals and
-# variants), and brackets that look like [ ] (from Unicode TR39's confusables).
-_LOOKALIKES = str.maketrans(
-    "аеіјорсухѕԁԛԝһӏѵαιορυϲϳνıɑɡɩǀȷօսհոզցᴄᴏᴜᴠᴡᴢꜱ"
-    "АВЕІЈКМНОРСТУХЅҮԚԜҺѴΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
-    "⁅⁆❲❳〔〕⟦⟧⦋⦌⦍⦎⦏⦐【】〚〛",
-    "aeijopcyxsdqwhlvaiopucjviagiljouhnqgcouvwzs"
-    "ABEIJKMHOPCTYXSYQWHVABEZHIKMNOPTYX"
-    "[][][][][][][][][]")
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+# A run of blanks longer than BLANK_RUN (spaces, tabs, blank and invisible characters) is
+# made BLANK_RUN spaces: padding could push a line's last words to the start of a row of
+# a terminal (or the App), where they would read as another member's line.
+BLANK_RUN = 4
+_BLANKS = re.compile(rf"[\s{_INVISIBLE_CHARS}]{{{BLANK_RUN + 1},}}")
+# Look-alikes as the letters and marks they look like (Unicode TR39's confusables: Cyrillic,
+# Greek, Armenian, Cherokee, Lisu, Canadian syllabics, small capitals, some symbols; never
+# digits), both cases, as case is ignored; what NFKC folds already is not listed.  Colons
+# and their look-alikes go from names (clean_name): none can pose as another's line prefix.
+_COLONS = ":ː˸։᛬᠃᠉⁚∶ꓽ꞉︓︰﹕："
+_LOOKALIKES = str.maketrans({look_alike: letter for letter, look_alikes in (
+    ("a", "аαɑАΑᎪᗅ⍺ꓮ𐊠𖽀"),
+    ("b", "ВΒƄЬᏏᏴᑲᖯᗷꓐꞴ𐊂𐊡𐌁"),
+    ("c", "сϲᴄСᏟⲤⲥꓚꮯ𐊢𐌂𐐕𐐽𐔜𑣲🝌"),
+    ("d", "ԁᎠᏧᑯᗞᗪꓒꓓ"),
+    ("e", "еЕΕҽᎬ℮⋿ⴹꓰꬲ𐊆𑢦𑢮"),
+    ("f", "ϜքᖴẝꓝꞘꞙꬵ𐊇𐊥𐔥𑢢𑣂𝈓"),
+    ("g", "ɡցƍԌᏀᏳᶃꓖ"),
+    ("h", "һհНҺΗᎻᏂᕼⲎꓧ𐋏"),
+    ("i", "іιıɩІΙɪӀᎥᛁ∣⍳⏽Ⲓⵏꓲꙇꭵ𐊊𐌉𐌠𑣃𖼨"),
+    ("j", "јϳȷЈᎫᒍꓙꞲ"),
+    ("k", "КΚᏦᛕⲔꓗ𐔘"),
+    ("l", "ӏǀᏞᒪⳐꓡ𐐛𐔦𑢣𑢲𖼖𝈪"),
+    ("m", "МΜϺᎷᗰᛖⲘꓟ𐊰𐌑"),
+    ("n", "ոΝռⲚꓠ𐔓"),
+    ("o", "оοօᴏОΟσଠഠဝჿዐᴑⲞⲟⵔ〇ꓳꬽ𐊒𐊫𐐄𐐬𐓂𐓪𐔖𑢵𑣈𑣗"),
+    ("p", "рρРΡᏢᑭ⍴Ⲣⲣꓑ𐊕"),
+    ("q", "ԛզԚգⵕ"),
+    ("r", "ƦгᎡᏒᖇᴦⲅꓣꭇꭈꮁ𐒴𖼵𝈖"),
+    ("s", "ѕꜱЅƽՏᏕᏚꓢꮪ𐊖𐐠𐑈𑣁𖼺"),
+    ("t", "ТΤᎢ⊤⟙Ⲧꓔ𐊗𐊱𐌕𑢼𖼊🝨"),
+    ("u", "υսᴜʋሀᑌ∪⋃ꓴꞟꭎꭒ𐓎𐓶𑢸𑣘𖽂"),
+    ("v", "ѵνᴠѴᏙᐯ∨⋁ⴸꓦꛟꮩ𐔝𑜆𑢠𑣀𖼈𝈍"),
+    ("w", "ԝᴡԜɯѡաᎳᏔꓪꮃ𑜊𑜎𑜏𑣯"),
+    ("x", "хХΧ×ᕁᕽ᙭᙮ᚷ╳⤫⤬⨯ⲬⵝꓫꞳ𐊐𐊴𐌗𐌢𐔧𑣬"),
+    ("y", "уУҮΥɣʏγүყᎩᎽᶌỿⲨꓬꭚ𐊲𑢤𑣜𖽃"),
+    ("z", "ᴢΖᏃꓜꮓ𐋵𑢩𑣄"),
+    ("(", "❨﴾"),
+    (")", "❩﴿"),
+    ("[", "⁅❲〔⟦⦋⦍⦏【〚"),
+    ("]", "⁆❳〕⟧⦌⦎⦐】〛"),
+    (":", _COLONS),
+) for look_alike in look_alikes})
 
 
 def joined_notice(names: list[str]) -> str:
@@ -567,19 +602,24 @@ def which_notice(names: list[str]) -> str:
             f'as in /msg "{names[0]}" TEXT\n')
 
 
-def private_readings(request: str) -> list[tuple[str, str]]:
-    """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, TEXT),
-    the longest NAME first: a name may hold spaces, and a NAME in quotes
-    (`"bob can" hi`) is read only as that; none without both, nor a NAME
-    longer than READABLE_NAME."""
+def private_readings(request: str) -> list[tuple[str, str, str]]:
+    """The ways the rest of `/msg NAME TEXT` can be read, as (NAME, its
+    name_look, TEXT), the longest NAME first: a name may hold spaces, and a
+    NAME in quotes (`"bob can" hi`) is read only as that; none without both,
+    nor a NAME longer than READABLE_NAME.  The words are read no further than
+    that, and each once: a NAME's look is the one before it and the words it
+    adds (no look joins across a space or a quote)."""
     request = request.strip()
-    if request.startswith('"'):
-        cuts = [(quote.start(), quote.end()) for quote in re.compile(r'"\s+').finditer(request, 1)]
-        readings = [(request[1:start].strip(), request[stop:]) for start, stop in cuts]
-    else:
-        readings = [(request[:space.start()], request[space.end():])
-                    for space in re.finditer(r"\s+", request)]
-    return [(name, text) for name, text in reversed(readings) if name and len(name) <= READABLE_NAME]
+    quoted = request.startswith('"')
+    first = len(request) - len(request[1:].lstrip()) if quoted else 0   # after `"` and its spaces
+    cuts = re.compile(r'"\s+' if quoted else r"\s+").finditer(request, first)
+    readings, look, looked = [], "", first
+    for cut in itertools.takewhile(lambda cut: cut.start() <= quoted + READABLE_NAME, cuts):
+        end = len(request[:cut.start()].rstrip())
+        if end > looked:
+            look, looked = look + name_look(request[looked:end]), end
+        readings.append((request[first:end], look, request[cut.end():]))
+    return [reading for reading in reversed(readings) if reading[0] and len(reading[0]) <= READABLE_NAME]
 
 
 def page_json(text: str | bytes):
@@ -616,22 +656,27 @@ def page_action(text: str) -> dict | None:
 
 def clean_text(text: str) -> str:
     """Text with escape sequences, control characters (but tab), bidi
-    overrides and line separators removed."""
-    return _UNSAFE.sub("", text)
+    overrides and line separators removed, and each run of more than
+    BLANK_RUN blanks made BLANK_RUN spaces."""
+    text = _UNSAFE.sub("", text)
+    if text.isascii() and "  " not in text and "\t" not in text:   # no run of blanks: most lines
+        return text
+    return _BLANKS.sub(" " * BLANK_RUN, text)
 
 
 def clean_name(text: str) -> str:
     """A name as the room shows it: visible, one line, trimmed, short.
 
-    Colons go too, so that no name can pose as another's line prefix, and a
-    leading digit gets a `_` before it: the App takes any read that starts
-    with a digit for the count.  So does a name that looks like the first
-    words of the room's own lines (ROOM_FORMS, `[private]` in any look), and
+    Colons and their look-alikes go too, so that no name can pose as
+    another's line prefix, and a leading digit gets a `_` before it: the App
+    takes any read that starts with a digit for the count.  So does a name
+    that looks like the first words of the room's own lines (ROOM_FORMS,
+    `[private]` in any look), and
     one that still does (`anna shared a photo`, `anna reacted 👍 to bob`) has
     its spaces made `_` too: no member's line can pose as the room's.
     """
     text = _INVISIBLE.sub("", clean_text(text.replace("\t", " ")))
-    text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c != ":")
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c not in _COLONS)
     text = _SPACES.sub(" ", text).strip()[:MAX_NAME].strip()
     if text[:1].isdigit() or ROOM_LINE.match(name_look(text)):
         text = ("_" + text)[:MAX_NAME].strip()
@@ -3320,9 +3365,9 @@ class AppOutlet(LineOutlet):
             return count_notice(self.present).encode()
         if note_due:
             at, data = notes[0]
-            piece = data[:app_cut(data)]
-            if len(piece) < len(data):
-                notes[0] = (at, data[len(piece):])
+            piece, n = self._piece_of(seat, data)
+            if n < len(data):
+                notes[0] = (at, data[n:])
             else:
                 notes.popleft()
                 if not notes:
@@ -3334,14 +3379,22 @@ class AppOutlet(LineOutlet):
                 stop = min(stop, notes[0][0])
             if pos >= stop:
                 return b""
-            data = self.stream.between(pos, min(stop, pos + APP_READ + 4))
-            n = app_cut(data, APP_READ - seat.new_line)
+            piece, n = self._piece_of(seat, self.stream.between(pos, min(stop, pos + APP_READ + 4)))
             seat.pos += n
-            piece = b"\n" * seat.new_line + data[:n]
-            seat.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
         typing = len(piece.decode("utf-8", "replace")) * settings.app_char_time * (1 + APP_SLACK)
         seat.free_at = now + typing + settings.app_margin
         return piece
+
+    @staticmethod
+    def _piece_of(seat: AppSeat, data: bytes) -> tuple[bytes, int]:
+        """One read from the start of `data` (the stream's, or a note's: whole
+        lines) and how many of its bytes it takes.  It is cut by app_cut; a run
+        of digits that goes on past it (longer than a read) goes on after a line
+        end, so that no read begins with a digit, wherever its bytes come from."""
+        n = app_cut(data, APP_READ - seat.new_line)
+        piece = b"\n" * seat.new_line + data[:n]
+        seat.new_line = data[n - 1] != 0x0A and data[n:n + 4].decode("utf-8", "ignore")[:1].isdigit()
+        return piece, n
 
 
 class Room:
@@ -3472,8 +3525,8 @@ class Room:
             self.tell(m, MSG_USAGE)
             return
         found: dict[Member, str] = {}   # each member the words could name -> the text then
-        for name, text in readings:
-            receiver = self.find(name)
+        for _, look, text in readings:
+            receiver = self.names.get(look)
             if receiver in self.members:
                 found.setdefault(receiver, text)
         if len(found) != 1:
@@ -3921,8 +3974,8 @@ class Gate:
     # -- a photo ----------------------------------------------------------
     def photo_refusal(self, m: Member, size: int, room: int) -> str:
         """Why m may not send a photo of `size` bytes now, `room` bytes being left for
-        photos coming in, or "" (its photo rate then gives one: PHOTO_BURST at once,
-        then Settings.photo_rate a second)."""
+        its photos coming in (the room's, within its address's share: PhotoDesk), or ""
+        (its photo rate then gives one: PHOTO_BURST at once, then Settings.photo_rate a second)."""
         s = self.settings
         rate = self._bucket("photos", m.name, s.photo_rate, PHOTO_BURST)
         why = (SHARING_OFF if not s.photos else TOO_BIG if size > MAX_PHOTO
@@ -4152,11 +4205,14 @@ class PhotoDesk:
     links line clients get.
 
     The room's photo bytes are bounded: those coming in (as announced) stay
-    within --photos MiB, and the album within as much again.  A new
-    announcement past that is refused at once; an upload slower than
+    within --photos MiB, those from one address (Member.group) within its
+    share of them, and the album within as much again.  A new announcement
+    past that is refused at once; an upload slower than
     photo_pace over a ping interval is dropped; one whose connection ends
     goes with it (Transport.close).  Buffers are memory maps: what is let go
     goes back to the system."""
+
+    ADDRESS_SHARE = 4   # an address may announce a quarter of the photos coming in at once
 
     def __init__(self, settings: Settings, tally: Tally, gate: Gate, room: Room, webs: WebOutlet):
         self.settings, self.tally, self.gate, self.room, self.webs = settings, tally, gate, room, webs
@@ -4165,6 +4221,8 @@ class PhotoDesk:
         self.internet_page: str | None = None   # the page's link over the internet, once known
         self.uploads: dict[Upload, Member] = {}   # photos coming in, and whose
         self.coming = 0                           # their bytes, as announced
+        self.coming_from: collections.Counter[str] = collections.Counter()   # by address (group)
+        self.groups: dict[Upload, str] = {}       # each upload's address, as it was announced
         self.pace_every = settings.web_ping or 30.0
         for outlet in room.outlets.values():   # line readers get links to the page
             outlet.page_at = self.page_at
@@ -4177,20 +4235,33 @@ class PhotoDesk:
         if reader.photo is not None:
             self._unshared(m, ANNOUNCED_AGAIN)
             reader.release()
-        why = self.gate.photo_refusal(m, size, (self.settings.photos << 20) - self.coming)
+        why = self.gate.photo_refusal(m, size, self._room_for(m.group))
         if why:
             self._unshared(m, why)
             reader.announce(None)
             return
         upload = Upload(size, self._gone)
-        self.uploads[upload] = m
+        self.uploads[upload], self.groups[upload] = m, m.group
         self.coming += size
+        self.coming_from[m.group] += size
         reader.announce(upload)
         self.loop.call_later(self.pace_every, self._pace, upload)
+
+    def _room_for(self, group: str) -> int:
+        """The bytes an address may still announce: what is left of the room's
+        photos coming in, and of the address's share of them (a quarter, and at
+        least a photo of MAX_PHOTO), so that no one address can hold them all."""
+        budget = self.settings.photos << 20
+        share = max(budget // self.ADDRESS_SHARE, min(budget, MAX_PHOTO))
+        return min(budget - self.coming, share - self.coming_from[group])
 
     def _gone(self, upload: Upload) -> None:
         """An upload gave its buffer back."""
         self.coming -= upload.size
+        group = self.groups.pop(upload)
+        self.coming_from[group] -= upload.size
+        if not self.coming_from[group]:
+            del self.coming_from[group]
         del self.uploads[upload]
 
     def _pace(self, upload: Upload) -> None:
@@ -9204,6 +9275,40 @@ def shown_line(text: str) -> str:
     return text
 
 
+ROW_INDENT = "  "   # how a line's further rows begin on a terminal (terminal_rows)
+
+
+def cell_width(c: str) -> int:
+    """The columns a terminal gives `c`, counted high where terminals differ:
+    wide (East Asian) characters two, an emoji's VS16 one more, each half of a
+    flag two; marks and format characters none."""
+    if c == "\ufe0f":
+        return 1
+    if "\U0001f1e6" <= c <= "\U0001f1ff" or unicodedata.east_asian_width(c) in "WF":
+        return 2
+    return 0 if unicodedata.category(c) in ("Mn", "Me", "Cf") else 1
+
+
+def terminal_rows(line: str, width: int | None) -> str:
+    """`line` in rows of at most `width` columns (None: whole), broken at the
+    last space that fits (else inside a word), each further row indented:
+    the terminal's own wrap would begin a row with whatever comes there, and
+    words at a row's start (`bob: ...`) read as a line of their own."""
+    line = line.expandtabs()
+    if not width or width < 20 or 2 * len(line) <= width:
+        return line
+    rows, start, indent = [], 0, ""
+    while start < len(line):
+        room, used, end, cut = width - len(indent), 0, start, start
+        while end < len(line) and used + (columns := cell_width(line[end])) <= room:
+            cut = end if line[end] == " " else cut
+            used, end = used + columns, end + 1
+        cut = end if end == len(line) or line[end] == " " or cut <= start else cut
+        rows.append(indent + line[start:cut].rstrip(" "))
+        start, indent = len(line) - len(line[cut:].lstrip(" ")), ROW_INDENT
+    return "\n".join(rows)
+
+
 def client_tls_context(ca: str | None, insecure: bool) -> ssl.SSLContext:
     """Checks the server's certificate and name against `ca` (else the system's
     store), unless `insecure`; raises OSError if `ca` cannot be used."""
@@ -9514,13 +9619,14 @@ class ClientSession:
             self.leave()
 
     def _print(self, line: str) -> None:
-        """Print a line; on a terminal, above what is being typed, which is drawn again."""
+        """Print a line; on a terminal in rows of its width (terminal_rows), above
+        what is being typed, which is drawn again."""
         try:
             if self.typed is None:
                 self.out.write(line + "\n")
                 self.out.flush()
             else:
-                self.typed.show(line)
+                self.typed.show(terminal_rows(line, console_width(self.out)))
         except (OSError, ValueError):   # the output was closed (`| head`): leave
             self.leave(1)
 

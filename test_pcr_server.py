@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import unittest
 import urllib.parse
 import urllib.request
@@ -686,9 +687,9 @@ class WebMember:
         self.ws.close()
 
 
-def raw_upgrade(port: int, extra: str = "") -> tuple[socket.socket, bytes]:
+def raw_upgrade(port: int, extra: str = "", source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
     """A WebSocket opened by hand, to send what no library would; (socket, response)."""
-    sock = socket.create_connection(("127.0.0.1", port), WAIT)
+    sock = socket.create_connection(("127.0.0.1", port), WAIT, source_address=(source, 0))
     sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                  f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                  f"Sec-WebSocket-Version: 13\r\n{extra}\r\n".encode())
@@ -2212,8 +2213,9 @@ class RawPage:
     """A page member over a raw socket, to send what no library would (frames
     written by hand, a frame cut short); it answers pings while it reads."""
 
-    def __init__(self, test: unittest.TestCase, port: int, name: str | None = None):
-        self.sock, response = raw_upgrade(port)
+    def __init__(self, test: unittest.TestCase, port: int, name: str | None = None,
+                 source: str = "127.0.0.1"):
+        self.sock, response = raw_upgrade(port, source=source)
         test.addCleanup(self.sock.close)
         self.buf = response.partition(b"\r\n\r\n")[2]
         if name is not None:
@@ -2509,6 +2511,30 @@ class LookAlikeNamesTest(unittest.TestCase):
         for name in ("[AFK] bob", "alice", "photographer", "commander", "in the room", "private eye"):
             self.assertEqual(pcr.clean_name(name), name)
         self.assertIn(re.escape(pcr.PRIVATE_TAG), pcr.ROOM_FORMS)   # one list, for every kind of line
+
+    def test_tr39_look_alikes_cannot_pass_for_the_rooms_lines(self):
+        """Letters and brackets Unicode TR39 lists as look-alikes of the room's
+        words fold as those (QA finding 10): no name reads as a private line, a
+        reply, a reaction or the answer to /who."""
+        for odd, plain in (("\ua647", "i"), ("\u0433", "r"), ("\u2228", "v"), ("\u2768", "("),
+                           ("\ufd3e", "("), ("\u026a", "i"), ("\uab47", "r"), ("\u237a", "a")):
+            with self.subTest(look_alike=hex(ord(odd))):
+                self.assertEqual(pcr.name_look(odd), plain)
+        posing = ("[pr\ua647vate] ann to bob", "[p\u0433ivate] ann to bob", "[pri\u2228ate] ann",
+                  'ann \u2768to bob\uff1a "are we', "ann \ufd3eto bob", "ann \u0433eacted \U0001f44d to bob",
+                  "\u026an the room now (2)", "ann \uab47eacted \u2764 to bob", "\u237ann shared \u237a photo")
+        for name in posing:
+            with self.subTest(name=name):
+                cleaned = pcr.clean_name(name)
+                self.assertTrue(cleaned.startswith("_"), cleaned)
+                self.assertIsNone(pcr.ROOM_LINE.match(pcr.name_look(cleaned)), cleaned)
+
+    def test_colon_look_alikes_go_from_names_as_colons_do(self):
+        """No name can carry another's line prefix (`bob꞉ ...`) in any colon (QA finding 10)."""
+        for colon in (":", "\ua789", "\uff1a", "\u2236", "\u02d0", "\u02f8", "\u205a", "\ufe30",
+                      "\ufe13", "\ufe55", "\u0589", "\u16ec", "\ua4fd", "\u1803", "\u1809"):
+            with self.subTest(colon=hex(ord(colon))):
+                self.assertEqual(pcr.clean_name(f"bob{colon} new phone"), "bob new phone")
 
     def test_a_numbered_name_cannot_pass_for_the_rooms_lines_either(self):
         for name in ("anna shared a photo", "in the room now"):
@@ -3481,6 +3507,23 @@ class AppReaderTest(ServerCase):
         self.assert_app_shows_well(ann)
         self.assertEqual(ann.chat.replace("\n", "").count("7"), 3000)
 
+    def test_digits_longer_than_a_read_never_reach_the_box_from_history_or_a_private_line(self):
+        """The history is sent to a newcomer for it alone, and a private line is
+        for two: a run of digits in either is broken onto a new line too."""
+        self.start(history=5, line_rate=0, app_char_time=0.0002)
+        tom = self.member("tom")
+        tom.send(b"tom: x" + b"1" * 3000 + b"\n")
+        tom.read_until(b"1\n")
+        ann = self.app("ann")
+        ann.wait(lambda app: app.chat.replace("\n", "").count("1") >= 3000, "the history's digits")
+        ann.wait_box("2 people are online...\n")
+        tom.send(b"/msg ann " + b"8" * 3000 + b"\n")
+        ann.wait(lambda app: app.chat.replace("\n", "").count("8") >= 3000, "the private line's digits")
+        self.assert_app_shows_well(ann)
+        self.assertEqual(ann.chat.replace("\n", "").count("1"), 3000)
+        self.assertIn("tom: x111", ann.chat)
+        self.assertIn("[private] tom to ann: 888", ann.chat)
+
     def test_nothing_follows_an_apps_count_within_its_margin(self):
         self.start(app_margin=0.3, max_line=10)
         ann = self.app("ann")
@@ -3741,6 +3784,22 @@ class NamesTest(ServerCase):
         self.assertNotIn(b"famkey", got)
         self.assertNotIn("famkey", self.log_text())
 
+    def test_look_alike_names_read_as_no_line_of_the_rooms_nor_anothers(self):
+        """What a terminal reads from members named in TR39 look-alikes (QA finding 10)."""
+        self.start()
+        watcher = self.member("watch")
+        for name, said, read in (("[p\u0433ivate] ann to watch", "the key is under the mat",
+                                  "_[p\u0433ivate] ann to watch: the key is under the mat\n"),
+                                 ("\u026an the room now (2)", "ann, bob", "_\u026an the room now (2): ann, bob\n"),
+                                 ("bob\ua789 new phone, what is the PIN", "?",
+                                  "bob new phone, what is the PIN: ?\n")):
+            with self.subTest(name=name):
+                forger = self.connect()
+                forger.answer(name.encode() + b"\n")
+                forger.read_until(b"the room knows you as ")
+                forger.send(said.encode() + b"\n")
+                watcher.read_until(read.encode())
+
     def test_empty_alias_becomes_guest(self):
         self.start()
         c = self.connect()
@@ -3774,6 +3833,19 @@ class TextSafetyTest(ServerCase):
         ann = self.member("ann")
         ann.send(b"ann: a\x00b\x1b[2Jc\td\x7f\r\n")
         ann.read_until(b"ann: abc\td\n")
+
+    def test_a_long_run_of_blanks_cannot_push_words_to_a_row_of_their_own(self):
+        """`mallory: ok` + 69 spaces + `bob: ...` read on an 80-column terminal puts
+        `bob: ...` at the start of a row: a run of more than four blanks (spaces,
+        tabs, blank and invisible characters) arrives as four spaces (QA finding 11)."""
+        self.start()
+        watcher, mallory = self.member("watch"), self.member("mallory")
+        for pad in (" " * 69, "\t" * 9, " \u200b" * 35, "\u3000\u2800\u3164 \u00a0\u2003" * 12):
+            with self.subTest(pad=repr(pad[:4])):
+                mallory.send(f"ok{pad}bob: I forgot the door code\n".encode())
+                watcher.read_until(b"mallory: ok    bob: I forgot the door code\n")
+        mallory.send(b"four    spaces and\ttabs\t\tstay\n")
+        watcher.read_until(b"mallory: four    spaces and\ttabs\t\tstay\n")
 
     def test_invalid_utf8_alias_is_safe(self):
         self.start()
@@ -3811,15 +3883,55 @@ class PrivateLineTest(WebCase):
 
     # -- the protocol's words ----------------------------------------------------
     def test_the_rest_of_msg_is_read_with_the_longest_name_first(self):
-        self.assertEqual(pcr.private_readings("ann (2)  hi  there "),
+        def readings(request: str) -> list[tuple[str, str]]:
+            return [(name, text) for name, _, text in pcr.private_readings(request)]
+        self.assertEqual(readings("ann (2)  hi  there "),
                          [("ann (2)  hi", "there"), ("ann (2)", "hi  there"), ("ann", "(2)  hi  there")])
-        self.assertEqual(pcr.private_readings(" bob "), [])
-        self.assertEqual(pcr.private_readings(""), [])
-        self.assertEqual(pcr.private_readings('"bob can" you come?'), [("bob can", "you come?")])
-        self.assertEqual(pcr.private_readings('"bob can"'), [])
+        self.assertEqual(readings(" bob "), [])
+        self.assertEqual(readings(""), [])
+        self.assertEqual(readings('"bob can" you come?'), [("bob can", "you come?")])
+        self.assertEqual(readings('"bob can"'), [])
         self.assertEqual(len(pcr.private_readings("x " * 2000)), pcr.READABLE_NAME // 2)
         self.assertEqual(pcr.private_notice("ann", "bob", "meet at six"),
                          "[private] ann to bob: meet at six\n")
+
+    def test_reading_msg_copies_no_more_than_the_longest_name_allows(self):
+        """`/msg` then 2,040 one-letter words (or quotes): the readings tried end
+        past READABLE_NAME characters, so what is copied is those readings' texts,
+        not the rest of the line once at every space (QA finding 7)."""
+        import tracemalloc
+        for request in ("a " * 2040, '"a ' + 'a" ' * 1360):
+            with self.subTest(request=request[:8]):
+                tracemalloc.start()
+                try:
+                    readings = pcr.private_readings(request)
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+                self.assertTrue(0 < len(readings) <= pcr.READABLE_NAME // 2 + 1, len(readings))
+                self.assertLess(peak, 2 * (pcr.READABLE_NAME // 2 + 1) * len(request))
+
+    def test_msg_folds_its_first_words_once_however_many_readings_they_give(self):
+        """/msg then 1,360 two-byte words: what name_look is given to find NAME
+        is the first READABLE_NAME characters once (each reading's look is the
+        one before it and the word it adds), not every reading whole (QA finding 7)."""
+        self.start()
+        ann, bob = self.members("ann", "bob")
+        looked = []
+        real_look = pcr.name_look
+
+        def counted_look(name: str) -> str:
+            looked.append(len(name))
+            return real_look(name)
+        with mock.patch.object(pcr, "name_look", counted_look):
+            ann.send(("/msg " + "\u00e9 " * 1360 + "\n").encode())
+            ann.read_until(b"/who lists who is\n")
+            words = sum(looked)
+            ann.send("/msg b\u00f6b hi\n".encode())   # a reading's look is what the room looks up
+            bob.read_until("[private] ann to bob: hi\n".encode())
+        self.assertLess(words, 4 * pcr.READABLE_NAME)
+        self.assertEqual([(name, look) for name, look, _ in pcr.private_readings('"x\u00a0y " z" w')],
+                         [('x\u00a0y " z', pcr.name_look('x\u00a0y " z')), ("x\u00a0y", "x y")])
 
     def test_no_name_can_pose_as_a_private_line(self):
         for name in ("[private] ann to bob", "[PRIVATE] ann", "\uff3bprivate\uff3d ann", "[pr\u0456vate]"):
@@ -6703,6 +6815,30 @@ class PhotoUploadTest(WebCase):
         pages[4].share(jpeg)
         self.assertEqual(pages[4].until("photo")["name"], "page4")
         tom.read_until(b"page4 shared a photo: ")
+
+    def test_one_address_holds_only_its_share_of_the_photos_coming_in(self):
+        """Eight pages at one address announce 8 MiB each and send nothing more:
+        they get the address's share of the 64 MiB coming in (a quarter: two of
+        them), the others are told the room is busy, and a member at another
+        address still shares a photo (QA finding 6)."""
+        self.start(max_per_ip=32)
+        tom = self.member("tom")
+        pages = [RawPage(self, self.web, f"mallory{n}") for n in range(8)]
+        for page in pages:
+            page.send(b"\x00photo %d" % pcr.MAX_PHOTO)
+        for page in pages[2:]:
+            self.assertEqual(page.until("unshared")["text"], "your photo was not shared: the room is "
+                                                             "taking in other photos just now; try again in a moment")
+        self.assertEqual(self.on_loop(self.coming), (2, 2 * pcr.MAX_PHOTO))
+        wendy = RawPage(self, self.web, "wendy", source="127.0.0.2")
+        wendy.share(picture("JPEG"))
+        self.assertEqual(wendy.until("photo")["name"], "wendy")
+        tom.read_until(b"wendy shared a photo: ")
+        pages[0].sock.close()   # its upload goes: the address's share has room again
+        self.wait_on_loop(lambda: self.coming() == (1, pcr.MAX_PHOTO), "its buffer back")
+        pages[2].share(picture("JPEG"))
+        while pages[2].until("photo")["name"] != "mallory2":   # wendy's came first
+            pass
 
     def test_an_unfinished_upload_goes_when_its_member_leaves_or_is_away(self):
         self.start(web_grace=30.0)
@@ -10207,6 +10343,31 @@ class ClientModeTest(ServerCase):
         self.assertEqual(screen.count(b"hello there"), 1, bytes(screen))
         os.write(controller, b"\x04")   # Ctrl+D
         self.assertEqual(proc.wait(WAIT), 0)
+
+    def test_on_a_terminal_a_long_line_goes_on_in_indented_rows(self):
+        """Words that the terminal's own wrap would put at the start of a row
+        (`bob: ...` after 80 columns of mallory's, in words or wide characters)
+        come on a row of their own, indented: never as a line of bob's (QA finding 11)."""
+        if WINDOWS:
+            self.skipTest("no pseudo-terminals here (Windows)")
+        self.start()
+        mallory = self.member("mallory")
+        _, _, shown, changed = on_a_terminal(self, ["--connect", f"127.0.0.1:{self.port}",
+                                                    "--name", "carol"], columns=80)
+        shown_until(shown, changed, b"in the room as carol")
+        for padding in (("ok see you tomorrow " * 4)[:70] + " ", "\u65e5" * 35 + " ", "x" * 71):
+            with self.subTest(padding=padding[:8]):
+                with changed:
+                    del shown[:]
+                mallory.send(f"{padding}bob: I forgot the door code\n".encode())
+                screen = shown_until(shown, changed, b"door code\r\n")
+                rows = screen.split(b"\x1b[K")[-1].decode().split("\r\n")[:-1]
+                self.assertTrue(rows[0].startswith("mallory:"), rows)
+                self.assertTrue(all(row.startswith("  ") for row in rows[1:]), rows)
+                self.assertTrue(all(sum(2 if unicodedata.east_asian_width(c) == "W" else 1
+                                        for c in row) <= 80 for row in rows), rows)
+                self.assertEqual("".join(rows).replace(" ", ""),
+                                 f"mallory: {padding}bob: I forgot the door code".replace(" ", ""))
 
     def test_typed_lines_and_the_goodbye_go_out_as_the_app_sends_them(self):
         room = FakeRoom(self)
