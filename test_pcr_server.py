@@ -7029,7 +7029,8 @@ class PhotoMemoryTest(unittest.TestCase):
         """Eight pages announce 8 MiB each, send all but its last byte, and go: the
         server's resident memory grows by their 64 MiB, and comes back."""
         proc, web = self.serve("--photos", "64")
-        pages = [RawPage(self, web, f"page{n}") for n in range(8)]
+        pages = [RawPage(self, web, f"page{n}", source=f"127.0.0.{1 + n // 2}")   # an address holds
+                 for n in range(8)]                                               # a quarter at most
         photo = os.urandom(pcr.MAX_PHOTO)
         start = rss(proc.pid)
         for page in pages:
