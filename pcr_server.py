@@ -459,11 +459,13 @@ _INVISIBLE_CHARS = (
     "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
 _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
-# A run of blanks longer than BLANK_RUN (spaces, tabs, blank and invisible characters) is
-# made BLANK_RUN spaces: padding could push a line's last words to the start of a row of
-# a terminal (or the App), where they would read as another member's line.
+# A run of blanks (spaces, tabs, blank and invisible characters) holding more than
+# BLANK_RUN that take a column is made BLANK_RUN spaces: padding could push a line's last
+# words to the start of a row of a terminal (or the App), where they would read as another
+# member's line.  Characters that take no column (a flag's tags, joiners) push nothing.
 BLANK_RUN = 4
-_BLANKS = re.compile(rf"[\s{_INVISIBLE_CHARS}]{{{BLANK_RUN + 1},}}")
+_BLANK_RUNS = re.compile(rf"[\s{_INVISIBLE_CHARS}]{{{BLANK_RUN + 1},}}")
+_COLUMN_BLANKS = re.compile(r"[\s\u115f\u1160\u2800\u3164\uffa0]")   # \s and the blank fillers
 # Look-alikes as the letters and marks they look like (Unicode TR39's confusables: Cyrillic,
 # Greek, Armenian, Cherokee, Lisu, Canadian syllabics, small capitals, some symbols; never
 # digits), both cases, as case is ignored; what NFKC folds already is not listed.  Colons
@@ -661,7 +663,13 @@ def clean_text(text: str) -> str:
     text = _UNSAFE.sub("", text)
     if text.isascii() and "  " not in text and "\t" not in text:   # no run of blanks: most lines
         return text
-    return _BLANKS.sub(" " * BLANK_RUN, text)
+    return _BLANK_RUNS.sub(_shorter_blanks, text)
+
+
+def _shorter_blanks(run: re.Match) -> str:
+    """A run of blank and invisible characters: BLANK_RUN spaces if more than
+    BLANK_RUN of them take a column, else as it was."""
+    return " " * BLANK_RUN if len(_COLUMN_BLANKS.findall(run[0])) > BLANK_RUN else run[0]
 
 
 def clean_name(text: str) -> str:
@@ -3177,10 +3185,12 @@ class WebOutlet(Outlet):
     def _ping(self) -> None:
         """Every web_ping: a ping to each web member; one that has not answered
         the last ping by now is gone, unless bytes came from it at photo_pace or
-        faster since (a long frame coming in, which no pong can interrupt)."""
+        faster since (a long frame coming in, which no pong can interrupt), or
+        the server is not reading from it (its lines wait for the line rate)."""
         least = self.settings.photo_pace * self.settings.web_ping
-        gone = [m for m, heard in self.unanswered.items()
-                if m in self.readers and m.transport.received - heard < least]
+        gone = [m for m, heard in self.unanswered.items()   # (a page not read now, its lines
+                if m in self.readers and m.transport.reading      # waiting their turn, has its
+                and m.transport.received - heard < least]         # pong unread: it is not gone)
         for m in gone:
             self.lose(m, f"no answer to a ping within {self.settings.web_ping:g} s")
         for m in self.readers:
@@ -10634,7 +10644,7 @@ a.quote:hover { text-decoration: underline; }
     names: [], others: 0, count: 0,
     whoPending: false, whoTimer: 0, whoShown: false,
     lastHeard: 0, hiddenAt: 0, probeTimer: 0,
-    unread: 0, stuck: true, lastTop: 0, logHeight: 0, unseen: 0, okTimer: 0,
+    unread: 0, stuck: true, lastTop: 0, logSize: "", unseen: 0, okTimer: 0,
     token: "",           // brings this page back to its seat after a lost connection
     seen: 0,             // the mark of the last event shown: what it missed starts there
     grace: 0,            // seconds the room holds the seat of a lost connection
@@ -11863,12 +11873,14 @@ a.quote:hover { text-decoration: underline; }
     if (room.stuck) { room.unseen = 0; ui.newest.hidden = true; }
   });
   if (window.ResizeObserver) {
-    // The phone keyboard shrinks the list: keep the newest line in view. Only its
-    // height counts: a scroll bar coming (a line's buttons shown) must not move the
-    // list under a finger that is pressing a quote.
+    // The phone keyboard shrinks the list, a narrower window rewraps it: keep the
+    // newest line in view. A scroll bar coming (a line's buttons shown) changes
+    // neither its height nor its outer width: it must not move the list under a
+    // finger that is pressing a quote.
     new ResizeObserver(function () {
-      if (ui.log.clientHeight === room.logHeight) { return; }
-      room.logHeight = ui.log.clientHeight;
+      const size = ui.log.clientHeight + "x" + ui.log.offsetWidth;
+      if (size === room.logSize) { return; }
+      room.logSize = size;
       if (room.stuck) { toBottom(); }
     }).observe(ui.log);
   }

@@ -3846,6 +3846,12 @@ class TextSafetyTest(ServerCase):
                 watcher.read_until(b"mallory: ok    bob: I forgot the door code\n")
         mallory.send(b"four    spaces and\ttabs\t\tstay\n")
         watcher.read_until(b"mallory: four    spaces and\ttabs\t\tstay\n")
+        england, wales = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f", \
+            "\U0001f3f4\U000e0067\U000e0062\U000e0077\U000e006c\U000e0073\U000e007f"
+        for words in (f"come on {england}! and {wales}", "zero-width, no column: a\u200b\u200c\u200d\u2060\u200bb"):
+            with self.subTest(words=words):   # characters that take no column are no blank
+                mallory.send(f"{words}\n".encode())
+                watcher.read_until(f"mallory: {words}\n".encode())
 
     def test_invalid_utf8_alias_is_safe(self):
         self.start()
@@ -4195,6 +4201,16 @@ class MessengerTest(WebCase):
         self.assertLessEqual(1 + len(numbers), 2 * rate + rate * elapsed + 1)
         paul.until("chat", name="wendy", text=str(len(numbers) + 1))   # pages get them too
         wendy.lose()   # the rest would take a minute: the server reads no goodbye before it
+
+    def test_a_page_whose_lines_wait_for_the_rate_is_not_taken_for_gone(self):
+        """While a long reply's lines wait their turn, the server reads nothing
+        from that page, its pongs neither: no ping goes unanswered for it."""
+        wendy, tom = self.wendy_and_tom(web_ping=0.5, web_grace=0, line_rate=10.0)
+        asked = self.said_by(wendy, "first")
+        wendy.act(act="reply", id=asked, text="\n".join(f"item {k}" for k in range(60)))
+        heard = tom.read_until(b"wendy: item 59\n", timeout=WAIT * 3)
+        self.assertNotIn(b"left the chat", heard)
+        self.assertEqual(heard.count(b"item "), 60)
 
     def test_what_is_done_to_a_private_line_stays_between_its_two(self):
         wendy, tom, paul = self.wendy_tom_and_paul()
@@ -12467,14 +12483,15 @@ class MessengerPageTest(BrowserCase):
         self.wait_for(lambda: "Wendy deleted a line" in self.text("#lines"), "the line taken back")
         self.assertNotIn(b"edited", tom.read_for(0.2))   # Escape sent nothing
 
-    def test_the_newest_line_stays_in_view_when_a_keyboard_shrinks_the_list(self):
+    def test_the_newest_line_stays_in_view_when_a_keyboard_or_a_narrower_window_shrinks_the_list(self):
         self.start()
         tom = self.member("tom")
         self.page_for("Wendy")
         tom.read_until(b"Wendy joined the chat...\n")
-        for i in range(30):
-            tom.send(f"tom: line {i}\n".encode())
-        self.line("line 29")
+        words = " ".join(["word"] * 12)
+        for i in range(30):   # lines that rewrap when the list narrows
+            tom.send(f"tom: line {i} {words}\n".encode())
+        self.line(f"line 29 {words}")
         at_bottom = ("const log = document.getElementById('log'); "
                      "return log.scrollHeight - log.scrollTop - log.clientHeight < 2")
         self.wait_for(lambda: self.js(at_bottom), "the newest line in view")
@@ -12483,6 +12500,10 @@ class MessengerPageTest(BrowserCase):
         self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",   # a phone's keyboard comes up
                                     {"width": 360, "height": 440, "deviceScaleFactor": 1, "mobile": True})
         self.wait_for(lambda: self.js(at_bottom), "the newest line in view above the keyboard")
+        for width in (340, 320, 300):   # narrower, as the same height: the lines rewrap
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                        {"width": width, "height": 440, "deviceScaleFactor": 1, "mobile": True})
+            self.wait_for(lambda: self.js(at_bottom), f"the newest line in view {width} px wide")
 
     def test_who_is_typing_is_said_politely_once_never_into_the_log_and_goes(self):
         self.start()
