@@ -631,11 +631,12 @@ def page_json(text: str | bytes):
     so that nothing a page sends can make a line the room cannot send."""
     try:
         value = json.loads(text)
-        json.dumps(value, ensure_ascii=False).encode()
-    except UnicodeEncodeError:   # a ValueError too: so first
-        held = json.dumps(value, ensure_ascii=False).encode("utf-16-le", "surrogatepass")
-        return json.loads(held.decode("utf-16-le", "replace"))   # pairs whole, lone ones U+FFFD
-    except (ValueError, RecursionError):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:   # pairs whole, lone ones U+FFFD
+            held = json.dumps(value, ensure_ascii=False).encode("utf-16-le", "surrogatepass")
+            value = json.loads(held.decode("utf-16-le", "replace"))
+    except (ValueError, RecursionError):   # (UnicodeEncodeError is a ValueError: caught first)
         return None
     return value
 
