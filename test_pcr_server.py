@@ -833,9 +833,11 @@ class BrowserCase(ServerCase):
         self.find("#message").send_keys(text + Keys.ENTER)
 
     def listed(self) -> list[str]:
-        """The names in the page's list of who is online (without its "(you)")."""
-        items = self.driver.find_elements(By.CSS_SELECTOR, "#people-list li")
-        return [item.get_attribute("textContent").replace("(you)", "").strip() for item in items]
+        """The names in the page's list of who is online (without its "(you)"), read
+        in one go: the list may be drawn again between two reads of it."""
+        texts = self.driver.execute_script(
+            "return [...document.querySelectorAll('#people-list li')].map(li => li.textContent)")
+        return [text.replace("(you)", "").strip() for text in texts]
 
     def assert_no_policy_violations(self) -> None:
         console = [e["message"] for e in self.driver.get_log("browser")]
