@@ -350,6 +350,15 @@ class ServerCase(unittest.TestCase):
         with open(self.log_path, encoding="utf-8") as f:
             return f.read()
 
+    def stopped_log(self, server: pcr.Server, summed: str) -> str:
+        """The log once the server has stopped and said `summed`."""
+        server.loop.call_soon_threadsafe(server.stop)
+        deadline = time.monotonic() + WAIT
+        while summed not in self.log_text():
+            self.assertLess(time.monotonic(), deadline, f"no {summed!r} in the log")
+            time.sleep(0.02)
+        return self.log_text()
+
 
 COUNT_LINE = re.compile(rb"\d+ (person is|people are) online\.\.\.\n")
 
@@ -3214,13 +3223,9 @@ class FaultTest(ServerCase):
         ann.send(b"ann: still here\n")
         ann.read_until(b"ann: still here\n")
         self.assertEqual(self.log_text().count("internal error while serving"), 1)
-        server.loop.call_soon_threadsafe(server.stop)
-        deadline = time.monotonic() + WAIT
-        while "more times in" not in self.log_text():
-            self.assertLess(time.monotonic(), deadline, "no summed line")
-            time.sleep(0.02)
-        self.assertRegex(self.log_text(), r"internal error: RuntimeError in broken \(test_pcr_server\.py "
-                                          r"line \d+\) \(19 more times in \d+ s\)")
+        self.assertRegex(self.stopped_log(server, "more times in"),
+                         r"internal error: RuntimeError in broken \(test_pcr_server\.py "
+                         r"line \d+\) \(19 more times in \d+ s\)")
         self.assertNotIn("this meets the bug", self.log_text())
 
     def test_an_unexpected_error_in_a_timer_is_logged_and_the_loop_goes_on(self):
@@ -4781,13 +4786,9 @@ class HardeningTest(ServerCase):
         self.member("a")
         for _ in range(3):
             self.connect().read_to_close()
-        server.loop.call_soon_threadsafe(server.stop)
-        deadline = time.monotonic() + WAIT
-        while "INFO:pcr_server:stopped" not in self.log_text():
-            self.assertLess(time.monotonic(), deadline, "no stop")
-            time.sleep(0.02)
-        self.assertRegex(self.log_text(), r"refused 127\.0\.0\.1: too many connections .*"
-                                          r"\(2 more times in \d+ s\)")
+        self.assertRegex(self.stopped_log(server, "INFO:pcr_server:stopped"),
+                         r"refused 127\.0\.0\.1: too many connections .*"
+                         r"\(2 more times in \d+ s\)")
 
     def test_names_in_the_log_are_quoted(self):
         self.start()
@@ -6096,15 +6097,6 @@ class LogFloodTest(WebCase):
             while data := sock.recv(65536):
                 got += data
         return server_frames(got)
-
-    def stopped_log(self, server: pcr.Server, summed: str) -> str:
-        """The log once the server has stopped and said `summed`."""
-        server.loop.call_soon_threadsafe(server.stop)
-        deadline = time.monotonic() + WAIT
-        while summed not in self.log_text():
-            self.assertLess(time.monotonic(), deadline, f"no {summed!r} in the log")
-            time.sleep(0.02)
-        return self.log_text()
 
     def test_nested_requests_for_a_seat_close_with_1003_and_a_sentence_and_are_summed(self):
         server = self.start()
