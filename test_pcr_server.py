@@ -993,6 +993,7 @@ def unused_display() -> int:
 
 
 _xvfb_displays: dict[str, str] = {}   # screen size -> its display
+_xvfb_watchdogs: list[subprocess.Popen] = []   # kept, or Python warns that each still runs
 
 
 def start_xvfb(size: str = "1280x800") -> str:
@@ -1017,6 +1018,7 @@ def start_xvfb(size: str = "1280x800") -> str:
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and proc.poll() is None:
             if os.path.exists(f"/tmp/.X11-unix/X{n}"):
+                _xvfb_watchdogs.append(proc)
                 _xvfb_displays[size] = f":{n}"
                 return _xvfb_displays[size]
             time.sleep(0.05)
