@@ -4862,7 +4862,7 @@ class HardeningTest(ServerCase):
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         done = refused = 0
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.0:   # a handshake flood from one address
+        for _ in range(64):   # a handshake flood from one address, as fast as this machine goes
             raw = socket.create_connection(("127.0.0.1", self.port), WAIT, source_address=("127.0.0.8", 0))
             try:
                 with context.wrap_socket(raw) as tls:
@@ -4871,10 +4871,11 @@ class HardeningTest(ServerCase):
             except (ssl.SSLError, OSError):
                 refused += 1
             raw.close()
-        self.assertLessEqual(done, 16 + 8 * 1.5, (done, refused))
-        self.assertGreater(refused, done)
+        allowed = 16 + 8 * (time.monotonic() - t0) + 1   # counted by the flood's own time
+        self.assertLessEqual(done, allowed, (done, refused))
         ok = self.connect()   # another address is not slowed
-        self.assertIn("connecting too often", self.log_text())
+        if refused:   # none only on a machine so loaded that 64 handshakes took 6 s
+            self.assertIn("connecting too often", self.log_text())
 
     def test_the_record_of_numbered_names_does_not_grow(self):
         server = self.start(max_per_ip=1000)
