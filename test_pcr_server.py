@@ -60,6 +60,7 @@ SERVER = os.path.join(HERE, "pcr_server.py")
 
 
 WAIT = 5.0   # the longest any single expectation may take
+START_WAIT = 3 * WAIT   # a new Python process's start-up: slow under Wine on a loaded machine
 
 
 WINDOWS = sys.platform == "win32"
@@ -391,7 +392,7 @@ def interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
 
 
 def wait_listening(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + START_WAIT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited: {proc.stderr.read()}")
@@ -427,7 +428,7 @@ def collect(pipe, buf: bytearray, changed: threading.Condition) -> threading.Eve
     return ended
 
 
-def printed_until(proc: subprocess.Popen, needle: str, timeout: float = WAIT) -> str:
+def printed_until(proc: subprocess.Popen, needle: str, timeout: float = START_WAIT) -> str:
     """What proc has printed on stdout so far, once `needle` is in it (bounded)."""
     if not hasattr(proc, "printed"):
         proc.printed, proc.printed_changed = bytearray(), threading.Condition()
