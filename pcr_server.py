@@ -2372,6 +2372,16 @@ def address_group(ip: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
+@functools.lru_cache(maxsize=4096)   # asked at each connection and at each crowded one
+def address_network(group: str) -> str:
+    """The network an address group is part of, when a crowd of silent connections
+    must make room: an IPv4 /24, an IPv6 /48 (a provider hands a customer a /48 or
+    /56: 65,536 /64s, each an address group of its own, cost nothing)."""
+    if ":" not in group:
+        return group.rpartition(".")[0] + ".0/24"
+    return str(ipaddress.ip_network(group.split("/")[0] + "/48", strict=False))
+
+
 class Stream:
     """What an outlet says, appended once, read by many members each at its
     own position; trimmed once everyone has had it.  A part of it may be for
@@ -3833,6 +3843,7 @@ class Gate:
         self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
         self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
         self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
+        self.silent_in: collections.Counter = collections.Counter()  # ... how many by network
         self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
         self.key_tries: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
         self.refusals: dict[Member, str] = {}         # let in only to be told why not
@@ -3887,9 +3898,13 @@ class Gate:
 
     def _make_room(self, group: str | None) -> bool:
         """Close the oldest silent connection of `group` (None: of the address
-        holding the most); False if there is none."""
+        holding the most, within the network holding the most: a crowd with an
+        address each goes before an App whose user is typing a name); False if
+        there is none."""
         if group is None and self.silent_by:
-            group = max(self.silent_by, key=lambda g: len(self.silent_by[g]))
+            network = max(self.silent_in, key=self.silent_in.__getitem__)   # the oldest of equals
+            group = max((g for g in self.silent_by if address_network(g) == network),
+                        key=lambda g: len(self.silent_by[g]))
         waiting = self.silent_by.get(group)
         if not waiting:
             return False
@@ -3910,6 +3925,7 @@ class Gate:
             self.per_ip[m.group] += 1
         self.silent[m] = None
         self.silent_by.setdefault(m.group, {})[m] = None
+        self.silent_in[address_network(m.group)] += 1
 
     def refused(self, m: Member) -> str | None:
         """What m was let in to be told, if it was let in only for that."""
@@ -3923,6 +3939,10 @@ class Gate:
             del waiting[m]
             if not waiting:
                 del self.silent_by[m.group]
+            network = address_network(m.group)
+            self.silent_in[network] -= 1
+            if not self.silent_in[network]:
+                del self.silent_in[network]
 
     def let_go(self, m: Member) -> None:
         """m's connection is closed: it counts no more."""

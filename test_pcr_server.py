@@ -4923,6 +4923,30 @@ class PatienceTest(ServerCase):
         lone.send(b"lone\n")
         lone.read_until(b"lone joined the chat...\n")
 
+    def test_many_addresses_of_one_network_make_room_before_a_lone_app(self):
+        """An App waits silent while its user types a name; a crowd of one silent
+        connection per address, all from one network (a /24 here, an IPv6 /48 as
+        cheaply), is closed before it (hostile QA, finding 8)."""
+        self.start(max_unnamed=4)
+        app = Client(self.port, source="127.0.0.9")   # the oldest silent connection
+        crowd = [Client(self.port, source=f"127.1.0.{n}") for n in (1, 2, 3)]
+        for c in [app] + crowd:
+            self.addCleanup(c.close)
+            c.read_until(b"ALIAS")
+        for n in (4, 5, 6):   # the crowd goes on coming, each from an address of its own
+            more = Client(self.port, source=f"127.1.0.{n}")
+            self.addCleanup(more.close)
+            more.read_until(b"ALIAS")
+            crowd.pop(0).read_to_close()   # the crowd's oldest makes room, each time
+        app.send(b"ann\n")
+        app.read_until(b"ann joined the chat...\n")
+
+    def test_the_network_an_address_counts_in_when_room_is_made(self):
+        for group, network in (("192.0.2.7", "192.0.2.0/24"),
+                               ("2001:db8:1:2::/64", "2001:db8:1::/48"),
+                               ("2001:db8:1:ffff::/64", "2001:db8:1::/48")):
+            self.assertEqual(pcr.address_network(group), network)
+
 
 class RoomKeyTest(ServerCase):
     """--room-key: name#KEY, never echoed, never logged."""
