@@ -646,6 +646,7 @@ class WebMember:
             secure.maximum_version = pcr.ssl.TLSVersion.TLSv1_2
         self.ws = ws_connect(f"{'wss' if secure else 'ws'}://{pcr.host_port(host, port)}/ws",
                              origin=origin, open_timeout=WAIT, ssl=secure)
+        self.ws.__enter__()   # as `with` would (websockets 17 warns otherwise); close() ends it
         self.token = ""   # the last welcome's: brings this member back to its seat
         self.seen = 0     # the mark of the last event read: what it missed starts after it
         self.hello = self.next()
@@ -11222,7 +11223,8 @@ class CommandLineTest(ProcessCase):
                 pass
         httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        self.addCleanup(httpd.shutdown)
+        self.addCleanup(httpd.server_close)
+        self.addCleanup(httpd.shutdown)   # first
         got = []
         done = threading.Event()
         pcr.look_up_public_ip(f"http://127.0.0.1:{httpd.server_port}/",
