@@ -503,7 +503,8 @@ def make_certificates_ahead(folder: str) -> None:
 class ClientProcess:
     """`pcr_server.py --connect ...` run as a person would, through pipes.
 
-    Everything it prints is collected by two threads; every read is bounded.
+    Everything it prints is collected by two threads; every read is bounded, by
+    START_WAIT: what it is waited for may include its own start-up.
     """
 
     def __init__(self, address: str, name: str | None = None, tls: bool = False,
@@ -520,7 +521,7 @@ class ClientProcess:
         self.readers = [collect(self.proc.stdout, self.out, self.changed),
                         collect(self.proc.stderr, self.err, self.changed)]
 
-    def read_until(self, needle: str, timeout: float = WAIT) -> str:
+    def read_until(self, needle: str, timeout: float = START_WAIT) -> str:
         """Its output up to and including `needle`; fails after `timeout`."""
         want = needle.encode()
         with self.changed:
@@ -531,7 +532,7 @@ class ClientProcess:
             got, self.seen = bytes(self.out[self.seen:cut]), cut
         return got.decode()
 
-    def said(self, needle: str, timeout: float = WAIT) -> str:
+    def said(self, needle: str, timeout: float = START_WAIT) -> str:
         """Its stderr, once it holds `needle`; fails after `timeout`."""
         want = needle.encode()
         with self.changed:
@@ -548,7 +549,7 @@ class ClientProcess:
         """Ctrl+D."""
         self.proc.stdin.close()
 
-    def wait(self, timeout: float = WAIT) -> int:
+    def wait(self, timeout: float = START_WAIT) -> int:
         """The exit code, once it has exited and said everything."""
         code = self.proc.wait(timeout)
         for ended in self.readers:
@@ -566,7 +567,7 @@ class ClientProcess:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait(WAIT)
+        self.proc.wait(START_WAIT)
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             pipe.close()
 
@@ -1645,7 +1646,7 @@ class HomeNetwork:
             if proc.poll() is None:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=WAIT)
+                proc.communicate(timeout=START_WAIT)
         for name in self.made:
             delete_namespace(name)
 
@@ -1861,7 +1862,7 @@ def on_a_terminal(case: unittest.TestCase, args: list[str], columns: int = 80, c
     def end() -> None:
         if proc.poll() is None:
             proc.kill()
-        proc.wait(WAIT)
+        proc.wait(START_WAIT)
         os.close(leader)
     case.addCleanup(end)
     return proc, leader, shown, changed
@@ -9589,7 +9590,7 @@ class GuiTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "no window showed")
             time.sleep(0.05)
         gui.send_signal(sig)
-        out, err = gui.communicate(timeout=WAIT)
+        out, err = gui.communicate(timeout=START_WAIT)
         self.assertEqual(gui.returncode, 0, err)
         self.assertNotIn("Traceback", err)
         self.assertIn("WARNING:pcr_server:.pcr_port holds nonsense", self.log_file())
@@ -10380,7 +10381,7 @@ class ClientModeTest(ServerCase):
         proc = subprocess.Popen([sys.executable, SERVER, "--connect", f"127.0.0.1:{self.port}",
                                  "--name", "ann"], stdin=terminal, stdout=terminal, stderr=terminal)
         os.close(terminal)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill() or proc.wait(WAIT))
+        self.addCleanup(lambda: proc.poll() is None and proc.kill() or proc.wait(START_WAIT))
         screen = bytearray()
 
         def read_screen_until(needle: bytes) -> None:
@@ -10396,7 +10397,7 @@ class ClientModeTest(ServerCase):
         read_screen_until(b"bob: marker")
         self.assertEqual(screen.count(b"hello there"), 1, bytes(screen))
         os.write(controller, b"\x04")   # Ctrl+D
-        self.assertEqual(proc.wait(WAIT), 0)
+        self.assertEqual(proc.wait(START_WAIT), 0)
 
     def test_on_a_terminal_a_long_line_goes_on_in_indented_rows(self):
         """Words that the terminal's own wrap would put at the start of a row
@@ -10750,7 +10751,7 @@ class ProcessCase(unittest.TestCase):
         def end():
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate(timeout=WAIT)
+            proc.communicate(timeout=START_WAIT)
         self.addCleanup(end)
         return proc
 
@@ -10768,7 +10769,7 @@ class CommandLineTest(ProcessCase):
         interrupt(proc, sig)
         got = c.read_to_close()
         self.assertTrue(got.endswith(pcr.STOP_NOTICE.encode()), got)
-        self.assertEqual(proc.wait(WAIT), 0)
+        self.assertEqual(proc.wait(START_WAIT), 0)
 
     @unittest.skipIf(WINDOWS, "Windows has no terminate signal to catch: terminate() kills")
     def test_sigterm_sends_stop_lines_and_exits_zero(self):
@@ -10798,7 +10799,7 @@ class CommandLineTest(ProcessCase):
         c = Client(port)
         c.join("ann")
         interrupt(first)
-        self.assertEqual(first.wait(WAIT), 0)
+        self.assertEqual(first.wait(START_WAIT), 0)
         second = self.server("--port", str(port))
         wait_listening(port, second)
         c.close()
@@ -10809,7 +10810,7 @@ class CommandLineTest(ProcessCase):
             busy.listen()
             port = busy.getsockname()[1]
             proc = self.server("--port", str(port))
-            _, err = proc.communicate(timeout=WAIT)
+            _, err = proc.communicate(timeout=START_WAIT)
         self.assertEqual(proc.returncode, 1)
         self.assertIn(f"Port {port} is already in use", err)
         self.assertNotIn("Traceback", err)
@@ -10847,7 +10848,7 @@ class CommandLineTest(ProcessCase):
     def test_address_not_on_this_machine_is_one_clear_sentence(self):
         proc = run_server("--host", "192.0.2.77", "--port", str(free_port()),
                           "--public-ip-url", "", cwd=self.dir)
-        _, err = proc.communicate(timeout=WAIT)
+        _, err = proc.communicate(timeout=START_WAIT)
         self.assertEqual(proc.returncode, 1)
         self.assertIn("is not on this machine", err)
         self.assertNotIn("Traceback", err)
@@ -10856,7 +10857,7 @@ class CommandLineTest(ProcessCase):
         """Run the server with args until it gives up; its exit code and stderr."""
         proc = run_server("--public-ip-url", "", "--port", str(free_port()), *args, cwd=self.dir)
         try:
-            _, err = proc.communicate(timeout=WAIT)
+            _, err = proc.communicate(timeout=START_WAIT)
         except subprocess.TimeoutExpired:   # it started after all: end it, and say so
             proc.kill()
             proc.communicate()
@@ -11028,7 +11029,7 @@ class CommandLineTest(ProcessCase):
                  if resource else "")
         code = f"{limit}import pcr_server; print(pcr_server.read_port_file())"
         out = subprocess.run([sys.executable, "-c", code], cwd=self.dir, capture_output=True,
-                             text=True, timeout=WAIT, env={**os.environ, "PYTHONPATH": HERE})
+                             text=True, timeout=START_WAIT, env={**os.environ, "PYTHONPATH": HERE})
         self.assertEqual(out.returncode, 0, out.stderr)
         return out.stdout
 
@@ -11128,7 +11129,7 @@ class CommandLineTest(ProcessCase):
                             "is always one.")):
             with self.subTest(args=args):
                 proc = self.server("--https", "--log-file", "", *args)
-                _, err = proc.communicate(timeout=WAIT)
+                _, err = proc.communicate(timeout=START_WAIT)
                 self.assertEqual(proc.returncode, 1)
                 self.assertIn(said, err)
                 self.assertNotIn("Traceback", err)
@@ -11146,14 +11147,14 @@ class CommandLineTest(ProcessCase):
         for args in (["--max-line", "-5"], ["--line-rate", "x"], ["--max-clients", "0"],
                      ["--handshake-timeout", "nan"]):
             proc = run_server(*args, cwd=self.dir)
-            _, err = proc.communicate(timeout=WAIT)
+            _, err = proc.communicate(timeout=START_WAIT)
             self.assertEqual(proc.returncode, 2, args)
             self.assertIn(args[0], err)
             self.assertNotIn("Traceback", err)
 
     def test_bad_port_argument_is_refused(self):
         proc = run_server("--port", "99999", cwd=self.dir)
-        _, err = proc.communicate(timeout=WAIT)
+        _, err = proc.communicate(timeout=START_WAIT)
         self.assertEqual(proc.returncode, 2)
         self.assertIn("not a port number", err)
 
@@ -11174,7 +11175,7 @@ class CommandLineTest(ProcessCase):
             self.assertLess(time.monotonic(), deadline, "no leave in the log")
             time.sleep(0.02)
         interrupt(proc, signal.SIGTERM)
-        _, err = proc.communicate(timeout=WAIT)
+        _, err = proc.communicate(timeout=START_WAIT)
         with open(log_file, encoding="utf-8") as f:
             text = f.read()
         self.assertIn('joined: "ann" (terminal) from 127.0.0.1', text)
@@ -11273,7 +11274,7 @@ class CommandLineTest(ProcessCase):
         self.addCleanup(late.close)
         late.join("late")   # accepting again once files are free
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=WAIT)
+        _, err = proc.communicate(timeout=START_WAIT)
         self.assertEqual(err.count("cannot accept more connections"), 1, err)
         del cpu0
 
@@ -11318,7 +11319,7 @@ class HostCommandLineTest(ProcessCase):
     def stopped(self, proc: subprocess.Popen) -> tuple[str, str]:
         """Ctrl+C; then all the room printed on stdout and on stderr."""
         interrupt(proc)
-        _, err = proc.communicate(timeout=WAIT)
+        _, err = proc.communicate(timeout=START_WAIT)
         self.assertEqual(proc.returncode, 0, err)
         return bytes(proc.printed).decode(locale.getpreferredencoding(False)), err   # as printed_until
 
@@ -11385,7 +11386,7 @@ class HostCommandLineTest(ProcessCase):
         proc = self.server("--port", str(port), "--log-file", "")
         printed_until(proc, "Ctrl+C stops the server.")
         interrupt(proc, signal.SIGTERM)
-        proc.wait(WAIT)
+        proc.wait(START_WAIT)
         printed = printed_until(proc, "stopped\n")
         self.assertTrue(printed.endswith("Ctrl+C stops the server.\nstopping: telling 0 members…\n"
                                          "stopped\n"), printed[-200:])
@@ -11448,7 +11449,7 @@ class HostConsoleTest(ProcessCase):
             self.assertRegex(lines[opening + 1], r"^  \S")   # its rest, two spaces in
             self.assertNotIn("asks", flat)   # a room on loopback looks nothing up
             os.write(leader, b"\x03")
-            self.assertEqual(proc.wait(WAIT), 0)
+            self.assertEqual(proc.wait(START_WAIT), 0)
 
     def test_ctrl_c_says_it_is_telling_the_members_then_that_it_stopped(self):
         port = free_port_and_the_next()
@@ -11461,7 +11462,7 @@ class HostConsoleTest(ProcessCase):
         after = shown_until(shown, changed, b"stopped\r\n").decode()
         self.assertIn("\rstopping: telling 1 member…\r\nstopped\r\n", after)
         self.assertTrue(ann.read_to_close().endswith(pcr.STOP_NOTICE.encode()))
-        self.assertEqual(proc.wait(WAIT), 0)
+        self.assertEqual(proc.wait(START_WAIT), 0)
 
 
 # ---------------------------------------------------------------------------
