@@ -2372,7 +2372,6 @@ def address_group(ip: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
-@functools.lru_cache(maxsize=4096)   # asked at each connection and at each crowded one
 def address_network(group: str) -> str:
     """The network an address group is part of, when a crowd of silent connections
     must make room: an IPv4 /24, an IPv6 /48 (a provider hands a customer a /48 or
@@ -3843,6 +3842,7 @@ class Gate:
         self.per_ip: collections.Counter = collections.Counter()   # address group -> connections
         self.silent: dict[Member, None] = {}                       # no alias yet, oldest first
         self.silent_by: dict[str, dict[Member, None]] = {}         # ... by address group
+        self.network_of: dict[str, str] = {}                       # ... their address_network
         self.silent_in: collections.Counter = collections.Counter()  # ... how many by network
         self.buckets: dict[tuple[str, str], Bucket] = {}           # (what, address group) -> Bucket
         self.key_tries: dict[str, list[float]] = {}   # address group -> [wrong keys, next check, last try]
@@ -3903,7 +3903,7 @@ class Gate:
         there is none."""
         if group is None and self.silent_by:
             network = max(self.silent_in, key=self.silent_in.__getitem__)   # the oldest of equals
-            group = max((g for g in self.silent_by if address_network(g) == network),
+            group = max((g for g in self.silent_by if self.network_of[g] == network),
                         key=lambda g: len(self.silent_by[g]))
         waiting = self.silent_by.get(group)
         if not waiting:
@@ -3924,8 +3924,10 @@ class Gate:
         else:
             self.per_ip[m.group] += 1
         self.silent[m] = None
-        self.silent_by.setdefault(m.group, {})[m] = None
-        self.silent_in[address_network(m.group)] += 1
+        if m.group not in self.silent_by:
+            self.silent_by[m.group], self.network_of[m.group] = {}, address_network(m.group)
+        self.silent_by[m.group][m] = None
+        self.silent_in[self.network_of[m.group]] += 1
 
     def refused(self, m: Member) -> str | None:
         """What m was let in to be told, if it was let in only for that."""
@@ -3935,11 +3937,10 @@ class Gate:
         """m gave its alias: it is no longer silent."""
         if m in self.silent:
             del self.silent[m]
-            waiting = self.silent_by[m.group]
+            waiting, network = self.silent_by[m.group], self.network_of[m.group]
             del waiting[m]
             if not waiting:
-                del self.silent_by[m.group]
-            network = address_network(m.group)
+                del self.silent_by[m.group], self.network_of[m.group]
             self.silent_in[network] -= 1
             if not self.silent_in[network]:
                 del self.silent_in[network]
