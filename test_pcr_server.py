@@ -2133,16 +2133,21 @@ def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
         pos = end
 
 
+def jpeg_headers(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
+    """(marker, start, end) of every segment of a JPEG, scans' headers included
+    (each scan's data runs from its header's end to the next one's start), and
+    where its EOI is."""
+    found, pos = [], 2
+    while data[pos + 1] != 0xD9:
+        end = pos + 2 + struct.unpack_from("!H", data, pos + 2)[0]
+        found.append((data[pos + 1], pos, end))
+        pos = pcr.jpeg_scan_end(data, end) if data[pos + 1] == 0xDA else end
+    return found, pos
+
+
 def jpeg_markers(data: bytes) -> list[int]:
     """Every marker of a JPEG, segments and scans, in order (EOI last)."""
-    markers, pos = [], 2
-    while data[pos + 1] != 0xD9:
-        marker = data[pos + 1]
-        markers.append(marker)
-        pos += 2 + struct.unpack_from("!H", data, pos + 2)[0]
-        if marker == 0xDA:
-            pos = pcr.jpeg_scan_end(data, pos)
-    return markers + [0xD9]
+    return [marker for marker, _, _ in jpeg_headers(data)[0]] + [0xD9]
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -2150,12 +2155,17 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_chunks(data: bytes) -> list[bytes]:
-    kinds, pos = [], 8
+    return [kind for kind, _ in png_chunk_bodies(data)]
+
+
+def png_chunk_bodies(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(kind, data) of each of a PNG's chunks."""
+    chunks, pos = [], 8
     while pos < len(data):
         length, kind = struct.unpack_from("!I4s", data, pos)
-        kinds.append(kind)
+        chunks.append((kind, data[pos + 8:pos + 8 + length]))
         pos += 12 + length
-    return kinds
+    return chunks
 
 
 def riff_chunk(kind: bytes, data: bytes) -> bytes:
@@ -2174,6 +2184,23 @@ def webp_chunks(data: bytes, start: int = 12, stop: int | None = None) -> list[t
         chunks.append((kind, data[pos + 8:pos + 8 + length]))
         pos += 8 + length + (length & 1)
     return chunks
+
+
+def without_image_data(data: bytes, fmt: str) -> bytes:
+    """A picture's bytes less its compressed pixels (JPEG scans, PNG IDAT, WebP
+    VP8/VP8L/ALPH): what is left is where metadata can be.  A noise picture's
+    pixels are random bytes, in which 'GPS' turns up now and then (in 1 of 200
+    640x480 JPEGs here)."""
+    if fmt == "JPEG":
+        headers, eoi = jpeg_headers(data)
+        return data[:2] + b"".join(data[start:end] for _, start, end in headers) + data[eoi:]
+    if fmt == "PNG":
+        return data[:8] + b"".join(
+            struct.pack("!I", len(body)) + kind + (b"" if kind == b"IDAT" else body)
+            for kind, body in png_chunk_bodies(data))
+    assert fmt == "WEBP", fmt
+    return data[:12] + b"".join(kind + (b"" if kind in (b"VP8 ", b"VP8L", b"ALPH") else body)
+                                for kind, body in webp_chunks(data))
 
 
 def crafted_photos(size: int = pcr.MAX_PHOTO) -> dict[str, bytes]:
@@ -2912,7 +2939,7 @@ class PhotoAllowListTest(unittest.TestCase):
         image = assert_plain_picture(self, cleaned, fmt)
         self.assertEqual(image.tobytes(), Image.open(io.BytesIO(original)).convert(image.mode).tobytes())
         for hidden in (b"52.0", b"GPS", b"<x:xmpmeta", b"Exif\x00\x00", b"PhoneMaker"):
-            self.assertNotIn(hidden, cleaned)
+            self.assertNotIn(hidden, without_image_data(cleaned, fmt))
         return image
 
     # -- JPEG ------------------------------------------------------------------------
