@@ -2123,14 +2123,8 @@ def jpeg_segment(marker: int, body: bytes) -> bytes:
 
 def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
     """(marker, start, end) of each segment of a JPEG up to its first scan's header."""
-    found, pos = [], 2
-    while True:
-        marker = data[pos + 1]
-        end = pos + 2 + struct.unpack_from("!H", data, pos + 2)[0]
-        found.append((marker, pos, end))
-        if marker == 0xDA:
-            return found
-        pos = end
+    headers = jpeg_headers(data)[0]
+    return headers[:[marker for marker, _, _ in headers].index(0xDA) + 1]
 
 
 def jpeg_headers(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
