@@ -5058,6 +5058,34 @@ class SelectorLimitTest(ServerCase):
         members[0].send(b"still chatting\n")
         members[-1].read_until(b"m0: still chatting\n")
 
+    def test_a_member_who_leaves_and_comes_back_at_once_is_not_refused_for_its_address(self):
+        # A Windows CI run refused such a member: its new connection and the end
+        # of its old one came in one turn, and select() reported the listening
+        # socket first (its order is the order of a set of handles).  Here the
+        # loop is held while both happen, and its selector puts accepting first.
+        class AcceptingFirst(selectors.SelectSelector):
+            def select(self, timeout=None):
+                return sorted(super().select(timeout),
+                              key=lambda event: event[0].data[0].__name__ != "_on_accept")
+        patch = mock.patch.object(pcr.selectors, "DefaultSelector", AcceptingFirst)
+        patch.start()
+        self.addCleanup(patch.stop)
+        self.start(max_per_ip=2)
+        watcher = self.member("watch")
+        old = self.member("again")
+        for i in range(5):
+            held, go = threading.Event(), threading.Event()
+            self.server.loop.call_soon_threadsafe(lambda: (held.set(), go.wait(WAIT)))
+            self.assertTrue(held.wait(WAIT))
+            old.close()
+            new = Client(self.port)   # the kernel completes it: the loop is held
+            self.addCleanup(new.close)
+            go.set()
+            old = new.join(f"again{i}")
+        got = watcher.read_until(b"again3 has left the chat...\n")
+        self.assertEqual(got.count(b"has left the chat..."), 5)
+        self.assertNotIn("too many connections", self.log_text())
+
     @unittest.skipUnless(WINDOWS, "select() holds 512 sockets where Windows builds it so; "
                                   "the test above keeps the same rule at a smaller cap")
     def test_under_windows_600_connections_leave_the_room_chatting(self):
