@@ -4960,6 +4960,14 @@ class Server:
 
     # -- accepting ------------------------------------------------------
     def _on_accept(self, listening: tuple[socket.socket, bool], _mask: int) -> None:
+        """Connections wait at a listening socket: they are taken at the end of this
+        turn, after its other events.  select() may report them first, and a member
+        who left and came back at once would count twice for its address."""
+        self.loop.call_soon(self._accept, listening)
+
+    def _accept(self, listening: tuple[socket.socket, bool]) -> None:
+        if listening not in self.listeners:   # closed in this turn
+            return
         listener, web = listening
         for _ in range(512):
             try:
