@@ -3491,7 +3491,10 @@ class AppReaderTest(ServerCase):
         self.assertEqual(apps["dee"].chat.count("joined the chat...\n"), 1)
 
     def test_a_busy_room_of_terminals_never_mixes_counts_and_chat_for_apps(self):
-        self.start(line_rate=0, app_margin=0.02, count_interval=0.1)
+        # The margin is the time the server leaves each App to come back to recv()
+        # after a count: a Wine leg on a loaded machine took over 0.02 s once, and
+        # its App read the count and the next line together.
+        self.start(line_rate=0, app_margin=0.15, count_interval=0.1)
         stayers = [self.app("ann"), self.app("bob")]
         for app in stayers:
             app.wait_box("2 people are online...\n")
@@ -3513,7 +3516,7 @@ class AppReaderTest(ServerCase):
         for thread in threads:
             thread.join(WAIT)
         for app in stayers:
-            app.wait_chat(f"t2: line {n - 1} ", timeout=10)
+            app.wait_chat(f"t2: line {n - 1} ", timeout=30)
             app.wait_box("5 people are online...\n")
             self.assert_app_shows_well(app)
             for i in range(3):
@@ -10740,11 +10743,18 @@ class ClientDoorTest(ServerCase):
             self.assertEqual(pcr.link_parts(address), (address, None, ""))
 
     def test_the_pages_port_is_asked_where_the_room_is_and_the_room_joined_within_5_s(self):
-        self.start()
-        t0 = time.monotonic()
+        server = self.start()
+        asked = []   # when the page's port took the client's connection: after its start-up,
+        accept = server._accept   # which took over 5 s once on a loaded Wine leg
+
+        def accepting(listening):
+            if listening[1] and not asked:
+                asked.append(time.monotonic())
+            accept(listening)
+        server._accept = accepting
         c = self.client(f"127.0.0.1:{self.server.web_address[1]}", name="ann")
         c.read_until("ann joined the chat...\n")
-        self.assertLess(time.monotonic() - t0, 5.0)
+        self.assertLess(time.monotonic() - asked[0], 5.0)
         said = c.said(f"in the room as ann at 127.0.0.1:{self.port};")
         self.assertIn(f"127.0.0.1:{self.server.web_address[1]} is the room's chat page: joining its "
                       f"room at 127.0.0.1:{self.port}\n", said)
