@@ -5044,8 +5044,9 @@ class SelectorLimitTest(ServerCase):
     it can watch and refuses the rest like a full room; a failing select() costs
     a log line, not the room (issue 18)."""
 
-    def start_on_select(self, limit: int, **overrides) -> pcr.Server:
-        patches = (mock.patch.object(pcr.selectors, "DefaultSelector", selectors.SelectSelector),
+    def start_on_select(self, limit: int = pcr.SELECT_LIMIT, selector=selectors.SelectSelector,
+                        **overrides) -> pcr.Server:
+        patches = (mock.patch.object(pcr.selectors, "DefaultSelector", selector),
                    mock.patch.object(pcr, "SELECT_LIMIT", limit))
         for patch in patches:
             patch.start()
@@ -5072,10 +5073,7 @@ class SelectorLimitTest(ServerCase):
             def select(self, timeout=None):
                 return sorted(super().select(timeout),
                               key=lambda event: event[0].data[0].__name__ != "_on_accept")
-        patch = mock.patch.object(pcr.selectors, "DefaultSelector", AcceptingFirst)
-        patch.start()
-        self.addCleanup(patch.stop)
-        self.start(max_per_ip=2)
+        self.start_on_select(selector=AcceptingFirst, max_per_ip=2)
         watcher = self.member("watch")
         old = self.member("again")
         for i in range(5):
